@@ -1,0 +1,190 @@
+//! The alert record, its Arrow schema (the `alerts` table) and its severities.
+//!
+//! An alert is what a detector hands to storage and to delivery. Its `fingerprint` identifies the condition
+//! (detector + entity + the labels that make it distinct), so delivery can group a burst of identical
+//! detections into one finding, Alertmanager-style.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// OCSF severity levels (`severity_id` 1..5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Informational = 1,
+    Low = 2,
+    Medium = 3,
+    High = 4,
+    Critical = 5,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Informational => "informational",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+    /// The OCSF `severity_id`.
+    pub fn ocsf_id(self) -> u8 {
+        self as u8
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "informational" | "info" => Severity::Informational,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// One detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Unique per alert (UUID v7: sortable by time).
+    pub alert_id: String,
+    /// When the condition was detected, microseconds UTC (the triggering event's time for per-event detectors).
+    pub time_us: i64,
+    /// Stable detector id, e.g. `sensitive_data`, `prompt_injection`, `shadow_ai`.
+    pub detector: String,
+    pub severity: Severity,
+    /// `user` | `agent` | `model` | `endpoint` | `provider` | `service`.
+    pub entity_type: String,
+    pub entity_id: String,
+    /// Detector-specific strength (a z-score, a PSI, a match count...). Higher is worse.
+    pub score: f64,
+    pub title: String,
+    pub description: String,
+    /// `event_id`s of the events that triggered the alert.
+    pub evidence_event_ids: Vec<String>,
+    /// A short excerpt of the evidence with sensitive values masked. Never the raw secret.
+    pub evidence: String,
+    /// OWASP LLM Top 10 2025 category, e.g. `LLM01:2025 Prompt Injection`.
+    pub owasp: Option<String>,
+    /// MITRE ATLAS technique, e.g. `AML.T0051`.
+    pub atlas: Option<String>,
+    /// Identity of the condition for grouping/deduplication (hex hash of detector + entity + labels).
+    pub fingerprint: String,
+}
+
+pub fn alert_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            Arc::new(Schema::new(vec![
+                Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+                utf8("alert_id", false),
+                utf8("detector", false),
+                utf8("severity", false),
+                utf8("entity_type", false),
+                utf8("entity_id", false),
+                Field::new("score", DataType::Float64, false),
+                utf8("title", false),
+                utf8("description", false),
+                utf8("evidence_event_ids", false),
+                utf8("evidence", true),
+                utf8("owasp", true),
+                utf8("atlas", true),
+                utf8("fingerprint", false),
+            ]))
+        })
+        .clone()
+}
+
+/// Builds the `alerts` table rows. `evidence_event_ids` is stored comma-separated.
+pub fn alerts_to_batch(alerts: &[Alert]) -> RecordBatch {
+    let n = alerts.len();
+    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut score = Float64Builder::with_capacity(n);
+    let mut s: Vec<StringBuilder> = (0..12).map(|_| StringBuilder::with_capacity(n, n * 32)).collect();
+    for a in alerts {
+        time.append_value(a.time_us);
+        score.append_value(a.score);
+        let values: [Option<&str>; 12] = [
+            Some(&a.alert_id),
+            Some(&a.detector),
+            Some(a.severity.as_str()),
+            Some(&a.entity_type),
+            Some(&a.entity_id),
+            Some(&a.title),
+            Some(&a.description),
+            None, // evidence_event_ids, below
+            Some(&a.evidence),
+            a.owasp.as_deref(),
+            a.atlas.as_deref(),
+            Some(&a.fingerprint),
+        ];
+        for (i, v) in values.into_iter().enumerate() {
+            if i == 7 {
+                s[i].append_value(a.evidence_event_ids.join(","));
+            } else {
+                s[i].append_option(v);
+            }
+        }
+    }
+    let mut fin = |i: usize| Arc::new(s[i].finish()) as ArrayRef;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        fin(0),
+        fin(1),
+        fin(2),
+        fin(3),
+        fin(4),
+        Arc::new(score.finish()),
+        fin(5),
+        fin(6),
+        fin(7),
+        fin(8),
+        fin(9),
+        fin(10),
+        fin(11),
+    ];
+    RecordBatch::try_new(alert_schema(), columns).expect("alert columns match the alert schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    #[test]
+    fn alerts_batch_keeps_every_field() {
+        let a = Alert {
+            alert_id: "a1".into(),
+            time_us: 5,
+            detector: "shadow_ai".into(),
+            severity: Severity::High,
+            entity_type: "model".into(),
+            entity_id: "m".into(),
+            score: 1.5,
+            title: "t".into(),
+            description: "d".into(),
+            evidence_event_ids: vec!["e1".into(), "e2".into()],
+            evidence: "x".into(),
+            owasp: Some("LLM03:2025 Supply Chain".into()),
+            atlas: None,
+            fingerprint: "f".into(),
+        };
+        let b = alerts_to_batch(&[a]);
+        assert_eq!(b.num_rows(), 1);
+        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().value(0).to_string();
+        assert_eq!(col("detector"), "shadow_ai");
+        assert_eq!(col("severity"), "high");
+        assert_eq!(col("evidence_event_ids"), "e1,e2");
+        assert_eq!(col("owasp"), "LLM03:2025 Supply Chain");
+        assert_eq!(col("fingerprint"), "f");
+        assert!(b.column_by_name("atlas").unwrap().is_null(0));
+    }
+}

@@ -1,0 +1,10 @@
+//! Content detectors: pure functions over prompt, response and tool-argument text. They hold no state, so
+//! the detection stage can call them from any thread.
+
+pub mod injection;
+pub mod sensitive;
+pub mod tool_args;
+
+pub use injection::{scan_injection, InjectionFinding};
+pub use sensitive::{redact, scan_sensitive, Finding, FindingKind};
+pub use tool_args::{scan_tool_arguments, ArgFinding};

@@ -1,0 +1,1 @@
+//! Ingest metrics, registered in the process-wide Prometheus registry.

@@ -1,0 +1,1 @@
+//! OTLP receivers: gRPC (:4317) and HTTP (:4318).

@@ -1,0 +1,324 @@
+//! The one Arrow schema every AI event is normalised into.
+//!
+//! Every later stage (detection, storage, SQL, dashboards) reads these columns by name, so the names are the
+//! contract of the whole pipeline: change them only with a migration. Text columns are plain `Utf8` (not
+//! dictionaries) so that the Parquet files stay readable by DuckDB/Spark and the PostgreSQL wire protocol
+//! maps every column to a native type.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// Column names, so that no stage spells them by hand.
+pub mod col {
+    pub const TIME: &str = "time";
+    pub const EVENT_ID: &str = "event_id";
+    pub const KIND: &str = "kind";
+    pub const SERVICE: &str = "service";
+    pub const SOURCE: &str = "source";
+    pub const USER_ID: &str = "user_id";
+    pub const USER_ROLE: &str = "user_role";
+    pub const DEPARTMENT: &str = "department";
+    pub const AGENT_ID: &str = "agent_id";
+    pub const CONVERSATION_ID: &str = "conversation_id";
+    pub const TRACE_ID: &str = "trace_id";
+    pub const SPAN_ID: &str = "span_id";
+    pub const PROVIDER: &str = "provider";
+    pub const MODEL: &str = "model";
+    pub const RESPONSE_MODEL: &str = "response_model";
+    pub const ENDPOINT: &str = "endpoint";
+    pub const OPERATION: &str = "operation";
+    pub const INPUT_TOKENS: &str = "input_tokens";
+    pub const OUTPUT_TOKENS: &str = "output_tokens";
+    pub const LATENCY_MS: &str = "latency_ms";
+    pub const STATUS: &str = "status";
+    pub const ERROR_TYPE: &str = "error_type";
+    pub const FINISH_REASONS: &str = "finish_reasons";
+    pub const TOOL_NAME: &str = "tool_name";
+    pub const DATA_SOURCE: &str = "data_source";
+    pub const POLICY_ID: &str = "policy_id";
+    pub const DECISION: &str = "decision";
+    pub const DECISION_REASON: &str = "decision_reason";
+    pub const PROMPT_TEXT: &str = "prompt_text";
+    pub const RESPONSE_TEXT: &str = "response_text";
+    pub const ATTRIBUTES: &str = "attributes";
+}
+
+/// What an event is. Stored as its lowercase name in the `kind` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An LLM call (chat, completion, embeddings, ...).
+    Inference,
+    /// An agent's tool execution.
+    Tool,
+    /// A guardrail or gateway decision (allow/deny/modify/...).
+    Policy,
+    /// An agent invocation or creation.
+    Agent,
+    /// Model-endpoint lifecycle or health (e.g. a model version change, a health probe).
+    Endpoint,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Inference => "inference",
+            EventKind::Tool => "tool",
+            EventKind::Policy => "policy",
+            EventKind::Agent => "agent",
+            EventKind::Endpoint => "endpoint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "inference" => EventKind::Inference,
+            "tool" => EventKind::Tool,
+            "policy" => EventKind::Policy,
+            "agent" => EventKind::Agent,
+            "endpoint" => EventKind::Endpoint,
+            _ => return None,
+        })
+    }
+}
+
+/// The Arrow schema of the `events` table. Built once; cheap to clone.
+pub fn event_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+            Arc::new(Schema::new(vec![
+                Field::new(col::TIME, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+                utf8(col::EVENT_ID, false),
+                utf8(col::KIND, false),
+                utf8(col::SERVICE, true),
+                utf8(col::SOURCE, true),
+                utf8(col::USER_ID, true),
+                utf8(col::USER_ROLE, true),
+                utf8(col::DEPARTMENT, true),
+                utf8(col::AGENT_ID, true),
+                utf8(col::CONVERSATION_ID, true),
+                utf8(col::TRACE_ID, true),
+                utf8(col::SPAN_ID, true),
+                utf8(col::PROVIDER, true),
+                utf8(col::MODEL, true),
+                utf8(col::RESPONSE_MODEL, true),
+                utf8(col::ENDPOINT, true),
+                utf8(col::OPERATION, true),
+                Field::new(col::INPUT_TOKENS, DataType::Int64, true),
+                Field::new(col::OUTPUT_TOKENS, DataType::Int64, true),
+                Field::new(col::LATENCY_MS, DataType::Float64, true),
+                utf8(col::STATUS, true),
+                utf8(col::ERROR_TYPE, true),
+                utf8(col::FINISH_REASONS, true),
+                utf8(col::TOOL_NAME, true),
+                utf8(col::DATA_SOURCE, true),
+                utf8(col::POLICY_ID, true),
+                utf8(col::DECISION, true),
+                utf8(col::DECISION_REASON, true),
+                utf8(col::PROMPT_TEXT, true),
+                utf8(col::RESPONSE_TEXT, true),
+                utf8(col::ATTRIBUTES, true),
+            ]))
+        })
+        .clone()
+}
+
+/// One normalised event before it joins a batch.
+///
+/// Only normalisation builds these (one per span or log record); every later stage works on
+/// [`RecordBatch`]es. `event_id` is derived from the telemetry's own identity (trace id + span id, or a hash
+/// of the log record) so that a replayed or re-sent record gets the same id and can be deduplicated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventRow {
+    /// Microseconds since the Unix epoch, UTC.
+    pub time_us: i64,
+    pub event_id: String,
+    pub kind: Option<EventKind>,
+    pub service: Option<String>,
+    pub source: Option<String>,
+    pub user_id: Option<String>,
+    pub user_role: Option<String>,
+    pub department: Option<String>,
+    pub agent_id: Option<String>,
+    pub conversation_id: Option<String>,
+    /// 32 lowercase hex characters.
+    pub trace_id: Option<String>,
+    /// 16 lowercase hex characters.
+    pub span_id: Option<String>,
+    pub provider: Option<String>,
+    /// The requested model (`gen_ai.request.model`).
+    pub model: Option<String>,
+    /// The model that actually answered (`gen_ai.response.model`): a change here is a silent version swap.
+    pub response_model: Option<String>,
+    /// `server.address[:server.port]` of the model endpoint.
+    pub endpoint: Option<String>,
+    pub operation: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub latency_ms: Option<f64>,
+    /// `ok` or `error`.
+    pub status: Option<String>,
+    pub error_type: Option<String>,
+    /// Comma-separated `gen_ai.response.finish_reasons`.
+    pub finish_reasons: Option<String>,
+    pub tool_name: Option<String>,
+    pub data_source: Option<String>,
+    pub policy_id: Option<String>,
+    /// Guardrail verdict: allow | deny | modify | warn | escalate | audit.
+    pub decision: Option<String>,
+    pub decision_reason: Option<String>,
+    /// Text sent to the model (inference) or the tool call's arguments (tool).
+    pub prompt_text: Option<String>,
+    /// Text the model answered (inference) or the tool call's result (tool).
+    pub response_text: Option<String>,
+    /// Every attribute not mapped to a column, as a JSON object string.
+    pub attributes: Option<String>,
+}
+
+/// Accumulates [`EventRow`]s column by column into a [`RecordBatch`] of [`event_schema`].
+pub struct EventBatchBuilder {
+    time: TimestampMicrosecondBuilder,
+    strings: Vec<StringBuilder>,
+    input_tokens: Int64Builder,
+    output_tokens: Int64Builder,
+    latency_ms: Float64Builder,
+    len: usize,
+}
+
+/// The Utf8 columns in schema order, as accessors on a row. Keeps the builder and the schema in one place.
+const STRING_COLUMNS_BEFORE_NUMBERS: usize = 16; // event_id .. operation
+const STRING_COLUMNS_AFTER_NUMBERS: usize = 11; // status .. attributes
+
+impl Default for EventBatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(1024)
+    }
+}
+
+impl EventBatchBuilder {
+    pub fn with_capacity(rows: usize) -> Self {
+        let strings = (0..STRING_COLUMNS_BEFORE_NUMBERS + STRING_COLUMNS_AFTER_NUMBERS)
+            .map(|_| StringBuilder::with_capacity(rows, rows * 16))
+            .collect();
+        Self {
+            time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            strings,
+            input_tokens: Int64Builder::with_capacity(rows),
+            output_tokens: Int64Builder::with_capacity(rows),
+            latency_ms: Float64Builder::with_capacity(rows),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, row: &EventRow) {
+        self.time.append_value(row.time_us);
+        let kind = row.kind.map(EventKind::as_str);
+        let before: [Option<&str>; STRING_COLUMNS_BEFORE_NUMBERS] = [
+            Some(row.event_id.as_str()),
+            Some(kind.unwrap_or("inference")),
+            row.service.as_deref(),
+            row.source.as_deref(),
+            row.user_id.as_deref(),
+            row.user_role.as_deref(),
+            row.department.as_deref(),
+            row.agent_id.as_deref(),
+            row.conversation_id.as_deref(),
+            row.trace_id.as_deref(),
+            row.span_id.as_deref(),
+            row.provider.as_deref(),
+            row.model.as_deref(),
+            row.response_model.as_deref(),
+            row.endpoint.as_deref(),
+            row.operation.as_deref(),
+        ];
+        let after: [Option<&str>; STRING_COLUMNS_AFTER_NUMBERS] = [
+            row.status.as_deref(),
+            row.error_type.as_deref(),
+            row.finish_reasons.as_deref(),
+            row.tool_name.as_deref(),
+            row.data_source.as_deref(),
+            row.policy_id.as_deref(),
+            row.decision.as_deref(),
+            row.decision_reason.as_deref(),
+            row.prompt_text.as_deref(),
+            row.response_text.as_deref(),
+            row.attributes.as_deref(),
+        ];
+        for (builder, value) in self.strings.iter_mut().zip(before.into_iter().chain(after)) {
+            builder.append_option(value);
+        }
+        self.input_tokens.append_option(row.input_tokens);
+        self.output_tokens.append_option(row.output_tokens);
+        self.latency_ms.append_option(row.latency_ms);
+        self.len += 1;
+    }
+
+    /// Builds the batch and resets the builder for reuse.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(31);
+        columns.push(Arc::new(self.time.finish()));
+        let (before, after) = self.strings.split_at_mut(STRING_COLUMNS_BEFORE_NUMBERS);
+        columns.extend(before.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.input_tokens.finish()));
+        columns.push(Arc::new(self.output_tokens.finish()));
+        columns.push(Arc::new(self.latency_ms.finish()));
+        columns.extend(after.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        self.len = 0;
+        RecordBatch::try_new(event_schema(), columns).expect("builder columns match the event schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Array};
+
+    #[test]
+    fn builder_round_trips_every_column_in_schema_order() {
+        let row = EventRow {
+            time_us: 1_700_000_000_000_000,
+            event_id: "e1".into(),
+            kind: Some(EventKind::Tool),
+            service: Some("svc".into()),
+            user_id: Some("alice".into()),
+            model: Some("gpt-4o".into()),
+            operation: Some("execute_tool".into()),
+            input_tokens: Some(12),
+            latency_ms: Some(3.5),
+            status: Some("ok".into()),
+            attributes: Some("{}".into()),
+            ..Default::default()
+        };
+        let mut b = EventBatchBuilder::default();
+        b.push(&row);
+        b.push(&EventRow { event_id: "e2".into(), ..Default::default() });
+        let batch = b.finish();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), event_schema());
+        let s = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().clone();
+        assert_eq!(s(col::KIND).value(0), "tool");
+        assert_eq!(s(col::USER_ID).value(0), "alice");
+        assert_eq!(s(col::MODEL).value(0), "gpt-4o");
+        assert_eq!(s(col::OPERATION).value(0), "execute_tool");
+        assert_eq!(s(col::STATUS).value(0), "ok");
+        assert_eq!(s(col::ATTRIBUTES).value(0), "{}");
+        assert!(s(col::USER_ID).is_null(1));
+        let tokens = batch.column_by_name(col::INPUT_TOKENS).unwrap();
+        assert_eq!(tokens.as_primitive::<arrow::datatypes::Int64Type>().value(0), 12);
+        // The builder is reusable after finish().
+        assert_eq!(b.len(), 0);
+    }
+}
