@@ -6,6 +6,10 @@
 pub mod alert;
 pub mod config;
 pub mod content;
+pub mod behavior;
+pub mod drift;
+pub mod estimators;
+pub mod findings;
 
 use std::sync::Arc;
 

@@ -1,0 +1,236 @@
+//! Distribution drift per model and per endpoint: a reference window against the current window.
+//! Categorical features (finish reasons, which include refusals and tool calls) use PSI and the
+//! Jensen-Shannon distance; numeric ones (output tokens, latency) the Wasserstein-1 distance normalised by
+//! the reference standard deviation. Defaults follow Evidently (reference.md section 3).
+
+use std::collections::{HashMap, VecDeque};
+
+/// Probability given to an empty bin so that logarithms stay finite.
+const EPSILON: f64 = 0.0001;
+
+/// Population stability index between two count vectors over the same categories.
+pub fn psi(reference: &[f64], current: &[f64]) -> f64 {
+    let (r, c) = (normalise(reference), normalise(current));
+    r.iter().zip(&c).map(|(&p, &q)| (q - p) * (q / p).ln()).sum()
+}
+
+/// Jensen-Shannon distance (square root of the divergence, base 2, so in 0..1).
+pub fn js_distance(reference: &[f64], current: &[f64]) -> f64 {
+    let (r, c) = (normalise(reference), normalise(current));
+    let kl = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(&x, &y)| x * (x / y).log2()).sum() };
+    let m: Vec<f64> = r.iter().zip(&c).map(|(a, b)| (a + b) / 2.0).collect();
+    (0.5 * kl(&r, &m) + 0.5 * kl(&c, &m)).max(0.0).sqrt()
+}
+
+fn normalise(counts: &[f64]) -> Vec<f64> {
+    let total: f64 = counts.iter().sum();
+    counts.iter().map(|&x| if total > 0.0 { (x / total).max(EPSILON) } else { EPSILON }).collect()
+}
+
+/// Wasserstein-1 distance between two samples divided by the reference's standard deviation.
+/// Both slices are sorted in place.
+pub fn wasserstein_normalised(reference: &mut [f64], current: &mut [f64]) -> f64 {
+    if reference.is_empty() || current.is_empty() {
+        return 0.0;
+    }
+    reference.sort_by(|a, b| a.total_cmp(b));
+    current.sort_by(|a, b| a.total_cmp(b));
+    let n = reference.len() as f64;
+    let mean = reference.iter().sum::<f64>() / n;
+    let std = (reference.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    // Integrate |F_r - F_c| over the merged support.
+    let (mut i, mut j) = (0usize, 0usize);
+    let (nr, nc) = (reference.len(), current.len());
+    let mut prev = reference[0].min(current[0]);
+    let mut area = 0.0;
+    while i < nr || j < nc {
+        let next = match (reference.get(i), current.get(j)) {
+            (Some(&a), Some(&b)) => a.min(b),
+            (Some(&a), None) => a,
+            (None, Some(&b)) => b,
+            (None, None) => break,
+        };
+        area += (i as f64 / nr as f64 - j as f64 / nc as f64).abs() * (next - prev);
+        prev = next;
+        while i < nr && reference[i] <= next {
+            i += 1;
+        }
+        while j < nc && current[j] <= next {
+            j += 1;
+        }
+    }
+    area / std.max(1e-9)
+}
+
+/// One observation kept for drift.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    time_us: i64,
+    category: u32,
+    output_tokens: f64,
+    latency_ms: f64,
+}
+
+/// Samples of one model or endpoint over reference + current windows, and the swap tracker.
+#[derive(Debug, Default)]
+pub struct DriftTrack {
+    samples: VecDeque<Sample>,
+    /// The `response_model` this model has answered with, and how many events confirmed it.
+    pub response_model: Option<(String, u64)>,
+    /// Features currently in the drifted state (to alert once per episode, not on every tick).
+    pub firing: HashMap<&'static str, bool>,
+}
+
+/// Interns category strings (finish reasons) to small ids shared across all tracks.
+#[derive(Debug, Default)]
+pub struct Categories {
+    ids: HashMap<String, u32>,
+}
+
+impl Categories {
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.ids.len() as u32;
+        self.ids.insert(s.to_string(), id);
+        id
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Drift of one feature in one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftMeasure {
+    pub feature: &'static str,
+    pub metric: &'static str,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// Thresholds and windows for [`DriftTrack::evaluate`].
+#[derive(Debug, Clone, Copy)]
+pub struct DriftLimits {
+    pub reference_us: i64,
+    pub current_us: i64,
+    pub min_reference: usize,
+    pub min_current: usize,
+    pub psi: f64,
+    pub js: f64,
+    pub wasserstein: f64,
+    /// Bound on stored samples per track (memory cap; oldest dropped first).
+    pub max_samples: usize,
+}
+
+impl DriftTrack {
+    pub fn push(&mut self, time_us: i64, category: u32, output_tokens: f64, latency_ms: f64, max: usize) {
+        self.samples.push_back(Sample { time_us, category, output_tokens, latency_ms });
+        while self.samples.len() > max {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Measures every feature; returns the ones over their threshold. `None` when there is not enough data.
+    pub fn evaluate(&mut self, now_us: i64, n_categories: usize, lim: &DriftLimits) -> Option<Vec<DriftMeasure>> {
+        let cur_start = now_us - lim.current_us;
+        let ref_start = cur_start - lim.reference_us;
+        while self.samples.front().is_some_and(|s| s.time_us < ref_start) {
+            self.samples.pop_front();
+        }
+        let (mut rc, mut cc) = (vec![0.0; n_categories.max(1)], vec![0.0; n_categories.max(1)]);
+        let (mut r_out, mut c_out, mut r_lat, mut c_lat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in &self.samples {
+            if s.time_us > now_us {
+                continue;
+            }
+            let current = s.time_us >= cur_start;
+            let (counts, out, lat) =
+                if current { (&mut cc, &mut c_out, &mut c_lat) } else { (&mut rc, &mut r_out, &mut r_lat) };
+            if let Some(c) = counts.get_mut(s.category as usize) {
+                *c += 1.0;
+            }
+            if s.output_tokens.is_finite() {
+                out.push(s.output_tokens);
+            }
+            if s.latency_ms.is_finite() {
+                lat.push(s.latency_ms);
+            }
+        }
+        let (nr, nc) = (rc.iter().sum::<f64>() as usize, cc.iter().sum::<f64>() as usize);
+        if nr < lim.min_reference || nc < lim.min_current {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut check = |feature, metric, value: f64, threshold| {
+            if value >= threshold {
+                out.push(DriftMeasure { feature, metric, value, threshold });
+            }
+        };
+        check("finish_reasons", "psi", psi(&rc, &cc), lim.psi);
+        check("finish_reasons", "jensen_shannon", js_distance(&rc, &cc), lim.js);
+        if r_out.len() >= lim.min_reference && c_out.len() >= lim.min_current {
+            check("output_tokens", "wasserstein", wasserstein_normalised(&mut r_out, &mut c_out), lim.wasserstein);
+        }
+        if r_lat.len() >= lim.min_reference && c_lat.len() >= lim.min_current {
+            check("latency_ms", "wasserstein", wasserstein_normalised(&mut r_lat, &mut c_lat), lim.wasserstein);
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_and_js_are_zero_for_equal_distributions_and_grow_with_shift() {
+        let a = [800.0, 150.0, 50.0];
+        assert!(psi(&a, &a).abs() < 1e-12);
+        assert!(js_distance(&a, &a) < 1e-9);
+        let b = [400.0, 100.0, 500.0];
+        assert!(psi(&a, &b) > 0.2);
+        assert!(js_distance(&a, &b) > 0.1);
+        assert!(js_distance(&a, &b) <= 1.0);
+    }
+
+    #[test]
+    fn wasserstein_of_a_shift_is_the_shift_over_std() {
+        let mut r: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        let mut c: Vec<f64> = (0..1000).map(|i| i as f64 + 100.0).collect();
+        let std = 288.675; // of 0..999
+        let w = wasserstein_normalised(&mut r, &mut c);
+        assert!((w - 100.0 / std).abs() < 0.01, "{w}");
+        let mut c2: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        assert!(wasserstein_normalised(&mut r, &mut c2) < 1e-9);
+    }
+
+    #[test]
+    fn evaluate_needs_enough_samples_and_reports_the_drifted_feature() {
+        let lim = DriftLimits {
+            reference_us: 1000,
+            current_us: 100,
+            min_reference: 50,
+            min_current: 20,
+            psi: 0.2,
+            js: 0.1,
+            wasserstein: 0.1,
+            max_samples: 10_000,
+        };
+        let mut t = DriftTrack::default();
+        for i in 0..900 {
+            t.push(i, 0, 100.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
+        }
+        assert!(t.evaluate(900, 1, &lim).is_none(), "no current window yet");
+        for i in 900..1000 {
+            t.push(i, 0, 300.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
+        }
+        let found = t.evaluate(1000, 1, &lim).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].feature, "output_tokens");
+    }
+}
