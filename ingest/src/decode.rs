@@ -1,2 +1,321 @@
-//! Decoding OTLP request bodies: protobuf or JSON, optionally gzip/zstd-compressed, with size caps before
-//! and after decompression. Shared by the HTTP receiver and the Kafka consumer.
+//! Decoding OTLP request bodies: protobuf or JSON, optionally gzip/deflate/zstd-compressed, with size caps
+//! before and after decompression. Shared by the HTTP receiver and the Kafka consumer.
+//!
+//! The caps exist because a receiver on a network port must never let one request decide how much memory
+//! it uses: the compressed cap is checked before any work, and decompression reads at most one byte past the
+//! decompressed cap, so a zip bomb costs the cap and not its inflated size.
+
+use std::io::Read;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use serde::Deserialize;
+
+/// How the body's bytes encode the OTLP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Binary protobuf (`application/x-protobuf`, and Kafka's `otlp_proto`).
+    Protobuf,
+    /// OTLP/JSON (`application/json`, Kafka's `otlp_json`): hex ids, int64 as strings, enums as integers.
+    Json,
+}
+
+impl Encoding {
+    /// The media type the OTLP/HTTP spec uses for this encoding; responses use the request's.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+
+    /// Recognises an HTTP `Content-Type` value (parameters such as `charset` are ignored).
+    pub fn from_content_type(value: &str) -> Option<Self> {
+        let media_type = value.split(';').next().unwrap_or_default().trim();
+        if media_type.eq_ignore_ascii_case("application/x-protobuf") {
+            Some(Encoding::Protobuf)
+        } else if media_type.eq_ignore_ascii_case("application/json") {
+            Some(Encoding::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// The content coding wrapped around the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// What collectors and SDKs send by default.
+    Gzip,
+    /// HTTP `deflate`, which is the zlib format (RFC 9110), not raw deflate.
+    Deflate,
+    Zstd,
+}
+
+impl Compression {
+    /// Recognises an HTTP `Content-Encoding` value; a missing header or `identity` means none.
+    pub fn from_content_encoding(value: Option<&str>) -> Option<Self> {
+        let Some(value) = value.map(str::trim) else {
+            return Some(Compression::None);
+        };
+        if value.is_empty() || value.eq_ignore_ascii_case("identity") {
+            Some(Compression::None)
+        } else if value.eq_ignore_ascii_case("gzip") || value.eq_ignore_ascii_case("x-gzip") {
+            Some(Compression::Gzip)
+        } else if value.eq_ignore_ascii_case("deflate") {
+            Some(Compression::Deflate)
+        } else if value.eq_ignore_ascii_case("zstd") {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
+/// Size caps for one request body. Configurable because the right numbers depend on the senders (a
+/// collector batching many services sends far larger requests than one SDK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest body accepted as received on the wire (before decompression).
+    pub max_body_bytes: usize,
+    /// Largest message accepted after decompression; also the gRPC receiver's message-size limit.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 4 * 1024 * 1024, max_decompressed_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Why a body could not be turned into an OTLP request. Every variant is the sender's fault and is not worth
+/// retrying unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("cannot decompress the {compression:?} body: {source}")]
+    Decompress { compression: Compression, source: std::io::Error },
+    #[error("malformed OTLP protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("malformed OTLP/JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Decodes an `ExportTraceServiceRequest` (or a Kafka `TracesData`, which has the same wire form).
+pub fn decode_traces(
+    body: &[u8],
+    encoding: Encoding,
+    compression: Compression,
+    limits: &Limits,
+) -> Result<ExportTraceServiceRequest, DecodeError> {
+    decode(body, encoding, compression, limits)
+}
+
+/// Decodes an `ExportLogsServiceRequest` (or a Kafka `LogsData`).
+pub fn decode_logs(
+    body: &[u8],
+    encoding: Encoding,
+    compression: Compression,
+    limits: &Limits,
+) -> Result<ExportLogsServiceRequest, DecodeError> {
+    decode(body, encoding, compression, limits)
+}
+
+/// Decodes an `ExportMetricsServiceRequest` (or a Kafka `MetricsData`). Metrics are counted, not stored.
+pub fn decode_metrics(
+    body: &[u8],
+    encoding: Encoding,
+    compression: Compression,
+    limits: &Limits,
+) -> Result<ExportMetricsServiceRequest, DecodeError> {
+    decode(body, encoding, compression, limits)
+}
+
+fn decode<M>(body: &[u8], encoding: Encoding, compression: Compression, limits: &Limits) -> Result<M, DecodeError>
+where
+    M: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    if body.len() > limits.max_body_bytes {
+        return Err(DecodeError::TooLarge { limit: limits.max_body_bytes });
+    }
+    let inflated;
+    let message: &[u8] = match compression {
+        Compression::None => {
+            if body.len() > limits.max_decompressed_bytes {
+                return Err(DecodeError::TooLarge { limit: limits.max_decompressed_bytes });
+            }
+            body
+        }
+        Compression::Gzip => {
+            inflated = read_capped(flate2::read::GzDecoder::new(body), compression, limits)?;
+            &inflated
+        }
+        Compression::Deflate => {
+            inflated = read_capped(flate2::read::ZlibDecoder::new(body), compression, limits)?;
+            &inflated
+        }
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(body)
+                .map_err(|source| DecodeError::Decompress { compression, source })?;
+            inflated = read_capped(decoder, compression, limits)?;
+            &inflated
+        }
+    };
+    match encoding {
+        Encoding::Protobuf => Ok(M::decode(message)?),
+        Encoding::Json => Ok(serde_json::from_slice(message)?),
+    }
+}
+
+/// Inflates at most `max_decompressed_bytes + 1` bytes: one byte past the cap proves the body is too large
+/// without inflating the rest of it.
+fn read_capped(reader: impl Read, compression: Compression, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
+    let limit = limits.max_decompressed_bytes;
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| DecodeError::Decompress { compression, source })?;
+    if out.len() > limit {
+        return Err(DecodeError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    use super::*;
+
+    fn sample_traces() -> ExportTraceServiceRequest {
+        let span = Span {
+            trace_id: (1..=16).collect(),
+            span_id: (1..=8).collect(),
+            name: "chat gpt-4o".into(),
+            kind: 3,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_001_000_000_000,
+            attributes: vec![KeyValue {
+                key: "gen_ai.usage.input_tokens".into(),
+                value: Some(AnyValue { value: Some(Value::IntValue(42)) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource::default()),
+                scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).expect("write to Vec");
+        encoder.finish().expect("finish gzip")
+    }
+
+    #[test]
+    fn otlp_json_hex_ids_string_int64_and_integer_enums() {
+        // The three OTLP/JSON traps: hex (not base64) ids, int64 as JSON strings, enums as integers.
+        let json = br#"{"resourceSpans":[{"resource":{"attributes":[]},"scopeSpans":[{"scope":{"name":"s"},
+            "spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708",
+            "name":"chat gpt-4o","kind":3,"startTimeUnixNano":"1700000000000000000",
+            "endTimeUnixNano":"1700000001000000000","status":{"code":2},
+            "attributes":[{"key":"gen_ai.usage.input_tokens","value":{"intValue":"42"}}]}]}]}]}"#;
+        let req = decode_traces(json, Encoding::Json, Compression::None, &Limits::default()).expect("valid OTLP/JSON");
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id, (1..=16).collect::<Vec<u8>>());
+        assert_eq!(span.span_id, (1..=8).collect::<Vec<u8>>());
+        assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(span.kind, 3);
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(2));
+        assert_eq!(span.attributes[0].value.as_ref().and_then(|v| v.value.clone()), Some(Value::IntValue(42)));
+    }
+
+    #[test]
+    fn protobuf_and_json_of_the_same_request_decode_equal() {
+        let req = sample_traces();
+        let json = serde_json::to_vec(&req).expect("serialise");
+        let proto = req.encode_to_vec();
+        let limits = Limits::default();
+        assert_eq!(decode_traces(&proto, Encoding::Protobuf, Compression::None, &limits).expect("proto"), req);
+        assert_eq!(decode_traces(&json, Encoding::Json, Compression::None, &limits).expect("json"), req);
+    }
+
+    #[test]
+    fn gzip_deflate_and_zstd_bodies_decode() {
+        let req = sample_traces();
+        let proto = req.encode_to_vec();
+        let limits = Limits::default();
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(&proto).expect("write");
+        let zlib = zlib.finish().expect("finish zlib");
+        let zstd = zstd::stream::encode_all(&proto[..], 3).expect("zstd");
+        for (body, compression) in [(gzip(&proto), Compression::Gzip), (zlib, Compression::Deflate), (zstd, Compression::Zstd)] {
+            let decoded = decode_traces(&body, Encoding::Protobuf, compression, &limits).expect("compressed body");
+            assert_eq!(decoded, req, "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn body_over_the_compressed_cap_is_too_large() {
+        let limits = Limits { max_body_bytes: 10, max_decompressed_bytes: 100 };
+        let err = decode_logs(&[0u8; 11], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { limit: 10 }), "{err}");
+    }
+
+    #[test]
+    fn zip_bomb_stops_at_the_decompressed_cap() {
+        // 64 MiB of zeros compress to about 64 KiB; only cap + 1 bytes may be inflated.
+        let bomb = {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                encoder.write_all(&chunk).expect("write");
+            }
+            encoder.finish().expect("finish")
+        };
+        let limits = Limits { max_body_bytes: 1 << 20, max_decompressed_bytes: 1 << 20 };
+        assert!(bomb.len() < limits.max_body_bytes);
+        let err = decode_metrics(&bomb, Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20), "{err}");
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_was_wrong() {
+        let limits = Limits::default();
+        let err = decode_traces(&[0x0a, 0xff, 0xff], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
+
+        let err = decode_traces(b"{\n \"resourceSpans\": [}", Encoding::Json, Compression::None, &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::Json(_)), "{err}");
+        assert!(err.to_string().contains("line 2"), "position missing: {err}");
+
+        let err = decode_traces(b"not gzip", Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::Decompress { compression: Compression::Gzip, .. }), "{err}");
+    }
+
+    #[test]
+    fn content_headers_are_recognised() {
+        assert_eq!(Encoding::from_content_type("application/json; charset=utf-8"), Some(Encoding::Json));
+        assert_eq!(Encoding::from_content_type("Application/X-Protobuf"), Some(Encoding::Protobuf));
+        assert_eq!(Encoding::from_content_type("text/plain"), None);
+        assert_eq!(Compression::from_content_encoding(None), Some(Compression::None));
+        assert_eq!(Compression::from_content_encoding(Some("gzip")), Some(Compression::Gzip));
+        assert_eq!(Compression::from_content_encoding(Some("br")), None);
+    }
+}
