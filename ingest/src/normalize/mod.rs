@@ -1,9 +1,31 @@
 //! Mapping of OTLP spans and log records that follow the GenAI semantic conventions (old and new names),
-//! OpenLLMetry and OpenInference into [`EventRow`]s.
+//! OpenLLMetry and OpenInference into [`EventRow`](crate::EventRow)s.
+//!
+//! Every span or log record that is AI activity becomes one event; everything else is counted as skipped.
+//! What counts as AI activity and of which kind is decided in `classify` (Langfuse's order); producers
+//! without semantic conventions can set the attribute `vigil.event.kind` to `inference`, `tool`, `policy`,
+//! `agent` or `endpoint`. Endpoint events are recognised by that attribute, by a span or event name starting
+//! with `gen_ai.endpoint.` or equal to `gen_ai.model.version_change`, or by any `gen_ai.endpoint.*` attribute.
+//!
+//! Columns are read from the record's own attributes first and its resource's second; whatever did not go
+//! into a column (resource attributes included) is kept in the `attributes` JSON, plus `otel.scope.name`
+//! and, for log records, `event.name`. A record without any time gets the time it was normalised.
+//!
+//! This is the ingest hot path: one pass over each record's attributes into fixed slots, no regex, no map
+//! per record, and resource attributes rendered to JSON once per resource.
+
+mod attrs;
+mod classify;
+mod content;
+mod logs;
+mod row;
+mod spans;
 
 use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::schema::EventBatchBuilder;
 
 /// Facts about where a request came from that are not in the telemetry itself.
 #[derive(Debug, Clone, Default)]
@@ -21,10 +43,26 @@ pub struct Normalized {
     pub skipped: usize,
 }
 
-pub fn traces(_req: &ExportTraceServiceRequest, _ctx: &NormalizeContext) -> Normalized {
-    todo!("normalisation of spans")
+/// Normalises every AI span of an OTLP trace export; the span's trace and span ids become the event id, so
+/// a re-sent span keeps its id.
+pub fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normalized {
+    let spans: usize =
+        req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    let mut builder = EventBatchBuilder::with_capacity(spans);
+    let skipped = spans::normalize(req, ctx, now_us(), &mut builder);
+    Normalized { batch: builder.finish(), skipped }
 }
 
-pub fn logs(_req: &ExportLogsServiceRequest, _ctx: &NormalizeContext) -> Normalized {
-    todo!("normalisation of log records")
+/// Normalises every AI log record (GenAI events, old and new style) of an OTLP logs export; the event id is
+/// a hash of the record, so a re-sent record keeps its id.
+pub fn logs(req: &ExportLogsServiceRequest, ctx: &NormalizeContext) -> Normalized {
+    let records: usize =
+        req.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum();
+    let mut builder = EventBatchBuilder::with_capacity(records);
+    let skipped = logs::normalize(req, ctx, now_us(), &mut builder);
+    Normalized { batch: builder.finish(), skipped }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
