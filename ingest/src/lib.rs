@@ -10,6 +10,7 @@ pub mod normalize;
 pub mod otlp;
 pub mod schema;
 pub mod sink;
+pub mod synth;
 
 pub use normalize::{NormalizeContext, Normalized};
 pub use schema::{event_schema, EventBatchBuilder, EventKind, EventRow};
