@@ -102,3 +102,443 @@ fn fill_from_span_events(row: &mut EventRow, span: &Span) {
 pub(crate) fn nanos_to_micros(nanos: u64) -> i64 {
     i64::try_from(nanos / 1000).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray, RecordBatch};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
+
+    use super::super::attrs::test_values::*;
+    use super::*;
+    use crate::normalize::{traces, NormalizeContext};
+    use crate::schema::col;
+
+    const TRACE: [u8; 16] = [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
+    const SPAN: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+    const START: u64 = 1_763_780_000_000_000_000;
+
+    fn span(name: &str, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: TRACE.to_vec(),
+            span_id: SPAN.to_vec(),
+            name: name.into(),
+            kind: span::SpanKind::Client as i32,
+            start_time_unix_nano: START,
+            end_time_unix_nano: START + 1_250_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: resource, ..Default::default() }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope { name: "test.scope".into(), ..Default::default() }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn run(resource: Vec<KeyValue>, spans: Vec<Span>) -> (RecordBatch, usize) {
+        let ctx = NormalizeContext { source: Some("team-a".into()) };
+        let n = traces(&request(resource, spans), &ctx);
+        (n.batch, n.skipped)
+    }
+
+    /// Column `name` of row `row` as text (`None` for null).
+    fn get(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+        let c = batch.column_by_name(name).expect("column exists");
+        if c.is_null(row) {
+            return None;
+        }
+        Some(match c.data_type() {
+            arrow::datatypes::DataType::Utf8 => c.as_string::<i32>().value(row).to_owned(),
+            arrow::datatypes::DataType::Int64 => c.as_primitive::<Int64Type>().value(row).to_string(),
+            arrow::datatypes::DataType::Float64 => c.as_primitive::<Float64Type>().value(row).to_string(),
+            _ => c.as_primitive::<TimestampMicrosecondType>().value(row).to_string(),
+        })
+    }
+
+    fn attrs_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
+        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes")).expect("valid JSON")
+    }
+
+    fn svc() -> Vec<KeyValue> {
+        vec![
+            kv("service.name", s("support-bot")),
+            kv("service.namespace", s("customer-care")),
+            kv("telemetry.sdk.language", s("python")),
+        ]
+    }
+
+    #[test]
+    fn openai_v2_new_style_chat_span() {
+        // opentelemetry-instrumentation-openai-v2 with semconv >= 1.37 and content capture on.
+        let s1 = span(
+            "chat gpt-4o-mini",
+            vec![
+                kv("gen_ai.operation.name", s("chat")),
+                kv("gen_ai.provider.name", s("openai")),
+                kv("gen_ai.request.model", s("gpt-4o-mini")),
+                kv("gen_ai.request.temperature", d(0.2)),
+                kv("gen_ai.response.model", s("gpt-4o-mini-2024-07-18")),
+                kv("gen_ai.response.id", s("chatcmpl-9J3")),
+                kv("gen_ai.response.finish_reasons", arr(vec![s("stop")])),
+                kv("gen_ai.usage.input_tokens", i(24)),
+                kv("gen_ai.usage.output_tokens", i(7)),
+                kv("server.address", s("api.openai.com")),
+                kv("server.port", i(443)),
+                kv("user.id", s("alice")),
+                kv("gen_ai.system_instructions", s(r#"[{"type":"text","content":"You are a helpful bot."}]"#)),
+                kv(
+                    "gen_ai.input.messages",
+                    s(r#"[{"role":"user","parts":[{"type":"text","content":"Reset my password"}]}]"#),
+                ),
+                kv(
+                    "gen_ai.output.messages",
+                    s(r#"[{"role":"assistant","parts":[{"type":"text","content":"Sure."}],"finish_reason":"stop"}]"#),
+                ),
+            ],
+        );
+        let (b, skipped) = run(svc(), vec![s1]);
+        assert_eq!((b.num_rows(), skipped), (1, 0));
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::TIME).as_deref(), Some("1763780000000000"));
+        assert_eq!(g(col::EVENT_ID).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b7"));
+        assert_eq!(g(col::TRACE_ID).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(g(col::SPAN_ID).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::SERVICE).as_deref(), Some("support-bot"));
+        assert_eq!(g(col::SOURCE).as_deref(), Some("team-a"));
+        assert_eq!(g(col::USER_ID).as_deref(), Some("alice"));
+        assert_eq!(g(col::DEPARTMENT).as_deref(), Some("customer-care"));
+        assert_eq!(g(col::PROVIDER).as_deref(), Some("openai"));
+        assert_eq!(g(col::MODEL).as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(g(col::RESPONSE_MODEL).as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(g(col::ENDPOINT).as_deref(), Some("api.openai.com:443"));
+        assert_eq!(g(col::OPERATION).as_deref(), Some("chat"));
+        assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("24"));
+        assert_eq!(g(col::OUTPUT_TOKENS).as_deref(), Some("7"));
+        assert_eq!(g(col::LATENCY_MS).as_deref(), Some("1250"));
+        assert_eq!(g(col::STATUS).as_deref(), Some("ok"));
+        assert_eq!(g(col::FINISH_REASONS).as_deref(), Some("stop"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("You are a helpful bot.\nReset my password"));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("Sure."));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["gen_ai.response.id"], "chatcmpl-9J3");
+        assert_eq!(a["gen_ai.request.temperature"], 0.2);
+        assert_eq!(a["telemetry.sdk.language"], "python");
+        assert_eq!(a["otel.scope.name"], "test.scope");
+        for consumed in ["gen_ai.request.model", "gen_ai.input.messages", "server.port", "service.name", "user.id"] {
+            assert!(a.get(consumed).is_none(), "{consumed} went to a column and must not be repeated");
+        }
+    }
+
+    #[test]
+    fn openai_old_style_span_with_content_events_and_error() {
+        // Older semconv (<= 1.26): gen_ai.system, prompt/completion token names, content in span events.
+        let mut s1 = span(
+            "chat gpt-4",
+            vec![
+                kv("gen_ai.system", s("openai")),
+                kv("gen_ai.request.model", s("gpt-4")),
+                kv("gen_ai.usage.prompt_tokens", i(11)),
+                kv("gen_ai.usage.completion_tokens", i(0)),
+                kv("error.type", s("RateLimitError")),
+                kv("enduser.id", s("bob")),
+            ],
+        );
+        s1.events = vec![
+            span::Event {
+                name: "gen_ai.content.prompt".into(),
+                attributes: vec![kv("gen_ai.prompt", s(r#"[{"role":"user","content":"hi there"}]"#))],
+                ..Default::default()
+            },
+            span::Event {
+                name: "gen_ai.content.completion".into(),
+                attributes: vec![kv("gen_ai.completion", s("plain completion text"))],
+                ..Default::default()
+            },
+        ];
+        s1.status = Some(Status { code: StatusCode::Error as i32, message: "429 Too Many Requests".into() });
+        let (b, _) = run(vec![], vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::PROVIDER).as_deref(), Some("openai"));
+        assert_eq!(g(col::USER_ID).as_deref(), Some("bob"));
+        assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("11"));
+        assert_eq!(g(col::OUTPUT_TOKENS).as_deref(), Some("0"));
+        assert_eq!(g(col::STATUS).as_deref(), Some("error"));
+        assert_eq!(g(col::ERROR_TYPE).as_deref(), Some("RateLimitError"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("hi there"));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("plain completion text"));
+        assert_eq!(g(col::OPERATION), None);
+    }
+
+    #[test]
+    fn status_message_is_the_error_type_when_error_type_is_absent() {
+        let mut s1 = span("chat", vec![kv("gen_ai.request.model", s("m"))]);
+        s1.status = Some(Status { code: StatusCode::Error as i32, message: "connection reset".into() });
+        let (b, _) = run(vec![], vec![s1]);
+        assert_eq!(get(&b, col::STATUS, 0).as_deref(), Some("error"));
+        assert_eq!(get(&b, col::ERROR_TYPE, 0).as_deref(), Some("connection reset"));
+    }
+
+    #[test]
+    fn openllmetry_span_with_flattened_prompts() {
+        let s1 = span(
+            "openai.chat",
+            vec![
+                kv("llm.request.type", s("chat")),
+                kv("gen_ai.system", s("OpenAI")),
+                kv("gen_ai.request.model", s("gpt-3.5-turbo")),
+                kv("gen_ai.response.model", s("gpt-3.5-turbo-0125")),
+                kv("gen_ai.prompt.1.role", s("user")),
+                kv("gen_ai.prompt.1.content", s("second")),
+                kv("gen_ai.prompt.0.role", s("system")),
+                kv("gen_ai.prompt.0.content", s("first")),
+                kv("gen_ai.completion.0.role", s("assistant")),
+                kv("gen_ai.completion.0.content", s("answer")),
+                kv("gen_ai.completion.0.finish_reason", s("stop")),
+                kv("gen_ai.usage.prompt_tokens", i(5)),
+                kv("gen_ai.usage.completion_tokens", i(3)),
+                kv("llm.usage.total_tokens", i(8)),
+                kv("traceloop.workflow.name", s("support")),
+            ],
+        );
+        let (b, _) = run(svc(), vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::OPERATION).as_deref(), Some("chat"));
+        assert_eq!(g(col::PROVIDER).as_deref(), Some("OpenAI"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("first\nsecond"));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("answer"));
+        assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("5"));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["llm.usage.total_tokens"], 8);
+        assert_eq!(a["gen_ai.completion.0.finish_reason"], "stop");
+        assert_eq!(a["llm.request.type"], "chat");
+        assert!(a.get("gen_ai.prompt.0.content").is_none() && a.get("gen_ai.prompt.1.role").is_none());
+    }
+
+    #[test]
+    fn openinference_llm_span() {
+        // Phoenix / openinference-instrumentation-openai.
+        let s1 = span(
+            "ChatCompletion",
+            vec![
+                kv("openinference.span.kind", s("LLM")),
+                kv("llm.model_name", s("gpt-4o")),
+                kv("llm.provider", s("openai")),
+                kv("llm.system", s("openai")),
+                kv("llm.token_count.prompt", i(40)),
+                kv("llm.token_count.completion", i(9)),
+                kv("llm.token_count.total", i(49)),
+                kv("llm.input_messages.0.message.role", s("user")),
+                kv("llm.input_messages.0.message.content", s("Summarise the contract")),
+                kv("llm.output_messages.0.message.role", s("assistant")),
+                kv("llm.output_messages.0.message.content", s("It says...")),
+                kv("input.value", s(r#"{"messages":[{"role":"user","content":"Summarise the contract"}]}"#)),
+                kv("input.mime_type", s("application/json")),
+                kv("session.id", s("sess-9")),
+                kv("user.id", s("carol")),
+            ],
+        );
+        let (b, _) = run(vec![kv("service.name", s("legal-app"))], vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::OPERATION).as_deref(), Some("chat"));
+        assert_eq!(g(col::MODEL).as_deref(), Some("gpt-4o"));
+        assert_eq!(g(col::RESPONSE_MODEL), None);
+        assert_eq!(g(col::PROVIDER).as_deref(), Some("openai"));
+        assert_eq!(g(col::CONVERSATION_ID).as_deref(), Some("sess-9"));
+        assert_eq!(g(col::USER_ID).as_deref(), Some("carol"));
+        assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("40"));
+        assert_eq!(g(col::OUTPUT_TOKENS).as_deref(), Some("9"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("Summarise the contract"));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("It says..."));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["llm.system"], "openai", "the provider fallback not used stays");
+        assert!(a.get("input.value").is_some(), "input.value was not needed for the prompt");
+        assert!(a.get("llm.input_messages.0.message.role").is_none());
+    }
+
+    #[test]
+    fn guardrail_span_becomes_a_policy_event() {
+        let s1 = span(
+            "run_guardrail prompt-shield",
+            vec![
+                kv("gen_ai.operation.name", s("run_guardrail")),
+                kv("gen_ai.guardrail.name", s("prompt-shield")),
+                kv("gen_ai.guardrail.verdict.type", s("DENY")),
+                kv("gen_ai.guardrail.verdict.reason", s("prompt injection detected")),
+                kv("gen_ai.guardrail.security.policy.id", s("pol-7")),
+                kv("gen_ai.guardrail.security.risk.category", s("prompt_injection")),
+                kv("gen_ai.guardrail.security.risk.score", d(0.93)),
+            ],
+        );
+        let (b, _) = run(svc(), vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("policy"));
+        assert_eq!(g(col::OPERATION).as_deref(), Some("run_guardrail"));
+        assert_eq!(g(col::DECISION).as_deref(), Some("deny"));
+        assert_eq!(g(col::DECISION_REASON).as_deref(), Some("prompt injection detected"));
+        assert_eq!(g(col::POLICY_ID).as_deref(), Some("pol-7"));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["gen_ai.guardrail.security.risk.category"], "prompt_injection");
+        assert_eq!(a["gen_ai.guardrail.security.risk.score"], 0.93);
+        assert!(a.get("gen_ai.guardrail.verdict.type").is_none());
+    }
+
+    #[test]
+    fn agent_invoke_span() {
+        let s1 = span(
+            "invoke_agent travel-planner",
+            vec![
+                kv("gen_ai.operation.name", s("invoke_agent")),
+                kv("gen_ai.provider.name", s("aws.bedrock")),
+                kv("gen_ai.agent.id", s("AGT-42")),
+                kv("gen_ai.agent.name", s("travel-planner")),
+                kv("gen_ai.conversation.id", s("conv-1")),
+                kv("gen_ai.request.model", s("anthropic.claude-3-5-sonnet")),
+            ],
+        );
+        let (b, _) = run(svc(), vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("agent"));
+        assert_eq!(g(col::AGENT_ID).as_deref(), Some("AGT-42"));
+        assert_eq!(g(col::CONVERSATION_ID).as_deref(), Some("conv-1"));
+        assert_eq!(g(col::OPERATION).as_deref(), Some("invoke_agent"));
+        assert_eq!(g(col::PROVIDER).as_deref(), Some("aws.bedrock"));
+        assert_eq!(attrs_json(&b, 0)["gen_ai.agent.name"], "travel-planner");
+    }
+
+    #[test]
+    fn execute_tool_span_carries_arguments_and_result() {
+        let s1 = span(
+            "execute_tool get_weather",
+            vec![
+                kv("gen_ai.operation.name", s("execute_tool")),
+                kv("gen_ai.tool.name", s("get_weather")),
+                kv("gen_ai.tool.type", s("function")),
+                kv("gen_ai.tool.call.id", s("call_VSPygqKTWdrhaFErNvMV18Yl")),
+                kv("gen_ai.tool.call.arguments", map(vec![kv("location", s("Paris"))])),
+                kv("gen_ai.tool.call.result", s("rainy, 57F")),
+                kv("gen_ai.agent.name", s("weather-agent")),
+            ],
+        );
+        let (b, _) = run(svc(), vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("tool"));
+        assert_eq!(g(col::TOOL_NAME).as_deref(), Some("get_weather"));
+        assert_eq!(g(col::AGENT_ID).as_deref(), Some("weather-agent"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some(r#"{"location":"Paris"}"#));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("rainy, 57F"));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["gen_ai.tool.call.id"], "call_VSPygqKTWdrhaFErNvMV18Yl");
+        assert!(a.get("gen_ai.tool.call.arguments").is_none());
+    }
+
+    #[test]
+    fn openinference_tool_span_uses_input_and_output_value() {
+        let s1 = span(
+            "search_docs",
+            vec![
+                kv("openinference.span.kind", s("TOOL")),
+                kv("tool.name", s("search_docs")),
+                kv("input.value", s(r#"{"query":"salaries"}"#)),
+                kv("output.value", s("3 documents")),
+            ],
+        );
+        let (b, _) = run(vec![], vec![s1]);
+        assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("tool"));
+        assert_eq!(get(&b, col::OPERATION, 0).as_deref(), Some("execute_tool"));
+        assert_eq!(get(&b, col::TOOL_NAME, 0).as_deref(), Some("search_docs"));
+        assert_eq!(get(&b, col::PROMPT_TEXT, 0).as_deref(), Some(r#"{"query":"salaries"}"#));
+        assert_eq!(get(&b, col::RESPONSE_TEXT, 0).as_deref(), Some("3 documents"));
+    }
+
+    #[test]
+    fn endpoint_events_by_name_attribute_or_explicit_kind() {
+        let by_name = span("gen_ai.endpoint.health", vec![kv("server.address", s("llm.internal")), kv("server.port", i(8000))]);
+        let by_attr = span("probe", vec![kv("gen_ai.endpoint.status", s("degraded")), kv("gen_ai.request.model", s("m"))]);
+        let explicit = span("custom", vec![kv("vigil.event.kind", s("endpoint")), kv("gen_ai.request.model", s("m"))]);
+        let (b, skipped) = run(vec![], vec![by_name, by_attr, explicit]);
+        assert_eq!((b.num_rows(), skipped), (3, 0));
+        for row in 0..3 {
+            assert_eq!(get(&b, col::KIND, row).as_deref(), Some("endpoint"));
+        }
+        assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("llm.internal:8000"));
+        assert_eq!(attrs_json(&b, 1)["gen_ai.endpoint.status"], "degraded");
+        assert!(attrs_json(&b, 2).get("vigil.event.kind").is_none());
+    }
+
+    #[test]
+    fn non_ai_http_span_is_skipped_and_url_gives_the_endpoint() {
+        let http = span(
+            "GET /health",
+            vec![kv("http.request.method", s("GET")), kv("url.full", s("https://api.example.com/health"))],
+        );
+        let ai = span("POST", vec![kv("gen_ai.request.model", s("m")), kv("url.full", s("https://u:p@llm.corp:8443/v1/chat?x=1"))]);
+        let (b, skipped) = run(svc(), vec![http, ai]);
+        assert_eq!((b.num_rows(), skipped), (1, 1));
+        assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("llm.corp:8443"));
+        assert_eq!(attrs_json(&b, 0)["url.full"], "https://u:p@llm.corp:8443/v1/chat?x=1");
+    }
+
+    #[test]
+    fn missing_times_fall_back_to_end_then_attributes() {
+        let mut s1 = span("chat", vec![kv("gen_ai.request.model", s("m")), kv("gen_ai.client.operation.duration", d(0.5))]);
+        s1.start_time_unix_nano = 0;
+        let (b, _) = run(vec![], vec![s1]);
+        assert_eq!(get(&b, col::TIME, 0).as_deref(), Some("1763780001250000"));
+        assert_eq!(get(&b, col::LATENCY_MS, 0).as_deref(), Some("500"));
+    }
+
+    #[test]
+    fn otlp_json_decodes_to_the_same_events_as_protobuf() {
+        // OTLP/JSON: hex ids, int64 as strings, enums as integers, camelCase field names.
+        let json = r#"{"resourceSpans":[{"resource":{"attributes":[
+              {"key":"service.name","value":{"stringValue":"support-bot"}},
+              {"key":"service.namespace","value":{"stringValue":"customer-care"}},
+              {"key":"telemetry.sdk.language","value":{"stringValue":"python"}}]},
+            "scopeSpans":[{"scope":{"name":"test.scope"},"spans":[{
+              "traceId":"4bf92f3577b34da6a3ce929d0e0e4736","spanId":"00f067aa0ba902b7",
+              "name":"chat gpt-4o","kind":3,
+              "startTimeUnixNano":"1763780000000000000","endTimeUnixNano":"1763780001250000000",
+              "attributes":[
+                {"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},
+                {"key":"gen_ai.request.model","value":{"stringValue":"gpt-4o"}},
+                {"key":"gen_ai.usage.input_tokens","value":{"intValue":"24"}},
+                {"key":"gen_ai.request.temperature","value":{"doubleValue":0.2}},
+                {"key":"gen_ai.response.finish_reasons","value":{"arrayValue":{"values":[{"stringValue":"stop"}]}}}],
+              "status":{"code":2,"message":"boom"}}]}]}]}"#;
+        let decoded: ExportTraceServiceRequest = serde_json::from_str(json).expect("valid OTLP/JSON");
+        let mut s1 = span(
+            "chat gpt-4o",
+            vec![
+                kv("gen_ai.operation.name", s("chat")),
+                kv("gen_ai.request.model", s("gpt-4o")),
+                kv("gen_ai.usage.input_tokens", i(24)),
+                kv("gen_ai.request.temperature", d(0.2)),
+                kv("gen_ai.response.finish_reasons", arr(vec![s("stop")])),
+            ],
+        );
+        s1.status = Some(Status { code: StatusCode::Error as i32, message: "boom".into() });
+        let ctx = NormalizeContext::default();
+        let from_json = traces(&decoded, &ctx);
+        let from_proto = traces(&request(svc(), vec![s1]), &ctx);
+        assert_eq!(from_json.batch.num_rows(), 1);
+        assert_eq!(from_json.batch, from_proto.batch);
+        assert_eq!(get(&from_json.batch, col::STATUS, 0).as_deref(), Some("error"));
+        assert_eq!(get(&from_json.batch, col::INPUT_TOKENS, 0).as_deref(), Some("24"));
+    }
+}
