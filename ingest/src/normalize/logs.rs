@@ -161,3 +161,220 @@ fn field<'a>(v: &'a AnyValue, key: &str) -> Option<&'a AnyValue> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray, RecordBatch};
+    use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    use super::super::attrs::test_values::*;
+    use super::*;
+    use crate::normalize::{logs, NormalizeContext};
+    use crate::schema::col;
+
+    const TRACE: [u8; 16] = [0xab; 16];
+    const SPAN: [u8; 8] = [0xcd; 8];
+    const TIME: u64 = 1_763_780_000_123_456_789;
+
+    fn record(event_name: &str, attributes: Vec<KeyValue>, body: Option<AnyValue>) -> LogRecord {
+        LogRecord {
+            time_unix_nano: TIME,
+            observed_time_unix_nano: TIME + 5,
+            trace_id: TRACE.to_vec(),
+            span_id: SPAN.to_vec(),
+            event_name: event_name.into(),
+            attributes,
+            body,
+            ..Default::default()
+        }
+    }
+
+    fn run(records: Vec<LogRecord>) -> (RecordBatch, usize) {
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", s("support-bot")), kv("enduser.id", s("svc-account"))],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope { name: "opentelemetry.instrumentation.openai_v2".into(), ..Default::default() }),
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let n = logs(&req, &NormalizeContext { source: Some("team-b".into()) });
+        (n.batch, n.skipped)
+    }
+
+    fn get(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+        let c = batch.column_by_name(name).expect("column exists");
+        (!c.is_null(row)).then(|| match c.data_type() {
+            arrow::datatypes::DataType::Utf8 => c.as_string::<i32>().value(row).to_owned(),
+            arrow::datatypes::DataType::Float64 => {
+                c.as_primitive::<arrow::datatypes::Float64Type>().value(row).to_string()
+            }
+            arrow::datatypes::DataType::Int64 => c.as_primitive::<arrow::datatypes::Int64Type>().value(row).to_string(),
+            _ => c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(row).to_string(),
+        })
+    }
+
+    fn attrs_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
+        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes")).expect("valid JSON")
+    }
+
+    fn message(role: &str, text: &str) -> AnyValue {
+        map(vec![
+            kv("role", s(role)),
+            kv("parts", arr(vec![map(vec![kv("type", s("text")), kv("content", s(text))])])),
+        ])
+    }
+
+    #[test]
+    fn new_style_inference_details_event() {
+        let r = record(
+            "gen_ai.client.inference.operation.details",
+            vec![
+                kv("gen_ai.operation.name", s("chat")),
+                kv("gen_ai.provider.name", s("openai")),
+                kv("gen_ai.request.model", s("gpt-4o")),
+                kv("gen_ai.response.model", s("gpt-4o-2024-08-06")),
+                kv("gen_ai.usage.input_tokens", i(100)),
+                kv("gen_ai.usage.output_tokens", i(20)),
+                kv("gen_ai.input.messages", arr(vec![message("user", "What is our refund policy?")])),
+                kv("gen_ai.output.messages", arr(vec![message("assistant", "30 days.")])),
+                kv("user.id", s("dave")),
+            ],
+            None,
+        );
+        let (b, skipped) = run(vec![r.clone()]);
+        assert_eq!((b.num_rows(), skipped), (1, 0));
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::TIME).as_deref(), Some("1763780000123456"));
+        assert_eq!(g(col::TRACE_ID).as_deref(), Some("abababababababababababababababab"));
+        assert_eq!(g(col::SPAN_ID).as_deref(), Some("cdcdcdcdcdcdcdcd"));
+        assert_eq!(g(col::SERVICE).as_deref(), Some("support-bot"));
+        assert_eq!(g(col::SOURCE).as_deref(), Some("team-b"));
+        assert_eq!(g(col::USER_ID).as_deref(), Some("dave"), "own attributes win over the resource");
+        assert_eq!(g(col::MODEL).as_deref(), Some("gpt-4o"));
+        assert_eq!(g(col::RESPONSE_MODEL).as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("100"));
+        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("What is our refund policy?"));
+        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("30 days."));
+        assert_eq!(g(col::STATUS).as_deref(), Some("ok"));
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["event.name"], "gen_ai.client.inference.operation.details");
+        assert_eq!(a["enduser.id"], "svc-account", "the unused resource user stays in attributes");
+        // The id is a content hash: stable for the same record, different for a different one.
+        let id = g(col::EVENT_ID).expect("event id");
+        assert_eq!(id.len(), 32);
+        let (again, _) = run(vec![r.clone()]);
+        assert_eq!(get(&again, col::EVENT_ID, 0), Some(id.clone()));
+        let mut other = r;
+        other.time_unix_nano += 1;
+        let (changed, _) = run(vec![other]);
+        assert_ne!(get(&changed, col::EVENT_ID, 0), Some(id));
+    }
+
+    #[test]
+    fn old_style_message_and_choice_events() {
+        // opentelemetry-instrumentation-openai-v2 before semconv 1.37: event name in the `event.name`
+        // attribute, content in the body.
+        let system = record(
+            "",
+            vec![kv("event.name", s("gen_ai.system.message")), kv("gen_ai.system", s("openai"))],
+            Some(map(vec![kv("content", s("You are a bank assistant."))])),
+        );
+        let user = record(
+            "gen_ai.user.message",
+            vec![kv("gen_ai.system", s("openai"))],
+            Some(map(vec![kv("content", s("[1,2] is not a message list"))])),
+        );
+        let choice = record(
+            "gen_ai.choice",
+            vec![kv("gen_ai.system", s("openai"))],
+            Some(map(vec![
+                kv("index", i(0)),
+                kv("finish_reason", s("stop")),
+                kv("message", map(vec![kv("role", s("assistant")), kv("content", s("Your balance is $10."))])),
+            ])),
+        );
+        let assistant = record(
+            "gen_ai.assistant.message",
+            vec![kv("gen_ai.system", s("openai"))],
+            Some(map(vec![kv("content", s("Earlier answer"))])),
+        );
+        let (b, skipped) = run(vec![system, user, choice, assistant]);
+        assert_eq!((b.num_rows(), skipped), (4, 0));
+        for row in 0..4 {
+            assert_eq!(get(&b, col::KIND, row).as_deref(), Some("inference"));
+            assert_eq!(get(&b, col::PROVIDER, row).as_deref(), Some("openai"));
+            assert_eq!(get(&b, col::SPAN_ID, row).as_deref(), Some("cdcdcdcdcdcdcdcd"));
+        }
+        assert_eq!(get(&b, col::PROMPT_TEXT, 0).as_deref(), Some("You are a bank assistant."));
+        assert_eq!(get(&b, col::PROMPT_TEXT, 1).as_deref(), Some("[1,2] is not a message list"));
+        assert_eq!(get(&b, col::RESPONSE_TEXT, 1), None);
+        assert_eq!(get(&b, col::RESPONSE_TEXT, 2).as_deref(), Some("Your balance is $10."));
+        assert_eq!(get(&b, col::FINISH_REASONS, 2).as_deref(), Some("stop"));
+        assert_eq!(get(&b, col::RESPONSE_TEXT, 3).as_deref(), Some("Earlier answer"));
+        // Same span, different bodies: different ids.
+        assert_ne!(get(&b, col::EVENT_ID, 0), get(&b, col::EVENT_ID, 1));
+    }
+
+    #[test]
+    fn guardrail_finding_event_is_a_policy_event() {
+        let r = record(
+            "gen_ai.guardrail.security.finding",
+            vec![
+                kv("gen_ai.guardrail.verdict.type", s("modify")),
+                kv("gen_ai.guardrail.security.policy.id", s("pii-redaction")),
+                kv("gen_ai.guardrail.security.risk.category", s("sensitive_info_disclosure")),
+            ],
+            None,
+        );
+        let (b, _) = run(vec![r]);
+        assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("policy"));
+        assert_eq!(get(&b, col::DECISION, 0).as_deref(), Some("modify"));
+        assert_eq!(get(&b, col::POLICY_ID, 0).as_deref(), Some("pii-redaction"));
+        assert_eq!(attrs_json(&b, 0)["gen_ai.guardrail.security.risk.category"], "sensitive_info_disclosure");
+    }
+
+    #[test]
+    fn model_version_change_is_an_endpoint_event_and_plain_logs_are_skipped() {
+        let change = record(
+            "gen_ai.model.version_change",
+            vec![
+                kv("gen_ai.request.model", s("gpt-4o")),
+                kv("gen_ai.response.model", s("gpt-4o-2024-11-20")),
+                kv("server.address", s("api.openai.com")),
+            ],
+            None,
+        );
+        let mut plain = record("", vec![kv("http.route", s("/login"))], Some(s("user logged in")));
+        plain.trace_id.clear();
+        let explicit = record("", vec![kv("vigil.event.kind", s("tool")), kv("gen_ai.tool.name", s("sql"))], None);
+        let (b, skipped) = run(vec![change, plain, explicit]);
+        assert_eq!((b.num_rows(), skipped), (2, 1));
+        assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("endpoint"));
+        assert_eq!(get(&b, col::RESPONSE_MODEL, 0).as_deref(), Some("gpt-4o-2024-11-20"));
+        assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("api.openai.com"));
+        assert_eq!(get(&b, col::KIND, 1).as_deref(), Some("tool"));
+        assert_eq!(get(&b, col::TOOL_NAME, 1).as_deref(), Some("sql"));
+    }
+
+    #[test]
+    fn log_without_time_uses_observed_time_and_latency_attribute() {
+        let mut r = record("", vec![kv("gen_ai.request.model", s("m")), kv("latency_ms", i(42))], None);
+        r.time_unix_nano = 0;
+        r.trace_id.clear();
+        let (b, _) = run(vec![r]);
+        assert_eq!(get(&b, col::TIME, 0).as_deref(), Some("1763780000123456"));
+        assert_eq!(get(&b, col::LATENCY_MS, 0).as_deref(), Some("42"));
+        assert_eq!(get(&b, col::TRACE_ID, 0), None);
+        assert!(attrs_json(&b, 0).get("latency_ms").is_none());
+    }
+}
