@@ -1,0 +1,536 @@
+//! The consume loop: read a batch, decode and normalise it, dead-letter what cannot be decoded, hand the
+//! events to the sink, and only then store and commit the batch's offsets.
+//!
+//! Everything happens in one task and in that order, so the offsets stored are always those of durable
+//! messages, and rebalance callbacks (which librdkafka runs inside `recv`) never overlap a sink call.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use super::dlq::{DeadLetter, DeadLetterProducer};
+use super::metrics::{self as kmetrics, PartitionOffsets};
+use super::{records, KafkaConfig, KafkaError, Signal, TopicConfig, TopicEncoding};
+use crate::decode::{self, Compression, Encoding, Limits};
+use crate::metrics::{self as imetrics, Transport};
+use crate::normalize::{self, NormalizeContext, Normalized};
+use crate::schema::{col, event_schema, EventBatchBuilder};
+use crate::sink::{EventSink, SinkError};
+
+/// First and longest wait between two attempts at a refused batch.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// librdkafka callbacks: commit before giving partitions up, remember what was revoked, report lag.
+pub(super) struct Context {
+    /// Partitions revoked since the loop last looked; their undelivered messages must be dropped.
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        kmetrics::set_lag(statistics.topics.iter().flat_map(|(topic, t)| {
+            t.partitions.values().map(move |p| PartitionOffsets {
+                topic,
+                partition: p.partition,
+                assigned: p.desired,
+                high_watermark: p.hi_offset,
+                position: p.app_offset,
+                committed: p.committed_offset,
+            })
+        }));
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
+        // Every stored offset belongs to a durable batch: commit them while the partitions are still ours, so
+        // the next owner starts exactly after what is stored.
+        if !consumer.assignment_lost() {
+            commit_timed(|| consumer.commit_consumer_state(CommitMode::Sync));
+        }
+        let revoked = partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
+        tracing::info!(?revoked, "kafka partitions revoked");
+        self.revoked.lock().unwrap_or_else(PoisonError::into_inner).extend(revoked);
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let assigned = partitions.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>();
+            tracing::info!(?assigned, "kafka partitions assigned");
+        }
+    }
+}
+
+/// Runs a synchronous commit, timing it; "nothing to commit" is success.
+fn commit_timed(commit: impl FnOnce() -> Result<(), RdError>) -> bool {
+    let started = Instant::now();
+    let result = commit();
+    kmetrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) | Err(RdError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
+        Err(err) => {
+            tracing::warn!("kafka offset commit failed (the uncommitted tail will be replayed): {err}");
+            false
+        }
+    }
+}
+
+/// A message read but not yet delivered. Owned, because a batch outlives the `recv` that borrowed it.
+struct Pending {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    /// Index of the topic's configuration in `Consumer::topics`.
+    route: usize,
+}
+
+/// What one message turned into.
+enum Decoded {
+    Events(Normalized),
+    Poison(String),
+}
+
+/// `shutdown` with memory: once it has fired, every later check sees it without polling it again.
+struct Shutdown<F> {
+    future: Pin<Box<F>>,
+    fired: bool,
+}
+
+impl<F: Future<Output = ()>> Shutdown<F> {
+    async fn wait(&mut self) {
+        if !self.fired {
+            self.future.as_mut().await;
+            self.fired = true;
+        }
+    }
+}
+
+/// Whether to keep consuming after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Shutdown fired while the batch was being retried: it was not delivered and its offsets not stored.
+    Stop,
+    /// A bug, not a refusal: stop without storing anything, so a fixed build reads the batch again.
+    Fatal(String),
+}
+
+pub(super) struct Consumer {
+    consumer: Arc<StreamConsumer<Context>>,
+    dlq: Option<DeadLetterProducer>,
+    sink: Arc<dyn EventSink>,
+    topics: Arc<Vec<TopicConfig>>,
+    limits: Limits,
+    source: Option<String>,
+    batch_max_messages: usize,
+    batch_max_wait: Duration,
+    commit_interval: Duration,
+    last_commit: Instant,
+    /// Offsets stored since the last commit.
+    uncommitted: bool,
+}
+
+impl Consumer {
+    /// Creates the consumer and the dead-letter producer and subscribes; fails on configuration errors that
+    /// librdkafka detects up front (it connects lazily, so an unreachable broker is only logged later).
+    pub(super) fn start(config: KafkaConfig, sink: Arc<dyn EventSink>) -> Result<Self, KafkaError> {
+        let client_error = |context| move |source| KafkaError::Client { context, source };
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &config.brokers);
+        let mut consumer_config = client.clone();
+        consumer_config
+            .set("group.id", &config.group_id)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000")
+            .set("fetch.message.max.bytes", (config.max_message_bytes + 1).min(1_000_000_000).to_string());
+        for (key, value) in &config.properties {
+            client.set(key, value);
+            consumer_config.set(key, value);
+        }
+        // The delivery guarantee: offsets are stored by this code after the sink said durable, and committed
+        // by this code. Set last so that no passthrough property can turn it off.
+        consumer_config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        let consumer: StreamConsumer<Context> = consumer_config
+            .create_with_context(Context { revoked: Mutex::new(Vec::new()) })
+            .map_err(client_error("consumer creation"))?;
+        let subscriptions = config.topics.iter().map(TopicConfig::subscription).collect::<Result<Vec<_>, _>>()?;
+        let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+        consumer.subscribe(&subscriptions).map_err(client_error("subscribe"))?;
+        tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscriptions, "kafka consumer subscribed");
+        let dlq = if config.dlq_topic.is_empty() {
+            None
+        } else {
+            Some(DeadLetterProducer::new(&client, config.dlq_topic.clone()).map_err(client_error("dead-letter producer creation"))?)
+        };
+        Ok(Consumer {
+            consumer: Arc::new(consumer),
+            dlq,
+            sink,
+            topics: Arc::new(config.topics),
+            // Kafka decompresses record batches itself: a message arrives as the Collector encoded it.
+            limits: Limits { max_body_bytes: config.max_message_bytes, max_decompressed_bytes: config.max_message_bytes },
+            source: config.source_name,
+            batch_max_messages: config.batch_max_messages,
+            batch_max_wait: config.batch_max_wait,
+            commit_interval: config.commit_interval,
+            last_commit: Instant::now(),
+            uncommitted: false,
+        })
+    }
+
+    pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), KafkaError> {
+        let mut shutdown = Shutdown { future: Box::pin(shutdown), fired: false };
+        while !shutdown.fired {
+            let batch = self.collect(&mut shutdown).await;
+            if !batch.is_empty() {
+                match self.process(batch, &mut shutdown).await {
+                    Flow::Continue => {}
+                    Flow::Stop => break,
+                    Flow::Fatal(reason) => {
+                        tracing::error!("{reason}");
+                        return Err(KafkaError::Internal(reason));
+                    }
+                }
+            }
+            if self.uncommitted && self.last_commit.elapsed() >= self.commit_interval {
+                self.commit().await;
+            }
+        }
+        if self.uncommitted {
+            self.commit().await;
+        }
+        tracing::info!("kafka consumer stopped");
+        Ok(())
+    }
+
+    /// Reads up to `batch_max_messages`, waiting at most `batch_max_wait` after the first. Returns early with
+    /// what it has when shutdown fires, and empty when a pending commit falls due while idle.
+    async fn collect<F: Future<Output = ()>>(&mut self, shutdown: &mut Shutdown<F>) -> Vec<Pending> {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while batch.len() < self.batch_max_messages {
+            let wait_until = match deadline {
+                Some(deadline) => deadline,
+                None if self.uncommitted => tokio::time::Instant::now() + self.commit_interval,
+                // Idle with nothing to commit: wake up now and then anyway so the loop stays observable.
+                None => tokio::time::Instant::now() + Duration::from_secs(60),
+            };
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return batch,
+                received = tokio::time::timeout_at(wait_until, self.consumer.recv()) => received,
+            };
+            // A rebalance ran inside recv: its revoked partitions are no longer ours to deliver. Filter before
+            // adding the message just received, which already belongs to the new assignment.
+            self.drop_revoked(&mut batch);
+            match received {
+                Err(_elapsed) => return batch,
+                Ok(Err(err)) => tracing::warn!("kafka consumer error: {err}"),
+                Ok(Ok(message)) => {
+                    let Some(route) = self.topics.iter().position(|t| t.matches(message.topic())) else {
+                        tracing::warn!(topic = message.topic(), "message from a topic no subscription matches; skipped");
+                        continue;
+                    };
+                    batch.push(Pending {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        route,
+                    });
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_max_wait);
+                }
+            }
+        }
+        batch
+    }
+
+    fn drop_revoked(&self, batch: &mut Vec<Pending>) {
+        let revoked: HashSet<(String, i32)> = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(PoisonError::into_inner)).into_iter().collect();
+        if !revoked.is_empty() {
+            let before = batch.len();
+            batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+            if batch.len() < before {
+                tracing::info!(dropped = before - batch.len(), "dropped undelivered messages of revoked partitions; their new owner reads them again");
+            }
+        }
+    }
+
+    /// Delivers one batch: dead letters first, then one sink call, retried until it succeeds; then stores
+    /// the batch's offsets.
+    async fn process<F: Future<Output = ()>>(&mut self, batch: Vec<Pending>, shutdown: &mut Shutdown<F>) -> Flow {
+        let topics = self.topics.clone();
+        let limits = self.limits;
+        let ctx = NormalizeContext { source: self.source.clone() };
+        // Decoding and normalising a batch is milliseconds of CPU: keep it off the I/O threads.
+        let decoded = tokio::task::spawn_blocking(move || {
+            let decoded: Vec<Decoded> = batch.iter().map(|m| decode_message(m, &topics[m.route], &limits, &ctx)).collect();
+            (batch, decoded)
+        })
+        .await;
+        let (batch, decoded) = match decoded {
+            Ok(result) => result,
+            Err(err) => {
+                // A panic in normalisation: nothing stored, the batch is read again after a restart.
+                return Flow::Fatal(format!("kafka batch normalisation failed: {err}"));
+            }
+        };
+
+        let letters: Vec<DeadLetter> = batch
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(m, d)| match d {
+                Decoded::Poison(error) => Some(DeadLetter {
+                    topic: m.topic.clone(),
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key.clone(),
+                    payload: m.payload.clone(),
+                    error: error.clone(),
+                }),
+                Decoded::Events(_) => None,
+            })
+            .collect();
+        if !letters.is_empty() && self.dead_letter(&letters, shutdown).await == Flow::Stop {
+            return Flow::Stop;
+        }
+
+        let events: Vec<&RecordBatch> = decoded
+            .iter()
+            .filter_map(|d| match d {
+                Decoded::Events(n) if n.batch.num_rows() > 0 => Some(&n.batch),
+                _ => None,
+            })
+            .collect();
+        if !events.is_empty() {
+            let combined = match arrow::compute::concat_batches(&event_schema(), events) {
+                Ok(combined) => combined,
+                Err(err) => return Flow::Fatal(format!("cannot combine kafka batch events: {err}")),
+            };
+            let kinds = count_kinds(&combined);
+            if self.deliver(combined, shutdown).await == Flow::Stop {
+                return Flow::Stop;
+            }
+            for (kind, count) in kinds {
+                imetrics::record_events(Transport::Kafka, &kind, count);
+            }
+        }
+
+        self.store_offsets(&batch);
+        for (m, d) in batch.iter().zip(&decoded) {
+            let signal = topic_signal(&self.topics[m.route]);
+            imetrics::record_bytes(Transport::Kafka, m.payload.len());
+            match d {
+                Decoded::Events(n) => {
+                    kmetrics::MESSAGES.with_label_values(&[&m.topic, "ok"]).inc();
+                    kmetrics::EVENTS.with_label_values(&[&m.topic]).inc_by(n.batch.num_rows() as u64);
+                    if let Some(signal) = signal {
+                        imetrics::record_skipped(Transport::Kafka, signal, n.skipped);
+                    }
+                }
+                Decoded::Poison(_) => kmetrics::MESSAGES.with_label_values(&[&m.topic, "dlq"]).inc(),
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Produces every dead letter and waits for all acknowledgements, retrying until the broker takes them:
+    /// committing past a poison message whose copy was lost would lose it.
+    async fn dead_letter<F: Future<Output = ()>>(&self, letters: &[DeadLetter], shutdown: &mut Shutdown<F>) -> Flow {
+        for letter in letters {
+            tracing::warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "undecodable kafka message");
+        }
+        let Some(dlq) = &self.dlq else {
+            for letter in letters {
+                kmetrics::DLQ.with_label_values(&[&letter.topic]).inc();
+            }
+            return Flow::Continue;
+        };
+        let mut backoff = BACKOFF_START;
+        let mut remaining: Vec<&DeadLetter> = letters.iter().collect();
+        while !remaining.is_empty() {
+            let results = futures::future::join_all(remaining.iter().map(|l| dlq.send(l))).await;
+            let mut failed = Vec::new();
+            for (letter, result) in remaining.into_iter().zip(results) {
+                match result {
+                    Ok(()) => kmetrics::DLQ.with_label_values(&[&letter.topic]).inc(),
+                    Err(err) => {
+                        tracing::warn!("dead-letter produce failed, retrying in {backoff:?}: {err}");
+                        failed.push(letter);
+                    }
+                }
+            }
+            remaining = failed;
+            if !remaining.is_empty() {
+                kmetrics::RETRIES.with_label_values(&["dlq"]).inc();
+                if self.sleep_or_shutdown(backoff, shutdown).await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Hands the batch to the sink until it is durable. While the sink refuses, the assigned partitions are
+    /// paused so that nothing is fetched that could not be delivered anyway.
+    async fn deliver<F: Future<Output = ()>>(&self, batch: RecordBatch, shutdown: &mut Shutdown<F>) -> Flow {
+        let mut backoff = BACKOFF_START;
+        let mut paused: Option<TopicPartitionList> = None;
+        let flow = loop {
+            let err = match self.sink.accept(batch.clone()).await {
+                Ok(()) => break Flow::Continue,
+                Err(err) => err,
+            };
+            let (reason, wait) = match &err {
+                SinkError::Overloaded { retry_after } => ("overloaded", (*retry_after).clamp(backoff, BACKOFF_MAX)),
+                SinkError::Unavailable(_) => ("unavailable", backoff),
+                // Not retryable for a client that can give up; a consumer that gave up would skip messages,
+                // so it retries too and the growing lag tells the operator.
+                SinkError::Internal(_) => ("internal", backoff),
+            };
+            kmetrics::RETRIES.with_label_values(&[reason]).inc();
+            tracing::warn!(rows = batch.num_rows(), "sink refused a kafka batch ({err}); retrying in {wait:?}");
+            if shutdown.fired {
+                break Flow::Stop;
+            }
+            if paused.is_none() {
+                match self.consumer.assignment() {
+                    Ok(assignment) => {
+                        if let Err(err) = self.consumer.pause(&assignment) {
+                            tracing::warn!("cannot pause kafka partitions: {err}");
+                        }
+                        paused = Some(assignment);
+                    }
+                    Err(err) => tracing::warn!("cannot read the kafka assignment to pause it: {err}"),
+                }
+            }
+            if self.sleep_or_shutdown(wait, shutdown).await == Flow::Stop {
+                break Flow::Stop;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        if let Some(assignment) = paused {
+            if let Err(err) = self.consumer.resume(&assignment) {
+                tracing::warn!("cannot resume kafka partitions: {err}");
+            }
+        }
+        flow
+    }
+
+    async fn sleep_or_shutdown<F: Future<Output = ()>>(&self, wait: Duration, shutdown: &mut Shutdown<F>) -> Flow {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => Flow::Stop,
+            _ = tokio::time::sleep(wait) => Flow::Continue,
+        }
+    }
+
+    /// Stores, per partition, the offset after the batch's last message: everything before it is durable.
+    fn store_offsets(&mut self, batch: &[Pending]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let entry = next.entry((m.topic.as_str(), m.partition)).or_insert(m.offset + 1);
+            *entry = (*entry).max(m.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            if let Err(err) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!("cannot list offset {topic}/{partition}@{offset}: {err}");
+            }
+        }
+        match self.consumer.store_offsets(&tpl) {
+            Ok(()) => self.uncommitted = true,
+            // The partition moved to another consumer while the batch was retried; it replays from the
+            // last commit and the store deduplicates.
+            Err(err) => tracing::warn!("cannot store kafka offsets (partition no longer assigned?): {err}"),
+        }
+    }
+
+    async fn commit(&mut self) {
+        let consumer = self.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || commit_timed(|| consumer.commit_consumer_state(CommitMode::Sync)))
+            .await
+            .unwrap_or(false);
+        self.last_commit = Instant::now();
+        // A failed commit is retried at the next interval; the offsets stay stored.
+        self.uncommitted = !committed;
+    }
+}
+
+fn topic_signal(topic: &TopicConfig) -> Option<imetrics::Signal> {
+    match topic.signal {
+        Signal::Traces => Some(imetrics::Signal::Traces),
+        Signal::Logs => Some(imetrics::Signal::Logs),
+        Signal::Events => None,
+    }
+}
+
+/// Decodes and normalises one message; any error makes it a poison message.
+fn decode_message(m: &Pending, topic: &TopicConfig, limits: &Limits, ctx: &NormalizeContext) -> Decoded {
+    let encoding = match topic.encoding {
+        TopicEncoding::OtlpProto => Encoding::Protobuf,
+        TopicEncoding::OtlpJson => Encoding::Json,
+        TopicEncoding::VigilJson => {
+            if m.payload.len() > limits.max_body_bytes {
+                return Decoded::Poison(format!("message exceeds the limit of {} bytes", limits.max_body_bytes));
+            }
+            let now = chrono::Utc::now().timestamp_micros();
+            return match records::parse(&m.payload, now, ctx.source.as_deref()) {
+                Ok(rows) => {
+                    let mut builder = EventBatchBuilder::with_capacity(rows.len());
+                    rows.iter().for_each(|row| builder.push(row));
+                    Decoded::Events(Normalized { batch: builder.finish(), skipped: 0 })
+                }
+                Err(err) => Decoded::Poison(format!("invalid vigil_json {}: {err}", topic.signal.as_str())),
+            };
+        }
+    };
+    let result = match topic.signal {
+        Signal::Traces => decode::decode_traces(&m.payload, encoding, Compression::None, limits).map(|req| normalize::traces(&req, ctx)),
+        Signal::Logs => decode::decode_logs(&m.payload, encoding, Compression::None, limits).map(|req| normalize::logs(&req, ctx)),
+        Signal::Events => {
+            return Decoded::Poison("OTLP encodings carry traces or logs, not events".into());
+        }
+    };
+    match result {
+        Ok(normalized) => Decoded::Events(normalized),
+        Err(err) => Decoded::Poison(format!("invalid {} {}: {err}", encoding_name(topic.encoding), topic.signal.as_str())),
+    }
+}
+
+fn encoding_name(encoding: TopicEncoding) -> &'static str {
+    match encoding {
+        TopicEncoding::OtlpProto => "otlp_proto",
+        TopicEncoding::OtlpJson => "otlp_json",
+        TopicEncoding::VigilJson => "vigil_json",
+    }
+}
+
+/// Rows per value of the `kind` column, for `vigil_ingest_events_total`.
+fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    match batch.column_by_name(col::KIND).and_then(|c| c.as_string_opt::<i32>()) {
+        Some(kinds) => kinds.iter().for_each(|k| *counts.entry(k.unwrap_or("unknown").to_owned()).or_default() += 1),
+        None => {
+            counts.insert("unknown".to_owned(), batch.num_rows());
+        }
+    }
+    counts.into_iter().collect()
+}

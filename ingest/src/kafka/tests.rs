@@ -1,0 +1,386 @@
+//! The consumer against librdkafka's in-process mock cluster: real group coordination, offsets and
+//! headers, no broker to install. The cluster is not `Send`, so it stays on the test's thread while
+//! `run` is spawned on the runtime's workers. Joining a group takes about 3 s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use super::dlq;
+use super::*;
+use crate::normalize::{self, NormalizeContext};
+use crate::schema::{col, EventKind, EventRow};
+use crate::sink::SinkError;
+
+/// Remembers every accepted batch; can refuse (`fail`) or hang (`hang_after` accepted calls) on demand.
+#[derive(Default)]
+struct TestSink {
+    accepted: Mutex<Vec<RecordBatch>>,
+    calls: AtomicUsize,
+    fail: AtomicBool,
+    hang_after: Option<usize>,
+}
+
+#[async_trait::async_trait]
+impl EventSink for TestSink {
+    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(SinkError::Unavailable("test sink is down".into()));
+        }
+        let hang = {
+            let mut accepted = self.accepted.lock().unwrap();
+            let hang = self.hang_after.is_some_and(|n| accepted.len() >= n);
+            if !hang {
+                accepted.push(batch);
+            }
+            hang
+        };
+        if hang {
+            // A process killed mid-write: this batch never becomes durable.
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+impl TestSink {
+    fn event_ids(&self) -> Vec<String> {
+        column(&self.accepted.lock().unwrap(), col::EVENT_ID)
+    }
+
+    fn unique_ids(&self) -> BTreeSet<String> {
+        self.event_ids().into_iter().collect()
+    }
+}
+
+fn column(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name(name).expect("column").as_string::<i32>().clone();
+            (0..c.len()).map(move |i| c.value(i).to_owned())
+        })
+        .collect()
+}
+
+/// One Collector message: a trace export with `spans` GenAI spans, its trace id encoding `message`.
+fn otlp_message(message: usize, spans: usize) -> Vec<u8> {
+    let rows: Vec<EventRow> = (0..spans)
+        .map(|s| EventRow {
+            time_us: 1_700_000_000_000_000 + (message * 100 + s) as i64,
+            kind: Some(EventKind::Inference),
+            service: Some(format!("svc-{}", message % 3)),
+            user_id: Some(format!("user-{message}")),
+            trace_id: Some(format!("{message:032x}")),
+            span_id: Some(format!("{:016x}", s + 1)),
+            provider: Some("openai".into()),
+            model: Some("gpt-4o".into()),
+            operation: Some("chat".into()),
+            input_tokens: Some(10),
+            ..Default::default()
+        })
+        .collect();
+    crate::synth::traces_request(&rows).encode_to_vec()
+}
+
+/// The event ids normalisation gives a message's events, computed independently of the consumer.
+fn expected_ids(payload: &[u8]) -> Vec<String> {
+    let req = crate::decode::decode_traces(
+        payload,
+        crate::decode::Encoding::Protobuf,
+        crate::decode::Compression::None,
+        &crate::decode::Limits::default(),
+    )
+    .expect("test message decodes");
+    column(&[normalize::traces(&req, &NormalizeContext::default()).batch], col::EVENT_ID)
+}
+
+fn config(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, group: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        group_id: group.to_owned(),
+        topics: vec![TopicConfig::named("otlp_spans", TopicEncoding::OtlpProto, Signal::Traces)],
+        batch_max_messages: 4,
+        batch_max_wait: Duration::from_millis(50),
+        commit_interval: Duration::ZERO,
+        properties: BTreeMap::from([("session.timeout.ms".to_owned(), "6000".to_owned())]),
+        ..KafkaConfig::default()
+    }
+}
+
+fn producer(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("message.max.bytes", "5000000")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, partition: i32, payload: &[u8]) {
+    producer
+        .send(FutureRecord::<(), [u8]>::to(topic).partition(partition).payload(payload), Duration::from_secs(10))
+        .await
+        .map_err(|(err, _)| err)
+        .expect("produce to the mock cluster");
+}
+
+/// A running consumer and the means to stop it.
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), KafkaError>>,
+}
+
+fn start(config: KafkaConfig, sink: Arc<TestSink>) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, sink, async move {
+        let _ = stopped.await;
+    }));
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("consumer stops within 30 s")
+            .expect("consumer task")
+            .expect("consumer ends without error");
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The group's committed offset per partition, as a new member would start from it.
+fn committed(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    committed.elements().iter().map(|e| e.offset()).collect()
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("otlp_spans", 2, 1).unwrap();
+    mock.create_topic("otlp_json", 1, 1).unwrap();
+    mock.create_topic("vigil_events", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&mock);
+
+    let mut expected = BTreeSet::new();
+    for m in 0..10 {
+        let payload = otlp_message(m, 3);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "otlp_spans", (m % 2) as i32, &payload).await;
+    }
+    // The Collector's otlp_json encoding of the same kind of batch.
+    let json_payload = {
+        let proto = otlp_message(100, 2);
+        expected.extend(expected_ids(&proto));
+        let req = crate::decode::decode_traces(&proto, crate::decode::Encoding::Protobuf, crate::decode::Compression::None, &Default::default()).unwrap();
+        serde_json::to_vec(&req).unwrap()
+    };
+    produce(&producer, "otlp_json", 0, &json_payload).await;
+    // Vigil's own records: an object and an array.
+    produce(&producer, "vigil_events", 0, br#"{"event_id":"j1","kind":"tool","tool_name":"search","time":"2026-01-01T00:00:00Z"}"#).await;
+    produce(&producer, "vigil_events", 0, br#"[{"event_id":"j2","time":1700000000000000},{"event_id":"j3","kind":"policy"}]"#).await;
+    expected.extend(["j1", "j2", "j3"].map(String::from));
+    // A message of a large batch, close to the Collector's 1 MB default.
+    let large = otlp_message(200, 2500);
+    assert!(large.len() > 700_000, "large message is {} bytes", large.len());
+    expected.extend(expected_ids(&large));
+    produce(&producer, "otlp_spans", 0, &large).await;
+
+    let sink = Arc::new(TestSink::default());
+    let mut cfg = config(&mock, "all-events");
+    cfg.topics.push(TopicConfig::named("otlp_json", TopicEncoding::OtlpJson, Signal::Traces));
+    cfg.topics.push(TopicConfig::named("vigil_events", TopicEncoding::VigilJson, Signal::Events));
+    let events_before = metrics::EVENTS.with_label_values(&["vigil_events"]).get();
+    let running = start(cfg, sink.clone());
+    wait_until("every event", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    running.stop().await;
+
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len(), "no event delivered twice");
+    assert_eq!(committed(&mock, "all-events", "otlp_spans", 2), vec![Offset::Offset(6), Offset::Offset(5)]);
+    assert_eq!(committed(&mock, "all-events", "vigil_events", 1), vec![Offset::Offset(2)]);
+    assert_eq!(committed(&mock, "all-events", "otlp_json", 1), vec![Offset::Offset(1)]);
+    assert!(metrics::EVENTS.with_label_values(&["vigil_events"]).get() - events_before >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumption_continues() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("otlp_spans", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&mock);
+    let good = [otlp_message(1, 2), otlp_message(3, 2)];
+    let poison: &[u8] = &[0x0a, 0xff, 0xff, 0x01];
+    produce(&producer, "otlp_spans", 0, &good[0]).await;
+    produce(&producer, "otlp_spans", 0, poison).await;
+    produce(&producer, "otlp_spans", 0, &good[1]).await;
+    let expected: BTreeSet<String> = good.iter().flat_map(|g| expected_ids(g)).collect();
+
+    let dlq_before = metrics::DLQ.with_label_values(&["otlp_spans"]).get();
+    let sink = Arc::new(TestSink::default());
+    let running = start(config(&mock, "poison"), sink.clone());
+    wait_until("the good messages", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    running.stop().await;
+    assert_eq!(sink.unique_ids(), expected, "messages after the poison one are consumed");
+    assert_eq!(committed(&mock, "poison", "otlp_spans", 1), vec![Offset::Offset(3)], "committed past the poison message");
+    assert_eq!(metrics::DLQ.with_label_values(&["otlp_spans"]).get() - dlq_before, 1);
+
+    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("vigil_dlq", 0, Offset::Beginning).unwrap();
+    reader.assign(&tpl).unwrap();
+    let letter = loop {
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(message)) => break message.detach(),
+            Some(Err(err)) => panic!("reading the dead-letter topic: {err}"),
+            None => panic!("no dead letter within 10 s"),
+        }
+    };
+    assert_eq!(letter.payload(), Some(poison), "the original bytes are kept");
+    let headers = letter.headers().expect("dead letter has headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("header {name} missing"))
+    };
+    assert_eq!(header(dlq::HEADER_TOPIC), "otlp_spans");
+    assert_eq!(header(dlq::HEADER_PARTITION), "0");
+    assert_eq!(header(dlq::HEADER_OFFSET), "1");
+    assert!(header(dlq::HEADER_ERROR).contains("otlp_proto"), "error says what failed: {}", header(dlq::HEADER_ERROR));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("otlp_spans", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&mock);
+    let mut expected = BTreeSet::new();
+    for m in 0..6 {
+        let payload = otlp_message(m, 2);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "otlp_spans", 0, &payload).await;
+    }
+
+    let sink = Arc::new(TestSink::default());
+    sink.fail.store(true, Ordering::SeqCst);
+    let retries_before = metrics::RETRIES.with_label_values(&["unavailable"]).get();
+    let running = start(config(&mock, "unavailable"), sink.clone());
+    wait_until("two refused attempts", WAIT, || sink.calls.load(Ordering::SeqCst) >= 2).await;
+    assert_eq!(committed(&mock, "unavailable", "otlp_spans", 1), vec![Offset::Invalid], "nothing committed while refused");
+    assert!(metrics::RETRIES.with_label_values(&["unavailable"]).get() - retries_before >= 2);
+    sink.fail.store(false, Ordering::SeqCst);
+    wait_until("every event after recovery", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    running.stop().await;
+
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len(), "the refused batch is delivered exactly once");
+    assert_eq!(committed(&mock, "unavailable", "otlp_spans", 1), vec![Offset::Offset(6)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_replay() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("otlp_spans", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&mock);
+    let mut expected = BTreeSet::new();
+    for m in 0..12 {
+        let payload = otlp_message(m, 1);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "otlp_spans", 0, &payload).await;
+    }
+
+    // First life: two batches become durable, the third hangs inside the sink, then the process dies.
+    let mut cfg = config(&mock, "restart");
+    cfg.batch_max_messages = 3;
+    let first = Arc::new(TestSink { hang_after: Some(2), ..TestSink::default() });
+    let running = start(cfg.clone(), first.clone());
+    wait_until("a write in flight", WAIT, || first.calls.load(Ordering::SeqCst) >= 3).await;
+    running.task.abort();
+    let _ = running.task.await;
+    assert_eq!(first.unique_ids().len(), 6, "two batches of three single-span messages");
+
+    let second = Arc::new(TestSink::default());
+    let running = start(cfg, second.clone());
+    wait_until("the rest", WAIT, || first.unique_ids().len() + second.unique_ids().len() >= expected.len()).await;
+    running.stop().await;
+
+    let (a, b) = (first.unique_ids(), second.unique_ids());
+    assert!(a.is_disjoint(&b), "committed batches are not replayed: {:?}", a.intersection(&b).collect::<Vec<_>>());
+    assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), expected, "no gap");
+    assert_eq!(committed(&mock, "restart", "otlp_spans", 1), vec![Offset::Offset(12)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_once() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("otlp_spans", 4, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&mock);
+    let (a, b) = (Arc::new(TestSink::default()), Arc::new(TestSink::default()));
+    let running_a = start(config(&mock, "pair"), a.clone());
+    let running_b = start(config(&mock, "pair"), b.clone());
+    // Let both join before producing, so that no rebalance moves a partition while it is consumed.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let mut expected = BTreeSet::new();
+    for m in 0..40 {
+        let payload = otlp_message(m, 1);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "otlp_spans", (m % 4) as i32, &payload).await;
+    }
+    wait_until("every message", WAIT, || a.unique_ids().len() + b.unique_ids().len() >= expected.len()).await;
+    running_a.stop().await;
+    running_b.stop().await;
+
+    let (ids_a, ids_b) = (a.unique_ids(), b.unique_ids());
+    assert!(ids_a.is_disjoint(&ids_b), "a message was consumed by both");
+    assert_eq!(ids_a.union(&ids_b).cloned().collect::<BTreeSet<_>>(), expected);
+    // Partition of a message = its index (the trace id) modulo 4.
+    let partitions = |sink: &TestSink| -> BTreeSet<u128> {
+        column(&sink.accepted.lock().unwrap(), col::TRACE_ID)
+            .iter()
+            .map(|t| u128::from_str_radix(t, 16).expect("hex trace id") % 4)
+            .collect()
+    };
+    let (pa, pb) = (partitions(&a), partitions(&b));
+    assert!(!pa.is_empty() && !pb.is_empty(), "both consumers got partitions: {pa:?} {pb:?}");
+    assert!(pa.is_disjoint(&pb), "partitions are split: {pa:?} {pb:?}");
+    assert_eq!(committed(&mock, "pair", "otlp_spans", 4), vec![Offset::Offset(10); 4]);
+}
