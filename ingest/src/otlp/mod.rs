@@ -1,1 +1,264 @@
 //! OTLP receivers: gRPC (:4317) and HTTP (:4318).
+//!
+//! Both transports decode differently but share everything after decoding: [`Exporter`] normalises the
+//! request, hands the events to the [`EventSink`] and counts what happened, so the two receivers cannot drift
+//! apart in what they store or acknowledge. The Kafka consumer reuses it with [`Transport::Kafka`].
+
+pub mod grpc;
+pub mod http;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use serde::Deserialize;
+
+use crate::decode::Limits;
+use crate::metrics::{self, Rejection};
+pub use crate::metrics::{Signal, Transport};
+use crate::normalize::{self, NormalizeContext, Normalized};
+use crate::schema::col;
+use crate::sink::{EventSink, SinkError};
+
+/// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
+/// config file, and every field has a default so an empty table works.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Where the gRPC receiver listens. Loopback by default: exposing a receiver is a deliberate choice.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP receiver listens.
+    pub http_addr: SocketAddr,
+    /// Body size caps (`[otlp.limits]`).
+    pub limits: Limits,
+    /// Stored in the `source` column of every event received here, until per-sender authentication says
+    /// who sent a request.
+    pub source_name: Option<String>,
+    /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
+    /// their own delay).
+    pub unavailable_retry_after_secs: u64,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            limits: Limits::default(),
+            source_name: None,
+            unavailable_retry_after_secs: 5,
+        }
+    }
+}
+
+impl ReceiverConfig {
+    fn unavailable_retry_after(&self) -> Duration {
+        Duration::from_secs(self.unavailable_retry_after_secs)
+    }
+}
+
+/// A decoded OTLP export request of any signal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportRequest {
+    Traces(ExportTraceServiceRequest),
+    Logs(ExportLogsServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl ExportRequest {
+    pub fn signal(&self) -> Signal {
+        match self {
+            ExportRequest::Traces(_) => Signal::Traces,
+            ExportRequest::Logs(_) => Signal::Logs,
+            ExportRequest::Metrics(_) => Signal::Metrics,
+        }
+    }
+}
+
+/// What one accepted request amounted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportSummary {
+    /// Events the sink made durable.
+    pub events: usize,
+    /// Records that produced no event (non-AI spans and logs, metric data points).
+    pub skipped: usize,
+}
+
+/// The normalisation functions, replaceable in tests so that the receivers' contract (status codes, the
+/// sink call, metrics) is tested independently of what normalisation extracts.
+#[derive(Clone, Copy)]
+pub(crate) struct Normalizers {
+    pub traces: fn(&ExportTraceServiceRequest, &NormalizeContext) -> Normalized,
+    pub logs: fn(&ExportLogsServiceRequest, &NormalizeContext) -> Normalized,
+}
+
+impl Default for Normalizers {
+    fn default() -> Self {
+        Normalizers { traces: normalize::traces, logs: normalize::logs }
+    }
+}
+
+/// Normalise-and-deliver, the one path every transport takes after decoding.
+#[derive(Clone)]
+pub struct Exporter {
+    sink: Arc<dyn EventSink>,
+    ctx: NormalizeContext,
+    normalizers: Normalizers,
+}
+
+impl Exporter {
+    pub fn new(sink: Arc<dyn EventSink>, ctx: NormalizeContext) -> Self {
+        Exporter { sink, ctx, normalizers: Normalizers::default() }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_normalizers(mut self, normalizers: Normalizers) -> Self {
+        self.normalizers = normalizers;
+        self
+    }
+
+    /// Normalises `request` and returns once the sink has made its events durable; only then may the caller
+    /// acknowledge the sender. Counts the request as ok or rejected either way.
+    pub async fn export(&self, transport: Transport, request: ExportRequest) -> Result<ExportSummary, SinkError> {
+        let signal = request.signal();
+        let result = self.deliver(transport, request).await;
+        match &result {
+            Ok(_) => metrics::record_ok(transport, signal),
+            Err(err) => metrics::record_rejection(transport, signal, rejection_of(err), err),
+        }
+        result
+    }
+
+    async fn deliver(&self, transport: Transport, request: ExportRequest) -> Result<ExportSummary, SinkError> {
+        let signal = request.signal();
+        let ctx = self.ctx.clone();
+        let normalizers = self.normalizers;
+        // Normalising a large request is CPU work measured in milliseconds; keep it off the I/O threads.
+        let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || match request {
+            ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
+            ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
+            ExportRequest::Metrics(req) => {
+                Normalized { batch: RecordBatch::new_empty(crate::event_schema()), skipped: metric_points(&req) }
+            }
+        })
+        .await
+        .map_err(|err| SinkError::Internal(format!("normalisation of {} failed: {err}", signal.as_str())))?;
+        metrics::record_skipped(transport, signal, skipped);
+        let events = batch.num_rows();
+        if events == 0 {
+            return Ok(ExportSummary { events, skipped });
+        }
+        let kinds = count_kinds(&batch);
+        self.sink.accept(batch).await?;
+        for (kind, count) in kinds {
+            metrics::record_events(transport, &kind, count);
+        }
+        Ok(ExportSummary { events, skipped })
+    }
+}
+
+fn rejection_of(err: &SinkError) -> Rejection {
+    match err {
+        SinkError::Overloaded { .. } => Rejection::Overloaded,
+        SinkError::Unavailable(_) => Rejection::Unavailable,
+        SinkError::Internal(_) => Rejection::Internal,
+    }
+}
+
+/// Rows per value of the `kind` column, for `vigil_ingest_events_total`.
+fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let Some(kinds) = batch.column_by_name(col::KIND).and_then(|c| c.as_string_opt::<i32>()) else {
+        return vec![("unknown".to_owned(), batch.num_rows())];
+    };
+    for kind in kinds.iter() {
+        let kind = kind.unwrap_or("unknown");
+        match counts.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind.to_owned(), 1)),
+        }
+    }
+    counts
+}
+
+/// Data points in a metrics request, the unit operators compare with their senders' counts.
+fn metric_points(req: &ExportMetricsServiceRequest) -> usize {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|metric| match &metric.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod receiver_tests;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_overrides_from_toml() {
+        let cfg: ReceiverConfig = serde_json::from_str("{}").expect("empty config");
+        assert_eq!(cfg, ReceiverConfig::default());
+        assert_eq!(cfg.grpc_addr.port(), 4317);
+        assert_eq!(cfg.http_addr.port(), 4318);
+        let cfg: ReceiverConfig = serde_json::from_str(
+            r#"{"http_addr":"0.0.0.0:9318","limits":{"max_body_bytes":1024},"source_name":"edge"}"#,
+        )
+        .expect("partial config");
+        assert_eq!(cfg.http_addr.port(), 9318);
+        assert_eq!(cfg.limits.max_body_bytes, 1024);
+        assert_eq!(cfg.limits.max_decompressed_bytes, Limits::default().max_decompressed_bytes);
+        assert_eq!(cfg.source_name.as_deref(), Some("edge"));
+        assert!(serde_json::from_str::<ReceiverConfig>(r#"{"grpc_adr":"1.2.3.4:1"}"#).is_err(), "typos are errors");
+    }
+
+    #[tokio::test]
+    async fn exporter_delivers_rows_and_counts_kinds_and_skips() {
+        let sink = VecSink::new();
+        let exporter = Exporter::new(sink.clone(), NormalizeContext::default()).with_normalizers(fake_normalizers());
+        let before = metrics::EVENTS.with_label_values(&["kafka", "tool"]).get();
+        let summary = exporter.export(Transport::Kafka, ExportRequest::Traces(traces_request(3))).await.expect("ok");
+        assert_eq!(summary, ExportSummary { events: 3, skipped: 1 });
+        assert_eq!(sink.rows(), 3);
+        assert_eq!(metrics::EVENTS.with_label_values(&["kafka", "tool"]).get() - before, 3);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_counted_not_stored() {
+        let sink = VecSink::new();
+        let exporter = Exporter::new(sink.clone(), NormalizeContext::default());
+        let summary = exporter.export(Transport::Kafka, ExportRequest::Metrics(metrics_request(4))).await.expect("ok");
+        assert_eq!(summary, ExportSummary { events: 0, skipped: 4 });
+        assert_eq!(sink.rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failing_normaliser_is_an_internal_error_not_a_crash() {
+        fn panics(_: &ExportTraceServiceRequest, _: &NormalizeContext) -> Normalized {
+            panic!("bug in normalisation")
+        }
+        let exporter = Exporter::new(VecSink::new(), NormalizeContext::default())
+            .with_normalizers(Normalizers { traces: panics, ..fake_normalizers() });
+        let err = exporter.export(Transport::Kafka, ExportRequest::Traces(traces_request(1))).await.unwrap_err();
+        assert!(matches!(err, SinkError::Internal(_)), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The OTLP/gRPC receiver: the collector `TraceService`, `LogsService` and `MetricsService`.
+//!
+//! tonic decodes and decompresses (gzip, zstd) before a handler runs and answers its own failures with gRPC's
+//! generic codes: INTERNAL for an unparsable message, OUT_OF_RANGE for an oversize one. OTLP clients treat
+//! OUT_OF_RANGE as retryable and would resend a request that can never fit, so [`otlp_status_codes`] rewrites
+//! those answers to the OTLP meaning (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without retry info, both final)
+//! and counts them like the HTTP receiver counts its refusals.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use prost::Message;
+use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
+
+use super::{status, ExportRequest, Exporter, ReceiverConfig};
+use crate::metrics::{self, Rejection, Signal, Transport};
+use crate::normalize::NormalizeContext;
+use crate::sink::{EventSink, SinkError};
+
+/// Why the gRPC receiver stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP gRPC server failed: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// Serves the three OTLP services on an already-bound listener (so tests can bind port 0) until `shutdown`
+/// resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sink: Arc<dyn EventSink>,
+    cfg: ReceiverConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
+    serve_with(listener, exporter, cfg, shutdown).await
+}
+
+pub(crate) async fn serve_with(
+    listener: tokio::net::TcpListener,
+    exporter: Exporter,
+    cfg: ReceiverConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .add_routes(routes(exporter, cfg))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The three services with their compression and size settings, behind the status-code rewrite.
+fn routes(exporter: Exporter, cfg: ReceiverConfig) -> Routes {
+    let max = cfg.limits.max_decompressed_bytes;
+    let receiver = Arc::new(GrpcReceiver { exporter, cfg });
+    let traces = TraceServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(max);
+    let logs = LogsServiceServer::from_arc(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(max);
+    let metrics = MetricsServiceServer::from_arc(receiver)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(max);
+    let router = Routes::new(traces)
+        .add_service(logs)
+        .add_service(metrics)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(otlp_status_codes));
+    Routes::from(router)
+}
+
+struct GrpcReceiver {
+    exporter: Exporter,
+    cfg: ReceiverConfig,
+}
+
+impl GrpcReceiver {
+    async fn export(&self, request: ExportRequest, encoded_len: usize) -> Result<(), Status> {
+        metrics::record_bytes(Transport::Grpc, encoded_len);
+        self.exporter.export(Transport::Grpc, request).await.map(|_| ()).map_err(|err| self.status(&err))
+    }
+
+    fn status(&self, err: &SinkError) -> Status {
+        let message = err.to_string();
+        match err {
+            SinkError::Overloaded { retry_after } => {
+                status::grpc_status(Code::ResourceExhausted, &message, Some(*retry_after))
+            }
+            SinkError::Unavailable(_) => {
+                status::grpc_status(Code::Unavailable, &message, Some(self.cfg.unavailable_retry_after()))
+            }
+            SinkError::Internal(_) => status::grpc_status(Code::Internal, &message, None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        let request = request.into_inner();
+        let len = request.encoded_len();
+        GrpcReceiver::export(self, ExportRequest::Traces(request), len).await?;
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[async_trait::async_trait]
+impl LogsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let len = request.encoded_len();
+        GrpcReceiver::export(self, ExportRequest::Logs(request), len).await?;
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+#[async_trait::async_trait]
+impl MetricsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        let request = request.into_inner();
+        let len = request.encoded_len();
+        GrpcReceiver::export(self, ExportRequest::Metrics(request), len).await?;
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+fn signal_of_path(path: &str) -> Option<Signal> {
+    if path.starts_with("/opentelemetry.proto.collector.trace.v1.TraceService/") {
+        Some(Signal::Traces)
+    } else if path.starts_with("/opentelemetry.proto.collector.logs.v1.LogsService/") {
+        Some(Signal::Logs)
+    } else if path.starts_with("/opentelemetry.proto.collector.metrics.v1.MetricsService/") {
+        Some(Signal::Metrics)
+    } else {
+        None
+    }
+}
+
+/// Rewrites and counts the refusals tonic makes before a handler runs. They arrive as trailers-only
+/// responses (the status in the headers); the handlers' own refusals pass through untouched because their
+/// messages differ from tonic's.
+async fn otlp_status_codes(request: Request, next: Next) -> Response {
+    let signal = signal_of_path(request.uri().path());
+    let mut response = next.run(request).await;
+    let (Some(signal), Some(status)) = (signal, Status::from_header_map(response.headers())) else {
+        return response;
+    };
+    let Some((code, reason)) = classify_codec_refusal(&status) else {
+        return response;
+    };
+    metrics::record_rejection(Transport::Grpc, signal, reason, &status.message());
+    if code != status.code() {
+        let rewritten = status::grpc_status(code, status.message(), None::<Duration>);
+        let headers = response.headers_mut();
+        headers.remove("grpc-status-details-bin");
+        if let Err(err) = rewritten.add_header(headers) {
+            tracing::warn!("cannot rewrite the gRPC status: {err}");
+        }
+    }
+    response
+}
+
+/// The OTLP code and metric reason for a refusal made by tonic's decoder, recognised by its message; `None`
+/// for anything else.
+fn classify_codec_refusal(status: &Status) -> Option<(Code, Rejection)> {
+    let message = status.message();
+    match status.code() {
+        Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            Some((Code::InvalidArgument, Rejection::Malformed))
+        }
+        Code::Internal if message.starts_with("Error decompressing") => Some((Code::InvalidArgument, Rejection::Malformed)),
+        Code::OutOfRange if message.contains("message length too large") => {
+            Some((Code::ResourceExhausted, Rejection::TooLarge))
+        }
+        Code::ResourceExhausted if message.starts_with("Error decompressing: size limit") => {
+            Some((Code::ResourceExhausted, Rejection::TooLarge))
+        }
+        _ => None,
+    }
+}

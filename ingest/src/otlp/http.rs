@@ -1,0 +1,208 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces`, `/v1/logs`, `/v1/metrics` with protobuf or JSON bodies.
+//!
+//! Status codes follow the OTLP/HTTP spec so that stock SDKs and collectors retry exactly what is worth
+//! retrying: 400/413/415 are final, 429/503 carry `Retry-After`. Error bodies are a `google.rpc.Status` in the
+//! request's encoding.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::{status, ExportRequest, Exporter, ReceiverConfig};
+use crate::decode::{self, Compression, DecodeError, Encoding};
+use crate::metrics::{self, Rejection, Signal, Transport};
+use crate::normalize::NormalizeContext;
+use crate::sink::{EventSink, SinkError};
+
+struct HttpState {
+    exporter: Exporter,
+    cfg: ReceiverConfig,
+}
+
+/// The receiver's routes, ready to be served or merged into a larger router.
+pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig) -> Router {
+    let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
+    router_with(exporter, cfg)
+}
+
+pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {
+    let body_limit = cfg.limits.max_body_bytes;
+    let state = Arc::new(HttpState { exporter, cfg });
+    Router::new()
+        .route("/v1/traces", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Traces, req)))
+        .route("/v1/logs", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Logs, req)))
+        .route("/v1/metrics", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Metrics, req)))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves `router` on an already-bound listener (so tests can bind port 0) until `shutdown` resolves;
+/// in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// A refused request: its status, the `google.rpc.Status` code in the body, and the metric reason.
+struct Refusal {
+    status: StatusCode,
+    code: tonic::Code,
+    reason: Rejection,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: tonic::Code, reason: Rejection, message: impl Into<String>) -> Self {
+        Refusal { status, code, reason, message: message.into(), retry_after: None }
+    }
+
+    fn from_decode(err: &DecodeError) -> Self {
+        match err {
+            DecodeError::TooLarge { .. } => {
+                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::InvalidArgument, Rejection::TooLarge, err.to_string())
+            }
+            DecodeError::Decompress { .. } | DecodeError::Protobuf(_) | DecodeError::Json(_) => {
+                Refusal::new(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, Rejection::Malformed, err.to_string())
+            }
+        }
+    }
+
+    fn from_sink(err: &SinkError, cfg: &ReceiverConfig) -> Self {
+        let message = err.to_string();
+        match err {
+            SinkError::Overloaded { retry_after } => Refusal {
+                retry_after: Some(*retry_after),
+                ..Refusal::new(StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted, Rejection::Overloaded, message)
+            },
+            SinkError::Unavailable(_) => Refusal {
+                retry_after: Some(cfg.unavailable_retry_after()),
+                ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, Rejection::Unavailable, message)
+            },
+            SinkError::Internal(_) => {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, Rejection::Internal, message)
+            }
+        }
+    }
+
+    /// The response in the request's encoding; `None` (unknown content type) gets plain text.
+    fn into_response(self, encoding: Option<Encoding>) -> Response {
+        let mut response = match encoding {
+            Some(encoding) => (
+                self.status,
+                [(header::CONTENT_TYPE, encoding.content_type())],
+                status::http_body(encoding, self.code, &self.message, self.retry_after),
+            )
+                .into_response(),
+            None => (self.status, self.message).into_response(),
+        };
+        if let Some(delay) = self.retry_after {
+            // Retry-After is whole seconds; round up so a client never comes back early.
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, ()> {
+    headers.get(name).map(|v| v.to_str().map_err(|_| ())).transpose()
+}
+
+async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response {
+    let headers = req.headers();
+    let encoding = header_str(headers, header::CONTENT_TYPE).ok().flatten().and_then(Encoding::from_content_type);
+    let Some(encoding) = encoding else {
+        let refusal = Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+            Rejection::UnsupportedMediaType,
+            "Content-Type must be application/x-protobuf or application/json",
+        );
+        return refuse(signal, refusal, None);
+    };
+    let compression = header_str(headers, header::CONTENT_ENCODING).ok().and_then(Compression::from_content_encoding);
+    let Some(compression) = compression else {
+        let refusal = Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+            Rejection::UnsupportedMediaType,
+            "Content-Encoding must be gzip, deflate, zstd or identity",
+        );
+        return refuse(signal, refusal, Some(encoding));
+    };
+
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(body) => body,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            let err = DecodeError::TooLarge { limit: state.cfg.limits.max_body_bytes };
+            return refuse(signal, Refusal::from_decode(&err), Some(encoding));
+        }
+        Err(err) => {
+            let refusal = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                Rejection::Malformed,
+                format!("cannot read the request body: {err}"),
+            );
+            return refuse(signal, refusal, Some(encoding));
+        }
+    };
+    metrics::record_bytes(Transport::Http, body.len());
+
+    let limits = state.cfg.limits;
+    // Inflating and parsing up to the decompressed cap is CPU work; keep it off the I/O threads.
+    let decoded = tokio::task::spawn_blocking(move || -> Result<ExportRequest, DecodeError> {
+        Ok(match signal {
+            Signal::Traces => ExportRequest::Traces(decode::decode_traces(&body, encoding, compression, &limits)?),
+            Signal::Logs => ExportRequest::Logs(decode::decode_logs(&body, encoding, compression, &limits)?),
+            Signal::Metrics => ExportRequest::Metrics(decode::decode_metrics(&body, encoding, compression, &limits)?),
+        })
+    })
+    .await;
+    let request = match decoded {
+        Ok(Ok(request)) => request,
+        Ok(Err(err)) => return refuse(signal, Refusal::from_decode(&err), Some(encoding)),
+        Err(join) => {
+            let refusal = Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                Rejection::Internal,
+                format!("decoding failed: {join}"),
+            );
+            return refuse(signal, refusal, Some(encoding));
+        }
+    };
+
+    match state.exporter.export(Transport::Http, request).await {
+        // The exporter has counted the outcome already.
+        Ok(_) => success(encoding),
+        Err(err) => Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding)),
+    }
+}
+
+fn refuse(signal: Signal, refusal: Refusal, encoding: Option<Encoding>) -> Response {
+    metrics::record_rejection(Transport::Http, signal, refusal.reason, &refusal.message);
+    refusal.into_response(encoding)
+}
+
+/// An `Export*ServiceResponse` without `partial_success` (skipped non-AI records are not rejections). All
+/// three signals' responses encode identically when empty: no bytes in protobuf, `{}` in JSON.
+fn success(encoding: Encoding) -> Response {
+    let body: &'static [u8] = match encoding {
+        Encoding::Protobuf => b"",
+        Encoding::Json => b"{}",
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}

@@ -1,0 +1,406 @@
+//! The receivers over real sockets with real clients: tonic's OTLP client and reqwest.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use prost::Message;
+use tokio::sync::oneshot;
+use tonic::codec::CompressionEncoding;
+use tonic::Code;
+
+use super::test_support::*;
+use super::{grpc, http, status, Exporter, ReceiverConfig};
+use crate::decode::Limits;
+use crate::metrics::{BYTES, EVENTS, REJECTED, REQUESTS, SKIPPED};
+use crate::normalize::NormalizeContext;
+use crate::schema::col;
+
+/// A running receiver; dropping it shuts the server down.
+struct Running {
+    addr: SocketAddr,
+    _shutdown: oneshot::Sender<()>,
+}
+
+fn exporter(sink: &Arc<VecSink>, fake: bool) -> Exporter {
+    let exporter = Exporter::new(sink.clone(), NormalizeContext { source: Some("test-source".into()) });
+    if fake {
+        exporter.with_normalizers(fake_normalizers())
+    } else {
+        exporter
+    }
+}
+
+async fn start_http(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = http::router_with(exporter(sink, fake), cfg);
+    tokio::spawn(http::serve(listener, router, async move {
+        let _ = rx.await;
+    }));
+    Running { addr, _shutdown: tx }
+}
+
+async fn start_grpc(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(grpc::serve_with(listener, exporter(sink, fake), cfg, async move {
+        let _ = rx.await;
+    }));
+    Running { addr, _shutdown: tx }
+}
+
+fn counter(vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+    vec.with_label_values(labels).get()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("write to Vec");
+    encoder.finish().expect("finish gzip")
+}
+
+async fn post(addr: SocketAddr, path: &str, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding);
+    }
+    request.send().await.expect("HTTP request")
+}
+
+async fn post_good_protobuf(addr: SocketAddr) {
+    let response = post(addr, "/v1/traces", "application/x-protobuf", None, traces_request(1).encode_to_vec()).await;
+    assert_eq!(response.status(), 200, "a good request after a bad one must succeed");
+}
+
+/// Sends a chunked protobuf POST to /v1/traces over a raw socket (reqwest here has no streaming bodies)
+/// and returns the response's status code.
+async fn post_chunked(addr: SocketAddr, chunks: &[Vec<u8>]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-protobuf\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in chunks {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close before reading everything; a failed write is then expected.
+    let _ = stream.write_all(&request).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let head = String::from_utf8_lossy(&response);
+    head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("an HTTP status line")
+}
+
+/// A span with one attribute of `bytes` characters, to exceed size limits.
+fn big_request(bytes: usize) -> ExportTraceServiceRequest {
+    let mut req = traces_request(1);
+    req.resource_spans[0].scope_spans[0].spans[0].attributes.push(KeyValue {
+        key: "padding".into(),
+        value: Some(AnyValue { value: Some(Value::StringValue("a".repeat(bytes))) }),
+        ..Default::default()
+    });
+    req
+}
+
+#[tokio::test]
+async fn http_accepts_protobuf_json_and_compressed_bodies() {
+    let sink = VecSink::new();
+    let server = start_http(&sink, ReceiverConfig::default(), true).await;
+    let ok_before = counter(&REQUESTS, &["http", "traces", "ok"]);
+    let bytes_before = counter(&BYTES, &["http"]);
+    let events_before = counter(&EVENTS, &["http", "tool"]);
+    let skipped_before = counter(&SKIPPED, &["http", "traces"]);
+
+    let proto = traces_request(2).encode_to_vec();
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, proto.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    let body = response.bytes().await.expect("body");
+    assert_eq!(ExportTraceServiceResponse::decode(body).expect("response decodes").partial_success, None);
+
+    let json = serde_json::to_vec(&traces_request(2)).expect("json");
+    let response = post(server.addr, "/v1/traces", "application/json; charset=utf-8", None, json).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.expect("body"), "{}");
+
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), gzip(&proto)).await;
+    assert_eq!(response.status(), 200);
+    let zstd = zstd::stream::encode_all(&proto[..], 3).expect("zstd");
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("zstd"), zstd).await;
+    assert_eq!(response.status(), 200);
+
+    let logs = serde_json::to_vec(&logs_request(3)).expect("json");
+    assert_eq!(post(server.addr, "/v1/logs", "application/json", Some("gzip"), gzip(&logs)).await.status(), 200);
+    let metrics = metrics_request(5).encode_to_vec();
+    assert_eq!(post(server.addr, "/v1/metrics", "application/x-protobuf", None, metrics).await.status(), 200);
+
+    assert_eq!(sink.rows(), 4 * 2 + 3, "every AI span and log record reached the sink");
+    assert!(counter(&REQUESTS, &["http", "traces", "ok"]) - ok_before >= 4);
+    assert!(counter(&BYTES, &["http"]) - bytes_before >= 2 * proto.len() as u64);
+    assert!(counter(&EVENTS, &["http", "tool"]) - events_before >= 8);
+    assert!(counter(&SKIPPED, &["http", "traces"]) - skipped_before >= 4, "one health span per request");
+    assert!(counter(&SKIPPED, &["http", "metrics"]) >= 5);
+}
+
+#[tokio::test]
+async fn http_malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
+    let sink = VecSink::new();
+    let server = start_http(&sink, ReceiverConfig::default(), true).await;
+    let before = counter(&REJECTED, &["http", "malformed"]);
+
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, vec![0x0a, 0xff, 0xff, 0xff]).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    let (code, message, retry) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    assert_eq!(code, Code::InvalidArgument as i32);
+    assert!(message.contains("malformed OTLP protobuf"), "{message}");
+    assert_eq!(retry, None);
+    post_good_protobuf(server.addr).await;
+
+    let response = post(server.addr, "/v1/logs", "application/json", None, b"{\"resourceLogs\": [}".to_vec()).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("JSON status");
+    assert_eq!(body["code"], Code::InvalidArgument as i32);
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("line 1 column")), "{body}");
+
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), b"not gzip".to_vec()).await;
+    assert_eq!(response.status(), 400);
+    post_good_protobuf(server.addr).await;
+
+    assert!(counter(&REJECTED, &["http", "malformed"]) - before >= 3);
+    assert_eq!(sink.rows(), 2, "only the good requests reached the sink");
+}
+
+#[tokio::test]
+async fn http_oversize_before_and_after_decompression_is_413() {
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig {
+        limits: Limits { max_body_bytes: 2048, max_decompressed_bytes: 8192 },
+        ..ReceiverConfig::default()
+    };
+    let server = start_http(&sink, cfg, true).await;
+    let before = counter(&REJECTED, &["http", "too_large"]);
+
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, big_request(4096).encode_to_vec()).await;
+    assert_eq!(response.status(), 413);
+    post_good_protobuf(server.addr).await;
+
+    let inflates = gzip(&big_request(20_000).encode_to_vec());
+    assert!(inflates.len() < 2048, "compressed body fits the wire cap");
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), inflates).await;
+    assert_eq!(response.status(), 413);
+    let (_, message, _) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    assert!(message.contains("8192"), "{message}");
+    post_good_protobuf(server.addr).await;
+
+    // A body streamed without Content-Length (chunked) is cut off at the cap as well.
+    assert_eq!(post_chunked(server.addr, &[vec![0u8; 1500], vec![0u8; 1500]]).await, 413);
+    post_good_protobuf(server.addr).await;
+
+    assert!(counter(&REJECTED, &["http", "too_large"]) - before >= 3);
+}
+
+#[tokio::test]
+async fn http_unsupported_media_types_are_415() {
+    let sink = VecSink::new();
+    let server = start_http(&sink, ReceiverConfig::default(), true).await;
+    let before = counter(&REJECTED, &["http", "unsupported_media_type"]);
+    let proto = traces_request(1).encode_to_vec();
+
+    assert_eq!(post(server.addr, "/v1/traces", "text/plain", None, proto.clone()).await.status(), 415);
+    post_good_protobuf(server.addr).await;
+    assert_eq!(post(server.addr, "/v1/traces", "application/x-protobuf", Some("br"), proto).await.status(), 415);
+    post_good_protobuf(server.addr).await;
+
+    assert!(counter(&REJECTED, &["http", "unsupported_media_type"]) - before >= 2);
+}
+
+#[tokio::test]
+async fn http_sink_refusals_are_retryable_with_retry_after() {
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig { unavailable_retry_after_secs: 11, ..ReceiverConfig::default() };
+    let server = start_http(&sink, cfg, true).await;
+    let before = counter(&REJECTED, &["http", "overloaded"]);
+    let proto = traces_request(1).encode_to_vec();
+
+    sink.set_mode(SinkMode::Overloaded);
+    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, proto.clone()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    let (code, _, retry) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    assert_eq!(code, Code::ResourceExhausted as i32);
+    assert_eq!(retry, Some(Duration::from_secs(7)));
+
+    sink.set_mode(SinkMode::Unavailable);
+    let json = serde_json::to_vec(&traces_request(1)).expect("json");
+    let response = post(server.addr, "/v1/traces", "application/json", None, json).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "11");
+
+    sink.set_mode(SinkMode::Accept);
+    post_good_protobuf(server.addr).await;
+    assert_eq!(sink.rows(), 1);
+    assert!(counter(&REJECTED, &["http", "overloaded"]) - before >= 1);
+    assert!(counter(&REJECTED, &["http", "unavailable"]) >= 1);
+}
+
+#[tokio::test]
+async fn grpc_accepts_gzip_and_zstd_from_the_otlp_client() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, ReceiverConfig::default(), true).await;
+    let ok_before = counter(&REQUESTS, &["grpc", "traces", "ok"]);
+    let endpoint = format!("http://{}", server.addr);
+
+    let mut traces = TraceServiceClient::connect(endpoint.clone()).await.expect("connect").send_compressed(CompressionEncoding::Gzip);
+    let response = traces.export(traces_request(3)).await.expect("gzip export").into_inner();
+    assert_eq!(response.partial_success, None, "skipped non-AI spans are not rejections");
+    let mut traces = traces.send_compressed(CompressionEncoding::Zstd);
+    traces.export(traces_request(2)).await.expect("zstd export");
+
+    let mut logs = LogsServiceClient::connect(endpoint.clone()).await.expect("connect");
+    logs.export(logs_request(4)).await.expect("logs export");
+    let mut metrics = MetricsServiceClient::connect(endpoint).await.expect("connect");
+    metrics.export(metrics_request(6)).await.expect("metrics export");
+
+    assert_eq!(sink.rows(), 3 + 2 + 4);
+    assert!(counter(&REQUESTS, &["grpc", "traces", "ok"]) - ok_before >= 2);
+    assert!(counter(&EVENTS, &["grpc", "policy"]) >= 4);
+    assert!(counter(&SKIPPED, &["grpc", "metrics"]) >= 6);
+    assert!(counter(&BYTES, &["grpc"]) > 0);
+}
+
+/// A message that is not an `ExportTraceServiceRequest`: field 1 holds a truncated varint.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(bytes = "vec", tag = "1")]
+    junk: Vec<u8>,
+}
+
+#[tokio::test]
+async fn grpc_malformed_protobuf_is_invalid_argument() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, ReceiverConfig::default(), true).await;
+    let before = counter(&REJECTED, &["grpc", "malformed"]);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.expect("ready");
+    let path = axum::http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let codec = tonic_prost::ProstCodec::<Garbage, ExportTraceServiceResponse>::default();
+    let status = client
+        .unary(tonic::Request::new(Garbage { junk: vec![0x0a, 0xff, 0xff, 0xff] }), path, codec)
+        .await
+        .expect_err("garbage must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(counter(&REJECTED, &["grpc", "malformed"]) > before);
+
+    let mut traces = TraceServiceClient::new(channel);
+    traces.export(traces_request(1)).await.expect("a good request after a bad one");
+    assert_eq!(sink.rows(), 1);
+}
+
+#[tokio::test]
+async fn grpc_oversize_messages_are_final_resource_exhausted() {
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig {
+        limits: Limits { max_body_bytes: 2048, max_decompressed_bytes: 4096 },
+        ..ReceiverConfig::default()
+    };
+    let server = start_grpc(&sink, cfg, true).await;
+    let before = counter(&REJECTED, &["grpc", "too_large"]);
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+
+    // Over the limit on the wire: tonic says OUT_OF_RANGE, which OTLP clients would retry forever.
+    let status = client.export(big_request(10_000)).await.expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.details().is_empty(), "no RetryInfo: the request can never fit");
+    client.export(traces_request(1)).await.expect("a good request after a bad one");
+
+    // Small on the wire, too large once inflated.
+    let mut gzip_client = client.clone().send_compressed(CompressionEncoding::Gzip);
+    let status = gzip_client.export(big_request(10_000)).await.expect_err("too large inflated");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    gzip_client.export(traces_request(1)).await.expect("a good request after a bad one");
+
+    assert!(counter(&REJECTED, &["grpc", "too_large"]) - before >= 2);
+    assert_eq!(sink.rows(), 2);
+}
+
+#[tokio::test]
+async fn grpc_sink_refusals_map_to_retryable_codes_with_retry_info() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, ReceiverConfig::default(), true).await;
+    let before = counter(&REJECTED, &["grpc", "overloaded"]);
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+
+    sink.set_mode(SinkMode::Overloaded);
+    let status = client.export(traces_request(1)).await.expect_err("overloaded");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let (_, _, retry) = status::decode_http_body(status.details()).expect("RetryInfo in the details");
+    assert_eq!(retry, Some(Duration::from_secs(7)));
+
+    sink.set_mode(SinkMode::Unavailable);
+    let status = client.export(traces_request(1)).await.expect_err("unavailable");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    sink.set_mode(SinkMode::Accept);
+    client.export(traces_request(1)).await.expect("recovers");
+    assert_eq!(sink.rows(), 1);
+    assert!(counter(&REJECTED, &["grpc", "overloaded"]) - before >= 1);
+    assert!(counter(&REJECTED, &["grpc", "unavailable"]) >= 1);
+}
+
+/// With the real normalisation: GenAI spans become `inference` rows stamped with the configured source, the
+/// plain HTTP span is skipped, over both transports.
+#[tokio::test]
+async fn end_to_end_rows_arrive_from_both_transports() {
+    let sink = VecSink::new();
+    let http_server = start_http(&sink, ReceiverConfig::default(), false).await;
+    let grpc_server = start_grpc(&sink, ReceiverConfig::default(), false).await;
+    let skipped_before = counter(&SKIPPED, &["http", "traces"]);
+
+    let json = serde_json::to_vec(&traces_request(2)).expect("json");
+    assert_eq!(post(http_server.addr, "/v1/traces", "application/json", None, json).await.status(), 200);
+    let mut client = TraceServiceClient::connect(format!("http://{}", grpc_server.addr))
+        .await
+        .expect("connect")
+        .send_compressed(CompressionEncoding::Gzip);
+    client.export(traces_request(3)).await.expect("gRPC export");
+
+    assert_eq!(sink.rows(), 5);
+    for batch in sink.batches() {
+        let kinds = batch.column_by_name(col::KIND).expect("kind").as_string::<i32>();
+        let sources = batch.column_by_name(col::SOURCE).expect("source").as_string::<i32>();
+        let models = batch.column_by_name(col::MODEL).expect("model").as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            assert_eq!(kinds.value(row), "inference");
+            assert_eq!(sources.value(row), "test-source");
+            assert_eq!(models.value(row), "gpt-4o");
+        }
+    }
+    assert!(counter(&SKIPPED, &["http", "traces"]) > skipped_before, "the health-check span was skipped");
+}
