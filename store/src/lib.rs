@@ -4,15 +4,39 @@
 //!
 //! The API in this file is the contract the binary and `vigil-sql` use; see `docs/architecture.md`.
 
+mod background;
+mod buffer;
+mod compaction;
+mod dedupe;
+mod flush;
+mod manifest;
+mod metrics;
+mod object_files;
+mod open;
+mod parquet_writer;
+mod partition;
+mod retention;
+mod state_table;
+mod wal;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::buffer::Buffer;
+use crate::dedupe::DedupeSet;
+use crate::manifest::Manifest;
+use crate::metrics::metrics;
+use crate::object_files::ObjectFiles;
+use crate::wal::Wal;
 
 /// The tables Vigil stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,6 +61,10 @@ impl Table {
             Table::Baselines => "baselines",
             Table::Inventory => "inventory",
         }
+    }
+    /// Tables that are appended through the WAL and partitioned by hour.
+    pub fn is_appended(self) -> bool {
+        matches!(self, Table::Events | Table::Alerts)
     }
     pub fn schema(self) -> SchemaRef {
         match self {
@@ -77,6 +105,14 @@ pub struct StoreConfig {
     pub events_retention: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub alerts_retention: Option<Duration>,
+    /// Files replaced by compaction or dropped by retention are deleted this long after they leave the
+    /// manifest, so a query still holding an older snapshot can finish reading them (2 × a 60 s query timeout).
+    #[serde(with = "humantime_serde")]
+    pub compaction_grace: Duration,
+    /// How many recent `event_id`s / `alert_id`s `append` remembers to drop re-sent rows (0 disables).
+    pub dedupe_window_rows: usize,
+    /// A WAL segment is closed and a new one started past this size.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -92,6 +128,20 @@ impl Default for StoreConfig {
             maintenance_interval: Duration::from_secs(300),
             events_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             alerts_retention: Some(Duration::from_secs(365 * 24 * 3600)),
+            compaction_grace: Duration::from_secs(120),
+            dedupe_window_rows: 5_000_000,
+            wal_segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The retention of a table, if it has one.
+    pub fn retention(&self, table: Table) -> Option<Duration> {
+        match table {
+            Table::Events => self.events_retention,
+            Table::Alerts => self.alerts_retention,
+            Table::Baselines | Table::Inventory => None,
         }
     }
 }
@@ -112,6 +162,9 @@ pub enum StoreError {
     Config(String),
     #[error("store is shut down")]
     Closed,
+    /// A batch handed to `append`/`put_state` that the table cannot take (wrong table kind or schema).
+    #[error("invalid batch for table {table}: {reason}")]
+    InvalidBatch { table: &'static str, reason: String },
 }
 
 /// One live Parquet file, as listed in the manifest.
@@ -136,71 +189,247 @@ pub struct TableSnapshot {
     pub buffered: Vec<RecordBatch>,
 }
 
+impl TableSnapshot {
+    /// Rows in the snapshot, from the manifest's counts and the buffered batches (no file is read).
+    pub fn row_count(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum::<u64>() + self.buffered.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+    }
+}
+
+/// The manifest and the buffer live under one lock, so a flush that moves rows from one to the other is a
+/// single swap and a snapshot sees each row exactly once.
+pub(crate) struct State {
+    pub manifest: Manifest,
+    pub buffer: Buffer,
+    /// Highest WAL sequence whose rows are in the buffer or in the manifest's files.
+    pub last_seq: u64,
+    /// Schemas of the state tables as last written (their canonical schema lives in `vigil-detect`).
+    pub state_schemas: HashMap<Table, SchemaRef>,
+}
+
+/// What the WAL writer thread shares with the store.
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub flush_wanted: tokio::sync::Notify,
+    pub flush_rows: usize,
+    pub flush_bytes: usize,
+    pub flush_age: Duration,
+}
+
+impl Shared {
+    pub fn should_flush(&self) -> bool {
+        let st = self.state.lock();
+        let b = &st.buffer;
+        b.total_rows() >= self.flush_rows
+            || b.total_bytes() >= self.flush_bytes
+            || b.oldest().is_some_and(|t| t.elapsed() >= self.flush_age)
+    }
+}
+
 /// The store. Cheap to share (`Arc<Store>`); every method takes `&self`.
 pub struct Store {
-    _private: (),
+    config: StoreConfig,
+    objects: Arc<ObjectFiles>,
+    url: url::Url,
+    shared: Arc<Shared>,
+    wal: Wal,
+    dedupe: Mutex<DedupeSet>,
+    /// Serialises manifest changes (flush, compaction swap, retention, state writes).
+    maintenance: tokio::sync::Mutex<()>,
+    /// Files out of the manifest, deleted once their grace period has passed.
+    pending_deletes: Mutex<Vec<(Instant, String)>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    closed: AtomicBool,
+    background: AtomicBool,
 }
+
+/// The URL under which [`Store::object_store`] should be registered with DataFusion; `StoredFile::path`
+/// is relative to it, whether the files are local or in S3.
+pub const OBJECT_STORE_URL: &str = "vigil://store/";
 
 impl Store {
     /// Opens (or creates) the store, deletes Parquet files a crash left outside the manifest, and replays the
     /// WAL records the manifest does not cover into the buffer.
-    pub async fn open(_config: StoreConfig) -> Result<Arc<Store>, StoreError> {
-        todo!()
+    pub async fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+        open::open(config).await
     }
 
     /// Appends batches to their tables durably: returns once they are in the WAL and fsynced. Appends from
     /// concurrent callers share fsyncs (group commit). Only for `Events` and `Alerts`.
-    pub async fn append(&self, _writes: Vec<(Table, RecordBatch)>) -> Result<(), StoreError> {
-        todo!()
+    ///
+    /// Rows whose `event_id` / `alert_id` was stored within the last `dedupe_window_rows` rows are dropped
+    /// (see the `dedupe` module): a retried request is acknowledged without being stored twice.
+    pub async fn append(&self, writes: Vec<(Table, RecordBatch)>) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        for (table, batch) in &writes {
+            check_schema(*table, batch)?;
+        }
+        let mut kept = Vec::with_capacity(writes.len());
+        let mut added = Vec::new();
+        {
+            let mut dedupe = self.dedupe.lock();
+            for (table, batch) in writes {
+                let f = match dedupe.filter(table, batch) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        dedupe.forget(&added);
+                        return Err(e);
+                    }
+                };
+                if f.duplicates > 0 {
+                    metrics().duplicates.with_label_values(&[table.name()]).inc_by(f.duplicates as u64);
+                }
+                added.extend(f.added);
+                if f.batch.num_rows() > 0 {
+                    kept.push((table, f.batch));
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let result = match wal::encode_body(&kept) {
+            Ok(body) => self.wal.append(body, kept).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.dedupe.lock().forget(&added);
+            return Err(e);
+        }
+        if !self.background.load(Ordering::SeqCst) && self.shared.should_flush() {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Replaces a state table (`Baselines`, `Inventory`) with a new snapshot, atomically.
-    pub async fn put_state(&self, _table: Table, _batch: RecordBatch) -> Result<(), StoreError> {
-        todo!()
+    pub async fn put_state(&self, table: Table, batch: RecordBatch) -> Result<(), StoreError> {
+        self.write_state(table, batch).await
     }
 
     /// Reads a state table's current snapshot (used to restore baselines and inventory on start).
-    pub async fn read_state(&self, _table: Table) -> Result<Vec<RecordBatch>, StoreError> {
-        todo!()
+    pub async fn read_state(&self, table: Table) -> Result<Vec<RecordBatch>, StoreError> {
+        self.load_state(table).await
     }
 
     /// A consistent view of a table for one query.
-    pub fn snapshot(&self, _table: Table) -> TableSnapshot {
-        todo!()
+    pub fn snapshot(&self, table: Table) -> TableSnapshot {
+        let (files, buffered, schema) = {
+            let st = self.shared.state.lock();
+            (st.manifest.files(table).to_vec(), st.buffer.batches(table), st.state_schemas.get(&table).cloned())
+        };
+        TableSnapshot { table, schema: schema.unwrap_or_else(|| table.schema()), files, buffered }
     }
 
-    /// The object store holding the Parquet files, and the URL DataFusion should register it under.
+    /// The object store holding the Parquet files, and the URL DataFusion should register it under
+    /// ([`OBJECT_STORE_URL`]; file paths in snapshots are relative to it).
     pub fn object_store(&self) -> (url::Url, Arc<dyn ObjectStore>) {
-        todo!()
+        (self.url.clone(), self.objects.store.clone())
     }
 
     /// Writes everything buffered to Parquet now (on shutdown, and in tests).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        todo!()
+        self.flush_buffer().await
     }
 
     /// Starts the background tasks: age-based flush, compaction and retention. They stop on `shutdown`.
     pub fn spawn_background(self: &Arc<Self>) {
-        todo!()
+        background::spawn(self)
     }
 
     /// Flushes and stops the background tasks.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
-        todo!()
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.flush().await?;
+        self.wal.close();
+        Ok(())
     }
 
     /// One compaction pass (merges small files per partition); returns how many files it replaced.
     pub async fn compact(&self) -> Result<usize, StoreError> {
-        todo!()
+        let n = self.compact_pass().await?;
+        self.delete_due().await;
+        Ok(n)
     }
 
     /// One retention pass; returns how many partitions it deleted.
-    pub async fn apply_retention(&self, _now_us: i64) -> Result<usize, StoreError> {
-        todo!()
+    pub async fn apply_retention(&self, now_us: i64) -> Result<usize, StoreError> {
+        let n = self.retention_pass(now_us).await?;
+        self.delete_due().await;
+        Ok(n)
+    }
+
+    /// WAL segment files currently kept (diagnostics and tests).
+    pub fn wal_segments(&self) -> usize {
+        self.wal.segment_count()
+    }
+
+    /// WAL fsyncs so far; with concurrent appenders it stays below the number of appends (group commit).
+    pub fn wal_fsyncs(&self) -> u64 {
+        self.wal.fsync_count()
+    }
+
+    /// Queues files that just left the manifest for deletion after the grace period.
+    pub(crate) fn schedule_delete(&self, paths: impl IntoIterator<Item = String>) {
+        let due = Instant::now() + self.config.compaction_grace;
+        self.pending_deletes.lock().extend(paths.into_iter().map(|p| (due, p)));
+    }
+
+    /// Deletes the queued files whose grace period has passed. Failures are retried on the next pass; a
+    /// file still left at a restart is not in the manifest and goes with the crash leftovers.
+    pub(crate) async fn delete_due(&self) {
+        let now = Instant::now();
+        let due: Vec<String> = {
+            let mut pending = self.pending_deletes.lock();
+            let (due, keep): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(t, _)| *t <= now);
+            *pending = keep;
+            due.into_iter().map(|(_, p)| p).collect()
+        };
+        for path in due {
+            if let Err(e) = self.objects.delete(&path).await {
+                tracing::warn!(%path, error = %e, "deleting a replaced Parquet file failed; will retry");
+                self.pending_deletes.lock().push((now, path));
+            }
+        }
+    }
+
+    /// Publishes the file gauges and buffered-row gauges from the current state.
+    pub(crate) fn update_gauges(state: &State) {
+        let m = metrics();
+        for t in Table::ALL {
+            let files = state.manifest.files(t);
+            m.files.with_label_values(&[t.name()]).set(files.len() as i64);
+            m.bytes.with_label_values(&[t.name()]).set(files.iter().map(|f| f.size as i64).sum());
+            if t.is_appended() {
+                m.buffered_rows.with_label_values(&[t.name()]).set(state.buffer.rows(t) as i64);
+            }
+        }
     }
 }
 
-#[allow(dead_code)]
-fn _object_path(p: &str) -> ObjectPath {
-    ObjectPath::from(p)
+/// Appends must match the table's schema (names and types), or Parquet files of one table would disagree.
+fn check_schema(table: Table, batch: &RecordBatch) -> Result<(), StoreError> {
+    if !table.is_appended() {
+        return Err(StoreError::InvalidBatch {
+            table: table.name(),
+            reason: "state tables are written with put_state, not append".into(),
+        });
+    }
+    let expected = table.schema();
+    let got = batch.schema();
+    let same = expected.fields().len() == got.fields().len()
+        && expected.fields().iter().zip(got.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if same {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidBatch { table: table.name(), reason: format!("schema {got:?} is not {expected:?}") })
+    }
 }

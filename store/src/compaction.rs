@@ -1,0 +1,150 @@
+//! Compaction: many small files per hour partition (one per flush) become one, so queries open fewer files.
+//! The merged file is written first, then the manifest swaps inputs for output atomically; the inputs are
+//! deleted only after `compaction_grace`, because a query may hold a snapshot that still lists them.
+
+use std::collections::BTreeMap;
+
+use crate::manifest;
+use crate::metrics::metrics;
+use crate::parquet_writer::{self, EncodedFile};
+use crate::partition::{dir_of, hour_of_path, new_file_path};
+use crate::{Store, StoreError, StoredFile, Table};
+
+/// Groups of files to merge: per partition, files smaller than half the target, in time order, packed
+/// greedily into groups of at most `target_bytes`; only groups of two or more files.
+pub(crate) fn plan(files: &[StoredFile], target_bytes: u64) -> Vec<Vec<StoredFile>> {
+    let mut by_dir: BTreeMap<&str, Vec<&StoredFile>> = BTreeMap::new();
+    for f in files {
+        if f.size < target_bytes / 2 {
+            if let Some(dir) = dir_of(&f.path) {
+                by_dir.entry(dir).or_default().push(f);
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    for (_, mut fs) in by_dir {
+        fs.sort_by_key(|f| (f.min_time_us, f.path.clone()));
+        let mut group: Vec<StoredFile> = Vec::new();
+        let mut size = 0;
+        for f in fs {
+            if !group.is_empty() && size + f.size > target_bytes {
+                if group.len() >= 2 {
+                    groups.push(std::mem::take(&mut group));
+                }
+                group.clear();
+                size = 0;
+            }
+            size += f.size;
+            group.push(f.clone());
+        }
+        if group.len() >= 2 {
+            groups.push(group);
+        }
+    }
+    groups
+}
+
+impl Store {
+    pub(crate) async fn compact_pass(&self) -> Result<usize, StoreError> {
+        let mut replaced = 0;
+        for table in [Table::Events, Table::Alerts] {
+            let files = self.shared.state.lock().manifest.files(table).to_vec();
+            for group in plan(&files, self.config.compaction_target_bytes) {
+                replaced += self.merge(table, group).await?;
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// Merges one group; returns how many files it replaced (0 if the group changed under it).
+    async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, StoreError> {
+        let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else { return Ok(0) };
+        let mut inputs = Vec::with_capacity(group.len());
+        for f in &group {
+            inputs.push(self.objects.get(&f.path).await?);
+        }
+        let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
+        let encoded = tokio::task::spawn_blocking(move || -> Result<EncodedFile, StoreError> {
+            let mut all = Vec::new();
+            for bytes in inputs {
+                all.extend(parquet_writer::decode(bytes, None)?);
+            }
+            let mut files = parquet_writer::encode_partitioned(table, &all)?;
+            match (files.pop(), files.is_empty()) {
+                (Some(mut f), true) => {
+                    f.path = new_file_path(table, hour);
+                    Ok(f)
+                }
+                _ => Err(StoreError::Manifest("compaction input spans more than one hour partition".into())),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Manifest(format!("compaction task: {e}")))??;
+        if encoded.rows != expected_rows {
+            return Err(StoreError::Manifest(format!(
+                "compaction read {} rows where the manifest lists {expected_rows}",
+                encoded.rows
+            )));
+        }
+        let out = StoredFile {
+            path: encoded.path.clone(),
+            size: 0,
+            rows: encoded.rows,
+            min_time_us: encoded.min_time_us,
+            max_time_us: encoded.max_time_us,
+        };
+        let size = self.objects.put_durable(&encoded.path, encoded.bytes).await?;
+        let out = StoredFile { size, ..out };
+
+        let _guard = self.maintenance.lock().await;
+        let mut next = self.shared.state.lock().manifest.clone();
+        let live = next.files_mut(table);
+        // Retention may have dropped an input meanwhile: then this output would resurrect rows.
+        if !group.iter().all(|g| live.iter().any(|f| f.path == g.path)) {
+            drop(_guard);
+            self.objects.delete(&out.path).await?;
+            return Ok(0);
+        }
+        live.retain(|f| !group.iter().any(|g| g.path == f.path));
+        live.push(out);
+        manifest::save(&self.objects, &next).await?;
+        {
+            let mut st = self.shared.state.lock();
+            st.manifest = next;
+            Store::update_gauges(&st);
+        }
+        drop(_guard);
+        let n = group.len();
+        metrics().compaction_files_merged.inc_by(n as u64);
+        self.schedule_delete(group.into_iter().map(|f| f.path));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &str, name: &str, size: u64, t: i64) -> StoredFile {
+        StoredFile { path: format!("{dir}/{name}.parquet"), size, rows: 1, min_time_us: t, max_time_us: t }
+    }
+
+    #[test]
+    fn plans_small_files_per_partition_within_the_target() {
+        let a = "events/date=2026-11-22/hour=14";
+        let b = "events/date=2026-11-22/hour=15";
+        let files = vec![
+            file(a, "1", 10, 3),
+            file(a, "2", 10, 1),
+            file(a, "3", 10, 2),
+            file(a, "big", 60, 0), // over half the target: left alone
+            file(b, "1", 10, 0),   // alone in its partition: nothing to merge
+        ];
+        let groups = plan(&files, 25);
+        // 10 + 10 fit in 25, the third starts a new group of one, which is not merged.
+        assert_eq!(groups.len(), 1);
+        let names: Vec<_> = groups[0].iter().map(|f| f.path.rsplit('/').next().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["2.parquet", "3.parquet"]);
+        assert_eq!(plan(&files, 110)[0].len(), 3);
+    }
+}

@@ -1,0 +1,61 @@
+//! Flush: buffered rows -> hour-partitioned Parquet -> manifest swap -> buffer drop -> WAL segment deletion,
+//! in that order, so that at every instant each acknowledged row is durable in the WAL or in a file the
+//! manifest lists (and never visible twice).
+
+use crate::manifest;
+use crate::metrics::metrics;
+use crate::parquet_writer::write_partitioned;
+use crate::{Store, StoreError, Table};
+
+impl Store {
+    pub(crate) async fn flush_buffer(&self) -> Result<(), StoreError> {
+        let _guard = self.maintenance.lock().await;
+        let (seq, parts, mut next) = {
+            let st = self.shared.state.lock();
+            let parts: Vec<_> = [Table::Events, Table::Alerts]
+                .into_iter()
+                .map(|t| (t, st.buffer.batches_upto(t, st.last_seq)))
+                .filter(|(_, b)| !b.is_empty())
+                .collect();
+            (st.last_seq, parts, st.manifest.clone())
+        };
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut written = Vec::new();
+        for (table, batches) in parts {
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            match write_partitioned(&self.objects, table, batches).await {
+                Ok(files) => written.push((table, rows, files)),
+                Err(e) => {
+                    for f in written.iter().flat_map(|(_, _, files)| files) {
+                        let _ = self.objects.delete(&f.path).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (table, _, files) in &written {
+            next.files_mut(*table).extend(files.iter().cloned());
+        }
+        next.wal_seq = seq;
+        // If this fails the files stay: whether the new manifest landed is unknown, and `open` deletes
+        // them if it did not.
+        manifest::save(&self.objects, &next).await?;
+        {
+            let mut st = self.shared.state.lock();
+            st.manifest = next;
+            st.buffer.drain_upto(seq);
+            Store::update_gauges(&st);
+        }
+        let m = metrics();
+        for (table, rows, _) in &written {
+            m.flushes.with_label_values(&[table.name()]).inc();
+            m.rows_flushed.with_label_values(&[table.name()]).inc_by(*rows);
+        }
+        drop(_guard);
+        self.wal.roll().await?;
+        self.wal.delete_covered(seq)?;
+        Ok(())
+    }
+}

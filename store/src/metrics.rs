@@ -1,0 +1,95 @@
+//! Prometheus metrics of the store, registered once in the process-wide default registry (several `Store`s
+//! in one process, as in tests, share them).
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    register_histogram_with_registry, register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_vec_with_registry, Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+};
+
+pub(crate) struct Metrics {
+    pub wal_appends: IntCounter,
+    pub wal_bytes: IntCounter,
+    pub wal_fsync_seconds: Histogram,
+    pub flushes: IntCounterVec,
+    pub rows_flushed: IntCounterVec,
+    pub files: IntGaugeVec,
+    pub bytes: IntGaugeVec,
+    pub buffered_rows: IntGaugeVec,
+    pub duplicates: IntCounterVec,
+    pub compaction_files_merged: IntCounter,
+    pub retention_partitions_deleted: IntCounterVec,
+}
+
+pub(crate) fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let r = prometheus::default_registry();
+        // Registration fails only on a name clash inside this process, which is a programming error.
+        let m = || -> prometheus::Result<Metrics> {
+            Ok(Metrics {
+                wal_appends: register_int_counter_with_registry!(
+                    "vigil_wal_appends_total",
+                    "WAL records appended (one per append call)",
+                    r
+                )?,
+                wal_bytes: register_int_counter_with_registry!("vigil_wal_bytes_total", "Bytes written to the WAL", r)?,
+                wal_fsync_seconds: register_histogram_with_registry!(
+                    "vigil_wal_fsync_seconds",
+                    "Duration of one WAL fsync (shared by a group of appends)",
+                    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                    r
+                )?,
+                flushes: register_int_counter_vec_with_registry!(
+                    "vigil_store_flushes_total",
+                    "Buffer flushes to Parquet that wrote rows of this table",
+                    &["table"],
+                    r
+                )?,
+                rows_flushed: register_int_counter_vec_with_registry!(
+                    "vigil_store_rows_flushed_total",
+                    "Rows written to Parquet by flushes",
+                    &["table"],
+                    r
+                )?,
+                files: register_int_gauge_vec_with_registry!(
+                    "vigil_store_files",
+                    "Live Parquet files listed in the manifest",
+                    &["table"],
+                    r
+                )?,
+                bytes: register_int_gauge_vec_with_registry!(
+                    "vigil_store_bytes",
+                    "Bytes of live Parquet files listed in the manifest",
+                    &["table"],
+                    r
+                )?,
+                buffered_rows: register_int_gauge_vec_with_registry!(
+                    "vigil_store_buffered_rows",
+                    "Rows acknowledged and held in memory, not yet in Parquet",
+                    &["table"],
+                    r
+                )?,
+                duplicates: register_int_counter_vec_with_registry!(
+                    "vigil_store_duplicates_total",
+                    "Rows dropped by append because their id was stored recently",
+                    &["table"],
+                    r
+                )?,
+                compaction_files_merged: register_int_counter_with_registry!(
+                    "vigil_compaction_files_merged_total",
+                    "Parquet files replaced by compaction",
+                    r
+                )?,
+                retention_partitions_deleted: register_int_counter_vec_with_registry!(
+                    "vigil_retention_partitions_deleted_total",
+                    "Hour partitions deleted by retention",
+                    &["table"],
+                    r
+                )?,
+            })
+        };
+        m().expect("vigil-store metrics are registered once per process")
+    })
+}

@@ -1,0 +1,117 @@
+//! The object store that holds Parquet files and the manifest, plus what `object_store` does not do for a
+//! local directory: fsync. `LocalFileSystem::put` renames a staged file into place but never syncs it, and a
+//! WAL segment may be deleted only once the Parquet rows it held survive a power loss.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::StoreError;
+
+pub(crate) struct ObjectFiles {
+    pub store: Arc<dyn ObjectStore>,
+    /// Set when the store is a local directory (`LocalFileSystem::new_with_prefix(root)`).
+    pub local_root: Option<PathBuf>,
+}
+
+fn local_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Manifest(format!("{}: {e}", path.display()))
+}
+
+/// fsyncs a file and the directories from it up to `root`, so a freshly created partition directory is as
+/// durable as the file in it.
+fn sync_local(root: &Path, rel: &str) -> Result<(), StoreError> {
+    let path = root.join(rel);
+    std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| local_err(&path, e))?;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| local_err(d, e))?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+impl ObjectFiles {
+    /// Writes an object atomically (staged + rename locally, a single PUT on S3) and durably.
+    pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<u64, StoreError> {
+        let size = bytes.len() as u64;
+        self.store.put(&ObjectPath::from(path), PutPayload::from_bytes(bytes)).await?;
+        if let Some(root) = &self.local_root {
+            let (root, rel) = (root.clone(), path.to_string());
+            tokio::task::spawn_blocking(move || sync_local(&root, &rel))
+                .await
+                .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))??;
+        }
+        Ok(size)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
+        Ok(self.store.get(&ObjectPath::from(path)).await?.bytes().await?)
+    }
+
+    /// Deletes an object; one that is already gone is not an error.
+    pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        match self.store.delete(&ObjectPath::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let (Some(root), Some((dir, _))) = (&self.local_root, path.rsplit_once('/')) {
+            remove_empty_dirs(root, dir);
+        }
+        Ok(())
+    }
+
+    /// Every object under `prefix/`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = ObjectPath::from(prefix);
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Local only: files `object_store` stages as `name#N` and never lists; a crash mid-put leaves them.
+    pub fn remove_local_staging_leftovers(&self, prefix: &str) -> usize {
+        let Some(root) = &self.local_root else { return 0 };
+        let mut removed = 0;
+        let mut stack = vec![root.join(prefix)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains('#'))
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Removes `dir` and then its parents while they are empty, stopping at the table directory (`events`).
+pub(crate) fn remove_empty_dirs(root: &Path, dir: &str) {
+    let mut rel = dir;
+    loop {
+        // Never remove the table directory itself (one path segment).
+        if !rel.contains('/') {
+            break;
+        }
+        // `remove_dir` fails on a non-empty directory, which is the signal to stop.
+        if std::fs::remove_dir(root.join(rel)).is_err() {
+            break;
+        }
+        match rel.rsplit_once('/') {
+            Some((parent, _)) => rel = parent,
+            None => break,
+        }
+    }
+}

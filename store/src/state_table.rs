@@ -1,0 +1,48 @@
+//! State tables (`baselines`, `inventory`): one Parquet file per table, `<table>/state.parquet`, replaced
+//! whole by each `put_state` (an atomic put) and then listed in the manifest. A query holding the previous
+//! snapshot may see the new file's contents; state tables are small and read whole, so that is acceptable.
+
+use crate::manifest;
+use crate::parquet_writer;
+use crate::{Store, StoreError, StoredFile, Table};
+
+fn state_path(table: Table) -> String {
+    format!("{}/state.parquet", table.name())
+}
+
+impl Store {
+    pub(crate) async fn write_state(&self, table: Table, batch: arrow::array::RecordBatch) -> Result<(), StoreError> {
+        if table.is_appended() {
+            return Err(StoreError::InvalidBatch {
+                table: table.name(),
+                reason: "appended tables are written with append, not put_state".into(),
+            });
+        }
+        let schema = batch.schema();
+        let rows = batch.num_rows() as u64;
+        let bytes = tokio::task::spawn_blocking(move || parquet_writer::encode(&batch))
+            .await
+            .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
+        let path = state_path(table);
+        let _guard = self.maintenance.lock().await;
+        let size = self.objects.put_durable(&path, bytes).await?;
+        let mut next = self.shared.state.lock().manifest.clone();
+        *next.files_mut(table) = vec![StoredFile { path, size, rows, min_time_us: 0, max_time_us: 0 }];
+        manifest::save(&self.objects, &next).await?;
+        let mut st = self.shared.state.lock();
+        st.manifest = next;
+        st.state_schemas.insert(table, schema);
+        Store::update_gauges(&st);
+        Ok(())
+    }
+
+    pub(crate) async fn load_state(&self, table: Table) -> Result<Vec<arrow::array::RecordBatch>, StoreError> {
+        let files = self.shared.state.lock().manifest.files(table).to_vec();
+        let mut out = Vec::new();
+        for f in files {
+            let bytes = self.objects.get(&f.path).await?;
+            out.extend(parquet_writer::decode(bytes, None)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,387 @@
+//! End-to-end behaviour of the store on a temporary directory: durability across simulated crashes,
+//! exactly-once visibility, dedupe, compaction under concurrent reads, retention, state tables.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use vigil_ingest::{EventBatchBuilder, EventKind, EventRow};
+use vigil_store::{Store, StoreConfig, Table};
+
+const HOUR_US: i64 = 3_600_000_000;
+/// 2026-11-22T14:00:00Z
+const T14: i64 = 1_795_356_000_000_000;
+
+fn config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        flush_rows: 1_000_000,
+        flush_age: Duration::from_secs(3600),
+        compaction_grace: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
+    let mut b = EventBatchBuilder::with_capacity(ids.len());
+    for i in ids {
+        b.push(&EventRow {
+            time_us: time_us + i as i64,
+            event_id: format!("e{i}"),
+            kind: Some(EventKind::Inference),
+            user_id: Some(format!("user{}", i % 7)),
+            model: Some("gpt-4o".into()),
+            prompt_text: Some("p".repeat(300)),
+            ..Default::default()
+        });
+    }
+    b.finish()
+}
+
+/// Every `event_id` a query would see: the files are really read through the object store.
+async fn visible_ids(store: &Store, table: Table) -> Vec<String> {
+    let col = if table == Table::Events { "event_id" } else { "alert_id" };
+    let snap = store.snapshot(table);
+    let (_, os) = store.object_store();
+    let mut batches = snap.buffered.clone();
+    for f in &snap.files {
+        let bytes: Bytes = os.get(&ObjectPath::from(f.path.as_str())).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
+    batches
+        .iter()
+        .flat_map(|b| b.column_by_name(col).unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+        .collect()
+}
+
+fn assert_exactly(ids: Vec<String>, expected: usize) {
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicates visible");
+    assert_eq!(ids.len(), expected);
+}
+
+#[tokio::test]
+async fn append_is_visible_in_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    let snap = store.snapshot(Table::Events);
+    assert_eq!((snap.files.len(), snap.row_count()), (0, 10));
+    assert_eq!(snap.schema, vigil_ingest::event_schema());
+    assert!(dir.path().join("wal").read_dir().unwrap().count() >= 1);
+}
+
+#[tokio::test]
+async fn crash_without_flush_replays_every_row_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(config(dir.path())).await.unwrap();
+        for k in 0..3 {
+            store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))]).await.unwrap();
+        }
+        // Dropped without flush or shutdown: what `kill -9` leaves.
+    }
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 30);
+    store.flush().await.unwrap();
+    assert_eq!(store.snapshot(Table::Events).buffered.len(), 0);
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let snap = store.snapshot(Table::Events);
+    assert!(snap.buffered.is_empty(), "records covered by the manifest must not be replayed");
+    assert_exactly(visible_ids(&store, Table::Events).await, 30);
+}
+
+#[tokio::test]
+async fn flush_then_crash_keeps_files_and_later_rows_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(config(dir.path())).await.unwrap();
+        store.append(vec![(Table::Events, events(0..20, T14))]).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(store.wal_segments(), 1, "covered segments are deleted after the manifest swap");
+        store.append(vec![(Table::Events, events(20..25, T14))]).await.unwrap();
+    }
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let snap = store.snapshot(Table::Events);
+    assert_eq!(snap.files.iter().map(|f| f.rows).sum::<u64>(), 20);
+    assert_eq!(snap.buffered.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    assert_exactly(visible_ids(&store, Table::Events).await, 25);
+}
+
+#[tokio::test]
+async fn parquet_left_by_a_crash_before_the_manifest_swap_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = dir.path().join("events/date=2026-11-22/hour=14/0190c0de-orphan.parquet");
+    {
+        let store = Store::open(config(dir.path())).await.unwrap();
+        let batch = events(0..10, T14);
+        store.append(vec![(Table::Events, batch.clone())]).await.unwrap();
+        // The flush wrote its file, then the process died before `_manifest.json` was replaced.
+        std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&orphan).unwrap(), batch.schema(), None)
+            .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(!orphan.exists());
+    assert_exactly(visible_ids(&store, Table::Events).await, 10);
+}
+
+#[tokio::test]
+async fn torn_wal_tail_keeps_earlier_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(config(dir.path())).await.unwrap();
+        store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+        store.append(vec![(Table::Events, events(10..20, T14))]).await.unwrap();
+        store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+    }
+    let segment = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 100).unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let ids = visible_ids(&store, Table::Events).await;
+    assert_exactly(ids.clone(), 20);
+    assert!(!ids.contains(&"e25".to_string()));
+    // The store goes on: the torn record's rows can be sent again (the dedupe window never saw them).
+    store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 30);
+}
+
+#[tokio::test]
+async fn resent_rows_are_dropped_within_the_window_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    store.append(vec![(Table::Events, events(5..15, T14))]).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 15);
+    drop(store);
+    // Rebuilt from the replayed WAL.
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append(vec![(Table::Events, events(0..15, T14))]).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 15);
+    store.flush().await.unwrap();
+    drop(store);
+    // Rebuilt from the Parquet files.
+    let store = Store::open(config(dir.path())).await.unwrap();
+    store.append(vec![(Table::Events, events(10..20, T14))]).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 20);
+}
+
+#[tokio::test]
+async fn alerts_are_stored_and_deduplicated_by_alert_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let alert = |id: &str| vigil_detect::Alert {
+        alert_id: id.into(),
+        time_us: T14 + 5,
+        detector: "prompt_injection".into(),
+        severity: vigil_detect::Severity::High,
+        entity_type: "user".into(),
+        entity_id: "alice".into(),
+        score: 3.0,
+        title: "t".into(),
+        description: "d".into(),
+        evidence_event_ids: vec!["e1".into()],
+        evidence: "x".into(),
+        owasp: None,
+        atlas: None,
+        fingerprint: "f".into(),
+    };
+    let batch = vigil_detect::alerts_to_batch(&[alert("a1"), alert("a2")]);
+    store.append(vec![(Table::Events, events(0..3, T14)), (Table::Alerts, batch.clone())]).await.unwrap();
+    store.append(vec![(Table::Alerts, batch)]).await.unwrap();
+    store.flush().await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Alerts).await, 2);
+    let files = store.snapshot(Table::Alerts).files;
+    assert!(files[0].path.starts_with("alerts/date=2026-11-22/hour=14/"), "{}", files[0].path);
+    // State tables cannot be appended, and a batch of the wrong shape is refused.
+    assert!(store.append(vec![(Table::Baselines, events(0..1, T14))]).await.is_err());
+    assert!(store.append(vec![(Table::Alerts, events(0..1, T14))]).await.is_err());
+}
+
+#[tokio::test]
+async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    // Two hours, out of order.
+    store.append(vec![(Table::Events, events(0..5, T14 + HOUR_US))]).await.unwrap();
+    store.append(vec![(Table::Events, events(5..10, T14))]).await.unwrap();
+    store.flush().await.unwrap();
+    let mut files = store.snapshot(Table::Events).files;
+    files.sort_by_key(|f| f.min_time_us);
+    assert_eq!(files.len(), 2);
+    assert!(files[0].path.starts_with("events/date=2026-11-22/hour=14/"), "{}", files[0].path);
+    assert!(files[1].path.starts_with("events/date=2026-11-22/hour=15/"), "{}", files[1].path);
+    assert_eq!((files[0].min_time_us, files[0].max_time_us), (T14 + 5, T14 + 9));
+    assert!(dir.path().join(&files[0].path).exists());
+    assert!(dir.path().join("_manifest.json").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["tables"]["events"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_small_files_while_readers_see_constant_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { compaction_grace: Duration::from_millis(1500), ..config(dir.path()) };
+    let store = Store::open(cfg).await.unwrap();
+    for k in 0..8 {
+        store.append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14))]).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    for k in 8..11 {
+        store.append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14 + 2 * HOUR_US))]).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let before = store.snapshot(Table::Events).files;
+    assert_eq!(before.len(), 11);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::SeqCst) {
+                assert_exactly(visible_ids(&store, Table::Events).await, 550);
+                reads += 1;
+            }
+            reads
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.compact().await.unwrap(), 11);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    assert!(reader.await.unwrap() > 1);
+
+    let after = store.snapshot(Table::Events).files;
+    assert_eq!(after.len(), 2, "one file per partition");
+    assert_exactly(visible_ids(&store, Table::Events).await, 550);
+    // Replaced files outlive the grace period only.
+    assert!(before.iter().all(|f| dir.path().join(&f.path).exists()));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(store.compact().await.unwrap(), 0);
+    assert!(before.iter().all(|f| !dir.path().join(&f.path).exists()));
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_exactly(visible_ids(&store, Table::Events).await, 550);
+}
+
+#[tokio::test]
+async fn retention_removes_old_partitions_from_disk_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let now = T14 + 40 * 24 * HOUR_US;
+    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap(); // 40 days old
+    store.append(vec![(Table::Events, events(10..20, now - HOUR_US))]).await.unwrap();
+    store.flush().await.unwrap();
+    assert!(dir.path().join("events/date=2026-11-22/hour=14").exists());
+    assert_eq!(store.apply_retention(now).await.unwrap(), 1);
+    let ids = visible_ids(&store, Table::Events).await;
+    assert_exactly(ids.clone(), 10);
+    assert!(ids.contains(&"e15".to_string()));
+    assert!(!dir.path().join("events/date=2026-11-22").exists(), "empty partition directories are removed");
+    assert!(dir.path().join("events").exists());
+    assert_eq!(store.apply_retention(now).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn state_tables_are_replaced_whole_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(store.read_state(Table::Inventory).await.unwrap().is_empty());
+    store.put_state(Table::Baselines, events(0..5, T14)).await.unwrap();
+    store.put_state(Table::Baselines, events(0..3, T14)).await.unwrap();
+    let snap = store.snapshot(Table::Baselines);
+    assert_eq!(snap.files.len(), 1);
+    assert_eq!((snap.files[0].path.as_str(), snap.files[0].rows), ("baselines/state.parquet", 3));
+    assert_eq!(snap.schema, vigil_ingest::event_schema(), "the batch's own schema");
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let back = store.read_state(Table::Baselines).await.unwrap();
+    assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    assert!(store.put_state(Table::Events, events(0..1, T14)).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_flushes_by_age_and_shutdown_stops_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { flush_age: Duration::from_millis(300), ..config(dir.path()) };
+    let store = Store::open(cfg).await.unwrap();
+    store.spawn_background();
+    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    let mut flushed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !store.snapshot(Table::Events).files.is_empty() {
+            flushed = true;
+            break;
+        }
+    }
+    assert!(flushed, "the age-based flush did not run");
+    store.append(vec![(Table::Events, events(10..12, T14))]).await.unwrap();
+    store.shutdown().await.unwrap();
+    assert!(store.snapshot(Table::Events).buffered.is_empty(), "shutdown flushes");
+    assert!(matches!(
+        store.append(vec![(Table::Events, events(20..21, T14))]).await,
+        Err(vigil_store::StoreError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn flush_by_row_count_without_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { flush_rows: 25, ..config(dir.path()) };
+    let store = Store::open(cfg).await.unwrap();
+    store.append(vec![(Table::Events, events(0..20, T14))]).await.unwrap();
+    assert!(store.snapshot(Table::Events).files.is_empty());
+    store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+    let snap = store.snapshot(Table::Events);
+    assert_eq!((snap.files.len(), snap.buffered.len()), (1, 0));
+}
+
+/// Group-commit throughput: 8 concurrent callers appending batches of ~500-byte events.
+/// `cargo test -p vigil-store --test store -- --ignored --nocapture append_throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn append_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let (callers, calls, per_call) = (8usize, 250usize, 100usize);
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for k in 0..calls {
+                    let first = (c * calls + k) * per_call;
+                    store.append(vec![(Table::Events, events(first..first + per_call, T14))]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = callers * calls * per_call;
+    println!(
+        "append_throughput: {total} events in {secs:.2}s = {:.0} events/s ({} appends, 8 callers, {per_call} events/append)",
+        total as f64 / secs,
+        callers * calls
+    );
+    assert_eq!(store.snapshot(Table::Events).row_count(), total as u64);
+}
