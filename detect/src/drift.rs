@@ -75,8 +75,9 @@ struct Sample {
 #[derive(Debug, Default)]
 pub struct DriftTrack {
     samples: VecDeque<Sample>,
-    /// The `response_model` this model has answered with, and how many events confirmed it.
-    pub response_model: Option<(String, u64)>,
+    /// Every `response_model` this model has answered as, and the events counted (swap detection).
+    pub response_models: Vec<String>,
+    pub events: u64,
     /// Features currently in the drifted state (to alert once per episode, not on every tick).
     pub firing: HashMap<&'static str, bool>,
 }
@@ -128,6 +129,20 @@ pub struct DriftLimits {
 }
 
 impl DriftTrack {
+    /// Records the model that answered; `true` when it is a new version after `min_events` events with
+    /// others (a silent model swap), `false` for the first sighting and for known versions.
+    pub fn observe_response_model(&mut self, response_model: &str, min_events: u64) -> bool {
+        self.events += 1;
+        if self.response_models.iter().any(|m| m == response_model) {
+            return false;
+        }
+        let swap = !self.response_models.is_empty() && self.events > min_events;
+        if self.response_models.len() < 64 {
+            self.response_models.push(response_model.to_string());
+        }
+        swap
+    }
+
     pub fn push(&mut self, time_us: i64, category: u32, output_tokens: f64, latency_ms: f64, max: usize) {
         self.samples.push_back(Sample { time_us, category, output_tokens, latency_ms });
         while self.samples.len() > max {
@@ -210,6 +225,18 @@ mod tests {
     }
 
     #[test]
+    fn a_new_response_model_after_warm_up_is_a_swap() {
+        let mut t = DriftTrack::default();
+        assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3));
+        for _ in 0..5 {
+            assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3));
+        }
+        assert!(t.observe_response_model("gpt-4o-2025-01-01", 3));
+        assert!(!t.observe_response_model("gpt-4o-2025-01-01", 3), "reported once");
+        assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3), "known version");
+    }
+
+    #[test]
     fn evaluate_needs_enough_samples_and_reports_the_drifted_feature() {
         let lim = DriftLimits {
             reference_us: 1000,
@@ -221,11 +248,16 @@ mod tests {
             wasserstein: 0.1,
             max_samples: 10_000,
         };
+        let mut small = DriftTrack::default();
+        for i in 850..900 {
+            small.push(i, 0, 100.0, 50.0, 10_000);
+        }
+        assert!(small.evaluate(900, 1, &lim).is_none(), "too little reference data");
         let mut t = DriftTrack::default();
         for i in 0..900 {
             t.push(i, 0, 100.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
         }
-        assert!(t.evaluate(900, 1, &lim).is_none(), "no current window yet");
+        assert_eq!(t.evaluate(900, 1, &lim), Some(vec![]), "same distribution: no drift");
         for i in 900..1000 {
             t.push(i, 0, 300.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
         }

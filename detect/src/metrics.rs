@@ -1,0 +1,41 @@
+//! Detection metrics in the process-wide Prometheus registry, and an HDR histogram of batch latency the
+//! binary can read without scraping itself.
+
+use std::sync::OnceLock;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
+
+pub struct Metrics {
+    pub alerts: IntCounterVec,
+    pub events: IntCounter,
+    pub batch_seconds: Histogram,
+}
+
+/// Registered once per process (several stages in one test process share them).
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let alerts = IntCounterVec::new(
+            Opts::new("vigil_alerts_total", "Alerts raised by the detection stage"),
+            &["detector", "severity"],
+        )
+        .expect("valid metric");
+        let events = IntCounter::new("vigil_detect_events_total", "Events through the detection stage").expect("valid metric");
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new("vigil_detect_batch_seconds", "Time to process one batch in the detection stage")
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+        )
+        .expect("valid metric");
+        let r = prometheus::default_registry();
+        for c in [
+            Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events.clone()),
+            Box::new(batch_seconds.clone()),
+        ] {
+            if let Err(e) = r.register(c) {
+                tracing::warn!(error = %e, "detection metric not registered");
+            }
+        }
+        Metrics { alerts, events, batch_seconds }
+    })
+}

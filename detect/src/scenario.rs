@@ -1,0 +1,1 @@
+//! Synthetic labelled traffic (being written).

@@ -1,0 +1,807 @@
+//! The detection stage: one pass over each Arrow batch. Content scanning (the expensive, stateless part)
+//! runs outside any lock; the stateful part (inventory, baselines, bursts, drift samples) takes one mutex
+//! per batch, not per row. Time-window work (idle windows, drift, model refits) happens in `tick`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder,
+};
+use arrow::compute::kernels::cmp::eq;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use hdrhistogram::Histogram;
+use parking_lot::{Mutex, RwLock};
+use vigil_ingest::schema::col;
+
+use crate::alert::{Alert, Severity};
+use crate::baseline::{self, ClosedWindow, Entity, EntityBaseline};
+use crate::behavior::{BehaviorModel, DIMS};
+use crate::config::{ContentCapture, DetectConfig};
+use crate::content::{self, Finding};
+use crate::drift::{Categories, DriftLimits, DriftTrack};
+use crate::findings::{snippet, AlertDraft};
+use crate::inventory::{Access, CompiledInventory, SeenTracker, Tracked};
+use crate::metrics::metrics;
+use crate::Detection;
+
+/// Training windows kept per behaviour model.
+const TRAINING_CAP: usize = 20_000;
+/// Drift samples kept per model/endpoint.
+const DRIFT_CAP: usize = 100_000;
+
+struct Runtime {
+    cfg: DetectConfig,
+    inv: CompiledInventory,
+}
+
+impl Runtime {
+    fn new(cfg: DetectConfig) -> Self {
+        let inv = CompiledInventory::new(cfg.inventory.clone(), cfg.role_source);
+        Self { cfg, inv }
+    }
+    fn on(&self, detector: &str) -> bool {
+        self.cfg.is_enabled(detector)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    baselines: [HashMap<String, EntityBaseline>; 4],
+    seen: SeenTracker,
+    /// Model, endpoint.
+    drift: [HashMap<String, DriftTrack>; 2],
+    categories: Categories,
+    /// Closed windows of users and agents, for the behaviour models.
+    training: [VecDeque<[f64; DIMS]>; 2],
+    new_since_fit: [usize; 2],
+}
+
+/// See the crate docs and `lib.rs` for the contract.
+pub struct DetectionStage {
+    runtime: RwLock<Arc<Runtime>>,
+    state: Mutex<State>,
+    /// User, agent.
+    behavior: RwLock<[Option<Arc<BehaviorModel>>; 2]>,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// The batch's columns, downcast once.
+struct Cols<'a> {
+    time: &'a arrow::array::PrimitiveArray<TimestampMicrosecondType>,
+    event_id: &'a StringArray,
+    service: &'a StringArray,
+    user: &'a StringArray,
+    role: &'a StringArray,
+    agent: &'a StringArray,
+    provider: &'a StringArray,
+    model: &'a StringArray,
+    response_model: &'a StringArray,
+    endpoint: &'a StringArray,
+    input_tokens: &'a Int64Array,
+    output_tokens: &'a Int64Array,
+    latency: &'a Float64Array,
+    finish: &'a StringArray,
+    tool: &'a StringArray,
+    data_source: &'a StringArray,
+    prompt: &'a StringArray,
+    response: &'a StringArray,
+    is_inference: BooleanArray,
+    is_tool: BooleanArray,
+    is_policy: BooleanArray,
+    is_deny: BooleanArray,
+    is_error: BooleanArray,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ColumnError {
+    #[error("column {0} missing or of the wrong type")]
+    Missing(&'static str),
+    #[error("comparing column {0}: {1}")]
+    Compare(&'static str, arrow::error::ArrowError),
+}
+
+impl<'a> Cols<'a> {
+    fn new(b: &'a RecordBatch) -> Result<Self, ColumnError> {
+        let s = |n: &'static str| b.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or(ColumnError::Missing(n));
+        // Vectorised flags with arrow's comparison kernels; nulls compare as null (treated as false).
+        let is = |n: &'static str, v: &str| -> Result<BooleanArray, ColumnError> {
+            eq(s(n)?, &StringArray::new_scalar(v)).map_err(|e| ColumnError::Compare(n, e))
+        };
+        Ok(Self {
+            time: b
+                .column_by_name(col::TIME)
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+                .ok_or(ColumnError::Missing(col::TIME))?,
+            event_id: s(col::EVENT_ID)?,
+            service: s(col::SERVICE)?,
+            user: s(col::USER_ID)?,
+            role: s(col::USER_ROLE)?,
+            agent: s(col::AGENT_ID)?,
+            provider: s(col::PROVIDER)?,
+            model: s(col::MODEL)?,
+            response_model: s(col::RESPONSE_MODEL)?,
+            endpoint: s(col::ENDPOINT)?,
+            input_tokens: b
+                .column_by_name(col::INPUT_TOKENS)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .ok_or(ColumnError::Missing(col::INPUT_TOKENS))?,
+            output_tokens: b
+                .column_by_name(col::OUTPUT_TOKENS)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .ok_or(ColumnError::Missing(col::OUTPUT_TOKENS))?,
+            latency: b
+                .column_by_name(col::LATENCY_MS)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                .ok_or(ColumnError::Missing(col::LATENCY_MS))?,
+            finish: s(col::FINISH_REASONS)?,
+            tool: s(col::TOOL_NAME)?,
+            data_source: s(col::DATA_SOURCE)?,
+            prompt: s(col::PROMPT_TEXT)?,
+            response: s(col::RESPONSE_TEXT)?,
+            is_inference: is(col::KIND, "inference")?,
+            is_tool: is(col::KIND, "tool")?,
+            is_policy: is(col::KIND, "policy")?,
+            is_deny: is(col::DECISION, "deny")?,
+            is_error: is(col::STATUS, "error")?,
+        })
+    }
+}
+
+fn get(a: &StringArray, i: usize) -> Option<&str> {
+    if a.is_null(i) {
+        return None;
+    }
+    Some(a.value(i)).filter(|v| !v.is_empty())
+}
+
+fn flag(a: &BooleanArray, i: usize) -> bool {
+    a.is_valid(i) && a.value(i)
+}
+
+/// Who did it: the user, else the agent, else the service.
+fn actor<'a>(c: &'a Cols, i: usize) -> (&'static str, &'a str) {
+    if let Some(u) = get(c.user, i) {
+        ("user", u)
+    } else if let Some(a) = get(c.agent, i) {
+        ("agent", a)
+    } else {
+        ("service", get(c.service, i).unwrap_or("unknown"))
+    }
+}
+
+fn kinds_label(findings: &[&Finding]) -> String {
+    let mut k: Vec<&str> = findings.iter().map(|f| f.kind.as_str()).collect();
+    k.sort_unstable();
+    k.dedup();
+    k.join(",")
+}
+
+impl DetectionStage {
+    pub fn new(config: DetectConfig) -> Arc<Self> {
+        metrics();
+        Arc::new(Self {
+            runtime: RwLock::new(Arc::new(Runtime::new(config))),
+            state: Mutex::new(State::default()),
+            behavior: RwLock::new([None, None]),
+            latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+        })
+    }
+
+    pub fn process(&self, batch: &RecordBatch) -> Detection {
+        let started = Instant::now();
+        let rt = self.runtime.read().clone();
+        let cols = match Cols::new(batch) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "batch does not have the event schema; stored without detection");
+                return Detection { events: batch.clone(), alerts: Vec::new() };
+            }
+        };
+        let mut alerts = Vec::new();
+        let (prompt, response) = self.scan_content(&rt, &cols, &mut alerts);
+        let models = self.behavior.read().clone();
+        {
+            let mut st = self.state.lock();
+            for i in 0..batch.num_rows() {
+                stateful_row(&rt, &models, &mut st, &cols, i, &mut alerts);
+            }
+        }
+        let events = replace_text(batch, prompt, response);
+        self.finish(batch.num_rows(), started, &alerts);
+        Detection { events, alerts }
+    }
+
+    fn finish(&self, rows: usize, started: Instant, alerts: &[Alert]) {
+        let elapsed = started.elapsed();
+        let m = metrics();
+        m.events.inc_by(rows as u64);
+        m.batch_seconds.observe(elapsed.as_secs_f64());
+        for a in alerts {
+            m.alerts.with_label_values(&[a.detector.as_str(), a.severity.as_str()]).inc();
+        }
+        let _ = self.latency_us.lock().record((elapsed.as_micros() as u64).max(1));
+    }
+
+    /// Per-batch processing time quantiles (p50, p99) in µs since start: with per-event detectors
+    /// alerting inside `process`, this bounds the event-to-alert latency added by detection.
+    pub fn latency_quantiles(&self) -> (u64, u64) {
+        let h = self.latency_us.lock();
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    }
+
+    /// Sensitive data, prompt injection and tool-argument injection; returns the stored text columns.
+    fn scan_content(&self, rt: &Runtime, c: &Cols, alerts: &mut Vec<Alert>) -> (ArrayRef, ArrayRef) {
+        let capture = rt.cfg.content_capture;
+        let th = &rt.cfg.thresholds;
+        let n = c.time.len();
+        let mut masked: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
+        for i in 0..n {
+            let inference = flag(&c.is_inference, i);
+            let tool = flag(&c.is_tool, i);
+            for (side, arr) in [(0usize, c.prompt), (1, c.response)] {
+                let Some(text) = get(arr, i) else { continue };
+                let findings = content::scan_sensitive(text);
+                if inference && rt.on("sensitive_data") {
+                    let strong: Vec<&Finding> =
+                        findings.iter().filter(|f| f.confidence >= th.sensitive_min_confidence).collect();
+                    if let Some(first) = strong.first() {
+                        alerts.push(sensitive_alert(c, i, side, text, &findings, &strong, first));
+                    }
+                }
+                let direct = inference && side == 0;
+                let indirect = tool && side == 1;
+                if (direct || indirect) && rt.on("prompt_injection") {
+                    if let Some(inj) = content::scan_injection(text).filter(|f| f.score >= th.injection_min_score) {
+                        alerts.push(injection_alert(c, i, indirect, text, &findings, &inj));
+                    }
+                }
+                if tool && side == 0 && rt.on("tool_overreach") {
+                    if let Some(arg) = content::scan_tool_arguments(text) {
+                        alerts.push(tool_args_alert(c, i, text, &findings, &arg));
+                    }
+                }
+                if capture == ContentCapture::Redacted && !findings.is_empty() {
+                    masked[side].push((i, content::redact(text, &findings)));
+                }
+            }
+        }
+        let [mp, mr] = masked;
+        let out = |arr: &StringArray, masked: Vec<(usize, String)>| -> ArrayRef {
+            match capture {
+                ContentCapture::None => new_null_array(&DataType::Utf8, n),
+                _ if masked.is_empty() => Arc::new(arr.clone()),
+                _ => {
+                    let mut b = StringBuilder::with_capacity(n, arr.values().len());
+                    let mut next = masked.into_iter().peekable();
+                    for i in 0..n {
+                        if next.peek().is_some_and(|(r, _)| *r == i) {
+                            let (_, text) = next.next().expect("peeked");
+                            b.append_value(text);
+                        } else if arr.is_null(i) {
+                            b.append_null();
+                        } else {
+                            b.append_value(arr.value(i));
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+            }
+        };
+        (out(c.prompt, mp), out(c.response, mr))
+    }
+
+    pub fn reload(&self, config: DetectConfig) {
+        *self.runtime.write() = Arc::new(Runtime::new(config));
+    }
+
+    pub fn baselines_batch(&self) -> RecordBatch {
+        baseline::to_batch(&self.state.lock().baselines)
+    }
+
+    pub fn inventory_batch(&self) -> RecordBatch {
+        let rt = self.runtime.read().clone();
+        self.state.lock().seen.to_batch(&rt.inv)
+    }
+
+    pub fn restore(&self, baselines: &[RecordBatch], inventory: &[RecordBatch]) {
+        let rt = self.runtime.read().clone();
+        let mut st = self.state.lock();
+        let b: usize = baselines.iter().map(|b| baseline::restore(&mut st.baselines, b, &rt.cfg.thresholds)).sum();
+        let i: usize = inventory.iter().map(|b| st.seen.restore(b)).sum();
+        tracing::info!(baseline_rows = b, inventory_rows = i, "detection state restored");
+    }
+
+    pub fn tick(&self, now_us: i64) -> Vec<Alert> {
+        let rt = self.runtime.read().clone();
+        let th = &rt.cfg.thresholds;
+        let models = self.behavior.read().clone();
+        let mut alerts = Vec::new();
+        let mut to_fit: Vec<(usize, Vec<[f64; DIMS]>)> = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let st = &mut *st;
+            // Idle entities: close windows that ended more than a window ago (late events had their chance).
+            let w = baseline::window_us(th);
+            for e in Entity::ALL {
+                let mut closed = Vec::new();
+                for (id, b) in st.baselines[e as usize].iter_mut() {
+                    if b.window_start.is_some_and(|s| s + 2 * w <= now_us) {
+                        if let Some(cw) = b.close(th) {
+                            closed.push((id.clone(), cw));
+                        }
+                    }
+                }
+                for (id, cw) in closed {
+                    on_window_closed(&rt, &models, &mut st.training, &mut st.new_since_fit, e, &id, cw, &mut alerts);
+                }
+            }
+            if rt.on("model_drift") {
+                let lim = DriftLimits {
+                    reference_us: th.drift_reference.as_micros() as i64,
+                    current_us: th.drift_current.as_micros() as i64,
+                    min_reference: th.drift_min_reference,
+                    min_current: th.drift_min_current,
+                    psi: th.drift_psi,
+                    js: th.drift_js,
+                    wasserstein: th.drift_wasserstein,
+                    max_samples: DRIFT_CAP,
+                };
+                let ncat = st.categories.len();
+                for (k, etype) in [(0usize, "model"), (1, "endpoint")] {
+                    for (id, track) in st.drift[k].iter_mut() {
+                        let Some(found) = track.evaluate(now_us, ncat, &lim) else { continue };
+                        let mut firing_now: Vec<&'static str> = Vec::new();
+                        for m in &found {
+                            if firing_now.contains(&m.feature) {
+                                continue;
+                            }
+                            firing_now.push(m.feature);
+                            if track.firing.insert(m.feature, true) != Some(true) {
+                                alerts.push(drift_alert(now_us, etype, id, m));
+                            }
+                        }
+                        track.firing.retain(|f, _| firing_now.contains(f));
+                    }
+                }
+            }
+            for k in 0..2 {
+                let enough = st.training[k].len() >= th.behavior_min_train;
+                let due = models[k].is_none() || st.new_since_fit[k] >= th.behavior_refit_every;
+                if enough && due {
+                    st.new_since_fit[k] = 0;
+                    to_fit.push((k, st.training[k].iter().copied().collect()));
+                }
+            }
+        }
+        // The fit runs without the state lock: `process` keeps going meanwhile.
+        for (k, data) in to_fit {
+            match BehaviorModel::fit(&data, th.behavior_clusters, th.behavior_quantile, th.behavior_margin) {
+                Ok(m) => {
+                    tracing::debug!(model = k, windows = m.trained_on, threshold = m.threshold, "behaviour model refitted");
+                    self.behavior.write()[k] = Some(Arc::new(m));
+                }
+                Err(e) => tracing::warn!(error = %e, "behaviour model not refitted"),
+            }
+        }
+        let m = metrics();
+        for a in &alerts {
+            m.alerts.with_label_values(&[a.detector.as_str(), a.severity.as_str()]).inc();
+        }
+        alerts
+    }
+
+    /// Whether a behaviour model is fitted for users (index 0) or agents (1); for tests and status pages.
+    pub fn behavior_ready(&self) -> [bool; 2] {
+        let m = self.behavior.read();
+        [m[0].is_some(), m[1].is_some()]
+    }
+}
+
+fn replace_text(batch: &RecordBatch, prompt: ArrayRef, response: ArrayRef) -> RecordBatch {
+    let schema = batch.schema();
+    let mut columns = batch.columns().to_vec();
+    for (name, arr) in [(col::PROMPT_TEXT, prompt), (col::RESPONSE_TEXT, response)] {
+        if let Ok(idx) = schema.index_of(name) {
+            columns[idx] = arr;
+        }
+    }
+    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| {
+        // Cannot happen with Utf8 columns of the batch's length; keep the data flowing if it ever does.
+        tracing::error!(error = %e, "masked batch rejected; storing the input with text columns nulled");
+        batch.clone()
+    })
+}
+
+fn sensitive_alert(c: &Cols, i: usize, side: usize, text: &str, all: &[Finding], strong: &[&Finding], first: &Finding) -> Alert {
+    let (etype, eid) = actor(c, i);
+    let kinds = kinds_label(strong);
+    let secret = strong.iter().any(|f| f.kind.is_secret());
+    let model = get(c.model, i).unwrap_or("a model");
+    let (title, desc, severity) = if side == 0 {
+        (
+            format!("Sensitive data sent to {model}"),
+            format!("A prompt from {etype} {eid} to {model} contains {kinds}: data left the organisation."),
+            if secret { Severity::High } else { Severity::Medium },
+        )
+    } else {
+        (
+            format!("Sensitive data in a response from {model}"),
+            format!("A response from {model} to {etype} {eid} contains {kinds}: the model leaked it back."),
+            Severity::High,
+        )
+    };
+    let label = format!("{}:{kinds}", if side == 0 { "prompt" } else { "response" });
+    AlertDraft {
+        detector: "sensitive_data",
+        time_us: c.time.value(i),
+        entity_type: etype,
+        entity_id: eid,
+        label: &label,
+        score: strong.len() as f64,
+        title,
+        description: desc,
+        evidence_event_ids: vec![c.event_id.value(i).to_string()],
+        evidence: snippet(text, all, first.start, first.end),
+        severity: Some(severity),
+        atlas: None,
+    }
+    .build()
+}
+
+fn injection_alert(c: &Cols, i: usize, indirect: bool, text: &str, all: &[Finding], f: &content::InjectionFinding) -> Alert {
+    let (etype, eid) = if indirect { get(c.agent, i).map(|a| ("agent", a)).unwrap_or_else(|| actor(c, i)) } else { actor(c, i) };
+    let reasons = f.reasons.join(",");
+    let (title, label, atlas) = if indirect {
+        let tool = get(c.tool, i).unwrap_or("a tool");
+        (format!("Indirect prompt injection in the result of {tool}"), "indirect", "AML.T0051.001")
+    } else {
+        ("Prompt injection attempt".to_string(), "direct", "AML.T0051.000")
+    };
+    AlertDraft {
+        detector: "prompt_injection",
+        time_us: c.time.value(i),
+        entity_type: etype,
+        entity_id: eid,
+        label,
+        score: f.score as f64,
+        title,
+        description: format!("Heuristics fired: {reasons} (score {:.2}).", f.score),
+        evidence_event_ids: vec![c.event_id.value(i).to_string()],
+        evidence: snippet(text, all, f.start, f.end),
+        severity: Some(if f.score >= 0.8 { Severity::High } else { Severity::Medium }),
+        atlas: Some(atlas),
+    }
+    .build()
+}
+
+fn tool_args_alert(c: &Cols, i: usize, text: &str, all: &[Finding], f: &content::ArgFinding) -> Alert {
+    let (etype, eid) = get(c.agent, i).map(|a| ("agent", a)).unwrap_or_else(|| actor(c, i));
+    let tool = get(c.tool, i).unwrap_or("a tool");
+    let label = format!("args:{}", f.kind);
+    AlertDraft {
+        detector: "tool_overreach",
+        time_us: c.time.value(i),
+        entity_type: etype,
+        entity_id: eid,
+        label: &label,
+        score: 1.0,
+        title: format!("{} payload in the arguments of {tool}", f.kind),
+        description: format!("The arguments {etype} {eid} passed to {tool} carry a {} payload.", f.kind),
+        evidence_event_ids: vec![c.event_id.value(i).to_string()],
+        evidence: snippet(text, all, f.start, f.end),
+        severity: Some(Severity::Critical),
+        atlas: None,
+    }
+    .build()
+}
+
+fn drift_alert(now_us: i64, etype: &str, id: &str, m: &crate::drift::DriftMeasure) -> Alert {
+    let label = format!("drift:{}", m.feature);
+    AlertDraft {
+        detector: "model_drift",
+        time_us: now_us,
+        entity_type: etype,
+        entity_id: id,
+        label: &label,
+        score: m.value,
+        title: format!("{} distribution drifted on {etype} {id}", m.feature),
+        description: format!(
+            "{} of {} between the reference and the current window is {:.3} (threshold {:.3}).",
+            m.metric, m.feature, m.value, m.threshold
+        ),
+        evidence_event_ids: Vec::new(),
+        evidence: format!("{}={:.3}", m.metric, m.value),
+        severity: None,
+        atlas: None,
+    }
+    .build()
+}
+
+/// Builds one alert for the stateful detectors, where the evidence is the row itself.
+#[allow(clippy::too_many_arguments)]
+fn row_alert(
+    c: &Cols,
+    i: usize,
+    detector: &'static str,
+    etype: &str,
+    eid: &str,
+    label: &str,
+    score: f64,
+    title: String,
+    description: String,
+) -> Alert {
+    AlertDraft {
+        detector,
+        time_us: c.time.value(i),
+        entity_type: etype,
+        entity_id: eid,
+        label,
+        score,
+        title,
+        description,
+        evidence_event_ids: vec![c.event_id.value(i).to_string()],
+        evidence: String::new(),
+        severity: None,
+        atlas: None,
+    }
+    .build()
+}
+
+fn stateful_row(
+    rt: &Runtime,
+    models: &[Option<Arc<BehaviorModel>>; 2],
+    st: &mut State,
+    c: &Cols,
+    i: usize,
+    alerts: &mut Vec<Alert>,
+) {
+    let t = c.time.value(i);
+    let inv = &rt.inv;
+    let th = &rt.cfg.thresholds;
+    let (user, agent, model, endpoint) = (get(c.user, i), get(c.agent, i), get(c.model, i), get(c.endpoint, i));
+    let (tool, ds) = (get(c.tool, i), get(c.data_source, i));
+    let (inference, is_tool, policy, deny) =
+        (flag(&c.is_inference, i), flag(&c.is_tool, i), flag(&c.is_policy, i), flag(&c.is_deny, i));
+
+    // Inventory and shadow AI (once per entity).
+    let shadow_on = rt.on("shadow_ai");
+    for (tr, v) in [
+        (Tracked::Provider, get(c.provider, i)),
+        (Tracked::Model, model),
+        (Tracked::Endpoint, endpoint),
+        (Tracked::Agent, agent),
+    ] {
+        let Some(id) = v else { continue };
+        let seen = st.seen.observe(tr, id, t);
+        if shadow_on && !seen.shadow_alerted && inv.has_registry(tr) && !inv.is_registered(tr, id) {
+            seen.shadow_alerted = true;
+            let (et, who) = actor(c, i);
+            alerts.push(row_alert(
+                c,
+                i,
+                "shadow_ai",
+                tr.as_str(),
+                id,
+                "unregistered",
+                1.0,
+                format!("Unregistered AI {} {id}", tr.as_str()),
+                format!("{et} {who} used {} {id}, which is not in the AI inventory.", tr.as_str()),
+            ));
+        }
+    }
+    for (tr, v) in [(Tracked::User, user), (Tracked::Tool, tool), (Tracked::DataSource, ds)] {
+        if let Some(id) = v {
+            st.seen.observe(tr, id, t);
+        }
+    }
+
+    // Agent allowlists.
+    if let Some(a) = agent.filter(|_| rt.on("tool_overreach")) {
+        if let Some(tl) = tool.filter(|_| is_tool) {
+            if inv.agent_may_use_tool(a, tl) == Some(false) {
+                let label = format!("tool:{tl}");
+                alerts.push(row_alert(c, i, "tool_overreach", "agent", a, &label, 1.0,
+                    format!("Agent {a} called {tl}, outside its allowlist"),
+                    format!("Tool {tl} is not in the allowlist of agent {a}.")));
+            }
+        }
+        if let Some(d) = ds {
+            if inv.agent_may_use_data_source(a, d) == Some(false) {
+                let label = format!("data_source:{d}");
+                alerts.push(row_alert(c, i, "tool_overreach", "agent", a, &label, 1.0,
+                    format!("Agent {a} read {d}, outside its allowlist"),
+                    format!("Data source {d} is not in the allowlist of agent {a}.")));
+            }
+        }
+    }
+
+    // Role policies. Only registered models are judged here: unregistered ones are shadow_ai's.
+    if let (Some(u), true) = (user, rt.on("privilege")) {
+        if let Some(role) = inv.role_of(u, get(c.role, i)) {
+            if let Some(m) = model.filter(|m| inference && inv.is_registered(Tracked::Model, m)) {
+                if matches!(inv.role_may_use_model(role, m), Access::Denied) {
+                    let label = format!("model:{m}");
+                    alerts.push(row_alert(c, i, "privilege", "user", u, &label, 1.0,
+                        format!("User {u} used {m}, not allowed for role {role}"),
+                        format!("Role {role} may not use model {m}.")));
+                }
+            }
+            if let Some(d) = ds {
+                if let (Access::Denied, Some(class)) = inv.role_may_read(role, d) {
+                    let label = format!("data:{class}");
+                    alerts.push(row_alert(c, i, "privilege", "user", u, &label, 1.0,
+                        format!("User {u} reached {class} data ({d})"),
+                        format!("Role {role} may not use {class} data; {d} is {class}.")));
+                }
+            }
+        }
+    }
+
+    // Baselines, spikes, bursts.
+    for (e, v) in [(Entity::User, user), (Entity::Agent, agent), (Entity::Model, model), (Entity::Endpoint, endpoint)] {
+        let Some(id) = v else { continue };
+        let map = &mut st.baselines[e as usize];
+        if !map.contains_key(id) {
+            map.insert(id.to_string(), EntityBaseline::default());
+        }
+        let b = map.get_mut(id).expect("inserted above");
+        let closed = b.advance(t, th);
+        if b.acc.first_event_id.is_none() {
+            b.acc.first_event_id = Some(c.event_id.value(i).to_string());
+        }
+        let acc = &mut b.acc;
+        if !policy {
+            acc.requests += 1;
+            acc.input_tokens += c.input_tokens.is_valid(i).then(|| c.input_tokens.value(i)).unwrap_or(0).max(0) as f64;
+            acc.output_tokens += c.output_tokens.is_valid(i).then(|| c.output_tokens.value(i)).unwrap_or(0).max(0) as f64;
+            if c.latency.is_valid(i) && c.latency.value(i).is_finite() {
+                acc.latency_sum += c.latency.value(i);
+                acc.latency_n += 1;
+            }
+            if flag(&c.is_error, i) {
+                acc.errors += 1;
+            }
+        }
+        if deny {
+            acc.denies += 1;
+        }
+        if let Some(tl) = tool {
+            baseline::add_distinct(&mut acc.tools, tl);
+        }
+        if let Some(d) = ds {
+            baseline::add_distinct(&mut acc.data_sources, d);
+        }
+        let requests = acc.requests as f64;
+        let tokens = acc.input_tokens + acc.output_tokens;
+        if !b.rate_fired && requests >= b.rate_alarm && rt.on("rate_spike") {
+            b.rate_fired = true;
+            let z = b.z(baseline::RATE_FEATURE, requests);
+            let median = b.features[baseline::RATE_FEATURE].median;
+            alerts.push(row_alert(c, i, "rate_spike", e.as_str(), id, "request_rate", z,
+                format!("Request rate spike on {} {id}", e.as_str()),
+                format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).")));
+        }
+        if !b.token_fired && tokens >= b.token_alarm && rt.on("token_spike") {
+            b.token_fired = true;
+            let z = b.z(baseline::TOKEN_FEATURE, tokens);
+            let median = b.features[baseline::TOKEN_FEATURE].median;
+            alerts.push(row_alert(c, i, "token_spike", e.as_str(), id, "total_tokens", z,
+                format!("Token consumption spike on {} {id}", e.as_str()),
+                format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).")));
+        }
+        if deny && matches!(e, Entity::User | Entity::Agent) && rt.on("policy_deny_burst") {
+            let win = th.deny_burst_window.as_micros() as i64;
+            b.denies.push_back(t);
+            while b.denies.front().is_some_and(|&d| d <= t - win) {
+                b.denies.pop_front();
+            }
+            while b.denies.len() > th.deny_burst_count.max(1) * 4 {
+                b.denies.pop_front();
+            }
+            if b.denies.len() >= th.deny_burst_count.max(1) {
+                if !b.burst_firing {
+                    b.burst_firing = true;
+                    let n = b.denies.len();
+                    alerts.push(row_alert(c, i, "policy_deny_burst", e.as_str(), id, "deny_burst", n as f64,
+                        format!("Burst of policy denials for {} {id}", e.as_str()),
+                        format!("{n} denials within {}.", humantime::format_duration(th.deny_burst_window))));
+                }
+            } else {
+                b.burst_firing = false;
+            }
+        }
+        if let Some(cw) = closed {
+            on_window_closed(rt, models, &mut st.training, &mut st.new_since_fit, e, id, cw, alerts);
+        }
+    }
+
+    // Drift samples and silent model swaps.
+    if inference {
+        let cat = st.categories.id(get(c.finish, i).and_then(|f| f.split(',').next()).unwrap_or("none"));
+        let out = if c.output_tokens.is_valid(i) { c.output_tokens.value(i) as f64 } else { f64::NAN };
+        let lat = if c.latency.is_valid(i) { c.latency.value(i) } else { f64::NAN };
+        for (k, v) in [(0usize, model), (1, endpoint)] {
+            let Some(id) = v else { continue };
+            let map = &mut st.drift[k];
+            if !map.contains_key(id) {
+                map.insert(id.to_string(), DriftTrack::default());
+            }
+            let track = map.get_mut(id).expect("inserted above");
+            track.push(t, cat, out, lat, DRIFT_CAP);
+            if k == 0 {
+                if let Some(rm) = get(c.response_model, i) {
+                    if track.observe_response_model(rm, th.swap_min_events) && rt.on("model_drift") {
+                        let label = format!("response_model:{rm}");
+                        let before = track.response_models.first().cloned().unwrap_or_default();
+                        alerts.push(row_alert(c, i, "model_drift", "model", id, &label, 1.0,
+                            format!("Model {id} now answers as {rm}"),
+                            format!("Requests for {id} were answered by {before}; now {rm} answers (a silent model version swap).")));
+                        if let Some(a) = alerts.last_mut() {
+                            a.owasp = Some("LLM03:2025 Supply Chain".into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scores a closed user/agent window with the behaviour model, or keeps it for training.
+#[allow(clippy::too_many_arguments)]
+fn on_window_closed(
+    rt: &Runtime,
+    models: &[Option<Arc<BehaviorModel>>; 2],
+    training: &mut [VecDeque<[f64; DIMS]>; 2],
+    new_since_fit: &mut [usize; 2],
+    e: Entity,
+    id: &str,
+    cw: ClosedWindow,
+    alerts: &mut Vec<Alert>,
+) {
+    let k = match e {
+        Entity::User => 0,
+        Entity::Agent => 1,
+        _ => return,
+    };
+    if cw.spiked {
+        return;
+    }
+    let v = cw.summary.vector();
+    if let Some(m) = &models[k] {
+        let d = m.distance(&v);
+        if d > m.threshold && cw.warm && rt.on("behavior_anomaly") {
+            let s = &cw.summary;
+            let end = cw.start_us + baseline::window_us(&rt.cfg.thresholds);
+            alerts.push(
+                AlertDraft {
+                    detector: "behavior_anomaly",
+                    time_us: end,
+                    entity_type: e.as_str(),
+                    entity_id: id,
+                    label: "window",
+                    score: d / m.threshold,
+                    title: format!("Unusual behaviour of {} {id}", e.as_str()),
+                    description: format!(
+                        "Window distance {d:.2} to the nearest behaviour cluster exceeds {:.2}: {} requests, {:.0} errors, \
+                         {:.0} denials, mean latency {:.0} ms, {:.0} output tokens, {} tools.",
+                        m.threshold, s.requests, s.errors, s.denies, s.latency_mean, s.output_tokens, s.distinct_tools
+                    ),
+                    evidence_event_ids: cw.first_event_id.clone().into_iter().collect(),
+                    evidence: String::new(),
+                    severity: None,
+                    atlas: None,
+                }
+                .build(),
+            );
+            return;
+        }
+    }
+    training[k].push_back(v);
+    while training[k].len() > TRAINING_CAP {
+        training[k].pop_front();
+    }
+    new_since_fit[k] += 1;
+}
