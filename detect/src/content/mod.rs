@@ -4,6 +4,7 @@
 pub mod injection;
 pub mod sensitive;
 pub mod tool_args;
+pub mod validators;
 
 pub use injection::{scan_injection, InjectionFinding};
 pub use sensitive::{redact, scan_sensitive, Finding, FindingKind};
