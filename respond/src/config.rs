@@ -153,6 +153,9 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     /// Each delay is spread by ±this fraction so retries of many deliveries do not arrive together.
     pub jitter: f64,
+    /// Longest `Retry-After` we accept from a receiver (longer ones are cut to this).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
     /// Consecutive failures that open a destination's circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker rejects attempts before letting one probe through.
@@ -174,6 +177,7 @@ impl Default for DeliveryConfig {
             timeout: s(15),
             retry_schedule: vec![s(5), s(5 * 60), s(30 * 60), s(2 * 3600), s(5 * 3600), s(10 * 3600), s(10 * 3600)],
             jitter: 0.2,
+            max_retry_after: s(10 * 3600),
             breaker_failures: 5,
             breaker_cooldown: s(30),
             poll_interval: s(1),

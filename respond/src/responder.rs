@@ -455,7 +455,7 @@ impl Responder {
             }
             Outcome::Retry { retry_after, error, .. } => {
                 let c = &self.config.delivery;
-                let delay = next_delay(&c.retry_schedule, d.round_attempts, c.jitter, retry_after, &mut rand::rng());
+                let delay = next_delay(&c.retry_schedule, d.round_attempts, c.jitter, retry_after, c.max_retry_after, &mut rand::rng());
                 d.last_error = Some(error);
                 match delay {
                     Some(delay) => {

@@ -1,0 +1,275 @@
+//! End-to-end delivery against a real HTTP receiver on 127.0.0.1.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::*;
+use vigil_detect::alert::Severity;
+use vigil_respond::*;
+
+/// Outage (500s), crash, receiver gone, crash, receiver back: everything arrives, one webhook id per revision.
+#[test]
+fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox.redb");
+    let shared = Shared::default();
+    shared.set_status("/", 500);
+    let receiver = Receiver::start(&shared, 0);
+    let port = receiver.addr.port();
+    let config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
+
+    // Phase 1: receiver answers 500.
+    let responder = Responder::open(config.clone(), &outbox).unwrap();
+    let run = Running::start(&responder);
+    let batch1: Vec<_> = (0..20).map(|i| alert(&format!("fp{i}"), "prompt_injection", Severity::High, i)).collect();
+    responder.submit(&batch1).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || responder
+        .deliveries()
+        .iter()
+        .any(|d| d.status == DeliveryStatus::Retrying && d.attempts >= 2)));
+    run.crash();
+    drop(responder);
+
+    // Phase 2: receiver gone; restart on the same outbox, more detections (new findings and growth).
+    receiver.stop();
+    let responder = Responder::open(config.clone(), &outbox).unwrap();
+    assert_eq!(responder.open_findings(), 20, "findings survive the crash");
+    let run = Running::start(&responder);
+    let batch2: Vec<_> = (10..30).map(|i| alert(&format!("fp{i}"), "prompt_injection", Severity::Critical, 100 + i)).collect();
+    responder.submit(&batch2).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || responder
+        .deliveries()
+        .iter()
+        .any(|d| d.last_error.as_deref().is_some_and(|e| !e.contains("HTTP")))));
+    std::thread::sleep(Duration::from_millis(300));
+    run.crash();
+    drop(responder);
+
+    // Phase 3: receiver back and healthy.
+    shared.set_status("/", 200);
+    let receiver = Receiver::start(&shared, port);
+    let responder = Responder::open(config, &outbox).unwrap();
+    let run = Running::start(&responder);
+    let all_delivered = wait_until(Duration::from_secs(20), || {
+        let d = responder.deliveries();
+        !d.is_empty() && d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    });
+    let deliveries = responder.deliveries();
+    assert!(all_delivered, "{:?}", deliveries.iter().filter(|d| d.status != DeliveryStatus::Delivered).collect::<Vec<_>>());
+    run.crash();
+    receiver.stop();
+
+    assert_eq!(shared.bad_signatures(), 0, "every request carried a valid signature");
+    let seen = shared.seen();
+    for (rev, ids) in ids_per_revision(&seen) {
+        assert_eq!(ids.len(), 1, "{rev} was sent with {ids:?}");
+    }
+    // Every fingerprint reached the receiver as a Create; grown findings also as an Update at critical.
+    let created: BTreeSet<String> = seen
+        .iter()
+        .filter(|s| s.body["type"] == "finding.created")
+        .map(|s| s.body["data"]["metadata"]["correlation_uid"].as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = (0..30).map(|i| format!("fp{i}")).collect();
+    assert_eq!(created, expected);
+    let updated_critical: BTreeSet<String> = seen
+        .iter()
+        .filter(|s| s.body["type"] == "finding.updated" && s.body["data"]["severity_id"] == 5)
+        .map(|s| s.body["data"]["metadata"]["correlation_uid"].as_str().unwrap().to_string())
+        .collect();
+    assert!((10..20).all(|i| updated_critical.contains(&format!("fp{i}"))), "{updated_critical:?}");
+    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some("Bearer s3cr3t-token")));
+    // Every delivery the outbox knows is one the receiver saw under the same id.
+    let seen_ids: BTreeSet<&str> = seen.iter().map(|s| s.webhook_id.as_str()).collect();
+    assert!(deliveries.iter().all(|d| seen_ids.contains(d.webhook_id.as_str())));
+    eprintln!(
+        "outage test: {} deliveries, {} requests accepted, {} distinct webhook ids, attempts total {}",
+        deliveries.len(),
+        seen.len(),
+        seen_ids.len(),
+        deliveries.iter().map(|d| d.attempts).sum::<u32>()
+    );
+}
+
+/// 410 disables, 400 dead-letters, 302 is not followed, 429 honours Retry-After; replay resends with the same id.
+#[test]
+fn status_classification_disable_dead_letter_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/gone", 410);
+    shared.set_status("/bad", 400);
+    shared.set_status("/moved", 302);
+    shared.set_status("/slow", 429);
+    shared.0.lock().unwrap().retry_after = Some("30".into());
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![
+        destination("gone", receiver.url("/gone"), Format::Ocsf),
+        destination("bad", receiver.url("/bad"), Format::Json),
+        destination("moved", receiver.url("/moved"), Format::Alertmanager),
+        destination("slow", receiver.url("/slow"), Format::Ocsf),
+    ]);
+    let responder = Responder::open(config.clone(), dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    responder.submit(&[alert("a", "shadow_ai", Severity::Medium, 0), alert("b", "shadow_ai", Severity::Medium, 1)]).unwrap();
+    let by_dest = |name: &str| responder.deliveries().into_iter().filter(|d| d.destination == name).collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(5), || {
+        by_dest("gone").len() == 2
+            && by_dest("gone").iter().all(|d| d.status == DeliveryStatus::Disabled)
+            && by_dest("bad").iter().all(|d| d.status == DeliveryStatus::DeadLetter)
+            && by_dest("moved").iter().all(|d| d.status == DeliveryStatus::DeadLetter)
+            && by_dest("slow").iter().all(|d| d.status == DeliveryStatus::Retrying)
+            && by_dest("slow").len() == 2
+    }));
+    let gone = by_dest("gone");
+    assert!(gone.iter().map(|d| d.attempts).sum::<u32>() <= 2, "410 stops the destination, not one more call per delivery");
+    assert_eq!(responder.disabled_destinations()[0].0, "gone");
+    assert_eq!(by_dest("bad")[0].last_status_code, Some(400));
+    assert_eq!(by_dest("moved")[0].last_status_code, Some(302));
+    for d in by_dest("slow") {
+        let wait = d.next_attempt_at_ms.unwrap() - chrono::Utc::now().timestamp_millis();
+        assert!(wait > 20_000, "Retry-After: 30 honoured, got {wait} ms");
+    }
+    assert!(shared.seen().iter().all(|s| s.path != "/elsewhere"), "redirect not followed");
+    assert_eq!(responder.dead_letters().len(), 6);
+
+    // Receivers fixed: replay everything (and the 410 destination comes back).
+    for p in ["/gone", "/bad", "/moved"] {
+        shared.set_status(p, 200);
+    }
+    let dead_ids: BTreeSet<String> = responder.dead_letters().into_iter().map(|d| d.webhook_id).collect();
+    assert_eq!(responder.replay(&Replay::Ids(vec![by_dest("bad")[0].webhook_id.clone()])).unwrap(), 1);
+    assert_eq!(responder.replay(&Replay::All).unwrap(), 5);
+    assert!(wait_until(Duration::from_secs(5), || responder.dead_letters().is_empty()
+        && ["gone", "bad", "moved"].iter().all(|n| by_dest(n).iter().all(|d| d.status == DeliveryStatus::Delivered))));
+    let seen_ids: BTreeSet<String> = shared.seen().into_iter().map(|s| s.webhook_id).collect();
+    assert!(dead_ids.is_subset(&seen_ids), "replays keep their webhook ids");
+    assert!(responder.disabled_destinations().is_empty());
+
+    let batch = responder.deliveries_batch();
+    assert_eq!(batch.num_rows(), 8);
+    for col in ["finding_id", "fingerprint", "destination", "revision", "activity", "attempts", "status", "last_error", "last_status_code", "created_at", "delivered_at", "next_attempt_at"] {
+        assert!(batch.column_by_name(col).is_some(), "{col}");
+    }
+    run.crash();
+    receiver.stop();
+}
+
+/// 10,000 identical detections on one entity: one finding, a bounded number of updates, one close.
+#[test]
+fn burst_becomes_one_finding_with_bounded_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    let receiver = Receiver::start(&shared, 0);
+    let mut config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
+    config.grouping.resolve_after = Duration::from_millis(400);
+    let group_interval = config.grouping.group_interval;
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let started = std::time::Instant::now();
+    for chunk in 0..100 {
+        let batch: Vec<_> = (0..100).map(|i| alert("burst", "prompt_injection", Severity::High, chunk * 100 + i)).collect();
+        responder.submit(&batch).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let burst = started.elapsed();
+    assert!(wait_until(Duration::from_secs(10), || shared.seen().iter().any(|s| s.body["type"] == "finding.closed")));
+    run.crash();
+    receiver.stop();
+    let seen = shared.seen();
+    let finding_ids: BTreeSet<&str> = seen.iter().map(|s| s.body["data"]["finding_info"]["uid"].as_str().unwrap()).collect();
+    assert_eq!(finding_ids.len(), 1);
+    let count = |t: &str| seen.iter().filter(|s| s.body["type"] == t).count();
+    assert_eq!(count("finding.created"), 1);
+    assert_eq!(count("finding.closed"), 1);
+    let max_updates = (burst.as_millis() / group_interval.as_millis()) as usize + 2;
+    assert!(count("finding.updated") <= max_updates, "{} updates for a {burst:?} burst", count("finding.updated"));
+    let last = seen.iter().rev().find(|s| s.body["type"] != "finding.closed").unwrap();
+    let closed = seen.iter().find(|s| s.body["type"] == "finding.closed").unwrap();
+    assert_eq!(closed.body["data"]["count"], 10_000);
+    assert_eq!(closed.body["data"]["status_id"], 4);
+    assert!(last.body["data"]["count"].as_u64().unwrap() <= 10_000);
+    eprintln!("burst of 10000 in {burst:?}: 1 create, {} updates, 1 close", count("finding.updated"));
+}
+
+/// Playbooks fire once per finding, signed, and are recorded as responses.
+#[test]
+fn playbook_runs_once_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    let receiver = Receiver::start(&shared, 0);
+    let mut config = fast_config(vec![]);
+    config.playbooks.push(PlaybookConfig {
+        name: "revoke".into(),
+        detectors: vec!["tool_abuse".into()],
+        min_severity: Severity::High,
+        action: "revoke_agent_token".into(),
+        url: receiver.url("/actions/revoke"),
+        auth: Some(Auth::Header { name: "ph-auth-token".into(), value: Secret::new("pb-token") }),
+        secret: Some(Secret::new(SECRET)),
+    });
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    responder.submit(&[alert("x", "tool_abuse", Severity::Medium, 0)]).unwrap();
+    responder.submit(&[alert("x", "tool_abuse", Severity::Critical, 1), alert("x", "tool_abuse", Severity::Critical, 2)]).unwrap();
+    responder.submit(&[alert("y", "other", Severity::Critical, 3)]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || responder.responses().iter().all(|r| r.status == DeliveryStatus::Delivered)
+        && !responder.responses().is_empty()));
+    std::thread::sleep(Duration::from_millis(100));
+    run.crash();
+    receiver.stop();
+    let responses = responder.responses();
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].record.action, "revoke_agent_token");
+    assert_eq!(responses[0].record.entity_id, "agent-x");
+    assert!(responses[0].completed_at_ms.is_some());
+    let seen = shared.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["type"], "response.requested");
+    assert_eq!(seen[0].body["data"]["target"]["id"], "agent-x");
+    assert_eq!(seen[0].custom.as_deref(), Some("pb-token"));
+    assert_eq!(shared.bad_signatures(), 0);
+}
+
+/// `vigil alerts test`: a marked finding, the receiver's answer returned.
+#[test]
+fn send_test_returns_the_receivers_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/broken", 503);
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![
+        destination("soc", receiver.url("/hook"), Format::Thehive),
+        destination("broken", receiver.url("/broken"), Format::Ocsf),
+    ]);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(responder.send_test("soc")).unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "{\"ok\":true}");
+    let seen = shared.seen();
+    assert_eq!(seen[0].body["type"], "vigil-test");
+    assert!(seen[0].body["title"].as_str().unwrap().starts_with("[TEST]"));
+    assert_eq!(rt.block_on(responder.send_test("broken")).unwrap().status, 503);
+    assert!(matches!(rt.block_on(responder.send_test("nope")), Err(RespondError::UnknownDestination(_))));
+    assert!(responder.deliveries().is_empty(), "tests bypass the outbox");
+    receiver.stop();
+}
+
+/// Metadata and link-local addresses are refused, and errors never carry secrets.
+#[test]
+fn egress_policy_refuses_metadata_and_keeps_secrets_out_of_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(vec![destination("meta", "http://169.254.169.254/latest".into(), Format::Ocsf)]);
+    config.egress.allow_hosts.clear();
+    let err = Responder::open(config.clone(), dir.path().join("o.redb")).unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("egress policy denies 169.254.169.254"), "{text}");
+    assert!(!text.contains("s3cr3t-token") && !text.contains("C2FVsBQ"));
+    config.destinations[0].url = "http://127.0.0.1:1/x".into();
+    assert!(Responder::open(config.clone(), dir.path().join("o.redb")).is_err(), "loopback needs listing");
+    config.egress.allow_hosts = vec!["127.0.0.1".into()];
+    let r = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    assert!(!format!("{r:?}").contains("s3cr3t"));
+}
