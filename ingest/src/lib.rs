@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod otlp;
 pub mod schema;
+pub mod security;
 pub mod sink;
 pub mod synth;
 

@@ -1,0 +1,238 @@
+//! TLS-terminating listeners for axum (`axum::serve(TlsListener, router)`) and tonic
+//! (`serve_with_incoming(listener.incoming())`).
+//!
+//! Handshakes run in their own tasks with a timeout, and only finished ones reach the server: a client that
+//! opens a socket and never speaks, or one that does not trust our certificate, costs one task for a few
+//! seconds and never blocks or stops the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus::{register_int_counter_vec, IntCounterVec};
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A client that has not finished its handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; beyond that, new TCP connections wait in the kernel backlog.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Finished handshakes waiting for the server to pick them up.
+const READY_QUEUE: usize = 64;
+
+/// Failed TLS handshakes by listener and reason (`error`, `timeout`).
+pub static HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "vigil_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by listener",
+        &["listener", "reason"]
+    )
+    .expect("vigil_tls_handshake_failures_total registers once")
+});
+
+/// A TCP listener whose connections come out TLS-terminated. Dropping it stops accepting.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<TlsIo>,
+    local_addr: SocketAddr,
+    accept_task: JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Starts accepting on `tcp`; `listener` labels the handshake-failure counter. Needs a Tokio runtime.
+    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor, listener: &'static str) -> io::Result<Self> {
+        let local_addr = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(READY_QUEUE);
+        let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx, listener));
+        Ok(TlsListener { ready, local_addr, accept_task })
+    }
+
+    /// Binds `addr` and starts accepting.
+    pub async fn bind(addr: SocketAddr, acceptor: TlsAcceptor, listener: &'static str) -> io::Result<Self> {
+        Self::new(TcpListener::bind(addr).await?, acceptor, listener)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connections as a stream, for tonic's `Server::serve_with_incoming`.
+    pub fn incoming(self) -> TlsIncoming {
+        TlsIncoming { listener: self }
+    }
+
+    async fn next(&mut self) -> Option<TlsIo> {
+        self.ready.recv().await
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<TlsIo>, listener: &'static str) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let Ok(permit) = pending.clone().acquire_owned().await else { return };
+        let (stream, remote_addr) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning (as axum does).
+                tracing::warn!(listener, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let local_addr = stream.local_addr().ok();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let peer_certificates =
+                        tls.get_ref().1.peer_certificates().map(|certs| Arc::new(certs.to_vec()));
+                    let info = TlsConnectInfo { local_addr, remote_addr, peer_certificates };
+                    // A closed queue means the listener was dropped; the connection just goes away.
+                    let _ = ready.send(TlsIo { stream: tls, info }).await;
+                }
+                Ok(Err(e)) => {
+                    HANDSHAKE_FAILURES.with_label_values(&[listener, "error"]).inc();
+                    tracing::debug!(listener, %remote_addr, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    HANDSHAKE_FAILURES.with_label_values(&[listener, "timeout"]).inc();
+                    tracing::debug!(listener, %remote_addr, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.next().await {
+            Some(io) => {
+                let addr = io.info.remote_addr;
+                (io, addr)
+            }
+            // Only if the accept task died (it does not return while we hold the receiver): serve nothing
+            // rather than spin.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+/// [`TlsListener`] as a `Stream` of connections for tonic.
+#[derive(Debug)]
+pub struct TlsIncoming {
+    listener: TlsListener,
+}
+
+impl TlsIncoming {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr
+    }
+}
+
+impl futures::Stream for TlsIncoming {
+    type Item = io::Result<TlsIo>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.listener.ready.poll_recv(cx).map(|io| io.map(Ok))
+    }
+}
+
+/// Who is on the other end of a TLS connection. With mTLS, `peer_certificates` holds the client's verified
+/// chain, leaf first.
+#[derive(Debug, Clone)]
+pub struct TlsConnectInfo {
+    pub local_addr: Option<SocketAddr>,
+    pub remote_addr: SocketAddr,
+    pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// A server-side TLS connection; what [`TlsListener`] and [`TlsIncoming`] yield.
+#[derive(Debug)]
+pub struct TlsIo {
+    stream: TlsStream<TcpStream>,
+    info: TlsConnectInfo,
+}
+
+impl TlsIo {
+    pub fn info(&self) -> &TlsConnectInfo {
+        &self.info
+    }
+
+    /// The negotiated ALPN protocol, e.g. `h2`.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// tonic puts this in every request's extensions (`request.extensions().get::<TlsConnectInfo>()`).
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = TlsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+/// Lets axum handlers take `ConnectInfo<TlsConnectInfo>` when served with
+/// `into_make_service_with_connect_info::<TlsConnectInfo>()`.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for TlsConnectInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.io().info.clone()
+    }
+}
