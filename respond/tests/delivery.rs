@@ -147,6 +147,19 @@ fn status_classification_disable_dead_letter_and_replay() {
     assert!(dead_ids.is_subset(&seen_ids), "replays keep their webhook ids");
     assert!(responder.disabled_destinations().is_empty());
 
+    let metric = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v)))
+            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+            .sum()
+    };
+    assert!(metric("vigil_webhook_deliveries_total", &[("destination", "gone"), ("outcome", "disabled")]) >= 1.0);
+    assert!(metric("vigil_webhook_deliveries_total", &[("destination", "bad"), ("outcome", "delivered")]) >= 1.0);
+    assert!(metric("vigil_webhook_attempts_total", &[("destination", "slow")]) >= 2.0);
+    assert_eq!(metric("vigil_webhook_outbox_pending", &[("destination", "slow")]), 2.0);
     let batch = responder.deliveries_batch();
     assert_eq!(batch.num_rows(), 8);
     for col in ["finding_id", "fingerprint", "destination", "revision", "activity", "attempts", "status", "last_error", "last_status_code", "created_at", "delivered_at", "next_attempt_at"] {
