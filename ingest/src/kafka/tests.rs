@@ -213,7 +213,7 @@ async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
     produce(&producer, "vigil_events", 0, br#"[{"event_id":"j2","time":1700000000000000},{"event_id":"j3","kind":"policy"}]"#).await;
     expected.extend(["j1", "j2", "j3"].map(String::from));
     // A message of a large batch, close to the Collector's 1 MB default.
-    let large = otlp_message(200, 2500);
+    let large = otlp_message(200, 4000);
     assert!(large.len() > 700_000, "large message is {} bytes", large.len());
     expected.extend(expected_ids(&large));
     produce(&producer, "otlp_spans", 0, &large).await;
@@ -257,7 +257,11 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
     assert_eq!(committed(&mock, "poison", "otlp_spans", 1), vec![Offset::Offset(3)], "committed past the poison message");
     assert_eq!(metrics::DLQ.with_label_values(&["otlp_spans"]).get() - dlq_before, 1);
 
-    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", "dlq-reader")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset("vigil_dlq", 0, Offset::Beginning).unwrap();
     reader.assign(&tpl).unwrap();
@@ -360,9 +364,13 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_o
     tokio::time::sleep(Duration::from_secs(8)).await;
 
     let mut expected = BTreeSet::new();
+    let mut partition_of = BTreeMap::new();
     for m in 0..40 {
         let payload = otlp_message(m, 1);
-        expected.extend(expected_ids(&payload));
+        for id in expected_ids(&payload) {
+            partition_of.insert(id.clone(), m % 4);
+            expected.insert(id);
+        }
         produce(&producer, "otlp_spans", (m % 4) as i32, &payload).await;
     }
     wait_until("every message", WAIT, || a.unique_ids().len() + b.unique_ids().len() >= expected.len()).await;
@@ -372,13 +380,7 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_o
     let (ids_a, ids_b) = (a.unique_ids(), b.unique_ids());
     assert!(ids_a.is_disjoint(&ids_b), "a message was consumed by both");
     assert_eq!(ids_a.union(&ids_b).cloned().collect::<BTreeSet<_>>(), expected);
-    // Partition of a message = its index (the trace id) modulo 4.
-    let partitions = |sink: &TestSink| -> BTreeSet<u128> {
-        column(&sink.accepted.lock().unwrap(), col::TRACE_ID)
-            .iter()
-            .map(|t| u128::from_str_radix(t, 16).expect("hex trace id") % 4)
-            .collect()
-    };
+    let partitions = |sink: &TestSink| -> BTreeSet<usize> { sink.unique_ids().iter().map(|id| partition_of[id]).collect() };
     let (pa, pb) = (partitions(&a), partitions(&b));
     assert!(!pa.is_empty() && !pb.is_empty(), "both consumers got partitions: {pa:?} {pb:?}");
     assert!(pa.is_disjoint(&pb), "partitions are split: {pa:?} {pb:?}");
