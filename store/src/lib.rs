@@ -267,6 +267,7 @@ impl Store {
         for (table, batch) in &writes {
             check_schema(*table, batch)?;
         }
+        let reservation = self.wal.reserve();
         let mut kept = Vec::with_capacity(writes.len());
         let mut added = Vec::new();
         {
@@ -292,7 +293,7 @@ impl Store {
             return Ok(());
         }
         let result = match wal::encode_body(&kept) {
-            Ok(body) => self.wal.append(body, kept).await,
+            Ok(body) => self.wal.append(reservation, body, kept).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {

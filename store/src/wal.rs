@@ -59,8 +59,14 @@ fn invalid(path: &Path, msg: String) -> StoreError {
     io_err(path, std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
 }
 
+/// One record's body, encoded and checksummed on the caller's task so the writer thread only frames it.
+pub(crate) struct Body {
+    bytes: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
 /// Encodes the body of one record (the caller's share of the work, done before queueing).
-pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Body, StoreError> {
     let mut body = Vec::with_capacity(4 + entries.iter().map(|(_, b)| b.get_array_memory_size()).sum::<usize>());
     body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (table, batch) in entries {
@@ -76,7 +82,9 @@ pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Vec<u8>, S
         let ipc_len = (body.len() - start) as u32;
         body[len_at..len_at + 4].copy_from_slice(&ipc_len.to_le_bytes());
     }
-    Ok(body)
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&body);
+    Ok(Body { bytes: body, crc })
 }
 
 fn decode_body(body: &[u8]) -> Result<Entries, String> {
@@ -101,15 +109,30 @@ fn decode_body(body: &[u8]) -> Result<Entries, String> {
     Ok(out)
 }
 
-fn frame_into(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
+fn frame_into(out: &mut Vec<u8>, seq: u64, body: &Body) {
     let seq_bytes = seq.to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq_bytes);
-    crc.update(body);
-    out.extend_from_slice(&((SEQ + body.len()) as u32).to_le_bytes());
+    crc.combine(&body.crc);
+    out.extend_from_slice(&((SEQ + body.bytes.len()) as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&seq_bytes);
-    out.extend_from_slice(body);
+    out.extend_from_slice(&body.bytes);
+}
+
+/// Announces an append before its body is encoded, so the writer waits (up to the group-commit window)
+/// for callers that are still encoding rather than fsyncing without them. Dropping it unsent withdraws it.
+pub(crate) struct Reservation {
+    in_flight: Arc<AtomicUsize>,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -204,7 +227,7 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
 }
 
 enum Request {
-    Append { body: Vec<u8>, entries: Entries, ack: oneshot::Sender<Result<u64, String>> },
+    Append { body: Body, entries: Entries, ack: oneshot::Sender<Result<u64, String>> },
     Roll { ack: oneshot::Sender<Result<(), String>> },
 }
 
@@ -284,14 +307,18 @@ impl Wal {
         tx.send(req).map_err(|_| StoreError::Closed)
     }
 
-    /// Appends one record; resolves after it is fsynced and its rows are in the buffer. Returns its sequence.
-    pub async fn append(&self, body: Vec<u8>, entries: Entries) -> Result<u64, StoreError> {
-        let (ack, done) = oneshot::channel();
+    /// Call before encoding an append; pass the reservation to [`Wal::append`].
+    pub fn reserve(&self) -> Reservation {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.send(Request::Append { body, entries, ack }) {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(e);
-        }
+        Reservation { in_flight: self.in_flight.clone(), armed: true }
+    }
+
+    /// Appends one record; resolves after it is fsynced and its rows are in the buffer. Returns its sequence.
+    pub async fn append(&self, mut reservation: Reservation, body: Body, entries: Entries) -> Result<u64, StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Request::Append { body, entries, ack })?;
+        // From here the writer thread accounts for it.
+        reservation.armed = false;
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(msg)) => Err(io_err(&self.dir, std::io::Error::other(msg))),
@@ -511,7 +538,9 @@ mod tests {
     #[test]
     fn body_round_trips_several_tables() {
         let entries = vec![(Table::Events, batch(3)), (Table::Alerts, batch(1))];
-        let decoded = decode_body(&encode_body(&entries).unwrap()).unwrap();
+        let body = encode_body(&entries).unwrap();
+        assert_eq!(body.crc.clone().finalize(), crc32fast::hash(&body.bytes));
+        let decoded = decode_body(&body.bytes).unwrap();
         assert_eq!(decoded, entries);
     }
 
@@ -531,7 +560,7 @@ mod tests {
         let wal = Wal::start(opts, commit).unwrap();
         for n in 1..=3 {
             let entries = vec![(Table::Events, batch(n))];
-            assert_eq!(wal.append(encode_body(&entries).unwrap(), entries).await.unwrap(), n as u64);
+            assert_eq!(wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap(), n as u64);
         }
         assert_eq!(*seen.lock(), vec![1, 2, 3]);
         wal.close();
@@ -576,7 +605,7 @@ mod tests {
                 let wal = wal.clone();
                 tokio::spawn(async move {
                     let entries = vec![(Table::Events, batch(4))];
-                    wal.append(encode_body(&entries).unwrap(), entries).await.unwrap()
+                    wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap()
                 })
             })
             .collect();
@@ -607,7 +636,7 @@ mod tests {
         let wal = Wal::start(opts, commit).unwrap();
         for _ in 0..3 {
             let entries = vec![(Table::Events, batch(2))];
-            wal.append(encode_body(&entries).unwrap(), entries).await.unwrap();
+            wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap();
         }
         assert_eq!(wal.segment_count(), 3);
         assert_eq!(wal.delete_covered(11).unwrap(), 2);
