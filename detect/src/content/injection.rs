@@ -67,7 +67,8 @@ const PHRASE_TRIGGERS: &[&str] = &[
     "ignore", "disregard", "forget", "bypass", "override", "overrule", "skip", "neglect", "abandon",
     "<|", "[inst]", "[/inst]", "<<sys>>", "</s>", "###", "dan", "developer mode", "dev mode", "jailbreak",
     "act as", "pretend", "roleplay", "no longer", "system prompt", "instructions", "reveal", "repeat",
-    "print", "unrestricted", "unfiltered", "do anything now", "new rules", "system:", "prompt",
+    "print", "unrestricted", "unfiltered", "do anything now", "rules", "system:", "prompt", "without",
+    "with no", "respond as", "behave as", "behave like", "answer as", "restrictions", "filters", "guidelines",
 ];
 
 fn phrase_prefilter() -> &'static AhoCorasick {

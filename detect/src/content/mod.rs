@@ -6,6 +6,9 @@ pub mod sensitive;
 pub mod tool_args;
 pub mod validators;
 
-pub use injection::{scan_injection, InjectionFinding};
+#[cfg(test)]
+mod corpus;
+
+pub use injection::{contains_canary, scan_injection, InjectionFinding};
 pub use sensitive::{redact, scan_sensitive, Finding, FindingKind};
 pub use tool_args::{scan_tool_arguments, ArgFinding};

@@ -309,7 +309,8 @@ fn jwts(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
 fn generic_secrets(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for c in r.generic.captures_iter(text) {
         let (Some(key), Some(sep), Some(val)) = (c.get(1), c.get(2), c.get(3)) else { continue };
-        let v = val.as_str().trim_end_matches(['.', ':', '!', '?']);
+        // Sentence punctuation after the value is not part of it; `!` and `?` often are, so they stay.
+        let v = val.as_str().trim_end_matches(['.', ':']);
         if v.len() < 8 || is_placeholder(v) {
             continue;
         }
@@ -599,6 +600,7 @@ mod tests {
     #[test]
     fn generic_secrets_need_a_key_word_and_entropy() {
         assert!(found("db password=Summer2024!x", FindingKind::GenericSecret).is_some());
+        assert_eq!(found("my password: Winter2025!", FindingKind::GenericSecret).as_deref(), Some("Winter2025!"));
         assert_eq!(
             found(r#"{"api_key": "9f86d081884c7d659a2feaa0c55ad015"}"#, FindingKind::GenericSecret).as_deref(),
             Some("9f86d081884c7d659a2feaa0c55ad015")
