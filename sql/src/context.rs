@@ -1,0 +1,240 @@
+//! The one DataFusion context every interface queries, and the one way to run a query on it.
+//!
+//! Limits live here rather than in each server so the CLI, the HTTP API and the pg server cannot drift: the
+//! memory pool caps what all concurrent queries together may hold (spilling is off, so a query over the cap
+//! fails instead of filling the disk), and the statement timeout covers planning and execution.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::error::QueryError;
+use crate::guard::{self, GuardPolicy};
+use crate::metrics;
+use crate::source::SnapshotSource;
+use crate::tables::register_store_tables;
+
+/// Limits applied to every query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLimits {
+    /// Planning plus execution; the query is cancelled after this.
+    pub timeout: Duration,
+    /// Memory all running queries together may hold for sorts, joins and aggregations.
+    pub memory_limit_bytes: usize,
+    /// Rows per Arrow batch inside the engine.
+    pub batch_size: usize,
+    /// Largest answer a collected query (CLI, HTTP) may return; streamed pg answers are not capped.
+    pub max_result_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_limit_bytes: 1 << 30,
+            batch_size: 8192,
+            max_result_rows: 100_000,
+        }
+    }
+}
+
+/// Which interface a query came through, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    Cli,
+    Http,
+    Pg,
+}
+
+impl Interface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Cli => "cli",
+            Interface::Http => "http",
+            Interface::Pg => "pg",
+        }
+    }
+}
+
+/// A context with the store tables registered, the store's object store registered under its URL, the
+/// memory limit set and spilling disabled.
+pub fn session_context(source: Arc<dyn SnapshotSource>, limits: QueryLimits) -> Result<SessionContext, DataFusionError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_limit_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()?;
+    let config = SessionConfig::new().with_batch_size(limits.batch_size.max(1)).with_information_schema(true);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let (url, store) = source.object_store();
+    ctx.register_object_store(&url, store);
+    register_store_tables(&ctx, &source)?;
+    Ok(ctx)
+}
+
+/// The second layer behind the guard: DataFusion itself refuses to plan DDL, DML and statements.
+pub fn read_only_options() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// A collected answer. The schema is kept apart from the batches because an empty answer has no batch to
+/// carry it, and clients still need the columns.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryOutput {
+    pub fn row_count(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// Runs one read-only query from the local CLI; see [`run_query_as`].
+pub async fn run_query(ctx: &SessionContext, sql: &str, limits: &QueryLimits) -> Result<Vec<RecordBatch>, QueryError> {
+    run_query_as(ctx, sql, limits, Interface::Cli).await.map(|out| out.batches)
+}
+
+/// Runs one read-only query: guard, plan with [`read_only_options`], execute, collect at most
+/// `max_result_rows` rows, all within `timeout`. Records the outcome in the metrics under `interface`.
+pub async fn run_query_as(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &QueryLimits,
+    interface: Interface,
+) -> Result<QueryOutput, QueryError> {
+    let started = Instant::now();
+    let result = run_guarded(ctx, sql, limits).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics::record(interface.as_str(), outcome, started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        tracing::debug!(interface = interface.as_str(), error = %e, "query failed");
+    }
+    result
+}
+
+async fn run_guarded(ctx: &SessionContext, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
+    guard::check_sql(sql, GuardPolicy::STATELESS)?;
+    let work = async {
+        let df = ctx.sql_with_options(sql, read_only_options()).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        let batches = collect_at_most(stream, limits.max_result_rows).await?;
+        Ok(QueryOutput { schema, batches })
+    };
+    tokio::time::timeout(limits.timeout, work).await.map_err(|_| QueryError::Timeout(limits.timeout))?
+}
+
+async fn collect_at_most(mut stream: SendableRecordBatchStream, max_rows: usize) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if rows > max_rows {
+            return Err(QueryError::TooManyRows(max_rows));
+        }
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{self, TestSource};
+    use arrow::array::Int64Array;
+
+    fn count(batches: &[RecordBatch]) -> i64 {
+        let col = batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("count is Int64");
+        col.value(0)
+    }
+
+    #[tokio::test]
+    async fn counts_files_and_buffered_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20), (2, 30)], 7);
+        let ctx = session_context(Arc::new(source), QueryLimits::default()).unwrap();
+        let batches = run_query(&ctx, "SELECT count(*) FROM events", &QueryLimits::default()).await.unwrap();
+        assert_eq!(count(&batches), 10 + 20 + 30 + 7);
+    }
+
+    #[tokio::test]
+    async fn refused_statements_never_reach_datafusion() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), QueryLimits::default()).unwrap();
+        let target = dir.path().join("copied");
+        let sql = format!("COPY (SELECT 1) TO '{}'", target.display());
+        let err = run_query(&ctx, &sql, &QueryLimits::default()).await.unwrap_err();
+        assert!(matches!(err, QueryError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("COPY is not allowed"), "{err}");
+        assert!(!target.exists());
+
+        let err = run_query(&ctx, "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", &QueryLimits::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("CREATE EXTERNAL TABLE is not allowed"), "{err}");
+        assert!(ctx.table_exist("x").is_ok_and(|exists| !exists));
+
+        let err = run_query(&ctx, "DROP TABLE events", &QueryLimits::default()).await.unwrap_err();
+        assert!(matches!(err, QueryError::Refused(_)), "{err}");
+        assert!(ctx.table_exist("events").unwrap());
+    }
+
+    #[tokio::test]
+    async fn datafusion_refuses_statements_the_guard_lets_through() {
+        // Second layer: even if the guard allowed it, the plan-level options refuse DDL.
+        let ctx = SessionContext::new();
+        let err = ctx.sql_with_options("CREATE TABLE t AS SELECT 1", read_only_options()).await.unwrap_err();
+        assert!(err.to_string().contains("DDL not supported"), "{err}");
+        assert!(ctx.table_exist("t").is_ok_and(|exists| !exists));
+    }
+
+    #[tokio::test]
+    async fn runaway_cross_join_hits_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = QueryLimits { timeout: Duration::from_millis(500), ..QueryLimits::default() };
+        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
+        let started = Instant::now();
+        let err = run_query(&ctx, "SELECT count(*) FROM range(100000000) a, range(100000000) b", &limits)
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err}");
+        assert!(err.to_string().contains("statement timeout"), "{err}");
+        assert!(took < Duration::from_secs(5), "the timeout took {took:?} to fire");
+    }
+
+    #[tokio::test]
+    async fn memory_hungry_sort_hits_the_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = QueryLimits { memory_limit_bytes: 16 << 20, ..QueryLimits::default() };
+        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
+        let err = run_query(&ctx, "SELECT value FROM range(20000000) ORDER BY value DESC LIMIT 5 OFFSET 10000000", &limits)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::ResourcesExhausted(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn large_answers_are_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = QueryLimits { max_result_rows: 100, ..QueryLimits::default() };
+        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
+        let err = run_query(&ctx, "SELECT value FROM range(1000)", &limits).await.unwrap_err();
+        assert!(matches!(err, QueryError::TooManyRows(100)), "{err}");
+        let ok = run_query(&ctx, "SELECT value FROM range(100)", &limits).await.unwrap();
+        assert_eq!(test_support::total_rows(&ok), 100);
+    }
+}

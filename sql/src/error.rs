@@ -1,0 +1,86 @@
+//! The one error type every query interface reports, classified so each interface can map it to its own
+//! status (HTTP code, pg SQLSTATE) without looking inside DataFusion errors.
+
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+
+use crate::guard::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The read-only guard refused the statement (DDL, DML, COPY, file-reading functions, ...).
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    /// The SQL does not parse or does not plan (unknown table or column, type error, unsupported syntax).
+    #[error("invalid SQL: {0}")]
+    Invalid(String),
+    /// Planning plus execution took longer than the statement timeout.
+    #[error("query cancelled: it ran longer than the statement timeout of {0:?}")]
+    Timeout(Duration),
+    /// The query needed more memory than the configured limit allows.
+    #[error("query cancelled: it needs more memory than the query memory limit allows ({0})")]
+    ResourcesExhausted(String),
+    /// The answer has more rows than one response may carry.
+    #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    /// Anything else DataFusion reported while running the query (I/O, corrupt file, internal error).
+    #[error("query failed: {0}")]
+    Execution(DataFusionError),
+}
+
+impl QueryError {
+    /// Whether the client caused the error (and should fix its query) rather than the server.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, QueryError::Execution(_))
+    }
+
+    /// A short label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            QueryError::Refused(_) => "refused",
+            QueryError::Invalid(_) => "invalid",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::ResourcesExhausted(_) => "memory_limit",
+            QueryError::TooManyRows(_) => "too_many_rows",
+            QueryError::Execution(_) => "error",
+        }
+    }
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        // Look through the wrappers DataFusion adds (Context, Shared, ArrowError(External(..))) for the cause.
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(msg) => QueryError::ResourcesExhausted(msg.clone()),
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_) => QueryError::Invalid(e.strip_backtrace()),
+            _ => QueryError::Execution(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_datafusion_errors() {
+        let plan = DataFusionError::Plan("table 'x' not found".into());
+        assert!(matches!(QueryError::from(plan), QueryError::Invalid(_)));
+        let mem = DataFusionError::Context(
+            "sort".into(),
+            Box::new(DataFusionError::ResourcesExhausted("Failed to allocate".into())),
+        );
+        let e = QueryError::from(mem);
+        assert!(matches!(e, QueryError::ResourcesExhausted(_)), "{e:?}");
+        assert!(e.is_client_error());
+        let io = DataFusionError::Execution("object store failed".into());
+        let e = QueryError::from(io);
+        assert!(!e.is_client_error());
+        assert_eq!(e.outcome(), "error");
+    }
+}

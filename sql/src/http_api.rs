@@ -1,0 +1,336 @@
+//! `POST /api/v1/query`: SQL over HTTP for scripts, notebooks and SOAR playbooks.
+//!
+//! Request: `{"sql": "...", "format": "json" | "csv" | "arrow"}`; without `format` the `Accept` header picks
+//! (`text/csv`, `application/vnd.apache.arrow.stream`, otherwise JSON). The JSON answer is
+//! `{"columns": [{"name", "type"}], "rows": [{..}], "row_count": n, "elapsed_ms": ms}` with timestamps in
+//! RFC 3339. Errors are `{"error": "..."}`: 400 when the query is at fault (refused, invalid, over a limit,
+//! timed out), 500 otherwise. Same guard and limits as the pg server; authentication is the binary's layer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::context::{run_query_as, Interface, QueryLimits, QueryOutput};
+use crate::error::QueryError;
+
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// What the query routes share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub ctx: Arc<SessionContext>,
+    pub limits: QueryLimits,
+}
+
+/// The query API's routes, to be merged into the binary's HTTP server (behind its authentication).
+pub fn router(state: ApiState) -> Router {
+    Router::new().route("/api/v1/query", post(query)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    Json,
+    Csv,
+    Arrow,
+}
+
+#[derive(Serialize)]
+struct Column {
+    name: String,
+    #[serde(rename = "type")]
+    data_type: String,
+}
+
+#[derive(Serialize)]
+struct JsonAnswer {
+    columns: Vec<Column>,
+    rows: Box<RawValue>,
+    row_count: usize,
+    elapsed_ms: f64,
+}
+
+async fn query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    request: Result<Json<QueryRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match request {
+        Ok(r) => r,
+        Err(rejection) => return error_response(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    };
+    let format = request.format.unwrap_or_else(|| format_from_accept(&headers));
+    let started = Instant::now();
+    let output = match run_query_as(&state.ctx, &request.sql, &state.limits, Interface::Http).await {
+        Ok(output) => output,
+        Err(e) => return query_error_response(&e),
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let encoded = match format {
+        Format::Json => encode_json(&output, elapsed_ms).map(|body| ("application/json", body)),
+        Format::Csv => encode_csv(&output).map(|body| ("text/csv; charset=utf-8", body)),
+        Format::Arrow => encode_arrow(&output).map(|body| (ARROW_STREAM, body)),
+    };
+    match encoded {
+        Ok((content_type, body)) => {
+            let mut response = (StatusCode::OK, body).into_response();
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the answer failed: {e}")),
+    }
+}
+
+fn format_from_accept(headers: &HeaderMap) -> Format {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("text/csv") {
+        Format::Csv
+    } else if accept.contains(ARROW_STREAM) {
+        Format::Arrow
+    } else {
+        Format::Json
+    }
+}
+
+fn query_error_response(e: &QueryError) -> Response {
+    let status = if e.is_client_error() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+    error_response(status, &e.to_string())
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Timestamps without a time zone are UTC in Vigil; give them one so the JSON writer prints an offset and
+/// the text is RFC 3339.
+fn with_utc_timestamps(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+    let needs = |dt: &DataType| matches!(dt, DataType::Timestamp(_, None));
+    if !output.schema.fields().iter().any(|f| needs(f.data_type())) {
+        return Ok((output.schema.clone(), output.batches.clone()));
+    }
+    let fields: Vec<Field> = output
+        .schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(unit, None) => {
+                f.as_ref().clone().with_data_type(DataType::Timestamp(*unit, Some("UTC".into())))
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batches = output
+        .batches
+        .iter()
+        .map(|batch| {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(col, field)| if col.data_type() == field.data_type() { Ok(col.clone()) } else { cast(col, field.data_type()) })
+                .collect::<Result<Vec<ArrayRef>, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((schema, batches))
+}
+
+fn encode_json(output: &QueryOutput, elapsed_ms: f64) -> Result<Vec<u8>, ArrowError> {
+    let (schema, batches) = with_utc_timestamps(output)?;
+    let mut rows = Vec::new();
+    {
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut rows);
+        for batch in &batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    if rows.is_empty() {
+        rows.extend_from_slice(b"[]");
+    }
+    let rows = RawValue::from_string(String::from_utf8(rows).map_err(|e| ArrowError::JsonError(e.to_string()))?)
+        .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    let answer = JsonAnswer {
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .collect(),
+        rows,
+        row_count: output.row_count(),
+        elapsed_ms,
+    };
+    serde_json::to_vec(&answer).map_err(|e| ArrowError::JsonError(e.to_string()))
+}
+
+fn encode_csv(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
+    let (schema, batches) = with_utc_timestamps(output)?;
+    let mut body = Vec::new();
+    {
+        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut body);
+        if batches.is_empty() {
+            writer.write(&RecordBatch::new_empty(schema))?;
+        }
+        for batch in &batches {
+            writer.write(batch)?;
+        }
+    }
+    Ok(body)
+}
+
+fn encode_arrow(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
+    let mut body = Vec::new();
+    {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut body, &output.schema)?;
+        for batch in &output.batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::session_context;
+    use crate::test_support::TestSource;
+
+    async fn serve(dir: &std::path::Path) -> String {
+        let source = TestSource::with_hours(dir, &[(0, 4), (1, 5)], 3);
+        let limits = QueryLimits::default();
+        let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
+        let app = router(ApiState { ctx, limits });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/api/v1/query")
+    }
+
+    #[tokio::test]
+    async fn json_answer_has_columns_rows_and_rfc3339_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve(dir.path()).await;
+        let client = reqwest::Client::new();
+        let resp = client
+            .post(&url)
+            .json(&serde_json::json!({"sql": "SELECT kind, count(*) AS n, min(time) AS first FROM events GROUP BY kind ORDER BY kind"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["row_count"], 2);
+        assert_eq!(body["columns"][0]["name"], "kind");
+        assert_eq!(body["columns"][1]["name"], "n");
+        let rows = body["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["kind"], "inference");
+        // 4 + 5 + 3 events, even ones are inference: 2 + 3 + 2.
+        assert_eq!(rows[0]["n"], 7);
+        assert_eq!(rows[1]["n"], 5);
+        let first = rows[0]["first"].as_str().unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(first).unwrap_or_else(|e| panic!("{first}: {e}"));
+        assert_eq!(parsed.timestamp(), crate::test_support::BASE_US / 1_000_000);
+        assert!(body["elapsed_ms"].as_f64().unwrap() >= 0.0);
+    }
+
+    #[tokio::test]
+    async fn csv_and_arrow_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve(dir.path()).await;
+        let client = reqwest::Client::new();
+        let sql = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id ORDER BY user_id";
+
+        let resp = client.post(&url).json(&serde_json::json!({"sql": sql, "format": "csv"})).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/csv"));
+        let text = resp.text().await.unwrap();
+        // Users cycle user0,user1,user2 within each file: 4 -> 2,1,1; 5 -> 2,2,1; 3 -> 1,1,1.
+        assert_eq!(text, "user_id,n\nuser0,5\nuser1,4\nuser2,3\n");
+
+        let resp = client
+            .post(&url)
+            .header(ACCEPT, ARROW_STREAM)
+            .json(&serde_json::json!({"sql": sql}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[CONTENT_TYPE], ARROW_STREAM);
+        let bytes = resp.bytes().await.unwrap();
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+        assert_eq!(batches[0].schema().field(1).name(), "n");
+
+        let resp = client.post(&url).header(ACCEPT, "text/csv").json(&serde_json::json!({"sql": sql})).send().await.unwrap();
+        assert!(resp.text().await.unwrap().starts_with("user_id,n\n"));
+    }
+
+    #[tokio::test]
+    async fn empty_answers_keep_their_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve(dir.path()).await;
+        let client = reqwest::Client::new();
+        let body: serde_json::Value = client
+            .post(&url)
+            .json(&serde_json::json!({"sql": "SELECT event_id FROM events WHERE user_id = 'nobody'"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["row_count"], 0);
+        assert_eq!(body["rows"], serde_json::json!([]));
+        assert_eq!(body["columns"][0]["name"], "event_id");
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve(dir.path()).await;
+        let client = reqwest::Client::new();
+        for (sql, needle) in [
+            ("COPY (SELECT 1) TO '/tmp/x'", "COPY is not allowed"),
+            ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE is not allowed"),
+            ("SELECT * FROM read_csv('/etc/passwd')", "table function read_csv is not allowed"),
+            ("SELECT nope FROM events", "invalid SQL"),
+        ] {
+            let resp = client.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.unwrap();
+            assert_eq!(resp.status(), 400, "{sql}");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains(needle), "{sql}: {error}");
+        }
+        let resp = client.post(&url).header(CONTENT_TYPE, "application/json").body("{\"query\": 1}").send().await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("sql"), "{body}");
+    }
+}

@@ -1,0 +1,667 @@
+//! The PostgreSQL wire protocol server, so psql, Grafana's PostgreSQL data source and BI tools can query
+//! Vigil.
+//!
+//! Built on `datafusion-postgres` (pg catalog, type encoding, SET/SHOW and transaction handling) with our own
+//! pieces where its defaults do not fit a network-facing endpoint: our own accept loop (tests bind port 0,
+//! the binary controls shutdown and a connection cap), a cleartext-password startup handler that asks a
+//! [`PgAuth`] (so the binary can accept API tokens as passwords), and query handlers that put every
+//! statement through the read-only guard and the shared query limits before DataFusion sees it.
+//!
+//! Cleartext passwords need TLS or a trusted network; this server does not do TLS yet.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+use datafusion_postgres::auth::AuthManager;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::DfSessionService;
+use futures::{Sink, StreamExt};
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    DefaultServerParameterProvider, LoginInfo, StartupHandler,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::types::format::FormatOptions;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::context::{read_only_options, Interface, QueryLimits};
+use crate::error::QueryError;
+use crate::guard::{self, GuardPolicy};
+use crate::metrics;
+
+/// Decides whether a user may log in with a password. The binary plugs in its token check here.
+pub trait PgAuth: Send + Sync {
+    fn check(&self, user: &str, password: &str) -> bool;
+}
+
+/// A fixed user and password, for the demo and tests.
+pub struct StaticPassword {
+    pub user: String,
+    pub password: String,
+}
+
+impl PgAuth for StaticPassword {
+    fn check(&self, user: &str, password: &str) -> bool {
+        // Compare everything, so the time taken does not tell how much of the password matched.
+        let user_ok = constant_time_eq(user.as_bytes(), self.user.as_bytes());
+        let password_ok = constant_time_eq(password.as_bytes(), self.password.as_bytes());
+        user_ok & password_ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgServerError {
+    #[error("setting up the pg catalog: {0}")]
+    Catalog(String),
+}
+
+/// The pg-wire server over one shared [`SessionContext`].
+pub struct PgServer {
+    handlers: Arc<VigilPgHandlers>,
+    max_connections: usize,
+}
+
+impl PgServer {
+    /// Adds the pg catalog (`pg_catalog.*`, `current_database()`, ...) to `ctx`: call once per context.
+    pub fn new(ctx: Arc<SessionContext>, auth: Arc<dyn PgAuth>, limits: QueryLimits) -> Result<Self, PgServerError> {
+        // By value: an `Arc<AuthManager>` here recurses without end on `pg_roles` (psql's `\du`).
+        setup_pg_catalog(&ctx, "datafusion", AuthManager::new()).map_err(|e| PgServerError::Catalog(e.to_string()))?;
+        let inner = Arc::new(DfSessionService::new(ctx.clone()));
+        let sql_parser = Arc::new(PostgresCompatibilityParser::new());
+        let service = Arc::new(GuardedService {
+            parser: Arc::new(GuardedParser {
+                inner: inner.query_parser(),
+                sql_parser: sql_parser.clone(),
+                limits: limits.clone(),
+            }),
+            sql_parser,
+            inner,
+            ctx,
+            limits,
+        });
+        let startup = Arc::new(PasswordStartup { auth, parameters: DefaultServerParameterProvider::default() });
+        Ok(Self { handlers: Arc::new(VigilPgHandlers { service, startup }), max_connections: 64 })
+    }
+
+    /// Caps concurrent connections; connections over the cap are closed at once.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let (socket, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pg accept failed");
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = self.max_connections, "pg connection refused: too many connections");
+                continue;
+            };
+            let handlers = self.handlers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                    tracing::debug!(%peer, error = %e, "pg connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+struct VigilPgHandlers {
+    service: Arc<GuardedService>,
+    startup: Arc<PasswordStartup>,
+}
+
+impl PgWireServerHandlers for VigilPgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// Cleartext password authentication against a [`PgAuth`]. MD5 and SCRAM need the stored secret, which a
+/// token check does not have, so cleartext is the method that can ask a `check(user, password)`.
+struct PasswordStartup {
+    auth: Arc<dyn PgAuth>,
+    parameters: DefaultServerParameterProvider,
+}
+
+#[async_trait]
+impl StartupHandler for PasswordStartup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                let pwd = pwd.into_password()?;
+                let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_owned();
+                if self.auth.check(&user, &pwd.password) {
+                    finish_authentication(client, &self.parameters).await?;
+                } else {
+                    tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
+                    return Err(PgWireError::InvalidPassword(user));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+type DfStatement = (String, Option<(Statement, LogicalPlan)>);
+
+/// Guard, limits and metrics around `datafusion-postgres`' session service.
+struct GuardedService {
+    inner: Arc<DfSessionService>,
+    sql_parser: Arc<PostgresCompatibilityParser>,
+    parser: Arc<GuardedParser>,
+    ctx: Arc<SessionContext>,
+    limits: QueryLimits,
+}
+
+/// Statements answered by `datafusion-postgres`' hooks from per-connection state; they never plan a query.
+fn is_session_statement(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Set(_)
+            | Statement::ShowVariable { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowCatalogs { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+    )
+}
+
+/// Parses with the pg-compatibility parser (which rewrites pg-isms for DataFusion) and guards every statement.
+/// DataFusion-only syntax (`CREATE EXTERNAL TABLE`) does not parse there; such SQL is re-checked with
+/// DataFusion's parser so the error names what was refused rather than a syntax error.
+fn parse_and_guard(parser: &PostgresCompatibilityParser, sql: &str) -> Result<Vec<Statement>, QueryError> {
+    let statements = match parser.parse(sql) {
+        Ok(statements) => statements,
+        Err(e) => {
+            guard::check_sql(sql, GuardPolicy::PG_SESSION)?;
+            return Err(QueryError::Invalid(e.to_string()));
+        }
+    };
+    for statement in &statements {
+        guard::check_statement(statement, GuardPolicy::PG_SESSION)?;
+    }
+    Ok(statements)
+}
+
+/// The SQLSTATE for each kind of failure, so clients show the usual messages (e.g. psql's "canceling
+/// statement due to statement timeout" for 57014).
+fn to_pg_error(e: &QueryError) -> PgWireError {
+    let code = match e {
+        QueryError::Refused(_) => "42501",
+        QueryError::Invalid(_) => "42601",
+        QueryError::Timeout(_) => "57014",
+        QueryError::ResourcesExhausted(_) => "53200",
+        QueryError::TooManyRows(_) => "54000",
+        QueryError::Execution(_) => "XX000",
+    };
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), code.to_owned(), e.to_string())))
+}
+
+/// Errors from the wrapped service: keep SQLSTATEs it chose, classify DataFusion errors like we do.
+fn inner_error(e: PgWireError) -> QueryError {
+    match e {
+        PgWireError::ApiError(source) => match source.downcast::<datafusion::error::DataFusionError>() {
+            Ok(df) => QueryError::from(*df),
+            Err(other) => QueryError::Invalid(other.to_string()),
+        },
+        other => QueryError::Invalid(other.to_string()),
+    }
+}
+
+fn record(outcome: Result<(), &QueryError>, started: Instant) {
+    let outcome = match outcome {
+        Ok(()) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics::record(Interface::Pg.as_str(), outcome, started.elapsed().as_secs_f64());
+}
+
+/// Ends the row stream with a timeout error once `deadline` passes, so the timeout covers rows produced
+/// while they are sent, not only planning.
+fn with_deadline(mut response: QueryResponse, deadline: tokio::time::Instant, timeout: Duration) -> QueryResponse {
+    let rows = std::mem::replace(&mut response.data_rows, Box::pin(futures::stream::empty()));
+    let limited = futures::stream::unfold(Some(rows), move |rows| async move {
+        let mut rows = rows?;
+        match tokio::time::timeout_at(deadline, rows.next()).await {
+            Ok(Some(item)) => Some((item, Some(rows))),
+            Ok(None) => None,
+            Err(_) => Some((Err(to_pg_error(&QueryError::Timeout(timeout))), None)),
+        }
+    });
+    response.data_rows = Box::pin(limited);
+    response
+}
+
+impl GuardedService {
+    async fn run_statement<C>(&self, client: &C, statement: &Statement) -> Result<Response, QueryError>
+    where
+        C: ClientInfo + ?Sized,
+    {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let sql = statement.to_string();
+        let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let plan = async {
+            let df = self.ctx.sql_with_options(&sql, read_only_options()).await?;
+            encode_dataframe(df, &Format::UnifiedText, Some(format_options)).await.map_err(inner_error)
+        };
+        let response = tokio::time::timeout_at(deadline, plan)
+            .await
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
+        Ok(Response::Query(with_deadline(response, deadline, self.limits.timeout)))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for GuardedService {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let started = Instant::now();
+        let statements = match parse_and_guard(&self.sql_parser, query) {
+            Ok(s) => s,
+            Err(e) => {
+                record(Err(&e), started);
+                return Err(to_pg_error(&e));
+            }
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            if is_session_statement(statement) {
+                responses.extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.to_string()).await?);
+                continue;
+            }
+            match self.run_statement(client, statement).await {
+                Ok(response) => {
+                    record(Ok(()), started);
+                    responses.push(response);
+                }
+                Err(e) => {
+                    record(Err(&e), started);
+                    return Err(to_pg_error(&e));
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for GuardedService {
+    type Statement = DfStatement;
+    type QueryParser = GuardedParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // The statement passed the guard and the plan check in `GuardedParser::parse_sql`.
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let result = match tokio::time::timeout_at(deadline, ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)).await {
+            Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
+            Ok(Err(e)) => Err(inner_error(e)),
+            Ok(Ok(Response::Query(q))) => Ok(Response::Query(with_deadline(q, deadline, self.limits.timeout))),
+            Ok(Ok(other)) => Ok(other),
+        };
+        record(result.as_ref().map(|_| ()), started);
+        result.map_err(|e| to_pg_error(&e))
+    }
+}
+
+/// Parses extended-protocol statements with the guard in front and the plan check behind.
+struct GuardedParser {
+    inner: Arc<datafusion_postgres::Parser>,
+    sql_parser: Arc<PostgresCompatibilityParser>,
+    limits: QueryLimits,
+}
+
+#[async_trait]
+impl QueryParser for GuardedParser {
+    type Statement = DfStatement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let started = Instant::now();
+        let checked = async {
+            let statements = parse_and_guard(&self.sql_parser, sql)?;
+            if statements.len() > 1 {
+                return Err(QueryError::Invalid(
+                    "the extended query protocol takes one statement at a time".to_owned(),
+                ));
+            }
+            let parsed = tokio::time::timeout(self.limits.timeout, self.inner.parse_sql(client, sql, types))
+                .await
+                .map_err(|_| QueryError::Timeout(self.limits.timeout))?
+                .map_err(inner_error)?;
+            if let Some((_, Some((_, plan)))) = &parsed {
+                read_only_options().verify_plan(plan)?;
+            }
+            Ok(parsed)
+        };
+        checked.await.map_err(|e| {
+            record(Err(&e), started);
+            to_pg_error(&e)
+        })
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::session_context;
+    use crate::test_support::TestSource;
+    use std::net::SocketAddr;
+    use std::process::Output;
+
+    const PSQL: &str = "/usr/bin/psql";
+
+    struct Running {
+        addr: SocketAddr,
+        _dir: tempfile::TempDir,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    async fn start(limits: QueryLimits) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20)], 3);
+        let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
+        let auth = Arc::new(StaticPassword { user: "vigil".into(), password: "s3cret".into() });
+        let server = PgServer::new(ctx, auth, limits).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Running { addr, _dir: dir, _stop: stop }
+    }
+
+    async fn psql(addr: SocketAddr, password: &str, args: &[&str]) -> Output {
+        let port = addr.port().to_string();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(PSQL)
+                .env("PGPASSWORD", password)
+                .env("PGCONNECT_TIMEOUT", "5")
+                .env_remove("PGSERVICE")
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "vigil", "-d", "vigil", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("psql finished in time")
+        .expect("psql runs")
+    }
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).to_string()
+    }
+
+    #[tokio::test]
+    async fn psql_counts_events() {
+        let server = start(QueryLimits::default()).await;
+        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "33");
+    }
+
+    #[tokio::test]
+    async fn psql_lists_tables() {
+        let server = start(QueryLimits::default()).await;
+        let out = psql(server.addr, "s3cret", &["-c", "\\dt"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        for table in ["events", "alerts", "baselines", "inventory"] {
+            assert!(text.lines().any(|l| l.split('|').nth(1) == Some(table)), "{table} missing from:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn psql_du_does_not_take_the_server_down() {
+        // `\du` recursed without end when the catalog held an `Arc<AuthManager>`; DataFusion cannot plan its
+        // `ARRAY(subquery)` either way, but the server must answer with an error and keep serving.
+        let server = start(QueryLimits::default()).await;
+        let _ = psql(server.addr, "s3cret", &["-c", "\\du"]).await;
+        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        assert_eq!(stdout(&out), "33", "{}", stderr(&out));
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_refused() {
+        let server = start(QueryLimits::default()).await;
+        let out = psql(server.addr, "wrong", &["-c", "SELECT 1"]).await;
+        assert!(!out.status.success());
+        assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
+    }
+
+    #[tokio::test]
+    async fn hostile_statements_are_refused_over_pg() {
+        let server = start(QueryLimits::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x");
+        for (sql, needle) in [
+            ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'".to_string(), "CREATE EXTERNAL TABLE is not allowed"),
+            (format!("COPY (SELECT 1) TO '{}'", target.display()), "COPY"),
+            ("DROP TABLE events".to_string(), "DROP TABLE is not allowed"),
+            ("SELECT 1; CREATE TABLE t AS SELECT 1".to_string(), "CREATE TABLE is not allowed"),
+            ("SET datafusion.execution.target_partitions = 1".to_string(), "SET datafusion.execution.target_partitions is not allowed"),
+            ("SELECT * FROM read_csv('/etc/passwd')".to_string(), "read_csv is not allowed"),
+        ] {
+            let out = psql(server.addr, "s3cret", &["-c", &sql]).await;
+            assert!(!out.status.success(), "{sql} succeeded: {}", stdout(&out));
+            assert!(stderr(&out).contains(needle), "{sql}: {}", stderr(&out));
+        }
+        assert!(!target.exists());
+        // The session still works and the tables are intact.
+        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        assert_eq!(stdout(&out), "33", "{}", stderr(&out));
+    }
+
+    /// Runs one statement over the extended protocol (Parse/Bind/Execute/Sync), as drivers and Grafana do;
+    /// psql 15 has no `\bind`. Returns the text rows or the server's error message.
+    async fn extended_query(addr: SocketAddr, sql: &str, params: &[&str]) -> Result<Vec<Vec<Option<String>>>, String> {
+        use bytes::BytesMut;
+        use fallible_iterator::FallibleIterator;
+        use postgres_protocol::message::{backend::Message, frontend};
+        use postgres_protocol::IsNull;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = BytesMut::new();
+        let mut inbuf = BytesMut::new();
+        frontend::startup_message([("user", "vigil"), ("database", "vigil")], &mut out).unwrap();
+        let mut sent_query = false;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            if !out.is_empty() {
+                socket.write_all(&out.split()).await.unwrap();
+            }
+            let message = loop {
+                if let Some(m) = Message::parse(&mut inbuf).unwrap() {
+                    break m;
+                }
+                assert!(socket.read_buf(&mut inbuf).await.unwrap() > 0, "server closed the connection");
+            };
+            match message {
+                Message::AuthenticationCleartextPassword => frontend::password_message(b"s3cret", &mut out).unwrap(),
+                Message::ReadyForQuery(_) if !sent_query => {
+                    sent_query = true;
+                    frontend::parse("", sql, [], &mut out).unwrap();
+                    let bind = frontend::bind(
+                        "",
+                        "",
+                        [0],
+                        params.iter().copied(),
+                        |p: &str, buf: &mut BytesMut| {
+                            buf.extend_from_slice(p.as_bytes());
+                            Ok(IsNull::No)
+                        },
+                        [0],
+                        &mut out,
+                    );
+                    assert!(bind.is_ok());
+                    frontend::execute("", 0, &mut out).unwrap();
+                    frontend::sync(&mut out);
+                }
+                Message::ReadyForQuery(_) => break,
+                Message::DataRow(row) => {
+                    let buf = row.buffer();
+                    let values = row
+                        .ranges()
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+                        .collect()
+                        .unwrap();
+                    rows.push(values);
+                }
+                Message::ErrorResponse(body) => {
+                    let mut fields = body.fields();
+                    while let Some(field) = fields.next().unwrap() {
+                        if field.type_() == b'M' {
+                            error = Some(String::from_utf8_lossy(field.value_bytes()).into_owned());
+                        }
+                    }
+                    if !sent_query {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_is_guarded_too() {
+        let server = start(QueryLimits::default()).await;
+        let rows = extended_query(server.addr, "SELECT count(*) FROM events WHERE user_id = $1", &["user0"]).await.unwrap();
+        assert_eq!(rows, vec![vec![Some("12".to_string())]]);
+        let err = extended_query(server.addr, "DROP TABLE events", &[]).await.unwrap_err();
+        assert!(err.contains("DROP TABLE is not allowed"), "{err}");
+        let err = extended_query(server.addr, "COPY (SELECT 1) TO '/tmp/vigil-pg-test'", &[]).await.unwrap_err();
+        assert!(err.contains("COPY"), "{err}");
+        let rows = extended_query(server.addr, "SELECT count(*) FROM events", &[]).await.unwrap();
+        assert_eq!(rows, vec![vec![Some("33".to_string())]]);
+    }
+
+    #[tokio::test]
+    async fn session_settings_and_grafana_queries_work() {
+        let server = start(QueryLimits::default()).await;
+        let sql = "SET datestyle = 'ISO, MDY'; \
+                   SELECT floor(extract(epoch from time)/300)*300 AS \"time\", count(*) AS n FROM events \
+                   WHERE time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-01T00:59:59Z' GROUP BY 1 ORDER BY 1";
+        let out = psql(server.addr, "s3cret", &["-c", sql]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        let row = text.lines().last().unwrap_or_default();
+        assert_eq!(row.split('|').nth(1), Some("10"), "{text}");
+        assert!(row.starts_with("1767225600"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn runaway_query_is_cancelled_by_the_timeout() {
+        let limits = QueryLimits { timeout: Duration::from_millis(500), ..QueryLimits::default() };
+        let server = start(limits).await;
+        let started = Instant::now();
+        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM range(100000000) a, range(100000000) b"]).await;
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("statement timeout"), "{}", stderr(&out));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
