@@ -252,7 +252,17 @@ impl Store {
     /// Opens (or creates) the store, deletes Parquet files a crash left outside the manifest, and replays the
     /// WAL records the manifest does not cover into the buffer.
     pub async fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
-        open::open(config).await
+        open::open(config, None).await
+    }
+
+    /// Opens the store with Parquet and the manifest in a given object store instead of the one
+    /// `object_store_url` names (the WAL stays under `data_dir/wal`). For remote stores built by the caller
+    /// and for tests with `object_store::memory::InMemory`; puts are trusted to be durable once acknowledged.
+    pub async fn open_with_object_store(
+        config: StoreConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<Store>, StoreError> {
+        open::open(config, Some(store)).await
     }
 
     /// Appends batches to their tables durably: returns once they are in the WAL and fsynced. Appends from

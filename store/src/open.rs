@@ -133,11 +133,17 @@ async fn rebuild_dedupe(
     Ok(set)
 }
 
-pub(crate) async fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+pub(crate) async fn open(
+    config: StoreConfig,
+    store: Option<Arc<dyn ObjectStore>>,
+) -> Result<Arc<Store>, StoreError> {
     validate(&config)?;
     let wal_dir = config.data_dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(|source| StoreError::Wal { path: wal_dir.clone(), source })?;
-    let objects = Arc::new(object_files(&config)?);
+    let objects = Arc::new(match store {
+        Some(store) => ObjectFiles { store, local_root: None },
+        None => object_files(&config)?,
+    });
     let mut manifest = manifest::load(&objects).await?;
     let orphans = remove_orphans(&objects, &manifest).await?;
     let state_schemas = refresh_state_files(&objects, &mut manifest).await?;

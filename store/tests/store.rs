@@ -353,6 +353,29 @@ async fn flush_by_row_count_without_background() {
     assert_eq!((snap.files.len(), snap.buffered.len()), (1, 0));
 }
 
+#[tokio::test]
+async fn remote_object_store_keeps_files_and_manifest_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    {
+        let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
+        store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+        store.flush().await.unwrap();
+        store.append(vec![(Table::Events, events(10..15, T14))]).await.unwrap();
+        // An upload that lost the race with a crash.
+        remote
+            .put(&ObjectPath::from("events/date=2026-11-22/hour=14/orphan.parquet"), Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+    }
+    assert!(!dir.path().join("events").exists(), "no Parquet on the local disk");
+    assert!(remote.head(&ObjectPath::from("_manifest.json")).await.is_ok());
+    let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
+    assert!(remote.head(&ObjectPath::from("events/date=2026-11-22/hour=14/orphan.parquet")).await.is_err());
+    assert_exactly(visible_ids(&store, Table::Events).await, 15);
+    assert_eq!(store.object_store().0.as_str(), vigil_store::OBJECT_STORE_URL);
+}
+
 /// Group-commit throughput: 8 concurrent callers appending batches of ~500-byte events.
 /// `cargo test -p vigil-store --test store -- --ignored --nocapture append_throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
