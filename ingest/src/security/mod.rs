@@ -16,6 +16,9 @@ pub mod tls;
 pub mod tls_listener;
 pub mod tokens;
 
+#[cfg(test)]
+mod tls_tests;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
