@@ -106,9 +106,9 @@ fn expected_ids(payload: &[u8]) -> Vec<String> {
     column(&[normalize::traces(&req, &NormalizeContext::default()).batch], col::EVENT_ID)
 }
 
-fn config(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, group: &str) -> KafkaConfig {
+fn config(brokers: &str, group: &str) -> KafkaConfig {
     KafkaConfig {
-        brokers: mock.bootstrap_servers(),
+        brokers: brokers.to_owned(),
         group_id: group.to_owned(),
         topics: vec![TopicConfig::named("otlp_spans", TopicEncoding::OtlpProto, Signal::Traces)],
         batch_max_messages: 4,
@@ -119,9 +119,9 @@ fn config(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>
     }
 }
 
-fn producer(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> FutureProducer {
+fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", brokers)
         .set("message.max.bytes", "5000000")
         .create()
         .expect("producer")
@@ -169,9 +169,9 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 }
 
 /// The group's committed offset per partition, as a new member would start from it.
-fn committed(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
         .expect("offset reader");
@@ -183,16 +183,42 @@ fn committed(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerConte
     committed.elements().iter().map(|e| e.offset()).collect()
 }
 
+/// The first message of partition 0 of `topic`, read without joining a group.
+fn first_message(brokers: &str, topic: &str) -> rdkafka::message::OwnedMessage {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "vigil-test-reader")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("partition");
+    reader.assign(&tpl).expect("assign");
+    match reader.poll(Duration::from_secs(10)) {
+        Some(Ok(message)) => message.detach(),
+        Some(Err(err)) => panic!("reading {topic}: {err}"),
+        None => panic!("nothing in {topic} within 10 s"),
+    }
+}
+
+fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> String {
+    message
+        .headers()
+        .and_then(|headers| headers.iter().find(|h| h.key == name).and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| panic!("header {name} missing"))
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
     let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_spans", 2, 1).unwrap();
     mock.create_topic("otlp_json", 1, 1).unwrap();
     mock.create_topic("vigil_events", 1, 1).unwrap();
     mock.create_topic("vigil_dlq", 1, 1).unwrap();
-    let producer = producer(&mock);
+    let producer = producer(&brokers);
 
     let mut expected = BTreeSet::new();
     for m in 0..10 {
@@ -219,7 +245,7 @@ async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
     produce(&producer, "otlp_spans", 0, &large).await;
 
     let sink = Arc::new(TestSink::default());
-    let mut cfg = config(&mock, "all-events");
+    let mut cfg = config(&brokers, "all-events");
     cfg.topics.push(TopicConfig::named("otlp_json", TopicEncoding::OtlpJson, Signal::Traces));
     cfg.topics.push(TopicConfig::named("vigil_events", TopicEncoding::VigilJson, Signal::Events));
     let events_before = metrics::EVENTS.with_label_values(&["vigil_events"]).get();
@@ -229,18 +255,19 @@ async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
 
     assert_eq!(sink.unique_ids(), expected);
     assert_eq!(sink.event_ids().len(), expected.len(), "no event delivered twice");
-    assert_eq!(committed(&mock, "all-events", "otlp_spans", 2), vec![Offset::Offset(6), Offset::Offset(5)]);
-    assert_eq!(committed(&mock, "all-events", "vigil_events", 1), vec![Offset::Offset(2)]);
-    assert_eq!(committed(&mock, "all-events", "otlp_json", 1), vec![Offset::Offset(1)]);
+    assert_eq!(committed(&brokers, "all-events", "otlp_spans", 2), vec![Offset::Offset(6), Offset::Offset(5)]);
+    assert_eq!(committed(&brokers, "all-events", "vigil_events", 1), vec![Offset::Offset(2)]);
+    assert_eq!(committed(&brokers, "all-events", "otlp_json", 1), vec![Offset::Offset(1)]);
     assert!(metrics::EVENTS.with_label_values(&["vigil_events"]).get() - events_before >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumption_continues() {
     let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_spans", 1, 1).unwrap();
     mock.create_topic("vigil_dlq", 1, 1).unwrap();
-    let producer = producer(&mock);
+    let producer = producer(&brokers);
     let good = [otlp_message(1, 2), otlp_message(3, 2)];
     let poison: &[u8] = &[0x0a, 0xff, 0xff, 0x01];
     produce(&producer, "otlp_spans", 0, &good[0]).await;
@@ -250,38 +277,16 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
 
     let dlq_before = metrics::DLQ.with_label_values(&["otlp_spans"]).get();
     let sink = Arc::new(TestSink::default());
-    let running = start(config(&mock, "poison"), sink.clone());
+    let running = start(config(&brokers, "poison"), sink.clone());
     wait_until("the good messages", WAIT, || sink.unique_ids().len() >= expected.len()).await;
     running.stop().await;
     assert_eq!(sink.unique_ids(), expected, "messages after the poison one are consumed");
-    assert_eq!(committed(&mock, "poison", "otlp_spans", 1), vec![Offset::Offset(3)], "committed past the poison message");
+    assert_eq!(committed(&brokers, "poison", "otlp_spans", 1), vec![Offset::Offset(3)], "committed past the poison message");
     assert_eq!(metrics::DLQ.with_label_values(&["otlp_spans"]).get() - dlq_before, 1);
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("group.id", "dlq-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("vigil_dlq", 0, Offset::Beginning).unwrap();
-    reader.assign(&tpl).unwrap();
-    let letter = loop {
-        match reader.poll(Duration::from_secs(10)) {
-            Some(Ok(message)) => break message.detach(),
-            Some(Err(err)) => panic!("reading the dead-letter topic: {err}"),
-            None => panic!("no dead letter within 10 s"),
-        }
-    };
+    let letter = first_message(&brokers, "vigil_dlq");
     assert_eq!(letter.payload(), Some(poison), "the original bytes are kept");
-    let headers = letter.headers().expect("dead letter has headers");
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| panic!("header {name} missing"))
-    };
+    let header = |name: &str| header(&letter, name);
     assert_eq!(header(dlq::HEADER_TOPIC), "otlp_spans");
     assert_eq!(header(dlq::HEADER_PARTITION), "0");
     assert_eq!(header(dlq::HEADER_OFFSET), "1");
@@ -291,9 +296,10 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once() {
     let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_spans", 1, 1).unwrap();
     mock.create_topic("vigil_dlq", 1, 1).unwrap();
-    let producer = producer(&mock);
+    let producer = producer(&brokers);
     let mut expected = BTreeSet::new();
     for m in 0..6 {
         let payload = otlp_message(m, 2);
@@ -304,9 +310,9 @@ async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once
     let sink = Arc::new(TestSink::default());
     sink.fail.store(true, Ordering::SeqCst);
     let retries_before = metrics::RETRIES.with_label_values(&["unavailable"]).get();
-    let running = start(config(&mock, "unavailable"), sink.clone());
+    let running = start(config(&brokers, "unavailable"), sink.clone());
     wait_until("two refused attempts", WAIT, || sink.calls.load(Ordering::SeqCst) >= 2).await;
-    assert_eq!(committed(&mock, "unavailable", "otlp_spans", 1), vec![Offset::Invalid], "nothing committed while refused");
+    assert_eq!(committed(&brokers, "unavailable", "otlp_spans", 1), vec![Offset::Invalid], "nothing committed while refused");
     assert!(metrics::RETRIES.with_label_values(&["unavailable"]).get() - retries_before >= 2);
     sink.fail.store(false, Ordering::SeqCst);
     wait_until("every event after recovery", WAIT, || sink.unique_ids().len() >= expected.len()).await;
@@ -314,15 +320,16 @@ async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once
 
     assert_eq!(sink.unique_ids(), expected);
     assert_eq!(sink.event_ids().len(), expected.len(), "the refused batch is delivered exactly once");
-    assert_eq!(committed(&mock, "unavailable", "otlp_spans", 1), vec![Offset::Offset(6)]);
+    assert_eq!(committed(&brokers, "unavailable", "otlp_spans", 1), vec![Offset::Offset(6)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_replay() {
     let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_spans", 1, 1).unwrap();
     mock.create_topic("vigil_dlq", 1, 1).unwrap();
-    let producer = producer(&mock);
+    let producer = producer(&brokers);
     let mut expected = BTreeSet::new();
     for m in 0..12 {
         let payload = otlp_message(m, 1);
@@ -331,7 +338,7 @@ async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_
     }
 
     // First life: two batches become durable, the third hangs inside the sink, then the process dies.
-    let mut cfg = config(&mock, "restart");
+    let mut cfg = config(&brokers, "restart");
     cfg.batch_max_messages = 3;
     let first = Arc::new(TestSink { hang_after: Some(2), ..TestSink::default() });
     let running = start(cfg.clone(), first.clone());
@@ -348,18 +355,19 @@ async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_
     let (a, b) = (first.unique_ids(), second.unique_ids());
     assert!(a.is_disjoint(&b), "committed batches are not replayed: {:?}", a.intersection(&b).collect::<Vec<_>>());
     assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), expected, "no gap");
-    assert_eq!(committed(&mock, "restart", "otlp_spans", 1), vec![Offset::Offset(12)]);
+    assert_eq!(committed(&brokers, "restart", "otlp_spans", 1), vec![Offset::Offset(12)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_once() {
     let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_spans", 4, 1).unwrap();
     mock.create_topic("vigil_dlq", 1, 1).unwrap();
-    let producer = producer(&mock);
+    let producer = producer(&brokers);
     let (a, b) = (Arc::new(TestSink::default()), Arc::new(TestSink::default()));
-    let running_a = start(config(&mock, "pair"), a.clone());
-    let running_b = start(config(&mock, "pair"), b.clone());
+    let running_a = start(config(&brokers, "pair"), a.clone());
+    let running_b = start(config(&brokers, "pair"), b.clone());
     // Let both join before producing, so that no rebalance moves a partition while it is consumed.
     tokio::time::sleep(Duration::from_secs(8)).await;
 
@@ -384,5 +392,49 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_o
     let (pa, pb) = (partitions(&a), partitions(&b));
     assert!(!pa.is_empty() && !pb.is_empty(), "both consumers got partitions: {pa:?} {pb:?}");
     assert!(pa.is_disjoint(&pb), "partitions are split: {pa:?} {pb:?}");
-    assert_eq!(committed(&mock, "pair", "otlp_spans", 4), vec![Offset::Offset(10); 4]);
+    assert_eq!(committed(&brokers, "pair", "otlp_spans", 4), vec![Offset::Offset(10); 4]);
+}
+
+/// The same consumer against a real broker (tansu, Kafka, Redpanda): `VIGIL_TEST_KAFKA_BROKERS=host:port
+/// cargo test -p vigil-ingest kafka -- --ignored`. Creates its own topics through the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a broker in VIGIL_TEST_KAFKA_BROKERS"]
+async fn real_broker_delivers_dead_letters_and_commits() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let brokers = std::env::var("VIGIL_TEST_KAFKA_BROKERS").expect("VIGIL_TEST_KAFKA_BROKERS");
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let (spans, dlq_topic, group) = (format!("vt_spans_{run_id}"), format!("vt_dlq_{run_id}"), format!("vt_{run_id}"));
+    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&spans, 2, TopicReplication::Fixed(1)), NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let producer = producer(&brokers);
+    let mut expected = BTreeSet::new();
+    for m in 0..20 {
+        let payload = otlp_message(m, 3);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, &spans, (m % 2) as i32, &payload).await;
+        if m == 10 {
+            produce(&producer, &spans, 0, b"\x0a\xff\xff\x01").await;
+        }
+    }
+    let sink = Arc::new(TestSink::default());
+    let mut cfg = config(&brokers, &group);
+    cfg.topics = vec![TopicConfig::named(&spans, TopicEncoding::OtlpProto, Signal::Traces)];
+    cfg.dlq_topic = dlq_topic.clone();
+    let running = start(cfg, sink.clone());
+    wait_until("every event", Duration::from_secs(60), || sink.unique_ids().len() >= expected.len()).await;
+    running.stop().await;
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len());
+    assert_eq!(committed(&brokers, &group, &spans, 2), vec![Offset::Offset(11), Offset::Offset(10)]);
+    let letter = first_message(&brokers, &dlq_topic);
+    assert_eq!(header(&letter, dlq::HEADER_TOPIC), spans);
+    assert_eq!(header(&letter, dlq::HEADER_OFFSET), "6");
 }

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# End-to-end Kafka ingestion against a real broker (tansu) and the real `vigil` binary:
+#   1. N Collector-shaped OTLP protobuf messages (and one poison message) are produced while Vigil consumes;
+#      Vigil is killed with SIGKILL halfway and restarted; every message's events must be stored exactly
+#      once, and the poison message must be in the dead-letter topic with its four headers.
+#   2. Two Vigil instances in one consumer group split the partitions: together they store M more
+#      messages' events, each exactly once, and each instance stores some.
+#
+# Usage: tests/kafka_e2e.sh            (N=200 messages of 3 spans, M=80; override with N=, M=, SPANS=)
+# Needs: the vigil binary ($VIGIL_BIN, else $CARGO_TARGET_DIR/debug/vigil, else target/debug/vigil), the
+# tansu broker ($TANSU_BIN, else ~/.cache/vigil-tools/bin/tansu, installed with cargo if missing), python3
+# with confluent-kafka and opentelemetry-proto (installed with pip if missing).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+N="${N:-200}"
+M="${M:-80}"
+SPANS="${SPANS:-3}"
+PARTITIONS=4
+TIMEOUT="${TIMEOUT:-120}"
+
+VIGIL="${VIGIL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/vigil}"
+TANSU="${TANSU_BIN:-$HOME/.cache/vigil-tools/bin/tansu}"
+PRODUCE=(python3 "$ROOT/tests/kafka_produce.py")
+
+log() { printf '[kafka_e2e] %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; FAILED=1; exit 1; }
+
+[ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
+if [ ! -x "$TANSU" ]; then
+  log "installing the tansu broker (about 30 minutes the first time)"
+  cargo install tansu@0.6.0 --locked --features dynostore --root "$HOME/.cache/vigil-tools"
+  TANSU="$HOME/.cache/vigil-tools/bin/tansu"
+fi
+python3 -c 'import confluent_kafka, opentelemetry.proto' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check confluent-kafka opentelemetry-proto
+
+WORK="$(mktemp -d -t vigil-kafka-e2e.XXXXXX)"
+PIDS=()
+FAILED=0
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$FAILED" = 1 ]; then
+    log "logs kept in $WORK"
+    for f in "$WORK"/*.log; do log "--- tail $f"; tail -n 20 "$f" >&2 || true; done
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap 'FAILED=1' ERR
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_port() { # host port what
+  local deadline=$((SECONDS + 30))
+  until python3 -c "import socket,sys; socket.create_connection(('$1', $2), 1)" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || fail "$3 did not listen on $1:$2"
+    sleep 0.2
+  done
+}
+
+# --- the broker ----------------------------------------------------------------------------------------
+KPORT="$(free_port)"
+BROKERS="127.0.0.1:$KPORT"
+mkdir -p "$WORK/tansu"
+touch "$WORK/tansu/.env" # tansu reads .env from its working directory: an empty one keeps it from ours
+(cd "$WORK/tansu" && exec "$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
+  --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1) &
+PIDS+=($!)
+wait_port 127.0.0.1 "$KPORT" tansu
+for topic in otlp_spans:$PARTITIONS otlp_logs:1 vigil_events:1 vigil_dlq:1; do
+  "$TANSU" topic create "${topic%%:*}" --broker "tcp://$BROKERS" --partitions "${topic##*:}" >>"$WORK/tansu.log" 2>&1
+done
+log "tansu on $BROKERS with topics otlp_spans($PARTITIONS) otlp_logs vigil_events vigil_dlq"
+
+# --- vigil instances -----------------------------------------------------------------------------------
+# start_vigil NAME: starts `vigil serve` with its own data dir and ports; sets ADMIN_<NAME> and PID_<NAME>.
+start_vigil() {
+  local name="$1" admin grpc http pg
+  admin="127.0.0.1:$(free_port)"; grpc="127.0.0.1:$(free_port)"; http="127.0.0.1:$(free_port)"; pg="127.0.0.1:$(free_port)"
+  mkdir -p "$WORK/data-$name"
+  "$VIGIL" --data-dir "$WORK/data-$name" --admin-addr "$admin" serve \
+    --otlp-grpc-addr "$grpc" --otlp-http-addr "$http" --pg-addr "$pg" --kafka-brokers "$BROKERS" \
+    >>"$WORK/vigil-$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  printf -v "PID_$name" '%s' "$pid"
+  printf -v "ADMIN_$name" '%s' "$admin"
+  wait_port 127.0.0.1 "${admin##*:}" "vigil $name admin"
+}
+
+# sql NAME QUERY: one CSV value (the query must return one row, one column).
+sql() {
+  local admin_var="ADMIN_$1"
+  "$VIGIL" --data-dir "$WORK/data-$1" --admin-addr "${!admin_var}" sql --format csv "$2" 2>>"$WORK/sql.log" | tail -n 1 | tr -d '\r "'
+}
+
+# wait_count NAME EXPECTED: until `SELECT count(*) FROM events` reaches EXPECTED (fails past it or on timeout).
+wait_count() {
+  local deadline=$((SECONDS + TIMEOUT)) count=""
+  while [ $SECONDS -lt $deadline ]; do
+    count="$(sql "$1" 'SELECT count(*) FROM events' || true)"
+    [ "$count" = "$2" ] && return 0
+    sleep 1
+  done
+  fail "vigil $1 stored ${count:-?} events, expected $2"
+}
+
+# --- 1. kill -9 halfway, restart: every event exactly once; poison message dead-lettered ---------------
+EXPECTED=$((N * SPANS))
+RATE=$((N / 6 + 1)) # spread the messages over about six seconds so the kill lands while they flow
+"${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$N" --spans "$SPANS" --rate "$RATE" --poison \
+  >>"$WORK/produce.log" 2>&1 &
+PRODUCER=$!
+start_vigil a
+deadline=$((SECONDS + TIMEOUT))
+until [ "$(sql a 'SELECT count(*) FROM events' || echo 0)" -gt 0 ] 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || fail "vigil a stored nothing from Kafka"
+  sleep 0.5
+done
+sleep 1
+before_kill="$(sql a 'SELECT count(*) FROM events' || echo '?')"
+kill -9 "$PID_a"
+wait "$PID_a" 2>/dev/null || true
+log "killed vigil a with SIGKILL after $before_kill of $EXPECTED events"
+wait "$PRODUCER" || fail "producer failed: $(tail -n 3 "$WORK/produce.log")"
+start_vigil a
+wait_count a "$EXPECTED"
+distinct="$(sql a 'SELECT count(DISTINCT event_id) FROM events')"
+[ "$distinct" = "$EXPECTED" ] || fail "distinct event ids $distinct, expected $EXPECTED"
+traces="$(sql a 'SELECT count(DISTINCT trace_id) FROM events')"
+[ "$traces" = "$N" ] || fail "$traces messages' events stored, expected $N"
+log "restart: $EXPECTED events of $N messages stored exactly once"
+
+"${PRODUCE[@]}" --brokers "$BROKERS" dlq --expect 1 --timeout 30 >"$WORK/dlq.jsonl" 2>>"$WORK/produce.log" || true
+python3 - "$WORK/dlq.jsonl" <<'EOF' || fail "dead letter missing or wrong: $(cat "$WORK/dlq.jsonl")"
+import json, sys
+letters = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+assert len(letters) >= 1, "no dead letter"
+h = letters[0]["headers"]
+assert h.get("vigil.dlq.topic") == "otlp_spans", h
+assert h.get("vigil.dlq.partition", "").isdigit() and h.get("vigil.dlq.offset", "").isdigit(), h
+assert "otlp_proto" in h.get("vigil.dlq.error", ""), h
+EOF
+curl -fsS "http://$ADMIN_a/metrics" 2>/dev/null | grep -q '^vigil_kafka_messages_total' \
+  || log "note: vigil_kafka_messages_total not on /metrics of the restarted instance"
+log "poison message dead-lettered with its headers"
+kill "$PID_a"
+wait "$PID_a" 2>/dev/null || true
+
+# --- 2. two instances in one group split the partitions, each message once ----------------------------
+start_vigil b
+start_vigil c
+sleep 8 # both join the group before the messages arrive
+"${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$M" --spans "$SPANS" --first 100000 >>"$WORK/produce.log" 2>&1
+EXPECTED2=$((M * SPANS))
+deadline=$((SECONDS + TIMEOUT))
+while :; do
+  b="$(sql b 'SELECT count(*) FROM events' || echo 0)"
+  c="$(sql c 'SELECT count(*) FROM events' || echo 0)"
+  [ $((b + c)) -ge "$EXPECTED2" ] && break
+  [ $SECONDS -lt $deadline ] || fail "two instances stored $b + $c events, expected $EXPECTED2"
+  sleep 1
+done
+[ $((b + c)) = "$EXPECTED2" ] || fail "two instances stored $b + $c events, expected exactly $EXPECTED2"
+[ "$b" -gt 0 ] && [ "$c" -gt 0 ] || fail "one instance got every partition ($b / $c)"
+list_ids() {
+  local admin_var="ADMIN_$1"
+  "$VIGIL" --data-dir "$WORK/data-$1" --admin-addr "${!admin_var}" sql --format csv 'SELECT event_id FROM events' \
+    2>>"$WORK/sql.log" | tail -n +2
+}
+dups="$( (list_ids b; list_ids c) | sort | uniq -d | wc -l)"
+[ "$dups" = 0 ] || fail "$dups events stored by both instances"
+log "two instances: $b + $c = $EXPECTED2 events, none stored twice"
+log "PASS"
