@@ -21,11 +21,12 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -204,7 +205,11 @@ pub struct TokenStore {
     path: PathBuf,
     options: StoreOptions,
     state: RwLock<State>,
-    last_check: Mutex<Instant>,
+    /// When the store was opened; `last_check_ms` counts from here so it fits an atomic.
+    opened: Instant,
+    /// Milliseconds after `opened` of the last look at the files. An atomic rather than a lock because
+    /// every request on every listener passes here.
+    last_check_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -233,7 +238,7 @@ impl TokenStore {
         };
         let index = build_index(&file, &options.configured, &external);
         let state = RwLock::new(State { file, file_fp, external, external_fp, index });
-        Ok(TokenStore { path, options, state, last_check: Mutex::new(Instant::now()) })
+        Ok(TokenStore { path, options, state, opened: Instant::now(), last_check_ms: AtomicU64::new(0) })
     }
 
     pub fn path(&self) -> &Path {
@@ -339,12 +344,13 @@ impl TokenStore {
 
     /// Re-reads the files if they changed, at most once per `recheck_interval`.
     fn refresh_if_due(&self) {
-        {
-            let mut last = self.last_check.lock();
-            if last.elapsed() < self.options.recheck_interval {
-                return;
-            }
-            *last = Instant::now();
+        let now_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_check_ms.load(Ordering::Relaxed);
+        let interval_ms = u64::try_from(self.options.recheck_interval.as_millis()).unwrap_or(u64::MAX);
+        let due = self.options.recheck_interval.is_zero() || now_ms.saturating_sub(last) >= interval_ms;
+        // Only the caller that wins the exchange looks at the files; the others go on with the current set.
+        if !due || self.last_check_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
         }
         let file_fp = fingerprint(&self.path);
         let external_fp = self.options.token_file.as_deref().and_then(fingerprint);
