@@ -1,1 +1,84 @@
-fn main() {}
+//! The `vigil` binary: parses the command line and wires the components together.
+
+mod admin;
+mod bench;
+mod dashboards;
+mod config;
+mod demo;
+mod metrics;
+mod pipeline;
+mod serve;
+mod sql_cli;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use config::{CommonArgs, Config, ServeArgs};
+
+/// Zero Trust streaming analytics for AI activity: OTLP in, detections, Parquet, SQL out.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline: OTLP receivers, detection, storage, SQL and admin listeners.
+    Serve(ServeArgs),
+    /// Run Vigil on its embedded defaults and feed it realistic synthetic AI activity over real OTLP.
+    Demo(demo::DemoArgs),
+    /// Send the demo company's synthetic AI activity to an OTLP endpoint (a Collector or a Vigil).
+    Generate(demo::generate::GenerateArgs),
+    /// Run a SQL query against a running Vigil (or, if none runs, the data directory) and print the result.
+    Sql(sql_cli::SqlArgs),
+    /// Benchmarks: end-to-end ingest, and dashboard SQL over many events.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Print the effective configuration (defaults, file and overrides merged) as TOML.
+    Config(ServeArgs),
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&cli.common, Some(&args))?;
+            init_tracing(&config.server.log);
+            serve::run(config).await
+        }
+        Command::Demo(args) => {
+            let config = Config::load(&cli.common, Some(&args.serve))?;
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            demo::run(config, args).await
+        }
+        Command::Generate(args) => {
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            demo::generate::run(args).await
+        }
+        Command::Sql(args) => {
+            let config = Config::load(&cli.common, None)?;
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            sql_cli::run(config, args).await
+        }
+        Command::Bench(command) => {
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            bench::run(command).await
+        }
+        Command::Config(args) => {
+            let config = Config::load(&cli.common, Some(&args))?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}

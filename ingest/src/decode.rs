@@ -76,7 +76,7 @@ impl Compression {
 
 /// Size caps for one request body. Configurable because the right numbers depend on the senders (a
 /// collector batching many services sends far larger requests than one SDK).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest body accepted as received on the wire (before decompression).

@@ -59,7 +59,7 @@ use serde::Deserialize;
 use crate::sink::EventSink;
 
 /// The `[kafka]` table of the config file. Every field has a default; an empty `brokers` disables Kafka.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`. Empty: Kafka ingestion is off.
@@ -157,7 +157,7 @@ impl KafkaConfig {
 
 /// One subscription: a topic name or a regular expression over topic names, and how its messages are
 /// encoded.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// An exact topic name.
@@ -204,7 +204,7 @@ impl TopicConfig {
 }
 
 /// How a topic's message values are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TopicEncoding {
     /// The Collector's default: a protobuf `TracesData` / `LogsData`.
@@ -217,7 +217,7 @@ pub enum TopicEncoding {
 }
 
 /// What a topic carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     Traces,

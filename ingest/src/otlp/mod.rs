@@ -28,7 +28,7 @@ use crate::sink::{EventSink, SinkError};
 
 /// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
 /// config file, and every field has a default so an empty table works.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReceiverConfig {
     /// Where the gRPC receiver listens. Loopback by default: exposing a receiver is a deliberate choice.

@@ -1,0 +1,322 @@
+//! `vigil bench`: the end-to-end benchmark. It starts a real server in this process on loopback ports and
+//! a temporary data directory, drives it with concurrent OTLP clients (gRPC and HTTP protobuf), and prints
+//! the figures the issues ask for. Load generator and server share the machine, as they would in CI.
+//!
+//! `vigil bench ingest` — sustained events/s with every event durable, ack latency, event-to-alert latency,
+//! peak RSS, stored bytes against OTLP/JSON bytes. `vigil bench sql` — dashboard queries over N stored events.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use parking_lot::Mutex;
+use prost::Message;
+use vigil_ingest::synth::traces_request;
+use vigil_ingest::EventRow;
+
+use crate::config::Config;
+use crate::demo::traffic::{Incident, Traffic};
+use crate::{metrics, serve};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// End-to-end ingest: OTLP clients -> detection -> WAL -> Parquet.
+    Ingest(IngestArgs),
+    /// Typical dashboard queries over many stored events.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// How long to measure (after a short warm-up).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent clients; half send gRPC, half HTTP protobuf.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Target events/s across all clients (0: as fast as the server acknowledges).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Prompt size in bytes.
+    #[arg(long, default_value_t = 500)]
+    pub prompt_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Events to store before querying.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: usize,
+    /// Runs per query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Keep the data directory here instead of a temporary one (re-used when it already holds events).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Sql(args) => sql(args).await,
+    }
+}
+
+fn bench_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.data_dir = data_dir.to_path_buf();
+    c.store.data_dir = data_dir.to_path_buf();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal");
+    c.server.admin_addr = any;
+    c.otlp.grpc_addr = any;
+    c.otlp.http_addr = any;
+    c.sql.pg_addr = None;
+    c.pipeline.max_in_flight = 256;
+    c.pipeline.admission_wait = Duration::from_secs(5);
+    c
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn pad_prompts(rows: &mut [EventRow], bytes: usize) {
+    const FILLER: &str = " Please keep the answer concise, cite the internal policy where it applies, and list any assumptions you made about the data.";
+    for r in rows.iter_mut() {
+        if let Some(p) = r.prompt_text.as_mut() {
+            while p.len() < bytes {
+                p.push_str(FILLER);
+            }
+            p.truncate(bytes.max(1));
+        }
+    }
+}
+
+/// Pre-encoded requests, so the clients measure the server rather than their own encoding.
+struct Workload {
+    protobuf: Vec<Vec<u8>>,
+    events_per_request: usize,
+    json_bytes_per_event: f64,
+}
+
+fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
+    let mut traffic = Traffic::new(7);
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut protobuf = Vec::with_capacity(distinct);
+    let mut json_bytes = 0usize;
+    let mut events = 0usize;
+    for k in 0..distinct {
+        let mut rows = traffic.normal(now + k as i64 * 1000, batch);
+        // About one incident per 20 requests, so the event-to-alert path is exercised.
+        if k % 20 == 0 {
+            let kind = Incident::ALL[(k / 20) % 4];
+            let extra = traffic.incident(now, kind);
+            rows.truncate(batch.saturating_sub(extra.len()));
+            rows.extend(extra);
+        }
+        pad_prompts(&mut rows, prompt_bytes);
+        let req = traces_request(&rows);
+        json_bytes += serde_json::to_vec(&req).map(|v| v.len()).unwrap_or(0);
+        events += rows.len();
+        protobuf.push(req.encode_to_vec());
+    }
+    Workload { protobuf, events_per_request: batch, json_bytes_per_event: json_bytes as f64 / events.max(1) as f64 }
+}
+
+/// Makes every request unique (fresh span ids) without re-encoding: the span id bytes are patched in place.
+fn uniquify(template: &[u8], counter: u64) -> Vec<u8> {
+    let mut req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(template)
+        .expect("the workload's own encoding decodes");
+    let mut n = counter << 20;
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for span in &mut ss.spans {
+                n += 1;
+                span.span_id = n.to_be_bytes().to_vec();
+            }
+        }
+    }
+    req.encode_to_vec()
+}
+
+async fn ingest(args: IngestArgs) -> Result<()> {
+    let dir = tempfile::tempdir().context("temporary data directory")?;
+    let running = serve::start(bench_config(dir.path())).await?;
+    let b = running.bound.clone();
+    println!("vigil bench ingest: {} clients, {} events/request, ~{}-byte prompts, {} s", args.clients, args.batch, args.prompt_bytes, args.duration.as_secs());
+    let work = Arc::new(workload(args.batch, args.prompt_bytes, 64));
+    println!("workload: OTLP/JSON would be {:.0} bytes/event", work.json_bytes_per_event);
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let counter = Arc::new(AtomicU64::new(1));
+    let per_client_interval = if args.rate > 0 {
+        Some(Duration::from_secs_f64(args.batch as f64 * args.clients as f64 / args.rate as f64))
+    } else {
+        None
+    };
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let (work, acked, refused, measuring, stop, latency, counter) =
+            (work.clone(), acked.clone(), refused.clone(), measuring.clone(), stop.clone(), latency.clone(), counter.clone());
+        let grpc_addr = format!("http://{}", b.grpc);
+        let http_url = format!("http://{}/v1/traces", b.http);
+        clients.push(tokio::spawn(async move {
+            let use_grpc = c % 2 == 0;
+            let mut grpc = if use_grpc { TraceServiceClient::connect(grpc_addr).await.ok() } else { None };
+            let http = reqwest::Client::new();
+            let mut next = Instant::now();
+            let mut k = c;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(iv) = per_client_interval {
+                    next += iv;
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                let body = uniquify(&work.protobuf[k % work.protobuf.len()], counter.fetch_add(1, Ordering::Relaxed));
+                k += args.clients;
+                let t = Instant::now();
+                let ok = match grpc.as_mut() {
+                    Some(g) => {
+                        let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())
+                            .expect("own encoding");
+                        g.export(req).await.is_ok()
+                    }
+                    None => http
+                        .post(&http_url)
+                        .header("content-type", "application/x-protobuf")
+                        .body(body)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        acked.fetch_add(work.events_per_request as u64, Ordering::Relaxed);
+                        let _ = latency.lock().record((t.elapsed().as_micros() as u64).max(1));
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let _ = c.await;
+    }
+    let events = acked.load(Ordering::Relaxed);
+    let rss = peak_rss();
+    let h = latency.lock().clone();
+    let [_, (_, e2a_p50, e2a_p99)] = metrics::quantiles();
+
+    // Everything acknowledged is durable; flush to Parquet to measure what it costs at rest.
+    let store = running.store.clone();
+    running.stop().await?;
+    let stored_events: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.rows).sum();
+    let stored_bytes: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.size).sum();
+    let bytes_per_event = stored_bytes as f64 / stored_events.max(1) as f64;
+
+    println!();
+    println!("machine:              {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    println!("sustained:            {:.0} events/s ({} events acknowledged in {:.1} s, {} requests refused)", events as f64 / elapsed, events, elapsed, refused.load(Ordering::Relaxed));
+    println!("ack latency:          p50 {:.1} ms, p99 {:.1} ms", h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3);
+    println!("event-to-alert:       p50 {:.1} ms, p99 {:.1} ms", e2a_p50 as f64 / 1e3, e2a_p99 as f64 / 1e3);
+    println!("peak RSS:             {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
+    println!("stored:               {:.1} bytes/event in Parquet vs {:.0} bytes/event as OTLP/JSON ({:.1} %)", bytes_per_event, work.json_bytes_per_event, 100.0 * bytes_per_event / work.json_bytes_per_event);
+    println!("stored events:        {stored_events}");
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The dashboards' queries, with Grafana's macros expanded over the last 24 hours.
+pub fn dashboard_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let to = chrono::Utc::now();
+    let from = to - chrono::Duration::hours(24);
+    for file in crate::dashboards::FILES {
+        for (title, sql) in crate::dashboards::sql_panels(file.1) {
+            out.push((format!("{} / {}", file.0, title), crate::dashboards::expand_macros(&sql, from, to)));
+        }
+    }
+    out
+}
+
+async fn sql(args: SqlArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut config = bench_config(&dir);
+    config.store.flush_rows = 1_000_000;
+    let store = vigil_store::Store::open(config.store.clone()).await?;
+    let have: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.rows).sum();
+    if (have as usize) < args.events {
+        println!("storing {} events...", args.events - have as usize);
+        let started = Instant::now();
+        let mut traffic = Traffic::new(11);
+        let now = chrono::Utc::now().timestamp_micros();
+        let span_us = 24 * 3600 * 1_000_000i64;
+        let chunk = 50_000;
+        let mut done = have as usize;
+        while done < args.events {
+            let n = chunk.min(args.events - done);
+            let t = now - span_us + (done as i64 * span_us / args.events as i64);
+            let rows = traffic.normal(t, n);
+            let mut builder = vigil_ingest::EventBatchBuilder::with_capacity(n);
+            for r in &rows {
+                builder.push(r);
+            }
+            store.append(vec![(vigil_store::Table::Events, builder.finish())]).await?;
+            done += n;
+        }
+        store.flush().await?;
+        store.compact().await?;
+        println!("stored in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let limits = vigil_sql::QueryLimits { timeout: Duration::from_secs(120), memory_limit_bytes: 4 << 30, ..Default::default() };
+    let ctx = serve::sql_context(store.clone(), &limits)?;
+    println!("{} dashboard queries over {} events, median of {} runs:", dashboard_queries().len(), args.events, args.runs);
+    let mut medians = Vec::new();
+    for (name, sql) in dashboard_queries() {
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            vigil_sql::run_query(&ctx, &sql, &limits).await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        medians.push(median);
+        println!("  {median:>7.3} s  {name}");
+    }
+    medians.sort_by(|a, b| a.total_cmp(b));
+    println!("median of medians: {:.3} s; slowest: {:.3} s", medians[medians.len() / 2], medians.last().copied().unwrap_or(0.0));
+    store.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The configuration file (`--config vigil.toml`) and the command-line/environment overrides.
+//!
+//! Precedence, highest first: command-line flag, `VIGIL_*` environment variable (clap reads both), the
+//! TOML file, the built-in default. Every key is documented in `vigil.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Everything Vigil can be configured with, one section per component.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub otlp: vigil_ingest::otlp::ReceiverConfig,
+    pub store: vigil_store::StoreConfig,
+    pub pipeline: PipelineConfig,
+    pub detect: vigil_detect::DetectConfig,
+    pub sql: SqlConfig,
+    pub respond: vigil_respond::RespondConfig,
+    pub kafka: vigil_ingest::kafka::KafkaConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the WAL, the Parquet files, the alert outbox and the state live.
+    pub data_dir: PathBuf,
+    /// Admin HTTP: /healthz, /readyz, /metrics, POST /api/v1/query.
+    pub admin_addr: SocketAddr,
+    /// `tracing` filter, e.g. `info` or `vigil=debug,info`.
+    pub log: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("vigil-data"),
+            admin_addr: "127.0.0.1:9464".parse().expect("valid literal address"),
+            log: "info".into(),
+        }
+    }
+}
+
+/// How the pipeline protects itself from more load than it can make durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Requests being detected and written at once; beyond this, requests wait up to `admission_wait`.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a slot before it is refused with 429 / RESOURCE_EXHAUSTED.
+    #[serde(with = "humantime_serde")]
+    pub admission_wait: Duration,
+    /// The `Retry-After` sent with an overload refusal.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// How often baselines and the inventory are written to the store (they are also written on shutdown).
+    #[serde(with = "humantime_serde")]
+    pub state_interval: Duration,
+    /// How often window-based detection (drift, refits, resolutions) runs.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            admission_wait: Duration::from_millis(500),
+            retry_after: Duration::from_secs(1),
+            state_interval: Duration::from_secs(30),
+            tick_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// PostgreSQL wire protocol listener (psql, Grafana). Empty string disables it.
+    pub pg_addr: Option<SocketAddr>,
+    /// Password for the PostgreSQL listener (user `vigil`).
+    pub pg_password: Option<String>,
+    /// Longest a query may run before it is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Memory a single query may use before it fails.
+    pub query_memory_bytes: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            pg_addr: Some("127.0.0.1:5433".parse().expect("valid literal address")),
+            pg_password: None,
+            statement_timeout: Duration::from_secs(30),
+            query_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Flags shared by every command that runs or reads Vigil; each can also come from the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// TOML configuration file (every key is documented in vigil.example.toml).
+    #[arg(long, env = "VIGIL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (WAL, Parquet, outbox) [default: vigil-data].
+    #[arg(long, env = "VIGIL_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Admin HTTP address (/healthz, /metrics, /api/v1/query) [default: 127.0.0.1:9464].
+    #[arg(long, env = "VIGIL_ADMIN_ADDR", global = true)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Log filter [default: info].
+    #[arg(long, env = "VIGIL_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+/// Flags of the commands that run the server.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// OTLP gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "VIGIL_OTLP_GRPC_ADDR")]
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "VIGIL_OTLP_HTTP_ADDR")]
+    pub otlp_http_addr: Option<SocketAddr>,
+    /// PostgreSQL wire listen address [default: 127.0.0.1:5433].
+    #[arg(long, env = "VIGIL_PG_ADDR")]
+    pub pg_addr: Option<SocketAddr>,
+    /// Password for the PostgreSQL listener.
+    #[arg(long, env = "VIGIL_PG_PASSWORD", hide_env_values = true)]
+    pub pg_password: Option<String>,
+    /// Flush the write buffer to Parquet when its oldest row is this old (e.g. `10s`).
+    #[arg(long, env = "VIGIL_FLUSH_AGE", value_parser = humantime::parse_duration)]
+    pub flush_age: Option<Duration>,
+    /// Kafka bootstrap servers (`host:port,...`): consume the Collector's OTLP topics as consumer group `vigil`.
+    #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka consumer group.
+    #[arg(long, env = "VIGIL_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the overrides.
+    pub fn load(common: &CommonArgs, serve: Option<&ServeArgs>) -> Result<Config> {
+        let mut config = match &common.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &common.data_dir {
+            config.server.data_dir = dir.clone();
+        }
+        if let Some(addr) = common.admin_addr {
+            config.server.admin_addr = addr;
+        }
+        if let Some(log) = &common.log {
+            config.server.log = log.clone();
+        }
+        if let Some(serve) = serve {
+            if let Some(a) = serve.otlp_grpc_addr {
+                config.otlp.grpc_addr = a;
+            }
+            if let Some(a) = serve.otlp_http_addr {
+                config.otlp.http_addr = a;
+            }
+            if let Some(a) = serve.pg_addr {
+                config.sql.pg_addr = Some(a);
+            }
+            if let Some(p) = &serve.pg_password {
+                config.sql.pg_password = Some(p.clone());
+            }
+            if let Some(age) = serve.flush_age {
+                config.store.flush_age = age;
+            }
+            if let Some(b) = &serve.kafka_brokers {
+                config.kafka.brokers = b.clone();
+            }
+            if let Some(g) = &serve.kafka_group {
+                config.kafka.group_id = g.clone();
+            }
+        }
+        // One data directory for every component unless the file set the store's explicitly.
+        if config.store.data_dir == vigil_store::StoreConfig::default().data_dir {
+            config.store.data_dir = config.server.data_dir.clone();
+        }
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_the_defaults_it_documents() {
+        let text = include_str!("../vigil.example.toml");
+        let parsed: Config = toml::from_str(text).expect("vigil.example.toml parses");
+        assert_eq!(parsed.server.admin_addr, ServerConfig::default().admin_addr);
+        assert_eq!(parsed.otlp.grpc_addr, Config::default().otlp.grpc_addr);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "[server]\ndata_dir = \"/from/file\"\nadmin_addr = \"127.0.0.1:1000\"\n").unwrap();
+        let common = CommonArgs {
+            config: Some(file),
+            admin_addr: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(&common, None).unwrap();
+        assert_eq!(c.server.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.store.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.server.admin_addr.port(), 2000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[server]\nadmin_adr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("admin_adr"), "{err}");
+    }
+}

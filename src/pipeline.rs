@@ -1,0 +1,111 @@
+//! The sink the receivers write into: detection, then durable storage, then alert delivery.
+//!
+//! Detection runs before anything is written so that content is masked before it reaches the disk
+//! (`content_capture`), and alerts are written in the same WAL record as the events that raised them, so
+//! an acknowledged request never has half its consequences on disk.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use tokio::sync::{broadcast, Semaphore};
+use vigil_detect::{alerts_to_batch, Alert, DetectionStage};
+use vigil_ingest::{EventSink, SinkError};
+use vigil_respond::Responder;
+use vigil_store::{Store, Table};
+
+use crate::config::PipelineConfig;
+use crate::metrics;
+
+pub struct Pipeline {
+    detection: Arc<DetectionStage>,
+    store: Arc<Store>,
+    responder: Arc<Responder>,
+    admission: Semaphore,
+    config: PipelineConfig,
+    /// Every alert, as it becomes durable (the demo prints them; tests watch them).
+    alerts: broadcast::Sender<Alert>,
+}
+
+impl Pipeline {
+    pub fn new(
+        detection: Arc<DetectionStage>,
+        store: Arc<Store>,
+        responder: Arc<Responder>,
+        config: PipelineConfig,
+    ) -> Arc<Self> {
+        let (alerts, _) = broadcast::channel(1024);
+        Arc::new(Self { admission: Semaphore::new(config.max_in_flight.max(1)), detection, store, responder, config, alerts })
+    }
+
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Alert> {
+        self.alerts.subscribe()
+    }
+
+    /// Stores alerts that were not raised by a batch (window-based detectors run from `tick`) and hands
+    /// them to delivery.
+    pub async fn record_alerts(&self, alerts: Vec<Alert>) -> Result<(), vigil_store::StoreError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        self.store.append(vec![(Table::Alerts, alerts_to_batch(&alerts))]).await?;
+        self.deliver(alerts).await;
+        Ok(())
+    }
+
+    /// Hands durable alerts to the delivery outbox (an fsynced embedded-database write, so off the async
+    /// threads) and to in-process subscribers.
+    async fn deliver(&self, alerts: Vec<Alert>) {
+        if alerts.is_empty() {
+            return;
+        }
+        let responder = self.responder.clone();
+        let alerts = match tokio::task::spawn_blocking(move || (responder.submit(&alerts), alerts)).await {
+            Ok((Ok(_), alerts)) => alerts,
+            Ok((Err(e), alerts)) => {
+                // The alerts are durable in the `alerts` table; only their delivery is at risk.
+                tracing::error!(error = %e, count = alerts.len(), "could not queue alerts for delivery");
+                alerts
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alert delivery task failed");
+                return;
+            }
+        };
+        for a in alerts {
+            let _ = self.alerts.send(a);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSink for Pipeline {
+    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let received = Instant::now();
+        let _permit = match tokio::time::timeout(self.config.admission_wait, self.admission.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                metrics::OVERLOAD_REFUSALS.inc();
+                return Err(SinkError::Overloaded { retry_after: self.config.retry_after });
+            }
+        };
+        let detection = self.detection.clone();
+        let detected = tokio::task::spawn_blocking(move || detection.process(&batch))
+            .await
+            .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?;
+        let mut writes = vec![(Table::Events, detected.events)];
+        if !detected.alerts.is_empty() {
+            writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));
+        }
+        self.store.append(writes).await.map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        if !detected.alerts.is_empty() {
+            metrics::record_event_to_alert(received.elapsed());
+            self.deliver(detected.alerts).await;
+        }
+        metrics::record_ack(received.elapsed());
+        Ok(())
+    }
+}

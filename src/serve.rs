@@ -1,0 +1,252 @@
+//! `vigil serve`: opens the store, restores detection state, binds every listener and runs until a signal.
+//!
+//! This module only wires components together; each listener's behaviour lives in its crate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vigil_detect::DetectionStage;
+use vigil_respond::Responder;
+use vigil_store::{Store, Table};
+
+use crate::admin;
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+
+/// The addresses a running server actually listens on (ports may have been 0 in the config).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub pg: Option<SocketAddr>,
+}
+
+/// A started server: its components, for callers that drive it in-process (the demo, the benchmark).
+pub struct Running {
+    pub bound: Bound,
+    pub pipeline: Arc<Pipeline>,
+    pub store: Arc<Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    detection: Arc<DetectionStage>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {what} (is another Vigil running?)"))
+}
+
+/// Starts every component and returns once all listeners are bound (the process is then ready).
+pub async fn start(config: Config) -> Result<Running> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
+
+    let store = Store::open(config.store.clone()).await.context("opening the store")?;
+    store.spawn_background();
+
+    let detection = DetectionStage::new(config.detect.clone());
+    let baselines = store.read_state(Table::Baselines).await.context("reading persisted baselines")?;
+    let inventory = store.read_state(Table::Inventory).await.context("reading the persisted inventory")?;
+    detection.restore(&baselines, &inventory);
+
+    let responder = Responder::open(config.respond.clone(), &config.server.data_dir.join("outbox.redb"))
+        .context("opening the alert outbox")?;
+    let pipeline = Pipeline::new(detection.clone(), store.clone(), responder.clone(), config.pipeline.clone());
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut tasks = Vec::new();
+
+    let grpc = bind(config.otlp.grpc_addr, "OTLP gRPC").await?;
+    let http = bind(config.otlp.http_addr, "OTLP/HTTP").await?;
+    let admin_listener = bind(config.server.admin_addr, "the admin API").await?;
+    let bound_pg = match config.sql.pg_addr {
+        Some(addr) => Some(bind(addr, "the PostgreSQL listener").await?),
+        None => None,
+    };
+    let bound = Bound {
+        grpc: grpc.local_addr()?,
+        http: http.local_addr()?,
+        admin: admin_listener.local_addr()?,
+        pg: bound_pg.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+
+    let sink: Arc<dyn vigil_ingest::EventSink> = pipeline.clone();
+    {
+        let (sink, cfg, stop) = (sink.clone(), config.otlp.clone(), stopped(shutdown_rx.clone()));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = vigil_ingest::otlp::grpc::serve(grpc, sink, cfg, stop).await {
+                tracing::error!(error = %e, "OTLP gRPC receiver stopped");
+            }
+        }));
+    }
+    {
+        let router = vigil_ingest::otlp::http::router(sink.clone(), config.otlp.clone());
+        let stop = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "OTLP/HTTP receiver stopped");
+            }
+        }));
+    }
+
+    let limits = sql_limits(&config);
+    let ctx = sql_context(store.clone(), &limits)?;
+    {
+        let responder = responder.clone();
+        vigil_sql::register_live_table(&ctx, "alert_deliveries", vigil_respond::deliveries_schema(), move || {
+            vec![responder.deliveries_batch()]
+        })
+        .context("registering alert_deliveries")?;
+    }
+    {
+        let router = admin::router(vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() });
+        let stop = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, router).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        }));
+    }
+    if let Some(listener) = bound_pg {
+        let auth = vigil_sql::pg::StaticPassword {
+            user: "vigil".into(),
+            password: config.sql.pg_password.clone().unwrap_or_else(|| "vigil".into()),
+        };
+        let server = vigil_sql::pg::PgServer::new(ctx.clone(), Arc::new(auth), limits.clone())
+            .context("setting up the PostgreSQL listener")?;
+        let stop = stopped(shutdown_rx.clone());
+        tasks.push(tokio::spawn(server.serve(listener, stop)));
+    }
+
+    if !config.kafka.brokers.is_empty() {
+        let (kafka, sink, stop) = (config.kafka.clone(), sink.clone(), stopped(shutdown_rx.clone()));
+        tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, "consuming from Kafka");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = vigil_ingest::kafka::run(kafka, sink, stop).await {
+                tracing::error!(error = %e, "Kafka consumer stopped");
+            }
+        }));
+    }
+    {
+        let (responder, stop) = (responder.clone(), stopped(shutdown_rx.clone()));
+        tasks.push(tokio::spawn(async move { responder.run(stop).await }));
+    }
+    tasks.push(tokio::spawn(window_tasks(
+        pipeline.clone(),
+        detection.clone(),
+        store.clone(),
+        config.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    tracing::info!(
+        grpc = %bound.grpc, http = %bound.http, admin = %bound.admin, pg = ?bound.pg,
+        data_dir = %config.server.data_dir.display(), "vigil is ready"
+    );
+    admin::set_ready(true);
+    Ok(Running { bound, pipeline, store, shutdown, tasks, detection })
+}
+
+pub fn sql_limits(config: &Config) -> vigil_sql::QueryLimits {
+    vigil_sql::QueryLimits {
+        timeout: config.sql.statement_timeout,
+        memory_limit_bytes: config.sql.query_memory_bytes,
+        ..Default::default()
+    }
+}
+
+/// The DataFusion context every SQL interface of this process shares.
+pub fn sql_context(store: Arc<Store>, limits: &vigil_sql::QueryLimits) -> Result<Arc<datafusion::prelude::SessionContext>> {
+    let source: Arc<dyn vigil_sql::SnapshotSource> = store;
+    Ok(Arc::new(vigil_sql::session_context(source, limits.clone()).context("setting up SQL")?))
+}
+
+/// Window-based detection and state persistence, off the request path.
+async fn window_tasks(
+    pipeline: Arc<Pipeline>,
+    detection: Arc<DetectionStage>,
+    store: Arc<Store>,
+    config: Config,
+    stop: watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(config.pipeline.tick_interval);
+    let mut persist = tokio::time::interval(config.pipeline.state_interval);
+    persist.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            _ = tick.tick() => {
+                let now_us = chrono::Utc::now().timestamp_micros();
+                let d = detection.clone();
+                let alerts = tokio::task::spawn_blocking(move || d.tick(now_us)).await.unwrap_or_default();
+                if let Err(e) = pipeline.record_alerts(alerts).await {
+                    tracing::error!(error = %e, "could not store window alerts");
+                }
+            }
+            _ = persist.tick() => {
+                if let Err(e) = persist_state(&detection, &store).await {
+                    tracing::warn!(error = %e, "could not persist detection state");
+                }
+            }
+        }
+    }
+}
+
+async fn persist_state(detection: &DetectionStage, store: &Store) -> Result<()> {
+    store.put_state(Table::Baselines, detection.baselines_batch()).await.context("writing baselines")?;
+    store.put_state(Table::Inventory, detection.inventory_batch()).await.context("writing the inventory")?;
+    Ok(())
+}
+
+impl Running {
+    /// Stops the listeners, persists detection state and flushes the store.
+    pub async fn stop(self) -> Result<()> {
+        admin::set_ready(false);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        persist_state(&self.detection, &self.store).await?;
+        self.store.shutdown().await.context("flushing the store")?;
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<()> {
+    let running = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await
+}
+
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
