@@ -21,48 +21,68 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 
-use super::{status, ExportRequest, Exporter, ReceiverConfig};
+use super::{status, ExportRequest, Exporter, ReceiverConfig, Security};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::normalize::NormalizeContext;
+use crate::security::grpc_auth::{self, GrpcAuth};
+use crate::security::{Authenticator, Principal, Scope, TlsListener};
 use crate::sink::{EventSink, SinkError};
+
+/// The label of this listener in `vigil_auth_failures_total` and `vigil_tls_handshake_failures_total`.
+pub const LISTENER: &str = "otlp_grpc";
 
 /// Why the gRPC receiver stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("OTLP gRPC server failed: {0}")]
-pub struct ServeError(#[from] tonic::transport::Error);
+pub enum ServeError {
+    #[error("OTLP gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("OTLP gRPC listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
 
 /// Serves the three OTLP services on an already-bound listener (so tests can bind port 0) until `shutdown`
-/// resolves; in-flight requests finish first.
+/// resolves; in-flight requests finish first. Every call needs a token with the `ingest` scope (checked on
+/// the metadata, before the message is decompressed or decoded); with `security.tls` the listener speaks
+/// only TLS.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Arc<dyn EventSink>,
     cfg: ReceiverConfig,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
-    serve_with(listener, exporter, cfg, shutdown).await
+    serve_with(listener, exporter, cfg, security, shutdown).await
 }
 
 pub(crate) async fn serve_with(
     listener: tokio::net::TcpListener,
     exporter: Exporter,
     cfg: ReceiverConfig,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
-        .add_routes(routes(exporter, cfg))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
+    let server = tonic::transport::Server::builder().add_routes(routes(exporter, cfg, security.auth));
+    match security.tls {
+        Some(acceptor) => {
+            let incoming = TlsListener::new(listener, acceptor, LISTENER)?.incoming();
+            server.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
+        None => server.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown).await?,
+    }
     Ok(())
 }
 
-/// The three services with their compression and size settings, behind the status-code rewrite.
-fn routes(exporter: Exporter, cfg: ReceiverConfig) -> Routes {
+/// The three services with their compression and size settings and the token check, behind the
+/// status-code rewrite.
+fn routes(exporter: Exporter, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Routes {
     let max = cfg.limits.max_decompressed_bytes;
+    let check: GrpcAuth = grpc_auth::interceptor(auth, Scope::Ingest, LISTENER);
     let receiver = Arc::new(GrpcReceiver { exporter, cfg });
     let traces = TraceServiceServer::from_arc(receiver.clone())
         .accept_compressed(CompressionEncoding::Gzip)
@@ -76,6 +96,9 @@ fn routes(exporter: Exporter, cfg: ReceiverConfig) -> Routes {
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max);
+    let traces = InterceptedService::new(traces, check.clone());
+    let logs = InterceptedService::new(logs, check.clone());
+    let metrics = InterceptedService::new(metrics, check);
     let router = Routes::new(traces)
         .add_service(logs)
         .add_service(metrics)
@@ -90,9 +113,13 @@ struct GrpcReceiver {
 }
 
 impl GrpcReceiver {
-    async fn export(&self, request: ExportRequest, encoded_len: usize) -> Result<(), Status> {
+    async fn export(&self, request: ExportRequest, encoded_len: usize, sender: Option<Principal>) -> Result<(), Status> {
         metrics::record_bytes(Transport::Grpc, encoded_len);
-        self.exporter.export(Transport::Grpc, request).await.map(|_| ()).map_err(|err| self.status(&err))
+        self.exporter
+            .export_from(Transport::Grpc, request, sender.as_ref())
+            .await
+            .map(|_| ())
+            .map_err(|err| self.status(&err))
     }
 
     fn status(&self, err: &SinkError) -> Status {
@@ -115,9 +142,10 @@ impl TraceService for GrpcReceiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
+        let sender = request.extensions().get::<Principal>().cloned();
         let request = request.into_inner();
         let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Traces(request), len).await?;
+        GrpcReceiver::export(self, ExportRequest::Traces(request), len, sender).await?;
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -128,9 +156,10 @@ impl LogsService for GrpcReceiver {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
+        let sender = request.extensions().get::<Principal>().cloned();
         let request = request.into_inner();
         let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Logs(request), len).await?;
+        GrpcReceiver::export(self, ExportRequest::Logs(request), len, sender).await?;
         Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
     }
 }
@@ -141,9 +170,10 @@ impl MetricsService for GrpcReceiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        let sender = request.extensions().get::<Principal>().cloned();
         let request = request.into_inner();
         let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Metrics(request), len).await?;
+        GrpcReceiver::export(self, ExportRequest::Metrics(request), len, sender).await?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }

@@ -20,6 +20,7 @@ use super::{status, ExportRequest, Exporter, ReceiverConfig};
 use crate::decode::{self, Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::normalize::NormalizeContext;
+use crate::security::{http_auth, Authenticator, Principal, Scope};
 use crate::sink::{EventSink, SinkError};
 
 struct HttpState {
@@ -27,10 +28,14 @@ struct HttpState {
     cfg: ReceiverConfig,
 }
 
-/// The receiver's routes, ready to be served or merged into a larger router.
-pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig) -> Router {
+/// The failure-counter label of this listener (`vigil_auth_failures_total{listener="otlp_http"}`).
+pub const LISTENER: &str = "otlp_http";
+
+/// The receiver's routes, ready to be served or merged into a larger router. Every route requires a token
+/// with the `ingest` scope (checked before the body is read); `Authenticator::disabled()` admits everyone.
+pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Router {
     let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
-    router_with(exporter, cfg)
+    router_with(exporter, cfg).route_layer(http_auth::require(auth, Scope::Ingest, LISTENER))
 }
 
 pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {
@@ -121,6 +126,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Op
 }
 
 async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response {
+    let sender = req.extensions().get::<Principal>().cloned();
     let headers = req.headers();
     let encoding = header_str(headers, header::CONTENT_TYPE).ok().flatten().and_then(Encoding::from_content_type);
     let Some(encoding) = encoding else {
@@ -185,7 +191,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         }
     };
 
-    match state.exporter.export(Transport::Http, request).await {
+    match state.exporter.export_from(Transport::Http, request, sender.as_ref()).await {
         // The exporter has counted the outcome already.
         Ok(_) => success(encoding),
         Err(err) => Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding)),

@@ -24,6 +24,7 @@ use crate::metrics::{self, Rejection};
 pub use crate::metrics::{Signal, Transport};
 use crate::normalize::{self, NormalizeContext, Normalized};
 use crate::schema::col;
+use crate::security::{Authenticator, Principal};
 use crate::sink::{EventSink, SinkError};
 
 /// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
@@ -37,8 +38,8 @@ pub struct ReceiverConfig {
     pub http_addr: SocketAddr,
     /// Body size caps (`[otlp.limits]`).
     pub limits: Limits,
-    /// Stored in the `source` column of every event received here, until per-sender authentication says
-    /// who sent a request.
+    /// Stored in the `source` column of events whose sender did not authenticate (authentication off, as
+    /// in `vigil demo`); an authenticated request records its token's name instead.
     pub source_name: Option<String>,
     /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
     /// their own delay).
@@ -60,6 +61,27 @@ impl Default for ReceiverConfig {
 impl ReceiverConfig {
     fn unavailable_retry_after(&self) -> Duration {
         Duration::from_secs(self.unavailable_retry_after_secs)
+    }
+}
+
+/// Who may send to a receiver, and over what: the token check every request passes and, when set, the TLS
+/// acceptor connections are terminated with. The binary builds one from `[auth]` and `[tls]`.
+#[derive(Clone)]
+pub struct Security {
+    pub auth: Arc<Authenticator>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Security {
+    /// No tokens, no TLS: for `vigil demo` and tests. Events are then recorded as the anonymous source.
+    pub fn open() -> Self {
+        Security { auth: Arc::new(Authenticator::disabled()), tls: None }
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish()
     }
 }
 
@@ -126,8 +148,20 @@ impl Exporter {
     /// Normalises `request` and returns once the sink has made its events durable; only then may the caller
     /// acknowledge the sender. Counts the request as ok or rejected either way.
     pub async fn export(&self, transport: Transport, request: ExportRequest) -> Result<ExportSummary, SinkError> {
+        self.export_from(transport, request, None).await
+    }
+
+    /// [`Exporter::export`] for a request whose sender the listener authenticated: a verified principal's
+    /// token name becomes the events' `source`, which is what makes "telemetry from verified sources" a query.
+    pub async fn export_from(
+        &self,
+        transport: Transport,
+        request: ExportRequest,
+        sender: Option<&Principal>,
+    ) -> Result<ExportSummary, SinkError> {
         let signal = request.signal();
-        let result = self.deliver(transport, request).await;
+        let ctx = self.context_for(sender);
+        let result = self.deliver(transport, request, ctx).await;
         match &result {
             Ok(_) => metrics::record_ok(transport, signal),
             Err(err) => metrics::record_rejection(transport, signal, rejection_of(err), err),
@@ -135,9 +169,25 @@ impl Exporter {
         result
     }
 
-    async fn deliver(&self, transport: Transport, request: ExportRequest) -> Result<ExportSummary, SinkError> {
+    /// The verified sender's name; otherwise the configured fallback, and failing that the anonymous
+    /// principal's name, so an unverified event is never mistaken for a verified one.
+    fn context_for(&self, sender: Option<&Principal>) -> NormalizeContext {
+        let mut ctx = self.ctx.clone();
+        match sender {
+            Some(p) if p.is_verified() => ctx.source = Some(p.source.to_string()),
+            Some(p) if ctx.source.is_none() => ctx.source = Some(p.source.to_string()),
+            _ => {}
+        }
+        ctx
+    }
+
+    async fn deliver(
+        &self,
+        transport: Transport,
+        request: ExportRequest,
+        ctx: NormalizeContext,
+    ) -> Result<ExportSummary, SinkError> {
         let signal = request.signal();
-        let ctx = self.ctx.clone();
         let normalizers = self.normalizers;
         // Normalising a large request is CPU work measured in milliseconds; keep it off the I/O threads.
         let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || match request {

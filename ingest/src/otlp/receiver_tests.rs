@@ -18,11 +18,12 @@ use tonic::codec::CompressionEncoding;
 use tonic::Code;
 
 use super::test_support::*;
-use super::{grpc, http, status, Exporter, ReceiverConfig};
+use super::{grpc, http, status, Exporter, ReceiverConfig, Security};
 use crate::decode::Limits;
 use crate::metrics::{BYTES, EVENTS, REJECTED, REQUESTS, SKIPPED};
 use crate::normalize::NormalizeContext;
 use crate::schema::col;
+use crate::security::{Authenticator, Scope, StoreOptions, TokenStore, AUTH_FAILURES};
 
 /// A running receiver; dropping it shuts the server down.
 struct Running {
@@ -54,7 +55,7 @@ async fn start_grpc(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Run
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(grpc::serve_with(listener, exporter(sink, fake), cfg, async move {
+    tokio::spawn(grpc::serve_with(listener, exporter(sink, fake), cfg, Security::open(), async move {
         let _ = rx.await;
     }));
     Running { addr, _shutdown: tx }
@@ -403,4 +404,109 @@ async fn end_to_end_rows_arrive_from_both_transports() {
         }
     }
     assert!(counter(&SKIPPED, &["http", "traces"]) > skipped_before, "the health-check span was skipped");
+}
+
+/// A token store with an `ingest` token for "collector-eu" and a `query` token, as (authenticator, ingest,
+/// query); the dir must outlive the store.
+fn authenticator(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
+    let options = StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() };
+    let store = TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open token store");
+    let (_, ingest) = store.create("collector-eu", &[Scope::Ingest]).expect("create");
+    let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
+    (Arc::new(Authenticator::new(store)), ingest, query)
+}
+
+fn sources(sink: &VecSink) -> Vec<String> {
+    sink.batches()
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name(col::SOURCE).expect("source").as_string::<i32>().clone();
+            (0..b.num_rows()).map(move |i| col.value(i).to_string())
+        })
+        .collect()
+}
+
+/// Refusals happen before the body is read and are counted; an accepted request records the token's name
+/// as the events' `source` (not the configured fallback).
+#[tokio::test]
+async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (auth, ingest, query) = authenticator(&dir);
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig { source_name: Some("fallback".into()), ..ReceiverConfig::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(http::serve(listener, http::router(sink.clone(), cfg, auth), async move {
+        let _ = rx.await;
+    }));
+    let failures = |reason: &str| counter(&AUTH_FAILURES, &[http::LISTENER, reason]);
+    let before = (failures("missing"), failures("invalid"), failures("forbidden"));
+    let send = |token: Option<String>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(traces_request(2).encode_to_vec());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("HTTP request").status().as_u16() }
+    };
+    assert_eq!(send(None).await, 401);
+    assert_eq!(send(Some("vgl_wrong".into())).await, 401);
+    assert_eq!(send(Some(query)).await, 403);
+    assert_eq!(sink.rows(), 0, "refused requests store nothing");
+    assert_eq!(send(Some(ingest)).await, 200);
+    assert_eq!(sources(&sink), ["collector-eu", "collector-eu"]);
+    assert_eq!((failures("missing"), failures("invalid"), failures("forbidden")), (before.0 + 1, before.1 + 1, before.2 + 1));
+}
+
+#[tokio::test]
+async fn grpc_requires_an_ingest_token_and_records_its_name_as_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (auth, ingest, query) = authenticator(&dir);
+    let sink = VecSink::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_tx, rx) = oneshot::channel::<()>();
+    let security = Security { auth, tls: None };
+    tokio::spawn(grpc::serve(listener, sink.clone(), ReceiverConfig::default(), security, async move {
+        let _ = rx.await;
+    }));
+    let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+    let failures = |reason: &str| counter(&AUTH_FAILURES, &[grpc::LISTENER, reason]);
+    let before = (failures("missing"), failures("invalid"), failures("forbidden"));
+    let with = |token: Option<&str>| {
+        let mut request = tonic::Request::new(traces_request(3));
+        if let Some(token) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        }
+        request
+    };
+    assert_eq!(client.export(with(None)).await.expect_err("no token").code(), Code::Unauthenticated);
+    assert_eq!(client.export(with(Some("vgl_wrong"))).await.expect_err("wrong").code(), Code::Unauthenticated);
+    assert_eq!(client.export(with(Some(&query))).await.expect_err("out of scope").code(), Code::PermissionDenied);
+    assert_eq!(sink.rows(), 0);
+    client.export(with(Some(&ingest))).await.expect("valid token");
+    assert_eq!(sources(&sink), ["collector-eu"; 3]);
+    assert_eq!((failures("missing"), failures("invalid"), failures("forbidden")), (before.0 + 1, before.1 + 1, before.2 + 1));
+}
+
+/// With authentication off (the demo) events carry the configured fallback, or `anonymous` without one.
+#[tokio::test]
+async fn unauthenticated_senders_get_the_fallback_or_anonymous_source() {
+    for (fallback, expected) in [(Some("edge"), "edge"), (None, crate::security::ANONYMOUS_SOURCE)] {
+        let sink = VecSink::new();
+        let cfg = ReceiverConfig { source_name: fallback.map(str::to_owned), ..ReceiverConfig::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_tx, rx) = oneshot::channel::<()>();
+        let router = http::router(sink.clone(), cfg, Security::open().auth);
+        tokio::spawn(http::serve(listener, router, async move {
+            let _ = rx.await;
+        }));
+        let json = serde_json::to_vec(&traces_request(1)).expect("json");
+        assert_eq!(post(addr, "/v1/traces", "application/json", None, json).await.status(), 200);
+        assert_eq!(sources(&sink), [expected]);
+    }
 }
