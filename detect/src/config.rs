@@ -114,6 +114,8 @@ pub struct Thresholds {
     pub drift_js: f64,
     /// Wasserstein-1 distance normalised by the reference standard deviation, on numeric features.
     pub drift_wasserstein: f64,
+    /// ...and significant: two-sample KS p-value below this (many evaluations per hour need a small alpha).
+    pub drift_ks_p: f64,
     /// Events of a model before a different `response_model` counts as a swap rather than a first sighting.
     pub swap_min_events: u64,
     /// Behaviour model: closed windows needed before the first fit, and new windows between refits.
@@ -124,6 +126,9 @@ pub struct Thresholds {
     pub behavior_margin: f64,
     /// Clusters of the k-means behaviour model.
     pub behavior_clusters: usize,
+    /// Windows with fewer requests are neither scored nor trained on: per-request means of one or two
+    /// requests are noise, not behaviour.
+    pub behavior_min_requests: u64,
 }
 
 impl Default for Thresholds {
@@ -148,12 +153,14 @@ impl Default for Thresholds {
             drift_psi: 0.2,
             drift_js: 0.1,
             drift_wasserstein: 0.1,
+            drift_ks_p: 0.001,
             swap_min_events: 100,
             behavior_min_train: 500,
             behavior_refit_every: 2000,
             behavior_quantile: 0.999,
-            behavior_margin: 1.5,
+            behavior_margin: 2.0,
             behavior_clusters: 6,
+            behavior_min_requests: 3,
         }
     }
 }

@@ -62,6 +62,41 @@ pub fn wasserstein_normalised(reference: &mut [f64], current: &mut [f64]) -> f64
     area / std.max(1e-9)
 }
 
+/// Two-sample Kolmogorov-Smirnov: the statistic D and its asymptotic p-value. Both slices must be sorted.
+pub fn ks_test(reference: &[f64], current: &[f64]) -> (f64, f64) {
+    let (nr, nc) = (reference.len(), current.len());
+    if nr == 0 || nc == 0 {
+        return (0.0, 1.0);
+    }
+    let (mut i, mut j, mut d) = (0usize, 0usize, 0.0f64);
+    while i < nr && j < nc {
+        let x = reference[i].min(current[j]);
+        while i < nr && reference[i] <= x {
+            i += 1;
+        }
+        while j < nc && current[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / nr as f64 - j as f64 / nc as f64).abs());
+    }
+    let en = ((nr * nc) as f64 / (nr + nc) as f64).sqrt();
+    let lambda = (en + 0.12 + 0.11 / en) * d;
+    if lambda < 0.3 {
+        // The series converges badly near 0, where the tail probability is 1 to 5 decimals.
+        return (d, 1.0);
+    }
+    // Kolmogorov distribution tail: 2 sum (-1)^(k-1) exp(-2 k^2 lambda^2).
+    let mut p = 0.0;
+    for k in 1..=100 {
+        let term = 2.0 * (-2.0 * (k * k) as f64 * lambda * lambda).exp();
+        p += if k % 2 == 1 { term } else { -term };
+        if term < 1e-12 {
+            break;
+        }
+    }
+    (d, p.clamp(0.0, 1.0))
+}
+
 /// One observation kept for drift.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -124,6 +159,9 @@ pub struct DriftLimits {
     pub psi: f64,
     pub js: f64,
     pub wasserstein: f64,
+    /// A numeric drift must also be significant (KS p-value below this): with a few hundred samples the
+    /// Wasserstein distance alone wanders past 0.1 by chance.
+    pub ks_p: f64,
     /// Bound on stored samples per track (memory cap; oldest dropped first).
     pub max_samples: usize,
 }
@@ -188,11 +226,13 @@ impl DriftTrack {
         };
         check("finish_reasons", "psi", psi(&rc, &cc), lim.psi);
         check("finish_reasons", "jensen_shannon", js_distance(&rc, &cc), lim.js);
-        if r_out.len() >= lim.min_reference && c_out.len() >= lim.min_current {
-            check("output_tokens", "wasserstein", wasserstein_normalised(&mut r_out, &mut c_out), lim.wasserstein);
-        }
-        if r_lat.len() >= lim.min_reference && c_lat.len() >= lim.min_current {
-            check("latency_ms", "wasserstein", wasserstein_normalised(&mut r_lat, &mut c_lat), lim.wasserstein);
+        for (feature, r, c) in [("output_tokens", &mut r_out, &mut c_out), ("latency_ms", &mut r_lat, &mut c_lat)] {
+            if r.len() >= lim.min_reference && c.len() >= lim.min_current {
+                let w = wasserstein_normalised(r, c);
+                if ks_test(r, c).1 < lim.ks_p {
+                    check(feature, "wasserstein", w, lim.wasserstein);
+                }
+            }
         }
         Some(out)
     }
@@ -225,6 +265,21 @@ mod tests {
     }
 
     #[test]
+    fn ks_separates_shifted_samples_from_resampled_ones() {
+        let r: Vec<f64> = (0..1000).map(|i| (i % 100) as f64).collect();
+        let same: Vec<f64> = (0..300).map(|i| ((i * 7) % 100) as f64).collect();
+        let mut same_sorted = same.clone();
+        same_sorted.sort_by(|a, b| a.total_cmp(b));
+        let mut r_sorted = r.clone();
+        r_sorted.sort_by(|a, b| a.total_cmp(b));
+        let (d, p) = ks_test(&r_sorted, &same_sorted);
+        assert!(d < 0.05 && p > 0.5, "{d} {p}");
+        let shifted: Vec<f64> = same_sorted.iter().map(|x| x + 30.0).collect();
+        let (d, p) = ks_test(&r_sorted, &shifted);
+        assert!(d > 0.25 && p < 1e-6, "{d} {p}");
+    }
+
+    #[test]
     fn a_new_response_model_after_warm_up_is_a_swap() {
         let mut t = DriftTrack::default();
         assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3));
@@ -246,6 +301,7 @@ mod tests {
             psi: 0.2,
             js: 0.1,
             wasserstein: 0.1,
+            ks_p: 0.001,
             max_samples: 10_000,
         };
         let mut small = DriftTrack::default();
