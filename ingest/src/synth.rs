@@ -173,3 +173,108 @@ pub fn traces_request(rows: &[EventRow]) -> ExportTraceServiceRequest {
         .collect();
     ExportTraceServiceRequest { resource_spans }
 }
+
+/// Reads event rows back out of a batch of [`crate::event_schema`], so that batches built by other stages'
+/// generators can be sent over real OTLP. Rows without trace/span ids get ids derived from their `event_id`
+/// (the OTLP round trip then gives them the id `trace_id‖span_id`).
+pub fn rows_from_batch(batch: &arrow::array::RecordBatch) -> Vec<EventRow> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use crate::schema::col;
+
+    let text = |name: &str, i: usize| -> Option<String> {
+        let c = batch.column_by_name(name)?.as_string_opt::<i32>()?;
+        (!c.is_null(i)).then(|| c.value(i).to_string())
+    };
+    let int = |name: &str, i: usize| -> Option<i64> {
+        let c = batch.column_by_name(name)?.as_primitive_opt::<Int64Type>()?;
+        (!c.is_null(i)).then(|| c.value(i))
+    };
+    let time = batch.column_by_name(col::TIME).and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
+    let latency = batch.column_by_name(col::LATENCY_MS).and_then(|c| c.as_primitive_opt::<Float64Type>().cloned());
+    (0..batch.num_rows())
+        .map(|i| {
+            let event_id = text(col::EVENT_ID, i).unwrap_or_default();
+            let trace_id = text(col::TRACE_ID, i)
+                .unwrap_or_else(|| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())));
+            let span_id = text(col::SPAN_ID, i)
+                .unwrap_or_else(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())));
+            EventRow {
+                time_us: time.as_ref().map(|t| t.value(i)).unwrap_or_default(),
+                event_id: format!("{trace_id}{span_id}"),
+                kind: text(col::KIND, i).and_then(|k| EventKind::parse(&k)),
+                service: text(col::SERVICE, i),
+                source: text(col::SOURCE, i),
+                user_id: text(col::USER_ID, i),
+                user_role: text(col::USER_ROLE, i),
+                department: text(col::DEPARTMENT, i),
+                agent_id: text(col::AGENT_ID, i),
+                conversation_id: text(col::CONVERSATION_ID, i),
+                trace_id: Some(trace_id),
+                span_id: Some(span_id),
+                provider: text(col::PROVIDER, i),
+                model: text(col::MODEL, i),
+                response_model: text(col::RESPONSE_MODEL, i),
+                endpoint: text(col::ENDPOINT, i),
+                operation: text(col::OPERATION, i),
+                input_tokens: int(col::INPUT_TOKENS, i),
+                output_tokens: int(col::OUTPUT_TOKENS, i),
+                latency_ms: latency.as_ref().and_then(|l| (!l.is_null(i)).then(|| l.value(i))),
+                status: text(col::STATUS, i),
+                error_type: text(col::ERROR_TYPE, i),
+                finish_reasons: text(col::FINISH_REASONS, i),
+                tool_name: text(col::TOOL_NAME, i),
+                data_source: text(col::DATA_SOURCE, i),
+                policy_id: text(col::POLICY_ID, i),
+                decision: text(col::DECISION, i),
+                decision_reason: text(col::DECISION_REASON, i),
+                prompt_text: text(col::PROMPT_TEXT, i),
+                response_text: text(col::RESPONSE_TEXT, i),
+                attributes: text(col::ATTRIBUTES, i),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::{traces, NormalizeContext};
+    use crate::EventBatchBuilder;
+
+    #[test]
+    fn rows_survive_batch_and_otlp_round_trips() {
+        let row = EventRow {
+            time_us: 1_767_225_600_000_000,
+            event_id: "x".into(),
+            kind: Some(EventKind::Tool),
+            service: Some("svc".into()),
+            user_id: Some("u@example.com".into()),
+            user_role: Some("support".into()),
+            agent_id: Some("support-bot".into()),
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            span_id: Some("b7ad6b7169203331".into()),
+            tool_name: Some("search_kb".into()),
+            data_source: Some("wiki".into()),
+            operation: Some("execute_tool".into()),
+            latency_ms: Some(12.5),
+            status: Some("ok".into()),
+            prompt_text: Some("{\"q\":\"vpn\"}".into()),
+            response_text: Some("{\"hits\":1}".into()),
+            ..Default::default()
+        };
+        let mut b = EventBatchBuilder::default();
+        b.push(&row);
+        let back = rows_from_batch(&b.finish());
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].event_id, "0af7651916cd43dd8448eb211c80319cb7ad6b7169203331");
+        let normalized = traces(&traces_request(&back), &NormalizeContext::default());
+        let again = rows_from_batch(&normalized.batch);
+        assert_eq!(again.len(), 1);
+        let (a, b) = (&again[0], &back[0]);
+        assert_eq!((a.kind, &a.tool_name, &a.data_source, &a.agent_id), (b.kind, &b.tool_name, &b.data_source, &b.agent_id));
+        assert_eq!((&a.user_id, &a.user_role, &a.prompt_text, &a.response_text), (&b.user_id, &b.user_role, &b.prompt_text, &b.response_text));
+        assert_eq!(a.event_id, b.event_id);
+        assert_eq!(a.time_us, b.time_us);
+    }
+}

@@ -27,9 +27,9 @@ pub struct DemoArgs {
     /// Events per second of normal traffic.
     #[arg(long, default_value_t = 60)]
     pub rate: u32,
-    /// Hours of past activity sent first, so that baselines are warm when live traffic starts.
-    #[arg(long, default_value_t = 2)]
-    pub history_hours: u32,
+    /// Minutes of past activity (at the live rate) sent first, so that baselines are warm when live traffic starts.
+    #[arg(long, default_value_t = 15)]
+    pub history_minutes: u32,
     /// Seconds between two injected incidents.
     #[arg(long, default_value_t = 6)]
     pub incident_every: u64,
@@ -74,15 +74,14 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let mut schedule = Schedule::new(args.seed, Duration::from_secs(args.incident_every));
     let mut sent = 0u64;
 
-    // 1. History: one minute of activity every minute for the past hours, sent in a few seconds.
+    // 1. History: the past minutes at the live rate, sent as fast as Vigil takes them.
     let now_us = chrono::Utc::now().timestamp_micros();
-    let history_minutes = i64::from(args.history_hours) * 60;
-    print!("Sending {} hours of history", args.history_hours);
-    for m in (1..=history_minutes).rev() {
-        let rows = schedule.traffic.normal(now_us - m * 60_000_000, 30);
+    print!("Sending {} minutes of history", args.history_minutes);
+    for second in (1..=i64::from(args.history_minutes) * 60).rev() {
+        let rows = schedule.traffic.normal(now_us - second * 1_000_000, args.rate as usize);
         sender.grpc(&rows).await.context("sending history")?;
         sent += rows.len() as u64;
-        if m % 20 == 0 {
+        if second % 60 == 0 {
             print!(".");
             use std::io::Write;
             let _ = std::io::stdout().flush();

@@ -190,10 +190,9 @@ impl Traffic {
                 };
                 let prompt = dept.prompts[self.rng.random_range(0..dept.prompts.len())];
                 rows.push(self.inference(t, dept, user, model, prompt));
-            } else if roll < 0.90 {
-                let agent = &AGENTS[self.rng.random_range(0..AGENTS.len())];
+            } else if let (true, Some(agent)) = (roll < 0.90, AGENTS.iter().find(|a| a.service == dept.service)) {
+                // Each department's agent works for that department's users, inside its allowlist.
                 let mut row = self.base(t, EventKind::Tool, dept, user);
-                row.service = Some(agent.service.into());
                 row.agent_id = Some(agent.id.into());
                 row.operation = Some("execute_tool".into());
                 row.tool_name = Some(agent.tools[self.rng.random_range(0..agent.tools.len())].into());
