@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
 use crate::parquet_writer::{self, EncodedFile};
@@ -86,6 +87,7 @@ impl Store {
                 encoded.rows
             )));
         }
+        let encoded_sha256 = encoded.sha256.clone();
         let out = StoredFile {
             path: encoded.path.clone(),
             size: 0,
@@ -95,6 +97,7 @@ impl Store {
         };
         let size = self.objects.put_durable(&encoded.path, encoded.bytes).await?;
         let out = StoredFile { size, ..out };
+        let sha256 = encoded_sha256;
 
         let _guard = self.maintenance.lock().await;
         let mut next = self.shared.state.lock().manifest.clone();
@@ -106,7 +109,17 @@ impl Store {
             return Ok(0);
         }
         live.retain(|f| !group.iter().any(|g| g.path == f.path));
-        live.push(out);
+        live.push(out.clone());
+        let draft = Draft {
+            files: vec![FileRecord::of(&out, sha256)],
+            removed: group.iter().map(|f| f.path.clone()).collect(),
+            ..Draft::new(Op::Compact, Some(table))
+        };
+        if let Err(e) = self.audit.append_async(vec![draft]).await {
+            drop(_guard);
+            let _ = self.objects.delete(&out.path).await;
+            return Err(e);
+        }
         manifest::save(&self.objects, &next).await?;
         {
             let mut st = self.shared.state.lock();

@@ -2,6 +2,7 @@
 //! in that order, so that at every instant each acknowledged row is durable in the WAL or in a file the
 //! manifest lists (and never visible twice).
 
+use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
 use crate::parquet_writer::write_partitioned;
@@ -28,15 +29,26 @@ impl Store {
             match write_partitioned(&self.objects, table, batches).await {
                 Ok(files) => written.push((table, rows, files)),
                 Err(e) => {
-                    for f in written.iter().flat_map(|(_, _, files)| files) {
-                        let _ = self.objects.delete(&f.path).await;
-                    }
+                    self.delete_written(&written).await;
                     return Err(e);
                 }
             }
         }
+        // Sealed in the audit chain before they go live; a crash in between leaves them to `open`, which
+        // deletes them and records that as `abandon`.
+        let drafts = written
+            .iter()
+            .map(|(table, _, files)| Draft {
+                files: files.iter().map(|(f, sha)| FileRecord::of(f, sha.clone())).collect(),
+                ..Draft::new(Op::Seal, Some(*table))
+            })
+            .collect();
+        if let Err(e) = self.audit.append_async(drafts).await {
+            self.delete_written(&written).await;
+            return Err(e);
+        }
         for (table, _, files) in &written {
-            next.files_mut(*table).extend(files.iter().cloned());
+            next.files_mut(*table).extend(files.iter().map(|(f, _)| f.clone()));
         }
         next.wal_seq = seq;
         // If this fails the files stay: whether the new manifest landed is unknown, and `open` deletes
@@ -57,5 +69,11 @@ impl Store {
         self.wal.roll().await?;
         self.wal.delete_covered(seq)?;
         Ok(())
+    }
+
+    async fn delete_written(&self, written: &[(Table, u64, Vec<(crate::StoredFile, String)>)]) {
+        for (f, _) in written.iter().flat_map(|(_, _, files)| files) {
+            let _ = self.objects.delete(&f.path).await;
+        }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! The API in this file is the contract the binary and `vigil-sql` use; see `docs/architecture.md`.
 
+pub mod audit;
 mod background;
 mod buffer;
 mod compaction;
@@ -31,6 +32,7 @@ use object_store::ObjectStore;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditLog;
 use crate::buffer::Buffer;
 use crate::dedupe::DedupeSet;
 use crate::manifest::Manifest;
@@ -113,6 +115,9 @@ pub struct StoreConfig {
     pub dedupe_window_rows: usize,
     /// A WAL segment is closed and a new one started past this size.
     pub wal_segment_bytes: u64,
+    /// The ed25519 key that signs exported audit chain heads (hex seed, created with mode 0600 on first
+    /// use). Empty: `<data_dir>/audit_ed25519.key`. Keep it off the data volume to make a forged head harder.
+    pub audit_key_path: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -131,6 +136,7 @@ impl Default for StoreConfig {
             compaction_grace: Duration::from_secs(120),
             dedupe_window_rows: 5_000_000,
             wal_segment_bytes: 64 * 1024 * 1024,
+            audit_key_path: None,
         }
     }
 }
@@ -160,6 +166,9 @@ pub enum StoreError {
     Manifest(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The audit chain (`_audit/chain.jsonl`) or its signing key could not be read or written.
+    #[error("audit chain: {0}")]
+    Audit(String),
     #[error("store is shut down")]
     Closed,
     /// A batch handed to `append`/`put_state` that the table cannot take (wrong table kind or schema).
@@ -233,6 +242,8 @@ pub struct Store {
     url: url::Url,
     shared: Arc<Shared>,
     wal: Wal,
+    /// The hash chain every sealed file and every removal is recorded in before it becomes live.
+    audit: Arc<AuditLog>,
     dedupe: Mutex<DedupeSet>,
     /// Serialises manifest changes (flush, compaction swap, retention, state writes).
     maintenance: tokio::sync::Mutex<()>,

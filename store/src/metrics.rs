@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use prometheus::{
     register_histogram_with_registry, register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_vec_with_registry, Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Histogram, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 pub(crate) struct Metrics {
@@ -20,6 +21,8 @@ pub(crate) struct Metrics {
     pub duplicates: IntCounterVec,
     pub compaction_files_merged: IntCounter,
     pub retention_partitions_deleted: IntCounterVec,
+    pub audit_entries: IntCounter,
+    pub audit_seq: IntGauge,
 }
 
 pub(crate) fn metrics() -> &'static Metrics {
@@ -86,6 +89,16 @@ pub(crate) fn metrics() -> &'static Metrics {
                     "vigil_retention_partitions_deleted_total",
                     "Hour partitions deleted by retention",
                     &["table"],
+                    r
+                )?,
+                audit_entries: register_int_counter_with_registry!(
+                    "vigil_audit_chain_entries_total",
+                    "Entries appended to the audit hash chain by this process",
+                    r
+                )?,
+                audit_seq: register_int_gauge_with_registry!(
+                    "vigil_audit_chain_seq",
+                    "Sequence number of the newest audit chain entry",
                     r
                 )?,
             })

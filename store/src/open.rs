@@ -11,6 +11,7 @@ use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 use parking_lot::Mutex;
 
+use crate::audit::{self, AuditLog};
 use crate::buffer::Buffer;
 use crate::dedupe::{id_column, DedupeSet};
 use crate::manifest::{self, Manifest};
@@ -33,7 +34,7 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn object_files(config: &StoreConfig) -> Result<ObjectFiles, StoreError> {
+pub(crate) fn object_files(config: &StoreConfig) -> Result<ObjectFiles, StoreError> {
     match config.object_store_url.as_deref().filter(|u| !u.is_empty()) {
         Some(url) if url.starts_with("s3://") => {
             let parsed = url::Url::parse(url).map_err(|e| StoreError::Config(format!("object_store_url {url}: {e}")))?;
@@ -154,6 +155,13 @@ pub(crate) async fn open(
         .await
         .map_err(|e| StoreError::Manifest(format!("replay task: {e}")))??;
     let dedupe = rebuild_dedupe(&objects, &manifest, &replay.records, config.dedupe_window_rows).await?;
+    let data_dir = config.data_dir.clone();
+    let audit = Arc::new(
+        tokio::task::spawn_blocking(move || AuditLog::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Audit(format!("open task: {e}")))??,
+    );
+    audit::reconcile(&audit, &objects, &manifest, &replay.removed, &replay.segments).await?;
 
     let mut buffer = Buffer::default();
     let replayed_rows: usize = replay.records.iter().flat_map(|(_, e)| e.iter()).map(|(_, b)| b.num_rows()).sum();
@@ -205,6 +213,7 @@ pub(crate) async fn open(
             segment_bytes: config.wal_segment_bytes,
             group_commit_window: config.group_commit_window,
             sealed: replay.segments,
+            audit: Some(audit.clone()),
         },
         commit,
     )?;
@@ -216,6 +225,7 @@ pub(crate) async fn open(
         url,
         shared,
         wal,
+        audit,
         dedupe: Mutex::new(dedupe),
         maintenance: tokio::sync::Mutex::new(()),
         pending_deletes: Mutex::new(Vec::new()),

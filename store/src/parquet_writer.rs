@@ -73,6 +73,12 @@ pub(crate) fn split_by_hour(table: Table, batch: &RecordBatch) -> Result<Vec<(i6
         .collect()
 }
 
+/// Hex SHA-256, as the audit chain records files.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// Encodes one batch as a Parquet file.
 pub(crate) fn encode(batch: &RecordBatch) -> Result<Bytes, StoreError> {
     let mut out = Vec::new();
@@ -86,6 +92,8 @@ pub(crate) fn encode(batch: &RecordBatch) -> Result<Bytes, StoreError> {
 pub(crate) struct EncodedFile {
     pub path: String,
     pub bytes: Bytes,
+    /// Hex SHA-256 of `bytes`, for the audit chain (computed here, on the blocking thread).
+    pub sha256: String,
     pub rows: u64,
     pub min_time_us: i64,
     pub max_time_us: i64,
@@ -103,9 +111,11 @@ pub(crate) fn encode_partitioned(table: Table, batches: &[RecordBatch]) -> Resul
     for (hour, part) in split_by_hour(table, &all)? {
         let sorted = sort_by_time(table, &part)?;
         let ts = times(table, &sorted)?;
+        let bytes = encode(&sorted)?;
         out.push(EncodedFile {
             path: new_file_path(table, hour),
-            bytes: encode(&sorted)?,
+            sha256: sha256_hex(&bytes),
+            bytes,
             rows: sorted.num_rows() as u64,
             min_time_us: ts.first().copied().unwrap_or_default(),
             max_time_us: ts.last().copied().unwrap_or_default(),
@@ -114,28 +124,25 @@ pub(crate) fn encode_partitioned(table: Table, batches: &[RecordBatch]) -> Resul
     Ok(out)
 }
 
-/// Encodes and uploads. On error, files already uploaded are deleted (best effort; `open` removes any
-/// that remain because they are not in the manifest).
+/// Encodes and uploads; each file comes with its SHA-256. On error, files already uploaded are deleted
+/// (best effort; `open` removes any that remain because they are not in the manifest).
 pub(crate) async fn write_partitioned(
     objects: &ObjectFiles,
     table: Table,
     batches: Vec<RecordBatch>,
-) -> Result<Vec<StoredFile>, StoreError> {
+) -> Result<Vec<(StoredFile, String)>, StoreError> {
     let encoded = tokio::task::spawn_blocking(move || encode_partitioned(table, &batches))
         .await
         .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
     let mut stored = Vec::with_capacity(encoded.len());
     for f in encoded {
         match objects.put_durable(&f.path, f.bytes).await {
-            Ok(size) => stored.push(StoredFile {
-                path: f.path,
-                size,
-                rows: f.rows,
-                min_time_us: f.min_time_us,
-                max_time_us: f.max_time_us,
-            }),
+            Ok(size) => stored.push((
+                StoredFile { path: f.path, size, rows: f.rows, min_time_us: f.min_time_us, max_time_us: f.max_time_us },
+                f.sha256,
+            )),
             Err(e) => {
-                for s in &stored {
+                for (s, _) in &stored {
                     let _ = objects.delete(&s.path).await;
                 }
                 return Err(e);

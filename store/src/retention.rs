@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::audit::{Draft, Op};
 use crate::manifest;
 use crate::metrics::metrics;
 use crate::partition::{dir_of, hour_of_path, HOUR_US};
@@ -40,6 +41,14 @@ impl Store {
         if dropped.is_empty() {
             return Ok(0);
         }
+        let drafts = dropped
+            .iter()
+            .map(|(table, files)| Draft {
+                removed: files.iter().map(|f| f.path.clone()).collect(),
+                ..Draft::new(Op::Retain, Some(*table))
+            })
+            .collect();
+        self.audit.append_async(drafts).await?;
         manifest::save(&self.objects, &next).await?;
         {
             let mut st = self.shared.state.lock();

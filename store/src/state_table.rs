@@ -2,6 +2,7 @@
 //! whole by each `put_state` (an atomic put) and then listed in the manifest. A query holding the previous
 //! snapshot may see the new file's contents; state tables are small and read whole, so that is acceptable.
 
+use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::parquet_writer;
 use crate::{Store, StoreError, StoredFile, Table};
@@ -20,14 +21,23 @@ impl Store {
         }
         let schema = batch.schema();
         let rows = batch.num_rows() as u64;
-        let bytes = tokio::task::spawn_blocking(move || parquet_writer::encode(&batch))
-            .await
-            .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
-        let path = state_path(table);
+        let (bytes, sha256) = tokio::task::spawn_blocking(move || {
+            parquet_writer::encode(&batch).map(|b| {
+                let sha = parquet_writer::sha256_hex(&b);
+                (b, sha)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
+        let file = StoredFile { path: state_path(table), size: bytes.len() as u64, rows, min_time_us: 0, max_time_us: 0 };
         let _guard = self.maintenance.lock().await;
-        let size = self.objects.put_durable(&path, bytes).await?;
+        // Recorded before the rewrite in place; if the rewrite does not happen, `open` restores the previous
+        // record when it finds the previous content.
+        let draft = Draft { files: vec![FileRecord::of(&file, sha256)], ..Draft::new(Op::State, Some(table)) };
+        self.audit.append_async(vec![draft]).await?;
+        self.objects.put_durable(&file.path, bytes).await?;
         let mut next = self.shared.state.lock().manifest.clone();
-        *next.files_mut(table) = vec![StoredFile { path, size, rows, min_time_us: 0, max_time_us: 0 }];
+        *next.files_mut(table) = vec![file];
         manifest::save(&self.objects, &next).await?;
         let mut st = self.shared.state.lock();
         st.manifest = next;

@@ -23,8 +23,10 @@ use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::audit::{AuditLog, Draft, FileRecord, Op};
 use crate::metrics::metrics;
 use crate::{StoreError, Table};
 
@@ -149,6 +151,13 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     /// Highest sequence number written to it; `first_seq - 1` while empty.
     pub last_seq: u64,
+    /// Records in it (the `rows` of its audit chain entry).
+    pub records: u64,
+}
+
+/// A segment's path as the audit chain names it: `wal/<file name>`, relative to `data_dir`.
+pub(crate) fn chain_name(path: &Path) -> String {
+    format!("wal/{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
 }
 
 /// What `replay` found.
@@ -161,6 +170,8 @@ pub(crate) struct Replay {
     pub segments: Vec<Segment>,
     /// Bytes cut off torn tails.
     pub truncated_bytes: u64,
+    /// Segments deleted because the manifest covers all their records (the audit chain retires them).
+    pub removed: Vec<PathBuf>,
 }
 
 /// Reads every segment in order. A record that is short or fails its CRC is a write torn by a crash: the
@@ -181,13 +192,15 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         }
     }
     names.sort();
-    let mut out = Replay { records: Vec::new(), max_seq: after_seq, segments: Vec::new(), truncated_bytes: 0 };
+    let mut out =
+        Replay { records: Vec::new(), max_seq: after_seq, segments: Vec::new(), truncated_bytes: 0, removed: Vec::new() };
     let mut removed_any = false;
     for (first_seq, path) in names {
         let mut data = Vec::new();
         File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err(&path, e))?;
         let mut at = 0usize;
         let mut last_seq = first_seq.saturating_sub(1);
+        let mut records = 0;
         while at < data.len() {
             let Some(header) = data.get(at..at + HEADER) else { break };
             let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
@@ -203,6 +216,7 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
                 out.records.push((seq, entries));
             }
             last_seq = seq;
+            records += 1;
             out.max_seq = out.max_seq.max(seq);
             at += HEADER + len;
         }
@@ -216,8 +230,9 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         if at == 0 || last_seq <= after_seq {
             std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
             removed_any = true;
+            out.removed.push(path);
         } else {
-            out.segments.push(Segment { path, last_seq });
+            out.segments.push(Segment { path, last_seq, records });
         }
     }
     if removed_any {
@@ -240,6 +255,7 @@ pub(crate) struct Wal {
     in_flight: Arc<AtomicUsize>,
     segments: Arc<Mutex<Vec<Segment>>>,
     fsyncs: Arc<AtomicU64>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 pub(crate) struct WalOptions {
@@ -249,6 +265,8 @@ pub(crate) struct WalOptions {
     pub group_commit_window: Duration,
     /// Segments from replay still holding uncovered records.
     pub sealed: Vec<Segment>,
+    /// Where closed segments are sealed and deleted ones retired; `None` in unit tests of the WAL alone.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 struct Writer {
@@ -264,6 +282,9 @@ struct Writer {
     commit: CommitFn,
     /// After a failed write or fsync the file's state is unknown: every later append fails.
     failed: Option<String>,
+    /// SHA-256 of the active segment so far, fed as it is written, so closing it needs no re-read.
+    hasher: Sha256,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Wal {
@@ -285,6 +306,8 @@ impl Wal {
             fsyncs: fsyncs.clone(),
             commit,
             failed: None,
+            hasher: Sha256::new(),
+            audit: opts.audit.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -298,6 +321,7 @@ impl Wal {
             in_flight,
             segments,
             fsyncs,
+            audit: opts.audit,
         })
     }
 
@@ -355,6 +379,15 @@ impl Wal {
             }
             doomed
         };
+        if let Some(audit) = &self.audit {
+            let mut draft = Draft::new(Op::RetireWal, None);
+            draft.removed = doomed.iter().map(|s| chain_name(&s.path)).filter(|p| audit.is_live(p)).collect();
+            if let Err(e) = audit.append(vec![draft]) {
+                // Not recorded, so not deleted: the next flush tries again.
+                self.segments.lock().splice(0..0, doomed);
+                return Err(e);
+            }
+        }
         for seg in &doomed {
             std::fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
         }
@@ -395,7 +428,7 @@ fn new_segment(dir: &Path, first_seq: u64) -> Result<(File, Segment), StoreError
     let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
     // The new name must survive a crash as much as the records written into it.
     sync_dir(dir)?;
-    Ok((file, Segment { path, last_seq: first_seq.saturating_sub(1) }))
+    Ok((file, Segment { path, last_seq: first_seq.saturating_sub(1), records: 0 }))
 }
 
 impl Writer {
@@ -447,7 +480,7 @@ impl Writer {
         let result = match &self.failed {
             Some(msg) => Err(msg.clone()),
             None if appended.is_empty() => Ok(()),
-            None => self.write_and_sync(&buf, appended.last().map(|a| a.0).unwrap_or_default()),
+            None => self.write_and_sync(&buf, appended.last().map(|a| a.0).unwrap_or_default(), appended.len()),
         };
         if let Err(msg) = &result {
             self.failed.get_or_insert_with(|| msg.clone());
@@ -489,9 +522,10 @@ impl Writer {
         }
     }
 
-    fn write_and_sync(&mut self, buf: &[u8], last_seq: u64) -> Result<(), String> {
+    fn write_and_sync(&mut self, buf: &[u8], last_seq: u64, records: usize) -> Result<(), String> {
         let path = self.segments.lock().last().map(|s| s.path.clone()).unwrap_or_default();
         self.file.write_all(buf).map_err(|e| format!("write {}: {e}", path.display()))?;
+        self.hasher.update(buf);
         let started = Instant::now();
         self.file.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
         metrics().wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
@@ -499,16 +533,34 @@ impl Writer {
         self.size += buf.len() as u64;
         if let Some(active) = self.segments.lock().last_mut() {
             active.last_seq = last_seq;
+            active.records += records as u64;
         }
         Ok(())
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
+        self.seal_active();
         let (file, seg) = new_segment(&self.dir, self.next_seq)?;
         self.file = file;
         self.size = 0;
         self.segments.lock().push(seg);
         Ok(())
+    }
+
+    /// Records the active segment's hash as it is closed (every byte of it is fsynced by now). A failure is
+    /// logged, not fatal: the segment stays unsealed and the next `open` seals it from disk.
+    fn seal_active(&mut self) {
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let Some(audit) = &self.audit else { return };
+        let Some(active) = self.segments.lock().last().cloned() else { return };
+        if self.size == 0 {
+            return;
+        }
+        let mut draft = Draft::new(Op::SealWal, None);
+        draft.files.push(FileRecord { path: chain_name(&active.path), sha256, size: self.size, rows: active.records });
+        if let Err(e) = audit.append(vec![draft]) {
+            tracing::error!(segment = %active.path.display(), error = %e, "sealing a WAL segment in the audit chain failed");
+        }
     }
 }
 
@@ -556,6 +608,7 @@ mod tests {
             segment_bytes: 1 << 20,
             group_commit_window: Duration::from_millis(1),
             sealed: vec![],
+            audit: None,
         };
         let wal = Wal::start(opts, commit).unwrap();
         for n in 1..=3 {
@@ -598,6 +651,7 @@ mod tests {
             segment_bytes: 1 << 30,
             group_commit_window: Duration::from_millis(50),
             sealed: vec![],
+            audit: None,
         };
         let wal = Arc::new(Wal::start(opts, commit).unwrap());
         let tasks: Vec<_> = (0..16)
@@ -632,6 +686,7 @@ mod tests {
             segment_bytes: 1, // every append after the first starts a segment
             group_commit_window: Duration::ZERO,
             sealed: vec![],
+            audit: None,
         };
         let wal = Wal::start(opts, commit).unwrap();
         for _ in 0..3 {

@@ -1,0 +1,311 @@
+//! The chain format: one JSON entry per line, each committing to the one before it.
+//!
+//! `hash` is the lowercase hex SHA-256 of the entry serialized without its `hash` member: compact JSON
+//! (no whitespace), members in the order `seq, time, op, table, files, removed, prev_hash`, each file as
+//! `path, sha256, size, rows`. Because `prev_hash` is inside what is hashed, editing, removing or
+//! reordering any entry breaks every link after it; only an edit that also rewrites every later entry goes
+//! unnoticed, which is what the signed head (see `sign`) is for.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev_hash` of the first entry.
+pub const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a chain entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A flush sealed new Parquet files (`files`).
+    Seal,
+    /// A WAL segment was closed; `rows` counts its records.
+    SealWal,
+    /// Covered WAL segments are about to be deleted (`removed`).
+    RetireWal,
+    /// Compaction replaced `removed` with `files`.
+    Compact,
+    /// Retention dropped `removed`.
+    Retain,
+    /// A state table was rewritten in place: `files` is its new content.
+    State,
+    /// `open` found sealed files that never became live (a crash before the manifest swap) and deleted them.
+    Abandon,
+    /// `open` took files into the chain: the manifest of a store older than the chain (first entry only),
+    /// or files a crash left live although the chain had already retired them.
+    Adopt,
+}
+
+/// A file as sealed: its content hash and size; `rows` are Parquet rows, or WAL records for a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecord {
+    /// Parquet: relative to the object store root (`events/date=…/hour=…/<uuid>.parquet`);
+    /// WAL segments: relative to `data_dir` (`wal/<first seq>.wal`).
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub rows: u64,
+}
+
+impl FileRecord {
+    pub(crate) fn of(f: &crate::StoredFile, sha256: String) -> FileRecord {
+        FileRecord { path: f.path.clone(), sha256, size: f.size, rows: f.rows }
+    }
+}
+
+/// One line of `_audit/chain.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub seq: u64,
+    /// RFC 3339 UTC with microseconds.
+    pub time: String,
+    pub op: Op,
+    /// Table name; `null` for WAL entries and for entries spanning tables.
+    pub table: Option<String>,
+    pub files: Vec<FileRecord>,
+    pub removed: Vec<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hashed part of an entry (everything but `hash`), in its canonical member order.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    seq: u64,
+    time: &'a str,
+    op: Op,
+    table: Option<&'a str>,
+    files: &'a [FileRecord],
+    removed: &'a [String],
+    prev_hash: &'a str,
+}
+
+impl Entry {
+    /// The hash this entry must carry, computed from its other members.
+    pub fn compute_hash(&self) -> String {
+        let body = Hashed {
+            seq: self.seq,
+            time: &self.time,
+            op: self.op,
+            table: self.table.as_deref(),
+            files: &self.files,
+            removed: &self.removed,
+            prev_hash: &self.prev_hash,
+        };
+        // Serializing plain strings and integers cannot fail.
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// An entry that does not link: edited, out of order, or following a removed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    /// The entry's own `seq` when it parses, else the one expected at that position.
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// A chain read from its bytes, every link checked.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    /// Every entry that parses, in file order (including those after a break).
+    pub entries: Vec<Entry>,
+    pub breaks: Vec<Break>,
+    /// Length of the complete lines; anything after it is a line torn by a crash during an append.
+    pub complete_len: usize,
+}
+
+impl Parsed {
+    pub fn torn_tail(&self, total_len: usize) -> bool {
+        self.complete_len < total_len
+    }
+}
+
+pub(crate) fn parse(bytes: &[u8]) -> Parsed {
+    let complete_len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Parsed { complete_len, ..Default::default() };
+    let mut prev: Option<(u64, String)> = None;
+    for (i, line) in bytes[..complete_len].split(|b| *b == b'\n').enumerate() {
+        let expected_seq = prev.as_ref().map_or(1, |p| p.0 + 1);
+        if line.is_empty() {
+            // The split yields one empty piece after the final newline.
+            continue;
+        }
+        let entry: Entry = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) => {
+                out.breaks.push(Break { seq: expected_seq, reason: format!("line {} does not parse: {e}", i + 1) });
+                continue;
+            }
+        };
+        if entry.compute_hash() != entry.hash {
+            out.breaks.push(Break { seq: entry.seq, reason: "its contents do not match its hash (edited)".into() });
+        }
+        if entry.seq != expected_seq {
+            out.breaks.push(Break {
+                seq: entry.seq,
+                reason: format!("found where entry {expected_seq} belongs (entries removed or reordered)"),
+            });
+        }
+        let expected_prev = prev.as_ref().map_or(GENESIS_PREV_HASH, |p| p.1.as_str());
+        if entry.prev_hash != expected_prev {
+            out.breaks.push(Break {
+                seq: entry.seq,
+                reason: format!(
+                    "prev_hash does not match the hash of the line before it (seq {}): an entry was removed, \
+                     edited or reordered",
+                    prev.as_ref().map_or(0, |p| p.0)
+                ),
+            });
+        }
+        prev = Some((entry.seq, entry.hash.clone()));
+        out.entries.push(entry);
+    }
+    out
+}
+
+/// What one sealed file is expected to be, and the entry that said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Expected {
+    pub sha256: String,
+    pub size: u64,
+    pub rows: u64,
+    pub seq: u64,
+}
+
+/// The files the chain says exist, from replaying its entries in order.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ChainState {
+    /// Sealed and not removed since: these must exist with these hashes.
+    pub live: BTreeMap<String, Expected>,
+    /// Removed by compaction, retention, WAL retirement or abandonment; they may linger until their delayed
+    /// delete, but only unchanged.
+    pub retired: BTreeMap<String, Expected>,
+    /// For files rewritten in place (state tables): the content before the latest rewrite, which a crash
+    /// between recording the rewrite and making it can leave on disk.
+    pub previous: BTreeMap<String, Expected>,
+}
+
+impl ChainState {
+    pub fn apply(&mut self, e: &Entry) {
+        for path in &e.removed {
+            if let Some(x) = self.live.remove(path) {
+                self.retired.insert(path.clone(), x);
+            }
+        }
+        for f in &e.files {
+            let x = Expected { sha256: f.sha256.clone(), size: f.size, rows: f.rows, seq: e.seq };
+            self.retired.remove(&f.path);
+            if let Some(old) = self.live.insert(f.path.clone(), x) {
+                if e.op == Op::State {
+                    self.previous.insert(f.path.clone(), old);
+                }
+            }
+        }
+    }
+
+    pub fn replay<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> ChainState {
+        let mut s = ChainState::default();
+        for e in entries {
+            s.apply(e);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, prev: &str, op: Op, files: &[(&str, &str)], removed: &[&str]) -> Entry {
+        let mut e = Entry {
+            seq,
+            time: "2026-11-22T14:00:00.000000Z".into(),
+            op,
+            table: Some("events".into()),
+            files: files
+                .iter()
+                .map(|(p, h)| FileRecord { path: p.to_string(), sha256: h.to_string(), size: 1, rows: 1 })
+                .collect(),
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+            prev_hash: prev.into(),
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+
+    fn chain() -> Vec<Entry> {
+        let a = entry(1, GENESIS_PREV_HASH, Op::Seal, &[("a", "h1"), ("b", "h2")], &[]);
+        let b = entry(2, &a.hash, Op::Compact, &[("c", "h3")], &["a", "b"]);
+        let c = entry(3, &b.hash, Op::State, &[("s", "h4")], &[]);
+        let d = entry(4, &c.hash, Op::State, &[("s", "h5")], &[]);
+        vec![a, b, c, d]
+    }
+
+    fn lines(entries: &[Entry]) -> Vec<u8> {
+        entries.iter().flat_map(|e| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat()).collect()
+    }
+
+    #[test]
+    fn hash_is_over_the_canonical_form_without_hash() {
+        let e = &chain()[0];
+        let json = serde_json::to_string(e).unwrap();
+        let without = json.replace(&format!(",\"hash\":\"{}\"", e.hash), "");
+        assert!(without.starts_with("{\"seq\":1,\"time\":"), "{without}");
+        assert_eq!(hex::encode(Sha256::digest(without.as_bytes())), e.hash);
+    }
+
+    #[test]
+    fn an_intact_chain_has_no_breaks_and_replays_to_the_live_set() {
+        let bytes = lines(&chain());
+        let p = parse(&bytes);
+        assert!(p.breaks.is_empty(), "{:?}", p.breaks);
+        assert!(!p.torn_tail(bytes.len()));
+        let s = ChainState::replay(&p.entries);
+        assert_eq!(s.live.keys().collect::<Vec<_>>(), vec!["c", "s"]);
+        assert_eq!(s.live["s"].sha256, "h5");
+        assert_eq!(s.previous["s"].sha256, "h4");
+        assert_eq!(s.retired.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn edits_removals_and_reorders_break_the_chain_where_they_happen() {
+        // Edited in place (hash left as it was).
+        let mut c = chain();
+        c[1].files[0].sha256 = "forged".into();
+        let p = parse(&lines(&c));
+        assert_eq!(p.breaks.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![2]);
+        // Edited and re-hashed: the next link breaks.
+        c[1].hash = c[1].compute_hash();
+        assert_eq!(parse(&lines(&c)).breaks.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3]);
+        // Removed.
+        let mut c = chain();
+        c.remove(1);
+        assert!(parse(&lines(&c)).breaks.iter().all(|b| b.seq == 3) && !parse(&lines(&c)).breaks.is_empty());
+        // Reordered.
+        let mut c = chain();
+        c.swap(1, 2);
+        let seqs: Vec<u64> = parse(&lines(&c)).breaks.iter().map(|b| b.seq).collect();
+        assert!(seqs.contains(&3) && seqs.contains(&2), "{seqs:?}");
+        // Garbage line.
+        let mut bytes = lines(&chain()[..2]);
+        bytes.extend_from_slice(b"not json\n");
+        let p = parse(&bytes);
+        assert_eq!((p.breaks.len(), p.breaks[0].seq), (1, 3));
+    }
+
+    #[test]
+    fn a_line_without_its_newline_is_a_torn_tail_not_an_entry() {
+        let mut bytes = lines(&chain()[..2]);
+        let full = bytes.len();
+        bytes.extend_from_slice(b"{\"seq\":3,\"ti");
+        let p = parse(&bytes);
+        assert_eq!((p.entries.len(), p.complete_len), (2, full));
+        assert!(p.breaks.is_empty() && p.torn_tail(bytes.len()));
+    }
+}
