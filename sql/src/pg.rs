@@ -7,7 +7,8 @@
 //! [`PgAuth`] (so the binary can accept API tokens as passwords), and query handlers that put every
 //! statement through the read-only guard and the shared query limits before DataFusion sees it.
 //!
-//! Cleartext passwords need TLS or a trusted network; this server does not do TLS yet.
+//! Cleartext passwords need TLS or a trusted network: with [`PgServer::with_tls`] the server negotiates TLS
+//! (SSLRequest) and refuses to log anyone in over a plain connection.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -23,6 +24,7 @@ use datafusion_postgres::auth::AuthManager;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::DfSessionService;
 use futures::{Sink, StreamExt};
 use pgwire::api::auth::{
@@ -41,6 +43,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use vigil_ingest::security::{record_failure, Authenticator, Scope};
 
 use crate::context::{read_only_options, Interface, QueryLimits};
 use crate::error::QueryError;
@@ -67,6 +70,27 @@ impl PgAuth for StaticPassword {
     }
 }
 
+/// The label of this listener in `vigil_auth_failures_total`.
+pub const LISTENER: &str = "pg";
+
+/// API tokens as passwords: the password must be a token with the `query` scope; the user name is not
+/// consulted (the token alone names the source). Refusals are counted like every other listener's.
+pub struct TokenPassword {
+    pub auth: Arc<Authenticator>,
+}
+
+impl PgAuth for TokenPassword {
+    fn check(&self, _user: &str, password: &str) -> bool {
+        match self.auth.authorize_token(Some(password), Scope::Query) {
+            Ok(_) => true,
+            Err(failure) => {
+                record_failure(LISTENER, &failure);
+                false
+            }
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
@@ -83,8 +107,10 @@ pub enum PgServerError {
 
 /// The pg-wire server over one shared [`SessionContext`].
 pub struct PgServer {
-    handlers: Arc<VigilPgHandlers>,
+    service: Arc<GuardedService>,
+    auth: Arc<dyn PgAuth>,
     max_connections: usize,
+    tls: Option<TlsAcceptor>,
 }
 
 impl PgServer {
@@ -105,8 +131,15 @@ impl PgServer {
             ctx,
             limits,
         });
-        let startup = Arc::new(PasswordStartup { auth, parameters: DefaultServerParameterProvider::default() });
-        Ok(Self { handlers: Arc::new(VigilPgHandlers { service, startup }), max_connections: 64 })
+        Ok(Self { service, auth, max_connections: 64, tls: None })
+    }
+
+    /// Serves TLS (the acceptor must not offer ALPN; see `vigil_ingest::security::tls::acceptor_without_alpn`)
+    /// and refuses logins over plain connections, so a token never crosses the network in cleartext.
+    /// Call before [`PgServer::serve`].
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// Caps concurrent connections; connections over the cap are closed at once.
@@ -117,6 +150,12 @@ impl PgServer {
 
     /// Accepts connections on `listener` until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let startup = Arc::new(PasswordStartup {
+            auth: self.auth.clone(),
+            parameters: DefaultServerParameterProvider::default(),
+            require_tls: self.tls.is_some(),
+        });
+        let handlers = Arc::new(VigilPgHandlers { service: self.service.clone(), startup });
         let slots = Arc::new(Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -136,9 +175,10 @@ impl PgServer {
                 tracing::warn!(%peer, max = self.max_connections, "pg connection refused: too many connections");
                 continue;
             };
-            let handlers = self.handlers.clone();
+            let handlers = handlers.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!(%peer, error = %e, "pg connection ended with an error");
                 }
                 drop(permit);
@@ -171,6 +211,8 @@ impl PgWireServerHandlers for VigilPgHandlers {
 struct PasswordStartup {
     auth: Arc<dyn PgAuth>,
     parameters: DefaultServerParameterProvider,
+    /// Refuse plain connections before asking for a password.
+    require_tls: bool,
 }
 
 #[async_trait]
@@ -184,6 +226,14 @@ impl StartupHandler for PasswordStartup {
         use futures::SinkExt;
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.require_tls && !client.is_secure() {
+                    tracing::info!(peer = %client.socket_addr(), "pg connection refused: TLS required");
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_owned(),
+                        "28000".to_owned(),
+                        "this server requires TLS (sslmode=require or stricter)".to_owned(),
+                    ))));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -450,11 +500,18 @@ mod tests {
     }
 
     async fn start(limits: QueryLimits) -> Running {
+        let auth = Arc::new(StaticPassword { user: "vigil".into(), password: "s3cret".into() });
+        start_with(limits, auth, None).await
+    }
+
+    async fn start_with(limits: QueryLimits, auth: Arc<dyn PgAuth>, tls: Option<TlsAcceptor>) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20)], 3);
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
-        let auth = Arc::new(StaticPassword { user: "vigil".into(), password: "s3cret".into() });
-        let server = PgServer::new(ctx, auth, limits).unwrap();
+        let mut server = PgServer::new(ctx, auth, limits).unwrap();
+        if let Some(tls) = tls {
+            server = server.with_tls(tls);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -524,7 +581,7 @@ mod tests {
         let server = start(QueryLimits::default()).await;
         let out = psql(server.addr, "wrong", &["-c", "SELECT 1"]).await;
         assert!(!out.status.success());
-        assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
     }
 
     #[tokio::test]
@@ -663,5 +720,96 @@ mod tests {
         assert!(!out.status.success());
         assert!(stderr(&out).contains("statement timeout"), "{}", stderr(&out));
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    async fn psql_env(addr: SocketAddr, password: &str, env: &[(&str, &str)], sql: &str) -> Output {
+        let port = addr.port().to_string();
+        let mut cmd = tokio::process::Command::new(PSQL);
+        cmd.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5").env_remove("PGSERVICE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            cmd.args(["-h", "localhost", "-p", &port, "-U", "anyone", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("psql finished in time")
+        .expect("psql runs")
+    }
+
+    fn token_auth(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
+        use vigil_ingest::security::{StoreOptions, TokenStore};
+        let options = StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() };
+        let store = TokenStore::open_with(dir.path().join("tokens.json"), options).unwrap();
+        let (_, query) = store.create("grafana", &[Scope::Query]).unwrap();
+        let (_, ingest) = store.create("collector", &[Scope::Ingest]).unwrap();
+        (Arc::new(Authenticator::new(store)), query, ingest)
+    }
+
+    fn failures(reason: &str) -> u64 {
+        vigil_ingest::security::AUTH_FAILURES.with_label_values(&[LISTENER, reason]).get()
+    }
+
+    #[tokio::test]
+    async fn a_query_token_is_the_password_and_others_are_refused_and_counted() {
+        let tokens = tempfile::tempdir().unwrap();
+        let (auth, query, ingest) = token_auth(&tokens);
+        let server = start_with(QueryLimits::default(), Arc::new(TokenPassword { auth }), None).await;
+        let (invalid, forbidden) = (failures("invalid"), failures("forbidden"));
+        let ok = psql_env(server.addr, &query, &[], "SELECT count(*) FROM events").await;
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        assert_eq!(stdout(&ok), "33");
+        for password in ["vgl_not_a_token", ingest.as_str()] {
+            let out = psql_env(server.addr, password, &[], "SELECT 1").await;
+            assert!(!out.status.success(), "password {password:?} must be refused");
+            assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
+        }
+        assert_eq!(failures("invalid"), invalid + 1);
+        assert_eq!(failures("forbidden"), forbidden + 1);
+    }
+
+    /// A self-signed certificate for localhost/127.0.0.1, written by the openssl CLI.
+    fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl req");
+        (cert, key)
+    }
+
+    #[tokio::test]
+    async fn with_tls_a_trusting_client_logs_in_and_plain_or_untrusting_clients_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(dir.path(), "server");
+        let (other, _) = self_signed(dir.path(), "other");
+        let config = vigil_ingest::security::TlsConfig::new(&cert, &key);
+        let acceptor = vigil_ingest::security::tls::acceptor_without_alpn(&config).unwrap();
+        let auth = Arc::new(StaticPassword { user: "anyone".into(), password: "s3cret".into() });
+        let server = start_with(QueryLimits::default(), auth, Some(acceptor)).await;
+        let (cert, other) = (cert.to_string_lossy().into_owned(), other.to_string_lossy().into_owned());
+
+        let ok = psql_env(server.addr, "s3cret", &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &cert)], "SELECT 1").await;
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        assert_eq!(stdout(&ok), "1");
+
+        let untrusted =
+            psql_env(server.addr, "s3cret", &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &other)], "SELECT 1").await;
+        assert!(!untrusted.status.success());
+        assert!(stderr(&untrusted).contains("certificate verify failed"), "{}", stderr(&untrusted));
+
+        let plain = psql_env(server.addr, "s3cret", &[("PGSSLMODE", "disable")], "SELECT 1").await;
+        assert!(!plain.status.success());
+        assert!(stderr(&plain).contains("requires TLS"), "{}", stderr(&plain));
     }
 }
