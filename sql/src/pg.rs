@@ -581,7 +581,7 @@ mod tests {
         let server = start(QueryLimits::default()).await;
         let out = psql(server.addr, "wrong", &["-c", "SELECT 1"]).await;
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
+        assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
     }
 
     #[tokio::test]
