@@ -1,0 +1,405 @@
+//! The audit chain end to end: files sealed by flushes, compaction, retention and state writes verify clean;
+//! a changed, deleted or added file is named; edited, reordered or removed chain lines are reported; crash
+//! leftovers are reconciled on open; a signed head checks offline and fails once the chain is rewritten.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+use vigil_ingest::{EventBatchBuilder, EventKind, EventRow};
+use vigil_store::audit::{self, Entry, FileRecord, Finding, HeadError, Op};
+use vigil_store::{Store, StoreConfig, Table};
+
+const HOUR_US: i64 = 3_600_000_000;
+/// 2026-11-22T14:00:00Z
+const T14: i64 = 1_795_356_000_000_000;
+
+fn config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        flush_rows: 1_000_000,
+        flush_age: Duration::from_secs(3600),
+        compaction_grace: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
+    let mut b = EventBatchBuilder::with_capacity(ids.len());
+    for i in ids {
+        b.push(&EventRow {
+            time_us: time_us + i as i64,
+            event_id: format!("e{i}"),
+            kind: Some(EventKind::Inference),
+            model: Some("gpt-4o".into()),
+            ..Default::default()
+        });
+    }
+    b.finish()
+}
+
+/// Three flushes into three hour partitions and a state table write.
+async fn populated(dir: &Path) -> Arc<Store> {
+    let store = Store::open(config(dir)).await.unwrap();
+    for k in 0..3 {
+        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14 + k as i64 * HOUR_US))]).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    store.put_state(Table::Baselines, events(0..4, T14)).await.unwrap();
+    store
+}
+
+fn event_files(store: &Store) -> Vec<String> {
+    store.snapshot(Table::Events).files.into_iter().map(|f| f.path).collect()
+}
+
+fn chain_file(dir: &Path) -> PathBuf {
+    audit::chain_path(dir)
+}
+
+fn entries(dir: &Path) -> Vec<Entry> {
+    std::fs::read_to_string(chain_file(dir)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Appends a correctly linked entry, as the store would have just before a crash.
+fn append_entry(dir: &Path, op: Op, table: &str, files: Vec<FileRecord>, removed: Vec<String>) {
+    let last = entries(dir).pop().unwrap();
+    let mut e = Entry {
+        seq: last.seq + 1,
+        time: last.time.clone(),
+        op,
+        table: Some(table.into()),
+        files,
+        removed,
+        prev_hash: last.hash.clone(),
+        hash: String::new(),
+    };
+    e.hash = e.compute_hash();
+    let mut text = std::fs::read_to_string(chain_file(dir)).unwrap();
+    text.push_str(&serde_json::to_string(&e).unwrap());
+    text.push('\n');
+    std::fs::write(chain_file(dir), text).unwrap();
+}
+
+async fn verify(dir: &Path) -> audit::VerifyReport {
+    audit::verify(&config(dir)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_changed_a_deleted_and_an_added_parquet_file_are_each_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.files_checked, 4, "three event files and the state file: {report}");
+    assert_eq!(report.head.as_ref().map(|h| h.seq), Some(entries(dir.path()).len() as u64));
+
+    let files = event_files(&store);
+    // One byte flipped in the middle of the first file.
+    let changed = dir.path().join(&files[0]);
+    let mut bytes = std::fs::read(&changed).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&changed, &bytes).unwrap();
+    // The second deleted.
+    std::fs::remove_file(dir.path().join(&files[1])).unwrap();
+    // A stray file next to the third.
+    let stray = format!("{}/0190ffff-stray.parquet", files[2].rsplit_once('/').unwrap().0);
+    std::fs::copy(dir.path().join(&files[2]), dir.path().join(&stray)).unwrap();
+
+    let report = verify(dir.path()).await;
+    assert!(!report.is_clean());
+    let text = report.to_string();
+    assert!(
+        report.findings.iter().any(|f| matches!(f, Finding::Changed { path, .. } if *path == files[0])),
+        "{text}"
+    );
+    let sealed_in = entries(dir.path()).iter().find(|e| e.files.iter().any(|f| f.path == files[1])).unwrap().seq;
+    assert!(report.findings.contains(&Finding::Missing { path: files[1].clone(), sealed_seq: sealed_in }), "{text}");
+    assert!(report.findings.contains(&Finding::Unexpected { path: stray.clone() }), "{text}");
+    assert_eq!(report.findings.len(), 3, "{text}");
+    // One line per finding naming the file, then the summary.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for (word, path) in [("CHANGED", &files[0]), ("MISSING", &files[1]), ("UNEXPECTED", &stray)] {
+        assert!(lines.iter().any(|l| l.starts_with(word) && l.contains(path.as_str())), "{word} {path}: {text}");
+    }
+    assert!(lines[3].ends_with("3 finding(s)"), "{text}");
+}
+
+#[tokio::test]
+async fn sealed_wal_segments_are_hashed_and_the_active_one_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { wal_segment_bytes: 1, ..config(dir.path()) }; // every append closes a segment
+    let store = Store::open(cfg).await.unwrap();
+    for k in 0..3 {
+        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))]).await.unwrap();
+    }
+    assert_eq!(store.wal_segments(), 3);
+    let sealed: Vec<Entry> = entries(dir.path()).into_iter().filter(|e| e.op == Op::SealWal).collect();
+    assert_eq!(sealed.len(), 2, "the active segment is not sealed yet");
+    assert!(verify(dir.path()).await.is_clean());
+
+    let first = dir.path().join(&sealed[0].files[0].path);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[20] ^= 0x80;
+    std::fs::write(&first, &bytes).unwrap();
+    let report = verify(dir.path()).await;
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Changed { path, .. }] if *path == sealed[0].files[0].path),
+        "{report}"
+    );
+    std::fs::write(&first, {
+        bytes[20] ^= 0x80;
+        &bytes
+    })
+    .unwrap();
+
+    // A flush retires the covered segments before deleting them.
+    store.flush().await.unwrap();
+    assert_eq!(entries(dir.path()).iter().filter(|e| e.op == Op::RetireWal).count(), 1);
+    assert!(verify(dir.path()).await.is_clean());
+    // After a restart the segment that was active is sealed from disk.
+    store.append(vec![(Table::Events, events(40..45, T14))]).await.unwrap();
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(entries(dir.path()).last().is_some_and(|e| e.op == Op::SealWal));
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    drop(store);
+}
+
+#[tokio::test]
+async fn edited_reordered_and_removed_chain_lines_break_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = populated(dir.path()).await;
+    let original = std::fs::read_to_string(chain_file(dir.path())).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() >= 4);
+    let broken_at = |text: String| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            std::fs::write(chain_file(&dir), text).unwrap();
+            let r = verify(&dir).await;
+            r.findings
+                .iter()
+                .filter_map(|f| if let Finding::ChainBroken { seq, .. } = f { Some(*seq) } else { None })
+                .collect::<Vec<u64>>()
+        }
+    };
+    // A sealed hash edited to match a forged file.
+    let edited = original.replacen(&entries(dir.path())[1].files[0].sha256, &"0".repeat(64), 1);
+    assert_eq!(broken_at(edited).await, vec![2]);
+    // Two lines swapped.
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let seqs = broken_at(swapped.join("\n") + "\n").await;
+    assert!(seqs.contains(&2) && seqs.contains(&3), "{seqs:?}");
+    // A line removed.
+    let mut removed = lines.clone();
+    removed.remove(1);
+    assert_eq!(broken_at(removed.join("\n") + "\n").await.first(), Some(&3));
+    // Restored: clean again.
+    assert!(broken_at(original).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_retention_append_to_the_chain_and_it_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { compaction_grace: Duration::from_secs(3600), ..config(dir.path()) };
+    let store = Store::open(cfg.clone()).await.unwrap();
+    let now = T14 + 40 * 24 * HOUR_US;
+    for k in 0..4 {
+        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, now - HOUR_US))]).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    store.append(vec![(Table::Events, events(100..110, T14))]).await.unwrap(); // 40 days old
+    store.flush().await.unwrap();
+    let before = entries(dir.path()).len();
+
+    assert_eq!(store.compact().await.unwrap(), 4);
+    // The inputs wait for their grace period on disk: retired, unchanged, not reported.
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(store.apply_retention(now).await.unwrap(), 1);
+    assert!(verify(dir.path()).await.is_clean());
+
+    let chain = entries(dir.path());
+    assert_eq!(chain.len(), before + 2, "one compact and one retain entry appended");
+    assert_eq!((chain[before].op, chain[before].removed.len(), chain[before].files.len()), (Op::Compact, 4, 1));
+    assert_eq!((chain[before + 1].op, chain[before + 1].removed.len()), (Op::Retain, 1));
+    assert!(chain[..before].iter().zip(entries(dir.path())).all(|(a, b)| *a == b), "history is never rewritten");
+
+    // A retired file that lingers must still be unchanged.
+    let retired = &chain[before].removed[0];
+    std::fs::write(dir.path().join(retired), b"rewritten").unwrap();
+    assert!(matches!(verify(dir.path()).await.findings.as_slice(), [Finding::Changed { path, .. }] if path == retired));
+    drop(store);
+    // Reopen: the lingering inputs are deleted as leftovers (already retired: nothing to record).
+    let store = Store::open(cfg).await.unwrap();
+    assert!(!dir.path().join(retired).exists());
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.files_checked, 1);
+    drop(store);
+}
+
+#[tokio::test]
+async fn crash_leftovers_are_reconciled_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let files = event_files(&store);
+    let chain = entries(dir.path());
+    drop(store);
+
+    // 1. A flush sealed a file, then died before the manifest swap.
+    let orphan = format!("{}/0190aaaa-orphan.parquet", files[0].rsplit_once('/').unwrap().0);
+    std::fs::copy(dir.path().join(&files[0]), dir.path().join(&orphan)).unwrap();
+    let rec = chain.iter().flat_map(|e| &e.files).find(|f| f.path == files[0]).unwrap().clone();
+    append_entry(dir.path(), Op::Seal, "events", vec![FileRecord { path: orphan.clone(), ..rec }], vec![]);
+    // 2. Retention recorded its removal, then died before the manifest swap.
+    append_entry(dir.path(), Op::Retain, "events", vec![], vec![files[1].clone()]);
+    // 3. A state write was recorded, then died before rewriting the file.
+    let state = chain.iter().rev().flat_map(|e| &e.files).find(|f| f.path == "baselines/state.parquet").unwrap();
+    append_entry(
+        dir.path(),
+        Op::State,
+        "baselines",
+        vec![FileRecord { sha256: "ab".repeat(32), ..state.clone() }],
+        vec![],
+    );
+    // Before the restart verify sees the file sealed and the state file changed, nothing else.
+    let report = verify(dir.path()).await;
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Changed { path, .. }] if path == "baselines/state.parquet"),
+        "{report}"
+    );
+
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(!dir.path().join(&orphan).exists(), "the orphan is deleted");
+    assert!(event_files(&store).contains(&files[1]), "the manifest still has the file retention did not drop");
+    let after = entries(dir.path());
+    let tail: Vec<Op> = after[chain.len() + 3..].iter().map(|e| e.op).collect();
+    assert_eq!(tail, vec![Op::Abandon, Op::Adopt, Op::State], "{after:#?}");
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    // Nothing more to reconcile on the next open.
+    drop(store);
+    let _store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(entries(dir.path()).len(), after.len());
+}
+
+#[tokio::test]
+async fn a_store_older_than_the_chain_is_adopted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("_audit")).unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let chain = entries(dir.path());
+    assert!(chain.iter().all(|e| e.op == Op::Adopt));
+    assert_eq!(chain.iter().map(|e| e.files.len()).sum::<usize>(), 4);
+    assert!(verify(dir.path()).await.is_clean());
+    drop(store);
+    // Later, a file the chain never sealed is not adopted, even when a manifest lists it.
+    std::fs::remove_dir_all(dir.path().join("_audit")).unwrap();
+    std::fs::create_dir_all(dir.path().join("_audit")).unwrap();
+    append_entry_first(dir.path());
+    let _store = Store::open(config(dir.path())).await.unwrap();
+    let report = verify(dir.path()).await;
+    assert_eq!(report.findings.iter().filter(|f| matches!(f, Finding::Unexpected { .. })).count(), 4, "{report}");
+}
+
+/// A chain whose only entry seals an unrelated file.
+fn append_entry_first(dir: &Path) {
+    let mut e = Entry {
+        seq: 1,
+        time: "2026-11-22T14:00:00.000000Z".into(),
+        op: Op::Seal,
+        table: Some("alerts".into()),
+        files: vec![],
+        removed: vec!["alerts/none.parquet".into()],
+        prev_hash: audit::GENESIS_PREV_HASH.into(),
+        hash: String::new(),
+    };
+    e.hash = e.compute_hash();
+    std::fs::write(chain_file(dir), serde_json::to_string(&e).unwrap() + "\n").unwrap();
+}
+
+#[tokio::test]
+async fn the_signed_head_checks_offline_and_fails_once_the_chain_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let cfg = config(dir.path());
+    let head = audit::export_head(&cfg).unwrap();
+    let key = std::fs::metadata(dir.path().join(audit::KEY_FILE)).unwrap();
+    assert!(key.is_file());
+    let chain = std::fs::read(chain_file(dir.path())).unwrap();
+    let trusted = head.public_key.clone();
+    assert_eq!(audit::verify_signed_head(&head, &chain, Some(&trusted)), Ok(()));
+    // Exported as JSON and read back by the auditor.
+    let json = serde_json::to_string(&head).unwrap();
+    let back: audit::SignedHead = serde_json::from_str(&json).unwrap();
+    assert_eq!(audit::export_head(&cfg).unwrap().public_key, trusted, "the key is reused");
+
+    // The chain grows: the old head still vouches for its prefix.
+    store.append(vec![(Table::Events, events(50..60, T14))]).await.unwrap();
+    store.flush().await.unwrap();
+    let grown = std::fs::read(chain_file(dir.path())).unwrap();
+    assert_eq!(audit::verify_signed_head(&back, &grown, Some(&trusted)), Ok(()));
+
+    // Cut back below the head.
+    let text = String::from_utf8(grown.clone()).unwrap();
+    let cut: String = text.lines().take(head.seq as usize - 1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(audit::verify_signed_head(&back, cut.as_bytes(), None), Err(HeadError::NotInChain { seq: head.seq }));
+    // An entry edited in place.
+    let edited = text.replacen("\"op\":\"seal\"", "\"op\":\"adopt\"", 1);
+    assert!(matches!(audit::verify_signed_head(&back, edited.as_bytes(), None), Err(HeadError::ChainBroken { seq: 1, .. })));
+    // The whole chain rewritten consistently (every hash recomputed): links hold, the signed hash does not.
+    let mut prev = audit::GENESIS_PREV_HASH.to_string();
+    let mut rewritten = String::new();
+    for line in text.lines() {
+        let mut e: Entry = serde_json::from_str(line).unwrap();
+        if e.seq == 1 {
+            e.files[0].sha256 = "f".repeat(64);
+        }
+        e.prev_hash = prev;
+        e.hash = e.compute_hash();
+        prev = e.hash.clone();
+        rewritten.push_str(&(serde_json::to_string(&e).unwrap() + "\n"));
+    }
+    assert!(matches!(
+        audit::verify_signed_head(&back, rewritten.as_bytes(), None),
+        Err(HeadError::HashMismatch { .. })
+    ));
+    // A forged signature.
+    let mut forged = back.clone();
+    forged.seq += 1;
+    assert_eq!(audit::verify_signed_head(&forged, &grown, None), Err(HeadError::BadSignature));
+    // A broken chain is not signed.
+    std::fs::write(chain_file(dir.path()), edited).unwrap();
+    assert!(audit::export_head(&cfg).is_err());
+}
+
+#[tokio::test]
+async fn remote_object_store_files_are_verified_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
+    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    store.flush().await.unwrap();
+    assert!(dir.path().join("_audit/chain.jsonl").exists(), "the chain stays local");
+    let report = audit::verify_with_object_store(&config(dir.path()), remote.clone()).await.unwrap();
+    assert!(report.is_clean() && report.files_checked == 1, "{report}");
+    let path = event_files(&store)[0].clone();
+    remote.put(&ObjectPath::from(path.as_str()), Bytes::from_static(b"replaced").into()).await.unwrap();
+    remote.put(&ObjectPath::from("alerts/date=2026-11-22/hour=14/x.parquet"), Bytes::from_static(b"x").into()).await.unwrap();
+    let report = audit::verify_with_object_store(&config(dir.path()), remote).await.unwrap();
+    assert_eq!(report.findings.len(), 2, "{report}");
+    assert!(matches!(&report.findings[0], Finding::Unexpected { path } if path.starts_with("alerts/")), "{report}");
+    assert!(matches!(&report.findings[1], Finding::Changed { path: p, .. } if *p == path), "{report}");
+}
