@@ -6,7 +6,10 @@ use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
 use crate::parquet_writer::write_partitioned;
-use crate::{Store, StoreError, Table};
+use crate::{Store, StoreError, StoredFile, Table};
+
+/// Files one flush wrote for a table: the table, its row count, each file with its SHA-256.
+type Written = (Table, u64, Vec<(StoredFile, String)>);
 
 impl Store {
     pub(crate) async fn flush_buffer(&self) -> Result<(), StoreError> {
@@ -71,7 +74,7 @@ impl Store {
         Ok(())
     }
 
-    async fn delete_written(&self, written: &[(Table, u64, Vec<(crate::StoredFile, String)>)]) {
+    async fn delete_written(&self, written: &[Written]) {
         for (f, _) in written.iter().flat_map(|(_, _, files)| files) {
             let _ = self.objects.delete(&f.path).await;
         }

@@ -1,6 +1,7 @@
 //! Storage: a write-ahead log that makes acknowledged events durable, an in-memory buffer that queries can
 //! see, and time-partitioned zstd Parquet written through `object_store` (local directory by default,
 //! S3-compatible storage by configuration), with a manifest, compaction and retention.
+//! Every sealed file is also recorded in a hash-chained audit log (see [`audit`]) that `verify` checks.
 //!
 //! The API in this file is the contract the binary and `vigil-sql` use; see `docs/architecture.md`.
 

@@ -10,6 +10,10 @@
 //! everything queued, waits up to `group_commit_window` for callers that are still on their way (it knows how
 //! many appends are in flight, so a lone caller never waits), writes the group with one `write`, calls
 //! `sync_data` once, hands the rows to the buffer in sequence order and then acknowledges them all.
+//!
+//! Audit: the thread keeps a running SHA-256 of the active segment (fed after the callers are acknowledged)
+//! and records it as `seal_wal` in the audit chain when the segment is closed; `delete_covered` records
+//! `retire_wal` before deleting. A segment left open by a crash is sealed from disk by the next `open`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Read, Write};
@@ -504,6 +508,8 @@ impl Writer {
                 for (seq, ack) in acks {
                     let _ = ack.send(Ok(seq));
                 }
+                // After the acknowledgements: callers do not wait for the audit hash of their bytes.
+                self.hasher.update(&buf);
             }
             Err(msg) => {
                 self.in_flight.fetch_sub(n, Ordering::SeqCst);
@@ -525,7 +531,6 @@ impl Writer {
     fn write_and_sync(&mut self, buf: &[u8], last_seq: u64, records: usize) -> Result<(), String> {
         let path = self.segments.lock().last().map(|s| s.path.clone()).unwrap_or_default();
         self.file.write_all(buf).map_err(|e| format!("write {}: {e}", path.display()))?;
-        self.hasher.update(buf);
         let started = Instant::now();
         self.file.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
         metrics().wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
