@@ -7,6 +7,7 @@
 #      messages' events, each exactly once, and each instance stores some.
 #
 # Usage: tests/kafka_e2e.sh            (N=200 messages of 3 spans, M=80; override with N=, M=, SPANS=)
+# Prints `kafka_e2e: P passed, F failed` last (on stdout); exits non-zero on the first failed check.
 # Needs: the vigil binary ($VIGIL_BIN, else $CARGO_TARGET_DIR/debug/vigil, else target/debug/vigil), the
 # tansu broker ($TANSU_BIN, else ~/.cache/vigil-tools/bin/tansu, installed with cargo if missing), python3
 # with confluent-kafka and opentelemetry-proto (installed with pip if missing).
@@ -25,6 +26,8 @@ PRODUCE=(python3 "$ROOT/tests/kafka_produce.py")
 
 log() { printf '[kafka_e2e] %s\n' "$*" >&2; }
 fail() { log "FAIL: $*"; FAILED=1; exit 1; }
+PASSED=0
+pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 
 [ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
 if [ ! -x "$TANSU" ]; then
@@ -44,8 +47,10 @@ cleanup() {
   if [ "$FAILED" = 1 ]; then
     log "logs kept in $WORK"
     for f in "$WORK"/*.log; do log "--- tail $f"; tail -n 20 "$f" >&2 || true; done
+    echo "kafka_e2e: $PASSED passed, 1 failed"
   else
     rm -rf "$WORK"
+    echo "kafka_e2e: $PASSED passed, 0 failed"
   fi
 }
 trap 'FAILED=1' ERR
@@ -76,7 +81,13 @@ done
 log "tansu on $BROKERS with topics otlp_spans($PARTITIONS) otlp_logs vigil_events vigil_dlq"
 
 # --- vigil instances -----------------------------------------------------------------------------------
-# start_vigil NAME: starts `vigil serve` with its own data dir and ports; sets ADMIN_<NAME> and PID_<NAME>.
+# The admin port (SQL API, /metrics) wants a token when the binary has authentication (`vigil token`);
+# each instance gets one admin token in its data dir, created once and kept across restarts.
+HAS_TOKENS=0
+"$VIGIL" token --help >/dev/null 2>&1 && HAS_TOKENS=1
+
+# start_vigil NAME: starts `vigil serve` with its own data dir and ports; sets ADMIN_<NAME>, PID_<NAME> and
+# TOKEN_<NAME>.
 start_vigil() {
   local name="$1" admin grpc http pg
   admin="127.0.0.1:$(free_port)"; grpc="127.0.0.1:$(free_port)"; http="127.0.0.1:$(free_port)"; pg="127.0.0.1:$(free_port)"
@@ -89,12 +100,31 @@ start_vigil() {
   printf -v "PID_$name" '%s' "$pid"
   printf -v "ADMIN_$name" '%s' "$admin"
   wait_port 127.0.0.1 "${admin##*:}" "vigil $name admin"
+  local token_var="TOKEN_$name"
+  if [ "$HAS_TOKENS" = 1 ] && [ -z "${!token_var:-}" ]; then
+    local token
+    token="$("$VIGIL" --data-dir "$WORK/data-$name" token create --name kafka-e2e --scope admin 2>>"$WORK/sql.log")" \
+      || fail "cannot create a token for vigil $name"
+    printf -v "TOKEN_$name" '%s' "$token"
+  fi
+}
+
+# as_client NAME CMD...: runs a `vigil` client command against instance NAME with its token.
+as_client() {
+  local name="$1" admin_var="ADMIN_$1" token_var="TOKEN_$1"
+  shift
+  local token="${!token_var:-}"
+  env ${token:+VIGIL_TOKEN="$token"} "$VIGIL" --data-dir "$WORK/data-$name" --admin-addr "${!admin_var}" "$@"
 }
 
 # sql NAME QUERY: one CSV value (the query must return one row, one column).
 sql() {
-  local admin_var="ADMIN_$1"
-  "$VIGIL" --data-dir "$WORK/data-$1" --admin-addr "${!admin_var}" sql --format csv "$2" 2>>"$WORK/sql.log" | tail -n 1 | tr -d '\r "'
+  as_client "$1" sql --format csv "$2" 2>>"$WORK/sql.log" | tail -n 1 | tr -d '\r "'
+}
+
+# assigned NAME: whether instance NAME's latest rebalance left it with at least one partition.
+assigned() {
+  grep -a 'kafka partitions \(assigned\|revoked\)' "$WORK/vigil-$1.log" | tail -n 1 | grep -q 'assigned.*/[0-9]'
 }
 
 # wait_count NAME EXPECTED: until `SELECT count(*) FROM events` reaches EXPECTED (fails past it or on timeout).
@@ -122,17 +152,20 @@ until [ "$(sql a 'SELECT count(*) FROM events' || echo 0)" -gt 0 ] 2>/dev/null; 
 done
 sleep 1
 before_kill="$(sql a 'SELECT count(*) FROM events' || echo '?')"
+pass "vigil a consumed from Kafka ($before_kill events before the kill)"
 kill -9 "$PID_a"
-wait "$PID_a" 2>/dev/null || true
+{ wait "$PID_a"; } 2>/dev/null || true # braces: bash's own "Killed" notice goes to /dev/null too
 log "killed vigil a with SIGKILL after $before_kill of $EXPECTED events"
 wait "$PRODUCER" || fail "producer failed: $(tail -n 3 "$WORK/produce.log")"
 start_vigil a
 wait_count a "$EXPECTED"
+pass "restarted vigil a resumed: $EXPECTED events stored"
 distinct="$(sql a 'SELECT count(DISTINCT event_id) FROM events')"
 [ "$distinct" = "$EXPECTED" ] || fail "distinct event ids $distinct, expected $EXPECTED"
+pass "no event stored twice across the kill ($distinct distinct event ids)"
 traces="$(sql a 'SELECT count(DISTINCT trace_id) FROM events')"
 [ "$traces" = "$N" ] || fail "$traces messages' events stored, expected $N"
-log "restart: $EXPECTED events of $N messages stored exactly once"
+pass "every one of the $N messages arrived"
 
 "${PRODUCE[@]}" --brokers "$BROKERS" dlq --expect 1 --timeout 30 >"$WORK/dlq.jsonl" 2>>"$WORK/produce.log" || true
 python3 - "$WORK/dlq.jsonl" <<'EOF' || fail "dead letter missing or wrong: $(cat "$WORK/dlq.jsonl")"
@@ -144,16 +177,23 @@ assert h.get("vigil.dlq.topic") == "otlp_spans", h
 assert h.get("vigil.dlq.partition", "").isdigit() and h.get("vigil.dlq.offset", "").isdigit(), h
 assert "otlp_proto" in h.get("vigil.dlq.error", ""), h
 EOF
-curl -fsS "http://$ADMIN_a/metrics" 2>/dev/null | grep -q '^vigil_kafka_messages_total' \
-  || log "note: vigil_kafka_messages_total not on /metrics of the restarted instance"
-log "poison message dead-lettered with its headers"
+pass "poison message dead-lettered with its four headers"
+curl -fsS ${TOKEN_a:+-H "Authorization: Bearer $TOKEN_a"} "http://$ADMIN_a/metrics" >"$WORK/metrics.txt" 2>>"$WORK/sql.log" || true
+grep -q '^vigil_kafka_messages_total' "$WORK/metrics.txt" \
+  || fail "vigil_kafka_messages_total not on /metrics of the restarted instance"
+pass "the restarted instance reports vigil_kafka_messages_total"
 kill "$PID_a"
 wait "$PID_a" 2>/dev/null || true
 
 # --- 2. two instances in one group split the partitions, each message once ----------------------------
 start_vigil b
 start_vigil c
-sleep 8 # both join the group before the messages arrive
+# Both must hold partitions before the messages arrive, or the first one would read them all.
+deadline=$((SECONDS + TIMEOUT))
+until assigned b && assigned c; do
+  [ $SECONDS -lt $deadline ] || fail "vigil b and c did not both get partitions"
+  sleep 0.5
+done
 "${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$M" --spans "$SPANS" --first 100000 >>"$WORK/produce.log" 2>&1
 EXPECTED2=$((M * SPANS))
 deadline=$((SECONDS + TIMEOUT))
@@ -165,13 +205,10 @@ while :; do
   sleep 1
 done
 [ $((b + c)) = "$EXPECTED2" ] || fail "two instances stored $b + $c events, expected exactly $EXPECTED2"
+pass "two instances stored $b + $c = $EXPECTED2 events"
 [ "$b" -gt 0 ] && [ "$c" -gt 0 ] || fail "one instance got every partition ($b / $c)"
-list_ids() {
-  local admin_var="ADMIN_$1"
-  "$VIGIL" --data-dir "$WORK/data-$1" --admin-addr "${!admin_var}" sql --format csv 'SELECT event_id FROM events' \
-    2>>"$WORK/sql.log" | tail -n +2
-}
+pass "both instances consumed"
+list_ids() { as_client "$1" sql --format csv 'SELECT event_id FROM events' 2>>"$WORK/sql.log" | tail -n +2; }
 dups="$( (list_ids b; list_ids c) | sort | uniq -d | wc -l)"
 [ "$dups" = 0 ] || fail "$dups events stored by both instances"
-log "two instances: $b + $c = $EXPECTED2 events, none stored twice"
-log "PASS"
+pass "no event stored by both instances"

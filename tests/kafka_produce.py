@@ -2,7 +2,7 @@
 """Writes to Kafka what an OpenTelemetry Collector's Kafka exporter writes, and reads the dead-letter topic.
 
 `produce`: COUNT messages to TOPIC, each one protobuf TracesData (the Collector's `otlp_proto`) holding SPANS
-GenAI chat spans. Message i (from --first) has trace id i (32 hex digits) and is keyed by it, as the
+GenAI chat spans. Message i (from --first, default 1) has trace id i (32 hex digits) and is keyed by it, as the
 Collector does with `partition_traces_by_id`; span ids are 1..SPANS. So the event ids a consumer stores
 are known in advance and a test can check every one arrived exactly once. --rate spreads the messages
 over time so that a consumer can be killed while they flow; --poison adds one undecodable message.
@@ -60,6 +60,8 @@ def traces_data(index, spans):
 
 
 def produce(args):
+    if args.first < 1:
+        sys.exit("--first must be at least 1: trace id 0 is the invalid all-zero trace id")
     producer = Producer({"bootstrap.servers": args.brokers, "acks": "all", "linger.ms": 5})
     failures = []
 
@@ -117,7 +119,8 @@ def main():
     p.add_argument("--topic", default="otlp_spans")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--spans", type=int, default=3)
-    p.add_argument("--first", type=int, default=0, help="index of the first message (its trace id)")
+    # Not 0: an all-zero trace id is invalid in OTLP, and Vigil stores such spans without a trace id.
+    p.add_argument("--first", type=int, default=1, help="index of the first message (its trace id); at least 1")
     p.add_argument("--rate", type=float, default=0, help="messages per second (0: as fast as possible)")
     p.add_argument("--poison", action="store_true", help="also send one undecodable message")
     d = sub.add_parser("dlq")

@@ -18,6 +18,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use super::dlq::{DeadLetter, DeadLetterProducer};
 use super::metrics::{self as kmetrics, PartitionOffsets};
+use super::rejoin::{self, EmptyAssignmentWatch, RebalanceOutcome};
 use super::{records, KafkaConfig, KafkaError, Signal, TopicConfig, TopicEncoding};
 use crate::decode::{self, Compression, Encoding, Limits};
 use crate::metrics::{self as imetrics, Transport};
@@ -29,10 +30,35 @@ use crate::sink::{EventSink, SinkError};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// librdkafka's `session.timeout.ms` unless `properties` set it: how long a crashed instance (one that
+/// could not send LeaveGroup) keeps its partitions before the coordinator hands them to the others.
+/// librdkafka's own default is 45 s; Vigil instances are few and long-lived and librdkafka heartbeats from
+/// its own thread, however slow the sink, so a short timeout costs no spurious rebalances and a crash
+/// stalls its partitions for 10 s instead of 45 s (Kafka's default before 3.0 was also 10 s).
+const SESSION_TIMEOUT_MS: &str = "10000";
+
+/// How long a metadata request made to check an empty assignment may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// librdkafka callbacks: commit before giving partitions up, remember what was revoked, report lag.
 pub(super) struct Context {
     /// Partitions revoked since the loop last looked; their undelivered messages must be dropped.
     revoked: Mutex<Vec<(String, i32)>>,
+    /// What the latest rebalance left, until the loop takes it (see [`rejoin`]).
+    rebalance: Mutex<Option<RebalanceOutcome>>,
+    /// Wakes the loop out of an idle `recv` after a rebalance, so an empty assignment is timed from then.
+    rebalanced: tokio::sync::Notify,
+}
+
+impl Context {
+    fn new() -> Self {
+        Context { revoked: Mutex::new(Vec::new()), rebalance: Mutex::new(None), rebalanced: tokio::sync::Notify::new() }
+    }
+
+    fn rebalanced(&self, outcome: RebalanceOutcome) {
+        *self.rebalance.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        self.rebalanced.notify_one();
+    }
 }
 
 impl ClientContext for Context {
@@ -63,12 +89,16 @@ impl ConsumerContext for Context {
         let revoked = partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
         tracing::info!(?revoked, "kafka partitions revoked");
         self.revoked.lock().unwrap_or_else(PoisonError::into_inner).extend(revoked);
+        self.rebalanced(RebalanceOutcome::Revoked);
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             let assigned = partitions.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>();
             tracing::info!(?assigned, "kafka partitions assigned");
+            // The whole assignment, not this callback's list: with cooperative-sticky that is only an increment.
+            let empty = consumer.assignment().map_or(partitions.count() == 0, |whole| whole.count() == 0);
+            self.rebalanced(RebalanceOutcome::Assigned { empty });
         }
     }
 }
@@ -134,6 +164,10 @@ pub(super) struct Consumer {
     dlq: Option<DeadLetterProducer>,
     sink: Arc<dyn EventSink>,
     topics: Arc<Vec<TopicConfig>>,
+    /// What `subscribe` was given, for rejoining the group.
+    subscriptions: Vec<String>,
+    /// Catches the empty assignment a faulty coordinator hands out (see [`rejoin`]).
+    watch: EmptyAssignmentWatch,
     limits: Limits,
     source: Option<String>,
     batch_max_messages: usize,
@@ -157,6 +191,7 @@ impl Consumer {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS)
             .set("fetch.message.max.bytes", (config.max_message_bytes + 1).min(1_000_000_000).to_string());
         for (key, value) in &config.properties {
             client.set(key, value);
@@ -166,11 +201,10 @@ impl Consumer {
         // by this code. Set last so that no passthrough property can turn it off.
         consumer_config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
         let consumer: StreamConsumer<Context> = consumer_config
-            .create_with_context(Context { revoked: Mutex::new(Vec::new()) })
+            .create_with_context(Context::new())
             .map_err(client_error("consumer creation"))?;
         let subscriptions = config.topics.iter().map(TopicConfig::subscription).collect::<Result<Vec<_>, _>>()?;
-        let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-        consumer.subscribe(&subscriptions).map_err(client_error("subscribe"))?;
+        subscribe(&consumer, &subscriptions)?;
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscriptions, "kafka consumer subscribed");
         let dlq = if config.dlq_topic.is_empty() {
             None
@@ -182,6 +216,8 @@ impl Consumer {
             dlq,
             sink,
             topics: Arc::new(config.topics),
+            subscriptions,
+            watch: EmptyAssignmentWatch::new(rejoin::SETTLE),
             // Kafka decompresses record batches itself: a message arrives as the Collector encoded it.
             limits: Limits { max_body_bytes: config.max_message_bytes, max_decompressed_bytes: config.max_message_bytes },
             source: config.source_name,
@@ -210,6 +246,9 @@ impl Consumer {
             if self.uncommitted && self.last_commit.elapsed() >= self.commit_interval {
                 self.commit().await;
             }
+            if self.watch.check_at().is_some_and(|at| at <= Instant::now()) {
+                self.check_empty_assignment().await?;
+            }
         }
         if self.uncommitted {
             self.commit().await;
@@ -224,20 +263,33 @@ impl Consumer {
         let mut batch: Vec<Pending> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while batch.len() < self.batch_max_messages {
+            self.observe_rebalance();
             let wait_until = match deadline {
                 Some(deadline) => deadline,
                 None if self.uncommitted => tokio::time::Instant::now() + self.commit_interval,
                 // Idle with nothing to commit: wake up now and then anyway so the loop stays observable.
                 None => tokio::time::Instant::now() + Duration::from_secs(60),
             };
+            // Return in time for a pending check of an empty assignment.
+            let wait_until = match self.watch.check_at() {
+                Some(at) => wait_until.min(tokio::time::Instant::from_std(at)),
+                None => wait_until,
+            };
+            let rebalanced = &self.consumer.context().rebalanced;
             let received = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return batch,
-                received = tokio::time::timeout_at(wait_until, self.consumer.recv()) => received,
+                // The rebalance callback ran inside the `recv` this drops (no message is lost: one taken off the
+                // queue is returned by the same poll); the loop's next turn takes in its outcome.
+                _ = rebalanced.notified() => None,
+                received = tokio::time::timeout_at(wait_until, self.consumer.recv()) => Some(received),
             };
             // A rebalance ran inside recv: its revoked partitions are no longer ours to deliver. Filter before
             // adding the message just received, which already belongs to the new assignment.
             self.drop_revoked(&mut batch);
+            let Some(received) = received else {
+                continue;
+            };
             match received {
                 Err(_elapsed) => return batch,
                 Ok(Err(err)) => tracing::warn!("kafka consumer error: {err}"),
@@ -259,6 +311,54 @@ impl Consumer {
             }
         }
         batch
+    }
+
+    /// Hands the latest rebalance outcome to the empty-assignment watch.
+    fn observe_rebalance(&mut self) {
+        let outcome = self.consumer.context().rebalance.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(outcome) = outcome {
+            self.watch.observe(outcome, Instant::now());
+        }
+    }
+
+    /// The assignment has been empty since the settle time with no rebalance: if the subscribed topics have
+    /// partitions, leave the group and join it again as a new member (see [`rejoin`] for why).
+    async fn check_empty_assignment(&mut self) -> Result<(), KafkaError> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        let looked = tokio::task::spawn_blocking(move || -> Result<(bool, usize), RdError> {
+            if consumer.assignment()?.count() > 0 {
+                return Ok((false, 0));
+            }
+            let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
+            let listed = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len()));
+            Ok((true, rejoin::subscribed_partitions(listed, &topics)))
+        })
+        .await;
+        let (still_empty, partitions) = match looked {
+            Ok(Ok(looked)) => looked,
+            Ok(Err(err)) => {
+                tracing::warn!("cannot check the empty kafka assignment, trying again later: {err}");
+                self.watch.postpone(Instant::now());
+                return Ok(());
+            }
+            Err(err) => return Err(KafkaError::Internal(format!("kafka assignment check failed: {err}"))),
+        };
+        if !self.watch.should_rejoin(still_empty, partitions) {
+            return Ok(());
+        }
+        tracing::warn!(
+            partitions,
+            settle = ?rejoin::SETTLE,
+            "kafka assignment stayed empty although the subscribed topics have partitions; leaving and rejoining \
+             the group (a coordinator can form a group without its leader's assignment, as tansu does after a \
+             crashed leader expires)"
+        );
+        kmetrics::REJOINS.inc();
+        // Unsubscribing leaves the group once the (empty) revocation is done; librdkafka holds the new
+        // subscription until then and joins with it as a new member.
+        self.consumer.unsubscribe();
+        subscribe(&self.consumer, &self.subscriptions)
     }
 
     fn drop_revoked(&self, batch: &mut Vec<Pending>) {
@@ -472,6 +572,11 @@ impl Consumer {
         // A failed commit is retried at the next interval; the offsets stay stored.
         self.uncommitted = !committed;
     }
+}
+
+fn subscribe(consumer: &StreamConsumer<Context>, subscriptions: &[String]) -> Result<(), KafkaError> {
+    let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscriptions).map_err(|source| KafkaError::Client { context: "subscribe", source })
 }
 
 fn topic_signal(topic: &TopicConfig) -> Option<imetrics::Signal> {

@@ -6,7 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounterVec, IntGaugeVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounter,
+    IntCounterVec, IntGaugeVec,
 };
 
 /// Messages behind the high watermark, per assigned partition; only this process's partitions are shown.
@@ -54,6 +55,16 @@ pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["reason"]
     )
     .expect("vigil_kafka_retries_total registers once")
+});
+
+/// Times this consumer left and rejoined its group because its assignment stayed empty although the
+/// subscribed topics have partitions (see `kafka::rejoin`): each one is a coordinator mistake repaired.
+pub static REJOINS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "vigil_kafka_rejoins_total",
+        "Times the Kafka consumer rejoined its group after an empty assignment that did not go away"
+    )
+    .expect("vigil_kafka_rejoins_total registers once")
 });
 
 /// How long a synchronous offset commit takes: slow commits widen the window replayed after a crash.

@@ -35,6 +35,12 @@
 //! out of the group and its partitions move to the healthy instances; its uncommitted batch is replayed
 //! there and deduplicated by the store.
 //!
+//! An instance that crashes (no LeaveGroup) keeps its partitions until its session times out; Vigil sets
+//! `session.timeout.ms` to 10 s unless `properties` say otherwise. An assignment that stays empty with no
+//! rebalance although the subscribed topics have partitions makes the consumer leave and rejoin the group
+//! once: some coordinators (tansu 0.6, after a crashed leader expires) form a group without any assignment
+//! and never rebalance it again; see `rejoin.rs`.
+//!
 //! # Backpressure
 //! When the sink answers `Overloaded` or `Unavailable` the consumer pauses every assigned partition (no more
 //! prefetching), retries the same batch with exponential backoff (or the sink's `retry_after`) and resumes
@@ -45,6 +51,7 @@ mod consumer;
 pub mod dlq;
 pub mod metrics;
 pub mod records;
+mod rejoin;
 
 #[cfg(test)]
 mod tests;
