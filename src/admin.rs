@@ -1,24 +1,38 @@
 //! The admin HTTP port: liveness, readiness, Prometheus metrics, and the SQL query API.
+//!
+//! Probes (`/healthz`, `/readyz`) stay open so orchestrators need no secret. `/metrics` needs a token with
+//! the `admin` scope (Prometheus: `authorization: { credentials: <token> }` in the scrape config), because
+//! metric labels name sources, detectors and destinations. `POST /api/v1/query` needs the `query` scope.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use vigil_ingest::security::{http_auth, Authenticator, Scope};
 
 static READY: AtomicBool = AtomicBool::new(false);
+
+/// Labels of this port's routes in `vigil_auth_failures_total`.
+pub const METRICS_LISTENER: &str = "admin";
+pub const QUERY_LISTENER: &str = "query_http";
 
 pub fn set_ready(ready: bool) {
     READY.store(ready, Ordering::SeqCst);
 }
 
-pub fn router(sql: vigil_sql::http_api::ApiState) -> Router {
+pub fn router(sql: vigil_sql::http_api::ApiState, auth: Arc<Authenticator>) -> Router {
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(http_auth::require(auth.clone(), Scope::Admin, METRICS_LISTENER));
+    let query = vigil_sql::http_api::router(sql).route_layer(http_auth::require(auth, Scope::Query, QUERY_LISTENER));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(vigil_sql::http_api::router(sql))
+        .merge(metrics)
+        .merge(query)
 }
 
 async fn readyz() -> impl IntoResponse {

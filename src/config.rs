@@ -10,12 +10,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use vigil_ingest::security::{AuthConfig, TlsConfig};
 
 /// Everything Vigil can be configured with, one section per component.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    /// Bearer tokens for every listener; on by default, off only in `vigil demo` or with `--no-auth`.
+    pub auth: AuthConfig,
+    /// When set, every listener (OTLP gRPC and HTTP, admin, PostgreSQL) speaks TLS only.
+    pub tls: Option<TlsConfig>,
     pub otlp: vigil_ingest::otlp::ReceiverConfig,
     pub store: vigil_store::StoreConfig,
     pub pipeline: PipelineConfig,
@@ -81,10 +86,8 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqlConfig {
-    /// PostgreSQL wire protocol listener (psql, Grafana). Empty string disables it.
+    /// PostgreSQL wire protocol listener (psql, Grafana); the password is a token with the `query` scope.
     pub pg_addr: Option<SocketAddr>,
-    /// Password for the PostgreSQL listener (user `vigil`).
-    pub pg_password: Option<String>,
     /// Longest a query may run before it is cancelled.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
@@ -96,7 +99,6 @@ impl Default for SqlConfig {
     fn default() -> Self {
         Self {
             pg_addr: Some("127.0.0.1:5433".parse().expect("valid literal address")),
-            pg_password: None,
             statement_timeout: Duration::from_secs(30),
             query_memory_bytes: 1 << 30,
         }
@@ -132,9 +134,15 @@ pub struct ServeArgs {
     /// PostgreSQL wire listen address [default: 127.0.0.1:5433].
     #[arg(long, env = "VIGIL_PG_ADDR")]
     pub pg_addr: Option<SocketAddr>,
-    /// Password for the PostgreSQL listener.
-    #[arg(long, env = "VIGIL_PG_PASSWORD", hide_env_values = true)]
-    pub pg_password: Option<String>,
+    /// Serve without authentication (every request is anonymous); for local experiments only.
+    #[arg(long, env = "VIGIL_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_auth: bool,
+    /// PEM certificate chain: every listener serves TLS with it (reloaded when the file changes).
+    #[arg(long, env = "VIGIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "VIGIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Flush the write buffer to Parquet when its oldest row is this old (e.g. `10s`).
     #[arg(long, env = "VIGIL_FLUSH_AGE", value_parser = humantime::parse_duration)]
     pub flush_age: Option<Duration>,
@@ -172,8 +180,15 @@ impl Config {
             if let Some(a) = serve.pg_addr {
                 config.sql.pg_addr = Some(a);
             }
-            if let Some(p) = &serve.pg_password {
-                config.sql.pg_password = Some(p.clone());
+            if serve.no_auth {
+                config.auth.enabled = false;
+            }
+            if let (Some(cert), Some(key)) = (&serve.tls_cert, &serve.tls_key) {
+                // Keep the file's client CA and reload interval; the flags name only the pair.
+                let mut tls = config.tls.take().unwrap_or_else(|| TlsConfig::new(cert, key));
+                tls.cert_file = cert.clone();
+                tls.key_file = key.clone();
+                config.tls = Some(tls);
             }
             if let Some(age) = serve.flush_age {
                 config.store.flush_age = age;
@@ -208,6 +223,8 @@ mod tests {
         let parsed: Config = toml::from_str(text).expect("vigil.example.toml parses");
         assert_eq!(parsed.server.admin_addr, ServerConfig::default().admin_addr);
         assert_eq!(parsed.otlp.grpc_addr, Config::default().otlp.grpc_addr);
+        assert_eq!(parsed.auth, AuthConfig::default());
+        assert_eq!(parsed.tls, None);
     }
 
     #[test]
@@ -224,6 +241,56 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.store.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.server.admin_addr.port(), 2000);
+    }
+
+    #[test]
+    fn auth_is_on_by_default_and_flags_turn_it_off_and_tls_on() {
+        let c = Config::load(&CommonArgs::default(), Some(&ServeArgs::default())).unwrap();
+        assert!(c.auth.enabled, "secure by default");
+        assert!(c.tls.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(
+            &file,
+            "[tls]\ncert_file = \"/file/cert.pem\"\nkey_file = \"/file/key.pem\"\nclient_ca_file = \"/file/ca.pem\"\n",
+        )
+        .unwrap();
+        let common = CommonArgs { config: Some(file), ..Default::default() };
+        let serve = ServeArgs {
+            no_auth: true,
+            tls_cert: Some("/flag/cert.pem".into()),
+            tls_key: Some("/flag/key.pem".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&common, Some(&serve)).unwrap();
+        assert!(!c.auth.enabled);
+        let tls = c.tls.expect("tls from file and flags");
+        assert_eq!(tls.cert_file, PathBuf::from("/flag/cert.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/flag/key.pem"));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/file/ca.pem")), "the file's mTLS setting stays");
+    }
+
+    #[test]
+    fn no_auth_is_a_flag_and_tls_needs_both_files() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        assert!(!T::try_parse_from(["t"]).unwrap().serve.no_auth);
+        assert!(T::try_parse_from(["t", "--no-auth"]).unwrap().serve.no_auth);
+        assert!(T::try_parse_from(["t", "--tls-cert", "c.pem"]).is_err(), "cert without key is refused");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let mut c = Config::default();
+        c.tls = Some(TlsConfig::new("/c.pem", "/k.pem"));
+        let text = toml::to_string_pretty(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.auth, c.auth);
+        assert_eq!(back.tls, c.tls);
     }
 
     #[test]

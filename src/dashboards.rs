@@ -88,3 +88,16 @@ mod tests {
         }
     }
 }
+
+/// `vigil dashboards`: prints every shipped panel's SQL with the macros expanded for the last `hours`, one
+/// JSON object per line (`{"dashboard", "panel", "sql"}`), to debug a panel in psql or to test them all.
+pub fn print_queries(hours: i64) {
+    let to = Utc::now();
+    let from = to - chrono::Duration::hours(hours);
+    for (name, json) in FILES {
+        for (panel, sql) in sql_panels(json) {
+            let line = serde_json::json!({ "dashboard": name, "panel": panel, "sql": expand_macros(&sql, from, to) });
+            println!("{line}");
+        }
+    }
+}

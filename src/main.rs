@@ -9,6 +9,7 @@ mod metrics;
 mod pipeline;
 mod serve;
 mod sql_cli;
+mod token_cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Print the effective configuration (defaults, file and overrides merged) as TOML.
     Config(ServeArgs),
+    /// Manage the API tokens in the data directory (works while a server runs).
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
 }
 
 fn init_tracing(filter: &str) {
@@ -58,7 +62,9 @@ async fn main() -> Result<()> {
             serve::run(config).await
         }
         Command::Demo(args) => {
-            let config = Config::load(&cli.common, Some(&args.serve))?;
+            let mut config = Config::load(&cli.common, Some(&args.serve))?;
+            // The demo is a local walkthrough: no tokens to copy around.
+            config.auth.enabled = false;
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
             demo::run(config, args).await
         }
@@ -74,6 +80,11 @@ async fn main() -> Result<()> {
         Command::Bench(command) => {
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
             bench::run(command).await
+        }
+        Command::Token(command) => {
+            let config = Config::load(&cli.common, None)?;
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            token_cli::run(&config, command)
         }
         Command::Config(args) => {
             let config = Config::load(&cli.common, Some(&args))?;

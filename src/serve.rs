@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use vigil_detect::DetectionStage;
+use vigil_ingest::otlp::Security;
+use vigil_ingest::security::{self, scopes, Authenticator, TlsListener, TokenInfo};
 use vigil_respond::Responder;
 use vigil_store::{Store, Table};
 
@@ -40,10 +43,73 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {what} (is another Vigil running?)"))
 }
 
+/// TLS acceptors for the HTTP/gRPC listeners (ALPN h2, http/1.1) and for the PostgreSQL one (no ALPN).
+struct Acceptors {
+    http: TlsAcceptor,
+    pg: TlsAcceptor,
+}
+
+fn tls_acceptors(config: &Config) -> Result<Option<Acceptors>> {
+    let Some(tls) = &config.tls else { return Ok(None) };
+    let http = security::tls::acceptor(tls).context("loading the TLS certificate")?;
+    let pg = security::tls::acceptor_without_alpn(tls).context("loading the TLS certificate")?;
+    Ok(Some(Acceptors { http, pg }))
+}
+
+/// Opens the token store and, on a first start, creates and prints the bootstrap tokens.
+fn authenticator(config: &Config) -> Result<Arc<Authenticator>> {
+    let auth = Authenticator::from_config(&config.auth, &config.server.data_dir).context("opening the token store")?;
+    match auth.store() {
+        Some(store) => {
+            if let Some(created) = store.ensure_bootstrap().context("creating the first tokens")? {
+                print_bootstrap(&created, store.path());
+            }
+        }
+        None => tracing::warn!("authentication is disabled: every listener admits anyone, as source \"anonymous\""),
+    }
+    Ok(Arc::new(auth))
+}
+
+/// The only time these tokens exist in plaintext outside the clients: on stdout, once.
+fn print_bootstrap(created: &[(TokenInfo, String)], path: &std::path::Path) {
+    use std::io::Write;
+    let rule = "=".repeat(100);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{rule}");
+    let _ = writeln!(out, "Vigil created its first access tokens. STORE THESE NOW, THEY WILL NOT BE SHOWN AGAIN");
+    let _ = writeln!(out, "(only their hashes are kept, in {}):\n", path.display());
+    for (info, token) in created {
+        let _ = writeln!(out, "  {:<8} scopes={:<8} {}", info.name, scopes::display_list(&info.scopes), token);
+    }
+    let _ = writeln!(out, "\nSend a token as `Authorization: Bearer <token>` (OpenTelemetry SDKs:");
+    let _ = writeln!(out, "OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>); psql takes a query or admin token");
+    let _ = writeln!(out, "as its password. Manage tokens with `vigil token create|list|revoke`.");
+    let _ = writeln!(out, "{rule}");
+    let _ = out.flush();
+}
+
+/// Serves an axum router on `listener`, TLS-terminated when an acceptor is given, until `stop`.
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+    name: &'static str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(acceptor) => {
+            axum::serve(TlsListener::new(listener, acceptor, name)?, router).with_graceful_shutdown(stop).await
+        }
+        None => axum::serve(listener, router).with_graceful_shutdown(stop).await,
+    }
+}
+
 /// Starts every component and returns once all listeners are bound (the process is then ready).
 pub async fn start(config: Config) -> Result<Running> {
     std::fs::create_dir_all(&config.server.data_dir)
         .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
+    let tls = tls_acceptors(&config)?;
+    let auth = authenticator(&config)?;
 
     let store = Store::open(config.store.clone()).await.context("opening the store")?;
     store.spawn_background();
@@ -77,20 +143,22 @@ pub async fn start(config: Config) -> Result<Running> {
         pg: bound_pg.as_ref().map(|l| l.local_addr()).transpose()?,
     };
 
+    let http_tls = tls.as_ref().map(|t| t.http.clone());
     let sink: Arc<dyn vigil_ingest::EventSink> = pipeline.clone();
     {
         let (sink, cfg, stop) = (sink.clone(), config.otlp.clone(), stopped(shutdown_rx.clone()));
+        let security = Security { auth: auth.clone(), tls: http_tls.clone() };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = vigil_ingest::otlp::grpc::serve(grpc, sink, cfg, stop).await {
+            if let Err(e) = vigil_ingest::otlp::grpc::serve(grpc, sink, cfg, security, stop).await {
                 tracing::error!(error = %e, "OTLP gRPC receiver stopped");
             }
         }));
     }
     {
-        let router = vigil_ingest::otlp::http::router(sink.clone(), config.otlp.clone());
-        let stop = stopped(shutdown_rx.clone());
+        let router = vigil_ingest::otlp::http::router(sink.clone(), config.otlp.clone(), auth.clone());
+        let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
+            if let Err(e) = serve_http(http, tls, router, vigil_ingest::otlp::http::LISTENER, stop).await {
                 tracing::error!(error = %e, "OTLP/HTTP receiver stopped");
             }
         }));
@@ -106,21 +174,22 @@ pub async fn start(config: Config) -> Result<Running> {
         .context("registering alert_deliveries")?;
     }
     {
-        let router = admin::router(vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() });
-        let stop = stopped(shutdown_rx.clone());
+        let state = vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() };
+        let router = admin::router(state, auth.clone());
+        let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, router).with_graceful_shutdown(stop).await {
+            if let Err(e) = serve_http(admin_listener, tls, router, admin::METRICS_LISTENER, stop).await {
                 tracing::error!(error = %e, "admin API stopped");
             }
         }));
     }
     if let Some(listener) = bound_pg {
-        let auth = vigil_sql::pg::StaticPassword {
-            user: "vigil".into(),
-            password: config.sql.pg_password.clone().unwrap_or_else(|| "vigil".into()),
-        };
-        let server = vigil_sql::pg::PgServer::new(ctx.clone(), Arc::new(auth), limits.clone())
+        let password = vigil_sql::pg::TokenPassword { auth: auth.clone() };
+        let mut server = vigil_sql::pg::PgServer::new(ctx.clone(), Arc::new(password), limits.clone())
             .context("setting up the PostgreSQL listener")?;
+        if let Some(tls) = &tls {
+            server = server.with_tls(tls.pg.clone());
+        }
         let stop = stopped(shutdown_rx.clone());
         tasks.push(tokio::spawn(server.serve(listener, stop)));
     }
@@ -148,7 +217,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     tracing::info!(
         grpc = %bound.grpc, http = %bound.http, admin = %bound.admin, pg = ?bound.pg,
-        data_dir = %config.server.data_dir.display(), "vigil is ready"
+        data_dir = %config.server.data_dir.display(), auth = auth.is_enabled(), tls = tls.is_some(), "vigil is ready"
     );
     admin::set_ready(true);
     Ok(Running { bound, pipeline, store, shutdown, tasks, detection })

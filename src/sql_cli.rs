@@ -26,13 +26,20 @@ pub struct SqlArgs {
     /// Query the data directory directly, without asking a running server.
     #[arg(long)]
     pub offline: bool,
+    /// A token with the `query` scope for the running server.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for the server's TLS certificate (implies https); without it, a
+    /// `[tls]` config trusts its own `cert_file` (a self-signed certificate or a chain ending in the CA).
+    #[arg(long, env = "VIGIL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 pub async fn run(config: Config, args: SqlArgs) -> Result<()> {
     let batches = if args.offline {
         query_offline(&config, &args.sql).await?
     } else {
-        match query_server(&config, &args.sql).await {
+        match query_server(&config, &args, args.token.as_deref()).await {
             Ok(b) => b,
             Err(ServerError::Unreachable) => query_offline(&config, &args.sql).await?,
             Err(ServerError::Query(msg)) => bail!("{msg}"),
@@ -63,17 +70,35 @@ enum ServerError {
     Query(String),
 }
 
-async fn query_server(config: &Config, sql: &str) -> Result<Vec<RecordBatch>, ServerError> {
-    let url = format!("http://{}/api/v1/query", config.server.admin_addr);
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(&url)
-        .json(&serde_json::json!({ "sql": sql, "format": "arrow" }))
-        .send()
-        .await
-        .map_err(|_| ServerError::Unreachable)?;
+/// A client for the admin port: over TLS when `--tls-ca` is given or the config has `[tls]`, trusting that
+/// file in addition to the usual roots (so a private CA works without installing it system-wide).
+fn client(config: &Config, tls_ca: Option<&std::path::Path>) -> Result<(reqwest::Client, &'static str), ServerError> {
+    let Some(trusted) = tls_ca.or(config.tls.as_ref().map(|t| t.cert_file.as_path())) else {
+        return Ok((reqwest::Client::new(), "http"));
+    };
+    let pem = std::fs::read(trusted)
+        .map_err(|e| ServerError::Query(format!("reading the TLS certificate {}: {e}", trusted.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| ServerError::Query(format!("TLS certificate {}: {e}", trusted.display())))?;
+    let builder = certs.into_iter().fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c));
+    let client = builder.build().map_err(|e| ServerError::Query(format!("setting up TLS: {e}")))?;
+    Ok((client, "https"))
+}
+
+async fn query_server(config: &Config, args: &SqlArgs, token: Option<&str>) -> Result<Vec<RecordBatch>, ServerError> {
+    let sql = args.sql.as_str();
+    let (client, scheme) = client(config, args.tls_ca.as_deref())?;
+    let url = format!("{scheme}://{}/api/v1/query", config.server.admin_addr);
+    let mut request = client.post(&url).json(&serde_json::json!({ "sql": sql, "format": "arrow" }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().await.map_err(|_| ServerError::Unreachable)?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| ServerError::Query(format!("reading the answer: {e}")))?;
+    if status == reqwest::StatusCode::UNAUTHORIZED && token.is_none() {
+        return Err(ServerError::Query("the server requires a token: pass --token or set VIGIL_TOKEN".into()));
+    }
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()

@@ -1,8 +1,13 @@
 """Sends GenAI spans to Vigil with the OpenTelemetry Python SDK's stock OTLP exporters.
 
 Usage: otel_sdk_send.py GRPC_ENDPOINT HTTP_ENDPOINT COUNT
+Env VIGIL_TOKEN: sent as `authorization: Bearer <token>` by both exporters (what
+OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token> does for an unmodified application).
+Env VIGIL_CA_CERT: a PEM file to trust for https:// endpoints (gRPC and HTTP) instead of the system roots.
+Env VIGIL_EXPORT_TIMEOUT: seconds an export may take, retries included (default 10).
 Prints the number of spans sent per exporter. Exits non-zero if an export fails.
 """
+import os
 import sys
 
 from opentelemetry.sdk.resources import Resource
@@ -56,6 +61,20 @@ def send(exporter, service, count):
 
 if __name__ == "__main__":
     grpc_endpoint, http_endpoint, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    send(GrpcExporter(endpoint=grpc_endpoint, insecure=True), "sdk-grpc", count)
-    send(HttpExporter(endpoint=http_endpoint), "sdk-http", count)
+    token = os.environ.get("VIGIL_TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    timeout = float(os.environ.get("VIGIL_EXPORT_TIMEOUT", "10"))
+    ca = os.environ.get("VIGIL_CA_CERT")
+    if ca:
+        import grpc
+
+        with open(ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        grpc_exporter = GrpcExporter(endpoint=grpc_endpoint, credentials=credentials, headers=headers, timeout=timeout)
+        http_exporter = HttpExporter(endpoint=http_endpoint, certificate_file=ca, headers=headers, timeout=timeout)
+    else:
+        grpc_exporter = GrpcExporter(endpoint=grpc_endpoint, insecure=True, headers=headers, timeout=timeout)
+        http_exporter = HttpExporter(endpoint=http_endpoint, headers=headers, timeout=timeout)
+    send(grpc_exporter, "sdk-grpc", count)
+    send(http_exporter, "sdk-http", count)
     print(f"sent {count} GenAI spans per exporter")

@@ -25,13 +25,16 @@ pub struct GenerateArgs {
     pub duration: Option<Duration>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Bearer token with the `ingest` scope, for a Vigil that requires one (env VIGIL_TOKEN).
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 pub async fn run(args: GenerateArgs) -> Result<()> {
     // The endpoint may still be starting (compose): retry the connection for a while.
     let mut sender = None;
     for _ in 0..60 {
-        match OtlpSender::connect(&args.endpoint, None).await {
+        match OtlpSender::connect(&args.endpoint, None, args.token.as_deref()).await {
             Ok(s) => {
                 sender = Some(s);
                 break;

@@ -69,7 +69,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
         }
     });
 
-    let mut sender = OtlpSender::connect(&format!("http://{}", b.grpc), Some(&format!("http://{}", b.http))).await?;
+    let mut sender = OtlpSender::connect(&format!("http://{}", b.grpc), Some(&format!("http://{}", b.http)), None).await?;
     let http = reqwest::Client::new();
     let mut schedule = Schedule::new(args.seed, Duration::from_secs(args.incident_every));
     let mut sent = 0u64;

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use flate2::write::GzEncoder;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use serde_json::Value;
 use tonic::codec::CompressionEncoding;
@@ -21,9 +20,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 async fn post(v: &Vigil, path: &str, content_type: &str, gzip_body: bool, body: Vec<u8>) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
-        .post(format!("http://{}{path}", v.http))
-        .header("content-type", content_type);
+    let mut req = v.client().post(v.otlp_url(path)).bearer_auth(&v.token).header("content-type", content_type);
     let body = if gzip_body {
         req = req.header("content-encoding", "gzip");
         gzip(&body)
@@ -87,7 +84,7 @@ async fn every_transport_and_encoding_lands_every_field() {
     let now = chrono::Utc::now().timestamp_micros();
 
     // gRPC, protobuf, plain and gzip.
-    let mut client = TraceServiceClient::connect(format!("http://{}", v.grpc)).await.expect("gRPC connects");
+    let mut client = v.grpc_client().await;
     let grpc_rows = sample_rows(1, now);
     client.export(traces_request(&grpc_rows)).await.expect("gRPC export accepted");
     let mut gz_client = client.clone().send_compressed(CompressionEncoding::Gzip);
@@ -168,7 +165,7 @@ async fn genai_log_events_land_over_http_json() {
 async fn sigkill_after_acknowledged_writes_loses_nothing_and_doubles_nothing() {
     let mut v = Vigil::start().await;
     let now = chrono::Utc::now().timestamp_micros();
-    let mut client = TraceServiceClient::connect(format!("http://{}", v.grpc)).await.expect("gRPC connects");
+    let mut client = v.grpc_client().await;
     let mut ids = Vec::new();
     for batch in 0..40u32 {
         let rows = sample_rows(1000 + batch, now);
@@ -184,7 +181,7 @@ async fn sigkill_after_acknowledged_writes_loses_nothing_and_doubles_nothing() {
     // Once more after a clean stop (which flushes to Parquet) and a second kill: still exactly once.
     v.stop();
     v.restart().await;
-    let mut client = TraceServiceClient::connect(format!("http://{}", v.grpc)).await.expect("gRPC connects");
+    let mut client = v.grpc_client().await;
     let rows = sample_rows(5000, now);
     client.export(traces_request(&rows)).await.expect("acknowledged");
     v.kill9();
@@ -241,7 +238,7 @@ async fn malformed_and_oversized_payloads_are_refused_and_the_server_keeps_servi
     assert_eq!(v.count("SELECT count(*) FROM events").await, 5);
 
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let metrics = reqwest::get(format!("http://{}/metrics", v.admin)).await.unwrap().text().await.unwrap();
+    let metrics = v.metrics().await;
     let rejected: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("vigil_ingest_rejected_total"))

@@ -2,6 +2,8 @@
 //!
 //! One integration-test binary (modules below) so the workspace links one test executable.
 
+mod auth;
+mod detection;
 mod harness;
 mod ingest;
 mod python_sdk;

@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::harness::Vigil;
 
 /// The Python packages are installed by `.ci/run`; outside CI a machine without them skips with a notice.
-fn python_has(modules: &[&str]) -> bool {
+pub(crate) fn python_has(modules: &[&str]) -> bool {
     let code = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join(";");
     let ok = Command::new("python3").arg("-c").arg(&code).status().is_ok_and(|s| s.success());
     if !ok {
@@ -28,6 +28,7 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
         .arg(format!("http://{}", v.grpc))
         .arg(format!("http://{}/v1/traces", v.http))
         .arg("25")
+        .env("VIGIL_TOKEN", &v.token)
         .output()
         .expect("python3 runs");
     assert!(out.status.success(), "SDK script failed: {}", String::from_utf8_lossy(&out.stderr));

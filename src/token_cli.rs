@@ -1,0 +1,131 @@
+//! `vigil token create|list|revoke`: manages the token store in the data directory. Works while a server
+//! runs: the server notices the file changing, so a revocation takes effect within `auth.recheck_interval`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use vigil_ingest::security::{scopes, store_options, Scope, TokenInfo, TokenStore, TOKENS_FILE};
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored). Scripts: `TOKEN=$(vigil token create ...)`.
+    Create(CreateArgs),
+    /// List tokens (never their secrets).
+    List(ListArgs),
+    /// Revoke the token with this id, or every active token with this name.
+    Revoke {
+        /// A token id (`tok_...`) or name.
+        id_or_name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The source name recorded on events sent with this token (letters, digits, '.', '_', '-').
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes: ingest, query, admin (admin implies the others).
+    #[arg(long, alias = "scopes", value_delimiter = ',', required = true, value_parser = parse_scope)]
+    pub scope: Vec<Scope>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON (one array) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_scope(s: &str) -> Result<Scope, scopes::UnknownScope> {
+    s.parse()
+}
+
+/// The store a server with this config uses, whether or not authentication is enabled in it.
+fn open(config: &Config) -> Result<TokenStore> {
+    let path = config.server.data_dir.join(TOKENS_FILE);
+    TokenStore::open_with(&path, store_options(&config.auth)).with_context(|| format!("opening {}", path.display()))
+}
+
+pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
+    let store = open(config)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        TokenCommand::Create(args) => {
+            let (info, token) = store.create(&args.name, &args.scope).context("creating the token")?;
+            // The token alone on stdout, so it can be captured; the rest on stderr.
+            writeln!(out, "{token}")?;
+            eprintln!(
+                "created {} (name {}, scopes {}); store it now, it will not be shown again",
+                info.id,
+                info.name,
+                scopes::display_list(&info.scopes)
+            );
+        }
+        TokenCommand::List(args) => {
+            let tokens = store.list();
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &tokens)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", table(&tokens))?;
+            }
+        }
+        TokenCommand::Revoke { id_or_name } => {
+            for info in store.revoke(&id_or_name).context("revoking")? {
+                writeln!(out, "revoked {} ({})", info.id, info.name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table(tokens: &[TokenInfo]) -> String {
+    let mut s = format!("{:<18} {:<24} {:<20} {:<20} {:<8} {}\n", "ID", "NAME", "SCOPES", "CREATED", "REVOKED", "ORIGIN");
+    for t in tokens {
+        let created = t.created_at.map(|c| c.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
+        let origin = serde_json::to_value(t.origin).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        s.push_str(&format!(
+            "{:<18} {:<24} {:<20} {:<20} {:<8} {}\n",
+            t.id,
+            t.name,
+            scopes::display_list(&t.scopes),
+            created,
+            if t.revoked { "yes" } else { "no" },
+            origin
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_list_revoke_on_the_data_dir_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        let store = open(&config).unwrap();
+        let (info, token) = store.create("ci", &[Scope::Ingest, Scope::Query]).unwrap();
+        let listed = table(&open(&config).unwrap().list());
+        assert!(listed.contains(&info.id) && listed.contains("ingest,query") && listed.contains(" no "), "{listed}");
+        assert!(!listed.contains(&token), "the secret is never listed");
+        run(&config, TokenCommand::Revoke { id_or_name: "ci".into() }).unwrap();
+        assert!(open(&config).unwrap().verify(&token).is_none());
+        assert!(run(&config, TokenCommand::Revoke { id_or_name: "ci".into() }).is_err(), "nothing left to revoke");
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            create: CreateArgs,
+        }
+        let parsed = T::try_parse_from(["t", "--name", "x", "--scope", "query,ingest", "--scope", "admin"]).unwrap();
+        assert_eq!(parsed.create.scope, [Scope::Query, Scope::Ingest, Scope::Admin]);
+        assert!(T::try_parse_from(["t", "--name", "x", "--scope", "root"]).is_err());
+        assert!(T::try_parse_from(["t", "--name", "x"]).is_err(), "a token needs a scope");
+    }
+}
