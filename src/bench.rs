@@ -78,6 +78,8 @@ fn bench_config(data_dir: &std::path::Path) -> Config {
     c.otlp.grpc_addr = any;
     c.otlp.http_addr = any;
     c.sql.pg_addr = None;
+    // The load generator measures the pipeline, not token checks.
+    c.auth.enabled = false;
     c.pipeline.max_in_flight = 256;
     c.pipeline.admission_wait = Duration::from_secs(5);
     c

@@ -1,6 +1,7 @@
 //! The `vigil` binary: parses the command line and wires the components together.
 
 mod admin;
+mod alerts_cli;
 mod bench;
 mod dashboards;
 mod config;
@@ -44,6 +45,16 @@ enum Command {
     /// Manage the API tokens in the data directory (works while a server runs).
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
+    /// Dead letters, replay and test sends of alert delivery (on the data directory's outbox).
+    #[command(subcommand)]
+    Alerts(alerts_cli::AlertsCommand),
+    /// Check the tamper-evident audit chain of the stored files; exits non-zero if anything changed.
+    Verify,
+    /// Print every shipped Grafana panel's SQL with the macros expanded for the last HOURS (JSON lines).
+    Dashboards {
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+    },
 }
 
 fn init_tracing(filter: &str) {
@@ -85,6 +96,25 @@ async fn main() -> Result<()> {
             let config = Config::load(&cli.common, None)?;
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
             token_cli::run(&config, command)
+        }
+        Command::Alerts(command) => {
+            let config = Config::load(&cli.common, None)?;
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            alerts_cli::run(config, command).await
+        }
+        Command::Verify => {
+            let config = Config::load(&cli.common, None)?;
+            init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
+            let report = vigil_store::audit::verify(&config.store).await?;
+            println!("{report}");
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Dashboards { hours } => {
+            dashboards::print_queries(hours);
+            Ok(())
         }
         Command::Config(args) => {
             let config = Config::load(&cli.common, Some(&args))?;
