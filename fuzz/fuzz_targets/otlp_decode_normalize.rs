@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
     let encoding = if selector & 2 == 0 { Encoding::Protobuf } else { Encoding::Json };
     let ctx = NormalizeContext { source: Some("fuzz".to_owned()) };
     match (selector >> 2) & 3 {
-        0 => run(body, logs, encoding, Compression::None, &LIMITS, &ctx),
+        0 => {
+            run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
+        }
         1 => {
             let plain = run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
             let gzipped = run(&gzip(body), logs, encoding, Compression::Gzip, &LIMITS, &ctx);

@@ -267,6 +267,8 @@ SQL = [
     "SELECT 1 INTO t2",
     "SET datafusion.execution.batch_size = 1",
     "EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events",
+    "DESCRIBE events",
+    "SHOW CREATE TABLE events",
 ]
 
 CONTENT = [
