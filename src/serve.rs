@@ -257,9 +257,13 @@ async fn window_tasks(
         tokio::select! {
             _ = &mut stopped => break,
             _ = tick.tick() => {
-                let now_us = chrono::Utc::now().timestamp_micros();
                 let d = detection.clone();
-                let alerts = tokio::task::spawn_blocking(move || d.tick(now_us)).await.unwrap_or_default();
+                let alerts = tokio::task::spawn_blocking(move || {
+                    let now_us = d.watermark(chrono::Utc::now().timestamp_micros());
+                    d.tick(now_us)
+                })
+                .await
+                .unwrap_or_default();
                 if let Err(e) = pipeline.record_alerts(alerts).await {
                     tracing::error!(error = %e, "could not store window alerts");
                 }

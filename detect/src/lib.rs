@@ -7,6 +7,7 @@ pub mod alert;
 pub mod config;
 pub mod content;
 pub mod baseline;
+pub mod clock;
 pub mod behavior;
 pub mod inventory;
 pub mod metrics;

@@ -19,6 +19,7 @@ use vigil_ingest::schema::col;
 use crate::alert::{Alert, Severity};
 use crate::baseline::{self, ClosedWindow, Entity, EntityBaseline};
 use crate::behavior::{BehaviorModel, DIMS};
+use crate::clock::EventClock;
 use crate::config::{ContentCapture, DetectConfig};
 use crate::content::{self, Finding};
 use crate::drift::{Categories, DriftLimits, DriftTrack};
@@ -57,6 +58,7 @@ struct State {
     /// Closed windows of users and agents, for the behaviour models.
     training: [VecDeque<[f64; DIMS]>; 2],
     new_since_fit: [usize; 2],
+    clock: EventClock,
 }
 
 /// See the crate docs and `lib.rs` for the contract.
@@ -208,6 +210,9 @@ impl DetectionStage {
             for i in 0..batch.num_rows() {
                 stateful_row(&rt, &models, &mut st, &cols, i, &mut alerts);
             }
+            if let Some(max) = arrow::compute::max(cols.time) {
+                st.clock.observe(max, chrono::Utc::now().timestamp_micros());
+            }
         }
         let events = replace_text(batch, prompt, response);
         self.finish(batch.num_rows(), started, &alerts);
@@ -314,6 +319,13 @@ impl DetectionStage {
         tracing::info!(baseline_rows = b, inventory_rows = i, "detection state restored");
     }
 
+    /// Event time at wall-clock time `wall_us` (see `clock`): what `tick` should be given by a server,
+    /// so that replayed or lagging traffic is windowed by its own time.
+    pub fn watermark(&self, wall_us: i64) -> i64 {
+        self.state.lock().clock.watermark(wall_us)
+    }
+
+    /// Window work at event time `now_us`: closes idle windows, evaluates drift, refits behaviour models.
     pub fn tick(&self, now_us: i64) -> Vec<Alert> {
         let rt = self.runtime.read().clone();
         let th = &rt.cfg.thresholds;
