@@ -70,6 +70,9 @@ async fn main() -> Result<()> {
         Command::Serve(args) => {
             let config = Config::load(&cli.common, Some(&args))?;
             init_tracing(&config.server.log);
+            // Crash-injection points for the end-to-end tests (`FAILPOINTS=name=return`); compiled to
+            // nothing unless the `fail` crate's `failpoints` feature is on, which only test builds turn on.
+            let _failpoints = fail::FailScenario::setup();
             serve::run(config).await
         }
         Command::Demo(args) => {

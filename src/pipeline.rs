@@ -101,6 +101,8 @@ impl EventSink for Pipeline {
             writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));
         }
         self.store.append(writes).await.map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        // The window `reconcile_alerts` closes at start: alerts durable in the WAL, not yet in the outbox.
+        fail::fail_point!("alerts_stored_before_outbox", !detected.alerts.is_empty(), |_| std::process::abort());
         if !detected.alerts.is_empty() {
             metrics::record_event_to_alert(received.elapsed());
             self.deliver(detected.alerts).await;

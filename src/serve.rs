@@ -122,6 +122,9 @@ pub async fn start(config: Config) -> Result<Running> {
     let responder = Responder::open(config.respond.clone(), &config.server.data_dir.join("outbox.redb"))
         .context("opening the alert outbox")?;
     let pipeline = Pipeline::new(detection.clone(), store.clone(), responder.clone(), config.pipeline.clone());
+    let limits = sql_limits(&config);
+    let ctx = sql_context(store.clone(), &limits)?;
+    reconcile_alerts(&ctx, &responder).await.context("handing stored alerts to delivery")?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -164,8 +167,6 @@ pub async fn start(config: Config) -> Result<Running> {
         }));
     }
 
-    let limits = sql_limits(&config);
-    let ctx = sql_context(store.clone(), &limits)?;
     {
         let responder = responder.clone();
         vigil_sql::register_live_table(&ctx, "alert_deliveries", vigil_respond::deliveries_schema(), move || {
@@ -221,6 +222,31 @@ pub async fn start(config: Config) -> Result<Running> {
     );
     admin::set_ready(true);
     Ok(Running { bound, pipeline, store, shutdown, tasks, detection })
+}
+
+/// Submits stored alerts from the last day that the outbox never saw: those raised just before a crash,
+/// after their WAL write and before their outbox commit. Alert ids are UUID v7, so "from the last day" is
+/// a string bound on `alert_id`, whatever the alerts' event times.
+async fn reconcile_alerts(ctx: &datafusion::prelude::SessionContext, responder: &Responder) -> Result<()> {
+    let since_ms = chrono::Utc::now().timestamp_millis() - vigil_respond::RECONCILE_WINDOW_MS;
+    let bound = uuid_v7_prefix(since_ms);
+    let sql = format!("SELECT * FROM alerts WHERE alert_id >= '{bound}'");
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut alerts = Vec::new();
+    for b in &batches {
+        alerts.extend(vigil_detect::alerts_from_batch(b)?);
+    }
+    let submitted = responder.reconcile(&alerts)?;
+    if submitted > 0 {
+        tracing::warn!(submitted, checked = alerts.len(), "stored alerts that had not reached the outbox were queued for delivery");
+    }
+    Ok(())
+}
+
+/// The first characters of every UUID v7 minted at or after `ms` (its 48-bit millisecond timestamp).
+fn uuid_v7_prefix(ms: i64) -> String {
+    let ms = ms.max(0) as u64;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 pub fn sql_limits(config: &Config) -> vigil_sql::QueryLimits {
@@ -322,4 +348,20 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v7_prefix_bounds_ids_minted_from_that_millisecond_on() {
+        let ms: i64 = 1_767_225_600_123;
+        let ts = |ms: i64| uuid::Timestamp::from_unix(uuid::NoContext, (ms / 1000) as u64, ((ms % 1000) * 1_000_000) as u32);
+        let bound = uuid_v7_prefix(ms);
+        assert!(uuid::Uuid::new_v7(ts(ms)).to_string() >= bound);
+        assert!(uuid::Uuid::new_v7(ts(ms + 1)).to_string() >= bound);
+        assert!(uuid::Uuid::new_v7(ts(ms - 1)).to_string() < bound);
+        assert!(uuid::Uuid::new_v7(ts(ms + 86_400_000)).to_string() >= bound);
+    }
 }

@@ -154,6 +154,65 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> RecordBatch {
     RecordBatch::try_new(alert_schema(), columns).expect("alert columns match the alert schema")
 }
 
+/// Why rows read back from the `alerts` table are not alerts.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertRowsError {
+    #[error("alerts rows lack column {0}")]
+    MissingColumn(&'static str),
+    #[error("alerts column {column}: {source}")]
+    Cast { column: &'static str, source: arrow::error::ArrowError },
+    #[error("alerts row {row}: unknown severity {value:?}")]
+    Severity { row: usize, value: String },
+}
+
+/// Reads `alerts` table rows (as stored, or as a query returns them with any string encoding) back into
+/// alerts: the inverse of `alerts_to_batch`, for handing stored alerts to delivery again.
+pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, AlertRowsError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::compute::cast;
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+    let column = |name: &'static str, ty: &DataType| -> Result<ArrayRef, AlertRowsError> {
+        let c = batch.column_by_name(name).ok_or(AlertRowsError::MissingColumn(name))?;
+        cast(c, ty).map_err(|source| AlertRowsError::Cast { column: name, source })
+    };
+    let time = column("time", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let time = time.as_primitive::<TimestampMicrosecondType>();
+    let score = column("score", &DataType::Float64)?;
+    let score = score.as_primitive::<Float64Type>();
+    const NAMES: [&str; 12] = [
+        "alert_id", "detector", "severity", "entity_type", "entity_id", "title", "description",
+        "evidence_event_ids", "evidence", "owasp", "atlas", "fingerprint",
+    ];
+    let strings: Vec<ArrayRef> = NAMES.iter().map(|n| column(n, &DataType::Utf8)).collect::<Result<_, _>>()?;
+    let text = |c: usize, row: usize| -> Option<String> {
+        let a = strings[c].as_string::<i32>();
+        a.is_valid(row).then(|| a.value(row).to_string())
+    };
+    (0..batch.num_rows())
+        .map(|row| {
+            let sev = text(2, row).unwrap_or_default();
+            Ok(Alert {
+                alert_id: text(0, row).unwrap_or_default(),
+                time_us: time.value(row),
+                detector: text(1, row).unwrap_or_default(),
+                severity: Severity::parse(&sev).ok_or(AlertRowsError::Severity { row, value: sev })?,
+                entity_type: text(3, row).unwrap_or_default(),
+                entity_id: text(4, row).unwrap_or_default(),
+                score: if score.is_valid(row) { score.value(row) } else { 0.0 },
+                title: text(5, row).unwrap_or_default(),
+                description: text(6, row).unwrap_or_default(),
+                evidence_event_ids: text(7, row)
+                    .map(|s| s.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default(),
+                evidence: text(8, row).unwrap_or_default(),
+                owasp: text(9, row),
+                atlas: text(10, row),
+                fingerprint: text(11, row).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +245,45 @@ mod tests {
         assert_eq!(col("owasp"), "LLM03:2025 Supply Chain");
         assert_eq!(col("fingerprint"), "f");
         assert!(b.column_by_name("atlas").unwrap().is_null(0));
+    }
+
+    #[test]
+    fn alerts_read_back_as_they_were_written_even_as_string_views() {
+        let a = Alert {
+            alert_id: "0193-a".into(),
+            time_us: 1_767_225_600_000_000,
+            detector: "token_spike".into(),
+            severity: Severity::Medium,
+            entity_type: "user".into(),
+            entity_id: "u1".into(),
+            score: 7.5,
+            title: "t".into(),
+            description: "d".into(),
+            evidence_event_ids: vec!["e1".into(), "e2".into()],
+            evidence: String::new(),
+            owasp: None,
+            atlas: Some("AML.T0034".into()),
+            fingerprint: "fp".into(),
+        };
+        let b = alerts_to_batch(std::slice::from_ref(&a));
+        assert_eq!(alerts_from_batch(&b).unwrap(), vec![a.clone()]);
+        // Parquet scans in DataFusion hand strings back as Utf8View.
+        let view: Vec<ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Utf8 => arrow::compute::cast(c, &DataType::Utf8View).unwrap(),
+                _ => c.clone(),
+            })
+            .collect();
+        let fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .zip(&view)
+            .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
+            .collect();
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), view).unwrap();
+        assert_eq!(alerts_from_batch(&b).unwrap(), vec![a]);
     }
 }

@@ -26,6 +26,6 @@ pub use config::{Auth, DeliveryConfig, DestinationConfig, EgressConfig, Format, 
 pub use delivery::Answer;
 pub use finding::{Activity, Finding};
 pub use outbox::{DeliveryRecord, DeliveryStatus, DestinationState, ResponseRecord};
-pub use responder::{playbook_destination, Replay, RespondError, Responder, ResponseView};
+pub use responder::{playbook_destination, Replay, RespondError, Responder, ResponseView, RECONCILE_WINDOW_MS};
 pub use secret::Secret;
 pub use table::{deliveries_schema, deliveries_to_batch};

@@ -2,7 +2,7 @@
 //! state and responses taken. Every change is one write transaction, committed with fsync before the
 //! caller moves on, so a crash loses nothing that was acknowledged and never mints a second webhook id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -18,6 +18,8 @@ const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const DESTINATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("destinations");
 const RESPONSES: TableDefinition<u64, &[u8]> = TableDefinition::new("responses");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Alert ids already folded into findings, with when (ms): what makes `Responder::reconcile` idempotent.
+const SUBMITTED: TableDefinition<&str, i64> = TableDefinition::new("submitted");
 const NEXT_SEQ: &str = "next_seq";
 
 #[derive(Debug, thiserror::Error)]
@@ -191,11 +193,25 @@ impl Outbox {
                 txn.open_table(def).map_err(|e| self.redb(e))?;
             }
             txn.open_table(META).map_err(|e| self.redb(e))?;
+            txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
             let mut batch = Batch { txn: &txn, path: &self.path };
             f(&mut batch)?
         };
         txn.commit().map_err(|e| self.redb(e))?;
         Ok(r)
+    }
+
+    /// Which of `ids` were never submitted (a read transaction: sees every committed write).
+    pub fn unsubmitted<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<HashSet<&'a str>, OutboxError> {
+        let txn = self.db.begin_read().map_err(|e| self.redb(e))?;
+        let t = txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
+        let mut out = HashSet::new();
+        for id in ids {
+            if t.get(id).map_err(|e| self.redb(e))?.is_none() {
+                out.insert(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The rendered body of a queued delivery.
@@ -268,6 +284,19 @@ impl Batch<'_> {
         let bytes = self.encode(r)?;
         let mut t = self.txn.open_table(RESPONSES).map_err(|e| self.redb(e))?;
         t.insert(r.seq, bytes.as_slice()).map_err(|e| self.redb(e))?;
+        Ok(())
+    }
+
+    pub fn mark_submitted(&mut self, alert_id: &str, at_ms: i64) -> Result<(), OutboxError> {
+        let mut t = self.txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
+        t.insert(alert_id, at_ms).map_err(|e| self.redb(e))?;
+        Ok(())
+    }
+
+    /// Forgets submitted alert ids older than `before_ms` (older alerts are beyond reconciliation).
+    pub fn prune_submitted(&mut self, before_ms: i64) -> Result<(), OutboxError> {
+        let mut t = self.txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
+        t.retain(|_, at| at >= before_ms).map_err(|e| self.redb(e))?;
         Ok(())
     }
 

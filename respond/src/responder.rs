@@ -76,7 +76,12 @@ struct State {
     next_seq: u64,
     breakers: HashMap<String, Breaker>,
     in_flight: HashSet<u64>,
+    pruned_at_ms: i64,
 }
+
+/// How far back `reconcile` looks, and how long submitted alert ids are remembered for it.
+pub const RECONCILE_WINDOW_MS: i64 = 24 * 3_600_000;
+const PRUNE_EVERY_MS: i64 = 10 * 60_000;
 
 impl State {
     fn put(&mut self, d: DeliveryRecord) {
@@ -193,11 +198,40 @@ impl Responder {
     /// Folds detections into their findings and runs matching playbooks; durable (fsynced) on return.
     /// Notifications themselves are queued by the delivery loop when grouping says they are due.
     pub fn submit(&self, alerts: &[Alert]) -> Result<(), RespondError> {
+        self.submit_inner(alerts, false).map(|_| ())
+    }
+
+    /// Submits the alerts the outbox has never seen, and returns how many that was.
+    ///
+    /// The pipeline stores an alert (WAL fsync) before it submits it here (outbox commit); a crash
+    /// between the two leaves an alert in the `alerts` table that no destination will hear of. At start,
+    /// the server hands the recent stored alerts to this method, which submits exactly the missing ones,
+    /// checked under the same lock as `submit`, so running it alongside live traffic cannot double one.
+    pub fn reconcile(&self, alerts: &[Alert]) -> Result<usize, RespondError> {
+        self.submit_inner(alerts, true)
+    }
+
+    fn submit_inner(&self, alerts: &[Alert], only_unsubmitted: bool) -> Result<usize, RespondError> {
         if alerts.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let now = now_ms();
         let mut st = self.lock();
+        let filtered: Vec<Alert>;
+        let alerts = if only_unsubmitted {
+            let missing = self.outbox.unsubmitted(alerts.iter().map(|a| a.alert_id.as_str()))?;
+            filtered = alerts.iter().filter(|a| missing.contains(a.alert_id.as_str())).cloned().collect();
+            if filtered.is_empty() {
+                return Ok(0);
+            }
+            &filtered[..]
+        } else {
+            alerts
+        };
+        let prune = now - st.pruned_at_ms >= PRUNE_EVERY_MS;
+        if prune {
+            st.pruned_at_ms = now;
+        }
         let mut changed: HashMap<String, GroupState> = HashMap::new();
         for a in alerts {
             match changed.get_mut(&a.fingerprint) {
@@ -254,6 +288,12 @@ impl Responder {
             for r in &responses {
                 b.put_response(r)?;
             }
+            for a in alerts {
+                b.mark_submitted(&a.alert_id, now)?;
+            }
+            if prune {
+                b.prune_submitted(now - RECONCILE_WINDOW_MS)?;
+            }
             b.set_next_seq(seq)
         })?;
         st.groups.extend(changed);
@@ -270,7 +310,7 @@ impl Responder {
             drop(st);
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(alerts.len())
     }
 
     fn new_record(&self, seq: u64, f: &Finding, destination: &str, playbook: Option<String>, st: &State, now: i64) -> DeliveryRecord {

@@ -286,3 +286,41 @@ fn egress_policy_refuses_metadata_and_keeps_secrets_out_of_errors() {
     let r = Responder::open(config, dir.path().join("o.redb")).unwrap();
     assert!(!format!("{r:?}").contains("s3cr3t"));
 }
+
+/// Alerts stored but never submitted (a crash between the WAL fsync and the outbox commit) are submitted
+/// once by `reconcile`, across restarts, and alerts already submitted are never counted again.
+#[test]
+fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox.redb");
+    let shared = Shared::default();
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
+    let stored: Vec<_> = (0..10).map(|i| alert(&format!("fp{i}"), "shadow_ai", Severity::High, i)).collect();
+
+    let responder = Responder::open(config.clone(), &outbox).unwrap();
+    responder.submit(&stored[..6]).unwrap();
+    drop(responder);
+
+    // Restart: the store holds all ten; the outbox saw six.
+    let responder = Responder::open(config.clone(), &outbox).unwrap();
+    assert_eq!(responder.reconcile(&stored).unwrap(), 4);
+    assert_eq!(responder.reconcile(&stored).unwrap(), 0, "a second pass finds nothing missing");
+    drop(responder);
+    let responder = Responder::open(config, &outbox).unwrap();
+    assert_eq!(responder.reconcile(&stored).unwrap(), 0, "remembered across restarts");
+    assert_eq!(responder.open_findings(), 10);
+
+    let run = Running::start(&responder);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let d = responder.deliveries();
+        d.len() == 10 && d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    }));
+    run.crash();
+    receiver.stop();
+    // One finding each, each counted once.
+    let seen = shared.seen();
+    let created: Vec<_> = seen.iter().filter(|s| s.body["type"] == "finding.created").collect();
+    assert_eq!(created.len(), 10);
+    assert!(created.iter().all(|s| s.body["data"]["count"] == 1), "no alert folded in twice");
+}

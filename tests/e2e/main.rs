@@ -7,6 +7,7 @@ mod detection;
 mod harness;
 mod ingest;
 mod python_sdk;
+mod soar;
 
 use vigil_ingest::{EventKind, EventRow};
 
