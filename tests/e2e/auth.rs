@@ -3,7 +3,7 @@
 //! events carry the sending token's name; bootstrap tokens printed once; revocation seen by a running
 //! server; TLS clients that do not trust the certificate fail.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use vigil_ingest::synth::traces_request;
 
-use crate::harness::{Bearer, CertFiles, StartOptions, Vigil};
+use crate::harness::{psql, Bearer, CertFiles, StartOptions, Vigil};
 use crate::python_sdk::python_has;
 use crate::sample_rows;
 
@@ -51,18 +51,6 @@ async fn query_api(v: &Vigil, client: &reqwest::Client, token: Option<&str>) -> 
 
 async fn metrics_endpoint(v: &Vigil, token: Option<&str>) -> u16 {
     with_token(v.client().get(v.admin_url("/metrics")), token).await.expect("admin port reachable")
-}
-
-async fn psql(v: &Vigil, host: &str, password: &str, env: &[(&str, &str)], sql: &str) -> Output {
-    let port = v.pg.port().to_string();
-    let mut cmd = tokio::process::Command::new("psql");
-    cmd.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5").env_remove("PGSERVICE");
-    for (k, val) in env {
-        cmd.env(k, val);
-    }
-    cmd.args(["-h", host, "-p", &port, "-U", "whoever", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql])
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("psql in time").expect("psql runs")
 }
 
 /// `vigil_auth_failures_total{listener, reason}` from a /metrics text (0 when not yet counted).

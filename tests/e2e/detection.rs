@@ -1,6 +1,7 @@
 //! The labelled scenario from `vigil_detect::scenario` (normal traffic with injected incidents of every
 //! detector's kind, hard negatives included) sent over real OTLP to the real binary: every incident must
-//! produce its detector's alert for the right entity, in the `alerts` table.
+//! produce its detector's alert for the right entity, in the `alerts` table. The same data then feeds
+//! every dashboard panel over psql (sending it once keeps the suite's run time down).
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity
     let config = dir.path().join("vigil.toml");
     let mut file = toml::Table::new();
     file.insert("detect".into(), toml::Value::try_from(&sc.config).unwrap());
-    let pipeline: toml::Table = toml::from_str("tick_interval = \"500ms\"").unwrap();
+    let pipeline: toml::Table = toml::from_str("tick_interval = \"500ms\"\nstate_interval = \"1s\"").unwrap();
     file.insert("pipeline".into(), toml::Value::Table(pipeline));
     std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
 
@@ -62,4 +63,8 @@ async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity
         eprintln!("{detector:<18} {detected}/{incidents} incidents alerted (recall {recall:.2})");
         assert!(recall >= 0.95, "{detector}: recall {recall:.2} through the binary; missed:\n{}", missed.join("\n"));
     }
+
+    // The inventory and baselines tables are persisted every `state_interval`.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::dashboards::every_panel_finds_rows_over_pg(&v).await;
 }

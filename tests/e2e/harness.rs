@@ -366,3 +366,16 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+
+/// Runs `sql` with the real psql client over the PostgreSQL wire protocol (unaligned, tuples only).
+pub async fn psql(v: &Vigil, host: &str, password: &str, env: &[(&str, &str)], sql: &str) -> std::process::Output {
+    let port = v.pg.port().to_string();
+    let mut cmd = tokio::process::Command::new("psql");
+    cmd.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5").env_remove("PGSERVICE");
+    for (k, val) in env {
+        cmd.env(k, val);
+    }
+    cmd.args(["-h", host, "-p", &port, "-U", "whoever", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql])
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("psql in time").expect("psql runs")
+}
