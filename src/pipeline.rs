@@ -10,7 +10,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use tokio::sync::{broadcast, Semaphore};
 use vigil_detect::{alerts_to_batch, Alert, DetectionStage};
-use vigil_ingest::{EventSink, SinkError};
+use vigil_ingest::{Admission, EventSink, SinkError};
 use vigil_respond::Responder;
 use vigil_store::{Store, Table};
 
@@ -21,7 +21,7 @@ pub struct Pipeline {
     detection: Arc<DetectionStage>,
     store: Arc<Store>,
     responder: Arc<Responder>,
-    admission: Semaphore,
+    admission: Arc<Semaphore>,
     config: PipelineConfig,
     /// Every alert, as it becomes durable (the demo prints them; tests watch them).
     alerts: broadcast::Sender<Alert>,
@@ -35,7 +35,7 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Arc<Self> {
         let (alerts, _) = broadcast::channel(1024);
-        Arc::new(Self { admission: Semaphore::new(config.max_in_flight.max(1)), detection, store, responder, config, alerts })
+        Arc::new(Self { admission: Arc::new(Semaphore::new(config.max_in_flight.max(1))), detection, store, responder, config, alerts })
     }
 
     pub fn subscribe_alerts(&self) -> broadcast::Receiver<Alert> {
@@ -80,18 +80,23 @@ impl Pipeline {
 
 #[async_trait::async_trait]
 impl EventSink for Pipeline {
-    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+    /// At most `max_in_flight` requests are decoded, detected and written at once; a request waits up to
+    /// `admission_wait` for a slot and is otherwise refused (429 / RESOURCE_EXHAUSTED with Retry-After).
+    async fn admit(&self) -> Result<Admission, SinkError> {
+        match tokio::time::timeout(self.config.admission_wait, self.admission.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Admission::holding(permit)),
+            _ => {
+                metrics::OVERLOAD_REFUSALS.inc();
+                Err(SinkError::Overloaded { retry_after: self.config.retry_after })
+            }
+        }
+    }
+
+    async fn accept_admitted(&self, batch: RecordBatch, _admission: Admission) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let received = Instant::now();
-        let _permit = match tokio::time::timeout(self.config.admission_wait, self.admission.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                metrics::OVERLOAD_REFUSALS.inc();
-                return Err(SinkError::Overloaded { retry_after: self.config.retry_after });
-            }
-        };
         let detection = self.detection.clone();
         let detected = tokio::task::spawn_blocking(move || detection.process(&batch))
             .await

@@ -16,4 +16,4 @@ pub mod synth;
 
 pub use normalize::{NormalizeContext, Normalized};
 pub use schema::{event_schema, EventBatchBuilder, EventKind, EventRow};
-pub use sink::{EventSink, SinkError};
+pub use sink::{Admission, EventSink, SinkError};

@@ -11,7 +11,42 @@ use arrow::array::RecordBatch;
 /// this by running detection and then the store; tests implement it with a channel.
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError>;
+    /// Reserves room for one request before a receiver spends CPU decoding and normalising it. Under
+    /// overload the refusal then costs almost nothing, so the requests that are admitted keep the
+    /// throughput; refusing after decoding would let refused work crowd out admitted work.
+    async fn admit(&self) -> Result<Admission, SinkError> {
+        Ok(Admission::unlimited())
+    }
+
+    /// Admits (as `admit`) and delivers.
+    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+        let admission = self.admit().await?;
+        self.accept_admitted(batch, admission).await
+    }
+
+    /// Delivers a batch whose request already holds an admission (released when this returns).
+    async fn accept_admitted(&self, batch: RecordBatch, admission: Admission) -> Result<(), SinkError>;
+}
+
+/// A slot in a sink's admission limit; dropping it frees the slot.
+pub struct Admission(Option<Box<dyn Send + Sync>>);
+
+impl Admission {
+    /// For sinks without a limit.
+    pub fn unlimited() -> Self {
+        Admission(None)
+    }
+
+    /// Holds `slot` (e.g. a semaphore permit) until the admission is dropped.
+    pub fn holding(slot: impl Send + Sync + 'static) -> Self {
+        Admission(Some(Box::new(slot)))
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Admission(slot)" } else { "Admission(unlimited)" })
+    }
 }
 
 /// Why a sink refused a batch. Each maps onto the OTLP retry semantics: overload and unavailability are

@@ -7,6 +7,7 @@ mod dashboards;
 mod detection;
 mod harness;
 mod ingest;
+mod overload;
 mod python_sdk;
 mod soar;
 

@@ -33,7 +33,7 @@ struct TestSink {
 
 #[async_trait::async_trait]
 impl EventSink for TestSink {
-    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+    async fn accept_admitted(&self, batch: RecordBatch, _admission: crate::sink::Admission) -> Result<(), SinkError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("test sink is down".into()));

@@ -166,6 +166,12 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         }
     };
     metrics::record_bytes(Transport::Http, body.len());
+    // Admission before decoding: a refusal under overload costs no CPU. (After reading the body, so the
+    // client is not cut off mid-send and sees its 429.)
+    let admission = match state.exporter.admit().await {
+        Ok(a) => a,
+        Err(err) => return refuse(signal, Refusal::from_sink(&err, &state.cfg), Some(encoding)),
+    };
 
     let limits = state.cfg.limits;
     // Inflating and parsing up to the decompressed cap is CPU work; keep it off the I/O threads.
@@ -191,7 +197,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         }
     };
 
-    match state.exporter.export_from(Transport::Http, request, sender.as_ref()).await {
+    match state.exporter.export_admitted(Transport::Http, request, sender.as_ref(), Some(admission)).await {
         // The exporter has counted the outcome already.
         Ok(_) => success(encoding),
         Err(err) => Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding)),

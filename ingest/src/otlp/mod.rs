@@ -25,7 +25,7 @@ pub use crate::metrics::{Signal, Transport};
 use crate::normalize::{self, NormalizeContext, Normalized};
 use crate::schema::col;
 use crate::security::{Authenticator, Principal};
-use crate::sink::{EventSink, SinkError};
+use crate::sink::{Admission, EventSink, SinkError};
 
 /// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
 /// config file, and every field has a default so an empty table works.
@@ -159,9 +159,26 @@ impl Exporter {
         request: ExportRequest,
         sender: Option<&Principal>,
     ) -> Result<ExportSummary, SinkError> {
+        self.export_admitted(transport, request, sender, None).await
+    }
+
+    /// Reserves room in the sink before a request is decoded (see [`EventSink::admit`]).
+    pub async fn admit(&self) -> Result<Admission, SinkError> {
+        self.sink.admit().await
+    }
+
+    /// [`Exporter::export_from`] for a request admitted before it was decoded; without an admission, one is
+    /// taken before normalising.
+    pub async fn export_admitted(
+        &self,
+        transport: Transport,
+        request: ExportRequest,
+        sender: Option<&Principal>,
+        admission: Option<Admission>,
+    ) -> Result<ExportSummary, SinkError> {
         let signal = request.signal();
         let ctx = self.context_for(sender);
-        let result = self.deliver(transport, request, ctx).await;
+        let result = self.deliver(transport, request, ctx, admission).await;
         match &result {
             Ok(_) => metrics::record_ok(transport, signal),
             Err(err) => metrics::record_rejection(transport, signal, rejection_of(err), err),
@@ -186,8 +203,13 @@ impl Exporter {
         transport: Transport,
         request: ExportRequest,
         ctx: NormalizeContext,
+        admission: Option<Admission>,
     ) -> Result<ExportSummary, SinkError> {
         let signal = request.signal();
+        let admission = match admission {
+            Some(a) => a,
+            None => self.sink.admit().await?,
+        };
         let normalizers = self.normalizers;
         // Normalising a large request is CPU work measured in milliseconds; keep it off the I/O threads.
         let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || match request {
@@ -205,7 +227,7 @@ impl Exporter {
             return Ok(ExportSummary { events, skipped });
         }
         let kinds = count_kinds(&batch);
-        self.sink.accept(batch).await?;
+        self.sink.accept_admitted(batch, admission).await?;
         for (kind, count) in kinds {
             metrics::record_events(transport, &kind, count);
         }

@@ -53,7 +53,7 @@ impl VecSink {
 
 #[async_trait::async_trait]
 impl EventSink for VecSink {
-    async fn accept(&self, batch: RecordBatch) -> Result<(), SinkError> {
+    async fn accept_admitted(&self, batch: RecordBatch, _admission: crate::sink::Admission) -> Result<(), SinkError> {
         let mode = *self.mode.lock().expect("mode lock");
         match mode {
             SinkMode::Accept => {
