@@ -28,6 +28,21 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Typical dashboard queries over many stored events.
     Sql(SqlArgs),
+    /// The detection stage alone, on one thread: events/s per core.
+    Detect(DetectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// How long to measure (after a short warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Events per batch (what one OTLP request becomes).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Prompt size in bytes.
+    #[arg(long, default_value_t = 500)]
+    pub prompt_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -66,7 +81,88 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Sql(args) => sql(args).await,
+        BenchCommand::Detect(args) => tokio::task::spawn_blocking(move || detect(args)).await?,
     }
+}
+
+/// `batch` with its `time` column moved by `by_us`.
+fn shift_time(batch: &arrow::array::RecordBatch, by_us: i64) -> Result<arrow::array::RecordBatch> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    let idx = batch.schema().index_of(vigil_ingest::schema::col::TIME)?;
+    let time = batch.column(idx).as_primitive::<TimestampMicrosecondType>();
+    let shifted = time.unary::<_, TimestampMicrosecondType>(|t| t + by_us).with_timezone_opt(time.timezone().map(str::to_string));
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = std::sync::Arc::new(shifted);
+    Ok(arrow::array::RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// The demo company's traffic (with its inventory and role policies, and an incident every 20 batches),
+/// normalised from OTLP exactly as the receivers do, then `DetectionStage::process` in a loop on this one
+/// thread: content scanning, inventory, role policies, baselines, bursts and drift samples per event.
+fn detect(args: DetectArgs) -> Result<()> {
+    let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG).context("parsing the embedded demo configuration")?;
+    let stage = vigil_detect::DetectionStage::new(demo.detect.clone());
+    let mut traffic = Traffic::new(11);
+    let start = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    let ctx = vigil_ingest::NormalizeContext::default();
+    let mut batches = Vec::new();
+    let mut prompt_bytes = 0usize;
+    let mut prompts = 0usize;
+    for k in 0..200usize {
+        let t = start + k as i64 * 1_000_000;
+        let mut rows = traffic.normal(t, args.batch);
+        if k % 20 == 0 {
+            let extra = traffic.incident(t, Incident::ALL[(k / 20) % Incident::ALL.len()]);
+            rows.truncate(args.batch.saturating_sub(extra.len()));
+            rows.extend(extra);
+        }
+        pad_prompts(&mut rows, args.prompt_bytes);
+        for r in &rows {
+            if let Some(p) = &r.prompt_text {
+                prompt_bytes += p.len();
+                prompts += 1;
+            }
+        }
+        batches.push(vigil_ingest::normalize::traces(&traces_request(&rows), &ctx).batch);
+    }
+    println!(
+        "vigil bench detect: {} batches of {} events, {:.0}-byte prompts on {:.0} % of events, one thread, {} s",
+        batches.len(),
+        args.batch,
+        prompt_bytes as f64 / prompts.max(1) as f64,
+        100.0 * prompts as f64 / (batches.len() * args.batch) as f64,
+        args.duration.as_secs()
+    );
+    let warmup = Instant::now();
+    for b in batches.iter().take(20) {
+        stage.process(b);
+    }
+    let warm = warmup.elapsed();
+    let (mut events, mut alerts) = (0usize, 0usize);
+    let mut busy = Duration::ZERO;
+    let span_us = batches.len() as i64 * 1_000_000;
+    'outer: for pass in 0i64.. {
+        for b in &batches {
+            // Each pass moves on in time, so baselines and windows see time advance as in production.
+            let b = shift_time(b, pass * span_us)?;
+            let t = Instant::now();
+            let d = stage.process(&b);
+            busy += t.elapsed();
+            events += b.num_rows();
+            alerts += d.alerts.len();
+            if busy >= args.duration {
+                break 'outer;
+            }
+        }
+    }
+    let elapsed = busy.as_secs_f64();
+    let (p50, p99) = stage.latency_quantiles();
+    println!("machine:              {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    println!("warm-up:              20 batches in {:.2} s", warm.as_secs_f64());
+    println!("detection stage:      {:.0} events/s on one core ({events} events in {elapsed:.1} s, {alerts} alerts)", events as f64 / elapsed);
+    println!("per-batch latency:    p50 {:.1} ms, p99 {:.1} ms", p50 as f64 / 1e3, p99 as f64 / 1e3);
+    Ok(())
 }
 
 fn bench_config(data_dir: &std::path::Path) -> Config {

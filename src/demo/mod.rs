@@ -18,7 +18,7 @@ use send::OtlpSender;
 use traffic::{Incident, Schedule};
 
 /// The inventory and policies of the demo company (used when no `--config` is given).
-const DEMO_CONFIG: &str = include_str!("../../demo/vigil-demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../demo/vigil-demo.toml");
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
