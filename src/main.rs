@@ -8,9 +8,11 @@ mod config;
 mod demo;
 mod metrics;
 mod pipeline;
+mod reload;
 mod serve;
 mod sql_cli;
 mod token_cli;
+mod verify_cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -49,7 +51,7 @@ enum Command {
     #[command(subcommand)]
     Alerts(alerts_cli::AlertsCommand),
     /// Check the tamper-evident audit chain of the stored files; exits non-zero if anything changed.
-    Verify,
+    Verify(verify_cli::VerifyArgs),
     /// Print every shipped Grafana panel's SQL with the macros expanded for the last HOURS (JSON lines).
     Dashboards {
         #[arg(long, default_value_t = 24)]
@@ -73,7 +75,9 @@ async fn main() -> Result<()> {
             // Crash-injection points for the end-to-end tests (`FAILPOINTS=name=return`); compiled to
             // nothing unless the `fail` crate's `failpoints` feature is on, which only test builds turn on.
             let _failpoints = fail::FailScenario::setup();
-            serve::run(config).await
+            let common = cli.common.clone();
+            let source: reload::ConfigSource = std::sync::Arc::new(move || Config::load(&common, Some(&args)));
+            serve::run(config, source).await
         }
         Command::Demo(args) => {
             let mut config = Config::load(&cli.common, Some(&args.serve))?;
@@ -105,15 +109,10 @@ async fn main() -> Result<()> {
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
             alerts_cli::run(config, command).await
         }
-        Command::Verify => {
+        Command::Verify(args) => {
             let config = Config::load(&cli.common, None)?;
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
-            let report = vigil_store::audit::verify(&config.store).await?;
-            println!("{report}");
-            if !report.is_clean() {
-                std::process::exit(1);
-            }
-            Ok(())
+            verify_cli::run(config, args).await
         }
         Command::Dashboards { hours } => {
             dashboards::print_queries(hours);

@@ -19,6 +19,7 @@ use vigil_store::{Store, Table};
 use crate::admin;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::reload::{self, ConfigSource, Reloader};
 
 /// The addresses a running server actually listens on (ports may have been 0 in the config).
 #[derive(Debug, Clone)]
@@ -106,6 +107,11 @@ async fn serve_http(
 
 /// Starts every component and returns once all listeners are bound (the process is then ready).
 pub async fn start(config: Config) -> Result<Running> {
+    start_with(config, None).await
+}
+
+/// [`start`], with a way to re-read the configuration for `POST /-/reload` and SIGHUP.
+pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<Running> {
     std::fs::create_dir_all(&config.server.data_dir)
         .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
     let tls = tls_acceptors(&config)?;
@@ -122,6 +128,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let responder = Responder::open(config.respond.clone(), &config.server.data_dir.join("outbox.redb"))
         .context("opening the alert outbox")?;
     let pipeline = Pipeline::new(detection.clone(), store.clone(), responder.clone(), config.pipeline.clone());
+    let reloader = source.map(|source| Reloader::new(source, detection.clone(), config.clone()));
     let limits = sql_limits(&config);
     let ctx = sql_context(store.clone(), &limits)?;
     reconcile_alerts(&ctx, &responder).await.context("handing stored alerts to delivery")?;
@@ -176,7 +183,7 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     {
         let state = vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() };
-        let router = admin::router(state, auth.clone());
+        let router = admin::router(state, auth.clone(), reloader.clone());
         let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = serve_http(admin_listener, tls, router, admin::METRICS_LISTENER, stop).await {
@@ -220,6 +227,9 @@ pub async fn start(config: Config) -> Result<Running> {
         grpc = %bound.grpc, http = %bound.http, admin = %bound.admin, pg = ?bound.pg,
         data_dir = %config.server.data_dir.display(), auth = auth.is_enabled(), tls = tls.is_some(), "vigil is ready"
     );
+    if let Some(reloader) = reloader {
+        reload::on_sighup(reloader);
+    }
     admin::set_ready(true);
     Ok(Running { bound, pipeline, store, shutdown, tasks, detection })
 }
@@ -323,9 +333,9 @@ impl Running {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<()> {
-    let running = start(config).await?;
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the detection configuration from `source`.
+pub async fn run(config: Config, source: ConfigSource) -> Result<()> {
+    let running = start_with(config, Some(source)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.stop().await

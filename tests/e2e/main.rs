@@ -10,6 +10,8 @@ mod ingest;
 mod overload;
 mod python_sdk;
 mod soar;
+mod state;
+mod verify;
 
 use vigil_ingest::{EventKind, EventRow};
 
