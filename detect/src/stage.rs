@@ -90,6 +90,8 @@ struct Cols<'a> {
     data_source: &'a StringArray,
     prompt: &'a StringArray,
     response: &'a StringArray,
+    /// Unmapped attributes as JSON: content from producers the normaliser does not know lands here.
+    attributes: Option<&'a StringArray>,
     is_inference: BooleanArray,
     is_tool: BooleanArray,
     is_policy: BooleanArray,
@@ -143,6 +145,7 @@ impl<'a> Cols<'a> {
             data_source: s(col::DATA_SOURCE)?,
             prompt: s(col::PROMPT_TEXT)?,
             response: s(col::RESPONSE_TEXT)?,
+            attributes: s(col::ATTRIBUTES).ok(),
             is_inference: is(col::KIND, "inference")?,
             is_tool: is(col::KIND, "tool")?,
             is_policy: is(col::KIND, "policy")?,
@@ -204,6 +207,10 @@ impl DetectionStage {
         };
         let mut alerts = Vec::new();
         let (prompt, response) = self.scan_content(&rt, &cols, &mut alerts);
+        let attributes = match (rt.cfg.content_capture, cols.attributes) {
+            (ContentCapture::Full, _) | (_, None) => None,
+            (_, Some(a)) => mask_attributes(a),
+        };
         let models = self.behavior.read().clone();
         {
             let mut st = self.state.lock();
@@ -214,7 +221,7 @@ impl DetectionStage {
                 st.clock.observe(max, chrono::Utc::now().timestamp_micros());
             }
         }
-        let events = replace_text(batch, prompt, response);
+        let events = replace_text(batch, prompt, response, attributes);
         self.finish(batch.num_rows(), started, &alerts);
         Detection { events, alerts }
     }
@@ -278,21 +285,7 @@ impl DetectionStage {
             match capture {
                 ContentCapture::None => new_null_array(&DataType::Utf8, n),
                 _ if masked.is_empty() => Arc::new(arr.clone()),
-                _ => {
-                    let mut b = StringBuilder::with_capacity(n, arr.values().len());
-                    let mut next = masked.into_iter().peekable();
-                    for i in 0..n {
-                        if next.peek().is_some_and(|(r, _)| *r == i) {
-                            let (_, text) = next.next().expect("peeked");
-                            b.append_value(text);
-                        } else if arr.is_null(i) {
-                            b.append_null();
-                        } else {
-                            b.append_value(arr.value(i));
-                        }
-                    }
-                    Arc::new(b.finish())
-                }
+                _ => with_replaced(arr, masked),
             }
         };
         (out(c.prompt, mp), out(c.response, mr))
@@ -413,19 +406,58 @@ impl DetectionStage {
     }
 }
 
-fn replace_text(batch: &RecordBatch, prompt: ArrayRef, response: ArrayRef) -> RecordBatch {
+/// The batch as stored: text columns as `content_capture` keeps them, attributes masked when given.
+fn replace_text(batch: &RecordBatch, prompt: ArrayRef, response: ArrayRef, attributes: Option<ArrayRef>) -> RecordBatch {
     let schema = batch.schema();
     let mut columns = batch.columns().to_vec();
-    for (name, arr) in [(col::PROMPT_TEXT, prompt), (col::RESPONSE_TEXT, response)] {
-        if let Ok(idx) = schema.index_of(name) {
+    let replaced = [(col::PROMPT_TEXT, Some(prompt)), (col::RESPONSE_TEXT, Some(response)), (col::ATTRIBUTES, attributes)];
+    for (name, arr) in replaced {
+        if let (Ok(idx), Some(arr)) = (schema.index_of(name), arr) {
             columns[idx] = arr;
         }
     }
-    RecordBatch::try_new(schema, columns).unwrap_or_else(|e| {
-        // Cannot happen with Utf8 columns of the batch's length; keep the data flowing if it ever does.
-        tracing::error!(error = %e, "masked batch rejected; storing the input with text columns nulled");
-        batch.clone()
-    })
+    // The replacements are Utf8 columns of the batch's length, so this holds; if it ever did not, the request
+    // fails (and the sender retries) rather than the unmasked text being stored.
+    RecordBatch::try_new(schema, columns).expect("masked columns have the batch's type and length")
+}
+
+/// PII and secrets masked inside the attributes JSON, the same way as in the text columns; `None` when
+/// nothing was found (the common case costs one scan and no copy). A value that would no longer be valid
+/// JSON after masking is replaced whole: losing an attribute is better than storing the secret.
+fn mask_attributes(a: &StringArray) -> Option<ArrayRef> {
+    let mut masked: Vec<(usize, String)> = Vec::new();
+    for i in 0..a.len() {
+        let Some(text) = get(a, i) else { continue };
+        let findings = content::scan_sensitive(text);
+        if findings.is_empty() {
+            continue;
+        }
+        let redacted = content::redact(text, &findings);
+        let redacted = if serde_json::from_str::<serde_json::Value>(&redacted).is_ok() {
+            redacted
+        } else {
+            r#"{"vigil.redacted":"attributes held sensitive data that could not be masked in place"}"#.to_string()
+        };
+        masked.push((i, redacted));
+    }
+    (!masked.is_empty()).then(|| with_replaced(a, masked))
+}
+
+/// `arr` with the values at the given rows (ascending) replaced.
+fn with_replaced(arr: &StringArray, replaced: Vec<(usize, String)>) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(arr.len(), arr.values().len());
+    let mut next = replaced.into_iter().peekable();
+    for i in 0..arr.len() {
+        if next.peek().is_some_and(|(r, _)| *r == i) {
+            let (_, text) = next.next().expect("peeked");
+            b.append_value(text);
+        } else if arr.is_null(i) {
+            b.append_null();
+        } else {
+            b.append_value(arr.value(i));
+        }
+    }
+    Arc::new(b.finish())
 }
 
 fn sensitive_alert(c: &Cols, i: usize, side: usize, text: &str, all: &[Finding], strong: &[&Finding], first: &Finding) -> Alert {
@@ -998,6 +1030,32 @@ mod tests {
         let full = DetectionStage::new(DetectConfig { content_capture: ContentCapture::Full, ..config() });
         let d = full.process(&batch(&rows));
         assert_eq!(d.events.column_by_name(col::PROMPT_TEXT).unwrap().as_string::<i32>().value(0), "hello");
+    }
+
+    #[test]
+    fn content_capture_redacted_masks_text_and_attributes_by_default() {
+        let mut row = inference(T0, "e1", "alice", "gpt-4o");
+        row.prompt_text = Some("Card 4111 1111 1111 1111, mail bob@corp.com, summarise the refund.".into());
+        row.response_text = Some("Done; key AKIAIOSFODNN7EXAMPLE was in the log.".into());
+        row.attributes = Some(r#"{"langfuse.observation.input":"reach me at bob@corp.com","temperature":0.2}"#.into());
+        let mut clean = inference(T0 + 1, "e2", "alice", "gpt-4o");
+        clean.attributes = Some(r#"{"temperature":0.2}"#.into());
+        assert_eq!(DetectConfig::default().content_capture, ContentCapture::Redacted);
+        let stage = DetectionStage::new(config());
+        let d = stage.process(&batch(&[row, clean]));
+        let text = |c: &str, r: usize| d.events.column_by_name(c).unwrap().as_string::<i32>().value(r).to_string();
+        let prompt = text(col::PROMPT_TEXT, 0);
+        assert_eq!(prompt, "Card [REDACTED:credit_card], mail [REDACTED:email], summarise the refund.");
+        let response = text(col::RESPONSE_TEXT, 0);
+        assert!(!response.contains("AKIA") && response.contains("[REDACTED:"), "{response}");
+        let attrs: serde_json::Value = serde_json::from_str(&text(col::ATTRIBUTES, 0)).expect("still JSON");
+        assert_eq!(attrs["langfuse.observation.input"], "reach me at [REDACTED:email]");
+        assert_eq!(attrs["temperature"], 0.2);
+        assert_eq!(text(col::ATTRIBUTES, 1), r#"{"temperature":0.2}"#);
+        assert_eq!(text(col::PROMPT_TEXT, 1), "hello");
+        // The alert's own evidence snippet is masked too.
+        let a = d.alerts.iter().find(|a| a.detector == "sensitive_data").expect("sensitive_data fires");
+        assert!(!format!("{a:?}").contains("4111 1111 1111 1111"), "{a:?}");
     }
 
     #[test]
