@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end Kafka ingestion against a real broker (tansu) and the real `vigil` binary:
-#   1. N Collector-shaped OTLP protobuf messages (and one poison message) are produced while Vigil consumes;
-#      Vigil is killed with SIGKILL halfway and restarted; every message's events must be stored exactly
-#      once, and the poison message must be in the dead-letter topic with its four headers.
+#   1. N Collector-shaped OTLP protobuf messages (and one poison message) are produced in two halves; Vigil
+#      is killed with SIGKILL while the first half flows (checked: some but not all of it stored), the
+#      second half is produced while it is down, and it is restarted; every message's events must be
+#      stored exactly once, the poison message must be in the dead-letter topic with its four headers, and
+#      /metrics must show the lag (0 at the end) and the dead-letter count.
 #   2. Two Vigil instances in one consumer group split the partitions: together they store M more
 #      messages' events, each exactly once, and each instance stores some.
 #
@@ -139,24 +141,39 @@ wait_count() {
 }
 
 # --- 1. kill -9 halfway, restart: every event exactly once; poison message dead-lettered ---------------
+# The first half is produced while vigil a consumes it, and vigil a is killed mid-stream; the second half
+# (and the poison message) is produced while it is down. The restart must then both replay the
+# uncommitted tail and read a backlog, and the dead letter is written by the restarted instance, whose
+# /metrics is checked below.
 EXPECTED=$((N * SPANS))
-RATE=$((N / 6 + 1)) # spread the messages over about six seconds so the kill lands while they flow
-"${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$N" --spans "$SPANS" --rate "$RATE" --poison \
-  >>"$WORK/produce.log" 2>&1 &
-PRODUCER=$!
+HALF=$((N / 2))
 start_vigil a
 deadline=$((SECONDS + TIMEOUT))
+until assigned a; do # producing before it holds partitions would let it read the first half in one go
+  [ $SECONDS -lt $deadline ] || fail "vigil a got no partitions"
+  sleep 0.5
+done
+RATE=$((HALF / 5 + 1)) # the first half over about five seconds, so the kill lands while it flows
+"${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$HALF" --spans "$SPANS" --rate "$RATE" \
+  >>"$WORK/produce.log" 2>&1 &
+PRODUCER=$!
 until [ "$(sql a 'SELECT count(*) FROM events' || echo 0)" -gt 0 ] 2>/dev/null; do
   [ $SECONDS -lt $deadline ] || fail "vigil a stored nothing from Kafka"
   sleep 0.5
 done
 sleep 1
 before_kill="$(sql a 'SELECT count(*) FROM events' || echo '?')"
-pass "vigil a consumed from Kafka ($before_kill events before the kill)"
 kill -9 "$PID_a"
 { wait "$PID_a"; } 2>/dev/null || true # braces: bash's own "Killed" notice goes to /dev/null too
-log "killed vigil a with SIGKILL after $before_kill of $EXPECTED events"
+log "killed vigil a with SIGKILL after $before_kill of the first half's $((HALF * SPANS)) events ($EXPECTED in all)"
+[[ "$before_kill" =~ ^[0-9]+$ ]] || fail "cannot count the events stored before the kill ($before_kill)"
+# A kill after the whole first half was stored would prove nothing about an interrupted stream.
+[ "$before_kill" -gt 0 ] && [ "$before_kill" -lt $((HALF * SPANS)) ] \
+  || fail "the kill did not land mid-stream: $before_kill of the first half's $((HALF * SPANS)) events were stored"
+pass "vigil a was killed mid-stream with $before_kill of $EXPECTED events stored"
 wait "$PRODUCER" || fail "producer failed: $(tail -n 3 "$WORK/produce.log")"
+"${PRODUCE[@]}" --brokers "$BROKERS" produce --count "$((N - HALF))" --first "$((HALF + 1))" --spans "$SPANS" --poison \
+  >>"$WORK/produce.log" 2>&1 || fail "producer failed: $(tail -n 3 "$WORK/produce.log")"
 start_vigil a
 wait_count a "$EXPECTED"
 pass "restarted vigil a resumed: $EXPECTED events stored"
@@ -178,10 +195,27 @@ assert h.get("vigil.dlq.partition", "").isdigit() and h.get("vigil.dlq.offset", 
 assert "otlp_proto" in h.get("vigil.dlq.error", ""), h
 EOF
 pass "poison message dead-lettered with its four headers"
-curl -fsS ${TOKEN_a:+-H "Authorization: Bearer $TOKEN_a"} "http://$ADMIN_a/metrics" >"$WORK/metrics.txt" 2>>"$WORK/sql.log" || true
+
+# /metrics of the restarted instance: messages, the dead letter it wrote, and lag 0 on every otlp_spans
+# partition once everything is consumed (lag comes from librdkafka's statistics, emitted every 5 s).
+lag_zero() { # otlp_spans partitions are reported (those with a known position), each with lag 0
+  awk '/^vigil_kafka_lag\{.*topic="otlp_spans"/ { n++; if ($NF + 0 != 0) bad++ }
+    END { exit !(n >= 1 && bad == 0) }' "$WORK/metrics.txt"
+}
+deadline=$((SECONDS + 30))
+while :; do
+  curl -fsS ${TOKEN_a:+-H "Authorization: Bearer $TOKEN_a"} "http://$ADMIN_a/metrics" >"$WORK/metrics.txt" 2>>"$WORK/sql.log" || true
+  lag_zero && break
+  [ $SECONDS -lt $deadline ] \
+    || fail "vigil_kafka_lag for otlp_spans missing or not 0: $(grep '^vigil_kafka_lag' "$WORK/metrics.txt" | tr '\n' ' ')"
+  sleep 1
+done
+pass "the restarted instance reports vigil_kafka_lag 0 for otlp_spans"
 grep -q '^vigil_kafka_messages_total' "$WORK/metrics.txt" \
   || fail "vigil_kafka_messages_total not on /metrics of the restarted instance"
-pass "the restarted instance reports vigil_kafka_messages_total"
+awk '/^vigil_kafka_dlq_total\{.*topic="otlp_spans"/ && $NF + 0 >= 1 { found = 1 } END { exit !found }' "$WORK/metrics.txt" \
+  || fail "vigil_kafka_dlq_total for otlp_spans is not at least 1: $(grep '^vigil_kafka_dlq' "$WORK/metrics.txt" | tr '\n' ' ')"
+pass "the restarted instance reports vigil_kafka_messages_total and vigil_kafka_dlq_total"
 kill "$PID_a"
 wait "$PID_a" 2>/dev/null || true
 

@@ -513,8 +513,9 @@ impl Consumer {
             if paused.is_none() {
                 match self.consumer.assignment() {
                     Ok(assignment) => {
-                        if let Err(err) = self.consumer.pause(&assignment) {
-                            tracing::warn!("cannot pause kafka partitions: {err}");
+                        match self.consumer.pause(&assignment) {
+                            Ok(()) => set_paused(&assignment, true),
+                            Err(err) => tracing::warn!("cannot pause kafka partitions: {err}"),
                         }
                         paused = Some(assignment);
                     }
@@ -527,8 +528,10 @@ impl Consumer {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
         if let Some(assignment) = paused {
-            if let Err(err) = self.consumer.resume(&assignment) {
-                tracing::warn!("cannot resume kafka partitions: {err}");
+            match self.consumer.resume(&assignment) {
+                Ok(()) => set_paused(&assignment, false),
+                // The gauge stays at 1: the partitions really are still paused.
+                Err(err) => tracing::warn!("cannot resume kafka partitions: {err}"),
             }
         }
         flow
@@ -571,6 +574,19 @@ impl Consumer {
         self.last_commit = Instant::now();
         // A failed commit is retried at the next interval; the offsets stay stored.
         self.uncommitted = !committed;
+    }
+}
+
+/// Shows (or removes) the `vigil_kafka_paused` gauge of each listed partition.
+fn set_paused(partitions: &TopicPartitionList, paused: bool) {
+    for e in partitions.elements() {
+        let partition = e.partition().to_string();
+        if paused {
+            kmetrics::PAUSED.with_label_values(&[e.topic(), &partition]).set(1);
+        } else {
+            // Absent rather than 0: partitions that later move to another consumer leave no series behind.
+            let _ = kmetrics::PAUSED.remove_label_values(&[e.topic(), &partition]);
+        }
     }
 }
 

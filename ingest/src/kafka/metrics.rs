@@ -67,6 +67,19 @@ pub static REJOINS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("vigil_kafka_rejoins_total registers once")
 });
 
+/// 1 while the partition is paused because the sink refused a batch (backpressure), absent otherwise. While
+/// paused nothing more is fetched and librdkafka drops what it had prefetched, so a stuck sink costs no
+/// memory. `vigil_kafka_lag` is not refreshed meanwhile (librdkafka's statistics are served by the
+/// consumer's poll, which waits for the refused batch), so this gauge is what shows a stuck consumer.
+pub static PAUSED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "vigil_kafka_paused",
+        "1 while a partition is paused because the sink refused work (backpressure)",
+        &["topic", "partition"]
+    )
+    .expect("vigil_kafka_paused registers once")
+});
+
 /// How long a synchronous offset commit takes: slow commits widen the window replayed after a crash.
 pub static COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(

@@ -45,7 +45,11 @@
 //! When the sink answers `Overloaded` or `Unavailable` the consumer pauses every assigned partition (no more
 //! prefetching), retries the same batch with exponential backoff (or the sink's `retry_after`) and resumes
 //! after it succeeds. It never reads ahead while a batch is refused, so memory stays bounded by one batch
-//! plus librdkafka's prefetch queue (`queued.max.messages.kbytes`).
+//! plus librdkafka's prefetch queue (`queued.max.messages.kbytes`); pausing also drops what librdkafka had
+//! prefetched for those partitions, and on resume it fetches again from the position after the last message
+//! read. `vigil_kafka_paused{topic,partition}` is 1 while a partition is paused. A sink that is merely slow
+//! is not paused for: it holds the loop, so at most one batch is in flight and librdkafka's queue stays
+//! within its limits.
 
 mod consumer;
 pub mod dlq;

@@ -22,21 +22,48 @@ use crate::normalize::{self, NormalizeContext};
 use crate::schema::{col, EventKind, EventRow};
 use crate::sink::SinkError;
 
-/// Remembers every accepted batch; can refuse (`fail`) or hang (`hang_after` accepted calls) on demand.
+/// Remembers every accepted batch; can refuse (`fail`, `overloaded`), be slow (`delay`) or hang
+/// (`hang_after` accepted calls) on demand, and records how much it was handed at once.
 #[derive(Default)]
 struct TestSink {
     accepted: Mutex<Vec<RecordBatch>>,
     calls: AtomicUsize,
     fail: AtomicBool,
     hang_after: Option<usize>,
+    /// While set, every call is refused with `Overloaded` and the refused batch's event ids are kept.
+    overloaded: AtomicBool,
+    refused: Mutex<Vec<BTreeSet<String>>>,
+    /// How long every call takes: a store that falls behind.
+    delay: Duration,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    max_rows: AtomicUsize,
 }
 
 #[async_trait::async_trait]
 impl EventSink for TestSink {
     async fn accept_admitted(&self, batch: RecordBatch, _admission: crate::sink::Admission) -> Result<(), SinkError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.max_rows.fetch_max(batch.num_rows(), Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let result = self.accept_now(batch).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl TestSink {
+    async fn accept_now(&self, batch: RecordBatch) -> Result<(), SinkError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("test sink is down".into()));
+        }
+        if self.overloaded.load(Ordering::SeqCst) {
+            self.refused.lock().unwrap().push(column(std::slice::from_ref(&batch), col::EVENT_ID).into_iter().collect());
+            return Err(SinkError::Overloaded { retry_after: Duration::from_millis(10) });
         }
         let hang = {
             let mut accepted = self.accepted.lock().unwrap();
@@ -104,6 +131,46 @@ fn expected_ids(payload: &[u8]) -> Vec<String> {
     )
     .expect("test message decodes");
     column(&[normalize::traces(&req, &NormalizeContext::default()).batch], col::EVENT_ID)
+}
+
+/// One Collector message on `otlp_logs`: a LogsData batch of `records` GenAI guardrail events whose times
+/// encode `message`, so every message's events have their own ids.
+fn otlp_logs_message(message: usize, records: usize) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+    let mut req = crate::otlp::test_support::logs_request(records);
+    for (i, record) in req.resource_logs.iter_mut().flat_map(|rl| &mut rl.scope_logs).flat_map(|sl| &mut sl.log_records).enumerate() {
+        record.time_unix_nano = 1_763_000_000_000_000_000 + (message * 1_000 + i) as u64;
+    }
+    req
+}
+
+/// The event ids normalisation gives a logs message's events.
+fn expected_log_ids(req: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> Vec<String> {
+    column(&[normalize::logs(req, &NormalizeContext::default()).batch], col::EVENT_ID)
+}
+
+/// The value of gauge `name` for one partition as the default registry exposes it (what `/metrics`
+/// shows); `None` while the series does not exist.
+fn gathered_gauge(name: &str, topic: &str, partition: i32) -> Option<f64> {
+    let partition = partition.to_string();
+    prometheus::gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .find(|m| {
+            let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_owned());
+            label("topic").as_deref() == Some(topic) && label("partition") == Some(partition.clone())
+        })
+        .map(|m| m.get_gauge().get_value())
+}
+
+/// Samples of `vigil_kafka_commit_seconds` as the default registry exposes them.
+fn gathered_commit_samples() -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|family| family.name() == "vigil_kafka_commit_seconds")
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum()
 }
 
 fn config(brokers: &str, group: &str) -> KafkaConfig {
@@ -238,9 +305,10 @@ async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
     produce(&producer, "vigil_events", 0, br#"{"event_id":"j1","kind":"tool","tool_name":"search","time":"2026-01-01T00:00:00Z"}"#).await;
     produce(&producer, "vigil_events", 0, br#"[{"event_id":"j2","time":1700000000000000},{"event_id":"j3","kind":"policy"}]"#).await;
     expected.extend(["j1", "j2", "j3"].map(String::from));
-    // A message of a large batch, close to the Collector's 1 MB default.
-    let large = otlp_message(200, 4000);
-    assert!(large.len() > 700_000, "large message is {} bytes", large.len());
+    // A message of a large batch, past the Collector's 1 MB default (and librdkafka's 1,000,000-byte
+    // `message.max.bytes`): the consumer must fetch and decode it whole.
+    let large = otlp_message(200, 6000);
+    assert!(large.len() >= 1_048_576, "large message is only {} bytes", large.len());
     expected.extend(expected_ids(&large));
     produce(&producer, "otlp_spans", 0, &large).await;
 
@@ -393,6 +461,117 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_o
     assert!(!pa.is_empty() && !pb.is_empty(), "both consumers got partitions: {pa:?} {pb:?}");
     assert!(pa.is_disjoint(&pb), "partitions are split: {pa:?} {pb:?}");
     assert_eq!(committed(&brokers, "pair", "otlp_spans", 4), vec![Offset::Offset(10); 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_commit_latency_are_reported() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("otlp_logs", 1, 1).unwrap();
+    mock.create_topic("otlp_logs_json", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let mut expected = BTreeSet::new();
+    for m in 0..5 {
+        let req = otlp_logs_message(m, 3);
+        expected.extend(expected_log_ids(&req));
+        produce(&producer, "otlp_logs", 0, &req.encode_to_vec()).await;
+    }
+    // The Collector's otlp_json encoding of LogsData.
+    for m in 5..7 {
+        let req = otlp_logs_message(m, 2);
+        expected.extend(expected_log_ids(&req));
+        produce(&producer, "otlp_logs_json", 0, &serde_json::to_vec(&req).unwrap()).await;
+    }
+    assert_eq!(expected.len(), 5 * 3 + 2 * 2, "every log record is an AI event with its own id");
+
+    let sink = Arc::new(TestSink::default());
+    let mut cfg = config(&brokers, "logs");
+    cfg.topics = vec![
+        TopicConfig::named("otlp_logs", TopicEncoding::OtlpProto, Signal::Logs),
+        TopicConfig::named("otlp_logs_json", TopicEncoding::OtlpJson, Signal::Logs),
+    ];
+    // Lag comes from librdkafka's statistics: report them often enough for the test to see them.
+    cfg.properties.insert("statistics.interval.ms".into(), "100".into());
+    let (events_before, commits_before) = (metrics::EVENTS.with_label_values(&["otlp_logs"]).get(), gathered_commit_samples());
+    let running = start(cfg, sink.clone());
+    wait_until("every log event", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    // Consumed to the end: each partition's lag gauge exists and is zero. (Other tests' consumers in this
+    // process reset the gauges on their own statistics, so wait for one of ours.)
+    wait_until("zero lag on both topics", WAIT, || {
+        gathered_gauge("vigil_kafka_lag", "otlp_logs", 0) == Some(0.0)
+            && gathered_gauge("vigil_kafka_lag", "otlp_logs_json", 0) == Some(0.0)
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len(), "no log event delivered twice");
+    let kinds: BTreeSet<String> = column(&sink.accepted.lock().unwrap(), col::KIND).into_iter().collect();
+    assert_eq!(kinds, BTreeSet::from(["policy".to_owned()]), "guardrail findings are policy events");
+    assert_eq!(committed(&brokers, "logs", "otlp_logs", 1), vec![Offset::Offset(5)]);
+    assert_eq!(committed(&brokers, "logs", "otlp_logs_json", 1), vec![Offset::Offset(2)]);
+    assert_eq!(metrics::EVENTS.with_label_values(&["otlp_logs"]).get() - events_before, 15);
+    assert!(gathered_commit_samples() > commits_before, "commit latency histogram has no new samples");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_and_delivers_everything_once() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("bp_spans", 2, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let mut expected = BTreeSet::new();
+    for m in 0..12 {
+        let payload = otlp_message(m, 1);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "bp_spans", (m % 2) as i32, &payload).await;
+    }
+
+    // A store that is slow, and refuses everything (overloaded) at first.
+    let sink = Arc::new(TestSink { delay: Duration::from_millis(20), ..TestSink::default() });
+    sink.overloaded.store(true, Ordering::SeqCst);
+    let mut cfg = config(&brokers, "backpressure");
+    cfg.topics = vec![TopicConfig::named("bp_spans", TopicEncoding::OtlpProto, Signal::Traces)];
+    cfg.properties.insert("statistics.interval.ms".into(), "100".into());
+    let retries_before = metrics::RETRIES.with_label_values(&["overloaded"]).get();
+    let running = start(cfg.clone(), sink.clone());
+    wait_until("three refused attempts", WAIT, || sink.refused.lock().unwrap().len() >= 3).await;
+    let paused = |partition| gathered_gauge("vigil_kafka_paused", "bp_spans", partition);
+    assert_eq!((paused(0), paused(1)), (Some(1.0), Some(1.0)), "every assigned partition is paused while the sink refuses");
+
+    // Messages written while paused must be fetched after the resume.
+    for m in 12..18 {
+        let payload = otlp_message(m, 1);
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "bp_spans", (m % 2) as i32, &payload).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        // No reading ahead: every attempt is the same batch of at most batch_max_messages messages.
+        let refused = sink.refused.lock().unwrap();
+        assert!(!refused[0].is_empty() && refused[0].len() <= cfg.batch_max_messages, "refused batch: {:?}", refused[0]);
+        assert!(refused.iter().all(|ids| *ids == refused[0]), "the consumer read on while refused: {refused:?}");
+    }
+    assert!(sink.accepted.lock().unwrap().is_empty());
+    assert_eq!(committed(&brokers, "backpressure", "bp_spans", 2), vec![Offset::Invalid; 2], "nothing committed while refused");
+
+    sink.overloaded.store(false, Ordering::SeqCst);
+    wait_until("every event after the sink recovered", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    assert_eq!((paused(0), paused(1)), (None, None), "partitions resumed");
+    wait_until("zero lag on both partitions", WAIT, || {
+        gathered_gauge("vigil_kafka_lag", "bp_spans", 0) == Some(0.0) && gathered_gauge("vigil_kafka_lag", "bp_spans", 1) == Some(0.0)
+    })
+    .await;
+    running.stop().await;
+
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len(), "every message stored exactly once across pause and resume");
+    assert_eq!(committed(&brokers, "backpressure", "bp_spans", 2), vec![Offset::Offset(9); 2]);
+    assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 1, "one sink call at a time, however slow");
+    assert!(sink.max_rows.load(Ordering::SeqCst) <= cfg.batch_max_messages, "a call carried more than one batch");
+    assert!(metrics::RETRIES.with_label_values(&["overloaded"]).get() - retries_before >= 3);
 }
 
 /// The same consumer against a real broker (tansu, Kafka, Redpanda): `VIGIL_TEST_KAFKA_BROKERS=host:port
