@@ -28,6 +28,7 @@ pub struct Config {
     pub sql: SqlConfig,
     pub respond: vigil_respond::RespondConfig,
     pub kafka: vigil_ingest::kafka::KafkaConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +49,27 @@ impl Default for ServerConfig {
             admin_addr: "127.0.0.1:9464".parse().expect("valid literal address"),
             log: "info".into(),
         }
+    }
+}
+
+/// Vigil's own traces (how it handles requests, not the telemetry it receives), exported over OTLP/HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL of a Collector or tracing backend, e.g. `http://collector:4318`; `/v1/traces` is
+    /// appended unless the URL already ends with it. Unset: nothing is exported. Deliberately not taken from
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the shells and containers that run Vigil often set that to Vigil itself
+    /// (for the applications it watches), and Vigil would then trace its own ingest of its own traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Fraction of traces kept, 0.0 to 1.0 (by trace id, so a trace is kept or dropped whole).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "vigil".into(), sample_ratio: 1.0 }
     }
 }
 
@@ -152,6 +174,9 @@ pub struct ServeArgs {
     /// Kafka consumer group.
     #[arg(long, env = "VIGIL_KAFKA_GROUP")]
     pub kafka_group: Option<String>,
+    /// Export Vigil's own traces to this OTLP/HTTP endpoint (e.g. `http://collector:4318`).
+    #[arg(long, env = "VIGIL_TELEMETRY_ENDPOINT")]
+    pub telemetry_endpoint: Option<String>,
 }
 
 impl Config {
@@ -199,6 +224,9 @@ impl Config {
             if let Some(g) = &serve.kafka_group {
                 config.kafka.group_id = g.clone();
             }
+            if let Some(e) = &serve.telemetry_endpoint {
+                config.telemetry.otlp_endpoint = Some(e.clone());
+            }
         }
         // One data directory for every component unless the file set the store's explicitly.
         if config.store.data_dir == vigil_store::StoreConfig::default().data_dir {
@@ -225,6 +253,23 @@ mod tests {
         assert_eq!(parsed.otlp.grpc_addr, Config::default().otlp.grpc_addr);
         assert_eq!(parsed.auth, AuthConfig::default());
         assert_eq!(parsed.tls, None);
+        assert_eq!(parsed.telemetry.otlp_endpoint, None, "no export unless configured");
+        assert_eq!(parsed.telemetry.service_name, TelemetryConfig::default().service_name);
+        assert_eq!(parsed.telemetry.sample_ratio, TelemetryConfig::default().sample_ratio);
+    }
+
+    #[test]
+    fn telemetry_endpoint_comes_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "[telemetry]\notlp_endpoint = \"http://file:4318\"\nsample_ratio = 0.25\n").unwrap();
+        let common = CommonArgs { config: Some(file), ..Default::default() };
+        let c = Config::load(&common, Some(&ServeArgs::default())).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://file:4318"));
+        assert_eq!(c.telemetry.sample_ratio, 0.25);
+        let serve = ServeArgs { telemetry_endpoint: Some("http://flag:4318".into()), ..Default::default() };
+        let c = Config::load(&common, Some(&serve)).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://flag:4318"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pipeline;
 mod reload;
 mod serve;
 mod sql_cli;
+mod telemetry;
 mod token_cli;
 mod verify_cli;
 
@@ -71,7 +72,8 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&cli.common, Some(&args))?;
-            init_tracing(&config.server.log);
+            // Lives to the end of this arm: dropping it flushes Vigil's own queued spans after the server stopped.
+            let _telemetry = telemetry::init(&config.server.log, &config.telemetry)?;
             // Crash-injection points for the end-to-end tests (`FAILPOINTS=name=return`); compiled to
             // nothing unless the `fail` crate's `failpoints` feature is on, which only test builds turn on.
             let _failpoints = fail::FailScenario::setup();

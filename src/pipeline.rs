@@ -92,15 +92,19 @@ impl EventSink for Pipeline {
         }
     }
 
+    /// One span per batch (the request's), with detection as a child on its blocking thread.
+    #[tracing::instrument(level = "debug", name = "pipeline.accept", skip_all, fields(events = batch.num_rows() as i64, alerts))]
     async fn accept_admitted(&self, batch: RecordBatch, _admission: Admission) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let received = Instant::now();
         let detection = self.detection.clone();
-        let detected = tokio::task::spawn_blocking(move || detection.process(&batch))
+        let span = tracing::debug_span!("detect.process", events = batch.num_rows() as i64);
+        let detected = tokio::task::spawn_blocking(move || span.in_scope(|| detection.process(&batch)))
             .await
             .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?;
+        tracing::Span::current().record("alerts", detected.alerts.len() as i64);
         let mut writes = vec![(Table::Events, detected.events)];
         if !detected.alerts.is_empty() {
             writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));

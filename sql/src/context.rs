@@ -105,6 +105,13 @@ pub async fn run_query(ctx: &SessionContext, sql: &str, limits: &QueryLimits) ->
 
 /// Runs one read-only query: guard, plan with [`read_only_options`], execute, collect at most
 /// `max_result_rows` rows, all within `timeout`. Records the outcome in the metrics under `interface`.
+/// The span carries no SQL text: queries can hold user data, and traces leave the host.
+#[tracing::instrument(
+    level = "debug",
+    name = "sql.query",
+    skip_all,
+    fields(interface = interface.as_str(), outcome, rows, otel.status_code)
+)]
 pub async fn run_query_as(
     ctx: &SessionContext,
     sql: &str,
@@ -116,6 +123,12 @@ pub async fn run_query_as(
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.outcome(),
+    };
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    match &result {
+        Ok(out) => span.record("rows", out.row_count() as i64),
+        Err(_) => span.record("otel.status_code", "error"),
     };
     metrics::record(interface.as_str(), outcome, started.elapsed().as_secs_f64());
     if let Err(e) = &result {

@@ -12,6 +12,7 @@ use crate::{Store, StoreError, StoredFile, Table};
 type Written = (Table, u64, Vec<(StoredFile, String)>);
 
 impl Store {
+    #[tracing::instrument(level = "debug", name = "store.flush", skip_all, fields(rows, files))]
     pub(crate) async fn flush_buffer(&self) -> Result<(), StoreError> {
         let _guard = self.maintenance.lock().await;
         let (seq, parts, mut next) = {
@@ -63,6 +64,9 @@ impl Store {
             st.buffer.drain_upto(seq);
             Store::update_gauges(&st);
         }
+        tracing::Span::current()
+            .record("rows", written.iter().map(|(_, rows, _)| *rows as i64).sum::<i64>())
+            .record("files", written.iter().map(|(_, _, files)| files.len() as i64).sum::<i64>());
         let m = metrics();
         for (table, rows, _) in &written {
             m.flushes.with_label_values(&[table.name()]).inc();

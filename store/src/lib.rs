@@ -282,6 +282,12 @@ impl Store {
     ///
     /// Rows whose `event_id` / `alert_id` was stored within the last `dedupe_window_rows` rows are dropped
     /// (see the `dedupe` module): a retried request is acknowledged without being stored twice.
+    #[tracing::instrument(
+        level = "debug",
+        name = "store.append",
+        skip_all,
+        fields(rows = writes.iter().map(|(_, b)| b.num_rows() as i64).sum::<i64>())
+    )]
     pub async fn append(&self, writes: Vec<(Table, RecordBatch)>) -> Result<(), StoreError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);

@@ -10,6 +10,7 @@ mod ingest;
 mod overload;
 mod python_sdk;
 mod soar;
+mod telemetry;
 mod state;
 mod verify;
 

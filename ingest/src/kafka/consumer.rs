@@ -490,6 +490,7 @@ impl Consumer {
 
     /// Hands the batch to the sink until it is durable. While the sink refuses, the assigned partitions are
     /// paused so that nothing is fetched that could not be delivered anyway.
+    #[tracing::instrument(level = "debug", name = "kafka.deliver", skip_all, fields(otel.kind = "consumer", events = batch.num_rows() as i64))]
     async fn deliver<F: Future<Output = ()>>(&self, batch: RecordBatch, shutdown: &mut Shutdown<F>) -> Flow {
         let mut backoff = BACKOFF_START;
         let mut paused: Option<TopicPartitionList> = None;

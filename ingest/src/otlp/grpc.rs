@@ -113,6 +113,22 @@ struct GrpcReceiver {
 }
 
 impl GrpcReceiver {
+    /// One span per request (never per record): Vigil's own traces show where a request's time went.
+    #[tracing::instrument(
+        level = "debug",
+        name = "otlp.export",
+        skip_all,
+        fields(
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            transport = "grpc",
+            signal = request.signal().as_str(),
+            bytes = encoded_len as i64,
+            events = tracing::field::Empty,
+            skipped = tracing::field::Empty,
+            rejection = tracing::field::Empty,
+        )
+    )]
     async fn export(&self, request: ExportRequest, encoded_len: usize, sender: Option<Principal>) -> Result<(), Status> {
         metrics::record_bytes(Transport::Grpc, encoded_len);
         self.exporter

@@ -125,6 +125,22 @@ fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Op
     headers.get(name).map(|v| v.to_str().map_err(|_| ())).transpose()
 }
 
+/// One span per request (never per record): Vigil's own traces show where a request's time went.
+#[tracing::instrument(
+    level = "debug",
+    name = "otlp.export",
+    skip_all,
+    fields(
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        transport = "http",
+        signal = signal.as_str(),
+        bytes = tracing::field::Empty,
+        events = tracing::field::Empty,
+        skipped = tracing::field::Empty,
+        rejection = tracing::field::Empty,
+    )
+)]
 async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response {
     let sender = req.extensions().get::<Principal>().cloned();
     let headers = req.headers();
@@ -166,6 +182,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         }
     };
     metrics::record_bytes(Transport::Http, body.len());
+    tracing::Span::current().record("bytes", body.len() as i64);
     // Admission before decoding: a refusal under overload costs no CPU. (After reading the body, so the
     // client is not cut off mid-send and sees its 429.)
     let admission = match state.exporter.admit().await {
@@ -174,8 +191,10 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
     };
 
     let limits = state.cfg.limits;
+    let span = tracing::debug_span!("otlp.decode", encoding = ?encoding, compression = ?compression);
     // Inflating and parsing up to the decompressed cap is CPU work; keep it off the I/O threads.
     let decoded = tokio::task::spawn_blocking(move || -> Result<ExportRequest, DecodeError> {
+        let _span = span.entered();
         Ok(match signal {
             Signal::Traces => ExportRequest::Traces(decode::decode_traces(&body, encoding, compression, &limits)?),
             Signal::Logs => ExportRequest::Logs(decode::decode_logs(&body, encoding, compression, &limits)?),
@@ -206,6 +225,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
 
 fn refuse(signal: Signal, refusal: Refusal, encoding: Option<Encoding>) -> Response {
     metrics::record_rejection(Transport::Http, signal, refusal.reason, &refusal.message);
+    super::record_rejection_in_span(refusal.reason);
     refusal.into_response(encoding)
 }
 

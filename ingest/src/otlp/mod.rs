@@ -180,8 +180,15 @@ impl Exporter {
         let ctx = self.context_for(sender);
         let result = self.deliver(transport, request, ctx, admission).await;
         match &result {
-            Ok(_) => metrics::record_ok(transport, signal),
-            Err(err) => metrics::record_rejection(transport, signal, rejection_of(err), err),
+            Ok(summary) => {
+                metrics::record_ok(transport, signal);
+                // As i64: the OpenTelemetry layer records unsigned integers as strings.
+                tracing::Span::current().record("events", summary.events as i64).record("skipped", summary.skipped as i64);
+            }
+            Err(err) => {
+                metrics::record_rejection(transport, signal, rejection_of(err), err);
+                record_rejection_in_span(rejection_of(err));
+            }
         }
         result
     }
@@ -211,13 +218,19 @@ impl Exporter {
             None => self.sink.admit().await?,
         };
         let normalizers = self.normalizers;
+        let span = tracing::debug_span!("otlp.normalize", events = tracing::field::Empty);
         // Normalising a large request is CPU work measured in milliseconds; keep it off the I/O threads.
-        let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || match request {
-            ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
-            ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
-            ExportRequest::Metrics(req) => {
-                Normalized { batch: RecordBatch::new_empty(crate::event_schema()), skipped: metric_points(&req) }
-            }
+        let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || {
+            let span = span.entered();
+            let normalized = match request {
+                ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
+                ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
+                ExportRequest::Metrics(req) => {
+                    Normalized { batch: RecordBatch::new_empty(crate::event_schema()), skipped: metric_points(&req) }
+                }
+            };
+            span.record("events", normalized.batch.num_rows() as i64);
+            normalized
         })
         .await
         .map_err(|err| SinkError::Internal(format!("normalisation of {} failed: {err}", signal.as_str())))?;
@@ -233,6 +246,11 @@ impl Exporter {
         }
         Ok(ExportSummary { events, skipped })
     }
+}
+
+/// Marks the current request span (`otlp.export`) as failed, with the reason; a no-op outside one.
+pub(crate) fn record_rejection_in_span(reason: Rejection) {
+    tracing::Span::current().record("otel.status_code", "error").record("rejection", reason.as_str());
 }
 
 fn rejection_of(err: &SinkError) -> Rejection {
