@@ -104,6 +104,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG).context("parsing the embedded demo configuration")?;
     let stage = vigil_detect::DetectionStage::new(demo.detect.clone());
     let mut traffic = Traffic::new(11);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
     let start = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
     let ctx = vigil_ingest::NormalizeContext::default();
     let mut batches = Vec::new();
@@ -117,7 +118,7 @@ fn detect(args: DetectArgs) -> Result<()> {
             rows.truncate(args.batch.saturating_sub(extra.len()));
             rows.extend(extra);
         }
-        pad_prompts(&mut rows, args.prompt_bytes);
+        pad_prompts(&mut rows, args.prompt_bytes, &mut rng);
         for r in &rows {
             if let Some(p) = &r.prompt_text {
                 prompt_bytes += p.len();
@@ -165,6 +166,9 @@ fn detect(args: DetectArgs) -> Result<()> {
     Ok(())
 }
 
+/// The load generator's ingest token (only its hash is in the server's configuration).
+const BENCH_TOKEN: &str = "vigil-bench-ingest-token";
+
 fn bench_config(data_dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.server.data_dir = data_dir.to_path_buf();
@@ -174,8 +178,12 @@ fn bench_config(data_dir: &std::path::Path) -> Config {
     c.otlp.grpc_addr = any;
     c.otlp.http_addr = any;
     c.sql.pg_addr = None;
-    // The load generator measures the pipeline, not token checks.
-    c.auth.enabled = false;
+    // Secure by default, as in production: every request carries a token that is checked.
+    c.auth.tokens = vec![vigil_ingest::security::ConfiguredToken {
+        name: "bench".into(),
+        scopes: vec![vigil_ingest::security::Scope::Ingest],
+        hash: vigil_ingest::security::tokens::TokenHash::of(BENCH_TOKEN).to_string(),
+    }];
     c.pipeline.max_in_flight = 256;
     c.pipeline.admission_wait = Duration::from_secs(5);
     c
@@ -191,15 +199,50 @@ fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
-fn pad_prompts(rows: &mut [EventRow], bytes: usize) {
-    const FILLER: &str = " Please keep the answer concise, cite the internal policy where it applies, and list any assumptions you made about the data.";
+/// Pads every prompt to `bytes` with words drawn at random, so no two prompts are alike: a padding that
+/// repeated would let zstd store prompts for nearly nothing and flatter the bytes-per-event figure.
+fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
+    const WORDS: &[&str] = &[
+        "please", "summarise", "the", "quarterly", "report", "for", "our", "customer", "accounts", "and", "list",
+        "every", "risk", "you", "find", "in", "contract", "draft", "attached", "below", "with", "clause", "numbers",
+        "explain", "why", "deployment", "failed", "after", "migration", "to", "new", "cluster", "region", "write",
+        "a", "polite", "reply", "about", "refund", "delay", "order", "invoice", "ticket", "escalation", "policy",
+        "compare", "pricing", "tiers", "against", "competitor", "offer", "translate", "this", "paragraph", "into",
+        "german", "french", "spanish", "review", "pull", "request", "test", "coverage", "latency", "regression",
+        "dashboard", "metrics", "budget", "forecast", "hiring", "plan", "onboarding", "checklist", "security",
+        "incident", "timeline", "root", "cause", "action", "items", "meeting", "notes", "from", "yesterday",
+        "product", "roadmap", "feature", "request", "bug", "stack", "trace", "error", "message", "database", "query",
+        "index", "slow", "cache", "memory", "leak", "service", "api", "endpoint", "schema", "change", "backfill",
+        "customer", "churn", "survey", "results", "marketing", "campaign", "email", "subject", "line", "tone",
+        "shorter", "clearer", "bullet", "points", "table", "columns", "owner", "deadline", "status", "blocked",
+    ];
     for r in rows.iter_mut() {
         if let Some(p) = r.prompt_text.as_mut() {
             while p.len() < bytes {
-                p.push_str(FILLER);
+                p.push(' ');
+                p.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+                if rng.random_bool(0.08) {
+                    p.push_str(&format!(" {}", rng.random_range(1..100_000u32)));
+                }
             }
-            p.truncate(bytes.max(1));
+            let mut cut = bytes.max(1).min(p.len());
+            while !p.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            p.truncate(cut);
         }
+    }
+}
+
+/// Adds the bench token to every gRPC call.
+#[derive(Clone)]
+struct BearerToken;
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {BENCH_TOKEN}").parse().map_err(|_| tonic::Status::internal("token is not ASCII"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
     }
 }
 
@@ -212,6 +255,7 @@ struct Workload {
 
 fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
     let mut traffic = Traffic::new(7);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     let now = chrono::Utc::now().timestamp_micros();
     let mut protobuf = Vec::with_capacity(distinct);
     let mut json_bytes = 0usize;
@@ -225,7 +269,7 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
             rows.truncate(batch.saturating_sub(extra.len()));
             rows.extend(extra);
         }
-        pad_prompts(&mut rows, prompt_bytes);
+        pad_prompts(&mut rows, prompt_bytes, &mut rng);
         let req = traces_request(&rows);
         json_bytes += serde_json::to_vec(&req).map(|v| v.len()).unwrap_or(0);
         events += rows.len();
@@ -259,6 +303,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!("workload: OTLP/JSON would be {:.0} bytes/event", work.json_bytes_per_event);
 
     let acked = Arc::new(AtomicU64::new(0));
+    // Every acknowledged event, warm-up included: what the store must hold at the end.
+    let acked_total = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,13 +317,27 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     };
     let mut clients = Vec::new();
     for c in 0..args.clients {
-        let (work, acked, refused, measuring, stop, latency, counter) =
-            (work.clone(), acked.clone(), refused.clone(), measuring.clone(), stop.clone(), latency.clone(), counter.clone());
+        let (work, acked, acked_total, refused, measuring, stop, latency, counter) = (
+            work.clone(),
+            acked.clone(),
+            acked_total.clone(),
+            refused.clone(),
+            measuring.clone(),
+            stop.clone(),
+            latency.clone(),
+            counter.clone(),
+        );
         let grpc_addr = format!("http://{}", b.grpc);
         let http_url = format!("http://{}/v1/traces", b.http);
         clients.push(tokio::spawn(async move {
             let use_grpc = c % 2 == 0;
-            let mut grpc = if use_grpc { TraceServiceClient::connect(grpc_addr).await.ok() } else { None };
+            let mut grpc = match use_grpc {
+                true => tonic::transport::Channel::from_shared(grpc_addr)
+                    .ok()
+                    .map(|e| e.connect_lazy())
+                    .map(|ch| TraceServiceClient::with_interceptor(ch, BearerToken)),
+                false => None,
+            };
             let http = reqwest::Client::new();
             let mut next = Instant::now();
             let mut k = c;
@@ -297,12 +357,16 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     }
                     None => http
                         .post(&http_url)
+                        .bearer_auth(BENCH_TOKEN)
                         .header("content-type", "application/x-protobuf")
                         .body(body)
                         .send()
                         .await
                         .is_ok_and(|r| r.status().is_success()),
                 };
+                if ok {
+                    acked_total.fetch_add(work.events_per_request as u64, Ordering::Relaxed);
+                }
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         acked.fetch_add(work.events_per_request as u64, Ordering::Relaxed);
@@ -343,7 +407,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!("event-to-alert:       p50 {:.1} ms, p99 {:.1} ms", e2a_p50 as f64 / 1e3, e2a_p99 as f64 / 1e3);
     println!("peak RSS:             {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
     println!("stored:               {:.1} bytes/event in Parquet vs {:.0} bytes/event as OTLP/JSON ({:.1} %)", bytes_per_event, work.json_bytes_per_event, 100.0 * bytes_per_event / work.json_bytes_per_event);
-    println!("stored events:        {stored_events}");
+    let acknowledged = acked_total.load(Ordering::Relaxed);
+    let verdict = if stored_events == acknowledged { "every acknowledged event stored" } else { "MISMATCH" };
+    println!("durable:              {stored_events} events stored of {acknowledged} acknowledged (warm-up included): {verdict}");
+    if stored_events != acknowledged {
+        anyhow::bail!("{acknowledged} events were acknowledged but {stored_events} are stored");
+    }
     Ok(())
 }
 
@@ -375,8 +444,11 @@ async fn sql(args: SqlArgs) -> Result<()> {
     let store = vigil_store::Store::open(config.store.clone()).await?;
     let have: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.rows).sum();
     if (have as usize) < args.events {
-        println!("storing {} events...", args.events - have as usize);
+        println!("storing {} events through the detection stage...", args.events - have as usize);
         let started = Instant::now();
+        // Through detection as in production, so the alerts, baselines and inventory panels have data too.
+        let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG).context("parsing the embedded demo configuration")?;
+        let stage = vigil_detect::DetectionStage::new(demo.detect.clone());
         let mut traffic = Traffic::new(11);
         let now = chrono::Utc::now().timestamp_micros();
         let span_us = 24 * 3600 * 1_000_000i64;
@@ -385,21 +457,42 @@ async fn sql(args: SqlArgs) -> Result<()> {
         while done < args.events {
             let n = chunk.min(args.events - done);
             let t = now - span_us + (done as i64 * span_us / args.events as i64);
-            let rows = traffic.normal(t, n);
-            let mut builder = vigil_ingest::EventBatchBuilder::with_capacity(n);
+            let mut rows = traffic.normal(t, n);
+            let k = done / chunk;
+            if k % 2 == 0 {
+                rows.extend(traffic.incident(t, Incident::ALL[(k / 2) % Incident::ALL.len()]));
+            }
+            let mut builder = vigil_ingest::EventBatchBuilder::with_capacity(rows.len());
             for r in &rows {
                 builder.push(r);
             }
-            store.append(vec![(vigil_store::Table::Events, builder.finish())]).await?;
+            let d = stage.process(&builder.finish());
+            let mut tables = vec![(vigil_store::Table::Events, d.events)];
+            if !d.alerts.is_empty() {
+                tables.push((vigil_store::Table::Alerts, vigil_detect::alerts_to_batch(&d.alerts)));
+            }
+            store.append(tables).await?;
             done += n;
         }
+        let window_alerts = stage.tick(now);
+        if !window_alerts.is_empty() {
+            store.append(vec![(vigil_store::Table::Alerts, vigil_detect::alerts_to_batch(&window_alerts))]).await?;
+        }
+        store.put_state(vigil_store::Table::Baselines, stage.baselines_batch()).await?;
+        store.put_state(vigil_store::Table::Inventory, stage.inventory_batch()).await?;
         store.flush().await?;
         store.compact().await?;
         println!("stored in {:.0} s", started.elapsed().as_secs_f64());
     }
     let limits = vigil_sql::QueryLimits { timeout: Duration::from_secs(120), memory_limit_bytes: 4 << 30, ..Default::default() };
     let ctx = serve::sql_context(store.clone(), &limits)?;
-    println!("{} dashboard queries over {} events, median of {} runs:", dashboard_queries().len(), args.events, args.runs);
+    let alerts: u64 = store.snapshot(vigil_store::Table::Alerts).files.iter().map(|f| f.rows).sum();
+    println!(
+        "{} dashboard queries over {} events and {alerts} alerts, median of {} runs:",
+        dashboard_queries().len(),
+        args.events,
+        args.runs
+    );
     let mut medians = Vec::new();
     for (name, sql) in dashboard_queries() {
         let mut times = Vec::new();
