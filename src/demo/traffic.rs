@@ -101,11 +101,16 @@ pub enum Incident {
     PrivilegedModel,
     DenyBurst,
     TokenSpike,
+    RateSpike,
+    BehaviorAnomaly,
     ModelSwap,
 }
 
 impl Incident {
-    pub const ALL: [Incident; 11] = [
+    /// In injection order. The behaviour anomaly comes first: it is judged when its window closes, a
+    /// minute later, so a short demo run still shows it.
+    pub const ALL: [Incident; 13] = [
+        Incident::BehaviorAnomaly,
         Incident::SecretInPrompt,
         Incident::PiiLeakInResponse,
         Incident::PromptInjection,
@@ -116,6 +121,7 @@ impl Incident {
         Incident::PrivilegedModel,
         Incident::DenyBurst,
         Incident::TokenSpike,
+        Incident::RateSpike,
         Incident::ModelSwap,
     ];
 }
@@ -206,7 +212,8 @@ impl Traffic {
                 row.service = Some("ai-gateway".into());
                 row.operation = Some("run_guardrail".into());
                 row.policy_id = Some(["pii-guard", "topic-guard", "cost-guard"][self.rng.random_range(0..3)].into());
-                let deny = self.rng.random_bool(0.03);
+                // Rare enough that no one collects a burst of denials by chance (the deny-burst incident does).
+                let deny = self.rng.random_bool(0.01);
                 row.decision = Some(if deny { "deny" } else { "allow" }.into());
                 if deny {
                     row.decision_reason = Some("request matched a blocked topic".into());
@@ -289,6 +296,24 @@ impl Traffic {
                     let mut row = self.inference(time_us + k * 50_000, &DEPARTMENTS[2], "mateo", &MODELS[2], DEPARTMENTS[2].prompts[0]);
                     row.output_tokens = Some(60_000);
                     row.input_tokens = Some(90_000);
+                    row
+                })
+                .collect(),
+            // A runaway script on an engineer's key: several times the user's usual requests in a second.
+            Incident::RateSpike => (0..700)
+                .map(|k| self.inference(time_us + k * 1_000, eng, "dara", &MODELS[1], eng.prompts[0]))
+                .collect(),
+            // A user's revoked key still used by a script: calls that all fail fast with nothing generated, a
+            // pattern no one in the population shows (the behaviour model's distance, not one threshold).
+            Incident::BehaviorAnomaly => (0..60)
+                .map(|k| {
+                    let mut row = self.inference(time_us + k * 15_000, &DEPARTMENTS[2], "kofi", &MODELS[0], DEPARTMENTS[2].prompts[0]);
+                    row.status = Some("error".into());
+                    row.error_type = Some("401".into());
+                    row.latency_ms = Some(15.0);
+                    row.output_tokens = Some(0);
+                    row.finish_reasons = None;
+                    row.response_text = None;
                     row
                 })
                 .collect(),

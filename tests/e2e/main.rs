@@ -4,6 +4,7 @@
 
 mod auth;
 mod dashboards;
+mod demo;
 mod detection;
 mod harness;
 mod ingest;
