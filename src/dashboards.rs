@@ -10,6 +10,12 @@ pub const FILES: [(&str, &str); 3] = [
     ("inventory", include_str!("../dashboards/json/inventory.json")),
 ];
 
+/// The dashboard that reads Vigil's Prometheus metrics rather than its SQL.
+pub const PROMETHEUS_FILE: (&str, &str) = ("pipeline-health", include_str!("../dashboards/json/pipeline-health.json"));
+
+/// The data sources `dashboards/provisioning/datasources/vigil.yaml` provisions, by uid.
+const PROVISIONED: &str = include_str!("../dashboards/provisioning/datasources/vigil.yaml");
+
 /// (panel title, raw SQL) of every SQL target of a dashboard.
 pub fn sql_panels(json: &str) -> Vec<(String, String)> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
@@ -71,6 +77,73 @@ mod tests {
             out,
             "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", count(*) FROM events WHERE time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-02T00:00:00Z'"
         );
+    }
+
+    /// Every panel of every shipped dashboard, the Prometheus one included, is what Grafana needs to draw
+    /// it: a type, a place on the grid, a provisioned data source, and a query for that data source.
+    #[test]
+    fn every_panel_has_a_type_a_place_and_a_query_for_a_provisioned_data_source() {
+        let uid = Regex::new(r"(?m)^\s*uid:\s*(\S+)").unwrap();
+        let provisioned: Vec<String> = uid.captures_iter(PROVISIONED).map(|c| c[1].to_string()).collect();
+        assert_eq!(provisioned, ["vigil-pg", "vigil-prom"]);
+        for (name, json) in FILES.into_iter().chain([PROMETHEUS_FILE]) {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(v["schemaVersion"].as_u64().unwrap_or(0) >= 39, "{name}: schemaVersion");
+            let panels = v["panels"].as_array().unwrap_or_else(|| panic!("{name}: panels"));
+            assert!(panels.len() >= 4, "{name}: {} panels", panels.len());
+            for p in panels {
+                let title = p["title"].as_str().unwrap_or_else(|| panic!("{name}: a panel without a title"));
+                assert!(p["type"].is_string(), "{name} / {title}: type");
+                for k in ["x", "y", "w", "h"] {
+                    assert!(p["gridPos"][k].is_u64(), "{name} / {title}: gridPos.{k}");
+                }
+                let ds = p["datasource"]["uid"].as_str().unwrap_or_else(|| panic!("{name} / {title}: datasource uid"));
+                assert!(provisioned.iter().any(|u| u == ds), "{name} / {title}: data source {ds} is not provisioned");
+                let targets = p["targets"].as_array().filter(|t| !t.is_empty());
+                let targets = targets.unwrap_or_else(|| panic!("{name} / {title}: no query"));
+                for t in targets {
+                    let query = if ds == "vigil-pg" { &t["rawSql"] } else { &t["expr"] };
+                    assert!(query.as_str().is_some_and(|q| !q.trim().is_empty()), "{name} / {title}: empty query for {ds}");
+                }
+            }
+        }
+    }
+
+    /// A Prometheus panel naming a metric Vigil does not export would stay empty forever: every `vigil_*`
+    /// name in a panel's expression must be registered somewhere in the workspace's code.
+    #[test]
+    fn prometheus_panels_name_metrics_vigil_registers() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut code = String::new();
+        let mut dirs = vec![root.join("src"), root.join("ingest/src"), root.join("detect/src"), root.join("store/src")];
+        dirs.extend([root.join("sql/src"), root.join("respond/src")]);
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    code.push_str(&std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+        let metric = Regex::new(r"vigil_[a-z0-9_]+").unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        for (name, json) in FILES.into_iter().chain([PROMETHEUS_FILE]) {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            for p in v["panels"].as_array().into_iter().flatten() {
+                for t in p["targets"].as_array().into_iter().flatten() {
+                    for m in metric.find_iter(t["expr"].as_str().unwrap_or("")) {
+                        used.insert((name, m.as_str().to_string()));
+                    }
+                }
+            }
+        }
+        assert!(used.len() >= 8, "{used:?}");
+        for (dashboard, m) in used {
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| m.strip_suffix(s)).unwrap_or(&m);
+            assert!(code.contains(&format!("\"{base}\"")), "{dashboard}: {m} is not a metric Vigil registers");
+        }
     }
 
     #[test]
