@@ -182,6 +182,13 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         .context("registering alert_deliveries")?;
     }
     {
+        // The responses playbooks took, as columns of `alerts` (time to contain = responded_at - time).
+        let responder = responder.clone();
+        vigil_sql::register_alert_responses(&ctx, move || vec![responder.alert_responses_batch()])
+            .await
+            .context("joining playbook responses into alerts")?;
+    }
+    {
         let state = vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() };
         let router = admin::router(state, auth.clone(), reloader.clone());
         let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());

@@ -103,6 +103,35 @@ pub fn alert_schema() -> SchemaRef {
         .clone()
 }
 
+/// The response columns the `alerts` table shows next to the stored ones, keyed by `alert_id`: what a
+/// response playbook did about the alert and when the action webhook accepted it.
+///
+/// Stored alerts are append-only Parquet written before any response happens, so these columns are not
+/// stored with them: the responder (`vigil-respond`) produces rows of this schema, at most one per
+/// `alert_id`, and the SQL layer (`vigil-sql`) joins them in. Defined here, next to the alert schema,
+/// because both crates depend on this one and neither may depend on the other. `responded_at - time` is
+/// the alert's time to contain.
+pub fn alert_response_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let ts = |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true);
+            Arc::new(Schema::new(vec![
+                Field::new("alert_id", DataType::Utf8, false),
+                // Playbook names and actions, comma-separated in the order they were triggered.
+                Field::new("response_playbook", DataType::Utf8, true),
+                Field::new("response_action", DataType::Utf8, true),
+                // `delivered` once every action webhook accepted; otherwise the first unfinished action's
+                // delivery status (`pending`, `retrying`, `dead_letter`, `disabled`).
+                Field::new("response_status", DataType::Utf8, true),
+                ts("response_requested_at"),
+                // When the last action webhook accepted its action; NULL until all have.
+                ts("responded_at"),
+            ]))
+        })
+        .clone()
+}
+
 /// Builds the `alerts` table rows. `evidence_event_ids` is stored comma-separated.
 pub fn alerts_to_batch(alerts: &[Alert]) -> RecordBatch {
     let n = alerts.len();

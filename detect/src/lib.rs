@@ -20,7 +20,7 @@ pub mod findings;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
-pub use alert::{alert_schema, alerts_from_batch, alerts_to_batch, Alert, Severity};
+pub use alert::{alert_response_schema, alert_schema, alerts_from_batch, alerts_to_batch, Alert, Severity};
 pub use config::DetectConfig;
 /// The detection stage. Shared by all receivers (`Arc<DetectionStage>`); `process` takes `&self` and is
 /// safe to call concurrently.

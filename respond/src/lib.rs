@@ -28,4 +28,4 @@ pub use finding::{Activity, Finding};
 pub use outbox::{DeliveryRecord, DeliveryStatus, DestinationState, ResponseRecord};
 pub use responder::{playbook_destination, Replay, RespondError, Responder, ResponseView, RECONCILE_WINDOW_MS};
 pub use secret::Secret;
-pub use table::{deliveries_schema, deliveries_to_batch};
+pub use table::{alert_responses_to_batch, deliveries_schema, deliveries_to_batch};

@@ -65,6 +65,13 @@ pub struct DeliveryRecord {
     pub seq: u64,
     pub webhook_id: String,
     pub finding_id: String,
+    /// The alert this notification describes: the finding's latest detection at its highest severity at
+    /// this revision (its title, entity and evidence are the body's). A finding folds many alerts; the
+    /// others of the revision are listed in the body's `alert_ids`. For a playbook action, the alert the
+    /// response answers (`ResponseRecord::alert_id`), so both tables join to the same `alerts` row.
+    /// `None` in records from older outboxes.
+    #[serde(default)]
+    pub alert_id: Option<String>,
     pub fingerprint: String,
     pub destination: String,
     /// Set for playbook actions.
@@ -97,6 +104,11 @@ pub struct ResponseRecord {
     pub playbook: String,
     pub action: String,
     pub finding_id: String,
+    /// The alert the response answers: the earliest detection of the submission that fired the playbook
+    /// which met its conditions (see `Responder::submit`); the `alerts` row the response is shown on.
+    /// Empty in records from older outboxes.
+    #[serde(default)]
+    pub alert_id: String,
     pub fingerprint: String,
     pub detector: String,
     pub severity: vigil_detect::alert::Severity,
@@ -105,6 +117,10 @@ pub struct ResponseRecord {
     pub triggered_at_ms: i64,
     /// The delivery carrying the action webhook (its status says whether the action was accepted).
     pub delivery_seq: u64,
+    /// When the action webhook accepted the action. Kept here because delivered records are pruned from
+    /// the delivery history, and time to contain must outlive them.
+    #[serde(default)]
+    pub responded_at_ms: Option<i64>,
 }
 
 /// Everything in the outbox, read once at open.
@@ -322,6 +338,7 @@ mod tests {
             seq: 7,
             webhook_id: "msg_1".into(),
             finding_id: g.finding_id.clone(),
+            alert_id: Some(g.alert.alert_id.clone()),
             fingerprint: "fp".into(),
             destination: "soc".into(),
             playbook: None,

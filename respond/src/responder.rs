@@ -252,22 +252,38 @@ impl Responder {
         let mut seq = st.next_seq;
         let mut queued = Vec::new();
         let mut responses = Vec::new();
+        // This submission's alerts by fingerprint, in order, to name the alert each playbook answers.
+        let mut submitted: HashMap<&str, Vec<&Alert>> = HashMap::new();
+        if !self.config.playbooks.is_empty() {
+            for a in alerts {
+                submitted.entry(a.fingerprint.as_str()).or_default().push(a);
+            }
+        }
         for g in changed.values_mut() {
             for p in &self.config.playbooks {
                 if g.playbooks_fired.contains(&p.name) || !playbook_matches(p, &g.alert.detector, g.severity) {
                     continue;
                 }
+                // The earliest alert of this submission that meets the playbook's conditions, so time to
+                // contain is measured from the first qualifying detection; the finding's highest-severity
+                // one when none does (a playbook configured after its finding opened).
+                let trigger = submitted
+                    .get(g.fingerprint.as_str())
+                    .and_then(|v| v.iter().copied().find(|a| playbook_matches(p, &a.detector, a.severity)))
+                    .map_or_else(|| g.alert.alert_id.clone(), |a| a.alert_id.clone());
                 g.playbooks_fired.insert(p.name.clone());
                 let mut finding = g.clone().notify(Activity::Create, now);
                 finding.revision = 1;
                 let body = action_body(p, &finding, now * 1000);
                 let destination = playbook_destination(&p.name);
-                let record = self.new_record(seq, &finding, &destination, Some(p.name.clone()), &st, now);
+                let mut record = self.new_record(seq, &finding, &destination, Some(p.name.clone()), &st, now);
+                record.alert_id = Some(trigger.clone());
                 responses.push(ResponseRecord {
                     seq,
                     playbook: p.name.clone(),
                     action: p.action.clone(),
                     finding_id: g.finding_id.clone(),
+                    alert_id: trigger,
                     fingerprint: g.fingerprint.clone(),
                     detector: g.alert.detector.clone(),
                     severity: g.severity,
@@ -275,6 +291,7 @@ impl Responder {
                     entity_id: g.alert.entity_id.clone(),
                     triggered_at_ms: now,
                     delivery_seq: seq,
+                    responded_at_ms: None,
                 });
                 queued.push((record, body));
                 seq += 1;
@@ -319,6 +336,7 @@ impl Responder {
             seq,
             webhook_id: webhook_id(),
             finding_id: f.finding_id.clone(),
+            alert_id: Some(f.alert.alert_id.clone()),
             fingerprint: f.fingerprint.clone(),
             destination: destination.to_string(),
             playbook,
@@ -532,8 +550,18 @@ impl Responder {
             }
         }
         let prune = self.prunable(&st, d.status == DeliveryStatus::Delivered);
+        // A playbook action accepted: the response is taken now (its delivery record may be pruned later).
+        let responded = match st.responses.get(&seq) {
+            Some(r) if d.status == DeliveryStatus::Delivered && r.delivery_seq == seq => {
+                Some(ResponseRecord { responded_at_ms: Some(now), ..r.clone() })
+            }
+            _ => None,
+        };
         self.outbox.write(|b| {
             b.put_delivery(&d)?;
+            if let Some(r) = &responded {
+                b.put_response(r)?;
+            }
             if d.status == DeliveryStatus::Delivered {
                 b.remove_body(seq)?;
             }
@@ -552,6 +580,9 @@ impl Responder {
         if let Some(s) = dest_state {
             tracing::warn!(destination = %dest, "destination answered 410 Gone; disabled until replayed or re-enabled");
             st.destinations.insert(dest.clone(), s);
+        }
+        if let Some(r) = responded {
+            st.responses.insert(r.seq, r);
         }
         st.put(d);
         for o in others_disabled {
@@ -703,8 +734,9 @@ impl Responder {
                 let d = st.deliveries.get(&r.delivery_seq);
                 ResponseView {
                     record: r.clone(),
+                    // Only delivered records are pruned from the history.
                     status: d.map(|d| d.status).unwrap_or(DeliveryStatus::Delivered),
-                    completed_at_ms: d.and_then(|d| d.delivered_at_ms),
+                    completed_at_ms: r.responded_at_ms.or_else(|| d.and_then(|d| d.delivered_at_ms)),
                     last_status_code: d.and_then(|d| d.last_status_code),
                     last_error: d.and_then(|d| d.last_error.clone()),
                 }
@@ -720,6 +752,12 @@ impl Responder {
     /// `alert_deliveries` as Arrow, for the SQL crate.
     pub fn deliveries_batch(&self) -> arrow::array::RecordBatch {
         crate::table::deliveries_to_batch(&self.deliveries())
+    }
+
+    /// The responses taken, one row per alert ([`vigil_detect::alert_response_schema`]), for the SQL
+    /// crate to show as columns of `alerts`.
+    pub fn alert_responses_batch(&self) -> arrow::array::RecordBatch {
+        crate::table::alert_responses_to_batch(&self.responses())
     }
 }
 

@@ -84,6 +84,9 @@ fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
     // Every delivery the outbox knows is one the receiver saw under the same id.
     let seen_ids: BTreeSet<&str> = seen.iter().map(|s| s.webhook_id.as_str()).collect();
     assert!(deliveries.iter().all(|d| seen_ids.contains(d.webhook_id.as_str())));
+    // Each delivery names an alert of its own finding (what joins `alert_deliveries` to `alerts`).
+    let own = |d: &DeliveryRecord| d.alert_id.as_deref().is_some_and(|a| a.starts_with(&format!("{}-a", d.fingerprint)));
+    assert!(deliveries.iter().all(own), "{:?}", deliveries.iter().find(|d| !own(d)));
     eprintln!(
         "outage test: {} deliveries, {} requests accepted, {} distinct webhook ids, attempts total {}",
         deliveries.len(),
@@ -236,13 +239,87 @@ fn playbook_runs_once_and_is_recorded() {
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].record.action, "revoke_agent_token");
     assert_eq!(responses[0].record.entity_id, "agent-x");
+    // The response answers the first alert that met the playbook's conditions (the medium one did not).
+    assert_eq!(responses[0].record.alert_id, "x-a1");
     assert!(responses[0].completed_at_ms.is_some());
+    assert_eq!(responses[0].record.responded_at_ms, responses[0].completed_at_ms, "kept beyond the delivery record");
+    let playbook_delivery = responder.deliveries().into_iter().find(|d| d.playbook.is_some()).unwrap();
+    assert_eq!(playbook_delivery.alert_id.as_deref(), Some("x-a1"), "the delivery names the alert the response answers");
     let seen = shared.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["type"], "response.requested");
     assert_eq!(seen[0].body["data"]["target"]["id"], "agent-x");
     assert_eq!(seen[0].custom.as_deref(), Some("pb-token"));
     assert_eq!(shared.bad_signatures(), 0);
+    // The responses, one row per alert as `alerts` shows them, survive a restart.
+    let config = fast_config(vec![]);
+    drop(responder);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let batch = responder.alert_responses_batch();
+    assert_eq!(batch.schema(), vigil_detect::alert_response_schema());
+    let rows = response_rows(&batch);
+    let responded_us = responses[0].completed_at_ms.unwrap() * 1000;
+    let expected = ("x-a1".to_string(), "revoke".to_string(), "revoke_agent_token".to_string(), "delivered".to_string(), Some(responded_us));
+    assert_eq!(rows, vec![expected]);
+}
+
+/// (alert_id, playbook, action, status, responded_at µs) per row of an `alert_response_schema()` batch.
+fn response_rows(batch: &arrow::array::RecordBatch) -> Vec<(String, String, String, String, Option<i64>)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    let text = |name: &str, row: usize| batch.column_by_name(name).unwrap().as_string::<i32>().value(row).to_string();
+    let responded = batch.column_by_name("responded_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    (0..batch.num_rows())
+        .map(|r| {
+            let at = responded.is_valid(r).then(|| responded.value(r));
+            (text("alert_id", r), text("response_playbook", r), text("response_action", r), text("response_status", r), at)
+        })
+        .collect()
+}
+
+/// Several playbooks answering one alert fold into one row; an unfinished action keeps `responded_at` NULL.
+#[test]
+fn responses_fold_to_one_row_per_alert() {
+    use vigil_respond::{alert_responses_to_batch, ResponseRecord, ResponseView};
+    let view = |seq: u64, playbook: &str, alert: &str, status: DeliveryStatus, done: Option<i64>| ResponseView {
+        record: ResponseRecord {
+            seq,
+            playbook: playbook.into(),
+            action: format!("{playbook}_action"),
+            finding_id: "f".into(),
+            alert_id: alert.into(),
+            fingerprint: "fp".into(),
+            detector: "tool_abuse".into(),
+            severity: Severity::Critical,
+            entity_type: "agent".into(),
+            entity_id: "a".into(),
+            triggered_at_ms: 1_000 + seq as i64,
+            delivery_seq: seq,
+            responded_at_ms: done,
+        },
+        status,
+        completed_at_ms: done,
+        last_status_code: None,
+        last_error: None,
+    };
+    let batch = alert_responses_to_batch(&[
+        view(1, "revoke", "a1", DeliveryStatus::Delivered, Some(5_000)),
+        view(2, "quarantine", "a1", DeliveryStatus::Retrying, None),
+        view(3, "revoke", "a2", DeliveryStatus::Delivered, Some(7_000)),
+        view(4, "quarantine", "a2", DeliveryStatus::Delivered, Some(9_000)),
+        view(5, "revoke", "", DeliveryStatus::Delivered, Some(9_000)),
+    ]);
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        response_rows(&batch),
+        vec![
+            (s("a1"), s("revoke,quarantine"), s("revoke_action,quarantine_action"), s("retrying"), None),
+            (s("a2"), s("revoke,quarantine"), s("revoke_action,quarantine_action"), s("delivered"), Some(9_000_000)),
+        ]
+    );
+    use arrow::array::AsArray;
+    let requested = batch.column_by_name("response_requested_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    assert_eq!((requested.value(0), requested.value(1)), (1_001_000, 1_003_000));
 }
 
 /// `vigil alerts test`: a marked finding, the receiver's answer returned.

@@ -5,6 +5,7 @@
 //! filters prune whole files using the manifest's min/max time before any file is opened: Grafana sends a time
 //! range with every panel query, and a dashboard over the last hour must not open a month of files.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,15 +13,19 @@ use arrow::array::RecordBatch;
 use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result as DFResult, ScalarValue};
+use datafusion::common::{Column, DataFusionError, JoinType, Result as DFResult, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -57,12 +62,126 @@ impl StoreTable {
     }
 }
 
-/// Registers the four store tables on `ctx` under their own names.
+/// Registers the four store tables on `ctx` under their own names; `alerts` is an [`AlertsView`] with no
+/// responses until [`register_alert_responses`] gives it some.
 pub fn register_store_tables(ctx: &SessionContext, source: &Arc<dyn SnapshotSource>) -> DFResult<()> {
     for table in Table::ALL {
-        ctx.register_table(table.name(), Arc::new(StoreTable::new(source.clone(), table)))?;
+        let stored: Arc<dyn TableProvider> = Arc::new(StoreTable::new(source.clone(), table));
+        let provider: Arc<dyn TableProvider> = match table {
+            Table::Alerts => {
+                let none = Arc::new(LiveTable::new(vigil_detect::alert_response_schema(), Vec::new));
+                Arc::new(AlertsView::new(stored, none)?)
+            }
+            _ => stored,
+        };
+        ctx.register_table(table.name(), provider)?;
     }
     Ok(())
+}
+
+/// `alerts` as SQL shows it: the stored alerts with the responses taken joined in by `alert_id`
+/// (`response_playbook`, `response_action`, `response_status`, `response_requested_at`, `responded_at`;
+/// NULL for alerts no playbook answered).
+///
+/// Stored alerts are append-only Parquet written before any response happens, so responses cannot be
+/// stored with them; they come from a live table (the responder's outbox, wired in by the binary) that
+/// must hold at most one row per `alert_id`, so the LEFT JOIN never repeats an alert. The view is inlined
+/// into every query's plan, so filters on `time` still reach the store scan and prune files.
+pub struct AlertsView {
+    stored: Arc<dyn TableProvider>,
+    view: ViewTable,
+}
+
+impl fmt::Debug for AlertsView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsView").finish_non_exhaustive()
+    }
+}
+
+impl AlertsView {
+    const STORED: &'static str = "stored_alerts";
+    const RESPONSES: &'static str = "alert_responses";
+
+    /// `stored` LEFT JOIN `responses` ON `alert_id`: every stored column, then every response column but
+    /// the key.
+    pub fn new(stored: Arc<dyn TableProvider>, responses: Arc<dyn TableProvider>) -> DFResult<Self> {
+        let key = "alert_id";
+        let column = |table: &str, name: &str| Expr::Column(Column::new(Some(table), name));
+        let mut exprs: Vec<Expr> = stored.schema().fields().iter().map(|f| column(Self::STORED, f.name())).collect();
+        let response_fields: Vec<String> =
+            responses.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n != key).collect();
+        exprs.extend(response_fields.iter().map(|n| column(Self::RESPONSES, n)));
+        let right = LogicalPlanBuilder::scan(Self::RESPONSES, provider_as_source(responses), None)?.build()?;
+        let plan = LogicalPlanBuilder::scan(Self::STORED, provider_as_source(stored.clone()), None)?
+            .join(
+                right,
+                JoinType::Left,
+                (vec![Column::new(Some(Self::STORED), key)], vec![Column::new(Some(Self::RESPONSES), key)]),
+                None,
+            )?
+            .project(exprs)?
+            .build()?;
+        let definition = format!(
+            "SELECT {0}.*, {2} FROM {0} LEFT JOIN {1} USING ({key})",
+            Self::STORED,
+            Self::RESPONSES,
+            response_fields.iter().map(|n| format!("{}.{n}", Self::RESPONSES)).collect::<Vec<_>>().join(", ")
+        );
+        Ok(Self { stored, view: ViewTable::new(plan, Some(definition)) })
+    }
+}
+
+/// Shows the rows `fetch` returns at each query (schema [`vigil_detect::alert_response_schema`], at most
+/// one row per `alert_id`) as the response columns of `ctx`'s `alerts`.
+pub async fn register_alert_responses(
+    ctx: &SessionContext,
+    fetch: impl Fn() -> Vec<RecordBatch> + Send + Sync + 'static,
+) -> DFResult<()> {
+    let name = Table::Alerts.name();
+    let current = ctx.table_provider(name).await?;
+    let view = current
+        .downcast_ref::<AlertsView>()
+        .ok_or_else(|| DataFusionError::Plan(format!("{name} is not the alerts view this crate registers")))?;
+    let responses = Arc::new(LiveTable::new(vigil_detect::alert_response_schema(), fetch));
+    let replacement = Arc::new(AlertsView::new(view.stored.clone(), responses)?);
+    // Registering over an existing name is refused; queries planned in between would not find `alerts`,
+    // which is why the server wires this before it serves SQL.
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, replacement)?;
+    Ok(())
+}
+
+#[async_trait]
+impl TableProvider for AlertsView {
+    fn schema(&self) -> SchemaRef {
+        self.view.schema()
+    }
+
+    /// A base table to catalogs (psql's `\dt`, Grafana's table list, `information_schema`): it is the
+    /// `alerts` table users know, and being a view is an implementation detail. Planning inlines it
+    /// through [`Self::get_logical_plan`] whatever this says.
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// What lets the planner inline the view (and push filters through the join into the store scan).
+    fn get_logical_plan(&'_ self) -> Option<Cow<'_, LogicalPlan>> {
+        self.view.get_logical_plan()
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        self.view.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.view.scan(state, projection, filters, limit).await
+    }
 }
 
 #[async_trait]
@@ -524,6 +643,112 @@ mod tests {
         // An empty table plans and answers zero rows.
         let batches = run_query(&ctx, "SELECT count(*) FROM alerts", &QueryLimits::default()).await.unwrap();
         assert_eq!(batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 0);
+    }
+
+    fn alert(id: &str, time_us: i64) -> vigil_detect::Alert {
+        vigil_detect::Alert {
+            alert_id: id.into(),
+            time_us,
+            detector: "tool_abuse".into(),
+            severity: vigil_detect::Severity::High,
+            entity_type: "agent".into(),
+            entity_id: "agent-1".into(),
+            score: 1.0,
+            title: "t".into(),
+            description: "d".into(),
+            evidence_event_ids: vec!["e1".into()],
+            evidence: String::new(),
+            owasp: None,
+            atlas: None,
+            fingerprint: format!("fp-{id}"),
+        }
+    }
+
+    /// One response row in `alert_response_schema()`.
+    fn response(alert_id: &str, requested_us: i64, responded_us: Option<i64>) -> RecordBatch {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        let ts = |v: Option<i64>| Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"));
+        RecordBatch::try_new(
+            vigil_detect::alert_response_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![alert_id])),
+                Arc::new(StringArray::from(vec!["revoke"])),
+                Arc::new(StringArray::from(vec!["revoke_agent_token"])),
+                Arc::new(StringArray::from(vec![if responded_us.is_some() { "delivered" } else { "retrying" }])),
+                ts(Some(requested_us)),
+                ts(responded_us),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Stored alerts in hours 0 and 1 (two each) and one buffered in hour 2.
+    fn alerts_source(dir: &std::path::Path) -> TestSource {
+        let mut src = TestSource::with_hours(dir, &[], 0);
+        let at = |h: i64, s: i64| BASE_US + h * HOUR_US + s * 1_000_000;
+        let file = |ids: &[(&str, i64)]| vigil_detect::alerts_to_batch(&ids.iter().map(|(id, t)| alert(id, *t)).collect::<Vec<_>>());
+        src.add_file(Table::Alerts, "alerts/date=2026-01-01/hour=00/0.parquet", &file(&[("a0", at(0, 1)), ("a1", at(0, 2))]));
+        src.add_file(Table::Alerts, "alerts/date=2026-01-01/hour=01/1.parquet", &file(&[("b0", at(1, 1)), ("b1", at(1, 2))]));
+        src.add_buffered(Table::Alerts, file(&[("c0", at(2, 1))]));
+        src
+    }
+
+    #[tokio::test]
+    async fn alerts_show_the_response_taken_and_keep_time_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_context(Arc::new(alerts_source(dir.path())), QueryLimits::default()).unwrap();
+        let limits = QueryLimits::default();
+        let text = |b: &[RecordBatch]| arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+
+        // Without a responder the columns exist and are NULL.
+        let b = run_query(&ctx, "SELECT count(*) FROM alerts WHERE response_action IS NULL AND responded_at IS NULL", &limits).await.unwrap();
+        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 5);
+
+        // b0 was contained 90 s after it was raised; b1's action is still being retried.
+        let b0_us = BASE_US + HOUR_US + 1_000_000;
+        let rows = Arc::new(std::sync::Mutex::new(vec![response("b0", b0_us + 1_000_000, Some(b0_us + 90_000_000))]));
+        let shared = rows.clone();
+        register_alert_responses(&ctx, move || shared.lock().unwrap().clone()).await.unwrap();
+        rows.lock().unwrap().push(response("b1", b0_us, None));
+        let b = run_query(
+            &ctx,
+            "SELECT alert_id, response_action, response_status, extract(epoch from responded_at - time) AS contain_s \
+             FROM alerts WHERE response_action IS NOT NULL ORDER BY alert_id",
+            &limits,
+        )
+        .await
+        .unwrap();
+        let t = text(&b);
+        assert!(t.contains("| b0       | revoke_agent_token | delivered       | 90.0      |"), "{t}");
+        assert!(t.contains("| b1       | revoke_agent_token | retrying        |           |"), "{t}");
+        assert_eq!(test_support::total_rows(&b), 2, "{t}");
+        let b = run_query(&ctx, "SELECT count(*) FROM alerts", &limits).await.unwrap();
+        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 5, "the join repeats no alert");
+
+        // A time filter on the view still reaches the store scan: hour 1's file only.
+        let (n, files) = count_and_files(
+            &ctx,
+            "SELECT count(*) FROM alerts WHERE time >= '2026-01-01T01:00:00Z' AND time < '2026-01-01T02:00:00Z' \
+             AND response_status = 'delivered'",
+        )
+        .await;
+        assert_eq!(n, 1);
+        assert_eq!(files, vec!["alerts/date=2026-01-01/hour=01/1.parquet"]);
+        let b = run_query(
+            &ctx,
+            "EXPLAIN ANALYZE SELECT alert_id, responded_at FROM alerts WHERE time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-01T00:59:59Z'",
+            &limits,
+        )
+        .await
+        .unwrap();
+        let t = text(&b);
+        assert!(t.contains("hour=00/0.parquet") && !t.contains("hour=01/1.parquet"), "{t}");
+
+        // The stored columns still read back as alerts (what the server's reconciliation does).
+        let b = run_query(&ctx, "SELECT * FROM alerts ORDER BY alert_id", &limits).await.unwrap();
+        let back: Vec<vigil_detect::Alert> = b.iter().flat_map(|b| vigil_detect::alerts_from_batch(b).unwrap()).collect();
+        assert_eq!(back.iter().map(|a| a.alert_id.as_str()).collect::<Vec<_>>(), ["a0", "a1", "b0", "b1", "c0"]);
+        assert_eq!(back[2], alert("b0", b0_us));
     }
 
     #[tokio::test]

@@ -293,3 +293,73 @@ async fn alerts_stored_just_before_a_crash_are_delivered_after_restart() {
     assert_eq!((findings.len(), ids.len()), (3, 3), "one finding and one webhook id per alert: {creates:?}");
     receiver.stop();
 }
+
+/// A playbook's action webhook, once the receiver accepted it, shows on the alert it answered in SQL: the
+/// response taken and when, so `responded_at - time` (time to contain) is measurable, across a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn playbook_response_is_recorded_on_its_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let shared = Shared::default();
+    let receiver = Receiver::start(&shared, port);
+    let config = config(dir.path(), port);
+    let playbook = format!(
+        r#"
+[[respond.playbooks]]
+name = "revoke"
+detectors = ["shadow_ai"]
+min_severity = "informational"
+action = "revoke_agent_token"
+url = "http://127.0.0.1:{port}/actions/revoke"
+secret = "{SECRET}"
+"#
+    );
+    let text = std::fs::read_to_string(&config).unwrap() + &playbook;
+    std::fs::write(&config, text).unwrap();
+    let mut v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
+    let mut client = v.grpc_client().await;
+    client.export(traces_request(&rogue_calls(0..2))).await.expect("accepted");
+
+    let actions = || -> BTreeSet<String> {
+        shared
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200 && r.body["type"] == "response.requested")
+            .filter_map(|r| r.body["data"]["finding"]["alert_ids"][0].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(wait_for(Duration::from_secs(20), || actions().len() == 2).await, "two actions sent; log:\n{}", v.log());
+    let answered = actions();
+    let done = "SELECT count(*) FROM alerts WHERE response_status = 'delivered' AND responded_at IS NOT NULL";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while v.count(done).await < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for round in ["before", "after"] {
+        let rows = v
+            .query(
+                "SELECT alert_id, response_action, response_status, \
+                 extract(epoch from responded_at - time) AS contain_s FROM alerts \
+                 WHERE detector = 'shadow_ai' AND response_action IS NOT NULL ORDER BY alert_id",
+            )
+            .await;
+        let ids: BTreeSet<String> = rows.iter().filter_map(|r| r["alert_id"].as_str().map(str::to_string)).collect();
+        assert_eq!(ids, answered, "{round} a restart, the answered alerts carry the response: {rows:?}");
+        for r in &rows {
+            assert_eq!(r["response_action"], "revoke_agent_token", "{r}");
+            assert_eq!(r["response_status"], "delivered", "{r}");
+            let contain_s = r["contain_s"].as_f64().unwrap_or_else(|| panic!("time to contain in {r}"));
+            assert!((0.0..60.0).contains(&contain_s), "contained {contain_s} s after detection: {r}");
+        }
+        assert_eq!(v.count("SELECT count(*) FROM alerts WHERE detector = 'shadow_ai'").await, 2, "no alert row repeated");
+        let joined = "SELECT count(*) FROM alert_deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.playbook = 'revoke'";
+        assert_eq!(v.count(joined).await, 2, "playbook deliveries join their alerts");
+        if round == "before" {
+            v.kill9();
+            v.restart().await;
+        }
+    }
+    assert_eq!(shared.bad_signatures(), 0);
+    receiver.stop();
+}
