@@ -10,12 +10,6 @@ pub const FILES: [(&str, &str); 3] = [
     ("inventory", include_str!("../dashboards/json/inventory.json")),
 ];
 
-/// The dashboard that reads Vigil's Prometheus metrics rather than its SQL.
-pub const PROMETHEUS_FILE: (&str, &str) = ("pipeline-health", include_str!("../dashboards/json/pipeline-health.json"));
-
-/// The data sources `dashboards/provisioning/datasources/vigil.yaml` provisions, by uid.
-const PROVISIONED: &str = include_str!("../dashboards/provisioning/datasources/vigil.yaml");
-
 /// (panel title, raw SQL) of every SQL target of a dashboard.
 pub fn sql_panels(json: &str) -> Vec<(String, String)> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
@@ -67,6 +61,12 @@ pub fn expand_macros(sql: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dashboard that reads Vigil's Prometheus metrics rather than its SQL.
+    const PROMETHEUS_FILE: (&str, &str) = ("pipeline-health", include_str!("../dashboards/json/pipeline-health.json"));
+
+    /// The data sources Grafana is provisioned with.
+    const PROVISIONED: &str = include_str!("../dashboards/provisioning/datasources/vigil.yaml");
 
     #[test]
     fn macros_expand_like_grafana() {
