@@ -62,4 +62,25 @@ async fn the_demo_shows_every_detector_firing_and_leaves_queryable_parquet() {
     assert!(kinds >= 3, "inference, tool and policy events");
     let stored_alerts: i64 = sql("SELECT count(DISTINCT detector) FROM alerts").parse().unwrap();
     assert_eq!(stored_alerts, vigil_detect::config::DETECTORS.len() as i64);
+
+    // The other two output formats of `vigil sql`.
+    let format = |f: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["sql", "--offline", "--format", f, "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind"])
+            .env_remove("VIGIL_CONFIG")
+            .output()
+            .expect("vigil sql");
+        assert!(out.status.success(), "--format {f}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = format("table");
+    assert!(table.lines().any(|l| l.starts_with("| kind") && l.contains("| n")), "a table header:\n{table}");
+    assert!(table.contains("| inference"), "{table}");
+    let json = format("json");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("--format json is a JSON array ({e}):\n{json}"));
+    let inference = rows.iter().find(|r| r["kind"] == "inference").unwrap_or_else(|| panic!("{json}"));
+    assert!(inference["n"].as_i64().is_some_and(|n| n > 0), "{json}");
 }
