@@ -16,6 +16,9 @@ mod token_cli;
 mod verify_cli;
 
 use anyhow::Result;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use config::{CommonArgs, Config, ServeArgs};
