@@ -76,7 +76,14 @@ fn rss_bytes(pid: u32) -> u64 {
 async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_memory_and_loses_no_ack() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vigil.toml");
-    std::fs::write(&config, "[pipeline]\nmax_in_flight = 2\nadmission_wait = \"100ms\"\nretry_after = \"2s\"\n").unwrap();
+    // What bounds memory is configuration: at most `max_in_flight` requests admitted, and admitted rows
+    // buffered up to `flush_bytes` before they go to Parquet. With the default 128 MiB buffer the growth
+    // depended on how fast this machine happened to be; 32 MiB makes the bound below about Vigil, not it.
+    std::fs::write(
+        &config,
+        "[pipeline]\nmax_in_flight = 2\nadmission_wait = \"100ms\"\nretry_after = \"2s\"\n\n[store]\nflush_bytes = 33554432\n",
+    )
+    .unwrap();
     let v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
     let pid = v.child.as_ref().unwrap().id();
     let url = v.otlp_url("/v1/traces");
