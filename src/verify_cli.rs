@@ -62,7 +62,7 @@ pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
         if out.as_os_str() == "-" {
             println!("{json}");
         } else {
-            if out.exists() && out.is_dir() {
+            if out.is_dir() {
                 bail!("{} is a directory", out.display());
             }
             std::fs::write(out, format!("{json}\n")).with_context(|| format!("writing {}", out.display()))?;
