@@ -113,7 +113,8 @@ pub struct SqlConfig {
     /// Longest a query may run before it is cancelled.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
-    /// Memory a single query may use before it fails.
+    /// Memory the running queries together may hold (one pool, so also what a single query may use) before
+    /// a query fails with a clear error: a bound for the server rather than a quota per client.
     pub query_memory_bytes: usize,
 }
 
