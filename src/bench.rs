@@ -62,6 +62,9 @@ pub struct IngestArgs {
     /// Prompt size in bytes.
     #[arg(long, default_value_t = 500)]
     pub prompt_bytes: usize,
+    /// The store's write buffer (`store.flush_bytes`), which bounds most of the server's memory.
+    #[arg(long)]
+    pub flush_bytes: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -296,7 +299,12 @@ fn uniquify(template: &[u8], counter: u64) -> Vec<u8> {
 
 async fn ingest(args: IngestArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("temporary data directory")?;
-    let running = serve::start(bench_config(dir.path())).await?;
+    let mut config = bench_config(dir.path());
+    if let Some(bytes) = args.flush_bytes {
+        config.store.flush_bytes = bytes;
+    }
+    println!("store write buffer: {} MiB", config.store.flush_bytes >> 20);
+    let running = serve::start(config).await?;
     let b = running.bound.clone();
     println!("vigil bench ingest: {} clients, {} events/request, ~{}-byte prompts, {} s", args.clients, args.batch, args.prompt_bytes, args.duration.as_secs());
     let work = Arc::new(workload(args.batch, args.prompt_bytes, 64));
