@@ -57,11 +57,11 @@ impl Drop for Telemetry {
 /// `config.otlp_endpoint` is set, the OpenTelemetry layer. Must run inside the tokio runtime that will
 /// carry the exports.
 pub fn init(log: &str, config: &TelemetryConfig) -> Result<Telemetry> {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(log));
     let Some(endpoint) = config.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+        init_logging(log);
         return Ok(Telemetry { provider: None });
     };
+    let filter = log_filter(log);
     let provider = provider(endpoint, config)?;
     let tracer = provider.tracer("vigil");
     let logs = tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).with_filter(filter);
@@ -71,6 +71,15 @@ pub fn init(log: &str, config: &TelemetryConfig) -> Result<Telemetry> {
     let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
     tracing::info!(endpoint = %traces_url(endpoint), service = %config.service_name, "exporting Vigil's own traces");
     Ok(Telemetry { provider: Some(provider) })
+}
+
+/// The plain stderr logger, filtered by `log` (or `RUST_LOG`): every command's, and `serve`'s without export.
+pub fn init_logging(log: &str) {
+    let _ = tracing_subscriber::fmt().with_env_filter(log_filter(log)).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+fn log_filter(log: &str) -> EnvFilter {
+    EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(log))
 }
 
 /// What the OpenTelemetry layer sees: Vigil's own spans (DEBUG and up), and its INFO-and-up events as span
