@@ -26,13 +26,25 @@ pub fn set_ready(ready: bool) {
     READY.store(ready, Ordering::SeqCst);
 }
 
-pub fn router(sql: vigil_sql::http_api::ApiState, auth: Arc<Authenticator>, reloader: Option<Arc<Reloader>>) -> Router {
+pub fn router(
+    sql: vigil_sql::http_api::ApiState,
+    auth: Arc<Authenticator>,
+    reloader: Option<Arc<Reloader>>,
+) -> Router {
     let mut metrics = Router::new().route("/metrics", get(metrics));
     if let Some(reloader) = reloader {
         metrics = metrics.route("/-/reload", post(move || reload(reloader.clone())));
     }
-    let metrics = metrics.route_layer(http_auth::require(auth.clone(), Scope::Admin, METRICS_LISTENER));
-    let query = vigil_sql::http_api::router(sql).route_layer(http_auth::require(auth, Scope::Query, QUERY_LISTENER));
+    let metrics = metrics.route_layer(http_auth::require(
+        auth.clone(),
+        Scope::Admin,
+        METRICS_LISTENER,
+    ));
+    let query = vigil_sql::http_api::router(sql).route_layer(http_auth::require(
+        auth,
+        Scope::Query,
+        QUERY_LISTENER,
+    ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -52,11 +64,20 @@ async fn readyz() -> impl IntoResponse {
 async fn reload(reloader: Arc<Reloader>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || reloader.reload()).await {
         Ok(Ok(summary)) => (StatusCode::OK, format!("reloaded: {summary}\n")),
-        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("reload refused, the running configuration stays: {e:#}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}\n")),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            format!("reload refused, the running configuration stays: {e:#}\n"),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}\n"),
+        ),
     }
 }
 
 async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
 }

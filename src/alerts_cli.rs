@@ -26,8 +26,12 @@ pub enum AlertsCommand {
 
 fn open(config: &Config) -> Result<std::sync::Arc<Responder>> {
     let path = config.server.data_dir.join("outbox.redb");
-    Responder::open(config.respond.clone(), &path)
-        .with_context(|| format!("opening the alert outbox {} (stop `vigil serve` first: it holds the outbox)", path.display()))
+    Responder::open(config.respond.clone(), &path).with_context(|| {
+        format!(
+            "opening the alert outbox {} (stop `vigil serve` first: it holds the outbox)",
+            path.display()
+        )
+    })
 }
 
 pub async fn run(config: Config, command: AlertsCommand) -> Result<()> {
@@ -48,18 +52,27 @@ pub async fn run(config: Config, command: AlertsCommand) -> Result<()> {
                     d.revision,
                     d.attempts,
                     d.status,
-                    d.last_status_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    d.last_status_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     d.last_error.as_deref().unwrap_or("-"),
                 );
             }
         }
         AlertsCommand::Replay { ids } => {
-            let which = if ids.is_empty() { Replay::All } else { Replay::Ids(ids) };
+            let which = if ids.is_empty() {
+                Replay::All
+            } else {
+                Replay::Ids(ids)
+            };
             let n = responder.replay(&which).context("replaying dead letters")?;
             println!("{n} deliveries queued again; the running or next `vigil serve` sends them");
         }
         AlertsCommand::Test { destination } => {
-            let answer = responder.send_test(&destination).await.context("sending the test finding")?;
+            let answer = responder
+                .send_test(&destination)
+                .await
+                .context("sending the test finding")?;
             println!("{destination} answered HTTP {}", answer.status);
             if !answer.body.is_empty() {
                 println!("{}", answer.body);

@@ -94,7 +94,9 @@ fn shift_time(batch: &arrow::array::RecordBatch, by_us: i64) -> Result<arrow::ar
     use arrow::datatypes::TimestampMicrosecondType;
     let idx = batch.schema().index_of(vigil_ingest::schema::col::TIME)?;
     let time = batch.column(idx).as_primitive::<TimestampMicrosecondType>();
-    let shifted = time.unary::<_, TimestampMicrosecondType>(|t| t + by_us).with_timezone_opt(time.timezone().map(str::to_string));
+    let shifted = time
+        .unary::<_, TimestampMicrosecondType>(|t| t + by_us)
+        .with_timezone_opt(time.timezone().map(str::to_string));
     let mut columns = batch.columns().to_vec();
     columns[idx] = std::sync::Arc::new(shifted);
     Ok(arrow::array::RecordBatch::try_new(batch.schema(), columns)?)
@@ -104,7 +106,8 @@ fn shift_time(batch: &arrow::array::RecordBatch, by_us: i64) -> Result<arrow::ar
 /// normalised from OTLP exactly as the receivers do, then `DetectionStage::process` in a loop on this one
 /// thread: content scanning, inventory, role policies, baselines, bursts and drift samples per event.
 fn detect(args: DetectArgs) -> Result<()> {
-    let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG).context("parsing the embedded demo configuration")?;
+    let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG)
+        .context("parsing the embedded demo configuration")?;
     let stage = vigil_detect::DetectionStage::new(demo.detect.clone());
     let mut traffic = Traffic::new(11);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
@@ -162,10 +165,23 @@ fn detect(args: DetectArgs) -> Result<()> {
     }
     let elapsed = busy.as_secs_f64();
     let (p50, p99) = stage.latency_quantiles();
-    println!("machine:              {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
-    println!("warm-up:              20 batches in {:.2} s", warm.as_secs_f64());
+    println!(
+        "machine:              {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model()
+    );
+    println!(
+        "warm-up:              20 batches in {:.2} s",
+        warm.as_secs_f64()
+    );
     println!("detection stage:      {:.0} events/s on one core ({events} events in {elapsed:.1} s, {alerts} alerts)", events as f64 / elapsed);
-    println!("per-batch latency:    p50 {:.1} ms, p99 {:.1} ms", p50 as f64 / 1e3, p99 as f64 / 1e3);
+    println!(
+        "per-batch latency:    p50 {:.1} ms, p99 {:.1} ms",
+        p50 as f64 / 1e3,
+        p99 as f64 / 1e3
+    );
     Ok(())
 }
 
@@ -196,8 +212,16 @@ fn bench_config(data_dir: &std::path::Path) -> Config {
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -206,18 +230,132 @@ fn peak_rss() -> u64 {
 /// repeated would let zstd store prompts for nearly nothing and flatter the bytes-per-event figure.
 fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
     const WORDS: &[&str] = &[
-        "please", "summarise", "the", "quarterly", "report", "for", "our", "customer", "accounts", "and", "list",
-        "every", "risk", "you", "find", "in", "contract", "draft", "attached", "below", "with", "clause", "numbers",
-        "explain", "why", "deployment", "failed", "after", "migration", "to", "new", "cluster", "region", "write",
-        "a", "polite", "reply", "about", "refund", "delay", "order", "invoice", "ticket", "escalation", "policy",
-        "compare", "pricing", "tiers", "against", "competitor", "offer", "translate", "this", "paragraph", "into",
-        "german", "french", "spanish", "review", "pull", "request", "test", "coverage", "latency", "regression",
-        "dashboard", "metrics", "budget", "forecast", "hiring", "plan", "onboarding", "checklist", "security",
-        "incident", "timeline", "root", "cause", "action", "items", "meeting", "notes", "from", "yesterday",
-        "product", "roadmap", "feature", "request", "bug", "stack", "trace", "error", "message", "database", "query",
-        "index", "slow", "cache", "memory", "leak", "service", "api", "endpoint", "schema", "change", "backfill",
-        "customer", "churn", "survey", "results", "marketing", "campaign", "email", "subject", "line", "tone",
-        "shorter", "clearer", "bullet", "points", "table", "columns", "owner", "deadline", "status", "blocked",
+        "please",
+        "summarise",
+        "the",
+        "quarterly",
+        "report",
+        "for",
+        "our",
+        "customer",
+        "accounts",
+        "and",
+        "list",
+        "every",
+        "risk",
+        "you",
+        "find",
+        "in",
+        "contract",
+        "draft",
+        "attached",
+        "below",
+        "with",
+        "clause",
+        "numbers",
+        "explain",
+        "why",
+        "deployment",
+        "failed",
+        "after",
+        "migration",
+        "to",
+        "new",
+        "cluster",
+        "region",
+        "write",
+        "a",
+        "polite",
+        "reply",
+        "about",
+        "refund",
+        "delay",
+        "order",
+        "invoice",
+        "ticket",
+        "escalation",
+        "policy",
+        "compare",
+        "pricing",
+        "tiers",
+        "against",
+        "competitor",
+        "offer",
+        "translate",
+        "this",
+        "paragraph",
+        "into",
+        "german",
+        "french",
+        "spanish",
+        "review",
+        "pull",
+        "request",
+        "test",
+        "coverage",
+        "latency",
+        "regression",
+        "dashboard",
+        "metrics",
+        "budget",
+        "forecast",
+        "hiring",
+        "plan",
+        "onboarding",
+        "checklist",
+        "security",
+        "incident",
+        "timeline",
+        "root",
+        "cause",
+        "action",
+        "items",
+        "meeting",
+        "notes",
+        "from",
+        "yesterday",
+        "product",
+        "roadmap",
+        "feature",
+        "request",
+        "bug",
+        "stack",
+        "trace",
+        "error",
+        "message",
+        "database",
+        "query",
+        "index",
+        "slow",
+        "cache",
+        "memory",
+        "leak",
+        "service",
+        "api",
+        "endpoint",
+        "schema",
+        "change",
+        "backfill",
+        "customer",
+        "churn",
+        "survey",
+        "results",
+        "marketing",
+        "campaign",
+        "email",
+        "subject",
+        "line",
+        "tone",
+        "shorter",
+        "clearer",
+        "bullet",
+        "points",
+        "table",
+        "columns",
+        "owner",
+        "deadline",
+        "status",
+        "blocked",
     ];
     for r in rows.iter_mut() {
         if let Some(p) = r.prompt_text.as_mut() {
@@ -242,8 +380,13 @@ fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
 struct BearerToken;
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {BENCH_TOKEN}").parse().map_err(|_| tonic::Status::internal("token is not ASCII"))?;
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {BENCH_TOKEN}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("token is not ASCII"))?;
         request.metadata_mut().insert("authorization", value);
         Ok(request)
     }
@@ -278,12 +421,19 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
         events += rows.len();
         protobuf.push(req.encode_to_vec());
     }
-    Workload { protobuf, events_per_request: batch, json_bytes_per_event: json_bytes as f64 / events.max(1) as f64 }
+    Workload {
+        protobuf,
+        events_per_request: batch,
+        json_bytes_per_event: json_bytes as f64 / events.max(1) as f64,
+    }
 }
 
 /// Makes every request unique (fresh span ids) without re-encoding: the span id bytes are patched in place.
 fn uniquify(template: &[u8], counter: u64) -> Vec<u8> {
-    let mut req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(template)
+    let mut req =
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+            template,
+        )
         .expect("the workload's own encoding decodes");
     let mut n = counter << 20;
     for rs in &mut req.resource_spans {
@@ -306,9 +456,18 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!("store write buffer: {} MiB", config.store.flush_bytes >> 20);
     let running = serve::start(config).await?;
     let b = running.bound.clone();
-    println!("vigil bench ingest: {} clients, {} events/request, ~{}-byte prompts, {} s", args.clients, args.batch, args.prompt_bytes, args.duration.as_secs());
+    println!(
+        "vigil bench ingest: {} clients, {} events/request, ~{}-byte prompts, {} s",
+        args.clients,
+        args.batch,
+        args.prompt_bytes,
+        args.duration.as_secs()
+    );
     let work = Arc::new(workload(args.batch, args.prompt_bytes, 64));
-    println!("workload: OTLP/JSON would be {:.0} bytes/event", work.json_bytes_per_event);
+    println!(
+        "workload: OTLP/JSON would be {:.0} bytes/event",
+        work.json_bytes_per_event
+    );
 
     let acked = Arc::new(AtomicU64::new(0));
     // Every acknowledged event, warm-up included: what the store must hold at the end.
@@ -316,10 +475,14 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let refused = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let counter = Arc::new(AtomicU64::new(1));
     let per_client_interval = if args.rate > 0 {
-        Some(Duration::from_secs_f64(args.batch as f64 * args.clients as f64 / args.rate as f64))
+        Some(Duration::from_secs_f64(
+            args.batch as f64 * args.clients as f64 / args.rate as f64,
+        ))
     } else {
         None
     };
@@ -404,19 +567,50 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     // Everything acknowledged is durable; flush to Parquet to measure what it costs at rest.
     let store = running.store.clone();
     running.stop().await?;
-    let stored_events: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.rows).sum();
-    let stored_bytes: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.size).sum();
+    let stored_events: u64 = store
+        .snapshot(vigil_store::Table::Events)
+        .files
+        .iter()
+        .map(|f| f.rows)
+        .sum();
+    let stored_bytes: u64 = store
+        .snapshot(vigil_store::Table::Events)
+        .files
+        .iter()
+        .map(|f| f.size)
+        .sum();
     let bytes_per_event = stored_bytes as f64 / stored_events.max(1) as f64;
 
     println!();
-    println!("machine:              {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    println!(
+        "machine:              {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model()
+    );
     println!("sustained:            {:.0} events/s ({} events acknowledged in {:.1} s, {} requests refused)", events as f64 / elapsed, events, elapsed, refused.load(Ordering::Relaxed));
-    println!("ack latency:          p50 {:.1} ms, p99 {:.1} ms", h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3);
-    println!("event-to-alert:       p50 {:.1} ms, p99 {:.1} ms", e2a_p50 as f64 / 1e3, e2a_p99 as f64 / 1e3);
-    println!("peak RSS:             {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
+    println!(
+        "ack latency:          p50 {:.1} ms, p99 {:.1} ms",
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3
+    );
+    println!(
+        "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms",
+        e2a_p50 as f64 / 1e3,
+        e2a_p99 as f64 / 1e3
+    );
+    println!(
+        "peak RSS:             {:.0} MiB",
+        rss as f64 / (1024.0 * 1024.0)
+    );
     println!("stored:               {:.1} bytes/event in Parquet vs {:.0} bytes/event as OTLP/JSON ({:.1} %)", bytes_per_event, work.json_bytes_per_event, 100.0 * bytes_per_event / work.json_bytes_per_event);
     let acknowledged = acked_total.load(Ordering::Relaxed);
-    let verdict = if stored_events == acknowledged { "every acknowledged event stored" } else { "MISMATCH" };
+    let verdict = if stored_events == acknowledged {
+        "every acknowledged event stored"
+    } else {
+        "MISMATCH"
+    };
     println!("durable:              {stored_events} events stored of {acknowledged} acknowledged (warm-up included): {verdict}");
     if stored_events != acknowledged {
         anyhow::bail!("{acknowledged} events were acknowledged but {stored_events} are stored");
@@ -427,7 +621,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -438,7 +637,10 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
     let from = to - chrono::Duration::hours(24);
     for file in crate::dashboards::FILES {
         for (title, sql) in crate::dashboards::sql_panels(file.1) {
-            out.push((format!("{} / {}", file.0, title), crate::dashboards::expand_macros(&sql, from, to)));
+            out.push((
+                format!("{} / {}", file.0, title),
+                crate::dashboards::expand_macros(&sql, from, to),
+            ));
         }
     }
     out
@@ -446,16 +648,28 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
 
 async fn sql(args: SqlArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut config = bench_config(&dir);
     config.store.flush_rows = 1_000_000;
     let store = vigil_store::Store::open(config.store.clone()).await?;
-    let have: u64 = store.snapshot(vigil_store::Table::Events).files.iter().map(|f| f.rows).sum();
+    let have: u64 = store
+        .snapshot(vigil_store::Table::Events)
+        .files
+        .iter()
+        .map(|f| f.rows)
+        .sum();
     if (have as usize) < args.events {
-        println!("storing {} events through the detection stage...", args.events - have as usize);
+        println!(
+            "storing {} events through the detection stage...",
+            args.events - have as usize
+        );
         let started = Instant::now();
         // Through detection as in production, so the alerts, baselines and inventory panels have data too.
-        let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG).context("parsing the embedded demo configuration")?;
+        let demo: Config = toml::from_str(crate::demo::DEMO_CONFIG)
+            .context("parsing the embedded demo configuration")?;
         let stage = vigil_detect::DetectionStage::new(demo.detect.clone());
         let mut traffic = Traffic::new(11);
         let now = chrono::Utc::now().timestamp_micros();
@@ -477,24 +691,45 @@ async fn sql(args: SqlArgs) -> Result<()> {
             let d = stage.process(&builder.finish());
             let mut tables = vec![(vigil_store::Table::Events, d.events)];
             if !d.alerts.is_empty() {
-                tables.push((vigil_store::Table::Alerts, vigil_detect::alerts_to_batch(&d.alerts)));
+                tables.push((
+                    vigil_store::Table::Alerts,
+                    vigil_detect::alerts_to_batch(&d.alerts),
+                ));
             }
             store.append(tables).await?;
             done += n;
         }
         let window_alerts = stage.tick(now);
         if !window_alerts.is_empty() {
-            store.append(vec![(vigil_store::Table::Alerts, vigil_detect::alerts_to_batch(&window_alerts))]).await?;
+            store
+                .append(vec![(
+                    vigil_store::Table::Alerts,
+                    vigil_detect::alerts_to_batch(&window_alerts),
+                )])
+                .await?;
         }
-        store.put_state(vigil_store::Table::Baselines, stage.baselines_batch()).await?;
-        store.put_state(vigil_store::Table::Inventory, stage.inventory_batch()).await?;
+        store
+            .put_state(vigil_store::Table::Baselines, stage.baselines_batch())
+            .await?;
+        store
+            .put_state(vigil_store::Table::Inventory, stage.inventory_batch())
+            .await?;
         store.flush().await?;
         store.compact().await?;
         println!("stored in {:.0} s", started.elapsed().as_secs_f64());
     }
-    let limits = vigil_sql::QueryLimits { timeout: Duration::from_secs(120), memory_limit_bytes: 4 << 30, ..Default::default() };
+    let limits = vigil_sql::QueryLimits {
+        timeout: Duration::from_secs(120),
+        memory_limit_bytes: 4 << 30,
+        ..Default::default()
+    };
     let ctx = serve::sql_context(store.clone(), &limits)?;
-    let alerts: u64 = store.snapshot(vigil_store::Table::Alerts).files.iter().map(|f| f.rows).sum();
+    let alerts: u64 = store
+        .snapshot(vigil_store::Table::Alerts)
+        .files
+        .iter()
+        .map(|f| f.rows)
+        .sum();
     println!(
         "{} dashboard queries over {} events and {alerts} alerts, median of {} runs:",
         dashboard_queries().len(),
@@ -506,7 +741,9 @@ async fn sql(args: SqlArgs) -> Result<()> {
         let mut times = Vec::new();
         for _ in 0..args.runs {
             let t = Instant::now();
-            vigil_sql::run_query(&ctx, &sql, &limits).await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            vigil_sql::run_query(&ctx, &sql, &limits)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(|a, b| a.total_cmp(b));
@@ -515,7 +752,11 @@ async fn sql(args: SqlArgs) -> Result<()> {
         println!("  {median:>7.3} s  {name}");
     }
     medians.sort_by(|a, b| a.total_cmp(b));
-    println!("median of medians: {:.3} s; slowest: {:.3} s", medians[medians.len() / 2], medians.last().copied().unwrap_or(0.0));
+    println!(
+        "median of medians: {:.3} s; slowest: {:.3} s",
+        medians[medians.len() / 2],
+        medians.last().copied().unwrap_or(0.0)
+    );
     store.shutdown().await?;
     Ok(())
 }

@@ -69,7 +69,11 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { otlp_endpoint: None, service_name: "vigil".into(), sample_ratio: 1.0 }
+        Self {
+            otlp_endpoint: None,
+            service_name: "vigil".into(),
+            sample_ratio: 1.0,
+        }
     }
 }
 
@@ -211,7 +215,10 @@ impl Config {
             }
             if let (Some(cert), Some(key)) = (&serve.tls_cert, &serve.tls_key) {
                 // Keep the file's client CA and reload interval; the flags name only the pair.
-                let mut tls = config.tls.take().unwrap_or_else(|| TlsConfig::new(cert, key));
+                let mut tls = config
+                    .tls
+                    .take()
+                    .unwrap_or_else(|| TlsConfig::new(cert, key));
                 tls.cert_file = cert.clone();
                 tls.key_file = key.clone();
                 config.tls = Some(tls);
@@ -237,7 +244,8 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 }
@@ -254,30 +262,59 @@ mod tests {
         assert_eq!(parsed.otlp.grpc_addr, Config::default().otlp.grpc_addr);
         assert_eq!(parsed.auth, AuthConfig::default());
         assert_eq!(parsed.tls, None);
-        assert_eq!(parsed.telemetry.otlp_endpoint, None, "no export unless configured");
-        assert_eq!(parsed.telemetry.service_name, TelemetryConfig::default().service_name);
-        assert_eq!(parsed.telemetry.sample_ratio, TelemetryConfig::default().sample_ratio);
+        assert_eq!(
+            parsed.telemetry.otlp_endpoint, None,
+            "no export unless configured"
+        );
+        assert_eq!(
+            parsed.telemetry.service_name,
+            TelemetryConfig::default().service_name
+        );
+        assert_eq!(
+            parsed.telemetry.sample_ratio,
+            TelemetryConfig::default().sample_ratio
+        );
     }
 
     #[test]
     fn telemetry_endpoint_comes_from_the_file_or_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("v.toml");
-        std::fs::write(&file, "[telemetry]\notlp_endpoint = \"http://file:4318\"\nsample_ratio = 0.25\n").unwrap();
-        let common = CommonArgs { config: Some(file), ..Default::default() };
+        std::fs::write(
+            &file,
+            "[telemetry]\notlp_endpoint = \"http://file:4318\"\nsample_ratio = 0.25\n",
+        )
+        .unwrap();
+        let common = CommonArgs {
+            config: Some(file),
+            ..Default::default()
+        };
         let c = Config::load(&common, Some(&ServeArgs::default())).unwrap();
-        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://file:4318"));
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://file:4318")
+        );
         assert_eq!(c.telemetry.sample_ratio, 0.25);
-        let serve = ServeArgs { telemetry_endpoint: Some("http://flag:4318".into()), ..Default::default() };
+        let serve = ServeArgs {
+            telemetry_endpoint: Some("http://flag:4318".into()),
+            ..Default::default()
+        };
         let c = Config::load(&common, Some(&serve)).unwrap();
-        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://flag:4318"));
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://flag:4318")
+        );
     }
 
     #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("v.toml");
-        std::fs::write(&file, "[server]\ndata_dir = \"/from/file\"\nadmin_addr = \"127.0.0.1:1000\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[server]\ndata_dir = \"/from/file\"\nadmin_addr = \"127.0.0.1:1000\"\n",
+        )
+        .unwrap();
         let common = CommonArgs {
             config: Some(file),
             admin_addr: Some("127.0.0.1:2000".parse().unwrap()),
@@ -301,7 +338,10 @@ mod tests {
             "[tls]\ncert_file = \"/file/cert.pem\"\nkey_file = \"/file/key.pem\"\nclient_ca_file = \"/file/ca.pem\"\n",
         )
         .unwrap();
-        let common = CommonArgs { config: Some(file), ..Default::default() };
+        let common = CommonArgs {
+            config: Some(file),
+            ..Default::default()
+        };
         let serve = ServeArgs {
             no_auth: true,
             tls_cert: Some("/flag/cert.pem".into()),
@@ -313,7 +353,11 @@ mod tests {
         let tls = c.tls.expect("tls from file and flags");
         assert_eq!(tls.cert_file, PathBuf::from("/flag/cert.pem"));
         assert_eq!(tls.key_file, PathBuf::from("/flag/key.pem"));
-        assert_eq!(tls.client_ca_file, Some(PathBuf::from("/file/ca.pem")), "the file's mTLS setting stays");
+        assert_eq!(
+            tls.client_ca_file,
+            Some(PathBuf::from("/file/ca.pem")),
+            "the file's mTLS setting stays"
+        );
     }
 
     #[test]
@@ -326,7 +370,10 @@ mod tests {
         }
         assert!(!T::try_parse_from(["t"]).unwrap().serve.no_auth);
         assert!(T::try_parse_from(["t", "--no-auth"]).unwrap().serve.no_auth);
-        assert!(T::try_parse_from(["t", "--tls-cert", "c.pem"]).is_err(), "cert without key is refused");
+        assert!(
+            T::try_parse_from(["t", "--tls-cert", "c.pem"]).is_err(),
+            "cert without key is refused"
+        );
     }
 
     #[test]

@@ -5,19 +5,30 @@ use chrono::{DateTime, Utc};
 use regex::Regex;
 
 pub const FILES: [(&str, &str); 3] = [
-    ("ai-activity", include_str!("../dashboards/json/ai-activity.json")),
+    (
+        "ai-activity",
+        include_str!("../dashboards/json/ai-activity.json"),
+    ),
     ("security", include_str!("../dashboards/json/security.json")),
-    ("inventory", include_str!("../dashboards/json/inventory.json")),
+    (
+        "inventory",
+        include_str!("../dashboards/json/inventory.json"),
+    ),
 ];
 
 /// (panel title, raw SQL) of every SQL target of a dashboard.
 pub fn sql_panels(json: &str) -> Vec<(String, String)> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for p in v["panels"].as_array().into_iter().flatten() {
         for t in p["targets"].as_array().into_iter().flatten() {
             if let Some(sql) = t["rawSql"].as_str() {
-                out.push((p["title"].as_str().unwrap_or("").to_string(), sql.to_string()));
+                out.push((
+                    p["title"].as_str().unwrap_or("").to_string(),
+                    sql.to_string(),
+                ));
             }
         }
     }
@@ -45,17 +56,25 @@ pub fn expand_macros(sql: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Strin
     let group_alias = Regex::new(r"\$__timeGroupAlias\(([^,]+),([^)]+)\)").expect("valid regex");
     let group = Regex::new(r"\$__timeGroup\(([^,]+),([^)]+)\)").expect("valid regex");
     let time = Regex::new(r"\$__time\(([^)]+)\)").expect("valid regex");
-    let s = filter.replace_all(sql, |c: &regex::Captures| format!("{} BETWEEN '{f}' AND '{t}'", c[1].trim()));
+    let s = filter.replace_all(sql, |c: &regex::Captures| {
+        format!("{} BETWEEN '{f}' AND '{t}'", c[1].trim())
+    });
     let s = group_alias.replace_all(&s, |c: &regex::Captures| {
         let secs = interval(&c[2]);
-        format!("floor(extract(epoch from {})/{secs})*{secs} AS \"time\"", c[1].trim())
+        format!(
+            "floor(extract(epoch from {})/{secs})*{secs} AS \"time\"",
+            c[1].trim()
+        )
     });
     let s = group.replace_all(&s, |c: &regex::Captures| {
         let secs = interval(&c[2]);
         format!("floor(extract(epoch from {})/{secs})*{secs}", c[1].trim())
     });
-    let s = time.replace_all(&s, |c: &regex::Captures| format!("{} AS \"time\"", c[1].trim()));
-    s.replace("$__timeFrom()", &format!("'{f}'")).replace("$__timeTo()", &format!("'{t}'"))
+    let s = time.replace_all(&s, |c: &regex::Captures| {
+        format!("{} AS \"time\"", c[1].trim())
+    });
+    s.replace("$__timeFrom()", &format!("'{f}'"))
+        .replace("$__timeTo()", &format!("'{t}'"))
 }
 
 #[cfg(test)]
@@ -63,16 +82,27 @@ mod tests {
     use super::*;
 
     /// The dashboard that reads Vigil's Prometheus metrics rather than its SQL.
-    const PROMETHEUS_FILE: (&str, &str) = ("pipeline-health", include_str!("../dashboards/json/pipeline-health.json"));
+    const PROMETHEUS_FILE: (&str, &str) = (
+        "pipeline-health",
+        include_str!("../dashboards/json/pipeline-health.json"),
+    );
 
     /// The data sources Grafana is provisioned with.
     const PROVISIONED: &str = include_str!("../dashboards/provisioning/datasources/vigil.yaml");
 
     #[test]
     fn macros_expand_like_grafana() {
-        let from = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let to = DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z").unwrap().with_timezone(&Utc);
-        let out = expand_macros("SELECT $__timeGroupAlias(time, '5m'), count(*) FROM events WHERE $__timeFilter(time)", from, to);
+        let from = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let to = DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let out = expand_macros(
+            "SELECT $__timeGroupAlias(time, '5m'), count(*) FROM events WHERE $__timeFilter(time)",
+            from,
+            to,
+        );
         assert_eq!(
             out,
             "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", count(*) FROM events WHERE time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-02T00:00:00Z'"
@@ -84,26 +114,49 @@ mod tests {
     #[test]
     fn every_panel_has_a_type_a_place_and_a_query_for_a_provisioned_data_source() {
         let uid = Regex::new(r"(?m)^\s*uid:\s*(\S+)").unwrap();
-        let provisioned: Vec<String> = uid.captures_iter(PROVISIONED).map(|c| c[1].to_string()).collect();
+        let provisioned: Vec<String> = uid
+            .captures_iter(PROVISIONED)
+            .map(|c| c[1].to_string())
+            .collect();
         assert_eq!(provisioned, ["vigil-pg", "vigil-prom"]);
         for (name, json) in FILES.into_iter().chain([PROMETHEUS_FILE]) {
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(v["schemaVersion"].as_u64().unwrap_or(0) >= 39, "{name}: schemaVersion");
-            let panels = v["panels"].as_array().unwrap_or_else(|| panic!("{name}: panels"));
+            let v: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                v["schemaVersion"].as_u64().unwrap_or(0) >= 39,
+                "{name}: schemaVersion"
+            );
+            let panels = v["panels"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: panels"));
             assert!(panels.len() >= 4, "{name}: {} panels", panels.len());
             for p in panels {
-                let title = p["title"].as_str().unwrap_or_else(|| panic!("{name}: a panel without a title"));
+                let title = p["title"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: a panel without a title"));
                 assert!(p["type"].is_string(), "{name} / {title}: type");
                 for k in ["x", "y", "w", "h"] {
                     assert!(p["gridPos"][k].is_u64(), "{name} / {title}: gridPos.{k}");
                 }
-                let ds = p["datasource"]["uid"].as_str().unwrap_or_else(|| panic!("{name} / {title}: datasource uid"));
-                assert!(provisioned.iter().any(|u| u == ds), "{name} / {title}: data source {ds} is not provisioned");
+                let ds = p["datasource"]["uid"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name} / {title}: datasource uid"));
+                assert!(
+                    provisioned.iter().any(|u| u == ds),
+                    "{name} / {title}: data source {ds} is not provisioned"
+                );
                 let targets = p["targets"].as_array().filter(|t| !t.is_empty());
                 let targets = targets.unwrap_or_else(|| panic!("{name} / {title}: no query"));
                 for t in targets {
-                    let query = if ds == "vigil-pg" { &t["rawSql"] } else { &t["expr"] };
-                    assert!(query.as_str().is_some_and(|q| !q.trim().is_empty()), "{name} / {title}: empty query for {ds}");
+                    let query = if ds == "vigil-pg" {
+                        &t["rawSql"]
+                    } else {
+                        &t["expr"]
+                    };
+                    assert!(
+                        query.as_str().is_some_and(|q| !q.trim().is_empty()),
+                        "{name} / {title}: empty query for {ds}"
+                    );
                 }
             }
         }
@@ -115,7 +168,12 @@ mod tests {
     fn prometheus_panels_name_metrics_vigil_registers() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut code = String::new();
-        let mut dirs = vec![root.join("src"), root.join("ingest/src"), root.join("detect/src"), root.join("store/src")];
+        let mut dirs = vec![
+            root.join("src"),
+            root.join("ingest/src"),
+            root.join("detect/src"),
+            root.join("store/src"),
+        ];
         dirs.extend([root.join("sql/src"), root.join("respond/src")]);
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -141,8 +199,14 @@ mod tests {
         }
         assert!(used.len() >= 8, "{used:?}");
         for (dashboard, m) in used {
-            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| m.strip_suffix(s)).unwrap_or(&m);
-            assert!(code.contains(&format!("\"{base}\"")), "{dashboard}: {m} is not a metric Vigil registers");
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| m.strip_suffix(s))
+                .unwrap_or(&m);
+            assert!(
+                code.contains(&format!("\"{base}\"")),
+                "{dashboard}: {m} is not a metric Vigil registers"
+            );
         }
     }
 
@@ -150,13 +214,23 @@ mod tests {
     fn every_dashboard_is_valid_and_has_sql_panels_without_unexpanded_macros() {
         let now = Utc::now();
         for (name, json) in FILES {
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(v["uid"].is_string() && v["title"].is_string(), "{name}: uid and title");
-            assert!(v["schemaVersion"].as_u64().unwrap_or(0) >= 39, "{name}: schemaVersion");
+            let v: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                v["uid"].is_string() && v["title"].is_string(),
+                "{name}: uid and title"
+            );
+            assert!(
+                v["schemaVersion"].as_u64().unwrap_or(0) >= 39,
+                "{name}: schemaVersion"
+            );
             let panels = sql_panels(json);
             assert!(panels.len() >= 4, "{name}: has SQL panels");
             for (title, sql) in panels {
-                assert!(!expand_macros(&sql, now, now).contains("$__"), "{name} / {title}: unexpanded macro");
+                assert!(
+                    !expand_macros(&sql, now, now).contains("$__"),
+                    "{name} / {title}: unexpanded macro"
+                );
             }
         }
     }

@@ -3,8 +3,8 @@
 mod admin;
 mod alerts_cli;
 mod bench;
-mod dashboards;
 mod config;
+mod dashboards;
 mod demo;
 mod metrics;
 mod pipeline;
@@ -79,7 +79,8 @@ async fn main() -> Result<()> {
             // nothing unless the `fail` crate's `failpoints` feature is on, which only test builds turn on.
             let _failpoints = fail::FailScenario::setup();
             let common = cli.common.clone();
-            let source: reload::ConfigSource = std::sync::Arc::new(move || Config::load(&common, Some(&args)));
+            let source: reload::ConfigSource =
+                std::sync::Arc::new(move || Config::load(&common, Some(&args)));
             serve::run(config, source).await
         }
         Command::Demo(args) => {

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use prometheus::{register_gauge_vec, register_int_counter, GaugeVec, IntCounter, Encoder, TextEncoder};
+use prometheus::{
+    register_gauge_vec, register_int_counter, Encoder, GaugeVec, IntCounter, TextEncoder,
+};
 
 pub static OVERLOAD_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("vigil_pipeline_overload_refusals_total", "Requests refused because the pipeline was full")
-        .expect("metric registers once")
+    register_int_counter!(
+        "vigil_pipeline_overload_refusals_total",
+        "Requests refused because the pipeline was full"
+    )
+    .expect("metric registers once")
 });
 
 static LATENCY: LazyLock<GaugeVec> = LazyLock::new(|| {
@@ -31,7 +36,10 @@ struct Recorder {
 
 static RECORDER: LazyLock<Mutex<Recorder>> = LazyLock::new(|| {
     let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
-    Mutex::new(Recorder { ack: h(), event_to_alert: h() })
+    Mutex::new(Recorder {
+        ack: h(),
+        event_to_alert: h(),
+    })
 });
 
 fn micros(d: Duration) -> u64 {
@@ -50,8 +58,16 @@ pub fn record_event_to_alert(d: Duration) {
 pub fn quantiles() -> [(&'static str, u64, u64); 2] {
     let r = RECORDER.lock();
     [
-        ("ack", r.ack.value_at_quantile(0.5), r.ack.value_at_quantile(0.99)),
-        ("event_to_alert", r.event_to_alert.value_at_quantile(0.5), r.event_to_alert.value_at_quantile(0.99)),
+        (
+            "ack",
+            r.ack.value_at_quantile(0.5),
+            r.ack.value_at_quantile(0.99),
+        ),
+        (
+            "event_to_alert",
+            r.event_to_alert.value_at_quantile(0.5),
+            r.event_to_alert.value_at_quantile(0.99),
+        ),
     ]
 }
 
@@ -61,7 +77,9 @@ pub fn render() -> String {
         let r = RECORDER.lock();
         for (stage, h) in [("ack", &r.ack), ("event_to_alert", &r.event_to_alert)] {
             for q in [0.5, 0.9, 0.99] {
-                LATENCY.with_label_values(&[stage, &q.to_string()]).set(h.value_at_quantile(q) as f64 / 1e6);
+                LATENCY
+                    .with_label_values(&[stage, &q.to_string()])
+                    .set(h.value_at_quantile(q) as f64 / 1e6);
             }
         }
     }

@@ -35,7 +35,14 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Arc<Self> {
         let (alerts, _) = broadcast::channel(1024);
-        Arc::new(Self { admission: Arc::new(Semaphore::new(config.max_in_flight.max(1))), detection, store, responder, config, alerts })
+        Arc::new(Self {
+            admission: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            detection,
+            store,
+            responder,
+            config,
+            alerts,
+        })
     }
 
     pub fn subscribe_alerts(&self) -> broadcast::Receiver<Alert> {
@@ -48,7 +55,9 @@ impl Pipeline {
         if alerts.is_empty() {
             return Ok(());
         }
-        self.store.append(vec![(Table::Alerts, alerts_to_batch(&alerts))]).await?;
+        self.store
+            .append(vec![(Table::Alerts, alerts_to_batch(&alerts))])
+            .await?;
         self.deliver(alerts).await;
         Ok(())
     }
@@ -60,7 +69,9 @@ impl Pipeline {
             return;
         }
         let responder = self.responder.clone();
-        let alerts = match tokio::task::spawn_blocking(move || (responder.submit(&alerts), alerts)).await {
+        let alerts = match tokio::task::spawn_blocking(move || (responder.submit(&alerts), alerts))
+            .await
+        {
             Ok((Ok(_), alerts)) => alerts,
             Ok((Err(e), alerts)) => {
                 // The alerts are durable in the `alerts` table; only their delivery is at risk.
@@ -83,35 +94,54 @@ impl EventSink for Pipeline {
     /// At most `max_in_flight` requests are decoded, detected and written at once; a request waits up to
     /// `admission_wait` for a slot and is otherwise refused (429 / RESOURCE_EXHAUSTED with Retry-After).
     async fn admit(&self) -> Result<Admission, SinkError> {
-        match tokio::time::timeout(self.config.admission_wait, self.admission.clone().acquire_owned()).await {
+        match tokio::time::timeout(
+            self.config.admission_wait,
+            self.admission.clone().acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(permit)) => Ok(Admission::holding(permit)),
             _ => {
                 metrics::OVERLOAD_REFUSALS.inc();
-                Err(SinkError::Overloaded { retry_after: self.config.retry_after })
+                Err(SinkError::Overloaded {
+                    retry_after: self.config.retry_after,
+                })
             }
         }
     }
 
     /// One span per batch (the request's), with detection as a child on its blocking thread.
     #[tracing::instrument(level = "debug", name = "pipeline.accept", skip_all, fields(events = batch.num_rows() as i64, alerts))]
-    async fn accept_admitted(&self, batch: RecordBatch, _admission: Admission) -> Result<(), SinkError> {
+    async fn accept_admitted(
+        &self,
+        batch: RecordBatch,
+        _admission: Admission,
+    ) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let received = Instant::now();
         let detection = self.detection.clone();
         let span = tracing::debug_span!("detect.process", events = batch.num_rows() as i64);
-        let detected = tokio::task::spawn_blocking(move || span.in_scope(|| detection.process(&batch)))
-            .await
-            .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?;
+        let detected =
+            tokio::task::spawn_blocking(move || span.in_scope(|| detection.process(&batch)))
+                .await
+                .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?;
         tracing::Span::current().record("alerts", detected.alerts.len() as i64);
         let mut writes = vec![(Table::Events, detected.events)];
         if !detected.alerts.is_empty() {
             writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));
         }
-        self.store.append(writes).await.map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        self.store
+            .append(writes)
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
         // The window `reconcile_alerts` closes at start: alerts durable in the WAL, not yet in the outbox.
-        fail::fail_point!("alerts_stored_before_outbox", !detected.alerts.is_empty(), |_| std::process::abort());
+        fail::fail_point!(
+            "alerts_stored_before_outbox",
+            !detected.alerts.is_empty(),
+            |_| std::process::abort()
+        );
         if !detected.alerts.is_empty() {
             metrics::record_event_to_alert(received.elapsed());
             self.deliver(detected.alerts).await;

@@ -19,13 +19,20 @@ use crate::config::Config;
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config> + Send + Sync>;
 
 static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("vigil_config_reloads_total", "Configuration reloads by result (success, failure)", &["result"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "vigil_config_reloads_total",
+        "Configuration reloads by result (success, failure)",
+        &["result"]
+    )
+    .expect("metric registers once")
 });
 
 static LAST_SUCCESS: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!("vigil_config_last_reload_success_timestamp_seconds", "When the configuration was last loaded")
-        .expect("metric registers once")
+    register_gauge!(
+        "vigil_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded"
+    )
+    .expect("metric registers once")
 });
 
 pub struct Reloader {
@@ -35,9 +42,17 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(source: ConfigSource, detection: Arc<DetectionStage>, running: Config) -> Arc<Reloader> {
+    pub fn new(
+        source: ConfigSource,
+        detection: Arc<DetectionStage>,
+        running: Config,
+    ) -> Arc<Reloader> {
         LAST_SUCCESS.set(chrono::Utc::now().timestamp() as f64);
-        Arc::new(Reloader { source, detection, running: Mutex::new(running) })
+        Arc::new(Reloader {
+            source,
+            detection,
+            running: Mutex::new(running),
+        })
     }
 
     /// Loads the configuration again and hands its `[detect]` section to the detection stage.
@@ -51,7 +66,10 @@ impl Reloader {
             }
             Err(e) => {
                 RELOADS.with_label_values(&["failure"]).inc();
-                tracing::error!(error = format!("{e:#}"), "configuration reload refused; the running configuration stays");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "configuration reload refused; the running configuration stays"
+                );
                 Err(e)
             }
         }

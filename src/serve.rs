@@ -41,7 +41,9 @@ pub struct Running {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {what} (is another Vigil running?)"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for {what} (is another Vigil running?)"))
 }
 
 /// TLS acceptors for the HTTP/gRPC listeners (ALPN h2, http/1.1) and for the PostgreSQL one (no ALPN).
@@ -51,7 +53,9 @@ struct Acceptors {
 }
 
 fn tls_acceptors(config: &Config) -> Result<Option<Acceptors>> {
-    let Some(tls) = &config.tls else { return Ok(None) };
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
     let http = security::tls::acceptor(tls).context("loading the TLS certificate")?;
     let pg = security::tls::acceptor_without_alpn(tls).context("loading the TLS certificate")?;
     Ok(Some(Acceptors { http, pg }))
@@ -59,14 +63,20 @@ fn tls_acceptors(config: &Config) -> Result<Option<Acceptors>> {
 
 /// Opens the token store and, on a first start, creates and prints the bootstrap tokens.
 fn authenticator(config: &Config) -> Result<Arc<Authenticator>> {
-    let auth = Authenticator::from_config(&config.auth, &config.server.data_dir).context("opening the token store")?;
+    let auth = Authenticator::from_config(&config.auth, &config.server.data_dir)
+        .context("opening the token store")?;
     match auth.store() {
         Some(store) => {
-            if let Some(created) = store.ensure_bootstrap().context("creating the first tokens")? {
+            if let Some(created) = store
+                .ensure_bootstrap()
+                .context("creating the first tokens")?
+            {
                 print_bootstrap(&created, store.path());
             }
         }
-        None => tracing::warn!("authentication is disabled: every listener admits anyone, as source \"anonymous\""),
+        None => tracing::warn!(
+            "authentication is disabled: every listener admits anyone, as source \"anonymous\""
+        ),
     }
     Ok(Arc::new(auth))
 }
@@ -77,14 +87,33 @@ fn print_bootstrap(created: &[(TokenInfo, String)], path: &std::path::Path) {
     let rule = "=".repeat(100);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{rule}");
-    let _ = writeln!(out, "Vigil created its first access tokens. STORE THESE NOW, THEY WILL NOT BE SHOWN AGAIN");
-    let _ = writeln!(out, "(only their hashes are kept, in {}):\n", path.display());
+    let _ = writeln!(
+        out,
+        "Vigil created its first access tokens. STORE THESE NOW, THEY WILL NOT BE SHOWN AGAIN"
+    );
+    let _ = writeln!(
+        out,
+        "(only their hashes are kept, in {}):\n",
+        path.display()
+    );
     for (info, token) in created {
-        let _ = writeln!(out, "  {:<8} scopes={:<8} {}", info.name, scopes::display_list(&info.scopes), token);
+        let _ = writeln!(
+            out,
+            "  {:<8} scopes={:<8} {}",
+            info.name,
+            scopes::display_list(&info.scopes),
+            token
+        );
     }
-    let _ = writeln!(out, "\nSend a token as `Authorization: Bearer <token>` (OpenTelemetry SDKs:");
+    let _ = writeln!(
+        out,
+        "\nSend a token as `Authorization: Bearer <token>` (OpenTelemetry SDKs:"
+    );
     let _ = writeln!(out, "OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>); psql takes a query or admin token");
-    let _ = writeln!(out, "as its password. Manage tokens with `vigil token create|list|revoke`.");
+    let _ = writeln!(
+        out,
+        "as its password. Manage tokens with `vigil token create|list|revoke`."
+    );
     let _ = writeln!(out, "{rule}");
     let _ = out.flush();
 }
@@ -99,9 +128,15 @@ async fn serve_http(
 ) -> std::io::Result<()> {
     match tls {
         Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor, name)?, router).with_graceful_shutdown(stop).await
+            axum::serve(TlsListener::new(listener, acceptor, name)?, router)
+                .with_graceful_shutdown(stop)
+                .await
         }
-        None => axum::serve(listener, router).with_graceful_shutdown(stop).await,
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
     }
 }
 
@@ -112,26 +147,48 @@ pub async fn start(config: Config) -> Result<Running> {
 
 /// [`start`], with a way to re-read the configuration for `POST /-/reload` and SIGHUP.
 pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<Running> {
-    std::fs::create_dir_all(&config.server.data_dir)
-        .with_context(|| format!("creating data directory {}", config.server.data_dir.display()))?;
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "creating data directory {}",
+            config.server.data_dir.display()
+        )
+    })?;
     let tls = tls_acceptors(&config)?;
     let auth = authenticator(&config)?;
 
-    let store = Store::open(config.store.clone()).await.context("opening the store")?;
+    let store = Store::open(config.store.clone())
+        .await
+        .context("opening the store")?;
     store.spawn_background();
 
     let detection = DetectionStage::new(config.detect.clone());
-    let baselines = store.read_state(Table::Baselines).await.context("reading persisted baselines")?;
-    let inventory = store.read_state(Table::Inventory).await.context("reading the persisted inventory")?;
+    let baselines = store
+        .read_state(Table::Baselines)
+        .await
+        .context("reading persisted baselines")?;
+    let inventory = store
+        .read_state(Table::Inventory)
+        .await
+        .context("reading the persisted inventory")?;
     detection.restore(&baselines, &inventory);
 
-    let responder = Responder::open(config.respond.clone(), &config.server.data_dir.join("outbox.redb"))
-        .context("opening the alert outbox")?;
-    let pipeline = Pipeline::new(detection.clone(), store.clone(), responder.clone(), config.pipeline.clone());
+    let responder = Responder::open(
+        config.respond.clone(),
+        &config.server.data_dir.join("outbox.redb"),
+    )
+    .context("opening the alert outbox")?;
+    let pipeline = Pipeline::new(
+        detection.clone(),
+        store.clone(),
+        responder.clone(),
+        config.pipeline.clone(),
+    );
     let reloader = source.map(|source| Reloader::new(source, detection.clone(), config.clone()));
     let limits = sql_limits(&config);
     let ctx = sql_context(store.clone(), &limits)?;
-    reconcile_alerts(&ctx, &responder).await.context("handing stored alerts to delivery")?;
+    reconcile_alerts(&ctx, &responder)
+        .await
+        .context("handing stored alerts to delivery")?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
@@ -156,8 +213,15 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     let http_tls = tls.as_ref().map(|t| t.http.clone());
     let sink: Arc<dyn vigil_ingest::EventSink> = pipeline.clone();
     {
-        let (sink, cfg, stop) = (sink.clone(), config.otlp.clone(), stopped(shutdown_rx.clone()));
-        let security = Security { auth: auth.clone(), tls: http_tls.clone() };
+        let (sink, cfg, stop) = (
+            sink.clone(),
+            config.otlp.clone(),
+            stopped(shutdown_rx.clone()),
+        );
+        let security = Security {
+            auth: auth.clone(),
+            tls: http_tls.clone(),
+        };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = vigil_ingest::otlp::grpc::serve(grpc, sink, cfg, security, stop).await {
                 tracing::error!(error = %e, "OTLP gRPC receiver stopped");
@@ -165,10 +229,13 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         }));
     }
     {
-        let router = vigil_ingest::otlp::http::router(sink.clone(), config.otlp.clone(), auth.clone());
+        let router =
+            vigil_ingest::otlp::http::router(sink.clone(), config.otlp.clone(), auth.clone());
         let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_http(http, tls, router, vigil_ingest::otlp::http::LISTENER, stop).await {
+            if let Err(e) =
+                serve_http(http, tls, router, vigil_ingest::otlp::http::LISTENER, stop).await
+            {
                 tracing::error!(error = %e, "OTLP/HTTP receiver stopped");
             }
         }));
@@ -176,9 +243,12 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
 
     {
         let responder = responder.clone();
-        vigil_sql::register_live_table(&ctx, "alert_deliveries", vigil_respond::deliveries_schema(), move || {
-            vec![responder.deliveries_batch()]
-        })
+        vigil_sql::register_live_table(
+            &ctx,
+            "alert_deliveries",
+            vigil_respond::deliveries_schema(),
+            move || vec![responder.deliveries_batch()],
+        )
         .context("registering alert_deliveries")?;
     }
     {
@@ -189,19 +259,25 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
             .context("joining playbook responses into alerts")?;
     }
     {
-        let state = vigil_sql::http_api::ApiState { ctx: ctx.clone(), limits: limits.clone() };
+        let state = vigil_sql::http_api::ApiState {
+            ctx: ctx.clone(),
+            limits: limits.clone(),
+        };
         let router = admin::router(state, auth.clone(), reloader.clone());
         let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_http(admin_listener, tls, router, admin::METRICS_LISTENER, stop).await {
+            if let Err(e) =
+                serve_http(admin_listener, tls, router, admin::METRICS_LISTENER, stop).await
+            {
                 tracing::error!(error = %e, "admin API stopped");
             }
         }));
     }
     if let Some(listener) = bound_pg {
         let password = vigil_sql::pg::TokenPassword { auth: auth.clone() };
-        let mut server = vigil_sql::pg::PgServer::new(ctx.clone(), Arc::new(password), limits.clone())
-            .context("setting up the PostgreSQL listener")?;
+        let mut server =
+            vigil_sql::pg::PgServer::new(ctx.clone(), Arc::new(password), limits.clone())
+                .context("setting up the PostgreSQL listener")?;
         if let Some(tls) = &tls {
             server = server.with_tls(tls.pg.clone());
         }
@@ -210,7 +286,11 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     }
 
     if !config.kafka.brokers.is_empty() {
-        let (kafka, sink, stop) = (config.kafka.clone(), sink.clone(), stopped(shutdown_rx.clone()));
+        let (kafka, sink, stop) = (
+            config.kafka.clone(),
+            sink.clone(),
+            stopped(shutdown_rx.clone()),
+        );
         tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, "consuming from Kafka");
         tasks.push(tokio::spawn(async move {
             if let Err(e) = vigil_ingest::kafka::run(kafka, sink, stop).await {
@@ -238,13 +318,23 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         reload::on_sighup(reloader);
     }
     admin::set_ready(true);
-    Ok(Running { bound, pipeline, store, shutdown, tasks, detection })
+    Ok(Running {
+        bound,
+        pipeline,
+        store,
+        shutdown,
+        tasks,
+        detection,
+    })
 }
 
 /// Submits stored alerts from the last day that the outbox never saw: those raised just before a crash,
 /// after their WAL write and before their outbox commit. Alert ids are UUID v7, so "from the last day" is
 /// a string bound on `alert_id`, whatever the alerts' event times.
-async fn reconcile_alerts(ctx: &datafusion::prelude::SessionContext, responder: &Responder) -> Result<()> {
+async fn reconcile_alerts(
+    ctx: &datafusion::prelude::SessionContext,
+    responder: &Responder,
+) -> Result<()> {
     let since_ms = chrono::Utc::now().timestamp_millis() - vigil_respond::RECONCILE_WINDOW_MS;
     let bound = uuid_v7_prefix(since_ms);
     let sql = format!("SELECT * FROM alerts WHERE alert_id >= '{bound}'");
@@ -255,7 +345,11 @@ async fn reconcile_alerts(ctx: &datafusion::prelude::SessionContext, responder: 
     }
     let submitted = responder.reconcile(&alerts)?;
     if submitted > 0 {
-        tracing::warn!(submitted, checked = alerts.len(), "stored alerts that had not reached the outbox were queued for delivery");
+        tracing::warn!(
+            submitted,
+            checked = alerts.len(),
+            "stored alerts that had not reached the outbox were queued for delivery"
+        );
     }
     Ok(())
 }
@@ -275,9 +369,14 @@ pub fn sql_limits(config: &Config) -> vigil_sql::QueryLimits {
 }
 
 /// The DataFusion context every SQL interface of this process shares.
-pub fn sql_context(store: Arc<Store>, limits: &vigil_sql::QueryLimits) -> Result<Arc<datafusion::prelude::SessionContext>> {
+pub fn sql_context(
+    store: Arc<Store>,
+    limits: &vigil_sql::QueryLimits,
+) -> Result<Arc<datafusion::prelude::SessionContext>> {
     let source: Arc<dyn vigil_sql::SnapshotSource> = store;
-    Ok(Arc::new(vigil_sql::session_context(source, limits.clone()).context("setting up SQL")?))
+    Ok(Arc::new(
+        vigil_sql::session_context(source, limits.clone()).context("setting up SQL")?,
+    ))
 }
 
 /// Window-based detection and state persistence, off the request path.
@@ -321,8 +420,14 @@ async fn window_tasks(
 }
 
 async fn persist_state(detection: &DetectionStage, store: &Store) -> Result<()> {
-    store.put_state(Table::Baselines, detection.baselines_batch()).await.context("writing baselines")?;
-    store.put_state(Table::Inventory, detection.inventory_batch()).await.context("writing the inventory")?;
+    store
+        .put_state(Table::Baselines, detection.baselines_batch())
+        .await
+        .context("writing baselines")?;
+    store
+        .put_state(Table::Inventory, detection.inventory_batch())
+        .await
+        .context("writing the inventory")?;
     Ok(())
 }
 
@@ -351,13 +456,14 @@ pub async fn run(config: Config, source: ConfigSource) -> Result<()> {
 pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -374,7 +480,13 @@ mod tests {
     #[test]
     fn the_v7_prefix_bounds_ids_minted_from_that_millisecond_on() {
         let ms: i64 = 1_767_225_600_123;
-        let ts = |ms: i64| uuid::Timestamp::from_unix(uuid::NoContext, (ms / 1000) as u64, ((ms % 1000) * 1_000_000) as u32);
+        let ts = |ms: i64| {
+            uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1000) as u64,
+                ((ms % 1000) * 1_000_000) as u32,
+            )
+        };
         let bound = uuid_v7_prefix(ms);
         assert!(uuid::Uuid::new_v7(ts(ms)).to_string() >= bound);
         assert!(uuid::Uuid::new_v7(ts(ms + 1)).to_string() >= bound);

@@ -47,9 +47,15 @@ pub async fn run(config: Config, args: SqlArgs) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&batches)?)?,
+        Format::Table => writeln!(
+            out,
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&batches)?
+        )?,
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
             for b in &batches {
                 w.write(b)?;
             }
@@ -72,32 +78,54 @@ enum ServerError {
 
 /// A client for the admin port: over TLS when `--tls-ca` is given or the config has `[tls]`, trusting that
 /// file in addition to the usual roots (so a private CA works without installing it system-wide).
-fn client(config: &Config, tls_ca: Option<&std::path::Path>) -> Result<(reqwest::Client, &'static str), ServerError> {
+fn client(
+    config: &Config,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<(reqwest::Client, &'static str), ServerError> {
     let Some(trusted) = tls_ca.or(config.tls.as_ref().map(|t| t.cert_file.as_path())) else {
         return Ok((reqwest::Client::new(), "http"));
     };
-    let pem = std::fs::read(trusted)
-        .map_err(|e| ServerError::Query(format!("reading the TLS certificate {}: {e}", trusted.display())))?;
+    let pem = std::fs::read(trusted).map_err(|e| {
+        ServerError::Query(format!(
+            "reading the TLS certificate {}: {e}",
+            trusted.display()
+        ))
+    })?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| ServerError::Query(format!("TLS certificate {}: {e}", trusted.display())))?;
-    let builder = certs.into_iter().fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c));
-    let client = builder.build().map_err(|e| ServerError::Query(format!("setting up TLS: {e}")))?;
+    let builder = certs
+        .into_iter()
+        .fold(reqwest::Client::builder(), |b, c| b.add_root_certificate(c));
+    let client = builder
+        .build()
+        .map_err(|e| ServerError::Query(format!("setting up TLS: {e}")))?;
     Ok((client, "https"))
 }
 
-async fn query_server(config: &Config, args: &SqlArgs, token: Option<&str>) -> Result<Vec<RecordBatch>, ServerError> {
+async fn query_server(
+    config: &Config,
+    args: &SqlArgs,
+    token: Option<&str>,
+) -> Result<Vec<RecordBatch>, ServerError> {
     let sql = args.sql.as_str();
     let (client, scheme) = client(config, args.tls_ca.as_deref())?;
     let url = format!("{scheme}://{}/api/v1/query", config.server.admin_addr);
-    let mut request = client.post(&url).json(&serde_json::json!({ "sql": sql, "format": "arrow" }));
+    let mut request = client
+        .post(&url)
+        .json(&serde_json::json!({ "sql": sql, "format": "arrow" }));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let resp = request.send().await.map_err(|_| ServerError::Unreachable)?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| ServerError::Query(format!("reading the answer: {e}")))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ServerError::Query(format!("reading the answer: {e}")))?;
     if status == reqwest::StatusCode::UNAUTHORIZED && token.is_none() {
-        return Err(ServerError::Query("the server requires a token: pass --token or set VIGIL_TOKEN".into()));
+        return Err(ServerError::Query(
+            "the server requires a token: pass --token or set VIGIL_TOKEN".into(),
+        ));
     }
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
@@ -108,7 +136,9 @@ async fn query_server(config: &Config, args: &SqlArgs, token: Option<&str>) -> R
     }
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
         .map_err(|e| ServerError::Query(format!("decoding the answer: {e}")))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| ServerError::Query(format!("decoding the answer: {e}")))
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Query(format!("decoding the answer: {e}")))
 }
 
 async fn query_offline(config: &Config, sql: &str) -> Result<Vec<RecordBatch>> {
@@ -119,10 +149,14 @@ async fn query_offline(config: &Config, sql: &str) -> Result<Vec<RecordBatch>> {
             config.server.data_dir.display()
         ));
     }
-    let store = vigil_store::Store::open(config.store.clone()).await.context("opening the data directory")?;
+    let store = vigil_store::Store::open(config.store.clone())
+        .await
+        .context("opening the data directory")?;
     let limits = crate::serve::sql_limits(config);
     let ctx = crate::serve::sql_context(store.clone(), &limits)?;
-    let result = vigil_sql::run_query(&ctx, sql, &limits).await.map_err(|e| anyhow!("{e}"));
+    let result = vigil_sql::run_query(&ctx, sql, &limits)
+        .await
+        .map_err(|e| anyhow!("{e}"));
     store.shutdown().await.context("closing the store")?;
     result
 }

@@ -39,7 +39,9 @@ pub struct Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        let Some(provider) = self.provider.take() else { return };
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
         // The flush blocks until the processor's thread has exported, and each export runs on the tokio
         // runtime: on a multi-thread runtime, hand this worker's other tasks away while waiting.
         let shutdown = move || provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
@@ -57,25 +59,42 @@ impl Drop for Telemetry {
 /// `config.otlp_endpoint` is set, the OpenTelemetry layer. Must run inside the tokio runtime that will
 /// carry the exports.
 pub fn init(log: &str, config: &TelemetryConfig) -> Result<Telemetry> {
-    let Some(endpoint) = config.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) else {
+    let Some(endpoint) = config
+        .otlp_endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    else {
         init_logging(log);
         return Ok(Telemetry { provider: None });
     };
     let filter = log_filter(log);
     let provider = provider(endpoint, config)?;
     let tracer = provider.tracer("vigil");
-    let logs = tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr).with_filter(filter);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(tracing_subscriber::filter::filter_fn(exported));
-    let _ = tracing_subscriber::registry().with(logs).with(traces).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
     tracing::info!(endpoint = %traces_url(endpoint), service = %config.service_name, "exporting Vigil's own traces");
-    Ok(Telemetry { provider: Some(provider) })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
 }
 
 /// The plain stderr logger, filtered by `log` (or `RUST_LOG`): every command's, and `serve`'s without export.
 pub fn init_logging(log: &str) {
-    let _ = tracing_subscriber::fmt().with_env_filter(log_filter(log)).with_target(false).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(log))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn log_filter(log: &str) -> EnvFilter {
@@ -92,17 +111,29 @@ fn exported(meta: &Metadata<'_>) -> bool {
 fn exported_parts(target: &str, level: Level, is_span: bool) -> bool {
     let ours = target == "vigil" || target.starts_with("vigil::") || target.starts_with("vigil_");
     // Level order: ERROR < WARN < INFO < DEBUG < TRACE ("<=" means "at least as severe").
-    ours && if is_span { level <= Level::DEBUG } else { level <= Level::INFO }
+    ours && if is_span {
+        level <= Level::DEBUG
+    } else {
+        level <= Level::INFO
+    }
 }
 
 fn provider(endpoint: &str, config: &TelemetryConfig) -> Result<SdkTracerProvider> {
     if !(0.0..=1.0).contains(&config.sample_ratio) {
-        bail!("telemetry.sample_ratio must be between 0.0 and 1.0, not {}", config.sample_ratio);
+        bail!(
+            "telemetry.sample_ratio must be between 0.0 and 1.0, not {}",
+            config.sample_ratio
+        );
     }
     let url = traces_url(endpoint);
-    url::Url::parse(&url).with_context(|| format!("telemetry.otlp_endpoint {endpoint:?} is not a URL"))?;
-    let client = reqwest::Client::builder().timeout(EXPORT_TIMEOUT).build().context("building the OTLP trace client")?;
-    let runtime = tokio::runtime::Handle::try_current().context("trace export needs the tokio runtime")?;
+    url::Url::parse(&url)
+        .with_context(|| format!("telemetry.otlp_endpoint {endpoint:?} is not a URL"))?;
+    let client = reqwest::Client::builder()
+        .timeout(EXPORT_TIMEOUT)
+        .build()
+        .context("building the OTLP trace client")?;
+    let runtime =
+        tokio::runtime::Handle::try_current().context("trace export needs the tokio runtime")?;
     // `OTEL_EXPORTER_OTLP_HEADERS` (e.g. a Collector's token) is read by the exporter itself, `OTEL_BSP_*`
     // by the batch processor; the endpoint is only ever this one (see `TelemetryConfig::otlp_endpoint`).
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -120,7 +151,11 @@ fn provider(endpoint: &str, config: &TelemetryConfig) -> Result<SdkTracerProvide
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)
-        .with_resource(Resource::builder().with_service_name(config.service_name.clone()).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
         .build())
 }
 
@@ -156,7 +191,9 @@ impl HttpClient for TokioHttpClient {
                 }
                 body.extend_from_slice(&chunk);
             }
-            let mut answer = Response::builder().status(response.status()).body(Bytes::from(body))?;
+            let mut answer = Response::builder()
+                .status(response.status())
+                .body(Bytes::from(body))?;
             *answer.headers_mut() = std::mem::take(response.headers_mut());
             Ok::<_, HttpError>(answer)
         };
@@ -172,12 +209,19 @@ mod tests {
     fn the_traces_path_is_appended_once() {
         assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("https://c/otlp/v1/traces"), "https://c/otlp/v1/traces");
+        assert_eq!(
+            traces_url("https://c/otlp/v1/traces"),
+            "https://c/otlp/v1/traces"
+        );
     }
 
     #[test]
     fn only_vigils_own_spans_and_events_are_exported() {
-        assert!(exported_parts("vigil_ingest::otlp::http", Level::DEBUG, true));
+        assert!(exported_parts(
+            "vigil_ingest::otlp::http",
+            Level::DEBUG,
+            true
+        ));
         assert!(exported_parts("vigil::pipeline", Level::DEBUG, true));
         assert!(exported_parts("vigil", Level::INFO, true));
         assert!(!exported_parts("vigil_store::wal", Level::TRACE, true));
@@ -190,9 +234,15 @@ mod tests {
 
     #[test]
     fn a_bad_ratio_or_url_is_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _in_runtime = rt.enter();
-        let bad_ratio = TelemetryConfig { sample_ratio: 1.5, ..Default::default() };
+        let bad_ratio = TelemetryConfig {
+            sample_ratio: 1.5,
+            ..Default::default()
+        };
         assert!(provider("http://c:4318", &bad_ratio).is_err());
         assert!(provider("not a url", &TelemetryConfig::default()).is_err());
     }

@@ -46,7 +46,8 @@ fn parse_scope(s: &str) -> Result<Scope, scopes::UnknownScope> {
 /// The store a server with this config uses, whether or not authentication is enabled in it.
 fn open(config: &Config) -> Result<TokenStore> {
     let path = config.server.data_dir.join(TOKENS_FILE);
-    TokenStore::open_with(&path, store_options(&config.auth)).with_context(|| format!("opening {}", path.display()))
+    TokenStore::open_with(&path, store_options(&config.auth))
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
@@ -54,7 +55,9 @@ pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         TokenCommand::Create(args) => {
-            let (info, token) = store.create(&args.name, &args.scope).context("creating the token")?;
+            let (info, token) = store
+                .create(&args.name, &args.scope)
+                .context("creating the token")?;
             // The token alone on stdout, so it can be captured; the rest on stderr.
             writeln!(out, "{token}")?;
             eprintln!(
@@ -83,10 +86,19 @@ pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
 }
 
 fn table(tokens: &[TokenInfo]) -> String {
-    let mut s = format!("{:<18} {:<24} {:<20} {:<20} {:<8} {}\n", "ID", "NAME", "SCOPES", "CREATED", "REVOKED", "ORIGIN");
+    let mut s = format!(
+        "{:<18} {:<24} {:<20} {:<20} {:<8} {}\n",
+        "ID", "NAME", "SCOPES", "CREATED", "REVOKED", "ORIGIN"
+    );
     for t in tokens {
-        let created = t.created_at.map(|c| c.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
-        let origin = serde_json::to_value(t.origin).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let created = t
+            .created_at
+            .map(|c| c.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into());
+        let origin = serde_json::to_value(t.origin)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         s.push_str(&format!(
             "{:<18} {:<24} {:<20} {:<20} {:<8} {}\n",
             t.id,
@@ -112,20 +124,53 @@ mod tests {
         let store = open(&config).unwrap();
         let (info, token) = store.create("ci", &[Scope::Ingest, Scope::Query]).unwrap();
         let listed = table(&open(&config).unwrap().list());
-        assert!(listed.contains(&info.id) && listed.contains("ingest,query") && listed.contains(" no "), "{listed}");
+        assert!(
+            listed.contains(&info.id) && listed.contains("ingest,query") && listed.contains(" no "),
+            "{listed}"
+        );
         assert!(!listed.contains(&token), "the secret is never listed");
-        run(&config, TokenCommand::Revoke { id_or_name: "ci".into() }).unwrap();
+        run(
+            &config,
+            TokenCommand::Revoke {
+                id_or_name: "ci".into(),
+            },
+        )
+        .unwrap();
         assert!(open(&config).unwrap().verify(&token).is_none());
-        assert!(run(&config, TokenCommand::Revoke { id_or_name: "ci".into() }).is_err(), "nothing left to revoke");
+        assert!(
+            run(
+                &config,
+                TokenCommand::Revoke {
+                    id_or_name: "ci".into()
+                }
+            )
+            .is_err(),
+            "nothing left to revoke"
+        );
         use clap::Parser;
         #[derive(Parser)]
         struct T {
             #[command(flatten)]
             create: CreateArgs,
         }
-        let parsed = T::try_parse_from(["t", "--name", "x", "--scope", "query,ingest", "--scope", "admin"]).unwrap();
-        assert_eq!(parsed.create.scope, [Scope::Query, Scope::Ingest, Scope::Admin]);
+        let parsed = T::try_parse_from([
+            "t",
+            "--name",
+            "x",
+            "--scope",
+            "query,ingest",
+            "--scope",
+            "admin",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.create.scope,
+            [Scope::Query, Scope::Ingest, Scope::Admin]
+        );
         assert!(T::try_parse_from(["t", "--name", "x", "--scope", "root"]).is_err());
-        assert!(T::try_parse_from(["t", "--name", "x"]).is_err(), "a token needs a scope");
+        assert!(
+            T::try_parse_from(["t", "--name", "x"]).is_err(),
+            "a token needs a scope"
+        );
     }
 }

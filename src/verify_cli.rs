@@ -32,11 +32,16 @@ pub struct VerifyArgs {
 pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
     if let Some(head_file) = &args.check_head {
         let signed: audit::SignedHead = serde_json::from_slice(
-            &std::fs::read(head_file).with_context(|| format!("reading {}", head_file.display()))?,
+            &std::fs::read(head_file)
+                .with_context(|| format!("reading {}", head_file.display()))?,
         )
         .with_context(|| format!("{} is not an exported chain head", head_file.display()))?;
-        let chain_file = args.chain.clone().unwrap_or_else(|| audit::chain_path(&config.store.data_dir));
-        let chain = std::fs::read(&chain_file).with_context(|| format!("reading {}", chain_file.display()))?;
+        let chain_file = args
+            .chain
+            .clone()
+            .unwrap_or_else(|| audit::chain_path(&config.store.data_dir));
+        let chain = std::fs::read(&chain_file)
+            .with_context(|| format!("reading {}", chain_file.display()))?;
         match audit::verify_signed_head(&signed, &chain, args.trusted_key.as_deref()) {
             Ok(()) => {
                 println!(
@@ -46,7 +51,11 @@ pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
                 return Ok(());
             }
             Err(e) => {
-                println!("head seq {} does not check against {}: {e}", signed.seq, chain_file.display());
+                println!(
+                    "head seq {} does not check against {}: {e}",
+                    signed.seq,
+                    chain_file.display()
+                );
                 std::process::exit(1);
             }
         }
@@ -65,8 +74,14 @@ pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
             if out.is_dir() {
                 bail!("{} is a directory", out.display());
             }
-            std::fs::write(out, format!("{json}\n")).with_context(|| format!("writing {}", out.display()))?;
-            eprintln!("signed head seq {} written to {} (public key {})", head.seq, out.display(), head.public_key);
+            std::fs::write(out, format!("{json}\n"))
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "signed head seq {} written to {} (public key {})",
+                head.seq,
+                out.display(),
+                head.public_key
+            );
         }
     }
     Ok(())

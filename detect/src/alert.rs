@@ -84,7 +84,11 @@ pub fn alert_schema() -> SchemaRef {
         .get_or_init(|| {
             let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
             Arc::new(Schema::new(vec![
-                Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+                Field::new(
+                    "time",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
                 utf8("alert_id", false),
                 utf8("detector", false),
                 utf8("severity", false),
@@ -115,7 +119,13 @@ pub fn alert_response_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let ts = |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true);
+            let ts = |name: &str| {
+                Field::new(
+                    name,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                )
+            };
             Arc::new(Schema::new(vec![
                 Field::new("alert_id", DataType::Utf8, false),
                 // Playbook names and actions, comma-separated in the order they were triggered.
@@ -137,7 +147,9 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> RecordBatch {
     let n = alerts.len();
     let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut score = Float64Builder::with_capacity(n);
-    let mut s: Vec<StringBuilder> = (0..12).map(|_| StringBuilder::with_capacity(n, n * 32)).collect();
+    let mut s: Vec<StringBuilder> = (0..12)
+        .map(|_| StringBuilder::with_capacity(n, n * 32))
+        .collect();
     for a in alerts {
         time.append_value(a.time_us);
         score.append_value(a.score);
@@ -189,7 +201,10 @@ pub enum AlertRowsError {
     #[error("alerts rows lack column {0}")]
     MissingColumn(&'static str),
     #[error("alerts column {column}: {source}")]
-    Cast { column: &'static str, source: arrow::error::ArrowError },
+    Cast {
+        column: &'static str,
+        source: arrow::error::ArrowError,
+    },
     #[error("alerts row {row}: unknown severity {value:?}")]
     Severity { row: usize, value: String },
 }
@@ -201,18 +216,36 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, AlertRowsErr
     use arrow::compute::cast;
     use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
     let column = |name: &'static str, ty: &DataType| -> Result<ArrayRef, AlertRowsError> {
-        let c = batch.column_by_name(name).ok_or(AlertRowsError::MissingColumn(name))?;
-        cast(c, ty).map_err(|source| AlertRowsError::Cast { column: name, source })
+        let c = batch
+            .column_by_name(name)
+            .ok_or(AlertRowsError::MissingColumn(name))?;
+        cast(c, ty).map_err(|source| AlertRowsError::Cast {
+            column: name,
+            source,
+        })
     };
     let time = column("time", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
     let time = time.as_primitive::<TimestampMicrosecondType>();
     let score = column("score", &DataType::Float64)?;
     let score = score.as_primitive::<Float64Type>();
     const NAMES: [&str; 12] = [
-        "alert_id", "detector", "severity", "entity_type", "entity_id", "title", "description",
-        "evidence_event_ids", "evidence", "owasp", "atlas", "fingerprint",
+        "alert_id",
+        "detector",
+        "severity",
+        "entity_type",
+        "entity_id",
+        "title",
+        "description",
+        "evidence_event_ids",
+        "evidence",
+        "owasp",
+        "atlas",
+        "fingerprint",
     ];
-    let strings: Vec<ArrayRef> = NAMES.iter().map(|n| column(n, &DataType::Utf8)).collect::<Result<_, _>>()?;
+    let strings: Vec<ArrayRef> = NAMES
+        .iter()
+        .map(|n| column(n, &DataType::Utf8))
+        .collect::<Result<_, _>>()?;
     let text = |c: usize, row: usize| -> Option<String> {
         let a = strings[c].as_string::<i32>();
         a.is_valid(row).then(|| a.value(row).to_string())
@@ -224,14 +257,24 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, AlertRowsErr
                 alert_id: text(0, row).unwrap_or_default(),
                 time_us: time.value(row),
                 detector: text(1, row).unwrap_or_default(),
-                severity: Severity::parse(&sev).ok_or(AlertRowsError::Severity { row, value: sev })?,
+                severity: Severity::parse(&sev)
+                    .ok_or(AlertRowsError::Severity { row, value: sev })?,
                 entity_type: text(3, row).unwrap_or_default(),
                 entity_id: text(4, row).unwrap_or_default(),
-                score: if score.is_valid(row) { score.value(row) } else { 0.0 },
+                score: if score.is_valid(row) {
+                    score.value(row)
+                } else {
+                    0.0
+                },
                 title: text(5, row).unwrap_or_default(),
                 description: text(6, row).unwrap_or_default(),
                 evidence_event_ids: text(7, row)
-                    .map(|s| s.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect())
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|e| !e.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 evidence: text(8, row).unwrap_or_default(),
                 owasp: text(9, row),
@@ -267,7 +310,13 @@ mod tests {
         };
         let b = alerts_to_batch(&[a]);
         assert_eq!(b.num_rows(), 1);
-        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().value(0).to_string();
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0)
+                .to_string()
+        };
         assert_eq!(col("detector"), "shadow_ai");
         assert_eq!(col("severity"), "high");
         assert_eq!(col("evidence_event_ids"), "e1,e2");

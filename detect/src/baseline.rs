@@ -5,9 +5,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 
 use crate::behavior::WindowSummary;
 use crate::config::Thresholds;
@@ -77,7 +80,11 @@ impl WindowAcc {
             requests: self.requests as f64,
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
-            latency_mean: if self.latency_n > 0 { self.latency_sum / self.latency_n as f64 } else { 0.0 },
+            latency_mean: if self.latency_n > 0 {
+                self.latency_sum / self.latency_n as f64
+            } else {
+                0.0
+            },
             errors: self.errors as f64,
             denies: self.denies as f64,
             distinct_tools: self.tools.len() as f64,
@@ -174,15 +181,26 @@ impl EntityBaseline {
             for (f, x) in self.features.iter_mut().zip(values) {
                 f.update(x, th.ewma_lambda, th.ring_size, end);
             }
-            self.seasonal_rate.update(hour_of_week(start), values[RATE], th.ewma_lambda);
+            self.seasonal_rate
+                .update(hour_of_week(start), values[RATE], th.ewma_lambda);
         }
         let mut reuse = acc;
         let first_event_id = reuse.first_event_id.take();
         let summary = reuse.summary();
         reuse.tools.clear();
         reuse.data_sources.clear();
-        self.acc = WindowAcc { tools: reuse.tools, data_sources: reuse.data_sources, ..Default::default() };
-        Some(ClosedWindow { start_us: start, summary, spiked, warm, first_event_id })
+        self.acc = WindowAcc {
+            tools: reuse.tools,
+            data_sources: reuse.data_sources,
+            ..Default::default()
+        };
+        Some(ClosedWindow {
+            start_us: start,
+            summary,
+            spiked,
+            warm,
+            first_event_id,
+        })
     }
 
     fn open(&mut self, start: i64, th: &Thresholds) {
@@ -195,24 +213,49 @@ impl EntityBaseline {
             return;
         }
         let seasonal = self.seasonal_rate.expected(hour_of_week(start), 2);
-        self.rate_alarm = alarm(&self.features[RATE], seasonal, MAD_FLOOR[RATE], th.rate_min_excess, th);
-        self.token_alarm = alarm(&self.features[TOKENS], None, MAD_FLOOR[TOKENS], th.token_min_excess, th);
+        self.rate_alarm = alarm(
+            &self.features[RATE],
+            seasonal,
+            MAD_FLOOR[RATE],
+            th.rate_min_excess,
+            th,
+        );
+        self.token_alarm = alarm(
+            &self.features[TOKENS],
+            None,
+            MAD_FLOOR[TOKENS],
+            th.token_min_excess,
+            th,
+        );
     }
 
     /// Robust z of the open window's value of a feature against the baseline.
     pub fn z(&self, feature: usize, x: f64) -> f64 {
         let f = &self.features[feature];
-        crate::estimators::robust_z(x, f.median, f.mad.max(0.05 * f.median.abs()), MAD_FLOOR[feature])
+        crate::estimators::robust_z(
+            x,
+            f.median,
+            f.mad.max(0.05 * f.median.abs()),
+            MAD_FLOOR[feature],
+        )
     }
 }
 
 /// The level at which a window count is a spike: above the robust-z limit, a multiple of the baseline, and
 /// an absolute excess, whichever is highest (so that quiet, flat entities do not page on small wiggles).
-fn alarm(f: &FeatureStats, seasonal: Option<f64>, floor: f64, min_excess: f64, th: &Thresholds) -> f64 {
+fn alarm(
+    f: &FeatureStats,
+    seasonal: Option<f64>,
+    floor: f64,
+    min_excess: f64,
+    th: &Thresholds,
+) -> f64 {
     let center = seasonal.map_or(f.median, |s| s.max(f.median));
     let mad = f.mad.max(0.05 * center.abs()).max(floor);
     let z_level = center + th.z_threshold * mad / 0.6745;
-    z_level.max(center * th.spike_min_ratio).max(center + min_excess)
+    z_level
+        .max(center * th.spike_min_ratio)
+        .max(center + min_excess)
 }
 
 pub fn window_us(th: &Thresholds) -> i64 {
@@ -240,7 +283,11 @@ pub fn baseline_schema() -> SchemaRef {
                 Field::new("hour_of_week", DataType::Utf8, true),
                 // JSON array of the recent window values behind median/MAD (so a restart keeps them).
                 Field::new("recent", DataType::Utf8, false),
-                Field::new("updated_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+                Field::new(
+                    "updated_at",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
             ]))
         })
         .clone()
@@ -250,7 +297,10 @@ pub fn baseline_schema() -> SchemaRef {
 pub fn to_batch(maps: &[HashMap<String, EntityBaseline>; 4]) -> RecordBatch {
     let mut rows: Vec<(Entity, &String, &EntityBaseline)> = Vec::new();
     for e in Entity::ALL {
-        let mut v: Vec<_> = maps[e as usize].iter().filter(|(_, b)| b.features[RATE].samples > 0).collect();
+        let mut v: Vec<_> = maps[e as usize]
+            .iter()
+            .filter(|(_, b)| b.features[RATE].samples > 0)
+            .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         rows.extend(v.into_iter().map(|(id, b)| (e, id, b)));
     }
@@ -282,7 +332,11 @@ pub fn to_batch(maps: &[HashMap<String, EntityBaseline>; 4]) -> RecordBatch {
             updated.append_value(f.updated_at);
         }
     }
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(et.finish()), Arc::new(id.finish()), Arc::new(feat.finish())];
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(et.finish()),
+        Arc::new(id.finish()),
+        Arc::new(feat.finish()),
+    ];
     cols.extend(f64s.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     cols.push(Arc::new(samples.finish()));
     cols.push(Arc::new(how.finish()));
@@ -293,9 +347,22 @@ pub fn to_batch(maps: &[HashMap<String, EntityBaseline>; 4]) -> RecordBatch {
 
 /// Rebuilds baselines from `baselines` rows; returns the number of rows used. Rows that do not parse are
 /// skipped with a warning: an old state file must not stop the stage.
-pub fn restore(maps: &mut [HashMap<String, EntityBaseline>; 4], batch: &RecordBatch, th: &Thresholds) -> usize {
+pub fn restore(
+    maps: &mut [HashMap<String, EntityBaseline>; 4],
+    batch: &RecordBatch,
+    th: &Thresholds,
+) -> usize {
     let col = |n: &str| batch.column_by_name(n);
-    let (Some(et), Some(id), Some(feat), Some(ewma), Some(var), Some(samples), Some(recent), Some(updated)) = (
+    let (
+        Some(et),
+        Some(id),
+        Some(feat),
+        Some(ewma),
+        Some(var),
+        Some(samples),
+        Some(recent),
+        Some(updated),
+    ) = (
         col("entity_type").and_then(|c| c.as_string_opt::<i32>()),
         col("entity_id").and_then(|c| c.as_string_opt::<i32>()),
         col("feature").and_then(|c| c.as_string_opt::<i32>()),
@@ -304,15 +371,20 @@ pub fn restore(maps: &mut [HashMap<String, EntityBaseline>; 4], batch: &RecordBa
         col("samples").and_then(|c| c.as_primitive_opt::<Int64Type>()),
         col("recent").and_then(|c| c.as_string_opt::<i32>()),
         col("updated_at").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()),
-    ) else {
+    )
+    else {
         tracing::warn!("baselines state has an unexpected schema; ignored");
         return 0;
     };
     let how = col("hour_of_week").and_then(|c| c.as_string_opt::<i32>());
     let mut used = 0;
     for i in 0..batch.num_rows() {
-        let Some(e) = Entity::parse(et.value(i)) else { continue };
-        let Some(fi) = FEATURES.iter().position(|f| *f == feat.value(i)) else { continue };
+        let Some(e) = Entity::parse(et.value(i)) else {
+            continue;
+        };
+        let Some(fi) = FEATURES.iter().position(|f| *f == feat.value(i)) else {
+            continue;
+        };
         let Ok(values) = serde_json::from_str::<Vec<f64>>(recent.value(i)) else {
             tracing::warn!(entity = id.value(i), "unparsable baseline ring; skipped");
             continue;
@@ -322,11 +394,18 @@ pub fn restore(maps: &mut [HashMap<String, EntityBaseline>; 4], batch: &RecordBa
         f.ewma = ewma.value(i);
         f.ewma_var = var.value(i);
         f.samples = samples.value(i).max(0) as u64;
-        f.recent = values.into_iter().rev().take(th.ring_size.max(1)).rev().collect();
+        f.recent = values
+            .into_iter()
+            .rev()
+            .take(th.ring_size.max(1))
+            .rev()
+            .collect();
         f.updated_at = updated.value(i);
         f.refresh_robust();
         if fi == RATE {
-            if let Some(s) = how.filter(|h| h.is_valid(i)).and_then(|h| serde_json::from_str::<Seasonal>(h.value(i)).ok())
+            if let Some(s) = how
+                .filter(|h| h.is_valid(i))
+                .and_then(|h| serde_json::from_str::<Seasonal>(h.value(i)).ok())
             {
                 if s.is_valid() {
                     b.seasonal_rate = s;

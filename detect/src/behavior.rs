@@ -62,10 +62,18 @@ pub enum FitError {
 }
 
 impl BehaviorModel {
-    pub fn fit(windows: &[[f64; DIMS]], clusters: usize, quantile: f64, margin: f64) -> Result<Self, FitError> {
+    pub fn fit(
+        windows: &[[f64; DIMS]],
+        clusters: usize,
+        quantile: f64,
+        margin: f64,
+    ) -> Result<Self, FitError> {
         let k = clusters.max(1);
         if windows.len() < k * 10 {
-            return Err(FitError::TooFewWindows { needed: k * 10, have: windows.len() });
+            return Err(FitError::TooFewWindows {
+                needed: k * 10,
+                have: windows.len(),
+            });
         }
         let n = windows.len() as f64;
         let mut mean = [0.0; DIMS];
@@ -84,7 +92,9 @@ impl BehaviorModel {
         for s in scale.iter_mut() {
             *s = s.sqrt().max(0.1);
         }
-        let standardised = |w: &[f64; DIMS]| -> [f64; DIMS] { std::array::from_fn(|d| (w[d] - mean[d]) / scale[d]) };
+        let standardised = |w: &[f64; DIMS]| -> [f64; DIMS] {
+            std::array::from_fn(|d| (w[d] - mean[d]) / scale[d])
+        };
         let data: Vec<f64> = windows.iter().flat_map(standardised).collect();
         let records = Array2::from_shape_vec((windows.len(), DIMS), data)
             .map_err(|e| FitError::KMeans(e.to_string()))?;
@@ -94,9 +104,19 @@ impl BehaviorModel {
             .tolerance(1e-3)
             .fit(&DatasetBase::from(records.clone()))
             .map_err(|e| FitError::KMeans(e.to_string()))?;
-        let centroids: Vec<[f64; DIMS]> =
-            fitted.centroids().rows().into_iter().map(|r| std::array::from_fn(|d| r[d])).collect();
-        let mut model = Self { mean, scale, centroids, threshold: f64::INFINITY, trained_on: windows.len() };
+        let centroids: Vec<[f64; DIMS]> = fitted
+            .centroids()
+            .rows()
+            .into_iter()
+            .map(|r| std::array::from_fn(|d| r[d]))
+            .collect();
+        let mut model = Self {
+            mean,
+            scale,
+            centroids,
+            threshold: f64::INFINITY,
+            trained_on: windows.len(),
+        };
         let mut dists: Vec<f64> = records
             .rows()
             .into_iter()
@@ -145,11 +165,18 @@ mod tests {
     #[test]
     fn flags_an_outage_pattern_but_not_normal_windows() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let train: Vec<[f64; DIMS]> = (0..3000).map(|_| normal_window(&mut rng).vector()).collect();
+        let train: Vec<[f64; DIMS]> = (0..3000)
+            .map(|_| normal_window(&mut rng).vector())
+            .collect();
         let model = BehaviorModel::fit(&train, 4, 0.999, 1.5).unwrap();
-        let normal_max =
-            (0..3000).map(|_| model.distance(&normal_window(&mut rng).vector())).fold(0.0, f64::max);
-        assert!(normal_max < model.threshold, "{normal_max} >= {}", model.threshold);
+        let normal_max = (0..3000)
+            .map(|_| model.distance(&normal_window(&mut rng).vector()))
+            .fold(0.0, f64::max);
+        assert!(
+            normal_max < model.threshold,
+            "{normal_max} >= {}",
+            model.threshold
+        );
         let broken = WindowSummary {
             requests: 10.0,
             input_tokens: 5000.0,
@@ -163,6 +190,9 @@ mod tests {
 
     #[test]
     fn refuses_to_fit_on_too_little_data() {
-        assert!(matches!(BehaviorModel::fit(&[[0.0; DIMS]; 5], 4, 0.999, 1.5), Err(FitError::TooFewWindows { .. })));
+        assert!(matches!(
+            BehaviorModel::fit(&[[0.0; DIMS]; 5], 4, 0.999, 1.5),
+            Err(FitError::TooFewWindows { .. })
+        ));
     }
 }

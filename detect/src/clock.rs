@@ -62,7 +62,11 @@ mod tests {
         let wall = 1_000 * MIN;
         assert_eq!(c.watermark(wall), wall, "no events yet: wall clock");
         c.observe(wall - 2_000_000, wall);
-        assert_eq!(c.watermark(wall + 5 * MIN), wall + 5 * MIN - 2_000_000, "idle: moves on from the last event");
+        assert_eq!(
+            c.watermark(wall + 5 * MIN),
+            wall + 5 * MIN - 2_000_000,
+            "idle: moves on from the last event"
+        );
         // Live traffic a little ahead of this host's clock does not run ahead of the wall clock.
         c.observe(wall + 5 * MIN + 3_000_000, wall + 5 * MIN);
         assert_eq!(c.watermark(wall + 5 * MIN), wall + 5 * MIN);

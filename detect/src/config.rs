@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(cfg.thresholds.window, Duration::from_secs(30));
         assert_eq!(cfg.thresholds.z_threshold, 4.0);
         assert_eq!(cfg.thresholds.ewma_lambda, 0.25);
-        assert_eq!(cfg.inventory.agents[0].tools, vec!["lookup_invoice".to_string()]);
+        assert_eq!(
+            cfg.inventory.agents[0].tools,
+            vec!["lookup_invoice".to_string()]
+        );
         assert_eq!(cfg.inventory.users["alice"], "support");
     }
 

@@ -11,20 +11,33 @@ const EPSILON: f64 = 0.0001;
 /// Population stability index between two count vectors over the same categories.
 pub fn psi(reference: &[f64], current: &[f64]) -> f64 {
     let (r, c) = (normalise(reference), normalise(current));
-    r.iter().zip(&c).map(|(&p, &q)| (q - p) * (q / p).ln()).sum()
+    r.iter()
+        .zip(&c)
+        .map(|(&p, &q)| (q - p) * (q / p).ln())
+        .sum()
 }
 
 /// Jensen-Shannon distance (square root of the divergence, base 2, so in 0..1).
 pub fn js_distance(reference: &[f64], current: &[f64]) -> f64 {
     let (r, c) = (normalise(reference), normalise(current));
-    let kl = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(&x, &y)| x * (x / y).log2()).sum() };
+    let kl =
+        |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(&x, &y)| x * (x / y).log2()).sum() };
     let m: Vec<f64> = r.iter().zip(&c).map(|(a, b)| (a + b) / 2.0).collect();
     (0.5 * kl(&r, &m) + 0.5 * kl(&c, &m)).max(0.0).sqrt()
 }
 
 fn normalise(counts: &[f64]) -> Vec<f64> {
     let total: f64 = counts.iter().sum();
-    counts.iter().map(|&x| if total > 0.0 { (x / total).max(EPSILON) } else { EPSILON }).collect()
+    counts
+        .iter()
+        .map(|&x| {
+            if total > 0.0 {
+                (x / total).max(EPSILON)
+            } else {
+                EPSILON
+            }
+        })
+        .collect()
 }
 
 /// Wasserstein-1 distance between two samples divided by the reference's standard deviation.
@@ -181,29 +194,53 @@ impl DriftTrack {
         swap
     }
 
-    pub fn push(&mut self, time_us: i64, category: u32, output_tokens: f64, latency_ms: f64, max: usize) {
-        self.samples.push_back(Sample { time_us, category, output_tokens, latency_ms });
+    pub fn push(
+        &mut self,
+        time_us: i64,
+        category: u32,
+        output_tokens: f64,
+        latency_ms: f64,
+        max: usize,
+    ) {
+        self.samples.push_back(Sample {
+            time_us,
+            category,
+            output_tokens,
+            latency_ms,
+        });
         while self.samples.len() > max {
             self.samples.pop_front();
         }
     }
 
     /// Measures every feature; returns the ones over their threshold. `None` when there is not enough data.
-    pub fn evaluate(&mut self, now_us: i64, n_categories: usize, lim: &DriftLimits) -> Option<Vec<DriftMeasure>> {
+    pub fn evaluate(
+        &mut self,
+        now_us: i64,
+        n_categories: usize,
+        lim: &DriftLimits,
+    ) -> Option<Vec<DriftMeasure>> {
         let cur_start = now_us - lim.current_us;
         let ref_start = cur_start - lim.reference_us;
         while self.samples.front().is_some_and(|s| s.time_us < ref_start) {
             self.samples.pop_front();
         }
-        let (mut rc, mut cc) = (vec![0.0; n_categories.max(1)], vec![0.0; n_categories.max(1)]);
-        let (mut r_out, mut c_out, mut r_lat, mut c_lat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut rc, mut cc) = (
+            vec![0.0; n_categories.max(1)],
+            vec![0.0; n_categories.max(1)],
+        );
+        let (mut r_out, mut c_out, mut r_lat, mut c_lat) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for s in &self.samples {
             if s.time_us > now_us {
                 continue;
             }
             let current = s.time_us >= cur_start;
-            let (counts, out, lat) =
-                if current { (&mut cc, &mut c_out, &mut c_lat) } else { (&mut rc, &mut r_out, &mut r_lat) };
+            let (counts, out, lat) = if current {
+                (&mut cc, &mut c_out, &mut c_lat)
+            } else {
+                (&mut rc, &mut r_out, &mut r_lat)
+            };
             if let Some(c) = counts.get_mut(s.category as usize) {
                 *c += 1.0;
             }
@@ -214,19 +251,35 @@ impl DriftTrack {
                 lat.push(s.latency_ms);
             }
         }
-        let (nr, nc) = (rc.iter().sum::<f64>() as usize, cc.iter().sum::<f64>() as usize);
+        let (nr, nc) = (
+            rc.iter().sum::<f64>() as usize,
+            cc.iter().sum::<f64>() as usize,
+        );
         if nr < lim.min_reference || nc < lim.min_current {
             return None;
         }
         let mut out = Vec::new();
         let mut check = |feature, metric, value: f64, threshold| {
             if value >= threshold {
-                out.push(DriftMeasure { feature, metric, value, threshold });
+                out.push(DriftMeasure {
+                    feature,
+                    metric,
+                    value,
+                    threshold,
+                });
             }
         };
         check("finish_reasons", "psi", psi(&rc, &cc), lim.psi);
-        check("finish_reasons", "jensen_shannon", js_distance(&rc, &cc), lim.js);
-        for (feature, r, c) in [("output_tokens", &mut r_out, &mut c_out), ("latency_ms", &mut r_lat, &mut c_lat)] {
+        check(
+            "finish_reasons",
+            "jensen_shannon",
+            js_distance(&rc, &cc),
+            lim.js,
+        );
+        for (feature, r, c) in [
+            ("output_tokens", &mut r_out, &mut c_out),
+            ("latency_ms", &mut r_lat, &mut c_lat),
+        ] {
             if r.len() >= lim.min_reference && c.len() >= lim.min_current {
                 let w = wasserstein_normalised(r, c);
                 if ks_test(r, c).1 < lim.ks_p {
@@ -287,8 +340,14 @@ mod tests {
             assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3));
         }
         assert!(t.observe_response_model("gpt-4o-2025-01-01", 3));
-        assert!(!t.observe_response_model("gpt-4o-2025-01-01", 3), "reported once");
-        assert!(!t.observe_response_model("gpt-4o-2024-08-06", 3), "known version");
+        assert!(
+            !t.observe_response_model("gpt-4o-2025-01-01", 3),
+            "reported once"
+        );
+        assert!(
+            !t.observe_response_model("gpt-4o-2024-08-06", 3),
+            "known version"
+        );
     }
 
     #[test]
@@ -308,12 +367,19 @@ mod tests {
         for i in 850..900 {
             small.push(i, 0, 100.0, 50.0, 10_000);
         }
-        assert!(small.evaluate(900, 1, &lim).is_none(), "too little reference data");
+        assert!(
+            small.evaluate(900, 1, &lim).is_none(),
+            "too little reference data"
+        );
         let mut t = DriftTrack::default();
         for i in 0..900 {
             t.push(i, 0, 100.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
         }
-        assert_eq!(t.evaluate(900, 1, &lim), Some(vec![]), "same distribution: no drift");
+        assert_eq!(
+            t.evaluate(900, 1, &lim),
+            Some(vec![]),
+            "same distribution: no drift"
+        );
         for i in 900..1000 {
             t.push(i, 0, 300.0 + (i % 10) as f64, 50.0 + (i % 7) as f64, 10_000);
         }

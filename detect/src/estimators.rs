@@ -80,7 +80,10 @@ pub struct Seasonal {
 
 impl Default for Seasonal {
     fn default() -> Self {
-        Self { mean: vec![0.0; 168], n: vec![0; 168] }
+        Self {
+            mean: vec![0.0; 168],
+            n: vec![0; 168],
+        }
     }
 }
 

@@ -27,19 +27,54 @@ const LLM10: &str = "LLM10:2025 Unbounded Consumption";
 /// The detector table. Severity is the default; a detector may raise it for a stronger variant.
 pub fn detector(id: &str) -> DetectorInfo {
     let (id, severity, owasp, atlas): (&'static str, _, _, _) = match id {
-        "sensitive_data" => ("sensitive_data", Severity::High, Some(LLM02), Some("AML.T0057")),
-        "prompt_injection" => ("prompt_injection", Severity::High, Some(LLM01), Some("AML.T0051")),
+        "sensitive_data" => (
+            "sensitive_data",
+            Severity::High,
+            Some(LLM02),
+            Some("AML.T0057"),
+        ),
+        "prompt_injection" => (
+            "prompt_injection",
+            Severity::High,
+            Some(LLM01),
+            Some("AML.T0051"),
+        ),
         "shadow_ai" => ("shadow_ai", Severity::Medium, Some(LLM03), None),
-        "tool_overreach" => ("tool_overreach", Severity::High, Some(LLM06), Some("AML.T0053")),
+        "tool_overreach" => (
+            "tool_overreach",
+            Severity::High,
+            Some(LLM06),
+            Some("AML.T0053"),
+        ),
         "privilege" => ("privilege", Severity::High, Some(LLM06), None),
-        "policy_deny_burst" => ("policy_deny_burst", Severity::Medium, Some(LLM01), Some("AML.T0054")),
-        "rate_spike" => ("rate_spike", Severity::Medium, Some(LLM10), Some("AML.T0034")),
-        "token_spike" => ("token_spike", Severity::Medium, Some(LLM10), Some("AML.T0034")),
+        "policy_deny_burst" => (
+            "policy_deny_burst",
+            Severity::Medium,
+            Some(LLM01),
+            Some("AML.T0054"),
+        ),
+        "rate_spike" => (
+            "rate_spike",
+            Severity::Medium,
+            Some(LLM10),
+            Some("AML.T0034"),
+        ),
+        "token_spike" => (
+            "token_spike",
+            Severity::Medium,
+            Some(LLM10),
+            Some("AML.T0034"),
+        ),
         "behavior_anomaly" => ("behavior_anomaly", Severity::Medium, None, None),
         "model_drift" => ("model_drift", Severity::Medium, Some(LLM04), None),
         _ => ("unknown", Severity::Low, None, None),
     };
-    DetectorInfo { id, severity, owasp, atlas }
+    DetectorInfo {
+        id,
+        severity,
+        owasp,
+        atlas,
+    }
 }
 
 /// Hex xxh3 of detector, entity type, entity id and the distinguishing label, NUL-separated so that
@@ -111,7 +146,11 @@ pub fn snippet(text: &str, findings: &[Finding], start: usize, end: usize) -> St
     let local: Vec<Finding> = findings
         .iter()
         .filter(|f| f.start >= lo && f.end <= hi)
-        .map(|f| Finding { start: f.start - lo, end: f.end - lo, ..f.clone() })
+        .map(|f| Finding {
+            start: f.start - lo,
+            end: f.end - lo,
+            ..f.clone()
+        })
         .collect();
     let mut out = String::with_capacity(hi - lo + 8);
     if lo > 0 {
@@ -157,8 +196,18 @@ mod tests {
     #[test]
     fn snippet_masks_a_secret_even_when_it_straddles_the_excerpt_edge() {
         let secret = "AKIAIOSFODNN7EXAMPLE";
-        let text = format!("{}{} and then ignore previous instructions{}", "x".repeat(10), secret, "y".repeat(200));
-        let f = Finding { kind: FindingKind::AwsAccessKey, start: 10, end: 10 + secret.len(), confidence: 0.9 };
+        let text = format!(
+            "{}{} and then ignore previous instructions{}",
+            "x".repeat(10),
+            secret,
+            "y".repeat(200)
+        );
+        let f = Finding {
+            kind: FindingKind::AwsAccessKey,
+            start: 10,
+            end: 10 + secret.len(),
+            confidence: 0.9,
+        };
         // The match is 70 bytes after the secret's start; the context window would cut the key in half.
         let m = text.find("ignore").unwrap();
         let s = snippet(&text, &[f], m, m + 6);

@@ -5,10 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 
 use crate::config::{Asset, Inventory, RoleSource};
 
@@ -87,12 +89,22 @@ pub enum Access {
 
 impl CompiledInventory {
     pub fn new(source: Inventory, role_source: RoleSource) -> Self {
-        let index = |v: &[Asset]| v.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
+        let index = |v: &[Asset]| {
+            v.iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i))
+                .collect()
+        };
         let assets = [
             index(&source.providers),
             index(&source.models),
             index(&source.endpoints),
-            source.agents.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect(),
+            source
+                .agents
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.id.clone(), i))
+                .collect(),
         ];
         let agents = source
             .agents
@@ -118,16 +130,39 @@ impl CompiledInventory {
                 (r.name.clone(), rules)
             })
             .collect();
-        let users = source.users.iter().map(|(u, r)| (u.clone(), r.clone())).collect();
-        let classification = source.data_sources.iter().map(|d| (d.id.clone(), d.classification.clone())).collect();
-        let allowed_tools = source.agents.iter().flat_map(|a| a.tools.iter().cloned()).collect();
-        Self { assets, agents, roles, users, classification, allowed_tools, role_source, source }
+        let users = source
+            .users
+            .iter()
+            .map(|(u, r)| (u.clone(), r.clone()))
+            .collect();
+        let classification = source
+            .data_sources
+            .iter()
+            .map(|d| (d.id.clone(), d.classification.clone()))
+            .collect();
+        let allowed_tools = source
+            .agents
+            .iter()
+            .flat_map(|a| a.tools.iter().cloned())
+            .collect();
+        Self {
+            assets,
+            agents,
+            roles,
+            users,
+            classification,
+            allowed_tools,
+            role_source,
+            source,
+        }
     }
 
     /// Whether any asset of this type is registered (shadow_ai only judges types with a registry).
     pub fn has_registry(&self, t: Tracked) -> bool {
         match t {
-            Tracked::Provider | Tracked::Model | Tracked::Endpoint | Tracked::Agent => !self.assets[t as usize].is_empty(),
+            Tracked::Provider | Tracked::Model | Tracked::Endpoint | Tracked::Agent => {
+                !self.assets[t as usize].is_empty()
+            }
             _ => false,
         }
     }
@@ -135,10 +170,15 @@ impl CompiledInventory {
     /// Endpoints match on `host:port` or on `host` alone.
     pub fn is_registered(&self, t: Tracked, id: &str) -> bool {
         match t {
-            Tracked::Provider | Tracked::Model | Tracked::Agent => self.assets[t as usize].contains_key(id),
+            Tracked::Provider | Tracked::Model | Tracked::Agent => {
+                self.assets[t as usize].contains_key(id)
+            }
             Tracked::Endpoint => {
                 let m = &self.assets[Tracked::Endpoint as usize];
-                m.contains_key(id) || id.rsplit_once(':').is_some_and(|(host, _)| m.contains_key(host))
+                m.contains_key(id)
+                    || id
+                        .rsplit_once(':')
+                        .is_some_and(|(host, _)| m.contains_key(host))
             }
             Tracked::User => self.users.contains_key(id),
             Tracked::Tool => self.allowed_tools.contains(id),
@@ -148,14 +188,25 @@ impl CompiledInventory {
 
     /// Owner, purpose and risk tier of a registered asset.
     pub fn describe(&self, t: Tracked, id: &str) -> Option<(&str, &str, &str)> {
-        fn asset<'a>(v: &'a [Asset], m: &HashMap<String, usize>, id: &str) -> Option<(&'a str, &'a str, &'a str)> {
-            m.get(id).map(|&i| (v[i].owner.as_str(), v[i].purpose.as_str(), v[i].risk_tier.as_str()))
+        fn asset<'a>(
+            v: &'a [Asset],
+            m: &HashMap<String, usize>,
+            id: &str,
+        ) -> Option<(&'a str, &'a str, &'a str)> {
+            m.get(id).map(|&i| {
+                (
+                    v[i].owner.as_str(),
+                    v[i].purpose.as_str(),
+                    v[i].risk_tier.as_str(),
+                )
+            })
         }
         match t {
             Tracked::Provider => asset(&self.source.providers, &self.assets[0], id),
             Tracked::Model => asset(&self.source.models, &self.assets[1], id),
             Tracked::Endpoint => asset(&self.source.endpoints, &self.assets[2], id).or_else(|| {
-                id.rsplit_once(':').and_then(|(h, _)| asset(&self.source.endpoints, &self.assets[2], h))
+                id.rsplit_once(':')
+                    .and_then(|(h, _)| asset(&self.source.endpoints, &self.assets[2], h))
             }),
             Tracked::Agent => self.assets[3].get(id).map(|&i| {
                 let a = &self.source.agents[i];
@@ -193,7 +244,9 @@ impl CompiledInventory {
 
     /// Judges a data source by its classification; unknown sources have nothing to judge.
     pub fn role_may_read(&self, role: &str, data_source: &str) -> (Access, Option<&str>) {
-        let Some(class) = self.classification.get(data_source) else { return (Access::Unknown, None) };
+        let Some(class) = self.classification.get(data_source) else {
+            return (Access::Unknown, None);
+        };
         let access = match self.roles.get(role) {
             None => Access::Unknown,
             Some(r) if r.all_classes || r.classes.contains(class) => Access::Allowed,
@@ -224,7 +277,15 @@ impl SeenTracker {
     pub fn observe(&mut self, t: Tracked, id: &str, time_us: i64) -> &mut Seen {
         let map = &mut self.maps[t as usize];
         if !map.contains_key(id) {
-            map.insert(id.to_string(), Seen { first_us: time_us, last_us: time_us, count: 0, shadow_alerted: false });
+            map.insert(
+                id.to_string(),
+                Seen {
+                    first_us: time_us,
+                    last_us: time_us,
+                    count: 0,
+                    shadow_alerted: false,
+                },
+            );
         }
         let s = map.get_mut(id).expect("inserted above");
         s.count += 1;
@@ -251,13 +312,32 @@ impl SeenTracker {
         for t in Tracked::ALL {
             let mut ids: Vec<&String> = self.maps[t as usize].keys().collect();
             ids.sort();
-            rows.extend(ids.into_iter().map(|id| (t, id.as_str(), self.maps[t as usize].get(id))));
+            rows.extend(
+                ids.into_iter()
+                    .map(|id| (t, id.as_str(), self.maps[t as usize].get(id))),
+            );
         }
         let registered_unseen = [
-            (Tracked::Provider, inv.source.providers.iter().map(|a| a.id.as_str()).collect::<Vec<_>>()),
-            (Tracked::Model, inv.source.models.iter().map(|a| a.id.as_str()).collect()),
-            (Tracked::Endpoint, inv.source.endpoints.iter().map(|a| a.id.as_str()).collect()),
-            (Tracked::Agent, inv.source.agents.iter().map(|a| a.id.as_str()).collect()),
+            (
+                Tracked::Provider,
+                inv.source
+                    .providers
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                Tracked::Model,
+                inv.source.models.iter().map(|a| a.id.as_str()).collect(),
+            ),
+            (
+                Tracked::Endpoint,
+                inv.source.endpoints.iter().map(|a| a.id.as_str()).collect(),
+            ),
+            (
+                Tracked::Agent,
+                inv.source.agents.iter().map(|a| a.id.as_str()).collect(),
+            ),
         ];
         for (t, ids) in registered_unseen {
             for id in ids {
@@ -267,7 +347,9 @@ impl SeenTracker {
             }
         }
         let n = rows.len();
-        let mut strings: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+        let mut strings: Vec<StringBuilder> = (0..5)
+            .map(|_| StringBuilder::with_capacity(n, n * 16))
+            .collect();
         let mut registered = BooleanBuilder::with_capacity(n);
         let mut alerted = BooleanBuilder::with_capacity(n);
         let mut first = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -286,7 +368,9 @@ impl SeenTracker {
             count.append_value(seen.map_or(0, |s| s.count as i64));
             alerted.append_value(seen.is_some_and(|s| s.shadow_alerted));
         }
-        let mut s = strings.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let mut s = strings
+            .into_iter()
+            .map(|mut b| Arc::new(b.finish()) as ArrayRef);
         let mut next = || s.next().expect("five string columns");
         let columns: Vec<ArrayRef> = vec![
             next(),
@@ -300,20 +384,27 @@ impl SeenTracker {
             Arc::new(count.finish()),
             Arc::new(alerted.finish()),
         ];
-        RecordBatch::try_new(inventory_schema(), columns).expect("inventory columns match the schema")
+        RecordBatch::try_new(inventory_schema(), columns)
+            .expect("inventory columns match the schema")
     }
 
     /// Restores counts from `inventory` rows. Registered-but-unseen rows (no `first_seen`) are skipped; rows
     /// with a different schema are ignored (logged) so that an old state file cannot stop the stage.
     pub fn restore(&mut self, batch: &RecordBatch) -> usize {
         let get = |name: &str| batch.column_by_name(name);
-        let (Some(et), Some(id), Some(first), Some(last), Some(count)) =
-            (get("entity_type"), get("entity_id"), get("first_seen"), get("last_seen"), get("event_count"))
-        else {
+        let (Some(et), Some(id), Some(first), Some(last), Some(count)) = (
+            get("entity_type"),
+            get("entity_id"),
+            get("first_seen"),
+            get("last_seen"),
+            get("event_count"),
+        ) else {
             tracing::warn!("inventory state has an unexpected schema; ignored");
             return 0;
         };
-        let (Some(et), Some(id)) = (et.as_string_opt::<i32>(), id.as_string_opt::<i32>()) else { return 0 };
+        let (Some(et), Some(id)) = (et.as_string_opt::<i32>(), id.as_string_opt::<i32>()) else {
+            return 0;
+        };
         let (Some(first), Some(last), Some(count)) = (
             first.as_primitive_opt::<TimestampMicrosecondType>(),
             last.as_primitive_opt::<TimestampMicrosecondType>(),
@@ -321,18 +412,23 @@ impl SeenTracker {
         ) else {
             return 0;
         };
-        let alerted = get("shadow_alerted").and_then(|a| a.as_any().downcast_ref::<BooleanArray>().cloned());
+        let alerted =
+            get("shadow_alerted").and_then(|a| a.as_any().downcast_ref::<BooleanArray>().cloned());
         let mut restored = 0;
         for i in 0..batch.num_rows() {
             if et.is_null(i) || id.is_null(i) || first.is_null(i) || last.is_null(i) {
                 continue;
             }
-            let Some(t) = Tracked::parse(et.value(i)) else { continue };
+            let Some(t) = Tracked::parse(et.value(i)) else {
+                continue;
+            };
             let seen = Seen {
                 first_us: first.value(i),
                 last_us: last.value(i),
                 count: count.value(i).max(0) as u64,
-                shadow_alerted: alerted.as_ref().is_some_and(|a| a.is_valid(i) && a.value(i)),
+                shadow_alerted: alerted
+                    .as_ref()
+                    .is_some_and(|a| a.is_valid(i) && a.value(i)),
             };
             self.maps[t as usize].insert(id.value(i).to_string(), seen);
             restored += 1;
@@ -370,8 +466,15 @@ mod tests {
 
     fn inv() -> CompiledInventory {
         let source = Inventory {
-            models: vec![Asset { id: "gpt-4o".into(), owner: "platform".into(), ..Default::default() }],
-            endpoints: vec![Asset { id: "api.openai.com".into(), ..Default::default() }],
+            models: vec![Asset {
+                id: "gpt-4o".into(),
+                owner: "platform".into(),
+                ..Default::default()
+            }],
+            endpoints: vec![Asset {
+                id: "api.openai.com".into(),
+                ..Default::default()
+            }],
             agents: vec![AgentAsset {
                 id: "billing".into(),
                 tools: vec!["lookup_invoice".into()],
@@ -385,8 +488,14 @@ mod tests {
             }],
             users: [("alice".to_string(), "support".to_string())].into(),
             data_sources: vec![
-                DataSource { id: "invoices".into(), classification: "internal".into() },
-                DataSource { id: "payroll".into(), classification: "restricted".into() },
+                DataSource {
+                    id: "invoices".into(),
+                    classification: "internal".into(),
+                },
+                DataSource {
+                    id: "payroll".into(),
+                    classification: "restricted".into(),
+                },
             ],
             ..Default::default()
         };
@@ -403,9 +512,18 @@ mod tests {
         assert_eq!(i.agent_may_use_tool("unknown", "shell"), None);
         assert_eq!(i.role_of("alice", None), Some("support"));
         assert_eq!(i.role_of("alice", Some("admin")), Some("admin"));
-        assert!(matches!(i.role_may_use_model("support", "o1"), Access::Denied));
-        assert!(matches!(i.role_may_read("support", "payroll"), (Access::Denied, Some("restricted"))));
-        assert!(matches!(i.role_may_read("support", "wiki"), (Access::Unknown, None)));
+        assert!(matches!(
+            i.role_may_use_model("support", "o1"),
+            Access::Denied
+        ));
+        assert!(matches!(
+            i.role_may_read("support", "payroll"),
+            (Access::Denied, Some("restricted"))
+        ));
+        assert!(matches!(
+            i.role_may_read("support", "wiki"),
+            (Access::Unknown, None)
+        ));
     }
 
     #[test]
@@ -414,7 +532,8 @@ mod tests {
         let mut t = SeenTracker::default();
         t.observe(Tracked::Model, "gpt-4o", 10);
         t.observe(Tracked::Model, "gpt-4o", 30);
-        t.observe(Tracked::Model, "deepseek-chat", 20).shadow_alerted = true;
+        t.observe(Tracked::Model, "deepseek-chat", 20)
+            .shadow_alerted = true;
         let b = t.to_batch(&i);
         // gpt-4o, deepseek-chat + registered-unseen endpoint and agent.
         assert_eq!(b.num_rows(), 4);
@@ -422,7 +541,11 @@ mod tests {
         assert_eq!(r.restore(&b), 2);
         assert_eq!(r.get(Tracked::Model, "gpt-4o").unwrap().count, 2);
         assert_eq!(r.get(Tracked::Model, "gpt-4o").unwrap().first_us, 10);
-        assert!(r.get(Tracked::Model, "deepseek-chat").unwrap().shadow_alerted);
+        assert!(
+            r.get(Tracked::Model, "deepseek-chat")
+                .unwrap()
+                .shadow_alerted
+        );
         let reg = b.column_by_name("registered").unwrap().as_boolean();
         let ids = b.column_by_name("entity_id").unwrap().as_string::<i32>();
         let owner = b.column_by_name("owner").unwrap().as_string::<i32>();

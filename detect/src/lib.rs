@@ -4,23 +4,25 @@
 //! The API in this file is the contract the binary and the store use; see `docs/architecture.md`.
 
 pub mod alert;
+pub mod baseline;
+pub mod behavior;
+pub mod clock;
 pub mod config;
 pub mod content;
-pub mod baseline;
-pub mod clock;
-pub mod behavior;
+pub mod drift;
+pub mod estimators;
+pub mod findings;
 pub mod inventory;
 pub mod metrics;
 pub mod scenario;
 mod stage;
-pub mod drift;
-pub mod estimators;
-pub mod findings;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
-pub use alert::{alert_response_schema, alert_schema, alerts_from_batch, alerts_to_batch, Alert, Severity};
+pub use alert::{
+    alert_response_schema, alert_schema, alerts_from_batch, alerts_to_batch, Alert, Severity,
+};
 pub use config::DetectConfig;
 /// The detection stage. Shared by all receivers (`Arc<DetectionStage>`); `process` takes `&self` and is
 /// safe to call concurrently.
@@ -44,4 +46,3 @@ pub struct Detection {
     /// Alerts raised by this batch (possibly none).
     pub alerts: Vec<Alert>,
 }
-

@@ -20,10 +20,19 @@ pub fn metrics() -> &'static Metrics {
             &["detector", "severity"],
         )
         .expect("valid metric");
-        let events = IntCounter::new("vigil_detect_events_total", "Events through the detection stage").expect("valid metric");
+        let events = IntCounter::new(
+            "vigil_detect_events_total",
+            "Events through the detection stage",
+        )
+        .expect("valid metric");
         let batch_seconds = Histogram::with_opts(
-            HistogramOpts::new("vigil_detect_batch_seconds", "Time to process one batch in the detection stage")
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            HistogramOpts::new(
+                "vigil_detect_batch_seconds",
+                "Time to process one batch in the detection stage",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]),
         )
         .expect("valid metric");
         let r = prometheus::default_registry();
@@ -36,6 +45,10 @@ pub fn metrics() -> &'static Metrics {
                 tracing::warn!(error = %e, "detection metric not registered");
             }
         }
-        Metrics { alerts, events, batch_seconds }
+        Metrics {
+            alerts,
+            events,
+            batch_seconds,
+        }
     })
 }

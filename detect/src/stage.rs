@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    StringBuilder,
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    StringArray, StringBuilder,
 };
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
@@ -109,7 +109,11 @@ enum ColumnError {
 
 impl<'a> Cols<'a> {
     fn new(b: &'a RecordBatch) -> Result<Self, ColumnError> {
-        let s = |n: &'static str| b.column_by_name(n).and_then(|c| c.as_string_opt::<i32>()).ok_or(ColumnError::Missing(n));
+        let s = |n: &'static str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or(ColumnError::Missing(n))
+        };
         // Vectorised flags with arrow's comparison kernels; nulls compare as null (treated as false).
         let is = |n: &'static str, v: &str| -> Result<BooleanArray, ColumnError> {
             eq(s(n)?, &StringArray::new_scalar(v)).map_err(|e| ColumnError::Compare(n, e))
@@ -191,7 +195,9 @@ impl DetectionStage {
             runtime: RwLock::new(Arc::new(Runtime::new(config))),
             state: Mutex::new(State::default()),
             behavior: RwLock::new([None, None]),
-            latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ),
         })
     }
 
@@ -202,7 +208,10 @@ impl DetectionStage {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "batch does not have the event schema; stored without detection");
-                return Detection { events: batch.clone(), alerts: Vec::new() };
+                return Detection {
+                    events: batch.clone(),
+                    alerts: Vec::new(),
+                };
             }
         };
         let mut alerts = Vec::new();
@@ -232,9 +241,14 @@ impl DetectionStage {
         m.events.inc_by(rows as u64);
         m.batch_seconds.observe(elapsed.as_secs_f64());
         for a in alerts {
-            m.alerts.with_label_values(&[a.detector.as_str(), a.severity.as_str()]).inc();
+            m.alerts
+                .with_label_values(&[a.detector.as_str(), a.severity.as_str()])
+                .inc();
         }
-        let _ = self.latency_us.lock().record((elapsed.as_micros() as u64).max(1));
+        let _ = self
+            .latency_us
+            .lock()
+            .record((elapsed.as_micros() as u64).max(1));
     }
 
     /// Per-batch processing time quantiles (p50, p99) in µs since start: with per-event detectors
@@ -245,7 +259,12 @@ impl DetectionStage {
     }
 
     /// Sensitive data, prompt injection and tool-argument injection; returns the stored text columns.
-    fn scan_content(&self, rt: &Runtime, c: &Cols, alerts: &mut Vec<Alert>) -> (ArrayRef, ArrayRef) {
+    fn scan_content(
+        &self,
+        rt: &Runtime,
+        c: &Cols,
+        alerts: &mut Vec<Alert>,
+    ) -> (ArrayRef, ArrayRef) {
         let capture = rt.cfg.content_capture;
         let th = &rt.cfg.thresholds;
         let n = c.time.len();
@@ -257,8 +276,10 @@ impl DetectionStage {
                 let Some(text) = get(arr, i) else { continue };
                 let findings = content::scan_sensitive(text);
                 if inference && rt.on("sensitive_data") {
-                    let strong: Vec<&Finding> =
-                        findings.iter().filter(|f| f.confidence >= th.sensitive_min_confidence).collect();
+                    let strong: Vec<&Finding> = findings
+                        .iter()
+                        .filter(|f| f.confidence >= th.sensitive_min_confidence)
+                        .collect();
                     if let Some(first) = strong.first() {
                         alerts.push(sensitive_alert(c, i, side, text, &findings, &strong, first));
                     }
@@ -266,7 +287,9 @@ impl DetectionStage {
                 let direct = inference && side == 0;
                 let indirect = tool && side == 1;
                 if (direct || indirect) && rt.on("prompt_injection") {
-                    if let Some(inj) = content::scan_injection(text).filter(|f| f.score >= th.injection_min_score) {
+                    if let Some(inj) =
+                        content::scan_injection(text).filter(|f| f.score >= th.injection_min_score)
+                    {
                         alerts.push(injection_alert(c, i, indirect, text, &findings, &inj));
                     }
                 }
@@ -307,9 +330,16 @@ impl DetectionStage {
     pub fn restore(&self, baselines: &[RecordBatch], inventory: &[RecordBatch]) {
         let rt = self.runtime.read().clone();
         let mut st = self.state.lock();
-        let b: usize = baselines.iter().map(|b| baseline::restore(&mut st.baselines, b, &rt.cfg.thresholds)).sum();
+        let b: usize = baselines
+            .iter()
+            .map(|b| baseline::restore(&mut st.baselines, b, &rt.cfg.thresholds))
+            .sum();
         let i: usize = inventory.iter().map(|b| st.seen.restore(b)).sum();
-        tracing::info!(baseline_rows = b, inventory_rows = i, "detection state restored");
+        tracing::info!(
+            baseline_rows = b,
+            inventory_rows = i,
+            "detection state restored"
+        );
     }
 
     /// Event time at wall-clock time `wall_us` (see `clock`): what `tick` should be given by a server,
@@ -340,7 +370,16 @@ impl DetectionStage {
                     }
                 }
                 for (id, cw) in closed {
-                    on_window_closed(&rt, &models, &mut st.training, &mut st.new_since_fit, e, &id, cw, &mut alerts);
+                    on_window_closed(
+                        &rt,
+                        &models,
+                        &mut st.training,
+                        &mut st.new_since_fit,
+                        e,
+                        &id,
+                        cw,
+                        &mut alerts,
+                    );
                 }
             }
             if rt.on("model_drift") {
@@ -358,7 +397,9 @@ impl DetectionStage {
                 let ncat = st.categories.len();
                 for (k, etype) in [(0usize, "model"), (1, "endpoint")] {
                     for (id, track) in st.drift[k].iter_mut() {
-                        let Some(found) = track.evaluate(now_us, ncat, &lim) else { continue };
+                        let Some(found) = track.evaluate(now_us, ncat, &lim) else {
+                            continue;
+                        };
                         let mut firing_now: Vec<&'static str> = Vec::new();
                         for m in &found {
                             if firing_now.contains(&m.feature) {
@@ -384,9 +425,19 @@ impl DetectionStage {
         }
         // The fit runs without the state lock: `process` keeps going meanwhile.
         for (k, data) in to_fit {
-            match BehaviorModel::fit(&data, th.behavior_clusters, th.behavior_quantile, th.behavior_margin) {
+            match BehaviorModel::fit(
+                &data,
+                th.behavior_clusters,
+                th.behavior_quantile,
+                th.behavior_margin,
+            ) {
                 Ok(m) => {
-                    tracing::debug!(model = k, windows = m.trained_on, threshold = m.threshold, "behaviour model refitted");
+                    tracing::debug!(
+                        model = k,
+                        windows = m.trained_on,
+                        threshold = m.threshold,
+                        "behaviour model refitted"
+                    );
                     self.behavior.write()[k] = Some(Arc::new(m));
                 }
                 Err(e) => tracing::warn!(error = %e, "behaviour model not refitted"),
@@ -394,7 +445,9 @@ impl DetectionStage {
         }
         let m = metrics();
         for a in &alerts {
-            m.alerts.with_label_values(&[a.detector.as_str(), a.severity.as_str()]).inc();
+            m.alerts
+                .with_label_values(&[a.detector.as_str(), a.severity.as_str()])
+                .inc();
         }
         alerts
     }
@@ -407,10 +460,19 @@ impl DetectionStage {
 }
 
 /// The batch as stored: text columns as `content_capture` keeps them, attributes masked when given.
-fn replace_text(batch: &RecordBatch, prompt: ArrayRef, response: ArrayRef, attributes: Option<ArrayRef>) -> RecordBatch {
+fn replace_text(
+    batch: &RecordBatch,
+    prompt: ArrayRef,
+    response: ArrayRef,
+    attributes: Option<ArrayRef>,
+) -> RecordBatch {
     let schema = batch.schema();
     let mut columns = batch.columns().to_vec();
-    let replaced = [(col::PROMPT_TEXT, Some(prompt)), (col::RESPONSE_TEXT, Some(response)), (col::ATTRIBUTES, attributes)];
+    let replaced = [
+        (col::PROMPT_TEXT, Some(prompt)),
+        (col::RESPONSE_TEXT, Some(response)),
+        (col::ATTRIBUTES, attributes),
+    ];
     for (name, arr) in replaced {
         if let (Ok(idx), Some(arr)) = (schema.index_of(name), arr) {
             columns[idx] = arr;
@@ -460,7 +522,15 @@ fn with_replaced(arr: &StringArray, replaced: Vec<(usize, String)>) -> ArrayRef 
     Arc::new(b.finish())
 }
 
-fn sensitive_alert(c: &Cols, i: usize, side: usize, text: &str, all: &[Finding], strong: &[&Finding], first: &Finding) -> Alert {
+fn sensitive_alert(
+    c: &Cols,
+    i: usize,
+    side: usize,
+    text: &str,
+    all: &[Finding],
+    strong: &[&Finding],
+    first: &Finding,
+) -> Alert {
     let (etype, eid) = actor(c, i);
     let kinds = kinds_label(strong);
     let secret = strong.iter().any(|f| f.kind.is_secret());
@@ -496,14 +566,35 @@ fn sensitive_alert(c: &Cols, i: usize, side: usize, text: &str, all: &[Finding],
     .build()
 }
 
-fn injection_alert(c: &Cols, i: usize, indirect: bool, text: &str, all: &[Finding], f: &content::InjectionFinding) -> Alert {
-    let (etype, eid) = if indirect { get(c.agent, i).map(|a| ("agent", a)).unwrap_or_else(|| actor(c, i)) } else { actor(c, i) };
+fn injection_alert(
+    c: &Cols,
+    i: usize,
+    indirect: bool,
+    text: &str,
+    all: &[Finding],
+    f: &content::InjectionFinding,
+) -> Alert {
+    let (etype, eid) = if indirect {
+        get(c.agent, i)
+            .map(|a| ("agent", a))
+            .unwrap_or_else(|| actor(c, i))
+    } else {
+        actor(c, i)
+    };
     let reasons = f.reasons.join(",");
     let (title, label, atlas) = if indirect {
         let tool = get(c.tool, i).unwrap_or("a tool");
-        (format!("Indirect prompt injection in the result of {tool}"), "indirect", "AML.T0051.001")
+        (
+            format!("Indirect prompt injection in the result of {tool}"),
+            "indirect",
+            "AML.T0051.001",
+        )
     } else {
-        ("Prompt injection attempt".to_string(), "direct", "AML.T0051.000")
+        (
+            "Prompt injection attempt".to_string(),
+            "direct",
+            "AML.T0051.000",
+        )
     };
     AlertDraft {
         detector: "prompt_injection",
@@ -516,14 +607,26 @@ fn injection_alert(c: &Cols, i: usize, indirect: bool, text: &str, all: &[Findin
         description: format!("Heuristics fired: {reasons} (score {:.2}).", f.score),
         evidence_event_ids: vec![c.event_id.value(i).to_string()],
         evidence: snippet(text, all, f.start, f.end),
-        severity: Some(if f.score >= 0.8 { Severity::High } else { Severity::Medium }),
+        severity: Some(if f.score >= 0.8 {
+            Severity::High
+        } else {
+            Severity::Medium
+        }),
         atlas: Some(atlas),
     }
     .build()
 }
 
-fn tool_args_alert(c: &Cols, i: usize, text: &str, all: &[Finding], f: &content::ArgFinding) -> Alert {
-    let (etype, eid) = get(c.agent, i).map(|a| ("agent", a)).unwrap_or_else(|| actor(c, i));
+fn tool_args_alert(
+    c: &Cols,
+    i: usize,
+    text: &str,
+    all: &[Finding],
+    f: &content::ArgFinding,
+) -> Alert {
+    let (etype, eid) = get(c.agent, i)
+        .map(|a| ("agent", a))
+        .unwrap_or_else(|| actor(c, i));
     let tool = get(c.tool, i).unwrap_or("a tool");
     let label = format!("args:{}", f.kind);
     AlertDraft {
@@ -534,7 +637,10 @@ fn tool_args_alert(c: &Cols, i: usize, text: &str, all: &[Finding], f: &content:
         label: &label,
         score: 1.0,
         title: format!("{} payload in the arguments of {tool}", f.kind),
-        description: format!("The arguments {etype} {eid} passed to {tool} carry a {} payload.", f.kind),
+        description: format!(
+            "The arguments {etype} {eid} passed to {tool} carry a {} payload.",
+            f.kind
+        ),
         evidence_event_ids: vec![c.event_id.value(i).to_string()],
         evidence: snippet(text, all, f.start, f.end),
         severity: Some(Severity::Critical),
@@ -606,10 +712,19 @@ fn stateful_row(
     let t = c.time.value(i);
     let inv = &rt.inv;
     let th = &rt.cfg.thresholds;
-    let (user, agent, model, endpoint) = (get(c.user, i), get(c.agent, i), get(c.model, i), get(c.endpoint, i));
+    let (user, agent, model, endpoint) = (
+        get(c.user, i),
+        get(c.agent, i),
+        get(c.model, i),
+        get(c.endpoint, i),
+    );
     let (tool, ds) = (get(c.tool, i), get(c.data_source, i));
-    let (inference, is_tool, policy, deny) =
-        (flag(&c.is_inference, i), flag(&c.is_tool, i), flag(&c.is_policy, i), flag(&c.is_deny, i));
+    let (inference, is_tool, policy, deny) = (
+        flag(&c.is_inference, i),
+        flag(&c.is_tool, i),
+        flag(&c.is_policy, i),
+        flag(&c.is_deny, i),
+    );
 
     // Inventory and shadow AI (once per entity).
     let shadow_on = rt.on("shadow_ai");
@@ -633,11 +748,18 @@ fn stateful_row(
                 "unregistered",
                 1.0,
                 format!("Unregistered AI {} {id}", tr.as_str()),
-                format!("{et} {who} used {} {id}, which is not in the AI inventory.", tr.as_str()),
+                format!(
+                    "{et} {who} used {} {id}, which is not in the AI inventory.",
+                    tr.as_str()
+                ),
             ));
         }
     }
-    for (tr, v) in [(Tracked::User, user), (Tracked::Tool, tool), (Tracked::DataSource, ds)] {
+    for (tr, v) in [
+        (Tracked::User, user),
+        (Tracked::Tool, tool),
+        (Tracked::DataSource, ds),
+    ] {
         if let Some(id) = v {
             st.seen.observe(tr, id, t);
         }
@@ -648,17 +770,33 @@ fn stateful_row(
         if let Some(tl) = tool.filter(|_| is_tool) {
             if inv.agent_may_use_tool(a, tl) == Some(false) {
                 let label = format!("tool:{tl}");
-                alerts.push(row_alert(c, i, "tool_overreach", "agent", a, &label, 1.0,
+                alerts.push(row_alert(
+                    c,
+                    i,
+                    "tool_overreach",
+                    "agent",
+                    a,
+                    &label,
+                    1.0,
                     format!("Agent {a} called {tl}, outside its allowlist"),
-                    format!("Tool {tl} is not in the allowlist of agent {a}.")));
+                    format!("Tool {tl} is not in the allowlist of agent {a}."),
+                ));
             }
         }
         if let Some(d) = ds {
             if inv.agent_may_use_data_source(a, d) == Some(false) {
                 let label = format!("data_source:{d}");
-                alerts.push(row_alert(c, i, "tool_overreach", "agent", a, &label, 1.0,
+                alerts.push(row_alert(
+                    c,
+                    i,
+                    "tool_overreach",
+                    "agent",
+                    a,
+                    &label,
+                    1.0,
                     format!("Agent {a} read {d}, outside its allowlist"),
-                    format!("Data source {d} is not in the allowlist of agent {a}.")));
+                    format!("Data source {d} is not in the allowlist of agent {a}."),
+                ));
             }
         }
     }
@@ -669,24 +807,45 @@ fn stateful_row(
             if let Some(m) = model.filter(|m| inference && inv.is_registered(Tracked::Model, m)) {
                 if matches!(inv.role_may_use_model(role, m), Access::Denied) {
                     let label = format!("model:{m}");
-                    alerts.push(row_alert(c, i, "privilege", "user", u, &label, 1.0,
+                    alerts.push(row_alert(
+                        c,
+                        i,
+                        "privilege",
+                        "user",
+                        u,
+                        &label,
+                        1.0,
                         format!("User {u} used {m}, not allowed for role {role}"),
-                        format!("Role {role} may not use model {m}.")));
+                        format!("Role {role} may not use model {m}."),
+                    ));
                 }
             }
             if let Some(d) = ds {
                 if let (Access::Denied, Some(class)) = inv.role_may_read(role, d) {
                     let label = format!("data:{class}");
-                    alerts.push(row_alert(c, i, "privilege", "user", u, &label, 1.0,
+                    alerts.push(row_alert(
+                        c,
+                        i,
+                        "privilege",
+                        "user",
+                        u,
+                        &label,
+                        1.0,
                         format!("User {u} reached {class} data ({d})"),
-                        format!("Role {role} may not use {class} data; {d} is {class}.")));
+                        format!("Role {role} may not use {class} data; {d} is {class}."),
+                    ));
                 }
             }
         }
     }
 
     // Baselines, spikes, bursts.
-    for (e, v) in [(Entity::User, user), (Entity::Agent, agent), (Entity::Model, model), (Entity::Endpoint, endpoint)] {
+    for (e, v) in [
+        (Entity::User, user),
+        (Entity::Agent, agent),
+        (Entity::Model, model),
+        (Entity::Endpoint, endpoint),
+    ] {
         let Some(id) = v else { continue };
         let map = &mut st.baselines[e as usize];
         if !map.contains_key(id) {
@@ -700,8 +859,18 @@ fn stateful_row(
         let acc = &mut b.acc;
         if !policy {
             acc.requests += 1;
-            acc.input_tokens += c.input_tokens.is_valid(i).then(|| c.input_tokens.value(i)).unwrap_or(0).max(0) as f64;
-            acc.output_tokens += c.output_tokens.is_valid(i).then(|| c.output_tokens.value(i)).unwrap_or(0).max(0) as f64;
+            acc.input_tokens += c
+                .input_tokens
+                .is_valid(i)
+                .then(|| c.input_tokens.value(i))
+                .unwrap_or(0)
+                .max(0) as f64;
+            acc.output_tokens += c
+                .output_tokens
+                .is_valid(i)
+                .then(|| c.output_tokens.value(i))
+                .unwrap_or(0)
+                .max(0) as f64;
             if c.latency.is_valid(i) && c.latency.value(i).is_finite() {
                 acc.latency_sum += c.latency.value(i);
                 acc.latency_n += 1;
@@ -750,27 +919,57 @@ fn stateful_row(
                 if !b.burst_firing {
                     b.burst_firing = true;
                     let n = b.denies.len();
-                    alerts.push(row_alert(c, i, "policy_deny_burst", e.as_str(), id, "deny_burst", n as f64,
+                    alerts.push(row_alert(
+                        c,
+                        i,
+                        "policy_deny_burst",
+                        e.as_str(),
+                        id,
+                        "deny_burst",
+                        n as f64,
                         format!("Burst of policy denials for {} {id}", e.as_str()),
-                        format!("{n} denials within {}.", humantime::format_duration(th.deny_burst_window))));
+                        format!(
+                            "{n} denials within {}.",
+                            humantime::format_duration(th.deny_burst_window)
+                        ),
+                    ));
                 }
             } else {
                 b.burst_firing = false;
             }
         }
         if let Some(cw) = closed {
-            on_window_closed(rt, models, &mut st.training, &mut st.new_since_fit, e, id, cw, alerts);
+            on_window_closed(
+                rt,
+                models,
+                &mut st.training,
+                &mut st.new_since_fit,
+                e,
+                id,
+                cw,
+                alerts,
+            );
         }
     }
 
     // Drift samples and silent model swaps.
     if inference {
-        let cat = st.categories.id(get(c.finish, i).and_then(|f| f.split(',').next()).unwrap_or("none"));
+        let cat = st.categories.id(get(c.finish, i)
+            .and_then(|f| f.split(',').next())
+            .unwrap_or("none"));
         // Failed calls have no answer to measure: their sizes and latencies would make one user's outage
         // look like the model drifting (error rates are the baselines' business).
         let ok = !flag(&c.is_error, i);
-        let out = if ok && c.output_tokens.is_valid(i) { c.output_tokens.value(i) as f64 } else { f64::NAN };
-        let lat = if ok && c.latency.is_valid(i) { c.latency.value(i) } else { f64::NAN };
+        let out = if ok && c.output_tokens.is_valid(i) {
+            c.output_tokens.value(i) as f64
+        } else {
+            f64::NAN
+        };
+        let lat = if ok && c.latency.is_valid(i) {
+            c.latency.value(i)
+        } else {
+            f64::NAN
+        };
         for (k, v) in [(0usize, model), (1, endpoint)] {
             let Some(id) = v else { continue };
             let map = &mut st.drift[k];
@@ -781,7 +980,8 @@ fn stateful_row(
             track.push(t, cat, out, lat, DRIFT_CAP);
             if k == 0 {
                 if let Some(rm) = get(c.response_model, i) {
-                    if track.observe_response_model(rm, th.swap_min_events) && rt.on("model_drift") {
+                    if track.observe_response_model(rm, th.swap_min_events) && rt.on("model_drift")
+                    {
                         let label = format!("response_model:{rm}");
                         let before = track.response_models.first().cloned().unwrap_or_default();
                         alerts.push(row_alert(c, i, "model_drift", "model", id, &label, 1.0,
@@ -866,18 +1066,37 @@ mod tests {
     fn config() -> DetectConfig {
         DetectConfig {
             inventory: Inventory {
-                models: vec![Asset { id: "gpt-4o".into(), ..Default::default() }, Asset { id: "o1".into(), ..Default::default() }],
+                models: vec![
+                    Asset {
+                        id: "gpt-4o".into(),
+                        ..Default::default()
+                    },
+                    Asset {
+                        id: "o1".into(),
+                        ..Default::default()
+                    },
+                ],
                 agents: vec![AgentAsset {
                     id: "bot".into(),
                     tools: vec!["search".into()],
                     data_sources: vec!["wiki".into()],
                     ..Default::default()
                 }],
-                roles: vec![RolePolicy { name: "support".into(), models: vec!["gpt-4o".into()], data_classifications: vec!["internal".into()] }],
+                roles: vec![RolePolicy {
+                    name: "support".into(),
+                    models: vec!["gpt-4o".into()],
+                    data_classifications: vec!["internal".into()],
+                }],
                 users: [("alice".to_string(), "support".to_string())].into(),
                 data_sources: vec![
-                    DataSource { id: "wiki".into(), classification: "internal".into() },
-                    DataSource { id: "payroll".into(), classification: "restricted".into() },
+                    DataSource {
+                        id: "wiki".into(),
+                        classification: "internal".into(),
+                    },
+                    DataSource {
+                        id: "payroll".into(),
+                        classification: "restricted".into(),
+                    },
                 ],
                 ..Default::default()
             },
@@ -915,17 +1134,31 @@ mod tests {
     fn shadow_ai_fires_once_per_entity_and_not_for_empty_registries() {
         let stage = DetectionStage::new(config());
         let rows: Vec<EventRow> = (0..3)
-            .map(|k| EventRow { provider: Some("deepseek".into()), ..inference(T0 + k, &format!("e{k}"), "alice", "deepseek-chat") })
+            .map(|k| EventRow {
+                provider: Some("deepseek".into()),
+                ..inference(T0 + k, &format!("e{k}"), "alice", "deepseek-chat")
+            })
             .collect();
         let d = stage.process(&batch(&rows));
         // The model registry has entries, so the unknown model is reported once; no provider is registered,
         // so providers are not judged at all.
-        let shadow: Vec<&Alert> = d.alerts.iter().filter(|a| a.detector == "shadow_ai").collect();
+        let shadow: Vec<&Alert> = d
+            .alerts
+            .iter()
+            .filter(|a| a.detector == "shadow_ai")
+            .collect();
         assert_eq!(shadow.len(), 1, "{:?}", d.alerts);
-        assert_eq!((shadow[0].entity_type.as_str(), shadow[0].entity_id.as_str()), ("model", "deepseek-chat"));
+        assert_eq!(
+            (shadow[0].entity_type.as_str(), shadow[0].entity_id.as_str()),
+            ("model", "deepseek-chat")
+        );
         assert_eq!(shadow[0].evidence_event_ids, vec!["e0".to_string()]);
         assert_eq!(shadow[0].owasp.as_deref(), Some("LLM03:2025 Supply Chain"));
-        assert!(stage.process(&batch(&rows)).alerts.iter().all(|a| a.detector != "shadow_ai"));
+        assert!(stage
+            .process(&batch(&rows))
+            .alerts
+            .iter()
+            .all(|a| a.detector != "shadow_ai"));
         // Empty inventory: nothing registered yet, nothing reported.
         let empty = DetectionStage::new(DetectConfig::default());
         assert!(empty.process(&batch(&rows)).alerts.is_empty());
@@ -949,12 +1182,18 @@ mod tests {
             tool("bad-ds", "search", "payroll"),
             inference(T0, "allowed", "alice", "gpt-4o"),
             inference(T0, "denied-model", "alice", "o1"),
-            EventRow { data_source: Some("payroll".into()), ..inference(T0, "denied-data", "alice", "gpt-4o") },
+            EventRow {
+                data_source: Some("payroll".into()),
+                ..inference(T0, "denied-data", "alice", "gpt-4o")
+            },
             // Bob has no role: nothing to judge.
             inference(T0, "no-role", "bob", "o1"),
         ];
         let alerts = stage.process(&batch(&rows)).alerts;
-        let got: Vec<(&str, &str)> = alerts.iter().map(|a| (a.detector.as_str(), a.evidence_event_ids[0].as_str())).collect();
+        let got: Vec<(&str, &str)> = alerts
+            .iter()
+            .map(|a| (a.detector.as_str(), a.evidence_event_ids[0].as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -985,16 +1224,30 @@ mod tests {
         let fast: Vec<EventRow> = (0..8).map(|k| deny(T0 + 600 * SEC + k * 5 * SEC)).collect();
         let alerts = stage.process(&batch(&fast)).alerts;
         assert_eq!(detectors(&alerts), vec!["policy_deny_burst"]);
-        assert_eq!(alerts[0].evidence_event_ids, vec![format!("d{}", T0 + 600 * SEC + 4 * 5 * SEC)]);
+        assert_eq!(
+            alerts[0].evidence_event_ids,
+            vec![format!("d{}", T0 + 600 * SEC + 4 * 5 * SEC)]
+        );
     }
 
     fn steady(stage: &DetectionStage, user: &str, minutes: i64, per_minute: i64) {
         for m in 0..minutes {
             let rows: Vec<EventRow> = (0..per_minute)
-                .map(|k| inference(T0 + m * 60 * SEC + k * (60 / per_minute) * SEC, &format!("{user}-{m}-{k}"), user, "gpt-4o"))
+                .map(|k| {
+                    inference(
+                        T0 + m * 60 * SEC + k * (60 / per_minute) * SEC,
+                        &format!("{user}-{m}-{k}"),
+                        user,
+                        "gpt-4o",
+                    )
+                })
                 .collect();
             let d = stage.process(&batch(&rows));
-            assert!(d.alerts.is_empty(), "steady traffic alerted: {:?}", d.alerts);
+            assert!(
+                d.alerts.is_empty(),
+                "steady traffic alerted: {:?}",
+                d.alerts
+            );
         }
     }
 
@@ -1003,8 +1256,21 @@ mod tests {
         let stage = DetectionStage::new(config());
         // Before warm-up even a flood is not judged against a baseline.
         steady(&stage, "carol", 3, 10);
-        let flood: Vec<EventRow> = (0..200).map(|k| inference(T0 + 3 * 60 * SEC + k * 100_000, &format!("f{k}"), "carol", "gpt-4o")).collect();
-        assert!(stage.process(&batch(&flood)).alerts.iter().all(|a| a.detector != "rate_spike"));
+        let flood: Vec<EventRow> = (0..200)
+            .map(|k| {
+                inference(
+                    T0 + 3 * 60 * SEC + k * 100_000,
+                    &format!("f{k}"),
+                    "carol",
+                    "gpt-4o",
+                )
+            })
+            .collect();
+        assert!(stage
+            .process(&batch(&flood))
+            .alerts
+            .iter()
+            .all(|a| a.detector != "rate_spike"));
 
         let stage = DetectionStage::new(config());
         steady(&stage, "dave", 30, 10);
@@ -1013,9 +1279,21 @@ mod tests {
         assert_eq!(inventory.schema(), crate::inventory_schema());
         let restarted = DetectionStage::new(config());
         restarted.restore(&[baselines], &[inventory]);
-        let flood: Vec<EventRow> = (0..200).map(|k| inference(T0 + 31 * 60 * SEC + k * 100_000, &format!("f{k}"), "dave", "gpt-4o")).collect();
+        let flood: Vec<EventRow> = (0..200)
+            .map(|k| {
+                inference(
+                    T0 + 31 * 60 * SEC + k * 100_000,
+                    &format!("f{k}"),
+                    "dave",
+                    "gpt-4o",
+                )
+            })
+            .collect();
         let alerts = restarted.process(&batch(&flood)).alerts;
-        let spikes: Vec<&Alert> = alerts.iter().filter(|a| a.detector == "rate_spike" && a.entity_type == "user").collect();
+        let spikes: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
+            .collect();
         assert_eq!(spikes.len(), 1, "{alerts:?}");
         assert!(spikes[0].score > 3.5);
     }
@@ -1023,38 +1301,84 @@ mod tests {
     #[test]
     fn content_capture_none_nulls_text_and_full_keeps_it() {
         let rows = vec![inference(T0, "e1", "alice", "gpt-4o")];
-        let none = DetectionStage::new(DetectConfig { content_capture: ContentCapture::None, ..config() });
+        let none = DetectionStage::new(DetectConfig {
+            content_capture: ContentCapture::None,
+            ..config()
+        });
         let d = none.process(&batch(&rows));
-        assert_eq!(d.events.column_by_name(col::PROMPT_TEXT).unwrap().null_count(), 1);
+        assert_eq!(
+            d.events
+                .column_by_name(col::PROMPT_TEXT)
+                .unwrap()
+                .null_count(),
+            1
+        );
         assert_eq!(d.events.num_rows(), 1);
-        let full = DetectionStage::new(DetectConfig { content_capture: ContentCapture::Full, ..config() });
+        let full = DetectionStage::new(DetectConfig {
+            content_capture: ContentCapture::Full,
+            ..config()
+        });
         let d = full.process(&batch(&rows));
-        assert_eq!(d.events.column_by_name(col::PROMPT_TEXT).unwrap().as_string::<i32>().value(0), "hello");
+        assert_eq!(
+            d.events
+                .column_by_name(col::PROMPT_TEXT)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "hello"
+        );
     }
 
     #[test]
     fn content_capture_redacted_masks_text_and_attributes_by_default() {
         let mut row = inference(T0, "e1", "alice", "gpt-4o");
-        row.prompt_text = Some("Card 4111 1111 1111 1111, mail bob@corp.com, summarise the refund.".into());
+        row.prompt_text =
+            Some("Card 4111 1111 1111 1111, mail bob@corp.com, summarise the refund.".into());
         row.response_text = Some("Done; key AKIAIOSFODNN7EXAMPLE was in the log.".into());
-        row.attributes = Some(r#"{"langfuse.observation.input":"reach me at bob@corp.com","temperature":0.2}"#.into());
+        row.attributes = Some(
+            r#"{"langfuse.observation.input":"reach me at bob@corp.com","temperature":0.2}"#.into(),
+        );
         let mut clean = inference(T0 + 1, "e2", "alice", "gpt-4o");
         clean.attributes = Some(r#"{"temperature":0.2}"#.into());
-        assert_eq!(DetectConfig::default().content_capture, ContentCapture::Redacted);
+        assert_eq!(
+            DetectConfig::default().content_capture,
+            ContentCapture::Redacted
+        );
         let stage = DetectionStage::new(config());
         let d = stage.process(&batch(&[row, clean]));
-        let text = |c: &str, r: usize| d.events.column_by_name(c).unwrap().as_string::<i32>().value(r).to_string();
+        let text = |c: &str, r: usize| {
+            d.events
+                .column_by_name(c)
+                .unwrap()
+                .as_string::<i32>()
+                .value(r)
+                .to_string()
+        };
         let prompt = text(col::PROMPT_TEXT, 0);
-        assert_eq!(prompt, "Card [REDACTED:credit_card], mail [REDACTED:email], summarise the refund.");
+        assert_eq!(
+            prompt,
+            "Card [REDACTED:credit_card], mail [REDACTED:email], summarise the refund."
+        );
         let response = text(col::RESPONSE_TEXT, 0);
-        assert!(!response.contains("AKIA") && response.contains("[REDACTED:"), "{response}");
-        let attrs: serde_json::Value = serde_json::from_str(&text(col::ATTRIBUTES, 0)).expect("still JSON");
-        assert_eq!(attrs["langfuse.observation.input"], "reach me at [REDACTED:email]");
+        assert!(
+            !response.contains("AKIA") && response.contains("[REDACTED:"),
+            "{response}"
+        );
+        let attrs: serde_json::Value =
+            serde_json::from_str(&text(col::ATTRIBUTES, 0)).expect("still JSON");
+        assert_eq!(
+            attrs["langfuse.observation.input"],
+            "reach me at [REDACTED:email]"
+        );
         assert_eq!(attrs["temperature"], 0.2);
         assert_eq!(text(col::ATTRIBUTES, 1), r#"{"temperature":0.2}"#);
         assert_eq!(text(col::PROMPT_TEXT, 1), "hello");
         // The alert's own evidence snippet is masked too.
-        let a = d.alerts.iter().find(|a| a.detector == "sensitive_data").expect("sensitive_data fires");
+        let a = d
+            .alerts
+            .iter()
+            .find(|a| a.detector == "sensitive_data")
+            .expect("sensitive_data fires");
         assert!(!format!("{a:?}").contains("4111 1111 1111 1111"), "{a:?}");
     }
 
@@ -1062,14 +1386,20 @@ mod tests {
     fn reload_changes_policies_without_losing_inventory() {
         let stage = DetectionStage::new(config());
         let rows = vec![inference(T0, "e1", "alice", "o1")];
-        assert_eq!(detectors(&stage.process(&batch(&rows)).alerts), vec!["privilege"]);
+        assert_eq!(
+            detectors(&stage.process(&batch(&rows)).alerts),
+            vec!["privilege"]
+        );
         let mut cfg = config();
         cfg.inventory.roles[0].models.push("o1".into());
         stage.reload(cfg);
         assert!(stage.process(&batch(&rows)).alerts.is_empty());
         let inv = stage.inventory_batch();
         let ids = inv.column_by_name("entity_id").unwrap().as_string::<i32>();
-        let counts = inv.column_by_name("event_count").unwrap().as_primitive::<Int64Type>();
+        let counts = inv
+            .column_by_name("event_count")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         let row = (0..inv.num_rows()).find(|&r| ids.value(r) == "o1").unwrap();
         assert_eq!(counts.value(row), 2);
     }
@@ -1096,7 +1426,11 @@ mod tests {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("{n} events in {secs:.2} s: {:.0} events/s; batch latency p50/p99 µs {:?}", n as f64 / secs, stage.latency_quantiles());
+        println!(
+            "{n} events in {secs:.2} s: {:.0} events/s; batch latency p50/p99 µs {:?}",
+            n as f64 / secs,
+            stage.latency_quantiles()
+        );
         assert!(n > 0);
     }
 }

@@ -87,7 +87,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 4 * 1024 * 1024, max_decompressed_bytes: 16 * 1024 * 1024 }
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_decompressed_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -98,7 +101,10 @@ pub enum DecodeError {
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("cannot decompress the {compression:?} body: {source}")]
-    Decompress { compression: Compression, source: std::io::Error },
+    Decompress {
+        compression: Compression,
+        source: std::io::Error,
+    },
     #[error("malformed OTLP protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
     #[error("malformed OTLP/JSON: {0}")]
@@ -135,18 +141,27 @@ pub fn decode_metrics(
     decode(body, encoding, compression, limits)
 }
 
-fn decode<M>(body: &[u8], encoding: Encoding, compression: Compression, limits: &Limits) -> Result<M, DecodeError>
+fn decode<M>(
+    body: &[u8],
+    encoding: Encoding,
+    compression: Compression,
+    limits: &Limits,
+) -> Result<M, DecodeError>
 where
     M: prost::Message + Default + serde::de::DeserializeOwned,
 {
     if body.len() > limits.max_body_bytes {
-        return Err(DecodeError::TooLarge { limit: limits.max_body_bytes });
+        return Err(DecodeError::TooLarge {
+            limit: limits.max_body_bytes,
+        });
     }
     let inflated;
     let message: &[u8] = match compression {
         Compression::None => {
             if body.len() > limits.max_decompressed_bytes {
-                return Err(DecodeError::TooLarge { limit: limits.max_decompressed_bytes });
+                return Err(DecodeError::TooLarge {
+                    limit: limits.max_decompressed_bytes,
+                });
             }
             body
         }
@@ -159,8 +174,12 @@ where
             &inflated
         }
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(body)
-                .map_err(|source| DecodeError::Decompress { compression, source })?;
+            let decoder = zstd::stream::read::Decoder::new(body).map_err(|source| {
+                DecodeError::Decompress {
+                    compression,
+                    source,
+                }
+            })?;
             inflated = read_capped(decoder, compression, limits)?;
             &inflated
         }
@@ -173,13 +192,20 @@ where
 
 /// Inflates at most `max_decompressed_bytes + 1` bytes: one byte past the cap proves the body is too large
 /// without inflating the rest of it.
-fn read_capped(reader: impl Read, compression: Compression, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
+fn read_capped(
+    reader: impl Read,
+    compression: Compression,
+    limits: &Limits,
+) -> Result<Vec<u8>, DecodeError> {
     let limit = limits.max_decompressed_bytes;
     let mut out = Vec::new();
     reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|source| DecodeError::Decompress { compression, source })?;
+        .map_err(|source| DecodeError::Decompress {
+            compression,
+            source,
+        })?;
     if out.len() > limit {
         return Err(DecodeError::TooLarge { limit });
     }
@@ -208,7 +234,9 @@ mod tests {
             end_time_unix_nano: 1_700_000_001_000_000_000,
             attributes: vec![KeyValue {
                 key: "gen_ai.usage.input_tokens".into(),
-                value: Some(AnyValue { value: Some(Value::IntValue(42)) }),
+                value: Some(AnyValue {
+                    value: Some(Value::IntValue(42)),
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -216,7 +244,10 @@ mod tests {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource::default()),
-                scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         }
@@ -236,14 +267,21 @@ mod tests {
             "name":"chat gpt-4o","kind":3,"startTimeUnixNano":"1700000000000000000",
             "endTimeUnixNano":"1700000001000000000","status":{"code":2},
             "attributes":[{"key":"gen_ai.usage.input_tokens","value":{"intValue":"42"}}]}]}]}]}"#;
-        let req = decode_traces(json, Encoding::Json, Compression::None, &Limits::default()).expect("valid OTLP/JSON");
+        let req = decode_traces(json, Encoding::Json, Compression::None, &Limits::default())
+            .expect("valid OTLP/JSON");
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.trace_id, (1..=16).collect::<Vec<u8>>());
         assert_eq!(span.span_id, (1..=8).collect::<Vec<u8>>());
         assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(span.kind, 3);
         assert_eq!(span.status.as_ref().map(|s| s.code), Some(2));
-        assert_eq!(span.attributes[0].value.as_ref().and_then(|v| v.value.clone()), Some(Value::IntValue(42)));
+        assert_eq!(
+            span.attributes[0]
+                .value
+                .as_ref()
+                .and_then(|v| v.value.clone()),
+            Some(Value::IntValue(42))
+        );
     }
 
     #[test]
@@ -252,8 +290,14 @@ mod tests {
         let json = serde_json::to_vec(&req).expect("serialise");
         let proto = req.encode_to_vec();
         let limits = Limits::default();
-        assert_eq!(decode_traces(&proto, Encoding::Protobuf, Compression::None, &limits).expect("proto"), req);
-        assert_eq!(decode_traces(&json, Encoding::Json, Compression::None, &limits).expect("json"), req);
+        assert_eq!(
+            decode_traces(&proto, Encoding::Protobuf, Compression::None, &limits).expect("proto"),
+            req
+        );
+        assert_eq!(
+            decode_traces(&json, Encoding::Json, Compression::None, &limits).expect("json"),
+            req
+        );
     }
 
     #[test]
@@ -265,16 +309,25 @@ mod tests {
         zlib.write_all(&proto).expect("write");
         let zlib = zlib.finish().expect("finish zlib");
         let zstd = zstd::stream::encode_all(&proto[..], 3).expect("zstd");
-        for (body, compression) in [(gzip(&proto), Compression::Gzip), (zlib, Compression::Deflate), (zstd, Compression::Zstd)] {
-            let decoded = decode_traces(&body, Encoding::Protobuf, compression, &limits).expect("compressed body");
+        for (body, compression) in [
+            (gzip(&proto), Compression::Gzip),
+            (zlib, Compression::Deflate),
+            (zstd, Compression::Zstd),
+        ] {
+            let decoded = decode_traces(&body, Encoding::Protobuf, compression, &limits)
+                .expect("compressed body");
             assert_eq!(decoded, req, "{compression:?}");
         }
     }
 
     #[test]
     fn body_over_the_compressed_cap_is_too_large() {
-        let limits = Limits { max_body_bytes: 10, max_decompressed_bytes: 100 };
-        let err = decode_logs(&[0u8; 11], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
+        let limits = Limits {
+            max_body_bytes: 10,
+            max_decompressed_bytes: 100,
+        };
+        let err =
+            decode_logs(&[0u8; 11], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { limit: 10 }), "{err}");
     }
 
@@ -282,40 +335,85 @@ mod tests {
     fn zip_bomb_stops_at_the_decompressed_cap() {
         // 64 MiB of zeros compress to about 64 KiB; only cap + 1 bytes may be inflated.
         let bomb = {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             let chunk = vec![0u8; 1 << 20];
             for _ in 0..64 {
                 encoder.write_all(&chunk).expect("write");
             }
             encoder.finish().expect("finish")
         };
-        let limits = Limits { max_body_bytes: 1 << 20, max_decompressed_bytes: 1 << 20 };
+        let limits = Limits {
+            max_body_bytes: 1 << 20,
+            max_decompressed_bytes: 1 << 20,
+        };
         assert!(bomb.len() < limits.max_body_bytes);
-        let err = decode_metrics(&bomb, Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20), "{err}");
+        let err =
+            decode_metrics(&bomb, Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20),
+            "{err}"
+        );
     }
 
     #[test]
     fn malformed_bodies_say_what_was_wrong() {
         let limits = Limits::default();
-        let err = decode_traces(&[0x0a, 0xff, 0xff], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
+        let err = decode_traces(
+            &[0x0a, 0xff, 0xff],
+            Encoding::Protobuf,
+            Compression::None,
+            &limits,
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
 
-        let err = decode_traces(b"{\n \"resourceSpans\": [}", Encoding::Json, Compression::None, &limits).unwrap_err();
+        let err = decode_traces(
+            b"{\n \"resourceSpans\": [}",
+            Encoding::Json,
+            Compression::None,
+            &limits,
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::Json(_)), "{err}");
-        assert!(err.to_string().contains("line 2"), "position missing: {err}");
+        assert!(
+            err.to_string().contains("line 2"),
+            "position missing: {err}"
+        );
 
-        let err = decode_traces(b"not gzip", Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
-        assert!(matches!(err, DecodeError::Decompress { compression: Compression::Gzip, .. }), "{err}");
+        let err =
+            decode_traces(b"not gzip", Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Decompress {
+                    compression: Compression::Gzip,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn content_headers_are_recognised() {
-        assert_eq!(Encoding::from_content_type("application/json; charset=utf-8"), Some(Encoding::Json));
-        assert_eq!(Encoding::from_content_type("Application/X-Protobuf"), Some(Encoding::Protobuf));
+        assert_eq!(
+            Encoding::from_content_type("application/json; charset=utf-8"),
+            Some(Encoding::Json)
+        );
+        assert_eq!(
+            Encoding::from_content_type("Application/X-Protobuf"),
+            Some(Encoding::Protobuf)
+        );
         assert_eq!(Encoding::from_content_type("text/plain"), None);
-        assert_eq!(Compression::from_content_encoding(None), Some(Compression::None));
-        assert_eq!(Compression::from_content_encoding(Some("gzip")), Some(Compression::Gzip));
+        assert_eq!(
+            Compression::from_content_encoding(None),
+            Some(Compression::None)
+        );
+        assert_eq!(
+            Compression::from_content_encoding(Some("gzip")),
+            Some(Compression::Gzip)
+        );
         assert_eq!(Compression::from_content_encoding(Some("br")), None);
     }
 }

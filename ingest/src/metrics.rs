@@ -111,19 +111,34 @@ pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Request bytes received. HTTP counts the body as sent (compressed if it was); gRPC counts the decoded
 /// message's encoded size, because tonic decompresses before the handler sees it.
 pub static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("vigil_ingest_bytes_total", "OTLP request bytes received", &["transport"])
-        .expect("vigil_ingest_bytes_total registers once")
+    register_int_counter_vec!(
+        "vigil_ingest_bytes_total",
+        "OTLP request bytes received",
+        &["transport"]
+    )
+    .expect("vigil_ingest_bytes_total registers once")
 });
 
 /// Counts a request whose events (if any) the sink accepted.
 pub fn record_ok(transport: Transport, signal: Signal) {
-    REQUESTS.with_label_values(&[transport.as_str(), signal.as_str(), "ok"]).inc();
+    REQUESTS
+        .with_label_values(&[transport.as_str(), signal.as_str(), "ok"])
+        .inc();
 }
 
 /// Counts and logs a refused request. The log line is the operator's way to find the sender and the cause.
-pub fn record_rejection(transport: Transport, signal: Signal, reason: Rejection, detail: &dyn std::fmt::Display) {
-    REQUESTS.with_label_values(&[transport.as_str(), signal.as_str(), reason.as_str()]).inc();
-    REJECTED.with_label_values(&[transport.as_str(), reason.as_str()]).inc();
+pub fn record_rejection(
+    transport: Transport,
+    signal: Signal,
+    reason: Rejection,
+    detail: &dyn std::fmt::Display,
+) {
+    REQUESTS
+        .with_label_values(&[transport.as_str(), signal.as_str(), reason.as_str()])
+        .inc();
+    REJECTED
+        .with_label_values(&[transport.as_str(), reason.as_str()])
+        .inc();
     tracing::warn!(
         transport = transport.as_str(),
         signal = signal.as_str(),
@@ -134,20 +149,26 @@ pub fn record_rejection(transport: Transport, signal: Signal, reason: Rejection,
 
 /// Counts bytes received.
 pub fn record_bytes(transport: Transport, bytes: usize) {
-    BYTES.with_label_values(&[transport.as_str()]).inc_by(bytes as u64);
+    BYTES
+        .with_label_values(&[transport.as_str()])
+        .inc_by(bytes as u64);
 }
 
 /// Counts records that produced no event.
 pub fn record_skipped(transport: Transport, signal: Signal, count: usize) {
     if count > 0 {
-        SKIPPED.with_label_values(&[transport.as_str(), signal.as_str()]).inc_by(count as u64);
+        SKIPPED
+            .with_label_values(&[transport.as_str(), signal.as_str()])
+            .inc_by(count as u64);
     }
 }
 
 /// Counts accepted events of one kind.
 pub fn record_events(transport: Transport, kind: &str, count: usize) {
     if count > 0 {
-        EVENTS.with_label_values(&[transport.as_str(), kind]).inc_by(count as u64);
+        EVENTS
+            .with_label_values(&[transport.as_str(), kind])
+            .inc_by(count as u64);
     }
 }
 
@@ -157,13 +178,30 @@ mod tests {
 
     #[test]
     fn counters_are_in_the_default_registry() {
-        record_rejection(Transport::Kafka, Signal::Logs, Rejection::Malformed, &"test");
+        record_rejection(
+            Transport::Kafka,
+            Signal::Logs,
+            Rejection::Malformed,
+            &"test",
+        );
         record_bytes(Transport::Kafka, 10);
         let families = prometheus::gather();
-        for name in ["vigil_ingest_requests_total", "vigil_ingest_rejected_total", "vigil_ingest_bytes_total"] {
-            assert!(families.iter().any(|f| f.name() == name), "{name} not registered");
+        for name in [
+            "vigil_ingest_requests_total",
+            "vigil_ingest_rejected_total",
+            "vigil_ingest_bytes_total",
+        ] {
+            assert!(
+                families.iter().any(|f| f.name() == name),
+                "{name} not registered"
+            );
         }
         assert!(REJECTED.with_label_values(&["kafka", "malformed"]).get() >= 1);
-        assert!(REQUESTS.with_label_values(&["kafka", "logs", "malformed"]).get() >= 1);
+        assert!(
+            REQUESTS
+                .with_label_values(&["kafka", "logs", "malformed"])
+                .get()
+                >= 1
+        );
     }
 }

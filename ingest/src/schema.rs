@@ -92,7 +92,11 @@ pub fn event_schema() -> SchemaRef {
         .get_or_init(|| {
             let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
             Arc::new(Schema::new(vec![
-                Field::new(col::TIME, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+                Field::new(
+                    col::TIME,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
                 utf8(col::EVENT_ID, false),
                 utf8(col::KIND, false),
                 utf8(col::SERVICE, true),
@@ -277,14 +281,15 @@ impl EventBatchBuilder {
         columns.push(Arc::new(self.latency_ms.finish()));
         columns.extend(after.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         self.len = 0;
-        RecordBatch::try_new(event_schema(), columns).expect("builder columns match the event schema")
+        RecordBatch::try_new(event_schema(), columns)
+            .expect("builder columns match the event schema")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, Array};
+    use arrow::array::{Array, AsArray};
 
     #[test]
     fn builder_round_trips_every_column_in_schema_order() {
@@ -304,11 +309,20 @@ mod tests {
         };
         let mut b = EventBatchBuilder::default();
         b.push(&row);
-        b.push(&EventRow { event_id: "e2".into(), ..Default::default() });
+        b.push(&EventRow {
+            event_id: "e2".into(),
+            ..Default::default()
+        });
         let batch = b.finish();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), event_schema());
-        let s = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let s = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
         assert_eq!(s(col::KIND).value(0), "tool");
         assert_eq!(s(col::USER_ID).value(0), "alice");
         assert_eq!(s(col::MODEL).value(0), "gpt-4o");
@@ -317,7 +331,12 @@ mod tests {
         assert_eq!(s(col::ATTRIBUTES).value(0), "{}");
         assert!(s(col::USER_ID).is_null(1));
         let tokens = batch.column_by_name(col::INPUT_TOKENS).unwrap();
-        assert_eq!(tokens.as_primitive::<arrow::datatypes::Int64Type>().value(0), 12);
+        assert_eq!(
+            tokens
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            12
+        );
         // The builder is reusable after finish().
         assert_eq!(b.len(), 0);
     }

@@ -25,7 +25,11 @@ pub trait EventSink: Send + Sync + 'static {
     }
 
     /// Delivers a batch whose request already holds an admission (released when this returns).
-    async fn accept_admitted(&self, batch: RecordBatch, admission: Admission) -> Result<(), SinkError>;
+    async fn accept_admitted(
+        &self,
+        batch: RecordBatch,
+        admission: Admission,
+    ) -> Result<(), SinkError>;
 }
 
 /// A slot in a sink's admission limit; dropping it frees the slot.
@@ -45,7 +49,11 @@ impl Admission {
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Admission(slot)" } else { "Admission(unlimited)" })
+        f.write_str(if self.0.is_some() {
+            "Admission(slot)"
+        } else {
+            "Admission(unlimited)"
+        })
     }
 }
 

@@ -5,14 +5,20 @@
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 
 use crate::schema::{EventKind, EventRow};
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn s(key: &str, v: &str) -> KeyValue {
@@ -29,7 +35,8 @@ fn hex_bytes(h: &str) -> Vec<u8> {
 
 /// The `gen_ai.input.messages` / `gen_ai.output.messages` JSON for one text message.
 fn messages(role: &str, text: &str) -> String {
-    serde_json::json!([{ "role": role, "parts": [{ "type": "text", "content": text }] }]).to_string()
+    serde_json::json!([{ "role": role, "parts": [{ "type": "text", "content": text }] }])
+        .to_string()
 }
 
 /// One span carrying everything `row` says, named the way GenAI instrumentations name theirs.
@@ -59,7 +66,10 @@ pub fn span_for(row: &EventRow) -> Span {
     opt(&mut attrs, "gen_ai.request.model", &row.model);
     opt(&mut attrs, "gen_ai.response.model", &row.response_model);
     if let Some(ep) = &row.endpoint {
-        match ep.rsplit_once(':').and_then(|(h, p)| p.parse::<i64>().ok().map(|p| (h, p))) {
+        match ep
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse::<i64>().ok().map(|p| (h, p)))
+        {
             Some((host, port)) => {
                 attrs.push(s("server.address", host));
                 attrs.push(i("server.port", port));
@@ -72,7 +82,9 @@ pub fn span_for(row: &EventRow) -> Span {
         attrs.push(kv(
             "user.roles",
             any_value::Value::ArrayValue(ArrayValue {
-                values: vec![AnyValue { value: Some(any_value::Value::StringValue(role.clone())) }],
+                values: vec![AnyValue {
+                    value: Some(any_value::Value::StringValue(role.clone())),
+                }],
             }),
         ));
     }
@@ -88,16 +100,29 @@ pub fn span_for(row: &EventRow) -> Span {
     if let Some(fr) = &row.finish_reasons {
         let values = fr
             .split(',')
-            .map(|r| AnyValue { value: Some(any_value::Value::StringValue(r.to_string())) })
+            .map(|r| AnyValue {
+                value: Some(any_value::Value::StringValue(r.to_string())),
+            })
             .collect();
-        attrs.push(kv("gen_ai.response.finish_reasons", any_value::Value::ArrayValue(ArrayValue { values })));
+        attrs.push(kv(
+            "gen_ai.response.finish_reasons",
+            any_value::Value::ArrayValue(ArrayValue { values }),
+        ));
     }
     opt(&mut attrs, "error.type", &row.error_type);
     opt(&mut attrs, "gen_ai.tool.name", &row.tool_name);
     opt(&mut attrs, "gen_ai.data_source.id", &row.data_source);
-    opt(&mut attrs, "gen_ai.guardrail.security.policy.id", &row.policy_id);
+    opt(
+        &mut attrs,
+        "gen_ai.guardrail.security.policy.id",
+        &row.policy_id,
+    );
     opt(&mut attrs, "gen_ai.guardrail.verdict.type", &row.decision);
-    opt(&mut attrs, "gen_ai.guardrail.verdict.reason", &row.decision_reason);
+    opt(
+        &mut attrs,
+        "gen_ai.guardrail.verdict.reason",
+        &row.decision_reason,
+    );
     match kind {
         EventKind::Tool => {
             opt(&mut attrs, "gen_ai.tool.call.arguments", &row.prompt_text);
@@ -112,13 +137,21 @@ pub fn span_for(row: &EventRow) -> Span {
             }
         }
     }
-    if let Some(extra) = row.attributes.as_deref().and_then(|a| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(a).ok()) {
+    if let Some(extra) = row
+        .attributes
+        .as_deref()
+        .and_then(|a| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(a).ok())
+    {
         for (k, v) in extra {
             let value = match v {
                 serde_json::Value::String(x) => any_value::Value::StringValue(x),
                 serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
-                serde_json::Value::Number(n) if n.is_i64() => any_value::Value::IntValue(n.as_i64().unwrap_or_default()),
-                serde_json::Value::Number(n) => any_value::Value::DoubleValue(n.as_f64().unwrap_or_default()),
+                serde_json::Value::Number(n) if n.is_i64() => {
+                    any_value::Value::IntValue(n.as_i64().unwrap_or_default())
+                }
+                serde_json::Value::Number(n) => {
+                    any_value::Value::DoubleValue(n.as_f64().unwrap_or_default())
+                }
                 other => any_value::Value::StringValue(other.to_string()),
             };
             attrs.push(kv(&k, value));
@@ -142,7 +175,11 @@ pub fn span_for(row: &EventRow) -> Span {
         end_time_unix_nano: end_ns,
         attributes: attrs,
         status: Some(Status {
-            code: if error { status::StatusCode::Error as i32 } else { status::StatusCode::Unset as i32 },
+            code: if error {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Unset as i32
+            },
             message: String::new(),
         }),
         ..Default::default()
@@ -153,12 +190,18 @@ pub fn span_for(row: &EventRow) -> Span {
 pub fn traces_request(rows: &[EventRow]) -> ExportTraceServiceRequest {
     let mut by_service: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
     for row in rows {
-        by_service.entry(row.service.as_deref().unwrap_or("unknown_service")).or_default().push(span_for(row));
+        by_service
+            .entry(row.service.as_deref().unwrap_or("unknown_service"))
+            .or_default()
+            .push(span_for(row));
     }
     let resource_spans = by_service
         .into_iter()
         .map(|(service, spans)| ResourceSpans {
-            resource: Some(Resource { attributes: vec![s("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![s("service.name", service)],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 scope: Some(InstrumentationScope {
                     name: "vigil.synth".into(),
@@ -178,27 +221,35 @@ pub fn traces_request(rows: &[EventRow]) -> ExportTraceServiceRequest {
 /// generators can be sent over real OTLP. Rows without trace/span ids get ids derived from their `event_id`
 /// (the OTLP round trip then gives them the id `trace_id‖span_id`).
 pub fn rows_from_batch(batch: &arrow::array::RecordBatch) -> Vec<EventRow> {
+    use crate::schema::col;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-    use crate::schema::col;
 
     let text = |name: &str, i: usize| -> Option<String> {
         let c = batch.column_by_name(name)?.as_string_opt::<i32>()?;
         (!c.is_null(i)).then(|| c.value(i).to_string())
     };
     let int = |name: &str, i: usize| -> Option<i64> {
-        let c = batch.column_by_name(name)?.as_primitive_opt::<Int64Type>()?;
+        let c = batch
+            .column_by_name(name)?
+            .as_primitive_opt::<Int64Type>()?;
         (!c.is_null(i)).then(|| c.value(i))
     };
-    let time = batch.column_by_name(col::TIME).and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
-    let latency = batch.column_by_name(col::LATENCY_MS).and_then(|c| c.as_primitive_opt::<Float64Type>().cloned());
+    let time = batch
+        .column_by_name(col::TIME)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());
+    let latency = batch
+        .column_by_name(col::LATENCY_MS)
+        .and_then(|c| c.as_primitive_opt::<Float64Type>().cloned());
     (0..batch.num_rows())
         .map(|i| {
             let event_id = text(col::EVENT_ID, i).unwrap_or_default();
-            let trace_id = text(col::TRACE_ID, i)
-                .unwrap_or_else(|| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())));
-            let span_id = text(col::SPAN_ID, i)
-                .unwrap_or_else(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(event_id.as_bytes())));
+            let trace_id = text(col::TRACE_ID, i).unwrap_or_else(|| {
+                format!("{:032x}", xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()))
+            });
+            let span_id = text(col::SPAN_ID, i).unwrap_or_else(|| {
+                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()))
+            });
             EventRow {
                 time_us: time.as_ref().map(|t| t.value(i)).unwrap_or_default(),
                 event_id: format!("{trace_id}{span_id}"),
@@ -219,7 +270,9 @@ pub fn rows_from_batch(batch: &arrow::array::RecordBatch) -> Vec<EventRow> {
                 operation: text(col::OPERATION, i),
                 input_tokens: int(col::INPUT_TOKENS, i),
                 output_tokens: int(col::OUTPUT_TOKENS, i),
-                latency_ms: latency.as_ref().and_then(|l| (!l.is_null(i)).then(|| l.value(i))),
+                latency_ms: latency
+                    .as_ref()
+                    .and_then(|l| (!l.is_null(i)).then(|| l.value(i))),
                 status: text(col::STATUS, i),
                 error_type: text(col::ERROR_TYPE, i),
                 finish_reasons: text(col::FINISH_REASONS, i),
@@ -267,13 +320,22 @@ mod tests {
         b.push(&row);
         let back = rows_from_batch(&b.finish());
         assert_eq!(back.len(), 1);
-        assert_eq!(back[0].event_id, "0af7651916cd43dd8448eb211c80319cb7ad6b7169203331");
+        assert_eq!(
+            back[0].event_id,
+            "0af7651916cd43dd8448eb211c80319cb7ad6b7169203331"
+        );
         let normalized = traces(&traces_request(&back), &NormalizeContext::default());
         let again = rows_from_batch(&normalized.batch);
         assert_eq!(again.len(), 1);
         let (a, b) = (&again[0], &back[0]);
-        assert_eq!((a.kind, &a.tool_name, &a.data_source, &a.agent_id), (b.kind, &b.tool_name, &b.data_source, &b.agent_id));
-        assert_eq!((&a.user_id, &a.user_role, &a.prompt_text, &a.response_text), (&b.user_id, &b.user_role, &b.prompt_text, &b.response_text));
+        assert_eq!(
+            (a.kind, &a.tool_name, &a.data_source, &a.agent_id),
+            (b.kind, &b.tool_name, &b.data_source, &b.agent_id)
+        );
+        assert_eq!(
+            (&a.user_id, &a.user_role, &a.prompt_text, &a.response_text),
+            (&b.user_id, &b.user_role, &b.prompt_text, &b.response_text)
+        );
         assert_eq!(a.event_id, b.event_id);
         assert_eq!(a.time_us, b.time_us);
     }

@@ -18,7 +18,11 @@ pub fn next_delay(
     let idx = usize::try_from(failed_attempts.checked_sub(1)?).ok()?;
     let base = *schedule.get(idx)?;
     let j = jitter.clamp(0.0, 1.0);
-    let factor = if j > 0.0 { rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
+    let factor = if j > 0.0 {
+        rng.random_range(1.0 - j..=1.0 + j)
+    } else {
+        1.0
+    };
     let delay = base.mul_f64(factor);
     Some(match retry_after {
         Some(ra) => delay.max(ra.min(max_retry_after)),
@@ -39,7 +43,10 @@ mod tests {
             let d = next_delay(&schedule, 2, 0.2, None, s(3600), &mut rng).unwrap();
             assert!(d >= s(240) && d <= s(360), "{d:?}");
         }
-        assert_eq!(next_delay(&schedule, 1, 0.0, None, s(3600), &mut rng), Some(s(5)));
+        assert_eq!(
+            next_delay(&schedule, 1, 0.0, None, s(3600), &mut rng),
+            Some(s(5))
+        );
         assert_eq!(next_delay(&schedule, 4, 0.2, None, s(3600), &mut rng), None);
         assert_eq!(next_delay(&schedule, 0, 0.2, None, s(3600), &mut rng), None);
     }
@@ -49,8 +56,17 @@ mod tests {
         let s = |x| Duration::from_secs(x);
         let schedule = [s(5), s(60)];
         let mut rng = rand::rng();
-        assert_eq!(next_delay(&schedule, 1, 0.0, Some(s(30)), s(60), &mut rng), Some(s(30)));
-        assert_eq!(next_delay(&schedule, 1, 0.0, Some(s(1)), s(60), &mut rng), Some(s(5)));
-        assert_eq!(next_delay(&schedule, 1, 0.0, Some(s(86_400)), s(60), &mut rng), Some(s(60)));
+        assert_eq!(
+            next_delay(&schedule, 1, 0.0, Some(s(30)), s(60), &mut rng),
+            Some(s(30))
+        );
+        assert_eq!(
+            next_delay(&schedule, 1, 0.0, Some(s(1)), s(60), &mut rng),
+            Some(s(5))
+        );
+        assert_eq!(
+            next_delay(&schedule, 1, 0.0, Some(s(86_400)), s(60), &mut rng),
+            Some(s(60))
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// A probe is in flight; everything else waits for its answer.
     HalfOpen,
 }
@@ -21,7 +23,12 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
-        Breaker { state: BreakerState::Closed, consecutive_failures: 0, threshold: threshold.max(1), cooldown }
+        Breaker {
+            state: BreakerState::Closed,
+            consecutive_failures: 0,
+            threshold: threshold.max(1),
+            cooldown,
+        }
     }
 
     pub fn state(&self) -> BreakerState {
@@ -49,7 +56,9 @@ impl Breaker {
     pub fn on_failure(&mut self, now: Instant) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         if self.state == BreakerState::HalfOpen || self.consecutive_failures >= self.threshold {
-            self.state = BreakerState::Open { until: now + self.cooldown };
+            self.state = BreakerState::Open {
+                until: now + self.cooldown,
+            };
         }
     }
 
@@ -77,10 +86,19 @@ mod tests {
         assert!(b.try_acquire(t0));
         b.on_failure(t0);
         assert!(!b.try_acquire(t0 + Duration::from_secs(9)));
-        assert!(b.try_acquire(t0 + Duration::from_secs(10)), "probe after cooldown");
-        assert!(!b.try_acquire(t0 + Duration::from_secs(10)), "only one probe");
+        assert!(
+            b.try_acquire(t0 + Duration::from_secs(10)),
+            "probe after cooldown"
+        );
+        assert!(
+            !b.try_acquire(t0 + Duration::from_secs(10)),
+            "only one probe"
+        );
         b.on_failure(t0 + Duration::from_secs(10));
-        assert!(!b.try_acquire(t0 + Duration::from_secs(15)), "failed probe reopens");
+        assert!(
+            !b.try_acquire(t0 + Duration::from_secs(15)),
+            "failed probe reopens"
+        );
         assert!(b.try_acquire(t0 + Duration::from_secs(20)));
         b.on_success();
         assert_eq!(b.state(), BreakerState::Closed);

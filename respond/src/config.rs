@@ -60,10 +60,18 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
-    Bearer { token: Secret },
-    Basic { username: String, password: Secret },
+    Bearer {
+        token: Secret,
+    },
+    Basic {
+        username: String,
+        password: Secret,
+    },
     /// A custom header, e.g. Splunk SOAR's `ph-auth-token`.
-    Header { name: String, value: Secret },
+    Header {
+        name: String,
+        value: Secret,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,7 +183,15 @@ impl Default for DeliveryConfig {
         let s = Duration::from_secs;
         DeliveryConfig {
             timeout: s(15),
-            retry_schedule: vec![s(5), s(5 * 60), s(30 * 60), s(2 * 3600), s(5 * 3600), s(10 * 3600), s(10 * 3600)],
+            retry_schedule: vec![
+                s(5),
+                s(5 * 60),
+                s(30 * 60),
+                s(2 * 3600),
+                s(5 * 3600),
+                s(10 * 3600),
+                s(10 * 3600),
+            ],
             jitter: 0.2,
             max_retry_after: s(10 * 3600),
             breaker_failures: 5,
@@ -206,7 +222,10 @@ mod duration_list {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|d| humantime_serde::Serde::from(*d)).collect::<Vec<_>>().serialize(s)
+        v.iter()
+            .map(|d| humantime_serde::Serde::from(*d))
+            .collect::<Vec<_>>()
+            .serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -239,7 +258,10 @@ mod tests {
         assert_eq!(cfg.destinations[1].format, Format::Alertmanager);
         assert_eq!(cfg.grouping.group_wait, Duration::from_millis(100));
         assert_eq!(cfg.grouping.resolve_after, Duration::from_secs(900));
-        assert_eq!(cfg.delivery.retry_schedule, vec![Duration::from_millis(10), Duration::from_secs(1)]);
+        assert_eq!(
+            cfg.delivery.retry_schedule,
+            vec![Duration::from_millis(10), Duration::from_secs(1)]
+        );
         assert_eq!(DeliveryConfig::default().retry_schedule.len(), 7);
         let printed = format!("{cfg:?} {}", serde_json::to_string(&cfg).unwrap());
         assert!(!printed.contains("t0k") && !printed.contains("whsec_abc"));

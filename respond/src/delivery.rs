@@ -25,21 +25,33 @@ pub struct Target {
 /// What to do after an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// 408, 429, 5xx and network errors.
-    Retry { status: Option<u16>, retry_after: Option<Duration>, error: String },
+    Retry {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        error: String,
+    },
     /// Other 4xx (and 3xx, since redirects are not followed): retrying will not help.
-    DeadLetter { status: u16, error: String },
+    DeadLetter {
+        status: u16,
+        error: String,
+    },
     /// 410 Gone: the receiver asks us to stop calling it.
-    Disable { status: u16, error: String },
+    Disable {
+        status: u16,
+        error: String,
+    },
 }
 
 impl Outcome {
     pub fn status(&self) -> Option<u16> {
         match self {
-            Outcome::Delivered { status } | Outcome::DeadLetter { status, .. } | Outcome::Disable { status, .. } => {
-                Some(*status)
-            }
+            Outcome::Delivered { status }
+            | Outcome::DeadLetter { status, .. }
+            | Outcome::Disable { status, .. } => Some(*status),
             Outcome::Retry { status, .. } => *status,
         }
     }
@@ -61,11 +73,21 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, answer: &str)
     if status.is_success() {
         Outcome::Delivered { status: code }
     } else if code == 410 {
-        Outcome::Disable { status: code, error: error() }
+        Outcome::Disable {
+            status: code,
+            error: error(),
+        }
     } else if code == 408 || code == 429 || status.is_server_error() {
-        Outcome::Retry { status: Some(code), retry_after, error: error() }
+        Outcome::Retry {
+            status: Some(code),
+            retry_after,
+            error: error(),
+        }
     } else {
-        Outcome::DeadLetter { status: code, error: error() }
+        Outcome::DeadLetter {
+            status: code,
+            error: error(),
+        }
     }
 }
 
@@ -94,7 +116,10 @@ pub fn client(timeout: Duration, policy: Arc<EgressPolicy>) -> Result<Client, re
 fn headers(target: &Target, webhook_id: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(USER_AGENT, HeaderValue::from_static(concat!("Vigil/", env!("CARGO_PKG_VERSION"))));
+    h.insert(
+        USER_AGENT,
+        HeaderValue::from_static(concat!("Vigil/", env!("CARGO_PKG_VERSION"))),
+    );
     if let Ok(v) = HeaderValue::from_str(webhook_id) {
         h.insert(HEADER_ID, v);
     }
@@ -116,13 +141,22 @@ pub struct Answer {
 
 /// Sends one signed request. The signature timestamp is taken now, so every retry is fresh while the
 /// `webhook-id` stays the caller's.
-pub async fn send(client: &Client, target: &Target, webhook_id: &str, body: Vec<u8>) -> Result<(Answer, Option<Duration>), reqwest::Error> {
+pub async fn send(
+    client: &Client,
+    target: &Target,
+    webhook_id: &str,
+    body: Vec<u8>,
+) -> Result<(Answer, Option<Duration>), reqwest::Error> {
     let now = chrono::Utc::now().timestamp();
-    let mut req = client.post(target.url.clone()).headers(headers(target, webhook_id, now, &body));
+    let mut req = client
+        .post(target.url.clone())
+        .headers(headers(target, webhook_id, now, &body));
     req = match &target.auth {
         None => req,
         Some(Auth::Bearer { token }) => req.bearer_auth(token.expose()),
-        Some(Auth::Basic { username, password }) => req.basic_auth(username, Some(password.expose())),
+        Some(Auth::Basic { username, password }) => {
+            req.basic_auth(username, Some(password.expose()))
+        }
         Some(Auth::Header { name, value }) => req.header(name.as_str(), value.expose()),
     };
     let resp = req.body(body).send().await.map_err(|e| e.without_url())?;
@@ -141,17 +175,29 @@ pub async fn send(client: &Client, target: &Target, webhook_id: &str, body: Vec<
             break;
         }
     }
-    Ok((Answer { status, body: String::from_utf8_lossy(&bytes).into_owned() }, retry_after))
+    Ok((
+        Answer {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        },
+        retry_after,
+    ))
 }
 
 /// Sends and classifies; network errors become retries. Error texts never carry the URL (it may hold a
 /// token) nor any header.
 pub async fn attempt(client: &Client, target: &Target, webhook_id: &str, body: Vec<u8>) -> Outcome {
     match send(client, target, webhook_id, body).await {
-        Ok((answer, retry_after)) => {
-            classify(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY), retry_after, &answer.body)
-        }
-        Err(e) => Outcome::Retry { status: None, retry_after: None, error: error_chain(&e) },
+        Ok((answer, retry_after)) => classify(
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            retry_after,
+            &answer.body,
+        ),
+        Err(e) => Outcome::Retry {
+            status: None,
+            retry_after: None,
+            error: error_chain(&e),
+        },
     }
 }
 
@@ -192,10 +238,19 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_http_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         let earlier = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480 - 60);
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", earlier), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", earlier),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -37,7 +37,10 @@ impl EgressPolicy {
         let cidrs = cfg
             .allow_cidrs
             .iter()
-            .map(|c| c.parse::<IpNet>().map_err(|e| EgressError::BadCidr(c.clone(), e)))
+            .map(|c| {
+                c.parse::<IpNet>()
+                    .map_err(|e| EgressError::BadCidr(c.clone(), e))
+            })
             .collect::<Result<_, _>>()?;
         let hosts = cfg.allow_hosts.iter().map(|h| normalise_host(h)).collect();
         Ok(EgressPolicy { hosts, cidrs })
@@ -76,13 +79,20 @@ impl EgressPolicy {
         if ok {
             Ok(parsed)
         } else {
-            Err(EgressError::Denied(parsed.host_str().unwrap_or_default().to_string()))
+            Err(EgressError::Denied(
+                parsed.host_str().unwrap_or_default().to_string(),
+            ))
         }
     }
 }
 
 fn normalise_host(h: &str) -> String {
-    let h = h.trim().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let h = h
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     match h.parse::<IpAddr>() {
         Ok(ip) => canonical(ip).to_string(),
         Err(_) => h,
@@ -114,7 +124,10 @@ fn forbidden_by_default(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+                || v6
+                    == "fd00:ec2::254"
+                        .parse::<std::net::Ipv6Addr>()
+                        .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
         }
     }
 }
@@ -136,11 +149,17 @@ impl Resolve for EgressResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let listed = policy.host_listed(&host);
-            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| listed || policy.allows_ip(a.ip())).collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| listed || policy.allows_ip(a.ip()))
+                .collect();
             if allowed.is_empty() {
-                return Err(Box::new(EgressError::Denied(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(EgressError::Denied(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -171,11 +190,17 @@ mod tests {
             "http://0.0.0.0/",
             "http://[fe80::1]/",
         ] {
-            assert!(matches!(p.check_url(url), Err(EgressError::Denied(_))), "{url}");
+            assert!(
+                matches!(p.check_url(url), Err(EgressError::Denied(_))),
+                "{url}"
+            );
         }
         assert!(p.check_url("https://soar.example.com/hook").is_ok());
         assert!(p.check_url("http://10.1.2.3/hook").is_ok());
-        assert!(matches!(p.check_url("file:///etc/passwd"), Err(EgressError::Scheme(_))));
+        assert!(matches!(
+            p.check_url("file:///etc/passwd"),
+            Err(EgressError::Scheme(_))
+        ));
     }
 
     #[test]
@@ -189,7 +214,9 @@ mod tests {
         let only_hosts = policy(&["127.0.0.1"], &[]);
         assert!(only_hosts.check_url("https://other.example.com/x").is_err());
         let metadata_allowed = policy(&[], &["169.254.169.254/32"]);
-        assert!(metadata_allowed.check_url("http://169.254.169.254/x").is_ok());
+        assert!(metadata_allowed
+            .check_url("http://169.254.169.254/x")
+            .is_ok());
     }
 
     #[tokio::test]
@@ -199,7 +226,11 @@ mod tests {
         let err = r.resolve(name).await.err().expect("localhost is loopback");
         assert!(err.to_string().contains("egress policy denies localhost"));
         let r = EgressResolver::new(Arc::new(policy(&["localhost"], &[])));
-        let addrs: Vec<_> = r.resolve("localhost".parse().unwrap()).await.unwrap().collect();
+        let addrs: Vec<_> = r
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
         assert!(!addrs.is_empty());
     }
 }

@@ -87,7 +87,9 @@ impl Finding {
             entity_id: "vigil".into(),
             score: 0.0,
             title: "[TEST] Vigil test finding".into(),
-            description: "This is a test notification sent by `vigil alerts test`. No action is needed.".into(),
+            description:
+                "This is a test notification sent by `vigil alerts test`. No action is needed."
+                    .into(),
             evidence_event_ids: vec![],
             evidence: String::new(),
             owasp: None,

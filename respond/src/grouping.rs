@@ -88,7 +88,10 @@ impl GroupState {
             self.alert = alert.clone();
         }
         push_capped(&mut self.alert_ids, [alert.alert_id.clone()]);
-        push_capped(&mut self.evidence_event_ids, alert.evidence_event_ids.iter().cloned());
+        push_capped(
+            &mut self.evidence_event_ids,
+            alert.evidence_event_ids.iter().cloned(),
+        );
     }
 
     /// The notification due at `now_ms`, if any. Create waits group_wait; Updates need a change (more
@@ -96,12 +99,14 @@ impl GroupState {
     /// change; Close comes when no detection arrived for resolve_after.
     pub fn due(&self, cfg: &GroupingConfig, now_ms: i64) -> Option<Activity> {
         let Some(notified) = self.notified_ms else {
-            return (now_ms >= self.opened_ms.saturating_add(ms(cfg.group_wait))).then_some(Activity::Create);
+            return (now_ms >= self.opened_ms.saturating_add(ms(cfg.group_wait)))
+                .then_some(Activity::Create);
         };
         if now_ms >= self.last_detection_ms.saturating_add(ms(cfg.resolve_after)) {
             return Some(Activity::Close);
         }
-        let changed = self.count > self.notified_count || Some(self.severity) > self.notified_severity;
+        let changed =
+            self.count > self.notified_count || Some(self.severity) > self.notified_severity;
         if changed && now_ms >= notified.saturating_add(ms(cfg.group_interval)) {
             return Some(Activity::Update);
         }
@@ -187,7 +192,10 @@ pub(crate) mod tests {
 
     #[test]
     fn closes_after_quiet_period_and_repeats_when_unchanged() {
-        let c = GroupingConfig { resolve_after: Duration::from_millis(10_000), ..cfg() };
+        let c = GroupingConfig {
+            resolve_after: Duration::from_millis(10_000),
+            ..cfg()
+        };
         let mut g = GroupState::new(&alert("f", Severity::High, 0), 0);
         g.notify(Activity::Create, 30);
         g.observe(&alert("f", Severity::High, 1), 3000);
@@ -206,6 +214,9 @@ pub(crate) mod tests {
         assert_eq!(g.count, 10_000);
         assert_eq!(g.alert_ids.len(), MAX_IDS);
         assert_eq!(g.evidence_event_ids.len(), MAX_IDS);
-        assert_eq!(g.alert.alert_id, "a9999", "latest detection represents the finding");
+        assert_eq!(
+            g.alert.alert_id, "a9999",
+            "latest detection represents the finding"
+        );
     }
 }

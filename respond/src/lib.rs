@@ -22,10 +22,15 @@ mod secret;
 pub mod signing;
 pub mod table;
 
-pub use config::{Auth, DeliveryConfig, DestinationConfig, EgressConfig, Format, GroupingConfig, PlaybookConfig, RespondConfig};
+pub use config::{
+    Auth, DeliveryConfig, DestinationConfig, EgressConfig, Format, GroupingConfig, PlaybookConfig,
+    RespondConfig,
+};
 pub use delivery::Answer;
 pub use finding::{Activity, Finding};
 pub use outbox::{DeliveryRecord, DeliveryStatus, DestinationState, ResponseRecord};
-pub use responder::{playbook_destination, Replay, RespondError, Responder, ResponseView, RECONCILE_WINDOW_MS};
+pub use responder::{
+    playbook_destination, Replay, RespondError, Responder, ResponseView, RECONCILE_WINDOW_MS,
+};
 pub use secret::Secret;
 pub use table::{alert_responses_to_batch, deliveries_schema, deliveries_to_batch};

@@ -23,26 +23,43 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(|| Metrics {
         deliveries: register(
             IntCounterVec::new(
-                Opts::new("vigil_webhook_deliveries_total", "Webhook delivery outcomes per destination"),
+                Opts::new(
+                    "vigil_webhook_deliveries_total",
+                    "Webhook delivery outcomes per destination",
+                ),
                 &["destination", "outcome"],
             )
             .expect("valid metric"),
         ),
         attempts: register(
-            IntCounterVec::new(Opts::new("vigil_webhook_attempts_total", "Webhook HTTP attempts per destination"), &["destination"])
-                .expect("valid metric"),
+            IntCounterVec::new(
+                Opts::new(
+                    "vigil_webhook_attempts_total",
+                    "Webhook HTTP attempts per destination",
+                ),
+                &["destination"],
+            )
+            .expect("valid metric"),
         ),
         pending: register(
             IntGaugeVec::new(
-                Opts::new("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox per destination"),
+                Opts::new(
+                    "vigil_webhook_outbox_pending",
+                    "Deliveries waiting in the outbox per destination",
+                ),
                 &["destination"],
             )
             .expect("valid metric"),
         ),
         latency: register(
             Histogram::with_opts(
-                HistogramOpts::new("vigil_webhook_latency_seconds", "Webhook HTTP attempt latency")
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                HistogramOpts::new(
+                    "vigil_webhook_latency_seconds",
+                    "Webhook HTTP attempt latency",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
             )
             .expect("valid metric"),
         ),

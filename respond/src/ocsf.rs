@@ -38,7 +38,10 @@ pub fn rfc3339_us(us: i64) -> String {
 /// OCSF analytic `type_id`: statistical detectors score against baselines, the rest are rules.
 fn analytic_type(detector: &str) -> (u8, &'static str) {
     let d = detector.to_ascii_lowercase();
-    if ["drift", "anomal", "baseline", "spike", "rate", "volume"].iter().any(|k| d.contains(k)) {
+    if ["drift", "anomal", "baseline", "spike", "rate", "volume"]
+        .iter()
+        .any(|k| d.contains(k))
+    {
         (3, "Statistical")
     } else if d.contains("behavio") {
         (2, "Behavioral")
@@ -60,10 +63,22 @@ fn severity_name(id: u8) -> &'static str {
 
 /// The Detection Finding object (`data` of the envelope; also XSOAR's `rawJson`).
 pub fn detection_finding(f: &Finding, product_version: &str) -> Value {
-    detection_finding_sized(f, product_version, f.evidence_event_ids.len(), MAX_TEXT, MAX_EVIDENCE)
+    detection_finding_sized(
+        f,
+        product_version,
+        f.evidence_event_ids.len(),
+        MAX_TEXT,
+        MAX_EVIDENCE,
+    )
 }
 
-fn detection_finding_sized(f: &Finding, product_version: &str, events: usize, text: usize, evidence: usize) -> Value {
+fn detection_finding_sized(
+    f: &Finding,
+    product_version: &str,
+    events: usize,
+    text: usize,
+    evidence: usize,
+) -> Value {
     let a = &f.alert;
     let sev = f.severity.ocsf_id();
     let (status_id, status) = match f.activity {
@@ -76,7 +91,12 @@ fn detection_finding_sized(f: &Finding, product_version: &str, events: usize, te
     if let Some(o) = &a.owasp {
         types.push(Value::from(o.clone()));
     }
-    let related: Vec<Value> = f.evidence_event_ids.iter().take(events).map(|id| json!({"uid": id})).collect();
+    let related: Vec<Value> = f
+        .evidence_event_ids
+        .iter()
+        .take(events)
+        .map(|id| json!({"uid": id}))
+        .collect();
     let attacks: Vec<Value> = a
         .atlas
         .iter()
@@ -144,7 +164,11 @@ pub fn envelope(activity: Activity, timestamp_us: i64, data: Value) -> Value {
 
 /// The `ocsf` format's body, shrunk (fewer related events, shorter texts) until it fits [`MAX_BODY_BYTES`].
 pub fn body(f: &Finding, product_version: &str, now_us: i64) -> Vec<u8> {
-    let steps = [(usize::MAX, MAX_TEXT, MAX_EVIDENCE), (10, 1024, 512), (0, 256, 128)];
+    let steps = [
+        (usize::MAX, MAX_TEXT, MAX_EVIDENCE),
+        (10, 1024, 512),
+        (0, 256, 128),
+    ];
     let mut out = Vec::new();
     for (events, text, evidence) in steps {
         let data = detection_finding_sized(f, product_version, events, text, evidence);
@@ -172,9 +196,13 @@ mod tests {
     #[test]
     fn detection_finding_fields() {
         let f = finding(Activity::Create);
-        let body: Value = serde_json::from_slice(&body(&f, "0.1.0", 1_700_000_000_000_000)).unwrap();
+        let body: Value =
+            serde_json::from_slice(&body(&f, "0.1.0", 1_700_000_000_000_000)).unwrap();
         assert_eq!(body["type"], "finding.created");
-        assert!(body["timestamp"].as_str().unwrap().starts_with("2023-11-14T22:13:20"));
+        assert!(body["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-14T22:13:20"));
         let d = &body["data"];
         assert_eq!(d["class_uid"], 2004);
         assert_eq!(d["category_uid"], 2);

@@ -27,7 +27,10 @@ pub enum OutboxError {
     #[error("outbox {path}: {source}")]
     Redb { path: PathBuf, source: redb::Error },
     #[error("outbox {path}: corrupt record: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Lifecycle of one delivery (the `status` column of `alert_deliveries`).
@@ -152,17 +155,26 @@ pub struct Batch<'a> {
 
 impl Outbox {
     fn redb(&self, e: impl Into<redb::Error>) -> OutboxError {
-        OutboxError::Redb { path: self.path.clone(), source: e.into() }
+        OutboxError::Redb {
+            path: self.path.clone(),
+            source: e.into(),
+        }
     }
 
     /// Opens (creating if needed) the outbox and loads its state.
     pub fn open(path: &Path) -> Result<(Outbox, Loaded), OutboxError> {
-        let err = |e: redb::Error| OutboxError::Redb { path: path.to_path_buf(), source: e };
+        let err = |e: redb::Error| OutboxError::Redb {
+            path: path.to_path_buf(),
+            source: e,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
         }
         let db = Database::create(path).map_err(|e| err(e.into()))?;
-        let outbox = Outbox { db, path: path.to_path_buf() };
+        let outbox = Outbox {
+            db,
+            path: path.to_path_buf(),
+        };
         // Create every table so readers never meet a missing one.
         outbox.write(|_| Ok(()))?;
         let loaded = outbox.load()?;
@@ -175,30 +187,41 @@ impl Outbox {
         let t = txn.open_table(GROUPS).map_err(|e| self.redb(e))?;
         for row in t.iter().map_err(|e| self.redb(e))? {
             let (k, v) = row.map_err(|e| self.redb(e))?;
-            out.groups.insert(k.value().to_string(), decode(&self.path, v.value())?);
+            out.groups
+                .insert(k.value().to_string(), decode(&self.path, v.value())?);
         }
         let t = txn.open_table(DELIVERIES).map_err(|e| self.redb(e))?;
         for row in t.iter().map_err(|e| self.redb(e))? {
             let (k, v) = row.map_err(|e| self.redb(e))?;
-            out.deliveries.insert(k.value(), decode(&self.path, v.value())?);
+            out.deliveries
+                .insert(k.value(), decode(&self.path, v.value())?);
         }
         let t = txn.open_table(DESTINATIONS).map_err(|e| self.redb(e))?;
         for row in t.iter().map_err(|e| self.redb(e))? {
             let (k, v) = row.map_err(|e| self.redb(e))?;
-            out.destinations.insert(k.value().to_string(), decode(&self.path, v.value())?);
+            out.destinations
+                .insert(k.value().to_string(), decode(&self.path, v.value())?);
         }
         let t = txn.open_table(RESPONSES).map_err(|e| self.redb(e))?;
         for row in t.iter().map_err(|e| self.redb(e))? {
             let (k, v) = row.map_err(|e| self.redb(e))?;
-            out.responses.insert(k.value(), decode(&self.path, v.value())?);
+            out.responses
+                .insert(k.value(), decode(&self.path, v.value())?);
         }
         let t = txn.open_table(META).map_err(|e| self.redb(e))?;
-        out.next_seq = t.get(NEXT_SEQ).map_err(|e| self.redb(e))?.map(|v| v.value()).unwrap_or(1);
+        out.next_seq = t
+            .get(NEXT_SEQ)
+            .map_err(|e| self.redb(e))?
+            .map(|v| v.value())
+            .unwrap_or(1);
         Ok(out)
     }
 
     /// Runs `f` in one write transaction and commits it durably (fsync) before returning.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> Result<R, OutboxError>) -> Result<R, OutboxError> {
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R, OutboxError>,
+    ) -> Result<R, OutboxError> {
         let txn = self.db.begin_write().map_err(|e| self.redb(e))?;
         let r = {
             // Opening the tables creates them on first use.
@@ -210,7 +233,10 @@ impl Outbox {
             }
             txn.open_table(META).map_err(|e| self.redb(e))?;
             txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
-            let mut batch = Batch { txn: &txn, path: &self.path };
+            let mut batch = Batch {
+                txn: &txn,
+                path: &self.path,
+            };
             f(&mut batch)?
         };
         txn.commit().map_err(|e| self.redb(e))?;
@@ -218,7 +244,10 @@ impl Outbox {
     }
 
     /// Which of `ids` were never submitted (a read transaction: sees every committed write).
-    pub fn unsubmitted<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<HashSet<&'a str>, OutboxError> {
+    pub fn unsubmitted<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashSet<&'a str>, OutboxError> {
         let txn = self.db.begin_read().map_err(|e| self.redb(e))?;
         let t = txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
         let mut out = HashSet::new();
@@ -234,27 +263,39 @@ impl Outbox {
     pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, OutboxError> {
         let txn = self.db.begin_read().map_err(|e| self.redb(e))?;
         let t = txn.open_table(BODIES).map_err(|e| self.redb(e))?;
-        Ok(t.get(seq).map_err(|e| self.redb(e))?.map(|v| v.value().to_vec()))
+        Ok(t.get(seq)
+            .map_err(|e| self.redb(e))?
+            .map(|v| v.value().to_vec()))
     }
 }
 
 fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, OutboxError> {
-    serde_json::from_slice(bytes).map_err(|source| OutboxError::Json { path: path.to_path_buf(), source })
+    serde_json::from_slice(bytes).map_err(|source| OutboxError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Batch<'_> {
     fn redb(&self, e: impl Into<redb::Error>) -> OutboxError {
-        OutboxError::Redb { path: self.path.to_path_buf(), source: e.into() }
+        OutboxError::Redb {
+            path: self.path.to_path_buf(),
+            source: e.into(),
+        }
     }
 
     fn encode<T: Serialize>(&self, v: &T) -> Result<Vec<u8>, OutboxError> {
-        serde_json::to_vec(v).map_err(|source| OutboxError::Json { path: self.path.to_path_buf(), source })
+        serde_json::to_vec(v).map_err(|source| OutboxError::Json {
+            path: self.path.to_path_buf(),
+            source,
+        })
     }
 
     pub fn put_group(&mut self, g: &GroupState) -> Result<(), OutboxError> {
         let bytes = self.encode(g)?;
         let mut t = self.txn.open_table(GROUPS).map_err(|e| self.redb(e))?;
-        t.insert(g.fingerprint.as_str(), bytes.as_slice()).map_err(|e| self.redb(e))?;
+        t.insert(g.fingerprint.as_str(), bytes.as_slice())
+            .map_err(|e| self.redb(e))?;
         Ok(())
     }
 
@@ -267,7 +308,8 @@ impl Batch<'_> {
     pub fn put_delivery(&mut self, d: &DeliveryRecord) -> Result<(), OutboxError> {
         let bytes = self.encode(d)?;
         let mut t = self.txn.open_table(DELIVERIES).map_err(|e| self.redb(e))?;
-        t.insert(d.seq, bytes.as_slice()).map_err(|e| self.redb(e))?;
+        t.insert(d.seq, bytes.as_slice())
+            .map_err(|e| self.redb(e))?;
         Ok(())
     }
 
@@ -291,7 +333,10 @@ impl Batch<'_> {
 
     pub fn put_destination(&mut self, name: &str, s: &DestinationState) -> Result<(), OutboxError> {
         let bytes = self.encode(s)?;
-        let mut t = self.txn.open_table(DESTINATIONS).map_err(|e| self.redb(e))?;
+        let mut t = self
+            .txn
+            .open_table(DESTINATIONS)
+            .map_err(|e| self.redb(e))?;
         t.insert(name, bytes.as_slice()).map_err(|e| self.redb(e))?;
         Ok(())
     }
@@ -299,7 +344,8 @@ impl Batch<'_> {
     pub fn put_response(&mut self, r: &ResponseRecord) -> Result<(), OutboxError> {
         let bytes = self.encode(r)?;
         let mut t = self.txn.open_table(RESPONSES).map_err(|e| self.redb(e))?;
-        t.insert(r.seq, bytes.as_slice()).map_err(|e| self.redb(e))?;
+        t.insert(r.seq, bytes.as_slice())
+            .map_err(|e| self.redb(e))?;
         Ok(())
     }
 
@@ -312,7 +358,8 @@ impl Batch<'_> {
     /// Forgets submitted alert ids older than `before_ms` (older alerts are beyond reconciliation).
     pub fn prune_submitted(&mut self, before_ms: i64) -> Result<(), OutboxError> {
         let mut t = self.txn.open_table(SUBMITTED).map_err(|e| self.redb(e))?;
-        t.retain(|_, at| at >= before_ms).map_err(|e| self.redb(e))?;
+        t.retain(|_, at| at >= before_ms)
+            .map_err(|e| self.redb(e))?;
         Ok(())
     }
 

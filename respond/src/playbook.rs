@@ -13,7 +13,9 @@ fn detector_listed(list: &[String], detector: &str) -> bool {
 
 /// A destination's filters: minimum severity, detector allow and deny lists.
 pub fn destination_matches(d: &DestinationConfig, detector: &str, severity: Severity) -> bool {
-    severity >= d.min_severity && detector_listed(&d.detectors, detector) && !d.exclude_detectors.iter().any(|x| x == detector)
+    severity >= d.min_severity
+        && detector_listed(&d.detectors, detector)
+        && !d.exclude_detectors.iter().any(|x| x == detector)
 }
 
 pub fn playbook_matches(p: &PlaybookConfig, detector: &str, severity: Severity) -> bool {
@@ -63,10 +65,26 @@ mod tests {
 
     #[test]
     fn matching_by_detector_and_severity() {
-        assert!(playbook_matches(&pb(&["prompt_injection"], Severity::High), "prompt_injection", Severity::Critical));
-        assert!(!playbook_matches(&pb(&["prompt_injection"], Severity::High), "prompt_injection", Severity::Medium));
-        assert!(!playbook_matches(&pb(&["shadow_ai"], Severity::Low), "prompt_injection", Severity::Critical));
-        assert!(playbook_matches(&pb(&[], Severity::Low), "anything", Severity::Low));
+        assert!(playbook_matches(
+            &pb(&["prompt_injection"], Severity::High),
+            "prompt_injection",
+            Severity::Critical
+        ));
+        assert!(!playbook_matches(
+            &pb(&["prompt_injection"], Severity::High),
+            "prompt_injection",
+            Severity::Medium
+        ));
+        assert!(!playbook_matches(
+            &pb(&["shadow_ai"], Severity::Low),
+            "prompt_injection",
+            Severity::Critical
+        ));
+        assert!(playbook_matches(
+            &pb(&[], Severity::Low),
+            "anything",
+            Severity::Low
+        ));
         let d = DestinationConfig {
             name: "d".into(),
             url: "http://x".into(),
@@ -77,7 +95,11 @@ mod tests {
             detectors: vec![],
             exclude_detectors: vec!["shadow_ai".into()],
         };
-        assert!(destination_matches(&d, "prompt_injection", Severity::Medium));
+        assert!(destination_matches(
+            &d,
+            "prompt_injection",
+            Severity::Medium
+        ));
         assert!(!destination_matches(&d, "prompt_injection", Severity::Low));
         assert!(!destination_matches(&d, "shadow_ai", Severity::Critical));
     }
@@ -85,7 +107,8 @@ mod tests {
     #[test]
     fn action_body_names_action_and_target() {
         let f = finding(Activity::Create, Severity::Critical);
-        let v: Value = serde_json::from_slice(&action_body(&pb(&[], Severity::High), &f, 0)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&action_body(&pb(&[], Severity::High), &f, 0)).unwrap();
         assert_eq!(v["type"], "response.requested");
         assert_eq!(v["data"]["action"], "revoke_agent_token");
         assert_eq!(v["data"]["target"]["id"], "u1");

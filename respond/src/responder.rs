@@ -21,7 +21,9 @@ use crate::finding::{Activity, Finding};
 use crate::formats::{self, RenderContext};
 use crate::grouping::GroupState;
 use crate::metrics::metrics;
-use crate::outbox::{Batch, DeliveryRecord, DeliveryStatus, DestinationState, Outbox, OutboxError, ResponseRecord};
+use crate::outbox::{
+    Batch, DeliveryRecord, DeliveryStatus, DestinationState, Outbox, OutboxError, ResponseRecord,
+};
 use crate::playbook::{action_body, destination_matches, playbook_matches};
 use crate::signing::{SigningError, SigningKey};
 
@@ -108,7 +110,9 @@ pub struct Responder {
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Responder").field("outbox", &self.outbox).finish_non_exhaustive()
+        f.debug_struct("Responder")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,18 +136,43 @@ fn webhook_id() -> String {
 
 impl Responder {
     /// Validates destinations against the egress policy and opens (or recovers) the outbox.
-    pub fn open(config: RespondConfig, outbox_path: impl AsRef<Path>) -> Result<Arc<Responder>, RespondError> {
-        let policy = Arc::new(EgressPolicy::new(&config.egress).map_err(|source| RespondError::Egress { name: "egress".into(), source })?);
+    pub fn open(
+        config: RespondConfig,
+        outbox_path: impl AsRef<Path>,
+    ) -> Result<Arc<Responder>, RespondError> {
+        let policy =
+            Arc::new(
+                EgressPolicy::new(&config.egress).map_err(|source| RespondError::Egress {
+                    name: "egress".into(),
+                    source,
+                })?,
+            );
         let mut endpoints = HashMap::new();
         let mut add = |name: String, url: &str, auth, secret: &Option<crate::Secret>, format| {
-            let url = policy.check_url(url).map_err(|source| RespondError::Egress { name: name.clone(), source })?;
+            let url = policy
+                .check_url(url)
+                .map_err(|source| RespondError::Egress {
+                    name: name.clone(),
+                    source,
+                })?;
             let key = secret
                 .as_ref()
                 .map(|s| SigningKey::from_secret(s.expose()))
                 .transpose()
-                .map_err(|source| RespondError::Signing { name: name.clone(), source })?;
-            let target = Target { name: name.clone(), url, auth, key };
-            if endpoints.insert(name.clone(), Endpoint { target, format }).is_some() {
+                .map_err(|source| RespondError::Signing {
+                    name: name.clone(),
+                    source,
+                })?;
+            let target = Target {
+                name: name.clone(),
+                url,
+                auth,
+                key,
+            };
+            if endpoints
+                .insert(name.clone(), Endpoint { target, format })
+                .is_some()
+            {
                 return Err(RespondError::DuplicateName(name));
             }
             Ok(())
@@ -152,9 +181,16 @@ impl Responder {
             add(d.name.clone(), &d.url, d.auth.clone(), &d.secret, d.format)?;
         }
         for p in &config.playbooks {
-            add(playbook_destination(&p.name), &p.url, p.auth.clone(), &p.secret, Format::Json)?;
+            add(
+                playbook_destination(&p.name),
+                &p.url,
+                p.auth.clone(),
+                &p.secret,
+                Format::Json,
+            )?;
         }
-        let client = delivery::client(config.delivery.timeout, policy).map_err(|e| RespondError::Client(delivery::error_chain(&e)))?;
+        let client = delivery::client(config.delivery.timeout, policy)
+            .map_err(|e| RespondError::Client(delivery::error_chain(&e)))?;
         let (outbox, loaded) = Outbox::open(outbox_path.as_ref())?;
         let mut state = State {
             groups: loaded.groups,
@@ -185,7 +221,14 @@ impl Responder {
                 state.put(d);
             }
         }
-        let responder = Arc::new(Responder { config, endpoints, outbox, state: Mutex::new(state), client, wake: Notify::new() });
+        let responder = Arc::new(Responder {
+            config,
+            endpoints,
+            outbox,
+            state: Mutex::new(state),
+            client,
+            wake: Notify::new(),
+        });
         responder.update_pending_metrics(&responder.lock());
         Ok(responder)
     }
@@ -211,7 +254,11 @@ impl Responder {
         self.submit_inner(alerts, true)
     }
 
-    fn submit_inner(&self, alerts: &[Alert], only_unsubmitted: bool) -> Result<usize, RespondError> {
+    fn submit_inner(
+        &self,
+        alerts: &[Alert],
+        only_unsubmitted: bool,
+    ) -> Result<usize, RespondError> {
         if alerts.is_empty() {
             return Ok(0);
         }
@@ -219,8 +266,14 @@ impl Responder {
         let mut st = self.lock();
         let filtered: Vec<Alert>;
         let alerts = if only_unsubmitted {
-            let missing = self.outbox.unsubmitted(alerts.iter().map(|a| a.alert_id.as_str()))?;
-            filtered = alerts.iter().filter(|a| missing.contains(a.alert_id.as_str())).cloned().collect();
+            let missing = self
+                .outbox
+                .unsubmitted(alerts.iter().map(|a| a.alert_id.as_str()))?;
+            filtered = alerts
+                .iter()
+                .filter(|a| missing.contains(a.alert_id.as_str()))
+                .cloned()
+                .collect();
             if filtered.is_empty() {
                 return Ok(0);
             }
@@ -261,7 +314,9 @@ impl Responder {
         }
         for g in changed.values_mut() {
             for p in &self.config.playbooks {
-                if g.playbooks_fired.contains(&p.name) || !playbook_matches(p, &g.alert.detector, g.severity) {
+                if g.playbooks_fired.contains(&p.name)
+                    || !playbook_matches(p, &g.alert.detector, g.severity)
+                {
                     continue;
                 }
                 // The earliest alert of this submission that meets the playbook's conditions, so time to
@@ -269,14 +324,19 @@ impl Responder {
                 // one when none does (a playbook configured after its finding opened).
                 let trigger = submitted
                     .get(g.fingerprint.as_str())
-                    .and_then(|v| v.iter().copied().find(|a| playbook_matches(p, &a.detector, a.severity)))
+                    .and_then(|v| {
+                        v.iter()
+                            .copied()
+                            .find(|a| playbook_matches(p, &a.detector, a.severity))
+                    })
                     .map_or_else(|| g.alert.alert_id.clone(), |a| a.alert_id.clone());
                 g.playbooks_fired.insert(p.name.clone());
                 let mut finding = g.clone().notify(Activity::Create, now);
                 finding.revision = 1;
                 let body = action_body(p, &finding, now * 1000);
                 let destination = playbook_destination(&p.name);
-                let mut record = self.new_record(seq, &finding, &destination, Some(p.name.clone()), &st, now);
+                let mut record =
+                    self.new_record(seq, &finding, &destination, Some(p.name.clone()), &st, now);
                 record.alert_id = Some(trigger.clone());
                 responses.push(ResponseRecord {
                     seq,
@@ -330,7 +390,15 @@ impl Responder {
         Ok(alerts.len())
     }
 
-    fn new_record(&self, seq: u64, f: &Finding, destination: &str, playbook: Option<String>, st: &State, now: i64) -> DeliveryRecord {
+    fn new_record(
+        &self,
+        seq: u64,
+        f: &Finding,
+        destination: &str,
+        playbook: Option<String>,
+        st: &State,
+        now: i64,
+    ) -> DeliveryRecord {
         let disabled = st.disabled(destination);
         DeliveryRecord {
             seq,
@@ -344,7 +412,11 @@ impl Responder {
             activity: f.activity,
             attempts: 0,
             round_attempts: 0,
-            status: if disabled { DeliveryStatus::Disabled } else { DeliveryStatus::Pending },
+            status: if disabled {
+                DeliveryStatus::Disabled
+            } else {
+                DeliveryStatus::Pending
+            },
             last_error: disabled.then(|| "destination disabled".to_string()),
             last_status_code: None,
             created_at_ms: now,
@@ -369,21 +441,32 @@ impl Responder {
         let mut updated = Vec::new();
         let mut closed = Vec::new();
         for (fp, activity) in due {
-            let Some(mut g) = st.groups.get(&fp).cloned() else { continue };
+            let Some(mut g) = st.groups.get(&fp).cloned() else {
+                continue;
+            };
             let finding = g.notify(activity, now);
             for d in &self.config.destinations {
                 let act = match activity {
                     Activity::Close if g.notified_destinations.contains(&d.name) => Activity::Close,
                     Activity::Close => continue,
-                    _ if !destination_matches(d, &finding.alert.detector, finding.severity) => continue,
+                    _ if !destination_matches(d, &finding.alert.detector, finding.severity) => {
+                        continue
+                    }
                     _ if g.notified_destinations.insert(d.name.clone()) => Activity::Create,
                     other => other,
                 };
                 if !formats::accepts(d.format, act) {
                     continue;
                 }
-                let f = Finding { activity: act, ..finding.clone() };
-                let ctx = RenderContext { destination: &d.name, now_us: now * 1000, product_version: env!("CARGO_PKG_VERSION") };
+                let f = Finding {
+                    activity: act,
+                    ..finding.clone()
+                };
+                let ctx = RenderContext {
+                    destination: &d.name,
+                    now_us: now * 1000,
+                    product_version: env!("CARGO_PKG_VERSION"),
+                };
                 let body = formats::render(d.format, &f, &ctx);
                 queued.push((self.new_record(seq, &f, &d.name, None, &st, now), body));
                 seq += 1;
@@ -432,17 +515,25 @@ impl Responder {
             if st.in_flight.len() >= limit {
                 break;
             }
-            let Some(d) = st.deliveries.get(&seq) else { continue };
-            if !blocked.insert((d.finding_id.clone(), d.destination.clone())) || st.in_flight.contains(&seq) {
+            let Some(d) = st.deliveries.get(&seq) else {
+                continue;
+            };
+            if !blocked.insert((d.finding_id.clone(), d.destination.clone()))
+                || st.in_flight.contains(&seq)
+            {
                 continue;
             }
-            if d.next_attempt_at_ms.is_some_and(|t| t > now) || !self.endpoints.contains_key(&d.destination) {
+            if d.next_attempt_at_ms.is_some_and(|t| t > now)
+                || !self.endpoints.contains_key(&d.destination)
+            {
                 continue;
             }
-            let breaker = st
-                .breakers
-                .entry(d.destination.clone())
-                .or_insert_with(|| Breaker::new(self.config.delivery.breaker_failures, self.config.delivery.breaker_cooldown));
+            let breaker = st.breakers.entry(d.destination.clone()).or_insert_with(|| {
+                Breaker::new(
+                    self.config.delivery.breaker_failures,
+                    self.config.delivery.breaker_cooldown,
+                )
+            });
             if !breaker.try_acquire(instant) {
                 continue;
             }
@@ -455,16 +546,26 @@ impl Responder {
     async fn deliver(self: Arc<Self>, seq: u64) {
         let record = self.lock().deliveries.get(&seq).cloned();
         let Some(record) = record else { return };
-        let Some(endpoint) = self.endpoints.get(&record.destination) else { return };
+        let Some(endpoint) = self.endpoints.get(&record.destination) else {
+            return;
+        };
         let outcome = match self.outbox.body(seq) {
             Ok(Some(body)) => {
-                metrics().attempts.with_label_values(&[record.destination.as_str()]).inc();
+                metrics()
+                    .attempts
+                    .with_label_values(&[record.destination.as_str()])
+                    .inc();
                 let started = Instant::now();
-                let outcome = delivery::attempt(&self.client, &endpoint.target, &record.webhook_id, body).await;
+                let outcome =
+                    delivery::attempt(&self.client, &endpoint.target, &record.webhook_id, body)
+                        .await;
                 metrics().latency.observe(started.elapsed().as_secs_f64());
                 outcome
             }
-            Ok(None) => Outcome::DeadLetter { status: 0, error: "body missing from the outbox".into() },
+            Ok(None) => Outcome::DeadLetter {
+                status: 0,
+                error: "body missing from the outbox".into(),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, seq, "reading a queued body failed; will retry");
                 let mut st = self.lock();
@@ -485,12 +586,16 @@ impl Responder {
         let now = now_ms();
         let mut st = self.lock();
         st.in_flight.remove(&seq);
-        let Some(mut d) = st.deliveries.get(&seq).cloned() else { return Ok(()) };
+        let Some(mut d) = st.deliveries.get(&seq).cloned() else {
+            return Ok(());
+        };
         let dest = d.destination.clone();
-        let breaker = st
-            .breakers
-            .entry(dest.clone())
-            .or_insert_with(|| Breaker::new(self.config.delivery.breaker_failures, self.config.delivery.breaker_cooldown));
+        let breaker = st.breakers.entry(dest.clone()).or_insert_with(|| {
+            Breaker::new(
+                self.config.delivery.breaker_failures,
+                self.config.delivery.breaker_cooldown,
+            )
+        });
         match &outcome {
             Outcome::Retry { .. } => breaker.on_failure(Instant::now()),
             _ => breaker.on_success(),
@@ -511,9 +616,18 @@ impl Responder {
                 d.next_attempt_at_ms = None;
                 d.last_error = None;
             }
-            Outcome::Retry { retry_after, error, .. } => {
+            Outcome::Retry {
+                retry_after, error, ..
+            } => {
                 let c = &self.config.delivery;
-                let delay = next_delay(&c.retry_schedule, d.round_attempts, c.jitter, retry_after, c.max_retry_after, &mut rand::rng());
+                let delay = next_delay(
+                    &c.retry_schedule,
+                    d.round_attempts,
+                    c.jitter,
+                    retry_after,
+                    c.max_retry_after,
+                    &mut rand::rng(),
+                );
                 d.last_error = Some(error);
                 match delay {
                     Some(delay) => {
@@ -536,9 +650,16 @@ impl Responder {
                 d.status = DeliveryStatus::Disabled;
                 d.next_attempt_at_ms = None;
                 d.last_error = Some(error.clone());
-                dest_state = Some(DestinationState { disabled: true, reason: Some(error), since_ms: Some(now) });
+                dest_state = Some(DestinationState {
+                    disabled: true,
+                    reason: Some(error),
+                    since_ms: Some(now),
+                });
                 for other in st.active.iter().filter_map(|s| st.deliveries.get(s)) {
-                    if other.destination == dest && other.seq != seq && !st.in_flight.contains(&other.seq) {
+                    if other.destination == dest
+                        && other.seq != seq
+                        && !st.in_flight.contains(&other.seq)
+                    {
                         others_disabled.push(DeliveryRecord {
                             status: DeliveryStatus::Disabled,
                             next_attempt_at_ms: None,
@@ -553,7 +674,10 @@ impl Responder {
         // A playbook action accepted: the response is taken now (its delivery record may be pruned later).
         let responded = match st.responses.get(&seq) {
             Some(r) if d.status == DeliveryStatus::Delivered && r.delivery_seq == seq => {
-                Some(ResponseRecord { responded_at_ms: Some(now), ..r.clone() })
+                Some(ResponseRecord {
+                    responded_at_ms: Some(now),
+                    ..r.clone()
+                })
             }
             _ => None,
         };
@@ -576,7 +700,10 @@ impl Responder {
             }
             Ok(())
         })?;
-        metrics().deliveries.with_label_values(&[dest.as_str(), label]).inc();
+        metrics()
+            .deliveries
+            .with_label_values(&[dest.as_str(), label])
+            .inc();
         if let Some(s) = dest_state {
             tracing::warn!(destination = %dest, "destination answered 410 Gone; disabled until replayed or re-enabled");
             st.destinations.insert(dest.clone(), s);
@@ -602,11 +729,17 @@ impl Responder {
         if excess == 0 {
             return Vec::new();
         }
-        st.deliveries.values().filter(|d| d.status == DeliveryStatus::Delivered).take(excess).map(|d| d.seq).collect()
+        st.deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Delivered)
+            .take(excess)
+            .map(|d| d.seq)
+            .collect()
     }
 
     fn update_pending_metrics(&self, st: &State) {
-        let mut counts: HashMap<&str, i64> = self.endpoints.keys().map(|k| (k.as_str(), 0)).collect();
+        let mut counts: HashMap<&str, i64> =
+            self.endpoints.keys().map(|k| (k.as_str(), 0)).collect();
         for d in st.active.iter().filter_map(|s| st.deliveries.get(s)) {
             *counts.entry(d.destination.as_str()).or_default() += 1;
         }
@@ -650,7 +783,12 @@ impl Responder {
         self.lock()
             .deliveries
             .values()
-            .filter(|d| matches!(d.status, DeliveryStatus::DeadLetter | DeliveryStatus::Disabled))
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DeliveryStatus::DeadLetter | DeliveryStatus::Disabled
+                )
+            })
             .cloned()
             .collect()
     }
@@ -668,15 +806,33 @@ impl Responder {
         let picked: Vec<DeliveryRecord> = st
             .deliveries
             .values()
-            .filter(|d| matches!(d.status, DeliveryStatus::DeadLetter | DeliveryStatus::Disabled))
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DeliveryStatus::DeadLetter | DeliveryStatus::Disabled
+                )
+            })
             .filter(|d| match which {
                 Replay::All => true,
                 Replay::Ids(ids) => ids.iter().any(|i| *i == d.webhook_id || *i == d.finding_id),
             })
-            .map(|d| DeliveryRecord { status: DeliveryStatus::Pending, round_attempts: 0, next_attempt_at_ms: Some(now), ..d.clone() })
+            .map(|d| DeliveryRecord {
+                status: DeliveryStatus::Pending,
+                round_attempts: 0,
+                next_attempt_at_ms: Some(now),
+                ..d.clone()
+            })
             .collect();
-        let enable: BTreeSet<String> = picked.iter().map(|d| d.destination.clone()).filter(|n| st.disabled(n)).collect();
-        let enabled = DestinationState { disabled: false, reason: None, since_ms: Some(now) };
+        let enable: BTreeSet<String> = picked
+            .iter()
+            .map(|d| d.destination.clone())
+            .filter(|n| st.disabled(n))
+            .collect();
+        let enabled = DestinationState {
+            disabled: false,
+            reason: None,
+            since_ms: Some(now),
+        };
         self.outbox.write(|b| {
             for d in &picked {
                 b.put_delivery(d)?;
@@ -702,7 +858,12 @@ impl Responder {
     /// Destinations disabled by a 410 answer, with the reason.
     pub fn disabled_destinations(&self) -> Vec<(String, DestinationState)> {
         let st = self.lock();
-        let mut v: Vec<_> = st.destinations.iter().filter(|(_, s)| s.disabled).map(|(k, s)| (k.clone(), s.clone())).collect();
+        let mut v: Vec<_> = st
+            .destinations
+            .iter()
+            .filter(|(_, s)| s.disabled)
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -710,18 +871,33 @@ impl Responder {
     /// Sends a clearly marked test finding to `destination` right away (not through the outbox) and
     /// returns the receiver's answer (`vigil alerts test`).
     pub async fn send_test(&self, destination: &str) -> Result<Answer, RespondError> {
-        let endpoint = self.endpoints.get(destination).ok_or_else(|| RespondError::UnknownDestination(destination.to_string()))?;
+        let endpoint = self
+            .endpoints
+            .get(destination)
+            .ok_or_else(|| RespondError::UnknownDestination(destination.to_string()))?;
         let now_us = now_ms() * 1000;
         let finding = Finding::test(now_us);
-        let body = if let Some(p) = self.config.playbooks.iter().find(|p| playbook_destination(&p.name) == destination) {
+        let body = if let Some(p) = self
+            .config
+            .playbooks
+            .iter()
+            .find(|p| playbook_destination(&p.name) == destination)
+        {
             action_body(p, &finding, now_us)
         } else {
-            let ctx = RenderContext { destination, now_us, product_version: env!("CARGO_PKG_VERSION") };
+            let ctx = RenderContext {
+                destination,
+                now_us,
+                product_version: env!("CARGO_PKG_VERSION"),
+            };
             formats::render(endpoint.format, &finding, &ctx)
         };
         let (answer, _) = delivery::send(&self.client, &endpoint.target, &webhook_id(), body)
             .await
-            .map_err(|e| RespondError::Request { name: destination.to_string(), error: delivery::error_chain(&e) })?;
+            .map_err(|e| RespondError::Request {
+                name: destination.to_string(),
+                error: delivery::error_chain(&e),
+            })?;
         Ok(answer)
     }
 
@@ -736,7 +912,9 @@ impl Responder {
                     record: r.clone(),
                     // Only delivered records are pruned from the history.
                     status: d.map(|d| d.status).unwrap_or(DeliveryStatus::Delivered),
-                    completed_at_ms: r.responded_at_ms.or_else(|| d.and_then(|d| d.delivered_at_ms)),
+                    completed_at_ms: r
+                        .responded_at_ms
+                        .or_else(|| d.and_then(|d| d.delivered_at_ms)),
                     last_status_code: d.and_then(|d| d.last_status_code),
                     last_error: d.and_then(|d| d.last_error.clone()),
                 }

@@ -38,7 +38,9 @@ impl SigningKey {
     /// Accepts `whsec_<base64>` (the spec's form) or bare base64.
     pub fn from_secret(secret: &str) -> Result<Self, SigningError> {
         let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let key = B64.decode(b64.trim()).map_err(|_| SigningError::BadSecret)?;
+        let key = B64
+            .decode(b64.trim())
+            .map_err(|_| SigningError::BadSecret)?;
         if key.is_empty() {
             return Err(SigningError::EmptySecret);
         }
@@ -57,21 +59,38 @@ impl SigningKey {
 
     /// The `webhook-signature` header value.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        format!("v1,{}", B64.encode(self.mac(msg_id, timestamp, body).finalize().into_bytes()))
+        format!(
+            "v1,{}",
+            B64.encode(self.mac(msg_id, timestamp, body).finalize().into_bytes())
+        )
     }
 
     /// True when any `v1,` signature in the (space-separated) header matches; compared in constant time.
     /// Receivers must also reject stale timestamps: see [`verify_fresh`].
     pub fn verify(&self, msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
         header.split_whitespace().any(|sig| {
-            let Some(b64) = sig.strip_prefix("v1,") else { return false };
-            let Ok(bytes) = B64.decode(b64) else { return false };
-            self.mac(msg_id, timestamp, body).verify_slice(&bytes).is_ok()
+            let Some(b64) = sig.strip_prefix("v1,") else {
+                return false;
+            };
+            let Ok(bytes) = B64.decode(b64) else {
+                return false;
+            };
+            self.mac(msg_id, timestamp, body)
+                .verify_slice(&bytes)
+                .is_ok()
         })
     }
 
     /// [`SigningKey::verify`] plus the spec's replay window (`tolerance_s`, 5 minutes in the reference libraries).
-    pub fn verify_fresh(&self, msg_id: &str, timestamp: i64, body: &[u8], header: &str, now_s: i64, tolerance_s: i64) -> bool {
+    pub fn verify_fresh(
+        &self,
+        msg_id: &str,
+        timestamp: i64,
+        body: &[u8],
+        header: &str,
+        now_s: i64,
+        tolerance_s: i64,
+    ) -> bool {
         (now_s - timestamp).abs() <= tolerance_s && self.verify(msg_id, timestamp, body, header)
     }
 }
@@ -88,7 +107,10 @@ mod tests {
     #[test]
     fn published_test_vector() {
         let key = SigningKey::from_secret(SECRET).unwrap();
-        assert_eq!(key.sign(ID, TS, BODY), "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+        assert_eq!(
+            key.sign(ID, TS, BODY),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
     }
 
     #[test]

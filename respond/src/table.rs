@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt16Builder};
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt16Builder,
+    UInt32Builder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::outbox::{DeliveryRecord, DeliveryStatus};
@@ -13,7 +16,13 @@ pub fn deliveries_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let ts = |n: &str, nullable| Field::new(n, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), nullable);
+            let ts = |n: &str, nullable| {
+                Field::new(
+                    n,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    nullable,
+                )
+            };
             let utf8 = |n: &str, nullable| Field::new(n, DataType::Utf8, nullable);
             Arc::new(Schema::new(vec![
                 Field::new("delivery_seq", DataType::Int64, false),
@@ -42,9 +51,22 @@ pub fn deliveries_to_batch(rows: &[DeliveryRecord]) -> RecordBatch {
     let n = rows.len();
     let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let text = || StringBuilder::with_capacity(n, n * 24);
-    let (mut seq, mut revision, mut attempts, mut code) =
-        (Int64Builder::with_capacity(n), UInt32Builder::with_capacity(n), UInt32Builder::with_capacity(n), UInt16Builder::with_capacity(n));
-    let (mut id, mut finding, mut fp, mut dest, mut pb, mut act, mut status, mut err) = (text(), text(), text(), text(), text(), text(), text(), text());
+    let (mut seq, mut revision, mut attempts, mut code) = (
+        Int64Builder::with_capacity(n),
+        UInt32Builder::with_capacity(n),
+        UInt32Builder::with_capacity(n),
+        UInt16Builder::with_capacity(n),
+    );
+    let (mut id, mut finding, mut fp, mut dest, mut pb, mut act, mut status, mut err) = (
+        text(),
+        text(),
+        text(),
+        text(),
+        text(),
+        text(),
+        text(),
+        text(),
+    );
     let mut alert = text();
     let (mut created, mut delivered, mut next) = (ts(), ts(), ts());
     for d in rows {
@@ -110,15 +132,30 @@ pub fn alert_responses_to_batch(responses: &[ResponseView]) -> RecordBatch {
     let (mut alert, mut playbook, mut action, mut status) = (text(), text(), text(), text());
     let (mut requested, mut responded) = (ts(), ts());
     for (id, rs) in &by_alert {
-        let join = |f: fn(&ResponseView) -> &str| rs.iter().map(|r| f(r)).collect::<Vec<_>>().join(",");
+        let join =
+            |f: fn(&ResponseView) -> &str| rs.iter().map(|r| f(r)).collect::<Vec<_>>().join(",");
         alert.append_value(id);
         playbook.append_value(join(|r| r.record.playbook.as_str()));
         action.append_value(join(|r| r.record.action.as_str()));
         let unfinished = rs.iter().find(|r| r.status != DeliveryStatus::Delivered);
-        status.append_value(unfinished.map_or(DeliveryStatus::Delivered, |r| r.status).as_str());
-        requested.append_option(rs.iter().map(|r| r.record.triggered_at_ms).min().map(|t| t * 1000));
+        status.append_value(
+            unfinished
+                .map_or(DeliveryStatus::Delivered, |r| r.status)
+                .as_str(),
+        );
+        requested.append_option(
+            rs.iter()
+                .map(|r| r.record.triggered_at_ms)
+                .min()
+                .map(|t| t * 1000),
+        );
         let all_done: Option<Vec<i64>> = rs.iter().map(|r| r.completed_at_ms).collect();
-        responded.append_option(all_done.filter(|_| unfinished.is_none()).and_then(|t| t.into_iter().max()).map(|t| t * 1000));
+        responded.append_option(
+            all_done
+                .filter(|_| unfinished.is_none())
+                .and_then(|t| t.into_iter().max())
+                .map(|t| t * 1000),
+        );
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(alert.finish()),
@@ -128,5 +165,6 @@ pub fn alert_responses_to_batch(responses: &[ResponseView]) -> RecordBatch {
         Arc::new(requested.finish()),
         Arc::new(responded.finish()),
     ];
-    RecordBatch::try_new(vigil_detect::alert_response_schema(), columns).expect("response columns match the schema")
+    RecordBatch::try_new(vigil_detect::alert_response_schema(), columns)
+        .expect("response columns match the schema")
 }

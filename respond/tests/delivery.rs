@@ -18,17 +18,25 @@ fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
     shared.set_status("/", 500);
     let receiver = Receiver::start(&shared, 0);
     let port = receiver.addr.port();
-    let config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
 
     // Phase 1: receiver answers 500.
     let responder = Responder::open(config.clone(), &outbox).unwrap();
     let run = Running::start(&responder);
-    let batch1: Vec<_> = (0..20).map(|i| alert(&format!("fp{i}"), "prompt_injection", Severity::High, i)).collect();
+    let batch1: Vec<_> = (0..20)
+        .map(|i| alert(&format!("fp{i}"), "prompt_injection", Severity::High, i))
+        .collect();
     responder.submit(&batch1).unwrap();
     assert!(wait_until(Duration::from_secs(5), || responder
         .deliveries()
         .iter()
-        .any(|d| d.status == DeliveryStatus::Retrying && d.attempts >= 2)));
+        .any(
+            |d| d.status == DeliveryStatus::Retrying && d.attempts >= 2
+        )));
     run.crash();
     drop(responder);
 
@@ -37,12 +45,24 @@ fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
     let responder = Responder::open(config.clone(), &outbox).unwrap();
     assert_eq!(responder.open_findings(), 20, "findings survive the crash");
     let run = Running::start(&responder);
-    let batch2: Vec<_> = (10..30).map(|i| alert(&format!("fp{i}"), "prompt_injection", Severity::Critical, 100 + i)).collect();
+    let batch2: Vec<_> = (10..30)
+        .map(|i| {
+            alert(
+                &format!("fp{i}"),
+                "prompt_injection",
+                Severity::Critical,
+                100 + i,
+            )
+        })
+        .collect();
     responder.submit(&batch2).unwrap();
     assert!(wait_until(Duration::from_secs(5), || responder
         .deliveries()
         .iter()
-        .any(|d| d.last_error.as_deref().is_some_and(|e| !e.contains("HTTP")))));
+        .any(|d| d
+            .last_error
+            .as_deref()
+            .is_some_and(|e| !e.contains("HTTP")))));
     std::thread::sleep(Duration::from_millis(300));
     run.crash();
     drop(responder);
@@ -57,11 +77,22 @@ fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
         !d.is_empty() && d.iter().all(|d| d.status == DeliveryStatus::Delivered)
     });
     let deliveries = responder.deliveries();
-    assert!(all_delivered, "{:?}", deliveries.iter().filter(|d| d.status != DeliveryStatus::Delivered).collect::<Vec<_>>());
+    assert!(
+        all_delivered,
+        "{:?}",
+        deliveries
+            .iter()
+            .filter(|d| d.status != DeliveryStatus::Delivered)
+            .collect::<Vec<_>>()
+    );
     run.crash();
     receiver.stop();
 
-    assert_eq!(shared.bad_signatures(), 0, "every request carried a valid signature");
+    assert_eq!(
+        shared.bad_signatures(),
+        0,
+        "every request carried a valid signature"
+    );
     let seen = shared.seen();
     for (rev, ids) in ids_per_revision(&seen) {
         assert_eq!(ids.len(), 1, "{rev} was sent with {ids:?}");
@@ -70,23 +101,48 @@ fn outage_and_crashes_lose_nothing_and_never_mint_a_second_id() {
     let created: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.body["type"] == "finding.created")
-        .map(|s| s.body["data"]["metadata"]["correlation_uid"].as_str().unwrap().to_string())
+        .map(|s| {
+            s.body["data"]["metadata"]["correlation_uid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let expected: BTreeSet<String> = (0..30).map(|i| format!("fp{i}")).collect();
     assert_eq!(created, expected);
     let updated_critical: BTreeSet<String> = seen
         .iter()
         .filter(|s| s.body["type"] == "finding.updated" && s.body["data"]["severity_id"] == 5)
-        .map(|s| s.body["data"]["metadata"]["correlation_uid"].as_str().unwrap().to_string())
+        .map(|s| {
+            s.body["data"]["metadata"]["correlation_uid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert!((10..20).all(|i| updated_critical.contains(&format!("fp{i}"))), "{updated_critical:?}");
-    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some("Bearer s3cr3t-token")));
+    assert!(
+        (10..20).all(|i| updated_critical.contains(&format!("fp{i}"))),
+        "{updated_critical:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some("Bearer s3cr3t-token")));
     // Every delivery the outbox knows is one the receiver saw under the same id.
     let seen_ids: BTreeSet<&str> = seen.iter().map(|s| s.webhook_id.as_str()).collect();
-    assert!(deliveries.iter().all(|d| seen_ids.contains(d.webhook_id.as_str())));
+    assert!(deliveries
+        .iter()
+        .all(|d| seen_ids.contains(d.webhook_id.as_str())));
     // Each delivery names an alert of its own finding (what joins `alert_deliveries` to `alerts`).
-    let own = |d: &DeliveryRecord| d.alert_id.as_deref().is_some_and(|a| a.starts_with(&format!("{}-a", d.fingerprint)));
-    assert!(deliveries.iter().all(own), "{:?}", deliveries.iter().find(|d| !own(d)));
+    let own = |d: &DeliveryRecord| {
+        d.alert_id
+            .as_deref()
+            .is_some_and(|a| a.starts_with(&format!("{}-a", d.fingerprint)))
+    };
+    assert!(
+        deliveries.iter().all(own),
+        "{:?}",
+        deliveries.iter().find(|d| !own(d))
+    );
     eprintln!(
         "outage test: {} deliveries, {} requests accepted, {} distinct webhook ids, attempts total {}",
         deliveries.len(),
@@ -115,18 +171,40 @@ fn status_classification_disable_dead_letter_and_replay() {
     ]);
     let responder = Responder::open(config.clone(), dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
-    responder.submit(&[alert("a", "shadow_ai", Severity::Medium, 0), alert("b", "shadow_ai", Severity::Medium, 1)]).unwrap();
-    let by_dest = |name: &str| responder.deliveries().into_iter().filter(|d| d.destination == name).collect::<Vec<_>>();
+    responder
+        .submit(&[
+            alert("a", "shadow_ai", Severity::Medium, 0),
+            alert("b", "shadow_ai", Severity::Medium, 1),
+        ])
+        .unwrap();
+    let by_dest = |name: &str| {
+        responder
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.destination == name)
+            .collect::<Vec<_>>()
+    };
     assert!(wait_until(Duration::from_secs(5), || {
         by_dest("gone").len() == 2
-            && by_dest("gone").iter().all(|d| d.status == DeliveryStatus::Disabled)
-            && by_dest("bad").iter().all(|d| d.status == DeliveryStatus::DeadLetter)
-            && by_dest("moved").iter().all(|d| d.status == DeliveryStatus::DeadLetter)
-            && by_dest("slow").iter().all(|d| d.status == DeliveryStatus::Retrying)
+            && by_dest("gone")
+                .iter()
+                .all(|d| d.status == DeliveryStatus::Disabled)
+            && by_dest("bad")
+                .iter()
+                .all(|d| d.status == DeliveryStatus::DeadLetter)
+            && by_dest("moved")
+                .iter()
+                .all(|d| d.status == DeliveryStatus::DeadLetter)
+            && by_dest("slow")
+                .iter()
+                .all(|d| d.status == DeliveryStatus::Retrying)
             && by_dest("slow").len() == 2
     }));
     let gone = by_dest("gone");
-    assert!(gone.iter().map(|d| d.attempts).sum::<u32>() <= 2, "410 stops the destination, not one more call per delivery");
+    assert!(
+        gone.iter().map(|d| d.attempts).sum::<u32>() <= 2,
+        "410 stops the destination, not one more call per delivery"
+    );
     assert_eq!(responder.disabled_destinations()[0].0, "gone");
     assert_eq!(by_dest("bad")[0].last_status_code, Some(400));
     assert_eq!(by_dest("moved")[0].last_status_code, Some(302));
@@ -134,20 +212,39 @@ fn status_classification_disable_dead_letter_and_replay() {
         let wait = d.next_attempt_at_ms.unwrap() - chrono::Utc::now().timestamp_millis();
         assert!(wait > 20_000, "Retry-After: 30 honoured, got {wait} ms");
     }
-    assert!(shared.seen().iter().all(|s| s.path != "/elsewhere"), "redirect not followed");
+    assert!(
+        shared.seen().iter().all(|s| s.path != "/elsewhere"),
+        "redirect not followed"
+    );
     assert_eq!(responder.dead_letters().len(), 6);
 
     // Receivers fixed: replay everything (and the 410 destination comes back).
     for p in ["/gone", "/bad", "/moved"] {
         shared.set_status(p, 200);
     }
-    let dead_ids: BTreeSet<String> = responder.dead_letters().into_iter().map(|d| d.webhook_id).collect();
-    assert_eq!(responder.replay(&Replay::Ids(vec![by_dest("bad")[0].webhook_id.clone()])).unwrap(), 1);
+    let dead_ids: BTreeSet<String> = responder
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.webhook_id)
+        .collect();
+    assert_eq!(
+        responder
+            .replay(&Replay::Ids(vec![by_dest("bad")[0].webhook_id.clone()]))
+            .unwrap(),
+        1
+    );
     assert_eq!(responder.replay(&Replay::All).unwrap(), 5);
-    assert!(wait_until(Duration::from_secs(5), || responder.dead_letters().is_empty()
-        && ["gone", "bad", "moved"].iter().all(|n| by_dest(n).iter().all(|d| d.status == DeliveryStatus::Delivered))));
+    assert!(wait_until(Duration::from_secs(5), || responder
+        .dead_letters()
+        .is_empty()
+        && ["gone", "bad", "moved"].iter().all(|n| by_dest(n)
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Delivered))));
     let seen_ids: BTreeSet<String> = shared.seen().into_iter().map(|s| s.webhook_id).collect();
-    assert!(dead_ids.is_subset(&seen_ids), "replays keep their webhook ids");
+    assert!(
+        dead_ids.is_subset(&seen_ids),
+        "replays keep their webhook ids"
+    );
     assert!(responder.disabled_destinations().is_empty());
 
     let metric = |name: &str, labels: &[(&str, &str)]| -> f64 {
@@ -155,17 +252,49 @@ fn status_classification_disable_dead_letter_and_replay() {
             .iter()
             .filter(|f| f.name() == name)
             .flat_map(|f| f.get_metric().to_vec())
-            .filter(|m| labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v)))
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
             .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
             .sum()
     };
-    assert!(metric("vigil_webhook_deliveries_total", &[("destination", "gone"), ("outcome", "disabled")]) >= 1.0);
-    assert!(metric("vigil_webhook_deliveries_total", &[("destination", "bad"), ("outcome", "delivered")]) >= 1.0);
+    assert!(
+        metric(
+            "vigil_webhook_deliveries_total",
+            &[("destination", "gone"), ("outcome", "disabled")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            "vigil_webhook_deliveries_total",
+            &[("destination", "bad"), ("outcome", "delivered")]
+        ) >= 1.0
+    );
     assert!(metric("vigil_webhook_attempts_total", &[("destination", "slow")]) >= 2.0);
-    assert_eq!(metric("vigil_webhook_outbox_pending", &[("destination", "slow")]), 2.0);
+    assert_eq!(
+        metric("vigil_webhook_outbox_pending", &[("destination", "slow")]),
+        2.0
+    );
     let batch = responder.deliveries_batch();
     assert_eq!(batch.num_rows(), 8);
-    for col in ["finding_id", "fingerprint", "destination", "revision", "activity", "attempts", "status", "last_error", "last_status_code", "created_at", "delivered_at", "next_attempt_at"] {
+    for col in [
+        "finding_id",
+        "fingerprint",
+        "destination",
+        "revision",
+        "activity",
+        "attempts",
+        "status",
+        "last_error",
+        "last_status_code",
+        "created_at",
+        "delivered_at",
+        "next_attempt_at",
+    ] {
         assert!(batch.column_by_name(col).is_some(), "{col}");
     }
     run.crash();
@@ -178,7 +307,11 @@ fn burst_becomes_one_finding_with_bounded_updates() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Shared::default();
     let receiver = Receiver::start(&shared, 0);
-    let mut config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
+    let mut config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
     // Long enough that a slow submit on a loaded machine (debug build, parallel tests) is not a quiet period
     // that closes the finding mid-burst.
     config.grouping.resolve_after = Duration::from_secs(2);
@@ -187,28 +320,50 @@ fn burst_becomes_one_finding_with_bounded_updates() {
     let run = Running::start(&responder);
     let started = std::time::Instant::now();
     for chunk in 0..100 {
-        let batch: Vec<_> = (0..100).map(|i| alert("burst", "prompt_injection", Severity::High, chunk * 100 + i)).collect();
+        let batch: Vec<_> = (0..100)
+            .map(|i| alert("burst", "prompt_injection", Severity::High, chunk * 100 + i))
+            .collect();
         responder.submit(&batch).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
     let burst = started.elapsed();
-    assert!(wait_until(Duration::from_secs(20), || shared.seen().iter().any(|s| s.body["type"] == "finding.closed")));
+    assert!(wait_until(Duration::from_secs(20), || shared
+        .seen()
+        .iter()
+        .any(|s| s.body["type"] == "finding.closed")));
     run.crash();
     receiver.stop();
     let seen = shared.seen();
-    let finding_ids: BTreeSet<&str> = seen.iter().map(|s| s.body["data"]["finding_info"]["uid"].as_str().unwrap()).collect();
+    let finding_ids: BTreeSet<&str> = seen
+        .iter()
+        .map(|s| s.body["data"]["finding_info"]["uid"].as_str().unwrap())
+        .collect();
     assert_eq!(finding_ids.len(), 1);
     let count = |t: &str| seen.iter().filter(|s| s.body["type"] == t).count();
     assert_eq!(count("finding.created"), 1);
     assert_eq!(count("finding.closed"), 1);
     let max_updates = (burst.as_millis() / group_interval.as_millis()) as usize + 2;
-    assert!(count("finding.updated") <= max_updates, "{} updates for a {burst:?} burst", count("finding.updated"));
-    let last = seen.iter().rev().find(|s| s.body["type"] != "finding.closed").unwrap();
-    let closed = seen.iter().find(|s| s.body["type"] == "finding.closed").unwrap();
+    assert!(
+        count("finding.updated") <= max_updates,
+        "{} updates for a {burst:?} burst",
+        count("finding.updated")
+    );
+    let last = seen
+        .iter()
+        .rev()
+        .find(|s| s.body["type"] != "finding.closed")
+        .unwrap();
+    let closed = seen
+        .iter()
+        .find(|s| s.body["type"] == "finding.closed")
+        .unwrap();
     assert_eq!(closed.body["data"]["count"], 10_000);
     assert_eq!(closed.body["data"]["status_id"], 4);
     assert!(last.body["data"]["count"].as_u64().unwrap() <= 10_000);
-    eprintln!("burst of 10000 in {burst:?}: 1 create, {} updates, 1 close", count("finding.updated"));
+    eprintln!(
+        "burst of 10000 in {burst:?}: 1 create, {} updates, 1 close",
+        count("finding.updated")
+    );
 }
 
 /// Playbooks fire once per finding, signed, and are recorded as responses.
@@ -224,15 +379,30 @@ fn playbook_runs_once_and_is_recorded() {
         min_severity: Severity::High,
         action: "revoke_agent_token".into(),
         url: receiver.url("/actions/revoke"),
-        auth: Some(Auth::Header { name: "ph-auth-token".into(), value: Secret::new("pb-token") }),
+        auth: Some(Auth::Header {
+            name: "ph-auth-token".into(),
+            value: Secret::new("pb-token"),
+        }),
         secret: Some(Secret::new(SECRET)),
     });
     let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
-    responder.submit(&[alert("x", "tool_abuse", Severity::Medium, 0)]).unwrap();
-    responder.submit(&[alert("x", "tool_abuse", Severity::Critical, 1), alert("x", "tool_abuse", Severity::Critical, 2)]).unwrap();
-    responder.submit(&[alert("y", "other", Severity::Critical, 3)]).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || responder.responses().iter().all(|r| r.status == DeliveryStatus::Delivered)
+    responder
+        .submit(&[alert("x", "tool_abuse", Severity::Medium, 0)])
+        .unwrap();
+    responder
+        .submit(&[
+            alert("x", "tool_abuse", Severity::Critical, 1),
+            alert("x", "tool_abuse", Severity::Critical, 2),
+        ])
+        .unwrap();
+    responder
+        .submit(&[alert("y", "other", Severity::Critical, 3)])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || responder
+        .responses()
+        .iter()
+        .all(|r| r.status == DeliveryStatus::Delivered)
         && !responder.responses().is_empty()));
     std::thread::sleep(Duration::from_millis(100));
     run.crash();
@@ -244,9 +414,20 @@ fn playbook_runs_once_and_is_recorded() {
     // The response answers the first alert that met the playbook's conditions (the medium one did not).
     assert_eq!(responses[0].record.alert_id, "x-a1");
     assert!(responses[0].completed_at_ms.is_some());
-    assert_eq!(responses[0].record.responded_at_ms, responses[0].completed_at_ms, "kept beyond the delivery record");
-    let playbook_delivery = responder.deliveries().into_iter().find(|d| d.playbook.is_some()).unwrap();
-    assert_eq!(playbook_delivery.alert_id.as_deref(), Some("x-a1"), "the delivery names the alert the response answers");
+    assert_eq!(
+        responses[0].record.responded_at_ms, responses[0].completed_at_ms,
+        "kept beyond the delivery record"
+    );
+    let playbook_delivery = responder
+        .deliveries()
+        .into_iter()
+        .find(|d| d.playbook.is_some())
+        .unwrap();
+    assert_eq!(
+        playbook_delivery.alert_id.as_deref(),
+        Some("x-a1"),
+        "the delivery names the alert the response answers"
+    );
     let seen = shared.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body["type"], "response.requested");
@@ -261,20 +442,44 @@ fn playbook_runs_once_and_is_recorded() {
     assert_eq!(batch.schema(), vigil_detect::alert_response_schema());
     let rows = response_rows(&batch);
     let responded_us = responses[0].completed_at_ms.unwrap() * 1000;
-    let expected = ("x-a1".to_string(), "revoke".to_string(), "revoke_agent_token".to_string(), "delivered".to_string(), Some(responded_us));
+    let expected = (
+        "x-a1".to_string(),
+        "revoke".to_string(),
+        "revoke_agent_token".to_string(),
+        "delivered".to_string(),
+        Some(responded_us),
+    );
     assert_eq!(rows, vec![expected]);
 }
 
 /// (alert_id, playbook, action, status, responded_at µs) per row of an `alert_response_schema()` batch.
-fn response_rows(batch: &arrow::array::RecordBatch) -> Vec<(String, String, String, String, Option<i64>)> {
+fn response_rows(
+    batch: &arrow::array::RecordBatch,
+) -> Vec<(String, String, String, String, Option<i64>)> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::TimestampMicrosecondType;
-    let text = |name: &str, row: usize| batch.column_by_name(name).unwrap().as_string::<i32>().value(row).to_string();
-    let responded = batch.column_by_name("responded_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    let text = |name: &str, row: usize| {
+        batch
+            .column_by_name(name)
+            .unwrap()
+            .as_string::<i32>()
+            .value(row)
+            .to_string()
+    };
+    let responded = batch
+        .column_by_name("responded_at")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     (0..batch.num_rows())
         .map(|r| {
             let at = responded.is_valid(r).then(|| responded.value(r));
-            (text("alert_id", r), text("response_playbook", r), text("response_action", r), text("response_status", r), at)
+            (
+                text("alert_id", r),
+                text("response_playbook", r),
+                text("response_action", r),
+                text("response_status", r),
+                at,
+            )
         })
         .collect()
 }
@@ -283,45 +488,72 @@ fn response_rows(batch: &arrow::array::RecordBatch) -> Vec<(String, String, Stri
 #[test]
 fn responses_fold_to_one_row_per_alert() {
     use vigil_respond::{alert_responses_to_batch, ResponseRecord, ResponseView};
-    let view = |seq: u64, playbook: &str, alert: &str, status: DeliveryStatus, done: Option<i64>| ResponseView {
-        record: ResponseRecord {
-            seq,
-            playbook: playbook.into(),
-            action: format!("{playbook}_action"),
-            finding_id: "f".into(),
-            alert_id: alert.into(),
-            fingerprint: "fp".into(),
-            detector: "tool_abuse".into(),
-            severity: Severity::Critical,
-            entity_type: "agent".into(),
-            entity_id: "a".into(),
-            triggered_at_ms: 1_000 + seq as i64,
-            delivery_seq: seq,
-            responded_at_ms: done,
-        },
-        status,
-        completed_at_ms: done,
-        last_status_code: None,
-        last_error: None,
-    };
+    let view =
+        |seq: u64, playbook: &str, alert: &str, status: DeliveryStatus, done: Option<i64>| {
+            ResponseView {
+                record: ResponseRecord {
+                    seq,
+                    playbook: playbook.into(),
+                    action: format!("{playbook}_action"),
+                    finding_id: "f".into(),
+                    alert_id: alert.into(),
+                    fingerprint: "fp".into(),
+                    detector: "tool_abuse".into(),
+                    severity: Severity::Critical,
+                    entity_type: "agent".into(),
+                    entity_id: "a".into(),
+                    triggered_at_ms: 1_000 + seq as i64,
+                    delivery_seq: seq,
+                    responded_at_ms: done,
+                },
+                status,
+                completed_at_ms: done,
+                last_status_code: None,
+                last_error: None,
+            }
+        };
     let batch = alert_responses_to_batch(&[
         view(1, "revoke", "a1", DeliveryStatus::Delivered, Some(5_000)),
         view(2, "quarantine", "a1", DeliveryStatus::Retrying, None),
         view(3, "revoke", "a2", DeliveryStatus::Delivered, Some(7_000)),
-        view(4, "quarantine", "a2", DeliveryStatus::Delivered, Some(9_000)),
+        view(
+            4,
+            "quarantine",
+            "a2",
+            DeliveryStatus::Delivered,
+            Some(9_000),
+        ),
         view(5, "revoke", "", DeliveryStatus::Delivered, Some(9_000)),
     ]);
     let s = |v: &str| v.to_string();
     assert_eq!(
         response_rows(&batch),
         vec![
-            (s("a1"), s("revoke,quarantine"), s("revoke_action,quarantine_action"), s("retrying"), None),
-            (s("a2"), s("revoke,quarantine"), s("revoke_action,quarantine_action"), s("delivered"), Some(9_000_000)),
+            (
+                s("a1"),
+                s("revoke,quarantine"),
+                s("revoke_action,quarantine_action"),
+                s("retrying"),
+                None
+            ),
+            (
+                s("a2"),
+                s("revoke,quarantine"),
+                s("revoke_action,quarantine_action"),
+                s("delivered"),
+                Some(9_000_000)
+            ),
         ]
     );
     use arrow::array::AsArray;
-    let requested = batch.column_by_name("response_requested_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-    assert_eq!((requested.value(0), requested.value(1)), (1_001_000, 1_003_000));
+    let requested = batch
+        .column_by_name("response_requested_at")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    assert_eq!(
+        (requested.value(0), requested.value(1)),
+        (1_001_000, 1_003_000)
+    );
 }
 
 /// `vigil alerts test`: a marked finding, the receiver's answer returned.
@@ -342,9 +574,18 @@ fn send_test_returns_the_receivers_answer() {
     assert_eq!(answer.body, "{\"ok\":true}");
     let seen = shared.seen();
     assert_eq!(seen[0].body["type"], "vigil-test");
-    assert!(seen[0].body["title"].as_str().unwrap().starts_with("[TEST]"));
-    assert_eq!(rt.block_on(responder.send_test("broken")).unwrap().status, 503);
-    assert!(matches!(rt.block_on(responder.send_test("nope")), Err(RespondError::UnknownDestination(_))));
+    assert!(seen[0].body["title"]
+        .as_str()
+        .unwrap()
+        .starts_with("[TEST]"));
+    assert_eq!(
+        rt.block_on(responder.send_test("broken")).unwrap().status,
+        503
+    );
+    assert!(matches!(
+        rt.block_on(responder.send_test("nope")),
+        Err(RespondError::UnknownDestination(_))
+    ));
     assert!(responder.deliveries().is_empty(), "tests bypass the outbox");
     receiver.stop();
 }
@@ -353,14 +594,24 @@ fn send_test_returns_the_receivers_answer() {
 #[test]
 fn egress_policy_refuses_metadata_and_keeps_secrets_out_of_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = fast_config(vec![destination("meta", "http://169.254.169.254/latest".into(), Format::Ocsf)]);
+    let mut config = fast_config(vec![destination(
+        "meta",
+        "http://169.254.169.254/latest".into(),
+        Format::Ocsf,
+    )]);
     config.egress.allow_hosts.clear();
     let err = Responder::open(config.clone(), dir.path().join("o.redb")).unwrap_err();
     let text = format!("{err} {err:?}");
-    assert!(text.contains("egress policy denies 169.254.169.254"), "{text}");
+    assert!(
+        text.contains("egress policy denies 169.254.169.254"),
+        "{text}"
+    );
     assert!(!text.contains("s3cr3t-token") && !text.contains("C2FVsBQ"));
     config.destinations[0].url = "http://127.0.0.1:1/x".into();
-    assert!(Responder::open(config.clone(), dir.path().join("o.redb")).is_err(), "loopback needs listing");
+    assert!(
+        Responder::open(config.clone(), dir.path().join("o.redb")).is_err(),
+        "loopback needs listing"
+    );
     config.egress.allow_hosts = vec!["127.0.0.1".into()];
     let r = Responder::open(config, dir.path().join("o.redb")).unwrap();
     assert!(!format!("{r:?}").contains("s3cr3t"));
@@ -374,8 +625,14 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
     let outbox = dir.path().join("outbox.redb");
     let shared = Shared::default();
     let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination("soc", receiver.url("/hook"), Format::Ocsf)]);
-    let stored: Vec<_> = (0..10).map(|i| alert(&format!("fp{i}"), "shadow_ai", Severity::High, i)).collect();
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
+    let stored: Vec<_> = (0..10)
+        .map(|i| alert(&format!("fp{i}"), "shadow_ai", Severity::High, i))
+        .collect();
 
     let responder = Responder::open(config.clone(), &outbox).unwrap();
     responder.submit(&stored[..6]).unwrap();
@@ -384,10 +641,18 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
     // Restart: the store holds all ten; the outbox saw six.
     let responder = Responder::open(config.clone(), &outbox).unwrap();
     assert_eq!(responder.reconcile(&stored).unwrap(), 4);
-    assert_eq!(responder.reconcile(&stored).unwrap(), 0, "a second pass finds nothing missing");
+    assert_eq!(
+        responder.reconcile(&stored).unwrap(),
+        0,
+        "a second pass finds nothing missing"
+    );
     drop(responder);
     let responder = Responder::open(config, &outbox).unwrap();
-    assert_eq!(responder.reconcile(&stored).unwrap(), 0, "remembered across restarts");
+    assert_eq!(
+        responder.reconcile(&stored).unwrap(),
+        0,
+        "remembered across restarts"
+    );
     assert_eq!(responder.open_findings(), 10);
 
     let run = Running::start(&responder);
@@ -399,7 +664,13 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
     receiver.stop();
     // One finding each, each counted once.
     let seen = shared.seen();
-    let created: Vec<_> = seen.iter().filter(|s| s.body["type"] == "finding.created").collect();
+    let created: Vec<_> = seen
+        .iter()
+        .filter(|s| s.body["type"] == "finding.created")
+        .collect();
     assert_eq!(created.len(), 10);
-    assert!(created.iter().all(|s| s.body["data"]["count"] == 1), "no alert folded in twice");
+    assert!(
+        created.iter().all(|s| s.body["data"]["count"] == 1),
+        "no alert folded in twice"
+    );
 }

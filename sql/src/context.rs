@@ -66,12 +66,19 @@ impl Interface {
 
 /// A context with the store tables registered, the store's object store registered under its URL, the
 /// memory limit set and spilling disabled.
-pub fn session_context(source: Arc<dyn SnapshotSource>, limits: QueryLimits) -> Result<SessionContext, DataFusionError> {
+pub fn session_context(
+    source: Arc<dyn SnapshotSource>,
+    limits: QueryLimits,
+) -> Result<SessionContext, DataFusionError> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_limit_bytes, 1.0)
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
         .build_arc()?;
-    let config = SessionConfig::new().with_batch_size(limits.batch_size.max(1)).with_information_schema(true);
+    let config = SessionConfig::new()
+        .with_batch_size(limits.batch_size.max(1))
+        .with_information_schema(true);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     let (url, store) = source.object_store();
     ctx.register_object_store(&url, store);
@@ -81,7 +88,10 @@ pub fn session_context(source: Arc<dyn SnapshotSource>, limits: QueryLimits) -> 
 
 /// The second layer behind the guard: DataFusion itself refuses to plan DDL, DML and statements.
 pub fn read_only_options() -> SQLOptions {
-    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// A collected answer. The schema is kept apart from the batches because an empty answer has no batch to
@@ -99,8 +109,14 @@ impl QueryOutput {
 }
 
 /// Runs one read-only query from the local CLI; see [`run_query_as`].
-pub async fn run_query(ctx: &SessionContext, sql: &str, limits: &QueryLimits) -> Result<Vec<RecordBatch>, QueryError> {
-    run_query_as(ctx, sql, limits, Interface::Cli).await.map(|out| out.batches)
+pub async fn run_query(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    run_query_as(ctx, sql, limits, Interface::Cli)
+        .await
+        .map(|out| out.batches)
 }
 
 /// Runs one read-only query: guard, plan with [`read_only_options`], execute, collect at most
@@ -137,7 +153,11 @@ pub async fn run_query_as(
     result
 }
 
-async fn run_guarded(ctx: &SessionContext, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
+async fn run_guarded(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<QueryOutput, QueryError> {
     guard::check_sql(sql, GuardPolicy::STATELESS)?;
     let work = async {
         let df = ctx.sql_with_options(sql, read_only_options()).await?;
@@ -146,10 +166,15 @@ async fn run_guarded(ctx: &SessionContext, sql: &str, limits: &QueryLimits) -> R
         let batches = collect_at_most(stream, limits.max_result_rows).await?;
         Ok(QueryOutput { schema, batches })
     };
-    tokio::time::timeout(limits.timeout, work).await.map_err(|_| QueryError::Timeout(limits.timeout))?
+    tokio::time::timeout(limits.timeout, work)
+        .await
+        .map_err(|_| QueryError::Timeout(limits.timeout))?
 }
 
-async fn collect_at_most(mut stream: SendableRecordBatchStream, max_rows: usize) -> Result<Vec<RecordBatch>, QueryError> {
+async fn collect_at_most(
+    mut stream: SendableRecordBatchStream,
+    max_rows: usize,
+) -> Result<Vec<RecordBatch>, QueryError> {
     let mut batches = Vec::new();
     let mut rows = 0usize;
     while let Some(batch) = stream.next().await {
@@ -170,7 +195,11 @@ mod tests {
     use arrow::array::Int64Array;
 
     fn count(batches: &[RecordBatch]) -> i64 {
-        let col = batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("count is Int64");
+        let col = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("count is Int64");
         col.value(0)
     }
 
@@ -179,28 +208,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20), (2, 30)], 7);
         let ctx = session_context(Arc::new(source), QueryLimits::default()).unwrap();
-        let batches = run_query(&ctx, "SELECT count(*) FROM events", &QueryLimits::default()).await.unwrap();
+        let batches = run_query(&ctx, "SELECT count(*) FROM events", &QueryLimits::default())
+            .await
+            .unwrap();
         assert_eq!(count(&batches), 10 + 20 + 30 + 7);
     }
 
     #[tokio::test]
     async fn refused_statements_never_reach_datafusion() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), QueryLimits::default()).unwrap();
+        let ctx = session_context(
+            Arc::new(TestSource::with_hours(dir.path(), &[], 1)),
+            QueryLimits::default(),
+        )
+        .unwrap();
         let target = dir.path().join("copied");
         let sql = format!("COPY (SELECT 1) TO '{}'", target.display());
-        let err = run_query(&ctx, &sql, &QueryLimits::default()).await.unwrap_err();
+        let err = run_query(&ctx, &sql, &QueryLimits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, QueryError::Refused(_)), "{err}");
         assert!(err.to_string().contains("COPY is not allowed"), "{err}");
         assert!(!target.exists());
 
-        let err = run_query(&ctx, "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", &QueryLimits::default())
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("CREATE EXTERNAL TABLE is not allowed"), "{err}");
+        let err = run_query(
+            &ctx,
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("CREATE EXTERNAL TABLE is not allowed"),
+            "{err}"
+        );
         assert!(ctx.table_exist("x").is_ok_and(|exists| !exists));
 
-        let err = run_query(&ctx, "DROP TABLE events", &QueryLimits::default()).await.unwrap_err();
+        let err = run_query(&ctx, "DROP TABLE events", &QueryLimits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, QueryError::Refused(_)), "{err}");
         assert!(ctx.table_exist("events").unwrap());
     }
@@ -209,7 +256,10 @@ mod tests {
     async fn datafusion_refuses_statements_the_guard_lets_through() {
         // Second layer: even if the guard allowed it, the plan-level options refuse DDL.
         let ctx = SessionContext::new();
-        let err = ctx.sql_with_options("CREATE TABLE t AS SELECT 1", read_only_options()).await.unwrap_err();
+        let err = ctx
+            .sql_with_options("CREATE TABLE t AS SELECT 1", read_only_options())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("DDL not supported"), "{err}");
         assert!(ctx.table_exist("t").is_ok_and(|exists| !exists));
     }
@@ -217,37 +267,73 @@ mod tests {
     #[tokio::test]
     async fn runaway_cross_join_hits_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = QueryLimits { timeout: Duration::from_millis(500), ..QueryLimits::default() };
-        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(500),
+            ..QueryLimits::default()
+        };
+        let ctx = session_context(
+            Arc::new(TestSource::with_hours(dir.path(), &[], 1)),
+            limits.clone(),
+        )
+        .unwrap();
         let started = Instant::now();
-        let err = run_query(&ctx, "SELECT count(*) FROM range(100000000) a, range(100000000) b", &limits)
-            .await
-            .unwrap_err();
+        let err = run_query(
+            &ctx,
+            "SELECT count(*) FROM range(100000000) a, range(100000000) b",
+            &limits,
+        )
+        .await
+        .unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, QueryError::Timeout(_)), "{err}");
         assert!(err.to_string().contains("statement timeout"), "{err}");
-        assert!(took < Duration::from_secs(5), "the timeout took {took:?} to fire");
+        assert!(
+            took < Duration::from_secs(5),
+            "the timeout took {took:?} to fire"
+        );
     }
 
     #[tokio::test]
     async fn memory_hungry_sort_hits_the_memory_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = QueryLimits { memory_limit_bytes: 16 << 20, ..QueryLimits::default() };
-        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
-        let err = run_query(&ctx, "SELECT value FROM range(20000000) ORDER BY value DESC LIMIT 5 OFFSET 10000000", &limits)
-            .await
-            .unwrap_err();
+        let limits = QueryLimits {
+            memory_limit_bytes: 16 << 20,
+            ..QueryLimits::default()
+        };
+        let ctx = session_context(
+            Arc::new(TestSource::with_hours(dir.path(), &[], 1)),
+            limits.clone(),
+        )
+        .unwrap();
+        let err = run_query(
+            &ctx,
+            "SELECT value FROM range(20000000) ORDER BY value DESC LIMIT 5 OFFSET 10000000",
+            &limits,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, QueryError::ResourcesExhausted(_)), "{err}");
     }
 
     #[tokio::test]
     async fn large_answers_are_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = QueryLimits { max_result_rows: 100, ..QueryLimits::default() };
-        let ctx = session_context(Arc::new(TestSource::with_hours(dir.path(), &[], 1)), limits.clone()).unwrap();
-        let err = run_query(&ctx, "SELECT value FROM range(1000)", &limits).await.unwrap_err();
+        let limits = QueryLimits {
+            max_result_rows: 100,
+            ..QueryLimits::default()
+        };
+        let ctx = session_context(
+            Arc::new(TestSource::with_hours(dir.path(), &[], 1)),
+            limits.clone(),
+        )
+        .unwrap();
+        let err = run_query(&ctx, "SELECT value FROM range(1000)", &limits)
+            .await
+            .unwrap_err();
         assert!(matches!(err, QueryError::TooManyRows(100)), "{err}");
-        let ok = run_query(&ctx, "SELECT value FROM range(100)", &limits).await.unwrap();
+        let ok = run_query(&ctx, "SELECT value FROM range(100)", &limits)
+            .await
+            .unwrap();
         assert_eq!(test_support::total_rows(&ok), 100);
     }
 }

@@ -73,7 +73,9 @@ mod tests {
         assert!(matches!(QueryError::from(plan), QueryError::Invalid(_)));
         let mem = DataFusionError::Context(
             "sort".into(),
-            Box::new(DataFusionError::ResourcesExhausted("Failed to allocate".into())),
+            Box::new(DataFusionError::ResourcesExhausted(
+                "Failed to allocate".into(),
+            )),
         );
         let e = QueryError::from(mem);
         assert!(matches!(e, QueryError::ResourcesExhausted(_)), "{e:?}");

@@ -12,7 +12,8 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    visit_relations, Expr, ObjectName, Query, Select, Set, SetExpr, Statement, TableFactor, Visit, Visitor,
+    visit_relations, Expr, ObjectName, Query, Select, Set, SetExpr, Statement, TableFactor, Visit,
+    Visitor,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
@@ -45,9 +46,15 @@ pub struct GuardPolicy {
 
 impl GuardPolicy {
     /// Stateless interfaces (HTTP API, CLI): queries only.
-    pub const STATELESS: GuardPolicy = GuardPolicy { allow_session_settings: false, allow_transactions: false };
+    pub const STATELESS: GuardPolicy = GuardPolicy {
+        allow_session_settings: false,
+        allow_transactions: false,
+    };
     /// pg-wire sessions: queries plus harmless per-session statements.
-    pub const PG_SESSION: GuardPolicy = GuardPolicy { allow_session_settings: true, allow_transactions: true };
+    pub const PG_SESSION: GuardPolicy = GuardPolicy {
+        allow_session_settings: true,
+        allow_transactions: true,
+    };
 }
 
 /// Session variables a pg client may `SET`. They are kept per connection by the pg server and never reach
@@ -90,7 +97,9 @@ pub fn check_df_statement(statement: &DFStatement, policy: GuardPolicy) -> Resul
         DFStatement::CreateExternalTable(_) => Err(Refusal::new("CREATE EXTERNAL TABLE")),
         DFStatement::CopyTo(_) => Err(Refusal::new("COPY")),
         // EXPLAIN ANALYZE runs its statement, so the inner statement must pass on its own.
-        DFStatement::Explain(explain) => check_df_statement(&explain.statement, GuardPolicy::STATELESS),
+        DFStatement::Explain(explain) => {
+            check_df_statement(&explain.statement, GuardPolicy::STATELESS)
+        }
         DFStatement::Reset(_) => Err(Refusal::new("RESET")),
     }
 }
@@ -113,7 +122,9 @@ pub fn check_statement(statement: &Statement, policy: GuardPolicy) -> Result<(),
         | Statement::ShowViews { .. }
         | Statement::ShowCreate { .. } => check_relations(statement),
         Statement::Set(set) if policy.allow_session_settings => check_set(set),
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. }
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
             if policy.allow_transactions =>
         {
             Ok(())
@@ -124,7 +135,12 @@ pub fn check_statement(statement: &Statement, policy: GuardPolicy) -> Result<(),
 
 fn check_set(set: &Set) -> Result<(), Refusal> {
     match set {
-        Set::SingleAssignment { hivevar: false, variable, values, .. } => {
+        Set::SingleAssignment {
+            hivevar: false,
+            variable,
+            values,
+            ..
+        } => {
             let name = variable.to_string().to_ascii_lowercase();
             if SESSION_VARIABLES.contains(&name.as_str()) {
                 for value in values {
@@ -188,9 +204,12 @@ impl Visitor for QueryChecker {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Refusal> {
         match factor {
-            TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => {
-                check_table_function(name)
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
             }
+            | TableFactor::Function { name, .. } => check_table_function(name),
             TableFactor::TableFunction { expr, .. } => match expr {
                 Expr::Function(f) => check_table_function(&f.name),
                 other => ControlFlow::Break(Refusal::new(format!("table function {other}"))),
@@ -260,7 +279,10 @@ fn statement_name(statement: &Statement) -> String {
         .take(3)
         .collect();
     if keywords.is_empty() {
-        text.split_whitespace().next().unwrap_or("statement").to_string()
+        text.split_whitespace()
+            .next()
+            .unwrap_or("statement")
+            .to_string()
     } else {
         keywords.join(" ")
     }
@@ -301,13 +323,19 @@ mod tests {
 
     #[test]
     fn refuses_external_tables_copy_and_ddl() {
-        assert_eq!(refused("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'"), "CREATE EXTERNAL TABLE");
+        assert_eq!(
+            refused("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'"),
+            "CREATE EXTERNAL TABLE"
+        );
         assert_eq!(refused("COPY (SELECT 1) TO '/tmp/x'"), "COPY");
         assert_eq!(refused("COPY events TO '/tmp/x' STORED AS PARQUET"), "COPY");
         assert_eq!(refused("CREATE TABLE t AS SELECT 1"), "CREATE TABLE");
         assert_eq!(refused("CREATE VIEW v AS SELECT 1"), "CREATE VIEW");
         assert_eq!(refused("DROP TABLE events"), "DROP TABLE");
-        assert_eq!(refused("INSERT INTO events SELECT * FROM events"), "INSERT INTO");
+        assert_eq!(
+            refused("INSERT INTO events SELECT * FROM events"),
+            "INSERT INTO"
+        );
         assert_eq!(refused("DELETE FROM events"), "DELETE FROM");
         assert_eq!(refused("SET datafusion.execution.batch_size = 1"), "SET");
         assert_eq!(refused("RESET datafusion.execution.batch_size"), "RESET");
@@ -316,40 +344,78 @@ mod tests {
 
     #[test]
     fn refuses_explain_analyze_of_a_write() {
-        assert_eq!(refused("EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/x'"), "COPY");
-        assert_eq!(refused("EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events"), "INSERT INTO");
+        assert_eq!(
+            refused("EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/x'"),
+            "COPY"
+        );
+        assert_eq!(
+            refused("EXPLAIN ANALYZE INSERT INTO events SELECT * FROM events"),
+            "INSERT INTO"
+        );
     }
 
     #[test]
     fn refuses_file_reading_functions() {
-        assert_eq!(refused("SELECT * FROM read_parquet('/etc/x.parquet')"), "table function read_parquet");
-        assert_eq!(refused("SELECT * FROM read_csv('/etc/passwd')"), "table function read_csv");
-        assert_eq!(refused("SELECT count(*) FROM (SELECT * FROM read_json('/x.json')) t"), "table function read_json");
-        assert_eq!(refused("SELECT * FROM '/etc/passwd'"), "reading the path '/etc/passwd'");
-        assert_eq!(refused("SELECT read_file('/etc/passwd')"), "function read_file");
+        assert_eq!(
+            refused("SELECT * FROM read_parquet('/etc/x.parquet')"),
+            "table function read_parquet"
+        );
+        assert_eq!(
+            refused("SELECT * FROM read_csv('/etc/passwd')"),
+            "table function read_csv"
+        );
+        assert_eq!(
+            refused("SELECT count(*) FROM (SELECT * FROM read_json('/x.json')) t"),
+            "table function read_json"
+        );
+        assert_eq!(
+            refused("SELECT * FROM '/etc/passwd'"),
+            "reading the path '/etc/passwd'"
+        );
+        assert_eq!(
+            refused("SELECT read_file('/etc/passwd')"),
+            "function read_file"
+        );
     }
 
     #[test]
     fn one_refused_statement_refuses_the_batch() {
-        assert_eq!(refused("SELECT 1; DROP TABLE events; SELECT 2"), "DROP TABLE");
+        assert_eq!(
+            refused("SELECT 1; DROP TABLE events; SELECT 2"),
+            "DROP TABLE"
+        );
     }
 
     #[test]
     fn pg_sessions_may_set_whitelisted_variables_only() {
         let pg = GuardPolicy::PG_SESSION;
-        for sql in ["SET datestyle = 'ISO, MDY'", "SET extra_float_digits = 3", "SET TIME ZONE 'UTC'", "BEGIN", "COMMIT"] {
+        for sql in [
+            "SET datestyle = 'ISO, MDY'",
+            "SET extra_float_digits = 3",
+            "SET TIME ZONE 'UTC'",
+            "BEGIN",
+            "COMMIT",
+        ] {
             check_sql(sql, pg).unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
         match check_sql("SET datafusion.runtime.memory_limit = '100G'", pg) {
-            Err(QueryError::Refused(r)) => assert_eq!(r.what, "SET datafusion.runtime.memory_limit"),
+            Err(QueryError::Refused(r)) => {
+                assert_eq!(r.what, "SET datafusion.runtime.memory_limit")
+            }
             other => panic!("{other:?}"),
         }
         // Stateless interfaces refuse SET entirely.
-        assert!(matches!(check_sql("SET datestyle = 'ISO'", GuardPolicy::STATELESS), Err(QueryError::Refused(_))));
+        assert!(matches!(
+            check_sql("SET datestyle = 'ISO'", GuardPolicy::STATELESS),
+            Err(QueryError::Refused(_))
+        ));
     }
 
     #[test]
     fn parse_errors_are_invalid_not_refused() {
-        assert!(matches!(check_sql("SELEC 1", GuardPolicy::STATELESS), Err(QueryError::Invalid(_))));
+        assert!(matches!(
+            check_sql("SELEC 1", GuardPolicy::STATELESS),
+            Err(QueryError::Invalid(_))
+        ));
     }
 }

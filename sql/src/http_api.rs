@@ -38,7 +38,9 @@ pub struct ApiState {
 
 /// The query API's routes, to be merged into the binary's HTTP server (behind its authentication).
 pub fn router(state: ApiState) -> Router {
-    Router::new().route("/api/v1/query", post(query)).with_state(state)
+    Router::new()
+        .route("/api/v1/query", post(query))
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,9 +83,12 @@ async fn query(
         Ok(r) => r,
         Err(rejection) => return error_response(StatusCode::BAD_REQUEST, &rejection.body_text()),
     };
-    let format = request.format.unwrap_or_else(|| format_from_accept(&headers));
+    let format = request
+        .format
+        .unwrap_or_else(|| format_from_accept(&headers));
     let started = Instant::now();
-    let output = match run_query_as(&state.ctx, &request.sql, &state.limits, Interface::Http).await {
+    let output = match run_query_as(&state.ctx, &request.sql, &state.limits, Interface::Http).await
+    {
         Ok(output) => output,
         Err(e) => return query_error_response(&e),
     };
@@ -96,15 +101,23 @@ async fn query(
     match encoded {
         Ok((content_type, body)) => {
             let mut response = (StatusCode::OK, body).into_response();
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             response
         }
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the answer failed: {e}")),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding the answer failed: {e}"),
+        ),
     }
 }
 
 fn format_from_accept(headers: &HeaderMap) -> Format {
-    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.contains("text/csv") {
         Format::Csv
     } else if accept.contains(ARROW_STREAM) {
@@ -115,7 +128,11 @@ fn format_from_accept(headers: &HeaderMap) -> Format {
 }
 
 fn query_error_response(e: &QueryError) -> Response {
-    let status = if e.is_client_error() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let status = if e.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     error_response(status, &e.to_string())
 }
 
@@ -135,9 +152,10 @@ fn with_utc_timestamps(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBat
         .fields()
         .iter()
         .map(|f| match f.data_type() {
-            DataType::Timestamp(unit, None) => {
-                f.as_ref().clone().with_data_type(DataType::Timestamp(*unit, Some("UTC".into())))
-            }
+            DataType::Timestamp(unit, None) => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Timestamp(*unit, Some("UTC".into()))),
             _ => f.as_ref().clone(),
         })
         .collect();
@@ -150,7 +168,13 @@ fn with_utc_timestamps(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBat
                 .columns()
                 .iter()
                 .zip(schema.fields())
-                .map(|(col, field)| if col.data_type() == field.data_type() { Ok(col.clone()) } else { cast(col, field.data_type()) })
+                .map(|(col, field)| {
+                    if col.data_type() == field.data_type() {
+                        Ok(col.clone())
+                    } else {
+                        cast(col, field.data_type())
+                    }
+                })
                 .collect::<Result<Vec<ArrayRef>, _>>()?;
             RecordBatch::try_new(schema.clone(), columns)
         })
@@ -173,13 +197,18 @@ fn encode_json(output: &QueryOutput, elapsed_ms: f64) -> Result<Vec<u8>, ArrowEr
     if rows.is_empty() {
         rows.extend_from_slice(b"[]");
     }
-    let rows = RawValue::from_string(String::from_utf8(rows).map_err(|e| ArrowError::JsonError(e.to_string()))?)
-        .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    let rows = RawValue::from_string(
+        String::from_utf8(rows).map_err(|e| ArrowError::JsonError(e.to_string()))?,
+    )
+    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
     let answer = JsonAnswer {
         columns: schema
             .fields()
             .iter()
-            .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+            .map(|f| Column {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
             .collect(),
         rows,
         row_count: output.row_count(),
@@ -192,7 +221,9 @@ fn encode_csv(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
     let (schema, batches) = with_utc_timestamps(output)?;
     let mut body = Vec::new();
     {
-        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut body);
+        let mut writer = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut body);
         if batches.is_empty() {
             writer.write(&RecordBatch::new_empty(schema))?;
         }
@@ -254,7 +285,8 @@ mod tests {
         assert_eq!(rows[0]["n"], 7);
         assert_eq!(rows[1]["n"], 5);
         let first = rows[0]["first"].as_str().unwrap();
-        let parsed = chrono::DateTime::parse_from_rfc3339(first).unwrap_or_else(|e| panic!("{first}: {e}"));
+        let parsed =
+            chrono::DateTime::parse_from_rfc3339(first).unwrap_or_else(|e| panic!("{first}: {e}"));
         assert_eq!(parsed.timestamp(), crate::test_support::BASE_US / 1_000_000);
         assert!(body["elapsed_ms"].as_f64().unwrap() >= 0.0);
     }
@@ -266,9 +298,17 @@ mod tests {
         let client = reqwest::Client::new();
         let sql = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id ORDER BY user_id";
 
-        let resp = client.post(&url).json(&serde_json::json!({"sql": sql, "format": "csv"})).send().await.unwrap();
+        let resp = client
+            .post(&url)
+            .json(&serde_json::json!({"sql": sql, "format": "csv"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
-        assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/csv"));
+        assert!(resp.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv"));
         let text = resp.text().await.unwrap();
         // Users cycle user0,user1,user2 within each file: 4 -> 2,1,1; 5 -> 2,2,1; 3 -> 1,1,1.
         assert_eq!(text, "user_id,n\nuser0,5\nuser1,4\nuser2,3\n");
@@ -283,12 +323,19 @@ mod tests {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[CONTENT_TYPE], ARROW_STREAM);
         let bytes = resp.bytes().await.unwrap();
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
         let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         assert_eq!(batches[0].schema().field(1).name(), "n");
 
-        let resp = client.post(&url).header(ACCEPT, "text/csv").json(&serde_json::json!({"sql": sql})).send().await.unwrap();
+        let resp = client
+            .post(&url)
+            .header(ACCEPT, "text/csv")
+            .json(&serde_json::json!({"sql": sql}))
+            .send()
+            .await
+            .unwrap();
         assert!(resp.text().await.unwrap().starts_with("user_id,n\n"));
     }
 
@@ -299,7 +346,9 @@ mod tests {
         let client = reqwest::Client::new();
         let body: serde_json::Value = client
             .post(&url)
-            .json(&serde_json::json!({"sql": "SELECT event_id FROM events WHERE user_id = 'nobody'"}))
+            .json(
+                &serde_json::json!({"sql": "SELECT event_id FROM events WHERE user_id = 'nobody'"}),
+            )
             .send()
             .await
             .unwrap()
@@ -318,17 +367,34 @@ mod tests {
         let client = reqwest::Client::new();
         for (sql, needle) in [
             ("COPY (SELECT 1) TO '/tmp/x'", "COPY is not allowed"),
-            ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'", "CREATE EXTERNAL TABLE is not allowed"),
-            ("SELECT * FROM read_csv('/etc/passwd')", "table function read_csv is not allowed"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+                "CREATE EXTERNAL TABLE is not allowed",
+            ),
+            (
+                "SELECT * FROM read_csv('/etc/passwd')",
+                "table function read_csv is not allowed",
+            ),
             ("SELECT nope FROM events", "invalid SQL"),
         ] {
-            let resp = client.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.unwrap();
+            let resp = client
+                .post(&url)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 400, "{sql}");
             let body: serde_json::Value = resp.json().await.unwrap();
             let error = body["error"].as_str().unwrap();
             assert!(error.contains(needle), "{sql}: {error}");
         }
-        let resp = client.post(&url).header(CONTENT_TYPE, "application/json").body("{\"query\": 1}").send().await.unwrap();
+        let resp = client
+            .post(&url)
+            .header(CONTENT_TYPE, "application/json")
+            .body("{\"query\": 1}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 400);
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains("sql"), "{body}");

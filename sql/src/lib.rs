@@ -21,4 +21,6 @@ pub use context::{run_query, run_query_as, session_context, Interface, QueryLimi
 pub use error::QueryError;
 pub use guard::{GuardPolicy, Refusal};
 pub use source::SnapshotSource;
-pub use tables::{register_alert_responses, register_live_table, AlertsView, LiveTable, StoreTable};
+pub use tables::{
+    register_alert_responses, register_live_table, AlertsView, LiveTable, StoreTable,
+};

@@ -8,7 +8,10 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 /// `memory_limit`, `too_many_rows`, `error`).
 pub static QUERIES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(IntCounterVec::new(
-        Opts::new("vigil_sql_queries_total", "SQL queries finished, by interface and outcome"),
+        Opts::new(
+            "vigil_sql_queries_total",
+            "SQL queries finished, by interface and outcome",
+        ),
         &["interface", "outcome"],
     ))
 });
@@ -16,7 +19,10 @@ pub static QUERIES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Statements the read-only guard refused, by interface: a rising count means someone probes the endpoint.
 pub static REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(IntCounterVec::new(
-        Opts::new("vigil_sql_refused_total", "SQL statements refused by the read-only guard"),
+        Opts::new(
+            "vigil_sql_refused_total",
+            "SQL statements refused by the read-only guard",
+        ),
         &["interface"],
     ))
 });
@@ -24,8 +30,13 @@ pub static REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Wall time of queries (planning plus execution), by interface.
 pub static QUERY_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(HistogramVec::new(
-        HistogramOpts::new("vigil_sql_query_seconds", "SQL query wall time, planning plus execution")
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        HistogramOpts::new(
+            "vigil_sql_query_seconds",
+            "SQL query wall time, planning plus execution",
+        )
+        .buckets(vec![
+            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]),
         &["interface"],
     ))
 });
@@ -44,7 +55,9 @@ pub fn record(interface: &str, outcome: &str, seconds: f64) {
     if outcome == "refused" {
         REFUSED_TOTAL.with_label_values(&[interface]).inc();
     }
-    QUERY_SECONDS.with_label_values(&[interface]).observe(seconds);
+    QUERY_SECONDS
+        .with_label_values(&[interface])
+        .observe(seconds);
 }
 
 #[cfg(test)]
@@ -53,12 +66,24 @@ mod tests {
 
     #[test]
     fn refusals_count_in_both_counters() {
-        let before_q = QUERIES_TOTAL.with_label_values(&["test_iface", "refused"]).get();
+        let before_q = QUERIES_TOTAL
+            .with_label_values(&["test_iface", "refused"])
+            .get();
         let before_r = REFUSED_TOTAL.with_label_values(&["test_iface"]).get();
         record("test_iface", "refused", 0.001);
-        assert_eq!(QUERIES_TOTAL.with_label_values(&["test_iface", "refused"]).get(), before_q + 1);
-        assert_eq!(REFUSED_TOTAL.with_label_values(&["test_iface"]).get(), before_r + 1);
+        assert_eq!(
+            QUERIES_TOTAL
+                .with_label_values(&["test_iface", "refused"])
+                .get(),
+            before_q + 1
+        );
+        assert_eq!(
+            REFUSED_TOTAL.with_label_values(&["test_iface"]).get(),
+            before_r + 1
+        );
         let families = prometheus::default_registry().gather();
-        assert!(families.iter().any(|f| f.name() == "vigil_sql_query_seconds"));
+        assert!(families
+            .iter()
+            .any(|f| f.name() == "vigil_sql_query_seconds"));
     }
 }

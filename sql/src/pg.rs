@@ -36,7 +36,9 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -115,9 +117,14 @@ pub struct PgServer {
 
 impl PgServer {
     /// Adds the pg catalog (`pg_catalog.*`, `current_database()`, ...) to `ctx`: call once per context.
-    pub fn new(ctx: Arc<SessionContext>, auth: Arc<dyn PgAuth>, limits: QueryLimits) -> Result<Self, PgServerError> {
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        auth: Arc<dyn PgAuth>,
+        limits: QueryLimits,
+    ) -> Result<Self, PgServerError> {
         // By value: an `Arc<AuthManager>` here recurses without end on `pg_roles` (psql's `\du`).
-        setup_pg_catalog(&ctx, "datafusion", AuthManager::new()).map_err(|e| PgServerError::Catalog(e.to_string()))?;
+        setup_pg_catalog(&ctx, "datafusion", AuthManager::new())
+            .map_err(|e| PgServerError::Catalog(e.to_string()))?;
         let inner = Arc::new(DfSessionService::new(ctx.clone()));
         let sql_parser = Arc::new(PostgresCompatibilityParser::new());
         let service = Arc::new(GuardedService {
@@ -131,7 +138,12 @@ impl PgServer {
             ctx,
             limits,
         });
-        Ok(Self { service, auth, max_connections: 64, tls: None })
+        Ok(Self {
+            service,
+            auth,
+            max_connections: 64,
+            tls: None,
+        })
     }
 
     /// Serves TLS (the acceptor must not offer ALPN; see `vigil_ingest::security::tls::acceptor_without_alpn`)
@@ -155,7 +167,10 @@ impl PgServer {
             parameters: DefaultServerParameterProvider::default(),
             require_tls: self.tls.is_some(),
         });
-        let handlers = Arc::new(VigilPgHandlers { service: self.service.clone(), startup });
+        let handlers = Arc::new(VigilPgHandlers {
+            service: self.service.clone(),
+            startup,
+        });
         let slots = Arc::new(Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -217,7 +232,11 @@ struct PasswordStartup {
 
 #[async_trait]
 impl StartupHandler for PasswordStartup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -237,11 +256,18 @@ impl StartupHandler for PasswordStartup {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
             }
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let pwd = pwd.into_password()?;
-                let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_owned();
+                let user = LoginInfo::from_client_info(client)
+                    .user()
+                    .unwrap_or_default()
+                    .to_owned();
                 if self.auth.check(&user, &pwd.password) {
                     finish_authentication(client, &self.parameters).await?;
                 } else {
@@ -283,7 +309,10 @@ fn is_session_statement(statement: &Statement) -> bool {
 /// Parses with the pg-compatibility parser (which rewrites pg-isms for DataFusion) and guards every statement.
 /// DataFusion-only syntax (`CREATE EXTERNAL TABLE`) does not parse there; such SQL is re-checked with
 /// DataFusion's parser so the error names what was refused rather than a syntax error.
-fn parse_and_guard(parser: &PostgresCompatibilityParser, sql: &str) -> Result<Vec<Statement>, QueryError> {
+fn parse_and_guard(
+    parser: &PostgresCompatibilityParser,
+    sql: &str,
+) -> Result<Vec<Statement>, QueryError> {
     let statements = match parser.parse(sql) {
         Ok(statements) => statements,
         Err(e) => {
@@ -308,16 +337,22 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
         QueryError::TooManyRows(_) => "54000",
         QueryError::Execution(_) => "XX000",
     };
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), code.to_owned(), e.to_string())))
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        code.to_owned(),
+        e.to_string(),
+    )))
 }
 
 /// Errors from the wrapped service: keep SQLSTATEs it chose, classify DataFusion errors like we do.
 fn inner_error(e: PgWireError) -> QueryError {
     match e {
-        PgWireError::ApiError(source) => match source.downcast::<datafusion::error::DataFusionError>() {
-            Ok(df) => QueryError::from(*df),
-            Err(other) => QueryError::Invalid(other.to_string()),
-        },
+        PgWireError::ApiError(source) => {
+            match source.downcast::<datafusion::error::DataFusionError>() {
+                Ok(df) => QueryError::from(*df),
+                Err(other) => QueryError::Invalid(other.to_string()),
+            }
+        }
         other => QueryError::Invalid(other.to_string()),
     }
 }
@@ -327,12 +362,20 @@ fn record(outcome: Result<(), &QueryError>, started: Instant) {
         Ok(()) => "ok",
         Err(e) => e.outcome(),
     };
-    metrics::record(Interface::Pg.as_str(), outcome, started.elapsed().as_secs_f64());
+    metrics::record(
+        Interface::Pg.as_str(),
+        outcome,
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 /// Ends the row stream with a timeout error once `deadline` passes, so the timeout covers rows produced
 /// while they are sent, not only planning.
-fn with_deadline(mut response: QueryResponse, deadline: tokio::time::Instant, timeout: Duration) -> QueryResponse {
+fn with_deadline(
+    mut response: QueryResponse,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> QueryResponse {
     let rows = std::mem::replace(&mut response.data_rows, Box::pin(futures::stream::empty()));
     let limited = futures::stream::unfold(Some(rows), move |rows| async move {
         let mut rows = rows?;
@@ -347,7 +390,11 @@ fn with_deadline(mut response: QueryResponse, deadline: tokio::time::Instant, ti
 }
 
 impl GuardedService {
-    async fn run_statement<C>(&self, client: &C, statement: &Statement) -> Result<Response, QueryError>
+    async fn run_statement<C>(
+        &self,
+        client: &C,
+        statement: &Statement,
+    ) -> Result<Response, QueryError>
     where
         C: ClientInfo + ?Sized,
     {
@@ -356,12 +403,18 @@ impl GuardedService {
         let format_options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let plan = async {
             let df = self.ctx.sql_with_options(&sql, read_only_options()).await?;
-            encode_dataframe(df, &Format::UnifiedText, Some(format_options)).await.map_err(inner_error)
+            encode_dataframe(df, &Format::UnifiedText, Some(format_options))
+                .await
+                .map_err(inner_error)
         };
         let response = tokio::time::timeout_at(deadline, plan)
             .await
             .map_err(|_| QueryError::Timeout(self.limits.timeout))??;
-        Ok(Response::Query(with_deadline(response, deadline, self.limits.timeout)))
+        Ok(Response::Query(with_deadline(
+            response,
+            deadline,
+            self.limits.timeout,
+        )))
     }
 }
 
@@ -388,7 +441,14 @@ impl SimpleQueryHandler for GuardedService {
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
             if is_session_statement(statement) {
-                responses.extend(SimpleQueryHandler::do_query(self.inner.as_ref(), client, &statement.to_string()).await?);
+                responses.extend(
+                    SimpleQueryHandler::do_query(
+                        self.inner.as_ref(),
+                        client,
+                        &statement.to_string(),
+                    )
+                    .await?,
+                );
                 continue;
             }
             match self.run_statement(client, statement).await {
@@ -415,7 +475,12 @@ impl ExtendedQueryHandler for GuardedService {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -425,10 +490,19 @@ impl ExtendedQueryHandler for GuardedService {
         // The statement passed the guard and the plan check in `GuardedParser::parse_sql`.
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let result = match tokio::time::timeout_at(deadline, ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)).await {
+        let result = match tokio::time::timeout_at(
+            deadline,
+            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+        )
+        .await
+        {
             Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
             Ok(Err(e)) => Err(inner_error(e)),
-            Ok(Ok(Response::Query(q))) => Ok(Response::Query(with_deadline(q, deadline, self.limits.timeout))),
+            Ok(Ok(Response::Query(q))) => Ok(Response::Query(with_deadline(
+                q,
+                deadline,
+                self.limits.timeout,
+            ))),
             Ok(Ok(other)) => Ok(other),
         };
         record(result.as_ref().map(|_| ()), started);
@@ -447,7 +521,12 @@ struct GuardedParser {
 impl QueryParser for GuardedParser {
     type Statement = DfStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -459,10 +538,13 @@ impl QueryParser for GuardedParser {
                     "the extended query protocol takes one statement at a time".to_owned(),
                 ));
             }
-            let parsed = tokio::time::timeout(self.limits.timeout, self.inner.parse_sql(client, sql, types))
-                .await
-                .map_err(|_| QueryError::Timeout(self.limits.timeout))?
-                .map_err(inner_error)?;
+            let parsed = tokio::time::timeout(
+                self.limits.timeout,
+                self.inner.parse_sql(client, sql, types),
+            )
+            .await
+            .map_err(|_| QueryError::Timeout(self.limits.timeout))?
+            .map_err(inner_error)?;
             if let Some((_, Some((_, plan)))) = &parsed {
                 read_only_options().verify_plan(plan)?;
             }
@@ -478,7 +560,11 @@ impl QueryParser for GuardedParser {
         self.inner.get_parameter_types(stmt)
     }
 
-    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         self.inner.get_result_schema(stmt, column_format)
     }
 }
@@ -500,11 +586,18 @@ mod tests {
     }
 
     async fn start(limits: QueryLimits) -> Running {
-        let auth = Arc::new(StaticPassword { user: "vigil".into(), password: "s3cret".into() });
+        let auth = Arc::new(StaticPassword {
+            user: "vigil".into(),
+            password: "s3cret".into(),
+        });
         start_with(limits, auth, None).await
     }
 
-    async fn start_with(limits: QueryLimits, auth: Arc<dyn PgAuth>, tls: Option<TlsAcceptor>) -> Running {
+    async fn start_with(
+        limits: QueryLimits,
+        auth: Arc<dyn PgAuth>,
+        tls: Option<TlsAcceptor>,
+    ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20)], 3);
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
@@ -518,7 +611,11 @@ mod tests {
         tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Running { addr, _dir: dir, _stop: stop }
+        Running {
+            addr,
+            _dir: dir,
+            _stop: stop,
+        }
     }
 
     async fn psql(addr: SocketAddr, password: &str, args: &[&str]) -> Output {
@@ -529,7 +626,21 @@ mod tests {
                 .env("PGPASSWORD", password)
                 .env("PGCONNECT_TIMEOUT", "5")
                 .env_remove("PGSERVICE")
-                .args(["-h", "127.0.0.1", "-p", &port, "-U", "vigil", "-d", "vigil", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "vigil",
+                    "-d",
+                    "vigil",
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                ])
                 .args(args)
                 .kill_on_drop(true)
                 .output(),
@@ -550,7 +661,12 @@ mod tests {
     #[tokio::test]
     async fn psql_counts_events() {
         let server = start(QueryLimits::default()).await;
-        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &["-c", "SELECT count(*) FROM events"],
+        )
+        .await;
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(stdout(&out), "33");
     }
@@ -562,7 +678,10 @@ mod tests {
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
         for table in ["events", "alerts", "baselines", "inventory"] {
-            assert!(text.lines().any(|l| l.split('|').nth(1) == Some(table)), "{table} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l.split('|').nth(1) == Some(table)),
+                "{table} missing from:\n{text}"
+            );
         }
     }
 
@@ -572,7 +691,12 @@ mod tests {
         // `ARRAY(subquery)` either way, but the server must answer with an error and keep serving.
         let server = start(QueryLimits::default()).await;
         let _ = psql(server.addr, "s3cret", &["-c", "\\du"]).await;
-        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &["-c", "SELECT count(*) FROM events"],
+        )
+        .await;
         assert_eq!(stdout(&out), "33", "{}", stderr(&out));
     }
 
@@ -581,7 +705,13 @@ mod tests {
         let server = start(QueryLimits::default()).await;
         let out = psql(server.addr, "wrong", &["-c", "SELECT 1"]).await;
         assert!(!out.status.success());
-        assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
+        assert!(
+            stderr(&out)
+                .to_lowercase()
+                .contains("password authentication failed"),
+            "{}",
+            stderr(&out)
+        );
     }
 
     #[tokio::test]
@@ -590,12 +720,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("x");
         for (sql, needle) in [
-            ("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'".to_string(), "CREATE EXTERNAL TABLE is not allowed"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+                "CREATE EXTERNAL TABLE is not allowed",
+            ),
             (format!("COPY (SELECT 1) TO '{}'", target.display()), "COPY"),
             ("DROP TABLE events".to_string(), "DROP TABLE is not allowed"),
-            ("SELECT 1; CREATE TABLE t AS SELECT 1".to_string(), "CREATE TABLE is not allowed"),
-            ("SET datafusion.execution.target_partitions = 1".to_string(), "SET datafusion.execution.target_partitions is not allowed"),
-            ("SELECT * FROM read_csv('/etc/passwd')".to_string(), "read_csv is not allowed"),
+            (
+                "SELECT 1; CREATE TABLE t AS SELECT 1".to_string(),
+                "CREATE TABLE is not allowed",
+            ),
+            (
+                "SET datafusion.execution.target_partitions = 1".to_string(),
+                "SET datafusion.execution.target_partitions is not allowed",
+            ),
+            (
+                "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+                "read_csv is not allowed",
+            ),
         ] {
             let out = psql(server.addr, "s3cret", &["-c", &sql]).await;
             assert!(!out.status.success(), "{sql} succeeded: {}", stdout(&out));
@@ -603,13 +745,22 @@ mod tests {
         }
         assert!(!target.exists());
         // The session still works and the tables are intact.
-        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM events"]).await;
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &["-c", "SELECT count(*) FROM events"],
+        )
+        .await;
         assert_eq!(stdout(&out), "33", "{}", stderr(&out));
     }
 
     /// Runs one statement over the extended protocol (Parse/Bind/Execute/Sync), as drivers and Grafana do;
     /// psql 15 has no `\bind`. Returns the text rows or the server's error message.
-    async fn extended_query(addr: SocketAddr, sql: &str, params: &[&str]) -> Result<Vec<Vec<Option<String>>>, String> {
+    async fn extended_query(
+        addr: SocketAddr,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, String> {
         use bytes::BytesMut;
         use fallible_iterator::FallibleIterator;
         use postgres_protocol::message::{backend::Message, frontend};
@@ -631,10 +782,15 @@ mod tests {
                 if let Some(m) = Message::parse(&mut inbuf).unwrap() {
                     break m;
                 }
-                assert!(socket.read_buf(&mut inbuf).await.unwrap() > 0, "server closed the connection");
+                assert!(
+                    socket.read_buf(&mut inbuf).await.unwrap() > 0,
+                    "server closed the connection"
+                );
             };
             match message {
-                Message::AuthenticationCleartextPassword => frontend::password_message(b"s3cret", &mut out).unwrap(),
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(b"s3cret", &mut out).unwrap()
+                }
                 Message::ReadyForQuery(_) if !sent_query => {
                     sent_query = true;
                     frontend::parse("", sql, [], &mut out).unwrap();
@@ -687,13 +843,25 @@ mod tests {
     #[tokio::test]
     async fn extended_protocol_is_guarded_too() {
         let server = start(QueryLimits::default()).await;
-        let rows = extended_query(server.addr, "SELECT count(*) FROM events WHERE user_id = $1", &["user0"]).await.unwrap();
+        let rows = extended_query(
+            server.addr,
+            "SELECT count(*) FROM events WHERE user_id = $1",
+            &["user0"],
+        )
+        .await
+        .unwrap();
         assert_eq!(rows, vec![vec![Some("12".to_string())]]);
-        let err = extended_query(server.addr, "DROP TABLE events", &[]).await.unwrap_err();
+        let err = extended_query(server.addr, "DROP TABLE events", &[])
+            .await
+            .unwrap_err();
         assert!(err.contains("DROP TABLE is not allowed"), "{err}");
-        let err = extended_query(server.addr, "COPY (SELECT 1) TO '/tmp/vigil-pg-test'", &[]).await.unwrap_err();
+        let err = extended_query(server.addr, "COPY (SELECT 1) TO '/tmp/vigil-pg-test'", &[])
+            .await
+            .unwrap_err();
         assert!(err.contains("COPY"), "{err}");
-        let rows = extended_query(server.addr, "SELECT count(*) FROM events", &[]).await.unwrap();
+        let rows = extended_query(server.addr, "SELECT count(*) FROM events", &[])
+            .await
+            .unwrap();
         assert_eq!(rows, vec![vec![Some("33".to_string())]]);
     }
 
@@ -713,27 +881,59 @@ mod tests {
 
     #[tokio::test]
     async fn runaway_query_is_cancelled_by_the_timeout() {
-        let limits = QueryLimits { timeout: Duration::from_millis(500), ..QueryLimits::default() };
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(500),
+            ..QueryLimits::default()
+        };
         let server = start(limits).await;
         let started = Instant::now();
-        let out = psql(server.addr, "s3cret", &["-c", "SELECT count(*) FROM range(100000000) a, range(100000000) b"]).await;
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &[
+                "-c",
+                "SELECT count(*) FROM range(100000000) a, range(100000000) b",
+            ],
+        )
+        .await;
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("statement timeout"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("statement timeout"),
+            "{}",
+            stderr(&out)
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     async fn psql_env(addr: SocketAddr, password: &str, env: &[(&str, &str)], sql: &str) -> Output {
         let port = addr.port().to_string();
         let mut cmd = tokio::process::Command::new(PSQL);
-        cmd.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5").env_remove("PGSERVICE");
+        cmd.env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .env_remove("PGSERVICE");
         for (k, v) in env {
             cmd.env(k, v);
         }
         tokio::time::timeout(
             Duration::from_secs(30),
-            cmd.args(["-h", "localhost", "-p", &port, "-U", "anyone", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql])
-                .kill_on_drop(true)
-                .output(),
+            cmd.args([
+                "-h",
+                "localhost",
+                "-p",
+                &port,
+                "-U",
+                "anyone",
+                "-d",
+                "vigil",
+                "-w",
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                sql,
+            ])
+            .kill_on_drop(true)
+            .output(),
         )
         .await
         .expect("psql finished in time")
@@ -742,7 +942,10 @@ mod tests {
 
     fn token_auth(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
         use vigil_ingest::security::{StoreOptions, TokenStore};
-        let options = StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() };
+        let options = StoreOptions {
+            recheck_interval: Duration::ZERO,
+            ..StoreOptions::default()
+        };
         let store = TokenStore::open_with(dir.path().join("tokens.json"), options).unwrap();
         let (_, query) = store.create("grafana", &[Scope::Query]).unwrap();
         let (_, ingest) = store.create("collector", &[Scope::Ingest]).unwrap();
@@ -750,22 +953,38 @@ mod tests {
     }
 
     fn failures(reason: &str) -> u64 {
-        vigil_ingest::security::AUTH_FAILURES.with_label_values(&[LISTENER, reason]).get()
+        vigil_ingest::security::AUTH_FAILURES
+            .with_label_values(&[LISTENER, reason])
+            .get()
     }
 
     #[tokio::test]
     async fn a_query_token_is_the_password_and_others_are_refused_and_counted() {
         let tokens = tempfile::tempdir().unwrap();
         let (auth, query, ingest) = token_auth(&tokens);
-        let server = start_with(QueryLimits::default(), Arc::new(TokenPassword { auth }), None).await;
+        let server = start_with(
+            QueryLimits::default(),
+            Arc::new(TokenPassword { auth }),
+            None,
+        )
+        .await;
         let (invalid, forbidden) = (failures("invalid"), failures("forbidden"));
         let ok = psql_env(server.addr, &query, &[], "SELECT count(*) FROM events").await;
         assert!(ok.status.success(), "{}", stderr(&ok));
         assert_eq!(stdout(&ok), "33");
         for password in ["vgl_not_a_token", ingest.as_str()] {
             let out = psql_env(server.addr, password, &[], "SELECT 1").await;
-            assert!(!out.status.success(), "password {password:?} must be refused");
-            assert!(stderr(&out).to_lowercase().contains("password authentication failed"), "{}", stderr(&out));
+            assert!(
+                !out.status.success(),
+                "password {password:?} must be refused"
+            );
+            assert!(
+                stderr(&out)
+                    .to_lowercase()
+                    .contains("password authentication failed"),
+                "{}",
+                stderr(&out)
+            );
         }
         assert_eq!(failures("invalid"), invalid + 1);
         assert_eq!(failures("forbidden"), forbidden + 1);
@@ -773,10 +992,28 @@ mod tests {
 
     /// A self-signed certificate for localhost/127.0.0.1, written by the openssl CLI.
     fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
         let status = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
             // A leaf, not a CA: webpki (rustls clients) refuses a CA certificate as the server's own.
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
@@ -797,21 +1034,52 @@ mod tests {
         let (other, _) = self_signed(dir.path(), "other");
         let config = vigil_ingest::security::TlsConfig::new(&cert, &key);
         let acceptor = vigil_ingest::security::tls::acceptor_without_alpn(&config).unwrap();
-        let auth = Arc::new(StaticPassword { user: "anyone".into(), password: "s3cret".into() });
+        let auth = Arc::new(StaticPassword {
+            user: "anyone".into(),
+            password: "s3cret".into(),
+        });
         let server = start_with(QueryLimits::default(), auth, Some(acceptor)).await;
-        let (cert, other) = (cert.to_string_lossy().into_owned(), other.to_string_lossy().into_owned());
+        let (cert, other) = (
+            cert.to_string_lossy().into_owned(),
+            other.to_string_lossy().into_owned(),
+        );
 
-        let ok = psql_env(server.addr, "s3cret", &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &cert)], "SELECT 1").await;
+        let ok = psql_env(
+            server.addr,
+            "s3cret",
+            &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &cert)],
+            "SELECT 1",
+        )
+        .await;
         assert!(ok.status.success(), "{}", stderr(&ok));
         assert_eq!(stdout(&ok), "1");
 
-        let untrusted =
-            psql_env(server.addr, "s3cret", &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &other)], "SELECT 1").await;
+        let untrusted = psql_env(
+            server.addr,
+            "s3cret",
+            &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &other)],
+            "SELECT 1",
+        )
+        .await;
         assert!(!untrusted.status.success());
-        assert!(stderr(&untrusted).contains("certificate verify failed"), "{}", stderr(&untrusted));
+        assert!(
+            stderr(&untrusted).contains("certificate verify failed"),
+            "{}",
+            stderr(&untrusted)
+        );
 
-        let plain = psql_env(server.addr, "s3cret", &[("PGSSLMODE", "disable")], "SELECT 1").await;
+        let plain = psql_env(
+            server.addr,
+            "s3cret",
+            &[("PGSSLMODE", "disable")],
+            "SELECT 1",
+        )
+        .await;
         assert!(!plain.status.success());
-        assert!(stderr(&plain).contains("requires TLS"), "{}", stderr(&plain));
+        assert!(
+            stderr(&plain).contains("requires TLS"),
+            "{}",
+            stderr(&plain)
+        );
     }
 }

@@ -21,10 +21,11 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::datasource::provider_as_source;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{
-    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator, TableProviderFilterPushDown, TableType,
+    Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
+    TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -46,30 +47,43 @@ pub struct StoreTable {
 
 impl fmt::Debug for StoreTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreTable").field("table", &self.table).finish_non_exhaustive()
+        f.debug_struct("StoreTable")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
     }
 }
 
 impl StoreTable {
     pub fn new(source: Arc<dyn SnapshotSource>, table: Table) -> Self {
         let schema = source.schema(table);
-        Self { source, table, schema }
+        Self {
+            source,
+            table,
+            schema,
+        }
     }
 
     /// Whether the table's files carry a meaningful time range (state tables record 0..0).
     fn is_time_partitioned(&self) -> bool {
-        matches!(self.table, Table::Events | Table::Alerts) && self.schema.column_with_name(TIME_COLUMN).is_some()
+        matches!(self.table, Table::Events | Table::Alerts)
+            && self.schema.column_with_name(TIME_COLUMN).is_some()
     }
 }
 
 /// Registers the four store tables on `ctx` under their own names; `alerts` is an [`AlertsView`] with no
 /// responses until [`register_alert_responses`] gives it some.
-pub fn register_store_tables(ctx: &SessionContext, source: &Arc<dyn SnapshotSource>) -> DFResult<()> {
+pub fn register_store_tables(
+    ctx: &SessionContext,
+    source: &Arc<dyn SnapshotSource>,
+) -> DFResult<()> {
     for table in Table::ALL {
         let stored: Arc<dyn TableProvider> = Arc::new(StoreTable::new(source.clone(), table));
         let provider: Arc<dyn TableProvider> = match table {
             Table::Alerts => {
-                let none = Arc::new(LiveTable::new(vigil_detect::alert_response_schema(), Vec::new));
+                let none = Arc::new(LiveTable::new(
+                    vigil_detect::alert_response_schema(),
+                    Vec::new,
+                ));
                 Arc::new(AlertsView::new(stored, none)?)
             }
             _ => stored,
@@ -104,30 +118,55 @@ impl AlertsView {
 
     /// `stored` LEFT JOIN `responses` ON `alert_id`: every stored column, then every response column but
     /// the key.
-    pub fn new(stored: Arc<dyn TableProvider>, responses: Arc<dyn TableProvider>) -> DFResult<Self> {
+    pub fn new(
+        stored: Arc<dyn TableProvider>,
+        responses: Arc<dyn TableProvider>,
+    ) -> DFResult<Self> {
         let key = "alert_id";
         let column = |table: &str, name: &str| Expr::Column(Column::new(Some(table), name));
-        let mut exprs: Vec<Expr> = stored.schema().fields().iter().map(|f| column(Self::STORED, f.name())).collect();
-        let response_fields: Vec<String> =
-            responses.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n != key).collect();
+        let mut exprs: Vec<Expr> = stored
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| column(Self::STORED, f.name()))
+            .collect();
+        let response_fields: Vec<String> = responses
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != key)
+            .collect();
         exprs.extend(response_fields.iter().map(|n| column(Self::RESPONSES, n)));
-        let right = LogicalPlanBuilder::scan(Self::RESPONSES, provider_as_source(responses), None)?.build()?;
-        let plan = LogicalPlanBuilder::scan(Self::STORED, provider_as_source(stored.clone()), None)?
-            .join(
-                right,
-                JoinType::Left,
-                (vec![Column::new(Some(Self::STORED), key)], vec![Column::new(Some(Self::RESPONSES), key)]),
-                None,
-            )?
-            .project(exprs)?
+        let right = LogicalPlanBuilder::scan(Self::RESPONSES, provider_as_source(responses), None)?
             .build()?;
+        let plan =
+            LogicalPlanBuilder::scan(Self::STORED, provider_as_source(stored.clone()), None)?
+                .join(
+                    right,
+                    JoinType::Left,
+                    (
+                        vec![Column::new(Some(Self::STORED), key)],
+                        vec![Column::new(Some(Self::RESPONSES), key)],
+                    ),
+                    None,
+                )?
+                .project(exprs)?
+                .build()?;
         let definition = format!(
             "SELECT {0}.*, {2} FROM {0} LEFT JOIN {1} USING ({key})",
             Self::STORED,
             Self::RESPONSES,
-            response_fields.iter().map(|n| format!("{}.{n}", Self::RESPONSES)).collect::<Vec<_>>().join(", ")
+            response_fields
+                .iter()
+                .map(|n| format!("{}.{n}", Self::RESPONSES))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        Ok(Self { stored, view: ViewTable::new(plan, Some(definition)) })
+        Ok(Self {
+            stored,
+            view: ViewTable::new(plan, Some(definition)),
+        })
     }
 }
 
@@ -139,9 +178,11 @@ pub async fn register_alert_responses(
 ) -> DFResult<()> {
     let name = Table::Alerts.name();
     let current = ctx.table_provider(name).await?;
-    let view = current
-        .downcast_ref::<AlertsView>()
-        .ok_or_else(|| DataFusionError::Plan(format!("{name} is not the alerts view this crate registers")))?;
+    let view = current.downcast_ref::<AlertsView>().ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "{name} is not the alerts view this crate registers"
+        ))
+    })?;
     let responses = Arc::new(LiveTable::new(vigil_detect::alert_response_schema(), fetch));
     let replacement = Arc::new(AlertsView::new(view.stored.clone(), responses)?);
     // Registering over an existing name is refused; queries planned in between would not find `alerts`,
@@ -169,7 +210,10 @@ impl TableProvider for AlertsView {
         self.view.get_logical_plan()
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
         self.view.supports_filters_pushdown(filters)
     }
 
@@ -196,7 +240,10 @@ impl TableProvider for StoreTable {
 
     /// Every filter is Inexact: the scan uses time filters to drop files and hands all filters to the Parquet
     /// reader for row-group pruning, but rows of kept files and buffered rows still need the filter applied.
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DFResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
@@ -208,9 +255,16 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let snapshot = self.source.snapshot(self.table);
-        let range = if self.is_time_partitioned() { TimeRange::from_filters(filters) } else { TimeRange::ALL };
-        let files: Vec<&StoredFile> =
-            snapshot.files.iter().filter(|f| range.overlaps(f.min_time_us, f.max_time_us)).collect();
+        let range = if self.is_time_partitioned() {
+            TimeRange::from_filters(filters)
+        } else {
+            TimeRange::ALL
+        };
+        let files: Vec<&StoredFile> = snapshot
+            .files
+            .iter()
+            .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+            .collect();
         tracing::debug!(
             table = self.table.name(),
             files_total = snapshot.files.len(),
@@ -231,8 +285,9 @@ impl TableProvider for StoreTable {
             .map(|b| conform(b, &self.schema))
             .collect::<DFResult<_>>()?;
         if !buffered.is_empty() {
-            let memory = MemorySourceConfig::try_new(&[buffered], self.schema.clone(), projection.cloned())?
-                .with_limit(limit);
+            let memory =
+                MemorySourceConfig::try_new(&[buffered], self.schema.clone(), projection.cloned())?
+                    .with_limit(limit);
             inputs.push(datafusion::datasource::source::DataSourceExec::from_data_source(memory));
         }
         if inputs.is_empty() {
@@ -262,13 +317,22 @@ impl StoreTable {
             runtime.register_object_store(&url, store);
         }
 
-        let groups = balance_groups(files, state.config_options().execution.target_partitions.max(1));
-        let config = FileScanConfigBuilder::new(store_url, Arc::new(ParquetSource::new(self.schema.clone())))
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        ParquetFormat::default().with_options(state.table_options().parquet.clone()).create_physical_plan(state, config).await
+        let groups = balance_groups(
+            files,
+            state.config_options().execution.target_partitions.max(1),
+        );
+        let config = FileScanConfigBuilder::new(
+            store_url,
+            Arc::new(ParquetSource::new(self.schema.clone())),
+        )
+        .with_file_groups(groups)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+        ParquetFormat::default()
+            .with_options(state.table_options().parquet.clone())
+            .create_physical_plan(state, config)
+            .await
     }
 }
 
@@ -281,10 +345,16 @@ fn balance_groups(files: &[&StoredFile], max_groups: usize) -> Vec<FileGroup> {
     for file in sorted {
         if let Some(group) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
             group.0 += file.size;
-            group.1.push(PartitionedFile::new(file.path.clone(), file.size));
+            group
+                .1
+                .push(PartitionedFile::new(file.path.clone(), file.size));
         }
     }
-    groups.into_iter().filter(|(_, f)| !f.is_empty()).map(|(_, f)| FileGroup::new(f)).collect()
+    groups
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(_, f)| FileGroup::new(f))
+        .collect()
 }
 
 /// Gives a buffered batch the table's schema object (same columns; metadata may differ).
@@ -293,7 +363,9 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
         return Ok(batch.clone());
     }
     RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
-        DataFusionError::Execution(format!("buffered batch does not match the table schema: {e}"))
+        DataFusionError::Execution(format!(
+            "buffered batch does not match the table schema: {e}"
+        ))
     })
 }
 
@@ -332,7 +404,11 @@ impl TimeRange {
 
     fn narrow(&mut self, expr: &Expr) {
         match expr {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
                 self.narrow(left);
                 self.narrow(right);
             }
@@ -362,7 +438,12 @@ impl TimeRange {
                     _ => {}
                 }
             }
-            Expr::Between(Between { expr, negated: false, low, high }) if is_time_column(expr) => {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_time_column(expr) => {
                 if let Some(v) = literal_bounds(low) {
                     self.raise_lo(v.ceil);
                 }
@@ -380,8 +461,12 @@ impl TimeRange {
 fn is_time_column(expr: &Expr) -> bool {
     match expr {
         Expr::Column(c) => c.name == TIME_COLUMN,
-        Expr::Cast(c) => matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr),
-        Expr::TryCast(c) => matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr),
+        Expr::Cast(c) => {
+            matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr)
+        }
+        Expr::TryCast(c) => {
+            matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr)
+        }
         _ => false,
     }
 }
@@ -400,7 +485,10 @@ impl Micros {
 
     fn from_nanos(ns: i64) -> Self {
         let floor = ns.div_euclid(1_000);
-        Self { floor, ceil: floor + i64::from(ns.rem_euclid(1_000) != 0) }
+        Self {
+            floor,
+            ceil: floor + i64::from(ns.rem_euclid(1_000) != 0),
+        }
     }
 }
 
@@ -410,18 +498,29 @@ fn literal_bounds(expr: &Expr) -> Option<Micros> {
     match expr {
         Expr::Literal(value, _) => match value {
             ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000).map(Micros::exact),
-            ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000).map(Micros::exact),
+            ScalarValue::TimestampMillisecond(Some(v), _) => {
+                v.checked_mul(1_000).map(Micros::exact)
+            }
             ScalarValue::TimestampMicrosecond(Some(v), _) => Some(Micros::exact(*v)),
             ScalarValue::TimestampNanosecond(Some(v), _) => Some(Micros::from_nanos(*v)),
-            ScalarValue::Date32(Some(days)) => i64::from(*days).checked_mul(86_400_000_000).map(Micros::exact),
+            ScalarValue::Date32(Some(days)) => i64::from(*days)
+                .checked_mul(86_400_000_000)
+                .map(Micros::exact),
             ScalarValue::Date64(Some(ms)) => ms.checked_mul(1_000).map(Micros::exact),
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => {
                 string_to_timestamp_nanos(s).ok().map(Micros::from_nanos)
             }
             _ => None,
         },
         // An unfolded `CAST('2026-..' AS TIMESTAMP)`.
-        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) => {
+        Expr::Cast(c)
+            if matches!(
+                c.field.data_type(),
+                DataType::Timestamp(_, _) | DataType::Date32
+            ) =>
+        {
             literal_bounds(&c.expr)
         }
         _ => None,
@@ -437,13 +536,21 @@ pub struct LiveTable {
 
 impl fmt::Debug for LiveTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LiveTable").field("schema", &self.schema).finish_non_exhaustive()
+        f.debug_struct("LiveTable")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
     }
 }
 
 impl LiveTable {
-    pub fn new(schema: SchemaRef, fetch: impl Fn() -> Vec<RecordBatch> + Send + Sync + 'static) -> Self {
-        Self { schema, fetch: Arc::new(fetch) }
+    pub fn new(
+        schema: SchemaRef,
+        fetch: impl Fn() -> Vec<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            schema,
+            fetch: Arc::new(fetch),
+        }
     }
 }
 
@@ -475,10 +582,13 @@ impl TableProvider for LiveTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let batches: Vec<RecordBatch> =
-            (self.fetch)().iter().map(|b| conform(b, &self.schema)).collect::<DFResult<_>>()?;
+        let batches: Vec<RecordBatch> = (self.fetch)()
+            .iter()
+            .map(|b| conform(b, &self.schema))
+            .collect::<DFResult<_>>()?;
         let memory =
-            MemorySourceConfig::try_new(&[batches], self.schema.clone(), projection.cloned())?.with_limit(limit);
+            MemorySourceConfig::try_new(&[batches], self.schema.clone(), projection.cloned())?
+                .with_limit(limit);
         Ok(datafusion::datasource::source::DataSourceExec::from_data_source(memory))
     }
 }
@@ -513,37 +623,96 @@ mod tests {
 
     fn source(dir: &std::path::Path) -> Arc<dyn SnapshotSource> {
         // Hours 0..4, 10 rows each, plus 5 buffered rows in hour 4.
-        Arc::new(TestSource::with_hours(dir, &[(0, 10), (1, 10), (2, 10), (3, 10)], 5))
+        Arc::new(TestSource::with_hours(
+            dir,
+            &[(0, 10), (1, 10), (2, 10), (3, 10)],
+            5,
+        ))
     }
 
     async fn count_and_files(ctx: &SessionContext, sql: &str) -> (i64, Vec<String>) {
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         let files = planned_files(&plan);
         let batches = collect(plan, ctx.task_ctx()).await.unwrap();
-        let n = batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        let n = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
         (n, files)
     }
 
     #[test]
     fn time_range_from_filters() {
-        let t = |us: i64| lit(ScalarValue::TimestampMicrosecond(Some(us), Some("UTC".into())));
+        let t = |us: i64| {
+            lit(ScalarValue::TimestampMicrosecond(
+                Some(us),
+                Some("UTC".into()),
+            ))
+        };
         let ns = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), None));
         let range = |filters: &[Expr]| TimeRange::from_filters(filters);
-        assert_eq!(range(&[col("time").gt_eq(t(100)), col("time").lt(t(200))]), TimeRange { lo: Some(100), hi: Some(199) });
-        assert_eq!(range(&[col("time").gt(t(100)), col("time").lt_eq(t(200))]), TimeRange { lo: Some(101), hi: Some(200) });
+        assert_eq!(
+            range(&[col("time").gt_eq(t(100)), col("time").lt(t(200))]),
+            TimeRange {
+                lo: Some(100),
+                hi: Some(199)
+            }
+        );
+        assert_eq!(
+            range(&[col("time").gt(t(100)), col("time").lt_eq(t(200))]),
+            TimeRange {
+                lo: Some(101),
+                hi: Some(200)
+            }
+        );
         // Literal on the left; fractional microseconds round inwards.
-        assert_eq!(range(&[ns(300_500).gt(col("time")), ns(100_500).lt_eq(col("time"))]), TimeRange { lo: Some(101), hi: Some(300) });
-        assert_eq!(range(&[col("time").gt(ns(100_500)), col("time").lt_eq(ns(300_500))]), TimeRange { lo: Some(101), hi: Some(300) });
-        assert_eq!(range(&[col("time").eq(t(7))]), TimeRange { lo: Some(7), hi: Some(7) });
+        assert_eq!(
+            range(&[ns(300_500).gt(col("time")), ns(100_500).lt_eq(col("time"))]),
+            TimeRange {
+                lo: Some(101),
+                hi: Some(300)
+            }
+        );
+        assert_eq!(
+            range(&[col("time").gt(ns(100_500)), col("time").lt_eq(ns(300_500))]),
+            TimeRange {
+                lo: Some(101),
+                hi: Some(300)
+            }
+        );
+        assert_eq!(
+            range(&[col("time").eq(t(7))]),
+            TimeRange {
+                lo: Some(7),
+                hi: Some(7)
+            }
+        );
         // Conjunctions inside one filter, and the tighter of two bounds wins.
         assert_eq!(
-            range(&[col("time").gt_eq(t(10)).and(col("time").gt_eq(t(50))).and(col("time").lt(t(90)))]),
-            TimeRange { lo: Some(50), hi: Some(89) }
+            range(&[col("time")
+                .gt_eq(t(10))
+                .and(col("time").gt_eq(t(50)))
+                .and(col("time").lt(t(90)))]),
+            TimeRange {
+                lo: Some(50),
+                hi: Some(89)
+            }
         );
         // Grafana's string literals, BETWEEN (inclusive).
         assert_eq!(
             range(&[col("time").between(lit("2026-01-01T00:00:00Z"), lit("2026-01-01T01:00:00Z"))]),
-            TimeRange { lo: Some(BASE_US), hi: Some(BASE_US + HOUR_US) }
+            TimeRange {
+                lo: Some(BASE_US),
+                hi: Some(BASE_US + HOUR_US)
+            }
         );
         // OR, NOT BETWEEN and other columns do not narrow.
         let all = range(&[
@@ -553,8 +722,13 @@ mod tests {
         ]);
         assert_eq!(all, TimeRange::ALL);
         assert!(all.overlaps(i64::MIN, i64::MIN));
-        let r = TimeRange { lo: Some(10), hi: Some(20) };
-        assert!(r.overlaps(0, 10) && r.overlaps(20, 30) && r.overlaps(12, 13) && r.overlaps(0, 100));
+        let r = TimeRange {
+            lo: Some(10),
+            hi: Some(20),
+        };
+        assert!(
+            r.overlaps(0, 10) && r.overlaps(20, 30) && r.overlaps(12, 13) && r.overlaps(0, 100)
+        );
         assert!(!r.overlaps(0, 9) && !r.overlaps(21, 30));
     }
 
@@ -565,8 +739,22 @@ mod tests {
         let (n, files) = count_and_files(&ctx, "SELECT count(*) FROM events").await;
         assert_eq!(n, 45);
         assert_eq!(files.len(), 4);
-        let batches = run_query(&ctx, "SELECT count(DISTINCT event_id) FROM events", &QueryLimits::default()).await.unwrap();
-        assert_eq!(batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 45);
+        let batches = run_query(
+            &ctx,
+            "SELECT count(DISTINCT event_id) FROM events",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            45
+        );
     }
 
     #[tokio::test]
@@ -590,11 +778,24 @@ mod tests {
         )
         .await;
         assert_eq!(n, 25);
-        assert_eq!(files, vec!["events/date=2026-01-01/hour=02/2.parquet", "events/date=2026-01-01/hour=03/3.parquet"]);
+        assert_eq!(
+            files,
+            vec![
+                "events/date=2026-01-01/hour=02/2.parquet",
+                "events/date=2026-01-01/hour=03/3.parquet"
+            ]
+        );
 
         // A typed literal and a range past every file: nothing opened, buffered rows still seen.
-        let (n, files) = count_and_files(&ctx, "SELECT count(*) FROM events WHERE time > TIMESTAMP '2026-01-01 04:00:00'").await;
-        assert_eq!(n, 4, "buffered rows after 04:00:00 (the first is at exactly 04:00:00)");
+        let (n, files) = count_and_files(
+            &ctx,
+            "SELECT count(*) FROM events WHERE time > TIMESTAMP '2026-01-01 04:00:00'",
+        )
+        .await;
+        assert_eq!(
+            n, 4,
+            "buffered rows after 04:00:00 (the first is at exactly 04:00:00)"
+        );
         assert!(files.is_empty(), "{files:?}");
 
         // EXPLAIN ANALYZE shows the same: one file scanned.
@@ -605,9 +806,14 @@ mod tests {
         )
         .await
         .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
         assert!(text.contains("hour=03/3.parquet"), "{text}");
-        assert!(!text.contains("hour=02/2.parquet") && !text.contains("hour=00/0.parquet"), "{text}");
+        assert!(
+            !text.contains("hour=02/2.parquet") && !text.contains("hour=00/0.parquet"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -617,13 +823,28 @@ mod tests {
         let sql = "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", count(*) AS events \
                    FROM events WHERE time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-01T01:59:59Z' \
                    GROUP BY 1 ORDER BY 1";
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         assert_eq!(planned_files(&plan).len(), 2);
         let batches = run_query(&ctx, sql, &QueryLimits::default()).await.unwrap();
-        assert_eq!(test_support::total_rows(&batches), 2, "one 5-minute bucket per hour");
-        let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(
+            test_support::total_rows(&batches),
+            2,
+            "one 5-minute bucket per hour"
+        );
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
         let base_s = BASE_US / 1_000_000;
-        assert!(text.contains(&base_s.to_string()) && text.contains(&(base_s + 3600).to_string()), "{text}");
+        assert!(
+            text.contains(&base_s.to_string()) && text.contains(&(base_s + 3600).to_string()),
+            "{text}"
+        );
         assert!(text.contains("| 10 "), "{text}");
     }
 
@@ -632,17 +853,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut src = TestSource::with_hours(dir.path(), &[], 0);
         let schema = src.schema(Table::Baselines);
-        src.add_file(Table::Baselines, "baselines/state.parquet", &test_support::state_batch(schema.clone()));
+        src.add_file(
+            Table::Baselines,
+            "baselines/state.parquet",
+            &test_support::state_batch(schema.clone()),
+        );
         src.add_buffered(Table::Baselines, test_support::state_batch(schema));
         let ctx = session_context(Arc::new(src), QueryLimits::default()).unwrap();
-        let batches = run_query(&ctx, "SELECT entity, sum(value) AS v FROM baselines GROUP BY entity ORDER BY entity", &QueryLimits::default())
+        let batches = run_query(
+            &ctx,
+            "SELECT entity, sum(value) AS v FROM baselines GROUP BY entity ORDER BY entity",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("| alice  | 2.0 |") && text.contains("| bob    | 4.0 |"),
+            "{text}"
+        );
+        // An empty table plans and answers zero rows.
+        let batches = run_query(&ctx, "SELECT count(*) FROM alerts", &QueryLimits::default())
             .await
             .unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-        assert!(text.contains("| alice  | 2.0 |") && text.contains("| bob    | 4.0 |"), "{text}");
-        // An empty table plans and answers zero rows.
-        let batches = run_query(&ctx, "SELECT count(*) FROM alerts", &QueryLimits::default()).await.unwrap();
-        assert_eq!(batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 0);
+        assert_eq!(
+            batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            0
+        );
     }
 
     fn alert(id: &str, time_us: i64) -> vigil_detect::Alert {
@@ -667,14 +911,20 @@ mod tests {
     /// One response row in `alert_response_schema()`.
     fn response(alert_id: &str, requested_us: i64, responded_us: Option<i64>) -> RecordBatch {
         use arrow::array::{StringArray, TimestampMicrosecondArray};
-        let ts = |v: Option<i64>| Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"));
+        let ts = |v: Option<i64>| {
+            Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
+        };
         RecordBatch::try_new(
             vigil_detect::alert_response_schema(),
             vec![
                 Arc::new(StringArray::from(vec![alert_id])),
                 Arc::new(StringArray::from(vec!["revoke"])),
                 Arc::new(StringArray::from(vec!["revoke_agent_token"])),
-                Arc::new(StringArray::from(vec![if responded_us.is_some() { "delivered" } else { "retrying" }])),
+                Arc::new(StringArray::from(vec![if responded_us.is_some() {
+                    "delivered"
+                } else {
+                    "retrying"
+                }])),
                 ts(Some(requested_us)),
                 ts(responded_us),
             ],
@@ -686,9 +936,21 @@ mod tests {
     fn alerts_source(dir: &std::path::Path) -> TestSource {
         let mut src = TestSource::with_hours(dir, &[], 0);
         let at = |h: i64, s: i64| BASE_US + h * HOUR_US + s * 1_000_000;
-        let file = |ids: &[(&str, i64)]| vigil_detect::alerts_to_batch(&ids.iter().map(|(id, t)| alert(id, *t)).collect::<Vec<_>>());
-        src.add_file(Table::Alerts, "alerts/date=2026-01-01/hour=00/0.parquet", &file(&[("a0", at(0, 1)), ("a1", at(0, 2))]));
-        src.add_file(Table::Alerts, "alerts/date=2026-01-01/hour=01/1.parquet", &file(&[("b0", at(1, 1)), ("b1", at(1, 2))]));
+        let file = |ids: &[(&str, i64)]| {
+            vigil_detect::alerts_to_batch(
+                &ids.iter().map(|(id, t)| alert(id, *t)).collect::<Vec<_>>(),
+            )
+        };
+        src.add_file(
+            Table::Alerts,
+            "alerts/date=2026-01-01/hour=00/0.parquet",
+            &file(&[("a0", at(0, 1)), ("a1", at(0, 2))]),
+        );
+        src.add_file(
+            Table::Alerts,
+            "alerts/date=2026-01-01/hour=01/1.parquet",
+            &file(&[("b0", at(1, 1)), ("b1", at(1, 2))]),
+        );
         src.add_buffered(Table::Alerts, file(&[("c0", at(2, 1))]));
         src
     }
@@ -696,19 +958,43 @@ mod tests {
     #[tokio::test]
     async fn alerts_show_the_response_taken_and_keep_time_pruning() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = session_context(Arc::new(alerts_source(dir.path())), QueryLimits::default()).unwrap();
+        let ctx =
+            session_context(Arc::new(alerts_source(dir.path())), QueryLimits::default()).unwrap();
         let limits = QueryLimits::default();
-        let text = |b: &[RecordBatch]| arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+        let text = |b: &[RecordBatch]| {
+            arrow::util::pretty::pretty_format_batches(b)
+                .unwrap()
+                .to_string()
+        };
 
         // Without a responder the columns exist and are NULL.
-        let b = run_query(&ctx, "SELECT count(*) FROM alerts WHERE response_action IS NULL AND responded_at IS NULL", &limits).await.unwrap();
-        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 5);
+        let b = run_query(
+            &ctx,
+            "SELECT count(*) FROM alerts WHERE response_action IS NULL AND responded_at IS NULL",
+            &limits,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            b[0].column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            5
+        );
 
         // b0 was contained 90 s after it was raised; b1's action is still being retried.
         let b0_us = BASE_US + HOUR_US + 1_000_000;
-        let rows = Arc::new(std::sync::Mutex::new(vec![response("b0", b0_us + 1_000_000, Some(b0_us + 90_000_000))]));
+        let rows = Arc::new(std::sync::Mutex::new(vec![response(
+            "b0",
+            b0_us + 1_000_000,
+            Some(b0_us + 90_000_000),
+        )]));
         let shared = rows.clone();
-        register_alert_responses(&ctx, move || shared.lock().unwrap().clone()).await.unwrap();
+        register_alert_responses(&ctx, move || shared.lock().unwrap().clone())
+            .await
+            .unwrap();
         rows.lock().unwrap().push(response("b1", b0_us, None));
         let b = run_query(
             &ctx,
@@ -719,11 +1005,27 @@ mod tests {
         .await
         .unwrap();
         let t = text(&b);
-        assert!(t.contains("| b0       | revoke_agent_token | delivered       | 90.0      |"), "{t}");
-        assert!(t.contains("| b1       | revoke_agent_token | retrying        |           |"), "{t}");
+        assert!(
+            t.contains("| b0       | revoke_agent_token | delivered       | 90.0      |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| b1       | revoke_agent_token | retrying        |           |"),
+            "{t}"
+        );
         assert_eq!(test_support::total_rows(&b), 2, "{t}");
-        let b = run_query(&ctx, "SELECT count(*) FROM alerts", &limits).await.unwrap();
-        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 5, "the join repeats no alert");
+        let b = run_query(&ctx, "SELECT count(*) FROM alerts", &limits)
+            .await
+            .unwrap();
+        assert_eq!(
+            b[0].column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            5,
+            "the join repeats no alert"
+        );
 
         // A time filter on the view still reaches the store scan: hour 1's file only.
         let (n, files) = count_and_files(
@@ -742,12 +1044,23 @@ mod tests {
         .await
         .unwrap();
         let t = text(&b);
-        assert!(t.contains("hour=00/0.parquet") && !t.contains("hour=01/1.parquet"), "{t}");
+        assert!(
+            t.contains("hour=00/0.parquet") && !t.contains("hour=01/1.parquet"),
+            "{t}"
+        );
 
         // The stored columns still read back as alerts (what the server's reconciliation does).
-        let b = run_query(&ctx, "SELECT * FROM alerts ORDER BY alert_id", &limits).await.unwrap();
-        let back: Vec<vigil_detect::Alert> = b.iter().flat_map(|b| vigil_detect::alerts_from_batch(b).unwrap()).collect();
-        assert_eq!(back.iter().map(|a| a.alert_id.as_str()).collect::<Vec<_>>(), ["a0", "a1", "b0", "b1", "c0"]);
+        let b = run_query(&ctx, "SELECT * FROM alerts ORDER BY alert_id", &limits)
+            .await
+            .unwrap();
+        let back: Vec<vigil_detect::Alert> = b
+            .iter()
+            .flat_map(|b| vigil_detect::alerts_from_batch(b).unwrap())
+            .collect();
+        assert_eq!(
+            back.iter().map(|a| a.alert_id.as_str()).collect::<Vec<_>>(),
+            ["a0", "a1", "b0", "b1", "c0"]
+        );
         assert_eq!(back[2], alert("b0", b0_us));
     }
 
@@ -759,10 +1072,23 @@ mod tests {
         let rows = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ctx = session_context(Arc::new(src), QueryLimits::default()).unwrap();
         let shared = rows.clone();
-        register_live_table(&ctx, "alert_deliveries", schema.clone(), move || shared.lock().unwrap().clone()).unwrap();
+        register_live_table(&ctx, "alert_deliveries", schema.clone(), move || {
+            shared.lock().unwrap().clone()
+        })
+        .unwrap();
         let count = |ctx: SessionContext| async move {
-            let b = run_query(&ctx, "SELECT count(*) FROM alert_deliveries", &QueryLimits::default()).await.unwrap();
-            b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0)
+            let b = run_query(
+                &ctx,
+                "SELECT count(*) FROM alert_deliveries",
+                &QueryLimits::default(),
+            )
+            .await
+            .unwrap();
+            b[0].column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
         };
         assert_eq!(count(ctx.clone()).await, 0);
         rows.lock().unwrap().push(test_support::state_batch(schema));

@@ -32,14 +32,25 @@ impl TestSource {
     /// `events` with one file per `(hour, rows)` entry (rows spread over that hour after `BASE_US`) and
     /// `buffered` rows in memory in the hour after the last file.
     pub fn with_hours(root: &Path, hours: &[(i64, usize)], buffered: usize) -> Self {
-        let mut source = TestSource { root: root.to_path_buf(), files: HashMap::new(), buffered: HashMap::new() };
+        let mut source = TestSource {
+            root: root.to_path_buf(),
+            files: HashMap::new(),
+            buffered: HashMap::new(),
+        };
         for (i, &(hour, rows)) in hours.iter().enumerate() {
             let batch = events(BASE_US + hour * HOUR_US, rows, &format!("f{i}"));
-            source.add_file(Table::Events, &format!("events/date=2026-01-01/hour={hour:02}/{i}.parquet"), &batch);
+            source.add_file(
+                Table::Events,
+                &format!("events/date=2026-01-01/hour={hour:02}/{i}.parquet"),
+                &batch,
+            );
         }
         let next_hour = hours.iter().map(|(h, _)| h + 1).max().unwrap_or(0);
         if buffered > 0 {
-            source.add_buffered(Table::Events, events(BASE_US + next_hour * HOUR_US, buffered, "mem"));
+            source.add_buffered(
+                Table::Events,
+                events(BASE_US + next_hour * HOUR_US, buffered, "mem"),
+            );
         }
         source
     }
@@ -51,7 +62,9 @@ impl TestSource {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
             .build();
-        let mut writer = ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
+                .unwrap();
         writer.write(batch).unwrap();
         writer.close().unwrap();
         let (min_time_us, max_time_us) = time_bounds(batch);
@@ -81,7 +94,10 @@ impl SnapshotSource for TestSource {
 
     fn object_store(&self) -> (url::Url, Arc<dyn ObjectStore>) {
         let store = LocalFileSystem::new_with_prefix(&self.root).expect("test root exists");
-        (url::Url::parse("file:///").expect("valid url"), Arc::new(store))
+        (
+            url::Url::parse("file:///").expect("valid url"),
+            Arc::new(store),
+        )
     }
 
     fn schema(&self, table: Table) -> SchemaRef {
@@ -103,7 +119,11 @@ pub fn events(start_us: i64, rows: usize, id_prefix: &str) -> RecordBatch {
         builder.push(&EventRow {
             time_us: start_us + i as i64 * 1_000_000,
             event_id: format!("{id_prefix}-{i}"),
-            kind: Some(if i % 2 == 0 { EventKind::Inference } else { EventKind::Tool }),
+            kind: Some(if i % 2 == 0 {
+                EventKind::Inference
+            } else {
+                EventKind::Tool
+            }),
             user_id: Some(format!("user{}", i % 3)),
             model: Some("gpt-4o".into()),
             input_tokens: Some(10 + i as i64),
@@ -118,13 +138,18 @@ pub fn events(start_us: i64, rows: usize, id_prefix: &str) -> RecordBatch {
 pub fn state_batch(schema: SchemaRef) -> RecordBatch {
     RecordBatch::try_new(
         schema,
-        vec![Arc::new(StringArray::from(vec!["alice", "bob"])), Arc::new(Float64Array::from(vec![1.0, 2.0]))],
+        vec![
+            Arc::new(StringArray::from(vec!["alice", "bob"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        ],
     )
     .unwrap()
 }
 
 fn time_bounds(batch: &RecordBatch) -> (i64, i64) {
-    let Some(col) = batch.column_by_name("time") else { return (0, 0) };
+    let Some(col) = batch.column_by_name("time") else {
+        return (0, 0);
+    };
     let times = col
         .as_any()
         .downcast_ref::<arrow::array::TimestampMicrosecondArray>()

@@ -45,7 +45,9 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
             }
         }
     }
-    let Some(mut sender) = sender else { anyhow::bail!("no OTLP endpoint at {}", args.endpoint) };
+    let Some(mut sender) = sender else {
+        anyhow::bail!("no OTLP endpoint at {}", args.endpoint)
+    };
     let mut schedule = Schedule::new(args.seed, Duration::from_secs(args.incident_every));
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -42,9 +42,14 @@ pub struct DemoArgs {
 }
 
 pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
-    let demo: Config = toml::from_str(DEMO_CONFIG).context("parsing the embedded demo configuration")?;
+    let demo: Config =
+        toml::from_str(DEMO_CONFIG).context("parsing the embedded demo configuration")?;
     let inv = &config.detect.inventory;
-    if inv.models.is_empty() && inv.providers.is_empty() && inv.endpoints.is_empty() && inv.agents.is_empty() {
+    if inv.models.is_empty()
+        && inv.providers.is_empty()
+        && inv.endpoints.is_empty()
+        && inv.agents.is_empty()
+    {
         config.detect = demo.detect;
     }
     if args.serve.flush_age.is_none() {
@@ -53,8 +58,14 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let running = serve::start(config.clone()).await?;
     let b = running.bound.clone();
     println!("Vigil demo: data in {}/", config.server.data_dir.display());
-    println!("  OTLP gRPC  {}   OTLP/HTTP  http://{}/v1/traces", b.grpc, b.http);
-    println!("  admin      http://{}/metrics   query API  POST http://{}/api/v1/query", b.admin, b.admin);
+    println!(
+        "  OTLP gRPC  {}   OTLP/HTTP  http://{}/v1/traces",
+        b.grpc, b.http
+    );
+    println!(
+        "  admin      http://{}/metrics   query API  POST http://{}/api/v1/query",
+        b.admin, b.admin
+    );
     if let Some(pg) = b.pg {
         println!("  PostgreSQL psql -h {} -p {} -U vigil", pg.ip(), pg.port());
     }
@@ -65,11 +76,23 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let printer = tokio::spawn(async move {
         while let Ok(a) = alerts.recv().await {
             *counts.lock().entry(a.detector.clone()).or_default() += 1;
-            println!("  ALERT {:<8} {:<18} {}={}  {}", a.severity.as_str(), a.detector, a.entity_type, a.entity_id, a.title);
+            println!(
+                "  ALERT {:<8} {:<18} {}={}  {}",
+                a.severity.as_str(),
+                a.detector,
+                a.entity_type,
+                a.entity_id,
+                a.title
+            );
         }
     });
 
-    let mut sender = OtlpSender::connect(&format!("http://{}", b.grpc), Some(&format!("http://{}", b.http)), None).await?;
+    let mut sender = OtlpSender::connect(
+        &format!("http://{}", b.grpc),
+        Some(&format!("http://{}", b.http)),
+        None,
+    )
+    .await?;
     let http = reqwest::Client::new();
     let mut schedule = Schedule::new(args.seed, Duration::from_secs(args.incident_every));
     let mut sent = 0u64;
@@ -78,7 +101,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let now_us = chrono::Utc::now().timestamp_micros();
     print!("Sending {} minutes of history", args.history_minutes);
     for second in (1..=i64::from(args.history_minutes) * 60).rev() {
-        let rows = schedule.traffic.normal(now_us - second * 1_000_000, args.rate as usize);
+        let rows = schedule
+            .traffic
+            .normal(now_us - second * 1_000_000, args.rate as usize);
         sender.grpc(&rows).await.context("sending history")?;
         sent += rows.len() as u64;
         if second % 60 == 0 {
@@ -88,7 +113,10 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
         }
     }
     println!(" {sent} events.");
-    println!("Live traffic: {} events/s over OTLP gRPC and HTTP/JSON, an incident every {} s.", args.rate, args.incident_every);
+    println!(
+        "Live traffic: {} events/s over OTLP gRPC and HTTP/JSON, an incident every {} s.",
+        args.rate, args.incident_every
+    );
 
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -117,11 +145,16 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
 
         let secs = started.elapsed().as_secs();
         if secs > 0 && secs % 5 == 0 {
-            let stored = count(&http, &b, "SELECT count(*) AS n FROM events").await.unwrap_or(-1);
+            let stored = count(&http, &b, "SELECT count(*) AS n FROM events")
+                .await
+                .unwrap_or(-1);
             let alerts: u64 = by_detector.lock().values().sum();
             println!("[{secs:>4}s] sent {sent} events, {stored} stored, {alerts} alerts");
         }
-        if !shown_queries && started.elapsed() >= Duration::from_secs(args.incident_every * Incident::ALL.len() as u64 + 2) {
+        if !shown_queries
+            && started.elapsed()
+                >= Duration::from_secs(args.incident_every * Incident::ALL.len() as u64 + 2)
+        {
             shown_queries = true;
             summary(&by_detector.lock());
         }
@@ -158,7 +191,9 @@ fn summary(by_detector: &BTreeMap<String, u64>) {
     println!("  cargo run -q -- sql \"SELECT department, model, count(*) AS calls, sum(input_tokens + output_tokens) AS tokens FROM events WHERE kind = 'inference' GROUP BY 1, 2 ORDER BY tokens DESC LIMIT 10\"");
     println!("  cargo run -q -- sql \"SELECT time, detector, severity, entity_id, title FROM alerts ORDER BY time DESC LIMIT 10\"");
     println!("  cargo run -q -- sql \"SELECT entity_type, entity_id, registered, event_count FROM inventory WHERE NOT registered\"");
-    println!("  psql -h 127.0.0.1 -p 5433 -U vigil -c 'SELECT kind, count(*) FROM events GROUP BY kind'");
+    println!(
+        "  psql -h 127.0.0.1 -p 5433 -U vigil -c 'SELECT kind, count(*) FROM events GROUP BY kind'"
+    );
     println!("Press Ctrl-C to stop.");
     println!();
 }

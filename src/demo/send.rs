@@ -15,12 +15,25 @@ pub struct OtlpSender {
 
 impl OtlpSender {
     /// `grpc_endpoint` like `http://127.0.0.1:4317`; `http_endpoint` like `http://127.0.0.1:4318` (optional).
-    pub async fn connect(grpc_endpoint: &str, http_endpoint: Option<&str>, token: Option<&str>) -> Result<Self> {
+    pub async fn connect(
+        grpc_endpoint: &str,
+        http_endpoint: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self> {
         let grpc = TraceServiceClient::connect(grpc_endpoint.to_string())
             .await
             .with_context(|| format!("connecting to OTLP gRPC at {grpc_endpoint}"))?;
-        let http = http_endpoint.map(|e| (reqwest::Client::new(), format!("{}/v1/traces", e.trim_end_matches('/'))));
-        Ok(Self { grpc, http, authorization: token.map(|t| format!("Bearer {t}")) })
+        let http = http_endpoint.map(|e| {
+            (
+                reqwest::Client::new(),
+                format!("{}/v1/traces", e.trim_end_matches('/')),
+            )
+        });
+        Ok(Self {
+            grpc,
+            http,
+            authorization: token.map(|t| format!("Bearer {t}")),
+        })
     }
 
     pub async fn grpc(&mut self, rows: &[EventRow]) -> Result<()> {
@@ -29,9 +42,15 @@ impl OtlpSender {
         }
         let mut request = tonic::Request::new(traces_request(rows));
         if let Some(auth) = &self.authorization {
-            request.metadata_mut().insert("authorization", auth.parse().context("the token is not valid header text")?);
+            request.metadata_mut().insert(
+                "authorization",
+                auth.parse().context("the token is not valid header text")?,
+            );
         }
-        self.grpc.export(request).await.context("OTLP gRPC export")?;
+        self.grpc
+            .export(request)
+            .await
+            .context("OTLP gRPC export")?;
         Ok(())
     }
 
@@ -44,12 +63,19 @@ impl OtlpSender {
             return Ok(());
         }
         let body = serde_json::to_vec(&traces_request(rows))?;
-        let mut req = client.post(url).header("content-type", "application/json").body(body);
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(auth) = &self.authorization {
             req = req.header("authorization", auth);
         }
         let resp = req.send().await?;
-        ensure!(resp.status().is_success(), "OTLP/HTTP answered {}", resp.status());
+        ensure!(
+            resp.status().is_success(),
+            "OTLP/HTTP answered {}",
+            resp.status()
+        );
         Ok(())
     }
 }

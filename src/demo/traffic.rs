@@ -68,11 +68,41 @@ pub struct ModelSpec {
 }
 
 pub const MODELS: &[ModelSpec] = &[
-    ModelSpec { provider: "openai", model: "gpt-4o", response_model: "gpt-4o-2024-08-06", endpoint: "api.openai.com:443", latency_ms: 900.0 },
-    ModelSpec { provider: "openai", model: "gpt-4o-mini", response_model: "gpt-4o-mini-2024-07-18", endpoint: "api.openai.com:443", latency_ms: 450.0 },
-    ModelSpec { provider: "anthropic", model: "claude-sonnet-4", response_model: "claude-sonnet-4-20250514", endpoint: "api.anthropic.com:443", latency_ms: 1100.0 },
-    ModelSpec { provider: "gcp.vertex_ai", model: "gemini-2.5-pro", response_model: "gemini-2.5-pro", endpoint: "us-central1-aiplatform.googleapis.com:443", latency_ms: 1300.0 },
-    ModelSpec { provider: "aws.bedrock", model: "llama-3-70b", response_model: "meta.llama3-70b-instruct-v1:0", endpoint: "bedrock-runtime.us-east-1.amazonaws.com:443", latency_ms: 800.0 },
+    ModelSpec {
+        provider: "openai",
+        model: "gpt-4o",
+        response_model: "gpt-4o-2024-08-06",
+        endpoint: "api.openai.com:443",
+        latency_ms: 900.0,
+    },
+    ModelSpec {
+        provider: "openai",
+        model: "gpt-4o-mini",
+        response_model: "gpt-4o-mini-2024-07-18",
+        endpoint: "api.openai.com:443",
+        latency_ms: 450.0,
+    },
+    ModelSpec {
+        provider: "anthropic",
+        model: "claude-sonnet-4",
+        response_model: "claude-sonnet-4-20250514",
+        endpoint: "api.anthropic.com:443",
+        latency_ms: 1100.0,
+    },
+    ModelSpec {
+        provider: "gcp.vertex_ai",
+        model: "gemini-2.5-pro",
+        response_model: "gemini-2.5-pro",
+        endpoint: "us-central1-aiplatform.googleapis.com:443",
+        latency_ms: 1300.0,
+    },
+    ModelSpec {
+        provider: "aws.bedrock",
+        model: "llama-3-70b",
+        response_model: "meta.llama3-70b-instruct-v1:0",
+        endpoint: "bedrock-runtime.us-east-1.amazonaws.com:443",
+        latency_ms: 800.0,
+    },
 ];
 
 pub struct AgentSpec {
@@ -83,9 +113,24 @@ pub struct AgentSpec {
 }
 
 pub const AGENTS: &[AgentSpec] = &[
-    AgentSpec { id: "support-agent", service: "support-desk", tools: &["search_kb", "lookup_order", "create_ticket"], data_sources: &["kb", "orders"] },
-    AgentSpec { id: "finance-agent", service: "finance-analyst", tools: &["query_ledger", "build_report"], data_sources: &["ledger"] },
-    AgentSpec { id: "devops-agent", service: "code-copilot", tools: &["read_logs", "list_deployments"], data_sources: &["logs"] },
+    AgentSpec {
+        id: "support-agent",
+        service: "support-desk",
+        tools: &["search_kb", "lookup_order", "create_ticket"],
+        data_sources: &["kb", "orders"],
+    },
+    AgentSpec {
+        id: "finance-agent",
+        service: "finance-analyst",
+        tools: &["query_ledger", "build_report"],
+        data_sources: &["ledger"],
+    },
+    AgentSpec {
+        id: "devops-agent",
+        service: "code-copilot",
+        tools: &["read_logs", "list_deployments"],
+        data_sources: &["logs"],
+    },
 ];
 
 /// The incidents the demo injects, one per detector kind.
@@ -133,7 +178,10 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn new(seed: u64) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), next_span: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            next_span: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        }
     }
 
     fn ids(&mut self) -> (String, String) {
@@ -160,7 +208,14 @@ impl Traffic {
         }
     }
 
-    fn inference(&mut self, time_us: i64, dept: &Department, user: &str, model: &ModelSpec, prompt: &str) -> EventRow {
+    fn inference(
+        &mut self,
+        time_us: i64,
+        dept: &Department,
+        user: &str,
+        model: &ModelSpec,
+        prompt: &str,
+    ) -> EventRow {
         let mut row = self.base(time_us, EventKind::Inference, dept, user);
         row.operation = Some("chat".into());
         row.provider = Some(model.provider.into());
@@ -196,22 +251,33 @@ impl Traffic {
                 };
                 let prompt = dept.prompts[self.rng.random_range(0..dept.prompts.len())];
                 rows.push(self.inference(t, dept, user, model, prompt));
-            } else if let (true, Some(agent)) = (roll < 0.90, AGENTS.iter().find(|a| a.service == dept.service)) {
+            } else if let (true, Some(agent)) = (
+                roll < 0.90,
+                AGENTS.iter().find(|a| a.service == dept.service),
+            ) {
                 // Each department's agent works for that department's users, inside its allowlist.
                 let mut row = self.base(t, EventKind::Tool, dept, user);
                 row.agent_id = Some(agent.id.into());
                 row.operation = Some("execute_tool".into());
-                row.tool_name = Some(agent.tools[self.rng.random_range(0..agent.tools.len())].into());
-                row.data_source = Some(agent.data_sources[self.rng.random_range(0..agent.data_sources.len())].into());
+                row.tool_name =
+                    Some(agent.tools[self.rng.random_range(0..agent.tools.len())].into());
+                row.data_source = Some(
+                    agent.data_sources[self.rng.random_range(0..agent.data_sources.len())].into(),
+                );
                 row.latency_ms = Some(self.rng.random_range(20.0..400.0));
-                row.prompt_text = Some(format!("{{\"query\": \"order {}\", \"limit\": 10}}", self.rng.random_range(1000..99999)));
+                row.prompt_text = Some(format!(
+                    "{{\"query\": \"order {}\", \"limit\": 10}}",
+                    self.rng.random_range(1000..99999)
+                ));
                 row.response_text = Some("{\"results\": 3, \"status\": \"found\"}".into());
                 rows.push(row);
             } else {
                 let mut row = self.base(t, EventKind::Policy, dept, user);
                 row.service = Some("ai-gateway".into());
                 row.operation = Some("run_guardrail".into());
-                row.policy_id = Some(["pii-guard", "topic-guard", "cost-guard"][self.rng.random_range(0..3)].into());
+                row.policy_id = Some(
+                    ["pii-guard", "topic-guard", "cost-guard"][self.rng.random_range(0..3)].into(),
+                );
                 // Rare enough that no one collects a burst of denials by chance (the deny-burst incident does).
                 let deny = self.rng.random_bool(0.01);
                 row.decision = Some(if deny { "deny" } else { "allow" }.into());
@@ -235,7 +301,8 @@ impl Traffic {
                 vec![self.inference(time_us, eng, "bob", &MODELS[0], prompt)]
             }
             Incident::PiiLeakInResponse => {
-                let mut row = self.inference(time_us, support, "omar", &MODELS[1], support.prompts[0]);
+                let mut row =
+                    self.inference(time_us, support, "omar", &MODELS[1], support.prompts[0]);
                 row.response_text = Some("The customer's card on file is 4539 1488 0343 6467 and their SSN is 536-22-8109.".into());
                 vec![row]
             }
@@ -255,7 +322,13 @@ impl Traffic {
                 vec![row]
             }
             Incident::ShadowModel => {
-                let shadow = ModelSpec { provider: "deepseek", model: "deepseek-chat", response_model: "deepseek-chat", endpoint: "api.deepseek.com:443", latency_ms: 700.0 };
+                let shadow = ModelSpec {
+                    provider: "deepseek",
+                    model: "deepseek-chat",
+                    response_model: "deepseek-chat",
+                    endpoint: "api.deepseek.com:443",
+                    latency_ms: 700.0,
+                };
                 vec![self.inference(time_us, sales, "hugo", &shadow, sales.prompts[1])]
             }
             Incident::ToolOverreach => {
@@ -273,7 +346,8 @@ impl Traffic {
                 row.operation = Some("execute_tool".into());
                 row.tool_name = Some("query_ledger".into());
                 row.data_source = Some("ledger".into());
-                row.prompt_text = Some("{\"account\": \"1001' OR 1=1; DROP TABLE ledger; --\"}".into());
+                row.prompt_text =
+                    Some("{\"account\": \"1001' OR 1=1; DROP TABLE ledger; --\"}".into());
                 vec![row]
             }
             Incident::PrivilegedModel => {
@@ -282,7 +356,8 @@ impl Traffic {
             }
             Incident::DenyBurst => (0..8)
                 .map(|k| {
-                    let mut row = self.base(time_us + k * 1_000_000, EventKind::Policy, sales, "gina");
+                    let mut row =
+                        self.base(time_us + k * 1_000_000, EventKind::Policy, sales, "gina");
                     row.service = Some("ai-gateway".into());
                     row.operation = Some("run_guardrail".into());
                     row.policy_id = Some("topic-guard".into());
@@ -293,7 +368,13 @@ impl Traffic {
                 .collect(),
             Incident::TokenSpike => (0..40)
                 .map(|k| {
-                    let mut row = self.inference(time_us + k * 50_000, &DEPARTMENTS[2], "mateo", &MODELS[2], DEPARTMENTS[2].prompts[0]);
+                    let mut row = self.inference(
+                        time_us + k * 50_000,
+                        &DEPARTMENTS[2],
+                        "mateo",
+                        &MODELS[2],
+                        DEPARTMENTS[2].prompts[0],
+                    );
                     row.output_tokens = Some(60_000);
                     row.input_tokens = Some(90_000);
                     row
@@ -301,13 +382,21 @@ impl Traffic {
                 .collect(),
             // A runaway script on an engineer's key: several times the user's usual requests in a second.
             Incident::RateSpike => (0..700)
-                .map(|k| self.inference(time_us + k * 1_000, eng, "dara", &MODELS[1], eng.prompts[0]))
+                .map(|k| {
+                    self.inference(time_us + k * 1_000, eng, "dara", &MODELS[1], eng.prompts[0])
+                })
                 .collect(),
             // A user's revoked key still used by a script: calls that all fail fast with nothing generated, a
             // pattern no one in the population shows (the behaviour model's distance, not one threshold).
             Incident::BehaviorAnomaly => (0..60)
                 .map(|k| {
-                    let mut row = self.inference(time_us + k * 15_000, &DEPARTMENTS[2], "kofi", &MODELS[0], DEPARTMENTS[2].prompts[0]);
+                    let mut row = self.inference(
+                        time_us + k * 15_000,
+                        &DEPARTMENTS[2],
+                        "kofi",
+                        &MODELS[0],
+                        DEPARTMENTS[2].prompts[0],
+                    );
                     row.status = Some("error".into());
                     row.error_type = Some("401".into());
                     row.latency_ms = Some(15.0);
@@ -319,7 +408,13 @@ impl Traffic {
                 .collect(),
             Incident::ModelSwap => (0..120)
                 .map(|k| {
-                    let mut row = self.inference(time_us + k * 10_000, eng, "chen", &MODELS[0], eng.prompts[0]);
+                    let mut row = self.inference(
+                        time_us + k * 10_000,
+                        eng,
+                        "chen",
+                        &MODELS[0],
+                        eng.prompts[0],
+                    );
                     row.response_model = Some("gpt-4o-2025-03-unannounced".into());
                     row
                 })
@@ -340,7 +435,12 @@ pub struct Schedule {
 impl Schedule {
     /// `incident_every` of zero injects no incidents.
     pub fn new(seed: u64, incident_every: std::time::Duration) -> Self {
-        Self { traffic: Traffic::new(seed), incident_every, last_incident: std::time::Instant::now(), next: 0 }
+        Self {
+            traffic: Traffic::new(seed),
+            incident_every,
+            last_incident: std::time::Instant::now(),
+            next: 0,
+        }
     }
 
     pub fn second(&mut self, now_us: i64, rate: usize) -> (Vec<EventRow>, Option<Incident>) {
@@ -376,7 +476,10 @@ mod tests {
     fn every_incident_produces_events() {
         let mut t = Traffic::new(1);
         for kind in Incident::ALL {
-            assert!(!t.incident(1_700_000_000_000_000, kind).is_empty(), "{kind:?}");
+            assert!(
+                !t.incident(1_700_000_000_000_000, kind).is_empty(),
+                "{kind:?}"
+            );
         }
     }
 }

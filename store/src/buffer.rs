@@ -45,7 +45,9 @@ impl Buffer {
         if batch.num_rows() == 0 {
             return;
         }
-        let Some(tb) = self.table_mut(table) else { return };
+        let Some(tb) = self.table_mut(table) else {
+            return;
+        };
         tb.rows += batch.num_rows();
         tb.bytes += batch.get_array_memory_size();
         tb.batches.push((seq, batch));
@@ -54,13 +56,21 @@ impl Buffer {
 
     /// The batches a query sees (cheap: batches share their buffers).
     pub fn batches(&self, table: Table) -> Vec<RecordBatch> {
-        self.table(table).map(|tb| tb.batches.iter().map(|(_, b)| b.clone()).collect()).unwrap_or_default()
+        self.table(table)
+            .map(|tb| tb.batches.iter().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The batches with sequence `<= seq`.
     pub fn batches_upto(&self, table: Table, seq: u64) -> Vec<RecordBatch> {
         self.table(table)
-            .map(|tb| tb.batches.iter().filter(|(s, _)| *s <= seq).map(|(_, b)| b.clone()).collect())
+            .map(|tb| {
+                tb.batches
+                    .iter()
+                    .filter(|(s, _)| *s <= seq)
+                    .map(|(_, b)| b.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -69,7 +79,11 @@ impl Buffer {
         for tb in [&mut self.events, &mut self.alerts] {
             tb.batches.retain(|(s, _)| *s > seq);
             tb.rows = tb.batches.iter().map(|(_, b)| b.num_rows()).sum();
-            tb.bytes = tb.batches.iter().map(|(_, b)| b.get_array_memory_size()).sum();
+            tb.bytes = tb
+                .batches
+                .iter()
+                .map(|(_, b)| b.get_array_memory_size())
+                .sum();
         }
         // What is left arrived after the flush started; counting its age from now is close enough.
         self.oldest = (self.total_rows() > 0).then(Instant::now);
@@ -101,7 +115,11 @@ mod tests {
 
     fn batch(n: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from((0..n).collect::<Vec<_>>()))]).unwrap()
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from((0..n).collect::<Vec<_>>()))],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -111,7 +129,10 @@ mod tests {
         b.push(2, Table::Alerts, batch(1));
         b.push(3, Table::Events, batch(5));
         b.push(4, Table::Baselines, batch(5)); // state tables are never buffered
-        assert_eq!((b.rows(Table::Events), b.rows(Table::Alerts), b.total_rows()), (7, 1, 8));
+        assert_eq!(
+            (b.rows(Table::Events), b.rows(Table::Alerts), b.total_rows()),
+            (7, 1, 8)
+        );
         assert_eq!(b.batches_upto(Table::Events, 2).len(), 1);
         b.drain_upto(2);
         assert_eq!((b.rows(Table::Events), b.rows(Table::Alerts)), (5, 0));

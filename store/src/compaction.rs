@@ -59,7 +59,9 @@ impl Store {
 
     /// Merges one group; returns how many files it replaced (0 if the group changed under it).
     async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, StoreError> {
-        let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else { return Ok(0) };
+        let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else {
+            return Ok(0);
+        };
         let mut inputs = Vec::with_capacity(group.len());
         for f in &group {
             inputs.push(self.objects.get(&f.path).await?);
@@ -76,7 +78,9 @@ impl Store {
                     f.path = new_file_path(table, hour);
                     Ok(f)
                 }
-                _ => Err(StoreError::Manifest("compaction input spans more than one hour partition".into())),
+                _ => Err(StoreError::Manifest(
+                    "compaction input spans more than one hour partition".into(),
+                )),
             }
         })
         .await
@@ -95,7 +99,10 @@ impl Store {
             min_time_us: encoded.min_time_us,
             max_time_us: encoded.max_time_us,
         };
-        let size = self.objects.put_durable(&encoded.path, encoded.bytes).await?;
+        let size = self
+            .objects
+            .put_durable(&encoded.path, encoded.bytes)
+            .await?;
         let out = StoredFile { size, ..out };
         let sha256 = encoded_sha256;
 
@@ -139,7 +146,13 @@ mod tests {
     use super::*;
 
     fn file(dir: &str, name: &str, size: u64, t: i64) -> StoredFile {
-        StoredFile { path: format!("{dir}/{name}.parquet"), size, rows: 1, min_time_us: t, max_time_us: t }
+        StoredFile {
+            path: format!("{dir}/{name}.parquet"),
+            size,
+            rows: 1,
+            min_time_us: t,
+            max_time_us: t,
+        }
     }
 
     #[test]
@@ -156,7 +169,10 @@ mod tests {
         let groups = plan(&files, 25);
         // 10 + 10 fit in 25, the third starts a new group of one, which is not merged.
         assert_eq!(groups.len(), 1);
-        let names: Vec<_> = groups[0].iter().map(|f| f.path.rsplit('/').next().unwrap().to_string()).collect();
+        let names: Vec<_> = groups[0]
+            .iter()
+            .map(|f| f.path.rsplit('/').next().unwrap().to_string())
+            .collect();
         assert_eq!(names, vec!["2.parquet", "3.parquet"]);
         assert_eq!(plan(&files, 110)[0].len(), 3);
     }

@@ -96,7 +96,12 @@ impl DedupeSet {
     /// Remembers every id of a batch already stored (rebuild on open). Ids are not checked.
     pub fn remember(&mut self, table: Table, batch: &RecordBatch) {
         let Some(col) = id_column(table) else { return };
-        let Some(ids) = batch.column_by_name(col).and_then(|c| c.as_string_opt::<i32>()) else { return };
+        let Some(ids) = batch
+            .column_by_name(col)
+            .and_then(|c| c.as_string_opt::<i32>())
+        else {
+            return;
+        };
         for id in ids.iter().flatten() {
             self.insert(key(table, id));
         }
@@ -113,11 +118,19 @@ impl DedupeSet {
     /// Drops the rows whose id was seen (including earlier in the same batch) and remembers the others.
     pub fn filter(&mut self, table: Table, batch: RecordBatch) -> Result<Filtered, StoreError> {
         let Some(col) = id_column(table) else {
-            return Ok(Filtered { batch, added: Vec::new(), duplicates: 0 });
+            return Ok(Filtered {
+                batch,
+                added: Vec::new(),
+                duplicates: 0,
+            });
         };
-        let ids = batch.column_by_name(col).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| {
-            StoreError::InvalidBatch { table: table.name(), reason: format!("no Utf8 column `{col}`") }
-        })?;
+        let ids = batch
+            .column_by_name(col)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| StoreError::InvalidBatch {
+                table: table.name(),
+                reason: format!("no Utf8 column `{col}`"),
+            })?;
         let mut added = Vec::with_capacity(ids.len());
         let mut keep = Vec::with_capacity(ids.len());
         for i in 0..ids.len() {
@@ -133,8 +146,16 @@ impl DedupeSet {
             keep.push(fresh);
         }
         let duplicates = keep.iter().filter(|k| !**k).count();
-        let batch = if duplicates == 0 { batch } else { filter_record_batch(&batch, &BooleanArray::from(keep))? };
-        Ok(Filtered { batch, added, duplicates })
+        let batch = if duplicates == 0 {
+            batch
+        } else {
+            filter_record_batch(&batch, &BooleanArray::from(keep))?
+        };
+        Ok(Filtered {
+            batch,
+            added,
+            duplicates,
+        })
     }
 }
 
@@ -147,7 +168,11 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     fn ids(v: &[&str]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("event_id", DataType::Utf8, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "event_id",
+            DataType::Utf8,
+            false,
+        )]));
         RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(v.to_vec()))]).unwrap()
     }
 
@@ -161,8 +186,13 @@ mod tests {
         let kept = f.batch.column(0).as_string::<i32>().value(0).to_string();
         assert_eq!(kept, "c");
         // Same id in another table is a different row.
-        let schema = Arc::new(Schema::new(vec![Field::new("alert_id", DataType::Utf8, false)]));
-        let alerts = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "alert_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let alerts =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
         assert_eq!(d.filter(Table::Alerts, alerts).unwrap().duplicates, 0);
     }
 

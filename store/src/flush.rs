@@ -43,7 +43,10 @@ impl Store {
         let drafts = written
             .iter()
             .map(|(table, _, files)| Draft {
-                files: files.iter().map(|(f, sha)| FileRecord::of(f, sha.clone())).collect(),
+                files: files
+                    .iter()
+                    .map(|(f, sha)| FileRecord::of(f, sha.clone()))
+                    .collect(),
                 ..Draft::new(Op::Seal, Some(*table))
             })
             .collect();
@@ -52,7 +55,8 @@ impl Store {
             return Err(e);
         }
         for (table, _, files) in &written {
-            next.files_mut(*table).extend(files.iter().map(|(f, _)| f.clone()));
+            next.files_mut(*table)
+                .extend(files.iter().map(|(f, _)| f.clone()));
         }
         next.wal_seq = seq;
         // If this fails the files stay: whether the new manifest landed is unknown, and `open` deletes
@@ -65,12 +69,23 @@ impl Store {
             Store::update_gauges(&st);
         }
         tracing::Span::current()
-            .record("rows", written.iter().map(|(_, rows, _)| *rows as i64).sum::<i64>())
-            .record("files", written.iter().map(|(_, _, files)| files.len() as i64).sum::<i64>());
+            .record(
+                "rows",
+                written.iter().map(|(_, rows, _)| *rows as i64).sum::<i64>(),
+            )
+            .record(
+                "files",
+                written
+                    .iter()
+                    .map(|(_, _, files)| files.len() as i64)
+                    .sum::<i64>(),
+            );
         let m = metrics();
         for (table, rows, _) in &written {
             m.flushes.with_label_values(&[table.name()]).inc();
-            m.rows_flushed.with_label_values(&[table.name()]).inc_by(*rows);
+            m.rows_flushed
+                .with_label_values(&[table.name()])
+                .inc_by(*rows);
         }
         drop(_guard);
         self.wal.roll().await?;

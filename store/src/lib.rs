@@ -56,7 +56,12 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Events, Table::Alerts, Table::Baselines, Table::Inventory];
+    pub const ALL: [Table; 4] = [
+        Table::Events,
+        Table::Alerts,
+        Table::Baselines,
+        Table::Inventory,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Table::Events => "events",
@@ -156,7 +161,10 @@ impl StoreConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("write-ahead log {path}: {source}")]
-    Wal { path: PathBuf, source: std::io::Error },
+    Wal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
     #[error("parquet: {0}")]
@@ -202,7 +210,12 @@ pub struct TableSnapshot {
 impl TableSnapshot {
     /// Rows in the snapshot, from the manifest's counts and the buffered batches (no file is read).
     pub fn row_count(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum::<u64>() + self.buffered.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+        self.files.iter().map(|f| f.rows).sum::<u64>()
+            + self
+                .buffered
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum::<u64>()
     }
 }
 
@@ -309,7 +322,10 @@ impl Store {
                     }
                 };
                 if f.duplicates > 0 {
-                    metrics().duplicates.with_label_values(&[table.name()]).inc_by(f.duplicates as u64);
+                    metrics()
+                        .duplicates
+                        .with_label_values(&[table.name()])
+                        .inc_by(f.duplicates as u64);
                 }
                 added.extend(f.added);
                 if f.batch.num_rows() > 0 {
@@ -348,9 +364,18 @@ impl Store {
     pub fn snapshot(&self, table: Table) -> TableSnapshot {
         let (files, buffered, schema) = {
             let st = self.shared.state.lock();
-            (st.manifest.files(table).to_vec(), st.buffer.batches(table), st.state_schemas.get(&table).cloned())
+            (
+                st.manifest.files(table).to_vec(),
+                st.buffer.batches(table),
+                st.state_schemas.get(&table).cloned(),
+            )
         };
-        TableSnapshot { table, schema: schema.unwrap_or_else(|| table.schema()), files, buffered }
+        TableSnapshot {
+            table,
+            schema: schema.unwrap_or_else(|| table.schema()),
+            files,
+            buffered,
+        }
     }
 
     /// The object store holding the Parquet files, and the URL DataFusion should register it under
@@ -409,7 +434,9 @@ impl Store {
     /// Queues files that just left the manifest for deletion after the grace period.
     pub(crate) fn schedule_delete(&self, paths: impl IntoIterator<Item = String>) {
         let due = Instant::now() + self.config.compaction_grace;
-        self.pending_deletes.lock().extend(paths.into_iter().map(|p| (due, p)));
+        self.pending_deletes
+            .lock()
+            .extend(paths.into_iter().map(|p| (due, p)));
     }
 
     /// Deletes the queued files whose grace period has passed. Failures are retried on the next pass; a
@@ -435,10 +462,16 @@ impl Store {
         let m = metrics();
         for t in Table::ALL {
             let files = state.manifest.files(t);
-            m.files.with_label_values(&[t.name()]).set(files.len() as i64);
-            m.bytes.with_label_values(&[t.name()]).set(files.iter().map(|f| f.size as i64).sum());
+            m.files
+                .with_label_values(&[t.name()])
+                .set(files.len() as i64);
+            m.bytes
+                .with_label_values(&[t.name()])
+                .set(files.iter().map(|f| f.size as i64).sum());
             if t.is_appended() {
-                m.buffered_rows.with_label_values(&[t.name()]).set(state.buffer.rows(t) as i64);
+                m.buffered_rows
+                    .with_label_values(&[t.name()])
+                    .set(state.buffer.rows(t) as i64);
             }
         }
     }
@@ -455,10 +488,17 @@ fn check_schema(table: Table, batch: &RecordBatch) -> Result<(), StoreError> {
     let expected = table.schema();
     let got = batch.schema();
     let same = expected.fields().len() == got.fields().len()
-        && expected.fields().iter().zip(got.fields()).all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        && expected
+            .fields()
+            .iter()
+            .zip(got.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
     if same {
         Ok(())
     } else {
-        Err(StoreError::InvalidBatch { table: table.name(), reason: format!("schema {got:?} is not {expected:?}") })
+        Err(StoreError::InvalidBatch {
+            table: table.name(),
+            reason: format!("schema {got:?} is not {expected:?}"),
+        })
     }
 }

@@ -25,7 +25,10 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     pub fn files(&self, table: Table) -> &[StoredFile] {
-        self.tables.get(table.name()).map(Vec::as_slice).unwrap_or(&[])
+        self.tables
+            .get(table.name())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn files_mut(&mut self, table: Table) -> &mut Vec<StoredFile> {
@@ -40,8 +43,9 @@ impl Manifest {
 pub(crate) async fn load(objects: &ObjectFiles) -> Result<Manifest, StoreError> {
     match objects.get(MANIFEST_PATH).await {
         Ok(bytes) => {
-            let m: Manifest = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Manifest(format!("{MANIFEST_PATH} does not parse: {e}")))?;
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Manifest(format!("{MANIFEST_PATH} does not parse: {e}"))
+            })?;
             if m.version > VERSION {
                 return Err(StoreError::Manifest(format!(
                     "{MANIFEST_PATH} has version {} but this build reads up to {VERSION}",
@@ -50,9 +54,10 @@ pub(crate) async fn load(objects: &ObjectFiles) -> Result<Manifest, StoreError> 
             }
             Ok(m)
         }
-        Err(StoreError::ObjectStore(object_store::Error::NotFound { .. })) => {
-            Ok(Manifest { version: VERSION, ..Default::default() })
-        }
+        Err(StoreError::ObjectStore(object_store::Error::NotFound { .. })) => Ok(Manifest {
+            version: VERSION,
+            ..Default::default()
+        }),
         Err(e) => Err(e),
     }
 }
@@ -62,7 +67,8 @@ pub(crate) async fn load(objects: &ObjectFiles) -> Result<Manifest, StoreError> 
 pub(crate) async fn save(objects: &ObjectFiles, manifest: &Manifest) -> Result<(), StoreError> {
     let mut m = manifest.clone();
     m.version = VERSION;
-    let json = serde_json::to_vec_pretty(&m).map_err(|e| StoreError::Manifest(format!("serialize: {e}")))?;
+    let json = serde_json::to_vec_pretty(&m)
+        .map_err(|e| StoreError::Manifest(format!("serialize: {e}")))?;
     match &objects.local_root {
         Some(root) => {
             let root = root.clone();
@@ -70,19 +76,28 @@ pub(crate) async fn save(objects: &ObjectFiles, manifest: &Manifest) -> Result<(
                 .await
                 .map_err(|e| StoreError::Manifest(format!("manifest task: {e}")))?
         }
-        None => objects.put_durable(MANIFEST_PATH, Bytes::from(json)).await.map(|_| ()),
+        None => objects
+            .put_durable(MANIFEST_PATH, Bytes::from(json))
+            .await
+            .map(|_| ()),
     }
 }
 
 fn write_local(root: &Path, json: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
-    let err = |what: &str, e: std::io::Error| StoreError::Manifest(format!("{what} in {}: {e}", root.display()));
+    let err = |what: &str, e: std::io::Error| {
+        StoreError::Manifest(format!("{what} in {}: {e}", root.display()))
+    };
     let tmp = root.join(format!("{MANIFEST_PATH}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| err("create temp manifest", e))?;
-    f.write_all(json).and_then(|_| f.sync_all()).map_err(|e| err("write temp manifest", e))?;
+    f.write_all(json)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err("write temp manifest", e))?;
     drop(f);
     std::fs::rename(&tmp, root.join(MANIFEST_PATH)).map_err(|e| err("rename manifest", e))?;
-    std::fs::File::open(root).and_then(|d| d.sync_all()).map_err(|e| err("fsync directory", e))
+    std::fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err("fsync directory", e))
 }
 
 #[cfg(test)]
@@ -94,11 +109,16 @@ mod tests {
     async fn save_then_load_round_trips_and_missing_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let objects = ObjectFiles {
-            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap()),
+            store: Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+            ),
             local_root: Some(dir.path().to_path_buf()),
         };
         assert_eq!(load(&objects).await.unwrap().wal_seq, 0);
-        let mut m = Manifest { wal_seq: 42, ..Default::default() };
+        let mut m = Manifest {
+            wal_seq: 42,
+            ..Default::default()
+        };
         m.files_mut(Table::Events).push(StoredFile {
             path: "events/date=2026-11-22/hour=14/a.parquet".into(),
             size: 10,

@@ -4,9 +4,9 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    register_histogram_with_registry, register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Histogram, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec,
+    register_histogram_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 pub(crate) struct Metrics {
@@ -37,11 +37,18 @@ pub(crate) fn metrics() -> &'static Metrics {
                     "WAL records appended (one per append call)",
                     r
                 )?,
-                wal_bytes: register_int_counter_with_registry!("vigil_wal_bytes_total", "Bytes written to the WAL", r)?,
+                wal_bytes: register_int_counter_with_registry!(
+                    "vigil_wal_bytes_total",
+                    "Bytes written to the WAL",
+                    r
+                )?,
                 wal_fsync_seconds: register_histogram_with_registry!(
                     "vigil_wal_fsync_seconds",
                     "Duration of one WAL fsync (shared by a group of appends)",
-                    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                    vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0
+                    ],
                     r
                 )?,
                 flushes: register_int_counter_vec_with_registry!(

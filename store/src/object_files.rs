@@ -26,10 +26,14 @@ fn local_err(path: &Path, e: std::io::Error) -> StoreError {
 /// durable as the file in it.
 fn sync_local(root: &Path, rel: &str) -> Result<(), StoreError> {
     let path = root.join(rel);
-    std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| local_err(&path, e))?;
+    std::fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| local_err(&path, e))?;
     let mut dir = path.parent();
     while let Some(d) = dir {
-        std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| local_err(d, e))?;
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| local_err(d, e))?;
         if d == root {
             break;
         }
@@ -42,7 +46,9 @@ impl ObjectFiles {
     /// Writes an object atomically (staged + rename locally, a single PUT on S3) and durably.
     pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<u64, StoreError> {
         let size = bytes.len() as u64;
-        self.store.put(&ObjectPath::from(path), PutPayload::from_bytes(bytes)).await?;
+        self.store
+            .put(&ObjectPath::from(path), PutPayload::from_bytes(bytes))
+            .await?;
         if let Some(root) = &self.local_root {
             let (root, rel) = (root.clone(), path.to_string());
             tokio::task::spawn_blocking(move || sync_local(&root, &rel))
@@ -53,7 +59,12 @@ impl ObjectFiles {
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
-        Ok(self.store.get(&ObjectPath::from(path)).await?.bytes().await?)
+        Ok(self
+            .store
+            .get(&ObjectPath::from(path))
+            .await?
+            .bytes()
+            .await?)
     }
 
     /// Deletes an object; one that is already gone is not an error.
@@ -77,16 +88,23 @@ impl ObjectFiles {
 
     /// Local only: files `object_store` stages as `name#N` and never lists; a crash mid-put leaves them.
     pub fn remove_local_staging_leftovers(&self, prefix: &str) -> usize {
-        let Some(root) = &self.local_root else { return 0 };
+        let Some(root) = &self.local_root else {
+            return 0;
+        };
         let mut removed = 0;
         let mut stack = vec![root.join(prefix)];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains('#'))
+                } else if path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains('#'))
                     && std::fs::remove_file(&path).is_ok()
                 {
                     removed += 1;

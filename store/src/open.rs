@@ -37,19 +37,32 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
 pub(crate) fn object_files(config: &StoreConfig) -> Result<ObjectFiles, StoreError> {
     match config.object_store_url.as_deref().filter(|u| !u.is_empty()) {
         Some(url) if url.starts_with("s3://") => {
-            let parsed = url::Url::parse(url).map_err(|e| StoreError::Config(format!("object_store_url {url}: {e}")))?;
+            let parsed = url::Url::parse(url)
+                .map_err(|e| StoreError::Config(format!("object_store_url {url}: {e}")))?;
             let s3 = AmazonS3Builder::from_env().with_url(url).build()?;
             let prefix = parsed.path().trim_matches('/').to_string();
-            let store: Arc<dyn ObjectStore> =
-                if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix)) };
-            Ok(ObjectFiles { store, local_root: None })
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            };
+            Ok(ObjectFiles {
+                store,
+                local_root: None,
+            })
         }
-        Some(url) => Err(StoreError::Config(format!("object_store_url {url}: only s3:// URLs are supported"))),
+        Some(url) => Err(StoreError::Config(format!(
+            "object_store_url {url}: only s3:// URLs are supported"
+        ))),
         None => {
-            let root = std::fs::canonicalize(&config.data_dir)
-                .map_err(|e| StoreError::Config(format!("data_dir {}: {e}", config.data_dir.display())))?;
+            let root = std::fs::canonicalize(&config.data_dir).map_err(|e| {
+                StoreError::Config(format!("data_dir {}: {e}", config.data_dir.display()))
+            })?;
             let store = LocalFileSystem::new_with_prefix(&root)?;
-            Ok(ObjectFiles { store: Arc::new(store), local_root: Some(root) })
+            Ok(ObjectFiles {
+                store: Arc::new(store),
+                local_root: Some(root),
+            })
         }
     }
 }
@@ -82,7 +95,8 @@ async fn refresh_state_files(
         for f in manifest.files_mut(table).iter_mut() {
             let bytes = objects.get(&f.path).await?;
             f.size = bytes.len() as u64;
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+            let builder =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?;
             f.rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
             schemas.insert(table, builder.schema().clone());
         }
@@ -101,9 +115,15 @@ async fn rebuild_dedupe(
     if window == 0 {
         return Ok(set);
     }
-    let wal_rows: usize = replayed.iter().flat_map(|(_, e)| e.iter()).map(|(_, b)| b.num_rows()).sum();
+    let wal_rows: usize = replayed
+        .iter()
+        .flat_map(|(_, e)| e.iter())
+        .map(|(_, b)| b.num_rows())
+        .sum();
     for table in [Table::Events, Table::Alerts] {
-        let Some(col) = id_column(table) else { continue };
+        let Some(col) = id_column(table) else {
+            continue;
+        };
         let mut files: Vec<_> = manifest.files(table).to_vec();
         files.sort_by_key(|f| std::cmp::Reverse(f.max_time_us));
         let mut picked = Vec::new();
@@ -118,9 +138,10 @@ async fn rebuild_dedupe(
         // Oldest first, so FIFO eviction drops the oldest ids if the window overflows.
         for f in picked.iter().rev() {
             let bytes = objects.get(&f.path).await?;
-            let batches = tokio::task::spawn_blocking(move || parquet_writer::decode(bytes, Some(&[col])))
-                .await
-                .map_err(|e| StoreError::Manifest(format!("decode task: {e}")))??;
+            let batches =
+                tokio::task::spawn_blocking(move || parquet_writer::decode(bytes, Some(&[col])))
+                    .await
+                    .map_err(|e| StoreError::Manifest(format!("decode task: {e}")))??;
             for b in &batches {
                 set.remember(table, b);
             }
@@ -140,9 +161,15 @@ pub(crate) async fn open(
 ) -> Result<Arc<Store>, StoreError> {
     validate(&config)?;
     let wal_dir = config.data_dir.join("wal");
-    std::fs::create_dir_all(&wal_dir).map_err(|source| StoreError::Wal { path: wal_dir.clone(), source })?;
+    std::fs::create_dir_all(&wal_dir).map_err(|source| StoreError::Wal {
+        path: wal_dir.clone(),
+        source,
+    })?;
     let objects = Arc::new(match store {
-        Some(store) => ObjectFiles { store, local_root: None },
+        Some(store) => ObjectFiles {
+            store,
+            local_root: None,
+        },
         None => object_files(&config)?,
     });
     let mut manifest = manifest::load(&objects).await?;
@@ -154,17 +181,35 @@ pub(crate) async fn open(
     let replay = tokio::task::spawn_blocking(move || wal::replay(&dir, after))
         .await
         .map_err(|e| StoreError::Manifest(format!("replay task: {e}")))??;
-    let dedupe = rebuild_dedupe(&objects, &manifest, &replay.records, config.dedupe_window_rows).await?;
+    let dedupe = rebuild_dedupe(
+        &objects,
+        &manifest,
+        &replay.records,
+        config.dedupe_window_rows,
+    )
+    .await?;
     let data_dir = config.data_dir.clone();
     let audit = Arc::new(
         tokio::task::spawn_blocking(move || AuditLog::open(&data_dir))
             .await
             .map_err(|e| StoreError::Audit(format!("open task: {e}")))??,
     );
-    audit::reconcile(&audit, &objects, &manifest, &replay.removed, &replay.segments).await?;
+    audit::reconcile(
+        &audit,
+        &objects,
+        &manifest,
+        &replay.removed,
+        &replay.segments,
+    )
+    .await?;
 
     let mut buffer = Buffer::default();
-    let replayed_rows: usize = replay.records.iter().flat_map(|(_, e)| e.iter()).map(|(_, b)| b.num_rows()).sum();
+    let replayed_rows: usize = replay
+        .records
+        .iter()
+        .flat_map(|(_, e)| e.iter())
+        .map(|(_, b)| b.num_rows())
+        .sum();
     for (seq, entries) in replay.records {
         for (table, batch) in entries {
             buffer.push(seq, table, batch);
@@ -178,7 +223,12 @@ pub(crate) async fn open(
         dedupe_ids = dedupe.len(),
         "store opened"
     );
-    let state = State { manifest, buffer, last_seq: replay.max_seq, state_schemas };
+    let state = State {
+        manifest,
+        buffer,
+        last_seq: replay.max_seq,
+        state_schemas,
+    };
     Store::update_gauges(&state);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -198,9 +248,12 @@ pub(crate) async fn open(
         }
         let m = crate::metrics::metrics();
         for t in [Table::Events, Table::Alerts] {
-            m.buffered_rows.with_label_values(&[t.name()]).set(st.buffer.rows(t) as i64);
+            m.buffered_rows
+                .with_label_values(&[t.name()])
+                .set(st.buffer.rows(t) as i64);
         }
-        let full = st.buffer.total_rows() >= for_commit.flush_rows || st.buffer.total_bytes() >= for_commit.flush_bytes;
+        let full = st.buffer.total_rows() >= for_commit.flush_rows
+            || st.buffer.total_bytes() >= for_commit.flush_bytes;
         drop(st);
         if full {
             for_commit.flush_wanted.notify_one();

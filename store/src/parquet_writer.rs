@@ -55,7 +55,10 @@ pub(crate) fn sort_by_time(table: Table, batch: &RecordBatch) -> Result<RecordBa
 }
 
 /// Splits rows by hour partition; each part keeps the input's row order.
-pub(crate) fn split_by_hour(table: Table, batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+pub(crate) fn split_by_hour(
+    table: Table,
+    batch: &RecordBatch,
+) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
     let ts = times(table, batch)?;
     let mut hours: BTreeMap<i64, ()> = BTreeMap::new();
     for t in &ts {
@@ -101,8 +104,13 @@ pub(crate) struct EncodedFile {
 
 /// Concatenates, splits by hour, sorts each part by time and encodes it: the CPU half of a flush or a
 /// compaction (run on a blocking thread).
-pub(crate) fn encode_partitioned(table: Table, batches: &[RecordBatch]) -> Result<Vec<EncodedFile>, StoreError> {
-    let Some(first) = batches.first() else { return Ok(Vec::new()) };
+pub(crate) fn encode_partitioned(
+    table: Table,
+    batches: &[RecordBatch],
+) -> Result<Vec<EncodedFile>, StoreError> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
     let all = concat_batches(&first.schema(), batches)?;
     if all.num_rows() == 0 {
         return Ok(Vec::new());
@@ -138,7 +146,13 @@ pub(crate) async fn write_partitioned(
     for f in encoded {
         match objects.put_durable(&f.path, f.bytes).await {
             Ok(size) => stored.push((
-                StoredFile { path: f.path, size, rows: f.rows, min_time_us: f.min_time_us, max_time_us: f.max_time_us },
+                StoredFile {
+                    path: f.path,
+                    size,
+                    rows: f.rows,
+                    min_time_us: f.min_time_us,
+                    max_time_us: f.max_time_us,
+                },
                 f.sha256,
             )),
             Err(e) => {
@@ -153,7 +167,10 @@ pub(crate) async fn write_partitioned(
 }
 
 /// Decodes a whole Parquet file, optionally only some top-level columns.
-pub(crate) fn decode(bytes: Bytes, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, StoreError> {
+pub(crate) fn decode(
+    bytes: Bytes,
+    columns: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, StoreError> {
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     if let Some(cols) = columns {
         let mask = ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
@@ -172,7 +189,11 @@ mod tests {
 
     fn batch(times: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
-            Field::new(TIME, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                TIME,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("n", DataType::Int64, false),
         ]));
         let t = TimestampMicrosecondArray::from(times.to_vec()).with_timezone("UTC");
@@ -188,26 +209,45 @@ mod tests {
         let files = encode_partitioned(Table::Events, &[b1, b2]).unwrap();
         assert_eq!(files.len(), 2);
         let f = &files[0];
-        assert!(f.path.starts_with("events/date=1970-01-01/hour=10/"), "{}", f.path);
-        assert_eq!((f.rows, f.min_time_us, f.max_time_us), (3, h * 10 + 1, h * 10 + 5));
+        assert!(
+            f.path.starts_with("events/date=1970-01-01/hour=10/"),
+            "{}",
+            f.path
+        );
+        assert_eq!(
+            (f.rows, f.min_time_us, f.max_time_us),
+            (3, h * 10 + 1, h * 10 + 5)
+        );
         let back = decode(f.bytes.clone(), None).unwrap();
         let t = back[0].column(0).as_primitive::<TimestampMicrosecondType>();
-        assert_eq!(t.values().to_vec(), vec![h * 10 + 1, h * 10 + 3, h * 10 + 5]);
+        assert_eq!(
+            t.values().to_vec(),
+            vec![h * 10 + 1, h * 10 + 3, h * 10 + 5]
+        );
         assert_eq!(files[1].rows, 1);
         // Written with zstd and the sort order declared.
-        let meta = ParquetRecordBatchReaderBuilder::try_new(f.bytes.clone()).unwrap().metadata().clone();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(f.bytes.clone())
+            .unwrap()
+            .metadata()
+            .clone();
         let rg = meta.row_group(0);
         assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
         assert!(rg.column(0).statistics().is_some());
         assert_eq!(rg.sorting_columns().map(|s| s[0].column_idx), Some(0));
         // Projection reads only the asked-for column.
-        assert_eq!(decode(f.bytes.clone(), Some(&["n"])).unwrap()[0].num_columns(), 1);
+        assert_eq!(
+            decode(f.bytes.clone(), Some(&["n"])).unwrap()[0].num_columns(),
+            1
+        );
     }
 
     #[test]
     fn missing_time_column_is_an_error() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
-        assert!(matches!(encode_partitioned(Table::Events, &[b]), Err(StoreError::InvalidBatch { .. })));
+        assert!(matches!(
+            encode_partitioned(Table::Events, &[b]),
+            Err(StoreError::InvalidBatch { .. })
+        ));
     }
 }

@@ -16,12 +16,21 @@ pub(crate) fn hour_start(time_us: i64) -> i64 {
 pub(crate) fn partition_dir(table: Table, hour_start_us: i64) -> String {
     // Timestamps outside chrono's range (year ±262143) cannot come from real telemetry; clamp to the epoch.
     let t = DateTime::from_timestamp_micros(hour_start_us).unwrap_or_default();
-    format!("{}/date={}/hour={:02}", table.name(), t.format("%Y-%m-%d"), t.hour())
+    format!(
+        "{}/date={}/hour={:02}",
+        table.name(),
+        t.format("%Y-%m-%d"),
+        t.hour()
+    )
 }
 
 /// A fresh file name in a partition. UUID v7 keeps names time-ordered and unique across processes.
 pub(crate) fn new_file_path(table: Table, hour_start_us: i64) -> String {
-    format!("{}/{}.parquet", partition_dir(table, hour_start_us), uuid::Uuid::now_v7())
+    format!(
+        "{}/{}.parquet",
+        partition_dir(table, hour_start_us),
+        uuid::Uuid::now_v7()
+    )
 }
 
 /// The partition directory of a file path (`events/date=.../hour=..`), if it is one.
@@ -51,11 +60,19 @@ mod tests {
     #[test]
     fn partition_paths_are_hive_style_and_round_trip() {
         // 2026-11-22T14:37:05Z
-        let t = DateTime::parse_from_rfc3339("2026-11-22T14:37:05Z").unwrap().timestamp_micros();
+        let t = DateTime::parse_from_rfc3339("2026-11-22T14:37:05Z")
+            .unwrap()
+            .timestamp_micros();
         let h = hour_start(t);
-        assert_eq!(partition_dir(Table::Events, h), "events/date=2026-11-22/hour=14");
+        assert_eq!(
+            partition_dir(Table::Events, h),
+            "events/date=2026-11-22/hour=14"
+        );
         let p = new_file_path(Table::Alerts, h);
-        assert!(p.starts_with("alerts/date=2026-11-22/hour=14/") && p.ends_with(".parquet"), "{p}");
+        assert!(
+            p.starts_with("alerts/date=2026-11-22/hour=14/") && p.ends_with(".parquet"),
+            "{p}"
+        );
         assert_eq!(hour_of_path(&p), Some(h));
         assert_eq!(dir_of(&p), Some("alerts/date=2026-11-22/hour=14"));
     }

@@ -16,7 +16,9 @@ pub(crate) fn expired(files: &[StoredFile], cutoff_us: i64) -> Vec<StoredFile> {
     files
         .iter()
         .filter(|f| {
-            let end = hour_of_path(&f.path).map(|h| h + HOUR_US).unwrap_or(f.max_time_us.saturating_add(1));
+            let end = hour_of_path(&f.path)
+                .map(|h| h + HOUR_US)
+                .unwrap_or(f.max_time_us.saturating_add(1));
             end <= cutoff_us
         })
         .cloned()
@@ -29,13 +31,16 @@ impl Store {
         let mut next = self.shared.state.lock().manifest.clone();
         let mut dropped: Vec<(Table, Vec<StoredFile>)> = Vec::new();
         for table in [Table::Events, Table::Alerts] {
-            let Some(keep) = self.config.retention(table) else { continue };
+            let Some(keep) = self.config.retention(table) else {
+                continue;
+            };
             let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
             let gone = expired(next.files(table), now_us.saturating_sub(keep_us));
             if gone.is_empty() {
                 continue;
             }
-            next.files_mut(table).retain(|f| !gone.iter().any(|g| g.path == f.path));
+            next.files_mut(table)
+                .retain(|f| !gone.iter().any(|g| g.path == f.path));
             dropped.push((table, gone));
         }
         if dropped.is_empty() {
@@ -60,8 +65,16 @@ impl Store {
         for (table, files) in dropped {
             let dirs: BTreeSet<&str> = files.iter().filter_map(|f| dir_of(&f.path)).collect();
             partitions += dirs.len();
-            metrics().retention_partitions_deleted.with_label_values(&[table.name()]).inc_by(dirs.len() as u64);
-            tracing::info!(table = table.name(), partitions = dirs.len(), files = files.len(), "retention");
+            metrics()
+                .retention_partitions_deleted
+                .with_label_values(&[table.name()])
+                .inc_by(dirs.len() as u64);
+            tracing::info!(
+                table = table.name(),
+                partitions = dirs.len(),
+                files = files.len(),
+                "retention"
+            );
             self.schedule_delete(files.into_iter().map(|f| f.path));
         }
         Ok(partitions)

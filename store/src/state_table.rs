@@ -12,7 +12,11 @@ fn state_path(table: Table) -> String {
 }
 
 impl Store {
-    pub(crate) async fn write_state(&self, table: Table, batch: arrow::array::RecordBatch) -> Result<(), StoreError> {
+    pub(crate) async fn write_state(
+        &self,
+        table: Table,
+        batch: arrow::array::RecordBatch,
+    ) -> Result<(), StoreError> {
         if table.is_appended() {
             return Err(StoreError::InvalidBatch {
                 table: table.name(),
@@ -29,11 +33,20 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
-        let file = StoredFile { path: state_path(table), size: bytes.len() as u64, rows, min_time_us: 0, max_time_us: 0 };
+        let file = StoredFile {
+            path: state_path(table),
+            size: bytes.len() as u64,
+            rows,
+            min_time_us: 0,
+            max_time_us: 0,
+        };
         let _guard = self.maintenance.lock().await;
         // Recorded before the rewrite in place; if the rewrite does not happen, `open` restores the previous
         // record when it finds the previous content.
-        let draft = Draft { files: vec![FileRecord::of(&file, sha256)], ..Draft::new(Op::State, Some(table)) };
+        let draft = Draft {
+            files: vec![FileRecord::of(&file, sha256)],
+            ..Draft::new(Op::State, Some(table))
+        };
         self.audit.append_async(vec![draft]).await?;
         self.objects.put_durable(&file.path, bytes).await?;
         let mut next = self.shared.state.lock().manifest.clone();
@@ -46,7 +59,10 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) async fn load_state(&self, table: Table) -> Result<Vec<arrow::array::RecordBatch>, StoreError> {
+    pub(crate) async fn load_state(
+        &self,
+        table: Table,
+    ) -> Result<Vec<arrow::array::RecordBatch>, StoreError> {
         let files = self.shared.state.lock().manifest.files(table).to_vec();
         let mut out = Vec::new();
         for f in files {

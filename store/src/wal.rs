@@ -58,11 +58,17 @@ fn table_from_code(c: u8) -> Option<Table> {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Wal { path: path.to_path_buf(), source }
+    StoreError::Wal {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn invalid(path: &Path, msg: String) -> StoreError {
-    io_err(path, std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
+    io_err(
+        path,
+        std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    )
 }
 
 /// One record's body, encoded and checksummed on the caller's task so the writer thread only frames it.
@@ -73,7 +79,12 @@ pub(crate) struct Body {
 
 /// Encodes the body of one record (the caller's share of the work, done before queueing).
 pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Body, StoreError> {
-    let mut body = Vec::with_capacity(4 + entries.iter().map(|(_, b)| b.get_array_memory_size()).sum::<usize>());
+    let mut body = Vec::with_capacity(
+        4 + entries
+            .iter()
+            .map(|(_, b)| b.get_array_memory_size())
+            .sum::<usize>(),
+    );
     body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (table, batch) in entries {
         body.push(table_code(*table));
@@ -95,7 +106,9 @@ pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Body, Stor
 
 fn decode_body(body: &[u8]) -> Result<Entries, String> {
     let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let s = body.get(*at..*at + n).ok_or("record body is shorter than its contents")?;
+        let s = body
+            .get(*at..*at + n)
+            .ok_or("record body is shorter than its contents")?;
         *at += n;
         Ok(s)
     };
@@ -105,7 +118,8 @@ fn decode_body(body: &[u8]) -> Result<Entries, String> {
     for _ in 0..n {
         let code = take(&mut at, 1)?[0];
         let table = table_from_code(code).ok_or(format!("unknown table code {code}"))?;
-        let len = u32::from_le_bytes(take(&mut at, 4)?.try_into().map_err(|_| "bad length")?) as usize;
+        let len =
+            u32::from_le_bytes(take(&mut at, 4)?.try_into().map_err(|_| "bad length")?) as usize;
         let ipc = take(&mut at, len)?;
         let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(|e| e.to_string())?;
         for batch in reader {
@@ -146,7 +160,9 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 /// A segment file and the sequence numbers it holds.
@@ -161,7 +177,12 @@ pub(crate) struct Segment {
 
 /// A segment's path as the audit chain names it: `wal/<file name>`, relative to `data_dir`.
 pub(crate) fn chain_name(path: &Path) -> String {
-    format!("wal/{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+    format!(
+        "wal/{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    )
 }
 
 /// What `replay` found.
@@ -196,27 +217,42 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         }
     }
     names.sort();
-    let mut out =
-        Replay { records: Vec::new(), max_seq: after_seq, segments: Vec::new(), truncated_bytes: 0, removed: Vec::new() };
+    let mut out = Replay {
+        records: Vec::new(),
+        max_seq: after_seq,
+        segments: Vec::new(),
+        truncated_bytes: 0,
+        removed: Vec::new(),
+    };
     let mut removed_any = false;
     for (first_seq, path) in names {
         let mut data = Vec::new();
-        File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err(&path, e))?;
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| io_err(&path, e))?;
         let mut at = 0usize;
         let mut last_seq = first_seq.saturating_sub(1);
         let mut records = 0;
         while at < data.len() {
-            let Some(header) = data.get(at..at + HEADER) else { break };
+            let Some(header) = data.get(at..at + HEADER) else {
+                break;
+            };
             let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
-            let Some(payload) = data.get(at + HEADER..at + HEADER + len) else { break };
+            let Some(payload) = data.get(at + HEADER..at + HEADER + len) else {
+                break;
+            };
             if len < SEQ || crc32fast::hash(payload) != crc {
                 break;
             }
             let seq = u64::from_le_bytes(payload[..SEQ].try_into().unwrap_or_default());
             if seq > after_seq {
-                let entries = decode_body(&payload[SEQ..])
-                    .map_err(|e| invalid(&path, format!("record {seq} passed its CRC but does not decode: {e}")))?;
+                let entries = decode_body(&payload[SEQ..]).map_err(|e| {
+                    invalid(
+                        &path,
+                        format!("record {seq} passed its CRC but does not decode: {e}"),
+                    )
+                })?;
                 out.records.push((seq, entries));
             }
             last_seq = seq;
@@ -227,8 +263,13 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         if at < data.len() {
             let cut = (data.len() - at) as u64;
             tracing::warn!(segment = %path.display(), offset = at, bytes = cut, "truncating torn WAL tail");
-            let f = OpenOptions::new().write(true).open(&path).map_err(|e| io_err(&path, e))?;
-            f.set_len(at as u64).and_then(|_| f.sync_all()).map_err(|e| io_err(&path, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            f.set_len(at as u64)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| io_err(&path, e))?;
             out.truncated_bytes += cut;
         }
         if at == 0 || last_seq <= after_seq {
@@ -236,7 +277,11 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
             removed_any = true;
             out.removed.push(path);
         } else {
-            out.segments.push(Segment { path, last_seq, records });
+            out.segments.push(Segment {
+                path,
+                last_seq,
+                records,
+            });
         }
     }
     if removed_any {
@@ -246,8 +291,14 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
 }
 
 enum Request {
-    Append { body: Body, entries: Entries, ack: oneshot::Sender<Result<u64, String>> },
-    Roll { ack: oneshot::Sender<Result<(), String>> },
+    Append {
+        body: Body,
+        entries: Entries,
+        ack: oneshot::Sender<Result<u64, String>>,
+    },
+    Roll {
+        ack: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Handle to the WAL writer thread.
@@ -338,11 +389,19 @@ impl Wal {
     /// Call before encoding an append; pass the reservation to [`Wal::append`].
     pub fn reserve(&self) -> Reservation {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        Reservation { in_flight: self.in_flight.clone(), armed: true }
+        Reservation {
+            in_flight: self.in_flight.clone(),
+            armed: true,
+        }
     }
 
     /// Appends one record; resolves after it is fsynced and its rows are in the buffer. Returns its sequence.
-    pub async fn append(&self, mut reservation: Reservation, body: Body, entries: Entries) -> Result<u64, StoreError> {
+    pub async fn append(
+        &self,
+        mut reservation: Reservation,
+        body: Body,
+        entries: Entries,
+    ) -> Result<u64, StoreError> {
         let (ack, done) = oneshot::channel();
         self.send(Request::Append { body, entries, ack })?;
         // From here the writer thread accounts for it.
@@ -385,7 +444,11 @@ impl Wal {
         };
         if let Some(audit) = &self.audit {
             let mut draft = Draft::new(Op::RetireWal, None);
-            draft.removed = doomed.iter().map(|s| chain_name(&s.path)).filter(|p| audit.is_live(p)).collect();
+            draft.removed = doomed
+                .iter()
+                .map(|s| chain_name(&s.path))
+                .filter(|p| audit.is_live(p))
+                .collect();
             if let Err(e) = audit.append(vec![draft]) {
                 // Not recorded, so not deleted: the next flush tries again.
                 self.segments.lock().splice(0..0, doomed);
@@ -429,10 +492,21 @@ impl Drop for Wal {
 
 fn new_segment(dir: &Path, first_seq: u64) -> Result<(File, Segment), StoreError> {
     let path = segment_path(dir, first_seq);
-    let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(|e| io_err(&path, e))?;
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
     // The new name must survive a crash as much as the records written into it.
     sync_dir(dir)?;
-    Ok((file, Segment { path, last_seq: first_seq.saturating_sub(1), records: 0 }))
+    Ok((
+        file,
+        Segment {
+            path,
+            last_seq: first_seq.saturating_sub(1),
+            records: 0,
+        },
+    ))
 }
 
 impl Writer {
@@ -444,7 +518,10 @@ impl Writer {
             }
             let deadline = Instant::now() + self.window;
             loop {
-                let appends = group.iter().filter(|r| matches!(r, Request::Append { .. })).count();
+                let appends = group
+                    .iter()
+                    .filter(|r| matches!(r, Request::Append { .. }))
+                    .count();
                 if appends >= self.in_flight.load(Ordering::SeqCst) {
                     break;
                 }
@@ -484,7 +561,11 @@ impl Writer {
         let result = match &self.failed {
             Some(msg) => Err(msg.clone()),
             None if appended.is_empty() => Ok(()),
-            None => self.write_and_sync(&buf, appended.last().map(|a| a.0).unwrap_or_default(), appended.len()),
+            None => self.write_and_sync(
+                &buf,
+                appended.last().map(|a| a.0).unwrap_or_default(),
+                appended.len(),
+            ),
         };
         if let Err(msg) = &result {
             self.failed.get_or_insert_with(|| msg.clone());
@@ -529,11 +610,22 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self, buf: &[u8], last_seq: u64, records: usize) -> Result<(), String> {
-        let path = self.segments.lock().last().map(|s| s.path.clone()).unwrap_or_default();
-        self.file.write_all(buf).map_err(|e| format!("write {}: {e}", path.display()))?;
+        let path = self
+            .segments
+            .lock()
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        self.file
+            .write_all(buf)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
         let started = Instant::now();
-        self.file.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
-        metrics().wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        self.file
+            .sync_data()
+            .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+        metrics()
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.size += buf.len() as u64;
         if let Some(active) = self.segments.lock().last_mut() {
@@ -557,12 +649,19 @@ impl Writer {
     fn seal_active(&mut self) {
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let Some(audit) = &self.audit else { return };
-        let Some(active) = self.segments.lock().last().cloned() else { return };
+        let Some(active) = self.segments.lock().last().cloned() else {
+            return;
+        };
         if self.size == 0 {
             return;
         }
         let mut draft = Draft::new(Op::SealWal, None);
-        draft.files.push(FileRecord { path: chain_name(&active.path), sha256, size: self.size, rows: active.records });
+        draft.files.push(FileRecord {
+            path: chain_name(&active.path),
+            sha256,
+            size: self.size,
+            rows: active.records,
+        });
         if let Err(e) = audit.append(vec![draft]) {
             tracing::error!(segment = %active.path.display(), error = %e, "sealing a WAL segment in the audit chain failed");
         }
@@ -582,14 +681,26 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
         ]));
         let xs: Vec<i64> = (0..n).collect();
-        let ss: Vec<Option<String>> = (0..n).map(|i| (i % 2 == 0).then(|| format!("v{i}"))).collect();
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(xs)), Arc::new(StringArray::from(ss))]).unwrap()
+        let ss: Vec<Option<String>> = (0..n)
+            .map(|i| (i % 2 == 0).then(|| format!("v{i}")))
+            .collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(xs)),
+                Arc::new(StringArray::from(ss)),
+            ],
+        )
+        .unwrap()
     }
 
     fn collect() -> (CommitFn, Arc<Mutex<Vec<u64>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        (Box::new(move |recs: Vec<(u64, Entries)>| s.lock().extend(recs.iter().map(|r| r.0))), seen)
+        (
+            Box::new(move |recs: Vec<(u64, Entries)>| s.lock().extend(recs.iter().map(|r| r.0))),
+            seen,
+        )
     }
 
     #[test]
@@ -618,16 +729,29 @@ mod tests {
         let wal = Wal::start(opts, commit).unwrap();
         for n in 1..=3 {
             let entries = vec![(Table::Events, batch(n))];
-            assert_eq!(wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap(), n as u64);
+            assert_eq!(
+                wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries)
+                    .await
+                    .unwrap(),
+                n as u64
+            );
         }
         assert_eq!(*seen.lock(), vec![1, 2, 3]);
         wal.close();
         // Tear the last record: chop 5 bytes off.
         let seg = segment_path(&wal_dir, 1);
         let len = std::fs::metadata(&seg).unwrap().len();
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
         let r = replay(&wal_dir, 0).unwrap();
-        assert_eq!(r.records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            r.records.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(r.records[1].1[0].1.num_rows(), 2);
         assert_eq!(r.max_seq, 2);
         assert!(r.truncated_bytes > 0);
@@ -664,7 +788,9 @@ mod tests {
                 let wal = wal.clone();
                 tokio::spawn(async move {
                     let entries = vec![(Table::Events, batch(4))];
-                    wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap()
+                    wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries)
+                        .await
+                        .unwrap()
                 })
             })
             .collect();
@@ -676,7 +802,11 @@ mod tests {
         assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
         // The buffer received them in sequence order.
         assert_eq!(*seen.lock(), (1..=16).collect::<Vec<u64>>());
-        assert!(wal.fsync_count() < 16, "16 concurrent appends took {} fsyncs", wal.fsync_count());
+        assert!(
+            wal.fsync_count() < 16,
+            "16 concurrent appends took {} fsyncs",
+            wal.fsync_count()
+        );
         wal.close();
         assert_eq!(replay(dir.path(), 0).unwrap().records.len(), 16);
     }
@@ -696,7 +826,9 @@ mod tests {
         let wal = Wal::start(opts, commit).unwrap();
         for _ in 0..3 {
             let entries = vec![(Table::Events, batch(2))];
-            wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries).await.unwrap();
+            wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries)
+                .await
+                .unwrap();
         }
         assert_eq!(wal.segment_count(), 3);
         assert_eq!(wal.delete_covered(11).unwrap(), 2);

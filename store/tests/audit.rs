@@ -46,15 +46,29 @@ fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
 async fn populated(dir: &Path) -> Arc<Store> {
     let store = Store::open(config(dir)).await.unwrap();
     for k in 0..3 {
-        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14 + k as i64 * HOUR_US))]).await.unwrap();
+        store
+            .append(vec![(
+                Table::Events,
+                events(k * 10..k * 10 + 10, T14 + k as i64 * HOUR_US),
+            )])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
-    store.put_state(Table::Baselines, events(0..4, T14)).await.unwrap();
+    store
+        .put_state(Table::Baselines, events(0..4, T14))
+        .await
+        .unwrap();
     store
 }
 
 fn event_files(store: &Store) -> Vec<String> {
-    store.snapshot(Table::Events).files.into_iter().map(|f| f.path).collect()
+    store
+        .snapshot(Table::Events)
+        .files
+        .into_iter()
+        .map(|f| f.path)
+        .collect()
 }
 
 fn chain_file(dir: &Path) -> PathBuf {
@@ -62,7 +76,11 @@ fn chain_file(dir: &Path) -> PathBuf {
 }
 
 fn entries(dir: &Path) -> Vec<Entry> {
-    std::fs::read_to_string(chain_file(dir)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(chain_file(dir))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Appends a correctly linked entry, as the store would have just before a crash.
@@ -95,8 +113,14 @@ async fn a_changed_a_deleted_and_an_added_parquet_file_are_each_named() {
     let store = populated(dir.path()).await;
     let report = verify(dir.path()).await;
     assert!(report.is_clean(), "{report}");
-    assert_eq!(report.files_checked, 4, "three event files and the state file: {report}");
-    assert_eq!(report.head.as_ref().map(|h| h.seq), Some(entries(dir.path()).len() as u64));
+    assert_eq!(
+        report.files_checked, 4,
+        "three event files and the state file: {report}"
+    );
+    assert_eq!(
+        report.head.as_ref().map(|h| h.seq),
+        Some(entries(dir.path()).len() as u64)
+    );
 
     let files = event_files(&store);
     // One byte flipped in the middle of the first file.
@@ -108,25 +132,55 @@ async fn a_changed_a_deleted_and_an_added_parquet_file_are_each_named() {
     // The second deleted.
     std::fs::remove_file(dir.path().join(&files[1])).unwrap();
     // A stray file next to the third.
-    let stray = format!("{}/0190ffff-stray.parquet", files[2].rsplit_once('/').unwrap().0);
+    let stray = format!(
+        "{}/0190ffff-stray.parquet",
+        files[2].rsplit_once('/').unwrap().0
+    );
     std::fs::copy(dir.path().join(&files[2]), dir.path().join(&stray)).unwrap();
 
     let report = verify(dir.path()).await;
     assert!(!report.is_clean());
     let text = report.to_string();
     assert!(
-        report.findings.iter().any(|f| matches!(f, Finding::Changed { path, .. } if *path == files[0])),
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Changed { path, .. } if *path == files[0])),
         "{text}"
     );
-    let sealed_in = entries(dir.path()).iter().find(|e| e.files.iter().any(|f| f.path == files[1])).unwrap().seq;
-    assert!(report.findings.contains(&Finding::Missing { path: files[1].clone(), sealed_seq: sealed_in }), "{text}");
-    assert!(report.findings.contains(&Finding::Unexpected { path: stray.clone() }), "{text}");
+    let sealed_in = entries(dir.path())
+        .iter()
+        .find(|e| e.files.iter().any(|f| f.path == files[1]))
+        .unwrap()
+        .seq;
+    assert!(
+        report.findings.contains(&Finding::Missing {
+            path: files[1].clone(),
+            sealed_seq: sealed_in
+        }),
+        "{text}"
+    );
+    assert!(
+        report.findings.contains(&Finding::Unexpected {
+            path: stray.clone()
+        }),
+        "{text}"
+    );
     assert_eq!(report.findings.len(), 3, "{text}");
     // One line per finding naming the file, then the summary.
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
-    for (word, path) in [("CHANGED", &files[0]), ("MISSING", &files[1]), ("UNEXPECTED", &stray)] {
-        assert!(lines.iter().any(|l| l.starts_with(word) && l.contains(path.as_str())), "{word} {path}: {text}");
+    for (word, path) in [
+        ("CHANGED", &files[0]),
+        ("MISSING", &files[1]),
+        ("UNEXPECTED", &stray),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(word) && l.contains(path.as_str())),
+            "{word} {path}: {text}"
+        );
     }
     assert!(lines[3].ends_with("3 finding(s)"), "{text}");
 }
@@ -134,13 +188,22 @@ async fn a_changed_a_deleted_and_an_added_parquet_file_are_each_named() {
 #[tokio::test]
 async fn sealed_wal_segments_are_hashed_and_the_active_one_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { wal_segment_bytes: 1, ..config(dir.path()) }; // every append closes a segment
+    let cfg = StoreConfig {
+        wal_segment_bytes: 1,
+        ..config(dir.path())
+    }; // every append closes a segment
     let store = Store::open(cfg).await.unwrap();
     for k in 0..3 {
-        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))]).await.unwrap();
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
     }
     assert_eq!(store.wal_segments(), 3);
-    let sealed: Vec<Entry> = entries(dir.path()).into_iter().filter(|e| e.op == Op::SealWal).collect();
+    let sealed: Vec<Entry> = entries(dir.path())
+        .into_iter()
+        .filter(|e| e.op == Op::SealWal)
+        .collect();
     assert_eq!(sealed.len(), 2, "the active segment is not sealed yet");
     assert!(verify(dir.path()).await.is_clean());
 
@@ -161,13 +224,24 @@ async fn sealed_wal_segments_are_hashed_and_the_active_one_is_left_alone() {
 
     // A flush retires the covered segments before deleting them.
     store.flush().await.unwrap();
-    assert_eq!(entries(dir.path()).iter().filter(|e| e.op == Op::RetireWal).count(), 1);
+    assert_eq!(
+        entries(dir.path())
+            .iter()
+            .filter(|e| e.op == Op::RetireWal)
+            .count(),
+        1
+    );
     assert!(verify(dir.path()).await.is_clean());
     // After a restart the segment that was active is sealed from disk.
-    store.append(vec![(Table::Events, events(40..45, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(40..45, T14))])
+        .await
+        .unwrap();
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
-    assert!(entries(dir.path()).last().is_some_and(|e| e.op == Op::SealWal));
+    assert!(entries(dir.path())
+        .last()
+        .is_some_and(|e| e.op == Op::SealWal));
     let report = verify(dir.path()).await;
     assert!(report.is_clean(), "{report}");
     drop(store);
@@ -187,7 +261,13 @@ async fn edited_reordered_and_removed_chain_lines_break_the_chain() {
             let r = verify(&dir).await;
             r.findings
                 .iter()
-                .filter_map(|f| if let Finding::ChainBroken { seq, .. } = f { Some(*seq) } else { None })
+                .filter_map(|f| {
+                    if let Finding::ChainBroken { seq, .. } = f {
+                        Some(*seq)
+                    } else {
+                        None
+                    }
+                })
                 .collect::<Vec<u64>>()
         }
     };
@@ -210,14 +290,26 @@ async fn edited_reordered_and_removed_chain_lines_break_the_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_and_retention_append_to_the_chain_and_it_stays_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { compaction_grace: Duration::from_secs(3600), ..config(dir.path()) };
+    let cfg = StoreConfig {
+        compaction_grace: Duration::from_secs(3600),
+        ..config(dir.path())
+    };
     let store = Store::open(cfg.clone()).await.unwrap();
     let now = T14 + 40 * 24 * HOUR_US;
     for k in 0..4 {
-        store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, now - HOUR_US))]).await.unwrap();
+        store
+            .append(vec![(
+                Table::Events,
+                events(k * 10..k * 10 + 10, now - HOUR_US),
+            )])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
-    store.append(vec![(Table::Events, events(100..110, T14))]).await.unwrap(); // 40 days old
+    store
+        .append(vec![(Table::Events, events(100..110, T14))])
+        .await
+        .unwrap(); // 40 days old
     store.flush().await.unwrap();
     let before = entries(dir.path()).len();
 
@@ -229,15 +321,37 @@ async fn compaction_and_retention_append_to_the_chain_and_it_stays_clean() {
     assert!(verify(dir.path()).await.is_clean());
 
     let chain = entries(dir.path());
-    assert_eq!(chain.len(), before + 2, "one compact and one retain entry appended");
-    assert_eq!((chain[before].op, chain[before].removed.len(), chain[before].files.len()), (Op::Compact, 4, 1));
-    assert_eq!((chain[before + 1].op, chain[before + 1].removed.len()), (Op::Retain, 1));
-    assert!(chain[..before].iter().zip(entries(dir.path())).all(|(a, b)| *a == b), "history is never rewritten");
+    assert_eq!(
+        chain.len(),
+        before + 2,
+        "one compact and one retain entry appended"
+    );
+    assert_eq!(
+        (
+            chain[before].op,
+            chain[before].removed.len(),
+            chain[before].files.len()
+        ),
+        (Op::Compact, 4, 1)
+    );
+    assert_eq!(
+        (chain[before + 1].op, chain[before + 1].removed.len()),
+        (Op::Retain, 1)
+    );
+    assert!(
+        chain[..before]
+            .iter()
+            .zip(entries(dir.path()))
+            .all(|(a, b)| *a == b),
+        "history is never rewritten"
+    );
 
     // A retired file that lingers must still be unchanged.
     let retired = &chain[before].removed[0];
     std::fs::write(dir.path().join(retired), b"rewritten").unwrap();
-    assert!(matches!(verify(dir.path()).await.findings.as_slice(), [Finding::Changed { path, .. }] if path == retired));
+    assert!(
+        matches!(verify(dir.path()).await.findings.as_slice(), [Finding::Changed { path, .. }] if path == retired)
+    );
     drop(store);
     // Reopen: the lingering inputs are deleted as leftovers (already retired: nothing to record).
     let store = Store::open(cfg).await.unwrap();
@@ -257,19 +371,50 @@ async fn crash_leftovers_are_reconciled_on_open() {
     drop(store);
 
     // 1. A flush sealed a file, then died before the manifest swap.
-    let orphan = format!("{}/0190aaaa-orphan.parquet", files[0].rsplit_once('/').unwrap().0);
+    let orphan = format!(
+        "{}/0190aaaa-orphan.parquet",
+        files[0].rsplit_once('/').unwrap().0
+    );
     std::fs::copy(dir.path().join(&files[0]), dir.path().join(&orphan)).unwrap();
-    let rec = chain.iter().flat_map(|e| &e.files).find(|f| f.path == files[0]).unwrap().clone();
-    append_entry(dir.path(), Op::Seal, "events", vec![FileRecord { path: orphan.clone(), ..rec }], vec![]);
+    let rec = chain
+        .iter()
+        .flat_map(|e| &e.files)
+        .find(|f| f.path == files[0])
+        .unwrap()
+        .clone();
+    append_entry(
+        dir.path(),
+        Op::Seal,
+        "events",
+        vec![FileRecord {
+            path: orphan.clone(),
+            ..rec
+        }],
+        vec![],
+    );
     // 2. Retention recorded its removal, then died before the manifest swap.
-    append_entry(dir.path(), Op::Retain, "events", vec![], vec![files[1].clone()]);
+    append_entry(
+        dir.path(),
+        Op::Retain,
+        "events",
+        vec![],
+        vec![files[1].clone()],
+    );
     // 3. A state write was recorded, then died before rewriting the file.
-    let state = chain.iter().rev().flat_map(|e| &e.files).find(|f| f.path == "baselines/state.parquet").unwrap();
+    let state = chain
+        .iter()
+        .rev()
+        .flat_map(|e| &e.files)
+        .find(|f| f.path == "baselines/state.parquet")
+        .unwrap();
     append_entry(
         dir.path(),
         Op::State,
         "baselines",
-        vec![FileRecord { sha256: "ab".repeat(32), ..state.clone() }],
+        vec![FileRecord {
+            sha256: "ab".repeat(32),
+            ..state.clone()
+        }],
         vec![],
     );
     // Before the restart verify sees the file sealed and the state file changed, nothing else.
@@ -281,7 +426,10 @@ async fn crash_leftovers_are_reconciled_on_open() {
 
     let store = Store::open(config(dir.path())).await.unwrap();
     assert!(!dir.path().join(&orphan).exists(), "the orphan is deleted");
-    assert!(event_files(&store).contains(&files[1]), "the manifest still has the file retention did not drop");
+    assert!(
+        event_files(&store).contains(&files[1]),
+        "the manifest still has the file retention did not drop"
+    );
     let after = entries(dir.path());
     let tail: Vec<Op> = after[chain.len() + 3..].iter().map(|e| e.op).collect();
     assert_eq!(tail, vec![Op::Abandon, Op::Adopt, Op::State], "{after:#?}");
@@ -311,7 +459,15 @@ async fn a_store_older_than_the_chain_is_adopted_once() {
     append_entry_first(dir.path());
     let _store = Store::open(config(dir.path())).await.unwrap();
     let report = verify(dir.path()).await;
-    assert_eq!(report.findings.iter().filter(|f| matches!(f, Finding::Unexpected { .. })).count(), 4, "{report}");
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::Unexpected { .. }))
+            .count(),
+        4,
+        "{report}"
+    );
 }
 
 /// A chain whose only entry seals an unrelated file.
@@ -340,25 +496,48 @@ async fn the_signed_head_checks_offline_and_fails_once_the_chain_is_rewritten() 
     assert!(key.is_file());
     let chain = std::fs::read(chain_file(dir.path())).unwrap();
     let trusted = head.public_key.clone();
-    assert_eq!(audit::verify_signed_head(&head, &chain, Some(&trusted)), Ok(()));
+    assert_eq!(
+        audit::verify_signed_head(&head, &chain, Some(&trusted)),
+        Ok(())
+    );
     // Exported as JSON and read back by the auditor.
     let json = serde_json::to_string(&head).unwrap();
     let back: audit::SignedHead = serde_json::from_str(&json).unwrap();
-    assert_eq!(audit::export_head(&cfg).unwrap().public_key, trusted, "the key is reused");
+    assert_eq!(
+        audit::export_head(&cfg).unwrap().public_key,
+        trusted,
+        "the key is reused"
+    );
 
     // The chain grows: the old head still vouches for its prefix.
-    store.append(vec![(Table::Events, events(50..60, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(50..60, T14))])
+        .await
+        .unwrap();
     store.flush().await.unwrap();
     let grown = std::fs::read(chain_file(dir.path())).unwrap();
-    assert_eq!(audit::verify_signed_head(&back, &grown, Some(&trusted)), Ok(()));
+    assert_eq!(
+        audit::verify_signed_head(&back, &grown, Some(&trusted)),
+        Ok(())
+    );
 
     // Cut back below the head.
     let text = String::from_utf8(grown.clone()).unwrap();
-    let cut: String = text.lines().take(head.seq as usize - 1).map(|l| format!("{l}\n")).collect();
-    assert_eq!(audit::verify_signed_head(&back, cut.as_bytes(), None), Err(HeadError::NotInChain { seq: head.seq }));
+    let cut: String = text
+        .lines()
+        .take(head.seq as usize - 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        audit::verify_signed_head(&back, cut.as_bytes(), None),
+        Err(HeadError::NotInChain { seq: head.seq })
+    );
     // An entry edited in place.
     let edited = text.replacen("\"op\":\"seal\"", "\"op\":\"adopt\"", 1);
-    assert!(matches!(audit::verify_signed_head(&back, edited.as_bytes(), None), Err(HeadError::ChainBroken { seq: 1, .. })));
+    assert!(matches!(
+        audit::verify_signed_head(&back, edited.as_bytes(), None),
+        Err(HeadError::ChainBroken { seq: 1, .. })
+    ));
     // The whole chain rewritten consistently (every hash recomputed): links hold, the signed hash does not.
     let mut prev = audit::GENESIS_PREV_HASH.to_string();
     let mut rewritten = String::new();
@@ -379,7 +558,10 @@ async fn the_signed_head_checks_offline_and_fails_once_the_chain_is_rewritten() 
     // A forged signature.
     let mut forged = back.clone();
     forged.seq += 1;
-    assert_eq!(audit::verify_signed_head(&forged, &grown, None), Err(HeadError::BadSignature));
+    assert_eq!(
+        audit::verify_signed_head(&forged, &grown, None),
+        Err(HeadError::BadSignature)
+    );
     // A broken chain is not signed.
     std::fs::write(chain_file(dir.path()), edited).unwrap();
     assert!(audit::export_head(&cfg).is_err());
@@ -388,18 +570,49 @@ async fn the_signed_head_checks_offline_and_fails_once_the_chain_is_rewritten() 
 #[tokio::test]
 async fn remote_object_store_files_are_verified_there() {
     let dir = tempfile::tempdir().unwrap();
-    let remote: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
-    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    let remote: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let store = Store::open_with_object_store(config(dir.path()), remote.clone())
+        .await
+        .unwrap();
+    store
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap();
     store.flush().await.unwrap();
-    assert!(dir.path().join("_audit/chain.jsonl").exists(), "the chain stays local");
-    let report = audit::verify_with_object_store(&config(dir.path()), remote.clone()).await.unwrap();
+    assert!(
+        dir.path().join("_audit/chain.jsonl").exists(),
+        "the chain stays local"
+    );
+    let report = audit::verify_with_object_store(&config(dir.path()), remote.clone())
+        .await
+        .unwrap();
     assert!(report.is_clean() && report.files_checked == 1, "{report}");
     let path = event_files(&store)[0].clone();
-    remote.put(&ObjectPath::from(path.as_str()), Bytes::from_static(b"replaced").into()).await.unwrap();
-    remote.put(&ObjectPath::from("alerts/date=2026-11-22/hour=14/x.parquet"), Bytes::from_static(b"x").into()).await.unwrap();
-    let report = audit::verify_with_object_store(&config(dir.path()), remote).await.unwrap();
+    remote
+        .put(
+            &ObjectPath::from(path.as_str()),
+            Bytes::from_static(b"replaced").into(),
+        )
+        .await
+        .unwrap();
+    remote
+        .put(
+            &ObjectPath::from("alerts/date=2026-11-22/hour=14/x.parquet"),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
+    let report = audit::verify_with_object_store(&config(dir.path()), remote)
+        .await
+        .unwrap();
     assert_eq!(report.findings.len(), 2, "{report}");
-    assert!(matches!(&report.findings[0], Finding::Unexpected { path } if path.starts_with("alerts/")), "{report}");
-    assert!(matches!(&report.findings[1], Finding::Changed { path: p, .. } if *p == path), "{report}");
+    assert!(
+        matches!(&report.findings[0], Finding::Unexpected { path } if path.starts_with("alerts/")),
+        "{report}"
+    );
+    assert!(
+        matches!(&report.findings[1], Finding::Changed { path: p, .. } if *p == path),
+        "{report}"
+    );
 }

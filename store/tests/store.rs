@@ -47,18 +47,38 @@ fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
 
 /// Every `event_id` a query would see: the files are really read through the object store.
 async fn visible_ids(store: &Store, table: Table) -> Vec<String> {
-    let col = if table == Table::Events { "event_id" } else { "alert_id" };
+    let col = if table == Table::Events {
+        "event_id"
+    } else {
+        "alert_id"
+    };
     let snap = store.snapshot(table);
     let (_, os) = store.object_store();
     let mut batches = snap.buffered.clone();
     for f in &snap.files {
-        let bytes: Bytes = os.get(&ObjectPath::from(f.path.as_str())).await.unwrap().bytes().await.unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        let bytes: Bytes = os
+            .get(&ObjectPath::from(f.path.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
         batches.extend(reader.map(|b| b.unwrap()));
     }
     batches
         .iter()
-        .flat_map(|b| b.column_by_name(col).unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+        .flat_map(|b| {
+            b.column_by_name(col)
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -72,7 +92,10 @@ fn assert_exactly(ids: Vec<String>, expected: usize) {
 async fn append_is_visible_in_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
-    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap();
     let snap = store.snapshot(Table::Events);
     assert_eq!((snap.files.len(), snap.row_count()), (0, 10));
     assert_eq!(snap.schema, vigil_ingest::event_schema());
@@ -85,7 +108,10 @@ async fn crash_without_flush_replays_every_row_exactly_once() {
     {
         let store = Store::open(config(dir.path())).await.unwrap();
         for k in 0..3 {
-            store.append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))]).await.unwrap();
+            store
+                .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+                .await
+                .unwrap();
         }
         // Dropped without flush or shutdown: what `kill -9` leaves.
     }
@@ -96,7 +122,10 @@ async fn crash_without_flush_replays_every_row_exactly_once() {
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
     let snap = store.snapshot(Table::Events);
-    assert!(snap.buffered.is_empty(), "records covered by the manifest must not be replayed");
+    assert!(
+        snap.buffered.is_empty(),
+        "records covered by the manifest must not be replayed"
+    );
     assert_exactly(visible_ids(&store, Table::Events).await, 30);
 }
 
@@ -105,10 +134,20 @@ async fn flush_then_crash_keeps_files_and_later_rows_once() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
-        store.append(vec![(Table::Events, events(0..20, T14))]).await.unwrap();
+        store
+            .append(vec![(Table::Events, events(0..20, T14))])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
-        assert_eq!(store.wal_segments(), 1, "covered segments are deleted after the manifest swap");
-        store.append(vec![(Table::Events, events(20..25, T14))]).await.unwrap();
+        assert_eq!(
+            store.wal_segments(),
+            1,
+            "covered segments are deleted after the manifest swap"
+        );
+        store
+            .append(vec![(Table::Events, events(20..25, T14))])
+            .await
+            .unwrap();
     }
     let store = Store::open(config(dir.path())).await.unwrap();
     let snap = store.snapshot(Table::Events);
@@ -120,15 +159,24 @@ async fn flush_then_crash_keeps_files_and_later_rows_once() {
 #[tokio::test]
 async fn parquet_left_by_a_crash_before_the_manifest_swap_is_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let orphan = dir.path().join("events/date=2026-11-22/hour=14/0190c0de-orphan.parquet");
+    let orphan = dir
+        .path()
+        .join("events/date=2026-11-22/hour=14/0190c0de-orphan.parquet");
     {
         let store = Store::open(config(dir.path())).await.unwrap();
         let batch = events(0..10, T14);
-        store.append(vec![(Table::Events, batch.clone())]).await.unwrap();
+        store
+            .append(vec![(Table::Events, batch.clone())])
+            .await
+            .unwrap();
         // The flush wrote its file, then the process died before `_manifest.json` was replaced.
         std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&orphan).unwrap(), batch.schema(), None)
-            .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&orphan).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
     }
@@ -142,19 +190,41 @@ async fn torn_wal_tail_keeps_earlier_records() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
-        store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
-        store.append(vec![(Table::Events, events(10..20, T14))]).await.unwrap();
-        store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+        store
+            .append(vec![(Table::Events, events(0..10, T14))])
+            .await
+            .unwrap();
+        store
+            .append(vec![(Table::Events, events(10..20, T14))])
+            .await
+            .unwrap();
+        store
+            .append(vec![(Table::Events, events(20..30, T14))])
+            .await
+            .unwrap();
     }
-    let segment = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let segment = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let len = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     let ids = visible_ids(&store, Table::Events).await;
     assert_exactly(ids.clone(), 20);
     assert!(!ids.contains(&"e25".to_string()));
     // The store goes on: the torn record's rows can be sent again (the dedupe window never saw them).
-    store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(20..30, T14))])
+        .await
+        .unwrap();
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
     assert_exactly(visible_ids(&store, Table::Events).await, 30);
@@ -164,19 +234,31 @@ async fn torn_wal_tail_keeps_earlier_records() {
 async fn resent_rows_are_dropped_within_the_window_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
-    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
-    store.append(vec![(Table::Events, events(5..15, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap();
+    store
+        .append(vec![(Table::Events, events(5..15, T14))])
+        .await
+        .unwrap();
     assert_exactly(visible_ids(&store, Table::Events).await, 15);
     drop(store);
     // Rebuilt from the replayed WAL.
     let store = Store::open(config(dir.path())).await.unwrap();
-    store.append(vec![(Table::Events, events(0..15, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..15, T14))])
+        .await
+        .unwrap();
     assert_exactly(visible_ids(&store, Table::Events).await, 15);
     store.flush().await.unwrap();
     drop(store);
     // Rebuilt from the Parquet files.
     let store = Store::open(config(dir.path())).await.unwrap();
-    store.append(vec![(Table::Events, events(10..20, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(10..20, T14))])
+        .await
+        .unwrap();
     assert_exactly(visible_ids(&store, Table::Events).await, 20);
 }
 
@@ -201,15 +283,31 @@ async fn alerts_are_stored_and_deduplicated_by_alert_id() {
         fingerprint: "f".into(),
     };
     let batch = vigil_detect::alerts_to_batch(&[alert("a1"), alert("a2")]);
-    store.append(vec![(Table::Events, events(0..3, T14)), (Table::Alerts, batch.clone())]).await.unwrap();
+    store
+        .append(vec![
+            (Table::Events, events(0..3, T14)),
+            (Table::Alerts, batch.clone()),
+        ])
+        .await
+        .unwrap();
     store.append(vec![(Table::Alerts, batch)]).await.unwrap();
     store.flush().await.unwrap();
     assert_exactly(visible_ids(&store, Table::Alerts).await, 2);
     let files = store.snapshot(Table::Alerts).files;
-    assert!(files[0].path.starts_with("alerts/date=2026-11-22/hour=14/"), "{}", files[0].path);
+    assert!(
+        files[0].path.starts_with("alerts/date=2026-11-22/hour=14/"),
+        "{}",
+        files[0].path
+    );
     // State tables cannot be appended, and a batch of the wrong shape is refused.
-    assert!(store.append(vec![(Table::Baselines, events(0..1, T14))]).await.is_err());
-    assert!(store.append(vec![(Table::Alerts, events(0..1, T14))]).await.is_err());
+    assert!(store
+        .append(vec![(Table::Baselines, events(0..1, T14))])
+        .await
+        .is_err());
+    assert!(store
+        .append(vec![(Table::Alerts, events(0..1, T14))])
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -217,15 +315,32 @@ async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     // Two hours, out of order.
-    store.append(vec![(Table::Events, events(0..5, T14 + HOUR_US))]).await.unwrap();
-    store.append(vec![(Table::Events, events(5..10, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..5, T14 + HOUR_US))])
+        .await
+        .unwrap();
+    store
+        .append(vec![(Table::Events, events(5..10, T14))])
+        .await
+        .unwrap();
     store.flush().await.unwrap();
     let mut files = store.snapshot(Table::Events).files;
     files.sort_by_key(|f| f.min_time_us);
     assert_eq!(files.len(), 2);
-    assert!(files[0].path.starts_with("events/date=2026-11-22/hour=14/"), "{}", files[0].path);
-    assert!(files[1].path.starts_with("events/date=2026-11-22/hour=15/"), "{}", files[1].path);
-    assert_eq!((files[0].min_time_us, files[0].max_time_us), (T14 + 5, T14 + 9));
+    assert!(
+        files[0].path.starts_with("events/date=2026-11-22/hour=14/"),
+        "{}",
+        files[0].path
+    );
+    assert!(
+        files[1].path.starts_with("events/date=2026-11-22/hour=15/"),
+        "{}",
+        files[1].path
+    );
+    assert_eq!(
+        (files[0].min_time_us, files[0].max_time_us),
+        (T14 + 5, T14 + 9)
+    );
     assert!(dir.path().join(&files[0].path).exists());
     assert!(dir.path().join("_manifest.json").exists());
     let manifest: serde_json::Value =
@@ -236,14 +351,26 @@ async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_merges_small_files_while_readers_see_constant_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { compaction_grace: Duration::from_millis(1500), ..config(dir.path()) };
+    let cfg = StoreConfig {
+        compaction_grace: Duration::from_millis(1500),
+        ..config(dir.path())
+    };
     let store = Store::open(cfg).await.unwrap();
     for k in 0..8 {
-        store.append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14))]).await.unwrap();
+        store
+            .append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14))])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     for k in 8..11 {
-        store.append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14 + 2 * HOUR_US))]).await.unwrap();
+        store
+            .append(vec![(
+                Table::Events,
+                events(k * 50..k * 50 + 50, T14 + 2 * HOUR_US),
+            )])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     let before = store.snapshot(Table::Events).files;
@@ -285,15 +412,24 @@ async fn retention_removes_old_partitions_from_disk_and_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     let now = T14 + 40 * 24 * HOUR_US;
-    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap(); // 40 days old
-    store.append(vec![(Table::Events, events(10..20, now - HOUR_US))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap(); // 40 days old
+    store
+        .append(vec![(Table::Events, events(10..20, now - HOUR_US))])
+        .await
+        .unwrap();
     store.flush().await.unwrap();
     assert!(dir.path().join("events/date=2026-11-22/hour=14").exists());
     assert_eq!(store.apply_retention(now).await.unwrap(), 1);
     let ids = visible_ids(&store, Table::Events).await;
     assert_exactly(ids.clone(), 10);
     assert!(ids.contains(&"e15".to_string()));
-    assert!(!dir.path().join("events/date=2026-11-22").exists(), "empty partition directories are removed");
+    assert!(
+        !dir.path().join("events/date=2026-11-22").exists(),
+        "empty partition directories are removed"
+    );
     assert!(dir.path().join("events").exists());
     assert_eq!(store.apply_retention(now).await.unwrap(), 0);
 }
@@ -303,26 +439,48 @@ async fn state_tables_are_replaced_whole_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     assert!(store.read_state(Table::Inventory).await.unwrap().is_empty());
-    store.put_state(Table::Baselines, events(0..5, T14)).await.unwrap();
-    store.put_state(Table::Baselines, events(0..3, T14)).await.unwrap();
+    store
+        .put_state(Table::Baselines, events(0..5, T14))
+        .await
+        .unwrap();
+    store
+        .put_state(Table::Baselines, events(0..3, T14))
+        .await
+        .unwrap();
     let snap = store.snapshot(Table::Baselines);
     assert_eq!(snap.files.len(), 1);
-    assert_eq!((snap.files[0].path.as_str(), snap.files[0].rows), ("baselines/state.parquet", 3));
-    assert_eq!(snap.schema, vigil_ingest::event_schema(), "the batch's own schema");
+    assert_eq!(
+        (snap.files[0].path.as_str(), snap.files[0].rows),
+        ("baselines/state.parquet", 3)
+    );
+    assert_eq!(
+        snap.schema,
+        vigil_ingest::event_schema(),
+        "the batch's own schema"
+    );
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
     let back = store.read_state(Table::Baselines).await.unwrap();
     assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-    assert!(store.put_state(Table::Events, events(0..1, T14)).await.is_err());
+    assert!(store
+        .put_state(Table::Events, events(0..1, T14))
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_flushes_by_age_and_shutdown_stops_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { flush_age: Duration::from_millis(300), ..config(dir.path()) };
+    let cfg = StoreConfig {
+        flush_age: Duration::from_millis(300),
+        ..config(dir.path())
+    };
     let store = Store::open(cfg).await.unwrap();
     store.spawn_background();
-    store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap();
     let mut flushed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,11 +490,19 @@ async fn background_flushes_by_age_and_shutdown_stops_appends() {
         }
     }
     assert!(flushed, "the age-based flush did not run");
-    store.append(vec![(Table::Events, events(10..12, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(10..12, T14))])
+        .await
+        .unwrap();
     store.shutdown().await.unwrap();
-    assert!(store.snapshot(Table::Events).buffered.is_empty(), "shutdown flushes");
+    assert!(
+        store.snapshot(Table::Events).buffered.is_empty(),
+        "shutdown flushes"
+    );
     assert!(matches!(
-        store.append(vec![(Table::Events, events(20..21, T14))]).await,
+        store
+            .append(vec![(Table::Events, events(20..21, T14))])
+            .await,
         Err(vigil_store::StoreError::Closed)
     ));
 }
@@ -344,11 +510,20 @@ async fn background_flushes_by_age_and_shutdown_stops_appends() {
 #[tokio::test]
 async fn flush_by_row_count_without_background() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { flush_rows: 25, ..config(dir.path()) };
+    let cfg = StoreConfig {
+        flush_rows: 25,
+        ..config(dir.path())
+    };
     let store = Store::open(cfg).await.unwrap();
-    store.append(vec![(Table::Events, events(0..20, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(0..20, T14))])
+        .await
+        .unwrap();
     assert!(store.snapshot(Table::Events).files.is_empty());
-    store.append(vec![(Table::Events, events(20..30, T14))]).await.unwrap();
+    store
+        .append(vec![(Table::Events, events(20..30, T14))])
+        .await
+        .unwrap();
     let snap = store.snapshot(Table::Events);
     assert_eq!((snap.files.len(), snap.buffered.len()), (1, 0));
 }
@@ -356,24 +531,52 @@ async fn flush_by_row_count_without_background() {
 #[tokio::test]
 async fn remote_object_store_keeps_files_and_manifest_there() {
     let dir = tempfile::tempdir().unwrap();
-    let remote: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let remote: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
     {
-        let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
-        store.append(vec![(Table::Events, events(0..10, T14))]).await.unwrap();
+        let store = Store::open_with_object_store(config(dir.path()), remote.clone())
+            .await
+            .unwrap();
+        store
+            .append(vec![(Table::Events, events(0..10, T14))])
+            .await
+            .unwrap();
         store.flush().await.unwrap();
-        store.append(vec![(Table::Events, events(10..15, T14))]).await.unwrap();
+        store
+            .append(vec![(Table::Events, events(10..15, T14))])
+            .await
+            .unwrap();
         // An upload that lost the race with a crash.
         remote
-            .put(&ObjectPath::from("events/date=2026-11-22/hour=14/orphan.parquet"), Bytes::from_static(b"x").into())
+            .put(
+                &ObjectPath::from("events/date=2026-11-22/hour=14/orphan.parquet"),
+                Bytes::from_static(b"x").into(),
+            )
             .await
             .unwrap();
     }
-    assert!(!dir.path().join("events").exists(), "no Parquet on the local disk");
-    assert!(remote.head(&ObjectPath::from("_manifest.json")).await.is_ok());
-    let store = Store::open_with_object_store(config(dir.path()), remote.clone()).await.unwrap();
-    assert!(remote.head(&ObjectPath::from("events/date=2026-11-22/hour=14/orphan.parquet")).await.is_err());
+    assert!(
+        !dir.path().join("events").exists(),
+        "no Parquet on the local disk"
+    );
+    assert!(remote
+        .head(&ObjectPath::from("_manifest.json"))
+        .await
+        .is_ok());
+    let store = Store::open_with_object_store(config(dir.path()), remote.clone())
+        .await
+        .unwrap();
+    assert!(remote
+        .head(&ObjectPath::from(
+            "events/date=2026-11-22/hour=14/orphan.parquet"
+        ))
+        .await
+        .is_err());
     assert_exactly(visible_ids(&store, Table::Events).await, 15);
-    assert_eq!(store.object_store().0.as_str(), vigil_store::OBJECT_STORE_URL);
+    assert_eq!(
+        store.object_store().0.as_str(),
+        vigil_store::OBJECT_STORE_URL
+    );
 }
 
 /// Group-commit throughput: 8 concurrent callers appending batches of ~500-byte events.
@@ -383,11 +586,17 @@ async fn remote_object_store_keeps_files_and_manifest_there() {
 async fn append_throughput() {
     let dir = tempfile::tempdir().unwrap();
     // No flush during the run: this measures the acknowledged-append path (WAL + group commit + buffer).
-    let cfg = StoreConfig { flush_bytes: usize::MAX, ..config(dir.path()) };
+    let cfg = StoreConfig {
+        flush_bytes: usize::MAX,
+        ..config(dir.path())
+    };
     let store = Store::open(cfg).await.unwrap();
     // VIGIL_BENCH_EVENTS_PER_APPEND sets the request size (default 100 events); 200k events in total.
-    let per_call: usize =
-        std::env::var("VIGIL_BENCH_EVENTS_PER_APPEND").ok().and_then(|v| v.parse().ok()).unwrap_or(100).max(1);
+    let per_call: usize = std::env::var("VIGIL_BENCH_EVENTS_PER_APPEND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .max(1);
     let (callers, calls) = (8usize, 25_000 / per_call);
     // Batches are built before the clock starts: this measures the store, not the test's row builder.
     let work: Vec<Vec<RecordBatch>> = (0..callers)
@@ -428,12 +637,21 @@ async fn append_throughput() {
     let fsync_secs: f64 = prometheus::gather()
         .iter()
         .filter(|f| f.name() == "vigil_wal_fsync_seconds")
-        .flat_map(|f| f.get_metric().iter().map(|m| m.get_histogram().get_sample_sum()))
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_histogram().get_sample_sum())
+        })
         .sum();
     let encode_started = std::time::Instant::now();
     let sample = events(0..per_call, T14);
     for _ in 0..100 {
-        std::hint::black_box(arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &sample.schema()).unwrap().write(&sample).unwrap());
+        std::hint::black_box(
+            arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &sample.schema())
+                .unwrap()
+                .write(&sample)
+                .unwrap(),
+        );
     }
     println!(
         "append_throughput: fsync time {fsync_secs:.2}s in total; IPC encoding of one {per_call}-event batch {:.2} ms",

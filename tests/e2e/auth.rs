@@ -17,9 +17,18 @@ use crate::python_sdk::python_has;
 use crate::sample_rows;
 
 /// POST a small protobuf trace request to OTLP/HTTP; returns the status code.
-async fn otlp_http(v: &Vigil, client: &reqwest::Client, token: Option<&str>, prefix: u32) -> reqwest::Result<u16> {
-    let body = traces_request(&sample_rows(prefix, chrono::Utc::now().timestamp_micros())).encode_to_vec();
-    let mut request = client.post(v.otlp_url("/v1/traces")).header("content-type", "application/x-protobuf").body(body);
+async fn otlp_http(
+    v: &Vigil,
+    client: &reqwest::Client,
+    token: Option<&str>,
+    prefix: u32,
+) -> reqwest::Result<u16> {
+    let body =
+        traces_request(&sample_rows(prefix, chrono::Utc::now().timestamp_micros())).encode_to_vec();
+    let mut request = client
+        .post(v.otlp_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -28,13 +37,23 @@ async fn otlp_http(v: &Vigil, client: &reqwest::Client, token: Option<&str>, pre
 
 /// An OTLP gRPC export of five events; the status code (Ok on success).
 async fn otlp_grpc(v: &Vigil, token: Option<&str>, prefix: u32) -> Code {
-    let channel = Channel::from_shared(format!("http://{}", v.grpc)).expect("endpoint").connect().await.expect("connect");
+    let channel = Channel::from_shared(format!("http://{}", v.grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
     let request = traces_request(&sample_rows(prefix, chrono::Utc::now().timestamp_micros()));
     let result = match token {
-        Some(token) => TraceServiceClient::with_interceptor(channel, Bearer::new(token)).export(request).await,
+        Some(token) => {
+            TraceServiceClient::with_interceptor(channel, Bearer::new(token))
+                .export(request)
+                .await
+        }
         None => TraceServiceClient::new(channel).export(request).await,
     };
-    result.map(|_| Code::Ok).unwrap_or_else(|status| status.code())
+    result
+        .map(|_| Code::Ok)
+        .unwrap_or_else(|status| status.code())
 }
 
 async fn with_token(request: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::Result<u16> {
@@ -45,18 +64,34 @@ async fn with_token(request: reqwest::RequestBuilder, token: Option<&str>) -> re
     Ok(request.send().await?.status().as_u16())
 }
 
-async fn query_api(v: &Vigil, client: &reqwest::Client, token: Option<&str>) -> reqwest::Result<u16> {
-    with_token(client.post(v.admin_url("/api/v1/query")).json(&serde_json::json!({ "sql": "SELECT 1" })), token).await
+async fn query_api(
+    v: &Vigil,
+    client: &reqwest::Client,
+    token: Option<&str>,
+) -> reqwest::Result<u16> {
+    with_token(
+        client
+            .post(v.admin_url("/api/v1/query"))
+            .json(&serde_json::json!({ "sql": "SELECT 1" })),
+        token,
+    )
+    .await
 }
 
 async fn metrics_endpoint(v: &Vigil, token: Option<&str>) -> u16 {
-    with_token(v.client().get(v.admin_url("/metrics")), token).await.expect("admin port reachable")
+    with_token(v.client().get(v.admin_url("/metrics")), token)
+        .await
+        .expect("admin port reachable")
 }
 
 /// `vigil_auth_failures_total{listener, reason}` from a /metrics text (0 when not yet counted).
 fn failures(metrics: &str, listener: &str, reason: &str) -> u64 {
     let key = format!("vigil_auth_failures_total{{listener=\"{listener}\",reason=\"{reason}\"}}");
-    metrics.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,7 +113,10 @@ async fn every_listener_refuses_missing_wrong_and_out_of_scope_tokens_and_counts
     // OTLP gRPC needs `ingest`.
     assert_eq!(otlp_grpc(&v, None, 11).await, Code::Unauthenticated);
     assert_eq!(otlp_grpc(&v, wrong, 12).await, Code::Unauthenticated);
-    assert_eq!(otlp_grpc(&v, Some(&query), 13).await, Code::PermissionDenied);
+    assert_eq!(
+        otlp_grpc(&v, Some(&query), 13).await,
+        Code::PermissionDenied
+    );
     assert_eq!(otlp_grpc(&v, Some(&ingest), 14).await, Code::Ok);
 
     // The query API needs `query`.
@@ -93,7 +131,13 @@ async fn every_listener_refuses_missing_wrong_and_out_of_scope_tokens_and_counts
     assert_eq!(metrics_endpoint(&v, Some(&query)).await, 403);
     assert_eq!(metrics_endpoint(&v, Some(&v.token)).await, 200);
     for probe in ["/healthz", "/readyz"] {
-        assert_eq!(with_token(http.get(v.admin_url(probe)), None).await.unwrap(), 200, "{probe} needs no token");
+        assert_eq!(
+            with_token(http.get(v.admin_url(probe)), None)
+                .await
+                .unwrap(),
+            200,
+            "{probe} needs no token"
+        );
     }
 
     // PostgreSQL: the password is a `query` token, whatever the user name.
@@ -101,16 +145,23 @@ async fn every_listener_refuses_missing_wrong_and_out_of_scope_tokens_and_counts
     assert!(!out.status.success(), "wrong token");
     let out = psql(&v, "127.0.0.1", &ingest, &[], "SELECT 1").await;
     assert!(!out.status.success(), "ingest token on pg");
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("password authentication failed"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("password authentication failed"));
     let out = psql(&v, "127.0.0.1", &query, &[], "SELECT count(*) FROM events").await;
-    assert!(out.status.success(), "query token on pg: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "query token on pg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10");
 
     // Every refusal above was counted, by listener and reason.
     let metrics = v.metrics().await;
     for listener in ["otlp_http", "otlp_grpc", "query_http", "admin"] {
         for reason in ["missing", "invalid", "forbidden"] {
-            let counted = failures(&metrics, listener, reason) - failures(&before, listener, reason);
+            let counted =
+                failures(&metrics, listener, reason) - failures(&before, listener, reason);
             assert_eq!(counted, 1, "{listener}/{reason}\n{metrics}");
         }
     }
@@ -119,20 +170,40 @@ async fn every_listener_refuses_missing_wrong_and_out_of_scope_tokens_and_counts
 
     // Only the accepted requests stored events, each recording the token that sent it; "share of telemetry
     // from verified sources" is a query.
-    let rows = v.query("SELECT source, count(*) AS n FROM events GROUP BY source").await;
-    assert_eq!(rows, [serde_json::json!({ "source": "collector-eu", "n": 10 })]);
+    let rows = v
+        .query("SELECT source, count(*) AS n FROM events GROUP BY source")
+        .await;
+    assert_eq!(
+        rows,
+        [serde_json::json!({ "source": "collector-eu", "n": 10 })]
+    );
     let share = v
         .query("SELECT avg(CASE WHEN source IS NOT NULL AND source <> 'anonymous' THEN 1.0 ELSE 0.0 END) AS verified FROM events")
         .await;
     assert_eq!(share[0]["verified"].as_f64(), Some(1.0));
 
     // `vigil sql` sends --token (or VIGIL_TOKEN) and says what is missing without one.
-    let out = v.cli(&["sql", "--format", "csv", "--token", &query, "SELECT count(*) AS n FROM events"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = v.cli(&[
+        "sql",
+        "--format",
+        "csv",
+        "--token",
+        &query,
+        "SELECT count(*) AS n FROM events",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n10");
     let out = v.cli(&["sql", "SELECT 1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("VIGIL_TOKEN"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("VIGIL_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The `vgl_...` tokens in the bootstrap banner, by name.
@@ -150,7 +221,11 @@ fn printed_tokens(stdout: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_tokens_are_printed_once_stored_hashed_and_work() {
-    let mut v = Vigil::start_opts(StartOptions { unprovisioned: true, ..Default::default() }).await;
+    let mut v = Vigil::start_opts(StartOptions {
+        unprovisioned: true,
+        ..Default::default()
+    })
+    .await;
     let stdout = v.stdout();
     assert!(stdout.contains("WILL NOT BE SHOWN AGAIN"), "{stdout}");
     let tokens = printed_tokens(&stdout);
@@ -159,20 +234,35 @@ async fn bootstrap_tokens_are_printed_once_stored_hashed_and_work() {
     let (ingest, admin) = (tokens[0].1.clone(), tokens[1].1.clone());
 
     let on_disk = std::fs::read_to_string(v.data_dir().join("tokens.json")).expect("tokens.json");
-    assert!(!on_disk.contains(&ingest) && !on_disk.contains(&admin), "only hashes are stored");
+    assert!(
+        !on_disk.contains(&ingest) && !on_disk.contains(&admin),
+        "only hashes are stored"
+    );
     assert!(on_disk.contains("sha256:"));
 
     let http = v.client();
     assert_eq!(otlp_http(&v, &http, Some(&ingest), 1).await.unwrap(), 200);
-    assert_eq!(query_api(&v, &http, Some(&ingest)).await.unwrap(), 403, "the ingest token only ingests");
+    assert_eq!(
+        query_api(&v, &http, Some(&ingest)).await.unwrap(),
+        403,
+        "the ingest token only ingests"
+    );
     v.token = admin;
-    assert_eq!(v.count("SELECT count(*) FROM events WHERE source = 'ingest'").await, 5);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE source = 'ingest'")
+            .await,
+        5
+    );
 
     // A second start creates and prints nothing; the tokens still work.
     v.stop();
     v.restart().await;
     let again = v.stdout();
-    assert_eq!(again.matches("WILL NOT BE SHOWN AGAIN").count(), 1, "{again}");
+    assert_eq!(
+        again.matches("WILL NOT BE SHOWN AGAIN").count(),
+        1,
+        "{again}"
+    );
     assert_eq!(printed_tokens(&again).len(), 2);
     assert_eq!(otlp_http(&v, &http, Some(&ingest), 2).await.unwrap(), 200);
     let listed = v.cli(&["token", "list"]);
@@ -186,9 +276,17 @@ async fn revoking_a_token_takes_effect_on_the_running_server() {
     let v = Vigil::start().await;
     let laptop = v.create_token("laptop", "ingest").await;
     let http = v.client();
-    assert_eq!(otlp_http(&v, &http, Some(&laptop), 1).await.unwrap(), 200, "a token created while running works");
+    assert_eq!(
+        otlp_http(&v, &http, Some(&laptop), 1).await.unwrap(),
+        200,
+        "a token created while running works"
+    );
     let out = v.cli(&["token", "revoke", "laptop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("revoked tok_"));
 
     // The server looks at the token file at most once per `auth.recheck_interval` (1 s by default).
@@ -203,10 +301,22 @@ async fn revoking_a_token_takes_effect_on_the_running_server() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status, 401, "revoked without a restart");
-    assert_eq!(otlp_grpc(&v, Some(&laptop), 1000).await, Code::Unauthenticated);
-    assert_eq!(v.count("SELECT count(*) FROM events WHERE source = 'laptop'").await, accepted * 5);
+    assert_eq!(
+        otlp_grpc(&v, Some(&laptop), 1000).await,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE source = 'laptop'")
+            .await,
+        accepted * 5
+    );
     let listed = String::from_utf8_lossy(&v.cli(&["token", "list"]).stdout).into_owned();
-    assert!(listed.lines().any(|l| l.contains("laptop") && l.contains(" yes ")), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("laptop") && l.contains(" yes ")),
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -214,13 +324,26 @@ async fn tls_on_every_listener_and_untrusting_clients_fail() {
     let certs = tempfile::tempdir().expect("tempdir");
     let server_cert = CertFiles::issued(certs.path(), "server");
     let other = CertFiles::issued(certs.path(), "other");
-    let v = Vigil::start_opts(StartOptions { tls: Some(server_cert.clone()), ..Default::default() }).await;
+    let v = Vigil::start_opts(StartOptions {
+        tls: Some(server_cert.clone()),
+        ..Default::default()
+    })
+    .await;
     let ingest = v.create_token("tls-sender", "ingest").await;
 
     // Trusting clients: OTLP/HTTP and the query API over https.
     let trusting = v.client();
-    assert_eq!(otlp_http(&v, &trusting, Some(&ingest), 1).await.expect("https OTLP"), 200);
-    assert_eq!(otlp_http(&v, &trusting, None, 2).await.expect("https OTLP"), 401, "TLS does not replace tokens");
+    assert_eq!(
+        otlp_http(&v, &trusting, Some(&ingest), 1)
+            .await
+            .expect("https OTLP"),
+        200
+    );
+    assert_eq!(
+        otlp_http(&v, &trusting, None, 2).await.expect("https OTLP"),
+        401,
+        "TLS does not replace tokens"
+    );
     assert_eq!(v.count("SELECT count(*) FROM events").await, 5);
 
     // A client that does not trust the certificate fails at the handshake, on both HTTP listeners.
@@ -230,38 +353,98 @@ async fn tls_on_every_listener_and_untrusting_clients_fail() {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let err = otlp_http(&v, &untrusting, Some(&ingest), 3).await.expect_err("untrusted OTLP/HTTP");
+    let err = otlp_http(&v, &untrusting, Some(&ingest), 3)
+        .await
+        .expect_err("untrusted OTLP/HTTP");
     assert!(err.is_connect(), "{err:?}");
-    let err = query_api(&v, &untrusting, Some(&v.token)).await.expect_err("untrusted query API");
+    let err = query_api(&v, &untrusting, Some(&v.token))
+        .await
+        .expect_err("untrusted query API");
     assert!(err.is_connect(), "{err:?}");
     // Plaintext on a TLS port gets no answer.
-    let plain = reqwest::Client::new().get(format!("http://{}/readyz", v.admin)).timeout(Duration::from_secs(5)).send().await;
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/readyz", v.admin))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 
     // PostgreSQL: verify-full against the server's certificate works; another root fails; plaintext refused.
     let query = v.create_token("grafana", "query").await;
     let root = server_cert.ca.to_str().expect("utf-8 path");
-    let out = psql(&v, "localhost", &query, &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", root)], "SELECT count(*) FROM events").await;
-    assert!(out.status.success(), "psql over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(
+        &v,
+        "localhost",
+        &query,
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", root)],
+        "SELECT count(*) FROM events",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "psql over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
     let other_root = other.ca.to_str().expect("utf-8 path");
-    let out = psql(&v, "localhost", &query, &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", other_root)], "SELECT 1").await;
+    let out = psql(
+        &v,
+        "localhost",
+        &query,
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", other_root)],
+        "SELECT 1",
+    )
+    .await;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql(&v, "127.0.0.1", &query, &[("PGSSLMODE", "disable")], "SELECT 1").await;
-    assert!(!out.status.success(), "no cleartext token over a plain connection");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate verify failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(
+        &v,
+        "127.0.0.1",
+        &query,
+        &[("PGSSLMODE", "disable")],
+        "SELECT 1",
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "no cleartext token over a plain connection"
+    );
 
     // `vigil sql` over https, trusting the CA it is given.
     let ca = server_cert.ca.to_str().expect("utf-8 path");
-    let out = v.cli(&["sql", "--format", "csv", "--tls-ca", ca, "--token", &query, "SELECT count(*) AS n FROM events"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = v.cli(&[
+        "sql",
+        "--format",
+        "csv",
+        "--tls-ca",
+        ca,
+        "--token",
+        &query,
+        "SELECT count(*) AS n FROM events",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n5");
 
     // gRPC: the stock OpenTelemetry Python exporters over TLS, trusting and not.
-    if python_has(&["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc", "grpc"]) {
+    if python_has(&[
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.grpc",
+        "grpc",
+    ]) {
         let send = |ca: &std::path::Path| {
             Command::new("python3")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_sdk_send.py"))
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/otel_sdk_send.py"
+                ))
                 .arg(format!("https://localhost:{}", v.grpc.port()))
                 .arg(format!("https://localhost:{}/v1/traces", v.http.port()))
                 .arg("3")
@@ -275,8 +458,19 @@ async fn tls_on_every_listener_and_untrusting_clients_fail() {
                 .expect("python3 runs")
         };
         let ok = send(&server_cert.ca);
-        assert!(ok.status.success(), "SDK over TLS: {}", String::from_utf8_lossy(&ok.stderr));
-        assert_eq!(v.count("SELECT count(*) FROM events WHERE service IN ('sdk-grpc', 'sdk-http')").await, 6);
-        assert!(!send(&other.ca).status.success(), "an SDK that does not trust the certificate cannot export");
+        assert!(
+            ok.status.success(),
+            "SDK over TLS: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(
+            v.count("SELECT count(*) FROM events WHERE service IN ('sdk-grpc', 'sdk-http')")
+                .await,
+            6
+        );
+        assert!(
+            !send(&other.ca).status.success(),
+            "an SDK that does not trust the certificate cannot export"
+        );
     }
 }

@@ -6,26 +6,47 @@ use crate::harness::{psql, Vigil};
 /// Runs every panel's SQL against the server's data; each must succeed and return at least one row.
 pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
     let out = v.cli(&["dashboards", "--hours", "6"]);
-    assert!(out.status.success(), "vigil dashboards: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vigil dashboards: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let panels: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    assert!(panels.len() >= 20, "the dashboards have their panels: {}", panels.len());
+    assert!(
+        panels.len() >= 20,
+        "the dashboards have their panels: {}",
+        panels.len()
+    );
     let mut empty = Vec::new();
     for p in &panels {
-        let (dashboard, panel, sql) = (p["dashboard"].as_str().unwrap(), p["panel"].as_str().unwrap(), p["sql"].as_str().unwrap());
+        let (dashboard, panel, sql) = (
+            p["dashboard"].as_str().unwrap(),
+            p["panel"].as_str().unwrap(),
+            p["sql"].as_str().unwrap(),
+        );
         let out = psql(v, "127.0.0.1", &v.token, &[], sql).await;
         assert!(
             out.status.success(),
             "{dashboard} / {panel} failed over pg: {}\n{sql}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let rows = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count();
+        let rows = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
         if rows == 0 {
             empty.push(format!("{dashboard} / {panel}"));
         }
     }
-    assert!(empty.is_empty(), "panels without rows on the scenario data: {empty:?}");
-    eprintln!("dashboards: {} panels ran over pg, each with rows", panels.len());
+    assert!(
+        empty.is_empty(),
+        "panels without rows on the scenario data: {empty:?}"
+    );
+    eprintln!(
+        "dashboards: {} panels ran over pg, each with rows",
+        panels.len()
+    );
 }

@@ -14,13 +14,18 @@ use crate::harness::Vigil;
 async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity() {
     let duration = Duration::from_secs(150 * 60);
     let now = chrono::Utc::now().timestamp_micros();
-    let sc = generate(&ScenarioConfig { start_us: now - duration.as_micros() as i64, duration, ..Default::default() });
+    let sc = generate(&ScenarioConfig {
+        start_us: now - duration.as_micros() as i64,
+        duration,
+        ..Default::default()
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vigil.toml");
     let mut file = toml::Table::new();
     file.insert("detect".into(), toml::Value::try_from(&sc.config).unwrap());
-    let pipeline: toml::Table = toml::from_str("tick_interval = \"500ms\"\nstate_interval = \"1s\"").unwrap();
+    let pipeline: toml::Table =
+        toml::from_str("tick_interval = \"500ms\"\nstate_interval = \"1s\"").unwrap();
     file.insert("pipeline".into(), toml::Value::Table(pipeline));
     std::fs::write(&config, toml::to_string(&file).unwrap()).unwrap();
 
@@ -30,17 +35,24 @@ async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity
     for (_, batch) in &sc.batches {
         let rows = rows_from_batch(batch);
         sent += rows.len();
-        client.export(traces_request(&rows)).await.expect("accepted");
+        client
+            .export(traces_request(&rows))
+            .await
+            .expect("accepted");
     }
     assert_eq!(v.count("SELECT count(*) FROM events").await, sent as i64);
     // Window detectors run on the server's tick.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let alerts = v.query("SELECT detector, entity_type, entity_id FROM alerts").await;
+    let alerts = v
+        .query("SELECT detector, entity_type, entity_id FROM alerts")
+        .await;
     let fired = |detector: &str, entities: &[(String, String)]| {
         alerts.iter().any(|a| {
             a["detector"] == detector
-                && entities.iter().any(|(t, id)| a["entity_type"] == t.as_str() && a["entity_id"] == id.as_str())
+                && entities
+                    .iter()
+                    .any(|(t, id)| a["entity_type"] == t.as_str() && a["entity_id"] == id.as_str())
         })
     };
     // Recall per detector through the real binary. The scenario's two and a half hours of event time pass
@@ -57,11 +69,18 @@ async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity
             missed.push(format!("{} on {:?}", inc.detector, inc.entities));
         }
     }
-    assert!(per_detector.len() >= 9, "the scenario covers the detectors: {per_detector:?}");
+    assert!(
+        per_detector.len() >= 9,
+        "the scenario covers the detectors: {per_detector:?}"
+    );
     for (detector, (incidents, detected)) in &per_detector {
         let recall = *detected as f64 / *incidents as f64;
         eprintln!("{detector:<18} {detected}/{incidents} incidents alerted (recall {recall:.2})");
-        assert!(recall >= 0.95, "{detector}: recall {recall:.2} through the binary; missed:\n{}", missed.join("\n"));
+        assert!(
+            recall >= 0.95,
+            "{detector}: recall {recall:.2} through the binary; missed:\n{}",
+            missed.join("\n")
+        );
     }
 
     // The inventory and baselines tables are persisted every `state_interval`.

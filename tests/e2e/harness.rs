@@ -15,7 +15,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub struct Vigil {
@@ -60,17 +63,73 @@ impl CertFiles {
     /// refuse a certificate that is both.
     pub fn issued(dir: &Path, name: &str) -> CertFiles {
         let file = |ext: &str| path_str(&dir.join(format!("{name}.{ext}")));
-        let (cert, key, ca, ca_key, csr, ext) =
-            (file("crt"), file("key"), file("ca.crt"), file("ca.key"), file("csr"), file("ext"));
+        let (cert, key, ca, ca_key, csr, ext) = (
+            file("crt"),
+            file("key"),
+            file("ca.crt"),
+            file("ca.key"),
+            file("csr"),
+            file("ext"),
+        );
         let openssl = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).output().expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let ca_subject = format!("/CN={name} test CA");
-        let ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"];
-        openssl(&[&["req", "-x509", "-days", "1", "-subj", &ca_subject, "-keyout", &ca_key, "-out", &ca][..], &ec, &ca_ext].concat());
-        openssl(&[&["req", "-subj", "/CN=localhost", "-keyout", &key, "-out", &csr][..], &ec].concat());
+        let ca_ext = [
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "1",
+                    "-subj",
+                    &ca_subject,
+                    "-keyout",
+                    &ca_key,
+                    "-out",
+                    &ca,
+                ][..],
+                &ec,
+                &ca_ext,
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                ][..],
+                &ec,
+            ]
+            .concat(),
+        );
         std::fs::write(
             &ext,
             "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n\
@@ -78,10 +137,27 @@ impl CertFiles {
         )
         .expect("write extensions");
         openssl(&[
-            "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days", "1", "-extfile", &ext,
-            "-out", &cert,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
         ]);
-        CertFiles { cert: cert.into(), key: key.into(), ca: ca.into() }
+        CertFiles {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        }
     }
 
     /// The CA certificate clients trust.
@@ -101,8 +177,13 @@ impl Bearer {
 }
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -116,14 +197,24 @@ impl Vigil {
     }
 
     pub async fn start_with(extra_args: &[&str], envs: &[(&str, &str)]) -> Vigil {
-        Self::start_opts(StartOptions { args: extra_args, envs, ..Default::default() }).await
+        Self::start_opts(StartOptions {
+            args: extra_args,
+            envs,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn start_opts(options: StartOptions<'_>) -> Vigil {
         let tmp = tempfile::tempdir().expect("a temp dir");
         let mut extra_args: Vec<String> = options.args.iter().map(|s| s.to_string()).collect();
         if let Some(tls) = &options.tls {
-            extra_args.extend(["--tls-cert".into(), path_str(&tls.cert), "--tls-key".into(), path_str(&tls.key)]);
+            extra_args.extend([
+                "--tls-cert".into(),
+                path_str(&tls.cert),
+                "--tls-key".into(),
+                path_str(&tls.key),
+            ]);
         }
         let mut v = Vigil {
             child: None,
@@ -133,7 +224,11 @@ impl Vigil {
             admin: addr(),
             pg: addr(),
             extra_args,
-            envs: options.envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs: options
+                .envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             token: String::new(),
             tls: options.tls,
             _tmp: Some(tmp),
@@ -156,8 +251,15 @@ impl Vigil {
 
     fn create_token_offline(&self, name: &str, scopes: &str) -> String {
         let out = self.cli(&["token", "create", "--name", name, "--scope", scopes]);
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("UTF-8 token").trim().to_string()
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("UTF-8 token")
+            .trim()
+            .to_string()
     }
 
     /// A running server re-reads the token file at most once per `auth.recheck_interval` (1 s): waits until
@@ -165,7 +267,12 @@ impl Vigil {
     pub async fn wait_known(&self, token: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let resp = self.client().get(self.admin_url("/metrics")).bearer_auth(token).send().await;
+            let resp = self
+                .client()
+                .get(self.admin_url("/metrics"))
+                .bearer_auth(token)
+                .send()
+                .await;
             if resp.is_ok_and(|r| r.status() != reqwest::StatusCode::UNAUTHORIZED) {
                 return;
             }
@@ -198,7 +305,9 @@ impl Vigil {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
         if let Some(tls) = &self.tls {
             let cert = reqwest::Certificate::from_pem(&tls.ca_pem()).expect("certificate PEM");
-            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
         }
         builder.build().expect("reqwest client")
     }
@@ -233,7 +342,13 @@ impl Vigil {
 
     /// The `/metrics` text, fetched with the harness's admin token.
     pub async fn metrics(&self) -> String {
-        let resp = self.client().get(self.admin_url("/metrics")).bearer_auth(&self.token).send().await.expect("metrics");
+        let resp = self
+            .client()
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("metrics");
         assert!(resp.status().is_success(), "/metrics: {}", resp.status());
         resp.text().await.expect("metrics text")
     }
@@ -279,8 +394,15 @@ impl Vigil {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = self.admin_url("/readyz");
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("vigil exited during start-up ({status}); log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "vigil exited during start-up ({status}); log:\n{}",
+                    self.log()
+                );
             }
             if let Ok(resp) = client.get(&url).send().await {
                 if resp.status().is_success() {
@@ -307,7 +429,10 @@ impl Vigil {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if c.try_wait().ok().flatten().is_some() {
@@ -344,7 +469,10 @@ impl Vigil {
     pub async fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql).await;
         let row = rows.first().unwrap_or_else(|| panic!("no row for {sql}"));
-        row.as_object().and_then(|o| o.values().next()).and_then(Value::as_i64).unwrap_or_else(|| panic!("not a count: {row}"))
+        row.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| panic!("not a count: {row}"))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -366,16 +494,28 @@ fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-
 /// Runs `sql` with the real psql client over the PostgreSQL wire protocol (unaligned, tuples only).
-pub async fn psql(v: &Vigil, host: &str, password: &str, env: &[(&str, &str)], sql: &str) -> std::process::Output {
+pub async fn psql(
+    v: &Vigil,
+    host: &str,
+    password: &str,
+    env: &[(&str, &str)],
+    sql: &str,
+) -> std::process::Output {
     let port = v.pg.port().to_string();
     let mut cmd = tokio::process::Command::new("psql");
-    cmd.env("PGPASSWORD", password).env("PGCONNECT_TIMEOUT", "5").env_remove("PGSERVICE");
+    cmd.env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .env_remove("PGSERVICE");
     for (k, val) in env {
         cmd.env(k, val);
     }
-    cmd.args(["-h", host, "-p", &port, "-U", "whoever", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql])
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("psql in time").expect("psql runs")
+    cmd.args([
+        "-h", host, "-p", &port, "-U", "whoever", "-d", "vigil", "-w", "-X", "-A", "-t", "-c", sql,
+    ])
+    .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("psql in time")
+        .expect("psql runs")
 }

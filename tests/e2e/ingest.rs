@@ -19,8 +19,18 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("gzip in memory")
 }
 
-async fn post(v: &Vigil, path: &str, content_type: &str, gzip_body: bool, body: Vec<u8>) -> reqwest::Response {
-    let mut req = v.client().post(v.otlp_url(path)).bearer_auth(&v.token).header("content-type", content_type);
+async fn post(
+    v: &Vigil,
+    path: &str,
+    content_type: &str,
+    gzip_body: bool,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = v
+        .client()
+        .post(v.otlp_url(path))
+        .bearer_auth(&v.token)
+        .header("content-type", content_type);
     let body = if gzip_body {
         req = req.header("content-encoding", "gzip");
         gzip(&body)
@@ -37,8 +47,18 @@ fn s(v: &Value, k: &str) -> Option<String> {
 /// Every column the test sent comes back from SQL exactly as sent.
 async fn assert_landed(v: &Vigil, rows: &[EventRow], transport: &str) {
     for row in rows {
-        let got = v.query(&format!("SELECT * FROM events WHERE event_id = '{}'", row.event_id)).await;
-        assert_eq!(got.len(), 1, "{transport}: event {} stored once", row.event_id);
+        let got = v
+            .query(&format!(
+                "SELECT * FROM events WHERE event_id = '{}'",
+                row.event_id
+            ))
+            .await;
+        assert_eq!(
+            got.len(),
+            1,
+            "{transport}: event {} stored once",
+            row.event_id
+        );
         let g = &got[0];
         let kind = row.kind.map(|k| k.as_str().to_string());
         assert_eq!(s(g, "kind"), kind, "{transport}: kind");
@@ -67,13 +87,29 @@ async fn assert_landed(v: &Vigil, rows: &[EventRow], transport: &str) {
             ("prompt_text", &row.prompt_text),
             ("response_text", &row.response_text),
         ] {
-            assert_eq!(&s(g, col), want, "{transport}: column {col} of {}", row.event_id);
+            assert_eq!(
+                &s(g, col),
+                want,
+                "{transport}: column {col} of {}",
+                row.event_id
+            );
         }
-        assert_eq!(g.get("input_tokens").and_then(Value::as_i64), row.input_tokens, "{transport}: input_tokens");
-        assert_eq!(g.get("output_tokens").and_then(Value::as_i64), row.output_tokens, "{transport}: output_tokens");
+        assert_eq!(
+            g.get("input_tokens").and_then(Value::as_i64),
+            row.input_tokens,
+            "{transport}: input_tokens"
+        );
+        assert_eq!(
+            g.get("output_tokens").and_then(Value::as_i64),
+            row.output_tokens,
+            "{transport}: output_tokens"
+        );
         if let Some(ms) = row.latency_ms {
             let got_ms = g.get("latency_ms").and_then(Value::as_f64).unwrap_or(-1.0);
-            assert!((got_ms - ms).abs() < 0.01, "{transport}: latency_ms {got_ms} != {ms}");
+            assert!(
+                (got_ms - ms).abs() < 0.01,
+                "{transport}: latency_ms {got_ms} != {ms}"
+            );
         }
     }
 }
@@ -86,10 +122,16 @@ async fn every_transport_and_encoding_lands_every_field() {
     // gRPC, protobuf, plain and gzip.
     let mut client = v.grpc_client().await;
     let grpc_rows = sample_rows(1, now);
-    client.export(traces_request(&grpc_rows)).await.expect("gRPC export accepted");
+    client
+        .export(traces_request(&grpc_rows))
+        .await
+        .expect("gRPC export accepted");
     let mut gz_client = client.clone().send_compressed(CompressionEncoding::Gzip);
     let grpc_gz_rows = sample_rows(2, now);
-    gz_client.export(traces_request(&grpc_gz_rows)).await.expect("gzip gRPC export accepted");
+    gz_client
+        .export(traces_request(&grpc_gz_rows))
+        .await
+        .expect("gzip gRPC export accepted");
 
     // HTTP: protobuf, protobuf+gzip, JSON, JSON+gzip.
     let mut http_rows = Vec::new();
@@ -104,9 +146,18 @@ async fn every_transport_and_encoding_lands_every_field() {
     {
         let rows = sample_rows(10 + n as u32, now);
         let req = traces_request(&rows);
-        let body = if ct.ends_with("json") { serde_json::to_vec(&req).unwrap() } else { req.encode_to_vec() };
+        let body = if ct.ends_with("json") {
+            serde_json::to_vec(&req).unwrap()
+        } else {
+            req.encode_to_vec()
+        };
         let resp = post(&v, "/v1/traces", ct, gz, body).await;
-        assert_eq!(resp.status(), 200, "{ct} gzip={gz}: {}", resp.text().await.unwrap_or_default());
+        assert_eq!(
+            resp.status(),
+            200,
+            "{ct} gzip={gz}: {}",
+            resp.text().await.unwrap_or_default()
+        );
         http_rows.push((format!("{ct} gzip={gz}"), rows));
     }
 
@@ -148,15 +199,32 @@ async fn genai_log_events_land_over_http_json() {
         }]
       }]
     });
-    let resp = post(&v, "/v1/logs", "application/json", false, serde_json::to_vec(&body).unwrap()).await;
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap_or_default());
-    let rows = v.query("SELECT * FROM events WHERE service = 'log-copilot'").await;
+    let resp = post(
+        &v,
+        "/v1/logs",
+        "application/json",
+        false,
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let rows = v
+        .query("SELECT * FROM events WHERE service = 'log-copilot'")
+        .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
     assert_eq!(s(r, "kind").as_deref(), Some("inference"));
     assert_eq!(s(r, "model").as_deref(), Some("gpt-4o-mini"));
     assert_eq!(s(r, "user_id").as_deref(), Some("logger@example.com"));
-    assert_eq!(s(r, "trace_id").as_deref(), Some("5b8efff798038103d269b633813fc60c"));
+    assert_eq!(
+        s(r, "trace_id").as_deref(),
+        Some("5b8efff798038103d269b633813fc60c")
+    );
     assert_eq!(r["input_tokens"].as_i64(), Some(77));
     assert_eq!(s(r, "prompt_text").as_deref(), Some("What is OTLP?"));
 }
@@ -170,26 +238,47 @@ async fn sigkill_after_acknowledged_writes_loses_nothing_and_doubles_nothing() {
     for batch in 0..40u32 {
         let rows = sample_rows(1000 + batch, now);
         ids.extend(rows.iter().map(|r| r.event_id.clone()));
-        client.export(traces_request(&rows)).await.expect("acknowledged");
+        client
+            .export(traces_request(&rows))
+            .await
+            .expect("acknowledged");
     }
     // Acknowledged means durable: kill without any chance to flush.
     v.kill9();
     v.restart().await;
-    assert_eq!(v.count("SELECT count(*) FROM events").await, ids.len() as i64);
-    assert_eq!(v.count("SELECT count(DISTINCT event_id) FROM events").await, ids.len() as i64);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events").await,
+        ids.len() as i64
+    );
+    assert_eq!(
+        v.count("SELECT count(DISTINCT event_id) FROM events").await,
+        ids.len() as i64
+    );
 
     // Once more after a clean stop (which flushes to Parquet) and a second kill: still exactly once.
     v.stop();
     v.restart().await;
     let mut client = v.grpc_client().await;
     let rows = sample_rows(5000, now);
-    client.export(traces_request(&rows)).await.expect("acknowledged");
+    client
+        .export(traces_request(&rows))
+        .await
+        .expect("acknowledged");
     v.kill9();
     v.restart().await;
-    assert_eq!(v.count("SELECT count(*) FROM events").await, ids.len() as i64 + 5);
-    assert_eq!(v.count("SELECT count(DISTINCT event_id) FROM events").await, ids.len() as i64 + 5);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events").await,
+        ids.len() as i64 + 5
+    );
+    assert_eq!(
+        v.count("SELECT count(DISTINCT event_id) FROM events").await,
+        ids.len() as i64 + 5
+    );
     let parquet_files = walk(&v.data_dir().join("events"));
-    assert!(!parquet_files.is_empty(), "a clean stop flushed Parquet under events/");
+    assert!(
+        !parquet_files.is_empty(),
+        "a clean stop flushed Parquet under events/"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -210,15 +299,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_oversized_payloads_are_refused_and_the_server_keeps_serving() {
     let v = Vigil::start().await;
-    let good = || traces_request(&sample_rows(7, chrono::Utc::now().timestamp_micros())).encode_to_vec();
+    let good =
+        || traces_request(&sample_rows(7, chrono::Utc::now().timestamp_micros())).encode_to_vec();
 
-    let resp = post(&v, "/v1/traces", "application/x-protobuf", false, vec![0xff, 0xff, 0xff, 0x01, 0x02]).await;
+    let resp = post(
+        &v,
+        "/v1/traces",
+        "application/x-protobuf",
+        false,
+        vec![0xff, 0xff, 0xff, 0x01, 0x02],
+    )
+    .await;
     assert_eq!(resp.status(), 400);
-    let resp = post(&v, "/v1/traces", "application/json", false, b"{\"resourceSpans\": [ {".to_vec()).await;
+    let resp = post(
+        &v,
+        "/v1/traces",
+        "application/json",
+        false,
+        b"{\"resourceSpans\": [ {".to_vec(),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let msg = resp.text().await.unwrap_or_default();
     assert!(!msg.is_empty(), "a 400 says what was wrong");
-    let resp = post(&v, "/v1/traces", "application/x-protobuf", true, b"not really gzip".to_vec()).await;
+    let resp = post(
+        &v,
+        "/v1/traces",
+        "application/x-protobuf",
+        true,
+        b"not really gzip".to_vec(),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
 
     // Over the compressed cap (4 MiB by default).
@@ -244,5 +355,8 @@ async fn malformed_and_oversized_payloads_are_refused_and_the_server_keeps_servi
         .filter(|l| l.starts_with("vigil_ingest_rejected_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(rejected >= 6.0, "each rejection is counted: {rejected}\n{metrics}");
+    assert!(
+        rejected >= 6.0,
+        "each rejection is counted: {rejected}\n{metrics}"
+    );
 }

@@ -11,15 +11,20 @@ mod ingest;
 mod overload;
 mod python_sdk;
 mod soar;
-mod telemetry;
 mod state;
+mod telemetry;
 mod verify;
 
 use vigil_ingest::{EventKind, EventRow};
 
 /// A realistic event of each kind, with every column the normaliser maps filled in.
 pub fn sample_rows(prefix: u32, time_us: i64) -> Vec<EventRow> {
-    let ids = |n: u32| (format!("{prefix:08x}{n:024x}"), format!("{:016x}", (u64::from(prefix) << 16) + u64::from(n)));
+    let ids = |n: u32| {
+        (
+            format!("{prefix:08x}{n:024x}"),
+            format!("{:016x}", (u64::from(prefix) << 16) + u64::from(n)),
+        )
+    };
     let base = |n: u32, kind: EventKind| {
         let (trace_id, span_id) = ids(n);
         EventRow {
@@ -47,7 +52,8 @@ pub fn sample_rows(prefix: u32, time_us: i64) -> Vec<EventRow> {
     inference.output_tokens = Some(123);
     inference.latency_ms = Some(850.0);
     inference.finish_reasons = Some("stop".into());
-    inference.prompt_text = Some("Summarise the release notes for version 2.3 in three bullet points.".into());
+    inference.prompt_text =
+        Some("Summarise the release notes for version 2.3 in three bullet points.".into());
     inference.response_text = Some("Faster queries, smaller files, and a new dashboard.".into());
 
     let mut tool = base(2, EventKind::Tool);

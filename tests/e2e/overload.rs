@@ -56,7 +56,11 @@ async fn send(client: &reqwest::Client, url: &str, token: &str, body: Vec<u8>) -
     match resp {
         Ok(r) if r.status() == 200 => Outcome::Acked,
         Ok(r) if r.status() == 429 => Outcome::Refused {
-            retry_after: r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string),
+            retry_after: r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         },
         Ok(r) => Outcome::Other(format!("HTTP {}", r.status())),
         Err(e) => Outcome::Other(e.to_string()),
@@ -73,7 +77,8 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_memory_and_loses_no_ack() {
+async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_memory_and_loses_no_ack(
+) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vigil.toml");
     // What bounds memory is configuration: at most `max_in_flight` requests admitted, and admitted rows
@@ -98,11 +103,14 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (client, url, token, queue) = (client.clone(), url.clone(), v.token.clone(), queue.clone());
+        let (client, url, token, queue) =
+            (client.clone(), url.clone(), v.token.clone(), queue.clone());
         senders.spawn(async move {
             let (mut ok, mut throttled) = (0usize, 0usize);
             while started.elapsed() < calibrate {
-                let Some(body) = queue.lock().unwrap().pop() else { break };
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 match send(&client, &url, &token, body).await {
                     Outcome::Acked => ok += 1,
                     Outcome::Refused { .. } => throttled += 1,
@@ -125,7 +133,9 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
     let offered = 2.0 * sustainable;
     let period = Duration::from_secs_f64(1.0 / offered);
     let overload = Duration::from_secs(6);
-    let mut bodies: Vec<Vec<u8>> = (0..(offered * overload.as_secs_f64()) as usize + 1).map(request_body).collect();
+    let mut bodies: Vec<Vec<u8>> = (0..(offered * overload.as_secs_f64()) as usize + 1)
+        .map(request_body)
+        .collect();
     let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(baseline_rss));
     let sampler = {
         let peak = peak_rss.clone();
@@ -156,7 +166,11 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
             Outcome::Acked => acked += 1,
             Outcome::Refused { retry_after } => {
                 refused += 1;
-                assert_eq!(retry_after.as_deref(), Some("2"), "every 429 says when to come back");
+                assert_eq!(
+                    retry_after.as_deref(),
+                    Some("2"),
+                    "every 429 says when to come back"
+                );
             }
             Outcome::Other(e) => panic!("neither acknowledged nor throttled: {e}"),
         }
@@ -171,25 +185,51 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
         peak >> 20
     );
     let overload_refusals = refused - calibration_refusals;
-    assert!(overload_refusals > 0, "twice the sustainable rate was throttled");
+    assert!(
+        overload_refusals > 0,
+        "twice the sustainable rate was throttled"
+    );
     // Refusals come before decoding, so refused work does not crowd out admitted work: the server keeps a
     // good share of its throughput instead of collapsing (it fell to a fifth when requests were decoded
     // before admission). Relative to the rate measured seconds earlier on the same machine.
     let goodput = (outcomes.len() - overload_refusals) as f64 / overload.as_secs_f64();
-    eprintln!("overload: goodput under overload {goodput:.1} req/s ({:.0}% of sustainable)", 100.0 * goodput / sustainable);
-    assert!(goodput > sustainable / 3.0, "throughput collapsed under overload: {goodput:.1} of {sustainable:.1} req/s");
+    eprintln!(
+        "overload: goodput under overload {goodput:.1} req/s ({:.0}% of sustainable)",
+        100.0 * goodput / sustainable
+    );
+    assert!(
+        goodput > sustainable / 3.0,
+        "throughput collapsed under overload: {goodput:.1} of {sustainable:.1} req/s"
+    );
     // Waiting is bounded (`admission_wait`), so the backlog is too: memory tracks admitted work, not
     // offered load.
-    assert!(peak < baseline_rss + (256 << 20), "RSS grew from {} MiB to {} MiB", baseline_rss >> 20, peak >> 20);
+    assert!(
+        peak < baseline_rss + (256 << 20),
+        "RSS grew from {} MiB to {} MiB",
+        baseline_rss >> 20,
+        peak >> 20
+    );
 
     let events = (acked * ROWS_PER_REQUEST) as i64;
-    assert_eq!(v.count("SELECT count(*) FROM events WHERE service = 'overload'").await, events, "every acknowledged event, nothing refused");
-    assert_eq!(v.count("SELECT count(DISTINCT event_id) FROM events WHERE service = 'overload'").await, events);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE service = 'overload'")
+            .await,
+        events,
+        "every acknowledged event, nothing refused"
+    );
+    assert_eq!(
+        v.count("SELECT count(DISTINCT event_id) FROM events WHERE service = 'overload'")
+            .await,
+        events
+    );
     let metrics = v.metrics().await;
     let counted = metrics
         .lines()
         .find_map(|l| l.strip_prefix("vigil_pipeline_overload_refusals_total "))
         .and_then(|n| n.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert_eq!(counted as usize, refused, "refusals are counted in /metrics");
+    assert_eq!(
+        counted as usize, refused,
+        "refusals are counted in /metrics"
+    );
 }

@@ -7,10 +7,21 @@ use crate::harness::Vigil;
 
 /// The Python packages are installed by `.ci/run`; outside CI a machine without them skips with a notice.
 pub(crate) fn python_has(modules: &[&str]) -> bool {
-    let code = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join(";");
-    let ok = Command::new("python3").arg("-c").arg(&code).status().is_ok_and(|s| s.success());
+    let code = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(&code)
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI must have the Python packages: {modules:?} (see .ci/run)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the Python packages: {modules:?} (see .ci/run)"
+        );
         eprintln!("SKIPPED: python3 lacks {modules:?}; run .ci/run or pip install -r tests/requirements.txt");
     }
     ok
@@ -18,7 +29,11 @@ pub(crate) fn python_has(modules: &[&str]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
-    if !python_has(&["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc", "duckdb"]) {
+    if !python_has(&[
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.grpc",
+        "duckdb",
+    ]) {
         return;
     }
     let mut v = Vigil::start().await;
@@ -31,21 +46,46 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
         .env("VIGIL_TOKEN", &v.token)
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    assert_eq!(v.count("SELECT count(*) FROM events WHERE service = 'sdk-grpc'").await, 25);
-    assert_eq!(v.count("SELECT count(*) FROM events WHERE service = 'sdk-http'").await, 25);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE service = 'sdk-grpc'")
+            .await,
+        25
+    );
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE service = 'sdk-http'")
+            .await,
+        25
+    );
     assert_eq!(v.count("SELECT count(*) FROM events WHERE model = 'gpt-4o' AND endpoint = 'api.openai.com:443'").await, 50);
     let total = v.count("SELECT count(*) FROM events").await;
 
     // A clean stop flushes everything to Parquet; DuckDB then reads the same rows from the directory alone.
     v.stop();
     let duck = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/duckdb_count.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/duckdb_count.py"
+        ))
         .arg(v.data_dir())
         .output()
         .expect("python3 runs");
-    assert!(duck.status.success(), "duckdb failed: {}", String::from_utf8_lossy(&duck.stderr));
-    let counted: i64 = String::from_utf8_lossy(&duck.stdout).trim().parse().expect("a count");
-    assert_eq!(counted, total, "DuckDB over the Parquet directory counts what SQL counted");
+    assert!(
+        duck.status.success(),
+        "duckdb failed: {}",
+        String::from_utf8_lossy(&duck.stderr)
+    );
+    let counted: i64 = String::from_utf8_lossy(&duck.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    assert_eq!(
+        counted, total,
+        "DuckDB over the Parquet directory counts what SQL counted"
+    );
 }

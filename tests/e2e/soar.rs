@@ -53,30 +53,57 @@ impl Shared {
 /// The Standard Webhooks check, from the spec: HMAC-SHA256 over `id.timestamp.body` with the base64
 /// secret after `whsec_`, compared with any `v1,` entry of the space-separated signature header.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let (id, ts, sigs) = (h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"));
-    let Ok(ts_secs) = ts.parse::<i64>() else { return false };
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (id, ts, sigs) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let Ok(ts_secs) = ts.parse::<i64>() else {
+        return false;
+    };
     if (chrono::Utc::now().timestamp() - ts_secs).abs() > 300 || id.is_empty() {
         return false;
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    let key = b64.decode(SECRET.trim_start_matches("whsec_")).expect("test secret is base64");
+    let key = b64
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .expect("test secret is base64");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(body);
     let expected = b64.encode(mac.finalize().into_bytes());
-    sigs.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+    sigs.split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
-async fn handle(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn handle(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let mut log = shared.0.lock().unwrap();
     if !signature_ok(&headers, &body) {
         log.bad_signatures += 1;
         return (StatusCode::UNAUTHORIZED, "bad signature");
     }
     let status = if log.answer == 0 { 200 } else { log.answer };
-    let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    log.requests.push(Request { webhook_id, status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) });
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    log.requests.push(Request {
+        webhook_id,
+        status,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
     (StatusCode::from_u16(status).unwrap(), "{}")
 }
 
@@ -87,7 +114,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(shared: &Shared, port: u16) -> Receiver {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))) {
@@ -100,7 +131,9 @@ impl Receiver {
             }
         };
         listener.set_nonblocking(true).unwrap();
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
             axum::serve(listener, app).await
@@ -191,7 +224,11 @@ fn delivered_models(requests: &[Request]) -> BTreeSet<String> {
     requests
         .iter()
         .filter(|r| r.status == 200 && r.body["type"] == "finding.created")
-        .filter_map(|r| r.body["data"]["resources"][0]["name"].as_str().map(str::to_string))
+        .filter_map(|r| {
+            r.body["data"]["resources"][0]["name"]
+                .as_str()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -207,9 +244,18 @@ async fn receiver_outage_and_sigkills_lose_no_alert_and_never_mint_a_second_webh
 
     // Phase 1: the receiver answers 500; ten alerts are raised and retried.
     let mut client = v.grpc_client().await;
-    client.export(traces_request(&rogue_calls(0..10))).await.expect("accepted");
+    client
+        .export(traces_request(&rogue_calls(0..10)))
+        .await
+        .expect("accepted");
     assert!(
-        wait_for(Duration::from_secs(20), || shared.requests().iter().filter(|r| r.status == 500).count() >= 20).await,
+        wait_for(Duration::from_secs(20), || shared
+            .requests()
+            .iter()
+            .filter(|r| r.status == 500)
+            .count()
+            >= 20)
+        .await,
         "deliveries are attempted and retried; log:\n{}",
         v.log()
     );
@@ -219,13 +265,19 @@ async fn receiver_outage_and_sigkills_lose_no_alert_and_never_mint_a_second_webh
     receiver.stop();
     v.restart().await;
     let mut client = v.grpc_client().await;
-    client.export(traces_request(&rogue_calls(10..20))).await.expect("accepted");
+    client
+        .export(traces_request(&rogue_calls(10..20)))
+        .await
+        .expect("accepted");
     let deadline = Instant::now() + Duration::from_secs(20);
     let refused = "SELECT count(*) FROM alert_deliveries WHERE status = 'retrying' AND last_error NOT LIKE '%HTTP%'";
     while v.count(refused).await == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(v.count(refused).await > 0, "deliveries fail to connect while the receiver is gone");
+    assert!(
+        v.count(refused).await > 0,
+        "deliveries fail to connect while the receiver is gone"
+    );
     v.kill9();
 
     // Phase 3: the receiver is back and healthy; Vigil restarts and drains its outbox.
@@ -233,27 +285,57 @@ async fn receiver_outage_and_sigkills_lose_no_alert_and_never_mint_a_second_webh
     let receiver = Receiver::start(&shared, port);
     v.restart().await;
     let expected: BTreeSet<String> = (0..20).map(|i| format!("rogue-{i}")).collect();
-    let all = wait_for(Duration::from_secs(30), || delivered_models(&shared.requests()) == expected).await;
+    let all = wait_for(Duration::from_secs(30), || {
+        delivered_models(&shared.requests()) == expected
+    })
+    .await;
     let requests = shared.requests();
-    assert!(all, "delivered {:?}; log:\n{}", delivered_models(&requests), v.log());
-    assert_eq!(v.count("SELECT count(*) FROM alerts WHERE detector = 'shadow_ai'").await, 20);
-    let pending = v.count("SELECT count(*) FROM alert_deliveries WHERE status <> 'delivered'").await;
+    assert!(
+        all,
+        "delivered {:?}; log:\n{}",
+        delivered_models(&requests),
+        v.log()
+    );
+    assert_eq!(
+        v.count("SELECT count(*) FROM alerts WHERE detector = 'shadow_ai'")
+            .await,
+        20
+    );
+    let pending = v
+        .count("SELECT count(*) FROM alert_deliveries WHERE status <> 'delivered'")
+        .await;
     assert_eq!(pending, 0, "every delivery ends delivered");
     receiver.stop();
 
-    assert_eq!(shared.bad_signatures(), 0, "every request carried a valid signature");
+    assert_eq!(
+        shared.bad_signatures(),
+        0,
+        "every request carried a valid signature"
+    );
     // One webhook id per (finding, revision), over every attempt: failed, refused-then-retried, delivered.
     let mut ids: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for r in &requests {
-        let finding = r.body["data"]["finding_info"]["uid"].as_str().unwrap_or_default().to_string();
-        let revision = r.body["data"]["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-        ids.entry((finding, revision)).or_default().insert(r.webhook_id.clone());
+        let finding = r.body["data"]["finding_info"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let revision = r.body["data"]["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ids.entry((finding, revision))
+            .or_default()
+            .insert(r.webhook_id.clone());
     }
     for (key, seen) in &ids {
         assert_eq!(seen.len(), 1, "{key:?} was sent under {seen:?}");
     }
     let failed = requests.iter().filter(|r| r.status == 500).count();
-    eprintln!("soar e2e: {} requests ({failed} answered 500), {} revisions, 20 alerts delivered", requests.len(), ids.len());
+    eprintln!(
+        "soar e2e: {} requests ({failed} answered 500), {} revisions, 20 alerts delivered",
+        requests.len(),
+        ids.len()
+    );
 }
 
 /// A crash after the alerts are durable in the WAL but before the outbox has them: the restarted server
@@ -272,25 +354,52 @@ async fn alerts_stored_just_before_a_crash_are_delivered_after_restart() {
     .await;
     let mut client = v.grpc_client().await;
     // The process aborts after the WAL fsync, before answering: the export fails.
-    assert!(client.export(traces_request(&rogue_calls(0..3))).await.is_err(), "the failpoint aborted the server");
+    assert!(
+        client
+            .export(traces_request(&rogue_calls(0..3)))
+            .await
+            .is_err(),
+        "the failpoint aborted the server"
+    );
     v.kill9();
-    assert!(shared.requests().is_empty(), "nothing was delivered before the crash");
+    assert!(
+        shared.requests().is_empty(),
+        "nothing was delivered before the crash"
+    );
 
     v.envs.retain(|(k, _)| k != "FAILPOINTS");
     v.restart().await;
     let expected: BTreeSet<String> = (0..3).map(|i| format!("rogue-{i}")).collect();
-    let all = wait_for(Duration::from_secs(20), || delivered_models(&shared.requests()) == expected).await;
-    assert!(all, "delivered {:?}; log:\n{}", delivered_models(&shared.requests()), v.log());
+    let all = wait_for(Duration::from_secs(20), || {
+        delivered_models(&shared.requests()) == expected
+    })
+    .await;
+    assert!(
+        all,
+        "delivered {:?}; log:\n{}",
+        delivered_models(&shared.requests()),
+        v.log()
+    );
     // A second restart finds nothing missing: no second finding. (A delivery the kill interrupted before
     // its outcome was committed is resent under the same webhook id, which receivers deduplicate on.)
     v.kill9();
     v.restart().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests = shared.requests();
-    let creates: Vec<&Request> = requests.iter().filter(|r| r.body["type"] == "finding.created").collect();
-    let findings: BTreeSet<&str> = creates.iter().filter_map(|r| r.body["data"]["finding_info"]["uid"].as_str()).collect();
+    let creates: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.body["type"] == "finding.created")
+        .collect();
+    let findings: BTreeSet<&str> = creates
+        .iter()
+        .filter_map(|r| r.body["data"]["finding_info"]["uid"].as_str())
+        .collect();
     let ids: BTreeSet<&str> = creates.iter().map(|r| r.webhook_id.as_str()).collect();
-    assert_eq!((findings.len(), ids.len()), (3, 3), "one finding and one webhook id per alert: {creates:?}");
+    assert_eq!(
+        (findings.len(), ids.len()),
+        (3, 3),
+        "one finding and one webhook id per alert: {creates:?}"
+    );
     receiver.stop();
 }
 
@@ -318,17 +427,28 @@ secret = "{SECRET}"
     std::fs::write(&config, text).unwrap();
     let mut v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
     let mut client = v.grpc_client().await;
-    client.export(traces_request(&rogue_calls(0..2))).await.expect("accepted");
+    client
+        .export(traces_request(&rogue_calls(0..2)))
+        .await
+        .expect("accepted");
 
     let actions = || -> BTreeSet<String> {
         shared
             .requests()
             .iter()
             .filter(|r| r.status == 200 && r.body["type"] == "response.requested")
-            .filter_map(|r| r.body["data"]["finding"]["alert_ids"][0].as_str().map(str::to_string))
+            .filter_map(|r| {
+                r.body["data"]["finding"]["alert_ids"][0]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect()
     };
-    assert!(wait_for(Duration::from_secs(20), || actions().len() == 2).await, "two actions sent; log:\n{}", v.log());
+    assert!(
+        wait_for(Duration::from_secs(20), || actions().len() == 2).await,
+        "two actions sent; log:\n{}",
+        v.log()
+    );
     let answered = actions();
     let done = "SELECT count(*) FROM alerts WHERE response_status = 'delivered' AND responded_at IS NOT NULL";
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -344,17 +464,37 @@ secret = "{SECRET}"
                  WHERE detector = 'shadow_ai' AND response_action IS NOT NULL ORDER BY alert_id",
             )
             .await;
-        let ids: BTreeSet<String> = rows.iter().filter_map(|r| r["alert_id"].as_str().map(str::to_string)).collect();
-        assert_eq!(ids, answered, "{round} a restart, the answered alerts carry the response: {rows:?}");
+        let ids: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| r["alert_id"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(
+            ids, answered,
+            "{round} a restart, the answered alerts carry the response: {rows:?}"
+        );
         for r in &rows {
             assert_eq!(r["response_action"], "revoke_agent_token", "{r}");
             assert_eq!(r["response_status"], "delivered", "{r}");
-            let contain_s = r["contain_s"].as_f64().unwrap_or_else(|| panic!("time to contain in {r}"));
-            assert!((0.0..60.0).contains(&contain_s), "contained {contain_s} s after detection: {r}");
+            let contain_s = r["contain_s"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("time to contain in {r}"));
+            assert!(
+                (0.0..60.0).contains(&contain_s),
+                "contained {contain_s} s after detection: {r}"
+            );
         }
-        assert_eq!(v.count("SELECT count(*) FROM alerts WHERE detector = 'shadow_ai'").await, 2, "no alert row repeated");
+        assert_eq!(
+            v.count("SELECT count(*) FROM alerts WHERE detector = 'shadow_ai'")
+                .await,
+            2,
+            "no alert row repeated"
+        );
         let joined = "SELECT count(*) FROM alert_deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.playbook = 'revoke'";
-        assert_eq!(v.count(joined).await, 2, "playbook deliveries join their alerts");
+        assert_eq!(
+            v.count(joined).await,
+            2,
+            "playbook deliveries join their alerts"
+        );
         if round == "before" {
             v.kill9();
             v.restart().await;

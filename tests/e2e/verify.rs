@@ -25,7 +25,11 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -36,24 +40,50 @@ async fn verify_names_each_tampered_file_and_a_signed_head_checks_offline() {
     // Two hours, so two sealed events files.
     for (k, hours_ago) in [(1u32, 3i64), (2, 1)] {
         let rows = sample_rows(k, now - hours_ago * 3_600_000_000);
-        client.export(vigil_ingest::synth::traces_request(&rows)).await.expect("accepted");
+        client
+            .export(vigil_ingest::synth::traces_request(&rows))
+            .await
+            .expect("accepted");
     }
     v.stop(); // flushes: the files are sealed in the chain
 
     let clean = v.cli(&["verify"]);
-    assert!(clean.status.success(), "a clean store verifies: {}", text(&clean));
+    assert!(
+        clean.status.success(),
+        "a clean store verifies: {}",
+        text(&clean)
+    );
     assert!(text(&clean).contains("; clean"), "{}", text(&clean));
 
     let head = v.data_dir().with_extension("head.json");
     let export = v.cli(&["verify", "--export-head", head.to_str().unwrap()]);
     assert!(export.status.success(), "{}", text(&export));
     let signed: serde_json::Value = serde_json::from_slice(&std::fs::read(&head).unwrap()).unwrap();
-    let key = signed["public_key"].as_str().expect("a public key").to_string();
-    assert_eq!(signed["signature"].as_str().map(str::len), Some(128), "{signed}");
-    let check = v.cli(&["verify", "--check-head", head.to_str().unwrap(), "--trusted-key", &key]);
+    let key = signed["public_key"]
+        .as_str()
+        .expect("a public key")
+        .to_string();
+    assert_eq!(
+        signed["signature"].as_str().map(str::len),
+        Some(128),
+        "{signed}"
+    );
+    let check = v.cli(&[
+        "verify",
+        "--check-head",
+        head.to_str().unwrap(),
+        "--trusted-key",
+        &key,
+    ]);
     assert!(check.status.success(), "{}", text(&check));
     let wrong_key = "00".repeat(32);
-    let untrusted = v.cli(&["verify", "--check-head", head.to_str().unwrap(), "--trusted-key", &wrong_key]);
+    let untrusted = v.cli(&[
+        "verify",
+        "--check-head",
+        head.to_str().unwrap(),
+        "--trusted-key",
+        &wrong_key,
+    ]);
     assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
 
     let events = parquet_files(&v.data_dir().join("events"));
@@ -67,32 +97,73 @@ async fn verify_names_each_tampered_file_and_a_signed_head_checks_offline() {
     std::fs::remove_file(&events[1]).unwrap();
 
     let tampered = v.cli(&["verify"]);
-    assert_eq!(tampered.status.code(), Some(1), "tampering exits 1: {}", text(&tampered));
+    assert_eq!(
+        tampered.status.code(),
+        Some(1),
+        "tampering exits 1: {}",
+        text(&tampered)
+    );
     let report = text(&tampered);
-    let name = |p: &Path| p.strip_prefix(v.data_dir()).unwrap().to_string_lossy().into_owned();
-    for (verdict, path) in [("CHANGED", &events[0]), ("MISSING", &events[1]), ("UNEXPECTED", &inserted)] {
+    let name = |p: &Path| {
+        p.strip_prefix(v.data_dir())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    for (verdict, path) in [
+        ("CHANGED", &events[0]),
+        ("MISSING", &events[1]),
+        ("UNEXPECTED", &inserted),
+    ] {
         assert!(
-            report.lines().any(|l| l.starts_with(verdict) && l.contains(&name(path))),
+            report
+                .lines()
+                .any(|l| l.starts_with(verdict) && l.contains(&name(path))),
             "{verdict} {} not reported:\n{report}",
             name(path)
         );
     }
     let refused = v.cli(&["verify", "--export-head", "-"]);
-    assert_eq!(refused.status.code(), Some(1), "no head is signed over a tampered store");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "no head is signed over a tampered store"
+    );
 
     // Rewriting the chain to hide the change (the sealed hash replaced by the file's new one) breaks the
     // chain, and with it the exported head.
-    let changed = report.lines().find(|l| l.starts_with("CHANGED")).expect("a CHANGED line");
-    let hash_after = |label: &str| changed.split(label).nth(1).and_then(|r| r.split([',', ' ']).next()).unwrap().to_string();
+    let changed = report
+        .lines()
+        .find(|l| l.starts_with("CHANGED"))
+        .expect("a CHANGED line");
+    let hash_after = |label: &str| {
+        changed
+            .split(label)
+            .nth(1)
+            .and_then(|r| r.split([',', ' ']).next())
+            .unwrap()
+            .to_string()
+    };
     let (actual, sealed) = (hash_after("sha256 is "), hash_after("sealed as "));
     let chain = v.data_dir().join("_audit/chain.jsonl");
     let original = std::fs::read_to_string(&chain).unwrap();
-    assert!(original.contains(&sealed), "the sealed hash {sealed} is in the chain");
+    assert!(
+        original.contains(&sealed),
+        "the sealed hash {sealed} is in the chain"
+    );
     std::fs::write(&chain, original.replace(&sealed, &actual)).unwrap();
     let rewritten = v.cli(&["verify"]);
     assert_eq!(rewritten.status.code(), Some(1));
-    assert!(text(&rewritten).contains("CHAIN BROKEN"), "{}", text(&rewritten));
+    assert!(
+        text(&rewritten).contains("CHAIN BROKEN"),
+        "{}",
+        text(&rewritten)
+    );
     let broken = v.cli(&["verify", "--check-head", head.to_str().unwrap()]);
     assert_eq!(broken.status.code(), Some(1), "{}", text(&broken));
-    assert!(text(&broken).contains("does not check"), "{}", text(&broken));
+    assert!(
+        text(&broken).contains("does not check"),
+        "{}",
+        text(&broken)
+    );
 }

@@ -285,7 +285,11 @@ fn report(name: &str, pos: &[(String, bool)], neg: &[(String, bool)]) {
     let p: Vec<bool> = pos.iter().map(|(_, d)| *d).collect();
     let n: Vec<bool> = neg.iter().map(|(_, d)| *d).collect();
     let (precision, recall) = measure(&p, &n);
-    println!("{name}: {} positives, {} negatives, precision {precision:.3}, recall {recall:.3}", p.len(), n.len());
+    println!(
+        "{name}: {} positives, {} negatives, precision {precision:.3}, recall {recall:.3}",
+        p.len(),
+        n.len()
+    );
     assert!(p.len() >= 40 && n.len() >= 40, "{name}: corpus too small");
     assert!(precision >= 0.95, "{name}: precision {precision:.3}");
     assert!(recall >= 0.95, "{name}: recall {recall:.3}");
@@ -295,24 +299,44 @@ fn report(name: &str, pos: &[(String, bool)], neg: &[(String, bool)]) {
 fn sensitive_precision_and_recall() {
     let pos: Vec<(String, bool)> = SENSITIVE_POSITIVE
         .iter()
-        .map(|(t, k)| (format!("{t} [{}]", k.as_str()), scan_sensitive(t).iter().any(|f| f.kind == *k)))
+        .map(|(t, k)| {
+            (
+                format!("{t} [{}]", k.as_str()),
+                scan_sensitive(t).iter().any(|f| f.kind == *k),
+            )
+        })
         .collect();
-    let neg: Vec<(String, bool)> = SENSITIVE_NEGATIVE.iter().map(|t| (t.to_string(), !scan_sensitive(t).is_empty())).collect();
+    let neg: Vec<(String, bool)> = SENSITIVE_NEGATIVE
+        .iter()
+        .map(|t| (t.to_string(), !scan_sensitive(t).is_empty()))
+        .collect();
     report("sensitive", &pos, &neg);
 }
 
 #[test]
 fn injection_precision_and_recall() {
     let fires = |t: &str| scan_injection(t).is_some_and(|f| f.score >= 0.5);
-    let pos: Vec<(String, bool)> = INJECTION_POSITIVE.iter().map(|t| (t.to_string(), fires(t))).collect();
-    let neg: Vec<(String, bool)> = INJECTION_NEGATIVE.iter().map(|t| (t.to_string(), fires(t))).collect();
+    let pos: Vec<(String, bool)> = INJECTION_POSITIVE
+        .iter()
+        .map(|t| (t.to_string(), fires(t)))
+        .collect();
+    let neg: Vec<(String, bool)> = INJECTION_NEGATIVE
+        .iter()
+        .map(|t| (t.to_string(), fires(t)))
+        .collect();
     report("injection", &pos, &neg);
 }
 
 #[test]
 fn tool_args_precision_and_recall() {
-    let pos: Vec<(String, bool)> = TOOL_POSITIVE.iter().map(|t| (t.to_string(), scan_tool_arguments(t).is_some())).collect();
-    let neg: Vec<(String, bool)> = TOOL_NEGATIVE.iter().map(|t| (t.to_string(), scan_tool_arguments(t).is_some())).collect();
+    let pos: Vec<(String, bool)> = TOOL_POSITIVE
+        .iter()
+        .map(|t| (t.to_string(), scan_tool_arguments(t).is_some()))
+        .collect();
+    let neg: Vec<(String, bool)> = TOOL_NEGATIVE
+        .iter()
+        .map(|t| (t.to_string(), scan_tool_arguments(t).is_some()))
+        .collect();
     report("tool_args", &pos, &neg);
 }
 
@@ -356,7 +380,9 @@ fn bench_clean_prompts() {
         hits += usize::from(scan_injection(p).is_some());
     }
     let per = t.elapsed().as_nanos() as f64 / n as f64;
-    println!("clean 500-byte prompt, scan_sensitive + scan_injection: {per:.0} ns/text ({hits} hits)");
+    println!(
+        "clean 500-byte prompt, scan_sensitive + scan_injection: {per:.0} ns/text ({hits} hits)"
+    );
     assert_eq!(hits, 0, "clean prompts must not produce findings");
     let args = r#"{"city": "Paris", "units": "metric", "days": 5, "include": ["temperature", "wind", "rain"]}"#;
     let t = std::time::Instant::now();

@@ -48,7 +48,11 @@ impl FindingKind {
     pub fn is_secret(self) -> bool {
         !matches!(
             self,
-            FindingKind::CreditCard | FindingKind::UsSsn | FindingKind::Iban | FindingKind::Email | FindingKind::Phone
+            FindingKind::CreditCard
+                | FindingKind::UsSsn
+                | FindingKind::Iban
+                | FindingKind::Email
+                | FindingKind::Phone
         )
     }
 }
@@ -62,7 +66,6 @@ pub struct Finding {
     /// 0..1; context words raise it.
     pub confidence: f32,
 }
-
 
 /// Finds PII and secrets. Findings are sorted by `start` and do not overlap.
 ///
@@ -243,7 +246,9 @@ fn recognisers() -> &'static Recognisers {
             card: re(r"\b[0-9](?:[ \-]?[0-9]){12,18}\b"),
             ssn: re(r"\b([0-9]{3})([\- ]?)([0-9]{2})([\- ]?)([0-9]{4})\b"),
             e164: re(r"\+[1-9](?:[ .\-]?\(?[0-9]\)?){7,14}\b"),
-            nanp: re(r"(?:\+?1[ .\-]?)?\(?\b([2-9][0-9]{2})\)?([ .\-]?)([2-9][0-9]{2})([ .\-])([0-9]{4})\b"),
+            nanp: re(
+                r"(?:\+?1[ .\-]?)?\(?\b([2-9][0-9]{2})\)?([ .\-]?)([2-9][0-9]{2})([ .\-])([0-9]{4})\b",
+            ),
             iban: re(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}"),
         }
     });
@@ -251,7 +256,12 @@ fn recognisers() -> &'static Recognisers {
 }
 
 fn push(found: &mut Vec<Finding>, kind: FindingKind, start: usize, end: usize, confidence: f32) {
-    found.push(Finding { kind, start, end, confidence });
+    found.push(Finding {
+        kind,
+        start,
+        end,
+        confidence,
+    });
 }
 
 fn simple(re: &Regex, text: &str, kind: FindingKind, confidence: f32, found: &mut Vec<Finding>) {
@@ -280,23 +290,35 @@ fn slack(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
 /// "sk-learn-compatible-estimator" is all lower-case words.
 fn vendor_sk(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for c in r.sk.captures_iter(text) {
-        let (Some(m), Some(body)) = (c.get(0), c.get(2)) else { continue };
+        let (Some(m), Some(body)) = (c.get(0), c.get(2)) else {
+            continue;
+        };
         let b = body.as_str().as_bytes();
-        let classes = [u8::is_ascii_lowercase, u8::is_ascii_uppercase, u8::is_ascii_digit]
-            .iter()
-            .filter(|f| b.iter().any(|x| f(x)))
-            .count();
+        let classes = [
+            u8::is_ascii_lowercase,
+            u8::is_ascii_uppercase,
+            u8::is_ascii_digit,
+        ]
+        .iter()
+        .filter(|f| b.iter().any(|x| f(x)))
+        .count();
         if classes < 3 || validators::shannon_entropy(b) < 3.5 {
             continue;
         }
-        let kind = if c.get(1).is_some() { FindingKind::AnthropicKey } else { FindingKind::OpenAiKey };
+        let kind = if c.get(1).is_some() {
+            FindingKind::AnthropicKey
+        } else {
+            FindingKind::OpenAiKey
+        };
         push(found, kind, m.start(), m.end(), 0.95);
     }
 }
 
 fn jwts(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for c in r.jwt.captures_iter(text) {
-        let (Some(m), Some(header)) = (c.get(0), c.get(1)) else { continue };
+        let (Some(m), Some(header)) = (c.get(0), c.get(1)) else {
+            continue;
+        };
         if validators::jwt_header_valid(header.as_str()) {
             push(found, FindingKind::Jwt, m.start(), m.end(), 0.95);
         }
@@ -308,7 +330,9 @@ fn jwts(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
 /// passwords are not random.
 fn generic_secrets(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for c in r.generic.captures_iter(text) {
-        let (Some(key), Some(sep), Some(val)) = (c.get(1), c.get(2), c.get(3)) else { continue };
+        let (Some(key), Some(sep), Some(val)) = (c.get(1), c.get(2), c.get(3)) else {
+            continue;
+        };
         // Sentence punctuation after the value is not part of it; `!` and `?` often are, so they stay.
         let v = val.as_str().trim_end_matches(['.', ':']);
         if v.len() < 8 || is_placeholder(v) {
@@ -318,19 +342,31 @@ fn generic_secrets(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         let explicit = sep.as_str().contains([':', '=']);
         let key_l = key.as_str().to_ascii_lowercase();
         let is_password = ["pass", "pwd"].iter().any(|k| key_l.contains(k));
-        let mixed = [u8::is_ascii_lowercase, u8::is_ascii_uppercase, u8::is_ascii_digit]
-            .iter()
-            .filter(|f| vb.iter().any(|x| f(x)))
-            .count()
+        let mixed = [
+            u8::is_ascii_lowercase,
+            u8::is_ascii_uppercase,
+            u8::is_ascii_digit,
+        ]
+        .iter()
+        .filter(|f| vb.iter().any(|x| f(x)))
+        .count()
             + usize::from(vb.iter().any(|b| !b.is_ascii_alphanumeric()));
-        let confidence = if validators::high_entropy_secret(vb) && (explicit || vb.iter().any(u8::is_ascii_digit)) {
+        let confidence = if validators::high_entropy_secret(vb)
+            && (explicit || vb.iter().any(u8::is_ascii_digit))
+        {
             0.8
         } else if is_password && explicit && mixed >= 3 {
             0.7
         } else {
             continue;
         };
-        push(found, FindingKind::GenericSecret, val.start(), val.start() + v.len(), confidence);
+        push(
+            found,
+            FindingKind::GenericSecret,
+            val.start(),
+            val.start() + v.len(),
+            confidence,
+        );
     }
 }
 
@@ -348,18 +384,45 @@ fn is_placeholder(v: &str) -> bool {
 }
 
 fn emails(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
-    const FILE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "svg", "webp", "js", "css", "ts", "json", "py", "rs"];
+    const FILE_EXTENSIONS: &[&str] = &[
+        "png", "jpg", "jpeg", "gif", "svg", "webp", "js", "css", "ts", "json", "py", "rs",
+    ];
     for c in r.email.captures_iter(text) {
-        let (Some(m), Some(tld)) = (c.get(0), c.get(1)) else { continue };
-        if FILE_EXTENSIONS.iter().any(|e| tld.as_str().eq_ignore_ascii_case(e)) {
+        let (Some(m), Some(tld)) = (c.get(0), c.get(1)) else {
+            continue;
+        };
+        if FILE_EXTENSIONS
+            .iter()
+            .any(|e| tld.as_str().eq_ignore_ascii_case(e))
+        {
             continue;
         }
         push(found, FindingKind::Email, m.start(), m.end(), 0.9);
     }
 }
 
-const CARD_CONTEXT: &[&str] = &["card", "visa", "mastercard", "amex", "credit", "debit", "cc", "payment", "pay with", "cvv", "expir"];
-const CARD_ANTI_CONTEXT: &[&str] = &["order", "tracking", "invoice", "isbn", "ref", "account no", "serial"];
+const CARD_CONTEXT: &[&str] = &[
+    "card",
+    "visa",
+    "mastercard",
+    "amex",
+    "credit",
+    "debit",
+    "cc",
+    "payment",
+    "pay with",
+    "cvv",
+    "expir",
+];
+const CARD_ANTI_CONTEXT: &[&str] = &[
+    "order",
+    "tracking",
+    "invoice",
+    "isbn",
+    "ref",
+    "account no",
+    "serial",
+];
 
 fn cards(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for m in r.card.find_iter(text) {
@@ -378,7 +441,13 @@ fn cards(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         if !positive && context_has(text, m.start(), CARD_ANTI_CONTEXT) {
             continue;
         }
-        push(found, FindingKind::CreditCard, m.start(), m.end(), if positive { 0.95 } else { 0.8 });
+        push(
+            found,
+            FindingKind::CreditCard,
+            m.start(),
+            m.end(),
+            if positive { 0.95 } else { 0.8 },
+        );
     }
 }
 
@@ -387,7 +456,15 @@ fn consistent_grouping(s: &str) -> bool {
     !(s.contains(' ') && s.contains('-'))
 }
 
-const SSN_CONTEXT: &[&str] = &["ssn", "social security", "social sec", "ss#", "ss #", "tax id", "taxpayer"];
+const SSN_CONTEXT: &[&str] = &[
+    "ssn",
+    "social security",
+    "social sec",
+    "ss#",
+    "ss #",
+    "tax id",
+    "taxpayer",
+];
 
 fn ssns(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for c in r.ssn.captures_iter(text) {
@@ -396,7 +473,8 @@ fn ssns(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         else {
             continue;
         };
-        if s1.as_str() != s2.as_str() || !validators::ssn_valid(a.as_str(), g.as_str(), n.as_str()) {
+        if s1.as_str() != s2.as_str() || !validators::ssn_valid(a.as_str(), g.as_str(), n.as_str())
+        {
             continue;
         }
         // Part of a longer dashed or dotted identifier (a part number, a version): not an SSN.
@@ -405,18 +483,32 @@ fn ssns(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         if matches!(before, Some(b'-' | b'.' | b'/')) || matches!(after, Some(b'-' | b'/')) {
             continue;
         }
-        if after == Some(b'.') && text[m.end() + 1..].bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+        if after == Some(b'.')
+            && text[m.end() + 1..]
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_digit())
+        {
             continue;
         }
         let context = context_has(text, m.start(), SSN_CONTEXT);
         let dashed = s1.as_str() == "-";
         if context || dashed {
-            push(found, FindingKind::UsSsn, m.start(), m.end(), if context { 0.95 } else { 0.6 });
+            push(
+                found,
+                FindingKind::UsSsn,
+                m.start(),
+                m.end(),
+                if context { 0.95 } else { 0.6 },
+            );
         }
     }
 }
 
-const PHONE_CONTEXT: &[&str] = &["phone", "call", "tel", "mobile", "cell", "contact", "reach me", "text me", "fax", "number", "whatsapp", "dial"];
+const PHONE_CONTEXT: &[&str] = &[
+    "phone", "call", "tel", "mobile", "cell", "contact", "reach me", "text me", "fax", "number",
+    "whatsapp", "dial",
+];
 
 fn phones(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for m in r.e164.find_iter(text) {
@@ -425,11 +517,16 @@ fn phones(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         if !(8..=15).contains(&n) || before.is_some_and(|b| b.is_ascii_alphanumeric()) {
             continue;
         }
-        let conf = if context_has(text, m.start(), PHONE_CONTEXT) { 0.9 } else { 0.7 };
+        let conf = if context_has(text, m.start(), PHONE_CONTEXT) {
+            0.9
+        } else {
+            0.7
+        };
         push(found, FindingKind::Phone, m.start(), m.end(), conf);
     }
     for c in r.nanp.captures_iter(text) {
-        let (Some(m), Some(area), Some(s1), Some(exch), Some(s2)) = (c.get(0), c.get(1), c.get(2), c.get(3), c.get(4))
+        let (Some(m), Some(area), Some(s1), Some(exch), Some(s2)) =
+            (c.get(0), c.get(1), c.get(2), c.get(3), c.get(4))
         else {
             continue;
         };
@@ -438,7 +535,10 @@ fn phones(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
         let after = text[m.end()..].bytes().next();
         if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
             || after.is_some_and(|b| b == b'.' || b == b'-')
-                && text[m.end() + 1..].bytes().next().is_some_and(|b| b.is_ascii_digit())
+                && text[m.end() + 1..]
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_digit())
         {
             continue;
         }
@@ -458,7 +558,9 @@ fn phones(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
 fn ibans(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
     for m in r.iban.find_iter(text) {
         let s = m.as_str().as_bytes();
-        let Some(expected) = validators::iban_expected_len(s) else { continue };
+        let Some(expected) = validators::iban_expected_len(s) else {
+            continue;
+        };
         // The pattern runs on into following words ("... 00 AND"); cut it at the country's length.
         let mut compact = Vec::with_capacity(expected);
         let mut end = 0;
@@ -475,7 +577,11 @@ fn ibans(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
             continue;
         }
         let abs_end = m.start() + end;
-        if text[abs_end..].bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) {
+        if text[abs_end..]
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        {
             continue;
         }
         if validators::iban_valid(&compact) {
@@ -528,13 +634,26 @@ mod tests {
     }
 
     fn found(text: &str, kind: FindingKind) -> Option<String> {
-        scan_sensitive(text).into_iter().find(|f| f.kind == kind).map(|f| text[f.start..f.end].to_string())
+        scan_sensitive(text)
+            .into_iter()
+            .find(|f| f.kind == kind)
+            .map(|f| text[f.start..f.end].to_string())
     }
 
     #[test]
     fn credit_cards_need_luhn_and_a_known_issuer() {
-        assert_eq!(found("card 4111 1111 1111 1111 exp 12/27", FindingKind::CreditCard).as_deref(), Some("4111 1111 1111 1111"));
-        assert_eq!(found("amex 3782-822463-10005", FindingKind::CreditCard).as_deref(), Some("3782-822463-10005"));
+        assert_eq!(
+            found(
+                "card 4111 1111 1111 1111 exp 12/27",
+                FindingKind::CreditCard
+            )
+            .as_deref(),
+            Some("4111 1111 1111 1111")
+        );
+        assert_eq!(
+            found("amex 3782-822463-10005", FindingKind::CreditCard).as_deref(),
+            Some("3782-822463-10005")
+        );
         assert!(found("pay with 5555555555554444", FindingKind::CreditCard).is_some());
         // Fails Luhn; all-same digits; unknown issuer prefix; order number context.
         assert!(kinds("card 4111 1111 1111 1112").is_empty());
@@ -562,14 +681,28 @@ mod tests {
 
     #[test]
     fn iban_is_cut_at_country_length_and_checksummed() {
-        assert_eq!(found("IBAN DE89 3704 0044 0532 0130 00 AND MORE", FindingKind::Iban).as_deref(), Some("DE89 3704 0044 0532 0130 00"));
+        assert_eq!(
+            found(
+                "IBAN DE89 3704 0044 0532 0130 00 AND MORE",
+                FindingKind::Iban
+            )
+            .as_deref(),
+            Some("DE89 3704 0044 0532 0130 00")
+        );
         assert!(found("send to GB82WEST12345698765432 today", FindingKind::Iban).is_some());
         assert!(kinds("IBAN DE89 3704 0044 0532 0130 01").is_empty());
     }
 
     #[test]
     fn emails_and_phones() {
-        assert_eq!(found("write to jane.doe+ai@example.co.uk please", FindingKind::Email).as_deref(), Some("jane.doe+ai@example.co.uk"));
+        assert_eq!(
+            found(
+                "write to jane.doe+ai@example.co.uk please",
+                FindingKind::Email
+            )
+            .as_deref(),
+            Some("jane.doe+ai@example.co.uk")
+        );
         assert!(kinds("see icon@2x.png and git@localhost").is_empty());
         assert!(found("call me on +44 20 7946 0958", FindingKind::Phone).is_some());
         assert!(found("my phone is (415) 555-2671", FindingKind::Phone).is_some());
@@ -581,13 +714,38 @@ mod tests {
 
     #[test]
     fn vendor_secrets() {
-        assert!(found("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", FindingKind::AwsAccessKey).is_some());
-        assert!(found("token ghp_16C7e42F292c6912E7710c838347Ae178B4a here", FindingKind::GithubToken).is_some());
-        assert!(found("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", FindingKind::SlackToken).is_some());
-        assert!(found("OPENAI_API_KEY=sk-proj-Ab3dEf9hIj2lMn0pQr7tUv1xYz4B6c8D", FindingKind::OpenAiKey).is_some());
-        assert!(found("key: sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa", FindingKind::AnthropicKey).is_some());
+        assert!(found(
+            "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE",
+            FindingKind::AwsAccessKey
+        )
+        .is_some());
+        assert!(found(
+            "token ghp_16C7e42F292c6912E7710c838347Ae178B4a here",
+            FindingKind::GithubToken
+        )
+        .is_some());
+        assert!(found(
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            FindingKind::SlackToken
+        )
+        .is_some());
+        assert!(found(
+            "OPENAI_API_KEY=sk-proj-Ab3dEf9hIj2lMn0pQr7tUv1xYz4B6c8D",
+            FindingKind::OpenAiKey
+        )
+        .is_some());
+        assert!(found(
+            "key: sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa",
+            FindingKind::AnthropicKey
+        )
+        .is_some());
         let pem = "here:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----\nthanks";
-        assert_eq!(found(pem, FindingKind::PrivateKey).as_deref(), Some("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"));
+        assert_eq!(
+            found(pem, FindingKind::PrivateKey).as_deref(),
+            Some(
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"
+            )
+        );
         let jwt = "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         assert_eq!(kinds(jwt), vec![FindingKind::Jwt]);
         // Look-alikes: sk-learn, a slack placeholder, a dotted id that is not a JWT, an AWS-like word.
@@ -600,9 +758,16 @@ mod tests {
     #[test]
     fn generic_secrets_need_a_key_word_and_entropy() {
         assert!(found("db password=Summer2024!x", FindingKind::GenericSecret).is_some());
-        assert_eq!(found("my password: Winter2025!", FindingKind::GenericSecret).as_deref(), Some("Winter2025!"));
         assert_eq!(
-            found(r#"{"api_key": "9f86d081884c7d659a2feaa0c55ad015"}"#, FindingKind::GenericSecret).as_deref(),
+            found("my password: Winter2025!", FindingKind::GenericSecret).as_deref(),
+            Some("Winter2025!")
+        );
+        assert_eq!(
+            found(
+                r#"{"api_key": "9f86d081884c7d659a2feaa0c55ad015"}"#,
+                FindingKind::GenericSecret
+            )
+            .as_deref(),
             Some("9f86d081884c7d659a2feaa0c55ad015")
         );
         // A git SHA or a UUID without a key word, prose after the word, placeholders, env look-ups.
@@ -617,23 +782,52 @@ mod tests {
     #[test]
     fn overlaps_keep_the_specific_finding() {
         let text = "api_key=AKIAIOSFODNN7EXAMPLE and mail bob@corp.com";
-        assert_eq!(kinds(text), vec![FindingKind::AwsAccessKey, FindingKind::Email]);
+        assert_eq!(
+            kinds(text),
+            vec![FindingKind::AwsAccessKey, FindingKind::Email]
+        );
     }
 
     #[test]
     fn redact_keeps_everything_else_byte_exact() {
         let text = "héllo bob@corp.com, card 4111111111111111 — ok";
         let findings = scan_sensitive(text);
-        assert_eq!(redact(text, &findings), "héllo [REDACTED:email], card [REDACTED:credit_card] — ok");
+        assert_eq!(
+            redact(text, &findings),
+            "héllo [REDACTED:email], card [REDACTED:credit_card] — ok"
+        );
         assert_eq!(redact(text, &[]), text);
         // Findings that split a character, overlap a previous one or run past the end are skipped.
         let bad = [
-            Finding { kind: FindingKind::Email, start: 0, end: 1, confidence: 1.0 },
-            Finding { kind: FindingKind::Email, start: 1, end: 2, confidence: 1.0 },
-            Finding { kind: FindingKind::Email, start: 0, end: 3, confidence: 1.0 },
-            Finding { kind: FindingKind::Email, start: 3, end: 999, confidence: 1.0 },
+            Finding {
+                kind: FindingKind::Email,
+                start: 0,
+                end: 1,
+                confidence: 1.0,
+            },
+            Finding {
+                kind: FindingKind::Email,
+                start: 1,
+                end: 2,
+                confidence: 1.0,
+            },
+            Finding {
+                kind: FindingKind::Email,
+                start: 0,
+                end: 3,
+                confidence: 1.0,
+            },
+            Finding {
+                kind: FindingKind::Email,
+                start: 3,
+                end: 999,
+                confidence: 1.0,
+            },
         ];
-        assert_eq!(redact(text, &bad), "[REDACTED:email]éllo bob@corp.com, card 4111111111111111 — ok");
+        assert_eq!(
+            redact(text, &bad),
+            "[REDACTED:email]éllo bob@corp.com, card 4111111111111111 — ok"
+        );
     }
 
     #[test]

@@ -55,8 +55,25 @@ enum Context {
 }
 
 const PROSE_KEYS: &[&str] = &[
-    "content", "text", "body", "message", "messages", "markdown", "description", "comment", "comments", "summary",
-    "title", "notes", "note", "answer", "reply", "msg", "html", "prompt", "caption",
+    "content",
+    "text",
+    "body",
+    "message",
+    "messages",
+    "markdown",
+    "description",
+    "comment",
+    "comments",
+    "summary",
+    "title",
+    "notes",
+    "note",
+    "answer",
+    "reply",
+    "msg",
+    "html",
+    "prompt",
+    "caption",
 ];
 
 fn context_for(key: Option<&str>) -> Context {
@@ -83,12 +100,28 @@ fn scan_json(v: &Value, key: Option<&str>, raw: &str) -> Option<ArgFinding> {
 /// found (unusual escaping), the whole document is.
 fn locate(raw: &str, value: &str, vs: usize, ve: usize, kind: &'static str) -> ArgFinding {
     let Ok(literal) = serde_json::to_string(value) else {
-        return ArgFinding { kind, start: 0, end: raw.len() };
+        return ArgFinding {
+            kind,
+            start: 0,
+            end: raw.len(),
+        };
     };
     match raw.find(&literal) {
-        Some(p) if literal.len() == value.len() + 2 => ArgFinding { kind, start: p + 1 + vs, end: p + 1 + ve },
-        Some(p) => ArgFinding { kind, start: p, end: p + literal.len() },
-        None => ArgFinding { kind, start: 0, end: raw.len() },
+        Some(p) if literal.len() == value.len() + 2 => ArgFinding {
+            kind,
+            start: p + 1 + vs,
+            end: p + 1 + ve,
+        },
+        Some(p) => ArgFinding {
+            kind,
+            start: p,
+            end: p + literal.len(),
+        },
+        None => ArgFinding {
+            kind,
+            start: 0,
+            end: raw.len(),
+        },
     }
 }
 
@@ -97,8 +130,32 @@ fn prefilter() -> &'static AhoCorasick {
         AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .build([
-                "'", ";", "--", "union", " or ", "sleep", "benchmark", "waitfor", "xp_", "load_file", "outfile", "$(",
-                "`", "|", "&&", "/dev/", "..", "%2e", "%252e", "%c0", "${", "#", "/*", "/bin/", "rm -", "mkfifo",
+                "'",
+                ";",
+                "--",
+                "union",
+                " or ",
+                "sleep",
+                "benchmark",
+                "waitfor",
+                "xp_",
+                "load_file",
+                "outfile",
+                "$(",
+                "`",
+                "|",
+                "&&",
+                "/dev/",
+                "..",
+                "%2e",
+                "%252e",
+                "%c0",
+                "${",
+                "#",
+                "/*",
+                "/bin/",
+                "rm -",
+                "mkfifo",
             ])
             .expect("trigger literals build an automaton")
     });
@@ -133,15 +190,27 @@ struct SqlPatterns {
 
 fn sql() -> &'static SqlPatterns {
     static P: LazyLock<SqlPatterns> = LazyLock::new(|| SqlPatterns {
-        statement: re(r"(?i)^\s*\(?\s*(?:select|with|insert|update|delete|create|alter|drop|explain|show|describe|pragma|merge|replace|call|values|set|begin|use|truncate)\b"),
-        tautology: re(r#"(?i)(['"]?)\s*\)*\s*\b(or|and)\s+\(?\s*(['"]?)(\w+)['"]?\s*(=|<>|!=|\blike\b)\s*(['"]?)(\w+)"#),
-        empty_tautology: re(r#"(?i)['"]\s*or\s*(?:''|"")\s*=\s*['"]|['"]\s*or\s+true\b|\bor\s+1\s*(?:--|#)"#),
+        statement: re(
+            r"(?i)^\s*\(?\s*(?:select|with|insert|update|delete|create|alter|drop|explain|show|describe|pragma|merge|replace|call|values|set|begin|use|truncate)\b",
+        ),
+        tautology: re(
+            r#"(?i)(['"]?)\s*\)*\s*\b(or|and)\s+\(?\s*(['"]?)(\w+)['"]?\s*(=|<>|!=|\blike\b)\s*(['"]?)(\w+)"#,
+        ),
+        empty_tautology: re(
+            r#"(?i)['"]\s*or\s*(?:''|"")\s*=\s*['"]|['"]\s*or\s+true\b|\bor\s+1\s*(?:--|#)"#,
+        ),
         union: re(r"(?i)\bunion\s+(?:all\s+|distinct\s+)?select\b"),
-        union_probe: re(r"(?i)\bnull\s*,|\binformation_schema\b|@@version|\bversion\s*\(\)|\bpg_catalog\b|\bsysobjects\b|\bsqlite_master\b|--\s*-?\s*$|#\s*$"),
-        stacked: re(r"(?i);\s*(drop|truncate|shutdown|exec|execute|declare|grant|revoke|insert|update|delete|alter|create)\b"),
+        union_probe: re(
+            r"(?i)\bnull\s*,|\binformation_schema\b|@@version|\bversion\s*\(\)|\bpg_catalog\b|\bsysobjects\b|\bsqlite_master\b|--\s*-?\s*$|#\s*$",
+        ),
+        stacked: re(
+            r"(?i);\s*(drop|truncate|shutdown|exec|execute|declare|grant|revoke|insert|update|delete|alter|create)\b",
+        ),
         quote_break: re(r#"['"]\s*\)*\s*;\s*\w"#),
         comment_tail: re(r#"['"]\s*\)*\s*(?:--(?:\s|-|$)|#|/\*)"#),
-        always: re(r"(?i)\bwaitfor\s+delay\b|\bxp_cmdshell\b|\bload_file\s*\(|\binto\s+(?:out|dump)file\b|(?:['\x22]|\b(?:and|or|select|if)\b|;)\s*\(?\s*(?:sleep|pg_sleep|benchmark|extractvalue|updatexml)\s*\("),
+        always: re(
+            r"(?i)\bwaitfor\s+delay\b|\bxp_cmdshell\b|\bload_file\s*\(|\binto\s+(?:out|dump)file\b|(?:['\x22]|\b(?:and|or|select|if)\b|;)\s*\(?\s*(?:sleep|pg_sleep|benchmark|extractvalue|updatexml)\s*\(",
+        ),
     });
     &P
 }
@@ -184,7 +253,9 @@ fn sql_injection(v: &str, ctx: Context) -> Option<(usize, usize)> {
         }
     }
     if let Some(c) = p.stacked.captures(v) {
-        let (Some(m), Some(verb)) = (c.get(0), c.get(1)) else { return None };
+        let (Some(m), Some(verb)) = (c.get(0), c.get(1)) else {
+            return None;
+        };
         let destructive = matches!(
             verb.as_str().to_ascii_lowercase().as_str(),
             "drop" | "truncate" | "shutdown" | "exec" | "execute" | "declare" | "grant" | "revoke"
@@ -216,8 +287,12 @@ struct ShellPatterns {
 fn shell() -> &'static ShellPatterns {
     const CMDS: &str = r"(?:curl|wget|nc|ncat|netcat|bash|sh|zsh|whoami|id|uname|cat\s+/etc/|rm|python[0-9.]*|perl|ruby|php|base64|env|printenv|chmod|nslookup|dig|ping)";
     static P: LazyLock<ShellPatterns> = LazyLock::new(|| ShellPatterns {
-        always: re(r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\b[^\n|;&]*\s-[a-z]*e\s+/bin/|\bbash\s+-i\s+>&|\bmkfifo\s+/tmp/|\$\{IFS\}|\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(?:--no-preserve-root\s+)?(?:/|/\*|~/?|\$HOME/?)(?:\s|$|;|&)"),
-        chained: re(r"(?i)(?:;|&&|\|\||\|)\s*(?:sudo\s+)?(?:rm\s+-[a-z]*[rf]|(?:ba|z|da|k)?sh(?:\s+-[a-z]+)*\s*(?:$|[;&|)<])|cat\s+/etc/(?:passwd|shadow|sudoers)|whoami\b|id\s*(?:$|[;&|])|uname\s+-a|bash\s+-[a-z]*i|python[0-9.]*\s+-c|perl\s+-e|chmod\s+[+0-7]*x|(?:curl|wget)\s+[^|;&\n]*\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b)|^\s*(?:curl|wget)\s+[^|;&\n]*\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b|;\s*(?:curl|wget)\s+\S*(?:https?|ftp)://"),
+        always: re(
+            r"/dev/(?:tcp|udp)/|\b(?:nc|ncat|netcat)\b[^\n|;&]*\s-[a-z]*e\s+/bin/|\bbash\s+-i\s+>&|\bmkfifo\s+/tmp/|\$\{IFS\}|\brm\s+-[a-zA-Z]*[rR][a-zA-Z]*\s+(?:--no-preserve-root\s+)?(?:/|/\*|~/?|\$HOME/?)(?:\s|$|;|&)",
+        ),
+        chained: re(
+            r"(?i)(?:;|&&|\|\||\|)\s*(?:sudo\s+)?(?:rm\s+-[a-z]*[rf]|(?:ba|z|da|k)?sh(?:\s+-[a-z]+)*\s*(?:$|[;&|)<])|cat\s+/etc/(?:passwd|shadow|sudoers)|whoami\b|id\s*(?:$|[;&|])|uname\s+-a|bash\s+-[a-z]*i|python[0-9.]*\s+-c|perl\s+-e|chmod\s+[+0-7]*x|(?:curl|wget)\s+[^|;&\n]*\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b)|^\s*(?:curl|wget)\s+[^|;&\n]*\|\s*(?:sudo\s+)?(?:ba|z|da|k)?sh\b|;\s*(?:curl|wget)\s+\S*(?:https?|ftp)://",
+        ),
         substitution: re(&format!(r"\$\(\s*{CMDS}\b[^)]*\)|`\s*{CMDS}\b[^`\n]*`")),
     });
     &P
@@ -231,21 +306,46 @@ fn shell_injection(v: &str, ctx: Context) -> Option<(usize, usize)> {
     if ctx == Context::Prose {
         return None;
     }
-    p.chained.find(v).or_else(|| p.substitution.find(v)).map(|m| (m.start(), m.end()))
+    p.chained
+        .find(v)
+        .or_else(|| p.substitution.find(v))
+        .map(|m| (m.start(), m.end()))
 }
 
 /// How many levels above its start a path may climb before it counts as traversal.
 const MAX_CLIMB: i32 = 2;
 
 const SENSITIVE_TARGETS: &[&str] = &[
-    "etc/passwd", "etc/shadow", "etc/sudoers", "etc/group", ".ssh/", "id_rsa", "id_ed25519", "authorized_keys",
-    ".aws/credentials", ".env", "proc/self/", "proc/1/", "windows/system32", "win.ini", "boot.ini", ".git/config",
-    ".kube/config", ".docker/config.json", ".bash_history", ".npmrc", ".pgpass", ".netrc", "web.config",
+    "etc/passwd",
+    "etc/shadow",
+    "etc/sudoers",
+    "etc/group",
+    ".ssh/",
+    "id_rsa",
+    "id_ed25519",
+    "authorized_keys",
+    ".aws/credentials",
+    ".env",
+    "proc/self/",
+    "proc/1/",
+    "windows/system32",
+    "win.ini",
+    "boot.ini",
+    ".git/config",
+    ".kube/config",
+    ".docker/config.json",
+    ".bash_history",
+    ".npmrc",
+    ".pgpass",
+    ".netrc",
+    "web.config",
 ];
 
 fn path_traversal(v: &str) -> Option<(usize, usize)> {
     static ENCODED: LazyLock<Regex> = LazyLock::new(|| {
-        re(r"(?i)(?:%2e|%252e|%c0%ae|%u002e|\.){2}(?:%2f|%252f|%5c|%255c|%c0%af|%c1%9c|%u2215)|(?:%2e|%252e|%c0%ae|%u002e){2}[/\\]|\.\.\.\.(?://|\\\\|/\\)")
+        re(
+            r"(?i)(?:%2e|%252e|%c0%ae|%u002e|\.){2}(?:%2f|%252f|%5c|%255c|%c0%af|%c1%9c|%u2215)|(?:%2e|%252e|%c0%ae|%u002e){2}[/\\]|\.\.\.\.(?://|\\\\|/\\)",
+        )
     });
     if let Some(m) = ENCODED.find(v) {
         return Some((m.start(), m.end()));
@@ -255,7 +355,9 @@ fn path_traversal(v: &str) -> Option<(usize, usize)> {
     }
     // Each whitespace- or quote-delimited token that contains `..` is resolved on its own.
     let mut offset = 0;
-    for token in v.split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '=' | ',' | '(' | ')' | '<' | '>')) {
+    for token in v.split(|c: char| {
+        c.is_whitespace() || matches!(c, '\'' | '"' | '=' | ',' | '(' | ')' | '<' | '>')
+    }) {
         let start = offset;
         offset += token.len() + 1;
         if !token.contains("..") {
@@ -370,7 +472,12 @@ mod tests {
         ] {
             assert_eq!(kind(a), Some("path_traversal"), "{a}");
         }
-        for a in ["docs/../README.md", "../README.md", r#"{"path": "../../packages/ui/src/index.ts"}"#, "loading..."] {
+        for a in [
+            "docs/../README.md",
+            "../README.md",
+            r#"{"path": "../../packages/ui/src/index.ts"}"#,
+            "loading...",
+        ] {
             assert_eq!(kind(a), None, "{a}");
         }
     }

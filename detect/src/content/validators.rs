@@ -28,7 +28,9 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 pub fn card_network_accepts(digits: &[u8]) -> bool {
     let len = digits.len();
     let prefix = |n: usize| -> u32 {
-        digits[..n.min(len)].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+        digits[..n.min(len)]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
     };
     if len < 13 {
         return false;
@@ -47,12 +49,17 @@ pub fn card_network_accepts(digits: &[u8]) -> bool {
         3 => {
             // Amex 34/37, Diners 300-305/36/38-39, JCB 3528-3589
             ((p2 == 34 || p2 == 37) && len == 15)
-                || (((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len))
+                || (((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39)
+                    && (14..=19).contains(&len))
                 || ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
         }
         6 => {
             // Discover 6011, 644-649, 65, 622126-622925; UnionPay 62
-            (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6) || p2 == 62)
+            (p4 == 6011
+                || (644..=649).contains(&p3)
+                || p2 == 65
+                || (622126..=622925).contains(&p6)
+                || p2 == 62)
                 && (16..=19).contains(&len)
         }
         _ => false,
@@ -62,10 +69,15 @@ pub fn card_network_accepts(digits: &[u8]) -> bool {
 /// US SSN rules the SSA never issues (the checks Presidio applies): area 000, 666 or 9xx, group 00,
 /// serial 0000, all digits the same, and the Woolworth wallet number that was printed on sample cards.
 pub fn ssn_valid(area: &str, group: &str, serial: &str) -> bool {
-    if area == "000" || area == "666" || area.starts_with('9') || group == "00" || serial == "0000" {
+    if area == "000" || area == "666" || area.starts_with('9') || group == "00" || serial == "0000"
+    {
         return false;
     }
-    let all: Vec<u8> = area.bytes().chain(group.bytes()).chain(serial.bytes()).collect();
+    let all: Vec<u8> = area
+        .bytes()
+        .chain(group.bytes())
+        .chain(serial.bytes())
+        .collect();
     if all.iter().all(|&b| b == all[0]) {
         return false;
     }
@@ -75,16 +87,83 @@ pub fn ssn_valid(area: &str, group: &str, serial: &str) -> bool {
 /// IBAN lengths per country (ISO 13616 registry).
 fn iban_length(country: &str) -> Option<usize> {
     Some(match country {
-        "AD" => 24, "AE" => 23, "AL" => 28, "AT" => 20, "AZ" => 28, "BA" => 20, "BE" => 16, "BG" => 22,
-        "BH" => 22, "BR" => 29, "BY" => 28, "CH" => 21, "CR" => 22, "CY" => 28, "CZ" => 24, "DE" => 22,
-        "DK" => 18, "DO" => 28, "EE" => 20, "EG" => 29, "ES" => 24, "FI" => 18, "FO" => 18, "FR" => 27,
-        "GB" => 22, "GE" => 22, "GI" => 23, "GL" => 18, "GR" => 27, "GT" => 28, "HR" => 21, "HU" => 28,
-        "IE" => 22, "IL" => 23, "IQ" => 23, "IS" => 26, "IT" => 27, "JO" => 30, "KW" => 30, "KZ" => 20,
-        "LB" => 28, "LC" => 32, "LI" => 21, "LT" => 20, "LU" => 20, "LV" => 21, "MC" => 27, "MD" => 24,
-        "ME" => 22, "MK" => 19, "MR" => 27, "MT" => 31, "MU" => 30, "NL" => 18, "NO" => 15, "PK" => 24,
-        "PL" => 28, "PS" => 29, "PT" => 25, "QA" => 29, "RO" => 24, "RS" => 22, "SA" => 24, "SC" => 31,
-        "SE" => 24, "SI" => 19, "SK" => 24, "SM" => 27, "ST" => 25, "SV" => 28, "TL" => 23, "TN" => 24,
-        "TR" => 26, "UA" => 29, "VA" => 22, "VG" => 24, "XK" => 20,
+        "AD" => 24,
+        "AE" => 23,
+        "AL" => 28,
+        "AT" => 20,
+        "AZ" => 28,
+        "BA" => 20,
+        "BE" => 16,
+        "BG" => 22,
+        "BH" => 22,
+        "BR" => 29,
+        "BY" => 28,
+        "CH" => 21,
+        "CR" => 22,
+        "CY" => 28,
+        "CZ" => 24,
+        "DE" => 22,
+        "DK" => 18,
+        "DO" => 28,
+        "EE" => 20,
+        "EG" => 29,
+        "ES" => 24,
+        "FI" => 18,
+        "FO" => 18,
+        "FR" => 27,
+        "GB" => 22,
+        "GE" => 22,
+        "GI" => 23,
+        "GL" => 18,
+        "GR" => 27,
+        "GT" => 28,
+        "HR" => 21,
+        "HU" => 28,
+        "IE" => 22,
+        "IL" => 23,
+        "IQ" => 23,
+        "IS" => 26,
+        "IT" => 27,
+        "JO" => 30,
+        "KW" => 30,
+        "KZ" => 20,
+        "LB" => 28,
+        "LC" => 32,
+        "LI" => 21,
+        "LT" => 20,
+        "LU" => 20,
+        "LV" => 21,
+        "MC" => 27,
+        "MD" => 24,
+        "ME" => 22,
+        "MK" => 19,
+        "MR" => 27,
+        "MT" => 31,
+        "MU" => 30,
+        "NL" => 18,
+        "NO" => 15,
+        "PK" => 24,
+        "PL" => 28,
+        "PS" => 29,
+        "PT" => 25,
+        "QA" => 29,
+        "RO" => 24,
+        "RS" => 22,
+        "SA" => 24,
+        "SC" => 31,
+        "SE" => 24,
+        "SI" => 19,
+        "SK" => 24,
+        "SM" => 27,
+        "ST" => 25,
+        "SV" => 28,
+        "TL" => 23,
+        "TN" => 24,
+        "TR" => 26,
+        "UA" => 29,
+        "VA" => 22,
+        "VG" => 24,
+        "XK" => 20,
         _ => return None,
     })
 }
@@ -110,7 +189,11 @@ pub fn iban_valid(compact: &[u8]) -> bool {
             b'A'..=b'Z' => u32::from(b - b'A') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -159,7 +242,9 @@ pub fn jwt_header_valid(header_b64: &str) -> bool {
         .or_else(|_| URL_SAFE.decode(header_b64));
     let Ok(bytes) = decoded else { return false };
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(map)) => map.get("alg").is_some_and(serde_json::Value::is_string),
+        Ok(serde_json::Value::Object(map)) => {
+            map.get("alg").is_some_and(serde_json::Value::is_string)
+        }
         _ => false,
     }
 }
@@ -203,7 +288,15 @@ mod tests {
     fn ssn_invalidation_rules() {
         assert!(ssn_valid("219", "09", "9999"));
         assert!(ssn_valid("123", "45", "6789"));
-        for (a, g, s) in [("000", "12", "3456"), ("666", "12", "3456"), ("912", "12", "3456"), ("123", "00", "4567"), ("123", "45", "0000"), ("111", "11", "1111"), ("078", "05", "1120")] {
+        for (a, g, s) in [
+            ("000", "12", "3456"),
+            ("666", "12", "3456"),
+            ("912", "12", "3456"),
+            ("123", "00", "4567"),
+            ("123", "45", "0000"),
+            ("111", "11", "1111"),
+            ("078", "05", "1120"),
+        ] {
             assert!(!ssn_valid(a, g, s), "{a}-{g}-{s}");
         }
     }
@@ -221,7 +314,9 @@ mod tests {
 
     #[test]
     fn entropy_limits_separate_keys_from_words() {
-        assert!(high_entropy_secret(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"));
+        assert!(high_entropy_secret(
+            b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        ));
         assert!(high_entropy_secret(b"9f86d081884c7d659a2feaa0c55ad015"));
         assert!(!high_entropy_secret(b"aaaaaaaaaaaaaaaaaaaaaaaa"));
         assert!(!high_entropy_secret(b"passwordpassword"));

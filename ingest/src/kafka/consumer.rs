@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -52,11 +54,18 @@ pub(super) struct Context {
 
 impl Context {
     fn new() -> Self {
-        Context { revoked: Mutex::new(Vec::new()), rebalance: Mutex::new(None), rebalanced: tokio::sync::Notify::new() }
+        Context {
+            revoked: Mutex::new(Vec::new()),
+            rebalance: Mutex::new(None),
+            rebalanced: tokio::sync::Notify::new(),
+        }
     }
 
     fn rebalanced(&self, outcome: RebalanceOutcome) {
-        *self.rebalance.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        *self
+            .rebalance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(outcome);
         self.rebalanced.notify_one();
     }
 }
@@ -86,18 +95,31 @@ impl ConsumerContext for Context {
         if !consumer.assignment_lost() {
             commit_timed(|| consumer.commit_consumer_state(CommitMode::Sync));
         }
-        let revoked = partitions.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>();
+        let revoked = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect::<Vec<_>>();
         tracing::info!(?revoked, "kafka partitions revoked");
-        self.revoked.lock().unwrap_or_else(PoisonError::into_inner).extend(revoked);
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(revoked);
         self.rebalanced(RebalanceOutcome::Revoked);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            let assigned = partitions.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>();
+            let assigned = partitions
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>();
             tracing::info!(?assigned, "kafka partitions assigned");
             // The whole assignment, not this callback's list: with cooperative-sticky that is only an increment.
-            let empty = consumer.assignment().map_or(partitions.count() == 0, |whole| whole.count() == 0);
+            let empty = consumer
+                .assignment()
+                .map_or(partitions.count() == 0, |whole| whole.count() == 0);
             self.rebalanced(RebalanceOutcome::Assigned { empty });
         }
     }
@@ -111,7 +133,9 @@ fn commit_timed(commit: impl FnOnce() -> Result<(), RdError>) -> bool {
     match result {
         Ok(()) | Err(RdError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
         Err(err) => {
-            tracing::warn!("kafka offset commit failed (the uncommitted tail will be replayed): {err}");
+            tracing::warn!(
+                "kafka offset commit failed (the uncommitted tail will be replayed): {err}"
+            );
             false
         }
     }
@@ -192,24 +216,38 @@ impl Consumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", SESSION_TIMEOUT_MS)
-            .set("fetch.message.max.bytes", (config.max_message_bytes + 1).min(1_000_000_000).to_string());
+            .set(
+                "fetch.message.max.bytes",
+                (config.max_message_bytes + 1)
+                    .min(1_000_000_000)
+                    .to_string(),
+            );
         for (key, value) in &config.properties {
             client.set(key, value);
             consumer_config.set(key, value);
         }
         // The delivery guarantee: offsets are stored by this code after the sink said durable, and committed
         // by this code. Set last so that no passthrough property can turn it off.
-        consumer_config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        consumer_config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
         let consumer: StreamConsumer<Context> = consumer_config
             .create_with_context(Context::new())
             .map_err(client_error("consumer creation"))?;
-        let subscriptions = config.topics.iter().map(TopicConfig::subscription).collect::<Result<Vec<_>, _>>()?;
+        let subscriptions = config
+            .topics
+            .iter()
+            .map(TopicConfig::subscription)
+            .collect::<Result<Vec<_>, _>>()?;
         subscribe(&consumer, &subscriptions)?;
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscriptions, "kafka consumer subscribed");
         let dlq = if config.dlq_topic.is_empty() {
             None
         } else {
-            Some(DeadLetterProducer::new(&client, config.dlq_topic.clone()).map_err(client_error("dead-letter producer creation"))?)
+            Some(
+                DeadLetterProducer::new(&client, config.dlq_topic.clone())
+                    .map_err(client_error("dead-letter producer creation"))?,
+            )
         };
         Ok(Consumer {
             consumer: Arc::new(consumer),
@@ -219,7 +257,10 @@ impl Consumer {
             subscriptions,
             watch: EmptyAssignmentWatch::new(rejoin::SETTLE),
             // Kafka decompresses record batches itself: a message arrives as the Collector encoded it.
-            limits: Limits { max_body_bytes: config.max_message_bytes, max_decompressed_bytes: config.max_message_bytes },
+            limits: Limits {
+                max_body_bytes: config.max_message_bytes,
+                max_decompressed_bytes: config.max_message_bytes,
+            },
             source: config.source_name,
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: config.batch_max_wait,
@@ -229,8 +270,14 @@ impl Consumer {
         })
     }
 
-    pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), KafkaError> {
-        let mut shutdown = Shutdown { future: Box::pin(shutdown), fired: false };
+    pub(super) async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), KafkaError> {
+        let mut shutdown = Shutdown {
+            future: Box::pin(shutdown),
+            fired: false,
+        };
         while !shutdown.fired {
             let batch = self.collect(&mut shutdown).await;
             if !batch.is_empty() {
@@ -259,7 +306,10 @@ impl Consumer {
 
     /// Reads up to `batch_max_messages`, waiting at most `batch_max_wait` after the first. Returns early with
     /// what it has when shutdown fires, and empty when a pending commit falls due while idle.
-    async fn collect<F: Future<Output = ()>>(&mut self, shutdown: &mut Shutdown<F>) -> Vec<Pending> {
+    async fn collect<F: Future<Output = ()>>(
+        &mut self,
+        shutdown: &mut Shutdown<F>,
+    ) -> Vec<Pending> {
         let mut batch: Vec<Pending> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while batch.len() < self.batch_max_messages {
@@ -294,8 +344,12 @@ impl Consumer {
                 Err(_elapsed) => return batch,
                 Ok(Err(err)) => tracing::warn!("kafka consumer error: {err}"),
                 Ok(Ok(message)) => {
-                    let Some(route) = self.topics.iter().position(|t| t.matches(message.topic())) else {
-                        tracing::warn!(topic = message.topic(), "message from a topic no subscription matches; skipped");
+                    let Some(route) = self.topics.iter().position(|t| t.matches(message.topic()))
+                    else {
+                        tracing::warn!(
+                            topic = message.topic(),
+                            "message from a topic no subscription matches; skipped"
+                        );
                         continue;
                     };
                     batch.push(Pending {
@@ -306,7 +360,8 @@ impl Consumer {
                         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                         route,
                     });
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.batch_max_wait);
+                    deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.batch_max_wait);
                 }
             }
         }
@@ -315,7 +370,13 @@ impl Consumer {
 
     /// Hands the latest rebalance outcome to the empty-assignment watch.
     fn observe_rebalance(&mut self) {
-        let outcome = self.consumer.context().rebalance.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let outcome = self
+            .consumer
+            .context()
+            .rebalance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(outcome) = outcome {
             self.watch.observe(outcome, Instant::now());
         }
@@ -331,18 +392,28 @@ impl Consumer {
                 return Ok((false, 0));
             }
             let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
-            let listed = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name(), t.partitions().len()));
+            let listed = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| (t.name(), t.partitions().len()));
             Ok((true, rejoin::subscribed_partitions(listed, &topics)))
         })
         .await;
         let (still_empty, partitions) = match looked {
             Ok(Ok(looked)) => looked,
             Ok(Err(err)) => {
-                tracing::warn!("cannot check the empty kafka assignment, trying again later: {err}");
+                tracing::warn!(
+                    "cannot check the empty kafka assignment, trying again later: {err}"
+                );
                 self.watch.postpone(Instant::now());
                 return Ok(());
             }
-            Err(err) => return Err(KafkaError::Internal(format!("kafka assignment check failed: {err}"))),
+            Err(err) => {
+                return Err(KafkaError::Internal(format!(
+                    "kafka assignment check failed: {err}"
+                )))
+            }
         };
         if !self.watch.should_rejoin(still_empty, partitions) {
             return Ok(());
@@ -362,7 +433,16 @@ impl Consumer {
     }
 
     fn drop_revoked(&self, batch: &mut Vec<Pending>) {
-        let revoked: HashSet<(String, i32)> = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(PoisonError::into_inner)).into_iter().collect();
+        let revoked: HashSet<(String, i32)> = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
         if !revoked.is_empty() {
             let before = batch.len();
             batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
@@ -374,13 +454,22 @@ impl Consumer {
 
     /// Delivers one batch: dead letters first, then one sink call, retried until it succeeds; then stores
     /// the batch's offsets.
-    async fn process<F: Future<Output = ()>>(&mut self, batch: Vec<Pending>, shutdown: &mut Shutdown<F>) -> Flow {
+    async fn process<F: Future<Output = ()>>(
+        &mut self,
+        batch: Vec<Pending>,
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
         let topics = self.topics.clone();
         let limits = self.limits;
-        let ctx = NormalizeContext { source: self.source.clone() };
+        let ctx = NormalizeContext {
+            source: self.source.clone(),
+        };
         // Decoding and normalising a batch is milliseconds of CPU: keep it off the I/O threads.
         let decoded = tokio::task::spawn_blocking(move || {
-            let decoded: Vec<Decoded> = batch.iter().map(|m| decode_message(m, &topics[m.route], &limits, &ctx)).collect();
+            let decoded: Vec<Decoded> = batch
+                .iter()
+                .map(|m| decode_message(m, &topics[m.route], &limits, &ctx))
+                .collect();
             (batch, decoded)
         })
         .await;
@@ -421,7 +510,9 @@ impl Consumer {
         if !events.is_empty() {
             let combined = match arrow::compute::concat_batches(&event_schema(), events) {
                 Ok(combined) => combined,
-                Err(err) => return Flow::Fatal(format!("cannot combine kafka batch events: {err}")),
+                Err(err) => {
+                    return Flow::Fatal(format!("cannot combine kafka batch events: {err}"))
+                }
             };
             let kinds = count_kinds(&combined);
             if self.deliver(combined, shutdown).await == Flow::Stop {
@@ -438,13 +529,19 @@ impl Consumer {
             imetrics::record_bytes(Transport::Kafka, m.payload.len());
             match d {
                 Decoded::Events(n) => {
-                    kmetrics::MESSAGES.with_label_values(&[&m.topic, "ok"]).inc();
-                    kmetrics::EVENTS.with_label_values(&[&m.topic]).inc_by(n.batch.num_rows() as u64);
+                    kmetrics::MESSAGES
+                        .with_label_values(&[&m.topic, "ok"])
+                        .inc();
+                    kmetrics::EVENTS
+                        .with_label_values(&[&m.topic])
+                        .inc_by(n.batch.num_rows() as u64);
                     if let Some(signal) = signal {
                         imetrics::record_skipped(Transport::Kafka, signal, n.skipped);
                     }
                 }
-                Decoded::Poison(_) => kmetrics::MESSAGES.with_label_values(&[&m.topic, "dlq"]).inc(),
+                Decoded::Poison(_) => kmetrics::MESSAGES
+                    .with_label_values(&[&m.topic, "dlq"])
+                    .inc(),
             }
         }
         Flow::Continue
@@ -452,7 +549,11 @@ impl Consumer {
 
     /// Produces every dead letter and waits for all acknowledgements, retrying until the broker takes them:
     /// committing past a poison message whose copy was lost would lose it.
-    async fn dead_letter<F: Future<Output = ()>>(&self, letters: &[DeadLetter], shutdown: &mut Shutdown<F>) -> Flow {
+    async fn dead_letter<F: Future<Output = ()>>(
+        &self,
+        letters: &[DeadLetter],
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
         for letter in letters {
             tracing::warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "undecodable kafka message");
         }
@@ -471,7 +572,9 @@ impl Consumer {
                 match result {
                     Ok(()) => kmetrics::DLQ.with_label_values(&[&letter.topic]).inc(),
                     Err(err) => {
-                        tracing::warn!("dead-letter produce failed, retrying in {backoff:?}: {err}");
+                        tracing::warn!(
+                            "dead-letter produce failed, retrying in {backoff:?}: {err}"
+                        );
                         failed.push(letter);
                     }
                 }
@@ -491,7 +594,11 @@ impl Consumer {
     /// Hands the batch to the sink until it is durable. While the sink refuses, the assigned partitions are
     /// paused so that nothing is fetched that could not be delivered anyway.
     #[tracing::instrument(level = "debug", name = "kafka.deliver", skip_all, fields(otel.kind = "consumer", events = batch.num_rows() as i64))]
-    async fn deliver<F: Future<Output = ()>>(&self, batch: RecordBatch, shutdown: &mut Shutdown<F>) -> Flow {
+    async fn deliver<F: Future<Output = ()>>(
+        &self,
+        batch: RecordBatch,
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
         let mut backoff = BACKOFF_START;
         let mut paused: Option<TopicPartitionList> = None;
         let flow = loop {
@@ -500,14 +607,19 @@ impl Consumer {
                 Err(err) => err,
             };
             let (reason, wait) = match &err {
-                SinkError::Overloaded { retry_after } => ("overloaded", (*retry_after).clamp(backoff, BACKOFF_MAX)),
+                SinkError::Overloaded { retry_after } => {
+                    ("overloaded", (*retry_after).clamp(backoff, BACKOFF_MAX))
+                }
                 SinkError::Unavailable(_) => ("unavailable", backoff),
                 // Not retryable for a client that can give up; a consumer that gave up would skip messages,
                 // so it retries too and the growing lag tells the operator.
                 SinkError::Internal(_) => ("internal", backoff),
             };
             kmetrics::RETRIES.with_label_values(&[reason]).inc();
-            tracing::warn!(rows = batch.num_rows(), "sink refused a kafka batch ({err}); retrying in {wait:?}");
+            tracing::warn!(
+                rows = batch.num_rows(),
+                "sink refused a kafka batch ({err}); retrying in {wait:?}"
+            );
             if shutdown.fired {
                 break Flow::Stop;
             }
@@ -520,7 +632,9 @@ impl Consumer {
                         }
                         paused = Some(assignment);
                     }
-                    Err(err) => tracing::warn!("cannot read the kafka assignment to pause it: {err}"),
+                    Err(err) => {
+                        tracing::warn!("cannot read the kafka assignment to pause it: {err}")
+                    }
                 }
             }
             if self.sleep_or_shutdown(wait, shutdown).await == Flow::Stop {
@@ -538,7 +652,11 @@ impl Consumer {
         flow
     }
 
-    async fn sleep_or_shutdown<F: Future<Output = ()>>(&self, wait: Duration, shutdown: &mut Shutdown<F>) -> Flow {
+    async fn sleep_or_shutdown<F: Future<Output = ()>>(
+        &self,
+        wait: Duration,
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
         tokio::select! {
             biased;
             _ = shutdown.wait() => Flow::Stop,
@@ -550,7 +668,9 @@ impl Consumer {
     fn store_offsets(&mut self, batch: &[Pending]) {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for m in batch {
-            let entry = next.entry((m.topic.as_str(), m.partition)).or_insert(m.offset + 1);
+            let entry = next
+                .entry((m.topic.as_str(), m.partition))
+                .or_insert(m.offset + 1);
             *entry = (*entry).max(m.offset + 1);
         }
         let mut tpl = TopicPartitionList::with_capacity(next.len());
@@ -563,15 +683,19 @@ impl Consumer {
             Ok(()) => self.uncommitted = true,
             // The partition moved to another consumer while the batch was retried; it replays from the
             // last commit and the store deduplicates.
-            Err(err) => tracing::warn!("cannot store kafka offsets (partition no longer assigned?): {err}"),
+            Err(err) => {
+                tracing::warn!("cannot store kafka offsets (partition no longer assigned?): {err}")
+            }
         }
     }
 
     async fn commit(&mut self) {
         let consumer = self.consumer.clone();
-        let committed = tokio::task::spawn_blocking(move || commit_timed(|| consumer.commit_consumer_state(CommitMode::Sync)))
-            .await
-            .unwrap_or(false);
+        let committed = tokio::task::spawn_blocking(move || {
+            commit_timed(|| consumer.commit_consumer_state(CommitMode::Sync))
+        })
+        .await
+        .unwrap_or(false);
         self.last_commit = Instant::now();
         // A failed commit is retried at the next interval; the offsets stay stored.
         self.uncommitted = !committed;
@@ -583,7 +707,9 @@ fn set_paused(partitions: &TopicPartitionList, paused: bool) {
     for e in partitions.elements() {
         let partition = e.partition().to_string();
         if paused {
-            kmetrics::PAUSED.with_label_values(&[e.topic(), &partition]).set(1);
+            kmetrics::PAUSED
+                .with_label_values(&[e.topic(), &partition])
+                .set(1);
         } else {
             // Absent rather than 0: partitions that later move to another consumer leave no series behind.
             let _ = kmetrics::PAUSED.remove_label_values(&[e.topic(), &partition]);
@@ -591,9 +717,17 @@ fn set_paused(partitions: &TopicPartitionList, paused: bool) {
     }
 }
 
-fn subscribe(consumer: &StreamConsumer<Context>, subscriptions: &[String]) -> Result<(), KafkaError> {
+fn subscribe(
+    consumer: &StreamConsumer<Context>,
+    subscriptions: &[String],
+) -> Result<(), KafkaError> {
     let subscriptions: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-    consumer.subscribe(&subscriptions).map_err(|source| KafkaError::Client { context: "subscribe", source })
+    consumer
+        .subscribe(&subscriptions)
+        .map_err(|source| KafkaError::Client {
+            context: "subscribe",
+            source,
+        })
 }
 
 fn topic_signal(topic: &TopicConfig) -> Option<imetrics::Signal> {
@@ -605,35 +739,55 @@ fn topic_signal(topic: &TopicConfig) -> Option<imetrics::Signal> {
 }
 
 /// Decodes and normalises one message; any error makes it a poison message.
-fn decode_message(m: &Pending, topic: &TopicConfig, limits: &Limits, ctx: &NormalizeContext) -> Decoded {
+fn decode_message(
+    m: &Pending,
+    topic: &TopicConfig,
+    limits: &Limits,
+    ctx: &NormalizeContext,
+) -> Decoded {
     let encoding = match topic.encoding {
         TopicEncoding::OtlpProto => Encoding::Protobuf,
         TopicEncoding::OtlpJson => Encoding::Json,
         TopicEncoding::VigilJson => {
             if m.payload.len() > limits.max_body_bytes {
-                return Decoded::Poison(format!("message exceeds the limit of {} bytes", limits.max_body_bytes));
+                return Decoded::Poison(format!(
+                    "message exceeds the limit of {} bytes",
+                    limits.max_body_bytes
+                ));
             }
             let now = chrono::Utc::now().timestamp_micros();
             return match records::parse(&m.payload, now, ctx.source.as_deref()) {
                 Ok(rows) => {
                     let mut builder = EventBatchBuilder::with_capacity(rows.len());
                     rows.iter().for_each(|row| builder.push(row));
-                    Decoded::Events(Normalized { batch: builder.finish(), skipped: 0 })
+                    Decoded::Events(Normalized {
+                        batch: builder.finish(),
+                        skipped: 0,
+                    })
                 }
-                Err(err) => Decoded::Poison(format!("invalid vigil_json {}: {err}", topic.signal.as_str())),
+                Err(err) => Decoded::Poison(format!(
+                    "invalid vigil_json {}: {err}",
+                    topic.signal.as_str()
+                )),
             };
         }
     };
     let result = match topic.signal {
-        Signal::Traces => decode::decode_traces(&m.payload, encoding, Compression::None, limits).map(|req| normalize::traces(&req, ctx)),
-        Signal::Logs => decode::decode_logs(&m.payload, encoding, Compression::None, limits).map(|req| normalize::logs(&req, ctx)),
+        Signal::Traces => decode::decode_traces(&m.payload, encoding, Compression::None, limits)
+            .map(|req| normalize::traces(&req, ctx)),
+        Signal::Logs => decode::decode_logs(&m.payload, encoding, Compression::None, limits)
+            .map(|req| normalize::logs(&req, ctx)),
         Signal::Events => {
             return Decoded::Poison("OTLP encodings carry traces or logs, not events".into());
         }
     };
     match result {
         Ok(normalized) => Decoded::Events(normalized),
-        Err(err) => Decoded::Poison(format!("invalid {} {}: {err}", encoding_name(topic.encoding), topic.signal.as_str())),
+        Err(err) => Decoded::Poison(format!(
+            "invalid {} {}: {err}",
+            encoding_name(topic.encoding),
+            topic.signal.as_str()
+        )),
     }
 }
 
@@ -648,8 +802,13 @@ fn encoding_name(encoding: TopicEncoding) -> &'static str {
 /// Rows per value of the `kind` column, for `vigil_ingest_events_total`.
 fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    match batch.column_by_name(col::KIND).and_then(|c| c.as_string_opt::<i32>()) {
-        Some(kinds) => kinds.iter().for_each(|k| *counts.entry(k.unwrap_or("unknown").to_owned()).or_default() += 1),
+    match batch
+        .column_by_name(col::KIND)
+        .and_then(|c| c.as_string_opt::<i32>())
+    {
+        Some(kinds) => kinds
+            .iter()
+            .for_each(|k| *counts.entry(k.unwrap_or("unknown").to_owned()).or_default() += 1),
         None => {
             counts.insert("unknown".to_owned(), batch.num_rows());
         }

@@ -48,24 +48,45 @@ impl DeadLetterProducer {
         let mut config = client.clone();
         // Every in-sync replica must have it before the source offset may be committed past it.
         config.set("acks", "all").set("linger.ms", "5");
-        Ok(DeadLetterProducer { producer: config.create()?, topic })
+        Ok(DeadLetterProducer {
+            producer: config.create()?,
+            topic,
+        })
     }
 
     /// Resolves once the broker acknowledged the record.
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
-        let truncated = (letter.payload.len() > MAX_DLQ_PAYLOAD).then(|| letter.payload.len().to_string());
+        let truncated =
+            (letter.payload.len() > MAX_DLQ_PAYLOAD).then(|| letter.payload.len().to_string());
         let mut headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: HEADER_TOPIC, value: Some(letter.topic.as_str()) })
-            .insert(Header { key: HEADER_PARTITION, value: Some(partition.as_str()) })
-            .insert(Header { key: HEADER_OFFSET, value: Some(offset.as_str()) })
-            .insert(Header { key: HEADER_ERROR, value: Some(letter.error.as_str()) });
+            .insert(Header {
+                key: HEADER_TOPIC,
+                value: Some(letter.topic.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_OFFSET,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_ERROR,
+                value: Some(letter.error.as_str()),
+            });
         if let Some(original) = &truncated {
-            headers = headers.insert(Header { key: HEADER_TRUNCATED, value: Some(original.as_str()) });
+            headers = headers.insert(Header {
+                key: HEADER_TRUNCATED,
+                value: Some(original.as_str()),
+            });
         }
         let payload = &letter.payload[..letter.payload.len().min(MAX_DLQ_PAYLOAD)];
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).payload(payload).headers(headers);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(payload)
+            .headers(headers);
         if let Some(key) = &letter.key {
             record = record.key(key.as_slice());
         }

@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounter,
-    IntCounterVec, IntGaugeVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
 };
 
 /// Messages behind the high watermark, per assigned partition; only this process's partitions are shown.
@@ -32,8 +32,12 @@ pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Events the sink made durable, by source topic.
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("vigil_kafka_events_total", "Events from Kafka accepted by the sink", &["topic"])
-        .expect("vigil_kafka_events_total registers once")
+    register_int_counter_vec!(
+        "vigil_kafka_events_total",
+        "Events from Kafka accepted by the sink",
+        &["topic"]
+    )
+    .expect("vigil_kafka_events_total registers once")
 });
 
 /// Messages sent to the dead-letter topic, by source topic.
@@ -109,7 +113,11 @@ pub fn lag_of(p: &PartitionOffsets<'_>) -> Option<i64> {
     if !p.assigned || p.partition < 0 || p.high_watermark < 0 {
         return None;
     }
-    let from = if p.position >= 0 { p.position } else { p.committed };
+    let from = if p.position >= 0 {
+        p.position
+    } else {
+        p.committed
+    };
     (from >= 0).then(|| (p.high_watermark - from).max(0))
 }
 
@@ -119,7 +127,8 @@ pub fn set_lag<'a>(partitions: impl IntoIterator<Item = PartitionOffsets<'a>>) {
     LAG.reset();
     for p in partitions {
         if let Some(lag) = lag_of(&p) {
-            LAG.with_label_values(&[p.topic, &p.partition.to_string()]).set(lag);
+            LAG.with_label_values(&[p.topic, &p.partition.to_string()])
+                .set(lag);
         }
     }
 }
@@ -128,14 +137,30 @@ pub fn set_lag<'a>(partitions: impl IntoIterator<Item = PartitionOffsets<'a>>) {
 mod tests {
     use super::*;
 
-    fn offsets(assigned: bool, high: i64, position: i64, committed: i64) -> PartitionOffsets<'static> {
-        PartitionOffsets { topic: "t", partition: 0, assigned, high_watermark: high, position, committed }
+    fn offsets(
+        assigned: bool,
+        high: i64,
+        position: i64,
+        committed: i64,
+    ) -> PartitionOffsets<'static> {
+        PartitionOffsets {
+            topic: "t",
+            partition: 0,
+            assigned,
+            high_watermark: high,
+            position,
+            committed,
+        }
     }
 
     #[test]
     fn lag_is_high_watermark_minus_position_for_assigned_partitions_only() {
         assert_eq!(lag_of(&offsets(true, 100, 60, 50)), Some(40));
-        assert_eq!(lag_of(&offsets(true, 100, -1001, 50)), Some(50), "committed offset before any fetch");
+        assert_eq!(
+            lag_of(&offsets(true, 100, -1001, 50)),
+            Some(50),
+            "committed offset before any fetch"
+        );
         assert_eq!(lag_of(&offsets(true, 100, -1001, -1001)), None);
         assert_eq!(lag_of(&offsets(false, 100, 60, 50)), None);
         assert_eq!(lag_of(&offsets(true, 10, 12, 0)), Some(0), "never negative");
@@ -143,12 +168,24 @@ mod tests {
 
     #[test]
     fn set_lag_drops_partitions_no_longer_assigned() {
-        set_lag([PartitionOffsets { topic: "lag_test", partition: 3, ..offsets(true, 10, 4, 0) }]);
+        set_lag([PartitionOffsets {
+            topic: "lag_test",
+            partition: 3,
+            ..offsets(true, 10, 4, 0)
+        }]);
         assert_eq!(LAG.with_label_values(&["lag_test", "3"]).get(), 6);
-        set_lag([PartitionOffsets { topic: "lag_test", partition: 3, ..offsets(false, 10, 4, 0) }]);
+        set_lag([PartitionOffsets {
+            topic: "lag_test",
+            partition: 3,
+            ..offsets(false, 10, 4, 0)
+        }]);
         let families = prometheus::gather();
         let lag = families.iter().find(|f| f.name() == "vigil_kafka_lag");
-        let shown = lag.map(|f| f.get_metric().iter().any(|m| m.get_label().iter().any(|l| l.value() == "lag_test")));
+        let shown = lag.map(|f| {
+            f.get_metric()
+                .iter()
+                .any(|m| m.get_label().iter().any(|l| l.value() == "lag_test"))
+        });
         assert_ne!(shown, Some(true), "revoked partition still reported");
     }
 }

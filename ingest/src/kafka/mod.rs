@@ -139,7 +139,9 @@ impl KafkaConfig {
             return bad("kafka.topics must name at least one topic".into());
         }
         if self.batch_max_messages == 0 || self.max_message_bytes == 0 {
-            return bad("kafka.batch_max_messages and kafka.max_message_bytes must be positive".into());
+            return bad(
+                "kafka.batch_max_messages and kafka.max_message_bytes must be positive".into(),
+            );
         }
         let mut seen = std::collections::BTreeSet::new();
         for topic in &self.topics {
@@ -149,7 +151,9 @@ impl KafkaConfig {
             }
             let fits = match topic.encoding {
                 TopicEncoding::VigilJson => topic.signal == Signal::Events,
-                TopicEncoding::OtlpProto | TopicEncoding::OtlpJson => topic.signal != Signal::Events,
+                TopicEncoding::OtlpProto | TopicEncoding::OtlpJson => {
+                    topic.signal != Signal::Events
+                }
             };
             if !fits {
                 return bad(format!(
@@ -160,7 +164,10 @@ impl KafkaConfig {
             }
         }
         if !self.dlq_topic.is_empty() && self.topics.iter().any(|t| t.matches(&self.dlq_topic)) {
-            return bad(format!("the dead-letter topic {:?} must not be one of the consumed topics", self.dlq_topic));
+            return bad(format!(
+                "the dead-letter topic {:?} must not be one of the consumed topics",
+                self.dlq_topic
+            ));
         }
         Ok(())
     }
@@ -185,7 +192,12 @@ pub struct TopicConfig {
 
 impl TopicConfig {
     pub fn named(name: &str, encoding: TopicEncoding, signal: Signal) -> Self {
-        TopicConfig { name: Some(name.to_owned()), regex: None, encoding, signal }
+        TopicConfig {
+            name: Some(name.to_owned()),
+            regex: None,
+            encoding,
+            signal,
+        }
     }
 
     /// The string handed to librdkafka's subscribe: the name, or the pattern starting with `^`.
@@ -193,13 +205,19 @@ impl TopicConfig {
         match (&self.name, &self.regex) {
             (Some(name), None) if !name.is_empty() && !name.starts_with('^') => Ok(name.clone()),
             (None, Some(regex)) if !regex.is_empty() => {
-                let pattern = if regex.starts_with('^') { regex.clone() } else { format!("^{regex}") };
-                regex::Regex::new(&pattern)
-                    .map_err(|err| KafkaError::Config(format!("kafka topic regex {regex:?}: {err}")))?;
+                let pattern = if regex.starts_with('^') {
+                    regex.clone()
+                } else {
+                    format!("^{regex}")
+                };
+                regex::Regex::new(&pattern).map_err(|err| {
+                    KafkaError::Config(format!("kafka topic regex {regex:?}: {err}"))
+                })?;
                 Ok(pattern)
             }
             _ => Err(KafkaError::Config(
-                "each kafka topic needs exactly one of `name` (not starting with ^) or `regex`".into(),
+                "each kafka topic needs exactly one of `name` (not starting with ^) or `regex`"
+                    .into(),
             )),
         }
     }
@@ -286,7 +304,11 @@ mod config_tests {
         let cfg: KafkaConfig = serde_json::from_str("{}").expect("empty table");
         assert_eq!(cfg, KafkaConfig::default());
         assert!(!cfg.enabled());
-        let subs: Vec<String> = cfg.topics.iter().map(|t| t.subscription().unwrap()).collect();
+        let subs: Vec<String> = cfg
+            .topics
+            .iter()
+            .map(|t| t.subscription().unwrap())
+            .collect();
         assert_eq!(subs, ["otlp_spans", "otlp_logs", "vigil_events"]);
         assert_eq!(cfg.dlq_topic, "vigil_dlq");
         assert_eq!(cfg.group_id, "vigil");
@@ -318,21 +340,42 @@ mod config_tests {
 
     #[test]
     fn invalid_configs_are_refused() {
-        assert!(serde_json::from_str::<KafkaConfig>(r#"{"broker":"x"}"#).is_err(), "typos are errors");
+        assert!(
+            serde_json::from_str::<KafkaConfig>(r#"{"broker":"x"}"#).is_err(),
+            "typos are errors"
+        );
         let both = KafkaConfig {
-            topics: vec![TopicConfig { regex: Some("a.*".into()), ..TopicConfig::named("a", TopicEncoding::OtlpProto, Signal::Traces) }],
+            topics: vec![TopicConfig {
+                regex: Some("a.*".into()),
+                ..TopicConfig::named("a", TopicEncoding::OtlpProto, Signal::Traces)
+            }],
             ..KafkaConfig::default()
         };
         assert!(matches!(both.validate(), Err(KafkaError::Config(_))));
         let mismatched = KafkaConfig {
-            topics: vec![TopicConfig::named("a", TopicEncoding::VigilJson, Signal::Traces)],
+            topics: vec![TopicConfig::named(
+                "a",
+                TopicEncoding::VigilJson,
+                Signal::Traces,
+            )],
             ..KafkaConfig::default()
         };
         assert!(matches!(mismatched.validate(), Err(KafkaError::Config(_))));
-        let dlq_consumed = KafkaConfig { dlq_topic: "otlp_spans".into(), ..KafkaConfig::default() };
-        assert!(matches!(dlq_consumed.validate(), Err(KafkaError::Config(_))));
+        let dlq_consumed = KafkaConfig {
+            dlq_topic: "otlp_spans".into(),
+            ..KafkaConfig::default()
+        };
+        assert!(matches!(
+            dlq_consumed.validate(),
+            Err(KafkaError::Config(_))
+        ));
         let bad_regex = KafkaConfig {
-            topics: vec![TopicConfig { name: None, regex: Some("(".into()), encoding: TopicEncoding::OtlpProto, signal: Signal::Logs }],
+            topics: vec![TopicConfig {
+                name: None,
+                regex: Some("(".into()),
+                encoding: TopicEncoding::OtlpProto,
+                signal: Signal::Logs,
+            }],
             ..KafkaConfig::default()
         };
         assert!(matches!(bad_regex.validate(), Err(KafkaError::Config(_))));

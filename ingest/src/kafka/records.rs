@@ -22,12 +22,20 @@ pub enum RecordError {
     #[error("expected a JSON object or an array of objects, found {0}")]
     NotAnObject(&'static str),
     #[error("record {index}: column `{column}` {problem}")]
-    Column { index: usize, column: &'static str, problem: String },
+    Column {
+        index: usize,
+        column: &'static str,
+        problem: String,
+    },
 }
 
 /// Parses one message into event rows; `now_us` is the time of records that carry none, and `source` fills
 /// the `source` column of records that do not name one.
-pub fn parse(payload: &[u8], now_us: i64, source: Option<&str>) -> Result<Vec<EventRow>, RecordError> {
+pub fn parse(
+    payload: &[u8],
+    now_us: i64,
+    source: Option<&str>,
+) -> Result<Vec<EventRow>, RecordError> {
     let value: Value = serde_json::from_slice(payload)?;
     let objects = match value {
         Value::Object(map) => vec![map],
@@ -71,30 +79,45 @@ fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow
         let canonical = serde_json::to_vec(&fields).map_err(RecordError::Json)?;
         hex::encode(xxh3_128(&canonical).to_be_bytes())
     };
-    let bad = |column: &'static str, problem: String| RecordError::Column { index, column, problem };
+    let bad = |column: &'static str, problem: String| RecordError::Column {
+        index,
+        column,
+        problem,
+    };
 
     let time_us = match fields.remove(col::TIME) {
         None | Some(Value::Null) => now_us,
-        Some(Value::Number(n)) => {
-            n.as_i64().ok_or_else(|| bad(col::TIME, format!("{n} is not an integer of microseconds")))?
-        }
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| bad(col::TIME, format!("{n} is not an integer of microseconds")))?,
         Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
             .map_err(|err| bad(col::TIME, format!("{s:?} is not RFC 3339: {err}")))?
             .timestamp_micros(),
-        Some(other) => return Err(bad(col::TIME, format!("must be RFC 3339 or epoch µs, found {}", json_type(&other)))),
+        Some(other) => {
+            return Err(bad(
+                col::TIME,
+                format!("must be RFC 3339 or epoch µs, found {}", json_type(&other)),
+            ))
+        }
     };
     let mut text = |column: &'static str| -> Result<Option<String>, RecordError> {
         match fields.remove(column) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-            Some(other) => Err(bad(column, format!("must be a string, found {}", json_type(&other)))),
+            Some(other) => Err(bad(
+                column,
+                format!("must be a string, found {}", json_type(&other)),
+            )),
         }
     };
     let kind = match text(col::KIND)? {
         None => None,
         Some(k) => Some(EventKind::parse(&k).ok_or_else(|| {
-            bad(col::KIND, format!("{k:?} is not one of inference, tool, policy, agent, endpoint"))
+            bad(
+                col::KIND,
+                format!("{k:?} is not one of inference, tool, policy, agent, endpoint"),
+            )
         })?),
     };
     let mut row = EventRow {
@@ -130,10 +153,14 @@ fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow
     let mut integer = |column: &'static str| -> Result<Option<i64>, RecordError> {
         match fields.remove(column) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => {
-                n.as_i64().map(Some).ok_or_else(|| bad(column, format!("{n} is not an integer")))
-            }
-            Some(other) => Err(bad(column, format!("must be an integer, found {}", json_type(&other)))),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| bad(column, format!("{n} is not an integer"))),
+            Some(other) => Err(bad(
+                column,
+                format!("must be an integer, found {}", json_type(&other)),
+            )),
         }
     };
     row.input_tokens = integer(col::INPUT_TOKENS)?;
@@ -141,14 +168,28 @@ fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow
     row.latency_ms = match fields.remove(col::LATENCY_MS) {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => n.as_f64(),
-        Some(other) => return Err(bad(col::LATENCY_MS, format!("must be a number, found {}", json_type(&other)))),
+        Some(other) => {
+            return Err(bad(
+                col::LATENCY_MS,
+                format!("must be a number, found {}", json_type(&other)),
+            ))
+        }
     };
     let mut attributes: BTreeMap<String, Value> = match fields.remove(col::ATTRIBUTES) {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(map)) => map.into_iter().collect(),
-        Some(Value::String(s)) => serde_json::from_str(&s)
-            .map_err(|err| bad(col::ATTRIBUTES, format!("is a string but not a JSON object: {err}")))?,
-        Some(other) => return Err(bad(col::ATTRIBUTES, format!("must be an object, found {}", json_type(&other)))),
+        Some(Value::String(s)) => serde_json::from_str(&s).map_err(|err| {
+            bad(
+                col::ATTRIBUTES,
+                format!("is a string but not a JSON object: {err}"),
+            )
+        })?,
+        Some(other) => {
+            return Err(bad(
+                col::ATTRIBUTES,
+                format!("must be an object, found {}", json_type(&other)),
+            ))
+        }
     };
     // What is left is not a column: keep it rather than drop what the producer thought worth sending.
     attributes.extend(fields);
@@ -176,7 +217,9 @@ mod tests {
         .expect("valid record");
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
-        let expected = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z").unwrap().timestamp_micros();
+        let expected = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .unwrap()
+            .timestamp_micros();
         assert_eq!(row.time_us, expected);
         assert_eq!(row.event_id, "e1");
         assert_eq!(row.kind, Some(EventKind::Tool));
@@ -201,9 +244,16 @@ mod tests {
         assert_eq!(rows[0].time_us, 1_700_000_000_000_001);
         assert_eq!(rows[0].kind, Some(EventKind::Inference));
         assert_eq!(rows[0].attributes.as_deref(), Some(r#"{"a":1,"team":"x"}"#));
-        assert_eq!(rows[1].time_us, NOW, "a record without time gets the time it was read");
+        assert_eq!(
+            rows[1].time_us, NOW,
+            "a record without time gets the time it was read"
+        );
         assert_eq!(rows[1].decision.as_deref(), Some("deny"));
-        assert_eq!(rows[1].source.as_deref(), Some("gateway"), "the record's own source wins");
+        assert_eq!(
+            rows[1].source.as_deref(),
+            Some("gateway"),
+            "the record's own source wins"
+        );
     }
 
     #[test]
@@ -219,13 +269,38 @@ mod tests {
     #[test]
     fn bad_records_say_which_and_why() {
         let err = parse(br#"[{"kind":"tool"},{"kind":"chat"}]"#, NOW, None).unwrap_err();
-        assert!(matches!(err, RecordError::Column { index: 1, column: "kind", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RecordError::Column {
+                    index: 1,
+                    column: "kind",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = parse(br#"{"time":"yesterday"}"#, NOW, None).unwrap_err();
-        assert!(matches!(err, RecordError::Column { column: "time", .. }), "{err}");
+        assert!(
+            matches!(err, RecordError::Column { column: "time", .. }),
+            "{err}"
+        );
         let err = parse(br#"{"input_tokens":"12"}"#, NOW, None).unwrap_err();
-        assert!(matches!(err, RecordError::Column { column: "input_tokens", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RecordError::Column {
+                    column: "input_tokens",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = parse(br#"[1,2]"#, NOW, None).unwrap_err();
         assert!(matches!(err, RecordError::NotAnObject("a number")), "{err}");
-        assert!(matches!(parse(b"{", NOW, None).unwrap_err(), RecordError::Json(_)));
+        assert!(matches!(
+            parse(b"{", NOW, None).unwrap_err(),
+            RecordError::Json(_)
+        ));
     }
 }

@@ -48,7 +48,11 @@ pub(super) struct EmptyAssignmentWatch {
 
 impl EmptyAssignmentWatch {
     pub(super) fn new(settle: Duration) -> Self {
-        EmptyAssignmentWatch { settle, empty_since: None, probed: false }
+        EmptyAssignmentWatch {
+            settle,
+            empty_since: None,
+            probed: false,
+        }
     }
 
     /// Takes in a rebalance callback's outcome.
@@ -96,8 +100,15 @@ impl EmptyAssignmentWatch {
 
 /// Partitions of the topics (name, partition count, as the broker's metadata lists them) that one of the
 /// subscriptions matches: what an assignor would have to hand out.
-pub(super) fn subscribed_partitions<'a>(topics: impl IntoIterator<Item = (&'a str, usize)>, subscriptions: &[TopicConfig]) -> usize {
-    topics.into_iter().filter(|(name, _)| subscriptions.iter().any(|s| s.matches(name))).map(|(_, partitions)| partitions).sum()
+pub(super) fn subscribed_partitions<'a>(
+    topics: impl IntoIterator<Item = (&'a str, usize)>,
+    subscriptions: &[TopicConfig],
+) -> usize {
+    topics
+        .into_iter()
+        .filter(|(name, _)| subscriptions.iter().any(|s| s.matches(name)))
+        .map(|(_, partitions)| partitions)
+        .sum()
 }
 
 #[cfg(test)]
@@ -109,9 +120,19 @@ mod tests {
     fn subscribed_partitions_count_only_matching_topics() {
         let subscriptions = [
             TopicConfig::named("otlp_spans", TopicEncoding::OtlpProto, Signal::Traces),
-            TopicConfig { name: None, regex: Some("tenant-.*".into()), encoding: TopicEncoding::OtlpJson, signal: Signal::Logs },
+            TopicConfig {
+                name: None,
+                regex: Some("tenant-.*".into()),
+                encoding: TopicEncoding::OtlpJson,
+                signal: Signal::Logs,
+            },
         ];
-        let topics = [("otlp_spans", 4), ("vigil_dlq", 1), ("tenant-a", 2), ("other", 8)];
+        let topics = [
+            ("otlp_spans", 4),
+            ("vigil_dlq", 1),
+            ("tenant-a", 2),
+            ("other", 8),
+        ];
         assert_eq!(subscribed_partitions(topics, &subscriptions), 6);
         assert_eq!(subscribed_partitions([("vigil_dlq", 1)], &subscriptions), 0);
     }
@@ -126,13 +147,20 @@ mod tests {
         assert_eq!(watch.check_at(), None);
         watch.observe(ASSIGNED_NOTHING, t0);
         assert_eq!(watch.check_at(), Some(t0 + SETTLE));
-        assert!(watch.should_rejoin(true, 4), "empty although 4 partitions exist");
+        assert!(
+            watch.should_rejoin(true, 4),
+            "empty although 4 partitions exist"
+        );
         assert_eq!(watch.check_at(), None, "checked: nothing pending");
         // The rejoin brings an empty assignment again: a correct coordinator meant it (more members than
         // partitions), so it is trusted.
         watch.observe(RebalanceOutcome::Revoked, t0);
         watch.observe(ASSIGNED_NOTHING, t0 + Duration::from_secs(10));
-        assert_eq!(watch.check_at(), None, "second empty assignment in one idle spell is trusted");
+        assert_eq!(
+            watch.check_at(),
+            None,
+            "second empty assignment in one idle spell is trusted"
+        );
     }
 
     #[test]
@@ -153,11 +181,22 @@ mod tests {
         let mut watch = EmptyAssignmentWatch::new(SETTLE);
         watch.observe(ASSIGNED_NOTHING, t0);
         watch.observe(RebalanceOutcome::Revoked, t0 + Duration::from_secs(1));
-        assert_eq!(watch.check_at(), None, "a rebalance is under way; its assignment decides");
+        assert_eq!(
+            watch.check_at(),
+            None,
+            "a rebalance is under way; its assignment decides"
+        );
         watch.observe(ASSIGNED_NOTHING, t0 + Duration::from_secs(2));
-        assert!(!watch.should_rejoin(false, 4), "partitions arrived before the check (cooperative round 2)");
+        assert!(
+            !watch.should_rejoin(false, 4),
+            "partitions arrived before the check (cooperative round 2)"
+        );
         watch.observe(ASSIGNED_NOTHING, t0 + Duration::from_secs(3));
-        assert_eq!(watch.check_at(), Some(t0 + Duration::from_secs(3) + SETTLE), "not counted as a probe");
+        assert_eq!(
+            watch.check_at(),
+            Some(t0 + Duration::from_secs(3) + SETTLE),
+            "not counted as a probe"
+        );
     }
 
     #[test]
@@ -168,7 +207,10 @@ mod tests {
         assert!(!watch.should_rejoin(true, 0));
         assert_eq!(watch.check_at(), None);
         watch.observe(ASSIGNED_NOTHING, t0 + Duration::from_secs(30));
-        assert!(watch.should_rejoin(true, 1), "the probe was not spent on the partition-less topics");
+        assert!(
+            watch.should_rejoin(true, 1),
+            "the probe was not spent on the partition-less topics"
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ struct TestSink {
 
 #[async_trait::async_trait]
 impl EventSink for TestSink {
-    async fn accept_admitted(&self, batch: RecordBatch, _admission: crate::sink::Admission) -> Result<(), SinkError> {
+    async fn accept_admitted(
+        &self,
+        batch: RecordBatch,
+        _admission: crate::sink::Admission,
+    ) -> Result<(), SinkError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         self.max_rows.fetch_max(batch.num_rows(), Ordering::SeqCst);
@@ -62,8 +66,14 @@ impl TestSink {
             return Err(SinkError::Unavailable("test sink is down".into()));
         }
         if self.overloaded.load(Ordering::SeqCst) {
-            self.refused.lock().unwrap().push(column(std::slice::from_ref(&batch), col::EVENT_ID).into_iter().collect());
-            return Err(SinkError::Overloaded { retry_after: Duration::from_millis(10) });
+            self.refused.lock().unwrap().push(
+                column(std::slice::from_ref(&batch), col::EVENT_ID)
+                    .into_iter()
+                    .collect(),
+            );
+            return Err(SinkError::Overloaded {
+                retry_after: Duration::from_millis(10),
+            });
         }
         let hang = {
             let mut accepted = self.accepted.lock().unwrap();
@@ -95,7 +105,11 @@ fn column(batches: &[RecordBatch], name: &str) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| {
-            let c = b.column_by_name(name).expect("column").as_string::<i32>().clone();
+            let c = b
+                .column_by_name(name)
+                .expect("column")
+                .as_string::<i32>()
+                .clone();
             (0..c.len()).map(move |i| c.value(i).to_owned())
         })
         .collect()
@@ -130,22 +144,39 @@ fn expected_ids(payload: &[u8]) -> Vec<String> {
         &crate::decode::Limits::default(),
     )
     .expect("test message decodes");
-    column(&[normalize::traces(&req, &NormalizeContext::default()).batch], col::EVENT_ID)
+    column(
+        &[normalize::traces(&req, &NormalizeContext::default()).batch],
+        col::EVENT_ID,
+    )
 }
 
 /// One Collector message on `otlp_logs`: a LogsData batch of `records` GenAI guardrail events whose times
 /// encode `message`, so every message's events have their own ids.
-fn otlp_logs_message(message: usize, records: usize) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+fn otlp_logs_message(
+    message: usize,
+    records: usize,
+) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
     let mut req = crate::otlp::test_support::logs_request(records);
-    for (i, record) in req.resource_logs.iter_mut().flat_map(|rl| &mut rl.scope_logs).flat_map(|sl| &mut sl.log_records).enumerate() {
+    for (i, record) in req
+        .resource_logs
+        .iter_mut()
+        .flat_map(|rl| &mut rl.scope_logs)
+        .flat_map(|sl| &mut sl.log_records)
+        .enumerate()
+    {
         record.time_unix_nano = 1_763_000_000_000_000_000 + (message * 1_000 + i) as u64;
     }
     req
 }
 
 /// The event ids normalisation gives a logs message's events.
-fn expected_log_ids(req: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> Vec<String> {
-    column(&[normalize::logs(req, &NormalizeContext::default()).batch], col::EVENT_ID)
+fn expected_log_ids(
+    req: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+) -> Vec<String> {
+    column(
+        &[normalize::logs(req, &NormalizeContext::default()).batch],
+        col::EVENT_ID,
+    )
 }
 
 /// The value of gauge `name` for one partition as the default registry exposes it (what `/metrics`
@@ -157,8 +188,14 @@ fn gathered_gauge(name: &str, topic: &str, partition: i32) -> Option<f64> {
         .filter(|family| family.name() == name)
         .flat_map(|family| family.get_metric())
         .find(|m| {
-            let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_owned());
-            label("topic").as_deref() == Some(topic) && label("partition") == Some(partition.clone())
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+            };
+            label("topic").as_deref() == Some(topic)
+                && label("partition") == Some(partition.clone())
         })
         .map(|m| m.get_gauge().get_value())
 }
@@ -177,7 +214,11 @@ fn config(brokers: &str, group: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers.to_owned(),
         group_id: group.to_owned(),
-        topics: vec![TopicConfig::named("otlp_spans", TopicEncoding::OtlpProto, Signal::Traces)],
+        topics: vec![TopicConfig::named(
+            "otlp_spans",
+            TopicEncoding::OtlpProto,
+            Signal::Traces,
+        )],
         batch_max_messages: 4,
         batch_max_wait: Duration::from_millis(50),
         commit_interval: Duration::ZERO,
@@ -196,7 +237,12 @@ fn producer(brokers: &str) -> FutureProducer {
 
 async fn produce(producer: &FutureProducer, topic: &str, partition: i32, payload: &[u8]) {
     producer
-        .send(FutureRecord::<(), [u8]>::to(topic).partition(partition).payload(payload), Duration::from_secs(10))
+        .send(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|(err, _)| err)
         .expect("produce to the mock cluster");
@@ -230,7 +276,10 @@ impl Running {
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -246,7 +295,9 @@ fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Of
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
     committed.elements().iter().map(|e| e.offset()).collect()
 }
 
@@ -258,7 +309,8 @@ fn first_message(brokers: &str, topic: &str) -> rdkafka::message::OwnedMessage {
         .create()
         .expect("reader");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).expect("partition");
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
     reader.assign(&tpl).expect("assign");
     match reader.poll(Duration::from_secs(10)) {
         Some(Ok(message)) => message.detach(),
@@ -297,35 +349,81 @@ async fn every_event_of_otlp_and_json_topics_arrives_once_and_is_committed() {
     let json_payload = {
         let proto = otlp_message(100, 2);
         expected.extend(expected_ids(&proto));
-        let req = crate::decode::decode_traces(&proto, crate::decode::Encoding::Protobuf, crate::decode::Compression::None, &Default::default()).unwrap();
+        let req = crate::decode::decode_traces(
+            &proto,
+            crate::decode::Encoding::Protobuf,
+            crate::decode::Compression::None,
+            &Default::default(),
+        )
+        .unwrap();
         serde_json::to_vec(&req).unwrap()
     };
     produce(&producer, "otlp_json", 0, &json_payload).await;
     // Vigil's own records: an object and an array.
-    produce(&producer, "vigil_events", 0, br#"{"event_id":"j1","kind":"tool","tool_name":"search","time":"2026-01-01T00:00:00Z"}"#).await;
-    produce(&producer, "vigil_events", 0, br#"[{"event_id":"j2","time":1700000000000000},{"event_id":"j3","kind":"policy"}]"#).await;
+    produce(
+        &producer,
+        "vigil_events",
+        0,
+        br#"{"event_id":"j1","kind":"tool","tool_name":"search","time":"2026-01-01T00:00:00Z"}"#,
+    )
+    .await;
+    produce(
+        &producer,
+        "vigil_events",
+        0,
+        br#"[{"event_id":"j2","time":1700000000000000},{"event_id":"j3","kind":"policy"}]"#,
+    )
+    .await;
     expected.extend(["j1", "j2", "j3"].map(String::from));
     // A message of a large batch, past the Collector's 1 MB default (and librdkafka's 1,000,000-byte
     // `message.max.bytes`): the consumer must fetch and decode it whole.
     let large = otlp_message(200, 6000);
-    assert!(large.len() >= 1_048_576, "large message is only {} bytes", large.len());
+    assert!(
+        large.len() >= 1_048_576,
+        "large message is only {} bytes",
+        large.len()
+    );
     expected.extend(expected_ids(&large));
     produce(&producer, "otlp_spans", 0, &large).await;
 
     let sink = Arc::new(TestSink::default());
     let mut cfg = config(&brokers, "all-events");
-    cfg.topics.push(TopicConfig::named("otlp_json", TopicEncoding::OtlpJson, Signal::Traces));
-    cfg.topics.push(TopicConfig::named("vigil_events", TopicEncoding::VigilJson, Signal::Events));
+    cfg.topics.push(TopicConfig::named(
+        "otlp_json",
+        TopicEncoding::OtlpJson,
+        Signal::Traces,
+    ));
+    cfg.topics.push(TopicConfig::named(
+        "vigil_events",
+        TopicEncoding::VigilJson,
+        Signal::Events,
+    ));
     let events_before = metrics::EVENTS.with_label_values(&["vigil_events"]).get();
     let running = start(cfg, sink.clone());
-    wait_until("every event", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("every event", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     running.stop().await;
 
     assert_eq!(sink.unique_ids(), expected);
-    assert_eq!(sink.event_ids().len(), expected.len(), "no event delivered twice");
-    assert_eq!(committed(&brokers, "all-events", "otlp_spans", 2), vec![Offset::Offset(6), Offset::Offset(5)]);
-    assert_eq!(committed(&brokers, "all-events", "vigil_events", 1), vec![Offset::Offset(2)]);
-    assert_eq!(committed(&brokers, "all-events", "otlp_json", 1), vec![Offset::Offset(1)]);
+    assert_eq!(
+        sink.event_ids().len(),
+        expected.len(),
+        "no event delivered twice"
+    );
+    assert_eq!(
+        committed(&brokers, "all-events", "otlp_spans", 2),
+        vec![Offset::Offset(6), Offset::Offset(5)]
+    );
+    assert_eq!(
+        committed(&brokers, "all-events", "vigil_events", 1),
+        vec![Offset::Offset(2)]
+    );
+    assert_eq!(
+        committed(&brokers, "all-events", "otlp_json", 1),
+        vec![Offset::Offset(1)]
+    );
     assert!(metrics::EVENTS.with_label_values(&["vigil_events"]).get() - events_before >= 3);
 }
 
@@ -346,19 +444,41 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
     let dlq_before = metrics::DLQ.with_label_values(&["otlp_spans"]).get();
     let sink = Arc::new(TestSink::default());
     let running = start(config(&brokers, "poison"), sink.clone());
-    wait_until("the good messages", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("the good messages", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     running.stop().await;
-    assert_eq!(sink.unique_ids(), expected, "messages after the poison one are consumed");
-    assert_eq!(committed(&brokers, "poison", "otlp_spans", 1), vec![Offset::Offset(3)], "committed past the poison message");
-    assert_eq!(metrics::DLQ.with_label_values(&["otlp_spans"]).get() - dlq_before, 1);
+    assert_eq!(
+        sink.unique_ids(),
+        expected,
+        "messages after the poison one are consumed"
+    );
+    assert_eq!(
+        committed(&brokers, "poison", "otlp_spans", 1),
+        vec![Offset::Offset(3)],
+        "committed past the poison message"
+    );
+    assert_eq!(
+        metrics::DLQ.with_label_values(&["otlp_spans"]).get() - dlq_before,
+        1
+    );
 
     let letter = first_message(&brokers, "vigil_dlq");
-    assert_eq!(letter.payload(), Some(poison), "the original bytes are kept");
+    assert_eq!(
+        letter.payload(),
+        Some(poison),
+        "the original bytes are kept"
+    );
     let header = |name: &str| header(&letter, name);
     assert_eq!(header(dlq::HEADER_TOPIC), "otlp_spans");
     assert_eq!(header(dlq::HEADER_PARTITION), "0");
     assert_eq!(header(dlq::HEADER_OFFSET), "1");
-    assert!(header(dlq::HEADER_ERROR).contains("otlp_proto"), "error says what failed: {}", header(dlq::HEADER_ERROR));
+    assert!(
+        header(dlq::HEADER_ERROR).contains("otlp_proto"),
+        "error says what failed: {}",
+        header(dlq::HEADER_ERROR)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,16 +499,33 @@ async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once
     sink.fail.store(true, Ordering::SeqCst);
     let retries_before = metrics::RETRIES.with_label_values(&["unavailable"]).get();
     let running = start(config(&brokers, "unavailable"), sink.clone());
-    wait_until("two refused attempts", WAIT, || sink.calls.load(Ordering::SeqCst) >= 2).await;
-    assert_eq!(committed(&brokers, "unavailable", "otlp_spans", 1), vec![Offset::Invalid], "nothing committed while refused");
+    wait_until("two refused attempts", WAIT, || {
+        sink.calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        committed(&brokers, "unavailable", "otlp_spans", 1),
+        vec![Offset::Invalid],
+        "nothing committed while refused"
+    );
     assert!(metrics::RETRIES.with_label_values(&["unavailable"]).get() - retries_before >= 2);
     sink.fail.store(false, Ordering::SeqCst);
-    wait_until("every event after recovery", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("every event after recovery", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     running.stop().await;
 
     assert_eq!(sink.unique_ids(), expected);
-    assert_eq!(sink.event_ids().len(), expected.len(), "the refused batch is delivered exactly once");
-    assert_eq!(committed(&brokers, "unavailable", "otlp_spans", 1), vec![Offset::Offset(6)]);
+    assert_eq!(
+        sink.event_ids().len(),
+        expected.len(),
+        "the refused batch is delivered exactly once"
+    );
+    assert_eq!(
+        committed(&brokers, "unavailable", "otlp_spans", 1),
+        vec![Offset::Offset(6)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,22 +545,46 @@ async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_
     // First life: two batches become durable, the third hangs inside the sink, then the process dies.
     let mut cfg = config(&brokers, "restart");
     cfg.batch_max_messages = 3;
-    let first = Arc::new(TestSink { hang_after: Some(2), ..TestSink::default() });
+    let first = Arc::new(TestSink {
+        hang_after: Some(2),
+        ..TestSink::default()
+    });
     let running = start(cfg.clone(), first.clone());
-    wait_until("a write in flight", WAIT, || first.calls.load(Ordering::SeqCst) >= 3).await;
+    wait_until("a write in flight", WAIT, || {
+        first.calls.load(Ordering::SeqCst) >= 3
+    })
+    .await;
     running.task.abort();
     let _ = running.task.await;
-    assert_eq!(first.unique_ids().len(), 6, "two batches of three single-span messages");
+    assert_eq!(
+        first.unique_ids().len(),
+        6,
+        "two batches of three single-span messages"
+    );
 
     let second = Arc::new(TestSink::default());
     let running = start(cfg, second.clone());
-    wait_until("the rest", WAIT, || first.unique_ids().len() + second.unique_ids().len() >= expected.len()).await;
+    wait_until("the rest", WAIT, || {
+        first.unique_ids().len() + second.unique_ids().len() >= expected.len()
+    })
+    .await;
     running.stop().await;
 
     let (a, b) = (first.unique_ids(), second.unique_ids());
-    assert!(a.is_disjoint(&b), "committed batches are not replayed: {:?}", a.intersection(&b).collect::<Vec<_>>());
-    assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), expected, "no gap");
-    assert_eq!(committed(&brokers, "restart", "otlp_spans", 1), vec![Offset::Offset(12)]);
+    assert!(
+        a.is_disjoint(&b),
+        "committed batches are not replayed: {:?}",
+        a.intersection(&b).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.union(&b).cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "no gap"
+    );
+    assert_eq!(
+        committed(&brokers, "restart", "otlp_spans", 1),
+        vec![Offset::Offset(12)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,22 +610,40 @@ async fn two_consumers_in_one_group_split_the_partitions_and_see_every_message_o
         }
         produce(&producer, "otlp_spans", (m % 4) as i32, &payload).await;
     }
-    wait_until("every message", WAIT, || a.unique_ids().len() + b.unique_ids().len() >= expected.len()).await;
+    wait_until("every message", WAIT, || {
+        a.unique_ids().len() + b.unique_ids().len() >= expected.len()
+    })
+    .await;
     running_a.stop().await;
     running_b.stop().await;
 
     let (ids_a, ids_b) = (a.unique_ids(), b.unique_ids());
     assert!(ids_a.is_disjoint(&ids_b), "a message was consumed by both");
-    assert_eq!(ids_a.union(&ids_b).cloned().collect::<BTreeSet<_>>(), expected);
-    let partitions = |sink: &TestSink| -> BTreeSet<usize> { sink.unique_ids().iter().map(|id| partition_of[id]).collect() };
+    assert_eq!(
+        ids_a.union(&ids_b).cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+    let partitions = |sink: &TestSink| -> BTreeSet<usize> {
+        sink.unique_ids()
+            .iter()
+            .map(|id| partition_of[id])
+            .collect()
+    };
     let (pa, pb) = (partitions(&a), partitions(&b));
-    assert!(!pa.is_empty() && !pb.is_empty(), "both consumers got partitions: {pa:?} {pb:?}");
+    assert!(
+        !pa.is_empty() && !pb.is_empty(),
+        "both consumers got partitions: {pa:?} {pb:?}"
+    );
     assert!(pa.is_disjoint(&pb), "partitions are split: {pa:?} {pb:?}");
-    assert_eq!(committed(&brokers, "pair", "otlp_spans", 4), vec![Offset::Offset(10); 4]);
+    assert_eq!(
+        committed(&brokers, "pair", "otlp_spans", 4),
+        vec![Offset::Offset(10); 4]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_commit_latency_are_reported() {
+async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_commit_latency_are_reported(
+) {
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     mock.create_topic("otlp_logs", 1, 1).unwrap();
@@ -481,9 +660,19 @@ async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_com
     for m in 5..7 {
         let req = otlp_logs_message(m, 2);
         expected.extend(expected_log_ids(&req));
-        produce(&producer, "otlp_logs_json", 0, &serde_json::to_vec(&req).unwrap()).await;
+        produce(
+            &producer,
+            "otlp_logs_json",
+            0,
+            &serde_json::to_vec(&req).unwrap(),
+        )
+        .await;
     }
-    assert_eq!(expected.len(), 5 * 3 + 2 * 2, "every log record is an AI event with its own id");
+    assert_eq!(
+        expected.len(),
+        5 * 3 + 2 * 2,
+        "every log record is an AI event with its own id"
+    );
 
     let sink = Arc::new(TestSink::default());
     let mut cfg = config(&brokers, "logs");
@@ -492,10 +681,17 @@ async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_com
         TopicConfig::named("otlp_logs_json", TopicEncoding::OtlpJson, Signal::Logs),
     ];
     // Lag comes from librdkafka's statistics: report them often enough for the test to see them.
-    cfg.properties.insert("statistics.interval.ms".into(), "100".into());
-    let (events_before, commits_before) = (metrics::EVENTS.with_label_values(&["otlp_logs"]).get(), gathered_commit_samples());
+    cfg.properties
+        .insert("statistics.interval.ms".into(), "100".into());
+    let (events_before, commits_before) = (
+        metrics::EVENTS.with_label_values(&["otlp_logs"]).get(),
+        gathered_commit_samples(),
+    );
     let running = start(cfg, sink.clone());
-    wait_until("every log event", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("every log event", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     // Consumed to the end: each partition's lag gauge exists and is zero. (Other tests' consumers in this
     // process reset the gauges on their own statistics, so wait for one of ours.)
     wait_until("zero lag on both topics", WAIT, || {
@@ -506,17 +702,40 @@ async fn log_events_from_otlp_logs_in_proto_and_json_arrive_once_and_lag_and_com
     running.stop().await;
 
     assert_eq!(sink.unique_ids(), expected);
-    assert_eq!(sink.event_ids().len(), expected.len(), "no log event delivered twice");
-    let kinds: BTreeSet<String> = column(&sink.accepted.lock().unwrap(), col::KIND).into_iter().collect();
-    assert_eq!(kinds, BTreeSet::from(["policy".to_owned()]), "guardrail findings are policy events");
-    assert_eq!(committed(&brokers, "logs", "otlp_logs", 1), vec![Offset::Offset(5)]);
-    assert_eq!(committed(&brokers, "logs", "otlp_logs_json", 1), vec![Offset::Offset(2)]);
-    assert_eq!(metrics::EVENTS.with_label_values(&["otlp_logs"]).get() - events_before, 15);
-    assert!(gathered_commit_samples() > commits_before, "commit latency histogram has no new samples");
+    assert_eq!(
+        sink.event_ids().len(),
+        expected.len(),
+        "no log event delivered twice"
+    );
+    let kinds: BTreeSet<String> = column(&sink.accepted.lock().unwrap(), col::KIND)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["policy".to_owned()]),
+        "guardrail findings are policy events"
+    );
+    assert_eq!(
+        committed(&brokers, "logs", "otlp_logs", 1),
+        vec![Offset::Offset(5)]
+    );
+    assert_eq!(
+        committed(&brokers, "logs", "otlp_logs_json", 1),
+        vec![Offset::Offset(2)]
+    );
+    assert_eq!(
+        metrics::EVENTS.with_label_values(&["otlp_logs"]).get() - events_before,
+        15
+    );
+    assert!(
+        gathered_commit_samples() > commits_before,
+        "commit latency histogram has no new samples"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_and_delivers_everything_once() {
+async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_and_delivers_everything_once(
+) {
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     mock.create_topic("bp_spans", 2, 1).unwrap();
@@ -530,16 +749,31 @@ async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_
     }
 
     // A store that is slow, and refuses everything (overloaded) at first.
-    let sink = Arc::new(TestSink { delay: Duration::from_millis(20), ..TestSink::default() });
+    let sink = Arc::new(TestSink {
+        delay: Duration::from_millis(20),
+        ..TestSink::default()
+    });
     sink.overloaded.store(true, Ordering::SeqCst);
     let mut cfg = config(&brokers, "backpressure");
-    cfg.topics = vec![TopicConfig::named("bp_spans", TopicEncoding::OtlpProto, Signal::Traces)];
-    cfg.properties.insert("statistics.interval.ms".into(), "100".into());
+    cfg.topics = vec![TopicConfig::named(
+        "bp_spans",
+        TopicEncoding::OtlpProto,
+        Signal::Traces,
+    )];
+    cfg.properties
+        .insert("statistics.interval.ms".into(), "100".into());
     let retries_before = metrics::RETRIES.with_label_values(&["overloaded"]).get();
     let running = start(cfg.clone(), sink.clone());
-    wait_until("three refused attempts", WAIT, || sink.refused.lock().unwrap().len() >= 3).await;
+    wait_until("three refused attempts", WAIT, || {
+        sink.refused.lock().unwrap().len() >= 3
+    })
+    .await;
     let paused = |partition| gathered_gauge("vigil_kafka_paused", "bp_spans", partition);
-    assert_eq!((paused(0), paused(1)), (Some(1.0), Some(1.0)), "every assigned partition is paused while the sink refuses");
+    assert_eq!(
+        (paused(0), paused(1)),
+        (Some(1.0), Some(1.0)),
+        "every assigned partition is paused while the sink refuses"
+    );
 
     // Messages written while paused must be fetched after the resume.
     for m in 12..18 {
@@ -551,26 +785,55 @@ async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_
     {
         // No reading ahead: every attempt is the same batch of at most batch_max_messages messages.
         let refused = sink.refused.lock().unwrap();
-        assert!(!refused[0].is_empty() && refused[0].len() <= cfg.batch_max_messages, "refused batch: {:?}", refused[0]);
-        assert!(refused.iter().all(|ids| *ids == refused[0]), "the consumer read on while refused: {refused:?}");
+        assert!(
+            !refused[0].is_empty() && refused[0].len() <= cfg.batch_max_messages,
+            "refused batch: {:?}",
+            refused[0]
+        );
+        assert!(
+            refused.iter().all(|ids| *ids == refused[0]),
+            "the consumer read on while refused: {refused:?}"
+        );
     }
     assert!(sink.accepted.lock().unwrap().is_empty());
-    assert_eq!(committed(&brokers, "backpressure", "bp_spans", 2), vec![Offset::Invalid; 2], "nothing committed while refused");
+    assert_eq!(
+        committed(&brokers, "backpressure", "bp_spans", 2),
+        vec![Offset::Invalid; 2],
+        "nothing committed while refused"
+    );
 
     sink.overloaded.store(false, Ordering::SeqCst);
-    wait_until("every event after the sink recovered", WAIT, || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("every event after the sink recovered", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     assert_eq!((paused(0), paused(1)), (None, None), "partitions resumed");
     wait_until("zero lag on both partitions", WAIT, || {
-        gathered_gauge("vigil_kafka_lag", "bp_spans", 0) == Some(0.0) && gathered_gauge("vigil_kafka_lag", "bp_spans", 1) == Some(0.0)
+        gathered_gauge("vigil_kafka_lag", "bp_spans", 0) == Some(0.0)
+            && gathered_gauge("vigil_kafka_lag", "bp_spans", 1) == Some(0.0)
     })
     .await;
     running.stop().await;
 
     assert_eq!(sink.unique_ids(), expected);
-    assert_eq!(sink.event_ids().len(), expected.len(), "every message stored exactly once across pause and resume");
-    assert_eq!(committed(&brokers, "backpressure", "bp_spans", 2), vec![Offset::Offset(9); 2]);
-    assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 1, "one sink call at a time, however slow");
-    assert!(sink.max_rows.load(Ordering::SeqCst) <= cfg.batch_max_messages, "a call carried more than one batch");
+    assert_eq!(
+        sink.event_ids().len(),
+        expected.len(),
+        "every message stored exactly once across pause and resume"
+    );
+    assert_eq!(
+        committed(&brokers, "backpressure", "bp_spans", 2),
+        vec![Offset::Offset(9); 2]
+    );
+    assert_eq!(
+        sink.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "one sink call at a time, however slow"
+    );
+    assert!(
+        sink.max_rows.load(Ordering::SeqCst) <= cfg.batch_max_messages,
+        "a call carried more than one batch"
+    );
     assert!(metrics::RETRIES.with_label_values(&["overloaded"]).get() - retries_before >= 3);
 }
 
@@ -581,12 +844,25 @@ async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_
 async fn real_broker_delivers_dead_letters_and_commits() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let brokers = std::env::var("VIGIL_TEST_KAFKA_BROKERS").expect("VIGIL_TEST_KAFKA_BROKERS");
-    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let (spans, dlq_topic, group) = (format!("vt_spans_{run_id}"), format!("vt_dlq_{run_id}"), format!("vt_{run_id}"));
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin");
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (spans, dlq_topic, group) = (
+        format!("vt_spans_{run_id}"),
+        format!("vt_dlq_{run_id}"),
+        format!("vt_{run_id}"),
+    );
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin");
     let created = admin
         .create_topics(
-            &[NewTopic::new(&spans, 2, TopicReplication::Fixed(1)), NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
+            &[
+                NewTopic::new(&spans, 2, TopicReplication::Fixed(1)),
+                NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1)),
+            ],
             &AdminOptions::new(),
         )
         .await
@@ -605,14 +881,24 @@ async fn real_broker_delivers_dead_letters_and_commits() {
     }
     let sink = Arc::new(TestSink::default());
     let mut cfg = config(&brokers, &group);
-    cfg.topics = vec![TopicConfig::named(&spans, TopicEncoding::OtlpProto, Signal::Traces)];
+    cfg.topics = vec![TopicConfig::named(
+        &spans,
+        TopicEncoding::OtlpProto,
+        Signal::Traces,
+    )];
     cfg.dlq_topic = dlq_topic.clone();
     let running = start(cfg, sink.clone());
-    wait_until("every event", Duration::from_secs(60), || sink.unique_ids().len() >= expected.len()).await;
+    wait_until("every event", Duration::from_secs(60), || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
     running.stop().await;
     assert_eq!(sink.unique_ids(), expected);
     assert_eq!(sink.event_ids().len(), expected.len());
-    assert_eq!(committed(&brokers, &group, &spans, 2), vec![Offset::Offset(11), Offset::Offset(10)]);
+    assert_eq!(
+        committed(&brokers, &group, &spans, 2),
+        vec![Offset::Offset(11), Offset::Offset(10)]
+    );
     let letter = first_message(&brokers, &dlq_topic);
     assert_eq!(header(&letter, dlq::HEADER_TOPIC), spans);
     assert_eq!(header(&letter, dlq::HEADER_OFFSET), "6");

@@ -184,7 +184,11 @@ pub(crate) fn indexed_of(key: &str) -> Option<IndexedKey> {
         "role" => false,
         _ => return None,
     };
-    Some(IndexedKey { direction, index, is_content })
+    Some(IndexedKey {
+        direction,
+        index,
+        is_content,
+    })
 }
 
 /// The attributes of one span, log record or resource, sorted into slots.
@@ -214,7 +218,9 @@ impl<'a> Attrs<'a> {
             has_endpoint: false,
         };
         for kv in kvs {
-            let Some(value) = kv.value.as_ref() else { continue };
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
             let key = kv.key.as_str();
             if let Some(slot) = slot_of(key) {
                 // The first occurrence of a duplicated key wins.
@@ -276,13 +282,22 @@ pub(crate) struct Lookup<'a, 'r> {
 
 impl<'a, 'r> Lookup<'a, 'r> {
     pub fn new(own: &'r Attrs<'a>, res: &'r Attrs<'a>) -> Self {
-        Self { own, res, own_used: 0, res_used: 0, indexed_input_used: false, indexed_output_used: false }
+        Self {
+            own,
+            res,
+            own_used: 0,
+            res_used: 0,
+            indexed_input_used: false,
+            indexed_output_used: false,
+        }
     }
 
     /// The first present slot among `slots` in the record's own attributes, else in the resource's.
     pub fn value(&mut self, slots: &[Slot]) -> Option<&'a AnyValue> {
         self.own_value(slots).or_else(|| {
-            let (slot, v) = slots.iter().find_map(|&s| self.res.get(s).map(|v| (s, v)))?;
+            let (slot, v) = slots
+                .iter()
+                .find_map(|&s| self.res.get(s).map(|v| (s, v)))?;
             self.res_used |= 1 << slot as u8;
             Some(v)
         })
@@ -290,7 +305,9 @@ impl<'a, 'r> Lookup<'a, 'r> {
 
     /// Like [`Lookup::value`] but never falls back to the resource (content, classification).
     pub fn own_value(&mut self, slots: &[Slot]) -> Option<&'a AnyValue> {
-        let (slot, v) = slots.iter().find_map(|&s| self.own.get(s).map(|v| (s, v)))?;
+        let (slot, v) = slots
+            .iter()
+            .find_map(|&s| self.own.get(s).map(|v| (s, v)))?;
         self.own_used |= 1 << slot as u8;
         Some(v)
     }
@@ -301,12 +318,16 @@ impl<'a, 'r> Lookup<'a, 'r> {
 
     pub fn int(&mut self, slots: &[Slot]) -> Option<i64> {
         // Only consume an attribute that really held a number.
-        let own = slots.iter().find_map(|&s| self.own.get(s).and_then(int).map(|n| (s, n)));
+        let own = slots
+            .iter()
+            .find_map(|&s| self.own.get(s).and_then(int).map(|n| (s, n)));
         if let Some((s, n)) = own {
             self.own_used |= 1 << s as u8;
             return Some(n);
         }
-        let (s, n) = slots.iter().find_map(|&s| self.res.get(s).and_then(int).map(|n| (s, n)))?;
+        let (s, n) = slots
+            .iter()
+            .find_map(|&s| self.res.get(s).and_then(int).map(|n| (s, n)))?;
         self.res_used |= 1 << s as u8;
         Some(n)
     }
@@ -336,7 +357,11 @@ impl<'a, 'r> Lookup<'a, 'r> {
 
     /// The `attributes` column: every own and resource attribute that did not go into a column, as one
     /// compact JSON object (own attributes win over a resource attribute of the same key). `None` when empty.
-    pub fn attributes_json(&self, resource: &ResourceJson<'a>, extra: &[(&str, &str)]) -> Option<String> {
+    pub fn attributes_json(
+        &self,
+        resource: &ResourceJson<'a>,
+        extra: &[(&str, &str)],
+    ) -> Option<String> {
         let mut out = JsonObject::default();
         for &(k, v) in extra {
             if !self.own.has_key(k) {
@@ -345,7 +370,9 @@ impl<'a, 'r> Lookup<'a, 'r> {
             }
         }
         for kv in self.own.kvs {
-            let Some(value) = kv.value.as_ref() else { continue };
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
             if self.own_consumed(&kv.key) {
                 continue;
             }
@@ -359,8 +386,12 @@ impl<'a, 'r> Lookup<'a, 'r> {
             }
         }
         for kv in self.res.kvs {
-            let Some(slot) = slot_of(&kv.key) else { continue };
-            let Some(value) = kv.value.as_ref() else { continue };
+            let Some(slot) = slot_of(&kv.key) else {
+                continue;
+            };
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
             if self.res_consumed(slot) || self.own.has_key(&kv.key) {
                 continue;
             }
@@ -557,22 +588,36 @@ pub(crate) mod test_values {
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
 
     pub fn s(v: &str) -> AnyValue {
-        AnyValue { value: Some(Value::StringValue(v.into())) }
+        AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        }
     }
     pub fn i(v: i64) -> AnyValue {
-        AnyValue { value: Some(Value::IntValue(v)) }
+        AnyValue {
+            value: Some(Value::IntValue(v)),
+        }
     }
     pub fn d(v: f64) -> AnyValue {
-        AnyValue { value: Some(Value::DoubleValue(v)) }
+        AnyValue {
+            value: Some(Value::DoubleValue(v)),
+        }
     }
     pub fn arr(values: Vec<AnyValue>) -> AnyValue {
-        AnyValue { value: Some(Value::ArrayValue(ArrayValue { values })) }
+        AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue { values })),
+        }
     }
     pub fn map(values: Vec<KeyValue>) -> AnyValue {
-        AnyValue { value: Some(Value::KvlistValue(KeyValueList { values })) }
+        AnyValue {
+            value: Some(Value::KvlistValue(KeyValueList { values })),
+        }
     }
     pub fn kv(key: &str, value: AnyValue) -> KeyValue {
-        KeyValue { key: key.into(), value: Some(value), key_strindex: 0 }
+        KeyValue {
+            key: key.into(),
+            value: Some(value),
+            key_strindex: 0,
+        }
     }
 }
 
@@ -589,11 +634,19 @@ mod tests {
             kv("f", d(0.5)),
             kv("nan", d(f64::NAN)),
             kv("list", arr(vec![s("x"), i(2)])),
-            kv("bytes", AnyValue { value: Some(Value::BytesValue(vec![0xab, 0x01])) }),
+            kv(
+                "bytes",
+                AnyValue {
+                    value: Some(Value::BytesValue(vec![0xab, 0x01])),
+                },
+            ),
         ]);
         let mut out = String::new();
         write_json(&mut out, &v);
-        assert_eq!(out, r#"{"s":"a\"b\\c\n\u0001é","n":-3,"f":0.5,"nan":null,"list":["x",2],"bytes":"ab01"}"#);
+        assert_eq!(
+            out,
+            r#"{"s":"a\"b\\c\n\u0001é","n":-3,"f":0.5,"nan":null,"list":["x",2],"bytes":"ab01"}"#
+        );
         let parsed: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(parsed["s"], "a\"b\\c\n\u{1}é");
     }
@@ -601,9 +654,15 @@ mod tests {
     #[test]
     fn indexed_message_keys_of_both_conventions_are_recognised() {
         let ix = indexed_of("gen_ai.prompt.12.content").expect("openllmetry prompt");
-        assert_eq!((ix.direction, ix.index, ix.is_content), (Direction::Input, 12, true));
+        assert_eq!(
+            (ix.direction, ix.index, ix.is_content),
+            (Direction::Input, 12, true)
+        );
         let ix = indexed_of("llm.output_messages.0.message.role").expect("openinference output");
-        assert_eq!((ix.direction, ix.index, ix.is_content), (Direction::Output, 0, false));
+        assert_eq!(
+            (ix.direction, ix.index, ix.is_content),
+            (Direction::Output, 0, false)
+        );
         assert!(indexed_of("gen_ai.completion.0.finish_reason").is_none());
         assert!(indexed_of("llm.input_messages.0.content").is_none());
         assert!(indexed_of("gen_ai.prompt").is_none());
@@ -611,15 +670,29 @@ mod tests {
 
     #[test]
     fn lookup_prefers_own_attributes_then_resource_and_leaves_unused_ones_in_json() {
-        let own_kvs = vec![kv("enduser.id", s("bob")), kv("custom", i(1)), kv("host.name", s("span-host"))];
-        let res_kvs = vec![kv("user.id", s("alice")), kv("host.name", s("res-host")), kv("service.name", s("svc"))];
+        let own_kvs = vec![
+            kv("enduser.id", s("bob")),
+            kv("custom", i(1)),
+            kv("host.name", s("span-host")),
+        ];
+        let res_kvs = vec![
+            kv("user.id", s("alice")),
+            kv("host.name", s("res-host")),
+            kv("service.name", s("svc")),
+        ];
         let own = Attrs::collect(&own_kvs);
         let res = Attrs::collect(&res_kvs);
         let res_json = ResourceJson::new(&res);
         let mut look = Lookup::new(&own, &res);
-        assert_eq!(look.text(&[Slot::UserId, Slot::EnduserId]).as_deref(), Some("bob"));
+        assert_eq!(
+            look.text(&[Slot::UserId, Slot::EnduserId]).as_deref(),
+            Some("bob")
+        );
         let json = look.attributes_json(&res_json, &[]).expect("non-empty");
         // The resource user.id was not used, so it stays; the span's host.name hides the resource's.
-        assert_eq!(json, r#"{"custom":1,"host.name":"span-host","user.id":"alice","service.name":"svc"}"#);
+        assert_eq!(
+            json,
+            r#"{"custom":1,"host.name":"span-host","user.id":"alice","service.name":"svc"}"#
+        );
     }
 }

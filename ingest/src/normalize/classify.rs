@@ -43,7 +43,10 @@ impl Classified {
     }
 
     fn inference(operation: Option<&'static str>) -> Self {
-        Self { kind: EventKind::Inference, operation }
+        Self {
+            kind: EventKind::Inference,
+            operation,
+        }
     }
 }
 
@@ -73,7 +76,8 @@ pub(crate) fn classify(look: &mut Lookup<'_, '_>, name: &str) -> Option<Classifi
         return Some(c);
     }
     if let Some(kind) = own.str(Slot::OiSpanKind) {
-        let has_agent = own.has(Slot::AgentId) || own.has(Slot::AgentName) || own.has(Slot::OiAgentName);
+        let has_agent =
+            own.has(Slot::AgentId) || own.has(Slot::AgentName) || own.has(Slot::OiAgentName);
         if let Some(c) = openinference_kind(kind, has_agent) {
             return Some(c);
         }
@@ -96,7 +100,10 @@ pub(crate) fn classify(look: &mut Lookup<'_, '_>, name: &str) -> Option<Classifi
     if own.has(Slot::ToolName) || own.has(Slot::OiToolName) {
         return Some(Classified::new(EventKind::Tool));
     }
-    if own.has_guardrail || name.starts_with("run_guardrail") || name.starts_with("gen_ai.run_guardrail") {
+    if own.has_guardrail
+        || name.starts_with("run_guardrail")
+        || name.starts_with("gen_ai.run_guardrail")
+    {
         return Some(Classified::new(EventKind::Policy));
     }
     if own.has(Slot::RequestModel) || own.has(Slot::ResponseModel) || own.has(Slot::LlmModelName) {
@@ -136,7 +143,9 @@ fn openinference_kind(kind: &str, has_agent_attributes: bool) -> Option<Classifi
 
 fn operation_kind(op: &str) -> Option<Classified> {
     Some(match op {
-        "chat" | "text_completion" | "generate_content" | "embeddings" | "retrieval" => Classified::inference(None),
+        "chat" | "text_completion" | "generate_content" | "embeddings" | "retrieval" => {
+            Classified::inference(None)
+        }
         "execute_tool" => Classified::new(EventKind::Tool),
         "create_agent" | "invoke_agent" | "invoke_workflow" => Classified::new(EventKind::Agent),
         "run_guardrail" | "apply_guardrail" => Classified::new(EventKind::Policy),
@@ -168,24 +177,69 @@ mod tests {
     #[test]
     fn rules_apply_in_langfuse_order() {
         // An explicit kind beats everything, even in another case.
-        let k = kind_of(vec![kv("vigil.event.kind", s("Endpoint")), kv("gen_ai.request.model", s("m"))], "x");
+        let k = kind_of(
+            vec![
+                kv("vigil.event.kind", s("Endpoint")),
+                kv("gen_ai.request.model", s("m")),
+            ],
+            "x",
+        );
         assert_eq!(k, Some(EventKind::Endpoint));
         // openinference.span.kind beats gen_ai.operation.name.
-        let k = kind_of(vec![kv("openinference.span.kind", s("TOOL")), kv("gen_ai.operation.name", s("chat"))], "");
+        let k = kind_of(
+            vec![
+                kv("openinference.span.kind", s("TOOL")),
+                kv("gen_ai.operation.name", s("chat")),
+            ],
+            "",
+        );
         assert_eq!(k, Some(EventKind::Tool));
         // A CHAIN without agent attributes falls through to the next rules.
-        let k = kind_of(vec![kv("openinference.span.kind", s("CHAIN")), kv("llm.model_name", s("m"))], "");
+        let k = kind_of(
+            vec![
+                kv("openinference.span.kind", s("CHAIN")),
+                kv("llm.model_name", s("m")),
+            ],
+            "",
+        );
         assert_eq!(k, Some(EventKind::Inference));
-        let k = kind_of(vec![kv("openinference.span.kind", s("CHAIN")), kv("agent.name", s("a"))], "");
+        let k = kind_of(
+            vec![
+                kv("openinference.span.kind", s("CHAIN")),
+                kv("agent.name", s("a")),
+            ],
+            "",
+        );
         assert_eq!(k, Some(EventKind::Agent));
         // Tool attributes beat the model attribute.
-        let k = kind_of(vec![kv("gen_ai.request.model", s("m")), kv("gen_ai.tool.name", s("t"))], "");
+        let k = kind_of(
+            vec![
+                kv("gen_ai.request.model", s("m")),
+                kv("gen_ai.tool.name", s("t")),
+            ],
+            "",
+        );
         assert_eq!(k, Some(EventKind::Tool));
-        let k = kind_of(vec![kv("gen_ai.guardrail.verdict.type", s("deny"))], "guard");
+        let k = kind_of(
+            vec![kv("gen_ai.guardrail.verdict.type", s("deny"))],
+            "guard",
+        );
         assert_eq!(k, Some(EventKind::Policy));
-        assert_eq!(kind_of(vec![], "gen_ai.endpoint.health"), Some(EventKind::Endpoint));
-        assert_eq!(kind_of(vec![kv("traceloop.span.kind", s("workflow"))], ""), Some(EventKind::Agent));
-        assert_eq!(kind_of(vec![kv("http.request.method", s("GET"))], "GET /"), None);
-        assert_eq!(kind_of(vec![kv("gen_ai.operation.name", s("something_new"))], ""), None);
+        assert_eq!(
+            kind_of(vec![], "gen_ai.endpoint.health"),
+            Some(EventKind::Endpoint)
+        );
+        assert_eq!(
+            kind_of(vec![kv("traceloop.span.kind", s("workflow"))], ""),
+            Some(EventKind::Agent)
+        );
+        assert_eq!(
+            kind_of(vec![kv("http.request.method", s("GET"))], "GET /"),
+            None
+        );
+        assert_eq!(
+            kind_of(vec![kv("gen_ai.operation.name", s("something_new"))], ""),
+            None
+        );
     }
 }

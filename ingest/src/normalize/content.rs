@@ -25,7 +25,9 @@ pub(crate) fn append_messages(out: &mut String, v: &AnyValue) {
                 push_line(out, s);
             }
         }
-        Some(Value::ArrayValue(_) | Value::KvlistValue(_)) => append_json_messages(out, &to_json(v)),
+        Some(Value::ArrayValue(_) | Value::KvlistValue(_)) => {
+            append_json_messages(out, &to_json(v))
+        }
         _ => {
             if let Some(t) = text(v) {
                 push_line(out, &t);
@@ -40,7 +42,9 @@ pub(crate) fn append_messages(out: &mut String, v: &AnyValue) {
 fn append_json_messages(out: &mut String, json: &Json) {
     match json {
         Json::String(s) => push_line(out, s),
-        Json::Array(items) => items.iter().for_each(|item| append_json_messages(out, item)),
+        Json::Array(items) => items
+            .iter()
+            .for_each(|item| append_json_messages(out, item)),
         Json::Object(map) => {
             if let Some(parts) = map.get("parts") {
                 append_json_messages(out, parts);
@@ -92,20 +96,30 @@ pub(crate) fn to_json(v: &AnyValue) -> Json {
         Some(Value::StringValue(s)) => Json::String(s.clone()),
         Some(Value::BoolValue(b)) => Json::Bool(*b),
         Some(Value::IntValue(i)) => Json::from(*i),
-        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number),
+        Some(Value::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or(Json::Null, Json::Number)
+        }
         Some(Value::BytesValue(b)) => Json::String(hex::encode(b)),
         Some(Value::ArrayValue(a)) => Json::Array(a.values.iter().map(to_json).collect()),
         Some(Value::KvlistValue(kvs)) => Json::Object(
             kvs.values
                 .iter()
-                .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Json::Null, to_json)))
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().map_or(Json::Null, to_json),
+                    )
+                })
                 .collect(),
         ),
     }
 }
 
 /// Joins flattened message contents of one direction (already sorted by index), one per line.
-pub(crate) fn join_indexed(indexed: &[(Direction, u32, &AnyValue)], direction: Direction) -> Option<String> {
+pub(crate) fn join_indexed(
+    indexed: &[(Direction, u32, &AnyValue)],
+    direction: Direction,
+) -> Option<String> {
     let mut out = String::new();
     for (_, _, v) in indexed.iter().filter(|(d, _, _)| *d == direction) {
         append_messages(&mut out, v);
@@ -134,10 +148,12 @@ mod tests {
 
     #[test]
     fn new_style_messages_as_json_string_keep_text_and_tool_results_only() {
-        let v = s(r#"[{"role":"system","parts":[{"type":"text","content":"Be brief."}]},
+        let v = s(
+            r#"[{"role":"system","parts":[{"type":"text","content":"Be brief."}]},
             {"role":"user","parts":[{"type":"text","content":"Weather in Paris?"}]},
             {"role":"assistant","parts":[{"type":"tool_call","id":"c1","name":"weather","arguments":{"city":"Paris"}}]},
-            {"role":"tool","parts":[{"type":"tool_call_response","id":"c1","response":"rainy, 57F"}]}]"#);
+            {"role":"tool","parts":[{"type":"tool_call_response","id":"c1","response":"rainy, 57F"}]}]"#,
+        );
         let mut out = String::new();
         append_messages(&mut out, &v);
         assert_eq!(out, "Be brief.\nWeather in Paris?\nrainy, 57F");
@@ -147,7 +163,13 @@ mod tests {
     fn new_style_messages_as_otlp_array_and_plain_strings() {
         let v = arr(vec![map(vec![
             kv("role", s("assistant")),
-            kv("parts", arr(vec![map(vec![kv("type", s("text")), kv("content", s("It rains."))])])),
+            kv(
+                "parts",
+                arr(vec![map(vec![
+                    kv("type", s("text")),
+                    kv("content", s("It rains.")),
+                ])]),
+            ),
             kv("finish_reason", s("stop")),
         ])]);
         let mut out = String::new();

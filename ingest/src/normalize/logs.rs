@@ -44,7 +44,9 @@ fn shape_of(event_name: &str) -> (Shape, Option<EventKind>) {
         }
         "gen_ai.assistant.message" => (Shape::AssistantMessage, Some(EventKind::Inference)),
         "gen_ai.choice" => (Shape::Choice, Some(EventKind::Inference)),
-        "gen_ai.client.inference.operation.details" => (Shape::Attributes, Some(EventKind::Inference)),
+        "gen_ai.client.inference.operation.details" => {
+            (Shape::Attributes, Some(EventKind::Inference))
+        }
         "gen_ai.guardrail.security.finding" => (Shape::Attributes, Some(EventKind::Policy)),
         name if is_endpoint_name(name) => (Shape::Attributes, Some(EventKind::Endpoint)),
         _ => (Shape::Attributes, None),
@@ -60,7 +62,10 @@ pub(crate) fn normalize(
 ) -> usize {
     let mut skipped = 0;
     for rl in &req.resource_logs {
-        let res = rl.resource.as_ref().map_or_else(Attrs::empty, |r| Attrs::collect(&r.attributes));
+        let res = rl
+            .resource
+            .as_ref()
+            .map_or_else(Attrs::empty, |r| Attrs::collect(&r.attributes));
         let mut res_json: Option<ResourceJson<'_>> = None;
         for sl in &rl.scope_logs {
             let scope_name = sl.scope.as_ref().map_or("", |s| s.name.as_str());
@@ -80,7 +85,10 @@ pub(crate) fn normalize(
                     skipped += 1;
                     continue;
                 };
-                let mut row = EventRow { source: ctx.source.clone(), ..Default::default() };
+                let mut row = EventRow {
+                    source: ctx.source.clone(),
+                    ..Default::default()
+                };
                 fill_common(&mut row, &mut look, class);
                 fill_record(&mut row, record, event_name, &mut look, now_us);
                 if let Some(body) = &record.body {
@@ -105,9 +113,23 @@ pub(crate) fn normalize(
     skipped
 }
 
-fn fill_record(row: &mut EventRow, record: &LogRecord, event_name: &str, look: &mut Lookup<'_, '_>, now_us: i64) {
-    let time = if record.time_unix_nano != 0 { record.time_unix_nano } else { record.observed_time_unix_nano };
-    row.time_us = if time == 0 { now_us } else { nanos_to_micros(time) };
+fn fill_record(
+    row: &mut EventRow,
+    record: &LogRecord,
+    event_name: &str,
+    look: &mut Lookup<'_, '_>,
+    now_us: i64,
+) {
+    let time = if record.time_unix_nano != 0 {
+        record.time_unix_nano
+    } else {
+        record.observed_time_unix_nano
+    };
+    row.time_us = if time == 0 {
+        now_us
+    } else {
+        nanos_to_micros(time)
+    };
     row.latency_ms = attribute_latency_ms(look);
     row.trace_id = hex_id(&record.trace_id);
     row.span_id = hex_id(&record.span_id);
@@ -129,7 +151,9 @@ fn fill_from_body(row: &mut EventRow, shape: Shape, body: &AnyValue) {
         Shape::Attributes => return,
         Shape::PromptMessage | Shape::AssistantMessage => (field(body, "content"), None),
         Shape::Choice => {
-            let content = field(body, "message").and_then(|m| field(m, "content")).or_else(|| field(body, "content"));
+            let content = field(body, "message")
+                .and_then(|m| field(m, "content"))
+                .or_else(|| field(body, "content"));
             (content, field(body, "finish_reason"))
         }
     };
@@ -142,7 +166,11 @@ fn fill_from_body(row: &mut EventRow, shape: Shape, body: &AnyValue) {
         Some(Value::StringValue(s)) => (!s.is_empty()).then(|| s.clone()),
         _ => messages(c),
     });
-    let slot = if shape == Shape::PromptMessage { &mut row.prompt_text } else { &mut row.response_text };
+    let slot = if shape == Shape::PromptMessage {
+        &mut row.prompt_text
+    } else {
+        &mut row.response_text
+    };
     if slot.is_none() {
         *slot = text;
     }
@@ -195,18 +223,29 @@ mod tests {
         let req = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(Resource {
-                    attributes: vec![kv("service.name", s("support-bot")), kv("enduser.id", s("svc-account"))],
+                    attributes: vec![
+                        kv("service.name", s("support-bot")),
+                        kv("enduser.id", s("svc-account")),
+                    ],
                     ..Default::default()
                 }),
                 scope_logs: vec![ScopeLogs {
-                    scope: Some(InstrumentationScope { name: "opentelemetry.instrumentation.openai_v2".into(), ..Default::default() }),
+                    scope: Some(InstrumentationScope {
+                        name: "opentelemetry.instrumentation.openai_v2".into(),
+                        ..Default::default()
+                    }),
                     log_records: records,
                     ..Default::default()
                 }],
                 ..Default::default()
             }],
         };
-        let n = logs(&req, &NormalizeContext { source: Some("team-b".into()) });
+        let n = logs(
+            &req,
+            &NormalizeContext {
+                source: Some("team-b".into()),
+            },
+        );
         (n.batch, n.skipped)
     }
 
@@ -214,22 +253,36 @@ mod tests {
         let c = batch.column_by_name(name).expect("column exists");
         (!c.is_null(row)).then(|| match c.data_type() {
             arrow::datatypes::DataType::Utf8 => c.as_string::<i32>().value(row).to_owned(),
-            arrow::datatypes::DataType::Float64 => {
-                c.as_primitive::<arrow::datatypes::Float64Type>().value(row).to_string()
-            }
-            arrow::datatypes::DataType::Int64 => c.as_primitive::<arrow::datatypes::Int64Type>().value(row).to_string(),
-            _ => c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(row).to_string(),
+            arrow::datatypes::DataType::Float64 => c
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(row)
+                .to_string(),
+            arrow::datatypes::DataType::Int64 => c
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(row)
+                .to_string(),
+            _ => c
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row)
+                .to_string(),
         })
     }
 
     fn attrs_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
-        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes")).expect("valid JSON")
+        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes"))
+            .expect("valid JSON")
     }
 
     fn message(role: &str, text: &str) -> AnyValue {
         map(vec![
             kv("role", s(role)),
-            kv("parts", arr(vec![map(vec![kv("type", s("text")), kv("content", s(text))])])),
+            kv(
+                "parts",
+                arr(vec![map(vec![
+                    kv("type", s("text")),
+                    kv("content", s(text)),
+                ])]),
+            ),
         ])
     }
 
@@ -244,8 +297,14 @@ mod tests {
                 kv("gen_ai.response.model", s("gpt-4o-2024-08-06")),
                 kv("gen_ai.usage.input_tokens", i(100)),
                 kv("gen_ai.usage.output_tokens", i(20)),
-                kv("gen_ai.input.messages", arr(vec![message("user", "What is our refund policy?")])),
-                kv("gen_ai.output.messages", arr(vec![message("assistant", "30 days.")])),
+                kv(
+                    "gen_ai.input.messages",
+                    arr(vec![message("user", "What is our refund policy?")]),
+                ),
+                kv(
+                    "gen_ai.output.messages",
+                    arr(vec![message("assistant", "30 days.")]),
+                ),
                 kv("user.id", s("dave")),
             ],
             None,
@@ -255,20 +314,33 @@ mod tests {
         let g = |c| get(&b, c, 0);
         assert_eq!(g(col::KIND).as_deref(), Some("inference"));
         assert_eq!(g(col::TIME).as_deref(), Some("1763780000123456"));
-        assert_eq!(g(col::TRACE_ID).as_deref(), Some("abababababababababababababababab"));
+        assert_eq!(
+            g(col::TRACE_ID).as_deref(),
+            Some("abababababababababababababababab")
+        );
         assert_eq!(g(col::SPAN_ID).as_deref(), Some("cdcdcdcdcdcdcdcd"));
         assert_eq!(g(col::SERVICE).as_deref(), Some("support-bot"));
         assert_eq!(g(col::SOURCE).as_deref(), Some("team-b"));
-        assert_eq!(g(col::USER_ID).as_deref(), Some("dave"), "own attributes win over the resource");
+        assert_eq!(
+            g(col::USER_ID).as_deref(),
+            Some("dave"),
+            "own attributes win over the resource"
+        );
         assert_eq!(g(col::MODEL).as_deref(), Some("gpt-4o"));
         assert_eq!(g(col::RESPONSE_MODEL).as_deref(), Some("gpt-4o-2024-08-06"));
         assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("100"));
-        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("What is our refund policy?"));
+        assert_eq!(
+            g(col::PROMPT_TEXT).as_deref(),
+            Some("What is our refund policy?")
+        );
         assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("30 days."));
         assert_eq!(g(col::STATUS).as_deref(), Some("ok"));
         let a = attrs_json(&b, 0);
         assert_eq!(a["event.name"], "gen_ai.client.inference.operation.details");
-        assert_eq!(a["enduser.id"], "svc-account", "the unused resource user stays in attributes");
+        assert_eq!(
+            a["enduser.id"], "svc-account",
+            "the unused resource user stays in attributes"
+        );
         // The id is a content hash: stable for the same record, different for a different one.
         let id = g(col::EVENT_ID).expect("event id");
         assert_eq!(id.len(), 32);
@@ -286,7 +358,10 @@ mod tests {
         // attribute, content in the body.
         let system = record(
             "",
-            vec![kv("event.name", s("gen_ai.system.message")), kv("gen_ai.system", s("openai"))],
+            vec![
+                kv("event.name", s("gen_ai.system.message")),
+                kv("gen_ai.system", s("openai")),
+            ],
             Some(map(vec![kv("content", s("You are a bank assistant."))])),
         );
         let user = record(
@@ -300,7 +375,13 @@ mod tests {
             Some(map(vec![
                 kv("index", i(0)),
                 kv("finish_reason", s("stop")),
-                kv("message", map(vec![kv("role", s("assistant")), kv("content", s("Your balance is $10."))])),
+                kv(
+                    "message",
+                    map(vec![
+                        kv("role", s("assistant")),
+                        kv("content", s("Your balance is $10.")),
+                    ]),
+                ),
             ])),
         );
         let assistant = record(
@@ -313,14 +394,29 @@ mod tests {
         for row in 0..4 {
             assert_eq!(get(&b, col::KIND, row).as_deref(), Some("inference"));
             assert_eq!(get(&b, col::PROVIDER, row).as_deref(), Some("openai"));
-            assert_eq!(get(&b, col::SPAN_ID, row).as_deref(), Some("cdcdcdcdcdcdcdcd"));
+            assert_eq!(
+                get(&b, col::SPAN_ID, row).as_deref(),
+                Some("cdcdcdcdcdcdcdcd")
+            );
         }
-        assert_eq!(get(&b, col::PROMPT_TEXT, 0).as_deref(), Some("You are a bank assistant."));
-        assert_eq!(get(&b, col::PROMPT_TEXT, 1).as_deref(), Some("[1,2] is not a message list"));
+        assert_eq!(
+            get(&b, col::PROMPT_TEXT, 0).as_deref(),
+            Some("You are a bank assistant.")
+        );
+        assert_eq!(
+            get(&b, col::PROMPT_TEXT, 1).as_deref(),
+            Some("[1,2] is not a message list")
+        );
         assert_eq!(get(&b, col::RESPONSE_TEXT, 1), None);
-        assert_eq!(get(&b, col::RESPONSE_TEXT, 2).as_deref(), Some("Your balance is $10."));
+        assert_eq!(
+            get(&b, col::RESPONSE_TEXT, 2).as_deref(),
+            Some("Your balance is $10.")
+        );
         assert_eq!(get(&b, col::FINISH_REASONS, 2).as_deref(), Some("stop"));
-        assert_eq!(get(&b, col::RESPONSE_TEXT, 3).as_deref(), Some("Earlier answer"));
+        assert_eq!(
+            get(&b, col::RESPONSE_TEXT, 3).as_deref(),
+            Some("Earlier answer")
+        );
         // Same span, different bodies: different ids.
         assert_ne!(get(&b, col::EVENT_ID, 0), get(&b, col::EVENT_ID, 1));
     }
@@ -332,7 +428,10 @@ mod tests {
             vec![
                 kv("gen_ai.guardrail.verdict.type", s("modify")),
                 kv("gen_ai.guardrail.security.policy.id", s("pii-redaction")),
-                kv("gen_ai.guardrail.security.risk.category", s("sensitive_info_disclosure")),
+                kv(
+                    "gen_ai.guardrail.security.risk.category",
+                    s("sensitive_info_disclosure"),
+                ),
             ],
             None,
         );
@@ -340,7 +439,10 @@ mod tests {
         assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("policy"));
         assert_eq!(get(&b, col::DECISION, 0).as_deref(), Some("modify"));
         assert_eq!(get(&b, col::POLICY_ID, 0).as_deref(), Some("pii-redaction"));
-        assert_eq!(attrs_json(&b, 0)["gen_ai.guardrail.security.risk.category"], "sensitive_info_disclosure");
+        assert_eq!(
+            attrs_json(&b, 0)["gen_ai.guardrail.security.risk.category"],
+            "sensitive_info_disclosure"
+        );
     }
 
     #[test]
@@ -354,13 +456,27 @@ mod tests {
             ],
             None,
         );
-        let mut plain = record("", vec![kv("http.route", s("/login"))], Some(s("user logged in")));
+        let mut plain = record(
+            "",
+            vec![kv("http.route", s("/login"))],
+            Some(s("user logged in")),
+        );
         plain.trace_id.clear();
-        let explicit = record("", vec![kv("vigil.event.kind", s("tool")), kv("gen_ai.tool.name", s("sql"))], None);
+        let explicit = record(
+            "",
+            vec![
+                kv("vigil.event.kind", s("tool")),
+                kv("gen_ai.tool.name", s("sql")),
+            ],
+            None,
+        );
         let (b, skipped) = run(vec![change, plain, explicit]);
         assert_eq!((b.num_rows(), skipped), (2, 1));
         assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("endpoint"));
-        assert_eq!(get(&b, col::RESPONSE_MODEL, 0).as_deref(), Some("gpt-4o-2024-11-20"));
+        assert_eq!(
+            get(&b, col::RESPONSE_MODEL, 0).as_deref(),
+            Some("gpt-4o-2024-11-20")
+        );
         assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("api.openai.com"));
         assert_eq!(get(&b, col::KIND, 1).as_deref(), Some("tool"));
         assert_eq!(get(&b, col::TOOL_NAME, 1).as_deref(), Some("sql"));
@@ -368,7 +484,11 @@ mod tests {
 
     #[test]
     fn log_without_time_uses_observed_time_and_latency_attribute() {
-        let mut r = record("", vec![kv("gen_ai.request.model", s("m")), kv("latency_ms", i(42))], None);
+        let mut r = record(
+            "",
+            vec![kv("gen_ai.request.model", s("m")), kv("latency_ms", i(42))],
+            None,
+        );
         r.time_unix_nano = 0;
         r.trace_id.clear();
         let (b, _) = run(vec![r]);

@@ -46,21 +46,35 @@ pub struct Normalized {
 /// Normalises every AI span of an OTLP trace export; the span's trace and span ids become the event id, so
 /// a re-sent span keeps its id.
 pub fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normalized {
-    let spans: usize =
-        req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    let spans: usize = req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum();
     let mut builder = EventBatchBuilder::with_capacity(spans);
     let skipped = spans::normalize(req, ctx, now_us(), &mut builder);
-    Normalized { batch: builder.finish(), skipped }
+    Normalized {
+        batch: builder.finish(),
+        skipped,
+    }
 }
 
 /// Normalises every AI log record (GenAI events, old and new style) of an OTLP logs export; the event id is
 /// a hash of the record, so a re-sent record keeps its id.
 pub fn logs(req: &ExportLogsServiceRequest, ctx: &NormalizeContext) -> Normalized {
-    let records: usize =
-        req.resource_logs.iter().flat_map(|rl| &rl.scope_logs).map(|sl| sl.log_records.len()).sum();
+    let records: usize = req
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len())
+        .sum();
     let mut builder = EventBatchBuilder::with_capacity(records);
     let skipped = logs::normalize(req, ctx, now_us(), &mut builder);
-    Normalized { batch: builder.finish(), skipped }
+    Normalized {
+        batch: builder.finish(),
+        skipped,
+    }
 }
 
 fn now_us() -> i64 {

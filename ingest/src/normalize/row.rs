@@ -18,14 +18,23 @@ pub(crate) fn fill_common(row: &mut EventRow, look: &mut Lookup<'_, '_>, class: 
     row.service = look.text(&[ServiceName]);
     row.user_id = look.text(&[UserId, EnduserId]);
     row.user_role = look.text(&[UserRoles, EnduserRole]);
-    row.department = look.text(&[Department, UserDepartment, EnduserDepartment, ServiceNamespace]);
+    row.department = look.text(&[
+        Department,
+        UserDepartment,
+        EnduserDepartment,
+        ServiceNamespace,
+    ]);
     row.agent_id = look.text(&[AgentId, AgentName, OiAgentName]);
     row.conversation_id = look.text(&[ConversationId, SessionId]);
     row.provider = look.text(&[ProviderName, GenAiSystem, LlmProvider, LlmSystem]);
     row.response_model = look.text(&[ResponseModel]);
-    row.model = look.text(&[RequestModel, LlmModelName]).or_else(|| row.response_model.clone());
+    row.model = look
+        .text(&[RequestModel, LlmModelName])
+        .or_else(|| row.response_model.clone());
     row.endpoint = endpoint(look);
-    row.operation = look.text(&[OperationName]).or_else(|| class.operation.map(str::to_owned));
+    row.operation = look
+        .text(&[OperationName])
+        .or_else(|| class.operation.map(str::to_owned));
     row.input_tokens = look.int(&[InputTokens, PromptTokens, LlmPromptTokens]);
     row.output_tokens = look.int(&[OutputTokens, CompletionTokens, LlmCompletionTokens]);
     row.error_type = look.text(&[ErrorType]);
@@ -62,7 +71,10 @@ fn endpoint(look: &mut Lookup<'_, '_>) -> Option<String> {
         }
         return Some(address);
     }
-    let url = look.own.str(Slot::UrlFull).or_else(|| look.res.str(Slot::UrlFull))?;
+    let url = look
+        .own
+        .str(Slot::UrlFull)
+        .or_else(|| look.res.str(Slot::UrlFull))?;
     let uri: axum::http::Uri = url.parse().ok()?;
     let host = uri.host()?;
     Some(match uri.port_u16() {
@@ -78,8 +90,12 @@ fn endpoint(look: &mut Lookup<'_, '_>) -> Option<String> {
 fn fill_content(row: &mut EventRow, look: &mut Lookup<'_, '_>, kind: EventKind) {
     use Slot::*;
     if kind == EventKind::Tool {
-        row.prompt_text = look.own_value(&[ToolCallArguments, InputValue]).and_then(tool_payload);
-        row.response_text = look.own_value(&[ToolCallResult, OutputValue]).and_then(tool_payload);
+        row.prompt_text = look
+            .own_value(&[ToolCallArguments, InputValue])
+            .and_then(tool_payload);
+        row.response_text = look
+            .own_value(&[ToolCallResult, OutputValue])
+            .and_then(tool_payload);
         return;
     }
     let mut prompt = String::new();
@@ -224,11 +240,25 @@ mod tests {
         let attrs = vec![kv("a", arr(vec![s("ab")]))];
         let id = record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("body")), &attrs);
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_eq!(id, record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("body")), &attrs));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(
+            id,
+            record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("body")), &attrs)
+        );
         let split = vec![kv("a", arr(vec![s("a"), s("b")]))];
-        assert_ne!(id, record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("body")), &split));
-        assert_ne!(id, record_hash(&[1; 16], &[2; 8], 6, "ev", Some(&s("body")), &attrs));
-        assert_ne!(id, record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("other")), &attrs));
+        assert_ne!(
+            id,
+            record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("body")), &split)
+        );
+        assert_ne!(
+            id,
+            record_hash(&[1; 16], &[2; 8], 6, "ev", Some(&s("body")), &attrs)
+        );
+        assert_ne!(
+            id,
+            record_hash(&[1; 16], &[2; 8], 5, "ev", Some(&s("other")), &attrs)
+        );
     }
 }

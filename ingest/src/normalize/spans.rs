@@ -19,7 +19,10 @@ pub(crate) fn normalize(
 ) -> usize {
     let mut skipped = 0;
     for rs in &req.resource_spans {
-        let res = rs.resource.as_ref().map_or_else(Attrs::empty, |r| Attrs::collect(&r.attributes));
+        let res = rs
+            .resource
+            .as_ref()
+            .map_or_else(Attrs::empty, |r| Attrs::collect(&r.attributes));
         let mut res_json: Option<ResourceJson<'_>> = None;
         for ss in &rs.scope_spans {
             let scope_name = ss.scope.as_ref().map_or("", |s| s.name.as_str());
@@ -30,12 +33,18 @@ pub(crate) fn normalize(
                     skipped += 1;
                     continue;
                 };
-                let mut row = EventRow { source: ctx.source.clone(), ..Default::default() };
+                let mut row = EventRow {
+                    source: ctx.source.clone(),
+                    ..Default::default()
+                };
                 fill_common(&mut row, &mut look, class);
                 fill_span(&mut row, span, &mut look, now_us);
                 let res_json = res_json.get_or_insert_with(|| ResourceJson::new(&res));
-                let extra: &[(&str, &str)] =
-                    if scope_name.is_empty() { &[] } else { &[("otel.scope.name", scope_name)] };
+                let extra: &[(&str, &str)] = if scope_name.is_empty() {
+                    &[]
+                } else {
+                    &[("otel.scope.name", scope_name)]
+                };
                 row.attributes = look.attributes_json(res_json, extra);
                 out.push(&row);
             }
@@ -60,10 +69,20 @@ fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us:
     row.span_id = hex_id(&span.span_id);
     row.event_id = match (&row.trace_id, &row.span_id) {
         (Some(t), Some(s)) => format!("{t}{s}"),
-        _ => record_hash(&span.trace_id, &span.span_id, start, &span.name, None, &span.attributes),
+        _ => record_hash(
+            &span.trace_id,
+            &span.span_id,
+            start,
+            &span.name,
+            None,
+            &span.attributes,
+        ),
     };
     let (failed, message) = match &span.status {
-        Some(status) => (status.code == StatusCode::Error as i32, status.message.as_str()),
+        Some(status) => (
+            status.code == StatusCode::Error as i32,
+            status.message.as_str(),
+        ),
         None => (false, ""),
     };
     fill_status(row, failed, if failed { message } else { "" });
@@ -80,11 +99,15 @@ fn fill_from_span_events(row: &mut EventRow, span: &Span) {
         let (prompt_key, response_key) = match event.name.as_str() {
             "gen_ai.content.prompt" => ("gen_ai.prompt", ""),
             "gen_ai.content.completion" => ("", "gen_ai.completion"),
-            "gen_ai.client.inference.operation.details" => ("gen_ai.input.messages", "gen_ai.output.messages"),
+            "gen_ai.client.inference.operation.details" => {
+                ("gen_ai.input.messages", "gen_ai.output.messages")
+            }
             _ => continue,
         };
         for kv in &event.attributes {
-            let Some(value) = kv.value.as_ref() else { continue };
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
             let slot = if kv.key == prompt_key {
                 &mut row.prompt_text
             } else if kv.key == response_key {
@@ -116,7 +139,10 @@ mod tests {
     use crate::normalize::{traces, NormalizeContext};
     use crate::schema::col;
 
-    const TRACE: [u8; 16] = [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
+    const TRACE: [u8; 16] = [
+        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
+        0x36,
+    ];
     const SPAN: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
     const START: u64 = 1_763_780_000_000_000_000;
 
@@ -136,9 +162,15 @@ mod tests {
     fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                resource: Some(Resource { attributes: resource, ..Default::default() }),
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope { name: "test.scope".into(), ..Default::default() }),
+                    scope: Some(InstrumentationScope {
+                        name: "test.scope".into(),
+                        ..Default::default()
+                    }),
                     spans,
                     ..Default::default()
                 }],
@@ -148,7 +180,9 @@ mod tests {
     }
 
     fn run(resource: Vec<KeyValue>, spans: Vec<Span>) -> (RecordBatch, usize) {
-        let ctx = NormalizeContext { source: Some("team-a".into()) };
+        let ctx = NormalizeContext {
+            source: Some("team-a".into()),
+        };
         let n = traces(&request(resource, spans), &ctx);
         (n.batch, n.skipped)
     }
@@ -161,14 +195,22 @@ mod tests {
         }
         Some(match c.data_type() {
             arrow::datatypes::DataType::Utf8 => c.as_string::<i32>().value(row).to_owned(),
-            arrow::datatypes::DataType::Int64 => c.as_primitive::<Int64Type>().value(row).to_string(),
-            arrow::datatypes::DataType::Float64 => c.as_primitive::<Float64Type>().value(row).to_string(),
-            _ => c.as_primitive::<TimestampMicrosecondType>().value(row).to_string(),
+            arrow::datatypes::DataType::Int64 => {
+                c.as_primitive::<Int64Type>().value(row).to_string()
+            }
+            arrow::datatypes::DataType::Float64 => {
+                c.as_primitive::<Float64Type>().value(row).to_string()
+            }
+            _ => c
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(row)
+                .to_string(),
         })
     }
 
     fn attrs_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
-        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes")).expect("valid JSON")
+        serde_json::from_str(&get(batch, col::ATTRIBUTES, row).expect("attributes"))
+            .expect("valid JSON")
     }
 
     fn svc() -> Vec<KeyValue> {
@@ -197,14 +239,21 @@ mod tests {
                 kv("server.address", s("api.openai.com")),
                 kv("server.port", i(443)),
                 kv("user.id", s("alice")),
-                kv("gen_ai.system_instructions", s(r#"[{"type":"text","content":"You are a helpful bot."}]"#)),
+                kv(
+                    "gen_ai.system_instructions",
+                    s(r#"[{"type":"text","content":"You are a helpful bot."}]"#),
+                ),
                 kv(
                     "gen_ai.input.messages",
-                    s(r#"[{"role":"user","parts":[{"type":"text","content":"Reset my password"}]}]"#),
+                    s(
+                        r#"[{"role":"user","parts":[{"type":"text","content":"Reset my password"}]}]"#,
+                    ),
                 ),
                 kv(
                     "gen_ai.output.messages",
-                    s(r#"[{"role":"assistant","parts":[{"type":"text","content":"Sure."}],"finish_reason":"stop"}]"#),
+                    s(
+                        r#"[{"role":"assistant","parts":[{"type":"text","content":"Sure."}],"finish_reason":"stop"}]"#,
+                    ),
                 ),
             ],
         );
@@ -212,8 +261,14 @@ mod tests {
         assert_eq!((b.num_rows(), skipped), (1, 0));
         let g = |c| get(&b, c, 0);
         assert_eq!(g(col::TIME).as_deref(), Some("1763780000000000"));
-        assert_eq!(g(col::EVENT_ID).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b7"));
-        assert_eq!(g(col::TRACE_ID).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            g(col::EVENT_ID).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b7")
+        );
+        assert_eq!(
+            g(col::TRACE_ID).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert_eq!(g(col::SPAN_ID).as_deref(), Some("00f067aa0ba902b7"));
         assert_eq!(g(col::KIND).as_deref(), Some("inference"));
         assert_eq!(g(col::SERVICE).as_deref(), Some("support-bot"));
@@ -222,7 +277,10 @@ mod tests {
         assert_eq!(g(col::DEPARTMENT).as_deref(), Some("customer-care"));
         assert_eq!(g(col::PROVIDER).as_deref(), Some("openai"));
         assert_eq!(g(col::MODEL).as_deref(), Some("gpt-4o-mini"));
-        assert_eq!(g(col::RESPONSE_MODEL).as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(
+            g(col::RESPONSE_MODEL).as_deref(),
+            Some("gpt-4o-mini-2024-07-18")
+        );
         assert_eq!(g(col::ENDPOINT).as_deref(), Some("api.openai.com:443"));
         assert_eq!(g(col::OPERATION).as_deref(), Some("chat"));
         assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("24"));
@@ -230,15 +288,27 @@ mod tests {
         assert_eq!(g(col::LATENCY_MS).as_deref(), Some("1250"));
         assert_eq!(g(col::STATUS).as_deref(), Some("ok"));
         assert_eq!(g(col::FINISH_REASONS).as_deref(), Some("stop"));
-        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("You are a helpful bot.\nReset my password"));
+        assert_eq!(
+            g(col::PROMPT_TEXT).as_deref(),
+            Some("You are a helpful bot.\nReset my password")
+        );
         assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("Sure."));
         let a = attrs_json(&b, 0);
         assert_eq!(a["gen_ai.response.id"], "chatcmpl-9J3");
         assert_eq!(a["gen_ai.request.temperature"], 0.2);
         assert_eq!(a["telemetry.sdk.language"], "python");
         assert_eq!(a["otel.scope.name"], "test.scope");
-        for consumed in ["gen_ai.request.model", "gen_ai.input.messages", "server.port", "service.name", "user.id"] {
-            assert!(a.get(consumed).is_none(), "{consumed} went to a column and must not be repeated");
+        for consumed in [
+            "gen_ai.request.model",
+            "gen_ai.input.messages",
+            "server.port",
+            "service.name",
+            "user.id",
+        ] {
+            assert!(
+                a.get(consumed).is_none(),
+                "{consumed} went to a column and must not be repeated"
+            );
         }
     }
 
@@ -259,7 +329,10 @@ mod tests {
         s1.events = vec![
             span::Event {
                 name: "gen_ai.content.prompt".into(),
-                attributes: vec![kv("gen_ai.prompt", s(r#"[{"role":"user","content":"hi there"}]"#))],
+                attributes: vec![kv(
+                    "gen_ai.prompt",
+                    s(r#"[{"role":"user","content":"hi there"}]"#),
+                )],
                 ..Default::default()
             },
             span::Event {
@@ -268,7 +341,10 @@ mod tests {
                 ..Default::default()
             },
         ];
-        s1.status = Some(Status { code: StatusCode::Error as i32, message: "429 Too Many Requests".into() });
+        s1.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "429 Too Many Requests".into(),
+        });
         let (b, _) = run(vec![], vec![s1]);
         let g = |c| get(&b, c, 0);
         assert_eq!(g(col::KIND).as_deref(), Some("inference"));
@@ -279,17 +355,26 @@ mod tests {
         assert_eq!(g(col::STATUS).as_deref(), Some("error"));
         assert_eq!(g(col::ERROR_TYPE).as_deref(), Some("RateLimitError"));
         assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("hi there"));
-        assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("plain completion text"));
+        assert_eq!(
+            g(col::RESPONSE_TEXT).as_deref(),
+            Some("plain completion text")
+        );
         assert_eq!(g(col::OPERATION), None);
     }
 
     #[test]
     fn status_message_is_the_error_type_when_error_type_is_absent() {
         let mut s1 = span("chat", vec![kv("gen_ai.request.model", s("m"))]);
-        s1.status = Some(Status { code: StatusCode::Error as i32, message: "connection reset".into() });
+        s1.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "connection reset".into(),
+        });
         let (b, _) = run(vec![], vec![s1]);
         assert_eq!(get(&b, col::STATUS, 0).as_deref(), Some("error"));
-        assert_eq!(get(&b, col::ERROR_TYPE, 0).as_deref(), Some("connection reset"));
+        assert_eq!(
+            get(&b, col::ERROR_TYPE, 0).as_deref(),
+            Some("connection reset")
+        );
     }
 
     #[test]
@@ -326,7 +411,9 @@ mod tests {
         assert_eq!(a["llm.usage.total_tokens"], 8);
         assert_eq!(a["gen_ai.completion.0.finish_reason"], "stop");
         assert_eq!(a["llm.request.type"], "chat");
-        assert!(a.get("gen_ai.prompt.0.content").is_none() && a.get("gen_ai.prompt.1.role").is_none());
+        assert!(
+            a.get("gen_ai.prompt.0.content").is_none() && a.get("gen_ai.prompt.1.role").is_none()
+        );
     }
 
     #[test]
@@ -343,10 +430,16 @@ mod tests {
                 kv("llm.token_count.completion", i(9)),
                 kv("llm.token_count.total", i(49)),
                 kv("llm.input_messages.0.message.role", s("user")),
-                kv("llm.input_messages.0.message.content", s("Summarise the contract")),
+                kv(
+                    "llm.input_messages.0.message.content",
+                    s("Summarise the contract"),
+                ),
                 kv("llm.output_messages.0.message.role", s("assistant")),
                 kv("llm.output_messages.0.message.content", s("It says...")),
-                kv("input.value", s(r#"{"messages":[{"role":"user","content":"Summarise the contract"}]}"#)),
+                kv(
+                    "input.value",
+                    s(r#"{"messages":[{"role":"user","content":"Summarise the contract"}]}"#),
+                ),
                 kv("input.mime_type", s("application/json")),
                 kv("session.id", s("sess-9")),
                 kv("user.id", s("carol")),
@@ -363,11 +456,20 @@ mod tests {
         assert_eq!(g(col::USER_ID).as_deref(), Some("carol"));
         assert_eq!(g(col::INPUT_TOKENS).as_deref(), Some("40"));
         assert_eq!(g(col::OUTPUT_TOKENS).as_deref(), Some("9"));
-        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some("Summarise the contract"));
+        assert_eq!(
+            g(col::PROMPT_TEXT).as_deref(),
+            Some("Summarise the contract")
+        );
         assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("It says..."));
         let a = attrs_json(&b, 0);
-        assert_eq!(a["llm.system"], "openai", "the provider fallback not used stays");
-        assert!(a.get("input.value").is_some(), "input.value was not needed for the prompt");
+        assert_eq!(
+            a["llm.system"], "openai",
+            "the provider fallback not used stays"
+        );
+        assert!(
+            a.get("input.value").is_some(),
+            "input.value was not needed for the prompt"
+        );
         assert!(a.get("llm.input_messages.0.message.role").is_none());
     }
 
@@ -379,9 +481,15 @@ mod tests {
                 kv("gen_ai.operation.name", s("run_guardrail")),
                 kv("gen_ai.guardrail.name", s("prompt-shield")),
                 kv("gen_ai.guardrail.verdict.type", s("DENY")),
-                kv("gen_ai.guardrail.verdict.reason", s("prompt injection detected")),
+                kv(
+                    "gen_ai.guardrail.verdict.reason",
+                    s("prompt injection detected"),
+                ),
                 kv("gen_ai.guardrail.security.policy.id", s("pol-7")),
-                kv("gen_ai.guardrail.security.risk.category", s("prompt_injection")),
+                kv(
+                    "gen_ai.guardrail.security.risk.category",
+                    s("prompt_injection"),
+                ),
                 kv("gen_ai.guardrail.security.risk.score", d(0.93)),
             ],
         );
@@ -390,10 +498,16 @@ mod tests {
         assert_eq!(g(col::KIND).as_deref(), Some("policy"));
         assert_eq!(g(col::OPERATION).as_deref(), Some("run_guardrail"));
         assert_eq!(g(col::DECISION).as_deref(), Some("deny"));
-        assert_eq!(g(col::DECISION_REASON).as_deref(), Some("prompt injection detected"));
+        assert_eq!(
+            g(col::DECISION_REASON).as_deref(),
+            Some("prompt injection detected")
+        );
         assert_eq!(g(col::POLICY_ID).as_deref(), Some("pol-7"));
         let a = attrs_json(&b, 0);
-        assert_eq!(a["gen_ai.guardrail.security.risk.category"], "prompt_injection");
+        assert_eq!(
+            a["gen_ai.guardrail.security.risk.category"],
+            "prompt_injection"
+        );
         assert_eq!(a["gen_ai.guardrail.security.risk.score"], 0.93);
         assert!(a.get("gen_ai.guardrail.verdict.type").is_none());
     }
@@ -430,7 +544,10 @@ mod tests {
                 kv("gen_ai.tool.name", s("get_weather")),
                 kv("gen_ai.tool.type", s("function")),
                 kv("gen_ai.tool.call.id", s("call_VSPygqKTWdrhaFErNvMV18Yl")),
-                kv("gen_ai.tool.call.arguments", map(vec![kv("location", s("Paris"))])),
+                kv(
+                    "gen_ai.tool.call.arguments",
+                    map(vec![kv("location", s("Paris"))]),
+                ),
                 kv("gen_ai.tool.call.result", s("rainy, 57F")),
                 kv("gen_ai.agent.name", s("weather-agent")),
             ],
@@ -440,7 +557,10 @@ mod tests {
         assert_eq!(g(col::KIND).as_deref(), Some("tool"));
         assert_eq!(g(col::TOOL_NAME).as_deref(), Some("get_weather"));
         assert_eq!(g(col::AGENT_ID).as_deref(), Some("weather-agent"));
-        assert_eq!(g(col::PROMPT_TEXT).as_deref(), Some(r#"{"location":"Paris"}"#));
+        assert_eq!(
+            g(col::PROMPT_TEXT).as_deref(),
+            Some(r#"{"location":"Paris"}"#)
+        );
         assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("rainy, 57F"));
         let a = attrs_json(&b, 0);
         assert_eq!(a["gen_ai.tool.call.id"], "call_VSPygqKTWdrhaFErNvMV18Yl");
@@ -462,21 +582,48 @@ mod tests {
         assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("tool"));
         assert_eq!(get(&b, col::OPERATION, 0).as_deref(), Some("execute_tool"));
         assert_eq!(get(&b, col::TOOL_NAME, 0).as_deref(), Some("search_docs"));
-        assert_eq!(get(&b, col::PROMPT_TEXT, 0).as_deref(), Some(r#"{"query":"salaries"}"#));
-        assert_eq!(get(&b, col::RESPONSE_TEXT, 0).as_deref(), Some("3 documents"));
+        assert_eq!(
+            get(&b, col::PROMPT_TEXT, 0).as_deref(),
+            Some(r#"{"query":"salaries"}"#)
+        );
+        assert_eq!(
+            get(&b, col::RESPONSE_TEXT, 0).as_deref(),
+            Some("3 documents")
+        );
     }
 
     #[test]
     fn endpoint_events_by_name_attribute_or_explicit_kind() {
-        let by_name = span("gen_ai.endpoint.health", vec![kv("server.address", s("llm.internal")), kv("server.port", i(8000))]);
-        let by_attr = span("probe", vec![kv("gen_ai.endpoint.status", s("degraded")), kv("gen_ai.request.model", s("m"))]);
-        let explicit = span("custom", vec![kv("vigil.event.kind", s("endpoint")), kv("gen_ai.request.model", s("m"))]);
+        let by_name = span(
+            "gen_ai.endpoint.health",
+            vec![
+                kv("server.address", s("llm.internal")),
+                kv("server.port", i(8000)),
+            ],
+        );
+        let by_attr = span(
+            "probe",
+            vec![
+                kv("gen_ai.endpoint.status", s("degraded")),
+                kv("gen_ai.request.model", s("m")),
+            ],
+        );
+        let explicit = span(
+            "custom",
+            vec![
+                kv("vigil.event.kind", s("endpoint")),
+                kv("gen_ai.request.model", s("m")),
+            ],
+        );
         let (b, skipped) = run(vec![], vec![by_name, by_attr, explicit]);
         assert_eq!((b.num_rows(), skipped), (3, 0));
         for row in 0..3 {
             assert_eq!(get(&b, col::KIND, row).as_deref(), Some("endpoint"));
         }
-        assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("llm.internal:8000"));
+        assert_eq!(
+            get(&b, col::ENDPOINT, 0).as_deref(),
+            Some("llm.internal:8000")
+        );
         assert_eq!(attrs_json(&b, 1)["gen_ai.endpoint.status"], "degraded");
         assert!(attrs_json(&b, 2).get("vigil.event.kind").is_none());
     }
@@ -485,18 +632,36 @@ mod tests {
     fn non_ai_http_span_is_skipped_and_url_gives_the_endpoint() {
         let http = span(
             "GET /health",
-            vec![kv("http.request.method", s("GET")), kv("url.full", s("https://api.example.com/health"))],
+            vec![
+                kv("http.request.method", s("GET")),
+                kv("url.full", s("https://api.example.com/health")),
+            ],
         );
-        let ai = span("POST", vec![kv("gen_ai.request.model", s("m")), kv("url.full", s("https://u:p@llm.corp:8443/v1/chat?x=1"))]);
+        let ai = span(
+            "POST",
+            vec![
+                kv("gen_ai.request.model", s("m")),
+                kv("url.full", s("https://u:p@llm.corp:8443/v1/chat?x=1")),
+            ],
+        );
         let (b, skipped) = run(svc(), vec![http, ai]);
         assert_eq!((b.num_rows(), skipped), (1, 1));
         assert_eq!(get(&b, col::ENDPOINT, 0).as_deref(), Some("llm.corp:8443"));
-        assert_eq!(attrs_json(&b, 0)["url.full"], "https://u:p@llm.corp:8443/v1/chat?x=1");
+        assert_eq!(
+            attrs_json(&b, 0)["url.full"],
+            "https://u:p@llm.corp:8443/v1/chat?x=1"
+        );
     }
 
     #[test]
     fn missing_times_fall_back_to_end_then_attributes() {
-        let mut s1 = span("chat", vec![kv("gen_ai.request.model", s("m")), kv("gen_ai.client.operation.duration", d(0.5))]);
+        let mut s1 = span(
+            "chat",
+            vec![
+                kv("gen_ai.request.model", s("m")),
+                kv("gen_ai.client.operation.duration", d(0.5)),
+            ],
+        );
         s1.start_time_unix_nano = 0;
         let (b, _) = run(vec![], vec![s1]);
         assert_eq!(get(&b, col::TIME, 0).as_deref(), Some("1763780001250000"));
@@ -521,7 +686,8 @@ mod tests {
                 {"key":"gen_ai.request.temperature","value":{"doubleValue":0.2}},
                 {"key":"gen_ai.response.finish_reasons","value":{"arrayValue":{"values":[{"stringValue":"stop"}]}}}],
               "status":{"code":2,"message":"boom"}}]}]}]}"#;
-        let decoded: ExportTraceServiceRequest = serde_json::from_str(json).expect("valid OTLP/JSON");
+        let decoded: ExportTraceServiceRequest =
+            serde_json::from_str(json).expect("valid OTLP/JSON");
         let mut s1 = span(
             "chat gpt-4o",
             vec![
@@ -532,13 +698,22 @@ mod tests {
                 kv("gen_ai.response.finish_reasons", arr(vec![s("stop")])),
             ],
         );
-        s1.status = Some(Status { code: StatusCode::Error as i32, message: "boom".into() });
+        s1.status = Some(Status {
+            code: StatusCode::Error as i32,
+            message: "boom".into(),
+        });
         let ctx = NormalizeContext::default();
         let from_json = traces(&decoded, &ctx);
         let from_proto = traces(&request(svc(), vec![s1]), &ctx);
         assert_eq!(from_json.batch.num_rows(), 1);
         assert_eq!(from_json.batch, from_proto.batch);
-        assert_eq!(get(&from_json.batch, col::STATUS, 0).as_deref(), Some("error"));
-        assert_eq!(get(&from_json.batch, col::INPUT_TOKENS, 0).as_deref(), Some("24"));
+        assert_eq!(
+            get(&from_json.batch, col::STATUS, 0).as_deref(),
+            Some("error")
+        );
+        assert_eq!(
+            get(&from_json.batch, col::INPUT_TOKENS, 0).as_deref(),
+            Some("24")
+        );
     }
 }

@@ -13,12 +13,24 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
@@ -56,7 +68,12 @@ pub async fn serve(
     security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
+    let exporter = Exporter::new(
+        sink,
+        NormalizeContext {
+            source: cfg.source_name.clone(),
+        },
+    );
     serve_with(listener, exporter, cfg, security, shutdown).await
 }
 
@@ -67,13 +84,20 @@ pub(crate) async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let server = tonic::transport::Server::builder().add_routes(routes(exporter, cfg, security.auth));
+    let server =
+        tonic::transport::Server::builder().add_routes(routes(exporter, cfg, security.auth));
     match security.tls {
         Some(acceptor) => {
             let incoming = TlsListener::new(listener, acceptor, LISTENER)?.incoming();
-            server.serve_with_incoming_shutdown(incoming, shutdown).await?;
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
         }
-        None => server.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown).await?,
+        None => {
+            server
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                .await?
+        }
     }
     Ok(())
 }
@@ -129,7 +153,12 @@ impl GrpcReceiver {
             rejection = tracing::field::Empty,
         )
     )]
-    async fn export(&self, request: ExportRequest, encoded_len: usize, sender: Option<Principal>) -> Result<(), Status> {
+    async fn export(
+        &self,
+        request: ExportRequest,
+        encoded_len: usize,
+        sender: Option<Principal>,
+    ) -> Result<(), Status> {
         metrics::record_bytes(Transport::Grpc, encoded_len);
         self.exporter
             .export_from(Transport::Grpc, request, sender.as_ref())
@@ -144,9 +173,11 @@ impl GrpcReceiver {
             SinkError::Overloaded { retry_after } => {
                 status::grpc_status(Code::ResourceExhausted, &message, Some(*retry_after))
             }
-            SinkError::Unavailable(_) => {
-                status::grpc_status(Code::Unavailable, &message, Some(self.cfg.unavailable_retry_after()))
-            }
+            SinkError::Unavailable(_) => status::grpc_status(
+                Code::Unavailable,
+                &message,
+                Some(self.cfg.unavailable_retry_after()),
+            ),
             SinkError::Internal(_) => status::grpc_status(Code::Internal, &message, None),
         }
     }
@@ -162,7 +193,9 @@ impl TraceService for GrpcReceiver {
         let request = request.into_inner();
         let len = request.encoded_len();
         GrpcReceiver::export(self, ExportRequest::Traces(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -176,7 +209,9 @@ impl LogsService for GrpcReceiver {
         let request = request.into_inner();
         let len = request.encoded_len();
         GrpcReceiver::export(self, ExportRequest::Logs(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -190,7 +225,9 @@ impl MetricsService for GrpcReceiver {
         let request = request.into_inner();
         let len = request.encoded_len();
         GrpcReceiver::export(self, ExportRequest::Metrics(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
@@ -238,7 +275,9 @@ fn classify_codec_refusal(status: &Status) -> Option<(Code, Rejection)> {
         Code::Internal if message.starts_with("failed to decode Protobuf message") => {
             Some((Code::InvalidArgument, Rejection::Malformed))
         }
-        Code::Internal if message.starts_with("Error decompressing") => Some((Code::InvalidArgument, Rejection::Malformed)),
+        Code::Internal if message.starts_with("Error decompressing") => {
+            Some((Code::InvalidArgument, Rejection::Malformed))
+        }
         Code::OutOfRange if message.contains("message length too large") => {
             Some((Code::ResourceExhausted, Rejection::TooLarge))
         }

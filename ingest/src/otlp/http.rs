@@ -34,7 +34,12 @@ pub const LISTENER: &str = "otlp_http";
 /// The receiver's routes, ready to be served or merged into a larger router. Every route requires a token
 /// with the `ingest` scope (checked before the body is read); `Authenticator::disabled()` admits everyone.
 pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Router {
-    let exporter = Exporter::new(sink, NormalizeContext { source: cfg.source_name.clone() });
+    let exporter = Exporter::new(
+        sink,
+        NormalizeContext {
+            source: cfg.source_name.clone(),
+        },
+    );
     router_with(exporter, cfg).route_layer(http_auth::require(auth, Scope::Ingest, LISTENER))
 }
 
@@ -42,9 +47,18 @@ pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {
     let body_limit = cfg.limits.max_body_bytes;
     let state = Arc::new(HttpState { exporter, cfg });
     Router::new()
-        .route("/v1/traces", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Traces, req)))
-        .route("/v1/logs", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Logs, req)))
-        .route("/v1/metrics", post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Metrics, req)))
+        .route(
+            "/v1/traces",
+            post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Traces, req)),
+        )
+        .route(
+            "/v1/logs",
+            post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Logs, req)),
+        )
+        .route(
+            "/v1/metrics",
+            post(|State(s): State<Arc<HttpState>>, req: Request| export(s, Signal::Metrics, req)),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -56,7 +70,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A refused request: its status, the `google.rpc.Status` code in the body, and the metric reason.
@@ -69,17 +85,36 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: StatusCode, code: tonic::Code, reason: Rejection, message: impl Into<String>) -> Self {
-        Refusal { status, code, reason, message: message.into(), retry_after: None }
+    fn new(
+        status: StatusCode,
+        code: tonic::Code,
+        reason: Rejection,
+        message: impl Into<String>,
+    ) -> Self {
+        Refusal {
+            status,
+            code,
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     fn from_decode(err: &DecodeError) -> Self {
         match err {
-            DecodeError::TooLarge { .. } => {
-                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::InvalidArgument, Rejection::TooLarge, err.to_string())
-            }
+            DecodeError::TooLarge { .. } => Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Code::InvalidArgument,
+                Rejection::TooLarge,
+                err.to_string(),
+            ),
             DecodeError::Decompress { .. } | DecodeError::Protobuf(_) | DecodeError::Json(_) => {
-                Refusal::new(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, Rejection::Malformed, err.to_string())
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    Rejection::Malformed,
+                    err.to_string(),
+                )
             }
         }
     }
@@ -89,15 +124,28 @@ impl Refusal {
         match err {
             SinkError::Overloaded { retry_after } => Refusal {
                 retry_after: Some(*retry_after),
-                ..Refusal::new(StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted, Rejection::Overloaded, message)
+                ..Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    tonic::Code::ResourceExhausted,
+                    Rejection::Overloaded,
+                    message,
+                )
             },
             SinkError::Unavailable(_) => Refusal {
                 retry_after: Some(cfg.unavailable_retry_after()),
-                ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, Rejection::Unavailable, message)
+                ..Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    tonic::Code::Unavailable,
+                    Rejection::Unavailable,
+                    message,
+                )
             },
-            SinkError::Internal(_) => {
-                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, Rejection::Internal, message)
-            }
+            SinkError::Internal(_) => Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                Rejection::Internal,
+                message,
+            ),
         }
     }
 
@@ -115,14 +163,19 @@ impl Refusal {
         if let Some(delay) = self.retry_after {
             // Retry-After is whole seconds; round up so a client never comes back early.
             let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, ()> {
-    headers.get(name).map(|v| v.to_str().map_err(|_| ())).transpose()
+    headers
+        .get(name)
+        .map(|v| v.to_str().map_err(|_| ()))
+        .transpose()
 }
 
 /// One span per request (never per record): Vigil's own traces show where a request's time went.
@@ -144,7 +197,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Op
 async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response {
     let sender = req.extensions().get::<Principal>().cloned();
     let headers = req.headers();
-    let encoding = header_str(headers, header::CONTENT_TYPE).ok().flatten().and_then(Encoding::from_content_type);
+    let encoding = header_str(headers, header::CONTENT_TYPE)
+        .ok()
+        .flatten()
+        .and_then(Encoding::from_content_type);
     let Some(encoding) = encoding else {
         let refusal = Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -154,7 +210,9 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         );
         return refuse(signal, refusal, None);
     };
-    let compression = header_str(headers, header::CONTENT_ENCODING).ok().and_then(Compression::from_content_encoding);
+    let compression = header_str(headers, header::CONTENT_ENCODING)
+        .ok()
+        .and_then(Compression::from_content_encoding);
     let Some(compression) = compression else {
         let refusal = Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -168,7 +226,9 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
     let body = match Bytes::from_request(req, &()).await {
         Ok(body) => body,
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
-            let err = DecodeError::TooLarge { limit: state.cfg.limits.max_body_bytes };
+            let err = DecodeError::TooLarge {
+                limit: state.cfg.limits.max_body_bytes,
+            };
             return refuse(signal, Refusal::from_decode(&err), Some(encoding));
         }
         Err(err) => {
@@ -191,14 +251,27 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
     };
 
     let limits = state.cfg.limits;
-    let span = tracing::debug_span!("otlp.decode", encoding = ?encoding, compression = ?compression);
+    let span =
+        tracing::debug_span!("otlp.decode", encoding = ?encoding, compression = ?compression);
     // Inflating and parsing up to the decompressed cap is CPU work; keep it off the I/O threads.
     let decoded = tokio::task::spawn_blocking(move || -> Result<ExportRequest, DecodeError> {
         let _span = span.entered();
         Ok(match signal {
-            Signal::Traces => ExportRequest::Traces(decode::decode_traces(&body, encoding, compression, &limits)?),
-            Signal::Logs => ExportRequest::Logs(decode::decode_logs(&body, encoding, compression, &limits)?),
-            Signal::Metrics => ExportRequest::Metrics(decode::decode_metrics(&body, encoding, compression, &limits)?),
+            Signal::Traces => ExportRequest::Traces(decode::decode_traces(
+                &body,
+                encoding,
+                compression,
+                &limits,
+            )?),
+            Signal::Logs => {
+                ExportRequest::Logs(decode::decode_logs(&body, encoding, compression, &limits)?)
+            }
+            Signal::Metrics => ExportRequest::Metrics(decode::decode_metrics(
+                &body,
+                encoding,
+                compression,
+                &limits,
+            )?),
         })
     })
     .await;
@@ -216,7 +289,11 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         }
     };
 
-    match state.exporter.export_admitted(Transport::Http, request, sender.as_ref(), Some(admission)).await {
+    match state
+        .exporter
+        .export_admitted(Transport::Http, request, sender.as_ref(), Some(admission))
+        .await
+    {
         // The exporter has counted the outcome already.
         Ok(_) => success(encoding),
         Err(err) => Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding)),
@@ -236,5 +313,10 @@ fn success(encoding: Encoding) -> Response {
         Encoding::Protobuf => b"",
         Encoding::Json => b"{}",
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
 }

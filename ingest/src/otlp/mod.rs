@@ -75,13 +75,19 @@ pub struct Security {
 impl Security {
     /// No tokens, no TLS: for `vigil demo` and tests. Events are then recorded as the anonymous source.
     pub fn open() -> Self {
-        Security { auth: Arc::new(Authenticator::disabled()), tls: None }
+        Security {
+            auth: Arc::new(Authenticator::disabled()),
+            tls: None,
+        }
     }
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Security").field("auth", &self.auth).field("tls", &self.tls.is_some()).finish()
+        f.debug_struct("Security")
+            .field("auth", &self.auth)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
@@ -122,7 +128,10 @@ pub(crate) struct Normalizers {
 
 impl Default for Normalizers {
     fn default() -> Self {
-        Normalizers { traces: normalize::traces, logs: normalize::logs }
+        Normalizers {
+            traces: normalize::traces,
+            logs: normalize::logs,
+        }
     }
 }
 
@@ -136,7 +145,11 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn new(sink: Arc<dyn EventSink>, ctx: NormalizeContext) -> Self {
-        Exporter { sink, ctx, normalizers: Normalizers::default() }
+        Exporter {
+            sink,
+            ctx,
+            normalizers: Normalizers::default(),
+        }
     }
 
     #[cfg(test)]
@@ -147,7 +160,11 @@ impl Exporter {
 
     /// Normalises `request` and returns once the sink has made its events durable; only then may the caller
     /// acknowledge the sender. Counts the request as ok or rejected either way.
-    pub async fn export(&self, transport: Transport, request: ExportRequest) -> Result<ExportSummary, SinkError> {
+    pub async fn export(
+        &self,
+        transport: Transport,
+        request: ExportRequest,
+    ) -> Result<ExportSummary, SinkError> {
         self.export_from(transport, request, None).await
     }
 
@@ -183,7 +200,9 @@ impl Exporter {
             Ok(summary) => {
                 metrics::record_ok(transport, signal);
                 // As i64: the OpenTelemetry layer records unsigned integers as strings.
-                tracing::Span::current().record("events", summary.events as i64).record("skipped", summary.skipped as i64);
+                tracing::Span::current()
+                    .record("events", summary.events as i64)
+                    .record("skipped", summary.skipped as i64);
             }
             Err(err) => {
                 metrics::record_rejection(transport, signal, rejection_of(err), err);
@@ -225,15 +244,21 @@ impl Exporter {
             let normalized = match request {
                 ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
                 ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
-                ExportRequest::Metrics(req) => {
-                    Normalized { batch: RecordBatch::new_empty(crate::event_schema()), skipped: metric_points(&req) }
-                }
+                ExportRequest::Metrics(req) => Normalized {
+                    batch: RecordBatch::new_empty(crate::event_schema()),
+                    skipped: metric_points(&req),
+                },
             };
             span.record("events", normalized.batch.num_rows() as i64);
             normalized
         })
         .await
-        .map_err(|err| SinkError::Internal(format!("normalisation of {} failed: {err}", signal.as_str())))?;
+        .map_err(|err| {
+            SinkError::Internal(format!(
+                "normalisation of {} failed: {err}",
+                signal.as_str()
+            ))
+        })?;
         metrics::record_skipped(transport, signal, skipped);
         let events = batch.num_rows();
         if events == 0 {
@@ -250,7 +275,9 @@ impl Exporter {
 
 /// Marks the current request span (`otlp.export`) as failed, with the reason; a no-op outside one.
 pub(crate) fn record_rejection_in_span(reason: Rejection) {
-    tracing::Span::current().record("otel.status_code", "error").record("rejection", reason.as_str());
+    tracing::Span::current()
+        .record("otel.status_code", "error")
+        .record("rejection", reason.as_str());
 }
 
 fn rejection_of(err: &SinkError) -> Rejection {
@@ -264,7 +291,10 @@ fn rejection_of(err: &SinkError) -> Rejection {
 /// Rows per value of the `kind` column, for `vigil_ingest_events_total`.
 fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
     let mut counts: Vec<(String, usize)> = Vec::new();
-    let Some(kinds) = batch.column_by_name(col::KIND).and_then(|c| c.as_string_opt::<i32>()) else {
+    let Some(kinds) = batch
+        .column_by_name(col::KIND)
+        .and_then(|c| c.as_string_opt::<i32>())
+    else {
         return vec![("unknown".to_owned(), batch.num_rows())];
     };
     for kind in kinds.iter() {
@@ -316,28 +346,56 @@ mod tests {
         .expect("partial config");
         assert_eq!(cfg.http_addr.port(), 9318);
         assert_eq!(cfg.limits.max_body_bytes, 1024);
-        assert_eq!(cfg.limits.max_decompressed_bytes, Limits::default().max_decompressed_bytes);
+        assert_eq!(
+            cfg.limits.max_decompressed_bytes,
+            Limits::default().max_decompressed_bytes
+        );
         assert_eq!(cfg.source_name.as_deref(), Some("edge"));
-        assert!(serde_json::from_str::<ReceiverConfig>(r#"{"grpc_adr":"1.2.3.4:1"}"#).is_err(), "typos are errors");
+        assert!(
+            serde_json::from_str::<ReceiverConfig>(r#"{"grpc_adr":"1.2.3.4:1"}"#).is_err(),
+            "typos are errors"
+        );
     }
 
     #[tokio::test]
     async fn exporter_delivers_rows_and_counts_kinds_and_skips() {
         let sink = VecSink::new();
-        let exporter = Exporter::new(sink.clone(), NormalizeContext::default()).with_normalizers(fake_normalizers());
+        let exporter = Exporter::new(sink.clone(), NormalizeContext::default())
+            .with_normalizers(fake_normalizers());
         let before = metrics::EVENTS.with_label_values(&["kafka", "tool"]).get();
-        let summary = exporter.export(Transport::Kafka, ExportRequest::Traces(traces_request(3))).await.expect("ok");
-        assert_eq!(summary, ExportSummary { events: 3, skipped: 1 });
+        let summary = exporter
+            .export(Transport::Kafka, ExportRequest::Traces(traces_request(3)))
+            .await
+            .expect("ok");
+        assert_eq!(
+            summary,
+            ExportSummary {
+                events: 3,
+                skipped: 1
+            }
+        );
         assert_eq!(sink.rows(), 3);
-        assert_eq!(metrics::EVENTS.with_label_values(&["kafka", "tool"]).get() - before, 3);
+        assert_eq!(
+            metrics::EVENTS.with_label_values(&["kafka", "tool"]).get() - before,
+            3
+        );
     }
 
     #[tokio::test]
     async fn metrics_are_counted_not_stored() {
         let sink = VecSink::new();
         let exporter = Exporter::new(sink.clone(), NormalizeContext::default());
-        let summary = exporter.export(Transport::Kafka, ExportRequest::Metrics(metrics_request(4))).await.expect("ok");
-        assert_eq!(summary, ExportSummary { events: 0, skipped: 4 });
+        let summary = exporter
+            .export(Transport::Kafka, ExportRequest::Metrics(metrics_request(4)))
+            .await
+            .expect("ok");
+        assert_eq!(
+            summary,
+            ExportSummary {
+                events: 0,
+                skipped: 4
+            }
+        );
         assert_eq!(sink.rows(), 0);
     }
 
@@ -346,9 +404,16 @@ mod tests {
         fn panics(_: &ExportTraceServiceRequest, _: &NormalizeContext) -> Normalized {
             panic!("bug in normalisation")
         }
-        let exporter = Exporter::new(VecSink::new(), NormalizeContext::default())
-            .with_normalizers(Normalizers { traces: panics, ..fake_normalizers() });
-        let err = exporter.export(Transport::Kafka, ExportRequest::Traces(traces_request(1))).await.unwrap_err();
+        let exporter = Exporter::new(VecSink::new(), NormalizeContext::default()).with_normalizers(
+            Normalizers {
+                traces: panics,
+                ..fake_normalizers()
+            },
+        );
+        let err = exporter
+            .export(Transport::Kafka, ExportRequest::Traces(traces_request(1)))
+            .await
+            .unwrap_err();
         assert!(matches!(err, SinkError::Internal(_)), "{err}");
     }
 }

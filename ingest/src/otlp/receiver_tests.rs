@@ -9,7 +9,9 @@ use arrow::array::AsArray;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use prost::Message;
@@ -32,7 +34,12 @@ struct Running {
 }
 
 fn exporter(sink: &Arc<VecSink>, fake: bool) -> Exporter {
-    let exporter = Exporter::new(sink.clone(), NormalizeContext { source: Some("test-source".into()) });
+    let exporter = Exporter::new(
+        sink.clone(),
+        NormalizeContext {
+            source: Some("test-source".into()),
+        },
+    );
     if fake {
         exporter.with_normalizers(fake_normalizers())
     } else {
@@ -41,24 +48,40 @@ fn exporter(sink: &Arc<VecSink>, fake: bool) -> Exporter {
 }
 
 async fn start_http(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let router = http::router_with(exporter(sink, fake), cfg);
     tokio::spawn(http::serve(listener, router, async move {
         let _ = rx.await;
     }));
-    Running { addr, _shutdown: tx }
+    Running {
+        addr,
+        _shutdown: tx,
+    }
 }
 
 async fn start_grpc(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(grpc::serve_with(listener, exporter(sink, fake), cfg, Security::open(), async move {
-        let _ = rx.await;
-    }));
-    Running { addr, _shutdown: tx }
+    tokio::spawn(grpc::serve_with(
+        listener,
+        exporter(sink, fake),
+        cfg,
+        Security::open(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Running {
+        addr,
+        _shutdown: tx,
+    }
 }
 
 fn counter(vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
@@ -71,7 +94,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("finish gzip")
 }
 
-async fn post(addr: SocketAddr, path: &str, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
     let mut request = reqwest::Client::new()
         .post(format!("http://{addr}{path}"))
         .header("content-type", content_type)
@@ -83,8 +112,19 @@ async fn post(addr: SocketAddr, path: &str, content_type: &str, encoding: Option
 }
 
 async fn post_good_protobuf(addr: SocketAddr) {
-    let response = post(addr, "/v1/traces", "application/x-protobuf", None, traces_request(1).encode_to_vec()).await;
-    assert_eq!(response.status(), 200, "a good request after a bad one must succeed");
+    let response = post(
+        addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        traces_request(1).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a good request after a bad one must succeed"
+    );
 }
 
 /// Sends a chunked protobuf POST to /v1/traces over a raw socket (reqwest here has no streaming bodies)
@@ -108,17 +148,24 @@ async fn post_chunked(addr: SocketAddr, chunks: &[Vec<u8>]) -> u16 {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
     let head = String::from_utf8_lossy(&response);
-    head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("an HTTP status line")
+    head.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line")
 }
 
 /// A span with one attribute of `bytes` characters, to exceed size limits.
 fn big_request(bytes: usize) -> ExportTraceServiceRequest {
     let mut req = traces_request(1);
-    req.resource_spans[0].scope_spans[0].spans[0].attributes.push(KeyValue {
-        key: "padding".into(),
-        value: Some(AnyValue { value: Some(Value::StringValue("a".repeat(bytes))) }),
-        ..Default::default()
-    });
+    req.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(KeyValue {
+            key: "padding".into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("a".repeat(bytes))),
+            }),
+            ..Default::default()
+        });
     req
 }
 
@@ -132,34 +179,96 @@ async fn http_accepts_protobuf_json_and_compressed_bodies() {
     let skipped_before = counter(&SKIPPED, &["http", "traces"]);
 
     let proto = traces_request(2).encode_to_vec();
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, proto.clone()).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        proto.clone(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-protobuf");
     let body = response.bytes().await.expect("body");
-    assert_eq!(ExportTraceServiceResponse::decode(body).expect("response decodes").partial_success, None);
+    assert_eq!(
+        ExportTraceServiceResponse::decode(body)
+            .expect("response decodes")
+            .partial_success,
+        None
+    );
 
     let json = serde_json::to_vec(&traces_request(2)).expect("json");
-    let response = post(server.addr, "/v1/traces", "application/json; charset=utf-8", None, json).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/json; charset=utf-8",
+        None,
+        json,
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.text().await.expect("body"), "{}");
 
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), gzip(&proto)).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("gzip"),
+        gzip(&proto),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let zstd = zstd::stream::encode_all(&proto[..], 3).expect("zstd");
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("zstd"), zstd).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("zstd"),
+        zstd,
+    )
+    .await;
     assert_eq!(response.status(), 200);
 
     let logs = serde_json::to_vec(&logs_request(3)).expect("json");
-    assert_eq!(post(server.addr, "/v1/logs", "application/json", Some("gzip"), gzip(&logs)).await.status(), 200);
+    assert_eq!(
+        post(
+            server.addr,
+            "/v1/logs",
+            "application/json",
+            Some("gzip"),
+            gzip(&logs)
+        )
+        .await
+        .status(),
+        200
+    );
     let metrics = metrics_request(5).encode_to_vec();
-    assert_eq!(post(server.addr, "/v1/metrics", "application/x-protobuf", None, metrics).await.status(), 200);
+    assert_eq!(
+        post(
+            server.addr,
+            "/v1/metrics",
+            "application/x-protobuf",
+            None,
+            metrics
+        )
+        .await
+        .status(),
+        200
+    );
 
-    assert_eq!(sink.rows(), 4 * 2 + 3, "every AI span and log record reached the sink");
+    assert_eq!(
+        sink.rows(),
+        4 * 2 + 3,
+        "every AI span and log record reached the sink"
+    );
     assert!(counter(&REQUESTS, &["http", "traces", "ok"]) - ok_before >= 4);
     assert!(counter(&BYTES, &["http"]) - bytes_before >= 2 * proto.len() as u64);
     assert!(counter(&EVENTS, &["http", "tool"]) - events_before >= 8);
-    assert!(counter(&SKIPPED, &["http", "traces"]) - skipped_before >= 4, "one health span per request");
+    assert!(
+        counter(&SKIPPED, &["http", "traces"]) - skipped_before >= 4,
+        "one health span per request"
+    );
     assert!(counter(&SKIPPED, &["http", "metrics"]) >= 5);
 }
 
@@ -169,22 +278,49 @@ async fn http_malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
     let server = start_http(&sink, ReceiverConfig::default(), true).await;
     let before = counter(&REJECTED, &["http", "malformed"]);
 
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, vec![0x0a, 0xff, 0xff, 0xff]).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        vec![0x0a, 0xff, 0xff, 0xff],
+    )
+    .await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["content-type"], "application/x-protobuf");
-    let (code, message, retry) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    let (code, message, retry) =
+        status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
     assert_eq!(code, Code::InvalidArgument as i32);
     assert!(message.contains("malformed OTLP protobuf"), "{message}");
     assert_eq!(retry, None);
     post_good_protobuf(server.addr).await;
 
-    let response = post(server.addr, "/v1/logs", "application/json", None, b"{\"resourceLogs\": [}".to_vec()).await;
+    let response = post(
+        server.addr,
+        "/v1/logs",
+        "application/json",
+        None,
+        b"{\"resourceLogs\": [}".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.expect("JSON status");
     assert_eq!(body["code"], Code::InvalidArgument as i32);
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("line 1 column")), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 1 column")),
+        "{body}"
+    );
 
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), b"not gzip".to_vec()).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("gzip"),
+        b"not gzip".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     post_good_protobuf(server.addr).await;
 
@@ -196,26 +332,47 @@ async fn http_malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
 async fn http_oversize_before_and_after_decompression_is_413() {
     let sink = VecSink::new();
     let cfg = ReceiverConfig {
-        limits: Limits { max_body_bytes: 2048, max_decompressed_bytes: 8192 },
+        limits: Limits {
+            max_body_bytes: 2048,
+            max_decompressed_bytes: 8192,
+        },
         ..ReceiverConfig::default()
     };
     let server = start_http(&sink, cfg, true).await;
     let before = counter(&REJECTED, &["http", "too_large"]);
 
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, big_request(4096).encode_to_vec()).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        big_request(4096).encode_to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 413);
     post_good_protobuf(server.addr).await;
 
     let inflates = gzip(&big_request(20_000).encode_to_vec());
     assert!(inflates.len() < 2048, "compressed body fits the wire cap");
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", Some("gzip"), inflates).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("gzip"),
+        inflates,
+    )
+    .await;
     assert_eq!(response.status(), 413);
-    let (_, message, _) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    let (_, message, _) =
+        status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
     assert!(message.contains("8192"), "{message}");
     post_good_protobuf(server.addr).await;
 
     // A body streamed without Content-Length (chunked) is cut off at the cap as well.
-    assert_eq!(post_chunked(server.addr, &[vec![0u8; 1500], vec![0u8; 1500]]).await, 413);
+    assert_eq!(
+        post_chunked(server.addr, &[vec![0u8; 1500], vec![0u8; 1500]]).await,
+        413
+    );
     post_good_protobuf(server.addr).await;
 
     assert!(counter(&REJECTED, &["http", "too_large"]) - before >= 3);
@@ -228,9 +385,25 @@ async fn http_unsupported_media_types_are_415() {
     let before = counter(&REJECTED, &["http", "unsupported_media_type"]);
     let proto = traces_request(1).encode_to_vec();
 
-    assert_eq!(post(server.addr, "/v1/traces", "text/plain", None, proto.clone()).await.status(), 415);
+    assert_eq!(
+        post(server.addr, "/v1/traces", "text/plain", None, proto.clone())
+            .await
+            .status(),
+        415
+    );
     post_good_protobuf(server.addr).await;
-    assert_eq!(post(server.addr, "/v1/traces", "application/x-protobuf", Some("br"), proto).await.status(), 415);
+    assert_eq!(
+        post(
+            server.addr,
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("br"),
+            proto
+        )
+        .await
+        .status(),
+        415
+    );
     post_good_protobuf(server.addr).await;
 
     assert!(counter(&REJECTED, &["http", "unsupported_media_type"]) - before >= 2);
@@ -239,16 +412,27 @@ async fn http_unsupported_media_types_are_415() {
 #[tokio::test]
 async fn http_sink_refusals_are_retryable_with_retry_after() {
     let sink = VecSink::new();
-    let cfg = ReceiverConfig { unavailable_retry_after_secs: 11, ..ReceiverConfig::default() };
+    let cfg = ReceiverConfig {
+        unavailable_retry_after_secs: 11,
+        ..ReceiverConfig::default()
+    };
     let server = start_http(&sink, cfg, true).await;
     let before = counter(&REJECTED, &["http", "overloaded"]);
     let proto = traces_request(1).encode_to_vec();
 
     sink.set_mode(SinkMode::Overloaded);
-    let response = post(server.addr, "/v1/traces", "application/x-protobuf", None, proto.clone()).await;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        proto.clone(),
+    )
+    .await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
-    let (code, _, retry) = status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    let (code, _, retry) =
+        status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
     assert_eq!(code, Code::ResourceExhausted as i32);
     assert_eq!(retry, Some(Duration::from_secs(7)));
 
@@ -272,16 +456,33 @@ async fn grpc_accepts_gzip_and_zstd_from_the_otlp_client() {
     let ok_before = counter(&REQUESTS, &["grpc", "traces", "ok"]);
     let endpoint = format!("http://{}", server.addr);
 
-    let mut traces = TraceServiceClient::connect(endpoint.clone()).await.expect("connect").send_compressed(CompressionEncoding::Gzip);
-    let response = traces.export(traces_request(3)).await.expect("gzip export").into_inner();
-    assert_eq!(response.partial_success, None, "skipped non-AI spans are not rejections");
+    let mut traces = TraceServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect")
+        .send_compressed(CompressionEncoding::Gzip);
+    let response = traces
+        .export(traces_request(3))
+        .await
+        .expect("gzip export")
+        .into_inner();
+    assert_eq!(
+        response.partial_success, None,
+        "skipped non-AI spans are not rejections"
+    );
     let mut traces = traces.send_compressed(CompressionEncoding::Zstd);
     traces.export(traces_request(2)).await.expect("zstd export");
 
-    let mut logs = LogsServiceClient::connect(endpoint.clone()).await.expect("connect");
+    let mut logs = LogsServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect");
     logs.export(logs_request(4)).await.expect("logs export");
-    let mut metrics = MetricsServiceClient::connect(endpoint).await.expect("connect");
-    metrics.export(metrics_request(6)).await.expect("metrics export");
+    let mut metrics = MetricsServiceClient::connect(endpoint)
+        .await
+        .expect("connect");
+    metrics
+        .export(metrics_request(6))
+        .await
+        .expect("metrics export");
 
     assert_eq!(sink.rows(), 3 + 2 + 4);
     assert!(counter(&REQUESTS, &["grpc", "traces", "ok"]) - ok_before >= 2);
@@ -310,17 +511,28 @@ async fn grpc_malformed_protobuf_is_invalid_argument() {
         .expect("connect");
     let mut client = tonic::client::Grpc::new(channel.clone());
     client.ready().await.expect("ready");
-    let path = axum::http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let path = axum::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
     let codec = tonic_prost::ProstCodec::<Garbage, ExportTraceServiceResponse>::default();
     let status = client
-        .unary(tonic::Request::new(Garbage { junk: vec![0x0a, 0xff, 0xff, 0xff] }), path, codec)
+        .unary(
+            tonic::Request::new(Garbage {
+                junk: vec![0x0a, 0xff, 0xff, 0xff],
+            }),
+            path,
+            codec,
+        )
         .await
         .expect_err("garbage must be refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(counter(&REJECTED, &["grpc", "malformed"]) > before);
 
     let mut traces = TraceServiceClient::new(channel);
-    traces.export(traces_request(1)).await.expect("a good request after a bad one");
+    traces
+        .export(traces_request(1))
+        .await
+        .expect("a good request after a bad one");
     assert_eq!(sink.rows(), 1);
 }
 
@@ -328,24 +540,44 @@ async fn grpc_malformed_protobuf_is_invalid_argument() {
 async fn grpc_oversize_messages_are_final_resource_exhausted() {
     let sink = VecSink::new();
     let cfg = ReceiverConfig {
-        limits: Limits { max_body_bytes: 2048, max_decompressed_bytes: 4096 },
+        limits: Limits {
+            max_body_bytes: 2048,
+            max_decompressed_bytes: 4096,
+        },
         ..ReceiverConfig::default()
     };
     let server = start_grpc(&sink, cfg, true).await;
     let before = counter(&REJECTED, &["grpc", "too_large"]);
-    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
 
     // Over the limit on the wire: tonic says OUT_OF_RANGE, which OTLP clients would retry forever.
-    let status = client.export(big_request(10_000)).await.expect_err("too large");
+    let status = client
+        .export(big_request(10_000))
+        .await
+        .expect_err("too large");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.details().is_empty(), "no RetryInfo: the request can never fit");
-    client.export(traces_request(1)).await.expect("a good request after a bad one");
+    assert!(
+        status.details().is_empty(),
+        "no RetryInfo: the request can never fit"
+    );
+    client
+        .export(traces_request(1))
+        .await
+        .expect("a good request after a bad one");
 
     // Small on the wire, too large once inflated.
     let mut gzip_client = client.clone().send_compressed(CompressionEncoding::Gzip);
-    let status = gzip_client.export(big_request(10_000)).await.expect_err("too large inflated");
+    let status = gzip_client
+        .export(big_request(10_000))
+        .await
+        .expect_err("too large inflated");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    gzip_client.export(traces_request(1)).await.expect("a good request after a bad one");
+    gzip_client
+        .export(traces_request(1))
+        .await
+        .expect("a good request after a bad one");
 
     assert!(counter(&REJECTED, &["grpc", "too_large"]) - before >= 2);
     assert_eq!(sink.rows(), 2);
@@ -356,16 +588,25 @@ async fn grpc_sink_refusals_map_to_retryable_codes_with_retry_info() {
     let sink = VecSink::new();
     let server = start_grpc(&sink, ReceiverConfig::default(), true).await;
     let before = counter(&REJECTED, &["grpc", "overloaded"]);
-    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
 
     sink.set_mode(SinkMode::Overloaded);
-    let status = client.export(traces_request(1)).await.expect_err("overloaded");
+    let status = client
+        .export(traces_request(1))
+        .await
+        .expect_err("overloaded");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    let (_, _, retry) = status::decode_http_body(status.details()).expect("RetryInfo in the details");
+    let (_, _, retry) =
+        status::decode_http_body(status.details()).expect("RetryInfo in the details");
     assert_eq!(retry, Some(Duration::from_secs(7)));
 
     sink.set_mode(SinkMode::Unavailable);
-    let status = client.export(traces_request(1)).await.expect_err("unavailable");
+    let status = client
+        .export(traces_request(1))
+        .await
+        .expect_err("unavailable");
     assert_eq!(status.code(), Code::Unavailable);
 
     sink.set_mode(SinkMode::Accept);
@@ -385,7 +626,18 @@ async fn end_to_end_rows_arrive_from_both_transports() {
     let skipped_before = counter(&SKIPPED, &["http", "traces"]);
 
     let json = serde_json::to_vec(&traces_request(2)).expect("json");
-    assert_eq!(post(http_server.addr, "/v1/traces", "application/json", None, json).await.status(), 200);
+    assert_eq!(
+        post(
+            http_server.addr,
+            "/v1/traces",
+            "application/json",
+            None,
+            json
+        )
+        .await
+        .status(),
+        200
+    );
     let mut client = TraceServiceClient::connect(format!("http://{}", grpc_server.addr))
         .await
         .expect("connect")
@@ -394,24 +646,42 @@ async fn end_to_end_rows_arrive_from_both_transports() {
 
     assert_eq!(sink.rows(), 5);
     for batch in sink.batches() {
-        let kinds = batch.column_by_name(col::KIND).expect("kind").as_string::<i32>();
-        let sources = batch.column_by_name(col::SOURCE).expect("source").as_string::<i32>();
-        let models = batch.column_by_name(col::MODEL).expect("model").as_string::<i32>();
+        let kinds = batch
+            .column_by_name(col::KIND)
+            .expect("kind")
+            .as_string::<i32>();
+        let sources = batch
+            .column_by_name(col::SOURCE)
+            .expect("source")
+            .as_string::<i32>();
+        let models = batch
+            .column_by_name(col::MODEL)
+            .expect("model")
+            .as_string::<i32>();
         for row in 0..batch.num_rows() {
             assert_eq!(kinds.value(row), "inference");
             assert_eq!(sources.value(row), "test-source");
             assert_eq!(models.value(row), "gpt-4o");
         }
     }
-    assert!(counter(&SKIPPED, &["http", "traces"]) > skipped_before, "the health-check span was skipped");
+    assert!(
+        counter(&SKIPPED, &["http", "traces"]) > skipped_before,
+        "the health-check span was skipped"
+    );
 }
 
 /// A token store with an `ingest` token for "collector-eu" and a `query` token, as (authenticator, ingest,
 /// query); the dir must outlive the store.
 fn authenticator(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
-    let options = StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() };
-    let store = TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open token store");
-    let (_, ingest) = store.create("collector-eu", &[Scope::Ingest]).expect("create");
+    let options = StoreOptions {
+        recheck_interval: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let store =
+        TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open token store");
+    let (_, ingest) = store
+        .create("collector-eu", &[Scope::Ingest])
+        .expect("create");
     let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
     (Arc::new(Authenticator::new(store)), ingest, query)
 }
@@ -420,7 +690,11 @@ fn sources(sink: &VecSink) -> Vec<String> {
     sink.batches()
         .iter()
         .flat_map(|b| {
-            let col = b.column_by_name(col::SOURCE).expect("source").as_string::<i32>().clone();
+            let col = b
+                .column_by_name(col::SOURCE)
+                .expect("source")
+                .as_string::<i32>()
+                .clone();
             (0..b.num_rows()).map(move |i| col.value(i).to_string())
         })
         .collect()
@@ -433,15 +707,28 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (auth, ingest, query) = authenticator(&dir);
     let sink = VecSink::new();
-    let cfg = ReceiverConfig { source_name: Some("fallback".into()), ..ReceiverConfig::default() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cfg = ReceiverConfig {
+        source_name: Some("fallback".into()),
+        ..ReceiverConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (_tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, http::router(sink.clone(), cfg, auth), async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(http::serve(
+        listener,
+        http::router(sink.clone(), cfg, auth),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let failures = |reason: &str| counter(&AUTH_FAILURES, &[http::LISTENER, reason]);
-    let before = (failures("missing"), failures("invalid"), failures("forbidden"));
+    let before = (
+        failures("missing"),
+        failures("invalid"),
+        failures("forbidden"),
+    );
     let send = |token: Option<String>| {
         let mut request = reqwest::Client::new()
             .post(format!("http://{addr}/v1/traces"))
@@ -450,7 +737,14 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        async move { request.send().await.expect("HTTP request").status().as_u16() }
+        async move {
+            request
+                .send()
+                .await
+                .expect("HTTP request")
+                .status()
+                .as_u16()
+        }
     };
     assert_eq!(send(None).await, 401);
     assert_eq!(send(Some("vgl_wrong".into())).await, 401);
@@ -458,7 +752,14 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
     assert_eq!(sink.rows(), 0, "refused requests store nothing");
     assert_eq!(send(Some(ingest)).await, 200);
     assert_eq!(sources(&sink), ["collector-eu", "collector-eu"]);
-    assert_eq!((failures("missing"), failures("invalid"), failures("forbidden")), (before.0 + 1, before.1 + 1, before.2 + 1));
+    assert_eq!(
+        (
+            failures("missing"),
+            failures("invalid"),
+            failures("forbidden")
+        ),
+        (before.0 + 1, before.1 + 1, before.2 + 1)
+    );
 }
 
 #[tokio::test]
@@ -466,39 +767,95 @@ async fn grpc_requires_an_ingest_token_and_records_its_name_as_source() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (auth, ingest, query) = authenticator(&dir);
     let sink = VecSink::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (_tx, rx) = oneshot::channel::<()>();
     let security = Security { auth, tls: None };
-    tokio::spawn(grpc::serve(listener, sink.clone(), ReceiverConfig::default(), security, async move {
-        let _ = rx.await;
-    }));
-    let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+    tokio::spawn(grpc::serve(
+        listener,
+        sink.clone(),
+        ReceiverConfig::default(),
+        security,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
     let failures = |reason: &str| counter(&AUTH_FAILURES, &[grpc::LISTENER, reason]);
-    let before = (failures("missing"), failures("invalid"), failures("forbidden"));
+    let before = (
+        failures("missing"),
+        failures("invalid"),
+        failures("forbidden"),
+    );
     let with = |token: Option<&str>| {
         let mut request = tonic::Request::new(traces_request(3));
         if let Some(token) = token {
-            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
         }
         request
     };
-    assert_eq!(client.export(with(None)).await.expect_err("no token").code(), Code::Unauthenticated);
-    assert_eq!(client.export(with(Some("vgl_wrong"))).await.expect_err("wrong").code(), Code::Unauthenticated);
-    assert_eq!(client.export(with(Some(&query))).await.expect_err("out of scope").code(), Code::PermissionDenied);
+    assert_eq!(
+        client
+            .export(with(None))
+            .await
+            .expect_err("no token")
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        client
+            .export(with(Some("vgl_wrong")))
+            .await
+            .expect_err("wrong")
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        client
+            .export(with(Some(&query)))
+            .await
+            .expect_err("out of scope")
+            .code(),
+        Code::PermissionDenied
+    );
     assert_eq!(sink.rows(), 0);
-    client.export(with(Some(&ingest))).await.expect("valid token");
+    client
+        .export(with(Some(&ingest)))
+        .await
+        .expect("valid token");
     assert_eq!(sources(&sink), ["collector-eu"; 3]);
-    assert_eq!((failures("missing"), failures("invalid"), failures("forbidden")), (before.0 + 1, before.1 + 1, before.2 + 1));
+    assert_eq!(
+        (
+            failures("missing"),
+            failures("invalid"),
+            failures("forbidden")
+        ),
+        (before.0 + 1, before.1 + 1, before.2 + 1)
+    );
 }
 
 /// With authentication off (the demo) events carry the configured fallback, or `anonymous` without one.
 #[tokio::test]
 async fn unauthenticated_senders_get_the_fallback_or_anonymous_source() {
-    for (fallback, expected) in [(Some("edge"), "edge"), (None, crate::security::ANONYMOUS_SOURCE)] {
+    for (fallback, expected) in [
+        (Some("edge"), "edge"),
+        (None, crate::security::ANONYMOUS_SOURCE),
+    ] {
         let sink = VecSink::new();
-        let cfg = ReceiverConfig { source_name: fallback.map(str::to_owned), ..ReceiverConfig::default() };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cfg = ReceiverConfig {
+            source_name: fallback.map(str::to_owned),
+            ..ReceiverConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (_tx, rx) = oneshot::channel::<()>();
         let router = http::router(sink.clone(), cfg, Security::open().auth);
@@ -506,7 +863,12 @@ async fn unauthenticated_senders_get_the_fallback_or_anonymous_source() {
             let _ = rx.await;
         }));
         let json = serde_json::to_vec(&traces_request(1)).expect("json");
-        assert_eq!(post(addr, "/v1/traces", "application/json", None, json).await.status(), 200);
+        assert_eq!(
+            post(addr, "/v1/traces", "application/json", None, json)
+                .await
+                .status(),
+            200
+        );
         assert_eq!(sources(&sink), [expected]);
     }
 }

@@ -59,11 +59,19 @@ fn rpc_status(code: tonic::Code, message: &str, retry_after: Option<Duration>) -
         })
         .into_iter()
         .collect();
-    RpcStatus { code: code as i32, message: message.to_owned(), details }
+    RpcStatus {
+        code: code as i32,
+        message: message.to_owned(),
+        details,
+    }
 }
 
 /// A gRPC status whose details carry `RetryInfo` when the client should come back later.
-pub(crate) fn grpc_status(code: tonic::Code, message: &str, retry_after: Option<Duration>) -> tonic::Status {
+pub(crate) fn grpc_status(
+    code: tonic::Code,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> tonic::Status {
     match retry_after {
         Some(_) => {
             let details = rpc_status(code, message, retry_after).encode_to_vec();
@@ -74,7 +82,12 @@ pub(crate) fn grpc_status(code: tonic::Code, message: &str, retry_after: Option<
 }
 
 /// The body of an OTLP/HTTP error response in the request's encoding.
-pub(crate) fn http_body(encoding: Encoding, code: tonic::Code, message: &str, retry_after: Option<Duration>) -> Vec<u8> {
+pub(crate) fn http_body(
+    encoding: Encoding,
+    code: tonic::Code,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> Vec<u8> {
     match encoding {
         Encoding::Protobuf => rpc_status(code, message, retry_after).encode_to_vec(),
         Encoding::Json => {
@@ -116,7 +129,12 @@ mod tests {
 
     #[test]
     fn protobuf_body_round_trips_with_retry_info() {
-        let body = http_body(Encoding::Protobuf, tonic::Code::ResourceExhausted, "busy", Some(Duration::from_secs(3)));
+        let body = http_body(
+            Encoding::Protobuf,
+            tonic::Code::ResourceExhausted,
+            "busy",
+            Some(Duration::from_secs(3)),
+        );
         let (code, message, retry) = decode_http_body(&body).expect("a google.rpc.Status");
         assert_eq!(code, tonic::Code::ResourceExhausted as i32);
         assert_eq!(message, "busy");
@@ -125,7 +143,12 @@ mod tests {
 
     #[test]
     fn json_body_follows_the_proto3_json_mapping() {
-        let body = http_body(Encoding::Json, tonic::Code::Unavailable, "down", Some(Duration::from_millis(1500)));
+        let body = http_body(
+            Encoding::Json,
+            tonic::Code::Unavailable,
+            "down",
+            Some(Duration::from_millis(1500)),
+        );
         let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["code"], 14);
         assert_eq!(value["message"], "down");
@@ -138,10 +161,16 @@ mod tests {
 
     #[test]
     fn grpc_status_details_hold_the_encoded_status() {
-        let status = grpc_status(tonic::Code::ResourceExhausted, "busy", Some(Duration::from_secs(2)));
+        let status = grpc_status(
+            tonic::Code::ResourceExhausted,
+            "busy",
+            Some(Duration::from_secs(2)),
+        );
         let (code, _, retry) = decode_http_body(status.details()).expect("details decode");
         assert_eq!(code, tonic::Code::ResourceExhausted as i32);
         assert_eq!(retry, Some(Duration::from_secs(2)));
-        assert!(grpc_status(tonic::Code::Internal, "x", None).details().is_empty());
+        assert!(grpc_status(tonic::Code::Internal, "x", None)
+            .details()
+            .is_empty());
     }
 }

@@ -10,7 +10,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{metric, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -35,7 +37,10 @@ pub struct VecSink {
 
 impl VecSink {
     pub fn new() -> Arc<Self> {
-        Arc::new(VecSink { batches: Mutex::new(Vec::new()), mode: Mutex::new(SinkMode::Accept) })
+        Arc::new(VecSink {
+            batches: Mutex::new(Vec::new()),
+            mode: Mutex::new(SinkMode::Accept),
+        })
     }
 
     pub fn set_mode(&self, mode: SinkMode) {
@@ -43,7 +48,12 @@ impl VecSink {
     }
 
     pub fn rows(&self) -> usize {
-        self.batches.lock().expect("batches lock").iter().map(RecordBatch::num_rows).sum()
+        self.batches
+            .lock()
+            .expect("batches lock")
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum()
     }
 
     pub fn batches(&self) -> Vec<RecordBatch> {
@@ -53,14 +63,20 @@ impl VecSink {
 
 #[async_trait::async_trait]
 impl EventSink for VecSink {
-    async fn accept_admitted(&self, batch: RecordBatch, _admission: crate::sink::Admission) -> Result<(), SinkError> {
+    async fn accept_admitted(
+        &self,
+        batch: RecordBatch,
+        _admission: crate::sink::Admission,
+    ) -> Result<(), SinkError> {
         let mode = *self.mode.lock().expect("mode lock");
         match mode {
             SinkMode::Accept => {
                 self.batches.lock().expect("batches lock").push(batch);
                 Ok(())
             }
-            SinkMode::Overloaded => Err(SinkError::Overloaded { retry_after: Duration::from_secs(7) }),
+            SinkMode::Overloaded => Err(SinkError::Overloaded {
+                retry_after: Duration::from_secs(7),
+            }),
             SinkMode::Unavailable => Err(SinkError::Unavailable("store offline".into())),
         }
     }
@@ -69,7 +85,11 @@ impl EventSink for VecSink {
 /// One `tool` event per span, except spans named `GET ...`, which count as skipped non-AI spans.
 pub fn fake_normalizers() -> Normalizers {
     fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normalized {
-        let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+        let spans = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans);
         let mut builder = EventBatchBuilder::default();
         let mut skipped = 0;
         for span in spans {
@@ -86,10 +106,17 @@ pub fn fake_normalizers() -> Normalizers {
                 ..Default::default()
             });
         }
-        Normalized { batch: builder.finish(), skipped }
+        Normalized {
+            batch: builder.finish(),
+            skipped,
+        }
     }
     fn logs(req: &ExportLogsServiceRequest, ctx: &NormalizeContext) -> Normalized {
-        let records = req.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records);
+        let records = req
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .flat_map(|s| &s.log_records);
         let mut builder = EventBatchBuilder::default();
         for (i, _) in records.enumerate() {
             builder.push(&EventRow {
@@ -100,7 +127,10 @@ pub fn fake_normalizers() -> Normalizers {
                 ..Default::default()
             });
         }
-        Normalized { batch: builder.finish(), skipped: 0 }
+        Normalized {
+            batch: builder.finish(),
+            skipped: 0,
+        }
     }
     Normalizers { traces, logs }
 }
@@ -108,13 +138,21 @@ pub fn fake_normalizers() -> Normalizers {
 fn string_attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
         ..Default::default()
     }
 }
 
 fn int_attr(key: &str, value: i64) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
 /// `ai_spans` GenAI chat spans (conventional attributes, so real normalisation keeps them) plus one plain
@@ -151,8 +189,14 @@ pub fn traces_request(ai_spans: usize) -> ExportTraceServiceRequest {
     });
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![string_attr("service.name", "chatbot")], ..Default::default() }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![string_attr("service.name", "chatbot")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
@@ -170,8 +214,14 @@ pub fn logs_request(records: usize) -> ExportLogsServiceRequest {
         .collect();
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: vec![string_attr("service.name", "gateway")], ..Default::default() }),
-            scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![string_attr("service.name", "gateway")],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }

@@ -14,7 +14,11 @@ use super::{record_failure, AuthFailure, Authenticator, Scope};
 
 /// A tonic interceptor requiring `scope`; see the module docs.
 pub fn interceptor(auth: Arc<Authenticator>, scope: Scope, listener: &'static str) -> GrpcAuth {
-    GrpcAuth { auth, scope, listener }
+    GrpcAuth {
+        auth,
+        scope,
+        listener,
+    }
 }
 
 /// See [`interceptor`].
@@ -28,7 +32,10 @@ pub struct GrpcAuth {
 impl Interceptor for GrpcAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         // gRPC metadata keys are lowercase; a non-ASCII value cannot be a token.
-        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
         match self.auth.authorize_header(header, self.scope) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
@@ -36,7 +43,11 @@ impl Interceptor for GrpcAuth {
             }
             Err(failure) => {
                 record_failure(self.listener, &failure);
-                tracing::debug!(listener = self.listener, reason = failure.reason(), "gRPC request refused");
+                tracing::debug!(
+                    listener = self.listener,
+                    reason = failure.reason(),
+                    "gRPC request refused"
+                );
                 Err(status(&failure))
             }
         }
@@ -57,7 +68,9 @@ mod tests {
     use std::time::Duration;
 
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
@@ -76,9 +89,16 @@ mod tests {
             &self,
             request: Request<ExportTraceServiceRequest>,
         ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-            let source = request.extensions().get::<Principal>().map(|p| p.source.to_string()).unwrap_or_default();
+            let source = request
+                .extensions()
+                .get::<Principal>()
+                .map(|p| p.source.to_string())
+                .unwrap_or_default();
             Ok(Response::new(ExportTraceServiceResponse {
-                partial_success: Some(ExportTracePartialSuccess { rejected_spans: 0, error_message: source }),
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: 0,
+                    error_message: source,
+                }),
             }))
         }
     }
@@ -86,7 +106,8 @@ mod tests {
     fn with_token(token: Option<&str>) -> Request<ExportTraceServiceRequest> {
         let mut request = Request::new(ExportTraceServiceRequest::default());
         if let Some(token) = token {
-            let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii metadata");
+            let value: MetadataValue<_> =
+                format!("Bearer {token}").parse().expect("ascii metadata");
             request.metadata_mut().insert("authorization", value);
         }
         request
@@ -97,34 +118,62 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TokenStore::open_with(
             dir.path().join("tokens.json"),
-            StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() },
+            StoreOptions {
+                recheck_interval: Duration::ZERO,
+                ..StoreOptions::default()
+            },
         )
         .expect("open store");
         let (_, ingest) = store.create("sdk-app", &[Scope::Ingest]).expect("create");
         let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
         let auth = Arc::new(Authenticator::new(store));
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let service = TraceServiceServer::with_interceptor(EchoSource, interceptor(auth, Scope::Ingest, "grpc_test"));
+        let service = TraceServiceServer::with_interceptor(
+            EchoSource,
+            interceptor(auth, Scope::Ingest, "grpc_test"),
+        );
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(tokio_stream_of(listener)),
         );
-        let mut client = TraceServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-        let counted = |reason: &str| AUTH_FAILURES.with_label_values(&["grpc_test", reason]).get();
-        let (missing, invalid, forbidden) = (counted("missing"), counted("invalid"), counted("forbidden"));
+        let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let counted = |reason: &str| {
+            AUTH_FAILURES
+                .with_label_values(&["grpc_test", reason])
+                .get()
+        };
+        let (missing, invalid, forbidden) =
+            (counted("missing"), counted("invalid"), counted("forbidden"));
 
         let err = client.export(with_token(None)).await.expect_err("no token");
         assert_eq!(err.code(), Code::Unauthenticated);
-        let err = client.export(with_token(Some("vgl_wrong"))).await.expect_err("wrong token");
+        let err = client
+            .export(with_token(Some("vgl_wrong")))
+            .await
+            .expect_err("wrong token");
         assert_eq!(err.code(), Code::Unauthenticated);
-        let err = client.export(with_token(Some(&query))).await.expect_err("out of scope");
+        let err = client
+            .export(with_token(Some(&query)))
+            .await
+            .expect_err("out of scope");
         assert_eq!(err.code(), Code::PermissionDenied);
-        let ok = client.export(with_token(Some(&ingest))).await.expect("valid token");
+        let ok = client
+            .export(with_token(Some(&ingest)))
+            .await
+            .expect("valid token");
         let seen = ok.into_inner().partial_success.map(|p| p.error_message);
-        assert_eq!(seen.as_deref(), Some("sdk-app"), "service sees the principal");
+        assert_eq!(
+            seen.as_deref(),
+            Some("sdk-app"),
+            "service sees the principal"
+        );
 
         assert_eq!(counted("missing"), missing + 1);
         assert_eq!(counted("invalid"), invalid + 1);

@@ -18,8 +18,16 @@ use super::{record_failure, AuthFailure, Authenticator, Principal, Scope};
 /// Requires a token with `scope` on every request through the wrapped service, and attaches the
 /// [`Principal`] to the request's extensions. `listener` labels the failure counter (`otlp_http`,
 /// `query_http`, `admin`, ...).
-pub fn require(auth: Arc<Authenticator>, scope: Scope, listener: &'static str) -> RequireScopeLayer {
-    RequireScopeLayer { auth, scope, listener }
+pub fn require(
+    auth: Arc<Authenticator>,
+    scope: Scope,
+    listener: &'static str,
+) -> RequireScopeLayer {
+    RequireScopeLayer {
+        auth,
+        scope,
+        listener,
+    }
 }
 
 /// See [`require`].
@@ -34,7 +42,10 @@ impl<S> Layer<S> for RequireScopeLayer {
     type Service = RequireScope<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequireScope { inner, layer: self.clone() }
+        RequireScope {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -58,7 +69,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let header = req.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
         match self.layer.auth.authorize_header(header, self.layer.scope) {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
@@ -66,7 +80,11 @@ where
             }
             Err(failure) => {
                 record_failure(self.layer.listener, &failure);
-                tracing::debug!(listener = self.layer.listener, reason = failure.reason(), "request refused");
+                tracing::debug!(
+                    listener = self.layer.listener,
+                    reason = failure.reason(),
+                    "request refused"
+                );
                 Either::Left(future::ready(Ok(rejection(&failure))))
             }
         }
@@ -76,8 +94,14 @@ where
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750 §3) or 403 naming the missing scope.
 pub fn rejection(failure: &AuthFailure) -> Response {
     let (status, challenge) = match failure {
-        AuthFailure::Missing => (StatusCode::UNAUTHORIZED, r#"Bearer realm="vigil""#.to_string()),
-        AuthFailure::Invalid => (StatusCode::UNAUTHORIZED, r#"Bearer realm="vigil", error="invalid_token""#.to_string()),
+        AuthFailure::Missing => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="vigil""#.to_string(),
+        ),
+        AuthFailure::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="vigil", error="invalid_token""#.to_string(),
+        ),
         AuthFailure::Forbidden { required, .. } => (
             StatusCode::FORBIDDEN,
             format!(r#"Bearer realm="vigil", error="insufficient_scope", scope="{required}""#),
@@ -88,7 +112,10 @@ pub fn rejection(failure: &AuthFailure) -> Response {
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         headers.insert(WWW_AUTHENTICATE, value);
     }
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -99,7 +126,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
-            (StatusCode::INTERNAL_SERVER_ERROR, "authentication layer is not installed on this route").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "authentication layer is not installed on this route",
+            )
+                .into_response()
         })
     }
 }
@@ -125,23 +156,38 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = TokenStore::open_with(
             dir.path().join("tokens.json"),
-            StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() },
+            StoreOptions {
+                recheck_interval: Duration::ZERO,
+                ..StoreOptions::default()
+            },
         )
         .expect("open store");
         let (_, ingest) = store.create("collector", &[Scope::Ingest]).expect("create");
         let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
         let auth = Arc::new(Authenticator::new(store));
         let app = Router::new()
-            .route("/v1/traces", get(|p: Principal| async move { p.source.to_string() }))
+            .route(
+                "/v1/traces",
+                get(|p: Principal| async move { p.source.to_string() }),
+            )
             .layer(require(auth, Scope::Ingest, "http_test"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Fixture { _dir: dir, base, ingest, query }
+        Fixture {
+            _dir: dir,
+            base,
+            ingest,
+            query,
+        }
     }
 
     fn failures(reason: &str) -> u64 {
-        AUTH_FAILURES.with_label_values(&["http_test", reason]).get()
+        AUTH_FAILURES
+            .with_label_values(&["http_test", reason])
+            .get()
     }
 
     #[tokio::test]
@@ -149,23 +195,52 @@ mod tests {
         let f = serve().await;
         let client = reqwest::Client::new();
         let url = format!("{}/v1/traces", f.base);
-        let (missing, invalid, forbidden) = (failures("missing"), failures("invalid"), failures("forbidden"));
+        let (missing, invalid, forbidden) = (
+            failures("missing"),
+            failures("invalid"),
+            failures("forbidden"),
+        );
 
         let r = client.get(&url).send().await.expect("request");
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], r#"Bearer realm="vigil""#);
 
-        let r = client.get(&url).bearer_auth("vgl_not_a_token").send().await.expect("request");
+        let r = client
+            .get(&url)
+            .bearer_auth("vgl_not_a_token")
+            .send()
+            .await
+            .expect("request");
         assert_eq!(r.status(), 401);
-        assert!(r.headers()[WWW_AUTHENTICATE].to_str().expect("ascii").contains("invalid_token"));
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ascii")
+            .contains("invalid_token"));
 
-        let r = client.get(&url).bearer_auth(&f.query).send().await.expect("request");
+        let r = client
+            .get(&url)
+            .bearer_auth(&f.query)
+            .send()
+            .await
+            .expect("request");
         assert_eq!(r.status(), 403);
-        assert!(r.headers()[WWW_AUTHENTICATE].to_str().expect("ascii").contains(r#"scope="ingest""#));
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ascii")
+            .contains(r#"scope="ingest""#));
 
-        let r = client.get(&url).bearer_auth(&f.ingest).send().await.expect("request");
+        let r = client
+            .get(&url)
+            .bearer_auth(&f.ingest)
+            .send()
+            .await
+            .expect("request");
         assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.expect("body"), "collector", "handler sees the principal's source");
+        assert_eq!(
+            r.text().await.expect("body"),
+            "collector",
+            "handler sees the principal's source"
+        );
 
         assert_eq!(failures("missing"), missing + 1);
         assert_eq!(failures("invalid"), invalid + 1);
@@ -175,9 +250,18 @@ mod tests {
     #[tokio::test]
     async fn disabled_auth_passes_anonymous_principal() {
         let app = Router::new()
-            .route("/", get(|p: Principal| async move { format!("{}:{}", p.source, p.is_verified()) }))
-            .layer(require(Arc::new(Authenticator::disabled()), Scope::Admin, "http_test"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            .route(
+                "/",
+                get(|p: Principal| async move { format!("{}:{}", p.source, p.is_verified()) }),
+            )
+            .layer(require(
+                Arc::new(Authenticator::disabled()),
+                Scope::Admin,
+                "http_test",
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}/", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         let r = reqwest::get(&url).await.expect("request");

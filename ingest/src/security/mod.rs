@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 pub use scopes::Scope;
 pub use tls::{TlsConfig, TlsError};
 pub use tls_listener::{TlsIncoming, TlsIo, TlsListener};
-pub use tokens::{ConfiguredToken, StoreOptions, TokenInfo, TokenOrigin, TokenStore, TokenStoreError};
+pub use tokens::{
+    ConfiguredToken, StoreOptions, TokenInfo, TokenOrigin, TokenStore, TokenStoreError,
+};
 
 /// The file name of the token store inside the data dir.
 pub const TOKENS_FILE: &str = "tokens.json";
@@ -50,12 +52,20 @@ pub struct Principal {
 
 impl Principal {
     pub(crate) fn verified(token_id: &str, source: &str, scopes: &[Scope]) -> Self {
-        Principal { token_id: Some(token_id.into()), source: source.into(), scopes: scopes.into() }
+        Principal {
+            token_id: Some(token_id.into()),
+            source: source.into(),
+            scopes: scopes.into(),
+        }
     }
 
     /// Everything allowed, nothing verified: what a listener with authentication disabled attaches.
     pub fn anonymous() -> Self {
-        Principal { token_id: None, source: ANONYMOUS_SOURCE.into(), scopes: Scope::ALL.as_slice().into() }
+        Principal {
+            token_id: None,
+            source: ANONYMOUS_SOURCE.into(),
+            scopes: Scope::ALL.as_slice().into(),
+        }
     }
 
     /// Whether this principal presented a valid token.
@@ -106,7 +116,9 @@ pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Counts a refusal; adapters call this so every listener reports the same way.
 pub fn record_failure(listener: &str, failure: &AuthFailure) {
-    AUTH_FAILURES.with_label_values(&[listener, failure.reason()]).inc();
+    AUTH_FAILURES
+        .with_label_values(&[listener, failure.reason()])
+        .inc();
 }
 
 /// `[auth]` in the config.
@@ -126,7 +138,12 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { enabled: true, tokens: Vec::new(), token_file: None, recheck_interval: Duration::from_secs(1) }
+        AuthConfig {
+            enabled: true,
+            tokens: Vec::new(),
+            token_file: None,
+            recheck_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -152,7 +169,10 @@ impl Authenticator {
         if !config.enabled {
             return Ok(Self::disabled());
         }
-        Ok(Self::new(TokenStore::open_with(data_dir.join(TOKENS_FILE), store_options(config))?))
+        Ok(Self::new(TokenStore::open_with(
+            data_dir.join(TOKENS_FILE),
+            store_options(config),
+        )?))
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -165,21 +185,35 @@ impl Authenticator {
     }
 
     /// Checks a presented token (already stripped of any `Bearer ` scheme) against `required`.
-    pub fn authorize_token(&self, token: Option<&str>, required: Scope) -> Result<Principal, AuthFailure> {
+    pub fn authorize_token(
+        &self,
+        token: Option<&str>,
+        required: Scope,
+    ) -> Result<Principal, AuthFailure> {
         let Some(store) = &self.store else {
             return Ok(Principal::anonymous());
         };
-        let token = token.map(str::trim).filter(|t| !t.is_empty()).ok_or(AuthFailure::Missing)?;
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthFailure::Missing)?;
         let principal = store.verify(token).ok_or(AuthFailure::Invalid)?;
         if principal.has(required) {
             Ok(principal)
         } else {
-            Err(AuthFailure::Forbidden { sender: principal.source, required })
+            Err(AuthFailure::Forbidden {
+                sender: principal.source,
+                required,
+            })
         }
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`, scheme case-insensitive).
-    pub fn authorize_header(&self, header: Option<&str>, required: Scope) -> Result<Principal, AuthFailure> {
+    pub fn authorize_header(
+        &self,
+        header: Option<&str>,
+        required: Scope,
+    ) -> Result<Principal, AuthFailure> {
         if !self.is_enabled() {
             return Ok(Principal::anonymous());
         }
@@ -209,7 +243,10 @@ pub fn store_options(config: &AuthConfig) -> StoreOptions {
 /// The token of a `Bearer` authorization value (RFC 6750 §2.1; the scheme is case-insensitive).
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, rest) = header.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -219,7 +256,10 @@ mod tests {
     fn authenticator(dir: &tempfile::TempDir) -> (Authenticator, String, String) {
         let store = TokenStore::open_with(
             dir.path().join(TOKENS_FILE),
-            StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() },
+            StoreOptions {
+                recheck_interval: Duration::ZERO,
+                ..StoreOptions::default()
+            },
         )
         .expect("open store");
         let (_, ingest) = store.create("collector", &[Scope::Ingest]).expect("create");
@@ -231,13 +271,26 @@ mod tests {
     fn header_checks_distinguish_missing_invalid_forbidden_and_ok() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (auth, ingest, _) = authenticator(&dir);
-        assert_eq!(auth.authorize_header(None, Scope::Ingest), Err(AuthFailure::Missing));
-        assert_eq!(auth.authorize_header(Some("Bearer vgl_nope"), Scope::Ingest), Err(AuthFailure::Invalid));
-        assert_eq!(auth.authorize_header(Some(&format!("Basic {ingest}")), Scope::Ingest), Err(AuthFailure::Invalid));
-        let forbidden = auth.authorize_header(Some(&format!("Bearer {ingest}")), Scope::Query).expect_err("out of scope");
+        assert_eq!(
+            auth.authorize_header(None, Scope::Ingest),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            auth.authorize_header(Some("Bearer vgl_nope"), Scope::Ingest),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            auth.authorize_header(Some(&format!("Basic {ingest}")), Scope::Ingest),
+            Err(AuthFailure::Invalid)
+        );
+        let forbidden = auth
+            .authorize_header(Some(&format!("Bearer {ingest}")), Scope::Query)
+            .expect_err("out of scope");
         assert!(forbidden.is_forbidden());
         assert_eq!(forbidden.reason(), "forbidden");
-        let ok = auth.authorize_header(Some(&format!("bearer  {ingest} ")), Scope::Ingest).expect("valid");
+        let ok = auth
+            .authorize_header(Some(&format!("bearer  {ingest} ")), Scope::Ingest)
+            .expect("valid");
         assert_eq!(&*ok.source, "collector");
         assert!(ok.is_verified());
     }
@@ -246,7 +299,10 @@ mod tests {
     fn password_check_requires_query_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (auth, ingest, query) = authenticator(&dir);
-        assert_eq!(auth.check_password(&query).map(|p| p.source), Some("grafana".into()));
+        assert_eq!(
+            auth.check_password(&query).map(|p| p.source),
+            Some("grafana".into())
+        );
         assert!(auth.check_password(&ingest).is_none());
         assert!(auth.check_password("").is_none());
         assert!(auth.check_password("postgres").is_none());
@@ -255,7 +311,9 @@ mod tests {
     #[test]
     fn disabled_authenticator_admits_anonymous_unverified_principal() {
         let auth = Authenticator::disabled();
-        let p = auth.authorize_header(None, Scope::Admin).expect("demo mode admits");
+        let p = auth
+            .authorize_header(None, Scope::Admin)
+            .expect("demo mode admits");
         assert!(!p.is_verified());
         assert_eq!(&*p.source, ANONYMOUS_SOURCE);
         assert!(auth.check_password("anything").is_some());
@@ -274,16 +332,35 @@ mod tests {
         assert_eq!(config.recheck_interval, Duration::from_secs(5));
         let dir = tempfile::tempdir().expect("tempdir");
         let auth = Authenticator::from_config(&config, dir.path()).expect("build");
-        assert_eq!(auth.authorize_token(Some("abc"), Scope::Ingest).map(|p| p.source), Ok("ci".into()));
-        assert_eq!(auth.store().map(|s| s.path().to_path_buf()), Some(dir.path().join(TOKENS_FILE)));
-        let off = AuthConfig { enabled: false, ..AuthConfig::default() };
-        assert!(!Authenticator::from_config(&off, dir.path()).expect("build").is_enabled());
+        assert_eq!(
+            auth.authorize_token(Some("abc"), Scope::Ingest)
+                .map(|p| p.source),
+            Ok("ci".into())
+        );
+        assert_eq!(
+            auth.store().map(|s| s.path().to_path_buf()),
+            Some(dir.path().join(TOKENS_FILE))
+        );
+        let off = AuthConfig {
+            enabled: false,
+            ..AuthConfig::default()
+        };
+        assert!(!Authenticator::from_config(&off, dir.path())
+            .expect("build")
+            .is_enabled());
     }
 
     #[test]
     fn failures_are_counted_by_listener_and_reason() {
-        let before = AUTH_FAILURES.with_label_values(&["unit_test", "invalid"]).get();
+        let before = AUTH_FAILURES
+            .with_label_values(&["unit_test", "invalid"])
+            .get();
         record_failure("unit_test", &AuthFailure::Invalid);
-        assert_eq!(AUTH_FAILURES.with_label_values(&["unit_test", "invalid"]).get(), before + 1);
+        assert_eq!(
+            AUTH_FAILURES
+                .with_label_values(&["unit_test", "invalid"])
+                .get(),
+            before + 1
+        );
     }
 }

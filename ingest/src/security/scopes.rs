@@ -67,8 +67,11 @@ pub fn any_grants(held: &[Scope], required: Scope) -> bool {
 
 /// Parses a comma-separated scope list as typed on the command line (`--scopes ingest,query`).
 pub fn parse_list(s: &str) -> Result<Vec<Scope>, UnknownScope> {
-    let mut scopes: Vec<Scope> =
-        s.split(',').filter(|p| !p.trim().is_empty()).map(Scope::from_str).collect::<Result<_, _>>()?;
+    let mut scopes: Vec<Scope> = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(Scope::from_str)
+        .collect::<Result<_, _>>()?;
     scopes.sort();
     scopes.dedup();
     Ok(scopes)
@@ -76,7 +79,11 @@ pub fn parse_list(s: &str) -> Result<Vec<Scope>, UnknownScope> {
 
 /// Formats scopes the way [`parse_list`] reads them.
 pub fn display_list(scopes: &[Scope]) -> String {
-    scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

@@ -61,17 +61,33 @@ impl TlsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("TLS file {path}: {source}")]
-    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("TLS file {path} contains no certificate")]
     NoCertificates { path: PathBuf },
     #[error("TLS key {path} is not a usable RSA, ECDSA or Ed25519 key: {source}")]
-    BadKey { path: PathBuf, source: rustls::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("TLS key {key} does not match the certificate in {cert}: {source}")]
-    KeyMismatch { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
     #[error("client CA file {path}: {source}")]
-    ClientCa { path: PathBuf, source: rustls::server::VerifierBuilderError },
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
     #[error("client CA file {path}: {source}")]
-    ClientCaCert { path: PathBuf, source: rustls::Error },
+    ClientCaCert {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -96,16 +112,23 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let resolver = Arc::new(ReloadingCert::load(config, provider.clone())?);
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let builder = match &config.client_ca_file {
         Some(ca_file) => {
             let mut roots = RootCertStore::empty();
             for cert in load_certs(ca_file)? {
-                roots.add(cert).map_err(|source| TlsError::ClientCaCert { path: ca_file.clone(), source })?;
+                roots.add(cert).map_err(|source| TlsError::ClientCaCert {
+                    path: ca_file.clone(),
+                    source,
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|source| TlsError::ClientCa { path: ca_file.clone(), source })?;
+                .map_err(|source| TlsError::ClientCa {
+                    path: ca_file.clone(),
+                    source,
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -138,7 +161,11 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(Fingerprint { modified: meta.modified().ok(), len: meta.len(), inode })
+    Some(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
 }
 
 #[derive(Debug)]
@@ -171,7 +198,11 @@ impl ReloadingCert {
             interval: config.reload_interval,
             provider,
             current: RwLock::new(Arc::new(key)),
-            state: Mutex::new(ReloadState { last_check: Instant::now(), cert_fp, key_fp }),
+            state: Mutex::new(ReloadState {
+                last_check: Instant::now(),
+                cert_fp,
+                key_fp,
+            }),
         })
     }
 
@@ -218,26 +249,42 @@ impl ResolvesServerCert for ReloadingCert {
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem { path: path.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificates { path: path.to_path_buf() });
+        return Err(TlsError::NoCertificates {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
-fn load_certified_key(cert_file: &Path, key_file: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+fn load_certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     let certs = load_certs(cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|source| TlsError::Pem { path: key_file.to_path_buf(), source })?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Pem {
+        path: key_file.to_path_buf(),
+        source,
+    })?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|source| TlsError::BadKey { path: key_file.to_path_buf(), source })?;
+        .map_err(|source| TlsError::BadKey {
+            path: key_file.to_path_buf(),
+            source,
+        })?;
     let certified = CertifiedKey::new(certs, signing_key);
-    certified.keys_match().map_err(|source| TlsError::KeyMismatch {
-        cert: cert_file.to_path_buf(),
-        key: key_file.to_path_buf(),
-        source,
-    })?;
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::KeyMismatch {
+            cert: cert_file.to_path_buf(),
+            key: key_file.to_path_buf(),
+            source,
+        })?;
     Ok(certified)
 }

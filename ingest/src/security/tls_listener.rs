@@ -48,15 +48,27 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `tcp`; `listener` labels the handshake-failure counter. Needs a Tokio runtime.
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor, listener: &'static str) -> io::Result<Self> {
+    pub fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        listener: &'static str,
+    ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
         let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx, listener));
-        Ok(TlsListener { ready, local_addr, accept_task })
+        Ok(TlsListener {
+            ready,
+            local_addr,
+            accept_task,
+        })
     }
 
     /// Binds `addr` and starts accepting.
-    pub async fn bind(addr: SocketAddr, acceptor: TlsAcceptor, listener: &'static str) -> io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        listener: &'static str,
+    ) -> io::Result<Self> {
         Self::new(TcpListener::bind(addr).await?, acceptor, listener)
     }
 
@@ -80,10 +92,17 @@ impl Drop for TlsListener {
     }
 }
 
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<TlsIo>, listener: &'static str) {
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<TlsIo>,
+    listener: &'static str,
+) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else { return };
+        let Ok(permit) = pending.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, remote_addr) = match tcp.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -101,18 +120,29 @@ async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sende
             let local_addr = stream.local_addr().ok();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let peer_certificates =
-                        tls.get_ref().1.peer_certificates().map(|certs| Arc::new(certs.to_vec()));
-                    let info = TlsConnectInfo { local_addr, remote_addr, peer_certificates };
+                    let peer_certificates = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|certs| Arc::new(certs.to_vec()));
+                    let info = TlsConnectInfo {
+                        local_addr,
+                        remote_addr,
+                        peer_certificates,
+                    };
                     // A closed queue means the listener was dropped; the connection just goes away.
                     let _ = ready.send(TlsIo { stream: tls, info }).await;
                 }
                 Ok(Err(e)) => {
-                    HANDSHAKE_FAILURES.with_label_values(&[listener, "error"]).inc();
+                    HANDSHAKE_FAILURES
+                        .with_label_values(&[listener, "error"])
+                        .inc();
                     tracing::debug!(listener, %remote_addr, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    HANDSHAKE_FAILURES.with_label_values(&[listener, "timeout"]).inc();
+                    HANDSHAKE_FAILURES
+                        .with_label_values(&[listener, "timeout"])
+                        .inc();
                     tracing::debug!(listener, %remote_addr, "TLS handshake timed out");
                 }
             }
@@ -189,13 +219,21 @@ impl TlsIo {
 }
 
 impl AsyncRead for TlsIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -231,7 +269,9 @@ impl tonic::transport::server::Connected for TlsIo {
 
 /// Lets axum handlers take `ConnectInfo<TlsConnectInfo>` when served with
 /// `into_make_service_with_connect_info::<TlsConnectInfo>()`.
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for TlsConnectInfo {
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsConnectInfo
+{
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
         stream.io().info.clone()
     }

@@ -13,7 +13,9 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -28,7 +30,8 @@ use super::{grpc_auth, Authenticator, Principal, Scope, StoreOptions, TokenStore
 
 /// A self-signed certificate for `localhost` as (cert PEM, key PEM), key in PKCS#8.
 fn self_signed() -> (String, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate cert");
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate cert");
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
 
@@ -51,27 +54,47 @@ fn cert_files(cert_pem: &str, key_pem: &str) -> CertFiles {
     let key = dir.path().join("server.key");
     std::fs::write(&cert, cert_pem).expect("write cert");
     std::fs::write(&key, key_pem).expect("write key");
-    CertFiles { _dir: dir, cert, key }
+    CertFiles {
+        _dir: dir,
+        cert,
+        key,
+    }
 }
 
 fn config(files: &CertFiles) -> TlsConfig {
-    TlsConfig { reload_interval: Duration::ZERO, ..TlsConfig::new(&files.cert, &files.key) }
+    TlsConfig {
+        reload_interval: Duration::ZERO,
+        ..TlsConfig::new(&files.cert, &files.key)
+    }
 }
 
 async fn serve_https(config: &TlsConfig, listener_name: &'static str) -> SocketAddr {
     let acceptor = tls::acceptor(config).expect("acceptor");
-    let listener = TlsListener::bind("127.0.0.1:0".parse().expect("addr"), acceptor, listener_name)
-        .await
-        .expect("bind");
+    let listener = TlsListener::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        acceptor,
+        listener_name,
+    )
+    .await
+    .expect("bind");
     let addr = listener.local_addr();
     let app = Router::new().route(
         "/",
-        get(|ConnectInfo(info): ConnectInfo<TlsConnectInfo>| async move {
-            format!("hello, client certs: {}", info.peer_certificates.map_or(0, |c| c.len()))
-        }),
+        get(
+            |ConnectInfo(info): ConnectInfo<TlsConnectInfo>| async move {
+                format!(
+                    "hello, client certs: {}",
+                    info.peer_certificates.map_or(0, |c| c.len())
+                )
+            },
+        ),
     );
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<TlsConnectInfo>()).await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<TlsConnectInfo>(),
+        )
+        .await
     });
     addr
 }
@@ -80,7 +103,9 @@ async fn serve_https(config: &TlsConfig, listener_name: &'static str) -> SocketA
 fn client(addr: SocketAddr, trusted_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(trusted_pem.as_bytes()).expect("cert pem"))
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(trusted_pem.as_bytes()).expect("cert pem"),
+        )
         .resolve("localhost", addr)
         .timeout(Duration::from_secs(10))
         .build()
@@ -88,7 +113,13 @@ fn client(addr: SocketAddr, trusted_pem: &str) -> reqwest::Client {
 }
 
 async fn get_text(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Result<String> {
-    client.get(format!("https://localhost:{}/", addr.port())).send().await?.error_for_status()?.text().await
+    client
+        .get(format!("https://localhost:{}/", addr.port()))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await
 }
 
 #[tokio::test]
@@ -97,25 +128,48 @@ async fn trusting_client_succeeds_untrusting_one_fails_and_server_keeps_serving(
     let files = cert_files(&cert, &key);
     let addr = serve_https(&config(&files), "tls_test_trust").await;
 
-    assert_eq!(get_text(&client(addr, &cert), addr).await.expect("trusted"), "hello, client certs: 0");
+    assert_eq!(
+        get_text(&client(addr, &cert), addr).await.expect("trusted"),
+        "hello, client certs: 0"
+    );
 
-    let failures_before = HANDSHAKE_FAILURES.with_label_values(&["tls_test_trust", "error"]).get();
+    let failures_before = HANDSHAKE_FAILURES
+        .with_label_values(&["tls_test_trust", "error"])
+        .get();
     let (other_cert, _) = self_signed();
-    let err = get_text(&client(addr, &other_cert), addr).await.expect_err("untrusted certificate must fail");
-    assert!(err.is_connect(), "fails at connect (TLS), not later: {err:?}");
+    let err = get_text(&client(addr, &other_cert), addr)
+        .await
+        .expect_err("untrusted certificate must fail");
+    assert!(
+        err.is_connect(),
+        "fails at connect (TLS), not later: {err:?}"
+    );
     // Plain HTTP on the TLS port is not served either.
-    let plain = reqwest::Client::new().get(format!("http://{addr}/")).timeout(Duration::from_secs(5)).send().await;
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
 
     // The server noticed and counted the failed handshakes, and it still serves good clients.
     let counted = tokio::time::timeout(Duration::from_secs(5), async {
-        while HANDSHAKE_FAILURES.with_label_values(&["tls_test_trust", "error"]).get() < failures_before + 2 {
+        while HANDSHAKE_FAILURES
+            .with_label_values(&["tls_test_trust", "error"])
+            .get()
+            < failures_before + 2
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
     assert!(counted.is_ok(), "failed handshakes are counted");
-    assert_eq!(get_text(&client(addr, &cert), addr).await.expect("still serving"), "hello, client certs: 0");
+    assert_eq!(
+        get_text(&client(addr, &cert), addr)
+            .await
+            .expect("still serving"),
+        "hello, client certs: 0"
+    );
 }
 
 #[tokio::test]
@@ -129,11 +183,20 @@ async fn renewed_certificate_is_served_to_new_connections() {
     let (cert_b, key_b) = self_signed();
     // Renewal half done: the new cert is in place but its key is not yet. The old pair keeps being served.
     replace_file(&files.cert, &cert_b);
-    assert!(get_text(&client(addr, &cert_a), addr).await.is_ok(), "mismatched pair keeps the old certificate");
+    assert!(
+        get_text(&client(addr, &cert_a), addr).await.is_ok(),
+        "mismatched pair keeps the old certificate"
+    );
     replace_file(&files.key, &key_b);
 
-    assert!(get_text(&client(addr, &cert_b), addr).await.is_ok(), "new connections get the renewed certificate");
-    assert!(get_text(&client(addr, &cert_a), addr).await.is_err(), "the old certificate is no longer served");
+    assert!(
+        get_text(&client(addr, &cert_b), addr).await.is_ok(),
+        "new connections get the renewed certificate"
+    );
+    assert!(
+        get_text(&client(addr, &cert_a), addr).await.is_err(),
+        "the old certificate is no longer served"
+    );
     assert!(CERT_RELOADS.with_label_values(&["ok"]).get() > reloads_ok);
 }
 
@@ -154,10 +217,16 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
     let files = cert_files(&server_cert, &server_key);
     let ca_file = files.cert.with_file_name("clients-ca.crt");
     std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
-    let config = TlsConfig { client_ca_file: Some(ca_file), ..config(&files) };
+    let config = TlsConfig {
+        client_ca_file: Some(ca_file),
+        ..config(&files)
+    };
     let addr = serve_https(&config, "tls_test_mtls").await;
 
-    assert!(get_text(&client(addr, &server_cert), addr).await.is_err(), "no client certificate, no connection");
+    assert!(
+        get_text(&client(addr, &server_cert), addr).await.is_err(),
+        "no client certificate, no connection"
+    );
 
     let identity_pem = format!("{}{}", client_cert.pem(), client_key.serialize_pem());
     let with_identity = reqwest::Client::builder()
@@ -167,14 +236,20 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
         .resolve("localhost", addr)
         .build()
         .expect("client");
-    assert_eq!(get_text(&with_identity, addr).await.expect("mTLS client"), "hello, client certs: 1");
+    assert_eq!(
+        get_text(&with_identity, addr).await.expect("mTLS client"),
+        "hello, client certs: 1"
+    );
 
     // A certificate from a CA the server does not trust is refused.
     let (rogue_cert, rogue_key) = self_signed();
     let rogue = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(server_cert.as_bytes()).expect("pem"))
-        .identity(reqwest::Identity::from_pem(format!("{rogue_cert}{rogue_key}").as_bytes()).expect("identity"))
+        .identity(
+            reqwest::Identity::from_pem(format!("{rogue_cert}{rogue_key}").as_bytes())
+                .expect("identity"),
+        )
         .resolve("localhost", addr)
         .build()
         .expect("client");
@@ -186,24 +261,37 @@ fn loads_sec1_ec_and_pkcs1_rsa_keys_and_refuses_mismatched_or_missing_files() {
     let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/security/testdata");
     for (cert, key) in [("ec.crt", "ec-sec1.key"), ("rsa.crt", "rsa-pkcs1.key")] {
         let config = TlsConfig::new(testdata.join(cert), testdata.join(key));
-        ReloadingCert::load(&config, tls::provider()).unwrap_or_else(|e| panic!("{key} loads: {e}"));
+        ReloadingCert::load(&config, tls::provider())
+            .unwrap_or_else(|e| panic!("{key} loads: {e}"));
     }
     let mismatched = TlsConfig::new(testdata.join("ec.crt"), testdata.join("rsa-pkcs1.key"));
-    assert!(matches!(ReloadingCert::load(&mismatched, tls::provider()), Err(TlsError::KeyMismatch { .. })));
+    assert!(matches!(
+        ReloadingCert::load(&mismatched, tls::provider()),
+        Err(TlsError::KeyMismatch { .. })
+    ));
     let missing = TlsConfig::new(testdata.join("nope.crt"), testdata.join("ec-sec1.key"));
-    let Err(err) = tls::acceptor(&missing) else { panic!("a missing cert file must be an error") };
+    let Err(err) = tls::acceptor(&missing) else {
+        panic!("a missing cert file must be an error")
+    };
     assert!(err.to_string().contains("nope.crt"), "{err}");
     let key_as_cert = TlsConfig::new(testdata.join("ec-sec1.key"), testdata.join("ec-sec1.key"));
-    assert!(matches!(tls::acceptor(&key_as_cert), Err(TlsError::NoCertificates { .. })));
+    assert!(matches!(
+        tls::acceptor(&key_as_cert),
+        Err(TlsError::NoCertificates { .. })
+    ));
 }
 
 #[test]
 fn config_reads_from_toml_with_default_reload_interval() {
-    let config: TlsConfig = toml::from_str("cert_file = \"/etc/vigil/tls.crt\"\nkey_file = \"/etc/vigil/tls.key\"\n")
-        .expect("parse");
+    let config: TlsConfig =
+        toml::from_str("cert_file = \"/etc/vigil/tls.crt\"\nkey_file = \"/etc/vigil/tls.key\"\n")
+            .expect("parse");
     assert_eq!(config.reload_interval, Duration::from_secs(1));
     assert_eq!(config.client_ca_file, None);
-    assert!(toml::from_str::<TlsConfig>("cert_file = \"a\"\nkey_file = \"b\"\ncert = \"typo\"\n").is_err());
+    assert!(
+        toml::from_str::<TlsConfig>("cert_file = \"a\"\nkey_file = \"b\"\ncert = \"typo\"\n")
+            .is_err()
+    );
 }
 
 /// Connects tonic to the test server over TLS (ALPN h2) with our own rustls client config.
@@ -227,7 +315,9 @@ impl tower::Service<http::Uri> for TlsConnect {
         Box::pin(async move {
             let tcp = TcpStream::connect(addr).await?;
             let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok(TokioIo::new(tls))
         })
     }
@@ -255,7 +345,11 @@ impl TraceService for EchoSource {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let source = request.extensions().get::<Principal>().map(|p| p.source.to_string()).unwrap_or_default();
+        let source = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.source.to_string())
+            .unwrap_or_default();
         let tls = request.extensions().get::<TlsConnectInfo>().is_some();
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: Some(ExportTracePartialSuccess {
@@ -273,37 +367,74 @@ async fn grpc_over_tls_with_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = TokenStore::open_with(
         dir.path().join("tokens.json"),
-        StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() },
+        StoreOptions {
+            recheck_interval: Duration::ZERO,
+            ..StoreOptions::default()
+        },
     )
     .expect("store");
     let (_, token) = store.create("sdk", &[Scope::Ingest]).expect("create");
     let auth = Arc::new(Authenticator::new(store));
 
     let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
-    let listener = TlsListener::bind("127.0.0.1:0".parse().expect("addr"), acceptor, "tls_test_grpc")
-        .await
-        .expect("bind");
+    let listener = TlsListener::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        acceptor,
+        "tls_test_grpc",
+    )
+    .await
+    .expect("bind");
     let addr = listener.local_addr();
-    let service = TraceServiceServer::with_interceptor(EchoSource, grpc_auth::interceptor(auth, Scope::Ingest, "tls_test_grpc"));
-    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(listener.incoming()));
+    let service = TraceServiceServer::with_interceptor(
+        EchoSource,
+        grpc_auth::interceptor(auth, Scope::Ingest, "tls_test_grpc"),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(listener.incoming()),
+    );
 
     let endpoint = tonic::transport::Endpoint::from_static("http://localhost");
     let channel = endpoint
-        .connect_with_connector(TlsConnect { addr, config: grpc_client_config(&cert) })
+        .connect_with_connector(TlsConnect {
+            addr,
+            config: grpc_client_config(&cert),
+        })
         .await
         .expect("TLS + h2 connect");
     let mut client = TraceServiceClient::new(channel);
 
-    let err = client.export(ExportTraceServiceRequest::default()).await.expect_err("no token");
+    let err = client
+        .export(ExportTraceServiceRequest::default())
+        .await
+        .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     let mut request = tonic::Request::new(ExportTraceServiceRequest::default());
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
-    let response = client.export(request).await.expect("authorised export over TLS");
-    let echoed = response.into_inner().partial_success.map(|p| p.error_message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    let response = client
+        .export(request)
+        .await
+        .expect("authorised export over TLS");
+    let echoed = response
+        .into_inner()
+        .partial_success
+        .map(|p| p.error_message);
     assert_eq!(echoed.as_deref(), Some("sdk tls=true"));
 
     let (other, _) = self_signed();
-    let untrusted = endpoint.connect_with_connector(TlsConnect { addr, config: grpc_client_config(&other) }).await;
-    assert!(untrusted.is_err(), "a client that does not trust the server certificate cannot connect");
+    let untrusted = endpoint
+        .connect_with_connector(TlsConnect {
+            addr,
+            config: grpc_client_config(&other),
+        })
+        .await;
+    assert!(
+        untrusted.is_err(),
+        "a client that does not trust the server certificate cannot connect"
+    );
 }

@@ -47,11 +47,20 @@ const HASH_SCHEME: &str = "sha256:";
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
     #[error("token store {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("token store {path} is not valid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("token file {path} is not valid TOML: {source}")]
-    Toml { path: PathBuf, source: toml::de::Error },
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("token {name:?}: hash must be \"sha256:\" followed by 64 hex digits")]
     BadHash { name: String },
     #[error("token name {0:?} must be 1-64 characters of letters, digits, '.', '_' or '-'")]
@@ -144,7 +153,10 @@ struct TokenFile {
 
 impl Default for TokenFile {
     fn default() -> Self {
-        TokenFile { version: FILE_VERSION, tokens: Vec::new() }
+        TokenFile {
+            version: FILE_VERSION,
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -169,7 +181,11 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(Fingerprint { modified: meta.modified().ok(), len: meta.len(), inode })
+    Some(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
 }
 
 /// How to open a [`TokenStore`] beyond the path of `tokens.json`.
@@ -183,7 +199,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { configured: Vec::new(), token_file: None, recheck_interval: Duration::from_secs(1) }
+        StoreOptions {
+            configured: Vec::new(),
+            token_file: None,
+            recheck_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -214,7 +234,9 @@ pub struct TokenStore {
 
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,7 +246,10 @@ impl TokenStore {
         Self::open_with(path, StoreOptions::default())
     }
 
-    pub fn open_with(path: impl Into<PathBuf>, options: StoreOptions) -> Result<Self, TokenStoreError> {
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        options: StoreOptions,
+    ) -> Result<Self, TokenStoreError> {
         let path = path.into();
         for t in &options.configured {
             validate_configured(t)?;
@@ -237,8 +262,20 @@ impl TokenStore {
             None => Vec::new(),
         };
         let index = build_index(&file, &options.configured, &external);
-        let state = RwLock::new(State { file, file_fp, external, external_fp, index });
-        Ok(TokenStore { path, options, state, opened: Instant::now(), last_check_ms: AtomicU64::new(0) })
+        let state = RwLock::new(State {
+            file,
+            file_fp,
+            external,
+            external_fp,
+            index,
+        });
+        Ok(TokenStore {
+            path,
+            options,
+            state,
+            opened: Instant::now(),
+            last_check_ms: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -258,7 +295,11 @@ impl TokenStore {
     }
 
     /// Creates a token and returns it in plaintext: the only time it exists outside the client.
-    pub fn create(&self, name: &str, scopes: &[Scope]) -> Result<(TokenInfo, String), TokenStoreError> {
+    pub fn create(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+    ) -> Result<(TokenInfo, String), TokenStoreError> {
         validate_name(name)?;
         let mut scopes = scopes.to_vec();
         scopes.sort();
@@ -275,7 +316,11 @@ impl TokenStore {
     pub fn revoke(&self, id_or_name: &str) -> Result<Vec<TokenInfo>, TokenStoreError> {
         let external = {
             let state = self.state.read();
-            self.options.configured.iter().chain(state.external.iter()).any(|t| t.name == id_or_name)
+            self.options
+                .configured
+                .iter()
+                .chain(state.external.iter())
+                .any(|t| t.name == id_or_name)
         };
         let now = Utc::now();
         let revoked = self.modify_file(|file| {
@@ -300,7 +345,10 @@ impl TokenStore {
                 file.tokens[i].revoked = true;
                 file.tokens[i].revoked_at = Some(now);
             }
-            Ok(targets.iter().map(|&i| stored_info(&file.tokens[i])).collect::<Vec<_>>())
+            Ok(targets
+                .iter()
+                .map(|&i| stored_info(&file.tokens[i]))
+                .collect::<Vec<_>>())
         })?;
         if revoked.is_empty() {
             return Err(if external {
@@ -317,8 +365,18 @@ impl TokenStore {
         self.refresh_if_due();
         let state = self.state.read();
         let mut out: Vec<TokenInfo> = state.file.tokens.iter().map(stored_info).collect();
-        out.extend(self.options.configured.iter().map(|t| external_info(t, TokenOrigin::Config)));
-        out.extend(state.external.iter().map(|t| external_info(t, TokenOrigin::TokenFile)));
+        out.extend(
+            self.options
+                .configured
+                .iter()
+                .map(|t| external_info(t, TokenOrigin::Config)),
+        );
+        out.extend(
+            state
+                .external
+                .iter()
+                .map(|t| external_info(t, TokenOrigin::TokenFile)),
+        );
         out
     }
 
@@ -337,7 +395,10 @@ impl TokenStore {
             if !file.tokens.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(vec![new_token(file, "ingest", &[Scope::Ingest]), new_token(file, "admin", &[Scope::Admin])])
+            Ok(vec![
+                new_token(file, "ingest", &[Scope::Ingest]),
+                new_token(file, "admin", &[Scope::Admin]),
+            ])
         })?;
         Ok((!created.is_empty()).then_some(created))
     }
@@ -346,10 +407,17 @@ impl TokenStore {
     fn refresh_if_due(&self) {
         let now_ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_check_ms.load(Ordering::Relaxed);
-        let interval_ms = u64::try_from(self.options.recheck_interval.as_millis()).unwrap_or(u64::MAX);
-        let due = self.options.recheck_interval.is_zero() || now_ms.saturating_sub(last) >= interval_ms;
+        let interval_ms =
+            u64::try_from(self.options.recheck_interval.as_millis()).unwrap_or(u64::MAX);
+        let due =
+            self.options.recheck_interval.is_zero() || now_ms.saturating_sub(last) >= interval_ms;
         // Only the caller that wins the exchange looks at the files; the others go on with the current set.
-        if !due || self.last_check_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if !due
+            || self
+                .last_check_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
         let file_fp = fingerprint(&self.path);
@@ -375,7 +443,13 @@ impl TokenStore {
             None => Vec::new(),
         };
         let index = build_index(&file, &self.options.configured, &external);
-        *self.state.write() = State { file, file_fp, external, external_fp, index };
+        *self.state.write() = State {
+            file,
+            file_fp,
+            external,
+            external_fp,
+            index,
+        };
         Ok(())
     }
 
@@ -385,15 +459,26 @@ impl TokenStore {
         &self,
         change: impl FnOnce(&mut TokenFile) -> Result<T, TokenStoreError>,
     ) -> Result<T, TokenStoreError> {
-        let io_err = |source| TokenStoreError::Io { path: self.path.clone(), source };
+        let io_err = |source| TokenStoreError::Io {
+            path: self.path.clone(),
+            source,
+        };
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io_err)?;
         }
         let lock_path = sibling(&self.path, ".lock");
-        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err)?;
         lock.lock().map_err(io_err)?;
         let mut file = read_store(&self.path)?;
-        let json_err = |source| TokenStoreError::Json { path: self.path.clone(), source };
+        let json_err = |source| TokenStoreError::Json {
+            path: self.path.clone(),
+            source,
+        };
         let before = serde_json::to_vec(&file).map_err(json_err)?;
         let out = change(&mut file)?;
         if serde_json::to_vec(&file).map_err(json_err)? != before {
@@ -409,7 +494,10 @@ impl TokenStore {
 fn new_token(file: &mut TokenFile, name: &str, scopes: &[Scope]) -> (TokenInfo, String) {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    let plaintext = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let plaintext = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
     let id = loop {
         let mut raw = [0u8; 6];
         rand::rng().fill_bytes(&mut raw);
@@ -445,7 +533,9 @@ fn stored_info(t: &StoredToken) -> TokenInfo {
 
 fn external_id(t: &ConfiguredToken) -> String {
     // The hash prefix identifies the entry in logs without revealing anything usable.
-    let short = TokenHash::parse(&t.hash).map(|h| hex::encode(&h.0[..4])).unwrap_or_default();
+    let short = TokenHash::parse(&t.hash)
+        .map(|h| hex::encode(&h.0[..4]))
+        .unwrap_or_default();
     format!("cfg_{short}")
 }
 
@@ -463,7 +553,9 @@ fn external_info(t: &ConfiguredToken, origin: TokenOrigin) -> TokenInfo {
 fn validate_name(name: &str) -> Result<(), TokenStoreError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -476,36 +568,60 @@ fn validate_configured(t: &ConfiguredToken) -> Result<(), TokenStoreError> {
     if t.scopes.is_empty() {
         return Err(TokenStoreError::NoScopes);
     }
-    TokenHash::parse(&t.hash).map(|_| ()).ok_or_else(|| TokenStoreError::BadHash { name: t.name.clone() })
+    TokenHash::parse(&t.hash)
+        .map(|_| ())
+        .ok_or_else(|| TokenStoreError::BadHash {
+            name: t.name.clone(),
+        })
 }
 
 fn read_store(path: &Path) -> Result<TokenFile, TokenStoreError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokenFile::default()),
-        Err(source) => return Err(TokenStoreError::Io { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(TokenStoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let file: TokenFile =
-        serde_json::from_slice(&bytes).map_err(|source| TokenStoreError::Json { path: path.to_path_buf(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| TokenStoreError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
     for t in &file.tokens {
         if TokenHash::parse(&t.hash).is_none() {
-            return Err(TokenStoreError::BadHash { name: t.name.clone() });
+            return Err(TokenStoreError::BadHash {
+                name: t.name.clone(),
+            });
         }
     }
     Ok(file)
 }
 
 fn read_external(path: &Path) -> Result<Vec<ConfiguredToken>, TokenStoreError> {
-    let text = fs::read_to_string(path).map_err(|source| TokenStoreError::Io { path: path.to_path_buf(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| TokenStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let parsed: ExternalTokenFile =
-        toml::from_str(&text).map_err(|source| TokenStoreError::Toml { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| TokenStoreError::Toml {
+            path: path.to_path_buf(),
+            source,
+        })?;
     for t in &parsed.tokens {
         validate_configured(t)?;
     }
     Ok(parsed.tokens)
 }
 
-fn build_index(file: &TokenFile, configured: &[ConfiguredToken], external: &[ConfiguredToken]) -> HashMap<TokenHash, ActiveEntry> {
+fn build_index(
+    file: &TokenFile,
+    configured: &[ConfiguredToken],
+    external: &[ConfiguredToken],
+) -> HashMap<TokenHash, ActiveEntry> {
     let mut index = HashMap::new();
     for t in file.tokens.iter().filter(|t| !t.revoked) {
         if let Some(hash) = TokenHash::parse(&t.hash) {
@@ -523,7 +639,10 @@ fn build_index(file: &TokenFile, configured: &[ConfiguredToken], external: &[Con
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "tokens.json".into());
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "tokens.json".into());
     name.push(suffix);
     path.with_file_name(name)
 }
@@ -553,7 +672,10 @@ mod tests {
     use super::*;
 
     fn store_in(dir: &tempfile::TempDir) -> TokenStore {
-        let options = StoreOptions { recheck_interval: Duration::ZERO, ..StoreOptions::default() };
+        let options = StoreOptions {
+            recheck_interval: Duration::ZERO,
+            ..StoreOptions::default()
+        };
         TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open store")
     }
 
@@ -561,7 +683,9 @@ mod tests {
     fn created_token_verifies_with_its_name_and_scopes_and_wrong_ones_do_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_in(&dir);
-        let (info, token) = store.create("collector-eu", &[Scope::Ingest]).expect("create");
+        let (info, token) = store
+            .create("collector-eu", &[Scope::Ingest])
+            .expect("create");
         assert!(token.starts_with(TOKEN_PREFIX));
         // 32 random bytes in unpadded base64url.
         assert_eq!(token.len(), TOKEN_PREFIX.len() + 43);
@@ -578,7 +702,9 @@ mod tests {
         assert!(store.verify("").is_none());
         assert!(store.verify(&"x".repeat(10_000)).is_none());
 
-        let (_, second) = store.create("collector-eu", &[Scope::Ingest]).expect("create");
+        let (_, second) = store
+            .create("collector-eu", &[Scope::Ingest])
+            .expect("create");
         assert_ne!(token, second, "tokens are random");
     }
 
@@ -586,7 +712,9 @@ mod tests {
     fn only_hashes_reach_the_disk_with_owner_only_permissions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_in(&dir);
-        let (_, token) = store.create("app", &[Scope::Ingest, Scope::Query]).expect("create");
+        let (_, token) = store
+            .create("app", &[Scope::Ingest, Scope::Query])
+            .expect("create");
         let on_disk = fs::read_to_string(store.path()).expect("read tokens.json");
         assert!(!on_disk.contains(&token));
         assert!(!on_disk.contains(token.trim_start_matches(TOKEN_PREFIX)));
@@ -594,12 +722,22 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(store.path()).expect("stat").permissions().mode() & 0o777;
+            let mode = fs::metadata(store.path())
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777;
             assert_eq!(mode, 0o600);
         }
         // A fresh process (new store on the same file) accepts the token.
         let reopened = TokenStore::open(store.path()).expect("reopen");
-        assert_eq!(&*reopened.verify(&token).expect("verifies after reopen").source, "app");
+        assert_eq!(
+            &*reopened
+                .verify(&token)
+                .expect("verifies after reopen")
+                .source,
+            "app"
+        );
     }
 
     #[test]
@@ -615,9 +753,15 @@ mod tests {
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].revoked);
 
-        assert!(server.verify(&token).is_none(), "server sees the revocation on its next check");
+        assert!(
+            server.verify(&token).is_none(),
+            "server sees the revocation on its next check"
+        );
         assert!(server.list().iter().any(|t| t.id == info.id && t.revoked));
-        assert!(matches!(cli.revoke(&info.id), Err(TokenStoreError::NotFound(_))));
+        assert!(matches!(
+            cli.revoke(&info.id),
+            Err(TokenStoreError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -637,7 +781,10 @@ mod tests {
     fn bootstrap_creates_ingest_and_admin_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_in(&dir);
-        let created = store.ensure_bootstrap().expect("bootstrap").expect("first start creates tokens");
+        let created = store
+            .ensure_bootstrap()
+            .expect("bootstrap")
+            .expect("first start creates tokens");
         let names: Vec<&str> = created.iter().map(|(i, _)| i.name.as_str()).collect();
         assert_eq!(names, ["ingest", "admin"]);
         let ingest = store.verify(&created[0].1).expect("ingest token works");
@@ -661,7 +808,10 @@ mod tests {
         let file_token = "vgl_from_a_mounted_secret_0123456789";
         fs::write(
             &token_file,
-            format!("[[tokens]]\nname = \"k8s-collector\"\nscopes = [\"ingest\"]\nhash = \"{}\"\n", TokenHash::of(file_token)),
+            format!(
+                "[[tokens]]\nname = \"k8s-collector\"\nscopes = [\"ingest\"]\nhash = \"{}\"\n",
+                TokenHash::of(file_token)
+            ),
         )
         .expect("write token file");
         let config_token = "operator-chosen-secret-value-with-enough-entropy";
@@ -675,10 +825,19 @@ mod tests {
             recheck_interval: Duration::ZERO,
         };
         let store = TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open");
-        assert_eq!(&*store.verify(config_token).expect("config token").source, "grafana");
-        assert_eq!(&*store.verify(file_token).expect("token_file token").source, "k8s-collector");
+        assert_eq!(
+            &*store.verify(config_token).expect("config token").source,
+            "grafana"
+        );
+        assert_eq!(
+            &*store.verify(file_token).expect("token_file token").source,
+            "k8s-collector"
+        );
         assert!(store.ensure_bootstrap().expect("bootstrap").is_none());
-        assert!(matches!(store.revoke("grafana"), Err(TokenStoreError::NotInStore(_))));
+        assert!(matches!(
+            store.revoke("grafana"),
+            Err(TokenStoreError::NotInStore(_))
+        ));
         let origins: Vec<TokenOrigin> = store.list().iter().map(|t| t.origin).collect();
         assert_eq!(origins, [TokenOrigin::Config, TokenOrigin::TokenFile]);
 
@@ -691,16 +850,33 @@ mod tests {
     fn malformed_inputs_are_refused_with_context() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_in(&dir);
-        assert!(matches!(store.create("", &[Scope::Ingest]), Err(TokenStoreError::BadName(_))));
-        assert!(matches!(store.create("has space", &[Scope::Ingest]), Err(TokenStoreError::BadName(_))));
-        assert!(matches!(store.create("ok", &[]), Err(TokenStoreError::NoScopes)));
+        assert!(matches!(
+            store.create("", &[Scope::Ingest]),
+            Err(TokenStoreError::BadName(_))
+        ));
+        assert!(matches!(
+            store.create("has space", &[Scope::Ingest]),
+            Err(TokenStoreError::BadName(_))
+        ));
+        assert!(matches!(
+            store.create("ok", &[]),
+            Err(TokenStoreError::NoScopes)
+        ));
         let bad = StoreOptions {
-            configured: vec![ConfiguredToken { name: "x".into(), scopes: vec![Scope::Query], hash: "md5:abc".into() }],
+            configured: vec![ConfiguredToken {
+                name: "x".into(),
+                scopes: vec![Scope::Query],
+                hash: "md5:abc".into(),
+            }],
             ..StoreOptions::default()
         };
-        assert!(matches!(TokenStore::open_with(dir.path().join("t.json"), bad), Err(TokenStoreError::BadHash { .. })));
+        assert!(matches!(
+            TokenStore::open_with(dir.path().join("t.json"), bad),
+            Err(TokenStoreError::BadHash { .. })
+        ));
         fs::write(dir.path().join("broken.json"), "{not json").expect("write");
-        let err = TokenStore::open(dir.path().join("broken.json")).expect_err("broken file is an error");
+        let err =
+            TokenStore::open(dir.path().join("broken.json")).expect_err("broken file is an error");
         assert!(err.to_string().contains("broken.json"), "{err}");
     }
 

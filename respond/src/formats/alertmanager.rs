@@ -12,7 +12,11 @@ const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 pub(super) fn body(f: &Finding, ctx: &RenderContext<'_>) -> Value {
     let a = &f.alert;
-    let status = if f.activity == Activity::Close { "resolved" } else { "firing" };
+    let status = if f.activity == Activity::Close {
+        "resolved"
+    } else {
+        "firing"
+    };
     let mut labels = Map::new();
     labels.insert("alertname".into(), a.detector.clone().into());
     labels.insert("detector".into(), a.detector.clone().into());
@@ -35,7 +39,11 @@ pub(super) fn body(f: &Finding, ctx: &RenderContext<'_>) -> Value {
         "finding_id": f.finding_id,
         "count": f.count.to_string(),
     });
-    let ends_at = if f.activity == Activity::Close { rfc3339_us(ctx.now_us) } else { ZERO_TIME.to_string() };
+    let ends_at = if f.activity == Activity::Close {
+        rfc3339_us(ctx.now_us)
+    } else {
+        ZERO_TIME.to_string()
+    };
     let group_labels = json!({"fingerprint": f.fingerprint});
     json!({
         "version": "4",
@@ -68,15 +76,37 @@ mod tests {
 
     #[test]
     fn webhook_v4_fields() {
-        let v = render_json(Format::Alertmanager, &finding(Activity::Create, Severity::High));
-        for k in ["version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels", "commonLabels", "commonAnnotations", "externalURL", "alerts"] {
+        let v = render_json(
+            Format::Alertmanager,
+            &finding(Activity::Create, Severity::High),
+        );
+        for k in [
+            "version",
+            "groupKey",
+            "truncatedAlerts",
+            "status",
+            "receiver",
+            "groupLabels",
+            "commonLabels",
+            "commonAnnotations",
+            "externalURL",
+            "alerts",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["version"], "4");
         assert_eq!(v["status"], "firing");
         assert_eq!(v["receiver"], "soc");
         let a = &v["alerts"][0];
-        for k in ["status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"] {
+        for k in [
+            "status",
+            "labels",
+            "annotations",
+            "startsAt",
+            "endsAt",
+            "generatorURL",
+            "fingerprint",
+        ] {
             assert!(a.get(k).is_some(), "alert missing {k}");
         }
         assert_eq!(a["labels"]["alertname"], "prompt_injection");
@@ -88,10 +118,16 @@ mod tests {
 
     #[test]
     fn close_is_resolved_with_end_time() {
-        let v = render_json(Format::Alertmanager, &finding(Activity::Close, Severity::Low));
+        let v = render_json(
+            Format::Alertmanager,
+            &finding(Activity::Close, Severity::Low),
+        );
         assert_eq!(v["status"], "resolved");
         assert_eq!(v["alerts"][0]["status"], "resolved");
-        assert!(chrono::DateTime::parse_from_rfc3339(v["alerts"][0]["endsAt"].as_str().unwrap()).is_ok());
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(v["alerts"][0]["endsAt"].as_str().unwrap())
+                .is_ok()
+        );
         assert_ne!(v["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
     }
 }

@@ -64,7 +64,10 @@ pub(crate) fn describe(f: &Finding) -> String {
         s.push_str(&format!("\nMITRE ATLAS: {t}"));
     }
     if !a.evidence.is_empty() {
-        s.push_str(&format!("\n\nEvidence (masked): {}", crate::ocsf::truncate(&a.evidence, 2048)));
+        s.push_str(&format!(
+            "\n\nEvidence (masked): {}",
+            crate::ocsf::truncate(&a.evidence, 2048)
+        ));
     }
     s
 }
@@ -99,7 +102,11 @@ pub(crate) mod tests {
     }
 
     pub fn ctx() -> RenderContext<'static> {
-        RenderContext { destination: "soc", now_us: 1_700_000_000_000_000, product_version: "0.1.0" }
+        RenderContext {
+            destination: "soc",
+            now_us: 1_700_000_000_000_000,
+            product_version: "0.1.0",
+        }
     }
 
     pub fn render_json(format: Format, f: &Finding) -> serde_json::Value {

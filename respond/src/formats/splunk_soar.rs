@@ -68,6 +68,12 @@ mod tests {
         let art = &v["artifacts"][0];
         assert_eq!(art["cef"]["entityId"], "u1");
         assert_eq!(art["run_automation"], true);
-        assert_eq!(render_json(Format::SplunkSoar, &finding(Activity::Create, Severity::Medium))["severity"], "medium");
+        assert_eq!(
+            render_json(
+                Format::SplunkSoar,
+                &finding(Activity::Create, Severity::Medium)
+            )["severity"],
+            "medium"
+        );
     }
 }

@@ -62,8 +62,18 @@ mod tests {
         assert_eq!(v["severity"], 4);
         assert_eq!(v["observables"][0]["dataType"], "other");
         assert_eq!(v["observables"][0]["data"], "user:u1");
-        assert!(v["tags"].as_array().unwrap().iter().any(|t| t == "detector:prompt_injection"));
+        assert!(v["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "detector:prompt_injection"));
         assert!(v["description"].as_str().unwrap().contains("AML.T0051"));
-        assert_eq!(render_json(Format::Thehive, &finding(Activity::Create, Severity::Informational))["severity"], 1);
+        assert_eq!(
+            render_json(
+                Format::Thehive,
+                &finding(Activity::Create, Severity::Informational)
+            )["severity"],
+            1
+        );
     }
 }

@@ -43,7 +43,11 @@ pub struct Shared(pub Arc<Mutex<Inner>>);
 
 impl Shared {
     pub fn set_status(&self, path: &str, status: u16) {
-        self.0.lock().unwrap().status.insert(path.to_string(), status);
+        self.0
+            .lock()
+            .unwrap()
+            .status
+            .insert(path.to_string(), status);
     }
     pub fn seen(&self) -> Vec<Seen> {
         self.0.lock().unwrap().seen.clone()
@@ -53,11 +57,23 @@ impl Shared {
     }
 }
 
-async fn handle(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let key = SigningKey::from_secret(SECRET).unwrap();
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let id = h("webhook-id").unwrap_or_default();
-    let ts: i64 = h("webhook-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let ts: i64 = h("webhook-timestamp")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     let sig = h("webhook-signature").unwrap_or_default();
     let now = chrono::Utc::now().timestamp();
     let mut inner = shared.0.lock().unwrap();
@@ -82,12 +98,22 @@ async fn handle(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
             custom: h("ph-auth-token"),
         });
     }
-    let mut resp = (StatusCode::from_u16(status).unwrap(), format!("{{\"ok\":{}}}", status == 200)).into_response();
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap(),
+        format!("{{\"ok\":{}}}", status == 200),
+    )
+        .into_response();
     if status == 302 {
-        resp.headers_mut().insert("location", "/elsewhere".parse().unwrap());
+        resp.headers_mut()
+            .insert("location", "/elsewhere".parse().unwrap());
     }
-    if let Some(ra) = inner.retry_after.clone().filter(|_| status == 429 || status == 503) {
-        resp.headers_mut().insert("retry-after", ra.parse().unwrap());
+    if let Some(ra) = inner
+        .retry_after
+        .clone()
+        .filter(|_| status == 429 || status == 503)
+    {
+        resp.headers_mut()
+            .insert("retry-after", ra.parse().unwrap());
     }
     resp
 }
@@ -100,7 +126,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(shared: &Shared, port: u16) -> Receiver {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -153,7 +183,9 @@ pub fn destination(name: &str, url: String, format: Format) -> DestinationConfig
         name: name.into(),
         url,
         format,
-        auth: Some(Auth::Bearer { token: Secret::new("s3cr3t-token") }),
+        auth: Some(Auth::Bearer {
+            token: Secret::new("s3cr3t-token"),
+        }),
         secret: Some(Secret::new(SECRET)),
         min_severity: Severity::Informational,
         detectors: vec![],
@@ -167,7 +199,12 @@ pub fn fast_config(destinations: Vec<DestinationConfig>) -> RespondConfig {
     RespondConfig {
         destinations,
         playbooks: vec![],
-        grouping: GroupingConfig { group_wait: ms(30), group_interval: ms(150), repeat_interval: Duration::from_secs(3600), resolve_after: Duration::from_secs(3600) },
+        grouping: GroupingConfig {
+            group_wait: ms(30),
+            group_interval: ms(150),
+            repeat_interval: Duration::from_secs(3600),
+            resolve_after: Duration::from_secs(3600),
+        },
         delivery: DeliveryConfig {
             timeout: Duration::from_secs(2),
             retry_schedule: vec![ms(20); 200],
@@ -179,7 +216,10 @@ pub fn fast_config(destinations: Vec<DestinationConfig>) -> RespondConfig {
             max_in_flight: 16,
             history_limit: 100_000,
         },
-        egress: EgressConfig { allow_hosts: vec!["127.0.0.1".into()], allow_cidrs: vec![] },
+        egress: EgressConfig {
+            allow_hosts: vec!["127.0.0.1".into()],
+            allow_cidrs: vec![],
+        },
         outbox_path: None,
     }
 }
@@ -191,7 +231,11 @@ pub struct Running {
 
 impl Running {
     pub fn start(responder: &Arc<Responder>) -> Running {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.spawn(responder.clone().run(std::future::pending()));
         Running { rt }
     }
@@ -217,7 +261,9 @@ pub fn ids_per_revision(seen: &[Seen]) -> BTreeMap<String, BTreeSet<String>> {
     let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for s in seen {
         if let Some(uid) = s.body["data"]["metadata"]["uid"].as_str() {
-            m.entry(format!("{}|{}", s.path, uid)).or_default().insert(s.webhook_id.clone());
+            m.entry(format!("{}|{}", s.path, uid))
+                .or_default()
+                .insert(s.webhook_id.clone());
         }
     }
     m

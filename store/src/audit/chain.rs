@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// `prev_hash` of the first entry.
-pub const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_PREV_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What a chain entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +52,12 @@ pub struct FileRecord {
 
 impl FileRecord {
     pub(crate) fn of(f: &crate::StoredFile, sha256: String) -> FileRecord {
-        FileRecord { path: f.path.clone(), sha256, size: f.size, rows: f.rows }
+        FileRecord {
+            path: f.path.clone(),
+            sha256,
+            size: f.size,
+            rows: f.rows,
+        }
     }
 }
 
@@ -127,7 +133,10 @@ impl Parsed {
 
 pub(crate) fn parse(bytes: &[u8]) -> Parsed {
     let complete_len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut out = Parsed { complete_len, ..Default::default() };
+    let mut out = Parsed {
+        complete_len,
+        ..Default::default()
+    };
     let mut prev: Option<(u64, String)> = None;
     for (i, line) in bytes[..complete_len].split(|b| *b == b'\n').enumerate() {
         let expected_seq = prev.as_ref().map_or(1, |p| p.0 + 1);
@@ -138,17 +147,25 @@ pub(crate) fn parse(bytes: &[u8]) -> Parsed {
         let entry: Entry = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(e) => {
-                out.breaks.push(Break { seq: expected_seq, reason: format!("line {} does not parse: {e}", i + 1) });
+                out.breaks.push(Break {
+                    seq: expected_seq,
+                    reason: format!("line {} does not parse: {e}", i + 1),
+                });
                 continue;
             }
         };
         if entry.compute_hash() != entry.hash {
-            out.breaks.push(Break { seq: entry.seq, reason: "its contents do not match its hash (edited)".into() });
+            out.breaks.push(Break {
+                seq: entry.seq,
+                reason: "its contents do not match its hash (edited)".into(),
+            });
         }
         if entry.seq != expected_seq {
             out.breaks.push(Break {
                 seq: entry.seq,
-                reason: format!("found where entry {expected_seq} belongs (entries removed or reordered)"),
+                reason: format!(
+                    "found where entry {expected_seq} belongs (entries removed or reordered)"
+                ),
             });
         }
         let expected_prev = prev.as_ref().map_or(GENESIS_PREV_HASH, |p| p.1.as_str());
@@ -198,7 +215,12 @@ impl ChainState {
             }
         }
         for f in &e.files {
-            let x = Expected { sha256: f.sha256.clone(), size: f.size, rows: f.rows, seq: e.seq };
+            let x = Expected {
+                sha256: f.sha256.clone(),
+                size: f.size,
+                rows: f.rows,
+                seq: e.seq,
+            };
             self.retired.remove(&f.path);
             if let Some(old) = self.live.insert(f.path.clone(), x) {
                 if e.op == Op::State {
@@ -229,7 +251,12 @@ mod tests {
             table: Some("events".into()),
             files: files
                 .iter()
-                .map(|(p, h)| FileRecord { path: p.to_string(), sha256: h.to_string(), size: 1, rows: 1 })
+                .map(|(p, h)| FileRecord {
+                    path: p.to_string(),
+                    sha256: h.to_string(),
+                    size: 1,
+                    rows: 1,
+                })
                 .collect(),
             removed: removed.iter().map(|s| s.to_string()).collect(),
             prev_hash: prev.into(),
@@ -240,7 +267,13 @@ mod tests {
     }
 
     fn chain() -> Vec<Entry> {
-        let a = entry(1, GENESIS_PREV_HASH, Op::Seal, &[("a", "h1"), ("b", "h2")], &[]);
+        let a = entry(
+            1,
+            GENESIS_PREV_HASH,
+            Op::Seal,
+            &[("a", "h1"), ("b", "h2")],
+            &[],
+        );
         let b = entry(2, &a.hash, Op::Compact, &[("c", "h3")], &["a", "b"]);
         let c = entry(3, &b.hash, Op::State, &[("s", "h4")], &[]);
         let d = entry(4, &c.hash, Op::State, &[("s", "h5")], &[]);
@@ -248,7 +281,10 @@ mod tests {
     }
 
     fn lines(entries: &[Entry]) -> Vec<u8> {
-        entries.iter().flat_map(|e| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat()).collect()
+        entries
+            .iter()
+            .flat_map(|e| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat())
+            .collect()
     }
 
     #[test]
@@ -282,11 +318,21 @@ mod tests {
         assert_eq!(p.breaks.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![2]);
         // Edited and re-hashed: the next link breaks.
         c[1].hash = c[1].compute_hash();
-        assert_eq!(parse(&lines(&c)).breaks.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            parse(&lines(&c))
+                .breaks
+                .iter()
+                .map(|b| b.seq)
+                .collect::<Vec<_>>(),
+            vec![3]
+        );
         // Removed.
         let mut c = chain();
         c.remove(1);
-        assert!(parse(&lines(&c)).breaks.iter().all(|b| b.seq == 3) && !parse(&lines(&c)).breaks.is_empty());
+        assert!(
+            parse(&lines(&c)).breaks.iter().all(|b| b.seq == 3)
+                && !parse(&lines(&c)).breaks.is_empty()
+        );
         // Reordered.
         let mut c = chain();
         c.swap(1, 2);

@@ -34,7 +34,12 @@ pub(crate) struct Draft {
 
 impl Draft {
     pub fn new(op: Op, table: Option<Table>) -> Draft {
-        Draft { op, table, files: Vec::new(), removed: Vec::new() }
+        Draft {
+            op,
+            table,
+            files: Vec::new(),
+            removed: Vec::new(),
+        }
     }
 }
 
@@ -69,9 +74,17 @@ impl AuditLog {
         std::fs::create_dir_all(&dir).map_err(|e| audit_err(&dir, "create", e))?;
         let path = dir.join(CHAIN_FILE);
         let existed = path.exists();
-        let bytes = if existed { std::fs::read(&path).map_err(|e| audit_err(&path, "read", e))? } else { Vec::new() };
+        let bytes = if existed {
+            std::fs::read(&path).map_err(|e| audit_err(&path, "read", e))?
+        } else {
+            Vec::new()
+        };
         let parsed = chain::parse(&bytes);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| audit_err(&path, "open", e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| audit_err(&path, "open", e))?;
         if parsed.torn_tail(bytes.len()) {
             tracing::warn!(chain = %path.display(), bytes = bytes.len() - parsed.complete_len, "cutting a torn audit chain line");
             file.set_len(parsed.complete_len as u64)
@@ -79,7 +92,9 @@ impl AuditLog {
                 .map_err(|e| audit_err(&path, "truncate torn line of", e))?;
         }
         if !existed {
-            File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| audit_err(&dir, "fsync", e))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| audit_err(&dir, "fsync", e))?;
         }
         for b in &parsed.breaks {
             tracing::error!(chain = %path.display(), seq = b.seq, reason = %b.reason, "audit chain is broken");
@@ -106,7 +121,10 @@ impl AuditLog {
     /// Numbers, links, appends and fsyncs the drafts (one write, one fsync), then applies them to the
     /// in-memory state. On failure nothing is applied and the file is cut back to where it was.
     pub fn append(&self, drafts: Vec<Draft>) -> Result<(), StoreError> {
-        let drafts: Vec<Draft> = drafts.into_iter().filter(|d| !d.files.is_empty() || !d.removed.is_empty()).collect();
+        let drafts: Vec<Draft> = drafts
+            .into_iter()
+            .filter(|d| !d.files.is_empty() || !d.removed.is_empty())
+            .collect();
         if drafts.is_empty() {
             return Ok(());
         }
@@ -130,18 +148,24 @@ impl AuditLog {
                 hash: String::new(),
             };
             e.hash = e.compute_hash();
-            serde_json::to_writer(&mut buf, &e).map_err(|err| audit_err(&inner.path, "serialize entry for", err))?;
+            serde_json::to_writer(&mut buf, &e)
+                .map_err(|err| audit_err(&inner.path, "serialize entry for", err))?;
             buf.push(b'\n');
             seq += 1;
             prev = e.hash.clone();
             entries.push(e);
         }
-        let written = inner.file.write_all(&buf).and_then(|_| inner.file.sync_data());
+        let written = inner
+            .file
+            .write_all(&buf)
+            .and_then(|_| inner.file.sync_data());
         if let Err(e) = written {
             let len = inner.len;
             let err = audit_err(&inner.path, "append to", &e);
             if let Err(cut) = inner.file.set_len(len).and_then(|_| inner.file.sync_data()) {
-                inner.failed = Some(format!("{err}; cutting it back failed too ({cut}): no more appends"));
+                inner.failed = Some(format!(
+                    "{err}; cutting it back failed too ({cut}): no more appends"
+                ));
             }
             return Err(err);
         }
@@ -158,7 +182,10 @@ impl AuditLog {
     }
 
     /// [`AuditLog::append`] on a blocking thread, for async callers.
-    pub async fn append_async(self: &std::sync::Arc<Self>, drafts: Vec<Draft>) -> Result<(), StoreError> {
+    pub async fn append_async(
+        self: &std::sync::Arc<Self>,
+        drafts: Vec<Draft>,
+    ) -> Result<(), StoreError> {
         let log = self.clone();
         tokio::task::spawn_blocking(move || log.append(drafts))
             .await
@@ -191,7 +218,12 @@ mod tests {
             files: if path.is_empty() {
                 vec![]
             } else {
-                vec![FileRecord { path: path.into(), sha256: "ab".into(), size: 2, rows: 1 }]
+                vec![FileRecord {
+                    path: path.into(),
+                    sha256: "ab".into(),
+                    size: 2,
+                    rows: 1,
+                }]
             },
             removed: removed.iter().map(|s| s.to_string()).collect(),
         }
@@ -202,7 +234,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path()).unwrap();
         assert!(log.is_empty());
-        log.append(vec![draft(Op::Seal, "a", &[]), draft(Op::Seal, "b", &[])]).unwrap();
+        log.append(vec![draft(Op::Seal, "a", &[]), draft(Op::Seal, "b", &[])])
+            .unwrap();
         log.append(vec![draft(Op::Seal, "", &[])]).unwrap(); // nothing recorded: skipped
         drop(log);
         let path = chain_path(dir.path());
@@ -212,8 +245,15 @@ mod tests {
         log.append(vec![draft(Op::Retain, "", &["a"])]).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let p = chain::parse(&bytes);
-        assert!(p.breaks.is_empty() && !p.torn_tail(bytes.len()), "{:?}", p.breaks);
-        assert_eq!(p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(
+            p.breaks.is_empty() && !p.torn_tail(bytes.len()),
+            "{:?}",
+            p.breaks
+        );
+        assert_eq!(
+            p.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert!(!log.is_live("a") && log.is_live("b"));
         assert_eq!(log.state().retired["a"].seq, 1);
     }

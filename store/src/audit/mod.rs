@@ -14,14 +14,14 @@ mod sign;
 mod verify;
 
 pub use chain::{Entry, FileRecord, Op, GENESIS_PREV_HASH};
-pub use log::chain_path;
-pub use sign::{
-    key_path, load_or_create_key, sign_head, signed_message, verify_signed_head, ChainHead, HeadError, SignedHead,
-    KEY_FILE,
-};
-pub use verify::{verify, verify_with_object_store, Finding, VerifyReport};
 /// The ed25519 key types `sign_head` takes, re-exported so callers need not depend on `ed25519-dalek`.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use log::chain_path;
+pub use sign::{
+    key_path, load_or_create_key, sign_head, signed_message, verify_signed_head, ChainHead,
+    HeadError, SignedHead, KEY_FILE,
+};
+pub use verify::{verify, verify_with_object_store, Finding, VerifyReport};
 
 pub(crate) use log::{AuditLog, Draft};
 pub(crate) use reconcile::reconcile;
@@ -32,10 +32,14 @@ use crate::{StoreConfig, StoreError};
 /// to an auditor. Refuses a chain that is broken up to its head: signing it would vouch for the tampering.
 pub fn export_head(config: &StoreConfig) -> Result<SignedHead, StoreError> {
     let path = chain_path(&config.data_dir);
-    let bytes = std::fs::read(&path).map_err(|e| StoreError::Audit(format!("read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| StoreError::Audit(format!("read {}: {e}", path.display())))?;
     let parsed = chain::parse(&bytes);
     if let Some(b) = parsed.breaks.first() {
-        return Err(StoreError::Audit(format!("chain is broken at entry {}: {}; run verify", b.seq, b.reason)));
+        return Err(StoreError::Audit(format!(
+            "chain is broken at entry {}: {}; run verify",
+            b.seq, b.reason
+        )));
     }
     let head = parsed
         .entries

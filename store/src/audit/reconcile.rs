@@ -40,7 +40,10 @@ pub(crate) async fn reconcile(
         .cloned()
         .collect();
     if !abandon.removed.is_empty() {
-        tracing::warn!(files = abandon.removed.len(), "audit chain: sealed files never made live are abandoned");
+        tracing::warn!(
+            files = abandon.removed.len(),
+            "audit chain: sealed files never made live are abandoned"
+        );
     }
     drafts.push(abandon);
 
@@ -51,7 +54,9 @@ pub(crate) async fn reconcile(
             match (state.live.get(&f.path), state.retired.get(&f.path)) {
                 (Some(live), _) => {
                     // Only a file rewritten in place can differ from its record after a crash.
-                    let Some(prev) = state.previous.get(&f.path) else { continue };
+                    let Some(prev) = state.previous.get(&f.path) else {
+                        continue;
+                    };
                     let bytes = objects.get(&f.path).await?;
                     let disk = sha256_hex(&bytes);
                     if disk != live.sha256 && disk == prev.sha256 {
@@ -87,7 +92,11 @@ pub(crate) async fn reconcile(
     }
 
     let mut retire = Draft::new(Op::RetireWal, None);
-    retire.removed = wal_removed.iter().map(|p| chain_name(p)).filter(|p| state.live.contains_key(p)).collect();
+    retire.removed = wal_removed
+        .iter()
+        .map(|p| chain_name(p))
+        .filter(|p| state.live.contains_key(p))
+        .collect();
     drafts.push(retire);
     let mut seal = Draft::new(Op::SealWal, None);
     for seg in wal_kept {
@@ -96,7 +105,12 @@ pub(crate) async fn reconcile(
             continue;
         }
         let bytes = read_local(&seg.path).await?;
-        seal.files.push(FileRecord { path: name, sha256: sha256_hex(&bytes), size: bytes.len() as u64, rows: seg.records });
+        seal.files.push(FileRecord {
+            path: name,
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            rows: seg.records,
+        });
     }
     drafts.push(seal);
     log.append_async(drafts).await

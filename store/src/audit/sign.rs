@@ -36,7 +36,11 @@ pub struct ChainHead {
 
 impl From<&Entry> for ChainHead {
     fn from(e: &Entry) -> Self {
-        ChainHead { seq: e.seq, hash: e.hash.clone(), time: e.time.clone() }
+        ChainHead {
+            seq: e.seq,
+            hash: e.hash.clone(),
+            time: e.time.clone(),
+        }
     }
 }
 
@@ -65,18 +69,25 @@ pub enum HeadError {
     #[error("chain has no entry {seq} (it was cut back below the signed head)")]
     NotInChain { seq: u64 },
     #[error("chain entry {seq} is not the one that was signed (hash {found}, signed {signed})")]
-    HashMismatch { seq: u64, found: String, signed: String },
+    HashMismatch {
+        seq: u64,
+        found: String,
+        signed: String,
+    },
 }
 
 /// The exact bytes that are signed (see the module docs).
 pub fn signed_message(seq: u64, hash: &str, time: &str, signed_at: &str) -> Vec<u8> {
-    format!("vigil-audit-head/v1\nseq={seq}\nhash={hash}\ntime={time}\nsigned_at={signed_at}\n").into_bytes()
+    format!("vigil-audit-head/v1\nseq={seq}\nhash={hash}\ntime={time}\nsigned_at={signed_at}\n")
+        .into_bytes()
 }
 
 /// Signs a head now.
 pub fn sign_head(head: &ChainHead, key: &SigningKey) -> SignedHead {
     let signed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let sig = key.sign(&signed_message(head.seq, &head.hash, &head.time, &signed_at));
+    let sig = key.sign(&signed_message(
+        head.seq, &head.hash, &head.time, &signed_at,
+    ));
     SignedHead {
         seq: head.seq,
         hash: head.hash.clone(),
@@ -97,7 +108,10 @@ pub fn verify_signed_head(
 ) -> Result<(), HeadError> {
     if let Some(trusted) = trusted_public_key {
         if !trusted.eq_ignore_ascii_case(&signed.public_key) {
-            return Err(HeadError::UntrustedKey { got: signed.public_key.clone(), trusted: trusted.to_string() });
+            return Err(HeadError::UntrustedKey {
+                got: signed.public_key.clone(),
+                trusted: trusted.to_string(),
+            });
         }
     }
     let key_bytes: [u8; 32] = hex::decode(&signed.public_key)
@@ -110,28 +124,45 @@ pub fn verify_signed_head(
         .and_then(|b| b.try_into().ok())
         .ok_or(HeadError::BadSignature)?;
     let msg = signed_message(signed.seq, &signed.hash, &signed.time, &signed.signed_at);
-    key.verify_strict(&msg, &Signature::from_bytes(&sig_bytes)).map_err(|_| HeadError::BadSignature)?;
+    key.verify_strict(&msg, &Signature::from_bytes(&sig_bytes))
+        .map_err(|_| HeadError::BadSignature)?;
 
     let parsed = chain::parse(chain_jsonl);
     if let Some(b) = parsed.breaks.iter().find(|b| b.seq <= signed.seq) {
-        return Err(HeadError::ChainBroken { seq: b.seq, reason: b.reason.clone() });
+        return Err(HeadError::ChainBroken {
+            seq: b.seq,
+            reason: b.reason.clone(),
+        });
     }
-    let entry = parsed.entries.iter().find(|e| e.seq == signed.seq).ok_or(HeadError::NotInChain { seq: signed.seq })?;
+    let entry = parsed
+        .entries
+        .iter()
+        .find(|e| e.seq == signed.seq)
+        .ok_or(HeadError::NotInChain { seq: signed.seq })?;
     if entry.hash != signed.hash || entry.time != signed.time {
-        return Err(HeadError::HashMismatch { seq: signed.seq, found: entry.hash.clone(), signed: signed.hash.clone() });
+        return Err(HeadError::HashMismatch {
+            seq: signed.seq,
+            found: entry.hash.clone(),
+            signed: signed.hash.clone(),
+        });
     }
     Ok(())
 }
 
 /// Where the signing key lives: `audit_key_path`, or `<data_dir>/audit_ed25519.key`.
 pub fn key_path(config: &StoreConfig) -> PathBuf {
-    config.audit_key_path.clone().unwrap_or_else(|| config.data_dir.join(KEY_FILE))
+    config
+        .audit_key_path
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join(KEY_FILE))
 }
 
 /// Loads the signing key (the 32-byte seed as hex), creating it with mode 0600 from the OS's randomness on
 /// first use.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StoreError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| StoreError::Audit(format!("{what} {}: {e}", path.display()));
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Audit(format!("{what} {}: {e}", path.display()))
+    };
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let seed: [u8; 32] = hex::decode(text.trim())
@@ -143,8 +174,11 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             use rand::TryRngCore;
             let mut seed = [0u8; 32];
-            rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|e| err("random seed for", &e))?;
-            write_private(path, format!("{}\n", hex::encode(seed)).as_bytes()).map_err(|e| err("create", &e))?;
+            rand::rngs::OsRng
+                .try_fill_bytes(&mut seed)
+                .map_err(|e| err("random seed for", &e))?;
+            write_private(path, format!("{}\n", hex::encode(seed)).as_bytes())
+                .map_err(|e| err("create", &e))?;
             tracing::info!(key = %path.display(), "created the audit chain signing key");
             Ok(SigningKey::from_bytes(&seed))
         }
@@ -174,7 +208,11 @@ mod tests {
     use super::*;
 
     fn head() -> ChainHead {
-        ChainHead { seq: 7, hash: "ab".repeat(32), time: "2026-11-22T14:00:00.000000Z".into() }
+        ChainHead {
+            seq: 7,
+            hash: "ab".repeat(32),
+            time: "2026-11-22T14:00:00.000000Z".into(),
+        }
     }
 
     #[test]
@@ -187,7 +225,10 @@ mod tests {
             s.hash, s.time, s.signed_at
         );
         let sig = Signature::from_bytes(&hex::decode(&s.signature).unwrap().try_into().unwrap());
-        assert!(key.verifying_key().verify_strict(msg.as_bytes(), &sig).is_ok());
+        assert!(key
+            .verifying_key()
+            .verify_strict(msg.as_bytes(), &sig)
+            .is_ok());
         for tamper in [
             |h: &mut SignedHead| h.seq += 1,
             |h: &mut SignedHead| h.hash = "cd".repeat(32),
@@ -196,10 +237,20 @@ mod tests {
         ] {
             let mut t = s.clone();
             tamper(&mut t);
-            assert_eq!(verify_signed_head(&t, b"", None), Err(HeadError::BadSignature));
+            assert_eq!(
+                verify_signed_head(&t, b"", None),
+                Err(HeadError::BadSignature)
+            );
         }
-        let other = hex::encode(SigningKey::from_bytes(&[8u8; 32]).verifying_key().as_bytes());
-        assert!(matches!(verify_signed_head(&s, b"", Some(&other)), Err(HeadError::UntrustedKey { .. })));
+        let other = hex::encode(
+            SigningKey::from_bytes(&[8u8; 32])
+                .verifying_key()
+                .as_bytes(),
+        );
+        assert!(matches!(
+            verify_signed_head(&s, b"", Some(&other)),
+            Err(HeadError::UntrustedKey { .. })
+        ));
     }
 
     #[test]
@@ -212,7 +263,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(&path, "zz").unwrap();
         assert!(load_or_create_key(&path).is_err());

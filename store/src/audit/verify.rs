@@ -26,7 +26,12 @@ use crate::{StoreConfig, StoreError, Table};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     /// The file's content is not what was sealed.
-    Changed { path: String, expected_sha256: String, actual_sha256: String, sealed_seq: u64 },
+    Changed {
+        path: String,
+        expected_sha256: String,
+        actual_sha256: String,
+        sealed_seq: u64,
+    },
     /// A sealed file that was never removed through the chain is gone.
     Missing { path: String, sealed_seq: u64 },
     /// A data file the chain never sealed.
@@ -78,9 +83,16 @@ impl fmt::Display for VerifyReport {
             Some(h) => format!("head entry {} ({})", h.seq, h.hash),
             None => "no entries".to_string(),
         };
-        let verdict =
-            if self.is_clean() { "clean".to_string() } else { format!("{} finding(s)", self.findings.len()) };
-        write!(f, "audit chain: {} entries, {head}; {} files checked; {verdict}", self.entries, self.files_checked)
+        let verdict = if self.is_clean() {
+            "clean".to_string()
+        } else {
+            format!("{} finding(s)", self.findings.len())
+        };
+        write!(
+            f,
+            "audit chain: {} entries, {head}; {} files checked; {verdict}",
+            self.entries, self.files_checked
+        )
     }
 }
 
@@ -95,7 +107,14 @@ pub async fn verify_with_object_store(
     config: &StoreConfig,
     store: Arc<dyn ObjectStore>,
 ) -> Result<VerifyReport, StoreError> {
-    run(&config.data_dir, &ObjectFiles { store, local_root: None }).await
+    run(
+        &config.data_dir,
+        &ObjectFiles {
+            store,
+            local_root: None,
+        },
+    )
+    .await
 }
 
 /// Streams an object through SHA-256; `None` if it does not exist.
@@ -141,7 +160,10 @@ fn list_wal(data_dir: &Path) -> Result<BTreeMap<u64, String>, StoreError> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(first) = name.strip_suffix(".wal").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(first) = name
+            .strip_suffix(".wal")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             out.insert(first, format!("wal/{name}"));
         }
     }
@@ -150,7 +172,10 @@ fn list_wal(data_dir: &Path) -> Result<BTreeMap<u64, String>, StoreError> {
 
 fn compare(findings: &mut Vec<Finding>, path: &str, expected: &Expected, actual: Option<String>) {
     match actual {
-        None => findings.push(Finding::Missing { path: path.to_string(), sealed_seq: expected.seq }),
+        None => findings.push(Finding::Missing {
+            path: path.to_string(),
+            sealed_seq: expected.seq,
+        }),
         Some(a) if a != expected.sha256 => findings.push(Finding::Changed {
             path: path.to_string(),
             expected_sha256: expected.sha256.clone(),
@@ -177,12 +202,22 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
     let bytes = match std::fs::read(&chain_file) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(StoreError::Audit(format!("read {}: {e}", chain_file.display()))),
+        Err(e) => {
+            return Err(StoreError::Audit(format!(
+                "read {}: {e}",
+                chain_file.display()
+            )))
+        }
     };
     let parsed = chain::parse(&bytes);
     report.entries = parsed.entries.len();
     report.head = parsed.entries.last().map(ChainHead::from);
-    report.findings.extend(parsed.breaks.iter().map(|b| Finding::ChainBroken { seq: b.seq, reason: b.reason.clone() }));
+    report
+        .findings
+        .extend(parsed.breaks.iter().map(|b| Finding::ChainBroken {
+            seq: b.seq,
+            reason: b.reason.clone(),
+        }));
     if parsed.torn_tail(bytes.len()) {
         report.findings.push(Finding::ChainBroken {
             seq: parsed.entries.last().map_or(1, |e| e.seq + 1),
@@ -237,7 +272,9 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
 
 fn finding_path(f: &Finding) -> &str {
     match f {
-        Finding::Changed { path, .. } | Finding::Missing { path, .. } | Finding::Unexpected { path } => path,
+        Finding::Changed { path, .. }
+        | Finding::Missing { path, .. }
+        | Finding::Unexpected { path } => path,
         Finding::ChainBroken { .. } => "",
     }
 }
