@@ -73,6 +73,7 @@ pub fn init(log: &str, config: &TelemetryConfig) -> Result<Telemetry> {
     let tracer = provider.tracer("vigil");
     let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
+        .with_ansi(stderr_is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let traces = tracing_opentelemetry::layer()
@@ -93,6 +94,7 @@ pub fn init_logging(log: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(log_filter(log))
         .with_target(false)
+        .with_ansi(stderr_is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -246,4 +248,10 @@ mod tests {
         assert!(provider("http://c:4318", &bad_ratio).is_err());
         assert!(provider("not a url", &TelemetryConfig::default()).is_err());
     }
+}
+
+/// Colours only for a person at a terminal: a log file or journald gets plain text that grep and awk read.
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
 }

@@ -58,7 +58,21 @@ cleanup() {
 trap 'FAILED=1' ERR
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A loopback port nothing listens on, below Linux's ephemeral range (32768-60999): a port from bind(0) is in that
+# range, where a Kafka client's outgoing connection may take it before the server binds it (CI saw that).
+NEXT_PORT=$((20000 + ($$ * 7919) % 12000))
+# free_port VAR: sets VAR (not a $(...) subshell, which would lose the NEXT_PORT step).
+free_port() {
+  local _fp
+  while :; do
+    _fp=$NEXT_PORT
+    NEXT_PORT=$((20000 + (NEXT_PORT - 20000 + 1) % 12000))
+    if python3 -c "import socket; socket.socket().bind(('127.0.0.1', $_fp))" 2>/dev/null; then
+      printf -v "$1" '%s' "$_fp"
+      return
+    fi
+  done
+}
 
 wait_port() { # host port what
   local deadline=$((SECONDS + 30))
@@ -69,7 +83,7 @@ wait_port() { # host port what
 }
 
 # --- the broker ----------------------------------------------------------------------------------------
-KPORT="$(free_port)"
+free_port KPORT
 BROKERS="127.0.0.1:$KPORT"
 mkdir -p "$WORK/tansu"
 touch "$WORK/tansu/.env" # tansu reads .env from its working directory: an empty one keeps it from ours
@@ -91,8 +105,11 @@ HAS_TOKENS=0
 # start_vigil NAME: starts `vigil serve` with its own data dir and ports; sets ADMIN_<NAME>, PID_<NAME> and
 # TOKEN_<NAME>.
 start_vigil() {
-  local name="$1" admin grpc http pg
-  admin="127.0.0.1:$(free_port)"; grpc="127.0.0.1:$(free_port)"; http="127.0.0.1:$(free_port)"; pg="127.0.0.1:$(free_port)"
+  local name="$1" admin grpc http pg port
+  free_port port; admin="127.0.0.1:$port"
+  free_port port; grpc="127.0.0.1:$port"
+  free_port port; http="127.0.0.1:$port"
+  free_port port; pg="127.0.0.1:$port"
   mkdir -p "$WORK/data-$name"
   "$VIGIL" --data-dir "$WORK/data-$name" --admin-addr "$admin" serve \
     --otlp-grpc-addr "$grpc" --otlp-http-addr "$http" --pg-addr "$pg" --kafka-brokers "$BROKERS" \
