@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use parking_lot::Mutex;
 use prost::Message;
 use vigil_ingest::synth::traces_request;
@@ -375,26 +377,75 @@ fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
     }
 }
 
-/// Adds the bench token to every gRPC call.
-#[derive(Clone)]
-struct BearerToken;
+/// Sends a pre-encoded `ExportTraceServiceRequest` as it is: the clients then cost what a real exporter's
+/// transport costs, not a decode and re-encode of every request, and the server gets the CPU it would have.
+#[derive(Clone, Copy, Default)]
+struct RawTraceRequest;
 
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {BENCH_TOKEN}")
-            .parse()
-            .map_err(|_| tonic::Status::internal("token is not ASCII"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawTraceRequest {
+    type Encode = bytes::Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
     }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// One export over gRPC with the bench token; true when the server acknowledged it.
+async fn grpc_export(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: Vec<u8>,
+) -> bool {
+    if grpc.ready().await.is_err() {
+        return false;
+    }
+    let mut request = tonic::Request::new(bytes::Bytes::from(body));
+    let Ok(token) = format!("Bearer {BENCH_TOKEN}").parse() else {
+        return false;
+    };
+    request.metadata_mut().insert("authorization", token);
+    let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+    grpc.unary(request, path, RawTraceRequest).await.is_ok()
 }
 
 /// Pre-encoded requests, so the clients measure the server rather than their own encoding.
 struct Workload {
-    protobuf: Vec<Vec<u8>>,
+    requests: Vec<Template>,
     events_per_request: usize,
     json_bytes_per_event: f64,
 }
@@ -403,7 +454,7 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
     let mut traffic = Traffic::new(7);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     let now = chrono::Utc::now().timestamp_micros();
-    let mut protobuf = Vec::with_capacity(distinct);
+    let mut requests = Vec::with_capacity(distinct);
     let mut json_bytes = 0usize;
     let mut events = 0usize;
     for k in 0..distinct {
@@ -419,32 +470,67 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
         let req = traces_request(&rows);
         json_bytes += serde_json::to_vec(&req).map(|v| v.len()).unwrap_or(0);
         events += rows.len();
-        protobuf.push(req.encode_to_vec());
+        requests.push(Template::new(req));
     }
     Workload {
-        protobuf,
+        requests,
         events_per_request: batch,
         json_bytes_per_event: json_bytes as f64 / events.max(1) as f64,
     }
 }
 
-/// Makes every request unique (fresh span ids) without re-encoding: the span id bytes are patched in place.
-fn uniquify(template: &[u8], counter: u64) -> Vec<u8> {
-    let mut req =
-        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
-            template,
-        )
-        .expect("the workload's own encoding decodes");
-    let mut n = counter << 20;
-    for rs in &mut req.resource_spans {
-        for ss in &mut rs.scope_spans {
-            for span in &mut ss.spans {
-                n += 1;
-                span.span_id = n.to_be_bytes().to_vec();
-            }
+/// An encoded request and where its span ids sit, so each send is one copy plus fresh ids.
+struct Template {
+    bytes: Vec<u8>,
+    span_ids_at: Vec<usize>,
+}
+
+impl Template {
+    /// Encodes `req` with marker span ids and finds them in the bytes. A marker starts with 0xF5, which no
+    /// UTF-8 string holds, and each is found as a whole `span_id` field (tag 2, length 8), in span order.
+    fn new(mut req: ExportTraceServiceRequest) -> Template {
+        let marker = |j: u32| {
+            let mut m = [0xF5, 0xA5, 0xF5, 0xA5, 0, 0, 0, 0];
+            m[4..].copy_from_slice(&j.to_be_bytes());
+            m
+        };
+        let mut spans = 0u32;
+        for span in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|rs| &mut rs.scope_spans)
+            .flat_map(|ss| &mut ss.spans)
+        {
+            span.span_id = marker(spans).to_vec();
+            spans += 1;
         }
+        let bytes = req.encode_to_vec();
+        let mut span_ids_at = Vec::with_capacity(spans as usize);
+        let mut from = 0;
+        for j in 0..spans {
+            let mut field = vec![0x12, 0x08];
+            field.extend_from_slice(&marker(j));
+            let at = bytes[from..]
+                .windows(field.len())
+                .position(|w| w == field.as_slice())
+                .map(|p| from + p + 2)
+                .expect("every marker span id is in the encoding, in order");
+            span_ids_at.push(at);
+            from = at + 8;
+        }
+        Template { bytes, span_ids_at }
     }
-    req.encode_to_vec()
+
+    /// The request with span ids unique to `counter` (one id space per request).
+    fn unique(&self, counter: u64) -> Vec<u8> {
+        let mut body = self.bytes.clone();
+        let mut n = counter << 20;
+        for &at in &self.span_ids_at {
+            n += 1;
+            body[at..at + 8].copy_from_slice(&n.to_be_bytes());
+        }
+        body
+    }
 }
 
 async fn ingest(args: IngestArgs) -> Result<()> {
@@ -505,8 +591,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             let mut grpc = match use_grpc {
                 true => tonic::transport::Channel::from_shared(grpc_addr)
                     .ok()
-                    .map(|e| e.connect_lazy())
-                    .map(|ch| TraceServiceClient::with_interceptor(ch, BearerToken)),
+                    .map(|e| tonic::client::Grpc::new(e.connect_lazy())),
                 false => None,
             };
             let http = reqwest::Client::new();
@@ -517,15 +602,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     next += iv;
                     tokio::time::sleep_until(next.into()).await;
                 }
-                let body = uniquify(&work.protobuf[k % work.protobuf.len()], counter.fetch_add(1, Ordering::Relaxed));
+                let body = work.requests[k % work.requests.len()]
+                    .unique(counter.fetch_add(1, Ordering::Relaxed));
                 k += args.clients;
                 let t = Instant::now();
                 let ok = match grpc.as_mut() {
-                    Some(g) => {
-                        let req = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())
-                            .expect("own encoding");
-                        g.export(req).await.is_ok()
-                    }
+                    Some(g) => grpc_export(g, body).await,
                     None => http
                         .post(&http_url)
                         .bearer_auth(BENCH_TOKEN)
@@ -541,7 +623,9 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         acked.fetch_add(work.events_per_request as u64, Ordering::Relaxed);
-                        let _ = latency.lock().record((t.elapsed().as_micros() as u64).max(1));
+                        let _ = latency
+                            .lock()
+                            .record((t.elapsed().as_micros() as u64).max(1));
                     } else {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
