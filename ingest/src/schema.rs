@@ -5,6 +5,7 @@
 //! dictionaries) so that the Parquet files stay readable by DuckDB/Spark and the PostgreSQL wire protocol
 //! maps every column to a native type.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -204,10 +205,24 @@ impl Default for EventBatchBuilder {
     }
 }
 
+const STRING_COLUMNS: usize = STRING_COLUMNS_BEFORE_NUMBERS + STRING_COLUMNS_AFTER_NUMBERS;
+
+/// Bytes per row each string column held in the batches built so far (a running average). Sizing a new
+/// builder from it means a 500-byte prompt column is allocated once instead of doubled five times from a
+/// guess (each doubling a copy and fresh pages), and the finished arrays do not carry up to twice their size
+/// into the write buffer.
+static BYTES_PER_ROW: [AtomicUsize; STRING_COLUMNS] =
+    [const { AtomicUsize::new(16) }; STRING_COLUMNS];
+
 impl EventBatchBuilder {
     pub fn with_capacity(rows: usize) -> Self {
-        let strings = (0..STRING_COLUMNS_BEFORE_NUMBERS + STRING_COLUMNS_AFTER_NUMBERS)
-            .map(|_| StringBuilder::with_capacity(rows, rows * 16))
+        let strings = BYTES_PER_ROW
+            .iter()
+            .map(|per_row| {
+                // A little headroom over the average, so a typical batch does not grow at its last rows.
+                let per_row = per_row.load(Ordering::Relaxed);
+                StringBuilder::with_capacity(rows, rows * (per_row + per_row / 8))
+            })
             .collect();
         Self {
             time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
@@ -272,6 +287,13 @@ impl EventBatchBuilder {
 
     /// Builds the batch and resets the builder for reuse.
     pub fn finish(&mut self) -> RecordBatch {
+        if self.len > 0 {
+            for (per_row, b) in BYTES_PER_ROW.iter().zip(&self.strings) {
+                let now = b.values_slice().len().div_ceil(self.len).max(1);
+                let seen = per_row.load(Ordering::Relaxed);
+                per_row.store((seen * 3 + now).div_ceil(4), Ordering::Relaxed);
+            }
+        }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(31);
         columns.push(Arc::new(self.time.finish()));
         let (before, after) = self.strings.split_at_mut(STRING_COLUMNS_BEFORE_NUMBERS);
