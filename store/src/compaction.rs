@@ -72,7 +72,11 @@ impl Store {
             for bytes in inputs {
                 all.extend(parquet_writer::decode(bytes, None)?);
             }
-            let mut files = parquet_writer::encode_partitioned(table, &all)?;
+            let mut files = parquet_writer::encode_partitioned(
+                table,
+                &all,
+                parquet_writer::Effort::Compaction,
+            )?;
             match (files.pop(), files.is_empty()) {
                 (Some(mut f), true) => {
                     f.path = new_file_path(table, hour);

@@ -1,10 +1,9 @@
-//! Parquet encoding: zstd level 3, row groups of 128k rows, statistics on, rows sorted by `time` and split
-//! into hour partitions, so query engines can prune by file (manifest min/max), by row group and by page.
+//! Parquet encoding: zstd (level 1 when a flush writes, level 3 when compaction rewrites), row groups of 128k
+//! rows, statistics on, rows sorted by `time` and split into hour partitions, so query engines can prune by
+//! file (manifest min/max), by row group and by page.
 
-use std::collections::BTreeMap;
-
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -20,11 +19,48 @@ use crate::{StoreError, StoredFile, Table};
 pub(crate) const TIME: &str = "time";
 pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-fn props(schema: &SchemaRef) -> Result<WriterProperties, StoreError> {
+/// How hard zstd works. A flush is on the ingest path, where CPU is throughput; compaction runs in the
+/// background and rewrites the same rows once more, so it spends the CPU to make them smaller at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effort {
+    Flush,
+    Compaction,
+}
+
+impl Effort {
+    fn zstd_level(self) -> i32 {
+        match self {
+            Effort::Flush => 1,
+            Effort::Compaction => 3,
+        }
+    }
+}
+
+/// Free text and random ids: no query prunes on their min/max or profits from a dictionary, and computing
+/// them over 500-byte prompts was measurable CPU on every flush (string compares and hashing).
+const UNPRUNABLE: [&str; 6] = [
+    "prompt_text",
+    "response_text",
+    "attributes",
+    "event_id",
+    "span_id",
+    "trace_id",
+];
+
+fn props(schema: &SchemaRef, effort: Effort) -> Result<WriterProperties, StoreError> {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(effort.zstd_level())?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page);
+    for name in UNPRUNABLE
+        .into_iter()
+        .filter(|n| schema.index_of(n).is_ok())
+    {
+        let path = parquet::schema::types::ColumnPath::from(name);
+        b = b
+            .set_column_statistics_enabled(path.clone(), EnabledStatistics::None)
+            .set_column_dictionary_enabled(path, false);
+    }
     if let Ok(idx) = schema.index_of(TIME) {
         b = b.set_sorting_columns(Some(vec![SortingColumn {
             column_idx: idx as i32,
@@ -46,36 +82,6 @@ fn times(table: Table, batch: &RecordBatch) -> Result<Vec<i64>, StoreError> {
     Ok(col.values().to_vec())
 }
 
-/// Sorts a batch by `time` (stable, so rows with equal times keep their arrival order).
-pub(crate) fn sort_by_time(table: Table, batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
-    times(table, batch)?; // validates the column
-    let col = batch.column_by_name(TIME).expect("validated above");
-    let idx = sort_to_indices(col, None, None)?;
-    Ok(take_record_batch(batch, &idx)?)
-}
-
-/// Splits rows by hour partition; each part keeps the input's row order.
-pub(crate) fn split_by_hour(
-    table: Table,
-    batch: &RecordBatch,
-) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
-    let ts = times(table, batch)?;
-    let mut hours: BTreeMap<i64, ()> = BTreeMap::new();
-    for t in &ts {
-        hours.insert(hour_start(*t), ());
-    }
-    if hours.len() == 1 {
-        return Ok(hours.into_keys().map(|h| (h, batch.clone())).collect());
-    }
-    hours
-        .into_keys()
-        .map(|h| {
-            let mask: BooleanArray = ts.iter().map(|t| Some(hour_start(*t) == h)).collect();
-            Ok((h, filter_record_batch(batch, &mask)?))
-        })
-        .collect()
-}
-
 /// Hex SHA-256, as the audit chain records files.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -85,7 +91,11 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 /// Encodes one batch as a Parquet file.
 pub(crate) fn encode(batch: &RecordBatch) -> Result<Bytes, StoreError> {
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props(&batch.schema())?))?;
+    let mut w = ArrowWriter::try_new(
+        &mut out,
+        batch.schema(),
+        Some(props(&batch.schema(), Effort::Compaction)?),
+    )?;
     w.write(batch)?;
     w.close()?;
     Ok(Bytes::from(out))
@@ -102,31 +112,60 @@ pub(crate) struct EncodedFile {
     pub max_time_us: i64,
 }
 
-/// Concatenates, splits by hour, sorts each part by time and encodes it: the CPU half of a flush or a
-/// compaction (run on a blocking thread).
+/// Rows gathered into one batch at a time while encoding: big enough for good pages, small enough that
+/// the copy stays in cache and a flush never holds a second copy of the whole buffer.
+const ENCODE_CHUNK_ROWS: usize = 8 * 1024;
+
+/// Sorts by time, splits by hour and encodes: the CPU half of a flush or a compaction (run on a blocking
+/// thread). Rows are gathered straight from the input batches in sorted order, a chunk at a time, rather than
+/// concatenated, split and sorted as whole copies: those two copies of the write buffer were most of a flush's
+/// memory and page faults. The sort is stable, so rows with equal times keep their arrival order.
 pub(crate) fn encode_partitioned(
     table: Table,
     batches: &[RecordBatch],
+    effort: Effort,
 ) -> Result<Vec<EncodedFile>, StoreError> {
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
     };
-    let all = concat_batches(&first.schema(), batches)?;
-    if all.num_rows() == 0 {
-        return Ok(Vec::new());
+    let schema = first.schema();
+    let mut order: Vec<(i64, usize, usize)> =
+        Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        order.extend(
+            times(table, batch)?
+                .into_iter()
+                .enumerate()
+                .map(|(r, t)| (t, b, r)),
+        );
     }
+    order.sort_by_key(|&(t, _, _)| t);
+    let inputs: Vec<&RecordBatch> = batches.iter().collect();
     let mut out = Vec::new();
-    for (hour, part) in split_by_hour(table, &all)? {
-        let sorted = sort_by_time(table, &part)?;
-        let ts = times(table, &sorted)?;
-        let bytes = encode(&sorted)?;
+    let mut rest = order.as_slice();
+    while let Some(&(t0, _, _)) = rest.first() {
+        let hour = hour_start(t0);
+        let n = rest.partition_point(|&(t, _, _)| hour_start(t) == hour);
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        let mut bytes = Vec::new();
+        let mut w =
+            ArrowWriter::try_new(&mut bytes, schema.clone(), Some(props(&schema, effort)?))?;
+        let mut indices = Vec::with_capacity(ENCODE_CHUNK_ROWS);
+        for chunk in part.chunks(ENCODE_CHUNK_ROWS) {
+            indices.clear();
+            indices.extend(chunk.iter().map(|&(_, b, r)| (b, r)));
+            w.write(&interleave_record_batch(&inputs, &indices)?)?;
+        }
+        w.close()?;
+        let bytes = Bytes::from(bytes);
         out.push(EncodedFile {
             path: new_file_path(table, hour),
             sha256: sha256_hex(&bytes),
             bytes,
-            rows: sorted.num_rows() as u64,
-            min_time_us: ts.first().copied().unwrap_or_default(),
-            max_time_us: ts.last().copied().unwrap_or_default(),
+            rows: part.len() as u64,
+            min_time_us: t0,
+            max_time_us: part.last().map(|&(t, _, _)| t).unwrap_or(t0),
         });
     }
     Ok(out)
@@ -139,9 +178,10 @@ pub(crate) async fn write_partitioned(
     table: Table,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<(StoredFile, String)>, StoreError> {
-    let encoded = tokio::task::spawn_blocking(move || encode_partitioned(table, &batches))
-        .await
-        .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
+    let encoded =
+        tokio::task::spawn_blocking(move || encode_partitioned(table, &batches, Effort::Flush))
+            .await
+            .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
     let mut stored = Vec::with_capacity(encoded.len());
     for f in encoded {
         match objects.put_durable(&f.path, f.bytes).await {
@@ -206,7 +246,7 @@ mod tests {
         let h = crate::partition::HOUR_US;
         let b1 = batch(&[h * 10 + 5, h * 11 + 1, h * 10 + 1]);
         let b2 = batch(&[h * 10 + 3]);
-        let files = encode_partitioned(Table::Events, &[b1, b2]).unwrap();
+        let files = encode_partitioned(Table::Events, &[b1, b2], Effort::Flush).unwrap();
         assert_eq!(files.len(), 2);
         let f = &files[0];
         assert!(
@@ -241,12 +281,61 @@ mod tests {
         );
     }
 
+    /// More rows than one gathered chunk, from several batches, many sharing a time: the file is sorted by
+    /// time and rows with equal times keep their arrival order (batch, then row).
+    #[test]
+    fn sort_is_stable_across_batches_and_chunks() {
+        let h = crate::partition::HOUR_US;
+        let rows = ENCODE_CHUNK_ROWS + 1000;
+        let times: Vec<i64> = (0..rows as i64)
+            .map(|i| h * 10 + (rows as i64 - i) / 7)
+            .collect();
+        let (b1, b2) = (batch(&times), batch(&times));
+        let files = encode_partitioned(Table::Events, &[b1, b2], Effort::Flush).unwrap();
+        assert_eq!(files.len(), 1);
+        let back = decode(files[0].bytes.clone(), None).unwrap();
+        let got: Vec<(i64, i64)> = back
+            .iter()
+            .flat_map(|b| {
+                let t = b
+                    .column(0)
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .values()
+                    .to_vec();
+                let n = b
+                    .column(1)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec();
+                t.into_iter().zip(n)
+            })
+            .collect();
+        assert_eq!(got.len(), 2 * rows);
+        let mut want: Vec<(i64, usize, i64)> = (0..2)
+            .flat_map(|b| {
+                times
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, &t)| (t, b, r as i64))
+            })
+            .collect();
+        want.sort_by_key(|&(t, _, _)| t); // stable: batch then row within equal times
+        assert_eq!(
+            got,
+            want.iter().map(|&(t, _, n)| (t, n)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (files[0].min_time_us, files[0].max_time_us),
+            (want[0].0, want[want.len() - 1].0)
+        );
+    }
+
     #[test]
     fn missing_time_column_is_an_error() {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let b = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
         assert!(matches!(
-            encode_partitioned(Table::Events, &[b]),
+            encode_partitioned(Table::Events, &[b], Effort::Flush),
             Err(StoreError::InvalidBatch { .. })
         ));
     }
