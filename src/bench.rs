@@ -595,7 +595,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                 false => None,
             };
             let http = reqwest::Client::new();
-            let mut next = Instant::now();
+            // Paced clients start out of phase, as independent senders are: in phase, every client's request
+            // would land at once and the figure would measure the burst's queue, not the server.
+            let mut next = Instant::now()
+                + per_client_interval.map_or(Duration::ZERO, |iv| {
+                    iv.mul_f64(c as f64 / args.clients as f64)
+                });
             let mut k = c;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(iv) = per_client_interval {
