@@ -93,7 +93,15 @@ impl Pipeline {
 impl EventSink for Pipeline {
     /// At most `max_in_flight` requests are decoded, detected and written at once; a request waits up to
     /// `admission_wait` for a slot and is otherwise refused (429 / RESOURCE_EXHAUSTED with Retry-After).
+    /// It is refused at once while the store's write buffer is behind its flushes, which bounds memory
+    /// when object storage is down.
     async fn admit(&self) -> Result<Admission, SinkError> {
+        if self.store.is_behind() {
+            metrics::OVERLOAD_REFUSALS.inc();
+            return Err(SinkError::Overloaded {
+                retry_after: self.config.retry_after,
+            });
+        }
         match tokio::time::timeout(
             self.config.admission_wait,
             self.admission.clone().acquire_owned(),

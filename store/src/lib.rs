@@ -239,7 +239,17 @@ pub(crate) struct Shared {
     pub flush_age: Duration,
 }
 
+/// How many flushes' worth of rows the buffer may hold before the store says it is behind (see
+/// [`Store::is_behind`]). One flush in progress plus what arrives meanwhile is normal, about two.
+const BEHIND_FACTOR: usize = 4;
+
 impl Shared {
+    fn is_behind(&self) -> bool {
+        let st = self.state.lock();
+        st.buffer.total_bytes() >= BEHIND_FACTOR.saturating_mul(self.flush_bytes)
+            || st.buffer.total_rows() >= BEHIND_FACTOR.saturating_mul(self.flush_rows)
+    }
+
     pub fn should_flush(&self) -> bool {
         let st = self.state.lock();
         let b = &st.buffer;
@@ -385,6 +395,14 @@ impl Store {
     }
 
     /// Writes everything buffered to Parquet now (on shutdown, and in tests).
+    /// True while the write buffer holds several flushes' worth of rows: flushes are failing (object storage
+    /// unreachable, disk full) or falling behind ingest. The buffer is memory, so the pipeline refuses new
+    /// work (429 / RESOURCE_EXHAUSTED, Kafka pauses) until a flush catches up, instead of growing without
+    /// bound; the WAL keeps every acknowledged row either way.
+    pub fn is_behind(&self) -> bool {
+        self.shared.is_behind()
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.flush_buffer().await
     }

@@ -659,3 +659,42 @@ async fn append_throughput() {
     );
     assert_eq!(store.snapshot(Table::Events).row_count(), total as u64);
 }
+
+/// Flushes that fail (here the `events` directory is a file, as a full or broken disk would fail them) leave
+/// rows in the buffer; past four flushes' worth the store reports itself behind, which the pipeline turns
+/// into refusals, and it recovers once a flush succeeds again. Every appended row is still stored once.
+#[tokio::test]
+async fn failing_flushes_make_the_store_behind_until_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        flush_rows: 10,
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg).await.unwrap();
+    let events_dir = dir.path().join("events");
+    let _ = std::fs::remove_dir_all(&events_dir);
+    std::fs::write(&events_dir, b"not a directory").unwrap();
+    store.spawn_background();
+    for k in 0..5 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.is_behind(),
+        "50 buffered rows with flush_rows = 10 and every flush failing"
+    );
+    assert!(store.snapshot(Table::Events).files.is_empty());
+
+    std::fs::remove_file(&events_dir).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.is_behind() || !store.snapshot(Table::Events).buffered.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background flush did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.snapshot(Table::Events).row_count(), 50);
+}
