@@ -167,13 +167,7 @@ fn detect(args: DetectArgs) -> Result<()> {
     }
     let elapsed = busy.as_secs_f64();
     let (p50, p99) = stage.latency_quantiles();
-    println!(
-        "machine:              {} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        cpu_model()
-    );
+    println!("machine:              {}", machine());
     println!(
         "warm-up:              20 batches in {:.2} s",
         warm.as_secs_f64()
@@ -426,19 +420,26 @@ impl tonic::codec::Decoder for ResponseDecoder {
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// The `authorization` value the gRPC clients send (parsed once, not per request).
+fn grpc_authorization() -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    format!("Bearer {BENCH_TOKEN}")
+        .parse()
+        .context("the bench token is ASCII")
+}
+
 /// One export over gRPC with the bench token; true when the server acknowledged it.
 async fn grpc_export(
     grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    authorization: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     body: Vec<u8>,
 ) -> bool {
     if grpc.ready().await.is_err() {
         return false;
     }
     let mut request = tonic::Request::new(bytes::Bytes::from(body));
-    let Ok(token) = format!("Bearer {BENCH_TOKEN}").parse() else {
-        return false;
-    };
-    request.metadata_mut().insert("authorization", token);
+    request
+        .metadata_mut()
+        .insert("authorization", authorization.clone());
     let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
     grpc.unary(request, path, RawTraceRequest).await.is_ok()
 }
@@ -572,6 +573,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     } else {
         None
     };
+    let authorization = grpc_authorization()?;
     let mut clients = Vec::new();
     for c in 0..args.clients {
         let (work, acked, acked_total, refused, measuring, stop, latency, counter) = (
@@ -586,6 +588,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         );
         let grpc_addr = format!("http://{}", b.grpc);
         let http_url = format!("http://{}/v1/traces", b.http);
+        let authorization = authorization.clone();
         clients.push(tokio::spawn(async move {
             let use_grpc = c % 2 == 0;
             let mut grpc = match use_grpc {
@@ -612,7 +615,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                 k += args.clients;
                 let t = Instant::now();
                 let ok = match grpc.as_mut() {
-                    Some(g) => grpc_export(g, body).await,
+                    Some(g) => grpc_export(g, &authorization, body).await,
                     None => http
                         .post(&http_url)
                         .bearer_auth(BENCH_TOKEN)
@@ -656,28 +659,13 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     // Everything acknowledged is durable; flush to Parquet to measure what it costs at rest.
     let store = running.store.clone();
     running.stop().await?;
-    let stored_events: u64 = store
-        .snapshot(vigil_store::Table::Events)
-        .files
-        .iter()
-        .map(|f| f.rows)
-        .sum();
-    let stored_bytes: u64 = store
-        .snapshot(vigil_store::Table::Events)
-        .files
-        .iter()
-        .map(|f| f.size)
-        .sum();
+    let files = store.snapshot(vigil_store::Table::Events).files;
+    let stored_events: u64 = files.iter().map(|f| f.rows).sum();
+    let stored_bytes: u64 = files.iter().map(|f| f.size).sum();
     let bytes_per_event = stored_bytes as f64 / stored_events.max(1) as f64;
 
     println!();
-    println!(
-        "machine:              {} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        cpu_model()
-    );
+    println!("machine:              {}", machine());
     println!("sustained:            {:.0} events/s ({} events acknowledged in {:.1} s, {} requests refused)", events as f64 / elapsed, events, elapsed, refused.load(Ordering::Relaxed));
     println!(
         "ack latency:          p50 {:.1} ms, p99 {:.1} ms",
@@ -705,6 +693,14 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         anyhow::bail!("{acknowledged} events were acknowledged but {stored_events} are stored");
     }
     Ok(())
+}
+
+/// "N cores, <CPU model>": the line every figure is printed under, since figures mean nothing without it.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {}", cpu_model())
 }
 
 fn cpu_model() -> String {
