@@ -274,7 +274,8 @@ impl DetectionStage {
             let tool = flag(&c.is_tool, i);
             for (side, arr) in [(0usize, c.prompt), (1, c.response)] {
                 let Some(text) = get(arr, i) else { continue };
-                let findings = content::scan_sensitive(text);
+                let hints = content::Hints::of(text);
+                let findings = content::scan_sensitive_with(text, &hints);
                 if inference && rt.on("sensitive_data") {
                     let strong: Vec<&Finding> = findings
                         .iter()
@@ -287,8 +288,8 @@ impl DetectionStage {
                 let direct = inference && side == 0;
                 let indirect = tool && side == 1;
                 if (direct || indirect) && rt.on("prompt_injection") {
-                    if let Some(inj) =
-                        content::scan_injection(text).filter(|f| f.score >= th.injection_min_score)
+                    if let Some(inj) = content::scan_injection_with(text, &hints)
+                        .filter(|f| f.score >= th.injection_min_score)
                     {
                         alerts.push(injection_alert(c, i, indirect, text, &findings, &inj));
                     }

@@ -2,6 +2,7 @@
 //! the detection stage can call them from any thread.
 
 pub mod injection;
+pub mod prefilter;
 pub mod sensitive;
 pub mod tool_args;
 pub mod validators;
@@ -9,6 +10,7 @@ pub mod validators;
 #[cfg(test)]
 mod corpus;
 
-pub use injection::{contains_canary, scan_injection, InjectionFinding};
-pub use sensitive::{redact, scan_sensitive, Finding, FindingKind};
+pub use injection::{contains_canary, scan_injection, scan_injection_with, InjectionFinding};
+pub use prefilter::Hints;
+pub use sensitive::{redact, scan_sensitive, scan_sensitive_with, Finding, FindingKind};
 pub use tool_args::{scan_tool_arguments, ArgFinding};

@@ -2,8 +2,9 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::AhoCorasick;
 use regex::Regex;
+
+use super::prefilter::Hints;
 
 use super::validators;
 
@@ -69,10 +70,15 @@ pub struct Finding {
 
 /// Finds PII and secrets. Findings are sorted by `start` and do not overlap.
 ///
-/// Clean text costs one Aho-Corasick pass plus one byte scan: a recogniser's regex runs only when its
-/// literal trigger (a vendor prefix, a key word, `@`) or a long enough digit run is present.
+/// A recogniser's regex runs only when its literal trigger (a vendor prefix, a key word, `@`) or a long
+/// enough digit run is present; [`Hints`] finds those in one pass shared with the injection scan.
 pub fn scan_sensitive(text: &str) -> Vec<Finding> {
-    let triggers = triggers(text);
+    scan_sensitive_with(text, &Hints::of(text))
+}
+
+/// [`scan_sensitive`] with the text's [`Hints`] already computed (they are shared with the injection scan).
+pub fn scan_sensitive_with(text: &str, hints: &Hints) -> Vec<Finding> {
+    let triggers = hints.sensitive;
     if triggers == 0 {
         return Vec::new();
     }
@@ -136,63 +142,59 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
     out
 }
 
-const T_PRIVATE_KEY: u32 = 1;
-const T_AWS: u32 = 1 << 1;
-const T_GITHUB: u32 = 1 << 2;
-const T_SLACK: u32 = 1 << 3;
-const T_SK: u32 = 1 << 4;
-const T_JWT: u32 = 1 << 5;
-const T_KEYWORD: u32 = 1 << 6;
-const T_EMAIL: u32 = 1 << 7;
-const T_DIGITS: u32 = 1 << 8;
+pub(super) const T_PRIVATE_KEY: u32 = 1;
+pub(super) const T_AWS: u32 = 1 << 1;
+pub(super) const T_GITHUB: u32 = 1 << 2;
+pub(super) const T_SLACK: u32 = 1 << 3;
+pub(super) const T_SK: u32 = 1 << 4;
+pub(super) const T_JWT: u32 = 1 << 5;
+pub(super) const T_KEYWORD: u32 = 1 << 6;
+pub(super) const T_EMAIL: u32 = 1 << 7;
+pub(super) const T_DIGITS: u32 = 1 << 8;
 
 /// Literal triggers, matched ASCII-case-insensitively; the regexes behind them are stricter.
-const TRIGGERS: &[(&str, u32)] = &[
+pub(super) const TRIGGERS: &[(&str, u32)] = &[
     ("-----begin", T_PRIVATE_KEY),
     ("akia", T_AWS),
     ("asia", T_AWS),
+    ("abia", T_AWS),
+    ("acca", T_AWS),
     ("ghp_", T_GITHUB),
     ("gho_", T_GITHUB),
     ("ghs_", T_GITHUB),
     ("ghu_", T_GITHUB),
     ("ghr_", T_GITHUB),
     ("github_pat_", T_GITHUB),
-    ("xox", T_SLACK),
+    ("xoxa", T_SLACK),
+    ("xoxb", T_SLACK),
+    ("xoxp", T_SLACK),
+    ("xoxr", T_SLACK),
     ("sk-", T_SK),
     ("eyj", T_JWT),
     ("pass", T_KEYWORD),
     ("pwd", T_KEYWORD),
     ("secret", T_KEYWORD),
     ("token", T_KEYWORD),
-    ("key", T_KEYWORD),
+    ("apikey", T_KEYWORD),
+    ("api_key", T_KEYWORD),
+    ("api-key", T_KEYWORD),
+    ("accesskey", T_KEYWORD),
+    ("access_key", T_KEYWORD),
+    ("access-key", T_KEYWORD),
+    ("privatekey", T_KEYWORD),
+    ("private_key", T_KEYWORD),
+    ("private-key", T_KEYWORD),
     ("bearer", T_KEYWORD),
     ("credential", T_KEYWORD),
     ("@", T_EMAIL),
 ];
 
 /// Digit runs shorter than this (separators allowed) cannot be a card, SSN, phone number or IBAN.
-const MIN_DIGIT_RUN: u32 = 8;
-
-fn triggers(text: &str) -> u32 {
-    static AC: LazyLock<AhoCorasick> = LazyLock::new(|| {
-        AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(TRIGGERS.iter().map(|(p, _)| p))
-            .expect("trigger literals build an automaton")
-    });
-    let mut mask = 0;
-    for m in AC.find_overlapping_iter(text) {
-        mask |= TRIGGERS[m.pattern().as_usize()].1;
-    }
-    if longest_digit_run(text.as_bytes()) >= MIN_DIGIT_RUN {
-        mask |= T_DIGITS;
-    }
-    mask
-}
+pub(super) const MIN_DIGIT_RUN: u32 = 8;
 
 /// Longest run of digits where up to two separators (space, dash, dot, parentheses, plus) may sit between
 /// digits, as in "(415) 555-2671".
-fn longest_digit_run(bytes: &[u8]) -> u32 {
+pub(super) fn longest_digit_run(bytes: &[u8]) -> u32 {
     let (mut best, mut run, mut gap) = (0u32, 0u32, 0u8);
     for &b in bytes {
         if b.is_ascii_digit() {

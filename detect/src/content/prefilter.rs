@@ -1,0 +1,216 @@
+//! One pass over a text decides which recognisers may run on it.
+//!
+//! Every recogniser needs something to be present before it can match: a secret's vendor prefix or key
+//! word, an injection phrase's verb, a run of digits, a long unbroken run that could be base64. Looking for
+//! all of those at once, over the text lowercased once, is two vectorised literal searches (Teddy, through
+//! `aho-corasick`) plus byte counts that the compiler vectorises. On clean text, the common case,
+//! nothing else runs. Before this, each family walked the text with its own automaton and byte loop, and
+//! scanning was a fifth of Vigil's CPU at full ingest rate.
+
+use std::cell::RefCell;
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+
+use super::{injection, sensitive};
+
+/// What one pass found; each recogniser checks its own bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `sensitive::T_*` bits: which secret and PII recognisers have their trigger present.
+    pub(crate) sensitive: u32,
+    /// Bit `i`: the trigger of injection phrase `i` is present.
+    pub(crate) phrases: u32,
+    /// Whether the text is not pure ASCII (the invisible-Unicode heuristics need it).
+    pub(crate) non_ascii: bool,
+    /// Whether the text may hold a base64 or hex run of `injection::MIN_BLOB` bytes.
+    pub(crate) maybe_blob: bool,
+}
+
+impl Hints {
+    /// Computes the hints of `text`.
+    pub fn of(text: &str) -> Hints {
+        let bytes = text.as_bytes();
+        let mut h = Hints {
+            sensitive: 0,
+            phrases: 0,
+            non_ascii: !bytes.is_ascii(),
+            maybe_blob: maybe_blob(bytes),
+        };
+        let t = triggers();
+        if t.bytes.iter().any(|(b, _)| bytes.contains(b)) {
+            for (b, tag) in &t.bytes {
+                if bytes.contains(b) {
+                    h.add(*tag);
+                }
+            }
+        }
+        LOWER.with(|buf| {
+            let mut lower = buf.borrow_mut();
+            lower.clear();
+            lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
+            for (ac, tags) in &t.searchers {
+                let mut at = 0;
+                // Restarting one byte after each match's start (not after its end) visits every position
+                // where a trigger starts; leftmost-longest reports the longest one there, whose tag includes
+                // the tags of the triggers that are its prefixes. So this finds exactly what an overlapping
+                // search finds, at the speed of a non-overlapping one.
+                while let Some(m) = ac.find(Input::new(&lower[..]).range(at..)) {
+                    h.add(tags[m.pattern().as_usize()]);
+                    at = m.start() + 1;
+                }
+            }
+        });
+        if digit_count(bytes) >= sensitive::MIN_DIGIT_RUN as usize
+            && sensitive::longest_digit_run(bytes) >= sensitive::MIN_DIGIT_RUN
+        {
+            h.sensitive |= sensitive::T_DIGITS;
+        }
+        h
+    }
+}
+
+impl Hints {
+    fn add(&mut self, (sensitive, phrases): Tag) {
+        self.sensitive |= sensitive;
+        self.phrases |= phrases;
+    }
+}
+
+thread_local! {
+    /// The lowercased copy, reused so scanning allocates nothing on the clean path.
+    static LOWER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// (sensitive bits, phrase bits).
+type Tag = (u32, u32);
+
+/// Triggers of four bytes or more go to searchers of their own, shorter ones to another: Teddy
+/// fingerprints a pattern by its first bytes, so a few two- and three-byte triggers among fifty long ones
+/// would make every common letter pair a candidate. Teddy also takes at most 64 patterns (beyond that
+/// `aho-corasick` falls back to walking its automaton byte by byte, four times slower), so long triggers
+/// are split into groups. Single bytes are a `memchr` each.
+struct Triggers {
+    searchers: Vec<(AhoCorasick, Vec<Tag>)>,
+    bytes: Vec<(u8, Tag)>,
+}
+
+/// Patterns per Teddy searcher; below its limit of 64, because its buckets get crowded near it.
+const GROUP: usize = 40;
+
+fn triggers() -> &'static Triggers {
+    static T: LazyLock<Triggers> = LazyLock::new(|| {
+        let mut pats: Vec<(String, Tag)> = Vec::new();
+        let mut add = |p: &str, tag: Tag| {
+            let p = p.to_ascii_lowercase();
+            match pats.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, t)) => *t = (t.0 | tag.0, t.1 | tag.1),
+                None => pats.push((p, tag)),
+            }
+        };
+        for (p, bits) in sensitive::TRIGGERS {
+            add(p, (*bits, 0));
+        }
+        for (p, bits) in injection::PHRASE_TRIGGERS {
+            add(p, (0, *bits));
+        }
+        // A match reports the longest trigger starting there, so its tag carries those of its prefixes.
+        let tag_of = |p: &str| {
+            pats.iter()
+                .filter(|(q, _)| p.starts_with(q.as_str()))
+                .fold((0, 0), |acc, (_, t)| (acc.0 | t.0, acc.1 | t.1))
+        };
+        let searcher = |chosen: &[&String]| {
+            let tags = chosen.iter().map(|p| tag_of(p)).collect();
+            let ac = AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(chosen)
+                .expect("trigger literals build an automaton");
+            (ac, tags)
+        };
+        let long: Vec<&String> = pats
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.len() >= 4)
+            .collect();
+        let short: Vec<&String> = pats
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| (2..4).contains(&p.len()))
+            .collect();
+        let per_group = long
+            .len()
+            .div_ceil(long.len().div_ceil(GROUP).max(1))
+            .max(1);
+        let mut searchers: Vec<_> = long.chunks(per_group).map(searcher).collect();
+        if !short.is_empty() {
+            searchers.push(searcher(&short));
+        }
+        let bytes = pats
+            .iter()
+            .filter(|(p, _)| p.len() == 1)
+            .map(|(p, t)| (p.as_bytes()[0], *t))
+            .collect();
+        Triggers { searchers, bytes }
+    });
+    &T
+}
+
+/// Counted in 255-byte chunks with a byte-wide counter, which the compiler vectorises.
+fn digit_count(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|c| c.iter().fold(0u8, |n, &b| n + u8::from(b.is_ascii_digit())) as usize)
+        .sum()
+}
+
+/// A run of `MIN_BLOB` (40) blob characters always covers a whole 16-byte aligned block, and such a
+/// block holds no whitespace, full stop or comma; prose has one in every block. Only a text with a block
+/// free of them has its runs measured exactly.
+fn maybe_blob(bytes: &[u8]) -> bool {
+    const _: () = assert!(injection::MIN_BLOB >= 2 * 16 - 1);
+    bytes.chunks_exact(16).any(|block| {
+        block.iter().fold(0u8, |any, &b| {
+            any | u8::from(b <= b' ' || b == b'.' || b == b',')
+        }) == 0
+    }) && injection::has_long_blob_run(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_trigger_is_found_wherever_it_starts() {
+        // "danything": "dan" and "anything" overlap; "passkey" holds "pass" and "key".
+        let h = Hints::of("You are DANything, passkey");
+        assert_ne!(h.sensitive & sensitive::T_KEYWORD, 0);
+        let plain = Hints::of("please summarise the quarterly report for our customers");
+        assert_eq!(plain, Hints::default());
+        for (p, bits) in sensitive::TRIGGERS {
+            let h = Hints::of(&format!("xx {} xx", p.to_ascii_uppercase()));
+            assert_eq!(h.sensitive & bits, *bits, "{p}");
+        }
+        for (p, bits) in injection::PHRASE_TRIGGERS {
+            let h = Hints::of(&format!("xx{}xx", p.to_ascii_uppercase()));
+            assert_eq!(h.phrases & bits, *bits, "{p}");
+        }
+    }
+
+    #[test]
+    fn digits_and_blobs_are_found_at_any_offset() {
+        for pad in 0..20 {
+            let text = format!("{}call (415) 555-2671 now", " ".repeat(pad));
+            assert_ne!(Hints::of(&text).sensitive & sensitive::T_DIGITS, 0, "{pad}");
+            let blob = "QWxhZGRpbjpvcGVuIHNlc2FtZSBhbmQgbW9yZSB0ZXh0";
+            assert_eq!(blob.len(), 44);
+            assert!(Hints::of(&format!("{}x {blob} y", " ".repeat(pad))).maybe_blob);
+            assert!(!Hints::of(&format!("{}x {} y", " ".repeat(pad), &blob[..39])).maybe_blob);
+        }
+        assert_eq!(
+            Hints::of("in 2023 we had 15 users").sensitive & sensitive::T_DIGITS,
+            0
+        );
+        assert!(Hints::of("naïve").non_ascii);
+    }
+}
