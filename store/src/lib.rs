@@ -11,6 +11,7 @@ mod buffer;
 mod compaction;
 mod dedupe;
 mod flush;
+mod low_priority;
 mod manifest;
 mod metrics;
 mod object_files;
