@@ -67,28 +67,28 @@ impl Store {
             inputs.push(self.objects.get(&f.path).await?);
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
-        let encoded =
-            crate::low_priority::run("compact", move || -> Result<EncodedFile, StoreError> {
-                let mut all = Vec::new();
-                for bytes in inputs {
-                    all.extend(parquet_writer::decode(bytes, None)?);
+        let encoded = tokio::task::spawn_blocking(move || -> Result<EncodedFile, StoreError> {
+            let mut all = Vec::new();
+            for bytes in inputs {
+                all.extend(parquet_writer::decode(bytes, None)?);
+            }
+            let mut files = parquet_writer::encode_partitioned(
+                table,
+                &all,
+                parquet_writer::Effort::Compaction,
+            )?;
+            match (files.pop(), files.is_empty()) {
+                (Some(mut f), true) => {
+                    f.path = new_file_path(table, hour);
+                    Ok(f)
                 }
-                let mut files = parquet_writer::encode_partitioned(
-                    table,
-                    &all,
-                    parquet_writer::Effort::Compaction,
-                )?;
-                match (files.pop(), files.is_empty()) {
-                    (Some(mut f), true) => {
-                        f.path = new_file_path(table, hour);
-                        Ok(f)
-                    }
-                    _ => Err(StoreError::Manifest(
-                        "compaction input spans more than one hour partition".into(),
-                    )),
-                }
-            })
-            .await??;
+                _ => Err(StoreError::Manifest(
+                    "compaction input spans more than one hour partition".into(),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Manifest(format!("compaction task: {e}")))??;
         if encoded.rows != expected_rows {
             return Err(StoreError::Manifest(format!(
                 "compaction read {} rows where the manifest lists {expected_rows}",

@@ -11,7 +11,6 @@ mod buffer;
 mod compaction;
 mod dedupe;
 mod flush;
-mod low_priority;
 mod manifest;
 mod metrics;
 mod object_files;

@@ -178,10 +178,10 @@ pub(crate) async fn write_partitioned(
     table: Table,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<(StoredFile, String)>, StoreError> {
-    let encoded = crate::low_priority::run("flush", move || {
-        encode_partitioned(table, &batches, Effort::Flush)
-    })
-    .await??;
+    let encoded =
+        tokio::task::spawn_blocking(move || encode_partitioned(table, &batches, Effort::Flush))
+            .await
+            .map_err(|e| StoreError::Manifest(format!("encode task: {e}")))??;
     let mut stored = Vec::with_capacity(encoded.len());
     for f in encoded {
         match objects.put_durable(&f.path, f.bytes).await {
