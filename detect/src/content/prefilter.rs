@@ -38,11 +38,9 @@ impl Hints {
             maybe_blob: maybe_blob(bytes),
         };
         let t = triggers();
-        if t.bytes.iter().any(|(b, _)| bytes.contains(b)) {
-            for (b, tag) in &t.bytes {
-                if bytes.contains(b) {
-                    h.add(*tag);
-                }
+        for (b, tag) in &t.bytes {
+            if bytes.contains(b) {
+                h.add(*tag);
             }
         }
         LOWER.with(|buf| {
