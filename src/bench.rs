@@ -55,8 +55,9 @@ pub struct IngestArgs {
     /// Concurrent clients; half send gRPC, half HTTP protobuf.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Events per request.
-    #[arg(long, default_value_t = 1000)]
+    /// Events per request: 512 is what an OpenTelemetry SDK's batch span processor sends at most
+    /// (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), so it is what a busy instrumented service sends.
+    #[arg(long, default_value_t = 512)]
     pub batch: usize,
     /// Target events/s across all clients (0: as fast as the server acknowledges).
     #[arg(long, default_value_t = 0)]
