@@ -27,10 +27,12 @@ use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, LogicalPlan, LogicalPlanBuilder, Operator,
     TableProviderFilterPushDown, TableType,
 };
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use object_store::ObjectStoreExt;
 use vigil_store::{StoredFile, Table};
 
 use crate::source::SnapshotSource;
@@ -275,15 +277,16 @@ impl TableProvider for StoreTable {
         );
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.is_empty() {
+        let mut in_memory = Vec::new();
+        if self.is_rewritten_in_place() {
+            in_memory = self.read_whole(&files).await?;
+        } else if !files.is_empty() {
             inputs.push(self.parquet_scan(state, &files, projection, limit).await?);
         }
-        let buffered: Vec<RecordBatch> = snapshot
-            .buffered
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| conform(b, &self.schema))
-            .collect::<DFResult<_>>()?;
+        for b in snapshot.buffered.iter().filter(|b| b.num_rows() > 0) {
+            in_memory.push(conform(b, &self.schema)?);
+        }
+        let buffered: Vec<RecordBatch> = in_memory;
         if !buffered.is_empty() {
             let memory =
                 MemorySourceConfig::try_new(&[buffered], self.schema.clone(), projection.cloned())?
@@ -302,6 +305,36 @@ impl TableProvider for StoreTable {
 }
 
 impl StoreTable {
+    /// State tables (`baselines`, `inventory`): one small file each, replaced under the same path by every
+    /// write (see `vigil-store`'s `state_table`).
+    fn is_rewritten_in_place(&self) -> bool {
+        matches!(self.table, Table::Baselines | Table::Inventory)
+    }
+
+    /// Reads files whole, each with one GET, which returns one version of the file. A Parquet scan reads the
+    /// footer and the pages with separate range requests placed by the snapshot's file size, and a state
+    /// table rewritten between the snapshot and those reads failed the query ("Invalid page header"). The
+    /// query then sees the newer state, which is what a state table is for.
+    async fn read_whole(&self, files: &[&StoredFile]) -> DFResult<Vec<RecordBatch>> {
+        let (_, store) = self.source.object_store();
+        let mut out = Vec::new();
+        for f in files {
+            let path = object_store::path::Path::from(f.path.as_str());
+            let bytes = store
+                .get(&path)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .bytes()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+            for batch in reader {
+                out.push(by_name(&batch?, &self.schema)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// A Parquet scan over exactly `files`, spread over up to `target_partitions` groups of similar size.
     async fn parquet_scan(
         &self,
@@ -366,6 +399,23 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
         DataFusionError::Execution(format!(
             "buffered batch does not match the table schema: {e}"
         ))
+    })
+}
+
+/// The table's columns, taken from a decoded file by name (a file written with an older column order still
+/// reads).
+fn by_name(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            batch.column_by_name(f.name()).cloned().ok_or_else(|| {
+                DataFusionError::Execution(format!("stored file has no column {}", f.name()))
+            })
+        })
+        .collect::<DFResult<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
+        DataFusionError::Execution(format!("stored file does not match the table schema: {e}"))
     })
 }
 
@@ -887,6 +937,50 @@ mod tests {
                 .value(0),
             0
         );
+    }
+
+    /// A state file replaced after the query's snapshot (so the snapshot's size is stale) reads as its new
+    /// content; a Parquet scan placed by the stale size failed with "Invalid page header".
+    #[tokio::test]
+    async fn a_state_file_rewritten_after_the_snapshot_reads_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = TestSource::with_hours(dir.path(), &[], 0);
+        let schema = src.schema(Table::Baselines);
+        src.add_file(
+            Table::Baselines,
+            "baselines/state.parquet",
+            &test_support::state_batch(schema.clone()),
+        );
+        let names: Vec<String> = (0..500).map(|i| format!("entity-{i}")).collect();
+        let newer = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::StringArray::from(names)),
+                Arc::new(arrow::array::Float64Array::from(vec![1.0; 500])),
+            ],
+        )
+        .unwrap();
+        // The rewrite: same path, other size; `src` still lists the old size.
+        TestSource::with_hours(dir.path(), &[], 0).add_file(
+            Table::Baselines,
+            "baselines/state.parquet",
+            &newer,
+        );
+        let ctx = session_context(Arc::new(src), QueryLimits::default()).unwrap();
+        let batches = run_query(
+            &ctx,
+            "SELECT count(*), sum(value) FROM baselines",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+        let count = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(count, 500);
     }
 
     fn alert(id: &str, time_us: i64) -> vigil_detect::Alert {

@@ -1,6 +1,7 @@
 //! State tables (`baselines`, `inventory`): one Parquet file per table, `<table>/state.parquet`, replaced
 //! whole by each `put_state` (an atomic put) and then listed in the manifest. A query holding the previous
-//! snapshot may see the new file's contents; state tables are small and read whole, so that is acceptable.
+//! snapshot sees the new file's contents: the SQL layer reads state files whole with one GET (never by
+//! ranges placed by the snapshot's size), and state tables are small.
 
 use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
