@@ -74,10 +74,18 @@ impl Buffer {
             .unwrap_or_default()
     }
 
-    /// Drops the batches with sequence `<= seq` (they are now in Parquet files listed in the manifest).
-    pub fn drain_upto(&mut self, seq: u64) {
+    /// Removes the batches with sequence `<= seq` (they are now in Parquet files listed in the manifest) and
+    /// hands them back, so the caller frees their memory (hundreds of megabytes after a full buffer) outside
+    /// the lock the request path takes.
+    #[must_use = "dropping the drained batches here frees them under the caller's lock"]
+    pub fn drain_upto(&mut self, seq: u64) -> Vec<RecordBatch> {
+        let mut drained = Vec::new();
         for tb in [&mut self.events, &mut self.alerts] {
-            tb.batches.retain(|(s, _)| *s > seq);
+            let (gone, kept) = std::mem::take(&mut tb.batches)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(s, _)| *s <= seq);
+            tb.batches = kept;
+            drained.extend(gone.into_iter().map(|(_, b)| b));
             tb.rows = tb.batches.iter().map(|(_, b)| b.num_rows()).sum();
             tb.bytes = tb
                 .batches
@@ -87,6 +95,7 @@ impl Buffer {
         }
         // What is left arrived after the flush started; counting its age from now is close enough.
         self.oldest = (self.total_rows() > 0).then(Instant::now);
+        drained
     }
 
     pub fn rows(&self, table: Table) -> usize {
@@ -134,10 +143,10 @@ mod tests {
             (7, 1, 8)
         );
         assert_eq!(b.batches_upto(Table::Events, 2).len(), 1);
-        b.drain_upto(2);
+        assert_eq!(b.drain_upto(2).len(), 2); // events at 1, alerts at 2
         assert_eq!((b.rows(Table::Events), b.rows(Table::Alerts)), (5, 0));
         assert!(b.oldest().is_some());
-        b.drain_upto(3);
+        assert_eq!(b.drain_upto(3).len(), 1);
         assert_eq!(b.total_rows(), 0);
         assert!(b.oldest().is_none() && b.total_bytes() == 0);
     }

@@ -62,12 +62,15 @@ impl Store {
         // If this fails the files stay: whether the new manifest landed is unknown, and `open` deletes
         // them if it did not.
         manifest::save(&self.objects, &next).await?;
-        {
+        let drained = {
             let mut st = self.shared.state.lock();
             st.manifest = next;
-            st.buffer.drain_upto(seq);
+            let drained = st.buffer.drain_upto(seq);
             Store::update_gauges(&st);
-        }
+            drained
+        };
+        // Freed here, after the lock that every append takes: a full buffer is hundreds of megabytes.
+        drop(drained);
         tracing::Span::current()
             .record(
                 "rows",
@@ -89,7 +92,7 @@ impl Store {
         }
         drop(_guard);
         self.wal.roll().await?;
-        self.wal.delete_covered(seq)?;
+        self.wal.delete_covered_blocking(seq).await?;
         Ok(())
     }
 

@@ -425,43 +425,31 @@ impl Wal {
     }
 
     /// Deletes sealed segments whose every record is `<= covered` (now in Parquet and in the manifest).
+    #[cfg(test)]
     pub fn delete_covered(&self, covered: u64) -> Result<usize, StoreError> {
-        let doomed: Vec<Segment> = {
-            let mut segs = self.segments.lock();
-            let sealed = segs.len().saturating_sub(1); // the last one is the active segment
-            let mut doomed = Vec::new();
-            let mut i = 0;
-            let mut seen = 0;
-            while seen < sealed {
-                if segs[i].last_seq <= covered {
-                    doomed.push(segs.remove(i));
-                } else {
-                    i += 1;
-                }
-                seen += 1;
-            }
-            doomed
-        };
-        if let Some(audit) = &self.audit {
-            let mut draft = Draft::new(Op::RetireWal, None);
-            draft.removed = doomed
-                .iter()
-                .map(|s| chain_name(&s.path))
-                .filter(|p| audit.is_live(p))
-                .collect();
-            if let Err(e) = audit.append(vec![draft]) {
-                // Not recorded, so not deleted: the next flush tries again.
-                self.segments.lock().splice(0..0, doomed);
-                return Err(e);
-            }
+        self.retirer().delete_covered(covered)
+    }
+
+    /// [`Wal::delete_covered`] on a blocking thread: unlinking a segment of hundreds of megabytes, the audit
+    /// record and the directory fsync would otherwise stall an async worker that requests are waiting on.
+    pub async fn delete_covered_blocking(&self, covered: u64) -> Result<usize, StoreError> {
+        let retirer = self.retirer();
+        tokio::task::spawn_blocking(move || retirer.delete_covered(covered))
+            .await
+            .map_err(|e| {
+                io_err(
+                    &self.dir,
+                    std::io::Error::other(format!("WAL delete task: {e}")),
+                )
+            })?
+    }
+
+    fn retirer(&self) -> Retirer {
+        Retirer {
+            dir: self.dir.clone(),
+            segments: self.segments.clone(),
+            audit: self.audit.clone(),
         }
-        for seg in &doomed {
-            std::fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
-        }
-        if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        Ok(doomed.len())
     }
 
     /// Segment files currently on disk (for tests and diagnostics).
@@ -665,6 +653,54 @@ impl Writer {
         if let Err(e) = audit.append(vec![draft]) {
             tracing::error!(segment = %active.path.display(), error = %e, "sealing a WAL segment in the audit chain failed");
         }
+    }
+}
+
+/// What retiring covered segments needs, detached from [`Wal`] so that it can run on a blocking thread.
+struct Retirer {
+    dir: PathBuf,
+    segments: Arc<Mutex<Vec<Segment>>>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Retirer {
+    fn delete_covered(&self, covered: u64) -> Result<usize, StoreError> {
+        let doomed: Vec<Segment> = {
+            let mut segs = self.segments.lock();
+            let sealed = segs.len().saturating_sub(1); // the last one is the active segment
+            let mut doomed = Vec::new();
+            let mut i = 0;
+            let mut seen = 0;
+            while seen < sealed {
+                if segs[i].last_seq <= covered {
+                    doomed.push(segs.remove(i));
+                } else {
+                    i += 1;
+                }
+                seen += 1;
+            }
+            doomed
+        };
+        if let Some(audit) = &self.audit {
+            let mut draft = Draft::new(Op::RetireWal, None);
+            draft.removed = doomed
+                .iter()
+                .map(|s| chain_name(&s.path))
+                .filter(|p| audit.is_live(p))
+                .collect();
+            if let Err(e) = audit.append(vec![draft]) {
+                // Not recorded, so not deleted: the next flush tries again.
+                self.segments.lock().splice(0..0, doomed);
+                return Err(e);
+            }
+        }
+        for seg in &doomed {
+            std::fs::remove_file(&seg.path).map_err(|e| io_err(&seg.path, e))?;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
     }
 }
 
