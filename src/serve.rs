@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -133,7 +134,7 @@ async fn serve_http(
                 .await
         }
         None => {
-            axum::serve(listener, router)
+            axum::serve(listener.tap_io(vigil_ingest::otlp::http::no_delay), router)
                 .with_graceful_shutdown(stop)
                 .await
         }

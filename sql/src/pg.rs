@@ -186,6 +186,8 @@ impl PgServer {
                     }
                 },
             };
+            // Replies are several small messages; without this the last waits for a delayed ACK (40 ms).
+            let _ = socket.set_nodelay(true);
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, max = self.max_connections, "pg connection refused: too many connections");
                 continue;

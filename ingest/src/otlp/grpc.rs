@@ -95,7 +95,12 @@ pub(crate) async fn serve_with(
         }
         None => {
             server
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                .serve_with_incoming_shutdown(
+                    // A response is headers, message and trailers in separate writes: with Nagle's
+                    // algorithm the last waits for the client's delayed ACK, 40 ms on Linux.
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
                 .await?
         }
     }

@@ -872,3 +872,17 @@ async fn unauthenticated_senders_get_the_fallback_or_anonymous_source() {
         assert_eq!(sources(&sink), [expected]);
     }
 }
+
+/// The receivers' listeners turn Nagle's algorithm off on every accepted connection (`http::no_delay`, and
+/// tonic's `with_nodelay` for gRPC); with it on, small response writes wait for a delayed ACK.
+#[tokio::test]
+async fn accepted_connections_have_nagle_off() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    assert!(!accepted.nodelay().unwrap(), "sockets start with Nagle on");
+    http::no_delay(&mut accepted);
+    assert!(accepted.nodelay().unwrap());
+    drop(client);
+}
