@@ -134,7 +134,7 @@ async fn serve_http(
                 .await
         }
         None => {
-            axum::serve(listener.tap_io(vigil_ingest::otlp::http::no_delay), router)
+            axum::serve(listener.tap_io(security::tls_listener::no_delay), router)
                 .with_graceful_shutdown(stop)
                 .await
         }

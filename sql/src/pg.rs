@@ -174,7 +174,7 @@ impl PgServer {
         let slots = Arc::new(Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
-            let (socket, peer) = tokio::select! {
+            let (mut socket, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -186,8 +186,7 @@ impl PgServer {
                     }
                 },
             };
-            // Replies are several small messages; without this the last waits for a delayed ACK (40 ms).
-            let _ = socket.set_nodelay(true);
+            vigil_ingest::security::tls_listener::no_delay(&mut socket);
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, max = self.max_connections, "pg connection refused: too many connections");
                 continue;

@@ -21,6 +21,7 @@ use super::{status, ExportRequest, Exporter, ReceiverConfig};
 use crate::decode::{self, Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::normalize::NormalizeContext;
+use crate::security::tls_listener::no_delay;
 use crate::security::{http_auth, Authenticator, Principal, Scope};
 use crate::sink::{EventSink, SinkError};
 
@@ -74,15 +75,6 @@ pub async fn serve(
     axum::serve(listener.tap_io(no_delay), router)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Turns Nagle's algorithm off on an accepted connection. A response goes out in several writes (head, body
-/// chunks); with Nagle the last one waits for the client's delayed ACK, which is 40 ms on Linux and was most
-/// of the ack latency tail under load. The TLS listener does the same for its connections.
-pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-    }
 }
 
 /// A refused request: its status, the `google.rpc.Status` code in the body, and the metric reason.

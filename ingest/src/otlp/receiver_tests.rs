@@ -873,8 +873,8 @@ async fn unauthenticated_senders_get_the_fallback_or_anonymous_source() {
     }
 }
 
-/// The receivers' listeners turn Nagle's algorithm off on every accepted connection (`http::no_delay`, and
-/// tonic's `with_nodelay` for gRPC); with it on, small response writes wait for a delayed ACK.
+/// The listeners turn Nagle's algorithm off on every accepted connection (`tls_listener::no_delay`, and
+/// tonic's `with_nodelay` for gRPC); with it on, small response writes can wait for a delayed ACK.
 #[tokio::test]
 async fn accepted_connections_have_nagle_off() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -882,7 +882,7 @@ async fn accepted_connections_have_nagle_off() {
     let client = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut accepted, _) = listener.accept().await.unwrap();
     assert!(!accepted.nodelay().unwrap(), "sockets start with Nagle on");
-    http::no_delay(&mut accepted);
+    crate::security::tls_listener::no_delay(&mut accepted);
     assert!(accepted.nodelay().unwrap());
     drop(client);
 }
