@@ -1,44 +1,38 @@
 //! The OTLP/gRPC receiver: the collector `TraceService`, `LogsService` and `MetricsService`.
 //!
-//! tonic decodes and decompresses (gzip, zstd) before a handler runs and answers its own failures with gRPC's
-//! generic codes: INTERNAL for an unparsable message, OUT_OF_RANGE for an oversize one. OTLP clients treat
-//! OUT_OF_RANGE as retryable and would resend a request that can never fit, so [`otlp_status_codes`] rewrites
-//! those answers to the OTLP meaning (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without retry info, both final)
-//! and counts them like the HTTP receiver counts its refusals.
+//! The services are served with [`RawCodec`], which hands a message over as bytes: the protobuf is parsed
+//! by the [`Exporter`] after the sink has admitted the request, on the blocking thread that also normalises
+//! it, as the HTTP receiver does. (The generated servers parse with prost on the async worker that polls the
+//! connection, before any handler could refuse the request.)
+//!
+//! tonic still frames, decompresses (gzip, zstd) and size-checks a message before a handler runs, and
+//! answers its own failures with gRPC's generic codes: INTERNAL for a body that does not decompress,
+//! OUT_OF_RANGE for an oversize one. OTLP clients treat OUT_OF_RANGE as retryable and would resend a request
+//! that can never fit, so [`otlp_status_codes`] rewrites those answers to the OTLP meaning
+//! (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without retry info, both final) and counts them like the HTTP
+//! receiver counts its refusals.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use prost::Message;
-use tonic::codec::CompressionEncoding;
+use bytes::{Buf, BufMut, Bytes};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 
-use super::{status, ExportRequest, Exporter, ReceiverConfig, Security};
+use super::{status, Encoded, ExportError, Exporter, ReceiverConfig, Security};
+use crate::decode::{Compression, DecodeError, Encoding, Limits};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::normalize::NormalizeContext;
 use crate::security::grpc_auth::{self, GrpcAuth};
@@ -107,33 +101,194 @@ pub(crate) async fn serve_with(
     Ok(())
 }
 
-/// The three services with their compression and size settings and the token check, behind the
-/// status-code rewrite.
+/// The three services with the token check, behind the status-code rewrite.
 fn routes(exporter: Exporter, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Routes {
-    let max = cfg.limits.max_decompressed_bytes;
     let check: GrpcAuth = grpc_auth::interceptor(auth, Scope::Ingest, LISTENER);
     let receiver = Arc::new(GrpcReceiver { exporter, cfg });
-    let traces = TraceServiceServer::from_arc(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max);
-    let logs = LogsServiceServer::from_arc(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max);
-    let metrics = MetricsServiceServer::from_arc(receiver)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max);
-    let traces = InterceptedService::new(traces, check.clone());
-    let logs = InterceptedService::new(logs, check.clone());
-    let metrics = InterceptedService::new(metrics, check);
+    let traces = InterceptedService::new(
+        ExportServer::<TraceService>::new(receiver.clone()),
+        check.clone(),
+    );
+    let logs = InterceptedService::new(
+        ExportServer::<LogsService>::new(receiver.clone()),
+        check.clone(),
+    );
+    let metrics = InterceptedService::new(ExportServer::<MetricsService>::new(receiver), check);
     let router = Routes::new(traces)
         .add_service(logs)
         .add_service(metrics)
         .into_axum_router()
         .layer(axum::middleware::from_fn(otlp_status_codes));
     Routes::from(router)
+}
+
+/// One of the OTLP collector services: its gRPC name (the routing key) and the signal it carries. Each has
+/// a single method, `Export`.
+trait OtlpService: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SIGNAL: Signal;
+}
+
+struct TraceService;
+struct LogsService;
+struct MetricsService;
+
+impl OtlpService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const SIGNAL: Signal = Signal::Traces;
+}
+
+impl OtlpService for LogsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const SIGNAL: Signal = Signal::Logs;
+}
+
+impl OtlpService for MetricsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const SIGNAL: Signal = Signal::Metrics;
+}
+
+/// The server of one [`OtlpService`], in place of the generated `*ServiceServer` (see the module docs).
+struct ExportServer<S> {
+    receiver: Arc<GrpcReceiver>,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> ExportServer<S> {
+    fn new(receiver: Arc<GrpcReceiver>) -> Self {
+        ExportServer {
+            receiver,
+            service: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for ExportServer<S> {
+    fn clone(&self) -> Self {
+        ExportServer::new(self.receiver.clone())
+    }
+}
+
+impl<S: OtlpService> NamedService for ExportServer<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for ExportServer<S>
+where
+    S: OtlpService,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let receiver = self.receiver.clone();
+        Box::pin(async move {
+            let method = request
+                .uri()
+                .path()
+                .strip_prefix('/')
+                .and_then(|path| path.strip_prefix(S::NAME))
+                .and_then(|rest| rest.strip_prefix('/'));
+            if method != Some("Export") {
+                return Ok(unimplemented());
+            }
+            let max = receiver.cfg.limits.max_decompressed_bytes;
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(max);
+            let export = Export::<S> {
+                receiver,
+                service: PhantomData,
+            };
+            Ok(grpc.unary(export, request).await)
+        })
+    }
+}
+
+/// The answer to a method the collector services do not have, as the generated servers give it.
+fn unimplemented() -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::default());
+    let headers = response.headers_mut();
+    headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
+    response
+}
+
+/// The `Export` method of one service, called by tonic with the message's bytes.
+struct Export<S> {
+    receiver: Arc<GrpcReceiver>,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S: OtlpService> UnaryService<Bytes> for Export<S> {
+    type Response = Bytes;
+    type Future = BoxFuture<tonic::Response<Bytes>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let receiver = self.receiver.clone();
+        Box::pin(async move {
+            let sender = request.extensions().get::<Principal>().cloned();
+            receiver
+                .export(S::SIGNAL, request.into_inner(), sender)
+                .await?;
+            Ok(tonic::Response::new(EMPTY_RESPONSE))
+        })
+    }
+}
+
+/// Every `Export*ServiceResponse` without `partial_success` (skipped non-AI records are not rejections)
+/// encodes to no bytes at all.
+const EMPTY_RESPONSE: Bytes = Bytes::new();
+
+/// A codec that passes messages through as bytes: requests are decoded by the exporter, responses are
+/// encoded by the handler.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    /// Without a copy: tonic's buffer hands over the message's bytes.
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
 }
 
 struct GrpcReceiver {
@@ -151,8 +306,8 @@ impl GrpcReceiver {
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             transport = "grpc",
-            signal = request.signal().as_str(),
-            bytes = encoded_len as i64,
+            signal = signal.as_str(),
+            bytes = body.len() as i64,
             events = tracing::field::Empty,
             skipped = tracing::field::Empty,
             rejection = tracing::field::Empty,
@@ -160,79 +315,51 @@ impl GrpcReceiver {
     )]
     async fn export(
         &self,
-        request: ExportRequest,
-        encoded_len: usize,
+        signal: Signal,
+        body: Bytes,
         sender: Option<Principal>,
     ) -> Result<(), Status> {
-        metrics::record_bytes(Transport::Grpc, encoded_len);
+        metrics::record_bytes(Transport::Grpc, body.len());
+        // tonic has inflated the message and held it to the size limit already.
+        let max = self.cfg.limits.max_decompressed_bytes;
+        let encoded = Encoded {
+            signal,
+            body,
+            encoding: Encoding::Protobuf,
+            compression: Compression::None,
+            limits: Limits {
+                max_body_bytes: max,
+                max_decompressed_bytes: max,
+            },
+        };
         self.exporter
-            .export_from(Transport::Grpc, request, sender.as_ref())
+            .export_encoded(Transport::Grpc, encoded, sender.as_ref())
             .await
             .map(|_| ())
             .map_err(|err| self.status(&err))
     }
 
-    fn status(&self, err: &SinkError) -> Status {
+    fn status(&self, err: &ExportError) -> Status {
         let message = err.to_string();
         match err {
-            SinkError::Overloaded { retry_after } => {
+            ExportError::Decode(DecodeError::TooLarge { .. }) => {
+                status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>)
+            }
+            ExportError::Decode(_) => {
+                status::grpc_status(Code::InvalidArgument, &message, None::<Duration>)
+            }
+            ExportError::Sink(SinkError::Overloaded { retry_after }) => {
                 status::grpc_status(Code::ResourceExhausted, &message, Some(*retry_after))
             }
-            SinkError::Unavailable(_) => status::grpc_status(
+            ExportError::Sink(SinkError::Unavailable(_)) => status::grpc_status(
                 Code::Unavailable,
                 &message,
                 Some(self.cfg.unavailable_retry_after()),
             ),
-            SinkError::Internal(_) => status::grpc_status(Code::Internal, &message, None),
+            ExportError::Sink(SinkError::Internal(_)) => {
+                status::grpc_status(Code::Internal, &message, None)
+            }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl TraceService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-        let sender = request.extensions().get::<Principal>().cloned();
-        let request = request.into_inner();
-        let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Traces(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[async_trait::async_trait]
-impl LogsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
-        let sender = request.extensions().get::<Principal>().cloned();
-        let request = request.into_inner();
-        let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Logs(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportLogsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-#[async_trait::async_trait]
-impl MetricsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
-        let sender = request.extensions().get::<Principal>().cloned();
-        let request = request.into_inner();
-        let len = request.encoded_len();
-        GrpcReceiver::export(self, ExportRequest::Metrics(request), len, sender).await?;
-        Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
     }
 }
 
@@ -277,9 +404,6 @@ async fn otlp_status_codes(request: Request, next: Next) -> Response {
 fn classify_codec_refusal(status: &Status) -> Option<(Code, Rejection)> {
     let message = status.message();
     match status.code() {
-        Code::Internal if message.starts_with("failed to decode Protobuf message") => {
-            Some((Code::InvalidArgument, Rejection::Malformed))
-        }
         Code::Internal if message.starts_with("Error decompressing") => {
             Some((Code::InvalidArgument, Rejection::Malformed))
         }

@@ -17,8 +17,8 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use axum::Router;
 
-use super::{status, ExportRequest, Exporter, ReceiverConfig};
-use crate::decode::{self, Compression, DecodeError, Encoding};
+use super::{status, Encoded, ExportError, Exporter, ReceiverConfig};
+use crate::decode::{Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::normalize::NormalizeContext;
 use crate::security::tls_listener::no_delay;
@@ -245,60 +245,26 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
     };
     metrics::record_bytes(Transport::Http, body.len());
     tracing::Span::current().record("bytes", body.len() as i64);
-    // Admission before decoding: a refusal under overload costs no CPU. (After reading the body, so the
-    // client is not cut off mid-send and sees its 429.)
-    let admission = match state.exporter.admit().await {
-        Ok(a) => a,
-        Err(err) => return refuse(signal, Refusal::from_sink(&err, &state.cfg), Some(encoding)),
+    // The exporter admits the request before decoding it, so a refusal under overload costs no CPU; and
+    // only after the body has been read, so the client is not cut off mid-send and sees its 429.
+    let encoded = Encoded {
+        signal,
+        body,
+        encoding,
+        compression,
+        limits: state.cfg.limits,
     };
-
-    let limits = state.cfg.limits;
-    let span =
-        tracing::debug_span!("otlp.decode", encoding = ?encoding, compression = ?compression);
-    // Inflating and parsing up to the decompressed cap is CPU work; keep it off the I/O threads.
-    let decoded = tokio::task::spawn_blocking(move || -> Result<ExportRequest, DecodeError> {
-        let _span = span.entered();
-        Ok(match signal {
-            Signal::Traces => ExportRequest::Traces(decode::decode_traces(
-                &body,
-                encoding,
-                compression,
-                &limits,
-            )?),
-            Signal::Logs => {
-                ExportRequest::Logs(decode::decode_logs(&body, encoding, compression, &limits)?)
-            }
-            Signal::Metrics => ExportRequest::Metrics(decode::decode_metrics(
-                &body,
-                encoding,
-                compression,
-                &limits,
-            )?),
-        })
-    })
-    .await;
-    let request = match decoded {
-        Ok(Ok(request)) => request,
-        Ok(Err(err)) => return refuse(signal, Refusal::from_decode(&err), Some(encoding)),
-        Err(join) => {
-            let refusal = Refusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                Rejection::Internal,
-                format!("decoding failed: {join}"),
-            );
-            return refuse(signal, refusal, Some(encoding));
-        }
-    };
-
     match state
         .exporter
-        .export_admitted(Transport::Http, request, sender.as_ref(), Some(admission))
+        .export_encoded(Transport::Http, encoded, sender.as_ref())
         .await
     {
         // The exporter has counted the outcome already.
         Ok(_) => success(encoding),
-        Err(err) => Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding)),
+        Err(ExportError::Decode(err)) => Refusal::from_decode(&err).into_response(Some(encoding)),
+        Err(ExportError::Sink(err)) => {
+            Refusal::from_sink(&err, &state.cfg).into_response(Some(encoding))
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! OTLP receivers: gRPC (:4317) and HTTP (:4318).
 //!
-//! Both transports decode differently but share everything after decoding: [`Exporter`] normalises the
-//! request, hands the events to the [`EventSink`] and counts what happened, so the two receivers cannot drift
-//! apart in what they store or acknowledge. The Kafka consumer reuses it with [`Transport::Kafka`].
+//! Both transports frame requests differently but share everything after reading the body: [`Exporter`]
+//! admits the request, decodes and normalises it, hands the events to the [`EventSink`] and counts what
+//! happened, so the two receivers cannot drift apart in what they store or acknowledge. (The Kafka consumer
+//! has its own loop: it batches per partition and commits offsets only behind the sink.)
 
 pub mod grpc;
 pub mod http;
@@ -19,13 +20,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde::Deserialize;
 
-use crate::decode::Limits;
+use crate::decode::{self, Compression, DecodeError, Encoding, Limits};
 use crate::metrics::{self, Rejection};
 pub use crate::metrics::{Signal, Transport};
 use crate::normalize::{self, NormalizeContext, Normalized};
 use crate::schema::col;
 use crate::security::{Authenticator, Principal};
-use crate::sink::{Admission, EventSink, SinkError};
+use crate::sink::{EventSink, SinkError};
 
 /// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
 /// config file, and every field has a default so an empty table works.
@@ -109,6 +110,81 @@ impl ExportRequest {
     }
 }
 
+/// A request body as received. [`Exporter::export_encoded`] decodes it in the same blocking task that
+/// normalises it: one hand-off to the blocking pool per request instead of two, and no protobuf parsing on
+/// the async workers that poll every connection.
+pub(crate) struct Encoded {
+    pub signal: Signal,
+    pub body: bytes::Bytes,
+    pub encoding: Encoding,
+    pub compression: Compression,
+    pub limits: Limits,
+}
+
+impl Encoded {
+    fn decode(&self) -> Result<ExportRequest, DecodeError> {
+        let (body, encoding, compression, limits) = (
+            &self.body[..],
+            self.encoding,
+            self.compression,
+            &self.limits,
+        );
+        Ok(match self.signal {
+            Signal::Traces => {
+                ExportRequest::Traces(decode::decode_traces(body, encoding, compression, limits)?)
+            }
+            Signal::Logs => {
+                ExportRequest::Logs(decode::decode_logs(body, encoding, compression, limits)?)
+            }
+            Signal::Metrics => {
+                ExportRequest::Metrics(decode::decode_metrics(body, encoding, compression, limits)?)
+            }
+        })
+    }
+}
+
+/// What the exporter is handed: a request a transport decoded itself (Kafka), or one it left encoded.
+enum Input {
+    Decoded(ExportRequest),
+    Encoded(Encoded),
+}
+
+impl Input {
+    fn signal(&self) -> Signal {
+        match self {
+            Input::Decoded(request) => request.signal(),
+            Input::Encoded(encoded) => encoded.signal,
+        }
+    }
+
+    fn decode(self) -> Result<ExportRequest, DecodeError> {
+        match self {
+            Input::Decoded(request) => Ok(request),
+            Input::Encoded(encoded) => encoded.decode(),
+        }
+    }
+}
+
+/// Why [`Exporter::export_encoded`] refused a request: the sender's bytes, or the sink. Each receiver maps
+/// both to its own status codes; the exporter has counted either already.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExportError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl ExportError {
+    fn rejection(&self) -> Rejection {
+        match self {
+            ExportError::Decode(DecodeError::TooLarge { .. }) => Rejection::TooLarge,
+            ExportError::Decode(_) => Rejection::Malformed,
+            ExportError::Sink(err) => rejection_of(err),
+        }
+    }
+}
+
 /// What one accepted request amounted to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExportSummary {
@@ -135,7 +211,7 @@ impl Default for Normalizers {
     }
 }
 
-/// Normalise-and-deliver, the one path every transport takes after decoding.
+/// Decode, normalise and deliver: the one path every transport takes once a request is admitted.
 #[derive(Clone)]
 pub struct Exporter {
     sink: Arc<dyn EventSink>,
@@ -176,26 +252,39 @@ impl Exporter {
         request: ExportRequest,
         sender: Option<&Principal>,
     ) -> Result<ExportSummary, SinkError> {
-        self.export_admitted(transport, request, sender, None).await
+        match self
+            .export_input(transport, Input::Decoded(request), sender)
+            .await
+        {
+            Ok(summary) => Ok(summary),
+            Err(ExportError::Sink(err)) => Err(err),
+            // Unreachable: a decoded request is not decoded again.
+            Err(ExportError::Decode(err)) => Err(SinkError::Internal(err.to_string())),
+        }
     }
 
-    /// Reserves room in the sink before a request is decoded (see [`EventSink::admit`]).
-    pub async fn admit(&self) -> Result<Admission, SinkError> {
-        self.sink.admit().await
-    }
-
-    /// [`Exporter::export_from`] for a request admitted before it was decoded; without an admission, one is
-    /// taken before normalising.
-    pub async fn export_admitted(
+    /// [`Exporter::export_from`] for a body not yet decoded. The sink admits the request before it is
+    /// decoded, so a refusal under overload costs no CPU; a body that does not decode is counted as the
+    /// sender's fault.
+    pub(crate) async fn export_encoded(
         &self,
         transport: Transport,
-        request: ExportRequest,
+        encoded: Encoded,
         sender: Option<&Principal>,
-        admission: Option<Admission>,
-    ) -> Result<ExportSummary, SinkError> {
-        let signal = request.signal();
+    ) -> Result<ExportSummary, ExportError> {
+        self.export_input(transport, Input::Encoded(encoded), sender)
+            .await
+    }
+
+    async fn export_input(
+        &self,
+        transport: Transport,
+        input: Input,
+        sender: Option<&Principal>,
+    ) -> Result<ExportSummary, ExportError> {
+        let signal = input.signal();
         let ctx = self.context_for(sender);
-        let result = self.deliver(transport, request, ctx, admission).await;
+        let result = self.deliver(transport, input, ctx).await;
         match &result {
             Ok(summary) => {
                 metrics::record_ok(transport, signal);
@@ -205,8 +294,8 @@ impl Exporter {
                     .record("skipped", summary.skipped as i64);
             }
             Err(err) => {
-                metrics::record_rejection(transport, signal, rejection_of(err), err);
-                record_rejection_in_span(rejection_of(err));
+                metrics::record_rejection(transport, signal, err.rejection(), err);
+                record_rejection_in_span(err.rejection());
             }
         }
         result
@@ -227,38 +316,45 @@ impl Exporter {
     async fn deliver(
         &self,
         transport: Transport,
-        request: ExportRequest,
+        input: Input,
         ctx: NormalizeContext,
-        admission: Option<Admission>,
-    ) -> Result<ExportSummary, SinkError> {
-        let signal = request.signal();
-        let admission = match admission {
-            Some(a) => a,
-            None => self.sink.admit().await?,
-        };
+    ) -> Result<ExportSummary, ExportError> {
+        let signal = input.signal();
+        let admission = self.sink.admit().await?;
         let normalizers = self.normalizers;
+        let decode_span = match &input {
+            Input::Encoded(e) => tracing::debug_span!(
+                "otlp.decode",
+                encoding = ?e.encoding,
+                compression = ?e.compression
+            ),
+            Input::Decoded(_) => tracing::Span::none(),
+        };
         let span = tracing::debug_span!("otlp.normalize", events = tracing::field::Empty);
-        // Normalising a large request is CPU work measured in milliseconds; keep it off the I/O threads.
-        let Normalized { batch, skipped } = tokio::task::spawn_blocking(move || {
-            let span = span.entered();
-            let normalized = match request {
-                ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
-                ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
-                ExportRequest::Metrics(req) => Normalized {
-                    batch: RecordBatch::new_empty(crate::event_schema()),
-                    skipped: metric_points(&req),
-                },
-            };
-            span.record("events", normalized.batch.num_rows() as i64);
-            normalized
-        })
-        .await
-        .map_err(|err| {
-            SinkError::Internal(format!(
-                "normalisation of {} failed: {err}",
-                signal.as_str()
-            ))
-        })?;
+        // Inflating, parsing and normalising a large request is CPU work measured in milliseconds; keep it
+        // off the I/O threads.
+        let Normalized { batch, skipped } =
+            tokio::task::spawn_blocking(move || -> Result<Normalized, DecodeError> {
+                let request = decode_span.in_scope(|| input.decode())?;
+                let span = span.entered();
+                let normalized = match request {
+                    ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),
+                    ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
+                    ExportRequest::Metrics(req) => Normalized {
+                        batch: RecordBatch::new_empty(crate::event_schema()),
+                        skipped: metric_points(&req),
+                    },
+                };
+                span.record("events", normalized.batch.num_rows() as i64);
+                Ok(normalized)
+            })
+            .await
+            .map_err(|err| {
+                SinkError::Internal(format!(
+                    "normalisation of {} failed: {err}",
+                    signal.as_str()
+                ))
+            })??;
         metrics::record_skipped(transport, signal, skipped);
         let events = batch.num_rows();
         if events == 0 {

@@ -536,6 +536,99 @@ async fn grpc_malformed_protobuf_is_invalid_argument() {
     assert_eq!(sink.rows(), 1);
 }
 
+/// Under overload a request is refused before its body is parsed: garbage then gets the retryable overload
+/// answer, not the malformed one, on both transports.
+#[tokio::test]
+async fn refusal_at_admission_comes_before_decoding() {
+    let sink = VecSink::new();
+    let grpc_server = start_grpc(&sink, ReceiverConfig::default(), true).await;
+    let http_server = start_http(&sink, ReceiverConfig::default(), true).await;
+    let overloaded = |t: &str| counter(&REJECTED, &[t, "overloaded"]);
+    let malformed = |t: &str| counter(&REJECTED, &[t, "malformed"]);
+    let (grpc_before, http_before) = (overloaded("grpc"), overloaded("http"));
+    sink.set_mode(SinkMode::Full);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", grpc_server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic::client::Grpc::new(channel.clone());
+    client.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<Garbage, ExportTraceServiceResponse>::default();
+    let garbage = Garbage {
+        junk: vec![0x0a, 0xff, 0xff, 0xff],
+    };
+    let status = client
+        .unary(
+            tonic::Request::new(garbage.clone()),
+            path_of_traces(),
+            codec,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let (_, _, retry) = status::decode_http_body(status.details()).expect("RetryInfo");
+    assert_eq!(retry, Some(Duration::from_secs(3)));
+
+    let response = post(
+        http_server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        garbage.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3");
+    assert!(overloaded("grpc") > grpc_before);
+    assert!(overloaded("http") > http_before);
+
+    // Once there is room, the same garbage is what it is.
+    sink.set_mode(SinkMode::Accept);
+    let grpc_malformed = malformed("grpc");
+    client.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<Garbage, ExportTraceServiceResponse>::default();
+    let status = client
+        .unary(tonic::Request::new(garbage), path_of_traces(), codec)
+        .await
+        .expect_err("malformed");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(malformed("grpc") > grpc_malformed);
+    assert_eq!(sink.rows(), 0);
+}
+
+/// A method the collector services do not have is UNIMPLEMENTED, as with the generated servers.
+#[tokio::test]
+async fn grpc_unknown_methods_are_unimplemented() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, ReceiverConfig::default(), true).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let path = axum::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Import",
+    );
+    let codec =
+        tonic_prost::ProstCodec::<ExportTraceServiceRequest, ExportTraceServiceResponse>::default();
+    let status = client
+        .unary(tonic::Request::new(traces_request(1)), path, codec)
+        .await
+        .expect_err("no such method");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(sink.rows(), 0);
+}
+
+fn path_of_traces() -> axum::http::uri::PathAndQuery {
+    axum::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    )
+}
+
 #[tokio::test]
 async fn grpc_oversize_messages_are_final_resource_exhausted() {
     let sink = VecSink::new();

@@ -27,6 +27,8 @@ pub enum SinkMode {
     Accept,
     Overloaded,
     Unavailable,
+    /// Refuses at admission, before a receiver decodes the request.
+    Full,
 }
 
 /// Keeps every accepted batch; can be switched to refuse.
@@ -63,6 +65,15 @@ impl VecSink {
 
 #[async_trait::async_trait]
 impl EventSink for VecSink {
+    async fn admit(&self) -> Result<crate::sink::Admission, SinkError> {
+        match *self.mode.lock().expect("mode lock") {
+            SinkMode::Full => Err(SinkError::Overloaded {
+                retry_after: Duration::from_secs(3),
+            }),
+            _ => Ok(crate::sink::Admission::unlimited()),
+        }
+    }
+
     async fn accept_admitted(
         &self,
         batch: RecordBatch,
@@ -78,6 +89,7 @@ impl EventSink for VecSink {
                 retry_after: Duration::from_secs(7),
             }),
             SinkMode::Unavailable => Err(SinkError::Unavailable("store offline".into())),
+            SinkMode::Full => Err(SinkError::Internal("admitted while full".into())),
         }
     }
 }
