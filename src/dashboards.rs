@@ -166,7 +166,10 @@ mod tests {
     /// name in a panel's expression must be registered somewhere in the workspace's code.
     #[test]
     fn prometheus_panels_name_metrics_vigil_registers() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Looked up at run time: `env!` would name whichever checkout first built a shared target dir.
+        let root = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
+        );
         let mut code = String::new();
         let mut dirs = vec![
             root.join("src"),

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use vigil_ingest::synth::traces_request;
 
-use crate::harness::{psql, Bearer, CertFiles, StartOptions, Vigil};
+use crate::harness::{checkout_file, psql, Bearer, CertFiles, StartOptions, Vigil};
 use crate::python_sdk::python_has;
 use crate::sample_rows;
 
@@ -441,10 +441,7 @@ async fn tls_on_every_listener_and_untrusting_clients_fail() {
     ]) {
         let send = |ca: &std::path::Path| {
             Command::new("python3")
-                .arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/otel_sdk_send.py"
-                ))
+                .arg(checkout_file("tests/otel_sdk_send.py"))
                 .arg(format!("https://localhost:{}", v.grpc.port()))
                 .arg(format!("https://localhost:{}/v1/traces", v.http.port()))
                 .arg("3")

@@ -14,6 +14,15 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// A file of this checkout, looked up when the test runs: `cargo test` sets `CARGO_MANIFEST_DIR` for the
+/// test process, while `env!` would bake in the path of whichever checkout first built a shared target dir.
+pub fn checkout_file(relative: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join(relative)
+}
+
 /// A loopback port nothing listens on, below Linux's ephemeral range (32768-60999). A port the kernel hands
 /// out for `bind(0)` comes from that range, where any outgoing connection (a Kafka client, an HTTP call) may
 /// take it between this check and the server binding it: CI saw exactly that. Ports are tried in an order

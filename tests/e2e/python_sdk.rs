@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::harness::Vigil;
+use crate::harness::{checkout_file, Vigil};
 
 /// The Python packages are installed by `.ci/run`; outside CI a machine without them skips with a notice.
 pub(crate) fn python_has(modules: &[&str]) -> bool {
@@ -37,7 +37,7 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
         return;
     }
     let mut v = Vigil::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_sdk_send.py");
+    let script = checkout_file("tests/otel_sdk_send.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(format!("http://{}", v.grpc))
@@ -68,10 +68,7 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
     // A clean stop flushes everything to Parquet; DuckDB then reads the same rows from the directory alone.
     v.stop();
     let duck = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/duckdb_count.py"
-        ))
+        .arg(checkout_file("tests/duckdb_count.py"))
         .arg(v.data_dir())
         .output()
         .expect("python3 runs");

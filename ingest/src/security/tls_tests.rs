@@ -258,7 +258,9 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
 
 #[test]
 fn loads_sec1_ec_and_pkcs1_rsa_keys_and_refuses_mismatched_or_missing_files() {
-    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/security/testdata");
+    // Looked up at run time: `env!` would name whichever checkout first built a shared target dir.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let testdata = Path::new(&root).join("src/security/testdata");
     for (cert, key) in [("ec.crt", "ec-sec1.key"), ("rsa.crt", "rsa-pkcs1.key")] {
         let config = TlsConfig::new(testdata.join(cert), testdata.join(key));
         ReloadingCert::load(&config, tls::provider())
