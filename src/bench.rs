@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message;
+use vigil_ingest::otlp::grpc::RawCodec;
 use vigil_ingest::synth::traces_request;
 use vigil_ingest::EventRow;
 
@@ -372,53 +371,6 @@ fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
     }
 }
 
-/// Sends a pre-encoded `ExportTraceServiceRequest` as it is: the clients then cost what a real exporter's
-/// transport costs, not a decode and re-encode of every request, and the server gets the CPU it would have.
-#[derive(Clone, Copy, Default)]
-struct RawTraceRequest;
-
-struct RawEncoder;
-struct ResponseDecoder;
-
-impl tonic::codec::Codec for RawTraceRequest {
-    type Encode = bytes::Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ResponseDecoder {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Self::Item>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The `authorization` value the gRPC clients send (parsed once, not per request).
@@ -442,7 +394,9 @@ async fn grpc_export(
         .metadata_mut()
         .insert("authorization", authorization.clone());
     let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-    grpc.unary(request, path, RawTraceRequest).await.is_ok()
+    // Pre-encoded requests go out as they are, through the receiver's own pass-through codec: the clients then
+    // cost what a real exporter's transport costs, not a decode and re-encode of every request.
+    grpc.unary(request, path, RawCodec).await.is_ok()
 }
 
 /// Pre-encoded requests, so the clients measure the server rather than their own encoding.

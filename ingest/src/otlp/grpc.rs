@@ -252,9 +252,9 @@ impl<S: OtlpService> UnaryService<Bytes> for Export<S> {
 const EMPTY_RESPONSE: Bytes = Bytes::new();
 
 /// A codec that passes messages through as bytes: requests are decoded by the exporter, responses are
-/// encoded by the handler.
+/// encoded by the handler. Public so a client that holds encoded requests (the bench) sends them as they are.
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;
