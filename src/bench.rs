@@ -609,7 +609,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let events = acked.load(Ordering::Relaxed);
     let rss = peak_rss();
     let h = latency.lock().clone();
-    let [_, (_, e2a_p50, e2a_p99)] = metrics::quantiles();
+    let (e2a_p50, e2a_p99) = metrics::quantiles(metrics::Stage::EventToAlert);
 
     // Everything acknowledged is durable; flush to Parquet to measure what it costs at rest.
     let store = running.store.clone();
@@ -626,6 +626,26 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         "ack latency:          p50 {:.1} ms, p99 {:.1} ms",
         h.value_at_quantile(0.5) as f64 / 1e3,
         h.value_at_quantile(0.99) as f64 / 1e3
+    );
+    // Where the server spent it (admission to durable, warm-up included): the stage to work on next.
+    let ms = |us: u64| us as f64 / 1e3;
+    let parts: Vec<String> = [
+        metrics::Stage::Decode,
+        metrics::Stage::Detect,
+        metrics::Stage::Store,
+    ]
+    .into_iter()
+    .map(|stage| {
+        let (p50, p99) = metrics::quantiles(stage);
+        format!("{} {:.1}/{:.1}", stage.as_str(), ms(p50), ms(p99))
+    })
+    .collect();
+    let (ack_p50, ack_p99) = metrics::quantiles(metrics::Stage::Ack);
+    println!(
+        "  in the server:      p50/p99 ms: ack {:.1}/{:.1} = {}",
+        ms(ack_p50),
+        ms(ack_p99),
+        parts.join(" + ")
     );
     println!(
         "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms",

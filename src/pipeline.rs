@@ -15,7 +15,7 @@ use vigil_respond::Responder;
 use vigil_store::{Store, Table};
 
 use crate::config::PipelineConfig;
-use crate::metrics;
+use crate::metrics::{self, Stage};
 
 pub struct Pipeline {
     detection: Arc<DetectionStage>,
@@ -123,18 +123,22 @@ impl EventSink for Pipeline {
     async fn accept_admitted(
         &self,
         batch: RecordBatch,
-        _admission: Admission,
+        admission: Admission,
     ) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let admitted = admission.admitted();
         let received = Instant::now();
+        metrics::record(Stage::Decode, received - admitted);
         let detection = self.detection.clone();
         let span = tracing::debug_span!("detect.process", events = batch.num_rows() as i64);
         let detected =
             tokio::task::spawn_blocking(move || span.in_scope(|| detection.process(&batch)))
                 .await
                 .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?;
+        let detected_at = Instant::now();
+        metrics::record(Stage::Detect, detected_at - received);
         tracing::Span::current().record("alerts", detected.alerts.len() as i64);
         let mut writes = vec![(Table::Events, detected.events)];
         if !detected.alerts.is_empty() {
@@ -144,6 +148,7 @@ impl EventSink for Pipeline {
             .append(writes)
             .await
             .map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        metrics::record(Stage::Store, detected_at.elapsed());
         // The window `reconcile_alerts` closes at start: alerts durable in the WAL, not yet in the outbox.
         fail::fail_point!(
             "alerts_stored_before_outbox",
@@ -151,10 +156,10 @@ impl EventSink for Pipeline {
             |_| std::process::abort()
         );
         if !detected.alerts.is_empty() {
-            metrics::record_event_to_alert(received.elapsed());
+            metrics::record(Stage::EventToAlert, admitted.elapsed());
             self.deliver(detected.alerts).await;
         }
-        metrics::record_ack(received.elapsed());
+        metrics::record(Stage::Ack, admitted.elapsed());
         Ok(())
     }
 }

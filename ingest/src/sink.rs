@@ -1,6 +1,6 @@
 //! The boundary between receivers and the rest of the pipeline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
@@ -33,23 +33,40 @@ pub trait EventSink: Send + Sync + 'static {
 }
 
 /// A slot in a sink's admission limit; dropping it frees the slot.
-pub struct Admission(Option<Box<dyn Send + Sync>>);
+///
+/// It remembers when it was granted, so a sink can tell how long the receiver spent decoding and
+/// normalising the request (the part of the acknowledgement latency the sink does not see otherwise).
+pub struct Admission {
+    slot: Option<Box<dyn Send + Sync>>,
+    admitted: Instant,
+}
 
 impl Admission {
     /// For sinks without a limit.
     pub fn unlimited() -> Self {
-        Admission(None)
+        Admission {
+            slot: None,
+            admitted: Instant::now(),
+        }
     }
 
     /// Holds `slot` (e.g. a semaphore permit) until the admission is dropped.
     pub fn holding(slot: impl Send + Sync + 'static) -> Self {
-        Admission(Some(Box::new(slot)))
+        Admission {
+            slot: Some(Box::new(slot)),
+            admitted: Instant::now(),
+        }
+    }
+
+    /// When the request was admitted: before its body was decoded.
+    pub fn admitted(&self) -> Instant {
+        self.admitted
     }
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.slot.is_some() {
             "Admission(slot)"
         } else {
             "Admission(unlimited)"
