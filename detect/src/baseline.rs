@@ -1,7 +1,7 @@
 //! Per-entity behavioural baselines: event-time windows, their features fed into the estimators at window
 //! close, spike thresholds derived at window open, and the `baselines` table (persist and restore).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -11,6 +11,7 @@ use arrow::array::{
 use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
+use foldhash::HashMap;
 
 use crate::behavior::WindowSummary;
 use crate::config::Thresholds;

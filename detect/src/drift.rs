@@ -3,7 +3,9 @@
 //! Jensen-Shannon distance; numeric ones (output tokens, latency) the Wasserstein-1 distance normalised by
 //! the reference standard deviation. Defaults follow Evidently (reference.md section 3).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 /// Probability given to an empty bin so that logarithms stay finite.
 const EPSILON: f64 = 0.0001;

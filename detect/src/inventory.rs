@@ -1,7 +1,6 @@
 //! The AI inventory at run time: the configured registry compiled into hash lookups, role policies, and the
 //! `seen` tracker behind the `inventory` table (everything Vigil has seen, registered or not).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -11,6 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{
     DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
+use foldhash::{HashMap, HashSet};
 
 use crate::config::{Asset, Inventory, RoleSource};
 

@@ -2,7 +2,7 @@
 //! runs outside any lock; the stateful part (inventory, baselines, bursts, drift samples) takes one mutex
 //! per batch, not per row. Time-window work (idle windows, drift, model refits) happens in `tick`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +12,7 @@ use arrow::array::{
 };
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use foldhash::HashMap;
 use hdrhistogram::Histogram;
 use parking_lot::{Mutex, RwLock};
 use vigil_ingest::schema::col;
