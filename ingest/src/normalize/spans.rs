@@ -68,7 +68,7 @@ fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us:
     row.trace_id = hex_id(&span.trace_id);
     row.span_id = hex_id(&span.span_id);
     row.event_id = match (&row.trace_id, &row.span_id) {
-        (Some(t), Some(s)) => format!("{t}{s}"),
+        (Some(t), Some(s)) => [t.as_str(), s.as_str()].concat(),
         _ => record_hash(
             &span.trace_id,
             &span.span_id,
