@@ -16,7 +16,7 @@
 //! `retire_wal` before deleting. A segment left open by a crash is sealed from disk by the next `open`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -129,15 +129,37 @@ fn decode_body(body: &[u8]) -> Result<Entries, String> {
     Ok(out)
 }
 
-fn frame_into(out: &mut Vec<u8>, seq: u64, body: &Body) {
+/// A record's header (length, CRC, sequence); the body follows it in the file as the caller encoded it, so
+/// the writer never copies bodies into one buffer (they are most of the bytes of a busy WAL).
+fn frame_header(seq: u64, body: &Body) -> [u8; 4 + 4 + SEQ] {
     let seq_bytes = seq.to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq_bytes);
     crc.combine(&body.crc);
-    out.extend_from_slice(&((SEQ + body.bytes.len()) as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&seq_bytes);
-    out.extend_from_slice(&body.bytes);
+    let mut h = [0u8; 4 + 4 + SEQ];
+    h[..4].copy_from_slice(&((SEQ + body.bytes.len()) as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[8..].copy_from_slice(&seq_bytes);
+    h
+}
+
+/// `write_all` over several buffers (std's `write_all_vectored` is not stable yet). `File::write_vectored`
+/// caps each call at the system's iovec limit; the loop writes the rest.
+fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "failed to write the whole record group",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Announces an append before its body is encoded, so the writer waits (up to the group-commit window)
@@ -527,30 +549,33 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<Request>) {
-        let mut buf = Vec::new();
+        let mut frames: Vec<([u8; 4 + 4 + SEQ], Body)> = Vec::new();
         let mut appended: Vec<(u64, Entries, oneshot::Sender<Result<u64, String>>)> = Vec::new();
         let mut rolls = Vec::new();
         for req in group {
             match req {
                 Request::Append { body, entries, ack } => {
-                    if self.failed.is_none() && buf.is_empty() && self.size >= self.segment_bytes {
+                    if self.failed.is_none() && frames.is_empty() && self.size >= self.segment_bytes
+                    {
                         if let Err(e) = self.roll() {
                             self.failed = Some(e.to_string());
                         }
                     }
                     let seq = self.next_seq;
                     self.next_seq += 1;
-                    frame_into(&mut buf, seq, &body);
+                    frames.push((frame_header(seq, &body), body));
                     appended.push((seq, entries, ack));
                 }
                 Request::Roll { ack } => rolls.push(ack),
             }
         }
+        let bytes: usize = frames.iter().map(|(h, b)| h.len() + b.bytes.len()).sum();
         let result = match &self.failed {
             Some(msg) => Err(msg.clone()),
             None if appended.is_empty() => Ok(()),
             None => self.write_and_sync(
-                &buf,
+                &frames,
+                bytes,
                 appended.last().map(|a| a.0).unwrap_or_default(),
                 appended.len(),
             ),
@@ -563,7 +588,7 @@ impl Writer {
             Ok(()) => {
                 let m = metrics();
                 m.wal_appends.inc_by(n as u64);
-                m.wal_bytes.inc_by(buf.len() as u64);
+                m.wal_bytes.inc_by(bytes as u64);
                 let mut acks = Vec::with_capacity(n);
                 let mut records = Vec::with_capacity(n);
                 for (seq, entries, ack) in appended {
@@ -578,7 +603,10 @@ impl Writer {
                     let _ = ack.send(Ok(seq));
                 }
                 // After the acknowledgements: callers do not wait for the audit hash of their bytes.
-                self.hasher.update(&buf);
+                for (header, body) in &frames {
+                    self.hasher.update(header);
+                    self.hasher.update(&body.bytes);
+                }
             }
             Err(msg) => {
                 self.in_flight.fetch_sub(n, Ordering::SeqCst);
@@ -597,15 +625,24 @@ impl Writer {
         }
     }
 
-    fn write_and_sync(&mut self, buf: &[u8], last_seq: u64, records: usize) -> Result<(), String> {
+    fn write_and_sync(
+        &mut self,
+        frames: &[([u8; 4 + 4 + SEQ], Body)],
+        bytes: usize,
+        last_seq: u64,
+        records: usize,
+    ) -> Result<(), String> {
         let path = self
             .segments
             .lock()
             .last()
             .map(|s| s.path.clone())
             .unwrap_or_default();
-        self.file
-            .write_all(buf)
+        let mut slices: Vec<IoSlice<'_>> = frames
+            .iter()
+            .flat_map(|(h, b)| [IoSlice::new(h), IoSlice::new(&b.bytes)])
+            .collect();
+        write_all_vectored(&mut self.file, &mut slices)
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         let started = Instant::now();
         self.file
@@ -615,7 +652,7 @@ impl Writer {
             .wal_fsync_seconds
             .observe(started.elapsed().as_secs_f64());
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.size += buf.len() as u64;
+        self.size += bytes as u64;
         if let Some(active) = self.segments.lock().last_mut() {
             active.last_seq = last_seq;
             active.records += records as u64;
