@@ -125,10 +125,9 @@ pub(crate) fn encode_partitioned(
     batches: &[RecordBatch],
     effort: Effort,
 ) -> Result<Vec<EncodedFile>, StoreError> {
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Ok(Vec::new());
-    };
-    let schema = first.schema();
+    }
     let mut order: Vec<(i64, usize, usize)> =
         Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for (b, batch) in batches.iter().enumerate() {
@@ -148,27 +147,62 @@ pub(crate) fn encode_partitioned(
         let n = rest.partition_point(|&(t, _, _)| hour_start(t) == hour);
         let (part, tail) = rest.split_at(n);
         rest = tail;
-        let mut bytes = Vec::new();
-        let mut w =
-            ArrowWriter::try_new(&mut bytes, schema.clone(), Some(props(&schema, effort)?))?;
-        let mut indices = Vec::with_capacity(ENCODE_CHUNK_ROWS);
-        for chunk in part.chunks(ENCODE_CHUNK_ROWS) {
-            indices.clear();
-            indices.extend(chunk.iter().map(|&(_, b, r)| (b, r)));
-            w.write(&interleave_record_batch(&inputs, &indices)?)?;
+        let encode = |rows: &[(i64, usize, usize)]| encode_file(table, hour, &inputs, rows, effort);
+        if effort == Effort::Flush && part.len() >= 2 * SPLIT_MIN_ROWS {
+            // Two halves of the hour, consecutive in time, on two threads.
+            let (early, late) = part.split_at(part.len() / 2);
+            let (a, b) = std::thread::scope(|s| {
+                let late = s.spawn(|| encode(late));
+                let early = encode(early);
+                (early, late.join())
+            });
+            out.push(a?);
+            out.push(
+                b.map_err(|_| StoreError::Manifest("a Parquet encoder thread panicked".into()))??,
+            );
+        } else {
+            out.push(encode(part)?);
         }
-        w.close()?;
-        let bytes = Bytes::from(bytes);
-        out.push(EncodedFile {
-            path: new_file_path(table, hour),
-            sha256: sha256_hex(&bytes),
-            bytes,
-            rows: part.len() as u64,
-            min_time_us: t0,
-            max_time_us: part.last().map(|&(t, _, _)| t).unwrap_or(t0),
-        });
     }
     Ok(out)
+}
+
+/// A flush encodes an hour holding at least twice this many rows as two files on two threads. Under full
+/// load a single encoder thread got one share of the two cores among every request's thread, fell behind
+/// ingest and left the write buffer to grow until requests were refused; two keep up, so intake slows
+/// instead. Compaction merges the halves later (it always writes one file).
+const SPLIT_MIN_ROWS: usize = 32 * 1024;
+
+/// Encodes `rows` (time-sorted `(time, batch, row)` of one hour) as one file.
+fn encode_file(
+    table: Table,
+    hour: i64,
+    inputs: &[&RecordBatch],
+    rows: &[(i64, usize, usize)],
+    effort: Effort,
+) -> Result<EncodedFile, StoreError> {
+    let (Some(&(t0, _, _)), Some(first)) = (rows.first(), inputs.first()) else {
+        return Err(StoreError::Manifest("no rows to encode".into()));
+    };
+    let schema = first.schema();
+    let mut bytes = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut bytes, schema.clone(), Some(props(&schema, effort)?))?;
+    let mut indices = Vec::with_capacity(ENCODE_CHUNK_ROWS);
+    for chunk in rows.chunks(ENCODE_CHUNK_ROWS) {
+        indices.clear();
+        indices.extend(chunk.iter().map(|&(_, b, r)| (b, r)));
+        w.write(&interleave_record_batch(inputs, &indices)?)?;
+    }
+    w.close()?;
+    let bytes = Bytes::from(bytes);
+    Ok(EncodedFile {
+        path: new_file_path(table, hour),
+        sha256: sha256_hex(&bytes),
+        bytes,
+        rows: rows.len() as u64,
+        min_time_us: t0,
+        max_time_us: rows.last().map(|&(t, _, _)| t).unwrap_or(t0),
+    })
 }
 
 /// Encodes and uploads; each file comes with its SHA-256. On error, files already uploaded are deleted
@@ -328,6 +362,50 @@ mod tests {
             (files[0].min_time_us, files[0].max_time_us),
             (want[0].0, want[want.len() - 1].0)
         );
+    }
+
+    /// A big hour is flushed as two files encoded in parallel: consecutive halves in time, each sorted, all
+    /// rows once. Compaction of the same rows writes one file.
+    #[test]
+    fn a_big_flushed_hour_is_two_time_ordered_halves_and_compaction_one_file() {
+        let h = crate::partition::HOUR_US;
+        let rows = 2 * SPLIT_MIN_ROWS + 3;
+        let times: Vec<i64> = (0..rows as i64)
+            .map(|i| h * 10 + (i * 7919) % 1_000_000)
+            .collect();
+        let files = encode_partitioned(Table::Events, &[batch(&times)], Effort::Flush).unwrap();
+        assert_eq!(files.len(), 2);
+        let mut all = Vec::new();
+        for f in &files {
+            assert!(
+                f.path.starts_with("events/date=1970-01-01/hour=10/"),
+                "{}",
+                f.path
+            );
+            let t: Vec<i64> = decode(f.bytes.clone(), None)
+                .unwrap()
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            assert!(t.is_sorted(), "a half is not sorted");
+            assert_eq!((t[0], t[t.len() - 1]), (f.min_time_us, f.max_time_us));
+            assert_eq!(t.len() as u64, f.rows);
+            all.extend(t);
+        }
+        assert_ne!(files[0].path, files[1].path);
+        assert!(files[0].max_time_us <= files[1].min_time_us);
+        let mut want = times.clone();
+        want.sort();
+        assert_eq!(all, want);
+        let compacted =
+            encode_partitioned(Table::Events, &[batch(&times)], Effort::Compaction).unwrap();
+        assert_eq!(compacted.len(), 1);
+        assert_eq!(compacted[0].rows, rows as u64);
     }
 
     #[test]
