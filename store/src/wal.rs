@@ -36,6 +36,8 @@ use crate::{StoreError, Table};
 
 const HEADER: usize = 8; // len + crc
 const SEQ: usize = 8;
+/// What precedes a record's body in the file: length, CRC, sequence.
+type FrameHeader = [u8; HEADER + SEQ];
 
 /// One durable record, in sequence order.
 pub(crate) type Entries = Vec<(Table, RecordBatch)>;
@@ -131,15 +133,15 @@ fn decode_body(body: &[u8]) -> Result<Entries, String> {
 
 /// A record's header (length, CRC, sequence); the body follows it in the file as the caller encoded it, so
 /// the writer never copies bodies into one buffer (they are most of the bytes of a busy WAL).
-fn frame_header(seq: u64, body: &Body) -> [u8; 4 + 4 + SEQ] {
+fn frame_header(seq: u64, body: &Body) -> FrameHeader {
     let seq_bytes = seq.to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq_bytes);
     crc.combine(&body.crc);
-    let mut h = [0u8; 4 + 4 + SEQ];
+    let mut h: FrameHeader = [0; HEADER + SEQ];
     h[..4].copy_from_slice(&((SEQ + body.bytes.len()) as u32).to_le_bytes());
-    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
-    h[8..].copy_from_slice(&seq_bytes);
+    h[4..HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
+    h[HEADER..].copy_from_slice(&seq_bytes);
     h
 }
 
@@ -549,7 +551,7 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<Request>) {
-        let mut frames: Vec<([u8; 4 + 4 + SEQ], Body)> = Vec::new();
+        let mut frames: Vec<(FrameHeader, Body)> = Vec::new();
         let mut appended: Vec<(u64, Entries, oneshot::Sender<Result<u64, String>>)> = Vec::new();
         let mut rolls = Vec::new();
         for req in group {
@@ -627,7 +629,7 @@ impl Writer {
 
     fn write_and_sync(
         &mut self,
-        frames: &[([u8; 4 + 4 + SEQ], Body)],
+        frames: &[(FrameHeader, Body)],
         bytes: usize,
         last_seq: u64,
         records: usize,
