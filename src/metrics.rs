@@ -24,7 +24,8 @@ static LATENCY: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "vigil_pipeline_latency_seconds",
         "Latency quantiles since start: ack (request admitted to durable), its parts decode (admitted to \
-         normalised), detect and store (WAL append to fsynced), and event_to_alert (admitted to alert durable)",
+         normalised; ~0 for Kafka batches, decoded before admission), detect and store (WAL append to \
+         fsynced), and event_to_alert (admitted to alert durable)",
         &["stage", "quantile"]
     )
     .expect("metric registers once")
