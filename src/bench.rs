@@ -222,6 +222,23 @@ fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used (user + system), in seconds, from `/proc/self/stat` (Linux reports it in
+/// USER_HZ ticks, 100 per second on every architecture Linux exposes to user space).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces: state is the first,
+            // utime the 12th and stime the 13th.
+            let rest = s.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let user: u64 = f.next()?.parse().ok()?;
+            let system: u64 = f.next()?.parse().ok()?;
+            Some((user + system) as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Pads every prompt to `bytes` with words drawn at random, so no two prompts are alike: a padding that
 /// repeated would let zstd store prompts for nearly nothing and flatter the bytes-per-event figure.
 fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
@@ -599,9 +616,11 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     tokio::time::sleep(args.duration).await;
     measuring.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         let _ = c.await;
@@ -651,6 +670,14 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms",
         e2a_p50 as f64 / 1e3,
         e2a_p99 as f64 / 1e3
+    );
+    // CPU per event says what a change saved even when the machine's speed drifts between runs (it does on
+    // shared hosts), and cores busy says whether the run was bound by CPU or by waiting.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "cpu:                  {:.1} µs/event (server and load generator; {:.2} of {cores} cores busy)",
+        cpu * 1e6 / events.max(1) as f64,
+        cpu / elapsed
     );
     println!(
         "peak RSS:             {:.0} MiB",
