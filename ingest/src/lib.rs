@@ -15,5 +15,5 @@ pub mod sink;
 pub mod synth;
 
 pub use normalize::{NormalizeContext, Normalized};
-pub use schema::{event_schema, EventBatchBuilder, EventKind, EventRow};
+pub use schema::{event_schema, EventBatchBuilder, EventKind, EventRow, EventRowOf};
 pub use sink::{Admission, EventSink, SinkError};

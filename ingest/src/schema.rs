@@ -138,51 +138,58 @@ pub fn event_schema() -> SchemaRef {
 /// Only normalisation builds these (one per span or log record); every later stage works on
 /// [`RecordBatch`]es. `event_id` is derived from the telemetry's own identity (trace id + span id, or a hash
 /// of the log record) so that a replayed or re-sent record gets the same id and can be deduplicated.
+///
+/// Owned text: what generators, tests and the Kafka JSON records build.
+pub type EventRow = EventRowOf<String>;
+
+/// [`EventRow`] over any text type. Normalisation borrows columns straight from the decoded request
+/// (`EventRowOf<Cow<str>>`): copying each attribute into an owned `String` first, only for the batch builder
+/// to copy it again, cost an allocation and a copy per column of every event on the ingest path.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EventRow {
+pub struct EventRowOf<S> {
     /// Microseconds since the Unix epoch, UTC.
     pub time_us: i64,
-    pub event_id: String,
+    pub event_id: S,
     pub kind: Option<EventKind>,
-    pub service: Option<String>,
-    pub source: Option<String>,
-    pub user_id: Option<String>,
-    pub user_role: Option<String>,
-    pub department: Option<String>,
-    pub agent_id: Option<String>,
-    pub conversation_id: Option<String>,
+    pub service: Option<S>,
+    pub source: Option<S>,
+    pub user_id: Option<S>,
+    pub user_role: Option<S>,
+    pub department: Option<S>,
+    pub agent_id: Option<S>,
+    pub conversation_id: Option<S>,
     /// 32 lowercase hex characters.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<S>,
     /// 16 lowercase hex characters.
-    pub span_id: Option<String>,
-    pub provider: Option<String>,
+    pub span_id: Option<S>,
+    pub provider: Option<S>,
     /// The requested model (`gen_ai.request.model`).
-    pub model: Option<String>,
+    pub model: Option<S>,
     /// The model that actually answered (`gen_ai.response.model`): a change here is a silent version swap.
-    pub response_model: Option<String>,
+    pub response_model: Option<S>,
     /// `server.address[:server.port]` of the model endpoint.
-    pub endpoint: Option<String>,
-    pub operation: Option<String>,
+    pub endpoint: Option<S>,
+    pub operation: Option<S>,
     pub input_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
     pub latency_ms: Option<f64>,
     /// `ok` or `error`.
-    pub status: Option<String>,
-    pub error_type: Option<String>,
+    pub status: Option<S>,
+    pub error_type: Option<S>,
     /// Comma-separated `gen_ai.response.finish_reasons`.
-    pub finish_reasons: Option<String>,
-    pub tool_name: Option<String>,
-    pub data_source: Option<String>,
-    pub policy_id: Option<String>,
+    pub finish_reasons: Option<S>,
+    pub tool_name: Option<S>,
+    pub data_source: Option<S>,
+    pub policy_id: Option<S>,
     /// Guardrail verdict: allow | deny | modify | warn | escalate | audit.
-    pub decision: Option<String>,
-    pub decision_reason: Option<String>,
+    pub decision: Option<S>,
+    pub decision_reason: Option<S>,
     /// Text sent to the model (inference) or the tool call's arguments (tool).
-    pub prompt_text: Option<String>,
+    pub prompt_text: Option<S>,
     /// Text the model answered (inference) or the tool call's result (tool).
-    pub response_text: Option<String>,
+    pub response_text: Option<S>,
     /// Every attribute not mapped to a column, as a JSON object string.
-    pub attributes: Option<String>,
+    pub attributes: Option<S>,
 }
 
 /// Accumulates [`EventRow`]s column by column into a [`RecordBatch`] of [`event_schema`].
@@ -242,39 +249,42 @@ impl EventBatchBuilder {
         self.len == 0
     }
 
-    pub fn push(&mut self, row: &EventRow) {
+    pub fn push<S: AsRef<str>>(&mut self, row: &EventRowOf<S>) {
+        fn text<S: AsRef<str>>(v: &Option<S>) -> Option<&str> {
+            v.as_ref().map(AsRef::as_ref)
+        }
         self.time.append_value(row.time_us);
         let kind = row.kind.map(EventKind::as_str);
         let before: [Option<&str>; STRING_COLUMNS_BEFORE_NUMBERS] = [
-            Some(row.event_id.as_str()),
+            Some(row.event_id.as_ref()),
             Some(kind.unwrap_or("inference")),
-            row.service.as_deref(),
-            row.source.as_deref(),
-            row.user_id.as_deref(),
-            row.user_role.as_deref(),
-            row.department.as_deref(),
-            row.agent_id.as_deref(),
-            row.conversation_id.as_deref(),
-            row.trace_id.as_deref(),
-            row.span_id.as_deref(),
-            row.provider.as_deref(),
-            row.model.as_deref(),
-            row.response_model.as_deref(),
-            row.endpoint.as_deref(),
-            row.operation.as_deref(),
+            text(&row.service),
+            text(&row.source),
+            text(&row.user_id),
+            text(&row.user_role),
+            text(&row.department),
+            text(&row.agent_id),
+            text(&row.conversation_id),
+            text(&row.trace_id),
+            text(&row.span_id),
+            text(&row.provider),
+            text(&row.model),
+            text(&row.response_model),
+            text(&row.endpoint),
+            text(&row.operation),
         ];
         let after: [Option<&str>; STRING_COLUMNS_AFTER_NUMBERS] = [
-            row.status.as_deref(),
-            row.error_type.as_deref(),
-            row.finish_reasons.as_deref(),
-            row.tool_name.as_deref(),
-            row.data_source.as_deref(),
-            row.policy_id.as_deref(),
-            row.decision.as_deref(),
-            row.decision_reason.as_deref(),
-            row.prompt_text.as_deref(),
-            row.response_text.as_deref(),
-            row.attributes.as_deref(),
+            text(&row.status),
+            text(&row.error_type),
+            text(&row.finish_reasons),
+            text(&row.tool_name),
+            text(&row.data_source),
+            text(&row.policy_id),
+            text(&row.decision),
+            text(&row.decision_reason),
+            text(&row.prompt_text),
+            text(&row.response_text),
+            text(&row.attributes),
         ];
         for (builder, value) in self.strings.iter_mut().zip(before.into_iter().chain(after)) {
             builder.append_option(value);

@@ -312,8 +312,9 @@ impl<'a, 'r> Lookup<'a, 'r> {
         Some(v)
     }
 
-    pub fn text(&mut self, slots: &[Slot]) -> Option<String> {
-        self.value(slots).and_then(text).map(Cow::into_owned)
+    /// The first of `slots` present as text, borrowed from the request when it is a string.
+    pub fn text(&mut self, slots: &[Slot]) -> Option<Cow<'a, str>> {
+        self.value(slots).and_then(text)
     }
 
     pub fn int(&mut self, slots: &[Slot]) -> Option<i64> {

@@ -246,16 +246,14 @@ pub(crate) fn join_indexed(
 }
 
 /// A tool call's arguments or result: strings as they are, structured values as JSON.
-pub(crate) fn tool_payload(v: &AnyValue) -> Option<String> {
+pub(crate) fn tool_payload(v: &AnyValue) -> Option<Cow<'_, str>> {
     match v.value.as_ref()? {
-        Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
-        Value::StringValue(_) => None,
         Value::ArrayValue(_) | Value::KvlistValue(_) => {
             let mut out = String::new();
             super::attrs::write_json(&mut out, v);
-            Some(out)
+            Some(Cow::Owned(out))
         }
-        _ => text(v).map(|t| t.into_owned()),
+        _ => text(v),
     }
 }
 

@@ -12,6 +12,8 @@
 //! `vigil.event.kind` on the record always decides the kind. A log record has no identity of its own, so
 //! its `event_id` is a hash of its content; the event name is kept in `attributes` as `event.name`.
 
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::AnyValue;
@@ -21,8 +23,8 @@ use super::attrs::{hex_id, text, Attrs, Lookup, ResourceJson, Slot};
 use super::classify::{classify, explicit, is_endpoint_name, Classified};
 use super::row::{attribute_latency_ms, fill_common, fill_status, messages, record_hash};
 use super::spans::nanos_to_micros;
-use super::NormalizeContext;
-use crate::schema::{EventBatchBuilder, EventKind, EventRow};
+use super::{NormalizeContext, Row};
+use crate::schema::{EventBatchBuilder, EventKind};
 
 /// What an event name says about where its content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +87,8 @@ pub(crate) fn normalize(
                     skipped += 1;
                     continue;
                 };
-                let mut row = EventRow {
-                    source: ctx.source.clone(),
+                let mut row = Row {
+                    source: ctx.source.as_deref().map(Cow::Borrowed),
                     ..Default::default()
                 };
                 fill_common(&mut row, &mut look, class);
@@ -105,7 +107,7 @@ pub(crate) fn normalize(
                     extra[n] = ("otel.scope.name", scope_name);
                     n += 1;
                 }
-                row.attributes = look.attributes_json(res_json, &extra[..n]);
+                row.attributes = look.attributes_json(res_json, &extra[..n]).map(Cow::Owned);
                 out.push(&row);
             }
         }
@@ -113,11 +115,11 @@ pub(crate) fn normalize(
     skipped
 }
 
-fn fill_record(
-    row: &mut EventRow,
-    record: &LogRecord,
+fn fill_record<'a>(
+    row: &mut Row<'a>,
+    record: &'a LogRecord,
     event_name: &str,
-    look: &mut Lookup<'_, '_>,
+    look: &mut Lookup<'a, '_>,
     now_us: i64,
 ) {
     let time = if record.time_unix_nano != 0 {
@@ -131,22 +133,22 @@ fn fill_record(
         nanos_to_micros(time)
     };
     row.latency_ms = attribute_latency_ms(look);
-    row.trace_id = hex_id(&record.trace_id);
-    row.span_id = hex_id(&record.span_id);
-    row.event_id = record_hash(
+    row.trace_id = hex_id(&record.trace_id).map(Cow::Owned);
+    row.span_id = hex_id(&record.span_id).map(Cow::Owned);
+    row.event_id = Cow::Owned(record_hash(
         &record.trace_id,
         &record.span_id,
         time,
         event_name,
         record.body.as_ref(),
         &record.attributes,
-    );
+    ));
     fill_status(row, false, "");
 }
 
 /// Content of old-style message events: the body is `{content, role, ...}` (or `{message:{content}}` for a
 /// choice), or a bare string.
-fn fill_from_body(row: &mut EventRow, shape: Shape, body: &AnyValue) {
+fn fill_from_body<'a>(row: &mut Row<'a>, shape: Shape, body: &'a AnyValue) {
     let (content, finish_reason) = match shape {
         Shape::Attributes => return,
         Shape::PromptMessage | Shape::AssistantMessage => (field(body, "content"), None),
@@ -161,10 +163,10 @@ fn fill_from_body(row: &mut EventRow, shape: Shape, body: &AnyValue) {
         (Some(Value::StringValue(_)), _) => Some(body),
         (_, content) => content,
     };
-    let text = content.and_then(|c| match &c.value {
+    let content = content.and_then(|c| match &c.value {
         // Plain content is the text itself, even if it happens to look like JSON.
-        Some(Value::StringValue(s)) => (!s.is_empty()).then(|| s.clone()),
-        _ => messages(c),
+        Some(Value::StringValue(s)) => (!s.is_empty()).then_some(Cow::Borrowed(s.as_str())),
+        _ => messages(c).map(Cow::Owned),
     });
     let slot = if shape == Shape::PromptMessage {
         &mut row.prompt_text
@@ -172,15 +174,11 @@ fn fill_from_body(row: &mut EventRow, shape: Shape, body: &AnyValue) {
         &mut row.response_text
     };
     if slot.is_none() {
-        *slot = text;
+        *slot = content;
     }
     if row.finish_reasons.is_none() {
-        row.finish_reasons = finish_reason.and_then(text_of);
+        row.finish_reasons = finish_reason.and_then(text);
     }
-}
-
-fn text_of(v: &AnyValue) -> Option<String> {
-    text(v).map(|t| t.into_owned())
 }
 
 fn field<'a>(v: &'a AnyValue, key: &str) -> Option<&'a AnyValue> {

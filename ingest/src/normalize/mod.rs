@@ -21,11 +21,16 @@ mod logs;
 mod row;
 mod spans;
 
+use std::borrow::Cow;
+
 use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::schema::EventBatchBuilder;
+use crate::schema::{EventBatchBuilder, EventRowOf};
+
+/// A row whose text borrows from the request being normalised wherever a column is an attribute as sent.
+type Row<'a> = EventRowOf<Cow<'a, str>>;
 
 /// Facts about where a request came from that are not in the telemetry itself.
 #[derive(Debug, Clone, Default)]

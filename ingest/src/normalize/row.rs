@@ -1,5 +1,6 @@
 //! The columns every AI record fills the same way, whether it came as a span or a log record.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -9,10 +10,11 @@ use xxhash_rust::xxh3::Xxh3Default;
 use super::attrs::{float, Direction, Lookup, Slot};
 use super::classify::Classified;
 use super::content::{append_messages, join_indexed, tool_payload};
-use crate::schema::{EventKind, EventRow};
+use super::Row;
+use crate::schema::EventKind;
 
 /// Fills identity, model, usage, tool and guardrail columns from attributes (own first, resource second).
-pub(crate) fn fill_common(row: &mut EventRow, look: &mut Lookup<'_, '_>, class: Classified) {
+pub(crate) fn fill_common<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, class: Classified) {
     use Slot::*;
     row.kind = Some(class.kind);
     row.service = look.text(&[ServiceName]);
@@ -34,7 +36,7 @@ pub(crate) fn fill_common(row: &mut EventRow, look: &mut Lookup<'_, '_>, class: 
     row.endpoint = endpoint(look);
     row.operation = look
         .text(&[OperationName])
-        .or_else(|| class.operation.map(str::to_owned));
+        .or_else(|| class.operation.map(Cow::Borrowed));
     row.input_tokens = look.int(&[InputTokens, PromptTokens, LlmPromptTokens]);
     row.output_tokens = look.int(&[OutputTokens, CompletionTokens, LlmCompletionTokens]);
     row.error_type = look.text(&[ErrorType]);
@@ -43,7 +45,9 @@ pub(crate) fn fill_common(row: &mut EventRow, look: &mut Lookup<'_, '_>, class: 
     row.data_source = look.text(&[DataSource]);
     row.policy_id = look.text(&[SecurityPolicyId, GuardrailPolicyId, PolicyId]);
     row.decision = look.text(&[VerdictType, GuardrailDecision]).map(|mut d| {
-        d.make_ascii_lowercase();
+        if d.bytes().any(|b| b.is_ascii_uppercase()) {
+            d.to_mut().make_ascii_lowercase();
+        }
         d
     });
     row.decision_reason = look.text(&[VerdictReason]);
@@ -64,10 +68,10 @@ pub(crate) fn attribute_latency_ms(look: &mut Lookup<'_, '_>) -> Option<f64> {
 
 /// `server.address[:server.port]`, else the host (and explicit port) of `url.full`. `url.full` itself stays
 /// in `attributes`: its path says which API was called.
-fn endpoint(look: &mut Lookup<'_, '_>) -> Option<String> {
+fn endpoint<'a>(look: &mut Lookup<'a, '_>) -> Option<Cow<'a, str>> {
     if let Some(mut address) = look.text(&[Slot::ServerAddress]) {
         if let Some(port) = look.int(&[Slot::ServerPort]) {
-            let _ = write!(address, ":{port}");
+            let _ = write!(address.to_mut(), ":{port}");
         }
         return Some(address);
     }
@@ -77,17 +81,17 @@ fn endpoint(look: &mut Lookup<'_, '_>) -> Option<String> {
         .or_else(|| look.res.str(Slot::UrlFull))?;
     let uri: axum::http::Uri = url.parse().ok()?;
     let host = uri.host()?;
-    Some(match uri.port_u16() {
+    Some(Cow::Owned(match uri.port_u16() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
-    })
+    }))
 }
 
 /// Prompt and response text from the record's own attributes. For tools they are the call's arguments and
 /// result; for everything else the first convention present wins: new-style messages (with system
 /// instructions first), flattened OpenLLMetry/OpenInference messages, old `gen_ai.prompt`/`gen_ai.completion`
 /// attributes, then OpenInference `input.value`/`output.value`.
-fn fill_content(row: &mut EventRow, look: &mut Lookup<'_, '_>, kind: EventKind) {
+fn fill_content<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, kind: EventKind) {
     use Slot::*;
     if kind == EventKind::Tool {
         row.prompt_text = look
@@ -110,22 +114,28 @@ fn fill_content(row: &mut EventRow, look: &mut Lookup<'_, '_>, kind: EventKind) 
             look.indexed_input_used = true;
         }
     }
-    let mut prompt = non_empty(prompt);
+    let mut prompt = non_empty(prompt).map(Cow::Owned);
     if prompt.is_none() {
-        prompt = look.own_value(&[Prompt]).and_then(messages);
+        prompt = look.own_value(&[Prompt]).and_then(messages).map(Cow::Owned);
     }
     if prompt.is_none() {
         prompt = look.own_value(&[InputValue]).and_then(tool_payload);
     }
     row.prompt_text = prompt;
 
-    let mut response = look.own_value(&[OutputMessages]).and_then(messages);
+    let mut response = look
+        .own_value(&[OutputMessages])
+        .and_then(messages)
+        .map(Cow::Owned);
     if response.is_none() {
-        response = join_indexed(&look.own.indexed, Direction::Output);
+        response = join_indexed(&look.own.indexed, Direction::Output).map(Cow::Owned);
         look.indexed_output_used = response.is_some();
     }
     if response.is_none() {
-        response = look.own_value(&[Completion]).and_then(messages);
+        response = look
+            .own_value(&[Completion])
+            .and_then(messages)
+            .map(Cow::Owned);
     }
     if response.is_none() {
         response = look.own_value(&[OutputValue]).and_then(tool_payload);
@@ -145,12 +155,12 @@ fn non_empty(s: String) -> Option<String> {
 
 /// `ok`, or `error` when the record failed; the error type falls back to `fallback_error` (a span's status
 /// message).
-pub(crate) fn fill_status(row: &mut EventRow, failed: bool, fallback_error: &str) {
+pub(crate) fn fill_status<'a>(row: &mut Row<'a>, failed: bool, fallback_error: &'a str) {
     let failed = failed || row.error_type.is_some();
     if failed && row.error_type.is_none() && !fallback_error.is_empty() {
-        row.error_type = Some(fallback_error.to_owned());
+        row.error_type = Some(Cow::Borrowed(fallback_error));
     }
-    row.status = Some(if failed { "error" } else { "ok" }.to_owned());
+    row.status = Some(Cow::Borrowed(if failed { "error" } else { "ok" }));
 }
 
 /// A stable id for a record without a (trace id, span id) identity: 32 hex characters of xxh3-128 over

@@ -1,5 +1,7 @@
 //! Spans -> events: one event per AI span; the span's ids are the event's identity.
 
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -7,8 +9,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use super::attrs::{hex_id, Attrs, Lookup, ResourceJson};
 use super::classify::classify;
 use super::row::{attribute_latency_ms, fill_common, fill_status, messages, record_hash};
-use super::NormalizeContext;
-use crate::schema::{EventBatchBuilder, EventRow};
+use super::{NormalizeContext, Row};
+use crate::schema::EventBatchBuilder;
 
 /// Pushes one row per AI span into `out`; returns how many spans were skipped.
 pub(crate) fn normalize(
@@ -33,8 +35,8 @@ pub(crate) fn normalize(
                     skipped += 1;
                     continue;
                 };
-                let mut row = EventRow {
-                    source: ctx.source.clone(),
+                let mut row = Row {
+                    source: ctx.source.as_deref().map(Cow::Borrowed),
                     ..Default::default()
                 };
                 fill_common(&mut row, &mut look, class);
@@ -45,7 +47,7 @@ pub(crate) fn normalize(
                 } else {
                     &[("otel.scope.name", scope_name)]
                 };
-                row.attributes = look.attributes_json(res_json, extra);
+                row.attributes = look.attributes_json(res_json, extra).map(Cow::Owned);
                 out.push(&row);
             }
         }
@@ -54,7 +56,7 @@ pub(crate) fn normalize(
 }
 
 /// The columns only a span has: ids, timing, status, and content carried in span events.
-fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us: i64) {
+fn fill_span<'a>(row: &mut Row<'a>, span: &'a Span, look: &mut Lookup<'a, '_>, now_us: i64) {
     let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
     row.time_us = match (start, end) {
         (0, 0) => now_us,
@@ -65,10 +67,10 @@ fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us:
     } else {
         attribute_latency_ms(look)
     };
-    row.trace_id = hex_id(&span.trace_id);
-    row.span_id = hex_id(&span.span_id);
-    row.event_id = match (&row.trace_id, &row.span_id) {
-        (Some(t), Some(s)) => [t.as_str(), s.as_str()].concat(),
+    row.trace_id = hex_id(&span.trace_id).map(Cow::Owned);
+    row.span_id = hex_id(&span.span_id).map(Cow::Owned);
+    row.event_id = Cow::Owned(match (&row.trace_id, &row.span_id) {
+        (Some(t), Some(s)) => [t.as_ref(), s.as_ref()].concat(),
         _ => record_hash(
             &span.trace_id,
             &span.span_id,
@@ -77,7 +79,7 @@ fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us:
             None,
             &span.attributes,
         ),
-    };
+    });
     let (failed, message) = match &span.status {
         Some(status) => (
             status.code == StatusCode::Error as i32,
@@ -94,7 +96,7 @@ fn fill_span(row: &mut EventRow, span: &Span, look: &mut Lookup<'_, '_>, now_us:
 /// Older OpenLLMetry/semconv put content in span events `gen_ai.content.prompt` (attribute `gen_ai.prompt`)
 /// and `gen_ai.content.completion` (`gen_ai.completion`); newer ones may attach the
 /// `gen_ai.client.inference.operation.details` event to the span instead of emitting a log.
-fn fill_from_span_events(row: &mut EventRow, span: &Span) {
+fn fill_from_span_events(row: &mut Row<'_>, span: &Span) {
     for event in &span.events {
         let (prompt_key, response_key) = match event.name.as_str() {
             "gen_ai.content.prompt" => ("gen_ai.prompt", ""),
@@ -116,7 +118,7 @@ fn fill_from_span_events(row: &mut EventRow, span: &Span) {
                 continue;
             };
             if slot.is_none() {
-                *slot = messages(value);
+                *slot = messages(value).map(Cow::Owned);
             }
         }
     }
