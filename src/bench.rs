@@ -671,8 +671,9 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         e2a_p50 as f64 / 1e3,
         e2a_p99 as f64 / 1e3
     );
-    // CPU per event says what a change saved even when the machine's speed drifts between runs (it does on
-    // shared hosts), and cores busy says whether the run was bound by CPU or by waiting.
+    // CPU per event is what an event costs whether or not the run kept every core busy (so 2 cores / cost is
+    // this machine's ceiling), and cores busy says whether the run was bound by CPU or by waiting. On a shared
+    // host it still moves with the host's speed: compare runs taken together.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "cpu:                  {:.1} µs/event (server and load generator; {:.2} of {cores} cores busy)",
