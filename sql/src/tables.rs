@@ -57,7 +57,11 @@ impl fmt::Debug for StoreTable {
 
 impl StoreTable {
     pub fn new(source: Arc<dyn SnapshotSource>, table: Table) -> Self {
-        let schema = source.schema(table);
+        let stored = source.schema(table);
+        let schema = match table {
+            Table::Events => string_views(&stored),
+            Table::Alerts | Table::Baselines | Table::Inventory => stored,
+        };
         Self {
             source,
             table,
@@ -284,7 +288,7 @@ impl TableProvider for StoreTable {
             inputs.push(self.parquet_scan(state, &files, projection, limit).await?);
         }
         for b in snapshot.buffered.iter().filter(|b| b.num_rows() > 0) {
-            in_memory.push(conform(b, &self.schema)?);
+            in_memory.push(conform(&cast_to(b, &self.schema)?, &self.schema)?);
         }
         let buffered: Vec<RecordBatch> = in_memory;
         if !buffered.is_empty() {
@@ -388,6 +392,49 @@ fn balance_groups(files: &[&StoredFile], max_groups: usize) -> Vec<FileGroup> {
         .filter(|(_, f)| !f.is_empty())
         .map(|(_, f)| FileGroup::new(f))
         .collect()
+}
+
+/// `schema` with its top-level `Utf8` columns as `Utf8View`.
+///
+/// `events` is read this way: the Parquet reader then makes each string a 16-byte view into the page (or
+/// the column's dictionary) instead of copying it into one contiguous buffer, and filters and group keys
+/// move views rather than bytes. Those copies were the largest part of the dashboards' event queries
+/// (`vigil bench sql`). SQL sees the same strings; `Utf8View` is DataFusion's own default for Parquet.
+fn string_views(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<arrow::datatypes::FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
+            _ => f.clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
+/// Casts the columns of a buffered batch whose type differs from `schema`'s (strings to views for
+/// `events`); a batch already in the table's types is returned as it is.
+fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
+    if batch.schema_ref().fields().len() != schema.fields().len()
+        || batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(a, b)| a.data_type() == b.data_type())
+    {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Gives a buffered batch the table's schema object (same columns; metadata may differ).
