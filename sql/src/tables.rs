@@ -288,7 +288,7 @@ impl TableProvider for StoreTable {
             inputs.push(self.parquet_scan(state, &files, projection, limit).await?);
         }
         for b in snapshot.buffered.iter().filter(|b| b.num_rows() > 0) {
-            in_memory.push(conform(&cast_to(b, &self.schema)?, &self.schema)?);
+            in_memory.push(conform(b, &self.schema)?);
         }
         let buffered: Vec<RecordBatch> = in_memory;
         if !buffered.is_empty() {
@@ -415,34 +415,22 @@ fn string_views(schema: &SchemaRef) -> SchemaRef {
     ))
 }
 
-/// Casts the columns of a buffered batch whose type differs from `schema`'s (strings to views for
-/// `events`); a batch already in the table's types is returned as it is.
-fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
-    if batch.schema_ref().fields().len() != schema.fields().len()
-        || batch
-            .schema_ref()
-            .fields()
-            .iter()
-            .zip(schema.fields())
-            .all(|(a, b)| a.data_type() == b.data_type())
-    {
+/// Gives a buffered batch the table's schema object (same columns; metadata may differ). String columns are
+/// cast to views where the table reads them as views (`events`); any other difference is an error.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
+    if batch.schema_ref() == schema {
         return Ok(batch.clone());
     }
     let columns = batch
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .map(|(c, f)| match (c.data_type(), f.data_type()) {
+            (DataType::Utf8, DataType::Utf8View) => arrow::compute::cast(c, f.data_type()),
+            _ => Ok(c.clone()),
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-/// Gives a buffered batch the table's schema object (same columns; metadata may differ).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DFResult<RecordBatch> {
-    if batch.schema_ref() == schema {
-        return Ok(batch.clone());
-    }
-    RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(|e| {
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
         DataFusionError::Execution(format!(
             "buffered batch does not match the table schema: {e}"
         ))
