@@ -4,6 +4,7 @@
 //!
 //! `vigil bench ingest` — sustained events/s with every event durable, ack latency, event-to-alert latency,
 //! peak RSS, stored bytes against OTLP/JSON bytes. `vigil bench sql` — dashboard queries over N stored events.
+//! `vigil bench stages` — the server's CPU per event, stage by stage, on one thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use crate::config::Config;
 use crate::demo::traffic::{Incident, Traffic};
 use crate::{metrics, serve};
 
+mod stages;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// End-to-end ingest: OTLP clients -> detection -> WAL -> Parquet.
@@ -31,6 +34,8 @@ pub enum BenchCommand {
     Sql(SqlArgs),
     /// The detection stage alone, on one thread: events/s per core.
     Detect(DetectArgs),
+    /// The server's CPU per event, stage by stage, on one thread (no network, no disk).
+    Stages(stages::StagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +92,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Sql(args) => sql(args).await,
         BenchCommand::Detect(args) => tokio::task::spawn_blocking(move || detect(args)).await?,
+        BenchCommand::Stages(args) => {
+            tokio::task::spawn_blocking(move || stages::stages(args)).await?
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod audit;
 mod background;
 mod buffer;
 mod compaction;
+pub mod cost;
 mod dedupe;
 mod flush;
 mod manifest;

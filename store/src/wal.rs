@@ -79,6 +79,12 @@ pub(crate) struct Body {
     crc: crc32fast::Hasher,
 }
 
+impl Body {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Encodes the body of one record (the caller's share of the work, done before queueing).
 pub(crate) fn encode_body(entries: &[(Table, RecordBatch)]) -> Result<Body, StoreError> {
     let mut body = Vec::with_capacity(

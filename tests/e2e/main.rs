@@ -3,6 +3,7 @@
 //! One integration-test binary (modules below) so the workspace links one test executable.
 
 mod auth;
+mod bench;
 mod dashboards;
 mod demo;
 mod detection;
