@@ -26,7 +26,7 @@ use crate::decode::{self, Compression, Encoding, Limits};
 use crate::metrics::{self as imetrics, Transport};
 use crate::normalize::{self, NormalizeContext, Normalized};
 use crate::schema::{col, event_schema, EventBatchBuilder};
-use crate::sink::{EventSink, SinkError};
+use crate::sink::{Admission, EventSink, SinkError};
 
 /// First and longest wait between two attempts at a refused batch.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -464,6 +464,11 @@ impl Consumer {
         let ctx = NormalizeContext {
             source: self.source.clone(),
         };
+        // Admitted before decoding, as the OTLP receivers admit a request before its body is decoded: the
+        // sink's `decode` stage then measures this batch's decoding too (admitted after, it read ~0 for every
+        // Kafka batch and pulled the stage's quantiles down). A refusal is not final here: the batch is
+        // decoded anyway (its poison messages go to the DLQ) and `deliver` retries with backoff and pausing.
+        let admission = self.sink.admit().await.ok();
         // Decoding and normalising a batch is milliseconds of CPU: keep it off the I/O threads.
         let decoded = tokio::task::spawn_blocking(move || {
             let decoded: Vec<Decoded> = batch
@@ -515,7 +520,7 @@ impl Consumer {
                 }
             };
             let kinds = count_kinds(&combined);
-            if self.deliver(combined, shutdown).await == Flow::Stop {
+            if self.deliver(combined, admission, shutdown).await == Flow::Stop {
                 return Flow::Stop;
             }
             for (kind, count) in kinds {
@@ -591,18 +596,24 @@ impl Consumer {
         Flow::Continue
     }
 
-    /// Hands the batch to the sink until it is durable. While the sink refuses, the assigned partitions are
-    /// paused so that nothing is fetched that could not be delivered anyway.
+    /// Hands the batch to the sink until it is durable, the first time under `admission` when the batch was
+    /// admitted before it was decoded. While the sink refuses, the assigned partitions are paused so that
+    /// nothing is fetched that could not be delivered anyway.
     #[tracing::instrument(level = "debug", name = "kafka.deliver", skip_all, fields(otel.kind = "consumer", events = batch.num_rows() as i64))]
     async fn deliver<F: Future<Output = ()>>(
         &self,
         batch: RecordBatch,
+        mut admission: Option<Admission>,
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
         let mut backoff = BACKOFF_START;
         let mut paused: Option<TopicPartitionList> = None;
         let flow = loop {
-            let err = match self.sink.accept(batch.clone()).await {
+            let delivered = match admission.take() {
+                Some(admission) => self.sink.accept_admitted(batch.clone(), admission).await,
+                None => self.sink.accept(batch.clone()).await,
+            };
+            let err = match delivered {
                 Ok(()) => break Flow::Continue,
                 Err(err) => err,
             };

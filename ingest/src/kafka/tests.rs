@@ -38,6 +38,8 @@ struct TestSink {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     max_rows: AtomicUsize,
+    /// For each delivery, how long before it the batch was admitted.
+    admitted_before: Mutex<Vec<Duration>>,
 }
 
 #[async_trait::async_trait]
@@ -45,8 +47,12 @@ impl EventSink for TestSink {
     async fn accept_admitted(
         &self,
         batch: RecordBatch,
-        _admission: crate::sink::Admission,
+        admission: crate::sink::Admission,
     ) -> Result<(), SinkError> {
+        self.admitted_before
+            .lock()
+            .unwrap()
+            .push(admission.admitted().elapsed());
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         self.max_rows.fetch_max(batch.num_rows(), Ordering::SeqCst);
@@ -478,6 +484,36 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
         header(dlq::HEADER_ERROR).contains("otlp_proto"),
         "error says what failed: {}",
         header(dlq::HEADER_ERROR)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_admitted_before_it_is_decoded_so_the_decode_stage_measures_it() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("otlp_spans", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let payload = otlp_message(0, 3000);
+    // What decoding and normalising this message costs here, measured the way the consumer does it.
+    let started = Instant::now();
+    let expected = expected_ids(&payload);
+    let decode = started.elapsed();
+    produce(&producer, "otlp_spans", 0, &payload).await;
+
+    let sink = Arc::new(TestSink::default());
+    let running = start(config(&brokers, "admitted"), sink.clone());
+    wait_until("the message's events", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
+    running.stop().await;
+    let before = sink.admitted_before.lock().unwrap().clone();
+    assert_eq!(before.len(), 1, "one delivery");
+    // Admitted after decoding, the admission would be microseconds old when the batch arrived.
+    assert!(
+        before[0] >= decode / 4,
+        "admitted {:?} before delivery; decoding alone takes {decode:?}",
+        before[0]
     );
 }
 
