@@ -136,7 +136,7 @@ pub(super) fn stages(args: StagesArgs) -> Result<()> {
             ));
         }
         let t3 = Instant::now();
-        let (kept, _) = append.append(writes)?;
+        let kept = append.append(writes)?;
         let t4 = Instant::now();
         lap[0] = (t1 - t0).as_secs_f64();
         lap[1] = (t2 - t1).as_secs_f64();

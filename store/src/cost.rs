@@ -24,33 +24,22 @@ impl AppendWork {
     }
 
     /// Drops re-sent rows, encodes the WAL record (Arrow IPC and its CRC) and feeds it to the segment's
-    /// SHA-256, as one `append` does. Returns the rows kept (what the write buffer would hold) and the
-    /// record's size in bytes.
+    /// SHA-256, as one `append` does. Returns the rows kept: what the write buffer would hold.
     pub fn append(
         &mut self,
         writes: Vec<(Table, RecordBatch)>,
-    ) -> Result<(Vec<(Table, RecordBatch)>, usize), StoreError> {
-        let mut kept = Vec::with_capacity(writes.len());
-        for (table, batch) in writes {
-            let f = self.dedupe.filter(table, batch)?;
-            if f.batch.num_rows() > 0 {
-                kept.push((table, f.batch));
-            }
+    ) -> Result<Vec<(Table, RecordBatch)>, StoreError> {
+        let kept = self.dedupe.filter_writes(writes)?.kept;
+        if !kept.is_empty() {
+            let body = wal::encode_body(&kept)?;
+            self.segment_hash.update(body.bytes());
         }
-        if kept.is_empty() {
-            return Ok((kept, 0));
-        }
-        let body = wal::encode_body(&kept)?;
-        self.segment_hash.update(body.bytes());
-        Ok((kept, body.bytes().len()))
+        Ok(kept)
     }
 }
 
 /// Sorts by time, splits by hour, encodes Parquet and hashes each file, as a flush does before it uploads
-/// (on two threads for a large hour, as there). Returns the files' total size in bytes.
-pub fn flush_encode(table: Table, batches: &[RecordBatch]) -> Result<u64, StoreError> {
-    Ok(encode_partitioned(table, batches, Effort::Flush)?
-        .iter()
-        .map(|f| f.bytes.len() as u64)
-        .sum())
+/// (on two threads for a large hour, as there).
+pub fn flush_encode(table: Table, batches: &[RecordBatch]) -> Result<(), StoreError> {
+    encode_partitioned(table, batches, Effort::Flush).map(drop)
 }

@@ -61,6 +61,16 @@ pub(crate) struct Filtered {
     pub duplicates: usize,
 }
 
+/// One append's writes without their duplicates.
+pub(crate) struct FilteredWrites {
+    /// The batches that still have rows.
+    pub kept: Vec<(Table, RecordBatch)>,
+    /// Hashes this call added; forgotten again if the append fails.
+    pub added: Vec<u64>,
+    /// Rows dropped, for each table that had any.
+    pub duplicates: Vec<(Table, usize)>,
+}
+
 fn key(table: Table, id: &str) -> u64 {
     // Seeding by table keeps an event and an alert that happen to share an id apart.
     xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), table as u64)
@@ -113,6 +123,36 @@ impl DedupeSet {
             self.set.remove(k);
         }
         // Their `order` entries stay; evicting them later removes nothing or, at worst, a re-added id early.
+    }
+
+    /// [`DedupeSet::filter`] over the writes of one append. On error nothing this call added stays
+    /// remembered, so the append's retry is not taken for a duplicate.
+    pub fn filter_writes(
+        &mut self,
+        writes: Vec<(Table, RecordBatch)>,
+    ) -> Result<FilteredWrites, StoreError> {
+        let mut out = FilteredWrites {
+            kept: Vec::with_capacity(writes.len()),
+            added: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        for (table, batch) in writes {
+            let f = match self.filter(table, batch) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.forget(&out.added);
+                    return Err(e);
+                }
+            };
+            if f.duplicates > 0 {
+                out.duplicates.push((table, f.duplicates));
+            }
+            out.added.extend(f.added);
+            if f.batch.num_rows() > 0 {
+                out.kept.push((table, f.batch));
+            }
+        }
+        Ok(out)
     }
 
     /// Drops the rows whose id was seen (including earlier in the same batch) and remembers the others.

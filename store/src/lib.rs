@@ -320,30 +320,14 @@ impl Store {
             check_schema(*table, batch)?;
         }
         let reservation = self.wal.reserve();
-        let mut kept = Vec::with_capacity(writes.len());
-        let mut added = Vec::new();
-        {
-            let mut dedupe = self.dedupe.lock();
-            for (table, batch) in writes {
-                let f = match dedupe.filter(table, batch) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        dedupe.forget(&added);
-                        return Err(e);
-                    }
-                };
-                if f.duplicates > 0 {
-                    metrics()
-                        .duplicates
-                        .with_label_values(&[table.name()])
-                        .inc_by(f.duplicates as u64);
-                }
-                added.extend(f.added);
-                if f.batch.num_rows() > 0 {
-                    kept.push((table, f.batch));
-                }
-            }
+        let filtered = self.dedupe.lock().filter_writes(writes)?;
+        for (table, n) in &filtered.duplicates {
+            metrics()
+                .duplicates
+                .with_label_values(&[table.name()])
+                .inc_by(*n as u64);
         }
+        let (kept, added) = (filtered.kept, filtered.added);
         if kept.is_empty() {
             return Ok(());
         }
