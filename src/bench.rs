@@ -141,7 +141,8 @@ fn detect(args: DetectArgs) -> Result<()> {
                 prompts += 1;
             }
         }
-        batches.push(vigil_ingest::normalize::traces(&traces_request(&rows), &ctx).batch);
+        let request = vigil_ingest::wire::convert(&traces_request(&rows))?;
+        batches.push(vigil_ingest::normalize::traces(&request, &ctx).batch);
     }
     println!(
         "vigil bench detect: {} batches of {} events, {:.0}-byte prompts on {:.0} % of events, one thread, {} s",

@@ -77,7 +77,7 @@ fn run(
     ctx: &NormalizeContext,
 ) -> Outcome {
     let decoded = if logs {
-        decode::decode_logs(body, encoding, compression, limits).map(|req| {
+        decode::decode_logs(bytes::Bytes::copy_from_slice(body), encoding, compression, limits).map(|req| {
             let records = req.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
             let normalized = normalize::logs(&req, ctx);
             check_batch(&normalized.batch, normalized.skipped, records);
@@ -85,7 +85,7 @@ fn run(
             format!("{req:?}")
         })
     } else {
-        decode::decode_traces(body, encoding, compression, limits).map(|req| {
+        decode::decode_traces(bytes::Bytes::copy_from_slice(body), encoding, compression, limits).map(|req| {
             let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             let normalized = normalize::traces(&req, ctx);
             check_batch(&normalized.batch, normalized.skipped, spans);

@@ -7,10 +7,14 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use serde::Deserialize;
+
+use crate::wire;
 
 /// How the body's bytes encode the OTLP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,83 +115,96 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
 }
 
-/// Decodes an `ExportTraceServiceRequest` (or a Kafka `TracesData`, which has the same wire form).
+/// Decodes an `ExportTraceServiceRequest` (or a Kafka `TracesData`, which has the same wire form). The
+/// request's strings are slices of `body` (or of its inflated copy), so the body lives as long as they do.
 pub fn decode_traces(
-    body: &[u8],
+    body: Bytes,
     encoding: Encoding,
     compression: Compression,
     limits: &Limits,
-) -> Result<ExportTraceServiceRequest, DecodeError> {
-    decode(body, encoding, compression, limits)
+) -> Result<wire::TracesRequest, DecodeError> {
+    let message = inflate(body, compression, limits)?;
+    match encoding {
+        Encoding::Protobuf => Ok(wire::TracesRequest::decode(message)?),
+        Encoding::Json => from_json::<ExportTraceServiceRequest, _>(&message),
+    }
 }
 
-/// Decodes an `ExportLogsServiceRequest` (or a Kafka `LogsData`).
+/// Decodes an `ExportLogsServiceRequest` (or a Kafka `LogsData`), as [`decode_traces`] does.
 pub fn decode_logs(
-    body: &[u8],
+    body: Bytes,
     encoding: Encoding,
     compression: Compression,
     limits: &Limits,
-) -> Result<ExportLogsServiceRequest, DecodeError> {
-    decode(body, encoding, compression, limits)
+) -> Result<wire::LogsRequest, DecodeError> {
+    let message = inflate(body, compression, limits)?;
+    match encoding {
+        Encoding::Protobuf => Ok(wire::LogsRequest::decode(message)?),
+        Encoding::Json => from_json::<ExportLogsServiceRequest, _>(&message),
+    }
 }
 
-/// Decodes an `ExportMetricsServiceRequest` (or a Kafka `MetricsData`). Metrics are counted, not stored.
+/// Decodes an `ExportMetricsServiceRequest` (or a Kafka `MetricsData`). Metrics are counted, not stored, so
+/// they keep `opentelemetry_proto`'s owned types.
 pub fn decode_metrics(
-    body: &[u8],
+    body: Bytes,
     encoding: Encoding,
     compression: Compression,
     limits: &Limits,
 ) -> Result<ExportMetricsServiceRequest, DecodeError> {
-    decode(body, encoding, compression, limits)
+    let message = inflate(body, compression, limits)?;
+    match encoding {
+        Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(message)?),
+        Encoding::Json => Ok(serde_json::from_slice(&message)?),
+    }
 }
 
-fn decode<M>(
-    body: &[u8],
-    encoding: Encoding,
-    compression: Compression,
-    limits: &Limits,
-) -> Result<M, DecodeError>
+/// OTLP/JSON goes through `opentelemetry_proto`'s serde types (hex ids, int64 as strings) and is re-read as
+/// the zero-copy types: one more pass, on the encoding that is slow to parse anyway.
+fn from_json<Json, W>(message: &[u8]) -> Result<W, DecodeError>
 where
-    M: prost::Message + Default + serde::de::DeserializeOwned,
+    Json: Message + serde::de::DeserializeOwned,
+    W: Message + Default,
 {
+    let owned: Json = serde_json::from_slice(message)?;
+    Ok(wire::convert(&owned)?)
+}
+
+/// The message's bytes after the size caps and decompression: `body` itself when it is not compressed.
+fn inflate(body: Bytes, compression: Compression, limits: &Limits) -> Result<Bytes, DecodeError> {
     if body.len() > limits.max_body_bytes {
         return Err(DecodeError::TooLarge {
             limit: limits.max_body_bytes,
         });
     }
-    let inflated;
-    let message: &[u8] = match compression {
+    let inflated = match compression {
         Compression::None => {
             if body.len() > limits.max_decompressed_bytes {
                 return Err(DecodeError::TooLarge {
                     limit: limits.max_decompressed_bytes,
                 });
             }
-            body
+            return Ok(body);
         }
         Compression::Gzip => {
-            inflated = read_capped(flate2::read::GzDecoder::new(body), compression, limits)?;
-            &inflated
+            read_capped(flate2::read::GzDecoder::new(&body[..]), compression, limits)?
         }
-        Compression::Deflate => {
-            inflated = read_capped(flate2::read::ZlibDecoder::new(body), compression, limits)?;
-            &inflated
-        }
+        Compression::Deflate => read_capped(
+            flate2::read::ZlibDecoder::new(&body[..]),
+            compression,
+            limits,
+        )?,
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(body).map_err(|source| {
+            let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|source| {
                 DecodeError::Decompress {
                     compression,
                     source,
                 }
             })?;
-            inflated = read_capped(decoder, compression, limits)?;
-            &inflated
+            read_capped(decoder, compression, limits)?
         }
     };
-    match encoding {
-        Encoding::Protobuf => Ok(M::decode(message)?),
-        Encoding::Json => Ok(serde_json::from_slice(message)?),
-    }
+    Ok(Bytes::from(inflated))
 }
 
 /// Inflates at most `max_decompressed_bytes + 1` bytes: one byte past the cap proves the body is too large
@@ -267,43 +284,48 @@ mod tests {
             "name":"chat gpt-4o","kind":3,"startTimeUnixNano":"1700000000000000000",
             "endTimeUnixNano":"1700000001000000000","status":{"code":2},
             "attributes":[{"key":"gen_ai.usage.input_tokens","value":{"intValue":"42"}}]}]}]}]}"#;
-        let req = decode_traces(json, Encoding::Json, Compression::None, &Limits::default())
-            .expect("valid OTLP/JSON");
+        let req = decode_traces(
+            Bytes::from_static(json),
+            Encoding::Json,
+            Compression::None,
+            &Limits::default(),
+        )
+        .expect("valid OTLP/JSON");
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(span.trace_id, (1..=16).collect::<Vec<u8>>());
-        assert_eq!(span.span_id, (1..=8).collect::<Vec<u8>>());
+        assert_eq!(span.trace_id[..], (1..=16).collect::<Vec<u8>>());
+        assert_eq!(span.span_id[..], (1..=8).collect::<Vec<u8>>());
         assert_eq!(span.start_time_unix_nano, 1_700_000_000_000_000_000);
-        assert_eq!(span.kind, 3);
         assert_eq!(span.status.as_ref().map(|s| s.code), Some(2));
         assert_eq!(
             span.attributes[0]
                 .value
                 .as_ref()
                 .and_then(|v| v.value.clone()),
-            Some(Value::IntValue(42))
+            Some(wire::any_value::Value::IntValue(42))
         );
     }
 
     #[test]
     fn protobuf_and_json_of_the_same_request_decode_equal() {
         let req = sample_traces();
-        let json = serde_json::to_vec(&req).expect("serialise");
-        let proto = req.encode_to_vec();
+        let expected: wire::TracesRequest = wire::convert(&req).expect("converts");
+        let json = Bytes::from(serde_json::to_vec(&req).expect("serialise"));
+        let proto = Bytes::from(req.encode_to_vec());
         let limits = Limits::default();
         assert_eq!(
-            decode_traces(&proto, Encoding::Protobuf, Compression::None, &limits).expect("proto"),
-            req
+            decode_traces(proto, Encoding::Protobuf, Compression::None, &limits).expect("proto"),
+            expected
         );
         assert_eq!(
-            decode_traces(&json, Encoding::Json, Compression::None, &limits).expect("json"),
-            req
+            decode_traces(json, Encoding::Json, Compression::None, &limits).expect("json"),
+            expected
         );
     }
 
     #[test]
     fn gzip_deflate_and_zstd_bodies_decode() {
-        let req = sample_traces();
-        let proto = req.encode_to_vec();
+        let req: wire::TracesRequest = wire::convert(&sample_traces()).expect("converts");
+        let proto = sample_traces().encode_to_vec();
         let limits = Limits::default();
         let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         zlib.write_all(&proto).expect("write");
@@ -314,7 +336,7 @@ mod tests {
             (zlib, Compression::Deflate),
             (zstd, Compression::Zstd),
         ] {
-            let decoded = decode_traces(&body, Encoding::Protobuf, compression, &limits)
+            let decoded = decode_traces(body.into(), Encoding::Protobuf, compression, &limits)
                 .expect("compressed body");
             assert_eq!(decoded, req, "{compression:?}");
         }
@@ -326,8 +348,13 @@ mod tests {
             max_body_bytes: 10,
             max_decompressed_bytes: 100,
         };
-        let err =
-            decode_logs(&[0u8; 11], Encoding::Protobuf, Compression::None, &limits).unwrap_err();
+        let err = decode_logs(
+            Bytes::from_static(&[0u8; 11]),
+            Encoding::Protobuf,
+            Compression::None,
+            &limits,
+        )
+        .unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { limit: 10 }), "{err}");
     }
 
@@ -348,8 +375,8 @@ mod tests {
             max_decompressed_bytes: 1 << 20,
         };
         assert!(bomb.len() < limits.max_body_bytes);
-        let err =
-            decode_metrics(&bomb, Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        let err = decode_metrics(bomb.into(), Encoding::Protobuf, Compression::Gzip, &limits)
+            .unwrap_err();
         assert!(
             matches!(err, DecodeError::TooLarge { limit } if limit == 1 << 20),
             "{err}"
@@ -360,7 +387,7 @@ mod tests {
     fn malformed_bodies_say_what_was_wrong() {
         let limits = Limits::default();
         let err = decode_traces(
-            &[0x0a, 0xff, 0xff],
+            Bytes::from_static(&[0x0a, 0xff, 0xff]),
             Encoding::Protobuf,
             Compression::None,
             &limits,
@@ -369,7 +396,7 @@ mod tests {
         assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
 
         let err = decode_traces(
-            b"{\n \"resourceSpans\": [}",
+            Bytes::from_static(b"{\n \"resourceSpans\": [}"),
             Encoding::Json,
             Compression::None,
             &limits,
@@ -381,8 +408,13 @@ mod tests {
             "position missing: {err}"
         );
 
-        let err =
-            decode_traces(b"not gzip", Encoding::Protobuf, Compression::Gzip, &limits).unwrap_err();
+        let err = decode_traces(
+            Bytes::from_static(b"not gzip"),
+            Encoding::Protobuf,
+            Compression::Gzip,
+            &limits,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 err,

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod security;
 pub mod sink;
 pub mod synth;
+pub mod wire;
 
 pub use normalize::{NormalizeContext, Normalized};
 pub use schema::{event_schema, EventBatchBuilder, EventKind, EventRow, EventRowOf};

@@ -324,7 +324,8 @@ mod tests {
             back[0].event_id,
             "0af7651916cd43dd8448eb211c80319cb7ad6b7169203331"
         );
-        let normalized = traces(&traces_request(&back), &NormalizeContext::default());
+        let request = crate::wire::convert(&traces_request(&back)).expect("converts");
+        let normalized = traces(&request, &NormalizeContext::default());
         let again = rows_from_batch(&normalized.batch);
         assert_eq!(again.len(), 1);
         let (a, b) = (&again[0], &back[0]);

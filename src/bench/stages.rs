@@ -112,13 +112,13 @@ pub(super) fn stages(args: StagesArgs) -> Result<()> {
             buffered.flush()?;
             measuring = true;
         }
-        let body = work.requests[k % work.requests.len()].unique(counter);
+        let body = bytes::Bytes::from(work.requests[k % work.requests.len()].unique(counter));
         counter += 1;
         k += 1;
         let mut lap = [0f64; NAMES.len()];
         let t0 = Instant::now();
         let request = decode_traces(
-            &body,
+            body,
             Encoding::Protobuf,
             Compression::None,
             &config.otlp.limits,

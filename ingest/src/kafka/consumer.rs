@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
+use bytes::Bytes;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -147,7 +148,7 @@ struct Pending {
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    payload: Bytes,
     /// Index of the topic's configuration in `Consumer::topics`.
     route: usize,
 }
@@ -357,7 +358,10 @@ impl Consumer {
                         partition: message.partition(),
                         offset: message.offset(),
                         key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        payload: message
+                            .payload()
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default(),
                         route,
                     });
                     deadline
@@ -495,7 +499,7 @@ impl Consumer {
                     partition: m.partition,
                     offset: m.offset,
                     key: m.key.clone(),
-                    payload: m.payload.clone(),
+                    payload: m.payload.to_vec(),
                     error: error.clone(),
                 }),
                 Decoded::Events(_) => None,
@@ -784,9 +788,11 @@ fn decode_message(
         }
     };
     let result = match topic.signal {
-        Signal::Traces => decode::decode_traces(&m.payload, encoding, Compression::None, limits)
-            .map(|req| normalize::traces(&req, ctx)),
-        Signal::Logs => decode::decode_logs(&m.payload, encoding, Compression::None, limits)
+        Signal::Traces => {
+            decode::decode_traces(m.payload.clone(), encoding, Compression::None, limits)
+                .map(|req| normalize::traces(&req, ctx))
+        }
+        Signal::Logs => decode::decode_logs(m.payload.clone(), encoding, Compression::None, limits)
             .map(|req| normalize::logs(&req, ctx)),
         Signal::Events => {
             return Decoded::Poison("OTLP encodings carry traces or logs, not events".into());

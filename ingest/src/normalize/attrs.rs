@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use crate::wire::any_value::Value;
+use crate::wire::{AnyValue, KeyValue};
 
 /// Attribute keys mapped to columns or used for classification. `slot_of` is the only place that spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl<'a> Attrs<'a> {
             let Some(value) = kv.value.as_ref() else {
                 continue;
             };
-            let key = kv.key.as_str();
+            let key: &str = &kv.key;
             if let Some(slot) = slot_of(key) {
                 // The first occurrence of a duplicated key wins.
                 this.slots[slot as usize].get_or_insert(value);
@@ -249,7 +249,7 @@ impl<'a> Attrs<'a> {
 
     pub fn str(&self, slot: Slot) -> Option<&'a str> {
         match self.get(slot)?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.as_str()),
+            Value::StringValue(s) => Some(&**s),
             _ => None,
         }
     }
@@ -419,7 +419,7 @@ impl<'a> ResourceJson<'a> {
             .filter_map(|kv| {
                 let mut s = String::new();
                 write_json(&mut s, kv.value.as_ref()?);
-                Some((kv.key.as_str(), s))
+                Some((&*kv.key, s))
             })
             .collect();
         Self { unknown }
@@ -451,7 +451,7 @@ impl JsonObject {
 pub(crate) fn text(v: &AnyValue) -> Option<Cow<'_, str>> {
     Some(match v.value.as_ref()? {
         Value::StringValue(s) if s.is_empty() => return None,
-        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+        Value::StringValue(s) => Cow::Borrowed(&**s),
         Value::BoolValue(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
         Value::IntValue(i) => Cow::Owned(i.to_string()),
         Value::DoubleValue(d) => Cow::Owned(d.to_string()),
@@ -596,7 +596,7 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 pub(crate) mod test_values {
     //! Builders for OTLP values in tests.
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use crate::wire::{ArrayValue, KeyValueList};
 
     pub fn s(v: &str) -> AnyValue {
         AnyValue {
@@ -627,7 +627,6 @@ pub(crate) mod test_values {
         KeyValue {
             key: key.into(),
             value: Some(value),
-            key_strindex: 0,
         }
     }
 }
@@ -657,7 +656,7 @@ mod tests {
             kv(
                 "bytes",
                 AnyValue {
-                    value: Some(Value::BytesValue(vec![0xab, 0x01])),
+                    value: Some(Value::BytesValue(bytes::Bytes::from_static(&[0xab, 0x01]))),
                 },
             ),
         ]);

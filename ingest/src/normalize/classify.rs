@@ -166,7 +166,7 @@ mod tests {
     use super::super::attrs::test_values::*;
     use super::super::attrs::Attrs;
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use crate::wire::KeyValue;
 
     fn kind_of(kvs: Vec<KeyValue>, name: &str) -> Option<EventKind> {
         let own = Attrs::collect(&kvs);

@@ -3,8 +3,8 @@
 //!
 //! Content capture is opt-in at the source, so this only runs on records that carry content; it may allocate.
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::AnyValue;
+use crate::wire::any_value::Value;
+use crate::wire::AnyValue;
 use std::borrow::Cow;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -224,7 +224,7 @@ fn to_node(v: &AnyValue) -> Node<'_> {
                 .iter()
                 .map(|kv| {
                     (
-                        Cow::Borrowed(kv.key.as_str()),
+                        Cow::Borrowed(&*kv.key),
                         kv.value.as_ref().map_or(Node::Null, to_node),
                     )
                 })

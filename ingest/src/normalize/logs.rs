@@ -14,10 +14,10 @@
 
 use std::borrow::Cow;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::AnyValue;
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use crate::wire::any_value::Value;
+use crate::wire::AnyValue;
+use crate::wire::LogRecord;
+use crate::wire::LogsRequest;
 
 use super::attrs::{hex_id, text, Attrs, Lookup, ResourceJson, Slot};
 use super::classify::{classify, explicit, is_endpoint_name, Classified};
@@ -57,7 +57,7 @@ fn shape_of(event_name: &str) -> (Shape, Option<EventKind>) {
 
 /// Pushes one row per AI log record into `out`; returns how many records were skipped.
 pub(crate) fn normalize(
-    req: &ExportLogsServiceRequest,
+    req: &LogsRequest,
     ctx: &NormalizeContext,
     now_us: i64,
     out: &mut EventBatchBuilder,
@@ -76,7 +76,7 @@ pub(crate) fn normalize(
                 let event_name = if record.event_name.is_empty() {
                     own.str(Slot::EventName).unwrap_or("")
                 } else {
-                    record.event_name.as_str()
+                    &*record.event_name
                 };
                 let mut look = Lookup::new(&own, &res);
                 let (shape, named_kind) = shape_of(event_name);
@@ -100,7 +100,7 @@ pub(crate) fn normalize(
                 let mut extra: [(&str, &str); 2] = [("", ""); 2];
                 let mut n = 0;
                 if !record.event_name.is_empty() {
-                    extra[n] = ("event.name", record.event_name.as_str());
+                    extra[n] = ("event.name", &*record.event_name);
                     n += 1;
                 }
                 if !scope_name.is_empty() {
@@ -165,7 +165,7 @@ fn fill_from_body<'a>(row: &mut Row<'a>, shape: Shape, body: &'a AnyValue) {
     };
     let content = content.and_then(|c| match &c.value {
         // Plain content is the text itself, even if it happens to look like JSON.
-        Some(Value::StringValue(s)) => (!s.is_empty()).then_some(Cow::Borrowed(s.as_str())),
+        Some(Value::StringValue(s)) => (!s.is_empty()).then_some(Cow::Borrowed(&**s)),
         _ => messages(c).map(Cow::Owned),
     });
     let slot = if shape == Shape::PromptMessage {
@@ -190,10 +190,11 @@ fn field<'a>(v: &'a AnyValue, key: &str) -> Option<&'a AnyValue> {
 
 #[cfg(test)]
 mod tests {
+    use crate::wire::Resource;
+    use crate::wire::{InstrumentationScope, KeyValue};
+    use crate::wire::{ResourceLogs, ScopeLogs};
     use arrow::array::{Array, AsArray, RecordBatch};
-    use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
-    use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use bytes::Bytes;
 
     use super::super::attrs::test_values::*;
     use super::*;
@@ -208,34 +209,29 @@ mod tests {
         LogRecord {
             time_unix_nano: TIME,
             observed_time_unix_nano: TIME + 5,
-            trace_id: TRACE.to_vec(),
-            span_id: SPAN.to_vec(),
+            trace_id: Bytes::from_static(&TRACE),
+            span_id: Bytes::from_static(&SPAN),
             event_name: event_name.into(),
             attributes,
             body,
-            ..Default::default()
         }
     }
 
     fn run(records: Vec<LogRecord>) -> (RecordBatch, usize) {
-        let req = ExportLogsServiceRequest {
+        let req = LogsRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(Resource {
                     attributes: vec![
                         kv("service.name", s("support-bot")),
                         kv("enduser.id", s("svc-account")),
                     ],
-                    ..Default::default()
                 }),
                 scope_logs: vec![ScopeLogs {
                     scope: Some(InstrumentationScope {
                         name: "opentelemetry.instrumentation.openai_v2".into(),
-                        ..Default::default()
                     }),
                     log_records: records,
-                    ..Default::default()
                 }],
-                ..Default::default()
             }],
         };
         let n = logs(

@@ -24,10 +24,9 @@ mod spans;
 use std::borrow::Cow;
 
 use arrow::array::RecordBatch;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::schema::{EventBatchBuilder, EventRowOf};
+use crate::wire::{LogsRequest, TracesRequest};
 
 /// A row whose text borrows from the request being normalised wherever a column is an attribute as sent.
 type Row<'a> = EventRowOf<Cow<'a, str>>;
@@ -50,7 +49,7 @@ pub struct Normalized {
 
 /// Normalises every AI span of an OTLP trace export; the span's trace and span ids become the event id, so
 /// a re-sent span keeps its id.
-pub fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normalized {
+pub fn traces(req: &TracesRequest, ctx: &NormalizeContext) -> Normalized {
     let spans: usize = req
         .resource_spans
         .iter()
@@ -67,7 +66,7 @@ pub fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normal
 
 /// Normalises every AI log record (GenAI events, old and new style) of an OTLP logs export; the event id is
 /// a hash of the record, so a re-sent record keeps its id.
-pub fn logs(req: &ExportLogsServiceRequest, ctx: &NormalizeContext) -> Normalized {
+pub fn logs(req: &LogsRequest, ctx: &NormalizeContext) -> Normalized {
     let records: usize = req
         .resource_logs
         .iter()

@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use crate::wire::any_value::Value;
+use crate::wire::{AnyValue, KeyValue};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::attrs::{float, Direction, Lookup, Slot};

@@ -2,9 +2,9 @@
 
 use std::borrow::Cow;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use crate::wire::Span;
+use crate::wire::TracesRequest;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::attrs::{hex_id, Attrs, Lookup, ResourceJson};
 use super::classify::classify;
@@ -14,7 +14,7 @@ use crate::schema::EventBatchBuilder;
 
 /// Pushes one row per AI span into `out`; returns how many spans were skipped.
 pub(crate) fn normalize(
-    req: &ExportTraceServiceRequest,
+    req: &TracesRequest,
     ctx: &NormalizeContext,
     now_us: i64,
     out: &mut EventBatchBuilder,
@@ -98,7 +98,7 @@ fn fill_span<'a>(row: &mut Row<'a>, span: &'a Span, look: &mut Lookup<'a, '_>, n
 /// `gen_ai.client.inference.operation.details` event to the span instead of emitting a log.
 fn fill_from_span_events(row: &mut Row<'_>, span: &Span) {
     for event in &span.events {
-        let (prompt_key, response_key) = match event.name.as_str() {
+        let (prompt_key, response_key) = match &*event.name {
             "gen_ai.content.prompt" => ("gen_ai.prompt", ""),
             "gen_ai.content.completion" => ("", "gen_ai.completion"),
             "gen_ai.client.inference.operation.details" => {
@@ -130,11 +130,12 @@ pub(crate) fn nanos_to_micros(nanos: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::wire::Resource;
+    use crate::wire::{span, ResourceSpans, ScopeSpans, Status};
+    use crate::wire::{InstrumentationScope, KeyValue};
     use arrow::array::{Array, AsArray, RecordBatch};
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-    use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Status};
+    use bytes::Bytes;
 
     use super::super::attrs::test_values::*;
     use super::*;
@@ -150,10 +151,9 @@ mod tests {
 
     fn span(name: &str, attributes: Vec<KeyValue>) -> Span {
         Span {
-            trace_id: TRACE.to_vec(),
-            span_id: SPAN.to_vec(),
+            trace_id: Bytes::from_static(&TRACE),
+            span_id: Bytes::from_static(&SPAN),
             name: name.into(),
-            kind: span::SpanKind::Client as i32,
             start_time_unix_nano: START,
             end_time_unix_nano: START + 1_250_000_000,
             attributes,
@@ -161,22 +161,18 @@ mod tests {
         }
     }
 
-    fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
+    fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> TracesRequest {
+        TracesRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(Resource {
                     attributes: resource,
-                    ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
                         name: "test.scope".into(),
-                        ..Default::default()
                     }),
                     spans,
-                    ..Default::default()
                 }],
-                ..Default::default()
             }],
         }
     }
@@ -335,12 +331,10 @@ mod tests {
                     "gen_ai.prompt",
                     s(r#"[{"role":"user","content":"hi there"}]"#),
                 )],
-                ..Default::default()
             },
             span::Event {
                 name: "gen_ai.content.completion".into(),
                 attributes: vec![kv("gen_ai.completion", s("plain completion text"))],
-                ..Default::default()
             },
         ];
         s1.status = Some(Status {
@@ -688,8 +682,13 @@ mod tests {
                 {"key":"gen_ai.request.temperature","value":{"doubleValue":0.2}},
                 {"key":"gen_ai.response.finish_reasons","value":{"arrayValue":{"values":[{"stringValue":"stop"}]}}}],
               "status":{"code":2,"message":"boom"}}]}]}]}"#;
-        let decoded: ExportTraceServiceRequest =
-            serde_json::from_str(json).expect("valid OTLP/JSON");
+        let decoded = crate::decode::decode_traces(
+            Bytes::from_static(json.as_bytes()),
+            crate::decode::Encoding::Json,
+            crate::decode::Compression::None,
+            &Default::default(),
+        )
+        .expect("valid OTLP/JSON");
         let mut s1 = span(
             "chat gpt-4o",
             vec![

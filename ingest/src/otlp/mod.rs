@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde::Deserialize;
 
@@ -27,6 +25,7 @@ use crate::normalize::{self, NormalizeContext, Normalized};
 use crate::schema::col;
 use crate::security::{Authenticator, Principal};
 use crate::sink::{EventSink, SinkError};
+use crate::wire;
 
 /// Settings shared by the gRPC and HTTP receivers; the binary reads them from the `[otlp]` table of its
 /// config file, and every field has a default so an empty table works.
@@ -95,8 +94,8 @@ impl std::fmt::Debug for Security {
 /// A decoded OTLP export request of any signal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExportRequest {
-    Traces(ExportTraceServiceRequest),
-    Logs(ExportLogsServiceRequest),
+    Traces(wire::TracesRequest),
+    Logs(wire::LogsRequest),
     Metrics(ExportMetricsServiceRequest),
 }
 
@@ -124,7 +123,7 @@ pub(crate) struct Encoded {
 impl Encoded {
     fn decode(&self) -> Result<ExportRequest, DecodeError> {
         let (body, encoding, compression, limits) = (
-            &self.body[..],
+            self.body.clone(),
             self.encoding,
             self.compression,
             &self.limits,
@@ -198,8 +197,8 @@ pub struct ExportSummary {
 /// sink call, metrics) is tested independently of what normalisation extracts.
 #[derive(Clone, Copy)]
 pub(crate) struct Normalizers {
-    pub traces: fn(&ExportTraceServiceRequest, &NormalizeContext) -> Normalized,
-    pub logs: fn(&ExportLogsServiceRequest, &NormalizeContext) -> Normalized,
+    pub traces: fn(&wire::TracesRequest, &NormalizeContext) -> Normalized,
+    pub logs: fn(&wire::LogsRequest, &NormalizeContext) -> Normalized,
 }
 
 impl Default for Normalizers {
@@ -460,7 +459,10 @@ mod tests {
             .with_normalizers(fake_normalizers());
         let before = metrics::EVENTS.with_label_values(&["kafka", "tool"]).get();
         let summary = exporter
-            .export(Transport::Kafka, ExportRequest::Traces(traces_request(3)))
+            .export(
+                Transport::Kafka,
+                ExportRequest::Traces(wire::convert(&traces_request(3)).expect("converts")),
+            )
             .await
             .expect("ok");
         assert_eq!(
@@ -497,7 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_normaliser_is_an_internal_error_not_a_crash() {
-        fn panics(_: &ExportTraceServiceRequest, _: &NormalizeContext) -> Normalized {
+        fn panics(_: &wire::TracesRequest, _: &NormalizeContext) -> Normalized {
             panic!("bug in normalisation")
         }
         let exporter = Exporter::new(VecSink::new(), NormalizeContext::default()).with_normalizers(
@@ -507,7 +509,10 @@ mod tests {
             },
         );
         let err = exporter
-            .export(Transport::Kafka, ExportRequest::Traces(traces_request(1)))
+            .export(
+                Transport::Kafka,
+                ExportRequest::Traces(wire::convert(&traces_request(1)).expect("converts")),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, SinkError::Internal(_)), "{err}");

@@ -324,7 +324,29 @@ async fn http_malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
     assert_eq!(response.status(), 400);
     post_good_protobuf(server.addr).await;
 
-    assert!(counter(&REJECTED, &["http", "malformed"]) - before >= 3);
+    // Well-formed protobuf whose span name is not UTF-8: strings are checked as they are decoded.
+    let mut req = traces_request(1);
+    req.resource_spans[0].scope_spans[0].spans[0].name = "NOT-UTF8".into();
+    let mut body = req.encode_to_vec();
+    let at = body
+        .windows(8)
+        .position(|w| w == b"NOT-UTF8")
+        .expect("the name is in the body");
+    body[at] = 0xff;
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        body,
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let (_, message, _) =
+        status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    assert!(message.contains("UTF-8"), "{message}");
+
+    assert!(counter(&REJECTED, &["http", "malformed"]) - before >= 4);
     assert_eq!(sink.rows(), 2, "only the good requests reached the sink");
 }
 

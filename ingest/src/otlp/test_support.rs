@@ -20,6 +20,7 @@ use super::Normalizers;
 use crate::normalize::{NormalizeContext, Normalized};
 use crate::schema::{EventBatchBuilder, EventKind, EventRow};
 use crate::sink::{EventSink, SinkError};
+use crate::wire;
 
 /// What the test sink answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl EventSink for VecSink {
 
 /// One `tool` event per span, except spans named `GET ...`, which count as skipped non-AI spans.
 pub fn fake_normalizers() -> Normalizers {
-    fn traces(req: &ExportTraceServiceRequest, ctx: &NormalizeContext) -> Normalized {
+    fn traces(req: &wire::TracesRequest, ctx: &NormalizeContext) -> Normalized {
         let spans = req
             .resource_spans
             .iter()
@@ -114,7 +115,7 @@ pub fn fake_normalizers() -> Normalizers {
                 event_id: hex::encode(&span.span_id),
                 kind: Some(EventKind::Tool),
                 source: ctx.source.clone(),
-                tool_name: Some(span.name.clone()),
+                tool_name: Some(span.name.to_string()),
                 ..Default::default()
             });
         }
@@ -123,7 +124,7 @@ pub fn fake_normalizers() -> Normalizers {
             skipped,
         }
     }
-    fn logs(req: &ExportLogsServiceRequest, ctx: &NormalizeContext) -> Normalized {
+    fn logs(req: &wire::LogsRequest, ctx: &NormalizeContext) -> Normalized {
         let records = req
             .resource_logs
             .iter()

@@ -1,0 +1,110 @@
+//! `opentelemetry.proto.collector.logs.v1` and `logs.v1`: an export request's log records (a Kafka
+//! `LogsData` has the same wire form).
+
+use bytes::{Buf, BufMut, Bytes};
+use bytestring::ByteString;
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use super::common::{AnyValue, InstrumentationScope, KeyValue, Resource};
+use super::text;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogsRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub resource_logs: Vec<ResourceLogs>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResourceLogs {
+    #[prost(message, optional, tag = "1")]
+    pub resource: Option<Resource>,
+    #[prost(message, repeated, tag = "2")]
+    pub scope_logs: Vec<ScopeLogs>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScopeLogs {
+    #[prost(message, optional, tag = "1")]
+    pub scope: Option<InstrumentationScope>,
+    #[prost(message, repeated, tag = "2")]
+    pub log_records: Vec<LogRecord>,
+}
+
+/// A log record's timing, body, attributes, ids and event name (severity is not read).
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct LogRecord {
+    pub time_unix_nano: u64,
+    pub observed_time_unix_nano: u64,
+    pub body: Option<AnyValue>,
+    pub attributes: Vec<KeyValue>,
+    pub trace_id: Bytes,
+    pub span_id: Bytes,
+    pub event_name: ByteString,
+}
+
+impl Message for LogRecord {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if self.time_unix_nano != 0 {
+            encoding::fixed64::encode(1, &self.time_unix_nano, buf);
+        }
+        if let Some(body) = &self.body {
+            encoding::message::encode(5, body, buf);
+        }
+        encoding::message::encode_repeated(6, &self.attributes, buf);
+        text::encode_bytes(9, &self.trace_id, buf);
+        text::encode_bytes(10, &self.span_id, buf);
+        if self.observed_time_unix_nano != 0 {
+            encoding::fixed64::encode(11, &self.observed_time_unix_nano, buf);
+        }
+        text::encode(12, &self.event_name, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => encoding::fixed64::merge(wire_type, &mut self.time_unix_nano, buf, ctx),
+            5 => encoding::message::merge(
+                wire_type,
+                self.body.get_or_insert_with(AnyValue::default),
+                buf,
+                ctx,
+            ),
+            6 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
+            9 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx),
+            10 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx),
+            11 => encoding::fixed64::merge(wire_type, &mut self.observed_time_unix_nano, buf, ctx),
+            12 => text::merge(wire_type, &mut self.event_name, buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let fixed = |tag, v: u64| {
+            if v == 0 {
+                0
+            } else {
+                encoding::fixed64::encoded_len(tag, &v)
+            }
+        };
+        fixed(1, self.time_unix_nano)
+            + self
+                .body
+                .as_ref()
+                .map_or(0, |b| encoding::message::encoded_len(5, b))
+            + encoding::message::encoded_len_repeated(6, &self.attributes)
+            + text::bytes_len(9, &self.trace_id)
+            + text::bytes_len(10, &self.span_id)
+            + fixed(11, self.observed_time_unix_nano)
+            + text::encoded_len(12, &self.event_name)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}

@@ -1,0 +1,35 @@
+//! The OTLP trace and log messages as normalisation reads them, decoded without copying: every string and
+//! byte field is a slice of the request body ([`Bytes`], and [`ByteString`] for strings, which is checked to
+//! be UTF-8 as it is decoded, so malformed text is still a decode error).
+//!
+//! Why not `opentelemetry_proto`'s types: they own a `String` per attribute key and value, and allocating and
+//! copying those was half of decoding's cost on the ingest hot path. These messages are wire-compatible with
+//! the OTLP protos and declare only the fields normalisation reads; prost skips the others. Messages with a
+//! string field implement [`prost::Message`] by hand (prost's derive has no zero-copy string), the rest use
+//! the derive. They decode; encoding exists for round-trip tests and for completeness of the trait.
+//!
+//! OTLP/JSON and tests still build `opentelemetry_proto` messages; [`convert`] re-encodes one into these.
+
+mod common;
+mod logs;
+mod text;
+mod trace;
+
+pub use bytestring::ByteString;
+pub use common::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, Resource,
+};
+pub use logs::{LogRecord, LogsRequest, ResourceLogs, ScopeLogs};
+pub use trace::{span, ResourceSpans, ScopeSpans, Span, Status, TracesRequest};
+
+use bytes::Bytes;
+use prost::Message;
+
+/// Re-reads a message of another crate's types (`opentelemetry_proto`'s, from OTLP/JSON or a test) as these
+/// types. Fails only where decoding its encoding would: nesting deeper than prost's recursion limit.
+pub fn convert<W: Message + Default>(message: &impl Message) -> Result<W, prost::DecodeError> {
+    W::decode(Bytes::from(message.encode_to_vec()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,56 @@
+//! The field codecs prost has no zero-copy form of: a `string` field as a [`ByteString`] slice of the body.
+
+use bytes::{Buf, BufMut, Bytes};
+use bytestring::ByteString;
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::DecodeError;
+
+/// Decodes a `string` field as a slice of `buf` (zero-copy when `buf` is a [`Bytes`]), refusing bytes that
+/// are not UTF-8 as prost's own `String` decoding does.
+pub(super) fn merge(
+    wire_type: WireType,
+    value: &mut ByteString,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    let mut raw = Bytes::new();
+    encoding::bytes::merge(wire_type, &mut raw, buf, ctx)?;
+    *value = ByteString::try_from(raw).map_err(|_| not_utf8())?;
+    Ok(())
+}
+
+/// prost offers no other way to build its error from outside; the message is the one prost uses itself.
+#[allow(deprecated)]
+fn not_utf8() -> DecodeError {
+    DecodeError::new("invalid string value: data is not UTF-8 encoded")
+}
+
+/// Encodes a proto3 `string` field (omitted when empty).
+pub(super) fn encode(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        encoding::bytes::encode(tag, value.as_bytes(), buf);
+    }
+}
+
+pub(super) fn encoded_len(tag: u32, value: &ByteString) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        encoding::bytes::encoded_len(tag, value.as_bytes())
+    }
+}
+
+/// Encodes a proto3 `bytes` field (omitted when empty).
+pub(super) fn encode_bytes(tag: u32, value: &Bytes, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        encoding::bytes::encode(tag, value, buf);
+    }
+}
+
+pub(super) fn bytes_len(tag: u32, value: &Bytes) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        encoding::bytes::encoded_len(tag, value)
+    }
+}

@@ -1,0 +1,170 @@
+//! `opentelemetry.proto.collector.trace.v1` and `trace.v1`: an export request's spans (a Kafka
+//! `TracesData` has the same wire form).
+
+use bytes::{Buf, BufMut, Bytes};
+use bytestring::ByteString;
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use super::common::{InstrumentationScope, KeyValue, Resource};
+use super::text;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TracesRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub resource_spans: Vec<ResourceSpans>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResourceSpans {
+    #[prost(message, optional, tag = "1")]
+    pub resource: Option<Resource>,
+    #[prost(message, repeated, tag = "2")]
+    pub scope_spans: Vec<ScopeSpans>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScopeSpans {
+    #[prost(message, optional, tag = "1")]
+    pub scope: Option<InstrumentationScope>,
+    #[prost(message, repeated, tag = "2")]
+    pub spans: Vec<Span>,
+}
+
+/// A span's identity, timing, name, attributes, events and status; ids and name are slices of the body.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Span {
+    pub trace_id: Bytes,
+    pub span_id: Bytes,
+    pub name: ByteString,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Vec<KeyValue>,
+    pub events: Vec<span::Event>,
+    pub status: Option<Status>,
+}
+
+impl Message for Span {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        text::encode_bytes(1, &self.trace_id, buf);
+        text::encode_bytes(2, &self.span_id, buf);
+        text::encode(5, &self.name, buf);
+        if self.start_time_unix_nano != 0 {
+            encoding::fixed64::encode(7, &self.start_time_unix_nano, buf);
+        }
+        if self.end_time_unix_nano != 0 {
+            encoding::fixed64::encode(8, &self.end_time_unix_nano, buf);
+        }
+        encoding::message::encode_repeated(9, &self.attributes, buf);
+        encoding::message::encode_repeated(11, &self.events, buf);
+        if let Some(status) = &self.status {
+            encoding::message::encode(15, status, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx),
+            2 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx),
+            5 => text::merge(wire_type, &mut self.name, buf, ctx),
+            7 => encoding::fixed64::merge(wire_type, &mut self.start_time_unix_nano, buf, ctx),
+            8 => encoding::fixed64::merge(wire_type, &mut self.end_time_unix_nano, buf, ctx),
+            9 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
+            11 => encoding::message::merge_repeated(wire_type, &mut self.events, buf, ctx),
+            15 => encoding::message::merge(
+                wire_type,
+                self.status.get_or_insert_with(Status::default),
+                buf,
+                ctx,
+            ),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let fixed = |tag, v: u64| {
+            if v == 0 {
+                0
+            } else {
+                encoding::fixed64::encoded_len(tag, &v)
+            }
+        };
+        text::bytes_len(1, &self.trace_id)
+            + text::bytes_len(2, &self.span_id)
+            + text::encoded_len(5, &self.name)
+            + fixed(7, self.start_time_unix_nano)
+            + fixed(8, self.end_time_unix_nano)
+            + encoding::message::encoded_len_repeated(9, &self.attributes)
+            + encoding::message::encoded_len_repeated(11, &self.events)
+            + self
+                .status
+                .as_ref()
+                .map_or(0, |s| encoding::message::encoded_len(15, s))
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+pub mod span {
+    use bytes::{Buf, BufMut};
+    use bytestring::ByteString;
+    use prost::encoding::{self, DecodeContext, WireType};
+    use prost::{DecodeError, Message};
+
+    use super::super::text;
+    use super::KeyValue;
+
+    /// A span event: older GenAI instrumentations carry prompt and completion in them.
+    #[derive(Clone, PartialEq, Debug, Default)]
+    pub struct Event {
+        pub name: ByteString,
+        pub attributes: Vec<KeyValue>,
+    }
+
+    impl Message for Event {
+        fn encode_raw(&self, buf: &mut impl BufMut) {
+            text::encode(2, &self.name, buf);
+            encoding::message::encode_repeated(3, &self.attributes, buf);
+        }
+
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            match tag {
+                2 => text::merge(wire_type, &mut self.name, buf, ctx),
+                3 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
+                _ => encoding::skip_field(wire_type, tag, buf, ctx),
+            }
+        }
+
+        fn encoded_len(&self) -> usize {
+            text::encoded_len(2, &self.name)
+                + encoding::message::encoded_len_repeated(3, &self.attributes)
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
+    }
+}
+
+/// A span's status; its message is read only when the span failed, so it is an owned copy.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(int32, tag = "3")]
+    pub code: i32,
+}
