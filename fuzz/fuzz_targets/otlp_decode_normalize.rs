@@ -9,7 +9,8 @@
 //!
 //! Properties: no panic; a decoded request normalises into a batch with exactly the event schema, one row per
 //! AI record plus the skipped count adding up to every record, a known `kind`, a non-empty `event_id` and an
-//! `attributes` value that is a JSON object.
+//! `attributes` value that is a JSON object; and a protobuf body that `opentelemetry_proto`'s owned types decode
+//! decodes to the same fields in Vigil's zero-copy messages.
 
 #![no_main]
 
@@ -20,7 +21,10 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use libfuzzer_sys::fuzz_target;
 use vigil_ingest::decode::{self, Compression, DecodeError, Encoding, Limits};
 use vigil_ingest::schema::{col, event_schema, EventKind};
-use vigil_ingest::{normalize, NormalizeContext, Normalized};
+use vigil_ingest::{normalize, wire, NormalizeContext, Normalized};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 /// Small enough that a run spends its time decoding, not allocating; the tiny caps are below most seeds.
 const LIMITS: Limits = Limits { max_body_bytes: 256 * 1024, max_decompressed_bytes: 1024 * 1024 };
@@ -34,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
     match (selector >> 2) & 3 {
         0 => {
             run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
+            if encoding == Encoding::Protobuf {
+                same_as_owned_decoding(body, logs);
+            }
         }
         1 => {
             let plain = run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
@@ -103,6 +110,24 @@ fn run(
         Ok(debug) => Outcome::Decoded(debug),
         Err(DecodeError::TooLarge { .. }) => Outcome::TooLarge,
         Err(_) => Outcome::Malformed,
+    }
+}
+
+/// Whatever `opentelemetry_proto`'s owned types decode, the zero-copy messages Vigil decodes into
+/// (`vigil_ingest::wire`) decode too, to the same fields. (They may also take more: they skip the fields
+/// normalisation does not read without parsing them.)
+fn same_as_owned_decoding(body: &[u8], logs: bool) {
+    fn check<Owned: Message + Default, Ours: Message + Default + std::fmt::Debug>(body: &[u8]) {
+        let Ok(owned) = Owned::decode(body) else { return };
+        let ours = Ours::decode(bytes::Bytes::copy_from_slice(body))
+            .expect("the zero-copy decoder refused a body prost's owned types decode");
+        let expected: Ours = wire::convert(&owned).expect("an owned message converts");
+        assert_eq!(format!("{ours:?}"), format!("{expected:?}"), "the two decoders disagree");
+    }
+    if logs {
+        check::<ExportLogsServiceRequest, wire::LogsRequest>(body);
+    } else {
+        check::<ExportTraceServiceRequest, wire::TracesRequest>(body);
     }
 }
 

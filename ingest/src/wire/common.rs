@@ -5,7 +5,7 @@ use bytestring::ByteString;
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use super::text;
+use super::field;
 
 /// One attribute. The key is a slice of the request body.
 #[derive(Clone, PartialEq, Debug, Default)]
@@ -16,7 +16,7 @@ pub struct KeyValue {
 
 impl Message for KeyValue {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        text::encode(1, &self.key, buf);
+        field::encode_str(1, &self.key, buf);
         if let Some(value) = &self.value {
             encoding::message::encode(2, value, buf);
         }
@@ -30,19 +30,21 @@ impl Message for KeyValue {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            1 => text::merge(wire_type, &mut self.key, buf, ctx),
+            1 => field::merge_str(wire_type, &mut self.key, buf, ctx)
+                .map_err(field::at("KeyValue", "key")),
             2 => encoding::message::merge(
                 wire_type,
                 self.value.get_or_insert_with(AnyValue::default),
                 buf,
                 ctx,
-            ),
+            )
+            .map_err(field::at("KeyValue", "value")),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        text::encoded_len(1, &self.key)
+        field::str_len(1, &self.key)
             + self
                 .value
                 .as_ref()
@@ -78,24 +80,9 @@ pub mod any_value {
     }
 }
 
-impl Message for AnyValue {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        use any_value::Value::*;
-        // A oneof member is encoded even when it holds its type's default.
-        match &self.value {
-            None => {}
-            Some(StringValue(s)) => encoding::bytes::encode(1, s.as_bytes(), buf),
-            Some(BoolValue(b)) => encoding::bool::encode(2, b, buf),
-            Some(IntValue(i)) => encoding::int64::encode(3, i, buf),
-            Some(DoubleValue(d)) => encoding::double::encode(4, d, buf),
-            Some(ArrayValue(a)) => encoding::message::encode(5, a, buf),
-            Some(KvlistValue(kvs)) => encoding::message::encode(6, kvs, buf),
-            Some(BytesValue(b)) => encoding::bytes::encode(7, b, buf),
-            Some(StringValueStrindex(i)) => encoding::int32::encode(8, i, buf),
-        }
-    }
-
-    fn merge_field(
+impl AnyValue {
+    /// Merges oneof member `tag` (1-8).
+    fn merge_member(
         &mut self,
         tag: u32,
         wire_type: WireType,
@@ -108,7 +95,7 @@ impl Message for AnyValue {
         let value = match tag {
             1 => {
                 let mut s = ByteString::new();
-                text::merge(wire_type, &mut s, buf, ctx)?;
+                field::merge_str(wire_type, &mut s, buf, ctx)?;
                 Value::StringValue(s)
             }
             2 => {
@@ -156,6 +143,38 @@ impl Message for AnyValue {
         };
         self.value = Some(value);
         Ok(())
+    }
+}
+
+impl Message for AnyValue {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        use any_value::Value::*;
+        // A oneof member is encoded even when it holds its type's default.
+        match &self.value {
+            None => {}
+            Some(StringValue(s)) => encoding::bytes::encode(1, s.as_bytes(), buf),
+            Some(BoolValue(b)) => encoding::bool::encode(2, b, buf),
+            Some(IntValue(i)) => encoding::int64::encode(3, i, buf),
+            Some(DoubleValue(d)) => encoding::double::encode(4, d, buf),
+            Some(ArrayValue(a)) => encoding::message::encode(5, a, buf),
+            Some(KvlistValue(kvs)) => encoding::message::encode(6, kvs, buf),
+            Some(BytesValue(b)) => encoding::bytes::encode(7, b, buf),
+            Some(StringValueStrindex(i)) => encoding::int32::encode(8, i, buf),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if !(1..=8).contains(&tag) {
+            return encoding::skip_field(wire_type, tag, buf, ctx);
+        }
+        self.merge_member(tag, wire_type, buf, ctx)
+            .map_err(field::at("AnyValue", "value"))
     }
 
     fn encoded_len(&self) -> usize {

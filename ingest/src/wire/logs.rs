@@ -7,7 +7,7 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use super::common::{AnyValue, InstrumentationScope, KeyValue, Resource};
-use super::text;
+use super::field;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LogsRequest {
@@ -52,12 +52,12 @@ impl Message for LogRecord {
             encoding::message::encode(5, body, buf);
         }
         encoding::message::encode_repeated(6, &self.attributes, buf);
-        text::encode_bytes(9, &self.trace_id, buf);
-        text::encode_bytes(10, &self.span_id, buf);
+        field::encode_bytes(9, &self.trace_id, buf);
+        field::encode_bytes(10, &self.span_id, buf);
         if self.observed_time_unix_nano != 0 {
             encoding::fixed64::encode(11, &self.observed_time_unix_nano, buf);
         }
-        text::encode(12, &self.event_name, buf);
+        field::encode_str(12, &self.event_name, buf);
     }
 
     fn merge_field(
@@ -68,18 +68,25 @@ impl Message for LogRecord {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            1 => encoding::fixed64::merge(wire_type, &mut self.time_unix_nano, buf, ctx),
+            1 => encoding::fixed64::merge(wire_type, &mut self.time_unix_nano, buf, ctx)
+                .map_err(field::at("LogRecord", "time_unix_nano")),
             5 => encoding::message::merge(
                 wire_type,
                 self.body.get_or_insert_with(AnyValue::default),
                 buf,
                 ctx,
-            ),
-            6 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
-            9 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx),
-            10 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx),
-            11 => encoding::fixed64::merge(wire_type, &mut self.observed_time_unix_nano, buf, ctx),
-            12 => text::merge(wire_type, &mut self.event_name, buf, ctx),
+            )
+            .map_err(field::at("LogRecord", "body")),
+            6 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx)
+                .map_err(field::at("LogRecord", "attributes")),
+            9 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx)
+                .map_err(field::at("LogRecord", "trace_id")),
+            10 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx)
+                .map_err(field::at("LogRecord", "span_id")),
+            11 => encoding::fixed64::merge(wire_type, &mut self.observed_time_unix_nano, buf, ctx)
+                .map_err(field::at("LogRecord", "observed_time_unix_nano")),
+            12 => field::merge_str(wire_type, &mut self.event_name, buf, ctx)
+                .map_err(field::at("LogRecord", "event_name")),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -98,10 +105,10 @@ impl Message for LogRecord {
                 .as_ref()
                 .map_or(0, |b| encoding::message::encoded_len(5, b))
             + encoding::message::encoded_len_repeated(6, &self.attributes)
-            + text::bytes_len(9, &self.trace_id)
-            + text::bytes_len(10, &self.span_id)
+            + field::bytes_len(9, &self.trace_id)
+            + field::bytes_len(10, &self.span_id)
             + fixed(11, self.observed_time_unix_nano)
-            + text::encoded_len(12, &self.event_name)
+            + field::str_len(12, &self.event_name)
     }
 
     fn clear(&mut self) {

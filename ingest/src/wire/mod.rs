@@ -1,18 +1,21 @@
 //! The OTLP trace and log messages as normalisation reads them, decoded without copying: every string and
 //! byte field is a slice of the request body ([`Bytes`], and [`ByteString`] for strings, which is checked to
-//! be UTF-8 as it is decoded, so malformed text is still a decode error).
+//! be UTF-8 as it is decoded, so malformed text in a field Vigil reads is still a decode error).
 //!
 //! Why not `opentelemetry_proto`'s types: they own a `String` per attribute key and value, and allocating and
 //! copying those was half of decoding's cost on the ingest hot path. These messages are wire-compatible with
-//! the OTLP protos and declare only the fields normalisation reads; prost skips the others. Messages with a
-//! string field implement [`prost::Message`] by hand (prost's derive has no zero-copy string), the rest use
-//! the derive. They decode; encoding exists for round-trip tests and for completeness of the trait.
+//! the OTLP protos and declare only the fields normalisation reads. prost skips the others by their length
+//! without parsing them, so a malformed field Vigil does not read (a link, `schema_url`, `severity_text`) no
+//! longer fails the request: nothing of it would have been stored. Messages with a string read per span or
+//! per attribute implement [`prost::Message`] by hand (prost's derive has no zero-copy string); the rest use
+//! the derive, and the scope name and status message, one per scope or per failed span, stay owned
+//! `String`s. They decode; encoding exists for round-trip tests and for completeness of the trait.
 //!
 //! OTLP/JSON and tests still build `opentelemetry_proto` messages; [`convert`] re-encodes one into these.
 
 mod common;
+mod field;
 mod logs;
-mod text;
 mod trace;
 
 pub use bytestring::ByteString;

@@ -252,6 +252,10 @@ fn malformed_utf8_in_any_string_is_a_decode_error() {
     body[at] = 0xff;
     let err = TracesRequest::decode(Bytes::from(body)).expect_err("not UTF-8");
     assert!(err.to_string().contains("UTF-8"), "{err}");
+    assert!(
+        err.to_string().contains("Span.name"),
+        "the field is named: {err}"
+    );
 }
 
 #[test]
@@ -287,4 +291,19 @@ fn repeated_array_members_merge_as_prost_does() {
         panic!("array");
     };
     assert_eq!(a.values.len(), 2);
+}
+
+#[test]
+fn a_malformed_field_that_is_not_read_is_skipped_not_parsed() {
+    let mut req = traces();
+    req.resource_spans[0].scope_spans[0].schema_url = "NOT-UTF8".into();
+    let mut body = req.encode_to_vec();
+    let at = body
+        .windows(8)
+        .position(|w| w == b"NOT-UTF8")
+        .expect("the schema url is in the body");
+    body[at] = 0xff;
+    assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
+    let ours = TracesRequest::decode(Bytes::from(body)).expect("schema_url is not declared");
+    assert_eq!(ours, convert(&traces()).expect("converts"));
 }

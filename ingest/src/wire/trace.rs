@@ -7,7 +7,7 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use super::common::{InstrumentationScope, KeyValue, Resource};
-use super::text;
+use super::field;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TracesRequest {
@@ -46,9 +46,9 @@ pub struct Span {
 
 impl Message for Span {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        text::encode_bytes(1, &self.trace_id, buf);
-        text::encode_bytes(2, &self.span_id, buf);
-        text::encode(5, &self.name, buf);
+        field::encode_bytes(1, &self.trace_id, buf);
+        field::encode_bytes(2, &self.span_id, buf);
+        field::encode_str(5, &self.name, buf);
         if self.start_time_unix_nano != 0 {
             encoding::fixed64::encode(7, &self.start_time_unix_nano, buf);
         }
@@ -70,19 +70,27 @@ impl Message for Span {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
-            1 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx),
-            2 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx),
-            5 => text::merge(wire_type, &mut self.name, buf, ctx),
-            7 => encoding::fixed64::merge(wire_type, &mut self.start_time_unix_nano, buf, ctx),
-            8 => encoding::fixed64::merge(wire_type, &mut self.end_time_unix_nano, buf, ctx),
-            9 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
-            11 => encoding::message::merge_repeated(wire_type, &mut self.events, buf, ctx),
+            1 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx)
+                .map_err(field::at("Span", "trace_id")),
+            2 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx)
+                .map_err(field::at("Span", "span_id")),
+            5 => field::merge_str(wire_type, &mut self.name, buf, ctx)
+                .map_err(field::at("Span", "name")),
+            7 => encoding::fixed64::merge(wire_type, &mut self.start_time_unix_nano, buf, ctx)
+                .map_err(field::at("Span", "start_time_unix_nano")),
+            8 => encoding::fixed64::merge(wire_type, &mut self.end_time_unix_nano, buf, ctx)
+                .map_err(field::at("Span", "end_time_unix_nano")),
+            9 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx)
+                .map_err(field::at("Span", "attributes")),
+            11 => encoding::message::merge_repeated(wire_type, &mut self.events, buf, ctx)
+                .map_err(field::at("Span", "events")),
             15 => encoding::message::merge(
                 wire_type,
                 self.status.get_or_insert_with(Status::default),
                 buf,
                 ctx,
-            ),
+            )
+            .map_err(field::at("Span", "status")),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -95,9 +103,9 @@ impl Message for Span {
                 encoding::fixed64::encoded_len(tag, &v)
             }
         };
-        text::bytes_len(1, &self.trace_id)
-            + text::bytes_len(2, &self.span_id)
-            + text::encoded_len(5, &self.name)
+        field::bytes_len(1, &self.trace_id)
+            + field::bytes_len(2, &self.span_id)
+            + field::str_len(5, &self.name)
             + fixed(7, self.start_time_unix_nano)
             + fixed(8, self.end_time_unix_nano)
             + encoding::message::encoded_len_repeated(9, &self.attributes)
@@ -119,7 +127,7 @@ pub mod span {
     use prost::encoding::{self, DecodeContext, WireType};
     use prost::{DecodeError, Message};
 
-    use super::super::text;
+    use super::super::field;
     use super::KeyValue;
 
     /// A span event: older GenAI instrumentations carry prompt and completion in them.
@@ -131,7 +139,7 @@ pub mod span {
 
     impl Message for Event {
         fn encode_raw(&self, buf: &mut impl BufMut) {
-            text::encode(2, &self.name, buf);
+            field::encode_str(2, &self.name, buf);
             encoding::message::encode_repeated(3, &self.attributes, buf);
         }
 
@@ -143,14 +151,16 @@ pub mod span {
             ctx: DecodeContext,
         ) -> Result<(), DecodeError> {
             match tag {
-                2 => text::merge(wire_type, &mut self.name, buf, ctx),
-                3 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx),
+                2 => field::merge_str(wire_type, &mut self.name, buf, ctx)
+                    .map_err(field::at("Event", "name")),
+                3 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx)
+                    .map_err(field::at("Event", "attributes")),
                 _ => encoding::skip_field(wire_type, tag, buf, ctx),
             }
         }
 
         fn encoded_len(&self) -> usize {
-            text::encoded_len(2, &self.name)
+            field::str_len(2, &self.name)
                 + encoding::message::encoded_len_repeated(3, &self.attributes)
         }
 

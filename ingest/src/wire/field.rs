@@ -1,4 +1,6 @@
-//! The field codecs prost has no zero-copy form of: a `string` field as a [`ByteString`] slice of the body.
+//! Field codecs for the hand-written messages: a `string` field as a [`ByteString`] slice of the body (prost has
+//! no zero-copy string), proto3's omission of empty `string` and `bytes` fields when encoding, and the field
+//! path prost's derive adds to a decode error.
 
 use bytes::{Buf, BufMut, Bytes};
 use bytestring::ByteString;
@@ -7,7 +9,7 @@ use prost::DecodeError;
 
 /// Decodes a `string` field as a slice of `buf` (zero-copy when `buf` is a [`Bytes`]), refusing bytes that
 /// are not UTF-8 as prost's own `String` decoding does.
-pub(super) fn merge(
+pub(super) fn merge_str(
     wire_type: WireType,
     value: &mut ByteString,
     buf: &mut impl Buf,
@@ -26,13 +28,13 @@ fn not_utf8() -> DecodeError {
 }
 
 /// Encodes a proto3 `string` field (omitted when empty).
-pub(super) fn encode(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
+pub(super) fn encode_str(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
     if !value.is_empty() {
         encoding::bytes::encode(tag, value.as_bytes(), buf);
     }
 }
 
-pub(super) fn encoded_len(tag: u32, value: &ByteString) -> usize {
+pub(super) fn str_len(tag: u32, value: &ByteString) -> usize {
     if value.is_empty() {
         0
     } else {
@@ -52,5 +54,17 @@ pub(super) fn bytes_len(tag: u32, value: &Bytes) -> usize {
         0
     } else {
         encoding::bytes::encoded_len(tag, value)
+    }
+}
+
+/// Adds `message.field` to a decode error's path, as prost's derive does, so that a 400 names the field
+/// (`Span.name: invalid string value ...`).
+pub(super) fn at(
+    message: &'static str,
+    field: &'static str,
+) -> impl FnOnce(DecodeError) -> DecodeError {
+    move |mut err| {
+        err.push(message, field);
+        err
     }
 }
