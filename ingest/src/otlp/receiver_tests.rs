@@ -328,11 +328,7 @@ async fn http_malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
     let mut req = traces_request(1);
     req.resource_spans[0].scope_spans[0].spans[0].name = "NOT-UTF8".into();
     let mut body = req.encode_to_vec();
-    let at = body
-        .windows(8)
-        .position(|w| w == b"NOT-UTF8")
-        .expect("the name is in the body");
-    body[at] = 0xff;
+    crate::wire::break_utf8(&mut body, b"NOT-UTF8");
     let response = post(
         server.addr,
         "/v1/traces",

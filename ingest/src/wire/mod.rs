@@ -34,5 +34,16 @@ pub fn convert<W: Message + Default>(message: &impl Message) -> Result<W, prost:
     W::decode(Bytes::from(message.encode_to_vec()))
 }
 
+/// Overwrites the first byte of `marker` in an encoded message with 0xff, which never occurs in UTF-8: how a
+/// test makes well-formed protobuf whose string field is not text.
+#[cfg(test)]
+pub(crate) fn break_utf8(body: &mut [u8], marker: &[u8]) {
+    let at = body
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the marker is in the encoded message");
+    body[at] = 0xff;
+}
+
 #[cfg(test)]
 mod tests;

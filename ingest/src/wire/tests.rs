@@ -245,11 +245,7 @@ fn malformed_utf8_in_any_string_is_a_decode_error() {
     // Same length as "chat gpt-4o", so the bytes can be swapped in the encoding.
     span.name = "XXXXXXXXXXX".into();
     let mut body = bad.encode_to_vec();
-    let at = body
-        .windows(11)
-        .position(|w| w == b"XXXXXXXXXXX")
-        .expect("name is in the body");
-    body[at] = 0xff;
+    break_utf8(&mut body, b"XXXXXXXXXXX");
     let err = TracesRequest::decode(Bytes::from(body)).expect_err("not UTF-8");
     assert!(err.to_string().contains("UTF-8"), "{err}");
     assert!(
@@ -298,11 +294,7 @@ fn a_malformed_field_that_is_not_read_is_skipped_not_parsed() {
     let mut req = traces();
     req.resource_spans[0].scope_spans[0].schema_url = "NOT-UTF8".into();
     let mut body = req.encode_to_vec();
-    let at = body
-        .windows(8)
-        .position(|w| w == b"NOT-UTF8")
-        .expect("the schema url is in the body");
-    body[at] = 0xff;
+    break_utf8(&mut body, b"NOT-UTF8");
     assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
     let ours = TracesRequest::decode(Bytes::from(body)).expect("schema_url is not declared");
     assert_eq!(ours, convert(&traces()).expect("converts"));
