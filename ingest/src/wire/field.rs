@@ -1,5 +1,5 @@
 //! Field codecs for the hand-written messages: a `string` field as a [`ByteString`] slice of the body (prost has
-//! no zero-copy string), proto3's omission of empty `string` and `bytes` fields when encoding, and the field
+//! no zero-copy string), proto3's omission of empty `string`, `bytes` and zero `fixed64` fields when encoding, and the field
 //! path prost's derive adds to a decode error.
 
 use bytes::{Buf, BufMut, Bytes};
@@ -27,19 +27,13 @@ fn not_utf8() -> DecodeError {
     DecodeError::new("invalid string value: data is not UTF-8 encoded")
 }
 
-/// Encodes a proto3 `string` field (omitted when empty).
+/// Encodes a proto3 `string` field (omitted when empty): on the wire it is a `bytes` field.
 pub(super) fn encode_str(tag: u32, value: &ByteString, buf: &mut impl BufMut) {
-    if !value.is_empty() {
-        encoding::bytes::encode(tag, value.as_bytes(), buf);
-    }
+    encode_bytes(tag, value.as_bytes(), buf);
 }
 
 pub(super) fn str_len(tag: u32, value: &ByteString) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        encoding::bytes::encoded_len(tag, value.as_bytes())
-    }
+    bytes_len(tag, value.as_bytes())
 }
 
 /// Encodes a proto3 `bytes` field (omitted when empty).
@@ -54,6 +48,21 @@ pub(super) fn bytes_len(tag: u32, value: &Bytes) -> usize {
         0
     } else {
         encoding::bytes::encoded_len(tag, value)
+    }
+}
+
+/// Encodes a proto3 `fixed64` field (omitted when zero): the OTLP timestamps.
+pub(super) fn encode_fixed64(tag: u32, value: u64, buf: &mut impl BufMut) {
+    if value != 0 {
+        encoding::fixed64::encode(tag, &value, buf);
+    }
+}
+
+pub(super) fn fixed64_len(tag: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        encoding::fixed64::encoded_len(tag, &value)
     }
 }
 

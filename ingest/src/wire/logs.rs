@@ -45,18 +45,14 @@ pub struct LogRecord {
 
 impl Message for LogRecord {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        if self.time_unix_nano != 0 {
-            encoding::fixed64::encode(1, &self.time_unix_nano, buf);
-        }
+        field::encode_fixed64(1, self.time_unix_nano, buf);
         if let Some(body) = &self.body {
             encoding::message::encode(5, body, buf);
         }
         encoding::message::encode_repeated(6, &self.attributes, buf);
         field::encode_bytes(9, &self.trace_id, buf);
         field::encode_bytes(10, &self.span_id, buf);
-        if self.observed_time_unix_nano != 0 {
-            encoding::fixed64::encode(11, &self.observed_time_unix_nano, buf);
-        }
+        field::encode_fixed64(11, self.observed_time_unix_nano, buf);
         field::encode_str(12, &self.event_name, buf);
     }
 
@@ -92,14 +88,7 @@ impl Message for LogRecord {
     }
 
     fn encoded_len(&self) -> usize {
-        let fixed = |tag, v: u64| {
-            if v == 0 {
-                0
-            } else {
-                encoding::fixed64::encoded_len(tag, &v)
-            }
-        };
-        fixed(1, self.time_unix_nano)
+        field::fixed64_len(1, self.time_unix_nano)
             + self
                 .body
                 .as_ref()
@@ -107,7 +96,7 @@ impl Message for LogRecord {
             + encoding::message::encoded_len_repeated(6, &self.attributes)
             + field::bytes_len(9, &self.trace_id)
             + field::bytes_len(10, &self.span_id)
-            + fixed(11, self.observed_time_unix_nano)
+            + field::fixed64_len(11, self.observed_time_unix_nano)
             + field::str_len(12, &self.event_name)
     }
 

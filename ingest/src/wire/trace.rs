@@ -49,12 +49,8 @@ impl Message for Span {
         field::encode_bytes(1, &self.trace_id, buf);
         field::encode_bytes(2, &self.span_id, buf);
         field::encode_str(5, &self.name, buf);
-        if self.start_time_unix_nano != 0 {
-            encoding::fixed64::encode(7, &self.start_time_unix_nano, buf);
-        }
-        if self.end_time_unix_nano != 0 {
-            encoding::fixed64::encode(8, &self.end_time_unix_nano, buf);
-        }
+        field::encode_fixed64(7, self.start_time_unix_nano, buf);
+        field::encode_fixed64(8, self.end_time_unix_nano, buf);
         encoding::message::encode_repeated(9, &self.attributes, buf);
         encoding::message::encode_repeated(11, &self.events, buf);
         if let Some(status) = &self.status {
@@ -96,18 +92,11 @@ impl Message for Span {
     }
 
     fn encoded_len(&self) -> usize {
-        let fixed = |tag, v: u64| {
-            if v == 0 {
-                0
-            } else {
-                encoding::fixed64::encoded_len(tag, &v)
-            }
-        };
         field::bytes_len(1, &self.trace_id)
             + field::bytes_len(2, &self.span_id)
             + field::str_len(5, &self.name)
-            + fixed(7, self.start_time_unix_nano)
-            + fixed(8, self.end_time_unix_nano)
+            + field::fixed64_len(7, self.start_time_unix_nano)
+            + field::fixed64_len(8, self.end_time_unix_nano)
             + encoding::message::encoded_len_repeated(9, &self.attributes)
             + encoding::message::encoded_len_repeated(11, &self.events)
             + self
