@@ -33,7 +33,7 @@ pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 
 [ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
 if [ ! -x "$TANSU" ]; then
-  log "installing the tansu broker (about 30 minutes the first time)"
+  log "installing the tansu broker (about 10 minutes on 2 cores, the first time)"
   cargo install tansu@0.6.0 --locked --features dynostore --root "$HOME/.cache/vigil-tools"
   TANSU="$HOME/.cache/vigil-tools/bin/tansu"
 fi

@@ -9,6 +9,7 @@ mod demo;
 mod detection;
 mod harness;
 mod ingest;
+mod kafka;
 mod overload;
 mod python_sdk;
 mod soar;
