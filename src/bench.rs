@@ -778,7 +778,7 @@ async fn sql(args: SqlArgs) -> Result<()> {
             let t = now - span_us + (done as i64 * span_us / args.events as i64);
             let mut rows = traffic.normal(t, n);
             let k = done / chunk;
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 rows.extend(traffic.incident(t, Incident::ALL[(k / 2) % Incident::ALL.len()]));
             }
             let mut builder = vigil_ingest::EventBatchBuilder::with_capacity(rows.len());

@@ -378,8 +378,10 @@ mod tests {
 
     #[test]
     fn effective_config_round_trips_through_toml() {
-        let mut c = Config::default();
-        c.tls = Some(TlsConfig::new("/c.pem", "/k.pem"));
+        let c = Config {
+            tls: Some(TlsConfig::new("/c.pem", "/k.pem")),
+            ..Config::default()
+        };
         let text = toml::to_string_pretty(&c).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.auth, c.auth);

@@ -77,6 +77,19 @@ pub fn expand_macros(sql: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Strin
         .replace("$__timeTo()", &format!("'{t}'"))
 }
 
+/// `vigil dashboards`: prints every shipped panel's SQL with the macros expanded for the last `hours`, one
+/// JSON object per line (`{"dashboard", "panel", "sql"}`), to debug a panel in psql or to test them all.
+pub fn print_queries(hours: i64) {
+    let to = Utc::now();
+    let from = to - chrono::Duration::hours(hours);
+    for (name, json) in FILES {
+        for (panel, sql) in sql_panels(json) {
+            let line = serde_json::json!({ "dashboard": name, "panel": panel, "sql": expand_macros(&sql, from, to) });
+            println!("{line}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,19 +248,6 @@ mod tests {
                     "{name} / {title}: unexpanded macro"
                 );
             }
-        }
-    }
-}
-
-/// `vigil dashboards`: prints every shipped panel's SQL with the macros expanded for the last `hours`, one
-/// JSON object per line (`{"dashboard", "panel", "sql"}`), to debug a panel in psql or to test them all.
-pub fn print_queries(hours: i64) {
-    let to = Utc::now();
-    let from = to - chrono::Duration::hours(hours);
-    for (name, json) in FILES {
-        for (panel, sql) in sql_panels(json) {
-            let line = serde_json::json!({ "dashboard": name, "panel": panel, "sql": expand_macros(&sql, from, to) });
-            println!("{line}");
         }
     }
 }

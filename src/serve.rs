@@ -175,7 +175,7 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
 
     let responder = Responder::open(
         config.respond.clone(),
-        &config.server.data_dir.join("outbox.redb"),
+        config.server.data_dir.join("outbox.redb"),
     )
     .context("opening the alert outbox")?;
     let pipeline = Pipeline::new(

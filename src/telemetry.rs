@@ -203,6 +203,12 @@ impl HttpClient for TokioHttpClient {
     }
 }
 
+/// Colours only for a person at a terminal: a log file or journald gets plain text that grep and awk read.
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,10 +254,4 @@ mod tests {
         assert!(provider("http://c:4318", &bad_ratio).is_err());
         assert!(provider("not a url", &TelemetryConfig::default()).is_err());
     }
-}
-
-/// Colours only for a person at a terminal: a log file or journald gets plain text that grep and awk read.
-fn stderr_is_terminal() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal()
 }

@@ -375,13 +375,13 @@ pub fn generate(sc: &ScenarioConfig) -> Scenario {
         }
     }
     // Agents: tool calls and their own model calls.
-    for a in 0..AGENTS.len() {
+    for (a, agent) in AGENTS.iter().enumerate() {
         let mut t = start + g.rng.random_range(0..10 * sec);
         while t < end {
             let row = g.normal_tool(t, a);
             g.rows.push(row);
             if g.rng.random_bool(0.5) {
-                let row = g.inference(t + 2000, None, Some(AGENTS[a].0), 0);
+                let row = g.inference(t + 2000, None, Some(agent.0), 0);
                 g.rows.push(row);
             }
             let gap: f64 = -g.rng.random_range(f64::EPSILON..1.0f64).ln() / 0.4;

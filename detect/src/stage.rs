@@ -171,6 +171,15 @@ fn flag(a: &BooleanArray, i: usize) -> bool {
     a.is_valid(i) && a.value(i)
 }
 
+/// A token count as a cost: a missing or negative count adds nothing.
+fn tokens(a: &Int64Array, i: usize) -> f64 {
+    if a.is_valid(i) {
+        a.value(i).max(0) as f64
+    } else {
+        0.0
+    }
+}
+
 /// Who did it: the user, else the agent, else the service.
 fn actor<'a>(c: &'a Cols, i: usize) -> (&'static str, &'a str) {
     if let Some(u) = get(c.user, i) {
@@ -416,9 +425,9 @@ impl DetectionStage {
                     }
                 }
             }
-            for k in 0..2 {
+            for (k, model) in models.iter().enumerate() {
                 let enough = st.training[k].len() >= th.behavior_min_train;
-                let due = models[k].is_none() || st.new_since_fit[k] >= th.behavior_refit_every;
+                let due = model.is_none() || st.new_since_fit[k] >= th.behavior_refit_every;
                 if enough && due {
                     st.new_since_fit[k] = 0;
                     to_fit.push((k, st.training[k].iter().copied().collect()));
@@ -861,18 +870,8 @@ fn stateful_row(
         let acc = &mut b.acc;
         if !policy {
             acc.requests += 1;
-            acc.input_tokens += c
-                .input_tokens
-                .is_valid(i)
-                .then(|| c.input_tokens.value(i))
-                .unwrap_or(0)
-                .max(0) as f64;
-            acc.output_tokens += c
-                .output_tokens
-                .is_valid(i)
-                .then(|| c.output_tokens.value(i))
-                .unwrap_or(0)
-                .max(0) as f64;
+            acc.input_tokens += tokens(c.input_tokens, i);
+            acc.output_tokens += tokens(c.output_tokens, i);
             if c.latency.is_valid(i) && c.latency.value(i).is_finite() {
                 acc.latency_sum += c.latency.value(i);
                 acc.latency_n += 1;

@@ -24,8 +24,12 @@ const NEXT_SEQ: &str = "next_seq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// Boxed: `redb::Error` is nearly 200 bytes, and every outbox call returns this error type.
     #[error("outbox {path}: {source}")]
-    Redb { path: PathBuf, source: redb::Error },
+    Redb {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
     #[error("outbox {path}: corrupt record: {source}")]
     Json {
         path: PathBuf,
@@ -157,7 +161,7 @@ impl Outbox {
     fn redb(&self, e: impl Into<redb::Error>) -> OutboxError {
         OutboxError::Redb {
             path: self.path.clone(),
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 
@@ -165,7 +169,7 @@ impl Outbox {
     pub fn open(path: &Path) -> Result<(Outbox, Loaded), OutboxError> {
         let err = |e: redb::Error| OutboxError::Redb {
             path: path.to_path_buf(),
-            source: e,
+            source: Box::new(e),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
@@ -280,7 +284,7 @@ impl Batch<'_> {
     fn redb(&self, e: impl Into<redb::Error>) -> OutboxError {
         OutboxError::Redb {
             path: self.path.to_path_buf(),
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 

@@ -63,7 +63,7 @@ pub async fn run(args: GenerateArgs) -> Result<()> {
             Ok(()) => sent += rows.len() as u64,
             Err(e) => eprintln!("send failed (will go on): {e:#}"),
         }
-        if started.elapsed().as_secs() % 30 == 0 {
+        if started.elapsed().as_secs().is_multiple_of(30) {
             eprintln!("sent {sent} events");
         }
     }

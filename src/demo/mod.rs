@@ -144,7 +144,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
         sent += rows.len() as u64;
 
         let secs = started.elapsed().as_secs();
-        if secs > 0 && secs % 5 == 0 {
+        if secs > 0 && secs.is_multiple_of(5) {
             let stored = count(&http, &b, "SELECT count(*) AS n FROM events")
                 .await
                 .unwrap_or(-1);

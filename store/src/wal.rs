@@ -320,11 +320,14 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
     Ok(out)
 }
 
+/// Where an append's sequence number (or its failure) goes once the group it was written in is durable.
+type AppendAck = oneshot::Sender<Result<u64, String>>;
+
 enum Request {
     Append {
         body: Body,
         entries: Entries,
-        ack: oneshot::Sender<Result<u64, String>>,
+        ack: AppendAck,
     },
     Roll {
         ack: oneshot::Sender<Result<(), String>>,
@@ -558,7 +561,7 @@ impl Writer {
 
     fn process(&mut self, group: Vec<Request>) {
         let mut frames: Vec<(FrameHeader, Body)> = Vec::new();
-        let mut appended: Vec<(u64, Entries, oneshot::Sender<Result<u64, String>>)> = Vec::new();
+        let mut appended: Vec<(u64, Entries, AppendAck)> = Vec::new();
         let mut rolls = Vec::new();
         for req in group {
             match req {

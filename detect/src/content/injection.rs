@@ -438,7 +438,7 @@ fn encoded_signals(text: &str, base: usize, out: &mut Vec<Signal>) {
 
 fn pad(s: &str) -> String {
     let mut p = s.to_string();
-    while p.len() % 4 != 0 {
+    while !p.len().is_multiple_of(4) {
         p.push('=');
     }
     p

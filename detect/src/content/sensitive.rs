@@ -295,7 +295,7 @@ fn vendor_sk(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
             u8::is_ascii_digit,
         ]
         .iter()
-        .filter(|f| b.iter().any(|x| f(x)))
+        .filter(|f| b.iter().any(f))
         .count();
         if classes < 3 || validators::shannon_entropy(b) < 3.5 {
             continue;
@@ -343,7 +343,7 @@ fn generic_secrets(r: &Recognisers, text: &str, found: &mut Vec<Finding>) {
             u8::is_ascii_digit,
         ]
         .iter()
-        .filter(|f| vb.iter().any(|x| f(x)))
+        .filter(|f| vb.iter().any(f))
         .count()
             + usize::from(vb.iter().any(|b| !b.is_ascii_alphanumeric()));
         let confidence = if validators::high_entropy_secret(vb)

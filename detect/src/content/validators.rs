@@ -20,7 +20,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card lengths allowed for a known issuer prefix (IIN ranges of the networks a company would see), or

@@ -173,7 +173,7 @@ impl Refusal {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, ()> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, ()> {
     headers
         .get(name)
         .map(|v| v.to_str().map_err(|_| ()))
