@@ -34,7 +34,7 @@ pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 [ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
 if [ ! -x "$TANSU" ]; then
   log "installing the tansu broker (about 10 minutes on 2 cores, the first time)"
-  cargo install tansu@0.6.0 --locked --features dynostore --root "$HOME/.cache/vigil-tools"
+  env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --features dynostore --root "$HOME/.cache/vigil-tools"
   TANSU="$HOME/.cache/vigil-tools/bin/tansu"
 fi
 python3 -c 'import confluent_kafka, opentelemetry.proto' 2>/dev/null \
