@@ -11,7 +11,7 @@
 # Usage: tests/kafka_e2e.sh            (N=200 messages of 3 spans, M=80; override with N=, M=, SPANS=)
 # Prints `kafka_e2e: P passed, F failed` last (on stdout); exits non-zero on the first failed check.
 # Needs: the vigil binary ($VIGIL_BIN, else $CARGO_TARGET_DIR/debug/vigil, else target/debug/vigil), the
-# tansu broker ($TANSU_BIN, else ~/.cache/vigil-tools/bin/tansu, installed with cargo if missing), python3
+# tansu broker ($TANSU_BIN, else ~/.cache/vigil-tools/bin/tansu, installed by tests/install_tansu.sh if missing), python3
 # with confluent-kafka and opentelemetry-proto (installed with pip if missing).
 set -euo pipefail
 
@@ -32,11 +32,7 @@ PASSED=0
 pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 
 [ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
-if [ ! -x "$TANSU" ]; then
-  log "installing the tansu broker (about 10 minutes on 2 cores, the first time)"
-  env -u CARGO_TARGET_DIR cargo install tansu@0.6.0 --locked --features dynostore --root "$HOME/.cache/vigil-tools"
-  TANSU="$HOME/.cache/vigil-tools/bin/tansu"
-fi
+[ -x "$TANSU" ] || TANSU="$(bash "$ROOT/tests/install_tansu.sh")"
 python3 -c 'import confluent_kafka, opentelemetry.proto' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check confluent-kafka opentelemetry-proto
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::harness::checkout_file;
 use crate::python_sdk::python_has;
 
-/// `$TANSU_BIN`, else where `.ci/run` (and the script) install it.
+/// `$TANSU_BIN`, else where `tests/install_tansu.sh` (run by `.ci/run`) installs it.
 fn tansu() -> Option<PathBuf> {
     let path = std::env::var_os("TANSU_BIN")
         .map(PathBuf::from)
@@ -19,14 +19,14 @@ fn tansu() -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    // The script would build it with `cargo install` (about 10 minutes): too long to do unasked inside a test.
+    // Installing builds it (about 10 minutes): too long to do unasked inside a test.
     assert!(
         std::env::var_os("CI").is_none(),
         "CI must have the tansu broker at {} (see .ci/run)",
         path.display()
     );
     eprintln!(
-        "SKIPPED: no tansu broker at {}; run .ci/run or bash tests/kafka_e2e.sh once to install it",
+        "SKIPPED: no tansu broker at {}; run .ci/run or bash tests/install_tansu.sh once to install it",
         path.display()
     );
     None
