@@ -23,7 +23,7 @@ PARTITIONS=4
 TIMEOUT="${TIMEOUT:-120}"
 
 VIGIL="${VIGIL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/vigil}"
-TANSU="${TANSU_BIN:-$HOME/.cache/vigil-tools/bin/tansu}"
+TANSU="${TANSU_BIN:-}"
 PRODUCE=(python3 "$ROOT/tests/kafka_produce.py")
 
 log() { printf '[kafka_e2e] %s\n' "$*" >&2; }
@@ -32,9 +32,10 @@ PASSED=0
 pass() { PASSED=$((PASSED + 1)); log "ok: $*"; }
 
 [ -x "$VIGIL" ] || { log "no vigil binary at $VIGIL (cargo build, or set VIGIL_BIN)"; exit 1; }
+# Without a usable $TANSU_BIN: the cached broker, installed first if missing.
 [ -x "$TANSU" ] || TANSU="$(bash "$ROOT/tests/install_tansu.sh")"
 python3 -c 'import confluent_kafka, opentelemetry.proto' 2>/dev/null \
-  || python3 -m pip install -q --disable-pip-version-check confluent-kafka opentelemetry-proto
+  || python3 -m pip install -q --disable-pip-version-check -r "$ROOT/tests/requirements.txt"
 
 WORK="$(mktemp -d -t vigil-kafka-e2e.XXXXXX)"
 PIDS=()
