@@ -284,7 +284,15 @@ impl DetectionStage {
             let tool = flag(&c.is_tool, i);
             for (side, arr) in [(0usize, c.prompt), (1, c.response)] {
                 let Some(text) = get(arr, i) else { continue };
-                let hints = content::Hints::of(text);
+                let direct = inference && side == 0;
+                let indirect = tool && side == 1;
+                let injection = (direct || indirect) && rt.on("prompt_injection");
+                // Most texts are not scanned for injection, and its triggers are most of the prefilter.
+                let hints = if injection {
+                    content::Hints::of(text)
+                } else {
+                    content::Hints::sensitive_only(text)
+                };
                 let findings = content::scan_sensitive_with(text, &hints);
                 if inference && rt.on("sensitive_data") {
                     let strong: Vec<&Finding> = findings
@@ -295,9 +303,7 @@ impl DetectionStage {
                         alerts.push(sensitive_alert(c, i, side, text, &findings, &strong, first));
                     }
                 }
-                let direct = inference && side == 0;
-                let indirect = tool && side == 1;
-                if (direct || indirect) && rt.on("prompt_injection") {
+                if injection {
                     if let Some(inj) = content::scan_injection_with(text, &hints)
                         .filter(|f| f.score >= th.injection_min_score)
                     {

@@ -31,6 +31,13 @@ pub fn scan_injection(text: &str) -> Option<InjectionFinding> {
 
 /// [`scan_injection`] with the text's [`Hints`] already computed (they are shared with the sensitive scan).
 pub fn scan_injection_with(text: &str, hints: &Hints) -> Option<InjectionFinding> {
+    let full;
+    let hints = if hints.covers_injection {
+        hints
+    } else {
+        full = Hints::of(text);
+        &full
+    };
     let mut signals = Vec::new();
     collect(text, 0, true, hints, &mut signals);
     combine(signals)
