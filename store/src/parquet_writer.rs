@@ -274,13 +274,18 @@ mod tests {
     use arrow::datatypes::{Field, Schema, TimeUnit};
     use std::sync::Arc;
 
+    /// The `time` column as the event and alert schemas declare it.
+    fn time_field() -> Field {
+        Field::new(
+            TIME,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )
+    }
+
     fn batch(times: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                TIME,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
+            time_field(),
             Field::new("n", DataType::Int64, false),
         ]));
         let t = TimestampMicrosecondArray::from(times.to_vec()).with_timezone("UTC");
@@ -434,11 +439,7 @@ mod tests {
     #[test]
     fn a_flush_skips_text_statistics_and_compaction_writes_them() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                TIME,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
+            time_field(),
             Field::new("model", DataType::Utf8, true),
             Field::new("n", DataType::Int64, false),
         ]));
