@@ -2,6 +2,7 @@
 
 mod admin;
 mod alerts_cli;
+mod allocator;
 mod bench;
 mod config;
 mod dashboards;
@@ -15,10 +16,7 @@ mod telemetry;
 mod token_cli;
 mod verify_cli;
 
-use anyhow::Result;
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use config::{CommonArgs, Config, ServeArgs};
@@ -67,9 +65,16 @@ fn init_tracing(filter: &str) {
     telemetry::init_logging(filter);
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> Result<()> {
+    allocator::keep_freed_memory();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&cli.common, Some(&args))?;
