@@ -6,7 +6,7 @@ use bytestring::ByteString;
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use super::common::{AnyValue, InstrumentationScope, KeyValue, Resource};
+use super::common::{self, AnyValue, InstrumentationScope, KeyValue, Resource};
 use super::field;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,7 +73,7 @@ impl Message for LogRecord {
                 ctx,
             )
             .map_err(field::at("LogRecord", "body")),
-            6 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx)
+            6 => common::merge_attribute(wire_type, &mut self.attributes, buf, ctx)
                 .map_err(field::at("LogRecord", "attributes")),
             9 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx)
                 .map_err(field::at("LogRecord", "trace_id")),

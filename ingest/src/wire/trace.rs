@@ -6,7 +6,7 @@ use bytestring::ByteString;
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use super::common::{InstrumentationScope, KeyValue, Resource};
+use super::common::{self, InstrumentationScope, KeyValue, Resource};
 use super::field;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -76,7 +76,7 @@ impl Message for Span {
                 .map_err(field::at("Span", "start_time_unix_nano")),
             8 => encoding::fixed64::merge(wire_type, &mut self.end_time_unix_nano, buf, ctx)
                 .map_err(field::at("Span", "end_time_unix_nano")),
-            9 => encoding::message::merge_repeated(wire_type, &mut self.attributes, buf, ctx)
+            9 => common::merge_attribute(wire_type, &mut self.attributes, buf, ctx)
                 .map_err(field::at("Span", "attributes")),
             11 => encoding::message::merge_repeated(wire_type, &mut self.events, buf, ctx)
                 .map_err(field::at("Span", "events")),
