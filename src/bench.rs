@@ -251,6 +251,29 @@ fn cpu_seconds() -> f64 {
 /// Pads every prompt to `bytes` with words drawn at random, so no two prompts are alike: a padding that
 /// repeated would let zstd store prompts for nearly nothing and flatter the bytes-per-event figure.
 fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
+    pad_prompts_with(rows, bytes, |p, len| p.push_str(&random_words(len, rng)));
+}
+
+/// Pads every prompt to exactly `bytes` (cutting longer ones) with what `pad` appends: at least the length
+/// it is asked for.
+fn pad_prompts_with(rows: &mut [EventRow], bytes: usize, mut pad: impl FnMut(&mut String, usize)) {
+    for p in rows.iter_mut().filter_map(|r| r.prompt_text.as_mut()) {
+        if p.len() < bytes {
+            let missing = bytes - p.len();
+            pad(p, missing);
+        }
+        let mut cut = bytes.max(1).min(p.len());
+        while !p.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        p.truncate(cut);
+    }
+}
+
+/// At least `len` bytes of prose: a space and a word drawn at random from a few office-work words, and
+/// now and then a number, over and over. ASCII letters, digits and spaces only, so it is the same bytes
+/// inside a JSON string as outside one.
+fn random_words(len: usize, rng: &mut impl rand::Rng) -> String {
     const WORDS: &[&str] = &[
         "please",
         "summarise",
@@ -379,22 +402,15 @@ fn pad_prompts(rows: &mut [EventRow], bytes: usize, rng: &mut impl rand::Rng) {
         "status",
         "blocked",
     ];
-    for r in rows.iter_mut() {
-        if let Some(p) = r.prompt_text.as_mut() {
-            while p.len() < bytes {
-                p.push(' ');
-                p.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-                if rng.random_bool(0.08) {
-                    p.push_str(&format!(" {}", rng.random_range(1..100_000u32)));
-                }
-            }
-            let mut cut = bytes.max(1).min(p.len());
-            while !p.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            p.truncate(cut);
+    let mut text = String::with_capacity(len + 16);
+    while text.len() < len {
+        text.push(' ');
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        if rng.random_bool(0.08) {
+            text.push_str(&format!(" {}", rng.random_range(1..100_000u32)));
         }
     }
+    text
 }
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -428,9 +444,22 @@ async fn grpc_export(
 /// Pre-encoded requests, so the clients measure the server rather than their own encoding.
 struct Workload {
     requests: Vec<Template>,
+    /// Prose that each sent request's prompt padding is cut from, in turn.
+    text: Vec<u8>,
     events_per_request: usize,
     json_bytes_per_event: f64,
 }
+
+/// The prose prompt padding is cut from: enough for about seventy requests of 512 events before a piece
+/// comes round again, far more than one Parquet page (zstd's window there) holds.
+const PADDING_TEXT_BYTES: usize = 16 << 20;
+
+/// The byte that marks prompt padding in a template (JSON and protobuf carry it as it is, and no prompt of
+/// the demo's holds it).
+const PADDING_MARK: u8 = b'~';
+
+/// The shortest run of [`PADDING_MARK`] taken for padding.
+const MIN_PADDING_RUN: usize = 8;
 
 fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
     let mut traffic = Traffic::new(7);
@@ -448,7 +477,10 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
             rows.truncate(batch.saturating_sub(extra.len()));
             rows.extend(extra);
         }
-        pad_prompts(&mut rows, prompt_bytes, &mut rng);
+        // Marked here, filled with fresh prose at each send.
+        pad_prompts_with(&mut rows, prompt_bytes, |p, len| {
+            p.extend(std::iter::repeat_n(char::from(PADDING_MARK), len))
+        });
         let req = traces_request(&rows);
         json_bytes += serde_json::to_vec(&req).map(|v| v.len()).unwrap_or(0);
         events += rows.len();
@@ -456,15 +488,28 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
     }
     Workload {
         requests,
+        text: random_words(PADDING_TEXT_BYTES, &mut rng).into_bytes(),
         events_per_request: batch,
         json_bytes_per_event: json_bytes as f64 / events.max(1) as f64,
     }
 }
 
-/// An encoded request and where its span ids sit, so each send is one copy plus fresh ids.
+impl Workload {
+    /// Request `counter`: a template with span ids and prompt padding of its own.
+    fn request(&self, counter: u64) -> Vec<u8> {
+        self.requests[counter as usize % self.requests.len()].unique(counter, &self.text)
+    }
+}
+
+/// An encoded request, where its span ids sit and where its prompt padding sits, so each send is one copy
+/// plus fresh ids and fresh prose. Before, the 64 templates went out with the same prompts over and over:
+/// a flush that sorted by time put the copies side by side, and zstd stored them for nearly nothing.
 struct Template {
     bytes: Vec<u8>,
     span_ids_at: Vec<usize>,
+    /// (offset, length) of each run of padding.
+    padding_at: Vec<(usize, usize)>,
+    padding_bytes: usize,
 }
 
 impl Template {
@@ -500,16 +545,46 @@ impl Template {
             span_ids_at.push(at);
             from = at + 8;
         }
-        Template { bytes, span_ids_at }
+        let mut padding_at = Vec::new();
+        let mut at = 0;
+        while let Some(start) = bytes[at..].iter().position(|&b| b == PADDING_MARK) {
+            let start = at + start;
+            let len = bytes[start..]
+                .iter()
+                .position(|&b| b != PADDING_MARK)
+                .unwrap_or(bytes.len() - start);
+            // A length, an id or a timestamp may hold the byte too, but not eight times in a row; the few
+            // prompts padded by less keep their marks.
+            if len >= MIN_PADDING_RUN {
+                padding_at.push((start, len));
+            }
+            at = start + len;
+        }
+        let padding_bytes = padding_at.iter().map(|&(_, len)| len).sum();
+        Template {
+            bytes,
+            span_ids_at,
+            padding_at,
+            padding_bytes,
+        }
     }
 
-    /// The request with span ids unique to `counter` (one id space per request).
-    fn unique(&self, counter: u64) -> Vec<u8> {
+    /// The request with span ids unique to `counter` (one id space per request) and its prompt padding cut
+    /// from `text`, the next piece along for each request.
+    fn unique(&self, counter: u64, text: &[u8]) -> Vec<u8> {
         let mut body = self.bytes.clone();
         let mut n = counter << 20;
         for &at in &self.span_ids_at {
             n += 1;
             body[at..at + 8].copy_from_slice(&n.to_be_bytes());
+        }
+        let mut from = (counter as usize).wrapping_mul(self.padding_bytes) % text.len().max(1);
+        for &(at, len) in &self.padding_at {
+            if from + len > text.len() {
+                from = 0;
+            }
+            body[at..at + len].copy_from_slice(&text[from..from + len]);
+            from += len;
         }
         body
     }
@@ -585,15 +660,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                 + per_client_interval.map_or(Duration::ZERO, |iv| {
                     iv.mul_f64(c as f64 / args.clients as f64)
                 });
-            let mut k = c;
             while !stop.load(Ordering::Relaxed) {
                 if let Some(iv) = per_client_interval {
                     next += iv;
                     tokio::time::sleep_until(next.into()).await;
                 }
-                let body = work.requests[k % work.requests.len()]
-                    .unique(counter.fetch_add(1, Ordering::Relaxed));
-                k += args.clients;
+                let body = work.request(counter.fetch_add(1, Ordering::Relaxed));
                 let t = Instant::now();
                 let ok = match grpc.as_mut() {
                     Some(g) => grpc_export(g, &authorization, body).await,
@@ -856,4 +928,46 @@ async fn sql(args: SqlArgs) -> Result<()> {
     );
     store.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    /// The prompts of request `counter`, as the server normalises them.
+    fn prompts(work: &Workload, counter: u64) -> Vec<String> {
+        let body = bytes::Bytes::from(work.request(counter));
+        let request = vigil_ingest::decode::decode_traces(
+            body,
+            vigil_ingest::decode::Encoding::Protobuf,
+            vigil_ingest::decode::Compression::None,
+            &vigil_ingest::decode::Limits::default(),
+        )
+        .expect("a bench request decodes");
+        let batch = vigil_ingest::normalize::traces(&request, &Default::default()).batch;
+        let col = batch
+            .column_by_name(vigil_ingest::schema::col::PROMPT_TEXT)
+            .expect("prompt column");
+        col.as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_send_of_a_template_carries_prompts_of_its_own() {
+        let work = workload(64, 500, 2);
+        // Requests 1 and 3 are the same template.
+        let (a, b) = (prompts(&work, 1), prompts(&work, 3));
+        assert_eq!(a.len(), b.len());
+        assert!(a.len() > 20, "{}", a.len());
+        let padded = a.iter().filter(|p| p.len() == 500).count();
+        assert!(padded > 20, "{padded} prompts of 500 bytes");
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(same < a.len() / 10, "{same} of {} prompts repeated", a.len());
+        let marked = a.iter().filter(|p| p.contains("~~~~~~~~")).count();
+        assert_eq!(marked, 0, "padding marks reached the wire");
+    }
 }

@@ -112,7 +112,7 @@ pub(super) fn stages(args: StagesArgs) -> Result<()> {
             buffered.flush()?;
             measuring = true;
         }
-        let body = bytes::Bytes::from(work.requests[k % work.requests.len()].unique(counter));
+        let body = bytes::Bytes::from(work.request(counter));
         counter += 1;
         k += 1;
         let mut lap = [0f64; NAMES.len()];
