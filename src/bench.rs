@@ -766,6 +766,13 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         rss as f64 / (1024.0 * 1024.0)
     );
     println!("stored:               {:.1} bytes/event in Parquet vs {:.0} bytes/event as OTLP/JSON ({:.1} %)", bytes_per_event, work.json_bytes_per_event, 100.0 * bytes_per_event / work.json_bytes_per_event);
+    let flushes = Flushes::gathered();
+    println!(
+        "flushes:              {} of {:.0} events, {:.2} s each (means, warm-up and the last flush included)",
+        flushes.count,
+        flushes.event_rows as f64 / flushes.count.max(1) as f64,
+        flushes.seconds / flushes.count.max(1) as f64
+    );
     let acknowledged = acked_total.load(Ordering::Relaxed);
     let verdict = if stored_events == acknowledged {
         "every acknowledged event stored"
@@ -777,6 +784,42 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         anyhow::bail!("{acknowledged} events were acknowledged but {stored_events} are stored");
     }
     Ok(())
+}
+
+/// The store's flushes as its Prometheus metrics count them. Under full load flushes run back to back and the
+/// events arriving during one make the next one, so their length, more than `store.flush_bytes`, says how
+/// much the write buffer holds: the line that explains the peak RSS.
+struct Flushes {
+    count: u64,
+    seconds: f64,
+    event_rows: u64,
+}
+
+impl Flushes {
+    fn gathered() -> Self {
+        let mut f = Flushes {
+            count: 0,
+            seconds: 0.0,
+            event_rows: 0,
+        };
+        for family in prometheus::gather() {
+            for m in family.get_metric() {
+                match family.name() {
+                    "vigil_store_flush_seconds" => {
+                        f.count += m.get_histogram().get_sample_count();
+                        f.seconds += m.get_histogram().get_sample_sum();
+                    }
+                    "vigil_store_rows_flushed_total"
+                        if m.get_label().iter().any(|l| l.value() == "events") =>
+                    {
+                        f.event_rows += m.get_counter().get_value() as u64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        f
+    }
 }
 
 /// "N cores, <CPU model>": the line every figure is printed under, since figures mean nothing without it.
@@ -966,7 +1009,11 @@ mod tests {
         let padded = a.iter().filter(|p| p.len() == 500).count();
         assert!(padded > 20, "{padded} prompts of 500 bytes");
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-        assert!(same < a.len() / 10, "{same} of {} prompts repeated", a.len());
+        assert!(
+            same < a.len() / 10,
+            "{same} of {} prompts repeated",
+            a.len()
+        );
         let marked = a.iter().filter(|p| p.contains("~~~~~~~~")).count();
         assert_eq!(marked, 0, "padding marks reached the wire");
     }

@@ -15,6 +15,7 @@ impl Store {
     #[tracing::instrument(level = "debug", name = "store.flush", skip_all, fields(rows, files))]
     pub(crate) async fn flush_buffer(&self) -> Result<(), StoreError> {
         let _guard = self.maintenance.lock().await;
+        let started = std::time::Instant::now();
         let (seq, parts, mut next) = {
             let st = self.shared.state.lock();
             let parts: Vec<_> = [Table::Events, Table::Alerts]
@@ -84,6 +85,7 @@ impl Store {
                     .sum::<i64>(),
             );
         let m = metrics();
+        m.flush_seconds.observe(started.elapsed().as_secs_f64());
         for (table, rows, _) in &written {
             m.flushes.with_label_values(&[table.name()]).inc();
             m.rows_flushed

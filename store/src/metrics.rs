@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     pub wal_bytes: IntCounter,
     pub wal_fsync_seconds: Histogram,
     pub flushes: IntCounterVec,
+    pub flush_seconds: Histogram,
     pub rows_flushed: IntCounterVec,
     pub files: IntGaugeVec,
     pub bytes: IntGaugeVec,
@@ -55,6 +56,14 @@ pub(crate) fn metrics() -> &'static Metrics {
                     "vigil_store_flushes_total",
                     "Buffer flushes to Parquet that wrote rows of this table",
                     &["table"],
+                    r
+                )?,
+                flush_seconds: register_histogram_with_registry!(
+                    "vigil_store_flush_seconds",
+                    "Duration of one flush (encode, upload, audit seal, manifest swap). Under sustained load \
+                     flushes run back to back and the rows arriving during one are the next one's size, so \
+                     this, not store.flush_bytes, sets how much the write buffer holds",
+                    vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
                     r
                 )?,
                 rows_flushed: register_int_counter_vec_with_registry!(

@@ -310,6 +310,19 @@ async fn alerts_are_stored_and_deduplicated_by_alert_id() {
         .is_err());
 }
 
+/// Flushes observed by `vigil_store_flush_seconds`, across every store in this process.
+fn flushes_timed() -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == "vigil_store_flush_seconds")
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_histogram().get_sample_count())
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,7 +336,10 @@ async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
         .append(vec![(Table::Events, events(5..10, T14))])
         .await
         .unwrap();
+    let timed_before = flushes_timed();
     store.flush().await.unwrap();
+    // Other tests in this process flush too, so only "at least one more" is certain.
+    assert!(flushes_timed() > timed_before, "the flush was not timed");
     let mut files = store.snapshot(Table::Events).files;
     files.sort_by_key(|f| f.min_time_us);
     assert_eq!(files.len(), 2);
