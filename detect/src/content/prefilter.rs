@@ -242,7 +242,7 @@ fn has_digit_run(bytes: &[u8]) -> bool {
         true
     };
     let mut blocks = bytes.chunks_exact(64);
-    let chained = (&mut blocks).any(|b| block(digit_mask(b))) || {
+    let chained = blocks.any(|b| block(digit_mask(b))) || {
         let rest = blocks.remainder();
         !rest.is_empty() && {
             let mut last = [0u8; 64];
