@@ -310,17 +310,15 @@ async fn alerts_are_stored_and_deduplicated_by_alert_id() {
         .is_err());
 }
 
-/// Flushes observed by `vigil_store_flush_seconds`, across every store in this process.
-fn flushes_timed() -> u64 {
+/// A histogram's sample count and sum, across every store in this process (they share the registry).
+fn histogram_totals(name: &str) -> (u64, f64) {
     prometheus::gather()
         .iter()
-        .filter(|f| f.name() == "vigil_store_flush_seconds")
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_histogram().get_sample_count())
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_histogram()))
+        .fold((0, 0.0), |(count, sum), h| {
+            (count + h.get_sample_count(), sum + h.get_sample_sum())
         })
-        .sum()
 }
 
 #[tokio::test]
@@ -336,10 +334,13 @@ async fn flush_writes_hive_partitions_sorted_with_time_bounds() {
         .append(vec![(Table::Events, events(5..10, T14))])
         .await
         .unwrap();
-    let timed_before = flushes_timed();
+    let (timed_before, _) = histogram_totals("vigil_store_flush_seconds");
     store.flush().await.unwrap();
     // Other tests in this process flush too, so only "at least one more" is certain.
-    assert!(flushes_timed() > timed_before, "the flush was not timed");
+    assert!(
+        histogram_totals("vigil_store_flush_seconds").0 > timed_before,
+        "the flush was not timed"
+    );
     let mut files = store.snapshot(Table::Events).files;
     files.sort_by_key(|f| f.min_time_us);
     assert_eq!(files.len(), 2);
@@ -650,15 +651,7 @@ async fn append_throughput() {
         callers * calls,
         store.wal_fsyncs()
     );
-    let fsync_secs: f64 = prometheus::gather()
-        .iter()
-        .filter(|f| f.name() == "vigil_wal_fsync_seconds")
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_histogram().get_sample_sum())
-        })
-        .sum();
+    let (_, fsync_secs) = histogram_totals("vigil_wal_fsync_seconds");
     let encode_started = std::time::Instant::now();
     let sample = events(0..per_call, T14);
     for _ in 0..100 {
