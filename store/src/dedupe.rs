@@ -94,12 +94,24 @@ impl DedupeSet {
         if self.capacity == 0 || !self.set.insert(k) {
             return false;
         }
-        self.order.push_back(k);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        // The oldest goes before the newest comes, so a full window never needs room for one more.
+        while self.order.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => self.set.remove(&old),
+                None => break,
+            };
         }
+        if self.order.len() == self.order.capacity() {
+            // Doubling, but never past the window: 5,000,000 ids take 40 MiB, not the 64 MiB of the next
+            // power of two (and the memory the allocator keeps from the copy before).
+            let room = self
+                .order
+                .len()
+                .max(1)
+                .min(self.capacity - self.order.len());
+            self.order.reserve_exact(room);
+        }
+        self.order.push_back(k);
         true
     }
 
@@ -214,6 +226,25 @@ mod tests {
             false,
         )]));
         RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(v.to_vec()))]).unwrap()
+    }
+
+    /// A window of 1.5 M ids past the initial 1 M-id allocation: doubling would have taken 2 M slots.
+    #[test]
+    fn the_eviction_order_grows_to_the_window_and_no_further() {
+        let window = 1_500_000;
+        let mut d = DedupeSet::new(window);
+        for k in 0..2 * window as u64 {
+            assert!(d.insert(k));
+        }
+        assert_eq!(d.len(), window);
+        assert!(
+            d.order.capacity() < window + window / 16,
+            "{}",
+            d.order.capacity()
+        );
+        // The window is still the newest ids: the oldest kept is the one `window` back.
+        assert!(!d.insert(2 * window as u64 - 1));
+        assert!(d.insert(window as u64 - 1));
     }
 
     #[test]
