@@ -45,6 +45,16 @@ fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
     b.finish()
 }
 
+/// Appends `appends` batches of 10 events (ids `e0`, `e1`, ...), one WAL record each.
+async fn append_tens(store: &Store, appends: usize) {
+    for k in 0..appends {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+    }
+}
+
 /// Every `event_id` a query would see: the files are really read through the object store.
 async fn visible_ids(store: &Store, table: Table) -> Vec<String> {
     let col = if table == Table::Events {
@@ -107,12 +117,7 @@ async fn crash_without_flush_replays_every_row_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
-        for k in 0..3 {
-            store
-                .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
-                .await
-                .unwrap();
-        }
+        append_tens(&store, 3).await;
         // Dropped without flush or shutdown: what `kill -9` leaves.
     }
     let store = Store::open(config(dir.path())).await.unwrap();
@@ -529,12 +534,7 @@ async fn a_background_flush_writes_one_flushs_worth_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
-        for k in 0..10 {
-            store
-                .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
-                .await
-                .unwrap();
-        }
+        append_tens(&store, 10).await;
         // Dropped unflushed: the reopened store replays a buffer four flushes deep.
     }
     let store = Store::open(StoreConfig {
@@ -726,12 +726,7 @@ async fn failing_flushes_make_the_store_behind_until_one_succeeds() {
     let _ = std::fs::remove_dir_all(&events_dir);
     std::fs::write(&events_dir, b"not a directory").unwrap();
     store.spawn_background();
-    for k in 0..5 {
-        store
-            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
-            .await
-            .unwrap();
-    }
+    append_tens(&store, 5).await;
     assert!(
         store.is_behind(),
         "50 buffered rows with flush_rows = 10 and every flush failing"
