@@ -14,10 +14,8 @@ pub(crate) enum Portion {
     /// Everything: shutdown, an explicit [`Store::flush`], a store without background tasks.
     All,
     /// The oldest `flush_rows` / `flush_bytes` worth, what the background task writes at a time (it flushes
-    /// again at once while the buffer stays full), so that while flushes keep up the buffer holds about two
-    /// of them. Once it holds two flushes' worth or more, flushes are falling behind, and this is everything:
-    /// a flush's fixed costs (fsyncs, WAL retirement) are then shared by more rows, and the buffer catches up
-    /// as it did when every flush wrote everything.
+    /// again at once while the buffer stays full). A flush of a bounded size bounds the write buffer at
+    /// about two of them whatever the load.
     Oldest,
 }
 
@@ -31,12 +29,13 @@ impl Store {
         let started = std::time::Instant::now();
         let (seq, parts, mut next) = {
             let st = self.shared.state.lock();
-            let (rows, bytes) = (self.shared.flush_rows, self.shared.flush_bytes);
-            let behind = st.buffer.total_rows() >= rows.saturating_mul(2)
-                || st.buffer.total_bytes() >= bytes.saturating_mul(2);
             let seq = match portion {
-                Portion::Oldest if !behind => st.buffer.flush_point(st.last_seq, rows, bytes),
-                _ => st.last_seq,
+                Portion::All => st.last_seq,
+                Portion::Oldest => st.buffer.flush_point(
+                    st.last_seq,
+                    self.shared.flush_rows,
+                    self.shared.flush_bytes,
+                ),
             };
             let parts: Vec<_> = [Table::Events, Table::Alerts]
                 .into_iter()

@@ -529,21 +529,16 @@ async fn background_flushes_by_age_and_shutdown_stops_appends() {
     ));
 }
 
-/// Replays a buffer of 100 unflushed rows (ten appends of ten) into a store with `flush_rows`, lets the
-/// background flush run until it has written `files` files, and returns their row counts and the rows left
-/// buffered.
-async fn background_flush_of_a_replayed_buffer(
-    flush_rows: usize,
-    files: usize,
-) -> (Vec<u64>, usize) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_flush_writes_one_flushs_worth_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
         append_tens(&store, 10).await;
-        // Dropped unflushed: the reopened store replays all of it into its buffer.
+        // Dropped unflushed: the reopened store replays a buffer four flushes deep.
     }
     let store = Store::open(StoreConfig {
-        flush_rows,
+        flush_rows: 25,
         ..config(dir.path())
     })
     .await
@@ -552,39 +547,25 @@ async fn background_flush_of_a_replayed_buffer(
     store.spawn_background();
     let mut snap = store.snapshot(Table::Events);
     for _ in 0..100 {
-        if snap.files.len() >= files {
+        if snap.files.len() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         snap = store.snapshot(Table::Events);
     }
-    // A moment more, in case the background would write more than it should.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    snap = store.snapshot(Table::Events);
-    let written: Vec<u64> = snap.files.iter().map(|f| f.rows).collect();
-    let buffered = snap.buffered.iter().map(|b| b.num_rows()).sum::<usize>();
+    // Whole batches of 10 up to the 25-row mark: 30, 30, 30, and the last 10 wait for more or for their age.
+    let rows: Vec<u64> = snap.files.iter().map(|f| f.rows).collect();
+    assert_eq!(rows, vec![30, 30, 30]);
+    assert_eq!(
+        snap.buffered.iter().map(|b| b.num_rows()).sum::<usize>(),
+        10
+    );
     assert_exactly(visible_ids(&store, Table::Events).await, 100);
     store.shutdown().await.unwrap();
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
     assert!(store.snapshot(Table::Events).buffered.is_empty());
     assert_exactly(visible_ids(&store, Table::Events).await, 100);
-    (written, buffered)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_background_flush_writes_one_flushs_worth_unless_it_is_behind() {
-    // Under two flushes' worth buffered: whole batches of 10 up to the 60-row mark, and the last 40 wait for
-    // more or for their age.
-    assert_eq!(
-        background_flush_of_a_replayed_buffer(60, 1).await,
-        (vec![60], 40)
-    );
-    // Four flushes' worth buffered: flushes are behind, and one flush takes all of it.
-    assert_eq!(
-        background_flush_of_a_replayed_buffer(25, 1).await,
-        (vec![100], 0)
-    );
 }
 
 #[tokio::test]
