@@ -65,19 +65,9 @@ fn init_tracing(filter: &str) {
     telemetry::init_logging(filter);
 }
 
-/// The blocking pool runs Vigil's CPU work (decoding and normalising requests, detection, Parquet encoding)
-/// besides its file I/O, so tokio's default of up to 512 threads only adds threads that queue for the same
-/// cores. Each one also keeps its own allocator pages: under full load `vigil bench ingest` held 24 of them,
-/// and capping the pool at 8 on 2 cores lowered peak RSS by about 60 MiB at the same throughput.
-fn blocking_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (4 * cores).max(8)
-}
-
 fn main() -> Result<()> {
     allocator::keep_freed_memory();
     tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(blocking_threads())
         .enable_all()
         .build()
         .context("starting the async runtime")?
