@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::flush::Portion;
 use crate::Store;
 
 pub(crate) fn spawn(store: &Arc<Store>) {
@@ -24,13 +23,12 @@ pub(crate) fn spawn(store: &Arc<Store>) {
                     _ = shared.flush_wanted.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                // A flush writes the oldest flush's worth; what arrived meanwhile may fill another at once.
-                while shared.should_flush() {
-                    let Some(store) = weak.upgrade() else { return };
-                    if let Err(e) = store.flush_buffer(Portion::Oldest).await {
-                        tracing::error!(error = %e, "flush failed; rows stay in the WAL and the buffer");
-                        break;
-                    }
+                if !shared.should_flush() {
+                    continue;
+                }
+                let Some(store) = weak.upgrade() else { break };
+                if let Err(e) = store.flush().await {
+                    tracing::error!(error = %e, "flush failed; rows stay in the WAL and the buffer");
                 }
             }
         })

@@ -74,22 +74,6 @@ impl Buffer {
             .unwrap_or_default()
     }
 
-    /// Where a background flush stops: the sequence of the batch that brings the oldest buffered events to
-    /// `max_rows` rows or `max_bytes` bytes (whole batches, so a flush may run one batch over), or `last` when
-    /// less is buffered. Flushing everything instead made a flush's size whatever arrived during the one
-    /// before: under full load that drifts well above `flush_bytes`, and the write buffer holds two of them.
-    pub fn flush_point(&self, last: u64, max_rows: usize, max_bytes: usize) -> u64 {
-        let (mut rows, mut bytes) = (0usize, 0usize);
-        for (seq, batch) in &self.events.batches {
-            rows += batch.num_rows();
-            bytes += batch.get_array_memory_size();
-            if rows >= max_rows || bytes >= max_bytes {
-                return (*seq).min(last);
-            }
-        }
-        last
-    }
-
     /// Removes the batches with sequence `<= seq` (they are now in Parquet files listed in the manifest) and
     /// hands them back, so the caller frees their memory (hundreds of megabytes after a full buffer) outside
     /// the lock the request path takes.
@@ -165,34 +149,5 @@ mod tests {
         assert_eq!(b.drain_upto(3).len(), 1);
         assert_eq!(b.total_rows(), 0);
         assert!(b.oldest().is_none() && b.total_bytes() == 0);
-    }
-
-    #[test]
-    fn the_flush_point_ends_the_batch_that_reaches_the_limit() {
-        let mut b = Buffer::default();
-        b.push(1, Table::Events, batch(3));
-        b.push(2, Table::Alerts, batch(1));
-        b.push(3, Table::Events, batch(3));
-        b.push(5, Table::Events, batch(3));
-        // Rows: 3 at seq 1, 6 at seq 3, 9 at seq 5.
-        assert_eq!(b.flush_point(5, 4, usize::MAX), 3);
-        assert_eq!(b.flush_point(5, 6, usize::MAX), 3);
-        assert_eq!(b.flush_point(5, 7, usize::MAX), 5);
-        assert_eq!(
-            b.flush_point(9, 100, usize::MAX),
-            9,
-            "less than the limit: all of it"
-        );
-        let one = b.batches_upto(Table::Events, 1)[0].get_array_memory_size();
-        assert_eq!(
-            b.flush_point(5, usize::MAX, one),
-            1,
-            "bytes limit the flush too"
-        );
-        assert_eq!(
-            b.flush_point(2, 7, usize::MAX),
-            2,
-            "never past the last durable sequence"
-        );
     }
 }

@@ -8,41 +8,22 @@ use crate::metrics::metrics;
 use crate::parquet_writer::write_partitioned;
 use crate::{Store, StoreError, StoredFile, Table};
 
-/// How much of the write buffer a flush writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Portion {
-    /// Everything: shutdown, an explicit [`Store::flush`], a store without background tasks.
-    All,
-    /// The oldest `flush_rows` / `flush_bytes` worth, what the background task writes at a time (it flushes
-    /// again at once while the buffer stays full). A flush of a bounded size bounds the write buffer at
-    /// about two of them whatever the load.
-    Oldest,
-}
-
 /// Files one flush wrote for a table: the table, its row count, each file with its SHA-256.
 type Written = (Table, u64, Vec<(StoredFile, String)>);
 
 impl Store {
     #[tracing::instrument(level = "debug", name = "store.flush", skip_all, fields(rows, files))]
-    pub(crate) async fn flush_buffer(&self, portion: Portion) -> Result<(), StoreError> {
+    pub(crate) async fn flush_buffer(&self) -> Result<(), StoreError> {
         let _guard = self.maintenance.lock().await;
         let started = std::time::Instant::now();
         let (seq, parts, mut next) = {
             let st = self.shared.state.lock();
-            let seq = match portion {
-                Portion::All => st.last_seq,
-                Portion::Oldest => st.buffer.flush_point(
-                    st.last_seq,
-                    self.shared.flush_rows,
-                    self.shared.flush_bytes,
-                ),
-            };
             let parts: Vec<_> = [Table::Events, Table::Alerts]
                 .into_iter()
-                .map(|t| (t, st.buffer.batches_upto(t, seq)))
+                .map(|t| (t, st.buffer.batches_upto(t, st.last_seq)))
                 .filter(|(_, b)| !b.is_empty())
                 .collect();
-            (seq, parts, st.manifest.clone())
+            (st.last_seq, parts, st.manifest.clone())
         };
         if parts.is_empty() {
             return Ok(());

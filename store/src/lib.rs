@@ -379,6 +379,7 @@ impl Store {
         (self.url.clone(), self.objects.store.clone())
     }
 
+    /// Writes everything buffered to Parquet now (on shutdown, and in tests).
     /// True while the write buffer holds several flushes' worth of rows: flushes are failing (object storage
     /// unreachable, disk full) or falling behind ingest. The buffer is memory, so the pipeline refuses new
     /// work (429 / RESOURCE_EXHAUSTED, Kafka pauses) until a flush catches up, instead of growing without
@@ -387,9 +388,8 @@ impl Store {
         self.shared.is_behind()
     }
 
-    /// Writes everything buffered to Parquet now (on shutdown, and in tests).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.flush_buffer(flush::Portion::All).await
+        self.flush_buffer().await
     }
 
     /// Starts the background tasks: age-based flush, compaction and retention. They stop on `shutdown`.

@@ -529,45 +529,6 @@ async fn background_flushes_by_age_and_shutdown_stops_appends() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_background_flush_writes_one_flushs_worth_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open(config(dir.path())).await.unwrap();
-        append_tens(&store, 10).await;
-        // Dropped unflushed: the reopened store replays a buffer four flushes deep.
-    }
-    let store = Store::open(StoreConfig {
-        flush_rows: 25,
-        ..config(dir.path())
-    })
-    .await
-    .unwrap();
-    assert_eq!(store.snapshot(Table::Events).buffered.len(), 10);
-    store.spawn_background();
-    let mut snap = store.snapshot(Table::Events);
-    for _ in 0..100 {
-        if snap.files.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        snap = store.snapshot(Table::Events);
-    }
-    // Whole batches of 10 up to the 25-row mark: 30, 30, 30, and the last 10 wait for more or for their age.
-    let rows: Vec<u64> = snap.files.iter().map(|f| f.rows).collect();
-    assert_eq!(rows, vec![30, 30, 30]);
-    assert_eq!(
-        snap.buffered.iter().map(|b| b.num_rows()).sum::<usize>(),
-        10
-    );
-    assert_exactly(visible_ids(&store, Table::Events).await, 100);
-    store.shutdown().await.unwrap();
-    drop(store);
-    let store = Store::open(config(dir.path())).await.unwrap();
-    assert!(store.snapshot(Table::Events).buffered.is_empty());
-    assert_exactly(visible_ids(&store, Table::Events).await, 100);
-}
-
 #[tokio::test]
 async fn flush_by_row_count_without_background() {
     let dir = tempfile::tempdir().unwrap();
