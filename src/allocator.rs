@@ -11,9 +11,9 @@
 //! virtual machines Vigil is benchmarked on, a fresh page costs the hypervisor too: with purging on, page
 //! faults and the `madvise` calls behind them were a tenth of `vigil bench ingest`'s CPU, and the same build
 //! sustained 97,000-116,000 events/s against 148,000-168,000 with purging off, alternated on one host. So
-//! Vigil keeps freed memory: RSS stays at its high-water mark (770-840 MiB there, against 550-570; about
-//! 1 GiB at full rate once the benchmark's prompts were unique), which the write buffer (one flush's worth of
-//! rows being written plus those arriving meanwhile) and `pipeline.max_in_flight` bound.
+//! Vigil keeps freed memory: RSS stays at its high-water mark (770-840 MiB there, against 550-570; 740-860
+//! MiB at full rate with unique prompts, since detection left the blocking pool), which the write buffer (one
+//! flush's worth of rows being written plus those arriving meanwhile) and `pipeline.max_in_flight` bound.
 //! `MIMALLOC_PURGE_DELAY` in the environment still wins.
 
 #[global_allocator]
