@@ -90,10 +90,10 @@ impl Pipeline {
 }
 
 /// Batches up to this many rows are detected on the async worker that carries the request (about 1 ms of
-/// CPU for a 512-event export), larger ones on the blocking pool. A hand-off per request to the blocking
-/// pool, which grew to dozens of threads under load, cost peak RSS: memory a batch was allocated from stays
-/// with the thread that allocated it until that thread allocates again, and parked pool threads do not.
-/// Detected inline, full-rate `vigil bench ingest` runs peaked at 722-767 MiB against 814-855 MiB (12 s,
+/// CPU for a 512-event export), larger ones on the blocking pool. A second hand-off per request to the
+/// blocking pool, which grew to dozens of threads under load, cost peak RSS (likely the allocator pages each
+/// pool thread keeps; decoding there too is not the cost, as normalising inline changed nothing). Detected
+/// inline, full-rate `vigil bench ingest` runs peaked at 722-767 MiB against 814-855 MiB (12 s,
 /// three alternated runs each) and 847 / 852 MiB against 981 / 919 MiB (45 s), at the same rate and ack
 /// latency.
 const DETECT_INLINE_ROWS: usize = 2048;

@@ -113,21 +113,23 @@ impl DedupeSet {
         k as usize & self.mask()
     }
 
-    /// The slot index holding `k`, if remembered.
-    fn find(&self, k: u64) -> Option<usize> {
-        let fp = self.fingerprint(k);
-        let fp_mask = !((1u64 << self.pos_bits) - 1) as u32;
+    /// The first slot of the probe run from `k`'s home that `hit` accepts.
+    fn probe(&self, k: u64, hit: impl Fn(u32) -> bool) -> Option<usize> {
         let mut i = self.home(k);
-        loop {
-            let v = self.slots[i];
-            if v == 0 {
-                return None;
-            }
-            if v & fp_mask == fp && self.ring[self.position(v)] == k {
+        while self.slots[i] != 0 {
+            if hit(self.slots[i]) {
                 return Some(i);
             }
             i = (i + 1) & self.mask();
         }
+        None
+    }
+
+    /// The slot index holding `k`, if remembered.
+    fn find(&self, k: u64) -> Option<usize> {
+        let fp = self.fingerprint(k);
+        let fp_mask = !((1u64 << self.pos_bits) - 1) as u32;
+        self.probe(k, |v| v & fp_mask == fp && self.ring[self.position(v)] == k)
     }
 
     /// Empties slot `i`, moving later slots of the same probe run back so that every id stays reachable
@@ -178,14 +180,8 @@ impl DedupeSet {
         let pos = (self.next % self.capacity as u64) as usize;
         if pos < self.ring.len() {
             // The oldest goes before the newest comes; its slot is gone already if it was forgotten.
-            let old = self.ring[pos];
-            let mut i = self.home(old);
-            while self.slots[i] != 0 {
-                if self.position(self.slots[i]) == pos {
-                    self.remove_at(i);
-                    break;
-                }
-                i = (i + 1) & self.mask();
+            if let Some(i) = self.probe(self.ring[pos], |v| self.position(v) == pos) {
+                self.remove_at(i);
             }
             self.ring[pos] = k;
         } else {
