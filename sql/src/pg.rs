@@ -45,7 +45,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use vigil_ingest::security::{record_failure, Authenticator, Scope};
+use vigil_ingest::security::{record_failure, AuthFailure, Authenticator, Scope};
 
 use crate::context::{read_only_options, Interface, QueryLimits};
 use crate::error::QueryError;
@@ -270,6 +270,9 @@ impl StartupHandler for PasswordStartup {
                     .unwrap_or_default()
                     .to_owned();
                 if self.auth.check(&user, &pwd.password) {
+                    client
+                        .metadata_mut()
+                        .insert(LOGGED_IN.to_owned(), "true".to_owned());
                     finish_authentication(client, &self.parameters).await?;
                 } else {
                     tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
@@ -280,6 +283,26 @@ impl StartupHandler for PasswordStartup {
         }
         Ok(())
     }
+}
+
+/// Set in a connection's metadata once its password was accepted.
+const LOGGED_IN: &str = "vigil.logged_in";
+
+/// Refuses a statement on a connection that never logged in. pgwire answers a failed login with a FATAL
+/// error and shuts its sending half, but keeps reading and hands later messages to the query handlers as if
+/// the connection were ready: a client that pipelines Startup, a wrong password and a query would have the
+/// query planned and run (its rows unread, its cost and timing not). So every handler checks for itself.
+fn require_login<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<()> {
+    if client.metadata().contains_key(LOGGED_IN) {
+        return Ok(());
+    }
+    record_failure(LISTENER, &AuthFailure::Missing);
+    tracing::info!(peer = %client.socket_addr(), "pg statement refused: not logged in");
+    Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        "28000".to_owned(),
+        "not logged in".to_owned(),
+    ))))
 }
 
 type DfStatement = (String, Option<(Statement, LogicalPlan)>);
@@ -428,6 +451,7 @@ impl SimpleQueryHandler for GuardedService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        require_login(client)?;
         let started = Instant::now();
         let statements = match parse_and_guard(&self.sql_parser, query) {
             Ok(s) => s,
@@ -488,6 +512,7 @@ impl ExtendedQueryHandler for GuardedService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        require_login(client)?;
         // The statement passed the guard and the plan check in `GuardedParser::parse_sql`.
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
@@ -531,6 +556,7 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        require_login(client)?;
         let started = Instant::now();
         let checked = async {
             let statements = parse_and_guard(&self.sql_parser, sql)?;
@@ -864,6 +890,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, vec![vec![Some("33".to_string())]]);
+    }
+
+    /// pgwire keeps reading after it refuses a login: statements pipelined behind a wrong password reach the
+    /// query handlers, which must refuse them (and count it) rather than run them.
+    #[tokio::test]
+    async fn statements_pipelined_behind_a_wrong_password_are_refused() {
+        use bytes::BytesMut;
+        use postgres_protocol::message::frontend;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let server = start(QueryLimits::default()).await;
+        for extended in [false, true] {
+            let before = failures("missing");
+            let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let mut out = BytesMut::new();
+            frontend::startup_message([("user", "vigil"), ("database", "vigil")], &mut out)
+                .unwrap();
+            frontend::password_message(b"not the password", &mut out).unwrap();
+            if extended {
+                frontend::parse("", "SELECT count(*) FROM events", [], &mut out).unwrap();
+                frontend::sync(&mut out);
+            } else {
+                frontend::query("SELECT count(*) FROM events", &mut out).unwrap();
+            }
+            socket.write_all(&out).await.unwrap();
+            let mut said = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut said)).await;
+            assert!(
+                String::from_utf8_lossy(&said)
+                    .to_lowercase()
+                    .contains("password authentication failed"),
+                "{said:?}"
+            );
+            // The server reads the statement after it has answered the login, so wait for the count.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while failures("missing") == before {
+                assert!(
+                    Instant::now() < deadline,
+                    "a statement after a failed login was not refused (extended: {extended})"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // A client that logs in is unaffected.
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &["-c", "SELECT count(*) FROM events"],
+        )
+        .await;
+        assert_eq!(stdout(&out), "33", "{}", stderr(&out));
     }
 
     #[tokio::test]
