@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use tokio::sync::{broadcast, Semaphore};
-use vigil_detect::{alerts_to_batch, Alert, DetectionStage};
+use vigil_detect::{alerts_to_batch, Alert, Detection, DetectionStage};
 use vigil_ingest::{Admission, EventSink, SinkError};
 use vigil_respond::Responder;
 use vigil_store::{Store, Table};
@@ -98,6 +98,29 @@ impl Pipeline {
 /// latency.
 const DETECT_INLINE_ROWS: usize = 2048;
 
+/// Detects one batch, a panic becoming an internal error of this request: a bug in one detector must not
+/// drop the client's connection without an answer, nor unwind a Kafka consumer's task.
+fn detect_contained(
+    detection: &DetectionStage,
+    span: &tracing::Span,
+    batch: &RecordBatch,
+) -> Result<Detection, SinkError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        span.in_scope(|| {
+            // For the end-to-end test of this containment (`FAILPOINTS=detection=panic`).
+            fail::fail_point!("detection");
+            detection.process(batch)
+        })
+    }))
+    .map_err(|_| {
+        tracing::error!(
+            events = batch.num_rows(),
+            "detection panicked; the request is refused"
+        );
+        SinkError::Internal("detection failed on this batch".into())
+    })
+}
+
 #[async_trait::async_trait]
 impl EventSink for Pipeline {
     /// At most `max_in_flight` requests are decoded, detected and written at once; a request waits up to
@@ -142,12 +165,12 @@ impl EventSink for Pipeline {
         metrics::record(Stage::Decode, received - admitted);
         let span = tracing::debug_span!("detect.process", events = batch.num_rows() as i64);
         let detected = if batch.num_rows() <= DETECT_INLINE_ROWS {
-            span.in_scope(|| self.detection.process(&batch))
+            detect_contained(&self.detection, &span, &batch)?
         } else {
             let detection = self.detection.clone();
-            tokio::task::spawn_blocking(move || span.in_scope(|| detection.process(&batch)))
+            tokio::task::spawn_blocking(move || detect_contained(&detection, &span, &batch))
                 .await
-                .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))?
+                .map_err(|e| SinkError::Internal(format!("detection task failed: {e}")))??
         };
         let detected_at = Instant::now();
         metrics::record(Stage::Detect, detected_at - received);

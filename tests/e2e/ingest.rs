@@ -360,3 +360,38 @@ async fn malformed_and_oversized_payloads_are_refused_and_the_server_keeps_servi
         "each rejection is counted: {rejected}\n{metrics}"
     );
 }
+
+/// A detector that panics fails its request with an internal error (500 / INTERNAL), counted, and the server
+/// keeps serving: detection runs on the request's own task for small exports, where an uncaught panic would
+/// drop the connection without an answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_detector_fails_its_request_and_the_server_keeps_serving() {
+    let v = Vigil::start_with(&[], &[("FAILPOINTS", "detection=panic")]).await;
+    let request = || traces_request(&sample_rows(3, chrono::Utc::now().timestamp_micros()));
+    let resp = post(
+        &v,
+        "/v1/traces",
+        "application/x-protobuf",
+        false,
+        request().encode_to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status(), 500);
+    let mut client = v.grpc_client().await;
+    let status = client.export(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    // The same connection still answers.
+    let status = client.export(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    let metrics = v.metrics().await;
+    let internal: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("vigil_ingest_rejected_total") && l.contains("internal"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        internal >= 3.0,
+        "each failure is counted: {internal}\n{metrics}"
+    );
+    assert_eq!(v.count("SELECT count(*) FROM events").await, 0);
+}
