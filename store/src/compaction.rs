@@ -64,12 +64,24 @@ impl Store {
         };
         let mut inputs = Vec::with_capacity(group.len());
         for f in &group {
-            inputs.push(self.objects.get(&f.path).await?);
+            let sealed = self.audit.sealed_sha256(&f.path);
+            inputs.push((f.path.clone(), sealed, self.objects.get(&f.path).await?));
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
         let encoded = tokio::task::spawn_blocking(move || -> Result<EncodedFile, StoreError> {
             let mut all = Vec::new();
-            for bytes in inputs {
+            for (path, sealed, bytes) in inputs {
+                // The output is sealed afresh and the inputs retired: merging a file changed since it was
+                // sealed would launder the change into a file the chain vouches for.
+                let found = parquet_writer::sha256_hex(&bytes);
+                if sealed.as_deref() != Some(found.as_str()) {
+                    metrics().compaction_refused_tampered.inc();
+                    return Err(StoreError::Audit(format!(
+                        "compaction refused: {path} is not the file the audit chain sealed (SHA-256 {found}, \
+                         sealed {}); run `vigil verify`",
+                        sealed.as_deref().unwrap_or("never")
+                    )));
+                }
                 all.extend(parquet_writer::decode(bytes, None)?);
             }
             let mut files = parquet_writer::encode_partitioned(

@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub buffered_rows: IntGaugeVec,
     pub duplicates: IntCounterVec,
     pub compaction_files_merged: IntCounter,
+    pub compaction_refused_tampered: IntCounter,
     pub retention_partitions_deleted: IntCounterVec,
     pub audit_entries: IntCounter,
     pub audit_seq: IntGauge,
@@ -99,6 +100,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 compaction_files_merged: register_int_counter_with_registry!(
                     "vigil_compaction_files_merged_total",
                     "Parquet files replaced by compaction",
+                    r
+                )?,
+                compaction_refused_tampered: register_int_counter_with_registry!(
+                    "vigil_compaction_refused_tampered_total",
+                    "Compactions refused because an input no longer matched its sealed SHA-256",
                     r
                 )?,
                 retention_partitions_deleted: register_int_counter_vec_with_registry!(

@@ -362,6 +362,45 @@ async fn compaction_and_retention_append_to_the_chain_and_it_stays_clean() {
     drop(store);
 }
 
+/// Two sealed files of one partition swapped: each is still valid Parquet with the same row count, so only
+/// the hashes tell. Compaction must refuse to merge them (a merged file is sealed afresh and would launder
+/// the change), leave both in place and the chain as it was, so `verify` still names them.
+#[tokio::test]
+async fn compaction_refuses_inputs_changed_since_they_were_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    for k in 0..2 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let files = event_files(&store);
+    assert_eq!(files.len(), 2);
+    let (a, b) = (dir.path().join(&files[0]), dir.path().join(&files[1]));
+    let (bytes_a, bytes_b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    std::fs::write(&a, &bytes_b).unwrap();
+    std::fs::write(&b, &bytes_a).unwrap();
+    let before = entries(dir.path());
+
+    let err = store.compact().await.unwrap_err().to_string();
+    assert!(err.contains("not the file the audit chain sealed"), "{err}");
+    assert_eq!(event_files(&store), files, "the inputs stay live");
+    assert_eq!(entries(dir.path()), before, "nothing appended to the chain");
+    let report = verify(dir.path()).await;
+    let changed: Vec<_> = report
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Changed { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changed.len(), 2, "{report}");
+    drop(store);
+}
+
 #[tokio::test]
 async fn crash_leftovers_are_reconciled_on_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -202,6 +202,16 @@ impl AuditLog {
         self.inner.lock().state.live.contains_key(path)
     }
 
+    /// The SHA-256 a live file was sealed with, if the chain has it live.
+    pub fn sealed_sha256(&self, path: &str) -> Option<String> {
+        self.inner
+            .lock()
+            .state
+            .live
+            .get(path)
+            .map(|x| x.sha256.clone())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.inner.lock().next_seq == 1
     }
