@@ -109,6 +109,10 @@ pub enum DecodeError {
         compression: Compression,
         source: std::io::Error,
     },
+    #[error(
+        "the request decodes to more than {limit} bytes of messages (mostly empty or tiny ones); send fewer per request"
+    )]
+    Expands { limit: usize },
     #[error("malformed OTLP protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
     #[error("malformed OTLP/JSON: {0}")]
@@ -125,7 +129,7 @@ pub fn decode_traces(
 ) -> Result<wire::TracesRequest, DecodeError> {
     let message = inflate(body, compression, limits)?;
     match encoding {
-        Encoding::Protobuf => Ok(wire::TracesRequest::decode(message)?),
+        Encoding::Protobuf => within_budget(message, wire::TracesRequest::decode),
         Encoding::Json => from_json::<ExportTraceServiceRequest, _>(&message),
     }
 }
@@ -139,7 +143,7 @@ pub fn decode_logs(
 ) -> Result<wire::LogsRequest, DecodeError> {
     let message = inflate(body, compression, limits)?;
     match encoding {
-        Encoding::Protobuf => Ok(wire::LogsRequest::decode(message)?),
+        Encoding::Protobuf => within_budget(message, wire::LogsRequest::decode),
         Encoding::Json => from_json::<ExportLogsServiceRequest, _>(&message),
     }
 }
@@ -157,6 +161,19 @@ pub fn decode_metrics(
         Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(message)?),
         Encoding::Json => Ok(serde_json::from_slice(&message)?),
     }
+}
+
+/// Decodes protobuf within the memory budget for its size ([`wire::budget`]).
+fn within_budget<W>(
+    message: Bytes,
+    decode: impl FnOnce(Bytes) -> Result<W, prost::DecodeError>,
+) -> Result<W, DecodeError> {
+    let len = message.len();
+    wire::budget::within(len, || decode(message))
+        .ok_or(DecodeError::Expands {
+            limit: wire::budget::limit(len),
+        })?
+        .map_err(DecodeError::from)
 }
 
 /// OTLP/JSON goes through `opentelemetry_proto`'s serde types (hex ids, int64 as strings) and is re-read as
@@ -274,6 +291,54 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(bytes).expect("write to Vec");
         encoder.finish().expect("finish gzip")
+    }
+
+    /// A length-delimited protobuf field, written by hand.
+    fn field(tag: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Empty spans are two bytes on the wire and a couple of hundred in memory; a span's first attribute
+    /// reserves room for two dozen. A gzipped body of a few kilobytes, inside every size cap, is refused
+    /// before it expands into hundreds of megabytes; spans of a real shape still decode.
+    #[test]
+    fn a_body_of_empty_messages_is_refused_before_it_expands() {
+        let limits = Limits::default();
+        for (what, span) in [
+            ("empty spans", &[0x12u8, 0x00][..]),
+            (
+                "spans of one empty attribute",
+                &[0x12, 0x02, 0x4a, 0x00][..],
+            ),
+        ] {
+            let spans = span.repeat(1_000_000);
+            let request = field(1, &field(2, &spans));
+            let body = gzip(&request);
+            assert!(body.len() < 64 * 1024 && request.len() <= limits.max_decompressed_bytes);
+            let err = decode_traces(
+                Bytes::from(body),
+                Encoding::Protobuf,
+                Compression::Gzip,
+                &limits,
+            )
+            .unwrap_err();
+            assert!(matches!(err, DecodeError::Expands { .. }), "{what}: {err}");
+        }
+        let mut many = sample_traces();
+        let span = many.resource_spans[0].scope_spans[0].spans[0].clone();
+        many.resource_spans[0].scope_spans[0].spans = vec![span; 20_000];
+        let decoded = decode_traces(
+            Bytes::from(many.encode_to_vec()),
+            Encoding::Protobuf,
+            Compression::None,
+            &limits,
+        )
+        .expect("small real spans fit the budget");
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 20_000);
     }
 
     #[test]

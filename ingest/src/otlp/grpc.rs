@@ -342,7 +342,7 @@ impl GrpcReceiver {
     fn status(&self, err: &ExportError) -> Status {
         let message = err.to_string();
         match err {
-            ExportError::Decode(DecodeError::TooLarge { .. }) => {
+            ExportError::Decode(DecodeError::TooLarge { .. } | DecodeError::Expands { .. }) => {
                 status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>)
             }
             ExportError::Decode(_) => {

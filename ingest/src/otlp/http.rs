@@ -104,7 +104,7 @@ impl Refusal {
 
     fn from_decode(err: &DecodeError) -> Self {
         match err {
-            DecodeError::TooLarge { .. } => Refusal::new(
+            DecodeError::TooLarge { .. } | DecodeError::Expands { .. } => Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 tonic::Code::InvalidArgument,
                 Rejection::TooLarge,

@@ -177,7 +177,9 @@ pub(crate) enum ExportError {
 impl ExportError {
     fn rejection(&self) -> Rejection {
         match self {
-            ExportError::Decode(DecodeError::TooLarge { .. }) => Rejection::TooLarge,
+            ExportError::Decode(DecodeError::TooLarge { .. } | DecodeError::Expands { .. }) => {
+                Rejection::TooLarge
+            }
             ExportError::Decode(_) => Rejection::Malformed,
             ExportError::Sink(err) => rejection_of(err),
         }

@@ -8,10 +8,21 @@ use prost::{DecodeError, Message};
 use super::field;
 
 /// One attribute. The key is a slice of the request body.
-#[derive(Clone, PartialEq, Debug, Default)]
+#[derive(Clone, PartialEq, Debug)]
 pub struct KeyValue {
     pub key: ByteString,
     pub value: Option<AnyValue>,
+}
+
+impl Default for KeyValue {
+    /// Charged to the decode budget ([`super::budget`]): prost creates each attribute this way.
+    fn default() -> Self {
+        super::budget::charge(std::mem::size_of::<KeyValue>());
+        KeyValue {
+            key: ByteString::new(),
+            value: None,
+        }
+    }
 }
 
 impl Message for KeyValue {
@@ -69,15 +80,24 @@ pub(super) fn merge_attribute(
     ctx: DecodeContext,
 ) -> Result<(), DecodeError> {
     if attributes.capacity() == 0 {
+        super::budget::charge(ATTRIBUTES_HINT * std::mem::size_of::<KeyValue>());
         attributes.reserve_exact(ATTRIBUTES_HINT);
     }
     encoding::message::merge_repeated(wire_type, attributes, buf, ctx)
 }
 
 /// An attribute value: OTLP's `oneof value`, with strings and bytes as slices of the request body.
-#[derive(Clone, PartialEq, Debug, Default)]
+#[derive(Clone, PartialEq, Debug)]
 pub struct AnyValue {
     pub value: Option<any_value::Value>,
+}
+
+impl Default for AnyValue {
+    /// Charged to the decode budget: prost creates each element of an array value this way.
+    fn default() -> Self {
+        super::budget::charge(std::mem::size_of::<AnyValue>());
+        AnyValue { value: None }
+    }
 }
 
 pub mod any_value {

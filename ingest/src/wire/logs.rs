@@ -32,7 +32,7 @@ pub struct ScopeLogs {
 }
 
 /// A log record's timing, body, attributes, ids and event name (severity is not read).
-#[derive(Clone, PartialEq, Debug, Default)]
+#[derive(Clone, PartialEq, Debug)]
 pub struct LogRecord {
     pub time_unix_nano: u64,
     pub observed_time_unix_nano: u64,
@@ -41,6 +41,22 @@ pub struct LogRecord {
     pub trace_id: Bytes,
     pub span_id: Bytes,
     pub event_name: ByteString,
+}
+
+impl Default for LogRecord {
+    /// Charged to the decode budget, as a span is.
+    fn default() -> Self {
+        super::budget::charge(std::mem::size_of::<LogRecord>());
+        LogRecord {
+            time_unix_nano: 0,
+            observed_time_unix_nano: 0,
+            body: None,
+            attributes: Vec::new(),
+            trace_id: Bytes::new(),
+            span_id: Bytes::new(),
+            event_name: ByteString::new(),
+        }
+    }
 }
 
 impl Message for LogRecord {

@@ -13,6 +13,7 @@
 //!
 //! OTLP/JSON and tests still build `opentelemetry_proto` messages; [`convert`] re-encodes one into these.
 
+pub mod budget;
 mod common;
 mod field;
 mod logs;

@@ -32,7 +32,7 @@ pub struct ScopeSpans {
 }
 
 /// A span's identity, timing, name, attributes, events and status; ids and name are slices of the body.
-#[derive(Clone, PartialEq, Debug, Default)]
+#[derive(Clone, PartialEq, Debug)]
 pub struct Span {
     pub trace_id: Bytes,
     pub span_id: Bytes,
@@ -42,6 +42,23 @@ pub struct Span {
     pub attributes: Vec<KeyValue>,
     pub events: Vec<span::Event>,
     pub status: Option<Status>,
+}
+
+impl Default for Span {
+    /// Charged to the decode budget: prost creates each span of a repeated field this way.
+    fn default() -> Self {
+        super::budget::charge(std::mem::size_of::<Span>());
+        Span {
+            trace_id: Bytes::new(),
+            span_id: Bytes::new(),
+            name: ByteString::new(),
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            status: None,
+        }
+    }
 }
 
 impl Message for Span {
@@ -120,10 +137,21 @@ pub mod span {
     use super::KeyValue;
 
     /// A span event: older GenAI instrumentations carry prompt and completion in them.
-    #[derive(Clone, PartialEq, Debug, Default)]
+    #[derive(Clone, PartialEq, Debug)]
     pub struct Event {
         pub name: ByteString,
         pub attributes: Vec<KeyValue>,
+    }
+
+    impl Default for Event {
+        /// Charged to the decode budget, as a span is.
+        fn default() -> Self {
+            super::super::budget::charge(std::mem::size_of::<Event>());
+            Event {
+                name: ByteString::new(),
+                attributes: Vec::new(),
+            }
+        }
     }
 
     impl Message for Event {
