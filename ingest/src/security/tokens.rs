@@ -434,23 +434,35 @@ impl TokenStore {
         }
     }
 
+    /// Each file is taken on its own: a broken `token_file` must not hold back a revocation written to
+    /// `tokens.json`, nor the reverse. A file that does not parse keeps its last good tokens (and is tried
+    /// again at the next check); a `token_file` that was deleted takes its tokens with it.
     fn reload(&self) -> Result<(), TokenStoreError> {
         let file_fp = fingerprint(&self.path);
-        let file = read_store(&self.path)?;
+        let file = read_store(&self.path);
         let external_fp = self.options.token_file.as_deref().and_then(fingerprint);
-        let external = match &self.options.token_file {
-            Some(p) => read_external(p)?,
-            None => Vec::new(),
+        let external = match (&self.options.token_file, external_fp) {
+            (Some(p), Some(_)) => read_external(p),
+            (Some(_), None) | (None, _) => Ok(Vec::new()),
         };
-        let index = build_index(&file, &self.options.configured, &external);
-        *self.state.write() = State {
-            file,
-            file_fp,
-            external,
-            external_fp,
-            index,
-        };
-        Ok(())
+        let mut state = self.state.write();
+        let mut failed = None;
+        match file {
+            Ok(file) => {
+                state.file = file;
+                state.file_fp = file_fp;
+            }
+            Err(e) => failed = Some(e),
+        }
+        match external {
+            Ok(external) => {
+                state.external = external;
+                state.external_fp = external_fp;
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+        state.index = build_index(&state.file, &self.options.configured, &state.external);
+        failed.map_or(Ok(()), Err)
     }
 
     /// Read-modify-write of `tokens.json` under an exclusive lock, starting from the file as it is on disk
@@ -844,6 +856,56 @@ mod tests {
         // Emptying the mounted file removes its token without a restart.
         fs::write(&token_file, "tokens = []\n").expect("rewrite token file");
         assert!(store.verify(file_token).is_none());
+    }
+
+    /// A running server re-reads both files; a broken `token_file` (a half-written secret mount) must not
+    /// hold back a revocation made in `tokens.json` by `vigil token revoke`, and a deleted one drops its tokens.
+    #[test]
+    fn a_broken_token_file_does_not_hold_back_a_revocation_and_a_deleted_one_drops_its_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("extra-tokens.toml");
+        let file_token = "vgl_from_a_mounted_secret_0123456789";
+        fs::write(
+            &token_file,
+            format!(
+                "[[tokens]]\nname = \"k8s-collector\"\nscopes = [\"ingest\"]\nhash = \"{}\"\n",
+                TokenHash::of(file_token)
+            ),
+        )
+        .expect("write token file");
+        let path = dir.path().join("tokens.json");
+        let server = TokenStore::open_with(
+            path.clone(),
+            StoreOptions {
+                configured: Vec::new(),
+                token_file: Some(token_file.clone()),
+                recheck_interval: Duration::ZERO,
+            },
+        )
+        .expect("open");
+        let (_, secret) = server.create("ci", &[Scope::Ingest]).expect("create");
+        assert!(server.verify(&secret).is_some());
+
+        fs::write(&token_file, "tokens = [ not toml").expect("break token file");
+        // The CLI, another process, revokes in tokens.json.
+        let cli = TokenStore::open_with(
+            path,
+            StoreOptions {
+                configured: Vec::new(),
+                token_file: None,
+                recheck_interval: Duration::ZERO,
+            },
+        )
+        .expect("open as the CLI");
+        cli.revoke("ci").expect("revoke");
+        assert!(server.verify(&secret).is_none(), "revocation applied");
+        assert!(
+            server.verify(file_token).is_some(),
+            "the token_file's last good tokens are kept"
+        );
+
+        fs::remove_file(&token_file).expect("delete token file");
+        assert!(server.verify(file_token).is_none(), "deleted with its file");
     }
 
     #[test]
