@@ -93,7 +93,8 @@ pub struct KafkaConfig {
     /// commits and a longer replay after a crash; the replay is deduplicated either way.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Stored in the `source` column of events that do not name their own.
+    /// Stored in the `source` column of every event consumed (records cannot name their own); unset, that
+    /// column is null: Kafka producers are not authenticated by Vigil's tokens.
     pub source_name: Option<String>,
     /// librdkafka properties passed through to the consumer and the dead-letter producer (for example
     /// `security.protocol`, `sasl.mechanisms`, `ssl.ca.location`, `auto.offset.reset`). The properties the

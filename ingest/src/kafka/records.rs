@@ -29,8 +29,10 @@ pub enum RecordError {
     },
 }
 
-/// Parses one message into event rows; `now_us` is the time of records that carry none, and `source` fills
-/// the `source` column of records that do not name one.
+/// Parses one message into event rows; `now_us` is the time of records that carry none. `source` (the
+/// consumer's `source_name`) fills the `source` column: that column says who Vigil verified a record came from,
+/// so a record cannot name itself there. A `source` key in a record is the producer's claim and is kept in
+/// `attributes` like any other key the schema does not have.
 pub fn parse(
     payload: &[u8],
     now_us: i64,
@@ -53,9 +55,7 @@ pub fn parse(
         .enumerate()
         .map(|(index, map)| {
             let mut row = record(index, map, now_us)?;
-            if row.source.is_none() {
-                row.source = source.map(str::to_owned);
-            }
+            row.source = source.map(str::to_owned);
             Ok(row)
         })
         .collect()
@@ -125,7 +125,6 @@ fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow
         event_id: text(col::EVENT_ID)?.unwrap_or_default(),
         kind: kind.or(Some(EventKind::Inference)),
         service: text(col::SERVICE)?,
-        source: text(col::SOURCE)?,
         user_id: text(col::USER_ID)?,
         user_role: text(col::USER_ROLE)?,
         department: text(col::DEPARTMENT)?,
@@ -244,6 +243,7 @@ mod tests {
         assert_eq!(rows[0].time_us, 1_700_000_000_000_001);
         assert_eq!(rows[0].kind, Some(EventKind::Inference));
         assert_eq!(rows[0].attributes.as_deref(), Some(r#"{"a":1,"team":"x"}"#));
+        assert_eq!(rows[0].source.as_deref(), Some("kafka"));
         assert_eq!(
             rows[1].time_us, NOW,
             "a record without time gets the time it was read"
@@ -251,8 +251,13 @@ mod tests {
         assert_eq!(rows[1].decision.as_deref(), Some("deny"));
         assert_eq!(
             rows[1].source.as_deref(),
-            Some("gateway"),
-            "the record's own source wins"
+            Some("kafka"),
+            "a record cannot name its own verified source"
+        );
+        assert_eq!(
+            rows[1].attributes.as_deref(),
+            Some(r#"{"source":"gateway"}"#),
+            "its claim is kept as an attribute"
         );
     }
 
