@@ -813,9 +813,9 @@ mod tests {
         assert!(restarted.verify(&created[1].1).is_none());
     }
 
-    #[test]
-    fn config_and_token_file_tokens_verify_and_suppress_bootstrap() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A `token_file` holding one `ingest` token named "k8s-collector", as a mounted secret would; returns its
+    /// path and the token.
+    fn mounted_token_file(dir: &tempfile::TempDir) -> (PathBuf, &'static str) {
         let token_file = dir.path().join("extra-tokens.toml");
         let file_token = "vgl_from_a_mounted_secret_0123456789";
         fs::write(
@@ -826,6 +826,13 @@ mod tests {
             ),
         )
         .expect("write token file");
+        (token_file, file_token)
+    }
+
+    #[test]
+    fn config_and_token_file_tokens_verify_and_suppress_bootstrap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (token_file, file_token) = mounted_token_file(&dir);
         let config_token = "operator-chosen-secret-value-with-enough-entropy";
         let options = StoreOptions {
             configured: vec![ConfiguredToken {
@@ -863,16 +870,7 @@ mod tests {
     #[test]
     fn a_broken_token_file_does_not_hold_back_a_revocation_and_a_deleted_one_drops_its_tokens() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token_file = dir.path().join("extra-tokens.toml");
-        let file_token = "vgl_from_a_mounted_secret_0123456789";
-        fs::write(
-            &token_file,
-            format!(
-                "[[tokens]]\nname = \"k8s-collector\"\nscopes = [\"ingest\"]\nhash = \"{}\"\n",
-                TokenHash::of(file_token)
-            ),
-        )
-        .expect("write token file");
+        let (token_file, file_token) = mounted_token_file(&dir);
         let path = dir.path().join("tokens.json");
         let server = TokenStore::open_with(
             path.clone(),
