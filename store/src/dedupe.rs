@@ -55,6 +55,8 @@ pub(crate) struct Filtered {
     /// Hashes this call added; forgotten again if the append fails, so the retry is not dropped.
     pub added: Vec<u64>,
     pub duplicates: usize,
+    /// Hashes of the rows dropped.
+    pub dropped: Vec<u64>,
 }
 
 /// One append's writes without their duplicates.
@@ -65,6 +67,12 @@ pub(crate) struct FilteredWrites {
     pub added: Vec<u64>,
     /// Rows dropped, for each table that had any.
     pub duplicates: Vec<(Table, usize)>,
+    /// The hashes of dropped rows that an earlier append remembered. That append may still be waiting
+    /// for its fsync, or may yet fail: see [`DedupeSet::remembered_before`].
+    pub earlier: Vec<u64>,
+    /// Inserts before this call: whatever was remembered at a smaller insert number came from an earlier
+    /// append.
+    pub mark: u64,
 }
 
 fn key(table: Table, id: &str) -> u64 {
@@ -172,9 +180,27 @@ impl DedupeSet {
         }
     }
 
-    /// Remembers a hash; returns false if it was already there.
+    /// The insert number (`next` when it was inserted) of the remembered hash `k`.
+    fn insert_number(&self, k: u64) -> Option<u64> {
+        let pos = self.position(self.slots[self.find(k)?]) as u64;
+        // The newest insert at this ring position: the ring holds the last `capacity` inserts.
+        let last = self.next.checked_sub(1)?;
+        Some(last - (last - pos) % self.capacity as u64)
+    }
+
+    /// True if `k` is remembered from an insert made before `mark`: the append that stored it has not
+    /// since failed (a failed append forgets its hashes), and no later append added it again.
+    pub fn remembered_before(&self, k: u64, mark: u64) -> bool {
+        self.insert_number(k).is_some_and(|n| n < mark)
+    }
+
+    /// Remembers a hash; returns false if it was already there. A window of 0 remembers nothing, so every
+    /// id is new (deduplication off).
     fn insert(&mut self, k: u64) -> bool {
-        if self.capacity == 0 || self.find(k).is_some() {
+        if self.capacity == 0 {
+            return true;
+        }
+        if self.find(k).is_some() {
             return false;
         }
         let pos = (self.next % self.capacity as u64) as usize;
@@ -236,10 +262,13 @@ impl DedupeSet {
         &mut self,
         writes: Vec<(Table, RecordBatch)>,
     ) -> Result<FilteredWrites, StoreError> {
+        let mark = self.next;
         let mut out = FilteredWrites {
             kept: Vec::with_capacity(writes.len()),
             added: Vec::new(),
             duplicates: Vec::new(),
+            earlier: Vec::new(),
+            mark,
         };
         for (table, batch) in writes {
             let f = match self.filter(table, batch) {
@@ -251,6 +280,12 @@ impl DedupeSet {
             };
             if f.duplicates > 0 {
                 out.duplicates.push((table, f.duplicates));
+                // A row repeated within this append has its first copy here; the others wait on another.
+                out.earlier.extend(
+                    f.dropped
+                        .iter()
+                        .filter(|&&k| self.insert_number(k).is_some_and(|n| n < mark)),
+                );
             }
             out.added.extend(f.added);
             if f.batch.num_rows() > 0 {
@@ -267,6 +302,7 @@ impl DedupeSet {
                 batch,
                 added: Vec::new(),
                 duplicates: 0,
+                dropped: Vec::new(),
             });
         };
         let ids = batch
@@ -277,6 +313,7 @@ impl DedupeSet {
                 reason: format!("no Utf8 column `{col}`"),
             })?;
         let mut added = Vec::with_capacity(ids.len());
+        let mut dropped = Vec::new();
         let mut keep = Vec::with_capacity(ids.len());
         for i in 0..ids.len() {
             // A row without an id cannot be matched; keep it.
@@ -285,6 +322,8 @@ impl DedupeSet {
                 let fresh = self.insert(k);
                 if fresh {
                     added.push(k);
+                } else {
+                    dropped.push(k);
                 }
                 fresh
             };
@@ -300,6 +339,7 @@ impl DedupeSet {
             batch,
             added,
             duplicates,
+            dropped,
         })
     }
 }
@@ -413,6 +453,15 @@ mod tests {
         let alerts =
             RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
         assert_eq!(d.filter(Table::Alerts, alerts).unwrap().duplicates, 0);
+    }
+
+    #[test]
+    fn a_window_of_zero_keeps_every_row() {
+        let mut d = DedupeSet::new(0);
+        for _ in 0..2 {
+            let f = d.filter(Table::Events, ids(&["a", "a"])).unwrap();
+            assert_eq!((f.batch.num_rows(), f.duplicates), (2, 0));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod compaction;
 pub mod cost;
 mod dedupe;
 mod flush;
+mod in_flight;
 mod manifest;
 mod metrics;
 mod object_files;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::AuditLog;
 use crate::buffer::Buffer;
 use crate::dedupe::DedupeSet;
+use crate::in_flight::{InFlight, Ticket};
 use crate::manifest::Manifest;
 use crate::metrics::metrics;
 use crate::object_files::ObjectFiles;
@@ -181,6 +183,10 @@ pub enum StoreError {
     Audit(String),
     #[error("store is shut down")]
     Closed,
+    /// Rows of a retried append were dropped as duplicates of a copy still in flight, and that copy was
+    /// then not stored: retrying stores them.
+    #[error("{rows} rows repeat events whose first copy failed to be stored; retry")]
+    EarlierCopyFailed { rows: usize },
     /// A batch handed to `append`/`put_state` that the table cannot take (wrong table kind or schema).
     #[error("invalid batch for table {table}: {reason}")]
     InvalidBatch { table: &'static str, reason: String },
@@ -269,7 +275,9 @@ pub struct Store {
     wal: Wal,
     /// The hash chain every sealed file and every removal is recorded in before it becomes live.
     audit: Arc<AuditLog>,
-    dedupe: Mutex<DedupeSet>,
+    dedupe: Arc<Mutex<DedupeSet>>,
+    /// Appends whose ids `dedupe` remembers before their record is durable.
+    in_flight: Arc<InFlight>,
     /// Serialises manifest changes (flush, compaction swap, retention, state writes).
     maintenance: tokio::sync::Mutex<()>,
     /// Files out of the manifest, deleted once their grace period has passed.
@@ -305,7 +313,8 @@ impl Store {
     /// concurrent callers share fsyncs (group commit). Only for `Events` and `Alerts`.
     ///
     /// Rows whose `event_id` / `alert_id` was stored within the last `dedupe_window_rows` rows are dropped
-    /// (see the `dedupe` module): a retried request is acknowledged without being stored twice.
+    /// (see the `dedupe` module): a retried request is acknowledged without being stored twice, and not
+    /// before the copy it repeats is durable (see the `in_flight` module).
     #[tracing::instrument(
         level = "debug",
         name = "store.append",
@@ -320,24 +329,51 @@ impl Store {
             check_schema(*table, batch)?;
         }
         let reservation = self.wal.reserve();
-        let filtered = self.dedupe.lock().filter_writes(writes)?;
+        let (filtered, horizon, ticket) = {
+            let mut dedupe = self.dedupe.lock();
+            let filtered = dedupe.filter_writes(writes)?;
+            // Both under the dedupe lock: every append that remembered an id this one dropped holds a
+            // ticket below the horizon.
+            let horizon = self.in_flight.horizon();
+            let ticket = (!filtered.added.is_empty()).then(|| self.in_flight.issue());
+            (filtered, horizon, ticket)
+        };
         for (table, n) in &filtered.duplicates {
             metrics()
                 .duplicates
                 .with_label_values(&[table.name()])
                 .inc_by(*n as u64);
         }
-        let (kept, added) = (filtered.kept, filtered.added);
-        if kept.is_empty() {
-            return Ok(());
+        let mut ticket = ticket.map(|t| {
+            Ticket::new(
+                t,
+                filtered.added,
+                self.dedupe.clone(),
+                self.in_flight.clone(),
+            )
+        });
+        if !filtered.kept.is_empty() {
+            let submitted = wal::encode_body(&filtered.kept)
+                .and_then(|body| self.wal.submit(reservation, body, filtered.kept));
+            match (submitted, ticket.as_mut()) {
+                (Ok(submitted), Some(ticket)) => ticket.settle_on(submitted).await?,
+                (Ok(mut submitted), None) => submitted.outcome().await?,
+                (Err(e), _) => return Err(e),
+            };
         }
-        let result = match wal::encode_body(&kept) {
-            Ok(body) => self.wal.append(reservation, body, kept).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            self.dedupe.lock().forget(&added);
-            return Err(e);
+        if !filtered.earlier.is_empty() {
+            // Rows dropped because an earlier append holds their ids: acknowledged only once that append's
+            // record is durable, and not at all if it failed.
+            self.in_flight.settled(horizon).await;
+            let dedupe = self.dedupe.lock();
+            let lost = filtered
+                .earlier
+                .iter()
+                .filter(|&&k| !dedupe.remembered_before(k, filtered.mark))
+                .count();
+            if lost > 0 {
+                return Err(StoreError::EarlierCopyFailed { rows: lost });
+            }
         }
         if !self.background.load(Ordering::SeqCst) && self.shared.should_flush() {
             self.flush().await?;

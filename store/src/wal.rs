@@ -334,6 +334,23 @@ enum Request {
     },
 }
 
+/// A record handed to the writer thread, until it is fsynced (or its write failed).
+pub(crate) struct Appended {
+    dir: PathBuf,
+    done: oneshot::Receiver<Result<u64, String>>,
+}
+
+impl Appended {
+    /// The record's sequence number once it is fsynced and its rows are in the buffer.
+    pub async fn outcome(&mut self) -> Result<u64, StoreError> {
+        match (&mut self.done).await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(msg)) => Err(io_err(&self.dir, std::io::Error::other(msg))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
 /// Handle to the WAL writer thread.
 pub(crate) struct Wal {
     dir: PathBuf,
@@ -429,21 +446,32 @@ impl Wal {
     }
 
     /// Appends one record; resolves after it is fsynced and its rows are in the buffer. Returns its sequence.
+    #[cfg(test)]
     pub async fn append(
+        &self,
+        reservation: Reservation,
+        body: Body,
+        entries: Entries,
+    ) -> Result<u64, StoreError> {
+        self.submit(reservation, body, entries)?.outcome().await
+    }
+
+    /// Hands one record to the writer thread, which writes it whether or not the returned [`Appended`] is
+    /// awaited: a caller that stops waiting can hand it on to learn how the write ended.
+    pub fn submit(
         &self,
         mut reservation: Reservation,
         body: Body,
         entries: Entries,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Appended, StoreError> {
         let (ack, done) = oneshot::channel();
         self.send(Request::Append { body, entries, ack })?;
         // From here the writer thread accounts for it.
         reservation.armed = false;
-        match done.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(msg)) => Err(io_err(&self.dir, std::io::Error::other(msg))),
-            Err(_) => Err(StoreError::Closed),
-        }
+        Ok(Appended {
+            dir: self.dir.clone(),
+            done,
+        })
     }
 
     /// Starts a new segment so the current one can be deleted once a flush covers it.
