@@ -31,6 +31,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 
+use super::body_budget::{self, BodyBudget};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig, Security};
 use crate::decode::{Compression, DecodeError, Encoding, Limits};
 use crate::metrics::{self, Rejection, Signal, Transport};
@@ -104,7 +105,12 @@ pub(crate) async fn serve_with(
 /// The three services with the token check, behind the status-code rewrite.
 fn routes(exporter: Exporter, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Routes {
     let check: GrpcAuth = grpc_auth::interceptor(auth, Scope::Ingest, LISTENER);
-    let receiver = Arc::new(GrpcReceiver { exporter, cfg });
+    let bodies = cfg.body_budget();
+    let receiver = Arc::new(GrpcReceiver {
+        exporter,
+        cfg,
+        bodies,
+    });
     let traces = InterceptedService::new(
         ExportServer::<TraceService>::new(receiver.clone()),
         check.clone(),
@@ -204,11 +210,34 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
+            // Held until the answer is made: the message's bytes live that long.
+            let charge = receiver.bodies.charge();
+            let request = request.map(|body| charge.count(body));
             let export = Export::<S> {
-                receiver,
+                receiver: receiver.clone(),
                 service: PhantomData,
             };
-            Ok(grpc.unary(export, request).await)
+            let response = grpc.unary(export, request).await;
+            if charge.overflowed() {
+                // tonic saw the message cut short (its bytes were dropped); the client is told why.
+                let message = format!(
+                    "the receiver holds {} bytes of request bodies already (max_buffered_body_bytes)",
+                    receiver.bodies.bytes()
+                );
+                metrics::record_rejection(
+                    Transport::Grpc,
+                    S::SIGNAL,
+                    Rejection::Overloaded,
+                    &message,
+                );
+                let status = status::grpc_status(
+                    Code::ResourceExhausted,
+                    &message,
+                    Some(body_budget::RETRY_AFTER),
+                );
+                return Ok(status.into_http());
+            }
+            Ok(response)
         })
     }
 }
@@ -294,6 +323,7 @@ impl Decoder for RawCodec {
 struct GrpcReceiver {
     exporter: Exporter,
     cfg: ReceiverConfig,
+    bodies: BodyBudget,
 }
 
 impl GrpcReceiver {

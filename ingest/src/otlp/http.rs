@@ -17,6 +17,7 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use axum::Router;
 
+use super::body_budget::{self, BodyBudget};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig};
 use crate::decode::{Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
@@ -28,6 +29,7 @@ use crate::sink::{EventSink, SinkError};
 struct HttpState {
     exporter: Exporter,
     cfg: ReceiverConfig,
+    bodies: BodyBudget,
 }
 
 /// The failure-counter label of this listener (`vigil_auth_failures_total{listener="otlp_http"}`).
@@ -47,7 +49,12 @@ pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig, auth: Arc<Authentic
 
 pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {
     let body_limit = cfg.limits.max_body_bytes;
-    let state = Arc::new(HttpState { exporter, cfg });
+    let bodies = cfg.body_budget();
+    let state = Arc::new(HttpState {
+        exporter,
+        cfg,
+        bodies,
+    });
     Router::new()
         .route(
             "/v1/traces",
@@ -225,6 +232,9 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         return refuse(signal, refusal, Some(encoding));
     };
 
+    // Held until the request is answered: the body's bytes live that long.
+    let charge = state.bodies.charge();
+    let req = req.map(|body| axum::body::Body::new(charge.count(body)));
     let body = match Bytes::from_request(req, &()).await {
         Ok(body) => body,
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
@@ -243,6 +253,21 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
             return refuse(signal, refusal, Some(encoding));
         }
     };
+    if charge.overflowed() {
+        let refusal = Refusal {
+            retry_after: Some(body_budget::RETRY_AFTER),
+            ..Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+                Rejection::Overloaded,
+                format!(
+                    "the receiver holds {} bytes of request bodies already (max_buffered_body_bytes)",
+                    state.bodies.bytes()
+                ),
+            )
+        };
+        return refuse(signal, refusal, Some(encoding));
+    }
     metrics::record_bytes(Transport::Http, body.len());
     tracing::Span::current().record("bytes", body.len() as i64);
     // The exporter admits the request before decoding it, so a refusal under overload costs no CPU; and

@@ -5,6 +5,7 @@
 //! happened, so the two receivers cannot drift apart in what they store or acknowledge. (The Kafka consumer
 //! has its own loop: it batches per partition and commits offsets only behind the sink.)
 
+mod body_budget;
 pub mod grpc;
 pub mod http;
 mod status;
@@ -44,6 +45,11 @@ pub struct ReceiverConfig {
     /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
     /// their own delay).
     pub unavailable_retry_after_secs: u64,
+    /// Bytes of request bodies each receiver holds at once, from their first byte until they are answered
+    /// (never less than one request at the `limits`). Past it, a body is read but not kept, and the request
+    /// is refused as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After): this bounds memory when many
+    /// clients send at once, before admission can refuse them.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -54,11 +60,20 @@ impl Default for ReceiverConfig {
             limits: Limits::default(),
             source_name: None,
             unavailable_retry_after_secs: 5,
+            max_buffered_body_bytes: 128 * 1024 * 1024,
         }
     }
 }
 
 impl ReceiverConfig {
+    fn body_budget(&self) -> body_budget::BodyBudget {
+        let largest = self
+            .limits
+            .max_body_bytes
+            .max(self.limits.max_decompressed_bytes);
+        body_budget::BodyBudget::new(self.max_buffered_body_bytes.max(largest))
+    }
+
     fn unavailable_retry_after(&self) -> Duration {
         Duration::from_secs(self.unavailable_retry_after_secs)
     }

@@ -727,6 +727,108 @@ async fn grpc_sink_refusals_map_to_retryable_codes_with_retry_info() {
     assert!(counter(&REJECTED, &["grpc", "unavailable"]) >= 1);
 }
 
+/// Receivers that buffer at most 64 KiB of bodies: one request of 40 KB waits in the sink, holding its
+/// body, so a second cannot be read in.
+fn small_body_budget() -> ReceiverConfig {
+    ReceiverConfig {
+        limits: Limits {
+            max_body_bytes: 64 * 1024,
+            max_decompressed_bytes: 64 * 1024,
+        },
+        max_buffered_body_bytes: 0,
+        ..ReceiverConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_after() {
+    let sink = VecSink::new();
+    let server = start_http(&sink, small_body_budget(), true).await;
+    let before = counter(&REJECTED, &["http", "overloaded"]);
+    let body = big_request(40_000).encode_to_vec();
+    sink.hold();
+    let first = tokio::spawn(post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        body.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the first request waits in the sink");
+
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(
+            server.addr,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            body.clone(),
+        ),
+    )
+    .await
+    .expect("the second request is answered while the first waits");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (code, message, _) =
+        status::decode_http_body(&refused.bytes().await.expect("body")).expect("a Status body");
+    assert_eq!(code, Code::ResourceExhausted as i32);
+    assert!(message.contains("max_buffered_body_bytes"), "{message}");
+    assert!(counter(&REJECTED, &["http", "overloaded"]) - before >= 1);
+
+    sink.release();
+    assert_eq!(first.await.expect("first request").status(), 200);
+    // The room is back once the first request is answered.
+    let again = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        body,
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(sink.rows(), 2);
+}
+
+#[tokio::test]
+async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_info() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, small_body_budget(), true).await;
+    let before = counter(&REJECTED, &["grpc", "overloaded"]);
+    let client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    sink.hold();
+    let mut first_client = client.clone();
+    let first = tokio::spawn(async move { first_client.export(big_request(40_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the first request waits in the sink");
+
+    let status = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.clone().export(big_request(40_000)),
+    )
+    .await
+    .expect("the second request is answered while the first waits")
+    .expect_err("no room for a second body");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let (_, _, retry) =
+        status::decode_http_body(status.details()).expect("RetryInfo in the details");
+    assert_eq!(retry, Some(Duration::from_secs(1)));
+    assert!(counter(&REJECTED, &["grpc", "overloaded"]) - before >= 1);
+
+    sink.release();
+    first.await.expect("first task").expect("first request");
+    client
+        .clone()
+        .export(big_request(40_000))
+        .await
+        .expect("room again once the first is answered");
+    assert_eq!(sink.rows(), 2);
+}
+
 /// With the real normalisation: GenAI spans become `inference` rows stamped with the configured source, the
 /// plain HTTP span is skipped, over both transports.
 #[tokio::test]

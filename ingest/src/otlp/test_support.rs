@@ -32,10 +32,12 @@ pub enum SinkMode {
     Full,
 }
 
-/// Keeps every accepted batch; can be switched to refuse.
+/// Keeps every accepted batch; can be switched to refuse, or held so that requests wait in it.
 pub struct VecSink {
     batches: Mutex<Vec<RecordBatch>>,
     mode: Mutex<SinkMode>,
+    /// True while accepted batches wait before being kept.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl VecSink {
@@ -43,7 +45,17 @@ impl VecSink {
         Arc::new(VecSink {
             batches: Mutex::new(Vec::new()),
             mode: Mutex::new(SinkMode::Accept),
+            held: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Requests that reach the sink from now on wait there until [`VecSink::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     pub fn set_mode(&self, mode: SinkMode) {
@@ -80,6 +92,7 @@ impl EventSink for VecSink {
         batch: RecordBatch,
         _admission: crate::sink::Admission,
     ) -> Result<(), SinkError> {
+        let _ = self.held.subscribe().wait_for(|held| !*held).await;
         let mode = *self.mode.lock().expect("mode lock");
         match mode {
             SinkMode::Accept => {
