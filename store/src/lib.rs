@@ -11,6 +11,7 @@ mod buffer;
 mod compaction;
 pub mod cost;
 mod dedupe;
+mod dir_lock;
 mod flush;
 mod in_flight;
 mod manifest;
@@ -183,6 +184,9 @@ pub enum StoreError {
     Audit(String),
     #[error("store is shut down")]
     Closed,
+    /// Another process has the data directory open (see the `dir_lock` module).
+    #[error("data directory {path} is in use by {holder}: one Vigil process per data directory (query a running server with `vigil sql`, not `--offline`)")]
+    Locked { path: PathBuf, holder: String },
     /// Rows of a retried append were dropped as duplicates of a copy still in flight, and that copy was
     /// then not stored: retrying stores them.
     #[error("{rows} rows repeat events whose first copy failed to be stored; retry")]
@@ -286,6 +290,8 @@ pub struct Store {
     stop: tokio::sync::watch::Sender<bool>,
     closed: AtomicBool,
     background: AtomicBool,
+    /// Keeps other processes out of `data_dir` while this store is open.
+    _dir_lock: dir_lock::DirLock,
 }
 
 /// The URL under which [`Store::object_store`] should be registered with DataFusion; `StoredFile::path`

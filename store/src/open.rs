@@ -165,6 +165,8 @@ pub(crate) async fn open(
         path: wal_dir.clone(),
         source,
     })?;
+    // Before anything is read: another process's WAL, chain and manifest are not ours to replay or repair.
+    let dir_lock = crate::dir_lock::acquire(&config.data_dir)?;
     let objects = Arc::new(match store {
         Some(store) => ObjectFiles {
             store,
@@ -287,5 +289,6 @@ pub(crate) async fn open(
         stop,
         closed: AtomicBool::new(false),
         background: AtomicBool::new(false),
+        _dir_lock: dir_lock,
     }))
 }

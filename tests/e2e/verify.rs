@@ -167,3 +167,30 @@ async fn verify_names_each_tampered_file_and_a_signed_head_checks_offline() {
         text(&broken)
     );
 }
+
+/// The chain, the WAL and the manifest have one writer: a second process opening the data directory (here
+/// `vigil sql --offline` beside the server) is refused with the server's pid, and gets in once it stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_on_the_data_directory_is_refused_while_the_server_runs() {
+    let mut v = Vigil::start().await;
+    let server_pid = v.child.as_ref().expect("running").id();
+    let query = [
+        "sql",
+        "--offline",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM events",
+    ];
+    let out = v.cli(&query);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("in use by process {server_pid}")),
+        "{}",
+        text(&out)
+    );
+    // The server is none the worse: it still answers.
+    assert_eq!(v.count("SELECT count(*) FROM events").await, 0);
+    v.stop();
+    let out = v.cli(&query);
+    assert!(out.status.success(), "{}", text(&out));
+}
