@@ -159,7 +159,10 @@ pub fn decode_metrics(
     let message = inflate(body, compression, limits)?;
     match encoding {
         Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(message)?),
-        Encoding::Json => Ok(serde_json::from_slice(&message)?),
+        Encoding::Json => {
+            json_within_budget(&message)?;
+            Ok(serde_json::from_slice(&message)?)
+        }
     }
 }
 
@@ -183,8 +186,47 @@ where
     Json: Message + serde::de::DeserializeOwned,
     W: Message + Default,
 {
+    json_within_budget(message)?;
     let owned: Json = serde_json::from_slice(message)?;
     Ok(wire::convert(&owned)?)
+}
+
+/// What one JSON object or array may cost once parsed: the owned message (a span is some 250 bytes) and its
+/// zero-copy twin. The smallest real ones (`{"key":"a","value":{"intValue":"1"}}`, two objects in 36 bytes)
+/// stay within the protobuf budget of 32 bytes per byte.
+const JSON_CONTAINER_BYTES: usize = 512;
+
+/// Refuses OTLP/JSON that would parse into more memory than the protobuf budget ([`wire::budget`]) allows
+/// its size: `{},` is three bytes and a span, so a gzipped body of kilobytes could parse into gigabytes.
+/// serde has no allocation hook, so the bound is counted before parsing, from the objects and arrays
+/// outside strings (braces inside a prompt cost nothing).
+fn json_within_budget(message: &[u8]) -> Result<(), DecodeError> {
+    let limit = wire::budget::limit(message.len());
+    if json_containers(message).saturating_mul(JSON_CONTAINER_BYTES) > limit {
+        return Err(DecodeError::Expands { limit });
+    }
+    Ok(())
+}
+
+/// Objects and arrays in a JSON text, not counting brackets inside strings.
+fn json_containers(text: &[u8]) -> usize {
+    let (mut containers, mut in_string, mut escaped) = (0, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'{' || b == b'[' {
+            containers += 1;
+        }
+    }
+    containers
 }
 
 /// The message's bytes after the size caps and decompression: `body` itself when it is not compressed.
@@ -339,6 +381,56 @@ mod tests {
         )
         .expect("small real spans fit the budget");
         assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 20_000);
+    }
+
+    #[test]
+    fn json_of_empty_objects_is_refused_before_it_is_parsed() {
+        let limits = Limits::default();
+        let spans = "{},".repeat(1_000_000);
+        let json = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}{{}}]}}]}}]}}"#,
+            spans
+        );
+        let body = gzip(json.as_bytes());
+        assert!(body.len() < 64 * 1024 && json.len() <= limits.max_decompressed_bytes);
+        let err = decode_traces(
+            Bytes::from(body),
+            Encoding::Json,
+            Compression::Gzip,
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Expands { .. }), "{err}");
+        let metrics = format!(r#"{{"resourceMetrics":[{}{{}}]}}"#, spans);
+        let err = decode_metrics(
+            Bytes::from(metrics),
+            Encoding::Json,
+            Compression::None,
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Expands { .. }), "{err}");
+
+        // Real spans of a few attributes fit, even with a prompt of nothing but brackets.
+        let mut many = sample_traces();
+        let mut span = many.resource_spans[0].scope_spans[0].spans[0].clone();
+        span.attributes.push(KeyValue {
+            key: "gen_ai.prompt".into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("{[\\\"".repeat(200))),
+            }),
+            ..Default::default()
+        });
+        many.resource_spans[0].scope_spans[0].spans = vec![span; 2_000];
+        let json = serde_json::to_vec(&many).expect("serialise");
+        let decoded = decode_traces(
+            Bytes::from(json),
+            Encoding::Json,
+            Compression::None,
+            &limits,
+        )
+        .expect("real spans fit the budget");
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2_000);
     }
 
     #[test]
