@@ -143,7 +143,13 @@ impl Store {
             let _ = self.objects.delete(&out.path).await;
             return Err(e);
         }
-        manifest::save(&self.objects, &next).await?;
+        if let Err(e) = manifest::save(&self.objects, &next).await {
+            // As in a flush: the output is not live here, whatever the disk says, and the inputs stay.
+            let mut abandon = Draft::new(Op::Abandon, Some(table));
+            abandon.removed = vec![out.path.clone()];
+            self.record_abandoned(abandon).await;
+            return Err(e);
+        }
         {
             let mut st = self.shared.state.lock();
             st.manifest = next;

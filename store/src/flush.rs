@@ -48,6 +48,7 @@ impl Store {
                     .iter()
                     .map(|(f, sha)| FileRecord::of(f, sha.clone()))
                     .collect(),
+                wal_seq: Some(seq),
                 ..Draft::new(Op::Seal, Some(*table))
             })
             .collect();
@@ -61,8 +62,18 @@ impl Store {
         }
         next.wal_seq = seq;
         // If this fails the files stay: whether the new manifest landed is unknown, and `open` deletes
-        // them if it did not.
-        manifest::save(&self.objects, &next).await?;
+        // them if it did not. They are not live here either way (the rows stay buffered for the next
+        // flush), which the chain records now: once a later flush covers their WAL records, `open` could
+        // no longer tell them from files taken out of the manifest.
+        if let Err(e) = manifest::save(&self.objects, &next).await {
+            let mut abandon = Draft::new(Op::Abandon, None);
+            abandon.removed = written
+                .iter()
+                .flat_map(|(_, _, files)| files.iter().map(|(f, _)| f.path.clone()))
+                .collect();
+            self.record_abandoned(abandon).await;
+            return Err(e);
+        }
         let drained = {
             let mut st = self.shared.state.lock();
             st.manifest = next;
@@ -96,6 +107,14 @@ impl Store {
         self.wal.roll().await?;
         self.wal.delete_covered_blocking(seq).await?;
         Ok(())
+    }
+
+    /// Records files sealed but not made live after a failed manifest save; logged if even that fails
+    /// (the chain then refuses every later append, and `verify` shows the state).
+    pub(crate) async fn record_abandoned(&self, abandon: Draft) {
+        if let Err(e) = self.audit.append_async(vec![abandon]).await {
+            tracing::error!(error = %e, "recording files a failed manifest save left out");
+        }
     }
 
     async fn delete_written(&self, written: &[Written]) {

@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     pub retention_partitions_deleted: IntCounterVec,
     pub audit_entries: IntCounter,
     pub audit_seq: IntGauge,
+    pub audit_unlisted: IntGauge,
 }
 
 pub(crate) fn metrics() -> &'static Metrics {
@@ -121,6 +122,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 audit_seq: register_int_gauge_with_registry!(
                     "vigil_audit_chain_seq",
                     "Sequence number of the newest audit chain entry",
+                    r
+                )?,
+                audit_unlisted: register_int_gauge_with_registry!(
+                    "vigil_audit_unlisted_files",
+                    "Sealed Parquet files found missing from the manifest at the last start (taken out of it, not by a crash); kept on disk",
                     r
                 )?,
             })

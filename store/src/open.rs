@@ -1,7 +1,7 @@
 //! Opening the store: choose the object store, load the manifest, remove crash leftovers, replay the WAL,
 //! rebuild the dedupe window, start the WAL writer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use crate::audit::{self, AuditLog};
 use crate::buffer::Buffer;
 use crate::dedupe::{id_column, DedupeSet};
 use crate::manifest::{self, Manifest};
+use crate::metrics::metrics;
 use crate::object_files::ObjectFiles;
 use crate::parquet_writer;
 use crate::wal::{self, Entries, Wal, WalOptions};
@@ -67,14 +68,42 @@ pub(crate) fn object_files(config: &StoreConfig) -> Result<ObjectFiles, StoreErr
     }
 }
 
+/// Sealed Parquet files the manifest does not list although no crash can explain it: the manifest has
+/// moved past the flush that sealed them (and the WAL no longer holds their rows), or past the compaction
+/// (its inputs are gone too). Someone took them out of the manifest while the store was stopped. They are
+/// evidence: kept on disk and live in the chain, so `verify` names them, instead of being deleted as crash
+/// leftovers and recorded as abandoned, which would make the removal look legitimate.
+fn unlisted_files(audit: &AuditLog, manifest: &Manifest, wal_max_seq: u64) -> BTreeSet<String> {
+    let unlisted: BTreeSet<String> = audit
+        .state()
+        .live
+        .iter()
+        .filter(|(path, sealed)| {
+            !path.starts_with("wal/")
+                && !manifest.contains(path)
+                && !sealed.may_be_unfinished(manifest, Some(wal_max_seq))
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    for path in &unlisted {
+        tracing::error!(%path, "a sealed file is missing from the manifest and no crash explains it; kept on disk, `vigil verify` reports it");
+    }
+    metrics().audit_unlisted.set(unlisted.len() as i64);
+    unlisted
+}
+
 /// Deletes Parquet files under the tables' prefixes that the manifest does not list: a crash between
-/// writing them and swapping the manifest, or during a delayed delete.
-async fn remove_orphans(objects: &ObjectFiles, manifest: &Manifest) -> Result<usize, StoreError> {
+/// writing them and swapping the manifest, or during a delayed delete. `keep` are not crash leftovers.
+async fn remove_orphans(
+    objects: &ObjectFiles,
+    manifest: &Manifest,
+    keep: &BTreeSet<String>,
+) -> Result<usize, StoreError> {
     let mut removed = 0;
     for table in Table::ALL {
         removed += objects.remove_local_staging_leftovers(table.name());
         for path in objects.list(table.name()).await? {
-            if !manifest.contains(&path) {
+            if !manifest.contains(&path) && !keep.contains(&path) {
                 tracing::info!(%path, "deleting Parquet file not in the manifest (crash leftover)");
                 objects.delete(&path).await?;
                 removed += 1;
@@ -175,14 +204,20 @@ pub(crate) async fn open(
         None => object_files(&config)?,
     });
     let mut manifest = manifest::load(&objects).await?;
-    let orphans = remove_orphans(&objects, &manifest).await?;
-    let state_schemas = refresh_state_files(&objects, &mut manifest).await?;
-
     let dir = wal_dir.clone();
     let after = manifest.wal_seq;
     let replay = tokio::task::spawn_blocking(move || wal::replay(&dir, after))
         .await
         .map_err(|e| StoreError::Manifest(format!("replay task: {e}")))??;
+    let data_dir = config.data_dir.clone();
+    let audit = Arc::new(
+        tokio::task::spawn_blocking(move || AuditLog::open(&data_dir))
+            .await
+            .map_err(|e| StoreError::Audit(format!("open task: {e}")))??,
+    );
+    let unlisted = unlisted_files(&audit, &manifest, replay.max_seq);
+    let orphans = remove_orphans(&objects, &manifest, &unlisted).await?;
+    let state_schemas = refresh_state_files(&objects, &mut manifest).await?;
     let dedupe = rebuild_dedupe(
         &objects,
         &manifest,
@@ -190,16 +225,11 @@ pub(crate) async fn open(
         config.dedupe_window_rows,
     )
     .await?;
-    let data_dir = config.data_dir.clone();
-    let audit = Arc::new(
-        tokio::task::spawn_blocking(move || AuditLog::open(&data_dir))
-            .await
-            .map_err(|e| StoreError::Audit(format!("open task: {e}")))??,
-    );
     audit::reconcile(
         &audit,
         &objects,
         &manifest,
+        &unlisted,
         &replay.removed,
         &replay.segments,
     )

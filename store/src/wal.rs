@@ -229,6 +229,50 @@ pub(crate) struct Replay {
     pub removed: Vec<PathBuf>,
 }
 
+/// The record framed at `at`: its sequence number, its payload (sequence number first) and where the next
+/// frame starts. `None` at the end, and at a frame that is short or fails its CRC (a torn write).
+fn next_frame(data: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
+    let header = data.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let end = at.checked_add(HEADER)?.checked_add(len)?;
+    let payload = data.get(at + HEADER..end)?;
+    if len < SEQ || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(payload[..SEQ].try_into().ok()?);
+    Some((seq, payload, end))
+}
+
+/// The highest sequence number of a whole record in `dir`'s segments, without changing anything (for
+/// `verify`, which may run beside the server).
+pub(crate) fn highest_seq(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let mut highest = None;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        if path.extension().is_none_or(|x| x != "wal") {
+            continue;
+        }
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            // Deleted by the running server since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let mut at = 0;
+        while let Some((seq, _, next)) = next_frame(&data, at) {
+            highest = highest.max(Some(seq));
+            at = next;
+        }
+    }
+    Ok(highest)
+}
+
 /// Reads every segment in order. A record that is short or fails its CRC is a write torn by a crash: the
 /// segment is truncated there (the record was never acknowledged) and replay goes on. Segments whose records
 /// are all covered by the manifest (`<= after_seq`), and empty ones, are deleted.
@@ -263,19 +307,7 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         let mut at = 0usize;
         let mut last_seq = first_seq.saturating_sub(1);
         let mut records = 0;
-        while at < data.len() {
-            let Some(header) = data.get(at..at + HEADER) else {
-                break;
-            };
-            let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
-            let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
-            let Some(payload) = data.get(at + HEADER..at + HEADER + len) else {
-                break;
-            };
-            if len < SEQ || crc32fast::hash(payload) != crc {
-                break;
-            }
-            let seq = u64::from_le_bytes(payload[..SEQ].try_into().unwrap_or_default());
+        while let Some((seq, payload, next)) = next_frame(&data, at) {
             if seq > after_seq {
                 let entries = decode_body(&payload[SEQ..]).map_err(|e| {
                     invalid(
@@ -288,7 +320,7 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
             last_seq = seq;
             records += 1;
             out.max_seq = out.max_seq.max(seq);
-            at += HEADER + len;
+            at = next;
         }
         if at < data.len() {
             let cut = (data.len() - at) as u64;

@@ -85,6 +85,18 @@ fn entries(dir: &Path) -> Vec<Entry> {
 
 /// Appends a correctly linked entry, as the store would have just before a crash.
 fn append_entry(dir: &Path, op: Op, table: &str, files: Vec<FileRecord>, removed: Vec<String>) {
+    append_entry_covering(dir, op, table, files, removed, None)
+}
+
+/// [`append_entry`] with the WAL sequence a flush's seal covers.
+fn append_entry_covering(
+    dir: &Path,
+    op: Op,
+    table: &str,
+    files: Vec<FileRecord>,
+    removed: Vec<String>,
+    wal_seq: Option<u64>,
+) {
     let last = entries(dir).pop().unwrap();
     let mut e = Entry {
         seq: last.seq + 1,
@@ -93,6 +105,7 @@ fn append_entry(dir: &Path, op: Op, table: &str, files: Vec<FileRecord>, removed
         table: Some(table.into()),
         files,
         removed,
+        wal_seq,
         prev_hash: last.hash.clone(),
         hash: String::new(),
     };
@@ -480,6 +493,124 @@ async fn crash_leftovers_are_reconciled_on_open() {
     assert_eq!(entries(dir.path()).len(), after.len());
 }
 
+fn manifest_wal_seq(dir: &Path) -> u64 {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("_manifest.json")).unwrap()).unwrap();
+    m["wal_seq"].as_u64().unwrap()
+}
+
+/// Taking a file out of `_manifest.json` while the store is stopped hides its rows from every query. No
+/// crash explains it (the manifest covers the flush that sealed it), so `open` keeps the file instead of
+/// deleting it and recording it as abandoned (which would make the removal look legitimate), and
+/// `verify` names it, before the restart and after.
+#[tokio::test]
+async fn a_file_taken_out_of_the_manifest_is_kept_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let files = event_files(&store);
+    drop(store);
+    let path = dir.path().join("_manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["tables"]["events"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != files[0].as_str());
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let unlisted = |report: &audit::VerifyReport| {
+        report
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Unlisted { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let report = verify(dir.path()).await;
+    assert_eq!(unlisted(&report), vec![files[0].clone()], "{report}");
+    assert!(report.to_string().contains("UNLISTED"), "{report}");
+
+    let chain_len = entries(dir.path()).len();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(dir.path().join(&files[0]).exists(), "the evidence is kept");
+    assert!(
+        entries(dir.path())[chain_len..]
+            .iter()
+            .all(|e| !e.removed.contains(&files[0])),
+        "not recorded as abandoned"
+    );
+    let report = verify(dir.path()).await;
+    assert_eq!(unlisted(&report), vec![files[0].clone()], "{report}");
+    assert_eq!(report.findings.len(), 1, "{report}");
+    drop(store);
+}
+
+/// A flush that sealed its files and died before the manifest swap: its rows are still in the WAL, so the
+/// files are a crash's leftovers, deleted and recorded as abandoned. The same seal covering WAL records
+/// that are no longer there is not: its rows exist nowhere else, and the file is kept.
+#[tokio::test]
+async fn a_seal_is_a_crash_leftover_only_while_the_wal_holds_its_rows() {
+    for wal_holds_the_rows in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = populated(dir.path()).await;
+        let files = event_files(&store);
+        // Acknowledged, not flushed: the WAL holds one record past the manifest.
+        store
+            .append(vec![(Table::Events, events(100..110, T14))])
+            .await
+            .unwrap();
+        drop(store);
+        let covered = manifest_wal_seq(dir.path()) + if wal_holds_the_rows { 1 } else { 2 };
+        let orphan = format!(
+            "{}/0190bbbb-orphan.parquet",
+            files[0].rsplit_once('/').unwrap().0
+        );
+        std::fs::copy(dir.path().join(&files[0]), dir.path().join(&orphan)).unwrap();
+        let rec = entries(dir.path())
+            .iter()
+            .flat_map(|e| e.files.clone())
+            .find(|f| f.path == files[0])
+            .unwrap();
+        append_entry_covering(
+            dir.path(),
+            Op::Seal,
+            "events",
+            vec![FileRecord {
+                path: orphan.clone(),
+                ..rec
+            }],
+            vec![],
+            Some(covered),
+        );
+
+        let before = entries(dir.path()).len();
+        let store = Store::open(config(dir.path())).await.unwrap();
+        let added = entries(dir.path())[before..].to_vec();
+        let abandoned = added
+            .iter()
+            .any(|e| e.op == Op::Abandon && e.removed == vec![orphan.clone()]);
+        if wal_holds_the_rows {
+            assert!(
+                !dir.path().join(&orphan).exists(),
+                "the leftover is deleted"
+            );
+            assert!(abandoned, "{added:#?}");
+            let report = verify(dir.path()).await;
+            assert!(report.is_clean(), "{report}");
+        } else {
+            assert!(dir.path().join(&orphan).exists(), "kept");
+            assert!(!abandoned, "{added:#?}");
+            let report = verify(dir.path()).await;
+            assert!(
+                matches!(report.findings.as_slice(), [Finding::Unlisted { path, .. }] if *path == orphan),
+                "{report}"
+            );
+        }
+        // The unflushed record was replayed either way.
+        assert_eq!(store.snapshot(Table::Events).row_count(), 40);
+    }
+}
+
 #[tokio::test]
 async fn a_store_older_than_the_chain_is_adopted_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -518,6 +649,7 @@ fn append_entry_first(dir: &Path) {
         table: Some("alerts".into()),
         files: vec![],
         removed: vec!["alerts/none.parquet".into()],
+        wal_seq: None,
         prev_hash: audit::GENESIS_PREV_HASH.into(),
         hash: String::new(),
     };

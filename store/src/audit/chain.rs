@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::manifest::Manifest;
+
 /// `prev_hash` of the first entry.
 pub const GENESIS_PREV_HASH: &str =
     "0000000000000000000000000000000000000000000000000000000000000000";
@@ -73,6 +75,11 @@ pub struct Entry {
     pub table: Option<String>,
     pub files: Vec<FileRecord>,
     pub removed: Vec<String>,
+    /// For `seal`: the WAL sequence number the sealed files cover. Until the manifest covers it too, the
+    /// files may be a crash's leftovers, whose rows the WAL still holds; after, a sealed file missing from
+    /// the manifest was taken out of it. Absent in entries written before it existed (and from the hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_seq: Option<u64>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -86,6 +93,8 @@ struct Hashed<'a> {
     table: Option<&'a str>,
     files: &'a [FileRecord],
     removed: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_seq: Option<u64>,
     prev_hash: &'a str,
 }
 
@@ -99,6 +108,7 @@ impl Entry {
             table: self.table.as_deref(),
             files: &self.files,
             removed: &self.removed,
+            wal_seq: self.wal_seq,
             prev_hash: &self.prev_hash,
         };
         // Serializing plain strings and integers cannot fail.
@@ -192,6 +202,43 @@ pub(crate) struct Expected {
     pub size: u64,
     pub rows: u64,
     pub seq: u64,
+    /// How it was sealed, to tell a crash's leftover from a file taken out of the manifest.
+    pub origin: Origin,
+}
+
+/// The operation that sealed a file, as far as telling leftovers apart needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A flush that covered the WAL up to this sequence number (`None`: an entry older than the field).
+    Flush {
+        wal_seq: Option<u64>,
+    },
+    /// Compaction, replacing these files.
+    Compaction {
+        inputs: Vec<String>,
+    },
+    /// A state table's snapshot, rewritten in place; its first write can be cut short before the manifest
+    /// lists it.
+    State,
+    Other,
+}
+
+impl Expected {
+    /// True if this file, absent from `manifest`, may be what a crash left between sealing it and making it
+    /// live: a flush's whose rows the WAL still holds (`wal_max_seq`: the highest record on disk, when
+    /// known), or a compaction's whose inputs are all still listed. Anything else sealed and unlisted was
+    /// taken out of the manifest.
+    pub fn may_be_unfinished(&self, manifest: &Manifest, wal_max_seq: Option<u64>) -> bool {
+        match &self.origin {
+            Origin::Flush { wal_seq: None } => true,
+            Origin::Flush {
+                wal_seq: Some(covered),
+            } => *covered > manifest.wal_seq && wal_max_seq.is_none_or(|max| max >= *covered),
+            Origin::Compaction { inputs } => inputs.iter().all(|p| manifest.contains(p)),
+            Origin::State => true,
+            Origin::Other => false,
+        }
+    }
 }
 
 /// The files the chain says exist, from replaying its entries in order.
@@ -215,11 +262,20 @@ impl ChainState {
             }
         }
         for f in &e.files {
+            let origin = match e.op {
+                Op::Seal => Origin::Flush { wal_seq: e.wal_seq },
+                Op::Compact => Origin::Compaction {
+                    inputs: e.removed.clone(),
+                },
+                Op::State => Origin::State,
+                _ => Origin::Other,
+            };
             let x = Expected {
                 sha256: f.sha256.clone(),
                 size: f.size,
                 rows: f.rows,
                 seq: e.seq,
+                origin,
             };
             self.retired.remove(&f.path);
             if let Some(old) = self.live.insert(f.path.clone(), x) {
@@ -259,6 +315,7 @@ mod tests {
                 })
                 .collect(),
             removed: removed.iter().map(|s| s.to_string()).collect(),
+            wal_seq: None,
             prev_hash: prev.into(),
             hash: String::new(),
         };

@@ -30,6 +30,8 @@ pub(crate) struct Draft {
     pub table: Option<Table>,
     pub files: Vec<FileRecord>,
     pub removed: Vec<String>,
+    /// See [`super::Entry::wal_seq`].
+    pub wal_seq: Option<u64>,
 }
 
 impl Draft {
@@ -39,6 +41,7 @@ impl Draft {
             table,
             files: Vec::new(),
             removed: Vec::new(),
+            wal_seq: None,
         }
     }
 }
@@ -144,6 +147,7 @@ impl AuditLog {
                 table: d.table.map(|t| t.name().to_string()),
                 files: d.files,
                 removed: d.removed,
+                wal_seq: d.wal_seq,
                 prev_hash: prev,
                 hash: String::new(),
             };
@@ -236,6 +240,7 @@ mod tests {
                 }]
             },
             removed: removed.iter().map(|s| s.to_string()).collect(),
+            wal_seq: None,
         }
     }
 

@@ -3,8 +3,10 @@
 //! (deleted by `open`, recorded as `abandon`), files retired but still live (taken back as `adopt` with the
 //! hash they were sealed with), a state table recorded as rewritten but not rewritten (its previous record
 //! restored), WAL segments deleted by replay (`retire_wal`) or closed by the crash (`seal_wal`, hashed from
-//! disk). Nothing the chain never sealed is taken in, except the whole store on the chain's first use.
+//! disk). Nothing the chain never sealed is taken in, except the whole store on the chain's first use, and
+//! sealed files no crash can have left out of the manifest are not abandoned (see `open::unlisted_files`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ pub(crate) async fn reconcile(
     log: &Arc<AuditLog>,
     objects: &ObjectFiles,
     manifest: &Manifest,
+    unlisted: &BTreeSet<String>,
     wal_removed: &[PathBuf],
     wal_kept: &[Segment],
 ) -> Result<(), StoreError> {
@@ -36,7 +39,7 @@ pub(crate) async fn reconcile(
     abandon.removed = state
         .live
         .keys()
-        .filter(|p| !p.starts_with("wal/") && !manifest.contains(p))
+        .filter(|p| !p.starts_with("wal/") && !manifest.contains(p) && !unlisted.contains(*p))
         .cloned()
         .collect();
     if !abandon.removed.is_empty() {

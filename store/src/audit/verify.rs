@@ -1,5 +1,6 @@
 //! `verify`: replays the chain (checking every link), derives which files must exist with which content,
-//! hashes what is really there, and reports every difference by file name. Read-only, so it runs against a
+//! hashes what is really there, and reports every difference by file name, and every sealed file the
+//! manifest stopped listing. Read-only, so it runs against a
 //! stopped store or beside a running server.
 //!
 //! Beside a running server a change in flight can show for one run: a file written by a flush but not yet
@@ -36,6 +37,9 @@ pub enum Finding {
     Missing { path: String, sealed_seq: u64 },
     /// A data file the chain never sealed.
     Unexpected { path: String },
+    /// A sealed file, present and unchanged, that `_manifest.json` no longer lists although no flush or
+    /// compaction in progress explains it: queries do not see its rows.
+    Unlisted { path: String, sealed_seq: u64 },
     /// The chain itself was edited, cut, reordered or torn at this entry.
     ChainBroken { seq: u64, reason: String },
 }
@@ -49,6 +53,7 @@ impl fmt::Display for Finding {
             ),
             Finding::Missing { path, sealed_seq } => write!(f, "MISSING {path}: sealed in entry {sealed_seq}"),
             Finding::Unexpected { path } => write!(f, "UNEXPECTED {path}: never sealed in the audit chain"),
+            Finding::Unlisted { path, sealed_seq } => write!(f, "UNLISTED {path}: sealed in entry {sealed_seq}, but _manifest.json no longer lists it (queries do not see it)"),
             Finding::ChainBroken { seq, reason } => write!(f, "CHAIN BROKEN at entry {seq}: {reason}"),
         }
     }
@@ -226,6 +231,15 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
         });
     }
     let state = ChainState::replay(&parsed.entries);
+    // After the chain: a flush or compaction seals before it swaps the manifest, so what is in flight
+    // shows as sealed and not yet listed, which `may_be_unfinished` allows.
+    let manifest = crate::manifest::load(objects).await?;
+    let wal_dir = data_dir.join("wal");
+    let wal_max_seq = tokio::task::spawn_blocking(move || crate::wal::highest_seq(&wal_dir))
+        .await
+        .map_err(|e| StoreError::Audit(format!("WAL scan task: {e}")))??
+        .map(|seq| seq.max(manifest.wal_seq))
+        .or(Some(manifest.wal_seq));
 
     let mut files = Vec::new();
     for (path, actual) in &stored {
@@ -248,6 +262,11 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
             let actual = hash_object(objects.store.as_ref(), path).await?;
             report.files_checked += usize::from(actual.is_some());
             compare(&mut files, path, expected, actual);
+        } else if !manifest.contains(path) && !expected.may_be_unfinished(&manifest, wal_max_seq) {
+            files.push(Finding::Unlisted {
+                path: path.clone(),
+                sealed_seq: expected.seq,
+            });
         }
     }
     let active = wal.keys().next_back().copied();
@@ -274,7 +293,8 @@ fn finding_path(f: &Finding) -> &str {
     match f {
         Finding::Changed { path, .. }
         | Finding::Missing { path, .. }
-        | Finding::Unexpected { path } => path,
+        | Finding::Unexpected { path }
+        | Finding::Unlisted { path, .. } => path,
         Finding::ChainBroken { .. } => "",
     }
 }
