@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     pub audit_entries: IntCounter,
     pub audit_seq: IntGauge,
     pub audit_unlisted: IntGauge,
+    pub wal_quarantined: IntCounter,
 }
 
 pub(crate) fn metrics() -> &'static Metrics {
@@ -122,6 +123,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 audit_seq: register_int_gauge_with_registry!(
                     "vigil_audit_chain_seq",
                     "Sequence number of the newest audit chain entry",
+                    r
+                )?,
+                wal_quarantined: register_int_counter_with_registry!(
+                    "vigil_wal_segments_quarantined_total",
+                    "Sealed WAL segments that no longer matched their SHA-256 at start: set aside (*.wal.tampered), not replayed",
                     r
                 )?,
                 audit_unlisted: register_int_gauge_with_registry!(

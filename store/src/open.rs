@@ -204,17 +204,33 @@ pub(crate) async fn open(
         None => object_files(&config)?,
     });
     let mut manifest = manifest::load(&objects).await?;
-    let dir = wal_dir.clone();
-    let after = manifest.wal_seq;
-    let replay = tokio::task::spawn_blocking(move || wal::replay(&dir, after))
-        .await
-        .map_err(|e| StoreError::Manifest(format!("replay task: {e}")))??;
     let data_dir = config.data_dir.clone();
     let audit = Arc::new(
         tokio::task::spawn_blocking(move || AuditLog::open(&data_dir))
             .await
             .map_err(|e| StoreError::Audit(format!("open task: {e}")))??,
     );
+    let sealed: HashMap<String, wal::SealedSegment> = audit
+        .state()
+        .live
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("wal/"))
+        .map(|(path, x)| {
+            let seal = wal::SealedSegment {
+                sha256: x.sha256,
+                records: x.rows,
+            };
+            (path, seal)
+        })
+        .collect();
+    let dir = wal_dir.clone();
+    let after = manifest.wal_seq;
+    let replay = tokio::task::spawn_blocking(move || wal::replay(&dir, after, &sealed))
+        .await
+        .map_err(|e| StoreError::Manifest(format!("replay task: {e}")))??;
+    metrics()
+        .wal_quarantined
+        .inc_by(replay.quarantined.len() as u64);
     let unlisted = unlisted_files(&audit, &manifest, replay.max_seq);
     let orphans = remove_orphans(&objects, &manifest, &unlisted).await?;
     let state_schemas = refresh_state_files(&objects, &mut manifest).await?;
@@ -294,7 +310,7 @@ pub(crate) async fn open(
     let wal = Wal::start(
         WalOptions {
             dir: wal_dir,
-            next_seq: replay.max_seq + 1,
+            next_seq: replay.max_seq.max(replay.quarantined_max_seq) + 1,
             segment_bytes: config.wal_segment_bytes,
             group_commit_window: config.group_commit_window,
             sealed: replay.segments,

@@ -15,6 +15,7 @@
 //! and records it as `seal_wal` in the audit chain when the segment is closed; `delete_covered` records
 //! `retire_wal` before deleting. A segment left open by a crash is sealed from disk by the next `open`.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
@@ -227,7 +228,22 @@ pub(crate) struct Replay {
     pub truncated_bytes: u64,
     /// Segments deleted because the manifest covers all their records (the audit chain retires them).
     pub removed: Vec<PathBuf>,
+    /// Sealed segments whose bytes no longer hash to their seal, set aside unread (see [`replay`]).
+    pub quarantined: Vec<PathBuf>,
+    /// The highest sequence number a quarantined segment was sealed with, so numbering continues above it
+    /// (a new segment must not take a quarantined one's name).
+    pub quarantined_max_seq: u64,
 }
+
+/// A closed segment as the audit chain sealed it.
+pub(crate) struct SealedSegment {
+    pub sha256: String,
+    /// Its records.
+    pub records: u64,
+}
+
+/// The suffix a sealed segment that fails its hash is renamed with: out of the WAL, kept as evidence.
+pub(crate) const QUARANTINE_SUFFIX: &str = ".tampered";
 
 /// The record framed at `at`: its sequence number, its payload (sequence number first) and where the next
 /// frame starts. `None` at the end, and at a frame that is short or fails its CRC (a torn write).
@@ -276,7 +292,16 @@ pub(crate) fn highest_seq(dir: &Path) -> Result<Option<u64>, StoreError> {
 /// Reads every segment in order. A record that is short or fails its CRC is a write torn by a crash: the
 /// segment is truncated there (the record was never acknowledged) and replay goes on. Segments whose records
 /// are all covered by the manifest (`<= after_seq`), and empty ones, are deleted.
-pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
+///
+/// A crash tears only the segment being written, which is never sealed. A segment the audit chain sealed
+/// (`sealed`, by chain name) whose bytes no longer hash to its seal was changed since: its records are not
+/// trusted (not replayed), and it is neither truncated nor deleted, which would erase the change, but
+/// renamed with [`QUARANTINE_SUFFIX`] so that replay skips it and `verify` reports it missing.
+pub(crate) fn replay(
+    dir: &Path,
+    after_seq: u64,
+    sealed: &HashMap<String, SealedSegment>,
+) -> Result<Replay, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let mut names: Vec<(u64, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
@@ -297,6 +322,8 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         segments: Vec::new(),
         truncated_bytes: 0,
         removed: Vec::new(),
+        quarantined: Vec::new(),
+        quarantined_max_seq: 0,
     };
     let mut removed_any = false;
     for (first_seq, path) in names {
@@ -304,6 +331,19 @@ pub(crate) fn replay(dir: &Path, after_seq: u64) -> Result<Replay, StoreError> {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| io_err(&path, e))?;
+        if let Some(seal) = sealed.get(&chain_name(&path)) {
+            if hex::encode(Sha256::digest(&data)) != seal.sha256 {
+                let aside = path.with_extension(format!("wal{QUARANTINE_SUFFIX}"));
+                std::fs::rename(&path, &aside).map_err(|e| io_err(&path, e))?;
+                tracing::error!(segment = %path.display(), quarantined = %aside.display(), "a sealed WAL segment no longer matches its SHA-256: not replayed, set aside; `vigil verify` reports it");
+                out.quarantined_max_seq = out
+                    .quarantined_max_seq
+                    .max((first_seq + seal.records).saturating_sub(1));
+                out.quarantined.push(aside);
+                removed_any = true;
+                continue;
+            }
+        }
         let mut at = 0usize;
         let mut last_seq = first_seq.saturating_sub(1);
         let mut records = 0;
@@ -891,7 +931,7 @@ mod tests {
             .unwrap()
             .set_len(len - 5)
             .unwrap();
-        let r = replay(&wal_dir, 0).unwrap();
+        let r = replay(&wal_dir, 0, &HashMap::new()).unwrap();
         assert_eq!(
             r.records.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![1, 2]
@@ -900,16 +940,19 @@ mod tests {
         assert_eq!(r.max_seq, 2);
         assert!(r.truncated_bytes > 0);
         // Truncated for good: a second replay sees a clean file with the same records.
-        let r = replay(&wal_dir, 0).unwrap();
+        let r = replay(&wal_dir, 0, &HashMap::new()).unwrap();
         assert_eq!((r.records.len(), r.truncated_bytes), (2, 0));
         // A flipped byte inside the second record fails its CRC.
         let mut data = std::fs::read(&seg).unwrap();
         let last = data.len() - 3;
         data[last] ^= 0xff;
         std::fs::write(&seg, &data).unwrap();
-        assert_eq!(replay(&wal_dir, 0).unwrap().records.len(), 1);
+        assert_eq!(
+            replay(&wal_dir, 0, &HashMap::new()).unwrap().records.len(),
+            1
+        );
         // Everything covered: the segment is deleted.
-        let r = replay(&wal_dir, 5).unwrap();
+        let r = replay(&wal_dir, 5, &HashMap::new()).unwrap();
         assert!(r.records.is_empty() && r.segments.is_empty());
         assert!(!seg.exists());
     }
@@ -952,7 +995,13 @@ mod tests {
             wal.fsync_count()
         );
         wal.close();
-        assert_eq!(replay(dir.path(), 0).unwrap().records.len(), 16);
+        assert_eq!(
+            replay(dir.path(), 0, &HashMap::new())
+                .unwrap()
+                .records
+                .len(),
+            16
+        );
     }
 
     #[tokio::test]
@@ -980,7 +1029,7 @@ mod tests {
         wal.roll().await.unwrap();
         assert_eq!(wal.delete_covered(12).unwrap(), 1);
         wal.close();
-        let r = replay(dir.path(), 12).unwrap();
+        let r = replay(dir.path(), 12, &HashMap::new()).unwrap();
         assert!(r.records.is_empty());
         assert_eq!(r.max_seq, 12);
     }

@@ -260,6 +260,75 @@ async fn sealed_wal_segments_are_hashed_and_the_active_one_is_left_alone() {
     drop(store);
 }
 
+/// A sealed WAL segment changed while the store was stopped fails its CRC at the changed record. Replay used
+/// to take that for a crash's torn tail: it cut the segment there (losing every acknowledged record after
+/// it) and, once nothing uncovered was left, deleted it and recorded the deletion, so the change vanished.
+/// A crash tears only the unsealed segment: a sealed one that fails its hash is set aside unread and named.
+#[tokio::test]
+async fn a_sealed_wal_segment_changed_while_stopped_is_set_aside_not_replayed_or_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        wal_segment_bytes: 1,
+        ..config(dir.path())
+    }; // every append closes a segment
+    let store = Store::open(cfg.clone()).await.unwrap();
+    for k in 0..3 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+    }
+    let sealed: Vec<Entry> = entries(dir.path())
+        .into_iter()
+        .filter(|e| e.op == Op::SealWal)
+        .collect();
+    drop(store);
+    let segment = sealed[0].files[0].path.clone();
+    let first = dir.path().join(&segment);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[20] ^= 0x80;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let store = Store::open(cfg).await.unwrap();
+    let aside = dir.path().join(format!("{segment}.tampered"));
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        bytes,
+        "kept as it was found"
+    );
+    assert!(!first.exists());
+    assert_eq!(
+        store.snapshot(Table::Events).row_count(),
+        20,
+        "its records are not trusted"
+    );
+    assert!(
+        entries(dir.path())
+            .iter()
+            .all(|e| !e.removed.contains(&segment)),
+        "not retired"
+    );
+    let report = verify(dir.path()).await;
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Missing { path, .. }] if *path == segment),
+        "{report}"
+    );
+    // Numbering goes on above the set-aside records: no new segment takes its name.
+    for k in 3..6 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    let report = verify(dir.path()).await;
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Missing { path, .. }] if *path == segment),
+        "{report}"
+    );
+    assert_eq!(store.snapshot(Table::Events).row_count(), 50);
+}
+
 #[tokio::test]
 async fn edited_reordered_and_removed_chain_lines_break_the_chain() {
     let dir = tempfile::tempdir().unwrap();
