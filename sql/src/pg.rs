@@ -10,8 +10,10 @@
 //! Cleartext passwords need TLS or a trusted network: with [`PgServer::with_tls`] the server negotiates TLS
 //! (SSLRequest) and refuses to log anyone in over a plain connection.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,10 +164,12 @@ impl PgServer {
 
     /// Accepts connections on `listener` until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let refused = Arc::new(RefusedLogins::default());
         let startup = Arc::new(PasswordStartup {
             auth: self.auth.clone(),
             parameters: DefaultServerParameterProvider::default(),
             require_tls: self.tls.is_some(),
+            refused: refused.clone(),
         });
         let handlers = Arc::new(VigilPgHandlers {
             service: self.service.clone(),
@@ -193,10 +197,25 @@ impl PgServer {
             };
             let handlers = handlers.clone();
             let tls = self.tls.clone();
+            let refused = refused.clone();
+            let login_refused = refused.watch(peer);
             tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                let connection = pgwire::tokio::process_socket(socket, tls, handlers);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = &mut connection => result,
+                    _ = login_refused => {
+                        // pgwire has its FATAL to send; then the connection and its slot go, whatever the
+                        // client does.
+                        tokio::time::timeout(REFUSED_LOGIN_GRACE, &mut connection)
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "pg connection ended with an error");
                 }
+                refused.forget(peer);
                 drop(permit);
             });
         }
@@ -222,6 +241,38 @@ impl PgWireServerHandlers for VigilPgHandlers {
     }
 }
 
+/// How long a connection whose login was refused stays open for pgwire to send its FATAL.
+const REFUSED_LOGIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Connections whose login was refused, so their task closes them. pgwire answers a refused login with
+/// FATAL but keeps reading until the client hangs up, so a client that never does would hold one of the
+/// `max_connections` slots for good: a few such connections lock every user out.
+#[derive(Default)]
+struct RefusedLogins(std::sync::Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>);
+
+impl RefusedLogins {
+    /// Resolves when `peer`'s login is refused (or the watch is forgotten).
+    fn watch(&self, peer: SocketAddr) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(peer, tx);
+        }
+        rx
+    }
+
+    fn refuse(&self, peer: SocketAddr) {
+        if let Some(tx) = self.0.lock().ok().and_then(|mut m| m.remove(&peer)) {
+            let _ = tx.send(());
+        }
+    }
+
+    fn forget(&self, peer: SocketAddr) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&peer);
+        }
+    }
+}
+
 /// Cleartext password authentication against a [`PgAuth`]. MD5 and SCRAM need the stored secret, which a
 /// token check does not have, so cleartext is the method that can ask a `check(user, password)`.
 struct PasswordStartup {
@@ -229,6 +280,7 @@ struct PasswordStartup {
     parameters: DefaultServerParameterProvider,
     /// Refuse plain connections before asking for a password.
     require_tls: bool,
+    refused: Arc<RefusedLogins>,
 }
 
 #[async_trait]
@@ -248,6 +300,7 @@ impl StartupHandler for PasswordStartup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 if self.require_tls && !client.is_secure() {
                     tracing::info!(peer = %client.socket_addr(), "pg connection refused: TLS required");
+                    self.refused.refuse(client.socket_addr());
                     return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                         "FATAL".to_owned(),
                         "28000".to_owned(),
@@ -276,6 +329,7 @@ impl StartupHandler for PasswordStartup {
                     finish_authentication(client, &self.parameters).await?;
                 } else {
                     tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
+                    self.refused.refuse(client.socket_addr());
                     return Err(PgWireError::InvalidPassword(user));
                 }
             }
@@ -625,10 +679,21 @@ mod tests {
         auth: Arc<dyn PgAuth>,
         tls: Option<TlsAcceptor>,
     ) -> Running {
+        start_capped(limits, auth, tls, 64).await
+    }
+
+    async fn start_capped(
+        limits: QueryLimits,
+        auth: Arc<dyn PgAuth>,
+        tls: Option<TlsAcceptor>,
+        max_connections: usize,
+    ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20)], 3);
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
-        let mut server = PgServer::new(ctx, auth, limits).unwrap();
+        let mut server = PgServer::new(ctx, auth, limits)
+            .unwrap()
+            .with_max_connections(max_connections);
         if let Some(tls) = tls {
             server = server.with_tls(tls);
         }
@@ -930,6 +995,38 @@ mod tests {
         }
         // A client that logs in is unaffected.
         assert_still_serving(server.addr).await;
+    }
+
+    /// pgwire keeps a connection whose login it refused until the client hangs up; the server closes it
+    /// instead, so with a single slot a client that failed its login and stays connected locks nobody out.
+    #[tokio::test]
+    async fn a_refused_login_gives_its_slot_back_while_the_client_stays_connected() {
+        use bytes::BytesMut;
+        use postgres_protocol::message::frontend;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let auth = Arc::new(StaticPassword {
+            user: "vigil".into(),
+            password: "s3cret".into(),
+        });
+        let server = start_capped(QueryLimits::default(), auth, None, 1).await;
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", "vigil"), ("database", "vigil")], &mut out).unwrap();
+        frontend::password_message(b"not the password", &mut out).unwrap();
+        socket.write_all(&out).await.unwrap();
+        let mut said = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut said)).await;
+        assert!(
+            String::from_utf8_lossy(&said)
+                .to_lowercase()
+                .contains("password authentication failed"),
+            "{said:?}"
+        );
+        tokio::time::sleep(REFUSED_LOGIN_GRACE + Duration::from_millis(500)).await;
+        // `socket` is still open on this side.
+        assert_still_serving(server.addr).await;
+        drop(socket);
     }
 
     #[tokio::test]
