@@ -196,6 +196,7 @@ pub(super) struct Consumer {
     limits: Limits,
     source: Option<String>,
     batch_max_messages: usize,
+    batch_max_bytes: usize,
     batch_max_wait: Duration,
     commit_interval: Duration,
     last_commit: Instant,
@@ -264,6 +265,7 @@ impl Consumer {
             },
             source: config.source_name,
             batch_max_messages: config.batch_max_messages,
+            batch_max_bytes: config.batch_max_bytes,
             batch_max_wait: config.batch_max_wait,
             commit_interval: config.commit_interval,
             last_commit: Instant::now(),
@@ -305,15 +307,18 @@ impl Consumer {
         Ok(())
     }
 
-    /// Reads up to `batch_max_messages`, waiting at most `batch_max_wait` after the first. Returns early with
-    /// what it has when shutdown fires, and empty when a pending commit falls due while idle.
+    /// Reads up to `batch_max_messages` (or until their payloads reach `batch_max_bytes`), waiting at most
+    /// `batch_max_wait` after the first. Returns early with what it has when shutdown fires, and empty when
+    /// a pending commit falls due while idle.
     async fn collect<F: Future<Output = ()>>(
         &mut self,
         shutdown: &mut Shutdown<F>,
     ) -> Vec<Pending> {
         let mut batch: Vec<Pending> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
-        while batch.len() < self.batch_max_messages {
+        while batch.len() < self.batch_max_messages
+            && batch.iter().map(|p| p.payload.len()).sum::<usize>() < self.batch_max_bytes
+        {
             self.observe_rebalance();
             let wait_until = match deadline {
                 Some(deadline) => deadline,

@@ -86,6 +86,9 @@ pub struct KafkaConfig {
     pub max_message_bytes: usize,
     /// Most messages normalised together into one sink call.
     pub batch_max_messages: usize,
+    /// Most payload bytes in one batch (it closes at the message that reaches it): with
+    /// `batch_max_messages` alone, 500 messages of 4 MiB would be 2 GiB held at once.
+    pub batch_max_bytes: usize,
     /// Longest a batch waits for more messages after its first one: the latency paid for larger writes.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Duration,
@@ -115,6 +118,7 @@ impl Default for KafkaConfig {
             dlq_topic: "vigil_dlq".to_owned(),
             max_message_bytes: 4 * 1024 * 1024,
             batch_max_messages: 500,
+            batch_max_bytes: 64 * 1024 * 1024,
             batch_max_wait: Duration::from_millis(100),
             commit_interval: Duration::from_secs(1),
             source_name: None,
@@ -139,9 +143,11 @@ impl KafkaConfig {
         if self.topics.is_empty() {
             return bad("kafka.topics must name at least one topic".into());
         }
-        if self.batch_max_messages == 0 || self.max_message_bytes == 0 {
+        if self.batch_max_messages == 0 || self.max_message_bytes == 0 || self.batch_max_bytes == 0
+        {
             return bad(
-                "kafka.batch_max_messages and kafka.max_message_bytes must be positive".into(),
+                "kafka.batch_max_messages, kafka.batch_max_bytes and kafka.max_message_bytes must be positive"
+                    .into(),
             );
         }
         let mut seen = std::collections::BTreeSet::new();

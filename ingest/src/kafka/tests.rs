@@ -563,6 +563,41 @@ async fn unavailable_sink_means_nothing_committed_then_everything_delivered_once
     );
 }
 
+/// A batch closes when its payloads reach `batch_max_bytes`, however many messages it may still take and
+/// however long it may still wait: the bytes a batch holds are bounded, not only its message count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_closes_at_its_byte_budget() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("otlp_spans", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let mut expected = BTreeSet::new();
+    let mut largest = 0;
+    for m in 0..12 {
+        let payload = otlp_message(m, 1);
+        largest = largest.max(payload.len());
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "otlp_spans", 0, &payload).await;
+    }
+    let mut cfg = config(&brokers, "bytes");
+    cfg.batch_max_messages = 100;
+    cfg.batch_max_wait = Duration::from_secs(1);
+    cfg.batch_max_bytes = 2 * largest + 1;
+    let sink = Arc::new(TestSink::default());
+    let running = start(cfg, sink.clone());
+    wait_until("every event", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(sink.unique_ids(), expected);
+    let most = sink.max_rows.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&most),
+        "a batch carried {most} single-span messages past a budget of two and a bit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_a_crash_resumes_from_the_committed_offset_without_gap_or_replay() {
     let mock = MockCluster::new(1).expect("mock cluster");
