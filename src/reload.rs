@@ -1,8 +1,9 @@
-//! Reloading the detection configuration (AI inventory, role policies, thresholds) without a restart, on
-//! SIGHUP or `POST /-/reload` (admin scope), the way Prometheus and Alertmanager reload theirs: a new model
-//! approved or an agent's allowlist changed must not cost a restart, nor the baselines' warm-up.
+//! Reloading the detection configuration (AI inventory, role policies, thresholds) and the configuration's
+//! tokens without a restart, on SIGHUP or `POST /-/reload` (admin scope), the way Prometheus and
+//! Alertmanager reload theirs: a new model approved or an agent's allowlist changed must not cost a
+//! restart, nor the baselines' warm-up, and a token removed from `[auth] tokens` must stop working now.
 //!
-//! Only `[detect]` takes effect at once; listeners, storage and delivery keep what they started with (a
+//! Only `[detect]` and `[auth] tokens` take effect at once; listeners, storage and delivery keep what they started with (a
 //! reload that changes them says so in the log). A configuration that does not load is refused and the
 //! running one stays.
 
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use parking_lot::Mutex;
 use prometheus::{register_gauge, register_int_counter_vec, Gauge, IntCounterVec};
 use vigil_detect::DetectionStage;
+use vigil_ingest::security::Authenticator;
 
 use crate::config::Config;
 
@@ -38,6 +40,8 @@ static LAST_SUCCESS: LazyLock<Gauge> = LazyLock::new(|| {
 pub struct Reloader {
     source: ConfigSource,
     detection: Arc<DetectionStage>,
+    /// Whose `[auth] tokens` a reload replaces, so a token removed there stops working at once.
+    auth: Arc<Authenticator>,
     running: Mutex<Config>,
 }
 
@@ -45,12 +49,14 @@ impl Reloader {
     pub fn new(
         source: ConfigSource,
         detection: Arc<DetectionStage>,
+        auth: Arc<Authenticator>,
         running: Config,
     ) -> Arc<Reloader> {
         LAST_SUCCESS.set(chrono::Utc::now().timestamp() as f64);
         Arc::new(Reloader {
             source,
             detection,
+            auth,
             running: Mutex::new(running),
         })
     }
@@ -86,20 +92,32 @@ impl Reloader {
             inv.agents.len(),
             inv.roles.len()
         );
+        // Tokens first: a reload whose tokens are invalid changes nothing.
+        if let Some(store) = self.auth.store() {
+            store
+                .set_configured(new.auth.tokens.clone())
+                .context("[auth] tokens")?;
+        }
         self.detection.reload(new.detect.clone());
         let mut running = self.running.lock();
-        if outside_detect(&running) != outside_detect(&new) {
-            tracing::warn!("the configuration changed outside [detect]; those changes take effect at the next restart");
+        if outside_reloaded(&running) != outside_reloaded(&new) {
+            tracing::warn!("the configuration changed outside [detect] and [auth] tokens; those changes take effect at the next restart");
         }
         running.detect = new.detect;
-        Ok(summary)
+        running.auth.tokens = new.auth.tokens;
+        Ok(format!(
+            "{summary}; {} configured tokens",
+            running.auth.tokens.len()
+        ))
     }
 }
 
-/// Everything but `[detect]`, to tell whether a reload changed what only a restart applies.
-fn outside_detect(config: &Config) -> String {
+/// Everything but `[detect]` and `[auth] tokens`, to tell whether a reload changed what only a restart
+/// applies.
+fn outside_reloaded(config: &Config) -> String {
     let mut c = config.clone();
     c.detect = Default::default();
+    c.auth.tokens = Vec::new();
     toml::to_string(&c).unwrap_or_default()
 }
 

@@ -184,7 +184,8 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         responder.clone(),
         config.pipeline.clone(),
     );
-    let reloader = source.map(|source| Reloader::new(source, detection.clone(), config.clone()));
+    let reloader =
+        source.map(|source| Reloader::new(source, detection.clone(), auth.clone(), config.clone()));
     let limits = sql_limits(&config);
     let ctx = sql_context(store.clone(), &limits)?;
     reconcile_alerts(&ctx, &responder)

@@ -319,6 +319,47 @@ async fn revoking_a_token_takes_effect_on_the_running_server() {
     );
 }
 
+/// A token written in `[auth] tokens` is taken out of the file and the configuration reloaded: it stops
+/// working at once, on both OTLP transports, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_token_removed_by_a_reload_stops_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    let token = "collector-eu-secret-with-plenty-of-entropy-0123456789";
+    let hash = vigil_ingest::security::TokenHash::of(token).to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"collector-eu\"\nscopes = [\"ingest\"]\nhash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
+    let http = v.client();
+    assert_eq!(otlp_http(&v, &http, Some(token), 1).await.unwrap(), 200);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE source = 'collector-eu'")
+            .await,
+        5
+    );
+
+    std::fs::write(&config, "").unwrap();
+    let resp = http
+        .post(v.admin_url("/-/reload"))
+        .bearer_auth(&v.token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let summary = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{summary}");
+    assert!(summary.contains("0 configured tokens"), "{summary}");
+    assert_eq!(otlp_http(&v, &http, Some(token), 2).await.unwrap(), 401);
+    assert_eq!(otlp_grpc(&v, Some(token), 3).await, Code::Unauthenticated);
+    // The harness's own admin token (in tokens.json) is untouched.
+    assert_eq!(v.count("SELECT count(*) FROM events").await, 5);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_on_every_listener_and_untrusting_clients_fail() {
     let certs = tempfile::tempdir().expect("tempdir");

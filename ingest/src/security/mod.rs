@@ -30,7 +30,7 @@ pub use scopes::Scope;
 pub use tls::{TlsConfig, TlsError};
 pub use tls_listener::{TlsIncoming, TlsIo, TlsListener};
 pub use tokens::{
-    ConfiguredToken, StoreOptions, TokenInfo, TokenOrigin, TokenStore, TokenStoreError,
+    ConfiguredToken, StoreOptions, TokenHash, TokenInfo, TokenOrigin, TokenStore, TokenStoreError,
 };
 
 /// The file name of the token store inside the data dir.

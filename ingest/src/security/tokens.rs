@@ -213,6 +213,8 @@ struct ActiveEntry {
 }
 
 struct State {
+    /// `[auth] tokens` of the configuration, as last loaded (replaced on a configuration reload).
+    configured: Vec<ConfiguredToken>,
     file: TokenFile,
     file_fp: Option<Fingerprint>,
     external: Vec<ConfiguredToken>,
@@ -263,6 +265,7 @@ impl TokenStore {
         };
         let index = build_index(&file, &options.configured, &external);
         let state = RwLock::new(State {
+            configured: options.configured.clone(),
             file,
             file_fp,
             external,
@@ -316,7 +319,7 @@ impl TokenStore {
     pub fn revoke(&self, id_or_name: &str) -> Result<Vec<TokenInfo>, TokenStoreError> {
         let external = {
             let state = self.state.read();
-            self.options
+            state
                 .configured
                 .iter()
                 .chain(state.external.iter())
@@ -366,7 +369,7 @@ impl TokenStore {
         let state = self.state.read();
         let mut out: Vec<TokenInfo> = state.file.tokens.iter().map(stored_info).collect();
         out.extend(
-            self.options
+            state
                 .configured
                 .iter()
                 .map(|t| external_info(t, TokenOrigin::Config)),
@@ -386,7 +389,7 @@ impl TokenStore {
     pub fn ensure_bootstrap(&self) -> Result<Option<Vec<(TokenInfo, String)>>, TokenStoreError> {
         let has_external = {
             let state = self.state.read();
-            !self.options.configured.is_empty() || !state.external.is_empty()
+            !state.configured.is_empty() || !state.external.is_empty()
         };
         if has_external {
             return Ok(None);
@@ -461,8 +464,20 @@ impl TokenStore {
             }
             Err(e) => failed = failed.or(Some(e)),
         }
-        state.index = build_index(&state.file, &self.options.configured, &state.external);
+        state.index = build_index(&state.file, &state.configured, &state.external);
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Replaces the configuration's tokens (a configuration reload): one removed from `[auth] tokens` stops
+    /// working at once, without a restart. Nothing changes if any of them is invalid.
+    pub fn set_configured(&self, configured: Vec<ConfiguredToken>) -> Result<(), TokenStoreError> {
+        for t in &configured {
+            validate_configured(t)?;
+        }
+        let mut state = self.state.write();
+        state.configured = configured;
+        state.index = build_index(&state.file, &state.configured, &state.external);
+        Ok(())
     }
 
     /// Read-modify-write of `tokens.json` under an exclusive lock, starting from the file as it is on disk
@@ -827,6 +842,35 @@ mod tests {
         )
         .expect("write token file");
         (token_file, file_token)
+    }
+
+    #[test]
+    fn replaced_config_tokens_take_effect_at_once_and_an_invalid_set_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "operator-chosen-secret-value-with-enough-entropy";
+        let configured = ConfiguredToken {
+            name: "edge".into(),
+            scopes: vec![Scope::Ingest],
+            hash: TokenHash::of(token).to_string(),
+        };
+        let options = StoreOptions {
+            configured: vec![configured.clone()],
+            ..StoreOptions::default()
+        };
+        let store = TokenStore::open_with(dir.path().join("tokens.json"), options).unwrap();
+        assert!(store.verify(token).is_some());
+        let broken = ConfiguredToken {
+            hash: "sha256:nothex".into(),
+            ..configured
+        };
+        assert!(store.set_configured(vec![broken]).is_err());
+        assert!(
+            store.verify(token).is_some(),
+            "a refused set changes nothing"
+        );
+        store.set_configured(Vec::new()).unwrap();
+        assert!(store.verify(token).is_none());
+        assert!(store.list().is_empty());
     }
 
     #[test]
