@@ -60,14 +60,13 @@ impl InFlight {
     }
 
     fn close(&self, ticket: u64) {
-        let oldest = {
-            let mut t = self.open.lock();
-            t.open.remove(&ticket);
-            t.oldest()
-        };
+        // Under the lock, so two closes cannot publish their views out of order (the oldest would go back).
+        let mut t = self.open.lock();
+        t.open.remove(&ticket);
+        let oldest = t.oldest();
         self.oldest.send_if_modified(|o| {
-            let moved = *o != oldest;
-            *o = oldest;
+            let moved = oldest > *o;
+            *o = (*o).max(oldest);
             moved
         });
     }

@@ -358,7 +358,10 @@ impl Store {
                 self.in_flight.clone(),
             )
         });
-        if !filtered.kept.is_empty() {
+        if filtered.kept.is_empty() {
+            // Nothing to write: a reservation left armed would make the WAL writer wait for it.
+            drop(reservation);
+        } else {
             let submitted = wal::encode_body(&filtered.kept)
                 .and_then(|body| self.wal.submit(reservation, body, filtered.kept));
             match (submitted, ticket.as_mut()) {

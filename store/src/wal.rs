@@ -338,7 +338,7 @@ pub(crate) fn replay(
                 tracing::error!(segment = %path.display(), quarantined = %aside.display(), "a sealed WAL segment no longer matches its SHA-256: not replayed, set aside; `vigil verify` reports it");
                 out.quarantined_max_seq = out
                     .quarantined_max_seq
-                    .max((first_seq + seal.records).saturating_sub(1));
+                    .max(first_seq.saturating_add(seal.records).saturating_sub(1));
                 out.quarantined.push(aside);
                 removed_any = true;
                 continue;
@@ -772,8 +772,10 @@ impl Writer {
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
-        self.seal_active();
+        // The new segment first: if it cannot be made, appends go on into the active one, which must then
+        // not be sealed yet (its hash would not cover them, and the next start would set it aside).
         let (file, seg) = new_segment(&self.dir, self.next_seq)?;
+        self.seal_active();
         self.file = file;
         self.size = 0;
         self.segments.lock().push(seg);
@@ -1032,5 +1034,47 @@ mod tests {
         let r = replay(dir.path(), 12, &HashMap::new()).unwrap();
         assert!(r.records.is_empty());
         assert_eq!(r.max_seq, 12);
+    }
+
+    /// A roll that cannot create the next segment leaves the active one unsealed: appends go on into it,
+    /// and a seal taken before them would not match it (the next start would set it aside, records lost).
+    #[tokio::test]
+    async fn a_failed_roll_seals_nothing_and_the_segment_seals_whole_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let audit = Arc::new(AuditLog::open(dir.path()).unwrap());
+        let (commit, _) = collect();
+        let opts = WalOptions {
+            dir: wal_dir.clone(),
+            next_seq: 1,
+            segment_bytes: 1 << 20,
+            group_commit_window: Duration::ZERO,
+            sealed: vec![],
+            audit: Some(audit.clone()),
+        };
+        let wal = Wal::start(opts, commit).unwrap();
+        let append = || async {
+            let entries = vec![(Table::Events, batch(2))];
+            wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries)
+                .await
+                .unwrap()
+        };
+        append().await;
+        // The next segment's name is taken: creating it fails.
+        let blocker = segment_path(&wal_dir, 2);
+        std::fs::write(&blocker, b"").unwrap();
+        assert!(wal.roll().await.is_err());
+        assert!(audit.state().live.is_empty(), "nothing sealed");
+        append().await;
+        std::fs::remove_file(&blocker).unwrap();
+        // Numbering went on: the next segment starts after the second record.
+        wal.roll().await.unwrap();
+        let sealed = audit.state().live;
+        let (name, seal) = sealed.iter().next().expect("the first segment is sealed");
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), seal.sha256);
+        assert_eq!(seal.rows, 2);
+        wal.close();
     }
 }

@@ -231,15 +231,15 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
         });
     }
     let state = ChainState::replay(&parsed.entries);
-    // After the chain: a flush or compaction seals before it swaps the manifest, so what is in flight
-    // shows as sealed and not yet listed, which `may_be_unfinished` allows.
-    let manifest = crate::manifest::load(objects).await?;
+    // After the chain, the WAL, then the manifest: a flush seals its files after their records are in the
+    // WAL and deletes those records only after it swapped the manifest, so a flush in flight shows as
+    // sealed, not yet listed, with its records still seen, which `may_be_unfinished` allows.
     let wal_dir = data_dir.join("wal");
-    let wal_max_seq = tokio::task::spawn_blocking(move || crate::wal::highest_seq(&wal_dir))
+    let wal_highest = tokio::task::spawn_blocking(move || crate::wal::highest_seq(&wal_dir))
         .await
-        .map_err(|e| StoreError::Audit(format!("WAL scan task: {e}")))??
-        .map(|seq| seq.max(manifest.wal_seq))
-        .or(Some(manifest.wal_seq));
+        .map_err(|e| StoreError::Audit(format!("WAL scan task: {e}")))??;
+    let manifest = crate::manifest::load(objects).await?;
+    let wal_max_seq = Some(wal_highest.unwrap_or(0).max(manifest.wal_seq));
 
     let mut files = Vec::new();
     for (path, actual) in &stored {
