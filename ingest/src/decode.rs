@@ -191,15 +191,17 @@ where
     Ok(wire::convert(&owned)?)
 }
 
-/// What one JSON object or array may cost once parsed: the owned message (a span is some 250 bytes) and its
-/// zero-copy twin. The smallest real ones (`{"key":"a","value":{"intValue":"1"}}`, two objects in 36 bytes)
-/// stay within the protobuf budget of 32 bytes per byte.
-const JSON_CONTAINER_BYTES: usize = 512;
+/// What one JSON object or array is counted as: about what the largest parsed message takes (a span some
+/// 250 bytes). The smallest real ones (`{"intValue":5},` is 15 bytes, an attribute `{"key":"a","value":
+/// {"boolValue":true}}` two in 38) stay within the protobuf budget of 32 bytes per byte, and an empty
+/// `{},` (3 bytes) does not.
+const JSON_CONTAINER_BYTES: usize = 256;
 
 /// Refuses OTLP/JSON that would parse into more memory than the protobuf budget ([`wire::budget`]) allows
 /// its size: `{},` is three bytes and a span, so a gzipped body of kilobytes could parse into gigabytes.
 /// serde has no allocation hook, so the bound is counted before parsing, from the objects and arrays
-/// outside strings (braces inside a prompt cost nothing).
+/// outside strings (braces inside a prompt cost nothing). The bound is on the body's total, so dense spots
+/// among ordinary telemetry pass.
 fn json_within_budget(message: &[u8]) -> Result<(), DecodeError> {
     let limit = wire::budget::limit(message.len());
     if json_containers(message).saturating_mul(JSON_CONTAINER_BYTES) > limit {

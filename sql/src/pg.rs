@@ -204,7 +204,7 @@ impl PgServer {
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = &mut connection => result,
-                    _ = login_refused => {
+                    Ok(()) = login_refused => {
                         // pgwire has its FATAL to send; then the connection and its slot go, whatever the
                         // client does.
                         tokio::time::timeout(REFUSED_LOGIN_GRACE, &mut connection)

@@ -51,8 +51,9 @@ impl BodyBudget {
     }
 }
 
-/// What one request's body holds of the budget. Cloned into the body it counts; the room is given back
-/// when the last clone is dropped.
+/// What one request's body holds of the budget. Cloned into the body it counts and into the work that
+/// decodes it; the room is given back when the last clone is dropped, so a request whose client hung up
+/// keeps its room while the blocking pool still holds its bytes.
 #[derive(Clone)]
 pub(crate) struct Charge {
     room: Arc<Semaphore>,
@@ -63,6 +64,8 @@ pub(crate) struct Charge {
 struct Held {
     permit: Option<OwnedSemaphorePermit>,
     overflowed: bool,
+    /// Bytes received, kept or not.
+    seen: usize,
 }
 
 impl Charge {
@@ -71,16 +74,29 @@ impl Charge {
         self.state.lock().overflowed
     }
 
-    /// `body`, counted against this charge as it is read.
-    pub fn count<B>(&self, body: B) -> Counted<B> {
+    /// Bytes of body received, kept or dropped.
+    pub fn seen(&self) -> usize {
+        self.state.lock().seen
+    }
+
+    /// `body`, counted against this charge as it is read: every byte as it arrives (`Framing::Bytes`), or
+    /// each gRPC message's declared length as soon as its 5-byte prefix is read (`Framing::Grpc`: tonic
+    /// reserves that much before the message arrives). `drain` is the most a valid body can be: past the
+    /// budget, that much is read (and dropped) before the body is cut short.
+    pub fn count<B>(&self, body: B, framing: Framing, drain: usize) -> Counted<B> {
         Counted {
             inner: Box::pin(body),
             charge: self.clone(),
+            framing,
+            prefix: [0; 5],
+            prefix_len: 0,
+            message_left: 0,
+            drain,
         }
     }
 
     /// Takes room for `n` more bytes; false (and the charge overflowed) if there is none.
-    fn take(&self, n: usize) -> bool {
+    pub fn take(&self, n: usize) -> bool {
         let mut held = self.state.lock();
         if held.overflowed {
             return false;
@@ -95,13 +111,71 @@ impl Charge {
         }
         !held.overflowed
     }
+
+    fn saw(&self, n: usize) -> usize {
+        let mut held = self.state.lock();
+        held.seen = held.seen.saturating_add(n);
+        held.seen
+    }
 }
 
-/// A request body whose data frames are charged as they arrive; past the budget they are dropped (read,
-/// but not kept), and the charge records it.
+/// How a body's bytes become memory on the receiving side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Buffered as they arrive (an HTTP body).
+    Bytes,
+    /// Length-prefixed gRPC messages.
+    Grpc,
+}
+
+/// A request body whose data is charged as it arrives; past the budget it is dropped (read, but not
+/// kept), and the charge records it.
 pub(crate) struct Counted<B> {
     inner: Pin<Box<B>>,
     charge: Charge,
+    framing: Framing,
+    /// The gRPC message prefix read so far (flag, then the length, big-endian).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current gRPC message still to come (charged already).
+    message_left: usize,
+    drain: usize,
+}
+
+impl<B> Counted<B> {
+    /// The bytes of `data` to charge: all of them for a plain body; for gRPC, each message's prefix and
+    /// declared length as the prefix completes.
+    fn due(&mut self, data: &[u8]) -> usize {
+        if self.framing == Framing::Bytes {
+            return data.len();
+        }
+        let (mut due, mut rest) = (0usize, data);
+        while !rest.is_empty() {
+            if self.message_left > 0 {
+                let n = self.message_left.min(rest.len());
+                self.message_left -= n;
+                rest = &rest[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(rest.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&rest[..n]);
+            self.prefix_len += n;
+            rest = &rest[n..];
+            if self.prefix_len == 5 {
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]) as usize;
+                // A length over the message cap is refused by tonic as soon as it reads it.
+                due = due.saturating_add(5 + len.min(self.drain));
+                self.message_left = len;
+                self.prefix_len = 0;
+            }
+        }
+        due
+    }
 }
 
 impl<B> Body for Counted<B>
@@ -115,14 +189,26 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if self.charge.overflowed() && self.charge.seen() > self.drain {
+            // Refused already, and past what a valid request could be: stop reading it.
+            return Poll::Ready(None);
+        }
         let frame = ready!(self.inner.as_mut().poll_frame(cx));
         Poll::Ready(frame.map(|frame| {
             // Without a copy when the body's data is `Bytes` already (hyper's, axum's).
             let frame = frame?.map_data(|mut data| data.copy_to_bytes(data.remaining()));
-            Ok(match frame.data_ref() {
-                Some(data) if !self.charge.take(data.len()) => Frame::data(Bytes::new()),
-                _ => frame,
-            })
+            let Some(data) = frame.data_ref() else {
+                return Ok(frame);
+            };
+            self.charge.saw(data.len());
+            let due = self.due(&data.clone());
+            Ok(
+                if due > 0 && !self.charge.take(due) || self.charge.overflowed() {
+                    Frame::data(Bytes::new())
+                } else {
+                    frame
+                },
+            )
         }))
     }
 
@@ -138,6 +224,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The counted bytes of `chunks` sent through a gRPC-framed body (without polling a real body).
+    fn grpc_due(chunks: &[&[u8]]) -> usize {
+        let charge = BodyBudget::new(1 << 20).charge();
+        let mut counted = charge.count((), Framing::Grpc, 1 << 20);
+        chunks.iter().map(|c| counted.due(c)).sum()
+    }
+
+    #[test]
+    fn grpc_messages_are_charged_their_declared_length_as_soon_as_their_prefix_is_read() {
+        // A prefix claiming 1,000 bytes, split across chunks, and nothing after it: charged 1,005 at once.
+        assert_eq!(grpc_due(&[&[0, 0, 0], &[3, 232]]), 1005);
+        // Two whole messages in one chunk: their bytes are not charged again.
+        let mut two = vec![0, 0, 0, 0, 2, 7, 7, 1, 0, 0, 0, 1, 9];
+        assert_eq!(grpc_due(&[&two]), 7 + 6);
+        two.truncate(6);
+        assert_eq!(grpc_due(&[&two[..3], &two[3..]]), 7);
+    }
 
     #[test]
     fn a_charge_holds_its_room_until_dropped_and_overflows_past_the_budget() {

@@ -31,7 +31,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 
-use super::body_budget::{self, BodyBudget};
+use super::body_budget::{self, BodyBudget, Charge, Framing};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig, Security};
 use crate::decode::{Compression, DecodeError, Encoding, Limits};
 use crate::metrics::{self, Rejection, Signal, Transport};
@@ -210,9 +210,10 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            // Held until the answer is made: the message's bytes live that long.
+            // Held until the answer is made, and by the decoding task: the message's bytes live that long.
             let charge = receiver.bodies.charge();
-            let request = request.map(|body| charge.count(body));
+            let mut request = request.map(|body| charge.count(body, Framing::Grpc, max + 5));
+            request.extensions_mut().insert(charge.clone());
             let export = Export::<S> {
                 receiver: receiver.clone(),
                 service: PhantomData,
@@ -268,9 +269,22 @@ impl<S: OtlpService> UnaryService<Bytes> for Export<S> {
         let receiver = self.receiver.clone();
         Box::pin(async move {
             let sender = request.extensions().get::<Principal>().cloned();
-            receiver
-                .export(S::SIGNAL, request.into_inner(), sender)
-                .await?;
+            let charge = request.extensions().get::<Charge>().cloned();
+            let compressed = request
+                .metadata()
+                .get("grpc-encoding")
+                .is_some_and(|e| e != "identity");
+            let message = request.into_inner();
+            // tonic inflated a compressed message into a buffer of its own: room for that too. (Refused
+            // here, the request is answered RESOURCE_EXHAUSTED by the server, which sees the overflow.)
+            if let Some(charge) = charge.as_ref().filter(|_| compressed) {
+                if !charge.take(message.len()) {
+                    return Err(Status::resource_exhausted(
+                        "no room for the inflated message",
+                    ));
+                }
+            }
+            receiver.export(S::SIGNAL, message, sender, charge).await?;
             Ok(tonic::Response::new(EMPTY_RESPONSE))
         })
     }
@@ -348,6 +362,7 @@ impl GrpcReceiver {
         signal: Signal,
         body: Bytes,
         sender: Option<Principal>,
+        hold: Option<Charge>,
     ) -> Result<(), Status> {
         metrics::record_bytes(Transport::Grpc, body.len());
         // tonic has inflated the message and held it to the size limit already.
@@ -361,6 +376,7 @@ impl GrpcReceiver {
                 max_body_bytes: max,
                 max_decompressed_bytes: max,
             },
+            hold,
         };
         self.exporter
             .export_encoded(Transport::Grpc, encoded, sender.as_ref())

@@ -17,7 +17,7 @@ use axum::routing::post;
 use axum::serve::ListenerExt;
 use axum::Router;
 
-use super::body_budget::{self, BodyBudget};
+use super::body_budget::{self, BodyBudget, Framing};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig};
 use crate::decode::{Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
@@ -234,7 +234,8 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
 
     // Held until the request is answered: the body's bytes live that long.
     let charge = state.bodies.charge();
-    let req = req.map(|body| axum::body::Body::new(charge.count(body)));
+    let max_body = state.cfg.limits.max_body_bytes;
+    let req = req.map(|body| axum::body::Body::new(charge.count(body, Framing::Bytes, max_body)));
     let body = match Bytes::from_request(req, &()).await {
         Ok(body) => body,
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
@@ -253,6 +254,11 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
             return refuse(signal, refusal, Some(encoding));
         }
     };
+    if charge.overflowed() && charge.seen() > max_body {
+        // Past the size cap as well: retrying would not help.
+        let err = DecodeError::TooLarge { limit: max_body };
+        return refuse(signal, Refusal::from_decode(&err), Some(encoding));
+    }
     if charge.overflowed() {
         let refusal = Refusal {
             retry_after: Some(body_budget::RETRY_AFTER),
@@ -278,6 +284,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         encoding,
         compression,
         limits: state.cfg.limits,
+        hold: Some(charge),
     };
     match state
         .exporter

@@ -71,7 +71,8 @@ impl ReceiverConfig {
             .limits
             .max_body_bytes
             .max(self.limits.max_decompressed_bytes);
-        body_budget::BodyBudget::new(self.max_buffered_body_bytes.max(largest))
+        // Room for one request at the limits, with its gRPC prefix, whatever the setting.
+        body_budget::BodyBudget::new(self.max_buffered_body_bytes.max(largest + 64 * 1024))
     }
 
     fn unavailable_retry_after(&self) -> Duration {
@@ -133,6 +134,9 @@ pub(crate) struct Encoded {
     pub encoding: Encoding,
     pub compression: Compression,
     pub limits: Limits,
+    /// The receiver's room for this body, held by the blocking task that decodes it, so that a client that
+    /// hangs up does not free it while the bytes are still in use.
+    pub hold: Option<body_budget::Charge>,
 }
 
 impl Encoded {
@@ -332,10 +336,14 @@ impl Exporter {
     async fn deliver(
         &self,
         transport: Transport,
-        input: Input,
+        mut input: Input,
         ctx: NormalizeContext,
     ) -> Result<ExportSummary, ExportError> {
         let signal = input.signal();
+        let hold = match &mut input {
+            Input::Encoded(encoded) => encoded.hold.take(),
+            Input::Decoded(_) => None,
+        };
         let admission = self.sink.admit().await?;
         let normalizers = self.normalizers;
         let decode_span = match &input {
@@ -351,6 +359,8 @@ impl Exporter {
         // off the I/O threads.
         let Normalized { batch, skipped } =
             tokio::task::spawn_blocking(move || -> Result<Normalized, DecodeError> {
+                // Until the decoded request, whose strings are slices of the body, is normalised.
+                let _hold = hold;
                 let request = decode_span.in_scope(|| input.decode())?;
                 let span = span.entered();
                 let normalized = match request {

@@ -727,13 +727,13 @@ async fn grpc_sink_refusals_map_to_retryable_codes_with_retry_info() {
     assert!(counter(&REJECTED, &["grpc", "unavailable"]) >= 1);
 }
 
-/// Receivers that buffer at most 64 KiB of bodies: one request of 40 KB waits in the sink, holding its
-/// body, so a second cannot be read in.
+/// Receivers that buffer at most 100,000 + 64 Ki bytes of bodies (the least there is room for): one
+/// request of 90 KB waits for admission, holding its body, so a second cannot be read in.
 fn small_body_budget() -> ReceiverConfig {
     ReceiverConfig {
         limits: Limits {
-            max_body_bytes: 64 * 1024,
-            max_decompressed_bytes: 64 * 1024,
+            max_body_bytes: 100_000,
+            max_decompressed_bytes: 100_000,
         },
         max_buffered_body_bytes: 0,
         ..ReceiverConfig::default()
@@ -745,7 +745,7 @@ async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_aft
     let sink = VecSink::new();
     let server = start_http(&sink, small_body_budget(), true).await;
     let before = counter(&REJECTED, &["http", "overloaded"]);
-    let body = big_request(40_000).encode_to_vec();
+    let body = big_request(90_000).encode_to_vec();
     sink.hold();
     let first = tokio::spawn(post(
         server.addr,
@@ -755,7 +755,10 @@ async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_aft
         body.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!first.is_finished(), "the first request waits in the sink");
+    assert!(
+        !first.is_finished(),
+        "the first request waits for admission"
+    );
 
     let refused = tokio::time::timeout(
         Duration::from_secs(5),
@@ -776,6 +779,12 @@ async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_aft
     assert_eq!(code, Code::ResourceExhausted as i32);
     assert!(message.contains("max_buffered_body_bytes"), "{message}");
     assert!(counter(&REJECTED, &["http", "overloaded"]) - before >= 1);
+    // Dropped bytes are still counted against the size cap: past it, retrying cannot help.
+    let chunks = vec![vec![b'x'; 20_000]; 10];
+    let status = tokio::time::timeout(Duration::from_secs(5), post_chunked(server.addr, &chunks))
+        .await
+        .expect("an oversized body is not drained forever");
+    assert_eq!(status, 413);
 
     sink.release();
     assert_eq!(first.await.expect("first request").status(), 200);
@@ -802,13 +811,16 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
         .expect("connect");
     sink.hold();
     let mut first_client = client.clone();
-    let first = tokio::spawn(async move { first_client.export(big_request(40_000)).await });
+    let first = tokio::spawn(async move { first_client.export(big_request(90_000)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!first.is_finished(), "the first request waits in the sink");
+    assert!(
+        !first.is_finished(),
+        "the first request waits for admission"
+    );
 
     let status = tokio::time::timeout(
         Duration::from_secs(5),
-        client.clone().export(big_request(40_000)),
+        client.clone().export(big_request(90_000)),
     )
     .await
     .expect("the second request is answered while the first waits")
@@ -818,12 +830,24 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
     assert_eq!(retry, Some(Duration::from_secs(1)));
     assert!(counter(&REJECTED, &["grpc", "overloaded"]) - before >= 1);
+    // Small on the wire, but tonic inflates it into a buffer of its own: that needs room too.
+    let status = tokio::time::timeout(
+        Duration::from_secs(5),
+        client
+            .clone()
+            .send_compressed(CompressionEncoding::Gzip)
+            .export(big_request(90_000)),
+    )
+    .await
+    .expect("the compressed request is answered while the first waits")
+    .expect_err("no room for the inflated message");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     sink.release();
     first.await.expect("first task").expect("first request");
     client
         .clone()
-        .export(big_request(40_000))
+        .export(big_request(90_000))
         .await
         .expect("room again once the first is answered");
     assert_eq!(sink.rows(), 2);

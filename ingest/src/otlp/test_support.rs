@@ -32,11 +32,11 @@ pub enum SinkMode {
     Full,
 }
 
-/// Keeps every accepted batch; can be switched to refuse, or held so that requests wait in it.
+/// Keeps every accepted batch; can be switched to refuse, or held so that requests wait for admission.
 pub struct VecSink {
     batches: Mutex<Vec<RecordBatch>>,
     mode: Mutex<SinkMode>,
-    /// True while accepted batches wait before being kept.
+    /// True while requests wait for admission.
     held: tokio::sync::watch::Sender<bool>,
 }
 
@@ -49,7 +49,8 @@ impl VecSink {
         })
     }
 
-    /// Requests that reach the sink from now on wait there until [`VecSink::release`].
+    /// Requests that ask for admission from now on wait there (holding their bodies) until
+    /// [`VecSink::release`].
     pub fn hold(&self) {
         self.held.send_replace(true);
     }
@@ -79,6 +80,7 @@ impl VecSink {
 #[async_trait::async_trait]
 impl EventSink for VecSink {
     async fn admit(&self) -> Result<crate::sink::Admission, SinkError> {
+        let _ = self.held.subscribe().wait_for(|held| !*held).await;
         match *self.mode.lock().expect("mode lock") {
             SinkMode::Full => Err(SinkError::Overloaded {
                 retry_after: Duration::from_secs(3),
@@ -92,7 +94,6 @@ impl EventSink for VecSink {
         batch: RecordBatch,
         _admission: crate::sink::Admission,
     ) -> Result<(), SinkError> {
-        let _ = self.held.subscribe().wait_for(|held| !*held).await;
         let mode = *self.mode.lock().expect("mode lock");
         match mode {
             SinkMode::Accept => {
