@@ -3,9 +3,11 @@
 //! A request is admitted (and refused with 429 under overload) only after its body has been read, so that
 //! the client is not cut off mid-send. Without a bound on the reading itself, a thousand clients sending
 //! 4 MiB bodies at once would hold 4 GiB before any admission check ran. Every body is therefore counted
-//! against one budget per receiver as its frames arrive, and the count is held until the request has been
-//! answered. A body that does not fit is still read to its end, so the client gets its answer, but its
-//! bytes are dropped as they arrive; the request is then refused as overloaded, with a Retry-After.
+//! against one budget per receiver as its frames arrive (a gRPC message as soon as its prefix declares its
+//! length, and again once inflated), and the count is held while the request waits for admission and is
+//! decoded, until its bytes are gone. A body that does not fit is still read to its end (up to the size
+//! cap), so the client gets its answer, but its bytes are dropped as they arrive; the request is then
+//! refused as overloaded, with a Retry-After.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,7 +44,7 @@ impl BodyBudget {
         self.bytes
     }
 
-    /// A new request's share, empty until its body arrives; keep it until the request is answered.
+    /// A new request's share, empty until its body arrives; keep it as long as the body's bytes.
     pub fn charge(&self) -> Charge {
         Charge {
             room: self.room.clone(),

@@ -210,7 +210,7 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            // Held until the answer is made, and by the decoding task: the message's bytes live that long.
+            // Held until the message is decoded (the decoding task takes a clone): its bytes live that long.
             let charge = receiver.bodies.charge();
             let mut request = request.map(|body| charge.count(body, Framing::Grpc, max + 5));
             request.extensions_mut().insert(charge.clone());

@@ -232,7 +232,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
         return refuse(signal, refusal, Some(encoding));
     };
 
-    // Held until the request is answered: the body's bytes live that long.
+    // Held until the body is decoded (it moves into the decoding task): its bytes live that long.
     let charge = state.bodies.charge();
     let max_body = state.cfg.limits.max_body_bytes;
     let req = req.map(|body| axum::body::Body::new(charge.count(body, Framing::Bytes, max_body)));

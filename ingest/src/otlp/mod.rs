@@ -45,7 +45,7 @@ pub struct ReceiverConfig {
     /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
     /// their own delay).
     pub unavailable_retry_after_secs: u64,
-    /// Bytes of request bodies each receiver holds at once, from their first byte until they are answered
+    /// Bytes of request bodies each receiver holds at once, from their first byte until they are decoded
     /// (never less than one request at the `limits`). Past it, a body is read but not kept, and the request
     /// is refused as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After): this bounds memory when many
     /// clients send at once, before admission can refuse them.
