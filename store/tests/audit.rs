@@ -116,6 +116,24 @@ fn append_entry_covering(
     std::fs::write(chain_file(dir), text).unwrap();
 }
 
+/// Copies the sealed Parquet file `of` next to itself as `<name>.parquet` and seals the copy, as a flush
+/// that died before its manifest swap leaves it; returns the copy's path.
+fn seal_a_copy(dir: &Path, of: &str, name: &str, wal_seq: Option<u64>) -> String {
+    let copy = format!("{}/{name}.parquet", of.rsplit_once('/').unwrap().0);
+    std::fs::copy(dir.join(of), dir.join(&copy)).unwrap();
+    let sealed = entries(dir)
+        .iter()
+        .flat_map(|e| e.files.clone())
+        .find(|f| f.path == of)
+        .unwrap();
+    let record = FileRecord {
+        path: copy.clone(),
+        ..sealed
+    };
+    append_entry_covering(dir, Op::Seal, "events", vec![record], vec![], wal_seq);
+    copy
+}
+
 async fn verify(dir: &Path) -> audit::VerifyReport {
     audit::verify(&config(dir)).await.unwrap()
 }
@@ -492,27 +510,7 @@ async fn crash_leftovers_are_reconciled_on_open() {
     drop(store);
 
     // 1. A flush sealed a file, then died before the manifest swap.
-    let orphan = format!(
-        "{}/0190aaaa-orphan.parquet",
-        files[0].rsplit_once('/').unwrap().0
-    );
-    std::fs::copy(dir.path().join(&files[0]), dir.path().join(&orphan)).unwrap();
-    let rec = chain
-        .iter()
-        .flat_map(|e| &e.files)
-        .find(|f| f.path == files[0])
-        .unwrap()
-        .clone();
-    append_entry(
-        dir.path(),
-        Op::Seal,
-        "events",
-        vec![FileRecord {
-            path: orphan.clone(),
-            ..rec
-        }],
-        vec![],
-    );
+    let orphan = seal_a_copy(dir.path(), &files[0], "0190aaaa-orphan", None);
     // 2. Retention recorded its removal, then died before the manifest swap.
     append_entry(
         dir.path(),
@@ -630,27 +628,7 @@ async fn a_seal_is_a_crash_leftover_only_while_the_wal_holds_its_rows() {
             .unwrap();
         drop(store);
         let covered = manifest_wal_seq(dir.path()) + if wal_holds_the_rows { 1 } else { 2 };
-        let orphan = format!(
-            "{}/0190bbbb-orphan.parquet",
-            files[0].rsplit_once('/').unwrap().0
-        );
-        std::fs::copy(dir.path().join(&files[0]), dir.path().join(&orphan)).unwrap();
-        let rec = entries(dir.path())
-            .iter()
-            .flat_map(|e| e.files.clone())
-            .find(|f| f.path == files[0])
-            .unwrap();
-        append_entry_covering(
-            dir.path(),
-            Op::Seal,
-            "events",
-            vec![FileRecord {
-                path: orphan.clone(),
-                ..rec
-            }],
-            vec![],
-            Some(covered),
-        );
+        let orphan = seal_a_copy(dir.path(), &files[0], "0190bbbb-orphan", Some(covered));
 
         let before = entries(dir.path()).len();
         let store = Store::open(config(dir.path())).await.unwrap();
