@@ -114,10 +114,9 @@ impl Charge {
         !held.overflowed
     }
 
-    fn saw(&self, n: usize) -> usize {
+    fn saw(&self, n: usize) {
         let mut held = self.state.lock();
         held.seen = held.seen.saturating_add(n);
-        held.seen
     }
 }
 
@@ -203,7 +202,7 @@ where
                 return Ok(frame);
             };
             self.charge.saw(data.len());
-            let due = self.due(&data.clone());
+            let due = self.due(data);
             Ok(
                 if due > 0 && !self.charge.take(due) || self.charge.overflowed() {
                     Frame::data(Bytes::new())
