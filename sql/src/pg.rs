@@ -47,16 +47,24 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use vigil_ingest::security::{record_failure, AuthFailure, Authenticator, Scope};
+use vigil_ingest::security::{record_failure, AuthFailure, Authenticator, Scope, TokenHash};
 
 use crate::context::{read_only_options, Interface, QueryLimits};
 use crate::error::QueryError;
 use crate::guard::{self, GuardPolicy};
 use crate::metrics;
 
-/// Decides whether a user may log in with a password. The binary plugs in its token check here.
+/// Decides whether a user may log in with a password, and whether a logged-in session may go on. The
+/// binary plugs in its token check here.
 pub trait PgAuth: Send + Sync {
-    fn check(&self, user: &str, password: &str) -> bool;
+    /// `Some(grant)` lets the login in. The grant stays with the connection and is handed to
+    /// [`PgAuth::still_valid`] before each statement, so it must not be the password itself.
+    fn check(&self, user: &str, password: &str) -> Option<String>;
+
+    /// Whether the session that logged in with `grant` may run another statement. A session lasts as
+    /// long as its client likes (Grafana keeps its connections for hours), so a token revoked or removed
+    /// after the login must end the sessions it opened, not only refuse the next login.
+    fn still_valid(&self, grant: &str) -> bool;
 }
 
 /// A fixed user and password, for the demo and tests.
@@ -66,11 +74,16 @@ pub struct StaticPassword {
 }
 
 impl PgAuth for StaticPassword {
-    fn check(&self, user: &str, password: &str) -> bool {
+    fn check(&self, user: &str, password: &str) -> Option<String> {
         // Compare everything, so the time taken does not tell how much of the password matched.
         let user_ok = constant_time_eq(user.as_bytes(), self.user.as_bytes());
         let password_ok = constant_time_eq(password.as_bytes(), self.password.as_bytes());
-        user_ok & password_ok
+        (user_ok & password_ok).then(String::new)
+    }
+
+    /// A fixed password cannot be revoked.
+    fn still_valid(&self, _grant: &str) -> bool {
+        true
     }
 }
 
@@ -78,14 +91,29 @@ impl PgAuth for StaticPassword {
 pub const LISTENER: &str = "pg";
 
 /// API tokens as passwords: the password must be a token with the `query` scope; the user name is not
-/// consulted (the token alone names the source). Refusals are counted like every other listener's.
+/// consulted (the token alone names the source). Refusals are counted like every other listener's. The
+/// grant is the token's hash, which sessions re-check before each statement.
 pub struct TokenPassword {
     pub auth: Arc<Authenticator>,
 }
 
 impl PgAuth for TokenPassword {
-    fn check(&self, _user: &str, password: &str) -> bool {
+    fn check(&self, _user: &str, password: &str) -> Option<String> {
         match self.auth.authorize_token(Some(password), Scope::Query) {
+            Ok(_) => Some(TokenHash::of(password).to_string()),
+            Err(failure) => {
+                record_failure(LISTENER, &failure);
+                None
+            }
+        }
+    }
+
+    fn still_valid(&self, grant: &str) -> bool {
+        let outcome = match TokenHash::parse(grant) {
+            Some(hash) => self.auth.authorize_hash(&hash, Scope::Query),
+            None => Err(AuthFailure::Invalid),
+        };
+        match outcome {
             Ok(_) => true,
             Err(failure) => {
                 record_failure(LISTENER, &failure);
@@ -112,7 +140,7 @@ pub enum PgServerError {
 /// The pg-wire server over one shared [`SessionContext`].
 pub struct PgServer {
     service: Arc<GuardedService>,
-    auth: Arc<dyn PgAuth>,
+    sessions: Arc<Sessions>,
     max_connections: usize,
     tls: Option<TlsAcceptor>,
 }
@@ -129,20 +157,26 @@ impl PgServer {
             .map_err(|e| PgServerError::Catalog(e.to_string()))?;
         let inner = Arc::new(DfSessionService::new(ctx.clone()));
         let sql_parser = Arc::new(PostgresCompatibilityParser::new());
+        let sessions = Arc::new(Sessions {
+            auth,
+            closing: Arc::new(Closing::default()),
+        });
         let service = Arc::new(GuardedService {
             parser: Arc::new(GuardedParser {
                 inner: inner.query_parser(),
                 sql_parser: sql_parser.clone(),
                 limits: limits.clone(),
+                sessions: sessions.clone(),
             }),
             sql_parser,
             inner,
             ctx,
             limits,
+            sessions: sessions.clone(),
         });
         Ok(Self {
             service,
-            auth,
+            sessions,
             max_connections: 64,
             tls: None,
         })
@@ -164,12 +198,12 @@ impl PgServer {
 
     /// Accepts connections on `listener` until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let refused = Arc::new(RefusedLogins::default());
+        let closing = self.sessions.closing.clone();
         let startup = Arc::new(PasswordStartup {
-            auth: self.auth.clone(),
+            auth: self.sessions.auth.clone(),
             parameters: DefaultServerParameterProvider::default(),
             require_tls: self.tls.is_some(),
-            refused: refused.clone(),
+            closing: closing.clone(),
         });
         let handlers = Arc::new(VigilPgHandlers {
             service: self.service.clone(),
@@ -197,17 +231,17 @@ impl PgServer {
             };
             let handlers = handlers.clone();
             let tls = self.tls.clone();
-            let refused = refused.clone();
-            let login_refused = refused.watch(peer);
+            let closing = closing.clone();
+            let to_close = closing.watch(peer);
             tokio::spawn(async move {
                 let connection = pgwire::tokio::process_socket(socket, tls, handlers);
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = &mut connection => result,
-                    Ok(()) = login_refused => {
+                    Ok(()) = to_close => {
                         // pgwire has its FATAL to send; then the connection and its slot go, whatever the
                         // client does.
-                        tokio::time::timeout(REFUSED_LOGIN_GRACE, &mut connection)
+                        tokio::time::timeout(CLOSE_GRACE, &mut connection)
                             .await
                             .unwrap_or(Ok(()))
                     }
@@ -215,7 +249,7 @@ impl PgServer {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "pg connection ended with an error");
                 }
-                refused.forget(peer);
+                closing.forget(peer);
                 drop(permit);
             });
         }
@@ -241,17 +275,17 @@ impl PgWireServerHandlers for VigilPgHandlers {
     }
 }
 
-/// How long a connection whose login was refused stays open for pgwire to send its FATAL.
-const REFUSED_LOGIN_GRACE: Duration = Duration::from_millis(500);
+/// How long a connection to be closed stays open for pgwire to send its FATAL.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// Connections whose login was refused, so their task closes them. pgwire answers a refused login with
-/// FATAL but keeps reading until the client hangs up, so a client that never does would hold one of the
-/// `max_connections` slots for good: a few such connections lock every user out.
+/// Connections to close: those whose login was refused and sessions whose token was revoked. pgwire
+/// answers both with FATAL but keeps reading until the client hangs up, so a client that never does would
+/// hold one of the `max_connections` slots for good: a few such connections lock every user out.
 #[derive(Default)]
-struct RefusedLogins(std::sync::Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>);
+struct Closing(std::sync::Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>);
 
-impl RefusedLogins {
-    /// Resolves when `peer`'s login is refused (or the watch is forgotten).
+impl Closing {
+    /// Resolves when `peer` is to be closed (or the watch is forgotten).
     fn watch(&self, peer: SocketAddr) -> tokio::sync::oneshot::Receiver<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut m) = self.0.lock() {
@@ -260,7 +294,7 @@ impl RefusedLogins {
         rx
     }
 
-    fn refuse(&self, peer: SocketAddr) {
+    fn close(&self, peer: SocketAddr) {
         if let Some(tx) = self.0.lock().ok().and_then(|mut m| m.remove(&peer)) {
             let _ = tx.send(());
         }
@@ -280,7 +314,7 @@ struct PasswordStartup {
     parameters: DefaultServerParameterProvider,
     /// Refuse plain connections before asking for a password.
     require_tls: bool,
-    refused: Arc<RefusedLogins>,
+    closing: Arc<Closing>,
 }
 
 #[async_trait]
@@ -300,7 +334,7 @@ impl StartupHandler for PasswordStartup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 if self.require_tls && !client.is_secure() {
                     tracing::info!(peer = %client.socket_addr(), "pg connection refused: TLS required");
-                    self.refused.refuse(client.socket_addr());
+                    self.closing.close(client.socket_addr());
                     return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                         "FATAL".to_owned(),
                         "28000".to_owned(),
@@ -322,14 +356,12 @@ impl StartupHandler for PasswordStartup {
                     .user()
                     .unwrap_or_default()
                     .to_owned();
-                if self.auth.check(&user, &pwd.password) {
-                    client
-                        .metadata_mut()
-                        .insert(LOGGED_IN.to_owned(), "true".to_owned());
+                if let Some(grant) = self.auth.check(&user, &pwd.password) {
+                    client.metadata_mut().insert(LOGGED_IN.to_owned(), grant);
                     finish_authentication(client, &self.parameters).await?;
                 } else {
                     tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
-                    self.refused.refuse(client.socket_addr());
+                    self.closing.close(client.socket_addr());
                     return Err(PgWireError::InvalidPassword(user));
                 }
             }
@@ -339,24 +371,43 @@ impl StartupHandler for PasswordStartup {
     }
 }
 
-/// Set in a connection's metadata once its password was accepted.
+/// Set in a connection's metadata once its password was accepted, to the [`PgAuth`] grant.
 const LOGGED_IN: &str = "vigil.logged_in";
 
-/// Refuses a statement on a connection that never logged in. pgwire answers a failed login with a FATAL
-/// error and shuts its sending half, but keeps reading and hands later messages to the query handlers as if
-/// the connection were ready: a client that pipelines Startup, a wrong password and a query would have the
-/// query planned and run (its rows unread, its cost and timing not). So every handler checks for itself.
-fn require_login<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<()> {
-    if client.metadata().contains_key(LOGGED_IN) {
-        return Ok(());
+/// Who may run a statement: a connection that logged in, with a grant that is still valid.
+struct Sessions {
+    auth: Arc<dyn PgAuth>,
+    closing: Arc<Closing>,
+}
+
+impl Sessions {
+    /// Every query handler calls this first. pgwire answers a failed login with a FATAL error and shuts
+    /// its sending half, but keeps reading and hands later messages to the query handlers as if the
+    /// connection were ready: a client that pipelines Startup, a wrong password and a query would have the
+    /// query planned and run (its rows unread, its cost and timing not). And a session whose token was
+    /// revoked since its login is ended here, at its next statement, and its connection closed.
+    fn require<C: ClientInfo + ?Sized>(&self, client: &C) -> PgWireResult<()> {
+        let fatal = |message: &str| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_owned(),
+                "28000".to_owned(),
+                message.to_owned(),
+            )))
+        };
+        let Some(grant) = client.metadata().get(LOGGED_IN) else {
+            record_failure(LISTENER, &AuthFailure::Missing);
+            tracing::info!(peer = %client.socket_addr(), "pg statement refused: not logged in");
+            return Err(fatal("not logged in"));
+        };
+        if self.auth.still_valid(grant) {
+            return Ok(());
+        }
+        tracing::info!(peer = %client.socket_addr(), "pg session ended: its token was revoked or removed");
+        self.closing.close(client.socket_addr());
+        Err(fatal(
+            "the token this session logged in with was revoked or removed",
+        ))
     }
-    record_failure(LISTENER, &AuthFailure::Missing);
-    tracing::info!(peer = %client.socket_addr(), "pg statement refused: not logged in");
-    Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".to_owned(),
-        "28000".to_owned(),
-        "not logged in".to_owned(),
-    ))))
 }
 
 type DfStatement = (String, Option<(Statement, LogicalPlan)>);
@@ -368,6 +419,7 @@ struct GuardedService {
     parser: Arc<GuardedParser>,
     ctx: Arc<SessionContext>,
     limits: QueryLimits,
+    sessions: Arc<Sessions>,
 }
 
 /// Statements answered by `datafusion-postgres`' hooks from per-connection state; they never plan a query.
@@ -505,7 +557,7 @@ impl SimpleQueryHandler for GuardedService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        require_login(client)?;
+        self.sessions.require(client)?;
         let started = Instant::now();
         let statements = match parse_and_guard(&self.sql_parser, query) {
             Ok(s) => s,
@@ -566,7 +618,7 @@ impl ExtendedQueryHandler for GuardedService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        require_login(client)?;
+        self.sessions.require(client)?;
         // The statement passed the guard and the plan check in `GuardedParser::parse_sql`.
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
@@ -595,6 +647,7 @@ struct GuardedParser {
     inner: Arc<datafusion_postgres::Parser>,
     sql_parser: Arc<PostgresCompatibilityParser>,
     limits: QueryLimits,
+    sessions: Arc<Sessions>,
 }
 
 #[async_trait]
@@ -610,7 +663,7 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        require_login(client)?;
+        self.sessions.require(client)?;
         let started = Instant::now();
         let checked = async {
             let statements = parse_and_guard(&self.sql_parser, sql)?;
@@ -1023,7 +1076,7 @@ mod tests {
                 .contains("password authentication failed"),
             "{said:?}"
         );
-        tokio::time::sleep(REFUSED_LOGIN_GRACE + Duration::from_millis(500)).await;
+        tokio::time::sleep(CLOSE_GRACE + Duration::from_millis(500)).await;
         // `socket` is still open on this side.
         assert_still_serving(server.addr).await;
         drop(socket);
@@ -1152,6 +1205,143 @@ mod tests {
         }
         assert_eq!(failures("invalid"), invalid + 1);
         assert_eq!(failures("forbidden"), forbidden + 1);
+    }
+
+    /// One connection held open across statements, spoken with `postgres-protocol` (the protocol half of
+    /// tokio-postgres): what a test needs to see a session change between two statements.
+    struct Session {
+        socket: tokio::net::TcpStream,
+        inbuf: bytes::BytesMut,
+    }
+
+    impl Session {
+        async fn login(addr: SocketAddr, password: &str) -> Session {
+            use postgres_protocol::message::{backend::Message, frontend};
+            let mut session = Session {
+                socket: tokio::net::TcpStream::connect(addr).await.unwrap(),
+                inbuf: bytes::BytesMut::new(),
+            };
+            let mut out = bytes::BytesMut::new();
+            frontend::startup_message([("user", "grafana"), ("database", "vigil")], &mut out)
+                .unwrap();
+            session.send(&out).await;
+            loop {
+                match session.next().await.expect("server answers the login") {
+                    Message::AuthenticationCleartextPassword => {
+                        let mut out = bytes::BytesMut::new();
+                        frontend::password_message(password.as_bytes(), &mut out).unwrap();
+                        session.send(&out).await;
+                    }
+                    Message::ErrorResponse(_) => panic!("login refused"),
+                    Message::ReadyForQuery(_) => return session,
+                    _ => {}
+                }
+            }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            use tokio::io::AsyncWriteExt;
+            self.socket.write_all(bytes).await.unwrap();
+        }
+
+        /// The next message, or `None` once the server has closed the connection.
+        async fn next(&mut self) -> Option<postgres_protocol::message::backend::Message> {
+            use postgres_protocol::message::backend::Message;
+            use tokio::io::AsyncReadExt;
+            loop {
+                if let Some(m) = Message::parse(&mut self.inbuf).unwrap() {
+                    return Some(m);
+                }
+                let read = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.socket.read_buf(&mut self.inbuf),
+                )
+                .await
+                .expect("the server answers or closes within 10 s");
+                if read.map_or(true, |n| n == 0) {
+                    return None;
+                }
+            }
+        }
+
+        /// The first column of each row, or the server's error as "SEVERITY: message".
+        async fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
+            use fallible_iterator::FallibleIterator;
+            use postgres_protocol::message::{backend::Message, frontend};
+            let mut out = bytes::BytesMut::new();
+            frontend::query(sql, &mut out).unwrap();
+            self.send(&out).await;
+            let (mut rows, mut error) = (Vec::new(), None);
+            while let Some(message) = self.next().await {
+                match message {
+                    Message::DataRow(row) => {
+                        let buf = row.buffer();
+                        let first = row.ranges().next().unwrap().flatten();
+                        rows.push(first.map_or(String::new(), |r| {
+                            String::from_utf8_lossy(&buf[r]).into_owned()
+                        }));
+                    }
+                    Message::ErrorResponse(body) => {
+                        let (mut severity, mut text) = (String::new(), String::new());
+                        let mut fields = body.fields();
+                        while let Some(field) = fields.next().unwrap() {
+                            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+                            match field.type_() {
+                                b'S' => severity = value,
+                                b'M' => text = value,
+                                _ => {}
+                            }
+                        }
+                        error = Some(format!("{severity}: {text}"));
+                        if severity == "FATAL" {
+                            break;
+                        }
+                    }
+                    Message::ReadyForQuery(_) => break,
+                    _ => {}
+                }
+            }
+            error.map_or(Ok(rows), Err)
+        }
+    }
+
+    /// Grafana keeps its connections for hours: revoking the token they logged in with must end them at
+    /// their next statement, and give their slot back although the client keeps its end open (a single
+    /// slot here, so a connection left behind would lock the next login out).
+    #[tokio::test]
+    async fn a_session_ends_at_its_next_statement_once_its_token_is_revoked() {
+        let tokens = tempfile::tempdir().unwrap();
+        let (auth, query, _) = token_auth(&tokens);
+        let server = start_capped(
+            QueryLimits::default(),
+            Arc::new(TokenPassword { auth: auth.clone() }),
+            None,
+            1,
+        )
+        .await;
+        let mut session = Session::login(server.addr, &query).await;
+        assert_eq!(
+            session.query("SELECT count(*) FROM events").await,
+            Ok(vec!["33".to_owned()])
+        );
+        assert_eq!(session.query("SELECT 1").await, Ok(vec!["1".to_owned()]));
+
+        let invalid = failures("invalid");
+        let store = auth.store().unwrap();
+        store.revoke("grafana").unwrap();
+        assert_eq!(
+            session.query("SELECT count(*) FROM events").await,
+            Err("FATAL: the token this session logged in with was revoked or removed".to_owned())
+        );
+        assert_eq!(failures("invalid"), invalid + 1);
+
+        tokio::time::sleep(CLOSE_GRACE + Duration::from_millis(500)).await;
+        let out = psql_env(server.addr, &query, &[], "SELECT 1").await;
+        assert!(!out.status.success(), "the revoked token logs in again");
+        let (_, fresh) = store.create("grafana-rotated", &[Scope::Query]).unwrap();
+        let out = psql_env(server.addr, &fresh, &[], "SELECT 1").await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        drop(session);
     }
 
     /// A self-signed certificate for localhost/127.0.0.1, written by the openssl CLI.

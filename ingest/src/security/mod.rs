@@ -198,14 +198,21 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Missing)?;
         let principal = store.verify(token).ok_or(AuthFailure::Invalid)?;
-        if principal.has(required) {
-            Ok(principal)
-        } else {
-            Err(AuthFailure::Forbidden {
-                sender: principal.source,
-                required,
-            })
-        }
+        in_scope(principal, required)
+    }
+
+    /// Checks a token by its hash, as a long-lived session re-checks the token it logged in with, so
+    /// that revoking or removing a token (or its scope) also ends the sessions it opened.
+    pub fn authorize_hash(
+        &self,
+        hash: &TokenHash,
+        required: Scope,
+    ) -> Result<Principal, AuthFailure> {
+        let Some(store) = &self.store else {
+            return Ok(Principal::anonymous());
+        };
+        let principal = store.verify_hash(hash).ok_or(AuthFailure::Invalid)?;
+        in_scope(principal, required)
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`, scheme case-insensitive).
@@ -228,6 +235,17 @@ impl Authenticator {
     /// name is not consulted; the token alone identifies the source.
     pub fn check_password(&self, password: &str) -> Option<Principal> {
         self.authorize_token(Some(password), Scope::Query).ok()
+    }
+}
+
+fn in_scope(principal: Principal, required: Scope) -> Result<Principal, AuthFailure> {
+    if principal.has(required) {
+        Ok(principal)
+    } else {
+        Err(AuthFailure::Forbidden {
+            sender: principal.source,
+            required,
+        })
     }
 }
 
@@ -306,6 +324,24 @@ mod tests {
         assert!(auth.check_password(&ingest).is_none());
         assert!(auth.check_password("").is_none());
         assert!(auth.check_password("postgres").is_none());
+    }
+
+    #[test]
+    fn a_token_known_by_its_hash_is_checked_as_it_is_now() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (auth, ingest, query) = authenticator(&dir);
+        let (ingest, query) = (TokenHash::of(&ingest), TokenHash::of(&query));
+        let ok = auth.authorize_hash(&query, Scope::Query).expect("valid");
+        assert_eq!(&*ok.source, "grafana");
+        assert!(auth
+            .authorize_hash(&ingest, Scope::Query)
+            .expect_err("out of scope")
+            .is_forbidden());
+        auth.store().expect("store").revoke("grafana").expect("revoke");
+        assert_eq!(
+            auth.authorize_hash(&query, Scope::Query),
+            Err(AuthFailure::Invalid)
+        );
     }
 
     #[test]

@@ -290,11 +290,16 @@ impl TokenStore {
         if plaintext.is_empty() || plaintext.len() > MAX_TOKEN_LEN {
             return None;
         }
+        self.verify_hash(&TokenHash::of(plaintext))
+    }
+
+    /// The principal a token known only by its hash stands for now: how a session that logged in once
+    /// (a PostgreSQL connection) learns that its token was revoked or removed since.
+    pub fn verify_hash(&self, hash: &TokenHash) -> Option<Principal> {
         self.refresh_if_due();
-        let hash = TokenHash::of(plaintext);
         let state = self.state.read();
-        let entry = state.index.get(&hash)?;
-        entry.hash.ct_eq(&hash).then(|| entry.principal.clone())
+        let entry = state.index.get(hash)?;
+        entry.hash.ct_eq(hash).then(|| entry.principal.clone())
     }
 
     /// Creates a token and returns it in plaintext: the only time it exists outside the client.
