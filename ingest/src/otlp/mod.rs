@@ -357,10 +357,14 @@ impl Exporter {
         let span = tracing::debug_span!("otlp.normalize", events = tracing::field::Empty);
         // Inflating, parsing and normalising a large request is CPU work measured in milliseconds; keep it
         // off the I/O threads.
-        let Normalized { batch, skipped } =
-            tokio::task::spawn_blocking(move || -> Result<Normalized, DecodeError> {
-                // Until the decoded request, whose strings are slices of the body, is normalised.
-                let _hold = hold;
+        let (normalized, admission) = tokio::task::spawn_blocking(move || {
+            // The admission goes with the work and comes back with its result. A client that hangs up
+            // drops this request's future, not the decode running here: had the slot stayed with the
+            // future, clients cancelling their requests could keep any number of decodes running at once.
+            let admission = admission;
+            // Until the decoded request, whose strings are slices of the body, is normalised.
+            let _hold = hold;
+            let normalized = (|| -> Result<Normalized, DecodeError> {
                 let request = decode_span.in_scope(|| input.decode())?;
                 let span = span.entered();
                 let normalized = match request {
@@ -373,14 +377,17 @@ impl Exporter {
                 };
                 span.record("events", normalized.batch.num_rows() as i64);
                 Ok(normalized)
-            })
-            .await
-            .map_err(|err| {
-                SinkError::Internal(format!(
-                    "normalisation of {} failed: {err}",
-                    signal.as_str()
-                ))
-            })??;
+            })();
+            (normalized, admission)
+        })
+        .await
+        .map_err(|err| {
+            SinkError::Internal(format!(
+                "normalisation of {} failed: {err}",
+                signal.as_str()
+            ))
+        })?;
+        let Normalized { batch, skipped } = normalized?;
         metrics::record_skipped(transport, signal, skipped);
         let events = batch.num_rows();
         if events == 0 {
@@ -522,6 +529,105 @@ mod tests {
             }
         );
         assert_eq!(sink.rows(), 0);
+    }
+
+    /// A client that hangs up while its request is being decoded drops the request's future, not the
+    /// blocking decode: the admission slot must stay taken until that decode is over, or cancelled
+    /// requests would let any number of decodes (and their memory) run at once.
+    #[tokio::test]
+    async fn a_cancelled_request_keeps_its_admission_until_its_decode_ends() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Condvar, Mutex};
+
+        use crate::sink::Admission;
+
+        /// Opened by the test; the normaliser waits for it.
+        static GATE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+        static ENTERED: AtomicBool = AtomicBool::new(false);
+        fn gated(req: &wire::TracesRequest, ctx: &NormalizeContext) -> Normalized {
+            ENTERED.store(true, Ordering::SeqCst);
+            let (open, cv) = &GATE;
+            let mut open = open.lock().expect("gate");
+            while !*open {
+                open = cv.wait(open).expect("gate");
+            }
+            (fake_normalizers().traces)(req, ctx)
+        }
+
+        /// Counts the admissions alive.
+        struct CountingSink(Arc<AtomicUsize>);
+        struct Slot(Arc<AtomicUsize>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        #[async_trait::async_trait]
+        impl EventSink for CountingSink {
+            async fn admit(&self) -> Result<Admission, SinkError> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Ok(Admission::holding(Slot(self.0.clone())))
+            }
+            async fn accept_admitted(
+                &self,
+                _batch: RecordBatch,
+                _admission: Admission,
+            ) -> Result<(), SinkError> {
+                Ok(())
+            }
+        }
+
+        /// Opens the gate however the test ends: a decode left waiting would keep the runtime from
+        /// shutting down, and a failing test would hang instead of failing.
+        struct OpenOnDrop;
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                *GATE.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                GATE.1.notify_all();
+            }
+        }
+
+        let live = Arc::new(AtomicUsize::new(0));
+        let opener = OpenOnDrop;
+        let exporter = Arc::new(
+            Exporter::new(
+                Arc::new(CountingSink(live.clone())),
+                NormalizeContext::default(),
+            )
+            .with_normalizers(Normalizers {
+                traces: gated,
+                ..fake_normalizers()
+            }),
+        );
+        let request = wire::convert(&traces_request(3)).expect("converts");
+        let call = tokio::spawn({
+            let exporter = exporter.clone();
+            async move {
+                exporter
+                    .export(Transport::Http, ExportRequest::Traces(request))
+                    .await
+            }
+        });
+        while !ENTERED.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        call.abort();
+        assert!(call.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            1,
+            "the slot is held while the decode runs"
+        );
+
+        drop(opener);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while live.load(Ordering::SeqCst) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot is freed once the decode ends"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
