@@ -608,7 +608,12 @@ mod tests {
                     .await
             }
         });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !ENTERED.load(Ordering::SeqCst) {
+            assert!(
+                !call.is_finished() && std::time::Instant::now() < deadline,
+                "the request reaches its normaliser"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         call.abort();
