@@ -42,6 +42,7 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::{Describe, Execute};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
@@ -357,7 +358,7 @@ impl StartupHandler for PasswordStartup {
                     .unwrap_or_default()
                     .to_owned();
                 if let Some(grant) = self.auth.check(&user, &pwd.password) {
-                    client.metadata_mut().insert(LOGGED_IN.to_owned(), grant);
+                    client.session_extensions().insert(LoggedIn(grant));
                     finish_authentication(client, &self.parameters).await?;
                 } else {
                     tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
@@ -371,8 +372,10 @@ impl StartupHandler for PasswordStartup {
     }
 }
 
-/// Set in a connection's metadata once its password was accepted, to the [`PgAuth`] grant.
-const LOGGED_IN: &str = "vigil.logged_in";
+/// The [`PgAuth`] grant of a connection whose password was accepted. Kept in the connection's typed
+/// session extensions, which only the server writes: its string metadata also holds every startup parameter
+/// the client sent, so a key there (as this was before) could be set by a client that never logged in.
+struct LoggedIn(String);
 
 /// Who may run a statement: a connection that logged in, with a grant that is still valid.
 struct Sessions {
@@ -394,12 +397,12 @@ impl Sessions {
                 message.to_owned(),
             )))
         };
-        let Some(grant) = client.metadata().get(LOGGED_IN) else {
+        let Some(logged_in) = client.session_extensions().get::<LoggedIn>() else {
             record_failure(LISTENER, &AuthFailure::Missing);
             tracing::info!(peer = %client.socket_addr(), "pg statement refused: not logged in");
             return Err(fatal("not logged in"));
         };
-        if self.auth.still_valid(grant) {
+        if self.auth.still_valid(&logged_in.0) {
             return Ok(());
         }
         tracing::info!(peer = %client.socket_addr(), "pg session ended: its token was revoked or removed");
@@ -604,6 +607,32 @@ impl ExtendedQueryHandler for GuardedService {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// Checked here as well as in `do_query`: an Execute that fetches more rows of a portal already
+    /// started (a `max_rows` fetch) does not reach `do_query`, and a session whose token was revoked must
+    /// not go on reading rows either.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.sessions.require(client)?;
+        self._on_execute(client, message).await
+    }
+
+    /// A Describe of a statement prepared before a revocation answers from the statement's plan.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.sessions.require(client)?;
+        self._on_describe(client, message).await
     }
 
     async fn do_query<C>(
@@ -1005,20 +1034,31 @@ mod tests {
     }
 
     /// pgwire keeps reading after it refuses a login: statements pipelined behind a wrong password reach the
-    /// query handlers, which must refuse them (and count it) rather than run them.
+    /// query handlers, which must refuse them (and count it) rather than run them, whatever startup
+    /// parameters the client sent.
     #[tokio::test]
     async fn statements_pipelined_behind_a_wrong_password_are_refused() {
         use bytes::BytesMut;
         use postgres_protocol::message::frontend;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+        let _counters = COUNTERS.lock().await;
         let server = start(QueryLimits::default()).await;
         for extended in [false, true] {
             let before = failures("missing");
             let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
             let mut out = BytesMut::new();
-            frontend::startup_message([("user", "vigil"), ("database", "vigil")], &mut out)
-                .unwrap();
+            // The name of the metadata key that once marked a login: startup parameters land in the
+            // same metadata, so a client could set it.
+            frontend::startup_message(
+                [
+                    ("user", "vigil"),
+                    ("database", "vigil"),
+                    ("vigil.logged_in", "true"),
+                ],
+                &mut out,
+            )
+            .unwrap();
             frontend::password_message(b"not the password", &mut out).unwrap();
             if extended {
                 frontend::parse("", "SELECT count(*) FROM events", [], &mut out).unwrap();
@@ -1169,6 +1209,10 @@ mod tests {
         (Arc::new(Authenticator::new(store)), query, ingest)
     }
 
+    /// Held by the tests that assert on `vigil_auth_failures_total{listener="pg"}`: the counters are the
+    /// process's, and tests run at once.
+    static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     fn failures(reason: &str) -> u64 {
         vigil_ingest::security::AUTH_FAILURES
             .with_label_values(&[LISTENER, reason])
@@ -1177,6 +1221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_query_token_is_the_password_and_others_are_refused_and_counted() {
+        let _counters = COUNTERS.lock().await;
         let tokens = tempfile::tempdir().unwrap();
         let (auth, query, ingest) = token_auth(&tokens);
         let server = start_with(
@@ -1310,6 +1355,7 @@ mod tests {
     /// slot here, so a connection left behind would lock the next login out).
     #[tokio::test]
     async fn a_session_ends_at_its_next_statement_once_its_token_is_revoked() {
+        let _counters = COUNTERS.lock().await;
         let tokens = tempfile::tempdir().unwrap();
         let (auth, query, _) = token_auth(&tokens);
         let server = start_capped(
@@ -1335,13 +1381,81 @@ mod tests {
         );
         assert_eq!(failures("invalid"), invalid + 1);
 
-        tokio::time::sleep(CLOSE_GRACE + Duration::from_millis(500)).await;
+        // The slot comes back although this client keeps its end open: a fresh token's login gets in
+        // (retried for a moment, as the server closes the connection half a second after the FATAL).
+        let (_, fresh) = store.create("grafana-rotated", &[Scope::Query]).unwrap();
+        let deadline = Instant::now() + CLOSE_GRACE + Duration::from_secs(5);
+        loop {
+            let out = psql_env(server.addr, &fresh, &[], "SELECT 1").await;
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", stderr(&out));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let out = psql_env(server.addr, &query, &[], "SELECT 1").await;
         assert!(!out.status.success(), "the revoked token logs in again");
-        let (_, fresh) = store.create("grafana-rotated", &[Scope::Query]).unwrap();
-        let out = psql_env(server.addr, &fresh, &[], "SELECT 1").await;
-        assert!(out.status.success(), "{}", stderr(&out));
         drop(session);
+    }
+
+    /// A portal started before the revocation gives no more rows after it: an Execute that goes on
+    /// fetching a started portal never reaches `do_query`, so it is checked on its own.
+    #[tokio::test]
+    async fn a_portal_started_before_a_revocation_yields_no_more_rows() {
+        use postgres_protocol::message::{backend::Message, frontend};
+        let _counters = COUNTERS.lock().await;
+        let tokens = tempfile::tempdir().unwrap();
+        let (auth, query, _) = token_auth(&tokens);
+        let server = start_with(
+            QueryLimits::default(),
+            Arc::new(TokenPassword { auth: auth.clone() }),
+            None,
+        )
+        .await;
+        let mut session = Session::login(server.addr, &query).await;
+        let mut out = bytes::BytesMut::new();
+        frontend::parse("", "SELECT user_id FROM events", [], &mut out).unwrap();
+        let bind = frontend::bind(
+            "",
+            "",
+            [],
+            std::iter::empty::<&str>(),
+            |_: &str, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::No),
+            [0],
+            &mut out,
+        );
+        assert!(bind.is_ok());
+        frontend::execute("", 1, &mut out).unwrap();
+        frontend::flush(&mut out);
+        session.send(&out).await;
+        let mut rows = 0;
+        loop {
+            match session.next().await.expect("the server answers") {
+                Message::DataRow(_) => rows += 1,
+                Message::PortalSuspended => break,
+                Message::ErrorResponse(_) => panic!("the first fetch fails"),
+                _ => {}
+            }
+        }
+        assert_eq!(rows, 1, "one row per fetch of one");
+
+        auth.store().unwrap().revoke("grafana").unwrap();
+        let mut out = bytes::BytesMut::new();
+        frontend::execute("", 1, &mut out).unwrap();
+        frontend::sync(&mut out);
+        session.send(&out).await;
+        let mut rows_after = 0;
+        let mut refused = false;
+        while let Some(message) = session.next().await {
+            match message {
+                Message::DataRow(_) => rows_after += 1,
+                Message::ErrorResponse(_) => refused = true,
+                Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(rows_after, 0, "rows after the revocation");
+        assert!(refused, "the fetch is refused");
     }
 
     /// A self-signed certificate for localhost/127.0.0.1, written by the openssl CLI.
