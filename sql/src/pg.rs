@@ -1197,16 +1197,37 @@ mod tests {
         .expect("psql runs")
     }
 
-    fn token_auth(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
+    /// A server whose password is an API token, and its tokens: one with the `query` scope, named
+    /// `grafana`, and one with `ingest`. The directory holds `tokens.json`.
+    struct TokenServer {
+        server: Running,
+        auth: Arc<Authenticator>,
+        query: String,
+        ingest: String,
+        /// Bind it (`_tokens`, not `..`) for as long as the server runs: the store re-reads its file.
+        _tokens: tempfile::TempDir,
+    }
+
+    async fn token_server(max_connections: usize) -> TokenServer {
         use vigil_ingest::security::{StoreOptions, TokenStore};
+        let tokens = tempfile::tempdir().unwrap();
         let options = StoreOptions {
             recheck_interval: Duration::ZERO,
             ..StoreOptions::default()
         };
-        let store = TokenStore::open_with(dir.path().join("tokens.json"), options).unwrap();
+        let store = TokenStore::open_with(tokens.path().join("tokens.json"), options).unwrap();
         let (_, query) = store.create("grafana", &[Scope::Query]).unwrap();
         let (_, ingest) = store.create("collector", &[Scope::Ingest]).unwrap();
-        (Arc::new(Authenticator::new(store)), query, ingest)
+        let auth = Arc::new(Authenticator::new(store));
+        let password = Arc::new(TokenPassword { auth: auth.clone() });
+        let server = start_capped(QueryLimits::default(), password, None, max_connections).await;
+        TokenServer {
+            server,
+            auth,
+            query,
+            ingest,
+            _tokens: tokens,
+        }
     }
 
     /// Held by the tests that assert on `vigil_auth_failures_total{listener="pg"}`: the counters are the
@@ -1222,14 +1243,13 @@ mod tests {
     #[tokio::test]
     async fn a_query_token_is_the_password_and_others_are_refused_and_counted() {
         let _counters = COUNTERS.lock().await;
-        let tokens = tempfile::tempdir().unwrap();
-        let (auth, query, ingest) = token_auth(&tokens);
-        let server = start_with(
-            QueryLimits::default(),
-            Arc::new(TokenPassword { auth }),
-            None,
-        )
-        .await;
+        let TokenServer {
+            server,
+            query,
+            ingest,
+            _tokens,
+            ..
+        } = token_server(64).await;
         let (invalid, forbidden) = (failures("invalid"), failures("forbidden"));
         let ok = psql_env(server.addr, &query, &[], "SELECT count(*) FROM events").await;
         assert!(ok.status.success(), "{}", stderr(&ok));
@@ -1356,15 +1376,13 @@ mod tests {
     #[tokio::test]
     async fn a_session_ends_at_its_next_statement_once_its_token_is_revoked() {
         let _counters = COUNTERS.lock().await;
-        let tokens = tempfile::tempdir().unwrap();
-        let (auth, query, _) = token_auth(&tokens);
-        let server = start_capped(
-            QueryLimits::default(),
-            Arc::new(TokenPassword { auth: auth.clone() }),
-            None,
-            1,
-        )
-        .await;
+        let TokenServer {
+            server,
+            auth,
+            query,
+            _tokens,
+            ..
+        } = token_server(1).await;
         let mut session = Session::login(server.addr, &query).await;
         assert_eq!(
             session.query("SELECT count(*) FROM events").await,
@@ -1404,14 +1422,13 @@ mod tests {
     async fn a_portal_started_before_a_revocation_yields_no_more_rows() {
         use postgres_protocol::message::{backend::Message, frontend};
         let _counters = COUNTERS.lock().await;
-        let tokens = tempfile::tempdir().unwrap();
-        let (auth, query, _) = token_auth(&tokens);
-        let server = start_with(
-            QueryLimits::default(),
-            Arc::new(TokenPassword { auth: auth.clone() }),
-            None,
-        )
-        .await;
+        let TokenServer {
+            server,
+            auth,
+            query,
+            _tokens,
+            ..
+        } = token_server(64).await;
         let mut session = Session::login(server.addr, &query).await;
         let mut out = bytes::BytesMut::new();
         frontend::parse("", "SELECT user_id FROM events", [], &mut out).unwrap();
