@@ -337,7 +337,10 @@ mod tests {
             .authorize_hash(&ingest, Scope::Query)
             .expect_err("out of scope")
             .is_forbidden());
-        auth.store().expect("store").revoke("grafana").expect("revoke");
+        auth.store()
+            .expect("store")
+            .revoke("grafana")
+            .expect("revoke");
         assert_eq!(
             auth.authorize_hash(&query, Scope::Query),
             Err(AuthFailure::Invalid)
