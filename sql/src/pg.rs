@@ -42,7 +42,7 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::extendedquery::{Describe, Execute};
+use pgwire::messages::extendedquery::{Bind, Describe, Execute};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
@@ -621,6 +621,20 @@ impl ExtendedQueryHandler for GuardedService {
     {
         self.sessions.require(client)?;
         self._on_execute(client, message).await
+    }
+
+    /// A Bind of a statement prepared before a revocation would build a portal (and decode its parameters)
+    /// for a session that may no longer run anything; it ends the session as a statement would.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.sessions.require(client)?;
+        // The inner service keeps pgwire's own Bind, so this is that Bind after the check.
+        ExtendedQueryHandler::on_bind(self.inner.as_ref(), client, message).await
     }
 
     /// A Describe of a statement prepared before a revocation answers from the statement's plan.
@@ -1473,6 +1487,52 @@ mod tests {
         }
         assert_eq!(rows_after, 0, "rows after the revocation");
         assert!(refused, "the fetch is refused");
+    }
+
+    #[tokio::test]
+    async fn a_statement_prepared_before_a_revocation_cannot_be_bound() {
+        use postgres_protocol::message::{backend::Message, frontend};
+        let _counters = COUNTERS.lock().await;
+        let TokenServer {
+            server,
+            auth,
+            query,
+            _tokens,
+            ..
+        } = token_server(64).await;
+        let mut session = Session::login(server.addr, &query).await;
+        let mut out = bytes::BytesMut::new();
+        frontend::parse("prepared", "SELECT user_id FROM events", [], &mut out).unwrap();
+        frontend::sync(&mut out);
+        session.send(&out).await;
+        loop {
+            match session.next().await.expect("the server answers") {
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(_) => panic!("the Parse fails before the revocation"),
+                _ => {}
+            }
+        }
+
+        auth.store().unwrap().revoke("grafana").unwrap();
+        let mut out = bytes::BytesMut::new();
+        let bind = frontend::bind(
+            "portal",
+            "prepared",
+            [],
+            std::iter::empty::<&str>(),
+            |_: &str, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::No),
+            [0],
+            &mut out,
+        );
+        assert!(bind.is_ok());
+        // No Execute: only the Bind itself can be refused here.
+        frontend::flush(&mut out);
+        session.send(&out).await;
+        match session.next().await.expect("the server answers the Bind") {
+            Message::ErrorResponse(_) => {}
+            Message::BindComplete => panic!("a revoked session bound a portal"),
+            _ => panic!("unexpected answer to the Bind"),
+        }
     }
 
     /// A self-signed certificate for localhost/127.0.0.1, written by the openssl CLI.
