@@ -1,9 +1,10 @@
 //! Who may talk to Vigil, and over what: bearer tokens with scopes, and TLS for every listener.
 //!
 //! Everything here is transport-agnostic at its core ([`Authenticator`]) with thin adapters per listener
-//! kind: an axum layer ([`http_auth`]), a tonic interceptor ([`grpc_auth`]), a password check for the
-//! PostgreSQL listener ([`Authenticator::check_password`]), and TLS acceptors/listeners ([`tls`],
-//! [`tls_listener`]). It lives in the lowest crate so `vigil-sql` and the binary share one implementation.
+//! kind: an axum layer ([`http_auth`]), a tonic interceptor ([`grpc_auth`]), and TLS acceptors/listeners
+//! ([`tls`], [`tls_listener`]). The PostgreSQL listener (`vigil_sql::pg`) takes a `query` token as the
+//! password through [`Authenticator::authorize_token`] and re-checks it by hash before each statement. It all lives in the lowest crate so `vigil-sql` and the
+//! binary share one implementation.
 //!
 //! The [`Principal`] an adapter attaches to a request names the authenticated source; the OTLP receivers
 //! record it in each event's `source` column, which is what makes "share of telemetry from verified
@@ -230,12 +231,6 @@ impl Authenticator {
         let token = bearer_token(header).ok_or(AuthFailure::Invalid)?;
         self.authorize_token(Some(token), required)
     }
-
-    /// The PostgreSQL listener's password check: the password is a token with the `query` scope. The user
-    /// name is not consulted; the token alone identifies the source.
-    pub fn check_password(&self, password: &str) -> Option<Principal> {
-        self.authorize_token(Some(password), Scope::Query).ok()
-    }
 }
 
 fn in_scope(principal: Principal, required: Scope) -> Result<Principal, AuthFailure> {
@@ -314,19 +309,6 @@ mod tests {
     }
 
     #[test]
-    fn password_check_requires_query_scope() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (auth, ingest, query) = authenticator(&dir);
-        assert_eq!(
-            auth.check_password(&query).map(|p| p.source),
-            Some("grafana".into())
-        );
-        assert!(auth.check_password(&ingest).is_none());
-        assert!(auth.check_password("").is_none());
-        assert!(auth.check_password("postgres").is_none());
-    }
-
-    #[test]
     fn a_token_known_by_its_hash_is_checked_as_it_is_now() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (auth, ingest, query) = authenticator(&dir);
@@ -355,7 +337,7 @@ mod tests {
             .expect("demo mode admits");
         assert!(!p.is_verified());
         assert_eq!(&*p.source, ANONYMOUS_SOURCE);
-        assert!(auth.check_password("anything").is_some());
+        assert!(auth.authorize_token(Some("anything"), Scope::Query).is_ok());
     }
 
     #[test]
