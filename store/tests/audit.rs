@@ -663,12 +663,37 @@ async fn a_store_older_than_the_chain_is_adopted_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = populated(dir.path()).await;
     drop(store);
+    let report = verify(dir.path()).await;
+    assert_eq!(
+        report.adopted_at_start, None,
+        "a chain begun with its store adopts nothing"
+    );
+    assert!(!report.to_string().contains("began at"), "{report}");
     std::fs::remove_dir_all(dir.path().join("_audit")).unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     let chain = entries(dir.path());
     assert!(chain.iter().all(|e| e.op == Op::Adopt));
     assert_eq!(chain.iter().map(|e| e.files.len()).sum::<usize>(), 4);
-    assert!(verify(dir.path()).await.is_clean());
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    // Clean, but never silent: the start is named on every run, also after later flushes.
+    let adopted = report
+        .adopted_at_start
+        .as_ref()
+        .expect("the adoption is reported");
+    assert_eq!(
+        (adopted.files, adopted.time.as_str()),
+        (4, chain[0].time.as_str())
+    );
+    assert!(report.to_string().contains("began at"), "{report}");
+    store
+        .append(vec![(Table::Events, events(100..110, T14))])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.adopted_at_start.map(|a| a.files), Some(4));
     drop(store);
     // Later, a file the chain never sealed is not adopted, even when a manifest lists it.
     std::fs::remove_dir_all(dir.path().join("_audit")).unwrap();
@@ -682,7 +707,7 @@ async fn a_store_older_than_the_chain_is_adopted_once() {
             .iter()
             .filter(|f| matches!(f, Finding::Unexpected { .. }))
             .count(),
-        4,
+        5,
         "{report}"
     );
 }

@@ -195,6 +195,36 @@ pub(crate) fn parse(bytes: &[u8]) -> Parsed {
     out
 }
 
+/// Files the chain took in as it found them when it began, rather than sealed as they were written: the
+/// store was older than its chain, or its chain was removed or emptied. The chain vouches for them only
+/// from then on, so `verify` says so. They are the `adopt` entries before the first seal, compaction or
+/// retention; a later `adopt` (a crash's leftover) can only follow one of those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartAdoption {
+    pub files: usize,
+    /// When the chain began (the first adopting entry's time).
+    pub time: String,
+}
+
+pub(crate) fn adopted_at_start(entries: &[Entry]) -> Option<StartAdoption> {
+    let mut found: Option<StartAdoption> = None;
+    for e in entries {
+        match e.op {
+            Op::Seal | Op::Compact | Op::Retain => break,
+            Op::Adopt => {
+                found
+                    .get_or_insert_with(|| StartAdoption {
+                        files: 0,
+                        time: e.time.clone(),
+                    })
+                    .files += e.files.len();
+            }
+            _ => {}
+        }
+    }
+    found.filter(|a| a.files > 0)
+}
+
 /// What one sealed file is expected to be, and the entry that said so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Expected {
@@ -321,6 +351,28 @@ mod tests {
         };
         e.hash = e.compute_hash();
         e
+    }
+
+    #[test]
+    fn only_adoptions_before_the_first_seal_count_as_the_chains_start() {
+        let g = GENESIS_PREV_HASH;
+        let begun_with_its_store = [
+            entry(1, g, Op::Seal, &[("a", "1")], &[]),
+            entry(2, g, Op::Compact, &[("b", "2")], &["a"]),
+            // A crash left `a` live although the compaction had retired it.
+            entry(3, g, Op::Adopt, &[("a", "1")], &[]),
+        ];
+        assert_eq!(adopted_at_start(&begun_with_its_store), None);
+        let begun_later = [
+            entry(1, g, Op::Adopt, &[("a", "1"), ("b", "2")], &[]),
+            entry(2, g, Op::SealWal, &[("wal/1.wal", "3")], &[]),
+            entry(3, g, Op::Adopt, &[("c", "4")], &[]),
+            entry(4, g, Op::Seal, &[("d", "5")], &[]),
+            entry(5, g, Op::Adopt, &[("e", "6")], &[]),
+        ];
+        let found = adopted_at_start(&begun_later).expect("adopted at the start");
+        assert_eq!(found.files, 3);
+        assert_eq!(found.time, begun_later[0].time);
     }
 
     fn chain() -> Vec<Entry> {

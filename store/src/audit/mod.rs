@@ -13,7 +13,7 @@ mod reconcile;
 mod sign;
 mod verify;
 
-pub use chain::{Entry, FileRecord, Op, GENESIS_PREV_HASH};
+pub use chain::{Entry, FileRecord, Op, StartAdoption, GENESIS_PREV_HASH};
 /// The ed25519 key types `sign_head` takes, re-exported so callers need not depend on `ed25519-dalek`.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use log::chain_path;

@@ -91,6 +91,15 @@ pub(crate) async fn reconcile(
                 }
             }
         }
+        if genesis && !adopt.files.is_empty() {
+            tracing::warn!(
+                table = table.name(),
+                files = adopt.files.len(),
+                "audit chain: the chain is new but the store already holds files; they are taken in as they \
+                 are now, so changes made to them before now cannot be detected (if _audit/chain.jsonl was \
+                 removed, restore it from a backup)"
+            );
+        }
         drafts.extend([adopt, restore]);
     }
 

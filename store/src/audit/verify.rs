@@ -17,7 +17,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
-use super::chain::{self, ChainState, Expected};
+use super::chain::{self, ChainState, Expected, StartAdoption};
 use super::log::chain_path;
 use super::sign::ChainHead;
 use crate::object_files::ObjectFiles;
@@ -70,6 +70,10 @@ pub struct VerifyReport {
     pub entries: usize,
     /// Files hashed (Parquet and sealed WAL segments).
     pub files_checked: usize,
+    /// Set when the chain began by taking in files already stored. Not a finding (a store older than the
+    /// chain starts this way), but a chain that was removed does too, and nothing before that time is
+    /// vouched for, so the report says it on every run; a signed head exported earlier tells the two apart.
+    pub adopted_at_start: Option<StartAdoption>,
 }
 
 impl VerifyReport {
@@ -83,6 +87,14 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for x in &self.findings {
             writeln!(f, "{x}")?;
+        }
+        if let Some(a) = &self.adopted_at_start {
+            writeln!(
+                f,
+                "NOTE the chain began at {} by taking in {} file(s) already stored, as they were then: \
+                 a store older than its chain, or a chain that was removed; it vouches for them only since then",
+                a.time, a.files
+            )?;
         }
         let head = match &self.head {
             Some(h) => format!("head entry {} ({})", h.seq, h.hash),
@@ -217,6 +229,7 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
     let parsed = chain::parse(&bytes);
     report.entries = parsed.entries.len();
     report.head = parsed.entries.last().map(ChainHead::from);
+    report.adopted_at_start = chain::adopted_at_start(&parsed.entries);
     report
         .findings
         .extend(parsed.breaks.iter().map(|b| Finding::ChainBroken {
