@@ -21,8 +21,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else { return };
-    let Ok(text) = std::str::from_utf8(body) else { return };
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return;
+    };
     match selector % 6 {
         0 => {
             round_trip::<vigil_store::StoreConfig>(text);
@@ -56,12 +60,17 @@ fn round_trip<T: DeserializeOwned + Serialize>(text: &str) -> Option<T> {
     let parsed: T = toml::from_str(text).ok()?;
     // Some values cannot be written as TOML (e.g. a map key type TOML has no syntax for); that is not a bug
     // in the config, only a limit of printing it.
-    let Ok(printed) = toml::to_string(&parsed) else { return Some(parsed) };
+    let Ok(printed) = toml::to_string(&parsed) else {
+        return Some(parsed);
+    };
     let reparsed: T = match toml::from_str(&printed) {
         Ok(reparsed) => reparsed,
         Err(e) => panic!("serialised config does not parse again: {e}\n--- input\n{text}\n--- printed\n{printed}"),
     };
     let reprinted = toml::to_string(&reparsed).expect("a re-parsed config serialises");
-    assert_eq!(printed, reprinted, "config changed meaning in a serialise/parse round trip\n--- input\n{text}");
+    assert_eq!(
+        printed, reprinted,
+        "config changed meaning in a serialise/parse round trip\n--- input\n{text}"
+    );
     Some(parsed)
 }

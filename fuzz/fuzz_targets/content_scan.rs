@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigil_detect::content::{redact, scan_injection, scan_sensitive, scan_tool_arguments, Finding, FindingKind};
+use vigil_detect::content::{
+    redact, scan_injection, scan_sensitive, scan_tool_arguments, Finding, FindingKind,
+};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -18,10 +20,23 @@ fuzz_target!(|data: &[u8]| {
     let findings = scan_sensitive(text);
     let mut previous_end = 0;
     for f in &findings {
-        assert!(f.start < f.end && f.end <= text.len(), "finding out of bounds: {f:?} in {} bytes", text.len());
-        assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end), "finding splits a character: {f:?}");
-        assert!(f.start >= previous_end, "findings overlap or are unsorted: {findings:?}");
-        assert!((0.0..=1.0).contains(&f.confidence), "confidence out of range: {f:?}");
+        assert!(
+            f.start < f.end && f.end <= text.len(),
+            "finding out of bounds: {f:?} in {} bytes",
+            text.len()
+        );
+        assert!(
+            text.is_char_boundary(f.start) && text.is_char_boundary(f.end),
+            "finding splits a character: {f:?}"
+        );
+        assert!(
+            f.start >= previous_end,
+            "findings overlap or are unsorted: {findings:?}"
+        );
+        assert!(
+            (0.0..=1.0).contains(&f.confidence),
+            "confidence out of range: {f:?}"
+        );
         previous_end = f.end;
     }
 
@@ -34,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         pos = f.end;
     }
     expected.push_str(&text[pos..]);
-    assert_eq!(redacted, expected, "redact did not replace exactly the findings");
+    assert_eq!(
+        redacted, expected,
+        "redact did not replace exactly the findings"
+    );
 
     // Findings from elsewhere (a stale offset, another text) must be skipped, not sliced.
     let hostile: Vec<Finding> = data
@@ -50,13 +68,25 @@ fuzz_target!(|data: &[u8]| {
     let _ = redact(text, &hostile);
 
     if let Some(finding) = scan_injection(text) {
-        assert!((0.0..=1.0).contains(&finding.score), "injection score out of range: {finding:?}");
-        assert!(finding.start <= finding.end && finding.end <= text.len(), "injection range out of bounds: {finding:?}");
-        assert!(!finding.reasons.is_empty(), "an injection finding without a reason");
+        assert!(
+            (0.0..=1.0).contains(&finding.score),
+            "injection score out of range: {finding:?}"
+        );
+        assert!(
+            finding.start <= finding.end && finding.end <= text.len(),
+            "injection range out of bounds: {finding:?}"
+        );
+        assert!(
+            !finding.reasons.is_empty(),
+            "an injection finding without a reason"
+        );
     }
 
     if let Some(finding) = scan_tool_arguments(text) {
-        assert!(finding.start <= finding.end && finding.end <= text.len(), "argument range out of bounds: {finding:?}");
+        assert!(
+            finding.start <= finding.end && finding.end <= text.len(),
+            "argument range out of bounds: {finding:?}"
+        );
         assert!(
             ["sql_injection", "shell_injection", "path_traversal"].contains(&finding.kind),
             "unknown argument finding kind {finding:?}"

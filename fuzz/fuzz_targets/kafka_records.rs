@@ -16,26 +16,48 @@ use vigil_ingest::decode::{self, Compression, Encoding, Limits};
 use vigil_ingest::kafka::records;
 use vigil_ingest::{event_schema, EventBatchBuilder};
 
-const LIMITS: Limits = Limits { max_body_bytes: 256 * 1024, max_decompressed_bytes: 1024 * 1024 };
+const LIMITS: Limits = Limits {
+    max_body_bytes: 256 * 1024,
+    max_decompressed_bytes: 1024 * 1024,
+};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, payload)) = data.split_first() else { return };
+    let Some((&selector, payload)) = data.split_first() else {
+        return;
+    };
     if selector & 1 == 0 {
-        let Ok(rows) = records::parse(payload, 1_700_000_000_000_000, Some("fuzz")) else { return };
+        let Ok(rows) = records::parse(payload, 1_700_000_000_000_000, Some("fuzz")) else {
+            return;
+        };
         let mut builder = EventBatchBuilder::with_capacity(rows.len());
         for row in &rows {
             assert!(!row.event_id.is_empty(), "a record without an event_id");
-            assert_eq!(row.source.as_deref(), Some("fuzz"), "a record named its own source");
+            assert_eq!(
+                row.source.as_deref(),
+                Some("fuzz"),
+                "a record named its own source"
+            );
             builder.push(row);
         }
         let batch = builder.finish();
-        assert_eq!(batch.schema(), event_schema(), "records do not build the event schema");
+        assert_eq!(
+            batch.schema(),
+            event_schema(),
+            "records do not build the event schema"
+        );
         assert_eq!(batch.num_rows(), rows.len());
-        let again = records::parse(payload, 1_700_000_000_000_000, Some("fuzz")).expect("parsed once");
-        let ids = |rows: &[vigil_ingest::EventRow]| rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>();
+        let again =
+            records::parse(payload, 1_700_000_000_000_000, Some("fuzz")).expect("parsed once");
+        let ids = |rows: &[vigil_ingest::EventRow]| {
+            rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>()
+        };
         assert_eq!(ids(&rows), ids(&again), "the same message gave other ids");
     } else {
-        let encoding = if selector & 2 == 0 { Encoding::Protobuf } else { Encoding::Json };
+        let encoding = if selector & 2 == 0 {
+            Encoding::Protobuf
+        } else {
+            Encoding::Json
+        };
         let body = bytes::Bytes::copy_from_slice(payload);
         let _ = decode::decode_metrics(body, encoding, Compression::None, &LIMITS);
     }

@@ -19,22 +19,36 @@ use std::sync::OnceLock;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use libfuzzer_sys::fuzz_target;
-use vigil_ingest::decode::{self, Compression, DecodeError, Encoding, Limits};
-use vigil_ingest::schema::{col, event_schema, EventKind};
-use vigil_ingest::{normalize, wire, NormalizeContext, Normalized};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use vigil_ingest::decode::{self, Compression, DecodeError, Encoding, Limits};
+use vigil_ingest::schema::{col, event_schema, EventKind};
+use vigil_ingest::{normalize, wire, NormalizeContext, Normalized};
 
 /// Small enough that a run spends its time decoding, not allocating; the tiny caps are below most seeds.
-const LIMITS: Limits = Limits { max_body_bytes: 256 * 1024, max_decompressed_bytes: 1024 * 1024 };
-const TINY: Limits = Limits { max_body_bytes: 512, max_decompressed_bytes: 128 };
+const LIMITS: Limits = Limits {
+    max_body_bytes: 256 * 1024,
+    max_decompressed_bytes: 1024 * 1024,
+};
+const TINY: Limits = Limits {
+    max_body_bytes: 512,
+    max_decompressed_bytes: 128,
+};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else { return };
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
     let logs = selector & 1 == 1;
-    let encoding = if selector & 2 == 0 { Encoding::Protobuf } else { Encoding::Json };
-    let ctx = NormalizeContext { source: Some("fuzz".to_owned()) };
+    let encoding = if selector & 2 == 0 {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
+    let ctx = NormalizeContext {
+        source: Some("fuzz".to_owned()),
+    };
     match (selector >> 2) & 3 {
         0 => {
             run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
@@ -44,7 +58,14 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             let plain = run(body, logs, encoding, Compression::None, &LIMITS, &ctx);
-            let gzipped = run(&gzip(body), logs, encoding, Compression::Gzip, &LIMITS, &ctx);
+            let gzipped = run(
+                &gzip(body),
+                logs,
+                encoding,
+                Compression::Gzip,
+                &LIMITS,
+                &ctx,
+            );
             // Compression is transport only: the same message either way (unless the gzip wrapper itself
             // pushes the body over the compressed cap, which it cannot at these sizes).
             assert_eq!(plain, gzipped, "gzip changed the decoded request");
@@ -60,7 +81,11 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let outcome = run(body, logs, encoding, Compression::None, &TINY, &ctx);
             if body.len() > TINY.max_decompressed_bytes {
-                assert_eq!(outcome, Outcome::TooLarge, "a body over the cap was not refused");
+                assert_eq!(
+                    outcome,
+                    Outcome::TooLarge,
+                    "a body over the cap was not refused"
+                );
             }
         }
     }
@@ -84,16 +109,38 @@ fn run(
     ctx: &NormalizeContext,
 ) -> Outcome {
     let decoded = if logs {
-        decode::decode_logs(bytes::Bytes::copy_from_slice(body), encoding, compression, limits).map(|req| {
-            let records = req.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
+        decode::decode_logs(
+            bytes::Bytes::copy_from_slice(body),
+            encoding,
+            compression,
+            limits,
+        )
+        .map(|req| {
+            let records = req
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len())
+                .sum();
             let normalized = normalize::logs(&req, ctx);
             check_batch(&normalized.batch, normalized.skipped, records);
             debug_rows(&normalized);
             format!("{req:?}")
         })
     } else {
-        decode::decode_traces(bytes::Bytes::copy_from_slice(body), encoding, compression, limits).map(|req| {
-            let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        decode::decode_traces(
+            bytes::Bytes::copy_from_slice(body),
+            encoding,
+            compression,
+            limits,
+        )
+        .map(|req| {
+            let spans = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
             let normalized = normalize::traces(&req, ctx);
             check_batch(&normalized.batch, normalized.skipped, spans);
             debug_rows(&normalized);
@@ -118,11 +165,17 @@ fn run(
 /// normalisation does not read without parsing them.)
 fn same_as_owned_decoding(body: &[u8], logs: bool) {
     fn check<Owned: Message + Default, Ours: Message + Default + std::fmt::Debug>(body: &[u8]) {
-        let Ok(owned) = Owned::decode(body) else { return };
+        let Ok(owned) = Owned::decode(body) else {
+            return;
+        };
         let ours = Ours::decode(bytes::Bytes::copy_from_slice(body))
             .expect("the zero-copy decoder refused a body prost's owned types decode");
         let expected: Ours = wire::convert(&owned).expect("an owned message converts");
-        assert_eq!(format!("{ours:?}"), format!("{expected:?}"), "the two decoders disagree");
+        assert_eq!(
+            format!("{ours:?}"),
+            format!("{expected:?}"),
+            "the two decoders disagree"
+        );
     }
     if logs {
         check::<ExportLogsServiceRequest, wire::LogsRequest>(body);
@@ -132,17 +185,38 @@ fn same_as_owned_decoding(body: &[u8], logs: bool) {
 }
 
 fn check_batch(batch: &RecordBatch, skipped: usize, records: usize) {
-    assert_eq!(batch.schema(), event_schema(), "normalised batch does not have the event schema");
-    assert_eq!(batch.num_rows() + skipped, records, "rows + skipped must account for every record");
-    let kinds = batch.column_by_name(col::KIND).expect("kind column").as_string::<i32>();
-    let ids = batch.column_by_name(col::EVENT_ID).expect("event_id column").as_string::<i32>();
-    let attributes = batch.column_by_name(col::ATTRIBUTES).expect("attributes column").as_string::<i32>();
+    assert_eq!(
+        batch.schema(),
+        event_schema(),
+        "normalised batch does not have the event schema"
+    );
+    assert_eq!(
+        batch.num_rows() + skipped,
+        records,
+        "rows + skipped must account for every record"
+    );
+    let kinds = batch
+        .column_by_name(col::KIND)
+        .expect("kind column")
+        .as_string::<i32>();
+    let ids = batch
+        .column_by_name(col::EVENT_ID)
+        .expect("event_id column")
+        .as_string::<i32>();
+    let attributes = batch
+        .column_by_name(col::ATTRIBUTES)
+        .expect("attributes column")
+        .as_string::<i32>();
     for row in 0..batch.num_rows() {
-        assert!(EventKind::parse(kinds.value(row)).is_some(), "unknown kind {:?}", kinds.value(row));
+        assert!(
+            EventKind::parse(kinds.value(row)).is_some(),
+            "unknown kind {:?}",
+            kinds.value(row)
+        );
         assert!(!ids.value(row).is_empty(), "empty event_id in row {row}");
         if attributes.is_valid(row) {
-            let json: serde_json::Value =
-                serde_json::from_str(attributes.value(row)).expect("attributes column holds invalid JSON");
+            let json: serde_json::Value = serde_json::from_str(attributes.value(row))
+                .expect("attributes column holds invalid JSON");
             assert!(json.is_object(), "attributes is not a JSON object: {json}");
         }
     }
@@ -157,13 +231,22 @@ fn debug_enabled() -> bool {
 
 fn debug_rows(normalized: &Normalized) {
     if debug_enabled() {
-        let kinds = normalized.batch.column_by_name(col::KIND).map(|c| c.as_string::<i32>().iter().flatten().collect::<Vec<_>>());
-        eprintln!("  {} rows {kinds:?}, {} skipped", normalized.batch.num_rows(), normalized.skipped);
+        let kinds = normalized
+            .batch
+            .column_by_name(col::KIND)
+            .map(|c| c.as_string::<i32>().iter().flatten().collect::<Vec<_>>());
+        eprintln!(
+            "  {} rows {kinds:?}, {} skipped",
+            normalized.batch.num_rows(),
+            normalized.skipped
+        );
     }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).expect("gzip into a Vec cannot fail");
+    encoder
+        .write_all(bytes)
+        .expect("gzip into a Vec cannot fail");
     encoder.finish().expect("gzip into a Vec cannot fail")
 }

@@ -13,21 +13,32 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{visit_expressions, visit_relations, visit_statements, Expr, Statement};
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions, visit_relations, visit_statements, Expr, Statement,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use libfuzzer_sys::fuzz_target;
 use vigil_sql::guard::{check_sql, check_statement, GuardPolicy, SESSION_VARIABLES};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(sql) = std::str::from_utf8(data) else { return };
+    let Ok(sql) = std::str::from_utf8(data) else {
+        return;
+    };
 
     let stateless = check_sql(sql, GuardPolicy::STATELESS);
     let pg = check_sql(sql, GuardPolicy::PG_SESSION);
     if let Ok(n) = stateless {
-        assert_eq!(pg.as_ref().ok(), Some(&n), "accepted for HTTP but not for pg: {sql:?} -> {pg:?}");
+        assert_eq!(
+            pg.as_ref().ok(),
+            Some(&n),
+            "accepted for HTTP but not for pg: {sql:?} -> {pg:?}"
+        );
     }
-    for (policy, outcome) in [(GuardPolicy::STATELESS, stateless), (GuardPolicy::PG_SESSION, pg)] {
+    for (policy, outcome) in [
+        (GuardPolicy::STATELESS, stateless),
+        (GuardPolicy::PG_SESSION, pg),
+    ] {
         let Ok(count) = outcome else { continue };
         let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
             .expect("the guard accepted SQL that does not parse");
@@ -92,19 +103,28 @@ fn allowed(statement: &Statement, policy: GuardPolicy) -> Result<(), String> {
                                 .find_map(|scope| rest.strip_prefix(scope))
                                 .unwrap_or(rest)
                         })
-                        .is_some_and(|rest| rest.starts_with(v) && !rest[v.len()..].starts_with(['.', '_']))
+                        .is_some_and(|rest| {
+                            rest.starts_with(v) && !rest[v.len()..].starts_with(['.', '_'])
+                        })
                 });
             if !whitelisted {
                 return Err(format!("a SET that names no whitelisted variable ({text})"));
             }
         }
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => {
             if !policy.allow_transactions {
                 return Err("a transaction statement under a policy without them".into());
             }
             return Ok(());
         }
-        other => return Err(format!("a statement that is not read-only ({})", kind_of(other))),
+        other => {
+            return Err(format!(
+                "a statement that is not read-only ({})",
+                kind_of(other)
+            ))
+        }
     }
     nested(statement)
 }
@@ -152,5 +172,10 @@ fn nested(statement: &Statement) -> Result<(), String> {
 }
 
 fn kind_of(statement: &Statement) -> String {
-    statement.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    statement
+        .to_string()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
