@@ -36,7 +36,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// Where the WAL, the Parquet files, the alert outbox and the state live.
     pub data_dir: PathBuf,
-    /// Admin HTTP: /healthz, /readyz, /metrics, POST /api/v1/query.
+    /// Admin HTTP: /healthz, /readyz, /metrics, /api/v1/query.
     pub admin_addr: SocketAddr,
     /// `tracing` filter, e.g. `info` or `vigil=debug,info`.
     pub log: String,

@@ -1,6 +1,8 @@
-//! `POST /api/v1/query`: SQL over HTTP for scripts, notebooks and SOAR playbooks.
+//! `/api/v1/query`: SQL over HTTP for scripts, notebooks and SOAR playbooks.
 //!
-//! Request: `{"sql": "...", "format": "json" | "csv" | "arrow"}`; without `format` the `Accept` header picks
+//! Request: `POST` of `{"sql": "...", "format": "json" | "csv" | "arrow"}` as `application/json`, or the same
+//! fields as a form (`curl --data-urlencode 'sql=...'`) or in the query string of a `GET`, as Prometheus'
+//! `/api/v1/query` and GreptimeDB's `/v1/sql` take theirs; without `format` the `Accept` header picks
 //! (`text/csv`, `application/vnd.apache.arrow.stream`, otherwise JSON). The JSON answer is
 //! `{"columns": [{"name", "type"}], "rows": [{..}], "row_count": n, "elapsed_ms": ms}` with timestamps in
 //! RFC 3339. Errors are `{"error": "..."}`: 400 when the query is at fault (refused, invalid, over a limit,
@@ -13,13 +15,13 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::{Form, Json, Router};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -39,7 +41,7 @@ pub struct ApiState {
 /// The query API's routes, to be merged into the binary's HTTP server (behind its authentication).
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/query", post(query))
+        .route("/api/v1/query", get(query_get).post(query_post))
         .with_state(state)
 }
 
@@ -74,18 +76,50 @@ struct JsonAnswer {
     elapsed_ms: f64,
 }
 
-async fn query(
+async fn query_get(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    request: Result<Json<QueryRequest>, JsonRejection>,
+    request: Result<Query<QueryRequest>, QueryRejection>,
 ) -> Response {
-    let Json(request) = match request {
-        Ok(r) => r,
-        Err(rejection) => return error_response(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    match request {
+        Ok(Query(request)) => query(&state, &headers, request).await,
+        Err(rejection) => error_response(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    }
+}
+
+/// JSON by default; a form only when the body says it is one, which is what `curl -d` sends.
+async fn query_post(State(state): State<ApiState>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let is_form = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let parsed = if is_form {
+        Form::<QueryRequest>::from_request(request, &())
+            .await
+            .map(|Form(r)| r)
+            .map_err(|rejection| {
+                format!(
+                    "{} (a form needs a field `sql=...`; to send JSON, set `Content-Type: application/json`)",
+                    rejection.body_text()
+                )
+            })
+    } else {
+        Json::<QueryRequest>::from_request(request, &())
+            .await
+            .map(|Json(r)| r)
+            .map_err(|rejection| rejection.body_text())
     };
+    match parsed {
+        Ok(request) => query(&state, &headers, request).await,
+        Err(message) => error_response(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+async fn query(state: &ApiState, headers: &HeaderMap, request: QueryRequest) -> Response {
     let format = request
         .format
-        .unwrap_or_else(|| format_from_accept(&headers));
+        .unwrap_or_else(|| format_from_accept(headers));
     let started = Instant::now();
     let output = match run_query_as(&state.ctx, &request.sql, &state.limits, Interface::Http).await
     {
@@ -289,6 +323,57 @@ mod tests {
             chrono::DateTime::parse_from_rfc3339(first).unwrap_or_else(|e| panic!("{first}: {e}"));
         assert_eq!(parsed.timestamp(), crate::test_support::BASE_US / 1_000_000);
         assert!(body["elapsed_ms"].as_f64().unwrap() >= 0.0);
+    }
+
+    #[tokio::test]
+    async fn a_get_or_a_form_asks_as_well_as_json_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve(dir.path()).await;
+        let client = reqwest::Client::new();
+        let sql = "SELECT user_id, count(*) AS n FROM events GROUP BY user_id ORDER BY user_id";
+        let expected = "user_id,n\nuser0,5\nuser1,4\nuser2,3\n";
+
+        let resp = client
+            .get(&url)
+            .query(&[("sql", sql), ("format", "csv")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), expected);
+
+        // What `curl --data-urlencode sql=...` sends.
+        let resp = client
+            .post(&url)
+            .header(ACCEPT, "text/csv")
+            .form(&[("sql", sql)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), expected);
+
+        // What `curl -d '{"sql": ...}'` sends without a Content-Type: a form that is JSON.
+        let resp = client
+            .post(&url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(serde_json::json!({ "sql": sql }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("Content-Type: application/json"), "{error}");
+
+        // The guard holds whatever the request's shape.
+        let resp = client
+            .get(&url)
+            .query(&[("sql", "COPY events TO '/tmp/x.parquet'")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
     }
 
     #[tokio::test]
