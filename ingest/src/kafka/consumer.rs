@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
-use super::dlq::{DeadLetter, DeadLetterProducer};
+use super::dlq::{self, DeadLetter, DeadLetterProducer};
 use super::metrics::{self as kmetrics, PartitionOffsets};
 use super::rejoin::{self, EmptyAssignmentWatch, RebalanceOutcome};
 use super::{records, KafkaConfig, KafkaError, Signal, TopicConfig, TopicEncoding};
@@ -505,7 +505,7 @@ impl Consumer {
                     offset: m.offset,
                     key: m.key.clone(),
                     payload: m.payload.to_vec(),
-                    error: error.clone(),
+                    error: dlq::bounded_error(error),
                 }),
                 Decoded::Events(_) => None,
             })

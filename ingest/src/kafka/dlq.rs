@@ -1,7 +1,8 @@
 //! The dead-letter topic: where a message that cannot be decoded goes, so that one bad producer cannot
 //! stop a partition and the bad bytes stay available for whoever fixes the producer.
 //!
-//! The record keeps the original key and payload; headers say where it came from and why it was refused.
+//! The record keeps the original key and payload (cut, with a header saying so, when they would not fit the
+//! topic); headers say where it came from and why it was refused.
 //! The consumer commits past a poison message only after the broker acknowledged its dead-letter copy.
 
 use std::time::Duration;
@@ -20,10 +21,17 @@ pub const HEADER_OFFSET: &str = "vigil.dlq.offset";
 pub const HEADER_ERROR: &str = "vigil.dlq.error";
 /// Present (with the original length in bytes) when the payload was cut to fit the dead-letter topic.
 pub const HEADER_TRUNCATED: &str = "vigil.dlq.truncated_from";
+/// Present (with the original length in bytes) when the key was cut to fit the dead-letter topic.
+pub const HEADER_KEY_TRUNCATED: &str = "vigil.dlq.key_truncated_from";
 
-/// Payloads are cut to this size: Kafka's default `max.message.bytes` is about 1 MB, and a message that is
-/// too large for the dead-letter topic would otherwise block its partition forever.
+/// Key and payload together are cut to this size: Kafka's default `max.message.bytes` is about 1 MB, and a
+/// message that is too large for the dead-letter topic would otherwise block its partition forever.
 pub const MAX_DLQ_PAYLOAD: usize = 900 * 1024;
+/// Keys are cut to this size first; the payload gets the rest of [`MAX_DLQ_PAYLOAD`].
+pub const MAX_DLQ_KEY: usize = 64 * 1024;
+/// Errors are cut to this size: a decoding error may quote the producer's bytes (a 700 KB `time` that is
+/// not RFC 3339), and it goes into a header and the log.
+pub const MAX_DLQ_ERROR: usize = 4 * 1024;
 
 /// One message to dead-letter.
 #[derive(Debug, Clone)]
@@ -33,7 +41,21 @@ pub struct DeadLetter {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// At most [`MAX_DLQ_ERROR`] bytes (see [`bounded_error`]).
     pub error: String,
+}
+
+/// `error`, cut at a character boundary to [`MAX_DLQ_ERROR`] bytes with a note of its full length.
+pub fn bounded_error(error: &str) -> String {
+    if error.len() <= MAX_DLQ_ERROR {
+        return error.to_owned();
+    }
+    let note = format!("... (cut from {} bytes)", error.len());
+    let mut end = MAX_DLQ_ERROR - note.len();
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &error[..end])
 }
 
 /// Produces dead letters and waits for the broker's acknowledgement.
@@ -58,9 +80,20 @@ impl DeadLetterProducer {
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
+        let key = letter
+            .key
+            .as_deref()
+            .map(|k| &k[..k.len().min(MAX_DLQ_KEY)]);
+        let key_truncated = letter
+            .key
+            .as_ref()
+            .filter(|k| k.len() > MAX_DLQ_KEY)
+            .map(|k| k.len().to_string());
+        let payload_room = MAX_DLQ_PAYLOAD - key.map_or(0, <[u8]>::len);
         let truncated =
-            (letter.payload.len() > MAX_DLQ_PAYLOAD).then(|| letter.payload.len().to_string());
-        let mut headers = OwnedHeaders::new_with_capacity(5)
+            (letter.payload.len() > payload_room).then(|| letter.payload.len().to_string());
+        let error = bounded_error(&letter.error);
+        let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: HEADER_TOPIC,
                 value: Some(letter.topic.as_str()),
@@ -75,25 +108,49 @@ impl DeadLetterProducer {
             })
             .insert(Header {
                 key: HEADER_ERROR,
-                value: Some(letter.error.as_str()),
+                value: Some(error.as_str()),
             });
-        if let Some(original) = &truncated {
-            headers = headers.insert(Header {
-                key: HEADER_TRUNCATED,
-                value: Some(original.as_str()),
-            });
+        for (name, original) in [
+            (HEADER_TRUNCATED, &truncated),
+            (HEADER_KEY_TRUNCATED, &key_truncated),
+        ] {
+            if let Some(original) = original {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(original.as_str()),
+                });
+            }
         }
-        let payload = &letter.payload[..letter.payload.len().min(MAX_DLQ_PAYLOAD)];
+        let payload = &letter.payload[..letter.payload.len().min(payload_room)];
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic)
             .payload(payload)
             .headers(headers);
-        if let Some(key) = &letter.key {
-            record = record.key(key.as_slice());
+        if let Some(key) = key {
+            record = record.key(key);
         }
         self.producer
             .send(record, Duration::from_secs(30))
             .await
             .map(|_delivery| ())
             .map_err(|(err, _unsent)| err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary_and_says_so() {
+        let short = "otlp_proto: invalid wire type";
+        assert_eq!(bounded_error(short), short);
+        let long = format!("time: {:?} is not RFC 3339", "é".repeat(400_000));
+        let cut = bounded_error(&long);
+        assert!(cut.len() <= MAX_DLQ_ERROR, "{}", cut.len());
+        assert!(cut.starts_with("time: \"éé"));
+        assert!(
+            cut.ends_with(&format!("(cut from {} bytes)", long.len())),
+            "{cut}"
+        );
     }
 }

@@ -486,6 +486,79 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
     );
 }
 
+/// A dead letter that quotes a huge field in its error, with a huge key: the copy is cut to fit the
+/// dead-letter topic (librdkafka refuses a record over 1,000,000 bytes), so the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsized_dead_letter_is_cut_to_fit_and_consumption_continues() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("vigil_events", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let key = vec![b'k'; 200 * 1024];
+    let poison = format!(
+        r#"{{"event_id":"big","kind":"tool","time":"{}"}}"#,
+        "x".repeat(870 * 1024)
+    );
+    producer
+        .send(
+            FutureRecord::to("vigil_events")
+                .partition(0)
+                .key(&key[..])
+                .payload(poison.as_bytes()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .expect("produce the poison message");
+    produce(
+        &producer,
+        "vigil_events",
+        0,
+        br#"{"event_id":"after","kind":"tool","tool_name":"search"}"#,
+    )
+    .await;
+
+    let mut cfg = config(&brokers, "outsized");
+    cfg.topics = vec![TopicConfig::named(
+        "vigil_events",
+        TopicEncoding::VigilJson,
+        Signal::Events,
+    )];
+    let sink = Arc::new(TestSink::default());
+    let running = start(cfg, sink.clone());
+    wait_until("the message after the poison one", WAIT, || {
+        sink.unique_ids().contains("after")
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        committed(&brokers, "outsized", "vigil_events", 1),
+        vec![Offset::Offset(2)],
+        "committed past the poison message"
+    );
+
+    let letter = first_message(&brokers, "vigil_dlq");
+    let error = header(&letter, dlq::HEADER_ERROR);
+    assert!(error.len() <= dlq::MAX_DLQ_ERROR, "{} bytes", error.len());
+    assert!(
+        error.contains("time"),
+        "the error still names the column: {error}"
+    );
+    assert_eq!(
+        header(&letter, dlq::HEADER_KEY_TRUNCATED),
+        key.len().to_string()
+    );
+    assert_eq!(
+        header(&letter, dlq::HEADER_TRUNCATED),
+        poison.len().to_string()
+    );
+    let (kept_key, kept_payload) = (letter.key().unwrap(), letter.payload().unwrap());
+    assert_eq!(kept_key, &key[..dlq::MAX_DLQ_KEY]);
+    assert_eq!(kept_key.len() + kept_payload.len(), dlq::MAX_DLQ_PAYLOAD);
+    assert_eq!(kept_payload, &poison.as_bytes()[..kept_payload.len()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_admitted_before_it_is_decoded_so_the_decode_stage_measures_it() {
     let mock = MockCluster::new(1).expect("mock cluster");
