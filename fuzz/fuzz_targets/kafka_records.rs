@@ -21,12 +21,18 @@ const LIMITS: Limits = Limits {
     max_decompressed_bytes: 1024 * 1024,
 };
 
+const ORIGIN: records::Origin<'static> = records::Origin {
+    topic: "vigil_events",
+    partition: 0,
+    offset: 42,
+};
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, payload)) = data.split_first() else {
         return;
     };
     if selector & 1 == 0 {
-        let Ok(rows) = records::parse(payload, 1_700_000_000_000_000, Some("fuzz")) else {
+        let Ok(rows) = records::parse(payload, ORIGIN, 1_700_000_000_000_000, Some("fuzz")) else {
             return;
         };
         let mut builder = EventBatchBuilder::with_capacity(rows.len());
@@ -46,12 +52,16 @@ fuzz_target!(|data: &[u8]| {
             "records do not build the event schema"
         );
         assert_eq!(batch.num_rows(), rows.len());
-        let again =
-            records::parse(payload, 1_700_000_000_000_000, Some("fuzz")).expect("parsed once");
+        let again = records::parse(payload, ORIGIN, 1_700_000_000_000_000, Some("fuzz"))
+            .expect("parsed once");
         let ids = |rows: &[vigil_ingest::EventRow]| {
             rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>()
         };
-        assert_eq!(ids(&rows), ids(&again), "the same message gave other ids");
+        assert_eq!(
+            ids(&rows),
+            ids(&again),
+            "the same message read again gave other ids"
+        );
     } else {
         let encoding = if selector & 2 == 0 {
             Encoding::Protobuf

@@ -776,7 +776,12 @@ fn decode_message(
                 ));
             }
             let now = chrono::Utc::now().timestamp_micros();
-            return match records::parse(&m.payload, now, ctx.source.as_deref()) {
+            let origin = records::Origin {
+                topic: &m.topic,
+                partition: m.partition,
+                offset: m.offset,
+            };
+            return match records::parse(&m.payload, origin, now, ctx.source.as_deref()) {
                 Ok(rows) => {
                     let mut builder = EventBatchBuilder::with_capacity(rows.len());
                     rows.iter().for_each(|row| builder.push(row));

@@ -3,8 +3,10 @@
 //! A message is one JSON object or a JSON array of objects whose keys are the column names of
 //! [`crate::event_schema`]. `time` is an RFC 3339 string or an integer of microseconds since the epoch. Keys
 //! that are not columns are kept in the `attributes` JSON (merged with an `attributes` object if one is
-//! given), the same rule OTLP normalisation follows. A record without `event_id` gets a hash of its content,
-//! so a replayed message produces the same ids and the store can deduplicate it. One bad record makes the
+//! given), the same rule OTLP normalisation follows. A record without `event_id` gets a hash of where it was
+//! read (topic, partition, offset, its index in the message) and of its content: a message read again after
+//! a crash or a rebalance produces the same ids, so the store drops the second copy, while two records that
+//! only look alike (the same tool call twice, without a `time`) stay two events. One bad record makes the
 //! whole message undecodable: a message goes to the dead-letter topic whole, never half-stored.
 
 use std::collections::BTreeMap;
@@ -29,12 +31,21 @@ pub enum RecordError {
     },
 }
 
+/// Where a message was read: what makes a record without `event_id` the same event when it is read again.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// Parses one message into event rows; `now_us` is the time of records that carry none. `source` (the
 /// consumer's `source_name`) fills the `source` column: that column says who Vigil verified a record came from,
 /// so a record cannot name itself there. A `source` key in a record is the producer's claim and is kept in
 /// `attributes` like any other key the schema does not have.
 pub fn parse(
     payload: &[u8],
+    origin: Origin<'_>,
     now_us: i64,
     source: Option<&str>,
 ) -> Result<Vec<EventRow>, RecordError> {
@@ -54,7 +65,7 @@ pub fn parse(
         .into_iter()
         .enumerate()
         .map(|(index, map)| {
-            let mut row = record(index, map, now_us)?;
+            let mut row = record(origin, index, map, now_us)?;
             row.source = source.map(str::to_owned);
             Ok(row)
         })
@@ -72,12 +83,23 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow, RecordError> {
-    // Sorted, so the content hash does not depend on the producer's key order.
+fn record(
+    origin: Origin<'_>,
+    index: usize,
+    map: Map<String, Value>,
+    now_us: i64,
+) -> Result<EventRow, RecordError> {
+    // Sorted, so the id does not depend on the producer's key order.
     let mut fields: BTreeMap<String, Value> = map.into_iter().collect();
-    let content_hash = {
-        let canonical = serde_json::to_vec(&fields).map_err(RecordError::Json)?;
-        hex::encode(xxh3_128(&canonical).to_be_bytes())
+    let derived_id = {
+        // The topic name cannot hold a NUL, so the fields cannot run into each other.
+        let mut hashed = format!(
+            "{}\0{}\0{}\0{index}\0",
+            origin.topic, origin.partition, origin.offset
+        )
+        .into_bytes();
+        serde_json::to_writer(&mut hashed, &fields).map_err(RecordError::Json)?;
+        hex::encode(xxh3_128(&hashed).to_be_bytes())
     };
     let bad = |column: &'static str, problem: String| RecordError::Column {
         index,
@@ -194,7 +216,7 @@ fn record(index: usize, map: Map<String, Value>, now_us: i64) -> Result<EventRow
     attributes.extend(fields);
     row.attributes = Some(serde_json::to_string(&attributes).map_err(RecordError::Json)?);
     if row.event_id.is_empty() {
-        row.event_id = content_hash;
+        row.event_id = derived_id;
     }
     Ok(row)
 }
@@ -204,12 +226,18 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000_000;
+    const AT: Origin<'static> = Origin {
+        topic: "vigil_events",
+        partition: 0,
+        offset: 7,
+    };
 
     #[test]
     fn object_with_rfc3339_time_and_columns() {
         let rows = parse(
             br#"{"time":"2026-01-02T03:04:05.123456Z","event_id":"e1","kind":"tool","user_id":"alice",
                 "tool_name":"search","input_tokens":12,"latency_ms":3.5,"status":"ok"}"#,
+            AT,
             NOW,
             Some("kafka"),
         )
@@ -235,6 +263,7 @@ mod tests {
         let rows = parse(
             br#"[{"time":1700000000000001,"model":"gpt-4o","attributes":{"a":1},"team":"x"},
                  {"kind":"policy","decision":"deny","source":"gateway"}]"#,
+            AT,
             NOW,
             Some("kafka"),
         )
@@ -262,18 +291,50 @@ mod tests {
     }
 
     #[test]
-    fn missing_event_id_is_a_content_hash_independent_of_key_order() {
-        let a = parse(br#"{"model":"m","user_id":"u","time":1}"#, NOW, None).unwrap();
-        let b = parse(br#"{"time":1,"user_id":"u","model":"m"}"#, NOW + 5, None).unwrap();
-        let c = parse(br#"{"time":1,"user_id":"v","model":"m"}"#, NOW, None).unwrap();
-        assert_eq!(a[0].event_id.len(), 32);
-        assert_eq!(a[0].event_id, b[0].event_id, "replays keep their id");
-        assert_ne!(a[0].event_id, c[0].event_id);
+    fn a_missing_event_id_is_the_same_when_the_message_is_read_again_and_only_then() {
+        let id = |payload: &[u8], origin: Origin<'_>, now: i64| {
+            parse(payload, origin, now, None)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect::<Vec<_>>()
+        };
+        let a = id(br#"{"model":"m","user_id":"u"}"#, AT, NOW);
+        assert_eq!(a[0].len(), 32);
+        assert_eq!(
+            id(br#"{"user_id":"u","model":"m"}"#, AT, NOW + 5),
+            a,
+            "read again later, in another key order: the same event"
+        );
+        let later = Origin { offset: 8, ..AT };
+        assert_ne!(
+            id(br#"{"model":"m","user_id":"u"}"#, later, NOW),
+            a,
+            "the same record in the next message is another event"
+        );
+        let twice = id(
+            br#"[{"model":"m","user_id":"u"},{"model":"m","user_id":"u"}]"#,
+            AT,
+            NOW,
+        );
+        assert_ne!(twice[0], twice[1], "twice in one message is two events");
+        assert_ne!(id(br#"{"model":"m","user_id":"v"}"#, AT, NOW), a);
+        assert_ne!(
+            id(
+                br#"{"model":"m","user_id":"u"}"#,
+                Origin {
+                    topic: "other",
+                    ..AT
+                },
+                NOW
+            ),
+            a
+        );
     }
 
     #[test]
     fn bad_records_say_which_and_why() {
-        let err = parse(br#"[{"kind":"tool"},{"kind":"chat"}]"#, NOW, None).unwrap_err();
+        let err = parse(br#"[{"kind":"tool"},{"kind":"chat"}]"#, AT, NOW, None).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -285,12 +346,12 @@ mod tests {
             ),
             "{err}"
         );
-        let err = parse(br#"{"time":"yesterday"}"#, NOW, None).unwrap_err();
+        let err = parse(br#"{"time":"yesterday"}"#, AT, NOW, None).unwrap_err();
         assert!(
             matches!(err, RecordError::Column { column: "time", .. }),
             "{err}"
         );
-        let err = parse(br#"{"input_tokens":"12"}"#, NOW, None).unwrap_err();
+        let err = parse(br#"{"input_tokens":"12"}"#, AT, NOW, None).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -301,10 +362,10 @@ mod tests {
             ),
             "{err}"
         );
-        let err = parse(br#"[1,2]"#, NOW, None).unwrap_err();
+        let err = parse(br#"[1,2]"#, AT, NOW, None).unwrap_err();
         assert!(matches!(err, RecordError::NotAnObject("a number")), "{err}");
         assert!(matches!(
-            parse(b"{", NOW, None).unwrap_err(),
+            parse(b"{", AT, NOW, None).unwrap_err(),
             RecordError::Json(_)
         ));
     }
