@@ -174,8 +174,13 @@ pub struct DeliveryConfig {
     pub poll_interval: Duration,
     /// Concurrent requests across all destinations.
     pub max_in_flight: usize,
-    /// Finished deliveries kept for `alert_deliveries` (oldest delivered ones are pruned first).
+    /// Delivered deliveries kept for `alert_deliveries`; beyond it the oldest are pruned.
     pub history_limit: usize,
+    /// Dead letters (and deliveries to a destination disabled by 410) kept, with their bodies, for
+    /// `vigil alerts replay`; beyond it the oldest are dropped and counted in
+    /// `vigil_webhook_dead_letters_dropped_total`, so an endpoint that fails for good cannot fill memory
+    /// and disk.
+    pub dead_letter_limit: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -199,6 +204,7 @@ impl Default for DeliveryConfig {
             poll_interval: s(1),
             max_in_flight: 32,
             history_limit: 100_000,
+            dead_letter_limit: 10_000,
         }
     }
 }

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub attempts: IntCounterVec,
     pub pending: IntGaugeVec,
     pub latency: Histogram,
+    /// Dead letters dropped beyond `dead_letter_limit`: alerts that will not be replayed.
+    pub dead_letters_dropped: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
@@ -46,6 +48,16 @@ pub fn metrics() -> &'static Metrics {
                 Opts::new(
                     "vigil_webhook_outbox_pending",
                     "Deliveries waiting in the outbox per destination",
+                ),
+                &["destination"],
+            )
+            .expect("valid metric"),
+        ),
+        dead_letters_dropped: register(
+            IntCounterVec::new(
+                Opts::new(
+                    "vigil_webhook_dead_letters_dropped_total",
+                    "Dead letters dropped, oldest first, beyond respond.delivery.dead_letter_limit",
                 ),
                 &["destination"],
             )

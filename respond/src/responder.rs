@@ -73,6 +73,8 @@ struct State {
     groups: HashMap<String, GroupState>,
     deliveries: BTreeMap<u64, DeliveryRecord>,
     active: BTreeSet<u64>,
+    /// Dead letters and deliveries to a disabled destination, oldest first: what replay can send.
+    failed: BTreeSet<u64>,
     destinations: HashMap<String, DestinationState>,
     responses: BTreeMap<u64, ResponseRecord>,
     next_seq: u64,
@@ -92,7 +94,17 @@ impl State {
         } else {
             self.active.remove(&d.seq);
         }
+        if is_failed(d.status) {
+            self.failed.insert(d.seq);
+        } else {
+            self.failed.remove(&d.seq);
+        }
         self.deliveries.insert(d.seq, d);
+    }
+    fn remove(&mut self, seq: u64) {
+        self.deliveries.remove(&seq);
+        self.active.remove(&seq);
+        self.failed.remove(&seq);
     }
     fn disabled(&self, name: &str) -> bool {
         self.destinations.get(name).is_some_and(|s| s.disabled)
@@ -357,11 +369,13 @@ impl Responder {
                 seq += 1;
             }
         }
+        let trim = self.prunable(&st, 0, failed_count(&queued));
         self.outbox.write(|b| {
             for g in changed.values() {
                 b.put_group(g)?;
             }
             put_queued(b, &queued)?;
+            trim.write(b)?;
             for r in &responses {
                 b.put_response(r)?;
             }
@@ -375,6 +389,7 @@ impl Responder {
         })?;
         st.groups.extend(changed);
         st.next_seq = seq;
+        self.pruned(&mut st, trim);
         let woke = !queued.is_empty();
         for (d, _) in queued {
             st.put(d);
@@ -477,6 +492,7 @@ impl Responder {
                 updated.push(g);
             }
         }
+        let prune = self.prunable(&st, 0, failed_count(&queued));
         self.outbox.write(|b| {
             for g in &updated {
                 b.put_group(g)?;
@@ -485,9 +501,11 @@ impl Responder {
                 b.remove_group(fp)?;
             }
             put_queued(b, &queued)?;
+            prune.write(b)?;
             b.set_next_seq(seq)
         })?;
         st.next_seq = seq;
+        self.pruned(&mut st, prune);
         for g in updated {
             st.groups.insert(g.fingerprint.clone(), g);
         }
@@ -670,7 +688,11 @@ impl Responder {
                 }
             }
         }
-        let prune = self.prunable(&st, d.status == DeliveryStatus::Delivered);
+        let prune = self.prunable(
+            &st,
+            usize::from(d.status == DeliveryStatus::Delivered),
+            usize::from(is_failed(d.status)) + others_disabled.len(),
+        );
         // A playbook action accepted: the response is taken now (its delivery record may be pruned later).
         let responded = match st.responses.get(&seq) {
             Some(r) if d.status == DeliveryStatus::Delivered && r.delivery_seq == seq => {
@@ -695,10 +717,7 @@ impl Responder {
             if let Some(s) = &dest_state {
                 b.put_destination(&dest, s)?;
             }
-            for p in &prune {
-                b.remove_delivery(*p)?;
-            }
-            Ok(())
+            prune.write(b)
         })?;
         metrics()
             .deliveries
@@ -715,26 +734,54 @@ impl Responder {
         for o in others_disabled {
             st.put(o);
         }
-        for p in prune {
-            st.deliveries.remove(&p);
-        }
+        self.pruned(&mut st, prune);
         self.update_pending_metrics(&st);
         Ok(())
     }
 
-    /// Oldest delivered records beyond `history_limit` (only when one more is about to be added).
-    fn prunable(&self, st: &State, adding: bool) -> Vec<u64> {
-        let finished = st.deliveries.len() - st.active.len() + usize::from(adding);
-        let excess = finished.saturating_sub(self.config.delivery.history_limit);
-        if excess == 0 {
-            return Vec::new();
+    /// Finished records to drop before `delivered` more delivered and `failed` more failed ones are kept:
+    /// the oldest delivered beyond `history_limit`, and the oldest failed beyond `dead_letter_limit`. The two
+    /// are bounded apart, so a pile of dead letters never costs the delivered history.
+    fn prunable(&self, st: &State, delivered: usize, failed: usize) -> Prune {
+        let limits = &self.config.delivery;
+        let kept_delivered = st.deliveries.len() - st.active.len() - st.failed.len();
+        let excess = (kept_delivered + delivered).saturating_sub(limits.history_limit);
+        let delivered = if excess == 0 {
+            Vec::new()
+        } else {
+            st.deliveries
+                .values()
+                .filter(|d| d.status == DeliveryStatus::Delivered)
+                .take(excess)
+                .map(|d| d.seq)
+                .collect()
+        };
+        let excess = (st.failed.len() + failed).saturating_sub(limits.dead_letter_limit);
+        let failed = st.failed.iter().take(excess).copied().collect();
+        Prune { delivered, failed }
+    }
+
+    /// Drops what [`Responder::prunable`] picked from memory once the outbox no longer has it.
+    fn pruned(&self, st: &mut State, prune: Prune) {
+        for seq in prune.delivered {
+            st.remove(seq);
         }
-        st.deliveries
-            .values()
-            .filter(|d| d.status == DeliveryStatus::Delivered)
-            .take(excess)
-            .map(|d| d.seq)
-            .collect()
+        if !prune.failed.is_empty() {
+            tracing::warn!(
+                dropped = prune.failed.len(),
+                limit = self.config.delivery.dead_letter_limit,
+                "dead letters over respond.delivery.dead_letter_limit: the oldest are dropped and cannot be replayed"
+            );
+        }
+        for seq in prune.failed {
+            if let Some(d) = st.deliveries.get(&seq) {
+                metrics()
+                    .dead_letters_dropped
+                    .with_label_values(&[d.destination.as_str()])
+                    .inc();
+            }
+            st.remove(seq);
+        }
     }
 
     fn update_pending_metrics(&self, st: &State) {
@@ -936,6 +983,37 @@ impl Responder {
     /// crate to show as columns of `alerts`.
     pub fn alert_responses_batch(&self) -> arrow::array::RecordBatch {
         crate::table::alert_responses_to_batch(&self.responses())
+    }
+}
+
+fn is_failed(status: DeliveryStatus) -> bool {
+    matches!(
+        status,
+        DeliveryStatus::DeadLetter | DeliveryStatus::Disabled
+    )
+}
+
+fn failed_count(queued: &[(DeliveryRecord, Vec<u8>)]) -> usize {
+    queued.iter().filter(|(d, _)| is_failed(d.status)).count()
+}
+
+/// Finished records picked by [`Responder::prunable`].
+struct Prune {
+    delivered: Vec<u64>,
+    failed: Vec<u64>,
+}
+
+impl Prune {
+    fn write(&self, b: &mut Batch<'_>) -> Result<(), OutboxError> {
+        for &seq in &self.delivered {
+            b.remove_delivery(seq)?;
+        }
+        // A dead letter keeps its body for replay.
+        for &seq in &self.failed {
+            b.remove_delivery(seq)?;
+            b.remove_body(seq)?;
+        }
+        Ok(())
     }
 }
 

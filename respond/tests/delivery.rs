@@ -301,6 +301,107 @@ fn status_classification_disable_dead_letter_and_replay() {
     receiver.stop();
 }
 
+/// An endpoint that refuses everything for good: its dead letters stop at `dead_letter_limit` (the oldest
+/// go, bodies and all, counted), and they never push the delivered history of another endpoint out.
+#[test]
+fn dead_letters_are_bounded_apart_from_the_delivered_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.redb");
+    let shared = Shared::default();
+    shared.set_status("/refusing", 400);
+    let receiver = Receiver::start(&shared, 0);
+    // Names of their own: the counters are shared by every test in this binary.
+    let mut config = fast_config(vec![
+        destination("fine", receiver.url("/fine"), Format::Json),
+        destination("refusing", receiver.url("/refusing"), Format::Json),
+    ]);
+    config.delivery.history_limit = 5;
+    config.delivery.dead_letter_limit = 3;
+    let counter = |name: &str, labels: &[&str]| {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| {
+                labels
+                    .iter()
+                    .all(|v| m.get_label().iter().any(|l| l.value() == *v))
+            })
+            .map(|m| m.get_counter().get_value())
+            .sum::<f64>()
+    };
+    let dropped = || counter("vigil_webhook_dead_letters_dropped_total", &["refusing"]);
+    let refused = || {
+        counter(
+            "vigil_webhook_deliveries_total",
+            &["refusing", "dead_letter"],
+        )
+    };
+    let (dropped_before, refused_before) = (dropped(), refused());
+    let responder = Responder::open(config.clone(), path.clone()).unwrap();
+    let run = Running::start(&responder);
+    let alerts: Vec<_> = (0..8)
+        .map(|i| alert(&format!("bounded{i}"), "shadow_ai", Severity::High, i))
+        .collect();
+    responder.submit(&alerts).unwrap();
+    let count = |name: &str, status: DeliveryStatus| {
+        responder
+            .deliveries()
+            .iter()
+            .filter(|d| d.destination == name && d.status == status)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || refused() - refused_before
+            == 8.0
+            && shared.seen().len() == 8
+            && responder.deliveries().iter().all(|d| !d.status.is_active())),
+        "{:?}",
+        responder.deliveries()
+    );
+    let dead: Vec<String> = responder
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.webhook_id)
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dropped() - dropped_before, 5.0);
+    assert_eq!(
+        count("fine", DeliveryStatus::Delivered),
+        5,
+        "dead letters cost no delivered history"
+    );
+    run.crash();
+    drop(responder);
+
+    // The outbox agrees after a restart, and what is kept still replays, bodies and all.
+    shared.set_status("/refusing", 200);
+    let responder = Responder::open(config, path).unwrap();
+    let kept: Vec<String> = responder
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.webhook_id)
+        .collect();
+    assert_eq!(kept, dead);
+    let run = Running::start(&responder);
+    assert_eq!(responder.replay(&Replay::All).unwrap(), 3);
+    assert!(wait_until(Duration::from_secs(10), || shared
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/refusing")
+        .count()
+        == 3));
+    let replayed: BTreeSet<String> = shared
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/refusing")
+        .map(|s| s.webhook_id)
+        .collect();
+    assert_eq!(replayed, dead.into_iter().collect());
+    run.crash();
+    receiver.stop();
+}
+
 /// 10,000 identical detections on one entity: one finding, a bounded number of updates, one close.
 #[test]
 fn burst_becomes_one_finding_with_bounded_updates() {

@@ -215,6 +215,7 @@ pub fn fast_config(destinations: Vec<DestinationConfig>) -> RespondConfig {
             poll_interval: ms(10),
             max_in_flight: 16,
             history_limit: 100_000,
+            dead_letter_limit: 10_000,
         },
         egress: EgressConfig {
             allow_hosts: vec!["127.0.0.1".into()],
