@@ -482,7 +482,7 @@ impl Consumer {
         let decoded = tokio::task::spawn_blocking(move || {
             let decoded: Vec<Decoded> = batch
                 .iter()
-                .map(|m| decode_message(m, &topics[m.route], &limits, &ctx))
+                .map(|m| contained(|| decode_message(m, &topics[m.route], &limits, &ctx)))
                 .collect();
             (batch, decoded)
         })
@@ -490,7 +490,8 @@ impl Consumer {
         let (batch, decoded) = match decoded {
             Ok(result) => result,
             Err(err) => {
-                // A panic in normalisation: nothing stored, the batch is read again after a restart.
+                // The task failed although each message's decoding is contained: nothing stored, the batch
+                // is read again after the restart.
                 return Flow::Fatal(format!("kafka batch normalisation failed: {err}"));
             }
         };
@@ -758,6 +759,19 @@ fn topic_signal(topic: &TopicConfig) -> Option<imetrics::Signal> {
     }
 }
 
+/// A message whose decoding panics is a poison message like any other: dead-lettered, not a reason to stop
+/// the consumer (which would meet it again at the same offset after every restart).
+fn contained(decode: impl FnOnce() -> Decoded) -> Decoded {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Decoded::Poison(format!("decoding panicked (a bug in Vigil): {what}"))
+    })
+}
+
 /// Decodes and normalises one message; any error makes it a poison message.
 fn decode_message(
     m: &Pending,
@@ -841,4 +855,22 @@ fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
         }
     }
     counts.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_decoding_makes_a_poison_message() {
+        let poison = contained(|| panic!("index out of bounds in message 7"));
+        assert!(
+            matches!(&poison, Decoded::Poison(e) if e.contains("index out of bounds in message 7")),
+            "the panic's message is the dead letter's error"
+        );
+        let owned = contained(|| panic!("{} bytes", 12));
+        assert!(matches!(&owned, Decoded::Poison(e) if e.ends_with("12 bytes")));
+        let fine = contained(|| Decoded::Poison("not protobuf".into()));
+        assert!(matches!(&fine, Decoded::Poison(e) if e == "not protobuf"));
+    }
 }

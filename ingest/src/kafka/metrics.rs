@@ -71,6 +71,16 @@ pub static REJOINS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("vigil_kafka_rejoins_total registers once")
 });
 
+/// Times the consumer stopped on an error and was started again (see `kafka::supervise`). Each one is a
+/// bug met in a batch; the error is in the log.
+pub static RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "vigil_kafka_consumer_restarts_total",
+        "Times the Kafka consumer stopped on an error and was restarted from the committed offsets"
+    )
+    .expect("vigil_kafka_consumer_restarts_total registers once")
+});
+
 /// 1 while the partition is paused because the sink refused a batch (backpressure), absent otherwise. While
 /// paused nothing more is fetched and librdkafka drops what it had prefetched, so a stuck sink costs no
 /// memory. `vigil_kafka_lag` is not refreshed meanwhile (librdkafka's statistics are served by the

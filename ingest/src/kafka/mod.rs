@@ -56,6 +56,7 @@ pub mod dlq;
 pub mod metrics;
 pub mod records;
 mod rejoin;
+mod supervise;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +66,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde::Deserialize;
 
 use crate::sink::EventSink;
@@ -287,7 +289,7 @@ pub enum KafkaError {
 }
 
 /// Consumes the configured topics into `sink` until `shutdown` resolves, then finishes the batch in hand,
-/// commits and returns. With Kafka disabled (empty `brokers`) it just waits for `shutdown`, so the binary
+/// commits and returns. A consumer that stops on an error is started again (see `kafka::supervise`). With Kafka disabled (empty `brokers`) it just waits for `shutdown`, so the binary
 /// can treat every component alike.
 pub async fn run(
     config: KafkaConfig,
@@ -299,7 +301,21 @@ pub async fn run(
         return Ok(());
     }
     config.validate()?;
-    consumer::Consumer::start(config, sink)?.run(shutdown).await
+    // Started once here, so that a consumer that cannot start at all is the caller's error at once.
+    let mut first = Some(consumer::Consumer::start(config.clone(), sink.clone())?);
+    let shutdown = Box::pin(shutdown).shared();
+    supervise::supervise(shutdown, supervise::BACKOFF_START, move |stop| {
+        let ready = first.take();
+        let (config, sink) = (config.clone(), sink.clone());
+        async move {
+            let consumer = match ready {
+                Some(consumer) => consumer,
+                None => consumer::Consumer::start(config, sink)?,
+            };
+            consumer.run(stop).await
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
