@@ -4,6 +4,7 @@
 //! (`content_capture`), and alerts are written in the same WAL record as the events that raised them, so
 //! an acknowledged request never has half its consequences on disk.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,6 +26,9 @@ pub struct Pipeline {
     config: PipelineConfig,
     /// Every alert, as it becomes durable (the demo prints them; tests watch them).
     alerts: broadcast::Sender<Alert>,
+    /// Set when durable alerts could not be queued for delivery; the window task then hands the stored
+    /// alerts the outbox never saw to delivery, as a start does after a crash.
+    undelivered: AtomicBool,
 }
 
 impl Pipeline {
@@ -42,7 +46,18 @@ impl Pipeline {
             responder,
             config,
             alerts,
+            undelivered: AtomicBool::new(false),
         })
+    }
+
+    /// Whether alerts failed to reach the outbox since the last call (which clears it).
+    pub fn take_undelivered(&self) -> bool {
+        self.undelivered.swap(false, Ordering::SeqCst)
+    }
+
+    /// Sets the mark again when handing the stored alerts to delivery failed too.
+    pub fn mark_undelivered(&self) {
+        self.undelivered.store(true, Ordering::SeqCst);
     }
 
     pub fn subscribe_alerts(&self) -> broadcast::Receiver<Alert> {
@@ -69,17 +84,31 @@ impl Pipeline {
             return;
         }
         let responder = self.responder.clone();
-        let alerts = match tokio::task::spawn_blocking(move || (responder.submit(&alerts), alerts))
-            .await
-        {
+        let submitted = tokio::task::spawn_blocking(move || {
+            // For the end-to-end test of the retry (`FAILPOINTS=outbox_submit=1*return`).
+            let forced = (|| {
+                fail::fail_point!("outbox_submit", |_| true);
+                false
+            })();
+            let result = if forced {
+                Err("failpoint outbox_submit".to_string())
+            } else {
+                responder.submit(&alerts).map_err(|e| e.to_string())
+            };
+            (result, alerts)
+        })
+        .await;
+        let alerts = match submitted {
             Ok((Ok(_), alerts)) => alerts,
             Ok((Err(e), alerts)) => {
-                // The alerts are durable in the `alerts` table; only their delivery is at risk.
-                tracing::error!(error = %e, count = alerts.len(), "could not queue alerts for delivery");
+                // The alerts are durable in the `alerts` table; the window task hands them to delivery.
+                self.mark_undelivered();
+                tracing::error!(error = %e, count = alerts.len(), "could not queue alerts for delivery; retrying from the alerts table");
                 alerts
             }
             Err(e) => {
-                tracing::error!(error = %e, "alert delivery task failed");
+                self.mark_undelivered();
+                tracing::error!(error = %e, "alert delivery task failed; retrying from the alerts table");
                 return;
             }
         };

@@ -306,6 +306,8 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     }
     tasks.push(tokio::spawn(window_tasks(
         pipeline.clone(),
+        ctx.clone(),
+        responder.clone(),
         detection.clone(),
         store.clone(),
         config.clone(),
@@ -331,7 +333,7 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
 }
 
 /// Submits stored alerts from the last day that the outbox never saw: those raised just before a crash,
-/// after their WAL write and before their outbox commit. Alert ids are UUID v7, so "from the last day" is
+/// after their WAL write and before their outbox commit, or whose outbox write failed while running. Alert ids are UUID v7, so "from the last day" is
 /// a string bound on `alert_id`, whatever the alerts' event times.
 async fn reconcile_alerts(
     ctx: &datafusion::prelude::SessionContext,
@@ -384,6 +386,8 @@ pub fn sql_context(
 /// Window-based detection and state persistence, off the request path.
 async fn window_tasks(
     pipeline: Arc<Pipeline>,
+    ctx: Arc<datafusion::prelude::SessionContext>,
+    responder: Arc<Responder>,
     detection: Arc<DetectionStage>,
     store: Arc<Store>,
     config: Config,
@@ -410,6 +414,12 @@ async fn window_tasks(
                 .unwrap_or_default();
                 if let Err(e) = pipeline.record_alerts(alerts).await {
                     tracing::error!(error = %e, "could not store window alerts");
+                }
+                if pipeline.take_undelivered() {
+                    if let Err(e) = reconcile_alerts(&ctx, &responder).await {
+                        pipeline.mark_undelivered();
+                        tracing::error!(error = %e, "could not hand stored alerts to delivery; retrying on the next tick");
+                    }
                 }
             }
             _ = persist.tick() => {

@@ -403,6 +403,44 @@ async fn alerts_stored_just_before_a_crash_are_delivered_after_restart() {
     receiver.stop();
 }
 
+/// The outbox refuses one write of alerts that are already durable: the running server (no restart)
+/// hands them to delivery from the `alerts` table on its next window tick.
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_the_outbox_refused_once_are_delivered_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let shared = Shared::default();
+    let receiver = Receiver::start(&shared, port);
+    let config = config(dir.path(), port);
+    let v = Vigil::start_with(
+        &["--config", config.to_str().unwrap()],
+        &[("FAILPOINTS", "outbox_submit=1*return")],
+    )
+    .await;
+    let mut client = v.grpc_client().await;
+    client
+        .export(traces_request(&rogue_calls(0..3)))
+        .await
+        .expect("the events are stored and acknowledged");
+    let expected: BTreeSet<String> = (0..3).map(|i| format!("rogue-{i}")).collect();
+    let all = wait_for(Duration::from_secs(30), || {
+        delivered_models(&shared.requests()) == expected
+    })
+    .await;
+    assert!(
+        all,
+        "delivered {:?}; log:\n{}",
+        delivered_models(&shared.requests()),
+        v.log()
+    );
+    assert!(
+        v.log().contains("could not queue alerts for delivery"),
+        "the first write really failed; log:\n{}",
+        v.log()
+    );
+    receiver.stop();
+}
+
 /// A playbook's action webhook, once the receiver accepted it, shows on the alert it answered in SQL: the
 /// response taken and when, so `responded_at - time` (time to contain) is measurable, across a restart.
 #[tokio::test(flavor = "multi_thread")]
