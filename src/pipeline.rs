@@ -1,4 +1,5 @@
-//! The sink the receivers write into: detection, then durable storage, then alert delivery.
+//! The sink the receivers write into: detection, then durable storage, then alert delivery. Events the
+//! store already holds are dropped first, so a repeat is neither stored nor detected twice.
 //!
 //! Detection runs before anything is written so that content is masked before it reaches the disk
 //! (`content_capture`), and alerts are written in the same WAL record as the events that raised them, so
@@ -192,6 +193,16 @@ impl EventSink for Pipeline {
         let admitted = admission.admitted();
         let received = Instant::now();
         metrics::record(Stage::Decode, received - admitted);
+        // A retried request or a re-read Kafka message repeats events already stored: detected again, they
+        // would raise their alerts twice and count twice in the baselines.
+        let (batch, _repeated) = self
+            .store
+            .without_stored(Table::Events, batch)
+            .map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        if batch.num_rows() == 0 {
+            metrics::record(Stage::Ack, admitted.elapsed());
+            return Ok(());
+        }
         let span = tracing::debug_span!("detect.process", events = batch.num_rows() as i64);
         let detected = if batch.num_rows() <= DETECT_INLINE_ROWS {
             detect_contained(&self.detection, &span, &batch)?

@@ -295,6 +295,44 @@ impl DedupeSet {
         Ok(out)
     }
 
+    /// The next insert number: every id remembered so far was inserted below it.
+    pub fn next_insert(&self) -> u64 {
+        self.next
+    }
+
+    /// The rows of `batch` whose id was remembered below insert number `below`, dropped; nothing is
+    /// remembered. `None` when no row is dropped.
+    pub fn drop_remembered(
+        &self,
+        table: Table,
+        batch: &RecordBatch,
+        below: u64,
+    ) -> Result<Option<(RecordBatch, usize)>, StoreError> {
+        let Some(col) = id_column(table) else {
+            return Ok(None);
+        };
+        if self.len == 0 {
+            return Ok(None);
+        }
+        let ids = batch
+            .column_by_name(col)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| StoreError::InvalidBatch {
+                table: table.name(),
+                reason: format!("no Utf8 column `{col}`"),
+            })?;
+        let keep: BooleanArray = (0..ids.len())
+            .map(|i| {
+                Some(ids.is_null(i) || !self.remembered_before(key(table, ids.value(i)), below))
+            })
+            .collect();
+        let dropped = keep.false_count();
+        if dropped == 0 {
+            return Ok(None);
+        }
+        Ok(Some((filter_record_batch(batch, &keep)?, dropped)))
+    }
+
     /// Drops the rows whose id was seen (including earlier in the same batch) and remembers the others.
     pub fn filter(&mut self, table: Table, batch: RecordBatch) -> Result<Filtered, StoreError> {
         let Some(col) = id_column(table) else {

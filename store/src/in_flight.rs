@@ -8,7 +8,7 @@
 //! ids first), and an append that dropped rows as duplicates waits for every ticket older than its own look
 //! at the window, then checks that the ids it dropped are still remembered from then.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -27,13 +27,14 @@ pub(crate) struct InFlight {
 
 #[derive(Default)]
 struct Tickets {
-    open: BTreeSet<u64>,
+    /// Open tickets, each with the dedupe window's insert number before its append remembered its ids.
+    open: BTreeMap<u64, u64>,
     next: u64,
 }
 
 impl Tickets {
     fn oldest(&self) -> u64 {
-        self.open.first().copied().unwrap_or(self.next)
+        self.open.keys().next().copied().unwrap_or(self.next)
     }
 }
 
@@ -50,13 +51,27 @@ impl InFlight {
         self.open.lock().next
     }
 
-    /// A ticket for an append that has just remembered ids; take it under the dedupe lock.
-    pub fn issue(&self) -> u64 {
+    /// A ticket for an append that has just remembered ids from insert number `mark` on; take it under
+    /// the dedupe lock.
+    pub fn issue(&self, mark: u64) -> u64 {
         let mut t = self.open.lock();
         let ticket = t.next;
         t.next += 1;
-        t.open.insert(ticket);
+        t.open.insert(ticket, mark);
         ticket
+    }
+
+    /// The insert number below which every remembered id belongs to an append that has settled (and so
+    /// is durable: a failed append forgets its ids before it settles). `next` is the window's next insert
+    /// number; take it under the dedupe lock, as tickets are issued in insert order under it.
+    pub fn durable_below(&self, next: u64) -> u64 {
+        self.open
+            .lock()
+            .open
+            .values()
+            .next()
+            .copied()
+            .unwrap_or(next)
     }
 
     fn close(&self, ticket: u64) {
@@ -264,5 +279,55 @@ mod tests {
         // Stored once: a third copy is dropped at once.
         store.append(events(100..110)).await.unwrap();
         assert_eq!(store.snapshot(Table::Events).row_count(), 20);
+    }
+
+    fn ids(batch: &RecordBatch) -> Vec<String> {
+        use arrow::array::AsArray;
+        batch
+            .column_by_name("event_id")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap().to_string())
+            .collect()
+    }
+
+    /// What the pipeline drops before detection: only rows a settled append stored. Rows whose first copy
+    /// is still waiting for its fsync stay, so `append` can still refuse them if that copy fails.
+    #[tokio::test]
+    async fn only_durably_stored_rows_are_dropped_before_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        store.append(events(0..10)).await.unwrap();
+        let hold = store.wal.reserve();
+        let s = store.clone();
+        let in_flight = tokio::spawn(async move { s.append(events(100..110)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let offered = |r: std::ops::Range<usize>| events(r).pop().unwrap().1;
+        let (kept, dropped) = store
+            .without_stored(Table::Events, offered(5..105))
+            .unwrap();
+        assert_eq!(dropped, 5, "0..10 are stored; 100..110 are not durable yet");
+        let kept = ids(&kept);
+        assert_eq!(kept.first().map(String::as_str), Some("e10"));
+        assert!(kept.contains(&"e100".to_string()) && kept.contains(&"e104".to_string()));
+
+        drop(hold);
+        in_flight.await.unwrap().unwrap();
+        let (kept, dropped) = store
+            .without_stored(Table::Events, offered(95..115))
+            .unwrap();
+        assert_eq!(dropped, 10, "now 100..110 are durable");
+        assert_eq!(ids(&kept).len(), 10);
+        let (kept, dropped) = store
+            .without_stored(Table::Events, offered(200..210))
+            .unwrap();
+        assert_eq!((kept.num_rows(), dropped), (10, 0));
+        assert_eq!(
+            store.snapshot(Table::Events).row_count(),
+            20,
+            "nothing stored by a look"
+        );
     }
 }

@@ -315,6 +315,33 @@ impl Store {
         open::open(config, Some(store)).await
     }
 
+    /// `batch` without the rows a settled earlier append already stored durably (same id, within the
+    /// dedupe window), and how many were dropped (counted as duplicates). The pipeline calls this before
+    /// detection, so that a retried request or a re-read Kafka message neither raises its alerts a second
+    /// time nor counts twice in the baselines. Rows whose first copy is still in flight are kept: `append`
+    /// decides about them once that copy is durable or has failed.
+    pub fn without_stored(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, usize), StoreError> {
+        let dropped = {
+            let dedupe = self.dedupe.lock();
+            let below = self.in_flight.durable_below(dedupe.next_insert());
+            dedupe.drop_remembered(table, &batch, below)?
+        };
+        Ok(match dropped {
+            Some((kept, n)) => {
+                metrics()
+                    .duplicates
+                    .with_label_values(&[table.name()])
+                    .inc_by(n as u64);
+                (kept, n)
+            }
+            None => (batch, 0),
+        })
+    }
+
     /// Appends batches to their tables durably: returns once they are in the WAL and fsynced. Appends from
     /// concurrent callers share fsyncs (group commit). Only for `Events` and `Alerts`.
     ///
@@ -341,7 +368,7 @@ impl Store {
             // Both under the dedupe lock: every append that remembered an id this one dropped holds a
             // ticket below the horizon.
             let horizon = self.in_flight.horizon();
-            let ticket = (!filtered.added.is_empty()).then(|| self.in_flight.issue());
+            let ticket = (!filtered.added.is_empty()).then(|| self.in_flight.issue(filtered.mark));
             (filtered, horizon, ticket)
         };
         for (table, n) in &filtered.duplicates {
