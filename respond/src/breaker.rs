@@ -1,5 +1,6 @@
 //! Per-destination circuit breaker: after repeated failures stop hammering a receiver that is down and
-//! let a single probe through once the cooldown is over.
+//! let a single probe through once the cooldown is over; and a receiver's `Retry-After` holds every
+//! delivery to it, not only the one it answered.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ pub struct Breaker {
     consecutive_failures: u32,
     threshold: u32,
     cooldown: Duration,
+    /// No attempt before this: the receiver asked for a pause (`Retry-After`).
+    hold_until: Option<Instant>,
 }
 
 impl Breaker {
@@ -28,6 +31,7 @@ impl Breaker {
             consecutive_failures: 0,
             threshold: threshold.max(1),
             cooldown,
+            hold_until: None,
         }
     }
 
@@ -37,6 +41,9 @@ impl Breaker {
 
     /// Whether an attempt may start now; moving from Open to HalfOpen hands out exactly one probe.
     pub fn try_acquire(&mut self, now: Instant) -> bool {
+        if self.hold_until.is_some_and(|until| now < until) {
+            return false;
+        }
         match self.state {
             BreakerState::Closed => true,
             BreakerState::HalfOpen => false,
@@ -51,6 +58,13 @@ impl Breaker {
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.state = BreakerState::Closed;
+        self.hold_until = None;
+    }
+
+    /// The receiver answered `Retry-After`: it is rate-limiting or down for a while, so the deliveries
+    /// queued behind this one wait too, instead of each spending a retry on the same answer.
+    pub fn hold(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |u| u.max(until)));
     }
 
     pub fn on_failure(&mut self, now: Instant) {
@@ -103,5 +117,26 @@ mod tests {
         b.on_success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire(t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn retry_after_holds_the_destination_until_it_passes() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(5, Duration::from_secs(1));
+        b.on_failure(t0);
+        b.hold(t0 + Duration::from_secs(30));
+        b.hold(t0 + Duration::from_secs(10));
+        assert_eq!(b.state(), BreakerState::Closed, "one failure opens nothing");
+        assert!(
+            !b.try_acquire(t0 + Duration::from_secs(29)),
+            "the longer hold wins"
+        );
+        assert!(b.try_acquire(t0 + Duration::from_secs(30)));
+        b.hold(t0 + Duration::from_secs(60));
+        b.on_success();
+        assert!(
+            b.try_acquire(t0 + Duration::from_secs(31)),
+            "an answer in the meantime ends the hold"
+        );
     }
 }

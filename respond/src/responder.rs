@@ -615,7 +615,13 @@ impl Responder {
             )
         });
         match &outcome {
-            Outcome::Retry { .. } => breaker.on_failure(Instant::now()),
+            Outcome::Retry { retry_after, .. } => {
+                let instant = Instant::now();
+                breaker.on_failure(instant);
+                if let Some(pause) = retry_after {
+                    breaker.hold(instant + (*pause).min(self.config.delivery.max_retry_after));
+                }
+            }
             _ => breaker.on_success(),
         }
         if !d.status.is_active() {

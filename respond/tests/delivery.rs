@@ -301,6 +301,49 @@ fn status_classification_disable_dead_letter_and_replay() {
     receiver.stop();
 }
 
+/// A receiver that answers 429 with `Retry-After: 30` gets nothing more for 30 s, also not the
+/// deliveries queued behind the one it answered; another destination is not held up.
+#[test]
+fn retry_after_holds_the_whole_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/limited", 429);
+    shared.0.lock().unwrap().retry_after = Some("30".into());
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![
+        destination("limited", receiver.url("/limited"), Format::Json),
+        destination("open", receiver.url("/open"), Format::Json),
+    ]);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let attempts = |name: &str| {
+        responder
+            .deliveries()
+            .iter()
+            .filter(|d| d.destination == name)
+            .map(|d| d.attempts)
+            .sum::<u32>()
+    };
+    responder
+        .submit(&[alert("held1", "shadow_ai", Severity::High, 0)])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || attempts("limited")
+        == 1
+        && shared.seen().len() == 1));
+    responder
+        .submit(&[alert("held2", "shadow_ai", Severity::High, 1)])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || shared.seen().len() == 2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        attempts("limited"),
+        1,
+        "the second delivery waited out the receiver's Retry-After"
+    );
+    run.crash();
+    receiver.stop();
+}
+
 /// An endpoint that refuses everything for good: its dead letters stop at `dead_letter_limit` (the oldest
 /// go, bodies and all, counted), and they never push the delivered history of another endpoint out.
 #[test]
