@@ -31,15 +31,47 @@ pub fn accepts(format: Format, activity: Activity) -> bool {
 }
 
 pub fn render(format: Format, f: &Finding, ctx: &RenderContext<'_>) -> Vec<u8> {
-    let value = match format {
-        Format::Ocsf => return crate::ocsf::body(f, ctx.product_version, ctx.now_us),
-        Format::Alertmanager => alertmanager::body(f, ctx),
-        Format::Thehive => thehive::body(f, ctx),
-        Format::SplunkSoar => splunk_soar::body(f, ctx),
-        Format::Xsoar => xsoar::body(f, ctx),
-        Format::Json => json::body(f, ctx),
+    let encode = |f: &Finding| {
+        let value = match format {
+            Format::Ocsf => return crate::ocsf::body(f, ctx.product_version, ctx.now_us),
+            Format::Alertmanager => alertmanager::body(f, ctx),
+            Format::Thehive => thehive::body(f, ctx),
+            Format::SplunkSoar => splunk_soar::body(f, ctx),
+            Format::Xsoar => xsoar::body(f, ctx),
+            Format::Json => json::body(f, ctx),
+        };
+        serde_json::to_vec(&value).unwrap_or_default()
     };
-    serde_json::to_vec(&value).unwrap_or_default()
+    // Shrunk (fewer ids, shorter texts, a shorter entity id) until it fits: receivers cap their bodies
+    // (reference.md: keep a body under 20 KB), and a 413 would dead-letter the alert. The OCSF body
+    // shrinks its own texts first, but not the entity id it repeats.
+    let mut out = encode(f);
+    for (ids, text) in [(10, 1024), (0, 256)] {
+        if out.len() < crate::ocsf::MAX_BODY_BYTES {
+            break;
+        }
+        out = encode(&shrunk(f, ids, text));
+    }
+    out
+}
+
+/// `f` with at most `ids` ids per list and its free texts cut to `text` bytes.
+fn shrunk(f: &Finding, ids: usize, text: usize) -> Finding {
+    use crate::ocsf::truncate;
+    let mut f = f.clone();
+    f.alert_ids.truncate(ids);
+    f.evidence_event_ids.truncate(ids);
+    let a = &mut f.alert;
+    a.evidence_event_ids.truncate(ids);
+    for field in [
+        &mut a.title,
+        &mut a.description,
+        &mut a.evidence,
+        &mut a.entity_id,
+    ] {
+        *field = truncate(field, text);
+    }
+    f
 }
 
 /// Human-readable summary used by the ticketing formats' description fields.
@@ -111,6 +143,40 @@ pub(crate) mod tests {
 
     pub fn render_json(format: Format, f: &Finding) -> serde_json::Value {
         serde_json::from_slice(&render(format, f, &ctx())).unwrap()
+    }
+
+    #[test]
+    fn every_format_keeps_a_huge_alert_under_20kb() {
+        let mut a = alert("fp", Severity::Critical, 0);
+        a.description = "x".repeat(100_000);
+        a.evidence = "é".repeat(50_000);
+        a.title = "t".repeat(10_000);
+        a.entity_id = "u".repeat(10_000);
+        a.evidence_event_ids = (0..5000).map(|i| format!("{i:0>200}")).collect();
+        let f = GroupState::new(&a, 0).notify(Activity::Create, 0);
+        for format in [
+            Format::Ocsf,
+            Format::Alertmanager,
+            Format::Thehive,
+            Format::SplunkSoar,
+            Format::Xsoar,
+            Format::Json,
+        ] {
+            let body = render(format, &f, &ctx());
+            assert!(
+                body.len() < crate::ocsf::MAX_BODY_BYTES,
+                "{format:?}: {} bytes",
+                body.len()
+            );
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+        }
+        // An ordinary alert is not cut.
+        let ordinary = finding(Activity::Create, Severity::High);
+        let v = render_json(Format::Xsoar, &ordinary);
+        assert_eq!(
+            v["rawJson"]["finding_info"]["title"],
+            ordinary.alert.title.as_str()
+        );
     }
 
     #[test]
