@@ -174,6 +174,9 @@ pub struct DeliveryConfig {
     pub poll_interval: Duration,
     /// Concurrent requests across all destinations.
     pub max_in_flight: usize,
+    /// Concurrent requests to one destination, so that a slow receiver cannot take every slot from the
+    /// others.
+    pub max_in_flight_per_destination: usize,
     /// Delivered deliveries kept for `alert_deliveries`; beyond it the oldest are pruned.
     pub history_limit: usize,
     /// Dead letters (and deliveries to a destination disabled by 410) kept, with their bodies, for
@@ -203,6 +206,7 @@ impl Default for DeliveryConfig {
             breaker_cooldown: s(30),
             poll_interval: s(1),
             max_in_flight: 32,
+            max_in_flight_per_destination: 8,
             history_limit: 100_000,
             dead_letter_limit: 10_000,
         }

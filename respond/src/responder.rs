@@ -528,6 +528,11 @@ impl Responder {
         let mut blocked: HashSet<(String, String)> = HashSet::new();
         let mut jobs = Vec::new();
         let limit = self.config.delivery.max_in_flight.max(1);
+        let per_destination = self.config.delivery.max_in_flight_per_destination.max(1);
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        for d in st.in_flight.iter().filter_map(|s| st.deliveries.get(s)) {
+            *busy.entry(d.destination.clone()).or_default() += 1;
+        }
         let instant = Instant::now();
         for seq in st.active.iter().copied() {
             if st.in_flight.len() >= limit {
@@ -543,6 +548,7 @@ impl Responder {
             }
             if d.next_attempt_at_ms.is_some_and(|t| t > now)
                 || !self.endpoints.contains_key(&d.destination)
+                || busy.get(&d.destination).copied().unwrap_or(0) >= per_destination
             {
                 continue;
             }
@@ -555,6 +561,7 @@ impl Responder {
             if !breaker.try_acquire(instant) {
                 continue;
             }
+            *busy.entry(d.destination.clone()).or_default() += 1;
             st.in_flight.insert(seq);
             jobs.push(seq);
         }

@@ -3,7 +3,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 use vigil_detect::alert::Severity;
@@ -297,6 +297,55 @@ fn status_classification_disable_dead_letter_and_replay() {
     ] {
         assert!(batch.column_by_name(col).is_some(), "{col}");
     }
+    run.crash();
+    receiver.stop();
+}
+
+/// A receiver that takes seconds to answer holds at most `max_in_flight_per_destination` of the shared
+/// slots: a destination queued behind it is served at once.
+#[test]
+fn a_slow_receiver_cannot_take_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .delay
+        .insert("/slowpoke".into(), Duration::from_millis(1500));
+    let receiver = Receiver::start(&shared, 0);
+    let mut slowpoke = destination("slowpoke", receiver.url("/slowpoke"), Format::Json);
+    slowpoke.detectors = vec!["shadow_ai".into()];
+    let mut quick = destination("quick", receiver.url("/quick"), Format::Json);
+    quick.detectors = vec!["prompt_injection".into()];
+    let mut config = fast_config(vec![slowpoke, quick]);
+    config.delivery.max_in_flight = 4;
+    config.delivery.max_in_flight_per_destination = 2;
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let slow: Vec<_> = (0..6)
+        .map(|i| alert(&format!("slow{i}"), "shadow_ai", Severity::High, i))
+        .collect();
+    responder.submit(&slow).unwrap();
+    // The slow receiver's deliveries are older: without a cap they would take all four slots.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    responder
+        .submit(&[alert("fast", "prompt_injection", Severity::High, 0)])
+        .unwrap();
+    // The slow answers come 1.5 s after their requests (within the 2 s timeout), 1.3 s from now.
+    assert!(
+        wait_until(Duration::from_millis(800), || shared
+            .seen()
+            .iter()
+            .any(|s| s.path == "/quick")),
+        "the quick destination waited for the slow one"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1200));
+    assert!(
+        shared.seen().iter().all(|s| s.path != "/slowpoke"),
+        "the slow receiver had not answered yet"
+    );
     run.crash();
     receiver.stop();
 }

@@ -34,6 +34,8 @@ pub struct Inner {
     /// Answer per path prefix (default 200).
     pub status: BTreeMap<String, u16>,
     pub retry_after: Option<String>,
+    /// Time taken before answering, per path prefix.
+    pub delay: BTreeMap<String, Duration>,
     pub seen: Vec<Seen>,
     pub bad_signatures: usize,
 }
@@ -75,6 +77,18 @@ async fn handle(
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     let sig = h("webhook-signature").unwrap_or_default();
+    let delay = {
+        let inner = shared.0.lock().unwrap();
+        inner
+            .delay
+            .iter()
+            .filter(|(p, _)| uri.path().starts_with(p.as_str()))
+            .map(|(_, d)| *d)
+            .next_back()
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let now = chrono::Utc::now().timestamp();
     let mut inner = shared.0.lock().unwrap();
     if !key.verify_fresh(&id, ts, &body, &sig, now, 300) {
@@ -214,6 +228,7 @@ pub fn fast_config(destinations: Vec<DestinationConfig>) -> RespondConfig {
             breaker_cooldown: ms(60),
             poll_interval: ms(10),
             max_in_flight: 16,
+            max_in_flight_per_destination: 16,
             history_limit: 100_000,
             dead_letter_limit: 10_000,
         },
