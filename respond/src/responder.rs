@@ -647,6 +647,16 @@ impl Responder {
                 d.next_attempt_at_ms = None;
                 d.last_error = None;
             }
+            // In flight when another delivery's 410 disabled the destination: it waits with the others for a
+            // replay, rather than calling a receiver that said it is gone.
+            Outcome::Retry { error, .. } if st.disabled(&dest) => {
+                d.status = DeliveryStatus::Disabled;
+                d.next_attempt_at_ms = None;
+                d.last_error = Some(format!(
+                    "destination disabled (410 Gone); last answer {error}"
+                ));
+                label = "disabled";
+            }
             Outcome::Retry {
                 retry_after, error, ..
             } => {

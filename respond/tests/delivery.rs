@@ -301,6 +301,48 @@ fn status_classification_disable_dead_letter_and_replay() {
     receiver.stop();
 }
 
+/// Two deliveries in flight to one receiver: the first is answered 410 Gone, the second 503 later. The
+/// second waits with the others for a replay instead of calling the gone receiver again.
+#[test]
+fn a_retry_answered_after_the_destination_was_disabled_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.0.lock().unwrap().script.insert(
+        "/going".into(),
+        [(410, Duration::ZERO), (503, Duration::from_millis(300))].into(),
+    );
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination(
+        "going",
+        receiver.url("/going"),
+        Format::Json,
+    )]);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    responder
+        .submit(&[
+            alert("gone1", "shadow_ai", Severity::High, 0),
+            alert("gone2", "shadow_ai", Severity::High, 1),
+        ])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let d = responder.deliveries();
+        d.len() == 2 && d.iter().all(|d| d.status == DeliveryStatus::Disabled)
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        shared.0.lock().unwrap().hits.get("/going").copied(),
+        Some(2),
+        "nothing was sent after the 410"
+    );
+    assert!(responder
+        .deliveries()
+        .iter()
+        .all(|d| d.status == DeliveryStatus::Disabled));
+    run.crash();
+    receiver.stop();
+}
+
 /// A receiver that takes seconds to answer holds at most `max_in_flight_per_destination` of the shared
 /// slots: a destination queued behind it is served at once.
 #[test]

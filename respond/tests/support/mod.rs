@@ -36,6 +36,10 @@ pub struct Inner {
     pub retry_after: Option<String>,
     /// Time taken before answering, per path prefix.
     pub delay: BTreeMap<String, Duration>,
+    /// Answers (status, delay) for the next requests to a path, in order, before `status` and `delay`.
+    pub script: BTreeMap<String, std::collections::VecDeque<(u16, Duration)>>,
+    /// Signed requests per path, whatever the answer.
+    pub hits: BTreeMap<String, usize>,
     pub seen: Vec<Seen>,
     pub bad_signatures: usize,
 }
@@ -77,14 +81,20 @@ async fn handle(
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     let sig = h("webhook-signature").unwrap_or_default();
-    let delay = {
-        let inner = shared.0.lock().unwrap();
-        inner
+    let (scripted, delay) = {
+        let mut inner = shared.0.lock().unwrap();
+        *inner.hits.entry(uri.path().to_string()).or_default() += 1;
+        let scripted = inner
+            .script
+            .get_mut(uri.path())
+            .and_then(|answers| answers.pop_front());
+        let delay = inner
             .delay
             .iter()
             .filter(|(p, _)| uri.path().starts_with(p.as_str()))
             .map(|(_, d)| *d)
-            .next_back()
+            .next_back();
+        (scripted, scripted.map(|(_, d)| d).or(delay))
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -96,13 +106,15 @@ async fn handle(
         return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
     let path = uri.path().to_string();
-    let status = inner
-        .status
-        .iter()
-        .filter(|(p, _)| path.starts_with(p.as_str()))
-        .map(|(_, s)| *s)
-        .next_back()
-        .unwrap_or(200);
+    let status = scripted.map(|(s, _)| s).unwrap_or_else(|| {
+        inner
+            .status
+            .iter()
+            .filter(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, s)| *s)
+            .next_back()
+            .unwrap_or(200)
+    });
     if status == 200 {
         inner.seen.push(Seen {
             path: path.clone(),
