@@ -610,19 +610,83 @@ fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
             .then((b.end - b.start).cmp(&(a.end - a.start)))
             .then(a.start.cmp(&b.start))
     });
-    let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
+    // Kept findings by start. They never overlap, so only the last one starting before `f.end` can
+    // overlap `f`: one lookup each, where comparing against every kept finding made a text of 150,000
+    // e-mail addresses (1 MB, a few KB gzipped) cost 10^10 comparisons.
+    let mut kept: std::collections::BTreeMap<usize, Finding> = std::collections::BTreeMap::new();
     for f in found {
-        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
-            kept.push(f);
+        let overlaps = kept
+            .range(..f.end)
+            .next_back()
+            .is_some_and(|(_, k)| k.end > f.start);
+        if !overlaps {
+            kept.insert(f.start, f);
         }
     }
-    kept.sort_by_key(|f| f.start);
-    kept
+    kept.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pairwise rule the ordered lookup replaced.
+    fn resolve_overlaps_pairwise(mut found: Vec<Finding>) -> Vec<Finding> {
+        found.sort_by(|a, b| {
+            b.confidence
+                .total_cmp(&a.confidence)
+                .then((b.end - b.start).cmp(&(a.end - a.start)))
+                .then(a.start.cmp(&b.start))
+        });
+        let mut kept: Vec<Finding> = Vec::new();
+        for f in found {
+            if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
+                kept.push(f);
+            }
+        }
+        kept.sort_by_key(|f| f.start);
+        kept
+    }
+
+    #[test]
+    fn overlaps_resolve_as_the_pairwise_rule_does() {
+        // A small deterministic generator: many overlapping spans of mixed confidence.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m) as usize
+        };
+        for _ in 0..200 {
+            let found: Vec<Finding> = (0..next(40))
+                .map(|_| {
+                    let start = next(200);
+                    Finding {
+                        kind: FindingKind::Email,
+                        start,
+                        end: start + 1 + next(30),
+                        confidence: next(4) as f32 / 4.0,
+                    }
+                })
+                .collect();
+            let key = |v: Vec<Finding>| {
+                v.into_iter()
+                    .map(|f| (f.start, f.end, f.confidence.to_bits()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                key(resolve_overlaps(found.clone())),
+                key(resolve_overlaps_pairwise(found))
+            );
+        }
+    }
+
+    #[test]
+    fn a_prompt_of_many_addresses_is_scanned_whole() {
+        let text = "a@b.cc ".repeat(150_000);
+        assert_eq!(scan_sensitive(&text).len(), 150_000);
+    }
 
     fn kinds(text: &str) -> Vec<FindingKind> {
         scan_sensitive(text).into_iter().map(|f| f.kind).collect()
