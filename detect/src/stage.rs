@@ -232,12 +232,16 @@ impl DetectionStage {
         };
         let models = self.behavior.read().clone();
         {
+            let wall_us = chrono::Utc::now().timestamp_micros();
+            // Event times ahead of this are a skewed or hostile client's: counted as happening now (plus
+            // the skew the watermark allows), so one span dated 2500 cannot open an entity's window in 2500.
+            let latest_us = wall_us.saturating_add(crate::clock::MAX_FUTURE_SKEW_US);
             let mut st = self.state.lock();
             for i in 0..batch.num_rows() {
-                stateful_row(&rt, &models, &mut st, &cols, i, &mut alerts);
+                stateful_row(&rt, &models, &mut st, &cols, i, latest_us, &mut alerts);
             }
             if let Some(max) = arrow::compute::max(cols.time) {
-                st.clock.observe(max, chrono::Utc::now().timestamp_micros());
+                st.clock.observe(max, wall_us);
             }
         }
         let events = replace_text(batch, prompt, response, attributes);
@@ -724,9 +728,10 @@ fn stateful_row(
     st: &mut State,
     c: &Cols,
     i: usize,
+    latest_us: i64,
     alerts: &mut Vec<Alert>,
 ) {
-    let t = c.time.value(i);
+    let t = c.time.value(i).min(latest_us);
     let inv = &rt.inv;
     let th = &rt.cfg.thresholds;
     let (user, agent, model, endpoint) = (
@@ -878,7 +883,10 @@ fn stateful_row(
             acc.requests += 1;
             acc.input_tokens += tokens(c.input_tokens, i);
             acc.output_tokens += tokens(c.output_tokens, i);
-            if c.latency.is_valid(i) && c.latency.value(i).is_finite() {
+            // A negative latency (a clock-skewed span, a bad attribute) would make the behaviour
+            // vector's log NaN and poison the shared model's training set.
+            if c.latency.is_valid(i) && c.latency.value(i).is_finite() && c.latency.value(i) >= 0.0
+            {
                 acc.latency_sum += c.latency.value(i);
                 acc.latency_n += 1;
             }
@@ -967,12 +975,13 @@ fn stateful_row(
         // Failed calls have no answer to measure: their sizes and latencies would make one user's outage
         // look like the model drifting (error rates are the baselines' business).
         let ok = !flag(&c.is_error, i);
-        let out = if ok && c.output_tokens.is_valid(i) {
+        // Negative sizes and latencies are bad telemetry, not behaviour: missing, like a failed call's.
+        let out = if ok && c.output_tokens.is_valid(i) && c.output_tokens.value(i) >= 0 {
             c.output_tokens.value(i) as f64
         } else {
             f64::NAN
         };
-        let lat = if ok && c.latency.is_valid(i) {
+        let lat = if ok && c.latency.is_valid(i) && c.latency.value(i) >= 0.0 {
             c.latency.value(i)
         } else {
             f64::NAN
@@ -1235,6 +1244,29 @@ mod tests {
             alerts[0].evidence_event_ids,
             vec![format!("d{}", T0 + 600 * SEC + 4 * 5 * SEC)]
         );
+    }
+
+    #[test]
+    fn a_far_future_event_counts_as_now_and_a_negative_latency_as_none() {
+        let stage = DetectionStage::new(config());
+        let now = chrono::Utc::now().timestamp_micros();
+        let year_2500 = 16_725_225_600_000_000;
+        let mut future = inference(year_2500, "f1", "mallory", "gpt-4o");
+        future.latency_ms = Some(-5.0);
+        stage.process(&batch(&[future]));
+        let st = stage.state.lock();
+        let b = &st.baselines[Entity::User as usize]["mallory"];
+        let opened = b.window_start.expect("a window is open");
+        assert!(
+            opened <= now + crate::clock::MAX_FUTURE_SKEW_US + 60 * SEC,
+            "the window opened at {opened}, not near now ({now})"
+        );
+        assert_eq!(
+            (b.acc.latency_n, b.acc.latency_sum),
+            (0, 0.0),
+            "a negative latency is no latency"
+        );
+        assert_eq!(b.acc.requests, 1);
     }
 
     fn steady(stage: &DetectionStage, user: &str, minutes: i64, per_minute: i64) {
