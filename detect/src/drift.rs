@@ -190,9 +190,12 @@ impl DriftTrack {
             return false;
         }
         let swap = !self.response_models.is_empty() && self.events > min_events;
-        if self.response_models.len() < 64 {
-            self.response_models.push(response_model.to_string());
+        // Remembered either way, the oldest making room: a model that went through 64 versions over the
+        // months must not raise an alert on every later event of the 65th.
+        if self.response_models.len() >= 64 {
+            self.response_models.remove(0);
         }
+        self.response_models.push(response_model.to_string());
         swap
     }
 
@@ -296,6 +299,24 @@ impl DriftTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_past_its_sixty_fourth_version_alerts_once_per_new_version() {
+        let mut track = DriftTrack::default();
+        for v in 0..64 {
+            track.observe_response_model(&format!("m-v{v}"), 0);
+        }
+        assert!(
+            track.observe_response_model("m-v64", 0),
+            "a new version is a swap"
+        );
+        assert!(
+            !track.observe_response_model("m-v64", 0),
+            "and known from then on"
+        );
+        assert!(!track.observe_response_model("m-v63", 0));
+        assert_eq!(track.response_models.len(), 64);
+    }
 
     #[test]
     fn psi_and_js_are_zero_for_equal_distributions_and_grow_with_shift() {
