@@ -63,8 +63,12 @@ impl Store {
             return Ok(0);
         };
         let mut inputs = Vec::with_capacity(group.len());
+        let mut sealed_inputs = Vec::with_capacity(group.len());
         for f in &group {
             let sealed = self.audit.sealed_sha256(&f.path);
+            if let Some(sha256) = &sealed {
+                sealed_inputs.push(FileRecord::of(f, sha256.clone()));
+            }
             inputs.push((f.path.clone(), sealed, self.objects.get(&f.path).await?));
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
@@ -144,10 +148,17 @@ impl Store {
             return Err(e);
         }
         if let Err(e) = manifest::save(&self.objects, &next).await {
-            // As in a flush: the output is not live here, whatever the disk says, and the inputs stay.
+            // As in a flush: the output is not live here, whatever the disk says, and the inputs stay. The
+            // chain retired them with the `compact` entry: take them back with the hashes they were sealed
+            // with, or the next pass would refuse them as never sealed (and stop compacting), and verify
+            // would name them.
             let mut abandon = Draft::new(Op::Abandon, Some(table));
             abandon.removed = vec![out.path.clone()];
-            self.record_abandoned(abandon).await;
+            let adopt = Draft {
+                files: sealed_inputs,
+                ..Draft::new(Op::Adopt, Some(table))
+            };
+            self.record_abandoned(vec![abandon, adopt]).await;
             return Err(e);
         }
         {

@@ -71,7 +71,7 @@ impl Store {
                 .iter()
                 .flat_map(|(_, _, files)| files.iter().map(|(f, _)| f.path.clone()))
                 .collect();
-            self.record_abandoned(abandon).await;
+            self.record_abandoned(vec![abandon]).await;
             return Err(e);
         }
         let drained = {
@@ -111,8 +111,8 @@ impl Store {
 
     /// Records files sealed but not made live after a failed manifest save; logged if even that fails
     /// (the chain then refuses every later append, and `verify` shows the state).
-    pub(crate) async fn record_abandoned(&self, abandon: Draft) {
-        if let Err(e) = self.audit.append_async(vec![abandon]).await {
+    pub(crate) async fn record_abandoned(&self, drafts: Vec<Draft>) {
+        if let Err(e) = self.audit.append_async(drafts).await {
             tracing::error!(error = %e, "recording files a failed manifest save left out");
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::audit::{Draft, Op};
+use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
 use crate::partition::{dir_of, hour_of_path, HOUR_US};
@@ -53,8 +53,35 @@ impl Store {
                 ..Draft::new(Op::Retain, Some(*table))
             })
             .collect();
+        // The hashes the dropped files were sealed with, to take them back if the manifest keeps them.
+        let sealed: Vec<(Table, Vec<FileRecord>)> = dropped
+            .iter()
+            .map(|(table, files)| {
+                let records = files
+                    .iter()
+                    .filter_map(|f| {
+                        self.audit
+                            .sealed_sha256(&f.path)
+                            .map(|sha256| FileRecord::of(f, sha256))
+                    })
+                    .collect();
+                (*table, records)
+            })
+            .collect();
         self.audit.append_async(drafts).await?;
-        manifest::save(&self.objects, &next).await?;
+        if let Err(e) = manifest::save(&self.objects, &next).await {
+            // The files stay live; the chain retired them, so take them back, or compaction would refuse
+            // them as never sealed and verify would name them.
+            let adopt = sealed
+                .into_iter()
+                .map(|(table, files)| Draft {
+                    files,
+                    ..Draft::new(Op::Adopt, Some(table))
+                })
+                .collect();
+            self.record_abandoned(adopt).await;
+            return Err(e);
+        }
         {
             let mut st = self.shared.state.lock();
             st.manifest = next;

@@ -462,6 +462,58 @@ async fn compaction_and_retention_append_to_the_chain_and_it_stays_clean() {
     drop(store);
 }
 
+/// The manifest cannot be saved once, during a retention pass and during a compaction: the files stay
+/// live and the chain takes them back, so the next passes succeed and `verify` stays clean (they were left
+/// retired in the chain, and every later compaction refused them as never sealed).
+#[tokio::test]
+async fn a_failed_manifest_save_leaves_the_chain_able_to_compact_and_retain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let now = T14 + 40 * 24 * HOUR_US;
+    for k in 0..3 {
+        store
+            .append(vec![(
+                Table::Events,
+                events(k * 10..k * 10 + 10, now - HOUR_US),
+            )])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    for k in 0..2 {
+        // 40 days old.
+        store
+            .append(vec![(
+                Table::Events,
+                events(100 + k * 10..110 + k * 10, T14),
+            )])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    // The local manifest is written to a temp file and renamed: a directory in its place fails the save.
+    let blocker = dir.path().join("_manifest.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(store.apply_retention(now).await.is_err());
+    assert!(store.compact().await.is_err());
+    assert_eq!(
+        event_files(&store).len(),
+        5,
+        "nothing changed in the manifest"
+    );
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+
+    std::fs::remove_dir(&blocker).unwrap();
+    // The old partition's two files are merged too: the failed retention left them sealed.
+    assert_eq!(store.compact().await.unwrap(), 5);
+    assert_eq!(store.apply_retention(now).await.unwrap(), 1);
+    assert_eq!(event_files(&store).len(), 1);
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    drop(store);
+}
+
 /// Two sealed files of one partition swapped: each is still valid Parquet with the same row count, so only
 /// the hashes tell. Compaction must refuse to merge them (a merged file is sealed afresh and would launder
 /// the change), leave both in place and the chain as it was, so `verify` still names them.
