@@ -44,37 +44,61 @@ fn normalise(counts: &[f64]) -> Vec<f64> {
 
 /// Wasserstein-1 distance between two samples divided by the reference's standard deviation.
 /// Both slices are sorted in place.
+///
+/// Values beyond ten interquartile ranges outside the reference's quartiles are taken at that fence: one
+/// telemetry value of 9e18 tokens or 1e300 ms would otherwise blow up the reference's deviation and hide
+/// every real shift for a whole reference window (or, in the current window, fake one). Real shifts stay
+/// well inside the fences.
 pub fn wasserstein_normalised(reference: &mut [f64], current: &mut [f64]) -> f64 {
     if reference.is_empty() || current.is_empty() {
         return 0.0;
     }
     reference.sort_by(|a, b| a.total_cmp(b));
     current.sort_by(|a, b| a.total_cmp(b));
+    let (lo, hi) = fences(reference);
+    let fenced = |x: f64| if x.is_nan() { hi } else { x.clamp(lo, hi) };
     let n = reference.len() as f64;
-    let mean = reference.iter().sum::<f64>() / n;
-    let std = (reference.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    // Integrate |F_r - F_c| over the merged support.
+    let mean = reference.iter().map(|&x| fenced(x)).sum::<f64>() / n;
+    let std = (reference
+        .iter()
+        .map(|&x| (fenced(x) - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    // Integrate |F_r - F_c| over the merged support. Fencing keeps both samples sorted.
     let (mut i, mut j) = (0usize, 0usize);
     let (nr, nc) = (reference.len(), current.len());
-    let mut prev = reference[0].min(current[0]);
+    let mut prev = fenced(reference[0]).min(fenced(current[0]));
     let mut area = 0.0;
     while i < nr || j < nc {
         let next = match (reference.get(i), current.get(j)) {
-            (Some(&a), Some(&b)) => a.min(b),
-            (Some(&a), None) => a,
-            (None, Some(&b)) => b,
+            (Some(&a), Some(&b)) => fenced(a).min(fenced(b)),
+            (Some(&a), None) => fenced(a),
+            (None, Some(&b)) => fenced(b),
             (None, None) => break,
         };
         area += (i as f64 / nr as f64 - j as f64 / nc as f64).abs() * (next - prev);
         prev = next;
-        while i < nr && reference[i] <= next {
+        while i < nr && fenced(reference[i]) <= next {
             i += 1;
         }
-        while j < nc && current[j] <= next {
+        while j < nc && fenced(current[j]) <= next {
             j += 1;
         }
     }
     area / std.max(1e-9)
+}
+
+/// `[q1 - 10 IQR, q3 + 10 IQR]` of a sorted sample; with no spread, ten times the median's size around it.
+fn fences(sorted: &[f64]) -> (f64, f64) {
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let (q1, median, q3) = (at(0.25), at(0.5), at(0.75));
+    let width = if q3 - q1 > 0.0 && (q3 - q1).is_finite() {
+        10.0 * (q3 - q1)
+    } else {
+        10.0 * median.abs().max(1.0)
+    };
+    (q1 - width, q3 + width)
 }
 
 /// Two-sample Kolmogorov-Smirnov: the statistic D and its asymptotic p-value. Both slices must be sorted.
@@ -338,6 +362,26 @@ mod tests {
         assert!((w - 100.0 / std).abs() < 0.01, "{w}");
         let mut c2: Vec<f64> = (0..1000).map(|i| i as f64).collect();
         assert!(wasserstein_normalised(&mut r, &mut c2) < 1e-9);
+    }
+
+    #[test]
+    fn one_absurd_value_neither_hides_a_shift_nor_fakes_one() {
+        let latencies = |shift: f64| -> Vec<f64> {
+            (0..1000)
+                .map(|i| 800.0 + (i % 100) as f64 + shift)
+                .collect()
+        };
+        let mut r = latencies(0.0);
+        r[17] = 1e300;
+        let mut c = latencies(200.0);
+        let w = wasserstein_normalised(&mut r, &mut c);
+        assert!(w > 1.0, "a 200 ms shift over a spread of ~29 ms: {w}");
+        let mut r = latencies(0.0);
+        let mut c = latencies(0.0);
+        c[3] = f64::INFINITY;
+        c[4] = 9e18;
+        let w = wasserstein_normalised(&mut r, &mut c);
+        assert!(w < 0.1, "two absurd values in 1000 are no drift: {w}");
     }
 
     #[test]
