@@ -134,6 +134,8 @@ pub struct EntityBaseline {
     pub seasonal_rate: Seasonal,
     /// Start of the open window; `None` when idle.
     pub window_start: Option<i64>,
+    /// Latest event time seen (0 after a restore), for dropping the least recently seen past the cap.
+    pub last_seen_us: i64,
     pub acc: WindowAcc,
     /// Counts at which the open window is a spike (infinite before warm-up).
     pub rate_alarm: f64,

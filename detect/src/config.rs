@@ -88,6 +88,10 @@ pub struct Thresholds {
     pub z_threshold: f64,
     /// Closed windows kept per feature for the median/MAD.
     pub ring_size: usize,
+    /// Users, agents, models or endpoints (each kind apart) with a baseline or drift track. A new one past
+    /// it is not baselined until idle ones are dropped (on the tick, the least recently seen first, not
+    /// warm before warm), so ids that change on every event cannot grow memory without bound.
+    pub max_entities: usize,
     /// A rate spike also needs the window's count to be at least this multiple of the baseline...
     pub spike_min_ratio: f64,
     /// ...and at least this many requests above it (absolute magnitude, so quiet entities do not page).
@@ -141,6 +145,7 @@ impl Default for Thresholds {
             ewma_lambda: 0.25,
             z_threshold: 3.5,
             ring_size: 240,
+            max_entities: 100_000,
             spike_min_ratio: 3.0,
             rate_min_excess: 50.0,
             token_min_excess: 50_000.0,

@@ -162,13 +162,30 @@ pub struct Categories {
     ids: HashMap<String, u32>,
 }
 
+/// Distinct finish reasons kept apart; later ones share one category. Every drift evaluation allocates per
+/// category and track, and the values come from telemetry.
+pub const MAX_CATEGORIES: usize = 256;
+
 impl Categories {
     pub fn id(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
             return id;
         }
+        if self.ids.len() >= MAX_CATEGORIES - 1 {
+            return self.other();
+        }
         let id = self.ids.len() as u32;
         self.ids.insert(s.to_string(), id);
+        id
+    }
+
+    fn other(&mut self) -> u32 {
+        const OTHER: &str = "\u{0}other";
+        if let Some(&id) = self.ids.get(OTHER) {
+            return id;
+        }
+        let id = self.ids.len() as u32;
+        self.ids.insert(OTHER.to_string(), id);
         id
     }
     pub fn len(&self) -> usize {
@@ -208,6 +225,11 @@ pub struct DriftLimits {
 impl DriftTrack {
     /// Records the model that answered; `true` when it is a new version after `min_events` events with
     /// others (a silent model swap), `false` for the first sighting and for known versions.
+    /// The latest sample's event time (0 with none), for dropping the least recently seen track.
+    pub fn last_seen_us(&self) -> i64 {
+        self.samples.back().map_or(0, |s| s.time_us)
+    }
+
     pub fn observe_response_model(&mut self, response_model: &str, min_events: u64) -> bool {
         self.events += 1;
         if self.response_models.iter().any(|m| m == response_model) {
@@ -323,6 +345,15 @@ impl DriftTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finish_reasons_past_the_cap_share_one_category() {
+        let mut c = Categories::default();
+        let ids: Vec<u32> = (0..1000).map(|i| c.id(&format!("reason-{i}"))).collect();
+        assert_eq!(c.len(), MAX_CATEGORIES);
+        assert_eq!(ids[MAX_CATEGORIES + 10], ids[999]);
+        assert_eq!(c.id("reason-3"), 3, "the early ones keep theirs");
+    }
 
     #[test]
     fn a_model_past_its_sixty_fourth_version_alerts_once_per_new_version() {

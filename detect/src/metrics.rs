@@ -9,6 +9,10 @@ pub struct Metrics {
     pub alerts: IntCounterVec,
     pub events: IntCounter,
     pub batch_seconds: Histogram,
+    /// Events of an entity that got no baseline because `max_entities` of its kind were tracked.
+    pub untracked: IntCounterVec,
+    /// Entities dropped past `max_entities`, least recently seen first.
+    pub evicted: IntCounterVec,
 }
 
 /// Registered once per process (several stages in one test process share them).
@@ -35,11 +39,29 @@ pub fn metrics() -> &'static Metrics {
             ]),
         )
         .expect("valid metric");
+        let untracked = IntCounterVec::new(
+            Opts::new(
+                "vigil_detect_untracked_total",
+                "Events of an entity left without a baseline because max_entities of its kind were tracked",
+            ),
+            &["entity"],
+        )
+        .expect("valid metric");
+        let evicted = IntCounterVec::new(
+            Opts::new(
+                "vigil_detect_evicted_total",
+                "Entities whose baseline or drift track was dropped past max_entities, least recently seen first",
+            ),
+            &["entity"],
+        )
+        .expect("valid metric");
         let r = prometheus::default_registry();
         for c in [
             Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events.clone()),
             Box::new(batch_seconds.clone()),
+            Box::new(untracked.clone()),
+            Box::new(evicted.clone()),
         ] {
             if let Err(e) = r.register(c) {
                 tracing::warn!(error = %e, "detection metric not registered");
@@ -49,6 +71,8 @@ pub fn metrics() -> &'static Metrics {
             alerts,
             events,
             batch_seconds,
+            untracked,
+            evicted,
         }
     })
 }

@@ -403,6 +403,19 @@ impl DetectionStage {
                     );
                 }
             }
+            for e in Entity::ALL {
+                let map = &mut st.baselines[e as usize];
+                let dropped = evict(map, th.max_entities, |b| {
+                    (b.window_start.is_some(), b.is_warm(th), b.last_seen_us)
+                });
+                count_evicted(e.as_str(), dropped);
+            }
+            for (k, etype) in [(0usize, "model"), (1, "endpoint")] {
+                let dropped = evict(&mut st.drift[k], th.max_entities, |d| {
+                    (false, false, d.last_seen_us())
+                });
+                count_evicted(etype, dropped);
+            }
             if rt.on("model_drift") {
                 let lim = DriftLimits {
                     reference_us: th.drift_reference.as_micros() as i64,
@@ -722,6 +735,42 @@ fn row_alert(
     .build()
 }
 
+/// Once `map` holds nine tenths of `max` entities, drops entities down to eight tenths, in the order of
+/// `rank` (smallest first: idle before open, not warm before warm, least recently seen first), so that
+/// inserts, which stop at `max`, find room again after a flood of one-off ids.
+fn evict<V>(
+    map: &mut HashMap<String, V>,
+    max: usize,
+    rank: impl Fn(&V) -> (bool, bool, i64),
+) -> usize {
+    if map.len() < max.saturating_mul(9) / 10 || map.is_empty() {
+        return 0;
+    }
+    let target = max.saturating_mul(8) / 10;
+    let mut ranked: Vec<((bool, bool, i64), String)> =
+        map.iter().map(|(id, v)| (rank(v), id.clone())).collect();
+    ranked.sort_unstable();
+    let n = map.len().saturating_sub(target);
+    for (_, id) in ranked.into_iter().take(n) {
+        map.remove(&id);
+    }
+    n
+}
+
+fn count_evicted(entity: &str, n: usize) {
+    if n > 0 {
+        metrics()
+            .evicted
+            .with_label_values(&[entity])
+            .inc_by(n as u64);
+        tracing::warn!(
+            entity,
+            dropped = n,
+            "detection state over max_entities: the least recently seen entities' baselines are dropped"
+        );
+    }
+}
+
 fn stateful_row(
     rt: &Runtime,
     models: &[Option<Arc<BehaviorModel>>; 2],
@@ -871,9 +920,17 @@ fn stateful_row(
         let Some(id) = v else { continue };
         let map = &mut st.baselines[e as usize];
         if !map.contains_key(id) {
+            if map.len() >= th.max_entities {
+                crate::metrics::metrics()
+                    .untracked
+                    .with_label_values(&[e.as_str()])
+                    .inc();
+                continue;
+            }
             map.insert(id.to_string(), EntityBaseline::default());
         }
         let b = map.get_mut(id).expect("inserted above");
+        b.last_seen_us = b.last_seen_us.max(t);
         let closed = b.advance(t, th);
         if b.acc.first_event_id.is_none() {
             b.acc.first_event_id = Some(c.event_id.value(i).to_string());
@@ -990,6 +1047,9 @@ fn stateful_row(
             let Some(id) = v else { continue };
             let map = &mut st.drift[k];
             if !map.contains_key(id) {
+                if map.len() >= th.max_entities {
+                    continue;
+                }
                 map.insert(id.to_string(), DriftTrack::default());
             }
             let track = map.get_mut(id).expect("inserted above");
@@ -1244,6 +1304,50 @@ mod tests {
             alerts[0].evidence_event_ids,
             vec![format!("d{}", T0 + 600 * SEC + 4 * 5 * SEC)]
         );
+    }
+
+    #[test]
+    fn ids_that_change_on_every_event_stay_within_max_entities() {
+        let mut cfg = config();
+        cfg.thresholds.max_entities = 10;
+        let stage = DetectionStage::new(cfg);
+        let untracked = || metrics().untracked.with_label_values(&["user"]).get();
+        let before = untracked();
+        let rows: Vec<EventRow> = (0..50)
+            .map(|k| {
+                inference(
+                    T0 + k,
+                    &format!("e{k}"),
+                    &format!("user{k}"),
+                    &format!("m{k}"),
+                )
+            })
+            .collect();
+        stage.process(&batch(&rows));
+        {
+            let st = stage.state.lock();
+            assert_eq!(st.baselines[Entity::User as usize].len(), 10);
+            assert_eq!(st.baselines[Entity::Model as usize].len(), 10);
+            assert_eq!(st.drift[0].len(), 10);
+        }
+        assert!(untracked() >= before + 40);
+
+        // Ten minutes on the one-off users' windows are closed, and the tick drops them down to eight.
+        stage.tick(T0 + 10 * 60 * SEC);
+        {
+            let st = stage.state.lock();
+            assert_eq!(st.baselines[Entity::User as usize].len(), 8);
+            assert_eq!(st.drift[0].len(), 8);
+        }
+        stage.process(&batch(&[inference(
+            T0 + 11 * 60 * SEC,
+            "late",
+            "newcomer",
+            "gpt-4o",
+        )]));
+        let st = stage.state.lock();
+        assert!(st.baselines[Entity::User as usize].contains_key("newcomer"));
+        assert!(st.drift[0].contains_key("gpt-4o"));
     }
 
     #[test]
