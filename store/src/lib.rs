@@ -23,6 +23,7 @@ mod partition;
 mod retention;
 mod state_table;
 mod wal;
+mod writer_claim;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -187,6 +188,10 @@ pub enum StoreError {
     /// Another process has the data directory open (see the `dir_lock` module).
     #[error("data directory {path} is in use by {holder}: one Vigil process per data directory (query a running server with `vigil sql`, not `--offline`)")]
     Locked { path: PathBuf, holder: String },
+    /// Another store (another data directory) writes to this object-store prefix (see the `writer_claim`
+    /// module).
+    #[error("the object store prefix is claimed by {holder}: one writer per prefix; give this store a prefix of its own, or delete _writer.json from the bucket if that store is gone for good")]
+    PrefixClaimed { holder: String },
     /// Rows of a retried append were dropped as duplicates of a copy still in flight, and that copy was
     /// then not stored: retrying stores them.
     #[error("{rows} rows repeat events whose first copy failed to be stored; retry")]

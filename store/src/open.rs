@@ -203,6 +203,8 @@ pub(crate) async fn open(
         },
         None => object_files(&config)?,
     });
+    // Before the manifest is read or orphans deleted: another store's files are not ours to judge.
+    crate::writer_claim::claim(&objects, &config.data_dir).await?;
     let mut manifest = manifest::load(&objects).await?;
     let data_dir = config.data_dir.clone();
     let audit = Arc::new(

@@ -550,6 +550,55 @@ async fn flush_by_row_count_without_background() {
     assert_eq!((snap.files.len(), snap.buffered.len()), (1, 0));
 }
 
+/// Two stores (two data directories) on one remote prefix: the second would rewrite the manifest and
+/// delete the first's new files as orphans, so it is refused; the first's own restart is not.
+#[tokio::test]
+async fn a_second_store_on_one_remote_prefix_is_refused() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let remote: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let first = Store::open_with_object_store(config(first_dir.path()), remote.clone())
+        .await
+        .unwrap();
+    first
+        .append(vec![(Table::Events, events(0..10, T14))])
+        .await
+        .unwrap();
+    first.flush().await.unwrap();
+
+    let err = Store::open_with_object_store(config(second_dir.path()), remote.clone())
+        .await
+        .err()
+        .expect("the second store is refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, vigil_store::StoreError::PrefixClaimed { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&first_dir.path().display().to_string()),
+        "names the holder: {msg}"
+    );
+    assert_exactly(visible_ids(&first, Table::Events).await, 10);
+
+    drop(first);
+    let first = Store::open_with_object_store(config(first_dir.path()), remote.clone())
+        .await
+        .expect("a restart takes its own claim back");
+    assert_exactly(visible_ids(&first, Table::Events).await, 10);
+    drop(first);
+
+    // The operator retires the first store for good: the second may take over.
+    remote
+        .delete(&ObjectPath::from("_writer.json"))
+        .await
+        .unwrap();
+    let second = Store::open_with_object_store(config(second_dir.path()), remote.clone())
+        .await
+        .unwrap();
+    assert_exactly(visible_ids(&second, Table::Events).await, 10);
+}
+
 #[tokio::test]
 async fn remote_object_store_keeps_files_and_manifest_there() {
     let dir = tempfile::tempdir().unwrap();
