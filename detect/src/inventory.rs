@@ -225,21 +225,45 @@ impl CompiledInventory {
         self.agents.get(agent).map(|a| a.data_sources.contains(ds))
     }
 
-    /// The role of a user per the configured [`RoleSource`].
+    /// The role of a user per the configured [`RoleSource`]: possibly several, comma-separated (a
+    /// `user.roles` array). An attribute naming no role the policies know falls back to the users table,
+    /// so a made-up role string does not switch the privilege check off.
     pub fn role_of<'a>(&'a self, user: &str, attribute: Option<&'a str>) -> Option<&'a str> {
         let table = || self.users.get(user).map(String::as_str);
         match self.role_source {
-            RoleSource::Attribute => attribute.filter(|r| !r.is_empty()).or_else(table),
+            RoleSource::Attribute => {
+                let attribute = attribute.filter(|r| !r.is_empty());
+                attribute
+                    .filter(|r| self.known_roles(r).next().is_some())
+                    .or_else(table)
+                    .or(attribute)
+            }
             RoleSource::Table => table(),
         }
     }
 
-    pub fn role_may_use_model(&self, role: &str, model: &str) -> Access {
-        match self.roles.get(role) {
-            None => Access::Unknown,
-            Some(r) if r.all_models || r.models.contains(model) => Access::Allowed,
-            Some(_) => Access::Denied,
+    fn known_roles<'a>(&'a self, roles: &'a str) -> impl Iterator<Item = &'a RoleRules> + 'a {
+        roles.split(',').filter_map(|r| self.roles.get(r.trim()))
+    }
+
+    /// Allowed when any of the roles allows; denied when one is known and none allows.
+    fn judge(&self, roles: &str, allows: impl Fn(&RoleRules) -> bool) -> Access {
+        let mut known = false;
+        for r in self.known_roles(roles) {
+            if allows(r) {
+                return Access::Allowed;
+            }
+            known = true;
         }
+        if known {
+            Access::Denied
+        } else {
+            Access::Unknown
+        }
+    }
+
+    pub fn role_may_use_model(&self, role: &str, model: &str) -> Access {
+        self.judge(role, |r| r.all_models || r.models.contains(model))
     }
 
     /// Judges a data source by its classification; unknown sources have nothing to judge.
@@ -247,11 +271,7 @@ impl CompiledInventory {
         let Some(class) = self.classification.get(data_source) else {
             return (Access::Unknown, None);
         };
-        let access = match self.roles.get(role) {
-            None => Access::Unknown,
-            Some(r) if r.all_classes || r.classes.contains(class) => Access::Allowed,
-            Some(_) => Access::Denied,
-        };
+        let access = self.judge(role, |r| r.all_classes || r.classes.contains(class));
         (access, Some(class.as_str()))
     }
 }
@@ -511,7 +531,32 @@ mod tests {
         assert_eq!(i.agent_may_use_tool("billing", "shell"), Some(false));
         assert_eq!(i.agent_may_use_tool("unknown", "shell"), None);
         assert_eq!(i.role_of("alice", None), Some("support"));
-        assert_eq!(i.role_of("alice", Some("admin")), Some("admin"));
+        assert_eq!(
+            i.role_of("alice", Some("admin")),
+            Some("support"),
+            "a role no policy knows falls back to the users table"
+        );
+        assert_eq!(i.role_of("bob", Some("admin")), Some("admin"));
+        assert_eq!(
+            i.role_of("alice", Some("support,viewer")),
+            Some("support,viewer")
+        );
+        assert!(matches!(
+            i.role_may_use_model("viewer,support", "o1"),
+            Access::Denied
+        ));
+        assert!(matches!(
+            i.role_may_use_model("viewer,support", "gpt-4o"),
+            Access::Allowed
+        ));
+        assert!(matches!(
+            i.role_may_use_model("viewer", "o1"),
+            Access::Unknown
+        ));
+        assert!(matches!(
+            i.role_may_read("viewer, support", "payroll"),
+            (Access::Denied, Some("restricted"))
+        ));
         assert!(matches!(
             i.role_may_use_model("support", "o1"),
             Access::Denied
