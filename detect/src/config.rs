@@ -88,9 +88,10 @@ pub struct Thresholds {
     pub z_threshold: f64,
     /// Closed windows kept per feature for the median/MAD.
     pub ring_size: usize,
-    /// Users, agents, models or endpoints (each kind apart) with a baseline or drift track. A new one past
-    /// it is not baselined until idle ones are dropped (on the tick, the least recently seen first, not
-    /// warm before warm), so ids that change on every event cannot grow memory without bound.
+    /// Entities of one kind (users, agents, models, endpoints, tools, ...) with a baseline, a drift track or
+    /// an inventory entry. A new one past it is not tracked until idle ones are dropped (on the tick, the
+    /// least recently seen first; not warm before warm, unregistered before registered), so ids that change
+    /// on every event cannot grow memory without bound.
     pub max_entities: usize,
     /// A rate spike also needs the window's count to be at least this multiple of the baseline...
     pub spike_min_ratio: f64,

@@ -295,8 +295,25 @@ pub struct SeenTracker {
 impl SeenTracker {
     /// Counts an observation; allocates only the first time an entity is seen.
     pub fn observe(&mut self, t: Tracked, id: &str, time_us: i64) -> &mut Seen {
+        self.observe_within(t, id, time_us, usize::MAX)
+            .expect("no bound, always tracked")
+    }
+
+    /// [`SeenTracker::observe`], but a new entity is not tracked (`None`) once `max` of its kind are:
+    /// ids that change on every event must not grow the inventory without bound.
+    /// [`SeenTracker::evict`] makes room again.
+    pub fn observe_within(
+        &mut self,
+        t: Tracked,
+        id: &str,
+        time_us: i64,
+        max: usize,
+    ) -> Option<&mut Seen> {
         let map = &mut self.maps[t as usize];
         if !map.contains_key(id) {
+            if map.len() >= max {
+                return None;
+            }
             map.insert(
                 id.to_string(),
                 Seen {
@@ -311,7 +328,30 @@ impl SeenTracker {
         s.count += 1;
         s.first_us = s.first_us.min(time_us);
         s.last_us = s.last_us.max(time_us);
-        s
+        Some(s)
+    }
+
+    /// Once a kind holds nine tenths of `max` entities, drops down to eight tenths: unregistered before
+    /// registered, least recently seen first. Returns how many of each kind were dropped.
+    pub fn evict(&mut self, max: usize, inv: &CompiledInventory) -> Vec<(Tracked, usize)> {
+        let mut dropped = Vec::new();
+        for t in Tracked::ALL {
+            let map = &mut self.maps[t as usize];
+            if map.len() < max.saturating_mul(9) / 10 || map.is_empty() {
+                continue;
+            }
+            let mut ranked: Vec<((bool, i64), String)> = map
+                .iter()
+                .map(|(id, s)| ((inv.is_registered(t, id), s.last_us), id.clone()))
+                .collect();
+            ranked.sort_unstable();
+            let n = map.len().saturating_sub(max.saturating_mul(8) / 10);
+            for (_, id) in ranked.into_iter().take(n) {
+                map.remove(&id);
+            }
+            dropped.push((t, n));
+        }
+        dropped
     }
 
     pub fn get(&self, t: Tracked, id: &str) -> Option<&Seen> {

@@ -416,6 +416,9 @@ impl DetectionStage {
                 });
                 count_evicted(etype, dropped);
             }
+            for (tracked, dropped) in st.seen.evict(th.max_entities, &rt.inv) {
+                count_evicted(tracked.as_str(), dropped);
+            }
             if rt.on("model_drift") {
                 let lim = DriftLimits {
                     reference_us: th.drift_reference.as_micros() as i64,
@@ -806,7 +809,10 @@ fn stateful_row(
         (Tracked::Agent, agent),
     ] {
         let Some(id) = v else { continue };
-        let seen = st.seen.observe(tr, id, t);
+        let Some(seen) = st.seen.observe_within(tr, id, t, th.max_entities) else {
+            metrics().untracked.with_label_values(&[tr.as_str()]).inc();
+            continue;
+        };
         if shadow_on && !seen.shadow_alerted && inv.has_registry(tr) && !inv.is_registered(tr, id) {
             seen.shadow_alerted = true;
             let (et, who) = actor(c, i);
@@ -832,7 +838,9 @@ fn stateful_row(
         (Tracked::DataSource, ds),
     ] {
         if let Some(id) = v {
-            st.seen.observe(tr, id, t);
+            if st.seen.observe_within(tr, id, t, th.max_entities).is_none() {
+                metrics().untracked.with_label_values(&[tr.as_str()]).inc();
+            }
         }
     }
 
@@ -1329,6 +1337,9 @@ mod tests {
             assert_eq!(st.baselines[Entity::User as usize].len(), 10);
             assert_eq!(st.baselines[Entity::Model as usize].len(), 10);
             assert_eq!(st.drift[0].len(), 10);
+            assert!(st.seen.get(Tracked::Model, "m9").is_some());
+            assert!(st.seen.get(Tracked::Model, "m10").is_none());
+            assert_eq!(st.seen.len(), 20, "ten users and ten models");
         }
         assert!(untracked() >= before + 40);
 
@@ -1338,6 +1349,7 @@ mod tests {
             let st = stage.state.lock();
             assert_eq!(st.baselines[Entity::User as usize].len(), 8);
             assert_eq!(st.drift[0].len(), 8);
+            assert_eq!(st.seen.len(), 16);
         }
         stage.process(&batch(&[inference(
             T0 + 11 * 60 * SEC,
@@ -1348,6 +1360,7 @@ mod tests {
         let st = stage.state.lock();
         assert!(st.baselines[Entity::User as usize].contains_key("newcomer"));
         assert!(st.drift[0].contains_key("gpt-4o"));
+        assert!(st.seen.get(Tracked::User, "newcomer").is_some());
     }
 
     #[test]
