@@ -48,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let ctx = NormalizeContext {
         source: Some("fuzz".to_owned()),
+        ..NormalizeContext::default()
     };
     match (selector >> 2) & 3 {
         0 => {

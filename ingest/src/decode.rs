@@ -113,6 +113,10 @@ pub enum DecodeError {
         "the request decodes to more than {limit} bytes of messages (mostly empty or tiny ones); send fewer per request"
     )]
     Expands { limit: usize },
+    #[error(
+        "the request's events hold more than {limit} bytes of text (a resource's attributes are copied into each of its events); send fewer per request"
+    )]
+    EventsTooLarge { limit: usize },
     #[error("malformed OTLP protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
     #[error("malformed OTLP/JSON: {0}")]

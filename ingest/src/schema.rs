@@ -218,6 +218,17 @@ const STRING_COLUMNS: usize = STRING_COLUMNS_BEFORE_NUMBERS + STRING_COLUMNS_AFT
 /// builder from it means a 500-byte prompt column is allocated once instead of doubled five times from a
 /// guess (each doubling a copy and fresh pages), and the finished arrays do not carry up to twice their size
 /// into the write buffer.
+const MAX_RESERVED_COLUMN_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes to reserve for a column of `rows` rows at `per_row` bytes each, with a little headroom so a typical
+/// batch does not grow at its last rows. Capped: the average follows what came before (one request of
+/// 15 MB prompts made it 15 MB), and `rows` counts every span, AI or not; reserving their product aborted
+/// the process. A column grows past the cap if it must.
+fn reserved_bytes(rows: usize, per_row: usize) -> usize {
+    rows.saturating_mul(per_row.saturating_add(per_row / 8))
+        .min(MAX_RESERVED_COLUMN_BYTES)
+}
+
 static BYTES_PER_ROW: [AtomicUsize; STRING_COLUMNS] =
     [const { AtomicUsize::new(16) }; STRING_COLUMNS];
 
@@ -226,9 +237,10 @@ impl EventBatchBuilder {
         let strings = BYTES_PER_ROW
             .iter()
             .map(|per_row| {
-                // A little headroom over the average, so a typical batch does not grow at its last rows.
-                let per_row = per_row.load(Ordering::Relaxed);
-                StringBuilder::with_capacity(rows, rows * (per_row + per_row / 8))
+                StringBuilder::with_capacity(
+                    rows,
+                    reserved_bytes(rows, per_row.load(Ordering::Relaxed)),
+                )
             })
             .collect();
         Self {
@@ -295,6 +307,11 @@ impl EventBatchBuilder {
         self.len += 1;
     }
 
+    /// Bytes of text in the rows pushed so far: what a request's events cost before they are a batch.
+    pub fn value_bytes(&self) -> usize {
+        self.strings.iter().map(|b| b.values_slice().len()).sum()
+    }
+
     /// Builds the batch and resets the builder for reuse.
     pub fn finish(&mut self) -> RecordBatch {
         if self.len > 0 {
@@ -321,6 +338,19 @@ impl EventBatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_reserves_its_average_with_headroom_but_never_gigabytes() {
+        assert_eq!(reserved_bytes(512, 16), 512 * 18);
+        assert_eq!(
+            reserved_bytes(10_000, 15_000_000),
+            MAX_RESERVED_COLUMN_BYTES
+        );
+        assert_eq!(
+            reserved_bytes(usize::MAX, usize::MAX),
+            MAX_RESERVED_COLUMN_BYTES
+        );
+    }
     use arrow::array::{Array, AsArray};
 
     #[test]

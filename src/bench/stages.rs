@@ -80,6 +80,7 @@ pub(super) fn stages(args: StagesArgs) -> Result<()> {
     let detection = vigil_detect::DetectionStage::new(config.detect.clone());
     let ctx = vigil_ingest::NormalizeContext {
         source: Some("bench".into()),
+        ..Default::default()
     };
     let mut append = AppendWork::new(&config.store);
     let mut buffered = Buffered::default();

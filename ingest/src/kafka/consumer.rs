@@ -23,6 +23,7 @@ use super::dlq::{self, DeadLetter, DeadLetterProducer};
 use super::metrics::{self as kmetrics, PartitionOffsets};
 use super::rejoin::{self, EmptyAssignmentWatch, RebalanceOutcome};
 use super::{records, KafkaConfig, KafkaError, Signal, TopicConfig, TopicEncoding};
+use crate::decode::DecodeError;
 use crate::decode::{self, Compression, Encoding, Limits};
 use crate::metrics::{self as imetrics, Transport};
 use crate::normalize::{self, NormalizeContext, Normalized};
@@ -472,6 +473,7 @@ impl Consumer {
         let limits = self.limits;
         let ctx = NormalizeContext {
             source: self.source.clone(),
+            ..NormalizeContext::default()
         };
         // Admitted before decoding, as the OTLP receivers admit a request before its body is decoded: the
         // sink's `decode` stage then measures this batch's decoding too (admitted after, it read ~0 for every
@@ -802,6 +804,7 @@ fn decode_message(
                     Decoded::Events(Normalized {
                         batch: builder.finish(),
                         skipped: 0,
+                        oversized: false,
                     })
                 }
                 Err(err) => Decoded::Poison(format!(
@@ -823,6 +826,12 @@ fn decode_message(
         }
     };
     match result {
+        Ok(normalized) if normalized.oversized => Decoded::Poison(
+            DecodeError::EventsTooLarge {
+                limit: ctx.max_output_bytes,
+            }
+            .to_string(),
+        ),
         Ok(normalized) => Decoded::Events(normalized),
         Err(err) => Decoded::Poison(format!(
             "invalid {} {}: {err}",

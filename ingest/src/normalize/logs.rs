@@ -55,13 +55,14 @@ fn shape_of(event_name: &str) -> (Shape, Option<EventKind>) {
     }
 }
 
-/// Pushes one row per AI log record into `out`; returns how many records were skipped.
+/// Pushes one row per AI log record into `out`; returns how many records were skipped, and whether it
+/// stopped at `ctx.max_output_bytes`.
 pub(crate) fn normalize(
     req: &LogsRequest,
     ctx: &NormalizeContext,
     now_us: i64,
     out: &mut EventBatchBuilder,
-) -> usize {
+) -> (usize, bool) {
     let mut skipped = 0;
     for rl in &req.resource_logs {
         let res = rl
@@ -109,10 +110,13 @@ pub(crate) fn normalize(
                 }
                 row.attributes = look.attributes_json(res_json, &extra[..n]).map(Cow::Owned);
                 out.push(&row);
+                if out.value_bytes() > ctx.max_output_bytes {
+                    return (skipped, true);
+                }
             }
         }
     }
-    skipped
+    (skipped, false)
 }
 
 fn fill_record<'a>(
@@ -238,6 +242,7 @@ mod tests {
             &req,
             &NormalizeContext {
                 source: Some("team-b".into()),
+                ..NormalizeContext::default()
             },
         );
         (n.batch, n.skipped)

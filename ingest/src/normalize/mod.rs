@@ -31,11 +31,27 @@ use crate::wire::{LogsRequest, TracesRequest};
 /// A row whose text borrows from the request being normalised wherever a column is an attribute as sent.
 type Row<'a> = EventRowOf<Cow<'a, str>>;
 
-/// Facts about where a request came from that are not in the telemetry itself.
-#[derive(Debug, Clone, Default)]
+/// Default for [`NormalizeContext::max_output_bytes`]: four times the default decompressed-body limit.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Facts about where a request came from that are not in the telemetry itself, and what it may cost.
+#[derive(Debug, Clone)]
 pub struct NormalizeContext {
     /// The authenticated source that sent the request (token name), stored in the `source` column.
     pub source: Option<String>,
+    /// Text the events of one request may hold. A resource's attributes are copied into each of its
+    /// events, so a small request (one 8 MiB attribute on a resource of 200,000 tiny spans) would expand
+    /// to terabytes; past this, normalisation stops and the request is refused whole.
+    pub max_output_bytes: usize,
+}
+
+impl Default for NormalizeContext {
+    fn default() -> Self {
+        NormalizeContext {
+            source: None,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
 }
 
 /// The result of normalising one OTLP request.
@@ -45,6 +61,9 @@ pub struct Normalized {
     pub batch: RecordBatch,
     /// Spans or log records that were not AI activity and were skipped.
     pub skipped: usize,
+    /// Normalisation stopped at [`NormalizeContext::max_output_bytes`]: `batch` is incomplete and the
+    /// request must be refused.
+    pub oversized: bool,
 }
 
 /// Normalises every AI span of an OTLP trace export; the span's trace and span ids become the event id, so
@@ -57,10 +76,11 @@ pub fn traces(req: &TracesRequest, ctx: &NormalizeContext) -> Normalized {
         .map(|ss| ss.spans.len())
         .sum();
     let mut builder = EventBatchBuilder::with_capacity(spans);
-    let skipped = spans::normalize(req, ctx, now_us(), &mut builder);
+    let (skipped, oversized) = spans::normalize(req, ctx, now_us(), &mut builder);
     Normalized {
         batch: builder.finish(),
         skipped,
+        oversized,
     }
 }
 
@@ -74,10 +94,11 @@ pub fn logs(req: &LogsRequest, ctx: &NormalizeContext) -> Normalized {
         .map(|sl| sl.log_records.len())
         .sum();
     let mut builder = EventBatchBuilder::with_capacity(records);
-    let skipped = logs::normalize(req, ctx, now_us(), &mut builder);
+    let (skipped, oversized) = logs::normalize(req, ctx, now_us(), &mut builder);
     Normalized {
         batch: builder.finish(),
         skipped,
+        oversized,
     }
 }
 

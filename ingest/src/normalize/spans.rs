@@ -12,13 +12,14 @@ use super::row::{attribute_latency_ms, fill_common, fill_status, messages, recor
 use super::{NormalizeContext, Row};
 use crate::schema::EventBatchBuilder;
 
-/// Pushes one row per AI span into `out`; returns how many spans were skipped.
+/// Pushes one row per AI span into `out`; returns how many spans were skipped, and whether it stopped at
+/// `ctx.max_output_bytes`.
 pub(crate) fn normalize(
     req: &TracesRequest,
     ctx: &NormalizeContext,
     now_us: i64,
     out: &mut EventBatchBuilder,
-) -> usize {
+) -> (usize, bool) {
     let mut skipped = 0;
     for rs in &req.resource_spans {
         let res = rs
@@ -49,10 +50,13 @@ pub(crate) fn normalize(
                 };
                 row.attributes = look.attributes_json(res_json, extra).map(Cow::Owned);
                 out.push(&row);
+                if out.value_bytes() > ctx.max_output_bytes {
+                    return (skipped, true);
+                }
             }
         }
     }
-    skipped
+    (skipped, false)
 }
 
 /// The columns only a span has: ids, timing, status, and content carried in span events.
@@ -180,6 +184,7 @@ mod tests {
     fn run(resource: Vec<KeyValue>, spans: Vec<Span>) -> (RecordBatch, usize) {
         let ctx = NormalizeContext {
             source: Some("team-a".into()),
+            ..NormalizeContext::default()
         };
         let n = traces(&request(resource, spans), &ctx);
         (n.batch, n.skipped)

@@ -35,7 +35,6 @@ use super::body_budget::{self, BodyBudget, Charge, Framing};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig, Security};
 use crate::decode::{Compression, DecodeError, Encoding, Limits};
 use crate::metrics::{self, Rejection, Signal, Transport};
-use crate::normalize::NormalizeContext;
 use crate::security::grpc_auth::{self, GrpcAuth};
 use crate::security::{Authenticator, Principal, Scope, TlsListener};
 use crate::sink::{EventSink, SinkError};
@@ -63,12 +62,7 @@ pub async fn serve(
     security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let exporter = Exporter::new(
-        sink,
-        NormalizeContext {
-            source: cfg.source_name.clone(),
-        },
-    );
+    let exporter = Exporter::new(sink, cfg.normalize_context());
     serve_with(listener, exporter, cfg, security, shutdown).await
 }
 
@@ -388,9 +382,11 @@ impl GrpcReceiver {
     fn status(&self, err: &ExportError) -> Status {
         let message = err.to_string();
         match err {
-            ExportError::Decode(DecodeError::TooLarge { .. } | DecodeError::Expands { .. }) => {
-                status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>)
-            }
+            ExportError::Decode(
+                DecodeError::TooLarge { .. }
+                | DecodeError::Expands { .. }
+                | DecodeError::EventsTooLarge { .. },
+            ) => status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>),
             ExportError::Decode(_) => {
                 status::grpc_status(Code::InvalidArgument, &message, None::<Duration>)
             }

@@ -21,7 +21,6 @@ use super::body_budget::{self, BodyBudget, Framing};
 use super::{status, Encoded, ExportError, Exporter, ReceiverConfig};
 use crate::decode::{Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
-use crate::normalize::NormalizeContext;
 use crate::security::tls_listener::no_delay;
 use crate::security::{http_auth, Authenticator, Principal, Scope};
 use crate::sink::{EventSink, SinkError};
@@ -38,12 +37,7 @@ pub const LISTENER: &str = "otlp_http";
 /// The receiver's routes, ready to be served or merged into a larger router. Every route requires a token
 /// with the `ingest` scope (checked before the body is read); `Authenticator::disabled()` admits everyone.
 pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Router {
-    let exporter = Exporter::new(
-        sink,
-        NormalizeContext {
-            source: cfg.source_name.clone(),
-        },
-    );
+    let exporter = Exporter::new(sink, cfg.normalize_context());
     router_with(exporter, cfg).route_layer(http_auth::require(auth, Scope::Ingest, LISTENER))
 }
 
@@ -111,7 +105,9 @@ impl Refusal {
 
     fn from_decode(err: &DecodeError) -> Self {
         match err {
-            DecodeError::TooLarge { .. } | DecodeError::Expands { .. } => Refusal::new(
+            DecodeError::TooLarge { .. }
+            | DecodeError::Expands { .. }
+            | DecodeError::EventsTooLarge { .. } => Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 tonic::Code::InvalidArgument,
                 Rejection::TooLarge,

@@ -66,6 +66,14 @@ impl Default for ReceiverConfig {
 }
 
 impl ReceiverConfig {
+    /// The sender's name, and text a request's events may hold: four times what its body may inflate to.
+    pub(crate) fn normalize_context(&self) -> NormalizeContext {
+        NormalizeContext {
+            source: self.source_name.clone(),
+            max_output_bytes: self.limits.max_decompressed_bytes.saturating_mul(4),
+        }
+    }
+
     fn body_budget(&self) -> body_budget::BodyBudget {
         let largest = self
             .limits
@@ -196,9 +204,11 @@ pub(crate) enum ExportError {
 impl ExportError {
     fn rejection(&self) -> Rejection {
         match self {
-            ExportError::Decode(DecodeError::TooLarge { .. } | DecodeError::Expands { .. }) => {
-                Rejection::TooLarge
-            }
+            ExportError::Decode(
+                DecodeError::TooLarge { .. }
+                | DecodeError::Expands { .. }
+                | DecodeError::EventsTooLarge { .. },
+            ) => Rejection::TooLarge,
             ExportError::Decode(_) => Rejection::Malformed,
             ExportError::Sink(err) => rejection_of(err),
         }
@@ -373,8 +383,14 @@ impl Exporter {
                     ExportRequest::Metrics(req) => Normalized {
                         batch: RecordBatch::new_empty(crate::event_schema()),
                         skipped: metric_points(&req),
+                        oversized: false,
                     },
                 };
+                if normalized.oversized {
+                    return Err(DecodeError::EventsTooLarge {
+                        limit: ctx.max_output_bytes,
+                    });
+                }
                 span.record("events", normalized.batch.num_rows() as i64);
                 Ok(normalized)
             })();
@@ -387,7 +403,7 @@ impl Exporter {
                 signal.as_str()
             ))
         })?;
-        let Normalized { batch, skipped } = normalized?;
+        let Normalized { batch, skipped, .. } = normalized?;
         metrics::record_skipped(transport, signal, skipped);
         let events = batch.num_rows();
         if events == 0 {

@@ -38,6 +38,7 @@ fn exporter(sink: &Arc<VecSink>, fake: bool) -> Exporter {
         sink.clone(),
         NormalizeContext {
             source: Some("test-source".into()),
+            ..NormalizeContext::default()
         },
     );
     if fake {
@@ -394,6 +395,64 @@ async fn http_oversize_before_and_after_decompression_is_413() {
     post_good_protobuf(server.addr).await;
 
     assert!(counter(&REJECTED, &["http", "too_large"]) - before >= 3);
+}
+
+/// A resource attribute of 256 KiB over 200 AI spans: 270 KB on the wire, 50 MiB once copied into every
+/// event. Past four times the decompressed limit the request is refused whole (413), nothing is stored,
+/// and the next request goes through.
+#[tokio::test]
+async fn http_a_request_whose_events_expand_past_the_budget_is_413() {
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig {
+        limits: Limits {
+            max_body_bytes: 4 << 20,
+            max_decompressed_bytes: 1 << 20,
+        },
+        ..ReceiverConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let router = http::router_with(
+        Exporter::new(sink.clone(), cfg.normalize_context()),
+        cfg.clone(),
+    );
+    tokio::spawn(http::serve(listener, router, async move {
+        let _ = stopped.await;
+    }));
+    let before = counter(&REJECTED, &["http", "too_large"]);
+
+    let mut req = traces_request(200);
+    req.resource_spans[0]
+        .resource
+        .as_mut()
+        .expect("a resource")
+        .attributes
+        .push(KeyValue {
+            key: "k8s.pod.annotation".into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("x".repeat(256 * 1024))),
+            }),
+            ..Default::default()
+        });
+    let response = post(
+        addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        req.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 413);
+    let (_, message, _) =
+        status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
+    assert!(message.contains(&(4usize << 20).to_string()), "{message}");
+    assert_eq!(sink.rows(), 0, "nothing of it stored");
+    assert_eq!(counter(&REJECTED, &["http", "too_large"]) - before, 1);
+    post_good_protobuf(addr).await;
+    assert!(sink.rows() > 0);
 }
 
 #[tokio::test]

@@ -136,6 +136,7 @@ pub fn fake_normalizers() -> Normalizers {
         Normalized {
             batch: builder.finish(),
             skipped,
+            oversized: false,
         }
     }
     fn logs(req: &wire::LogsRequest, ctx: &NormalizeContext) -> Normalized {
@@ -157,6 +158,7 @@ pub fn fake_normalizers() -> Normalizers {
         Normalized {
             batch: builder.finish(),
             skipped: 0,
+            oversized: false,
         }
     }
     Normalizers { traces, logs }
