@@ -70,7 +70,6 @@ pub const SESSION_VARIABLES: &[&str] = &[
     "client_encoding",
     "client_min_messages",
     "standard_conforming_strings",
-    "timezone",
 ];
 
 /// Table functions that compute rows instead of reading files. Any other table function is refused, which

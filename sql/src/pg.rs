@@ -865,6 +865,34 @@ mod tests {
         assert_eq!(stdout(&out), "33");
     }
 
+    /// A session's time zone is its own: one client's `SET timezone = ...` reached DataFusion's shared
+    /// configuration and changed `now()` and every `timestamptz` cast for all others (and a bogus zone broke
+    /// them). That form is refused; `SET TIME ZONE 'x'`, which the pg layer keeps per connection, is not.
+    #[tokio::test]
+    async fn one_sessions_time_zone_does_not_change_anothers() {
+        let server = start(QueryLimits::default()).await;
+        let cast = "SELECT CAST(CAST('2026-01-01 00:00:00' AS TIMESTAMPTZ) AS VARCHAR)";
+        let before = psql(server.addr, "s3cret", &["-c", cast]).await;
+        assert!(before.status.success(), "{}", stderr(&before));
+        for set in [
+            "SET timezone = 'Asia/Kolkata'",
+            "SET TIME ZONE = 'Asia/Kolkata'",
+            "SET timezone TO 'bogus'",
+        ] {
+            let out = psql(server.addr, "s3cret", &["-c", set]).await;
+            assert!(!out.status.success(), "{set} was accepted");
+        }
+        let out = psql(
+            server.addr,
+            "s3cret",
+            &["-c", "SET TIME ZONE 'Asia/Kolkata'", "-c", cast],
+        )
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let after = psql(server.addr, "s3cret", &["-c", cast]).await;
+        assert_eq!(stdout(&after), stdout(&before), "{}", stderr(&after));
+    }
+
     #[tokio::test]
     async fn psql_lists_tables() {
         let server = start(QueryLimits::default()).await;
