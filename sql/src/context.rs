@@ -33,6 +33,9 @@ pub struct QueryLimits {
     pub batch_size: usize,
     /// Largest answer a collected query (CLI, HTTP) may return; streamed pg answers are not capped.
     pub max_result_rows: usize,
+    /// ... and its size in memory: the collected batches are outside the query memory pool, and 100,000 rows
+    /// of 100 KB each would be 10 GB before the JSON encoder copied them twice more.
+    pub max_result_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -42,6 +45,7 @@ impl Default for QueryLimits {
             memory_limit_bytes: 1 << 30,
             batch_size: 8192,
             max_result_rows: 100_000,
+            max_result_bytes: 64 << 20,
         }
     }
 }
@@ -163,7 +167,8 @@ async fn run_guarded(
         let df = ctx.sql_with_options(sql, read_only_options()).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
-        let batches = collect_at_most(stream, limits.max_result_rows).await?;
+        let batches =
+            collect_at_most(stream, limits.max_result_rows, limits.max_result_bytes).await?;
         Ok(QueryOutput { schema, batches })
     };
     tokio::time::timeout(limits.timeout, work)
@@ -174,18 +179,36 @@ async fn run_guarded(
 async fn collect_at_most(
     mut stream: SendableRecordBatchStream,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<Vec<RecordBatch>, QueryError> {
     let mut batches = Vec::new();
-    let mut rows = 0usize;
+    let (mut rows, mut bytes) = (0usize, 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         rows += batch.num_rows();
         if rows > max_rows {
             return Err(QueryError::TooManyRows(max_rows));
         }
+        bytes += batch_bytes(&batch);
+        if bytes > max_bytes {
+            return Err(QueryError::TooManyBytes(max_bytes));
+        }
         batches.push(batch);
     }
     Ok(batches)
+}
+
+/// The bytes a batch's rows take (a slice of a larger batch counts only its rows).
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -331,6 +354,16 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, QueryError::TooManyRows(100)), "{err}");
+        let small = QueryLimits {
+            max_result_bytes: 1 << 20,
+            ..limits.clone()
+        };
+        // 20 rows of 100 KB: few rows, but 2 MB.
+        let err = run_query(&ctx, "SELECT repeat('x', 100000) FROM range(20)", &small)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::TooManyBytes(_)), "{err}");
+        assert!(err.to_string().contains("1048576"), "{err}");
         let ok = run_query(&ctx, "SELECT value FROM range(100)", &limits)
             .await
             .unwrap();

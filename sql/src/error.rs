@@ -24,6 +24,11 @@ pub enum QueryError {
     /// The answer has more rows than one response may carry.
     #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
     TooManyRows(usize),
+    /// The answer is larger in memory than one response may carry.
+    #[error(
+        "the result holds more than {0} bytes; add a LIMIT or select fewer or shorter columns"
+    )]
+    TooManyBytes(usize),
     /// Anything else DataFusion reported while running the query (I/O, corrupt file, internal error).
     #[error("query failed: {0}")]
     Execution(DataFusionError),
@@ -43,6 +48,7 @@ impl QueryError {
             QueryError::Timeout(_) => "timeout",
             QueryError::ResourcesExhausted(_) => "memory_limit",
             QueryError::TooManyRows(_) => "too_many_rows",
+            QueryError::TooManyBytes(_) => "too_many_bytes",
             QueryError::Execution(_) => "error",
         }
     }

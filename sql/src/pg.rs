@@ -467,7 +467,7 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
         QueryError::Invalid(_) => "42601",
         QueryError::Timeout(_) => "57014",
         QueryError::ResourcesExhausted(_) => "53200",
-        QueryError::TooManyRows(_) => "54000",
+        QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => "54000",
         QueryError::Execution(_) => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(
