@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableProvider};
@@ -541,17 +541,21 @@ impl TimeRange {
     }
 }
 
-/// `time`, possibly cast to another timestamp type (type coercion casts the column when a literal has a
-/// different unit); such casts keep the order, so bounds on the cast still bound the column.
+/// `time`, possibly cast to a timestamp type at least as fine as its microseconds (type coercion casts the
+/// column when a literal has nanoseconds); such casts keep every instant apart, so bounds on the cast
+/// still bound the column. A cast to seconds or milliseconds does not: `CAST(time AS TIMESTAMP(0)) = '..:05'`
+/// holds for rows at 5.1 s and 5.9 s too, which a bound of exactly 5 s would prune.
 fn is_time_column(expr: &Expr) -> bool {
+    let keeps_micros = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _)
+        )
+    };
     match expr {
         Expr::Column(c) => c.name == TIME_COLUMN,
-        Expr::Cast(c) => {
-            matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr)
-        }
-        Expr::TryCast(c) => {
-            matches!(c.field.data_type(), DataType::Timestamp(..)) && is_time_column(&c.expr)
-        }
+        Expr::Cast(c) => keeps_micros(c.field.data_type()) && is_time_column(&c.expr),
+        Expr::TryCast(c) => keeps_micros(c.field.data_type()) && is_time_column(&c.expr),
         _ => false,
     }
 }
@@ -798,6 +802,26 @@ mod tests {
                 lo: Some(BASE_US),
                 hi: Some(BASE_US + HOUR_US)
             }
+        );
+        // A cast that keeps every microsecond bounds the column; one to seconds does not.
+        let cast_to = |unit: TimeUnit| {
+            Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(col("time")),
+                DataType::Timestamp(unit, None),
+            ))
+        };
+        assert_eq!(
+            range(&[cast_to(TimeUnit::Nanosecond).gt_eq(ns(100_000))]),
+            TimeRange {
+                lo: Some(100),
+                hi: None
+            }
+        );
+        assert_eq!(
+            range(
+                &[cast_to(TimeUnit::Second).eq(lit(ScalarValue::TimestampSecond(Some(5), None)))]
+            ),
+            TimeRange::ALL
         );
         // OR, NOT BETWEEN and other columns do not narrow.
         let all = range(&[
