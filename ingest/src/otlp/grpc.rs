@@ -73,8 +73,9 @@ pub(crate) async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let server =
-        tonic::transport::Server::builder().add_routes(routes(exporter, cfg, security.auth));
+    let server = tonic::transport::Server::builder()
+        .timeout(cfg.request_timeout)
+        .add_routes(routes(exporter, cfg, security.auth));
     match security.tls {
         Some(acceptor) => {
             let incoming = TlsListener::new(listener, acceptor, LISTENER)?.incoming();

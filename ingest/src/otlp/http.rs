@@ -232,15 +232,29 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
     let charge = state.bodies.charge();
     let max_body = state.cfg.limits.max_body_bytes;
     let req = req.map(|body| axum::body::Body::new(charge.count(body, Framing::Bytes, max_body)));
-    let body = match Bytes::from_request(req, &()).await {
-        Ok(body) => body,
-        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+    let body = match tokio::time::timeout(state.cfg.request_timeout, Bytes::from_request(req, &()))
+        .await
+    {
+        Err(_elapsed) => {
+            let refusal = Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                Rejection::Malformed,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    state.cfg.request_timeout
+                ),
+            );
+            return refuse(signal, refusal, Some(encoding));
+        }
+        Ok(Ok(body)) => body,
+        Ok(Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)))) => {
             let err = DecodeError::TooLarge {
                 limit: state.cfg.limits.max_body_bytes,
             };
             return refuse(signal, Refusal::from_decode(&err), Some(encoding));
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             let refusal = Refusal::new(
                 StatusCode::BAD_REQUEST,
                 tonic::Code::InvalidArgument,

@@ -50,6 +50,11 @@ pub struct ReceiverConfig {
     /// is refused as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After): this bounds memory when many
     /// clients send at once, before admission can refuse them.
     pub max_buffered_body_bytes: usize,
+    /// How long a request may take to arrive whole (HTTP: its body; gRPC: the whole call). A sender that
+    /// stalls halfway would otherwise hold its share of `max_buffered_body_bytes` for as long as it likes,
+    /// and a few such senders shut everyone else out.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -61,6 +66,7 @@ impl Default for ReceiverConfig {
             source_name: None,
             unavailable_retry_after_secs: 5,
             max_buffered_body_bytes: 128 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

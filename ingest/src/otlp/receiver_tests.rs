@@ -912,6 +912,71 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
     assert_eq!(sink.rows(), 2);
 }
 
+/// A sender that stops halfway through its body is answered 408 once `request_timeout` has passed, and the
+/// share of the body budget it held is free again.
+#[tokio::test]
+async fn http_a_body_that_stalls_is_408_and_gives_its_budget_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig {
+        request_timeout: Duration::from_millis(300),
+        ..small_body_budget()
+    };
+    let server = start_http(&sink, cfg, true).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: {}\r\ncontent-type: application/x-protobuf\r\n\
+         content-length: 100000\r\n\r\n",
+        server.addr
+    );
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    stalled
+        .write_all(&[0u8; 50_000])
+        .await
+        .expect("half a body");
+    let mut response = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut response))
+        .await
+        .expect("answered before the client gives up")
+        .expect("read");
+    let status_line = String::from_utf8_lossy(&response[..n]).to_string();
+    assert!(status_line.starts_with("HTTP/1.1 408"), "{status_line}");
+    // 90 KB fits only if the stalled 100 KB no longer counts (the budget is one 100 KB body plus 64 KiB).
+    let response = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        big_request(90_000).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    drop(stalled);
+}
+
+/// A gRPC call that does not finish within `request_timeout` is ended by the server, whatever it waits on.
+#[tokio::test]
+async fn grpc_a_call_past_the_request_timeout_is_ended() {
+    let sink = VecSink::new();
+    let cfg = ReceiverConfig {
+        request_timeout: Duration::from_millis(300),
+        ..ReceiverConfig::default()
+    };
+    let server = start_grpc(&sink, cfg, true).await;
+    let mut client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    sink.hold();
+    let status = tokio::time::timeout(Duration::from_secs(5), client.export(traces_request(1)))
+        .await
+        .expect("the server ends the call")
+        .expect_err("not answered in time");
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    sink.release();
+}
+
 /// With the real normalisation: GenAI spans become `inference` rows stamped with the configured source, the
 /// plain HTTP span is skipped, over both transports.
 #[tokio::test]
