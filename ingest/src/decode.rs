@@ -152,22 +152,41 @@ pub fn decode_logs(
     }
 }
 
-/// Decodes an `ExportMetricsServiceRequest` (or a Kafka `MetricsData`). Metrics are counted, not stored, so
-/// they keep `opentelemetry_proto`'s owned types.
+/// The data points of an `ExportMetricsServiceRequest` (or a Kafka `MetricsData`). Metrics are counted, not
+/// stored: protobuf is read into [`wire::metrics`], which keeps nothing but the points' count.
 pub fn decode_metrics(
     body: Bytes,
     encoding: Encoding,
     compression: Compression,
     limits: &Limits,
-) -> Result<ExportMetricsServiceRequest, DecodeError> {
+) -> Result<usize, DecodeError> {
     let message = inflate(body, compression, limits)?;
     match encoding {
-        Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(message)?),
+        Encoding::Protobuf => Ok(wire::metrics::MetricsRequest::decode(message)?.points()),
         Encoding::Json => {
             json_within_budget(&message)?;
-            Ok(serde_json::from_slice(&message)?)
+            let request: ExportMetricsServiceRequest = serde_json::from_slice(&message)?;
+            Ok(metric_points(&request))
         }
     }
+}
+
+/// Data points in a decoded metrics request, over every metric kind.
+pub fn metric_points(req: &ExportMetricsServiceRequest) -> usize {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|metric| match &metric.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        })
+        .sum()
 }
 
 /// Decodes protobuf within the memory budget for its size ([`wire::budget`]).
@@ -305,6 +324,88 @@ mod tests {
     use prost::Message;
 
     use super::*;
+
+    #[test]
+    fn metric_points_are_counted_over_every_kind_without_keeping_them() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram,
+            HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+            Summary, SummaryDataPoint,
+        };
+        let attr = KeyValue {
+            key: "gen_ai.request.model".into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("gpt-4o".into())),
+            }),
+            ..Default::default()
+        };
+        let number = || NumberDataPoint {
+            attributes: vec![attr.clone()],
+            ..Default::default()
+        };
+        let metric = |data: Data| Metric {
+            name: "m".into(),
+            data: Some(data),
+            ..Default::default()
+        };
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        metric(Data::Gauge(Gauge {
+                            data_points: vec![number(), number()],
+                        })),
+                        metric(Data::Sum(Sum {
+                            data_points: vec![number()],
+                            ..Default::default()
+                        })),
+                        metric(Data::Histogram(Histogram {
+                            data_points: vec![HistogramDataPoint {
+                                bucket_counts: vec![1, 2, 3],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                        metric(Data::ExponentialHistogram(ExponentialHistogram {
+                            data_points: vec![ExponentialHistogramDataPoint::default(); 3],
+                            ..Default::default()
+                        })),
+                        metric(Data::Summary(Summary {
+                            data_points: vec![SummaryDataPoint::default()],
+                        })),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(metric_points(&req), 8);
+        let limits = Limits::default();
+        let body = Bytes::from(req.encode_to_vec());
+        assert_eq!(
+            decode_metrics(body, Encoding::Protobuf, Compression::None, &limits).unwrap(),
+            8
+        );
+        let json = Bytes::from(serde_json::to_vec(&req).unwrap());
+        assert_eq!(
+            decode_metrics(json, Encoding::Json, Compression::None, &limits).unwrap(),
+            8
+        );
+        // Empty `resource_metrics` entries, the cheapest messages to send: counted, nothing kept per entry
+        // but a vector.
+        let empties = Bytes::from([0x0a, 0x00].repeat(512 * 1024));
+        assert_eq!(
+            decode_metrics(empties, Encoding::Protobuf, Compression::None, &limits).unwrap(),
+            0
+        );
+        assert!(decode_metrics(
+            Bytes::from_static(&[0x0a, 0x05, 0x12]),
+            Encoding::Protobuf,
+            Compression::None,
+            &limits
+        )
+        .is_err());
+    }
 
     fn sample_traces() -> ExportTraceServiceRequest {
         let span = Span {

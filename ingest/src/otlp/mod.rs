@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde::Deserialize;
 
 use crate::decode::{self, Compression, DecodeError, Encoding, Limits};
@@ -127,6 +126,8 @@ pub enum ExportRequest {
     Traces(wire::TracesRequest),
     Logs(wire::LogsRequest),
     Metrics(ExportMetricsServiceRequest),
+    /// A metrics body read from the wire: only its data points are counted (see `wire::metrics`).
+    MetricPoints(usize),
 }
 
 impl ExportRequest {
@@ -134,7 +135,7 @@ impl ExportRequest {
         match self {
             ExportRequest::Traces(_) => Signal::Traces,
             ExportRequest::Logs(_) => Signal::Logs,
-            ExportRequest::Metrics(_) => Signal::Metrics,
+            ExportRequest::Metrics(_) | ExportRequest::MetricPoints(_) => Signal::Metrics,
         }
     }
 }
@@ -168,9 +169,12 @@ impl Encoded {
             Signal::Logs => {
                 ExportRequest::Logs(decode::decode_logs(body, encoding, compression, limits)?)
             }
-            Signal::Metrics => {
-                ExportRequest::Metrics(decode::decode_metrics(body, encoding, compression, limits)?)
-            }
+            Signal::Metrics => ExportRequest::MetricPoints(decode::decode_metrics(
+                body,
+                encoding,
+                compression,
+                limits,
+            )?),
         })
     }
 }
@@ -388,7 +392,12 @@ impl Exporter {
                     ExportRequest::Logs(req) => (normalizers.logs)(&req, &ctx),
                     ExportRequest::Metrics(req) => Normalized {
                         batch: RecordBatch::new_empty(crate::event_schema()),
-                        skipped: metric_points(&req),
+                        skipped: decode::metric_points(&req),
+                        oversized: false,
+                    },
+                    ExportRequest::MetricPoints(points) => Normalized {
+                        batch: RecordBatch::new_empty(crate::event_schema()),
+                        skipped: points,
                         oversized: false,
                     },
                 };
@@ -459,21 +468,6 @@ fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
 }
 
 /// Data points in a metrics request, the unit operators compare with their senders' counts.
-fn metric_points(req: &ExportMetricsServiceRequest) -> usize {
-    req.resource_metrics
-        .iter()
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .map(|metric| match &metric.data {
-            Some(Data::Gauge(g)) => g.data_points.len(),
-            Some(Data::Sum(s)) => s.data_points.len(),
-            Some(Data::Histogram(h)) => h.data_points.len(),
-            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(Data::Summary(s)) => s.data_points.len(),
-            None => 0,
-        })
-        .sum()
-}
 
 #[cfg(test)]
 mod receiver_tests;

@@ -17,6 +17,7 @@ pub mod budget;
 mod common;
 mod field;
 mod logs;
+pub mod metrics;
 mod trace;
 
 pub use bytestring::ByteString;
