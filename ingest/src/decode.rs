@@ -271,7 +271,13 @@ fn inflate(body: Bytes, compression: Compression, limits: &Limits) -> Result<Byt
             return Ok(body);
         }
         Compression::Gzip => {
-            read_capped(flate2::read::GzDecoder::new(&body[..]), compression, limits)?
+            // Every member: a gzip body may be several members one after another (RFC 1952 §2.2), as
+            // Go's reader and the Collector accept; the plain decoder stopped after the first.
+            read_capped(
+                flate2::read::MultiGzDecoder::new(&body[..]),
+                compression,
+                limits,
+            )?
         }
         Compression::Deflate => read_capped(
             flate2::read::ZlibDecoder::new(&body[..]),
@@ -324,6 +330,27 @@ mod tests {
     use prost::Message;
 
     use super::*;
+
+    #[test]
+    fn a_gzip_body_of_two_members_decodes_whole() {
+        let (a, b) = (
+            sample_traces().encode_to_vec(),
+            sample_traces().encode_to_vec(),
+        );
+        let mut body = gzip(&a);
+        body.extend(gzip(&b));
+        let inflated = inflate(Bytes::from(body), Compression::Gzip, &Limits::default()).unwrap();
+        assert_eq!(inflated.len(), a.len() + b.len());
+        // Protobuf concatenation merges: both requests' resource spans arrive.
+        let req = decode_traces(
+            inflated,
+            Encoding::Protobuf,
+            Compression::None,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(req.resource_spans.len(), 2);
+    }
 
     #[test]
     fn metric_points_are_counted_over_every_kind_without_keeping_them() {
