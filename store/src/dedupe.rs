@@ -10,7 +10,7 @@
 //! n²/2⁶⁵, ~7e-7 for 5M ids) would drop a genuine row. The set is rebuilt on open from the replayed WAL and
 //! the newest Parquet files, so a restart does not open a hole.
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::filter_record_batch;
 
 use crate::{StoreError, Table};
@@ -73,6 +73,21 @@ pub(crate) struct FilteredWrites {
     /// Inserts before this call: whatever was remembered at a smaller insert number came from an earlier
     /// append.
     pub mark: u64,
+}
+
+/// The batch's id column, `None` for a table that is not deduplicated.
+fn ids_of(table: Table, batch: &RecordBatch) -> Result<Option<&StringArray>, StoreError> {
+    let Some(col) = id_column(table) else {
+        return Ok(None);
+    };
+    batch
+        .column_by_name(col)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .map(Some)
+        .ok_or_else(|| StoreError::InvalidBatch {
+            table: table.name(),
+            reason: format!("no Utf8 column `{col}`"),
+        })
 }
 
 fn key(table: Table, id: &str) -> u64 {
@@ -308,19 +323,12 @@ impl DedupeSet {
         batch: &RecordBatch,
         below: u64,
     ) -> Result<Option<(RecordBatch, usize)>, StoreError> {
-        let Some(col) = id_column(table) else {
-            return Ok(None);
-        };
         if self.len == 0 {
             return Ok(None);
         }
-        let ids = batch
-            .column_by_name(col)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| StoreError::InvalidBatch {
-                table: table.name(),
-                reason: format!("no Utf8 column `{col}`"),
-            })?;
+        let Some(ids) = ids_of(table, batch)? else {
+            return Ok(None);
+        };
         let keep: BooleanArray = (0..ids.len())
             .map(|i| {
                 Some(ids.is_null(i) || !self.remembered_before(key(table, ids.value(i)), below))
@@ -335,7 +343,7 @@ impl DedupeSet {
 
     /// Drops the rows whose id was seen (including earlier in the same batch) and remembers the others.
     pub fn filter(&mut self, table: Table, batch: RecordBatch) -> Result<Filtered, StoreError> {
-        let Some(col) = id_column(table) else {
+        let Some(ids) = ids_of(table, &batch)? else {
             return Ok(Filtered {
                 batch,
                 added: Vec::new(),
@@ -343,13 +351,6 @@ impl DedupeSet {
                 dropped: Vec::new(),
             });
         };
-        let ids = batch
-            .column_by_name(col)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| StoreError::InvalidBatch {
-                table: table.name(),
-                reason: format!("no Utf8 column `{col}`"),
-            })?;
         let mut added = Vec::with_capacity(ids.len());
         let mut dropped = Vec::new();
         let mut keep = Vec::with_capacity(ids.len());
