@@ -1351,6 +1351,20 @@ mod tests {
             self.socket.write_all(bytes).await.unwrap();
         }
 
+        /// Appends a Bind of `statement` into `portal`, without parameters, text results.
+        fn bind(portal: &str, statement: &str, out: &mut bytes::BytesMut) {
+            let bind = postgres_protocol::message::frontend::bind(
+                portal,
+                statement,
+                [],
+                std::iter::empty::<&str>(),
+                |_: &str, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::No),
+                [0],
+                out,
+            );
+            assert!(bind.is_ok());
+        }
+
         /// The next message, or `None` once the server has closed the connection.
         async fn next(&mut self) -> Option<postgres_protocol::message::backend::Message> {
             use postgres_protocol::message::backend::Message;
@@ -1474,16 +1488,7 @@ mod tests {
         let mut session = Session::login(server.addr, &query).await;
         let mut out = bytes::BytesMut::new();
         frontend::parse("", "SELECT user_id FROM events", [], &mut out).unwrap();
-        let bind = frontend::bind(
-            "",
-            "",
-            [],
-            std::iter::empty::<&str>(),
-            |_: &str, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::No),
-            [0],
-            &mut out,
-        );
-        assert!(bind.is_ok());
+        Session::bind("", "", &mut out);
         frontend::execute("", 1, &mut out).unwrap();
         frontend::flush(&mut out);
         session.send(&out).await;
@@ -1543,16 +1548,7 @@ mod tests {
 
         auth.store().unwrap().revoke("grafana").unwrap();
         let mut out = bytes::BytesMut::new();
-        let bind = frontend::bind(
-            "portal",
-            "prepared",
-            [],
-            std::iter::empty::<&str>(),
-            |_: &str, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::No),
-            [0],
-            &mut out,
-        );
-        assert!(bind.is_ok());
+        Session::bind("portal", "prepared", &mut out);
         // No Execute: only the Bind itself can be refused here.
         frontend::flush(&mut out);
         session.send(&out).await;
