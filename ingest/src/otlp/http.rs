@@ -22,7 +22,7 @@ use super::{status, Encoded, ExportError, Exporter, ReceiverConfig};
 use crate::decode::{Compression, DecodeError, Encoding};
 use crate::metrics::{self, Rejection, Signal, Transport};
 use crate::security::tls_listener::no_delay;
-use crate::security::{http_auth, Authenticator, Principal, Scope};
+use crate::security::{http_auth, AuthFailure, Authenticator, Principal, Scope};
 use crate::sink::{EventSink, SinkError};
 
 struct HttpState {
@@ -38,7 +38,32 @@ pub const LISTENER: &str = "otlp_http";
 /// with the `ingest` scope (checked before the body is read); `Authenticator::disabled()` admits everyone.
 pub fn router(sink: Arc<dyn EventSink>, cfg: ReceiverConfig, auth: Arc<Authenticator>) -> Router {
     let exporter = Exporter::new(sink, cfg.normalize_context());
-    router_with(exporter, cfg).route_layer(http_auth::require(auth, Scope::Ingest, LISTENER))
+    router_with(exporter, cfg)
+        .route_layer(http_auth::require(auth, Scope::Ingest, LISTENER).rendered_by(auth_refusal))
+}
+
+/// A refused token answered as the spec answers every OTLP/HTTP failure: a `google.rpc.Status` in the
+/// request's encoding (UNAUTHENTICATED or PERMISSION_DENIED), keeping the 401/403 and its challenge.
+fn auth_refusal(headers: &HeaderMap, failure: &AuthFailure) -> Response {
+    let mut response = http_auth::rejection(failure);
+    let encoding = header_str(headers, header::CONTENT_TYPE)
+        .ok()
+        .flatten()
+        .and_then(Encoding::from_content_type);
+    if let Some(encoding) = encoding {
+        let code = if failure.is_forbidden() {
+            tonic::Code::PermissionDenied
+        } else {
+            tonic::Code::Unauthenticated
+        };
+        let body = status::http_body(encoding, code, &failure.to_string(), None);
+        *response.body_mut() = axum::body::Body::from(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(encoding.content_type()),
+        );
+    }
+    response
 }
 
 pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {

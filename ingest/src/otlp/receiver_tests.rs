@@ -1109,7 +1109,48 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
     };
     assert_eq!(send(None).await, 401);
     assert_eq!(send(Some("vgl_wrong".into())).await, 401);
-    assert_eq!(send(Some(query)).await, 403);
+    assert_eq!(send(Some(query.clone())).await, 403);
+
+    // Refusals are a google.rpc.Status in the request's encoding, as every OTLP/HTTP failure is.
+    let refusal = |token: Option<String>, content_type: &'static str, body: Vec<u8>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/traces"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.expect("HTTP request");
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .to_string();
+            let challenge = response.headers().contains_key("www-authenticate");
+            (
+                content_type,
+                challenge,
+                response.bytes().await.expect("body"),
+            )
+        }
+    };
+    let proto = traces_request(2).encode_to_vec();
+    let (content_type, challenge, body) =
+        refusal(None, "application/x-protobuf", proto.clone()).await;
+    assert_eq!(
+        (content_type.as_str(), challenge),
+        ("application/x-protobuf", true)
+    );
+    let (code, _, _) = status::decode_http_body(&body).expect("a Status");
+    assert_eq!(code, tonic::Code::Unauthenticated as i32);
+    let (_, _, body) = refusal(Some(query.clone()), "application/x-protobuf", proto).await;
+    let (code, message, _) = status::decode_http_body(&body).expect("a Status");
+    assert_eq!(code, tonic::Code::PermissionDenied as i32);
+    assert!(message.contains("ingest"), "{message}");
+    let (content_type, _, body) = refusal(Some(query), "application/json", b"{}".to_vec()).await;
+    assert_eq!(content_type, "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("a JSON Status");
+    assert_eq!(json["code"], tonic::Code::PermissionDenied as i32);
     assert_eq!(sink.rows(), 0, "refused requests store nothing");
     assert_eq!(send(Some(ingest)).await, 200);
     assert_eq!(sources(&sink), ["collector-eu", "collector-eu"]);
@@ -1119,7 +1160,7 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
             failures("invalid"),
             failures("forbidden")
         ),
-        (before.0 + 1, before.1 + 1, before.2 + 1)
+        (before.0 + 2, before.1 + 1, before.2 + 3)
     );
 }
 

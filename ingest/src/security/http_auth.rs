@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::{self, Either, Ready};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::request::Parts;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use tower::{Layer, Service};
 
 use super::{record_failure, AuthFailure, Authenticator, Principal, Scope};
@@ -27,8 +27,13 @@ pub fn require(
         auth,
         scope,
         listener,
+        render: rejection_for,
     }
 }
+
+/// Answers a refused request. It sees the request's headers because some protocols answer in the
+/// request's own encoding (OTLP/HTTP sends a `google.rpc.Status` as protobuf or JSON).
+pub type Render = fn(&HeaderMap, &AuthFailure) -> Response;
 
 /// See [`require`].
 #[derive(Debug, Clone)]
@@ -36,6 +41,19 @@ pub struct RequireScopeLayer {
     auth: Arc<Authenticator>,
     scope: Scope,
     listener: &'static str,
+    render: Render,
+}
+
+impl RequireScopeLayer {
+    /// Refusals are answered by `render` instead of plain text; status and challenge are its to keep.
+    pub fn rendered_by(mut self, render: Render) -> Self {
+        self.render = render;
+        self
+    }
+}
+
+fn rejection_for(_headers: &HeaderMap, failure: &AuthFailure) -> Response {
+    rejection(failure)
 }
 
 impl<S> Layer<S> for RequireScopeLayer {
@@ -85,7 +103,8 @@ where
                     reason = failure.reason(),
                     "request refused"
                 );
-                Either::Left(future::ready(Ok(rejection(&failure))))
+                let response = (self.layer.render)(req.headers(), &failure);
+                Either::Left(future::ready(Ok(response)))
             }
         }
     }
