@@ -74,6 +74,12 @@ pub async fn run(config: Config, command: AlertsCommand) -> Result<()> {
                 .await
                 .context("sending the test finding")?;
             println!("{destination} answered HTTP {}", answer.status);
+            if responder.unsigned_destinations().contains(&destination) {
+                println!(
+                    "warning: {destination} has no `secret`, so the request was not signed and the \
+                     receiver cannot verify it came from Vigil"
+                );
+            }
             if !answer.body.is_empty() {
                 println!("{}", answer.body);
             }

@@ -120,6 +120,16 @@ pub struct Responder {
     wake: Notify,
 }
 
+fn unsigned(endpoints: &HashMap<String, Endpoint>) -> Vec<String> {
+    let mut names: Vec<String> = endpoints
+        .iter()
+        .filter(|(_, e)| e.target.key.is_none())
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Responder")
@@ -233,6 +243,13 @@ impl Responder {
                 state.put(d);
             }
         }
+        for name in unsigned(&endpoints) {
+            tracing::warn!(
+                destination = %name,
+                "no `secret` configured: webhooks to this destination are sent unsigned, so it cannot tell \
+                 Vigil's alerts from forged ones"
+            );
+        }
         let responder = Arc::new(Responder {
             config,
             endpoints,
@@ -243,6 +260,12 @@ impl Responder {
         });
         responder.update_pending_metrics(&responder.lock());
         Ok(responder)
+    }
+
+    /// Destinations (and playbooks) without a signing secret: their receivers cannot verify that a
+    /// request came from Vigil, so they are warned about at start and listed here for `vigil alerts`.
+    pub fn unsigned_destinations(&self) -> Vec<String> {
+        unsigned(&self.endpoints)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -909,3 +909,16 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
         "no alert folded in twice"
     );
 }
+
+/// A destination without a secret sends unsigned webhooks; it is named so the start-up warning and
+/// `vigil alerts test` can say so.
+#[test]
+fn destinations_without_a_secret_are_named_as_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = destination("plain", "http://127.0.0.1:9/hook".into(), Format::Json);
+    plain.secret = None;
+    let signed = destination("signed", "http://127.0.0.1:9/hook".into(), Format::Json);
+    let config = fast_config(vec![signed, plain]);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    assert_eq!(responder.unsigned_destinations(), ["plain"]);
+}
