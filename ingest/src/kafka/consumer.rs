@@ -160,6 +160,14 @@ enum Decoded {
     Poison(String),
 }
 
+/// How handing one batch to the sink ended.
+enum Delivery {
+    Done,
+    Stop,
+    /// The pipeline failed on this batch's content (an internal error, not overload or an outage).
+    Refused(String),
+}
+
 /// `shutdown` with memory: once it has fired, every later check sees it without polling it again.
 struct Shutdown<F> {
     future: Pin<Box<F>>,
@@ -489,7 +497,7 @@ impl Consumer {
             (batch, decoded)
         })
         .await;
-        let (batch, decoded) = match decoded {
+        let (batch, mut decoded) = match decoded {
             Ok(result) => result,
             Err(err) => {
                 // The task failed although each message's decoding is contained: nothing stored, the batch
@@ -532,11 +540,23 @@ impl Consumer {
                 }
             };
             let kinds = count_kinds(&combined);
-            if self.deliver(combined, admission, shutdown).await == Flow::Stop {
-                return Flow::Stop;
-            }
-            for (kind, count) in kinds {
-                imetrics::record_events(Transport::Kafka, &kind, count);
+            match self.deliver(combined, admission, 1, shutdown).await {
+                Delivery::Stop => return Flow::Stop,
+                Delivery::Done => {
+                    for (kind, count) in kinds {
+                        imetrics::record_events(Transport::Kafka, &kind, count);
+                    }
+                }
+                Delivery::Refused(err) => {
+                    tracing::warn!(
+                        messages = batch.len(),
+                        "the pipeline refused a kafka batch ({err}); delivering its messages one by one \
+                         to dead-letter the one it cannot process"
+                    );
+                    if self.isolate(&batch, &mut decoded, shutdown).await == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
             }
         }
 
@@ -608,34 +628,86 @@ impl Consumer {
         Flow::Continue
     }
 
+    /// Delivers each message's events on its own after the pipeline refused the batch they formed as
+    /// one it cannot process (a detector panicked on it). A message refused again on its own is a poison
+    /// message: it is dead-lettered with the pipeline's error, and the others are stored, instead of the
+    /// whole batch being retried for ever while the partition's lag grows.
+    async fn isolate<F: Future<Output = ()>>(
+        &self,
+        batch: &[Pending],
+        decoded: &mut [Decoded],
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
+        for (m, d) in batch.iter().zip(decoded.iter_mut()) {
+            let Decoded::Events(n) = d else { continue };
+            if n.batch.num_rows() == 0 {
+                continue;
+            }
+            let kinds = count_kinds(&n.batch);
+            match self.deliver(n.batch.clone(), None, 2, shutdown).await {
+                Delivery::Stop => return Flow::Stop,
+                Delivery::Done => {
+                    for (kind, count) in kinds {
+                        imetrics::record_events(Transport::Kafka, &kind, count);
+                    }
+                }
+                Delivery::Refused(err) => {
+                    let error = format!("the pipeline cannot process this message: {err}");
+                    let letter = DeadLetter {
+                        topic: m.topic.clone(),
+                        partition: m.partition,
+                        offset: m.offset,
+                        key: m.key.clone(),
+                        payload: m.payload.to_vec(),
+                        error: dlq::bounded_error(&error),
+                    };
+                    if self.dead_letter(&[letter], shutdown).await == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                    *d = Decoded::Poison(error);
+                }
+            }
+        }
+        Flow::Continue
+    }
+
     /// Hands the batch to the sink until it is durable, the first time under `admission` when the batch was
     /// admitted before it was decoded. While the sink refuses, the assigned partitions are paused so that
-    /// nothing is fetched that could not be delivered anyway.
+    /// nothing is fetched that could not be delivered anyway. Overload and unavailability are waited out;
+    /// after `internal_limit` internal errors (the pipeline failed on this very batch) it gives up with
+    /// [`Delivery::Refused`], so that the caller can find the message responsible.
     #[tracing::instrument(level = "debug", name = "kafka.deliver", skip_all, fields(otel.kind = "consumer", events = batch.num_rows() as i64))]
     async fn deliver<F: Future<Output = ()>>(
         &self,
         batch: RecordBatch,
         mut admission: Option<Admission>,
+        internal_limit: u32,
         shutdown: &mut Shutdown<F>,
-    ) -> Flow {
+    ) -> Delivery {
         let mut backoff = BACKOFF_START;
         let mut paused: Option<TopicPartitionList> = None;
-        let flow = loop {
+        let mut internal = 0;
+        let delivery = loop {
             let delivered = match admission.take() {
                 Some(admission) => self.sink.accept_admitted(batch.clone(), admission).await,
                 None => self.sink.accept(batch.clone()).await,
             };
             let err = match delivered {
-                Ok(()) => break Flow::Continue,
+                Ok(()) => break Delivery::Done,
                 Err(err) => err,
             };
+            if let SinkError::Internal(message) = &err {
+                internal += 1;
+                if internal >= internal_limit && !shutdown.fired {
+                    break Delivery::Refused(message.clone());
+                }
+            }
             let (reason, wait) = match &err {
                 SinkError::Overloaded { retry_after } => {
                     ("overloaded", (*retry_after).clamp(backoff, BACKOFF_MAX))
                 }
                 SinkError::Unavailable(_) => ("unavailable", backoff),
-                // Not retryable for a client that can give up; a consumer that gave up would skip messages,
-                // so it retries too and the growing lag tells the operator.
+                // Retried once more before `internal_limit` gives up on it.
                 SinkError::Internal(_) => ("internal", backoff),
             };
             kmetrics::RETRIES.with_label_values(&[reason]).inc();
@@ -644,7 +716,7 @@ impl Consumer {
                 "sink refused a kafka batch ({err}); retrying in {wait:?}"
             );
             if shutdown.fired {
-                break Flow::Stop;
+                break Delivery::Stop;
             }
             if paused.is_none() {
                 match self.consumer.assignment() {
@@ -661,7 +733,7 @@ impl Consumer {
                 }
             }
             if self.sleep_or_shutdown(wait, shutdown).await == Flow::Stop {
-                break Flow::Stop;
+                break Delivery::Stop;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
@@ -672,7 +744,7 @@ impl Consumer {
                 Err(err) => tracing::warn!("cannot resume kafka partitions: {err}"),
             }
         }
-        flow
+        delivery
     }
 
     async fn sleep_or_shutdown<F: Future<Output = ()>>(

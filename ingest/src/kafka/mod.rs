@@ -50,6 +50,10 @@
 //! read. `vigil_kafka_paused{topic,partition}` is 1 while a partition is paused. A sink that is merely slow
 //! is not paused for: it holds the loop, so at most one batch is in flight and librdkafka's queue stays
 //! within its limits.
+//!
+//! An `Internal` refusal means the pipeline failed on the batch's content (a detector panicked). Waiting
+//! would not help, so the batch is delivered again message by message; a message refused twice on its own
+//! is dead-lettered with the pipeline's error and the others are stored.
 
 mod consumer;
 pub mod dlq;

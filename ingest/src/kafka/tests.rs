@@ -40,6 +40,8 @@ struct TestSink {
     max_rows: AtomicUsize,
     /// For each delivery, how long before it the batch was admitted.
     admitted_before: Mutex<Vec<Duration>>,
+    /// A batch with an event of this user is refused with an internal error, as a detector panic is.
+    internal_for_user: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -70,6 +72,11 @@ impl TestSink {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("test sink is down".into()));
+        }
+        if let Some(user) = &self.internal_for_user {
+            if column(std::slice::from_ref(&batch), col::USER_ID).contains(user) {
+                return Err(SinkError::Internal("detection failed on this batch".into()));
+            }
         }
         if self.overloaded.load(Ordering::SeqCst) {
             self.refused.lock().unwrap().push(
@@ -484,6 +491,60 @@ async fn poison_message_goes_to_the_dead_letter_topic_with_headers_and_consumpti
         "error says what failed: {}",
         header(dlq::HEADER_ERROR)
     );
+}
+
+/// A message that the pipeline fails on (a detector panics on its content) is found by delivering the
+/// refused batch message by message, and dead-lettered; the messages around it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_pipeline_fails_on_is_dead_lettered_and_the_rest_stored() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("refused_spans", 1, 1).unwrap();
+    mock.create_topic("vigil_dlq", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    let messages = [otlp_message(1, 2), otlp_message(2, 2), otlp_message(3, 2)];
+    for m in &messages {
+        produce(&producer, "refused_spans", 0, m).await;
+    }
+    let expected: BTreeSet<String> = [&messages[0], &messages[2]]
+        .iter()
+        .flat_map(|g| expected_ids(g))
+        .collect();
+
+    let sink = Arc::new(TestSink {
+        internal_for_user: Some("user-2".into()),
+        ..TestSink::default()
+    });
+    let mut cfg = config(&brokers, "refused");
+    cfg.topics = vec![TopicConfig::named(
+        "refused_spans",
+        TopicEncoding::OtlpProto,
+        Signal::Traces,
+    )];
+    let running = start(cfg, sink.clone());
+    wait_until("the other messages", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
+    wait_until("the commit past the refused message", WAIT, || {
+        committed(&brokers, "refused", "refused_spans", 1) == vec![Offset::Offset(3)]
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(sink.unique_ids(), expected);
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("watermark reader");
+    let watermarks = reader
+        .fetch_watermarks("vigil_dlq", 0, Duration::from_secs(10))
+        .expect("dead-letter watermarks");
+    assert_eq!(watermarks, (0, 1), "one dead letter");
+    let letter = first_message(&brokers, "vigil_dlq");
+    assert_eq!(letter.payload(), Some(&messages[1][..]));
+    assert_eq!(header(&letter, dlq::HEADER_OFFSET), "1");
+    let error = header(&letter, dlq::HEADER_ERROR);
+    assert!(error.contains("cannot process"), "{error}");
 }
 
 /// A dead letter that quotes a huge field in its error, with a huge key: the copy is cut to fit the
