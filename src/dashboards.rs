@@ -122,6 +122,39 @@ mod tests {
         );
     }
 
+    /// Grafana expands provisioning values with Go's `os.ExpandEnv`: `${NAME}` and `$NAME` only, so
+    /// `${NAME:-default}` reads a variable literally named `NAME:-default` and expands to nothing. Every
+    /// variable must be a plain name that the compose stack sets for Grafana.
+    #[test]
+    fn provisioning_variables_are_plain_names_that_compose_sets() {
+        const COMPOSE: &str = include_str!("../compose/docker-compose.yml");
+        let grafana = COMPOSE
+            .split("\n  grafana:")
+            .nth(1)
+            .expect("a grafana service in compose");
+        let variable = Regex::new(r"\$\{([^}]*)\}").unwrap();
+        let values: Vec<&str> = PROVISIONED
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or(""))
+            .collect();
+        let names: Vec<&str> = values
+            .iter()
+            .flat_map(|v| variable.captures_iter(v))
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        assert!(names.len() >= 3, "{names:?}");
+        for name in names {
+            assert!(
+                Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").unwrap().is_match(name),
+                "`${{{name}}}` is not a variable name os.ExpandEnv understands"
+            );
+            assert!(
+                grafana.contains(&format!("\n      {name}: ")),
+                "compose does not set {name} for Grafana"
+            );
+        }
+    }
+
     /// Every panel of every shipped dashboard, the Prometheus one included, is what Grafana needs to draw
     /// it: a type, a place on the grid, a provisioned data source, and a query for that data source.
     #[test]
