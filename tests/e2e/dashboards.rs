@@ -45,6 +45,25 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
         empty.is_empty(),
         "panels without rows on the scenario data: {empty:?}"
     );
+
+    // Shadow AI is about AI assets: unregistered users, tools and data sources are not shadow AI.
+    let shadow = panels
+        .iter()
+        .find(|p| p["panel"] == "Unregistered models, endpoints, providers and agents")
+        .expect("the shadow AI table");
+    let out = psql(v, "127.0.0.1", &v.token, &[], shadow["sql"].as_str().unwrap()).await;
+    let kinds: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('|').next())
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["provider", "model", "endpoint", "agent"].contains(&k.as_str())),
+        "shadow AI table lists {kinds:?}"
+    );
     eprintln!(
         "dashboards: {} panels ran over pg, each with rows",
         panels.len()
