@@ -240,7 +240,21 @@ impl Config {
         if config.store.data_dir == vigil_store::StoreConfig::default().data_dir {
             config.store.data_dir = config.server.data_dir.clone();
         }
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Values that parse but cannot run: refused at start rather than failing a background task later.
+    fn validate(&self) -> Result<()> {
+        for (name, interval) in [
+            ("pipeline.tick_interval", self.pipeline.tick_interval),
+            ("pipeline.state_interval", self.pipeline.state_interval),
+        ] {
+            if interval.is_zero() {
+                anyhow::bail!("{name} must be longer than 0s");
+            }
+        }
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -274,6 +288,19 @@ mod tests {
             parsed.telemetry.sample_ratio,
             TelemetryConfig::default().sample_ratio
         );
+    }
+
+    #[test]
+    fn zero_intervals_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "[pipeline]\ntick_interval = \"0s\"\n").unwrap();
+        let common = CommonArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = Config::load(&common, None).expect_err("a zero tick interval");
+        assert!(err.to_string().contains("pipeline.tick_interval"), "{err}");
     }
 
     #[test]

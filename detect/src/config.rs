@@ -32,13 +32,28 @@ pub struct DetectConfig {
     pub content_capture: ContentCapture,
     /// Where a user's role comes from (the `user_role` column or the `inventory.users` table).
     pub role_source: RoleSource,
-    /// Detector switches: `{ shadow_ai = false }` turns one off; a detector not listed is on.
+    /// Detector switches: `{ shadow_ai = false }` turns one off; a detector not listed is on. An id that
+    /// is not a detector is refused: a typo must not leave on a detector someone meant to turn off.
+    #[serde(deserialize_with = "known_detectors")]
     pub enabled: BTreeMap<String, bool>,
     /// Numeric thresholds and windows.
     pub thresholds: Thresholds,
     /// The registry of approved AI assets and role policies. The binary may read it from a top-level
     /// `[inventory]` section and assign it here.
     pub inventory: Inventory,
+}
+
+fn known_detectors<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, bool>, D::Error> {
+    let enabled = BTreeMap::<String, bool>::deserialize(deserializer)?;
+    match enabled.keys().find(|id| !DETECTORS.contains(&id.as_str())) {
+        Some(unknown) => Err(serde::de::Error::custom(format!(
+            "unknown detector `{unknown}` (known: {})",
+            DETECTORS.join(", ")
+        ))),
+        None => Ok(enabled),
+    }
 }
 
 impl DetectConfig {
@@ -256,6 +271,12 @@ mod tests {
         assert_eq!(cfg.content_capture, ContentCapture::None);
         assert!(!cfg.is_enabled("shadow_ai"));
         assert!(cfg.is_enabled("prompt_injection"));
+        let typo = toml::from_str::<DetectConfig>("enabled = { shadow_Ai = false }")
+            .expect_err("a detector id that does not exist");
+        assert!(
+            typo.to_string().contains("unknown detector `shadow_Ai`"),
+            "{typo}"
+        );
         assert_eq!(cfg.thresholds.window, Duration::from_secs(30));
         assert_eq!(cfg.thresholds.z_threshold, 4.0);
         assert_eq!(cfg.thresholds.ewma_lambda, 0.25);
