@@ -5,7 +5,9 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vigil_ingest::security::{scopes, store_options, Scope, TokenInfo, TokenStore, TOKENS_FILE};
+use vigil_ingest::security::{
+    scopes, store_options, Scope, TokenInfo, TokenOrigin, TokenStore, TOKENS_FILE,
+};
 
 use crate::config::Config;
 
@@ -80,6 +82,18 @@ pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
             for info in store.revoke(&id_or_name).context("revoking")? {
                 writeln!(out, "revoked {} ({})", info.id, info.name)?;
             }
+            // Revoking a source by name must cut it off: a config token of that name still works.
+            let left = store
+                .list()
+                .into_iter()
+                .filter(|t| t.name == id_or_name && t.origin != TokenOrigin::Store)
+                .count();
+            if left > 0 {
+                anyhow::bail!(
+                    "{left} token(s) named {id_or_name:?} from [auth] tokens or the token_file still \
+                     work: remove them there"
+                );
+            }
         }
     }
     Ok(())
@@ -115,6 +129,7 @@ fn table(tokens: &[TokenInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_ingest::security::{ConfiguredToken, TokenHash};
 
     #[test]
     fn create_list_revoke_on_the_data_dir_store() {
@@ -147,6 +162,28 @@ mod tests {
             .is_err(),
             "nothing left to revoke"
         );
+        // A store token and a config token of one name: the store one is revoked, and the command
+        // fails because the name still gets in.
+        let config_token = "operator-chosen-secret-value-with-enough-entropy";
+        config.auth.tokens = vec![ConfiguredToken {
+            name: "grafana".into(),
+            scopes: vec![Scope::Query],
+            hash: TokenHash::of(config_token).to_string(),
+        }];
+        let (_, stored) = open(&config)
+            .unwrap()
+            .create("grafana", &[Scope::Query])
+            .unwrap();
+        let err = run(
+            &config,
+            TokenCommand::Revoke {
+                id_or_name: "grafana".into(),
+            },
+        )
+        .expect_err("a config token of that name still works");
+        assert!(err.to_string().contains("still"), "{err}");
+        assert!(open(&config).unwrap().verify(&stored).is_none());
+
         use clap::Parser;
         #[derive(Parser)]
         struct T {

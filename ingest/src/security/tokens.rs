@@ -103,6 +103,7 @@ impl std::fmt::Display for TokenHash {
 
 /// A token provisioned outside the store: `[auth] tokens = [{ name, scopes, hash }]` or a `token_file`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConfiguredToken {
     /// The source name recorded on events sent with this token.
     pub name: String,
@@ -160,7 +161,10 @@ impl Default for TokenFile {
     }
 }
 
+/// Unknown keys are refused: a file written with `[[token]]` instead of `[[tokens]]` must not load as
+/// zero tokens without a word.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExternalTokenFile {
     #[serde(default)]
     tokens: Vec<ConfiguredToken>,
@@ -912,6 +916,19 @@ mod tests {
         // Emptying the mounted file removes its token without a restart.
         fs::write(&token_file, "tokens = []\n").expect("rewrite token file");
         assert!(store.verify(file_token).is_none());
+    }
+
+    #[test]
+    fn a_token_file_with_unknown_keys_is_refused_rather_than_read_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (token_file, _) = mounted_token_file(&dir);
+        let text = fs::read_to_string(&token_file).unwrap();
+        fs::write(&token_file, text.replace("[[tokens]]", "[[token]]")).unwrap();
+        let options = StoreOptions {
+            token_file: Some(token_file),
+            ..StoreOptions::default()
+        };
+        assert!(TokenStore::open_with(dir.path().join("tokens.json"), options).is_err());
     }
 
     /// A running server re-reads both files; a broken `token_file` (a half-written secret mount) must not
