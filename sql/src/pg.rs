@@ -101,7 +101,9 @@ pub struct TokenPassword {
 impl PgAuth for TokenPassword {
     fn check(&self, _user: &str, password: &str) -> Option<String> {
         match self.auth.authorize_token(Some(password), Scope::Query) {
-            Ok(_) => Some(TokenHash::of(password).to_string()),
+            // The token as `authorize_token` took it (trimmed), or a pasted trailing newline logs in and
+            // then fails every statement as revoked.
+            Ok(_) => Some(TokenHash::of(password.trim()).to_string()),
             Err(failure) => {
                 record_failure(LISTENER, &failure);
                 None
@@ -1270,6 +1272,23 @@ mod tests {
             ingest,
             _tokens: tokens,
         }
+    }
+
+    #[test]
+    fn a_password_with_surrounding_whitespace_stays_valid_after_login() {
+        use vigil_ingest::security::{StoreOptions, TokenStore};
+        let tokens = tempfile::tempdir().unwrap();
+        let store =
+            TokenStore::open_with(tokens.path().join("tokens.json"), StoreOptions::default())
+                .unwrap();
+        let (_, query) = store.create("grafana", &[Scope::Query]).unwrap();
+        let password = TokenPassword {
+            auth: Arc::new(Authenticator::new(store)),
+        };
+        let grant = password
+            .check("grafana", &format!(" {query}\n"))
+            .expect("the token, pasted with a newline, logs in");
+        assert!(password.still_valid(&grant), "and its session goes on");
     }
 
     /// Held by the tests that assert on `vigil_auth_failures_total{listener="pg"}`: the counters are the
