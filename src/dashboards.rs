@@ -145,7 +145,9 @@ mod tests {
         assert!(names.len() >= 3, "{names:?}");
         for name in names {
             assert!(
-                Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").unwrap().is_match(name),
+                Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$")
+                    .unwrap()
+                    .is_match(name),
                 "`${{{name}}}` is not a variable name os.ExpandEnv understands"
             );
             assert!(

@@ -51,7 +51,14 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
         .iter()
         .find(|p| p["panel"] == "Unregistered models, endpoints, providers and agents")
         .expect("the shadow AI table");
-    let out = psql(v, "127.0.0.1", &v.token, &[], shadow["sql"].as_str().unwrap()).await;
+    let out = psql(
+        v,
+        "127.0.0.1",
+        &v.token,
+        &[],
+        shadow["sql"].as_str().unwrap(),
+    )
+    .await;
     let kinds: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split('|').next())
