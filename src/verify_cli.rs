@@ -61,14 +61,19 @@ pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
         }
     }
     let report = audit::verify(&config.store).await?;
-    println!("{report}");
+    if head_to_stdout(&args) {
+        // stdout carries the head alone, so `--export-head - > head.json` reads back with --check-head.
+        eprintln!("{report}");
+    } else {
+        println!("{report}");
+    }
     if !report.is_clean() {
         std::process::exit(1);
     }
     if let Some(out) = &args.export_head {
         let head = audit::export_head(&config.store).context("signing the chain head")?;
         let json = serde_json::to_string_pretty(&head)?;
-        if out.as_os_str() == "-" {
+        if head_to_stdout(&args) {
             println!("{json}");
         } else {
             if out.is_dir() {
@@ -85,4 +90,10 @@ pub async fn run(config: Config, args: VerifyArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn head_to_stdout(args: &VerifyArgs) -> bool {
+    args.export_head
+        .as_deref()
+        .is_some_and(|out| out.as_os_str() == "-")
 }

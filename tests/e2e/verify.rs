@@ -68,6 +68,11 @@ async fn verify_names_each_tampered_file_and_a_signed_head_checks_offline() {
         Some(128),
         "{signed}"
     );
+    let piped = v.cli(&["verify", "--export-head", "-"]);
+    assert!(piped.status.success(), "{}", text(&piped));
+    let piped: serde_json::Value =
+        serde_json::from_slice(&piped.stdout).expect("stdout holds the head alone");
+    assert_eq!(piped["public_key"], signed["public_key"]);
     let check = v.cli(&[
         "verify",
         "--check-head",
