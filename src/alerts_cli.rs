@@ -83,7 +83,61 @@ pub async fn run(config: Config, command: AlertsCommand) -> Result<()> {
             if !answer.body.is_empty() {
                 println!("{}", answer.body);
             }
+            // A health check in a script must fail when the receiver refuses.
+            if !(200..300).contains(&answer.status) {
+                anyhow::bail!(
+                    "{destination} refused the test finding (HTTP {})",
+                    answer.status
+                );
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use vigil_respond::{DestinationConfig, Format};
+
+    /// A receiver on 127.0.0.1 that answers every request with `status`.
+    async fn receiver(status: StatusCode) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move || async move { status });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+
+    fn config(dir: &tempfile::TempDir, url: String) -> Config {
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.respond.destinations = vec![DestinationConfig {
+            name: "soar".into(),
+            url,
+            format: Format::Json,
+            auth: None,
+            secret: None,
+            min_severity: vigil_detect::alert::Severity::Informational,
+            detectors: vec![],
+            exclude_detectors: vec![],
+        }];
+        config.respond.egress.allow_hosts = vec!["127.0.0.1".into()];
+        config
+    }
+
+    #[tokio::test]
+    async fn the_test_command_fails_when_the_receiver_refuses() {
+        let test = || AlertsCommand::Test {
+            destination: "soar".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ok = config(&dir, receiver(StatusCode::NO_CONTENT).await);
+        run(ok, test()).await.expect("a 204 passes");
+        let dir = tempfile::tempdir().unwrap();
+        let refused = config(&dir, receiver(StatusCode::INTERNAL_SERVER_ERROR).await);
+        let err = run(refused, test()).await.expect_err("a 500 fails");
+        assert!(err.to_string().contains("HTTP 500"), "{err}");
+    }
 }
