@@ -90,8 +90,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => {
             let mut config = Config::load(&cli.common, Some(&args.serve))?;
-            // The demo is a local walkthrough: no tokens to copy around.
+            // The demo is a local walkthrough: no tokens to copy around, so nothing but loopback.
             config.auth.enabled = false;
+            demo::loopback_only(&config)?;
             init_tracing(cli.common.log.as_deref().unwrap_or("warn"));
             demo::run(config, args).await
         }

@@ -41,6 +41,26 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// The demo runs without authentication, so it refuses to listen anywhere but on loopback: a config file
+/// made for a server (`0.0.0.0`) would otherwise open every listener to the network without a token.
+pub fn loopback_only(config: &Config) -> Result<()> {
+    let listeners = [
+        ("otlp.grpc_addr", Some(config.otlp.grpc_addr)),
+        ("otlp.http_addr", Some(config.otlp.http_addr)),
+        ("server.admin_addr", Some(config.server.admin_addr)),
+        ("sql.pg_addr", config.sql.pg_addr),
+    ];
+    for (name, addr) in listeners {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "vigil demo runs without authentication, so it listens on loopback only; {name} is \
+                 {addr} (run `vigil serve` to listen there)"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let demo: Config =
         toml::from_str(DEMO_CONFIG).context("parsing the embedded demo configuration")?;
@@ -74,7 +94,16 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     let by_detector = std::sync::Arc::new(parking_lot::Mutex::new(BTreeMap::<String, u64>::new()));
     let counts = by_detector.clone();
     let printer = tokio::spawn(async move {
-        while let Ok(a) = alerts.recv().await {
+        loop {
+            let a = match alerts.recv().await {
+                Ok(a) => a,
+                // A burst overran the channel: skip what was missed and go on printing.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    println!("  ... {missed} alerts not shown");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
             *counts.lock().entry(a.detector.clone()).or_default() += 1;
             println!(
                 "  ALERT {:<8} {:<18} {}={}  {}",
@@ -196,4 +225,22 @@ fn summary(by_detector: &BTreeMap<String, u64>) {
     );
     println!("Press Ctrl-C to stop.");
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unauthenticated_demo_listens_on_loopback_only() {
+        let config = Config::default();
+        loopback_only(&config).expect("the defaults are loopback");
+        let mut exposed = config.clone();
+        exposed.otlp.grpc_addr = "0.0.0.0:4317".parse().unwrap();
+        let err = loopback_only(&exposed).expect_err("0.0.0.0 without tokens");
+        assert!(err.to_string().contains("otlp.grpc_addr"), "{err}");
+        let mut exposed = config;
+        exposed.sql.pg_addr = Some("[::]:5433".parse().unwrap());
+        assert!(loopback_only(&exposed).is_err());
+    }
 }
