@@ -411,7 +411,10 @@ async fn window_tasks(
                     d.tick(now_us)
                 })
                 .await
-                .unwrap_or_default();
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "window detection failed; it runs again on the next tick");
+                    Vec::new()
+                });
                 if let Err(e) = pipeline.record_alerts(alerts).await {
                     tracing::error!(error = %e, "could not store window alerts");
                 }
@@ -432,6 +435,9 @@ async fn window_tasks(
 }
 
 async fn persist_state(detection: &DetectionStage, store: &Store) -> Result<()> {
+    fail::fail_point!("persist_state", |_| Err(anyhow::anyhow!(
+        "persist_state failpoint"
+    )));
     store
         .put_state(Table::Baselines, detection.baselines_batch())
         .await
@@ -444,16 +450,22 @@ async fn persist_state(detection: &DetectionStage, store: &Store) -> Result<()> 
 }
 
 impl Running {
-    /// Stops the listeners, persists detection state and flushes the store.
+    /// Stops the listeners, persists detection state and flushes the store. The listeners get 10 s
+    /// together (not each), so the whole stop fits a container's grace period; the store is flushed
+    /// even when the state cannot be saved.
     pub async fn stop(self) -> Result<()> {
         admin::set_ready(false);
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let tasks = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(Duration::from_secs(10), tasks)
+            .await
+            .is_err()
+        {
+            tracing::warn!("listeners still busy after 10 s; stopping anyway");
         }
-        persist_state(&self.detection, &self.store).await?;
+        let persisted = persist_state(&self.detection, &self.store).await;
         self.store.shutdown().await.context("flushing the store")?;
-        Ok(())
+        persisted
     }
 }
 
@@ -461,7 +473,14 @@ impl Running {
 pub async fn run(config: Config, source: ConfigSource) -> Result<()> {
     let running = start_with(config, Some(source)).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down (a second SIGINT or SIGTERM exits at once)");
+    // Tokio keeps its handler installed, so without this a second Ctrl-C would be swallowed while a
+    // stop hangs. Exiting here loses no acknowledged event: the WAL replays it at the next start.
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting without finishing the stop");
+        std::process::exit(130);
+    });
     running.stop().await
 }
 
@@ -487,7 +506,54 @@ pub async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_state_save_still_flushes_the_store_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.store.data_dir = dir.path().to_path_buf();
+        config.auth.enabled = false;
+        let any = "127.0.0.1:0".parse().unwrap();
+        (config.otlp.grpc_addr, config.otlp.http_addr) = (any, any);
+        config.server.admin_addr = any;
+        config.sql.pg_addr = None;
+        config.store.flush_age = Duration::from_secs(3600);
+        let running = start(config).await.unwrap();
+        let mut sender = crate::demo::send::OtlpSender::connect(
+            &format!("http://{}", running.bound.grpc),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        let now = chrono::Utc::now().timestamp_micros();
+        let rows = crate::demo::traffic::Traffic::new(7).normal(now, 50);
+        sender.grpc(&rows).await.unwrap();
+
+        fail::cfg("persist_state", "return").unwrap();
+        let stopped = running.stop().await;
+        fail::remove("persist_state");
+        assert!(stopped.is_err(), "the failed save is reported");
+        let flushed = walk(&dir.path().join("events"));
+        assert!(!flushed.is_empty(), "the store was flushed all the same");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+        out
+    }
 
     #[test]
     fn the_v7_prefix_bounds_ids_minted_from_that_millisecond_on() {
