@@ -116,7 +116,19 @@ async fn query_server(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let resp = request.send().await.map_err(|_| ServerError::Unreachable)?;
+    let resp = request.send().await.map_err(|e| {
+        // Only "nobody listens here" on this machine means "no server: read the directory". A TLS
+        // failure, a reset or a remote server that is down must not turn into an answer from a local
+        // (maybe stale) data directory.
+        if connection_refused(&e) && config.server.admin_addr.ip().is_loopback() {
+            ServerError::Unreachable
+        } else {
+            ServerError::Query(format!(
+                "asking the server at {url}: {}",
+                vigil_respond::delivery::error_chain(&e)
+            ))
+        }
+    })?;
     let status = resp.status();
     let body = resp
         .bytes()
@@ -141,12 +153,26 @@ async fn query_server(
         .map_err(|e| ServerError::Query(format!("decoding the answer: {e}")))
 }
 
+fn connection_refused(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 async fn query_offline(config: &Config, sql: &str) -> Result<Vec<RecordBatch>> {
-    if !config.server.data_dir.exists() {
+    if !config.store.data_dir.exists() {
         return Err(anyhow!(
             "no Vigil answers at {} and there is no data directory {}",
             config.server.admin_addr,
-            config.server.data_dir.display()
+            config.store.data_dir.display()
         ));
     }
     let store = vigil_store::Store::open(config.store.clone())
@@ -159,4 +185,47 @@ async fn query_offline(config: &Config, sql: &str) -> Result<Vec<RecordBatch>> {
         .map_err(|e| anyhow!("{e}"));
     store.shutdown().await.context("closing the store")?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SqlArgs {
+        SqlArgs {
+            sql: "SELECT count(*) FROM events".into(),
+            format: Format::Csv,
+            offline: false,
+            token: None,
+            tls_ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_refused_connection_falls_back_to_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.store.data_dir = dir.path().to_path_buf();
+
+        // Nobody listens: the directory answers.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.server.admin_addr = closed.local_addr().unwrap();
+        drop(closed);
+        run(config.clone(), args())
+            .await
+            .expect("the offline answer");
+
+        // Something listens but the exchange fails (it hangs up at once, as a TLS port does to plain
+        // HTTP): an error, not an answer from the local directory.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.server.admin_addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let err = run(config, args()).await.expect_err("no fallback");
+        assert!(err.to_string().contains("asking the server"), "{err}");
+    }
 }
