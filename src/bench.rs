@@ -6,6 +6,7 @@
 //! peak RSS, stored bytes against OTLP/JSON bytes. `vigil bench sql` — dashboard queries over N stored events.
 //! `vigil bench stages` — the server's CPU per event, stage by stage, on one thread.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use vigil_ingest::synth::traces_request;
 use vigil_ingest::EventRow;
 
 use crate::config::Config;
-use crate::demo::traffic::{Incident, Traffic};
+use crate::demo::traffic::{Incident, Traffic, SUMMARY_RESPONSE};
 use crate::{metrics, serve};
 
 mod stages;
@@ -445,6 +446,13 @@ async fn grpc_export(
     grpc.unary(request, path, RawCodec).await.is_ok()
 }
 
+/// The request counter in an OTLP span's event id (trace id hex + span id hex, the span id being
+/// `counter << 20 | span` as [`Template::unique`] writes it).
+fn request_counter(event_id: &str) -> Option<u64> {
+    let span = event_id.get(event_id.len().checked_sub(16)?..)?;
+    u64::from_str_radix(span, 16).ok().map(|id| id >> 20)
+}
+
 /// Pre-encoded requests, so the clients measure the server rather than their own encoding.
 struct Workload {
     requests: Vec<Template>,
@@ -452,6 +460,8 @@ struct Workload {
     text: Vec<u8>,
     events_per_request: usize,
     json_bytes_per_event: f64,
+    /// When the templates' times were taken: a send moves them on by the time since.
+    created: Instant,
 }
 
 /// The prose prompt padding is cut from: enough for about seventy requests of 512 events before a piece
@@ -481,10 +491,16 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
             rows.truncate(batch.saturating_sub(extra.len()));
             rows.extend(extra);
         }
-        // Marked here, filled with fresh prose at each send.
+        // Marked here, filled with fresh prose at each send: prompts to `prompt_bytes`, and the normal
+        // chats' answer at its own length (one string for every answer would compress to nothing).
         pad_prompts_with(&mut rows, prompt_bytes, |p, len| {
             p.extend(std::iter::repeat_n(char::from(PADDING_MARK), len))
         });
+        for r in rows.iter_mut() {
+            if let Some(answer) = r.response_text.as_mut().filter(|a| *a == SUMMARY_RESPONSE) {
+                *answer = char::from(PADDING_MARK).to_string().repeat(answer.len());
+            }
+        }
         let req = traces_request(&rows);
         json_bytes += serde_json::to_vec(&req).map(|v| v.len()).unwrap_or(0);
         events += rows.len();
@@ -495,13 +511,15 @@ fn workload(batch: usize, prompt_bytes: usize, distinct: usize) -> Workload {
         text: random_words(PADDING_TEXT_BYTES, &mut rng).into_bytes(),
         events_per_request: batch,
         json_bytes_per_event: json_bytes as f64 / events.max(1) as f64,
+        created: Instant::now(),
     }
 }
 
 impl Workload {
-    /// Request `counter`: a template with span ids and prompt padding of its own.
+    /// Request `counter`: a template with trace and span ids, times and prose of its own.
     fn request(&self, counter: u64) -> Vec<u8> {
-        self.requests[counter as usize % self.requests.len()].unique(counter, &self.text)
+        let since_ns = self.created.elapsed().as_nanos() as u64;
+        self.requests[counter as usize % self.requests.len()].unique(counter, &self.text, since_ns)
     }
 }
 
@@ -511,6 +529,10 @@ impl Workload {
 struct Template {
     bytes: Vec<u8>,
     span_ids_at: Vec<usize>,
+    /// Where each span's trace id sits (spans of one trace share it, and keep sharing it).
+    trace_ids_at: Vec<usize>,
+    /// Where each span's start and end times sit (fixed64, little-endian), with their template values.
+    times_at: Vec<(usize, u64)>,
     /// (offset, length) of each run of padding.
     padding_at: Vec<(usize, usize)>,
     padding_bytes: usize,
@@ -526,6 +548,7 @@ impl Template {
             m
         };
         let mut spans = 0u32;
+        let mut times = Vec::new();
         for span in req
             .resource_spans
             .iter_mut()
@@ -533,21 +556,42 @@ impl Template {
             .flat_map(|ss| &mut ss.spans)
         {
             span.span_id = marker(spans).to_vec();
+            times.push((span.start_time_unix_nano, span.end_time_unix_nano));
             spans += 1;
         }
         let bytes = req.encode_to_vec();
         let mut span_ids_at = Vec::with_capacity(spans as usize);
+        let mut trace_ids_at = Vec::with_capacity(spans as usize);
+        let mut times_at = Vec::with_capacity(2 * spans as usize);
+        let find = |from: usize, field: &[u8]| {
+            bytes[from..]
+                .windows(field.len())
+                .position(|w| w == field)
+                .map(|p| from + p)
+        };
         let mut from = 0;
         for j in 0..spans {
             let mut field = vec![0x12, 0x08];
             field.extend_from_slice(&marker(j));
-            let at = bytes[from..]
-                .windows(field.len())
-                .position(|w| w == field.as_slice())
-                .map(|p| from + p + 2)
+            let at = find(from, &field)
+                .map(|p| p + 2)
                 .expect("every marker span id is in the encoding, in order");
             span_ids_at.push(at);
+            // prost writes a span's fields in field order: trace_id (1, 16 bytes) just before span_id (2).
+            if at >= 20 && bytes[at - 20..at - 18] == [0x0a, 0x10] {
+                trace_ids_at.push(at - 18);
+            }
             from = at + 8;
+            // start_time_unix_nano (7) and end_time_unix_nano (8), fixed64, after the name and kind.
+            let (start, end) = times[j as usize];
+            for (tag, value) in [(0x39u8, start), (0x41u8, end)] {
+                let mut field = vec![tag];
+                field.extend_from_slice(&value.to_le_bytes());
+                if let Some(p) = find(from, &field).filter(|_| value != 0) {
+                    times_at.push((p + 1, value));
+                    from = p + 9;
+                }
+            }
         }
         let mut padding_at = Vec::new();
         let mut at = 0;
@@ -568,19 +612,32 @@ impl Template {
         Template {
             bytes,
             span_ids_at,
+            trace_ids_at,
+            times_at,
             padding_at,
             padding_bytes,
         }
     }
 
-    /// The request with span ids unique to `counter` (one id space per request) and its prompt padding cut
-    /// from `text`, the next piece along for each request.
-    fn unique(&self, counter: u64, text: &[u8]) -> Vec<u8> {
+    /// The request with span ids unique to `counter` (one id space per request), trace ids of its own,
+    /// times `since_ns` later than the template's, and its prose cut from `text`, the next piece along
+    /// for each request. Sent as they were, the templates' copies carried the same times, traces and
+    /// prose: a flush sorted by time put them side by side and zstd stored them for nearly nothing.
+    fn unique(&self, counter: u64, text: &[u8], since_ns: u64) -> Vec<u8> {
         let mut body = self.bytes.clone();
         let mut n = counter << 20;
         for &at in &self.span_ids_at {
             n += 1;
             body[at..at + 8].copy_from_slice(&n.to_be_bytes());
+        }
+        let mix = counter.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes();
+        for &at in &self.trace_ids_at {
+            for (b, m) in body[at..at + 8].iter_mut().zip(mix) {
+                *b ^= m;
+            }
+        }
+        for &(at, value) in &self.times_at {
+            body[at..at + 8].copy_from_slice(&value.wrapping_add(since_ns).to_le_bytes());
         }
         let mut from = (counter as usize).wrapping_mul(self.padding_bytes) % text.len().max(1);
         for &(at, len) in &self.padding_at {
@@ -604,6 +661,13 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         config.store.flush_bytes = bytes;
     }
     println!("store write buffer: {} MiB", config.store.flush_bytes >> 20);
+    println!(
+        "pipeline: max_in_flight {}, admission_wait {:?} (defaults {} and {:?}: more clients queue here)",
+        config.pipeline.max_in_flight,
+        config.pipeline.admission_wait,
+        crate::config::PipelineConfig::default().max_in_flight,
+        crate::config::PipelineConfig::default().admission_wait
+    );
     let running = serve::start(config).await?;
     let b = running.bound.clone();
     println!(
@@ -637,9 +701,45 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         None
     };
     let authorization = grpc_authorization()?;
+    // When each request was sent (scheduled, in a paced run), by its counter: an alert's evidence event id
+    // ends with a span id that holds the counter, so event-to-alert is measured from the client's send.
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let event_to_alert = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        600_000_000,
+        3,
+    )?));
+    let alert_watch = {
+        let mut alerts = running.pipeline.subscribe_alerts();
+        let (sent_at, event_to_alert, measuring) =
+            (sent_at.clone(), event_to_alert.clone(), measuring.clone());
+        tokio::spawn(async move {
+            loop {
+                let alert = match alerts.recv().await {
+                    Ok(alert) => alert,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                let now = Instant::now();
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let sent = alert
+                    .evidence_event_ids
+                    .iter()
+                    .filter_map(|id| request_counter(id))
+                    .filter_map(|counter| sent_at.lock().get(&counter).copied())
+                    .min();
+                if let Some(sent) = sent {
+                    let us = now.saturating_duration_since(sent).as_micros() as u64;
+                    let _ = event_to_alert.lock().record(us.max(1));
+                }
+            }
+        })
+    };
     let mut clients = Vec::new();
     for c in 0..client_count {
-        let (work, acked, acked_total, refused, measuring, stop, latency, counter) = (
+        let (work, acked, acked_total, refused, measuring, stop, latency, counter, sent_at) = (
             work.clone(),
             acked.clone(),
             acked_total.clone(),
@@ -648,6 +748,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             stop.clone(),
             latency.clone(),
             counter.clone(),
+            sent_at.clone(),
         );
         let grpc_addr = format!("http://{}", b.grpc);
         let http_url = format!("http://{}/v1/traces", b.http);
@@ -672,8 +773,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     next += iv;
                     tokio::time::sleep_until(next.into()).await;
                 }
-                let body = work.request(counter.fetch_add(1, Ordering::Relaxed));
-                let t = Instant::now();
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let body = work.request(n);
+                // A paced request is timed from when it was due: a server that stalls delays the sends
+                // behind it, and that wait is latency too (no coordinated omission).
+                let t = match per_client_interval {
+                    Some(_) => next,
+                    None => Instant::now(),
+                };
+                sent_at.lock().insert(n, t);
                 let ok = match grpc.as_mut() {
                     Some(g) => grpc_export(g, &authorization, body).await,
                     None => http
@@ -714,13 +822,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         let _ = c.await;
     }
     let events = acked.load(Ordering::Relaxed);
-    let rss = peak_rss();
     let h = latency.lock().clone();
-    let (e2a_p50, e2a_p99) = metrics::quantiles(metrics::Stage::EventToAlert);
+    let e2a = event_to_alert.lock().clone();
+    alert_watch.abort();
 
     // Everything acknowledged is durable; flush to Parquet to measure what it costs at rest.
     let store = running.store.clone();
     running.stop().await?;
+    // After the stop, so the high-water mark includes the last flush.
+    let rss = peak_rss();
     let files = store.snapshot(vigil_store::Table::Events).files;
     let stored_events: u64 = files.iter().map(|f| f.rows).sum();
     let stored_bytes: u64 = files.iter().map(|f| f.size).sum();
@@ -754,10 +864,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         ms(ack_p99),
         parts.join(" + ")
     );
+    let (e2a_p50, e2a_p99) = metrics::quantiles(metrics::Stage::EventToAlert);
     println!(
-        "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms",
-        e2a_p50 as f64 / 1e3,
-        e2a_p99 as f64 / 1e3
+        "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms, from the client's send to the alert queued for \
+         delivery ({} alerts; in the server, from admission: p50 {:.1}, p99 {:.1} ms)",
+        e2a.value_at_quantile(0.5) as f64 / 1e3,
+        e2a.value_at_quantile(0.99) as f64 / 1e3,
+        e2a.len(),
+        ms(e2a_p50),
+        ms(e2a_p99)
     );
     // CPU per event is what an event costs whether or not the run kept every core busy (so 2 cores / cost is
     // this machine's ceiling), and cores busy says whether the run was bound by CPU or by waiting. On a shared
@@ -769,7 +884,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         cpu / elapsed
     );
     println!(
-        "peak RSS:             {:.0} MiB",
+        "peak RSS:             {:.0} MiB (server and load generator: one process)",
         rss as f64 / (1024.0 * 1024.0)
     );
     println!("stored:               {:.1} bytes/event in Parquet vs {:.0} bytes/event as OTLP/JSON ({:.1} %)", bytes_per_event, work.json_bytes_per_event, 100.0 * bytes_per_event / work.json_bytes_per_event);
@@ -1004,6 +1119,83 @@ mod tests {
             .flatten()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The event ids the server derives from a sent request's spans lead back to the request: what
+    /// event-to-alert is measured from.
+    #[test]
+    fn event_ids_of_a_sent_request_name_its_counter() {
+        let work = workload(16, 100, 2);
+        let body = work.request(12_345);
+        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        let spans: Vec<_> = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .collect();
+        assert!(spans.len() >= 16);
+        for span in spans {
+            let event_id = format!(
+                "{}{}",
+                hex::encode(&span.trace_id),
+                hex::encode(&span.span_id)
+            );
+            assert_eq!(request_counter(&event_id), Some(12_345));
+        }
+        assert_eq!(request_counter("short"), None);
+    }
+
+    fn spans_of(body: &[u8]) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        ExportTraceServiceRequest::decode(body)
+            .unwrap()
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans)
+            .collect()
+    }
+
+    #[test]
+    fn every_send_of_a_template_has_traces_and_times_of_its_own() {
+        let work = workload(64, 500, 2);
+        let template = &work.requests[1];
+        let (a, b) = (
+            spans_of(&template.unique(1, &work.text, 0)),
+            spans_of(&template.unique(3, &work.text, 5_000_000_000)),
+        );
+        assert_eq!(template.trace_ids_at.len(), a.len(), "every trace id found");
+        assert_eq!(template.times_at.len(), 2 * a.len(), "every time found");
+        for (x, y) in a.iter().zip(&b) {
+            assert_ne!(x.trace_id, y.trace_id);
+            assert_eq!(
+                y.start_time_unix_nano - x.start_time_unix_nano,
+                5_000_000_000
+            );
+            assert_eq!(y.end_time_unix_nano - x.end_time_unix_nano, 5_000_000_000);
+        }
+        // Spans that shared a trace in the template still share one.
+        let shared = |spans: &[opentelemetry_proto::tonic::trace::v1::Span]| {
+            spans
+                .iter()
+                .map(|s| s.trace_id.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        assert_eq!(shared(&a), shared(&b));
+        let answers = |spans: &[opentelemetry_proto::tonic::trace::v1::Span]| -> Vec<String> {
+            spans
+                .iter()
+                .flat_map(|s| &s.attributes)
+                .filter(|kv| kv.key.contains("completion") || kv.key.contains("output"))
+                .map(|kv| format!("{:?}", kv.value))
+                .collect()
+        };
+        assert!(answers(&a).len() > 20, "the chats' answers");
+        assert!(
+            !answers(&a).iter().any(|v| v.contains(SUMMARY_RESPONSE)),
+            "the fixed answer went out as it is"
+        );
     }
 
     #[test]

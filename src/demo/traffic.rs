@@ -171,6 +171,9 @@ impl Incident {
     ];
 }
 
+/// The answer every normal chat gets (the benchmark replaces it with fresh prose of the same length).
+pub const SUMMARY_RESPONSE: &str = "Here is a summary of the approach, with the key steps listed in order and the risks called out at the end.";
+
 pub struct Traffic {
     rng: StdRng,
     next_span: u64,
@@ -227,10 +230,7 @@ impl Traffic {
         row.latency_ms = Some(model.latency_ms * self.rng.random_range(0.6..1.5));
         row.finish_reasons = Some("stop".into());
         row.prompt_text = Some(prompt.into());
-        row.response_text = Some(
-            "Here is a summary of the approach, with the key steps listed in order and the risks called out at the end."
-                .into(),
-        );
+        row.response_text = Some(SUMMARY_RESPONSE.into());
         row
     }
 
