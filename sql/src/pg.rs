@@ -145,8 +145,14 @@ pub struct PgServer {
     service: Arc<GuardedService>,
     sessions: Arc<Sessions>,
     max_connections: usize,
+    login_timeout: Duration,
     tls: Option<TlsAcceptor>,
 }
+
+/// How long a connection may take from its TCP accept to an accepted password. pgwire's own limit is a
+/// minute, and until then the connection holds a slot: 64 silent sockets, reopened every minute, would
+/// lock every user out without a token.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl PgServer {
     /// Adds the pg catalog (`pg_catalog.*`, `current_database()`, ...) to `ctx`: call once per context.
@@ -162,7 +168,7 @@ impl PgServer {
         let sql_parser = Arc::new(PostgresCompatibilityParser::new());
         let sessions = Arc::new(Sessions {
             auth,
-            closing: Arc::new(Closing::default()),
+            closing: Arc::new(PeerSignals::default()),
         });
         let service = Arc::new(GuardedService {
             parser: Arc::new(GuardedParser {
@@ -181,6 +187,7 @@ impl PgServer {
             service,
             sessions,
             max_connections: 64,
+            login_timeout: LOGIN_TIMEOUT,
             tls: None,
         })
     }
@@ -199,15 +206,24 @@ impl PgServer {
         self
     }
 
+    /// Closes connections that have not logged in within `timeout` (default [`LOGIN_TIMEOUT`]).
+    pub fn with_login_timeout(mut self, timeout: Duration) -> Self {
+        self.login_timeout = timeout;
+        self
+    }
+
     /// Accepts connections on `listener` until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let closing = self.sessions.closing.clone();
+        let logged_in = Arc::new(PeerSignals::default());
         let startup = Arc::new(PasswordStartup {
             auth: self.sessions.auth.clone(),
             parameters: DefaultServerParameterProvider::default(),
             require_tls: self.tls.is_some(),
             closing: closing.clone(),
+            logged_in: logged_in.clone(),
         });
+        let login_timeout = self.login_timeout;
         let handlers = Arc::new(VigilPgHandlers {
             service: self.service.clone(),
             startup,
@@ -234,13 +250,25 @@ impl PgServer {
             };
             let handlers = handlers.clone();
             let tls = self.tls.clone();
-            let closing = closing.clone();
+            let (closing, logged_in) = (closing.clone(), logged_in.clone());
             let to_close = closing.watch(peer);
+            let login = logged_in.watch(peer);
             tokio::spawn(async move {
                 let connection = pgwire::tokio::process_socket(socket, tls, handlers);
                 tokio::pin!(connection);
+                let login_deadline = async {
+                    tokio::select! {
+                        Ok(()) = login => std::future::pending::<()>().await,
+                        _ = tokio::time::sleep(login_timeout) => {}
+                    }
+                };
                 let result = tokio::select! {
                     result = &mut connection => result,
+                    () = login_deadline => {
+                        record_failure(LISTENER, &AuthFailure::Missing);
+                        tracing::info!(%peer, timeout = ?login_timeout, "pg connection closed: no login in time");
+                        Ok(())
+                    }
                     Ok(()) = to_close => {
                         // pgwire has its FATAL to send; then the connection and its slot go, whatever the
                         // client does.
@@ -253,6 +281,7 @@ impl PgServer {
                     tracing::debug!(%peer, error = %e, "pg connection ended with an error");
                 }
                 closing.forget(peer);
+                logged_in.forget(peer);
                 drop(permit);
             });
         }
@@ -281,14 +310,17 @@ impl PgWireServerHandlers for VigilPgHandlers {
 /// How long a connection to be closed stays open for pgwire to send its FATAL.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// Connections to close: those whose login was refused and sessions whose token was revoked. pgwire
-/// answers both with FATAL but keeps reading until the client hangs up, so a client that never does would
-/// hold one of the `max_connections` slots for good: a few such connections lock every user out.
+/// One-shot signals to the task serving a connection, by peer address. Two sets exist:
+/// - `closing`: connections to close, those whose login was refused and sessions whose token was revoked.
+///   pgwire answers both with FATAL but keeps reading until the client hangs up, so a client that never
+///   does would hold one of the `max_connections` slots for good: a few such connections lock every user
+///   out.
+/// - `logged_in`: connections whose password was accepted, which stops their login deadline.
 #[derive(Default)]
-struct Closing(std::sync::Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>);
+struct PeerSignals(std::sync::Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>);
 
-impl Closing {
-    /// Resolves when `peer` is to be closed (or the watch is forgotten).
+impl PeerSignals {
+    /// Resolves when `peer` is signalled (or the watch is forgotten).
     fn watch(&self, peer: SocketAddr) -> tokio::sync::oneshot::Receiver<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Ok(mut m) = self.0.lock() {
@@ -297,7 +329,7 @@ impl Closing {
         rx
     }
 
-    fn close(&self, peer: SocketAddr) {
+    fn signal(&self, peer: SocketAddr) {
         if let Some(tx) = self.0.lock().ok().and_then(|mut m| m.remove(&peer)) {
             let _ = tx.send(());
         }
@@ -317,7 +349,8 @@ struct PasswordStartup {
     parameters: DefaultServerParameterProvider,
     /// Refuse plain connections before asking for a password.
     require_tls: bool,
-    closing: Arc<Closing>,
+    closing: Arc<PeerSignals>,
+    logged_in: Arc<PeerSignals>,
 }
 
 #[async_trait]
@@ -337,7 +370,7 @@ impl StartupHandler for PasswordStartup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 if self.require_tls && !client.is_secure() {
                     tracing::info!(peer = %client.socket_addr(), "pg connection refused: TLS required");
-                    self.closing.close(client.socket_addr());
+                    self.closing.signal(client.socket_addr());
                     return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                         "FATAL".to_owned(),
                         "28000".to_owned(),
@@ -361,10 +394,11 @@ impl StartupHandler for PasswordStartup {
                     .to_owned();
                 if let Some(grant) = self.auth.check(&user, &pwd.password) {
                     client.session_extensions().insert(LoggedIn(grant));
+                    self.logged_in.signal(client.socket_addr());
                     finish_authentication(client, &self.parameters).await?;
                 } else {
                     tracing::info!(user = %user, peer = %client.socket_addr(), "pg login refused");
-                    self.closing.close(client.socket_addr());
+                    self.closing.signal(client.socket_addr());
                     return Err(PgWireError::InvalidPassword(user));
                 }
             }
@@ -382,7 +416,7 @@ struct LoggedIn(String);
 /// Who may run a statement: a connection that logged in, with a grant that is still valid.
 struct Sessions {
     auth: Arc<dyn PgAuth>,
-    closing: Arc<Closing>,
+    closing: Arc<PeerSignals>,
 }
 
 impl Sessions {
@@ -408,7 +442,7 @@ impl Sessions {
             return Ok(());
         }
         tracing::info!(peer = %client.socket_addr(), "pg session ended: its token was revoked or removed");
-        self.closing.close(client.socket_addr());
+        self.closing.signal(client.socket_addr());
         Err(fatal(
             "the token this session logged in with was revoked or removed",
         ))
@@ -777,7 +811,7 @@ mod tests {
         auth: Arc<dyn PgAuth>,
         tls: Option<TlsAcceptor>,
     ) -> Running {
-        start_capped(limits, auth, tls, 64).await
+        start_capped(limits, auth, tls, 64, LOGIN_TIMEOUT).await
     }
 
     async fn start_capped(
@@ -785,13 +819,15 @@ mod tests {
         auth: Arc<dyn PgAuth>,
         tls: Option<TlsAcceptor>,
         max_connections: usize,
+        login_timeout: Duration,
     ) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let source = TestSource::with_hours(dir.path(), &[(0, 10), (1, 20)], 3);
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
         let mut server = PgServer::new(ctx, auth, limits)
             .unwrap()
-            .with_max_connections(max_connections);
+            .with_max_connections(max_connections)
+            .with_login_timeout(login_timeout);
         if let Some(tls) = tls {
             server = server.with_tls(tls);
         }
@@ -1146,7 +1182,7 @@ mod tests {
             user: "vigil".into(),
             password: "s3cret".into(),
         });
-        let server = start_capped(QueryLimits::default(), auth, None, 1).await;
+        let server = start_capped(QueryLimits::default(), auth, None, 1, LOGIN_TIMEOUT).await;
         let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let mut out = BytesMut::new();
         frontend::startup_message([("user", "vigil"), ("database", "vigil")], &mut out).unwrap();
@@ -1253,6 +1289,10 @@ mod tests {
     }
 
     async fn token_server(max_connections: usize) -> TokenServer {
+        token_server_with(max_connections, LOGIN_TIMEOUT).await
+    }
+
+    async fn token_server_with(max_connections: usize, login_timeout: Duration) -> TokenServer {
         use vigil_ingest::security::{StoreOptions, TokenStore};
         let tokens = tempfile::tempdir().unwrap();
         let options = StoreOptions {
@@ -1264,7 +1304,14 @@ mod tests {
         let (_, ingest) = store.create("collector", &[Scope::Ingest]).unwrap();
         let auth = Arc::new(Authenticator::new(store));
         let password = Arc::new(TokenPassword { auth: auth.clone() });
-        let server = start_capped(QueryLimits::default(), password, None, max_connections).await;
+        let server = start_capped(
+            QueryLimits::default(),
+            password,
+            None,
+            max_connections,
+            login_timeout,
+        )
+        .await;
         TokenServer {
             server,
             auth,
@@ -1443,6 +1490,39 @@ mod tests {
             }
             error.map_or(Ok(rows), Err)
         }
+    }
+
+    /// Connections that never log in give their slot back at the login deadline: without it, silent
+    /// sockets held every slot for pgwire's minute and anyone could lock the users out without a token.
+    #[tokio::test]
+    async fn silent_connections_lose_their_slot_at_the_login_deadline() {
+        let _counters = COUNTERS.lock().await;
+        let TokenServer {
+            server,
+            query,
+            _tokens,
+            ..
+        } = token_server_with(2, Duration::from_millis(300)).await;
+        let missing = failures("missing");
+        let silent: Vec<tokio::net::TcpStream> = vec![
+            tokio::net::TcpStream::connect(server.addr).await.unwrap(),
+            tokio::net::TcpStream::connect(server.addr).await.unwrap(),
+        ];
+        // Full at first; in once the deadline has closed the silent two (pgwire alone: a minute).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = psql_env(server.addr, &query, &[], "SELECT 1").await;
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", stderr(&out));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            failures("missing") >= missing + 2,
+            "the closed logins are counted"
+        );
+        drop(silent);
     }
 
     /// Grafana keeps its connections for hours: revoking the token they logged in with must end them at
