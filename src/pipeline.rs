@@ -219,10 +219,11 @@ impl EventSink for Pipeline {
         if !detected.alerts.is_empty() {
             writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));
         }
-        self.store
-            .append(writes)
-            .await
-            .map_err(|e| SinkError::Unavailable(format!("store: {e}")))?;
+        if let Err(e) = self.store.append(writes).await {
+            // Refused, so the client retries: its once-per-entity alerts must be raised again then.
+            self.detection.rearm(&detected.alerts);
+            return Err(SinkError::Unavailable(format!("store: {e}")));
+        }
         metrics::record(Stage::Store, detected_at.elapsed());
         // The window `reconcile_alerts` closes at start: alerts durable in the WAL, not yet in the outbox.
         fail::fail_point!(
@@ -236,5 +237,65 @@ impl EventSink for Pipeline {
         }
         metrics::record(Stage::Ack, admitted.elapsed());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_detect::config::{Asset, DetectConfig};
+    use vigil_ingest::{EventBatchBuilder, EventKind, EventRow};
+    use vigil_store::StoreConfig;
+
+    use super::*;
+
+    /// A request refused because its write failed is retried by its client: the retry must raise the
+    /// once-per-entity alert the failed attempt detected and could not store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_alert_whose_write_failed_is_raised_by_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = DetectConfig::default();
+        cfg.inventory.models = vec![Asset {
+            id: "gpt-4o".into(),
+            ..Default::default()
+        }];
+        let detection = DetectionStage::new(cfg);
+        let store = |name: &str| {
+            Store::open(StoreConfig {
+                data_dir: dir.path().join(name),
+                ..StoreConfig::default()
+            })
+        };
+        let responder =
+            Responder::open(Default::default(), dir.path().join("outbox.redb")).unwrap();
+        let mut events = EventBatchBuilder::default();
+        events.push(&EventRow {
+            time_us: chrono::Utc::now().timestamp_micros(),
+            event_id: "e1".into(),
+            kind: Some(EventKind::Inference),
+            user_id: Some("alice".into()),
+            model: Some("deepseek-chat".into()),
+            ..Default::default()
+        });
+        let batch = events.finish();
+
+        let closed = store("closed").await.unwrap();
+        closed.shutdown().await.unwrap();
+        let refused = Pipeline::new(
+            detection.clone(),
+            closed,
+            responder.clone(),
+            PipelineConfig::default(),
+        );
+        assert!(refused.accept(batch.clone()).await.is_err());
+
+        let live = store("live").await.unwrap();
+        let retried = Pipeline::new(detection, live, responder, PipelineConfig::default());
+        let mut alerts = retried.subscribe_alerts();
+        retried.accept(batch).await.unwrap();
+        let alert = alerts.try_recv().expect("the retry raises the alert");
+        assert_eq!(
+            (alert.detector.as_str(), alert.entity_id.as_str()),
+            ("shadow_ai", "deepseek-chat")
+        );
     }
 }

@@ -358,6 +358,10 @@ impl SeenTracker {
         self.maps[t as usize].get(id)
     }
 
+    pub fn get_mut(&mut self, t: Tracked, id: &str) -> Option<&mut Seen> {
+        self.maps[t as usize].get_mut(id)
+    }
+
     pub fn len(&self) -> usize {
         self.maps.iter().map(HashMap::len).sum()
     }

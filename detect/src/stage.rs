@@ -363,6 +363,20 @@ impl DetectionStage {
         );
     }
 
+    /// Takes back the once-per-entity marks of `alerts` that could not be stored: the request is refused,
+    /// and its retry must raise them again. Without this, a shadow AI model whose first alert met a store
+    /// failure was marked as reported (and persisted so) without any alert on record.
+    pub fn rearm(&self, alerts: &[Alert]) {
+        let mut st = self.state.lock();
+        for a in alerts.iter().filter(|a| a.detector == "shadow_ai") {
+            let seen =
+                Tracked::parse(&a.entity_type).and_then(|t| st.seen.get_mut(t, &a.entity_id));
+            if let Some(seen) = seen {
+                seen.shadow_alerted = false;
+            }
+        }
+    }
+
     /// Event time at wall-clock time `wall_us` (see `clock`): what `tick` should be given by a server,
     /// so that replayed or lagging traffic is windowed by its own time.
     pub fn watermark(&self, wall_us: i64) -> i64 {
@@ -1246,6 +1260,23 @@ mod tests {
         // Empty inventory: nothing registered yet, nothing reported.
         let empty = DetectionStage::new(DetectConfig::default());
         assert!(empty.process(&batch(&rows)).alerts.is_empty());
+    }
+
+    /// An alert that could not be stored is raised again by the retry of its request.
+    #[test]
+    fn a_rearmed_shadow_ai_alert_is_raised_again() {
+        let stage = DetectionStage::new(config());
+        let rows = vec![inference(T0, "e0", "alice", "deepseek-chat")];
+        let first = stage.process(&batch(&rows)).alerts;
+        assert_eq!(detectors(&first), ["shadow_ai"]);
+        stage.rearm(&first);
+        let retried = stage.process(&batch(&rows)).alerts;
+        assert_eq!(detectors(&retried), ["shadow_ai"]);
+        assert!(stage
+            .process(&batch(&rows))
+            .alerts
+            .iter()
+            .all(|a| a.detector != "shadow_ai"));
     }
 
     #[test]
