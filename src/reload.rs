@@ -82,6 +82,9 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<String> {
+        // Held from the read to the last change: two reloads at once (SIGHUP and `POST /-/reload`) must
+        // not apply an older read of the file after a newer one, which would bring back a removed token.
+        let mut running = self.running.lock();
         let new = (self.source)().context("loading the configuration")?;
         let inv = &new.detect.inventory;
         let summary = format!(
@@ -99,7 +102,6 @@ impl Reloader {
                 .context("[auth] tokens")?;
         }
         self.detection.reload(new.detect.clone());
-        let mut running = self.running.lock();
         if outside_reloaded(&running) != outside_reloaded(&new) {
             tracing::warn!("the configuration changed outside [detect] and [auth] tokens; those changes take effect at the next restart");
         }
@@ -136,4 +138,58 @@ pub fn on_sighup(reloader: Arc<Reloader>) {
             let _ = reloader.reload();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use vigil_ingest::security::{ConfiguredToken, Scope, StoreOptions, TokenHash, TokenStore};
+
+    use super::*;
+
+    /// A slow read of the old file must not be applied after a quick read of the new one: the token the
+    /// new file removed would work again.
+    #[test]
+    fn overlapping_reloads_apply_the_newest_read_last() {
+        const TOKEN: &str = "operator-chosen-secret-value-with-enough-entropy";
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            TokenStore::open_with(dir.path().join("tokens.json"), StoreOptions::default()).unwrap();
+        let auth = Arc::new(Authenticator::new(store));
+        let version = Arc::new(AtomicUsize::new(1));
+        let source: ConfigSource = {
+            let version = version.clone();
+            Arc::new(move || {
+                let v = version.load(Ordering::SeqCst);
+                let mut config = Config::default();
+                if v == 1 {
+                    config.auth.tokens = vec![ConfiguredToken {
+                        name: "old".into(),
+                        scopes: vec![Scope::Ingest],
+                        hash: TokenHash::of(TOKEN).to_string(),
+                    }];
+                    // A slow read: the file changes and another reload starts meanwhile.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Ok(config)
+            })
+        };
+        let detection = DetectionStage::new(Default::default());
+        let reloader = Reloader::new(source, detection, auth.clone(), Config::default());
+        let first = {
+            let reloader = reloader.clone();
+            std::thread::spawn(move || reloader.reload())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        version.store(2, Ordering::SeqCst);
+        reloader.reload().unwrap();
+        first.join().unwrap().unwrap();
+        let store = auth.store().unwrap();
+        assert!(
+            store.verify(TOKEN).is_none(),
+            "the token the newer file removed works again"
+        );
+    }
 }
