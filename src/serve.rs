@@ -3,7 +3,7 @@
 //! This module only wires components together; each listener's behaviour lives in its crate.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -156,6 +156,8 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     })?;
     let tls = tls_acceptors(&config)?;
     let auth = authenticator(&config)?;
+    // Exported as 0 from the start, so `increase()` sees the first refusals.
+    LazyLock::force(&crate::metrics::OVERLOAD_REFUSALS);
 
     let store = Store::open(config.store.clone())
         .await
