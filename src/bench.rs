@@ -981,6 +981,7 @@ pub fn dashboard_queries() -> Vec<(String, String)> {
 }
 
 async fn sql(args: SqlArgs) -> Result<()> {
+    use arrow::array::AsArray;
     let tmp = tempfile::tempdir()?;
     let dir = args
         .data_dir
@@ -1052,11 +1053,9 @@ async fn sql(args: SqlArgs) -> Result<()> {
         store.compact().await?;
         println!("stored in {:.0} s", started.elapsed().as_secs_f64());
     }
-    let limits = vigil_sql::QueryLimits {
-        timeout: Duration::from_secs(120),
-        memory_limit_bytes: 4 << 30,
-        ..Default::default()
-    };
+    // The server's own limits (statement timeout, query memory): a panel the server would cancel
+    // fails here too instead of getting a time.
+    let limits = serve::sql_limits(&Config::default());
     let ctx = serve::sql_context(store.clone(), &limits)?;
     let alerts: u64 = store
         .snapshot(vigil_store::Table::Alerts)
@@ -1064,11 +1063,39 @@ async fn sql(args: SqlArgs) -> Result<()> {
         .iter()
         .map(|f| f.rows)
         .sum();
+    // The panels look at the last 24 hours: a re-used directory from an earlier day holds events they
+    // would all skip, and their times would mean nothing.
+    let to = chrono::Utc::now();
+    let in_window = crate::dashboards::expand_macros(
+        "SELECT count(*) AS n FROM events WHERE $__timeFilter(time)",
+        to - chrono::Duration::hours(24),
+        to,
+    );
+    let counted = vigil_sql::run_query(&ctx, &in_window, &limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("counting the events in the window: {e}"))?;
+    let in_window: i64 = counted
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        })
+        .map(|c| c.value(0))
+        .unwrap_or(0);
+    if (in_window as u64) < (args.events as u64) * 9 / 10 {
+        anyhow::bail!(
+            "only {in_window} of the stored events are in the dashboards' last 24 hours (--events {}); \
+             use a fresh --data-dir",
+            args.events
+        );
+    }
     println!(
-        "{} dashboard queries over {} events and {alerts} alerts, median of {} runs:",
+        "{} dashboard queries over {in_window} events of the last 24 h and {alerts} alerts, median of {} runs \
+         (server limits: {:?} per statement, {} MiB per query):",
         dashboard_queries().len(),
-        args.events,
-        args.runs
+        args.runs,
+        limits.timeout,
+        limits.memory_limit_bytes >> 20
     );
     let mut medians = Vec::new();
     for (name, sql) in dashboard_queries() {
