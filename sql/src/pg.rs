@@ -538,20 +538,75 @@ fn record(outcome: Result<(), &QueryError>, started: Instant) {
     );
 }
 
+/// A streamed query's outcome, recorded once: when its rows end, fail or time out, or (rows left
+/// unread, the client gone) when the stream is dropped. Recorded when the response was built, a query
+/// that then timed out or ran out of memory while its rows were sent was counted as `ok`.
+struct StreamOutcome {
+    started: Instant,
+    recorded: bool,
+}
+
+impl StreamOutcome {
+    fn finish(&mut self, outcome: &'static str) {
+        if !self.recorded {
+            self.recorded = true;
+            metrics::record(
+                Interface::Pg.as_str(),
+                outcome,
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
+    }
+}
+
+impl Drop for StreamOutcome {
+    fn drop(&mut self) {
+        self.finish("ok");
+    }
+}
+
+/// The metrics outcome of an error met while rows were produced.
+fn stream_error_outcome(e: &PgWireError) -> &'static str {
+    match e {
+        PgWireError::ApiError(source) => source
+            .downcast_ref::<datafusion::error::DataFusionError>()
+            .map_or("error", |df| match df.find_root() {
+                datafusion::error::DataFusionError::ResourcesExhausted(_) => "memory_limit",
+                _ => "error",
+            }),
+        _ => "error",
+    }
+}
+
 /// Ends the row stream with a timeout error once `deadline` passes, so the timeout covers rows produced
-/// while they are sent, not only planning.
+/// while they are sent, not only planning; records the query's outcome when the stream ends.
 fn with_deadline(
     mut response: QueryResponse,
     deadline: tokio::time::Instant,
     timeout: Duration,
+    started: Instant,
 ) -> QueryResponse {
     let rows = std::mem::replace(&mut response.data_rows, Box::pin(futures::stream::empty()));
-    let limited = futures::stream::unfold(Some(rows), move |rows| async move {
-        let mut rows = rows?;
+    let outcome = StreamOutcome {
+        started,
+        recorded: false,
+    };
+    let limited = futures::stream::unfold(Some((rows, outcome)), move |state| async move {
+        let (mut rows, mut outcome) = state?;
         match tokio::time::timeout_at(deadline, rows.next()).await {
-            Ok(Some(item)) => Some((item, Some(rows))),
-            Ok(None) => None,
-            Err(_) => Some((Err(to_pg_error(&QueryError::Timeout(timeout))), None)),
+            Ok(Some(Ok(row))) => Some((Ok(row), Some((rows, outcome)))),
+            Ok(Some(Err(e))) => {
+                outcome.finish(stream_error_outcome(&e));
+                Some((Err(e), None))
+            }
+            Ok(None) => {
+                outcome.finish("ok");
+                None
+            }
+            Err(_) => {
+                outcome.finish("timeout");
+                Some((Err(to_pg_error(&QueryError::Timeout(timeout))), None))
+            }
         }
     });
     response.data_rows = Box::pin(limited);
@@ -559,10 +614,12 @@ fn with_deadline(
 }
 
 impl GuardedService {
+    /// Plans `statement` and answers with its row stream, which records the outcome when it ends.
     async fn run_statement<C>(
         &self,
         client: &C,
         statement: &Statement,
+        started: Instant,
     ) -> Result<Response, QueryError>
     where
         C: ClientInfo + ?Sized,
@@ -583,6 +640,7 @@ impl GuardedService {
             response,
             deadline,
             self.limits.timeout,
+            started,
         )))
     }
 }
@@ -621,11 +679,8 @@ impl SimpleQueryHandler for GuardedService {
                 );
                 continue;
             }
-            match self.run_statement(client, statement).await {
-                Ok(response) => {
-                    record(Ok(()), started);
-                    responses.push(response);
-                }
+            match self.run_statement(client, statement, started).await {
+                Ok(response) => responses.push(response),
                 Err(e) => {
                     record(Err(&e), started);
                     return Err(to_pg_error(&e));
@@ -713,10 +768,14 @@ impl ExtendedQueryHandler for GuardedService {
                 q,
                 deadline,
                 self.limits.timeout,
+                started,
             ))),
             Ok(Ok(other)) => Ok(other),
         };
-        record(result.as_ref().map(|_| ()), started);
+        // A row stream records its own outcome when it ends.
+        if !matches!(result, Ok(Response::Query(_))) {
+            record(result.as_ref().map(|_| ()), started);
+        }
         result.map_err(|e| to_pg_error(&e))
     }
 }
@@ -1223,6 +1282,9 @@ mod tests {
             ..QueryLimits::default()
         };
         let server = start(limits).await;
+        let timeouts = crate::metrics::QUERIES_TOTAL
+            .with_label_values(&[Interface::Pg.as_str(), "timeout"])
+            .get();
         let started = Instant::now();
         let out = psql(
             server.addr,
@@ -1240,6 +1302,14 @@ mod tests {
             stderr(&out)
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+        // Counted as a timeout, although it timed out while its rows were being produced.
+        assert!(
+            crate::metrics::QUERIES_TOTAL
+                .with_label_values(&[Interface::Pg.as_str(), "timeout"])
+                .get()
+                > timeouts,
+            "the timeout is counted"
+        );
     }
 
     async fn psql_env(addr: SocketAddr, password: &str, env: &[(&str, &str)], sql: &str) -> Output {
