@@ -467,8 +467,6 @@ fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
     counts
 }
 
-/// Data points in a metrics request, the unit operators compare with their senders' counts.
-
 #[cfg(test)]
 mod receiver_tests;
 #[cfg(test)]
