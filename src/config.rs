@@ -244,6 +244,24 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as `vigil config` prints it: librdkafka properties that hold credentials
+    /// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...) shown as `***`, as
+    /// webhook secrets already are.
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            let key = key.to_ascii_lowercase();
+            if ["password", "secret", "credential", "token"]
+                .iter()
+                .any(|word| key.contains(word))
+                || key.ends_with(".key.pem")
+            {
+                *value = "***".into();
+            }
+        }
+        shown
+    }
+
     /// Values that parse but cannot run: refused at start rather than failing a background task later.
     fn validate(&self) -> Result<()> {
         for (name, interval) in [
@@ -288,6 +306,22 @@ mod tests {
             parsed.telemetry.sample_ratio,
             TelemetryConfig::default().sample_ratio
         );
+    }
+
+    #[test]
+    fn printed_configs_hide_kafka_credentials() {
+        let mut config = Config::default();
+        for (k, v) in [
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "hunter3"),
+            ("sasl.oauthbearer.client.secret", "hunter4"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            config.kafka.properties.insert(k.into(), v.into());
+        }
+        let text = toml::to_string_pretty(&config.redacted()).unwrap();
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("SASL_SSL"), "{text}");
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Config(args) => {
             let config = Config::load(&cli.common, Some(&args))?;
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
     }

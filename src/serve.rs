@@ -289,7 +289,7 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         tasks.push(tokio::spawn(server.serve(listener, stop)));
     }
 
-    if !config.kafka.brokers.is_empty() {
+    if config.kafka.enabled() {
         let (kafka, sink, stop) = (
             config.kafka.clone(),
             sink.clone(),

@@ -75,6 +75,15 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<()> {
     if args.serve.flush_age.is_none() {
         config.store.flush_age = Duration::from_secs(10);
     }
+    // The demo sends its own traffic: joining a production consumer group would take partitions (and
+    // their messages) from the real consumers.
+    if config.kafka.enabled() {
+        println!(
+            "note: the demo does not consume from Kafka ({} ignored)",
+            config.kafka.brokers
+        );
+        config.kafka.brokers.clear();
+    }
     let running = serve::start(config.clone()).await?;
     let b = running.bound.clone();
     println!("Vigil demo: data in {}/", config.server.data_dir.display());
