@@ -147,6 +147,8 @@ fn detect_contained(
             events = batch.num_rows(),
             "detection panicked; the request is refused"
         );
+        // The rows before the panic may have marked assets as reported whose alerts the panic lost.
+        detection.rearm_batch(batch);
         SinkError::Internal("detection failed on this batch".into())
     })
 }

@@ -377,6 +377,37 @@ impl DetectionStage {
         }
     }
 
+    /// After detection failed part-way through `batch` (a detector panicked): the rows before the failure
+    /// may have marked unregistered assets as reported, and their alerts are lost with the panic. Every
+    /// unregistered asset the batch names is re-armed, so the batch's retry (or, for Kafka, its messages
+    /// one by one) reports them. An asset reported before may be reported again: one more detection of
+    /// the same finding, where not re-arming could lose the only one.
+    pub fn rearm_batch(&self, batch: &RecordBatch) {
+        let rt = self.runtime.read().clone();
+        let mut st = self.state.lock();
+        for (tracked, name) in [
+            (Tracked::Provider, col::PROVIDER),
+            (Tracked::Model, col::MODEL),
+            (Tracked::Endpoint, col::ENDPOINT),
+            (Tracked::Agent, col::AGENT_ID),
+        ] {
+            let Some(ids) = batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            else {
+                continue;
+            };
+            for id in ids.iter().flatten() {
+                if rt.inv.is_registered(tracked, id) {
+                    continue;
+                }
+                if let Some(seen) = st.seen.get_mut(tracked, id) {
+                    seen.shadow_alerted = false;
+                }
+            }
+        }
+    }
+
     /// Event time at wall-clock time `wall_us` (see `clock`): what `tick` should be given by a server,
     /// so that replayed or lagging traffic is windowed by its own time.
     pub fn watermark(&self, wall_us: i64) -> i64 {
@@ -1260,6 +1291,23 @@ mod tests {
         // Empty inventory: nothing registered yet, nothing reported.
         let empty = DetectionStage::new(DetectConfig::default());
         assert!(empty.process(&batch(&rows)).alerts.is_empty());
+    }
+
+    /// A batch whose detection panicked part-way has its unregistered assets re-armed.
+    #[test]
+    fn a_batch_that_failed_part_way_is_rearmed() {
+        let stage = DetectionStage::new(config());
+        let rows = vec![inference(T0, "e0", "alice", "deepseek-chat")];
+        assert_eq!(
+            detectors(&stage.process(&batch(&rows)).alerts),
+            ["shadow_ai"]
+        );
+        // Its alert lost with the panic: the whole batch is re-armed.
+        stage.rearm_batch(&batch(&rows));
+        assert_eq!(
+            detectors(&stage.process(&batch(&rows)).alerts),
+            ["shadow_ai"]
+        );
     }
 
     /// An alert that could not be stored is raised again by the retry of its request.
