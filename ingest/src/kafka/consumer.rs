@@ -540,7 +540,13 @@ impl Consumer {
                 }
             };
             let kinds = count_kinds(&combined);
-            match self.deliver(combined, admission, 1, shutdown).await {
+            // Without a dead-letter topic a message taken out would be lost: the batch is retried
+            // instead, and the partition's growing lag tells the operator.
+            let internal_limit = if self.dlq.is_some() { 1 } else { u32::MAX };
+            match self
+                .deliver(combined, admission, internal_limit, shutdown)
+                .await
+            {
                 Delivery::Stop => return Flow::Stop,
                 Delivery::Done => {
                     for (kind, count) in kinds {
@@ -592,7 +598,7 @@ impl Consumer {
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
         for letter in letters {
-            tracing::warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "undecodable kafka message");
+            tracing::warn!(topic = %letter.topic, partition = letter.partition, offset = letter.offset, error = %letter.error, "kafka message dead-lettered");
         }
         let Some(dlq) = &self.dlq else {
             for letter in letters {

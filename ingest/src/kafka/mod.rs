@@ -53,7 +53,8 @@
 //!
 //! An `Internal` refusal means the pipeline failed on the batch's content (a detector panicked). Waiting
 //! would not help, so the batch is delivered again message by message; a message refused twice on its own
-//! is dead-lettered with the pipeline's error and the others are stored.
+//! is dead-lettered with the pipeline's error and the others are stored. Without a dead-letter topic the
+//! batch is retried instead (a message taken out would be lost), and the lag grows.
 
 mod consumer;
 pub mod dlq;

@@ -547,6 +547,47 @@ async fn a_message_the_pipeline_fails_on_is_dead_lettered_and_the_rest_stored() 
     assert!(error.contains("cannot process"), "{error}");
 }
 
+/// Without a dead-letter topic, a message the pipeline fails on is not skipped: it would be lost. The
+/// consumer retries, and never commits past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_a_refused_message_is_never_committed_past() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("held_spans", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    for m in [otlp_message(2, 2), otlp_message(3, 2)] {
+        produce(&producer, "held_spans", 0, &m).await;
+    }
+    let sink = Arc::new(TestSink {
+        internal_for_user: Some("user-2".into()),
+        ..TestSink::default()
+    });
+    let mut cfg = config(&brokers, "held");
+    cfg.dlq_topic = String::new();
+    cfg.topics = vec![TopicConfig::named(
+        "held_spans",
+        TopicEncoding::OtlpProto,
+        Signal::Traces,
+    )];
+    let running = start(cfg, sink.clone());
+    wait_until("retries of the refused batch", WAIT, || {
+        sink.calls.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        sink.unique_ids().is_empty(),
+        "nothing past the refused message"
+    );
+    assert!(
+        !matches!(
+            committed(&brokers, "held", "held_spans", 1)[..],
+            [Offset::Offset(n)] if n > 0
+        ),
+        "committed past the refused message"
+    );
+}
+
 /// A dead letter that quotes a huge field in its error, with a huge key: the copy is cut to fit the
 /// dead-letter topic (librdkafka refuses a record over 1,000,000 bytes), so the partition goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
