@@ -117,10 +117,12 @@ async fn query_server(
         request = request.bearer_auth(token);
     }
     let resp = request.send().await.map_err(|e| {
-        // Only "nobody listens here" on this machine means "no server: read the directory". A TLS
+        // Only "nobody listens here" on this machine (loopback, or 0.0.0.0 as a server's own config says)
+        // means "no server: read the directory". A TLS
         // failure, a reset or a remote server that is down must not turn into an answer from a local
         // (maybe stale) data directory.
-        if connection_refused(&e) && config.server.admin_addr.ip().is_loopback() {
+        let ip = config.server.admin_addr.ip();
+        if connection_refused(&e) && (ip.is_loopback() || ip.is_unspecified()) {
             ServerError::Unreachable
         } else {
             ServerError::Query(format!(
@@ -215,6 +217,15 @@ mod tests {
         run(config.clone(), args())
             .await
             .expect("the offline answer");
+        // The same through a server's own config, which listens on 0.0.0.0.
+        let mut unspecified = config.clone();
+        unspecified
+            .server
+            .admin_addr
+            .set_ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+        run(unspecified, args())
+            .await
+            .expect("the offline answer for 0.0.0.0");
 
         // Something listens but the exchange fails (it hangs up at once, as a TLS port does to plain
         // HTTP): an error, not an answer from the local directory.
