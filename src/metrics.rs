@@ -148,9 +148,14 @@ pub fn render() -> String {
         for stage in Stage::ALL {
             let h = r.recent(stage, now);
             for q in [0.5, 0.9, 0.99] {
+                // No requests lately: NaN (Grafana draws a gap), as Prometheus summaries export, not 0 s.
+                let value = match h.len() {
+                    0 => f64::NAN,
+                    _ => h.value_at_quantile(q) as f64 / 1e6,
+                };
                 LATENCY
                     .with_label_values(&[stage.as_str(), &q.to_string()])
-                    .set(h.value_at_quantile(q) as f64 / 1e6);
+                    .set(value);
             }
         }
     }

@@ -135,7 +135,9 @@ pub fn on_sighup(reloader: Arc<Reloader>) {
             }
         };
         while hup.recv().await.is_some() {
-            let _ = reloader.reload();
+            // It reads the file and may wait for another reload's lock: not on an async worker.
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
 }
