@@ -66,7 +66,7 @@ pub async fn run(config: Config, command: AlertsCommand) -> Result<()> {
                 Replay::Ids(ids)
             };
             let n = responder.replay(&which).context("replaying dead letters")?;
-            println!("{n} deliveries queued again; the running or next `vigil serve` sends them");
+            println!("{n} deliveries queued again; the next `vigil serve` sends them");
         }
         AlertsCommand::Test { destination } => {
             let answer = responder

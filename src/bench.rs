@@ -446,6 +446,9 @@ async fn grpc_export(
     grpc.unary(request, path, RawCodec).await.is_ok()
 }
 
+/// Detectors that alert when a window closes; event-to-alert leaves them out.
+const WINDOW_DETECTORS: [&str; 2] = ["behavior_anomaly", "model_drift"];
+
 /// The request counter in an OTLP span's event id (trace id hex + span id hex, the span id being
 /// `counter << 20 | span` as [`Template::unique`] writes it).
 fn request_counter(event_id: &str) -> Option<u64> {
@@ -721,7 +724,11 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
                 let now = Instant::now();
-                if !measuring.load(Ordering::Relaxed) {
+                // Window detectors alert when a window closes, seconds after its first event: not the
+                // latency of an event's own detection.
+                if !measuring.load(Ordering::Relaxed)
+                    || WINDOW_DETECTORS.contains(&alert.detector.as_str())
+                {
                     continue;
                 }
                 let sent = alert
@@ -781,7 +788,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     Some(_) => next,
                     None => Instant::now(),
                 };
-                sent_at.lock().insert(n, t);
+                // Sent while measuring: the warm-up's alerts are not the run's.
+                if measuring.load(Ordering::Relaxed) {
+                    sent_at.lock().insert(n, t);
+                }
                 let ok = match grpc.as_mut() {
                     Some(g) => grpc_export(g, &authorization, body).await,
                     None => http
@@ -867,7 +877,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let (e2a_p50, e2a_p99) = metrics::quantiles(metrics::Stage::EventToAlert);
     println!(
         "event-to-alert:       p50 {:.1} ms, p99 {:.1} ms, from the client's send to the alert queued for \
-         delivery ({} alerts; in the server, from admission: p50 {:.1}, p99 {:.1} ms)",
+         delivery ({} per-event alerts; in the server, from admission: p50 {:.1}, p99 {:.1} ms)",
         e2a.value_at_quantile(0.5) as f64 / 1e3,
         e2a.value_at_quantile(0.99) as f64 / 1e3,
         e2a.len(),
@@ -1082,11 +1092,9 @@ async fn sql(args: SqlArgs) -> Result<()> {
         })
         .map(|c| c.value(0))
         .unwrap_or(0);
-    if (in_window as u64) < (args.events as u64) * 9 / 10 {
+    if in_window == 0 {
         anyhow::bail!(
-            "only {in_window} of the stored events are in the dashboards' last 24 hours (--events {}); \
-             use a fresh --data-dir",
-            args.events
+            "none of the stored events is in the dashboards' last 24 hours; use a fresh --data-dir"
         );
     }
     println!(

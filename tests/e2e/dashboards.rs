@@ -59,6 +59,11 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
         shadow["sql"].as_str().unwrap(),
     )
     .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let kinds: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split('|').next())
@@ -66,9 +71,10 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
         .filter(|k| !k.is_empty())
         .collect();
     assert!(
-        kinds
-            .iter()
-            .all(|k| ["provider", "model", "endpoint", "agent"].contains(&k.as_str())),
+        !kinds.is_empty()
+            && kinds
+                .iter()
+                .all(|k| ["provider", "model", "endpoint", "agent"].contains(&k.as_str())),
         "shadow AI table lists {kinds:?}"
     );
     eprintln!(
