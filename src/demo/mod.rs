@@ -228,7 +228,7 @@ fn summary(by_detector: &BTreeMap<String, u64>) {
     println!("Try these in another terminal while the demo runs:");
     println!("  cargo run -q -- sql \"SELECT department, model, count(*) AS calls, sum(input_tokens + output_tokens) AS tokens FROM events WHERE kind = 'inference' GROUP BY 1, 2 ORDER BY tokens DESC LIMIT 10\"");
     println!("  cargo run -q -- sql \"SELECT time, detector, severity, entity_id, title FROM alerts ORDER BY time DESC LIMIT 10\"");
-    println!("  cargo run -q -- sql \"SELECT entity_type, entity_id, registered, event_count FROM inventory WHERE NOT registered\"");
+    println!("  cargo run -q -- sql \"SELECT entity_type, entity_id, registered, event_count FROM inventory WHERE NOT registered AND entity_type IN ('provider', 'model', 'endpoint', 'agent')\"");
     println!(
         "  psql -h 127.0.0.1 -p 5433 -U vigil -c 'SELECT kind, count(*) FROM events GROUP BY kind'"
     );
