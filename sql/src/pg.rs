@@ -1562,6 +1562,19 @@ mod tests {
         }
     }
 
+    /// Retries `SELECT 1` with `token` until it gets in; fails the test after `wait`.
+    async fn logs_in_within(addr: SocketAddr, token: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let out = psql_env(addr, token, &[], "SELECT 1").await;
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}", stderr(&out));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connections that never log in give their slot back at the login deadline: without it, silent
     /// sockets held every slot for pgwire's minute and anyone could lock the users out without a token.
     #[tokio::test]
@@ -1579,15 +1592,7 @@ mod tests {
             tokio::net::TcpStream::connect(server.addr).await.unwrap(),
         ];
         // Full at first; in once the deadline has closed the silent two (pgwire alone: a minute).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = psql_env(server.addr, &query, &[], "SELECT 1").await;
-            if out.status.success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}", stderr(&out));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        logs_in_within(server.addr, &query, Duration::from_secs(5)).await;
         assert!(
             failures("missing") >= missing + 2,
             "the closed logins are counted"
@@ -1627,15 +1632,7 @@ mod tests {
         // The slot comes back although this client keeps its end open: a fresh token's login gets in
         // (retried for a moment, as the server closes the connection half a second after the FATAL).
         let (_, fresh) = store.create("grafana-rotated", &[Scope::Query]).unwrap();
-        let deadline = Instant::now() + CLOSE_GRACE + Duration::from_secs(5);
-        loop {
-            let out = psql_env(server.addr, &fresh, &[], "SELECT 1").await;
-            if out.status.success() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}", stderr(&out));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        logs_in_within(server.addr, &fresh, CLOSE_GRACE + Duration::from_secs(5)).await;
         let out = psql_env(server.addr, &query, &[], "SELECT 1").await;
         assert!(!out.status.success(), "the revoked token logs in again");
         drop(session);
