@@ -154,6 +154,20 @@ struct Pending {
     route: usize,
 }
 
+impl Pending {
+    /// This message's copy for the dead-letter topic, its error cut to fit.
+    fn dead_letter(&self, error: &str) -> DeadLetter {
+        DeadLetter {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.clone(),
+            payload: self.payload.to_vec(),
+            error: dlq::bounded_error(error),
+        }
+    }
+}
+
 /// What one message turned into.
 enum Decoded {
     Events(Normalized),
@@ -510,14 +524,7 @@ impl Consumer {
             .iter()
             .zip(&decoded)
             .filter_map(|(m, d)| match d {
-                Decoded::Poison(error) => Some(DeadLetter {
-                    topic: m.topic.clone(),
-                    partition: m.partition,
-                    offset: m.offset,
-                    key: m.key.clone(),
-                    payload: m.payload.to_vec(),
-                    error: dlq::bounded_error(error),
-                }),
+                Decoded::Poison(error) => Some(m.dead_letter(error)),
                 Decoded::Events(_) => None,
             })
             .collect();
@@ -659,15 +666,7 @@ impl Consumer {
                 }
                 Delivery::Refused(err) => {
                     let error = format!("the pipeline cannot process this message: {err}");
-                    let letter = DeadLetter {
-                        topic: m.topic.clone(),
-                        partition: m.partition,
-                        offset: m.offset,
-                        key: m.key.clone(),
-                        payload: m.payload.to_vec(),
-                        error: dlq::bounded_error(&error),
-                    };
-                    if self.dead_letter(&[letter], shutdown).await == Flow::Stop {
+                    if self.dead_letter(&[m.dead_letter(&error)], shutdown).await == Flow::Stop {
                         return Flow::Stop;
                     }
                     *d = Decoded::Poison(error);
