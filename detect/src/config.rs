@@ -108,6 +108,10 @@ pub struct Thresholds {
     /// least recently seen first; not warm before warm, unregistered before registered), so ids that change
     /// on every event cannot grow memory without bound.
     pub max_entities: usize,
+    /// shadow_ai alerts of their own per `window` (event time). Past it, a new unregistered asset is still
+    /// listed in the `inventory` table and counted, and one summary alert per window says how many were
+    /// held back: a sender making up model names must not flood the SOAR with one finding each.
+    pub shadow_alerts_per_window: usize,
     /// A rate spike also needs the window's count to be at least this multiple of the baseline...
     pub spike_min_ratio: f64,
     /// ...and at least this many requests above it (absolute magnitude, so quiet entities do not page).
@@ -162,6 +166,7 @@ impl Default for Thresholds {
             z_threshold: 3.5,
             ring_size: 240,
             max_entities: 100_000,
+            shadow_alerts_per_window: 20,
             spike_min_ratio: 3.0,
             rate_min_excess: 50.0,
             token_min_excess: 50_000.0,

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub untracked: IntCounterVec,
     /// Entities dropped past `max_entities`, least recently seen first.
     pub evicted: IntCounterVec,
+    /// Alerts folded into a summary because their detector's budget for the window was spent.
+    pub suppressed: IntCounterVec,
 }
 
 /// Registered once per process (several stages in one test process share them).
@@ -55,6 +57,14 @@ pub fn metrics() -> &'static Metrics {
             &["entity"],
         )
         .expect("valid metric");
+        let suppressed = IntCounterVec::new(
+            Opts::new(
+                "vigil_detect_alerts_suppressed_total",
+                "Alerts folded into one summary alert because the detector's budget for the window was spent",
+            ),
+            &["detector"],
+        )
+        .expect("valid metric");
         let r = prometheus::default_registry();
         for c in [
             Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
@@ -62,6 +72,7 @@ pub fn metrics() -> &'static Metrics {
             Box::new(batch_seconds.clone()),
             Box::new(untracked.clone()),
             Box::new(evicted.clone()),
+            Box::new(suppressed.clone()),
         ] {
             if let Err(e) = r.register(c) {
                 tracing::warn!(error = %e, "detection metric not registered");
@@ -73,6 +84,7 @@ pub fn metrics() -> &'static Metrics {
             batch_seconds,
             untracked,
             evicted,
+            suppressed,
         }
     })
 }

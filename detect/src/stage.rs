@@ -60,6 +60,46 @@ struct State {
     training: [VecDeque<[f64; DIMS]>; 2],
     new_since_fit: [usize; 2],
     clock: EventClock,
+    shadow_budget: AlertBudget,
+}
+
+/// A detector's alerts of their own per event-time window; past the budget they are counted, and the
+/// tick raises one summary alert for each window that held some back.
+#[derive(Default)]
+struct AlertBudget {
+    window: i64,
+    raised: usize,
+    held: u64,
+    /// Windows that ended with alerts held back, not yet summarised: (window index, how many).
+    unreported: Vec<(i64, u64)>,
+}
+
+impl AlertBudget {
+    /// Whether one more alert may be raised in `window` (an index of `window_us` periods).
+    fn admit(&mut self, window: i64, max: usize) -> bool {
+        if window > self.window {
+            if self.held > 0 {
+                self.unreported.push((self.window, self.held));
+            }
+            (self.window, self.raised, self.held) = (window, 0, 0);
+        }
+        if self.raised < max {
+            self.raised += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
+    }
+
+    /// The windows before `now_window` that held alerts back, once each.
+    fn take_ended(&mut self, now_window: i64) -> Vec<(i64, u64)> {
+        if now_window > self.window && self.held > 0 {
+            self.unreported.push((self.window, self.held));
+            self.held = 0;
+        }
+        std::mem::take(&mut self.unreported)
+    }
 }
 
 /// See the crate docs and `lib.rs` for the contract.
@@ -426,6 +466,14 @@ impl DetectionStage {
             let st = &mut *st;
             // Idle entities: close windows that ended more than a window ago (late events had their chance).
             let w = baseline::window_us(th);
+            for (window, held) in st.shadow_budget.take_ended(now_us.div_euclid(w)) {
+                alerts.push(shadow_summary(
+                    window * w,
+                    w,
+                    held,
+                    th.shadow_alerts_per_window,
+                ));
+            }
             for e in Entity::ALL {
                 let mut closed = Vec::new();
                 for (id, b) in st.baselines[e as usize].iter_mut() {
@@ -731,6 +779,33 @@ fn tool_args_alert(
     .build()
 }
 
+/// One alert for the unregistered assets a window held back: one finding (a fixed fingerprint) that grows
+/// with each window, instead of one per made-up model name.
+fn shadow_summary(start_us: i64, window_us: i64, held: u64, budget: usize) -> Alert {
+    let start = chrono::DateTime::from_timestamp_micros(start_us)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| start_us.to_string());
+    AlertDraft {
+        detector: "shadow_ai",
+        time_us: start_us + window_us,
+        entity_type: "inventory",
+        entity_id: "unregistered",
+        label: "held_back",
+        score: held as f64,
+        title: format!("{held} more unregistered AI assets first seen"),
+        description: format!(
+            "In the window from {start}, shadow_ai raised its {budget} alerts of their own and held {held} \
+             more back (`shadow_alerts_per_window`). The inventory table lists them: SELECT * FROM \
+             inventory WHERE NOT registered ORDER BY first_seen DESC."
+        ),
+        evidence_event_ids: Vec::new(),
+        evidence: format!("held_back={held}"),
+        severity: None,
+        atlas: None,
+    }
+    .build()
+}
+
 fn drift_alert(now_us: i64, etype: &str, id: &str, m: &crate::drift::DriftMeasure) -> Alert {
     let label = format!("drift:{}", m.feature);
     AlertDraft {
@@ -860,6 +935,11 @@ fn stateful_row(
         };
         if shadow_on && !seen.shadow_alerted && inv.has_registry(tr) && !inv.is_registered(tr, id) {
             seen.shadow_alerted = true;
+            let window = t.div_euclid(baseline::window_us(th));
+            if !st.shadow_budget.admit(window, th.shadow_alerts_per_window) {
+                metrics().suppressed.with_label_values(&["shadow_ai"]).inc();
+                continue;
+            }
             let (et, who) = actor(c, i);
             alerts.push(row_alert(
                 c,
@@ -1291,6 +1371,46 @@ mod tests {
         // Empty inventory: nothing registered yet, nothing reported.
         let empty = DetectionStage::new(DetectConfig::default());
         assert!(empty.process(&batch(&rows)).alerts.is_empty());
+    }
+
+    /// A sender making up model names gets `shadow_alerts_per_window` alerts of their own per window,
+    /// then one summary when the window has ended; every asset is still in the inventory.
+    #[test]
+    fn made_up_model_names_spend_the_budget_then_make_one_summary() {
+        let mut cfg = config();
+        cfg.thresholds.shadow_alerts_per_window = 3;
+        let stage = DetectionStage::new(cfg);
+        let rows: Vec<EventRow> = (0..10)
+            .map(|k| inference(T0 + k, &format!("e{k}"), "alice", &format!("made-up-{k}")))
+            .collect();
+        let shadow = |alerts: &[Alert]| alerts.iter().filter(|a| a.detector == "shadow_ai").count();
+        assert_eq!(shadow(&stage.process(&batch(&rows)).alerts), 3);
+        let w = baseline::window_us(&stage.runtime.read().cfg.thresholds);
+        let summary = stage.tick(T0 + 2 * w);
+        let summary: Vec<&Alert> = summary
+            .iter()
+            .filter(|a| a.detector == "shadow_ai")
+            .collect();
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        assert_eq!(summary[0].score, 7.0);
+        assert_eq!(summary[0].entity_id, "unregistered");
+        assert!(
+            stage
+                .tick(T0 + 3 * w)
+                .iter()
+                .all(|a| a.detector != "shadow_ai"),
+            "once"
+        );
+        let unregistered = stage
+            .inventory_batch()
+            .column_by_name("registered")
+            .unwrap()
+            .as_boolean()
+            .false_count();
+        assert!(
+            unregistered >= 10,
+            "every made-up model is listed: {unregistered}"
+        );
     }
 
     /// A batch whose detection panicked part-way has its unregistered assets re-armed.
