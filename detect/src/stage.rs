@@ -1256,6 +1256,11 @@ fn on_window_closed(
             return;
         }
     }
+    // Only entities past their warm-up teach the model what normal is: identities minted for the purpose
+    // would otherwise train it to accept their behaviour before any of their windows is scored.
+    if !cw.warm {
+        return;
+    }
     training[k].push_back(v);
     while training[k].len() > TRAINING_CAP {
         training[k].pop_front();
@@ -1410,6 +1415,38 @@ mod tests {
         assert!(
             unregistered >= 10,
             "every made-up model is listed: {unregistered}"
+        );
+    }
+
+    /// Windows of an entity still in its warm-up are not trained on: identities minted for the purpose
+    /// cannot teach the behaviour model their behaviour before any of their windows is scored.
+    #[test]
+    fn only_warm_entities_train_the_behaviour_model() {
+        let stage = DetectionStage::new(config());
+        let th = stage.runtime.read().cfg.thresholds.clone();
+        let w = baseline::window_us(&th);
+        let windows = th.warmup_windows as i64 + 4;
+        for n in 0..windows {
+            let rows: Vec<EventRow> = (0..5)
+                .map(|k| {
+                    inference(
+                        T0 + n * w + k * SEC,
+                        &format!("e{n}-{k}"),
+                        "fresh",
+                        "gpt-4o",
+                    )
+                })
+                .collect();
+            stage.process(&batch(&rows));
+            let trained = stage.state.lock().training[0].len() as i64;
+            // Window n closes when window n + 1 starts: n windows closed so far.
+            if n <= th.warmup_windows as i64 {
+                assert_eq!(trained, 0, "trained on a window of warm-up {n}");
+            }
+        }
+        assert!(
+            stage.state.lock().training[0].len() > 0,
+            "warm windows train"
         );
     }
 

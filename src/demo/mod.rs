@@ -27,8 +27,9 @@ pub struct DemoArgs {
     /// Events per second of normal traffic.
     #[arg(long, default_value_t = 60)]
     pub rate: u32,
-    /// Minutes of past activity (at the live rate) sent first, so that baselines are warm when live traffic starts.
-    #[arg(long, default_value_t = 15)]
+    /// Minutes of past activity (at the live rate) sent first, so that baselines are warm when live traffic
+    /// starts: 10 windows of warm-up, then enough warm windows to train the behaviour model.
+    #[arg(long, default_value_t = 25)]
     pub history_minutes: u32,
     /// Seconds between two injected incidents.
     #[arg(long, default_value_t = 6)]

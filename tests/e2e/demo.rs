@@ -43,7 +43,7 @@ async fn the_demo_shows_every_detector_firing_and_leaves_queryable_parquet() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
 
     for line in [
-        "Sending 15 minutes of history",
+        "Sending 25 minutes of history",
         "Alerts so far by detector:",
         "Try these in another terminal",
         "Done.",
