@@ -228,11 +228,17 @@ fn gathered_commit_samples() -> u64 {
 }
 
 fn config(brokers: &str, group: &str) -> KafkaConfig {
+    config_on(brokers, group, "otlp_spans")
+}
+
+/// [`config`] reading OTLP protobuf spans from `spans_topic`: a topic of its own keeps a test's
+/// process-wide per-topic metrics apart from the other tests'.
+fn config_on(brokers: &str, group: &str, spans_topic: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers.to_owned(),
         group_id: group.to_owned(),
         topics: vec![TopicConfig::named(
-            "otlp_spans",
+            spans_topic,
             TopicEncoding::OtlpProto,
             Signal::Traces,
         )],
@@ -515,12 +521,7 @@ async fn a_message_the_pipeline_fails_on_is_dead_lettered_and_the_rest_stored() 
         internal_for_user: Some("user-2".into()),
         ..TestSink::default()
     });
-    let mut cfg = config(&brokers, "refused");
-    cfg.topics = vec![TopicConfig::named(
-        "refused_spans",
-        TopicEncoding::OtlpProto,
-        Signal::Traces,
-    )];
+    let cfg = config_on(&brokers, "refused", "refused_spans");
     let running = start(cfg, sink.clone());
     wait_until("the other messages", WAIT, || {
         sink.unique_ids().len() >= expected.len()
@@ -562,13 +563,8 @@ async fn without_a_dead_letter_topic_a_refused_message_is_never_committed_past()
         internal_for_user: Some("user-2".into()),
         ..TestSink::default()
     });
-    let mut cfg = config(&brokers, "held");
+    let mut cfg = config_on(&brokers, "held", "held_spans");
     cfg.dlq_topic = String::new();
-    cfg.topics = vec![TopicConfig::named(
-        "held_spans",
-        TopicEncoding::OtlpProto,
-        Signal::Traces,
-    )];
     let running = start(cfg, sink.clone());
     wait_until("retries of the refused batch", WAIT, || {
         sink.calls.load(Ordering::SeqCst) >= 3
@@ -999,12 +995,7 @@ async fn refusing_sink_pauses_the_partitions_without_reading_ahead_then_resumes_
         ..TestSink::default()
     });
     sink.overloaded.store(true, Ordering::SeqCst);
-    let mut cfg = config(&brokers, "backpressure");
-    cfg.topics = vec![TopicConfig::named(
-        "bp_spans",
-        TopicEncoding::OtlpProto,
-        Signal::Traces,
-    )];
+    let mut cfg = config_on(&brokers, "backpressure", "bp_spans");
     cfg.properties
         .insert("statistics.interval.ms".into(), "100".into());
     let retries_before = metrics::RETRIES.with_label_values(&["overloaded"]).get();
@@ -1125,12 +1116,7 @@ async fn real_broker_delivers_dead_letters_and_commits() {
         }
     }
     let sink = Arc::new(TestSink::default());
-    let mut cfg = config(&brokers, &group);
-    cfg.topics = vec![TopicConfig::named(
-        &spans,
-        TopicEncoding::OtlpProto,
-        Signal::Traces,
-    )];
+    let mut cfg = config_on(&brokers, &group, &spans);
     cfg.dlq_topic = dlq_topic.clone();
     let running = start(cfg, sink.clone());
     wait_until("every event", Duration::from_secs(60), || {
