@@ -1445,7 +1445,7 @@ mod tests {
             }
         }
         assert!(
-            stage.state.lock().training[0].len() > 0,
+            !stage.state.lock().training[0].is_empty(),
             "warm windows train"
         );
     }
