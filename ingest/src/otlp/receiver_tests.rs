@@ -1090,29 +1090,7 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
         failures("invalid"),
         failures("forbidden"),
     );
-    let send = |token: Option<String>| {
-        let mut request = reqwest::Client::new()
-            .post(format!("http://{addr}/v1/traces"))
-            .header("content-type", "application/x-protobuf")
-            .body(traces_request(2).encode_to_vec());
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        async move {
-            request
-                .send()
-                .await
-                .expect("HTTP request")
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(send(None).await, 401);
-    assert_eq!(send(Some("vgl_wrong".into())).await, 401);
-    assert_eq!(send(Some(query.clone())).await, 403);
-
-    // Refusals are a google.rpc.Status in the request's encoding, as every OTLP/HTTP failure is.
-    let refusal = |token: Option<String>, content_type: &'static str, body: Vec<u8>| {
+    let post = |token: Option<String>, content_type: &'static str, body: Vec<u8>| {
         let mut request = reqwest::Client::new()
             .post(format!("http://{addr}/v1/traces"))
             .header("content-type", content_type)
@@ -1120,8 +1098,22 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
+        async move { request.send().await.expect("HTTP request") }
+    };
+    let proto = traces_request(2).encode_to_vec();
+    let send = |token: Option<String>| {
+        let response = post(token, "application/x-protobuf", proto.clone());
+        async move { response.await.status().as_u16() }
+    };
+    assert_eq!(send(None).await, 401);
+    assert_eq!(send(Some("vgl_wrong".into())).await, 401);
+    assert_eq!(send(Some(query.clone())).await, 403);
+
+    // Refusals are a google.rpc.Status in the request's encoding, as every OTLP/HTTP failure is.
+    let refusal = |token: Option<String>, content_type: &'static str, body: Vec<u8>| {
+        let response = post(token, content_type, body);
         async move {
-            let response = request.send().await.expect("HTTP request");
+            let response = response.await;
             let content_type = response.headers()["content-type"]
                 .to_str()
                 .expect("ascii")
@@ -1134,7 +1126,6 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
             )
         }
     };
-    let proto = traces_request(2).encode_to_vec();
     let (content_type, challenge, body) =
         refusal(None, "application/x-protobuf", proto.clone()).await;
     assert_eq!(
@@ -1143,7 +1134,7 @@ async fn http_requires_an_ingest_token_and_records_its_name_as_source() {
     );
     let (code, _, _) = status::decode_http_body(&body).expect("a Status");
     assert_eq!(code, tonic::Code::Unauthenticated as i32);
-    let (_, _, body) = refusal(Some(query.clone()), "application/x-protobuf", proto).await;
+    let (_, _, body) = refusal(Some(query.clone()), "application/x-protobuf", proto.clone()).await;
     let (code, message, _) = status::decode_http_body(&body).expect("a Status");
     assert_eq!(code, tonic::Code::PermissionDenied as i32);
     assert!(message.contains("ingest"), "{message}");
