@@ -19,7 +19,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa,
+    Issuer, KeyPair, RevokedCertParams, SerialNumber,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -179,7 +182,7 @@ async fn renewed_certificate_is_served_to_new_connections() {
     let addr = serve_https(&config(&files), "tls_test_reload").await;
     assert!(get_text(&client(addr, &cert_a), addr).await.is_ok());
 
-    let reloads_ok = CERT_RELOADS.with_label_values(&["ok"]).get();
+    let reloads_ok = CERT_RELOADS.with_label_values(&["server_cert", "ok"]).get();
     let (cert_b, key_b) = self_signed();
     // Renewal half done: the new cert is in place but its key is not yet. The old pair keeps being served.
     replace_file(&files.cert, &cert_b);
@@ -197,7 +200,7 @@ async fn renewed_certificate_is_served_to_new_connections() {
         get_text(&client(addr, &cert_a), addr).await.is_err(),
         "the old certificate is no longer served"
     );
-    assert!(CERT_RELOADS.with_label_values(&["ok"]).get() > reloads_ok);
+    assert!(CERT_RELOADS.with_label_values(&["server_cert", "ok"]).get() > reloads_ok);
 }
 
 #[tokio::test]
@@ -254,6 +257,118 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
         .build()
         .expect("client");
     assert!(get_text(&rogue, addr).await.is_err());
+}
+
+/// A client CA that issues client certificates and revokes them.
+struct ClientCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl ClientCa {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("ca key");
+        let pem = params.self_signed(&key).expect("ca cert").pem();
+        ClientCa {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate with serial `serial`, as PEM cert + key.
+    fn identity(&self, serial: u64) -> String {
+        let key = KeyPair::generate().expect("client key");
+        let mut params =
+            CertificateParams::new(vec!["collector.example".to_string()]).expect("client params");
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    /// A CRL revoking `serials`.
+    fn crl(&self, serials: &[u64]) -> String {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2026, 1, 1),
+            next_update: date_time_ymd(2036, 1, 1),
+            crl_number: SerialNumber::from(serials.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&s| RevokedCertParams {
+                    serial_number: SerialNumber::from(s),
+                    revocation_time: date_time_ymd(2026, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("crl")
+        .pem()
+        .expect("crl pem")
+    }
+}
+
+/// A client presenting `identity_pem` that trusts `server_pem`.
+fn mtls_client(addr: SocketAddr, server_pem: &str, identity_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(server_pem.as_bytes()).expect("pem"))
+        .identity(reqwest::Identity::from_pem(identity_pem.as_bytes()).expect("identity"))
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Rotating the client CA and revoking a client certificate take effect on the next handshake; a broken
+/// CRL keeps the previous trust rather than locking every client out.
+#[tokio::test]
+async fn client_ca_rotation_and_revocation_apply_without_restart() {
+    let (old_ca, new_ca) = (ClientCa::new(), ClientCa::new());
+    let (server_cert, server_key) = self_signed();
+    let files = cert_files(&server_cert, &server_key);
+    let ca_file = files.cert.with_file_name("clients-ca.crt");
+    let crl_file = files.cert.with_file_name("clients.crl");
+    std::fs::write(&ca_file, &old_ca.pem).expect("write ca");
+    std::fs::write(&crl_file, old_ca.crl(&[])).expect("write crl");
+    let config = TlsConfig {
+        client_ca_file: Some(ca_file.clone()),
+        client_crl_file: Some(crl_file.clone()),
+        ..config(&files)
+    };
+    let addr = serve_https(&config, "tls_test_client_ca_reload").await;
+    // A fresh client (and so connection) each time: a pooled connection was verified at its handshake.
+    let accepted = |identity: String| {
+        let client = mtls_client(addr, &server_cert, &identity);
+        async move { get_text(&client, addr).await.is_ok() }
+    };
+    assert!(accepted(old_ca.identity(11)).await, "old CA trusted");
+    assert!(!accepted(new_ca.identity(21)).await, "new CA not yet");
+
+    let reloads = |outcome| {
+        CERT_RELOADS
+            .with_label_values(&["client_ca", outcome])
+            .get()
+    };
+    let ok_before = reloads("ok");
+    // Rotation: the new CA and its CRL, which revokes serial 22.
+    replace_file(&crl_file, &new_ca.crl(&[22]));
+    replace_file(&ca_file, &new_ca.pem);
+    assert!(accepted(new_ca.identity(21)).await, "new CA trusted after rotation");
+    assert!(reloads("ok") > ok_before);
+    assert!(!accepted(old_ca.identity(11)).await, "old CA no longer trusted");
+    assert!(!accepted(new_ca.identity(22)).await, "revoked client certificate refused");
+
+    // A CRL file that does not parse is an error, counted; the previous trust stays in force.
+    let errors_before = reloads("error");
+    replace_file(&crl_file, "-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n");
+    assert!(accepted(new_ca.identity(23)).await);
+    assert!(!accepted(new_ca.identity(22)).await, "still revoked");
+    assert!(reloads("error") > errors_before);
 }
 
 #[test]
