@@ -142,6 +142,21 @@ pub struct EntityBaseline {
     pub token_alarm: f64,
     pub rate_fired: bool,
     pub token_fired: bool,
+    /// The open window continues a rate (token) spike from the window just before it: crossing the alarm
+    /// again is the same episode and raises no new alert.
+    pub rate_episode: bool,
+    pub token_episode: bool,
+    /// End of the last closed window that crossed the rate (token) alarm.
+    rate_spike_end: Option<i64>,
+    token_spike_end: Option<i64>,
+    /// Consecutive windows that crossed an alarm, and their feature values (start, values). A spike that
+    /// lasts `warmup_windows` is a new level, not a spike: those windows become the baseline, so the alarm
+    /// follows the entity instead of firing every window for ever.
+    spike_streak: u64,
+    spike_values: Vec<(i64, [f64; 9])>,
+    /// End of the last closed window the behaviour model found unusual: the window right after it, if
+    /// unusual too, is the same episode and raises no new alert.
+    pub anomaly_end: Option<i64>,
     /// Recent denial times for the burst detector.
     pub denies: VecDeque<i64>,
     pub burst_firing: bool,
@@ -178,14 +193,45 @@ impl EntityBaseline {
         let end = start + window_us(th);
         let warm = self.is_warm(th);
         let spiked = self.rate_fired || self.token_fired;
-        // A window that spiked would poison the baseline it is judged against.
+        let continues = [self.rate_spike_end, self.token_spike_end].contains(&Some(start));
+        self.rate_spike_end = self.rate_fired.then_some(end);
+        self.token_spike_end = self.token_fired.then_some(end);
+        let values = acc.values();
         if !spiked {
-            let values = acc.values();
+            self.spike_streak = 0;
+            self.spike_values.clear();
             for (f, x) in self.features.iter_mut().zip(values) {
                 f.update(x, th.ewma_lambda, th.ring_size, end);
             }
             self.seasonal_rate
                 .update(hour_of_week(start), values[RATE], th.ewma_lambda);
+        } else {
+            // A window that spiked would poison the baseline it is judged against, unless the spike lasts.
+            if !continues {
+                self.spike_streak = 0;
+                self.spike_values.clear();
+            }
+            self.spike_streak += 1;
+            self.spike_values.push((start, values));
+            if self.spike_streak >= th.warmup_windows.max(1) {
+                let shifted = std::mem::take(&mut self.spike_values);
+                for (fi, f) in self.features.iter_mut().enumerate() {
+                    f.rebase(
+                        shifted.iter().map(|(_, v)| v[fi]),
+                        th.ewma_lambda,
+                        th.ring_size,
+                        end,
+                    );
+                }
+                for (s, v) in &shifted {
+                    self.seasonal_rate
+                        .update(hour_of_week(*s), v[RATE], th.ewma_lambda);
+                }
+                tracing::debug!(
+                    windows = shifted.len(),
+                    "a lasting spike became the baseline"
+                );
+            }
         }
         let mut reuse = acc;
         let first_event_id = reuse.first_event_id.take();
@@ -210,6 +256,8 @@ impl EntityBaseline {
         self.window_start = Some(start);
         self.rate_fired = false;
         self.token_fired = false;
+        self.rate_episode = self.rate_spike_end == Some(start);
+        self.token_episode = self.token_spike_end == Some(start);
         if !self.is_warm(th) {
             self.rate_alarm = f64::INFINITY;
             self.token_alarm = f64::INFINITY;

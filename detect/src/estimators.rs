@@ -46,6 +46,23 @@ impl FeatureStats {
         self.updated_at = at_us;
     }
 
+    /// Starts over from `values` (a level shift: the old level no longer describes the entity), keeping
+    /// the count of windows seen.
+    pub fn rebase(
+        &mut self,
+        values: impl IntoIterator<Item = f64>,
+        lambda: f64,
+        ring: usize,
+        at_us: i64,
+    ) {
+        let samples = self.samples;
+        *self = FeatureStats::default();
+        for x in values {
+            self.update(x, lambda, ring, at_us);
+        }
+        self.samples += samples;
+    }
+
     /// Recomputes median and MAD from the ring (after an update or a restore).
     pub fn refresh_robust(&mut self) {
         let mut v: Vec<f64> = self.recent.iter().copied().collect();

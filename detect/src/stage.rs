@@ -484,6 +484,9 @@ impl DetectionStage {
                     }
                 }
                 for (id, cw) in closed {
+                    let Some(b) = st.baselines[e as usize].get_mut(&id) else {
+                        continue;
+                    };
                     on_window_closed(
                         &rt,
                         &models,
@@ -492,6 +495,7 @@ impl DetectionStage {
                         e,
                         &id,
                         cw,
+                        &mut b.anomaly_end,
                         &mut alerts,
                     );
                 }
@@ -1095,21 +1099,26 @@ fn stateful_row(
         }
         let requests = acc.requests as f64;
         let tokens = acc.input_tokens + acc.output_tokens;
+        // Once per episode: a spike that runs on into the next window is the same spike.
         if !b.rate_fired && requests >= b.rate_alarm && rt.on("rate_spike") {
             b.rate_fired = true;
-            let z = b.z(baseline::RATE_FEATURE, requests);
-            let median = b.features[baseline::RATE_FEATURE].median;
-            alerts.push(row_alert(c, i, "rate_spike", e.as_str(), id, "request_rate", z,
-                format!("Request rate spike on {} {id}", e.as_str()),
-                format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).")));
+            if !b.rate_episode {
+                let z = b.z(baseline::RATE_FEATURE, requests);
+                let median = b.features[baseline::RATE_FEATURE].median;
+                alerts.push(row_alert(c, i, "rate_spike", e.as_str(), id, "request_rate", z,
+                    format!("Request rate spike on {} {id}", e.as_str()),
+                    format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).")));
+            }
         }
         if !b.token_fired && tokens >= b.token_alarm && rt.on("token_spike") {
             b.token_fired = true;
-            let z = b.z(baseline::TOKEN_FEATURE, tokens);
-            let median = b.features[baseline::TOKEN_FEATURE].median;
-            alerts.push(row_alert(c, i, "token_spike", e.as_str(), id, "total_tokens", z,
-                format!("Token consumption spike on {} {id}", e.as_str()),
-                format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).")));
+            if !b.token_episode {
+                let z = b.z(baseline::TOKEN_FEATURE, tokens);
+                let median = b.features[baseline::TOKEN_FEATURE].median;
+                alerts.push(row_alert(c, i, "token_spike", e.as_str(), id, "total_tokens", z,
+                    format!("Token consumption spike on {} {id}", e.as_str()),
+                    format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).")));
+            }
         }
         if deny && matches!(e, Entity::User | Entity::Agent) && rt.on("policy_deny_burst") {
             let win = th.deny_burst_window.as_micros() as i64;
@@ -1152,6 +1161,7 @@ fn stateful_row(
                 e,
                 id,
                 cw,
+                &mut b.anomaly_end,
                 alerts,
             );
         }
@@ -1206,7 +1216,9 @@ fn stateful_row(
     }
 }
 
-/// Scores a closed user/agent window with the behaviour model, or keeps it for training.
+/// Scores a closed user/agent window with the behaviour model, or keeps it for training. Unusual windows
+/// in a row are one episode (`anomaly_end`) and alert once: an entity whose normal is unlike everyone
+/// else's would otherwise page every window.
 #[allow(clippy::too_many_arguments)]
 fn on_window_closed(
     rt: &Runtime,
@@ -1216,6 +1228,7 @@ fn on_window_closed(
     e: Entity,
     id: &str,
     cw: ClosedWindow,
+    anomaly_end: &mut Option<i64>,
     alerts: &mut Vec<Alert>,
 ) {
     let k = match e {
@@ -1232,6 +1245,9 @@ fn on_window_closed(
         if d > m.threshold && cw.warm && rt.on("behavior_anomaly") {
             let s = &cw.summary;
             let end = cw.start_us + baseline::window_us(&rt.cfg.thresholds);
+            if std::mem::replace(anomaly_end, Some(end)) == Some(cw.start_us) {
+                return;
+            }
             alerts.push(
                 AlertDraft {
                     detector: "behavior_anomaly",
@@ -1641,6 +1657,116 @@ mod tests {
                 d.alerts
             );
         }
+    }
+
+    /// A lasting rise (10 to 100 requests a minute, for good) alerts once, not every minute, and the baseline
+    /// moves to the new level; a spike after a normal window is a new episode and alerts again.
+    #[test]
+    fn a_lasting_rise_alerts_once_and_becomes_the_baseline() {
+        let stage = DetectionStage::new(config());
+        steady(&stage, "erin", 30, 10);
+        let spikes = |from: i64, minutes: i64, per_minute: i64| -> usize {
+            (from..from + minutes)
+                .map(|m| {
+                    let rows: Vec<EventRow> = (0..per_minute)
+                        .map(|k| {
+                            inference(
+                                T0 + m * 60 * SEC + k * (60 * SEC / per_minute),
+                                &format!("erin-{m}-{k}"),
+                                "erin",
+                                "gpt-4o",
+                            )
+                        })
+                        .collect();
+                    stage
+                        .process(&batch(&rows))
+                        .alerts
+                        .iter()
+                        .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
+                        .count()
+                })
+                .sum()
+        };
+        assert_eq!(spikes(30, 15, 100), 1, "one episode, one alert");
+        let stats = |stage: &DetectionStage| {
+            let st = stage.state.lock();
+            let b = &st.baselines[Entity::User as usize]["erin"];
+            (b.features[baseline::RATE_FEATURE].median, b.rate_alarm)
+        };
+        let (median, alarm) = stats(&stage);
+        assert!(
+            median >= 100.0 && alarm > 100.0,
+            "median {median}, alarm {alarm}"
+        );
+        // The new level is normal now, in every hour; a spike over it after normal windows is a new episode.
+        assert_eq!(spikes(45, 190, 100), 0);
+        assert_eq!(spikes(235, 1, 1000), 1);
+        assert_eq!(spikes(236, 1, 100), 0);
+        assert_eq!(
+            spikes(237, 1, 1000),
+            1,
+            "a new episode after a normal window"
+        );
+    }
+
+    /// Unusual windows in a row are one episode, one alert; a usual window in between ends it.
+    #[test]
+    fn behaviour_anomalies_in_a_row_alert_once() {
+        use crate::behavior::WindowSummary;
+        let normal = |k: usize| WindowSummary {
+            requests: 8.0 + (k % 5) as f64,
+            input_tokens: 5000.0 + (k % 7) as f64 * 100.0,
+            output_tokens: 2000.0 + (k % 3) as f64 * 100.0,
+            latency_mean: 800.0 + (k % 11) as f64 * 20.0,
+            ..Default::default()
+        };
+        let train: Vec<[f64; DIMS]> = (0..600).map(|k| normal(k).vector()).collect();
+        let model = BehaviorModel::fit(&train, 3, 0.999, 2.0).expect("fit");
+        let outage = WindowSummary {
+            requests: 10.0,
+            input_tokens: 5000.0,
+            latency_mean: 20.0,
+            errors: 10.0,
+            ..Default::default()
+        };
+        assert!(model.distance(&outage.vector()) > model.threshold);
+        let rt = Runtime::new(config());
+        let models = [Some(Arc::new(model)), None];
+        let (mut training, mut new_since_fit) = (Default::default(), [0; 2]);
+        let mut anomaly_end = None;
+        let w = baseline::window_us(&rt.cfg.thresholds);
+        let mut alerts_for = |window: i64, summary: &WindowSummary| {
+            let mut alerts = Vec::new();
+            let cw = ClosedWindow {
+                start_us: window * w,
+                summary: *summary,
+                spiked: false,
+                warm: true,
+                first_event_id: None,
+            };
+            on_window_closed(
+                &rt,
+                &models,
+                &mut training,
+                &mut new_since_fit,
+                Entity::User,
+                "batch-job",
+                cw,
+                &mut anomaly_end,
+                &mut alerts,
+            );
+            alerts.len()
+        };
+        let windows = [
+            (0, &outage),
+            (1, &outage),
+            (2, &outage),
+            (3, &normal(0)),
+            (4, &outage),
+            (9, &outage),
+        ];
+        let raised: Vec<usize> = windows.iter().map(|(k, s)| alerts_for(*k, s)).collect();
+        assert_eq!(raised, [1, 0, 0, 0, 1, 1]);
     }
 
     #[test]
