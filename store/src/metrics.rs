@@ -27,6 +27,7 @@ pub(crate) struct Metrics {
     pub audit_seq: IntGauge,
     pub audit_unlisted: IntGauge,
     pub wal_quarantined: IntCounter,
+    pub wal_roll_failures: IntCounter,
 }
 
 pub(crate) fn metrics() -> &'static Metrics {
@@ -128,6 +129,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 wal_quarantined: register_int_counter_with_registry!(
                     "vigil_wal_segments_quarantined_total",
                     "Sealed WAL segments that no longer matched their SHA-256 at start: set aside (*.wal.tampered), not replayed",
+                    r
+                )?,
+                wal_roll_failures: register_int_counter_with_registry!(
+                    "vigil_wal_roll_failures_total",
+                    "WAL segment rolls that failed (a new segment could not be created); appends go on into the active segment and the roll is retried",
                     r
                 )?,
                 audit_unlisted: register_int_gauge_with_registry!(

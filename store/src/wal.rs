@@ -462,7 +462,12 @@ struct Writer {
     /// SHA-256 of the active segment so far, fed as it is written, so closing it needs no re-read.
     hasher: Sha256,
     audit: Option<Arc<AuditLog>>,
+    /// After a failed size-triggered roll, when to try again (not on every group while the cause lasts).
+    roll_retry_at: Option<Instant>,
 }
+
+/// How long appends go on into an over-size segment after a roll failed, before the roll is tried again.
+const ROLL_RETRY: Duration = Duration::from_secs(1);
 
 impl Wal {
     pub fn start(opts: WalOptions, commit: CommitFn) -> Result<Wal, StoreError> {
@@ -485,6 +490,7 @@ impl Wal {
             failed: None,
             hasher: Sha256::new(),
             audit: opts.audit.clone(),
+            roll_retry_at: None,
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -666,10 +672,20 @@ impl Writer {
         for req in group {
             match req {
                 Request::Append { body, entries, ack } => {
-                    if self.failed.is_none() && frames.is_empty() && self.size >= self.segment_bytes
+                    if self.failed.is_none()
+                        && frames.is_empty()
+                        && self.size >= self.segment_bytes
+                        && self.roll_retry_at.is_none_or(|at| Instant::now() >= at)
                     {
-                        if let Err(e) = self.roll() {
-                            self.failed = Some(e.to_string());
+                        // Nothing is wrong with the active segment when a new one cannot be made (EMFILE,
+                        // a full disk for a moment): appends go on into it and the roll is retried.
+                        match self.roll() {
+                            Ok(()) => self.roll_retry_at = None,
+                            Err(e) => {
+                                metrics().wal_roll_failures.inc();
+                                tracing::warn!(error = %e, "rolling the WAL segment failed; appending to the current one and retrying in 1 s");
+                                self.roll_retry_at = Some(Instant::now() + ROLL_RETRY);
+                            }
                         }
                     }
                     let seq = self.next_seq;
@@ -1038,6 +1054,42 @@ mod tests {
 
     /// A roll that cannot create the next segment leaves the active one unsealed: appends go on into it,
     /// and a seal taken before them would not match it (the next start would set it aside, records lost).
+    /// A size-triggered roll that cannot create the next segment does not stop ingestion: appends go on
+    /// into the active segment, and the roll happens once the cause is gone.
+    #[tokio::test]
+    async fn a_failed_size_roll_keeps_appending_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commit, _) = collect();
+        let opts = WalOptions {
+            dir: dir.path().to_path_buf(),
+            next_seq: 1,
+            segment_bytes: 1,
+            group_commit_window: Duration::ZERO,
+            sealed: vec![],
+            audit: None,
+        };
+        let wal = Wal::start(opts, commit).unwrap();
+        let append = || async {
+            let entries = vec![(Table::Events, batch(2))];
+            wal.append(wal.reserve(), encode_body(&entries).unwrap(), entries)
+                .await
+        };
+        append().await.unwrap();
+        // The next segment's name is taken: the size-triggered roll fails.
+        let blocker = segment_path(dir.path(), 2);
+        std::fs::write(&blocker, b"").unwrap();
+        let failures = metrics().wal_roll_failures.get();
+        append().await.expect("an append after a failed roll is stored");
+        append().await.expect("and the next one");
+        assert!(metrics().wal_roll_failures.get() > failures);
+        assert_eq!(wal.segment_count(), 1);
+        std::fs::remove_file(&blocker).unwrap();
+        tokio::time::sleep(ROLL_RETRY + Duration::from_millis(100)).await;
+        append().await.unwrap();
+        assert_eq!(wal.segment_count(), 2, "rolled once it could");
+        wal.close();
+    }
+
     #[tokio::test]
     async fn a_failed_roll_seals_nothing_and_the_segment_seals_whole_later() {
         let dir = tempfile::tempdir().unwrap();
