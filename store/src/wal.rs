@@ -681,6 +681,10 @@ impl Writer {
                         // a full disk for a moment): appends go on into it and the roll is retried.
                         match self.roll() {
                             Ok(()) => self.roll_retry_at = None,
+                            // The directory itself is gone: the active segment cannot be replayed either.
+                            Err(e) if !self.active_segment_exists() => {
+                                self.failed = Some(e.to_string());
+                            }
                             Err(e) => {
                                 metrics().wal_roll_failures.inc();
                                 tracing::warn!(error = %e, "rolling the WAL segment failed; appending to the current one and retrying in 1 s");
@@ -785,6 +789,11 @@ impl Writer {
             active.records += records as u64;
         }
         Ok(())
+    }
+
+    fn active_segment_exists(&self) -> bool {
+        let active = self.segments.lock().last().map(|s| s.path.clone());
+        active.is_some_and(|p| p.exists())
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
@@ -1079,7 +1088,9 @@ mod tests {
         let blocker = segment_path(dir.path(), 2);
         std::fs::write(&blocker, b"").unwrap();
         let failures = metrics().wal_roll_failures.get();
-        append().await.expect("an append after a failed roll is stored");
+        append()
+            .await
+            .expect("an append after a failed roll is stored");
         append().await.expect("and the next one");
         assert!(metrics().wal_roll_failures.get() > failures);
         assert_eq!(wal.segment_count(), 1);
