@@ -18,14 +18,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use prometheus::{register_int_counter_vec, IntCounterVec};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
@@ -104,7 +106,9 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::pki_types::pem::Error,
     },
-    #[error("client_crl_file {0} is set without client_ca_file; revocation needs the CA it applies to")]
+    #[error(
+        "client_crl_file {0} is set without client_ca_file; revocation needs the CA it applies to"
+    )]
     CrlWithoutCa(PathBuf),
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -134,12 +138,14 @@ pub fn server_config(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerCon
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match &config.client_ca_file {
-        Some(ca_file) => builder.with_client_cert_verifier(Arc::new(ReloadingClientVerifier::load(
-            ca_file,
-            config.client_crl_file.as_deref(),
-            config.reload_interval,
-            provider,
-        )?)),
+        Some(ca_file) => {
+            builder.with_client_cert_verifier(Arc::new(ReloadingClientVerifier::load(
+                ca_file,
+                config.client_crl_file.as_deref(),
+                config.reload_interval,
+                provider,
+            )?))
+        }
         None => match &config.client_crl_file {
             Some(crl_file) => return Err(TlsError::CrlWithoutCa(crl_file.clone())),
             None => builder.with_no_client_auth(),
@@ -325,7 +331,8 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.watch.reload_if_changed("client_ca", || {
-            let verifier = client_verifier(&self.ca_file, self.crl_file.as_deref(), &self.provider)?;
+            let verifier =
+                client_verifier(&self.ca_file, self.crl_file.as_deref(), &self.provider)?;
             *self.current.write() = verifier;
             Ok(())
         });
@@ -368,7 +375,8 @@ fn client_verifier(
             source,
         })?;
     }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if let Some(crl_file) = crl_file {
         let crls = CertificateRevocationListDer::pem_file_iter(crl_file)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())

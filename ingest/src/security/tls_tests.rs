@@ -358,14 +358,26 @@ async fn client_ca_rotation_and_revocation_apply_without_restart() {
     // Rotation: the new CA and its CRL, which revokes serial 22.
     replace_file(&crl_file, &new_ca.crl(&[22]));
     replace_file(&ca_file, &new_ca.pem);
-    assert!(accepted(new_ca.identity(21)).await, "new CA trusted after rotation");
+    assert!(
+        accepted(new_ca.identity(21)).await,
+        "new CA trusted after rotation"
+    );
     assert!(reloads("ok") > ok_before);
-    assert!(!accepted(old_ca.identity(11)).await, "old CA no longer trusted");
-    assert!(!accepted(new_ca.identity(22)).await, "revoked client certificate refused");
+    assert!(
+        !accepted(old_ca.identity(11)).await,
+        "old CA no longer trusted"
+    );
+    assert!(
+        !accepted(new_ca.identity(22)).await,
+        "revoked client certificate refused"
+    );
 
     // A CRL file that does not parse is an error, counted; the previous trust stays in force.
     let errors_before = reloads("error");
-    replace_file(&crl_file, "-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n");
+    replace_file(
+        &crl_file,
+        "-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n",
+    );
     assert!(accepted(new_ca.identity(23)).await);
     assert!(!accepted(new_ca.identity(22)).await, "still revoked");
     assert!(reloads("error") > errors_before);
