@@ -46,15 +46,28 @@ pub(crate) fn plan(files: &[StoredFile], target_bytes: u64) -> Vec<Vec<StoredFil
 }
 
 impl Store {
+    /// Merges every group it can. A group that fails (a tampered input, a storage error) is logged and the
+    /// pass goes on, so one bad file does not stop compaction everywhere; the first error is returned.
     pub(crate) async fn compact_pass(&self) -> Result<usize, StoreError> {
         let mut replaced = 0;
+        let mut first_error = None;
         for table in [Table::Events, Table::Alerts] {
             let files = self.shared.state.lock().manifest.files(table).to_vec();
             for group in plan(&files, self.config.compaction_target_bytes) {
-                replaced += self.merge(table, group).await?;
+                let first = group.first().map(|f| f.path.clone()).unwrap_or_default();
+                match self.merge(table, group).await {
+                    Ok(n) => replaced += n,
+                    Err(e) => {
+                        tracing::error!(table = table.name(), group = %first, error = %e, "compacting a group failed; the other groups go on");
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(replaced)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(replaced),
+        }
     }
 
     /// Merges one group; returns how many files it replaced (0 if the group changed under it).

@@ -521,25 +521,44 @@ async fn a_failed_manifest_save_leaves_the_chain_able_to_compact_and_retain() {
 async fn compaction_refuses_inputs_changed_since_they_were_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
-    for k in 0..2 {
+    let hour = |files: Vec<String>, h: &str| -> Vec<String> {
+        files.into_iter().filter(|f| f.contains(h)).collect()
+    };
+    // Two files in hour 14 and two in hour 15: the refused group must not hold up the other one.
+    for k in 0..4 {
+        let t = T14 + (k / 2) as i64 * HOUR_US;
         store
-            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, t))])
             .await
             .unwrap();
         store.flush().await.unwrap();
     }
-    let files = event_files(&store);
+    let files = hour(event_files(&store), "hour=14");
     assert_eq!(files.len(), 2);
+    assert_eq!(hour(event_files(&store), "hour=15").len(), 2);
     let (a, b) = (dir.path().join(&files[0]), dir.path().join(&files[1]));
     let (bytes_a, bytes_b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::write(&a, &bytes_b).unwrap();
     std::fs::write(&b, &bytes_a).unwrap();
-    let before = entries(dir.path());
+    let before = entries(dir.path()).len();
 
     let err = store.compact().await.unwrap_err().to_string();
     assert!(err.contains("not the file the audit chain sealed"), "{err}");
-    assert_eq!(event_files(&store), files, "the inputs stay live");
-    assert_eq!(entries(dir.path()), before, "nothing appended to the chain");
+    assert_eq!(
+        hour(event_files(&store), "hour=14"),
+        files,
+        "the inputs stay live"
+    );
+    assert_eq!(
+        hour(event_files(&store), "hour=15").len(),
+        1,
+        "the other hour was still compacted"
+    );
+    assert_eq!(
+        entries(dir.path()).len(),
+        before + 1,
+        "only the other hour's compaction appended to the chain"
+    );
     let report = verify(dir.path()).await;
     let changed: Vec<_> = report
         .findings
