@@ -73,7 +73,11 @@ pub(crate) fn object_files(config: &StoreConfig) -> Result<ObjectFiles, StoreErr
 /// (its inputs are gone too). Someone took them out of the manifest while the store was stopped. They are
 /// evidence: kept on disk and live in the chain, so `verify` names them, instead of being deleted as crash
 /// leftovers and recorded as abandoned, which would make the removal look legitimate.
-fn unlisted_files(audit: &AuditLog, manifest: &Manifest, wal_max_seq: u64) -> BTreeSet<String> {
+fn unlisted_files(
+    audit: &AuditLog,
+    manifest: &Manifest,
+    wal_records: Option<(u64, u64)>,
+) -> BTreeSet<String> {
     let unlisted: BTreeSet<String> = audit
         .state()
         .live
@@ -81,7 +85,7 @@ fn unlisted_files(audit: &AuditLog, manifest: &Manifest, wal_max_seq: u64) -> BT
         .filter(|(path, sealed)| {
             !path.starts_with("wal/")
                 && !manifest.contains(path)
-                && !sealed.may_be_unfinished(manifest, Some(wal_max_seq))
+                && !sealed.may_be_unfinished(manifest, wal_records)
         })
         .map(|(path, _)| path.clone())
         .collect();
@@ -233,7 +237,8 @@ pub(crate) async fn open(
     metrics()
         .wal_quarantined
         .inc_by(replay.quarantined.len() as u64);
-    let unlisted = unlisted_files(&audit, &manifest, replay.max_seq);
+    let wal_records = replay.min_seq.map(|lowest| (lowest, replay.max_seq));
+    let unlisted = unlisted_files(&audit, &manifest, wal_records);
     let orphans = remove_orphans(&objects, &manifest, &unlisted).await?;
     let state_schemas = refresh_state_files(&objects, &mut manifest).await?;
     let dedupe = rebuild_dedupe(

@@ -222,6 +222,8 @@ pub(crate) struct Replay {
     pub records: Vec<(u64, Entries)>,
     /// Highest sequence number seen anywhere (covered or not), so numbering continues above it.
     pub max_seq: u64,
+    /// Lowest sequence number seen anywhere (covered or not); `None` when the WAL holds no record.
+    pub min_seq: Option<u64>,
     /// Segments still holding uncovered records, oldest first.
     pub segments: Vec<Segment>,
     /// Bytes cut off torn tails.
@@ -260,10 +262,10 @@ fn next_frame(data: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
     Some((seq, payload, end))
 }
 
-/// The highest sequence number of a whole record in `dir`'s segments, without changing anything (for
-/// `verify`, which may run beside the server).
-pub(crate) fn highest_seq(dir: &Path) -> Result<Option<u64>, StoreError> {
-    let mut highest = None;
+/// The lowest and highest sequence numbers of whole records in `dir`'s segments, without changing anything
+/// (for `verify`, which may run beside the server); `None` when there is no record.
+pub(crate) fn seq_range(dir: &Path) -> Result<Option<(u64, u64)>, StoreError> {
+    let mut range: Option<(u64, u64)> = None;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -282,11 +284,11 @@ pub(crate) fn highest_seq(dir: &Path) -> Result<Option<u64>, StoreError> {
         };
         let mut at = 0;
         while let Some((seq, _, next)) = next_frame(&data, at) {
-            highest = highest.max(Some(seq));
+            range = Some(range.map_or((seq, seq), |(lo, hi)| (lo.min(seq), hi.max(seq))));
             at = next;
         }
     }
-    Ok(highest)
+    Ok(range)
 }
 
 /// Reads every segment in order. A record that is short or fails its CRC is a write torn by a crash: the
@@ -319,6 +321,7 @@ pub(crate) fn replay(
     let mut out = Replay {
         records: Vec::new(),
         max_seq: after_seq,
+        min_seq: None,
         segments: Vec::new(),
         truncated_bytes: 0,
         removed: Vec::new(),
@@ -360,6 +363,7 @@ pub(crate) fn replay(
             last_seq = seq;
             records += 1;
             out.max_seq = out.max_seq.max(seq);
+            out.min_seq = Some(out.min_seq.map_or(seq, |m| m.min(seq)));
             at = next;
         }
         if at < data.len() {

@@ -729,6 +729,70 @@ async fn a_seal_is_a_crash_leftover_only_while_the_wal_holds_its_rows() {
     }
 }
 
+/// `_manifest.json` put back to an earlier copy while the store is stopped (an edit, a backup restore, a
+/// stale replica): the flushes it forgot were sealed and their WAL records retired since, so their rows
+/// exist only in those files. `open` keeps them (it used to delete them as crash leftovers and record
+/// them as abandoned), and `verify` names them.
+#[tokio::test]
+async fn a_rolled_back_manifest_does_not_delete_the_flushes_it_forgot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        wal_segment_bytes: 1, // a segment per record, so flushes retire the records they cover
+        ..config(dir.path())
+    };
+    let store = Store::open(config.clone()).await.unwrap();
+    let manifest = dir.path().join("_manifest.json");
+    let mut old_manifest = Vec::new();
+    for k in 0..3 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        if k == 0 {
+            old_manifest = std::fs::read(&manifest).unwrap();
+        }
+    }
+    // Acknowledged, not flushed: the WAL holds records, only not those of the forgotten flushes.
+    store
+        .append(vec![(Table::Events, events(100..110, T14))])
+        .await
+        .unwrap();
+    let forgotten: Vec<String> = event_files(&store)[1..].to_vec();
+    assert_eq!(forgotten.len(), 2);
+    drop(store);
+    std::fs::write(&manifest, &old_manifest).unwrap();
+
+    let unlisted = |report: &audit::VerifyReport| {
+        let mut paths: Vec<String> = report
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                Finding::Unlisted { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        paths.sort();
+        paths
+    };
+    let mut want = forgotten.clone();
+    want.sort();
+    assert_eq!(unlisted(&verify(dir.path()).await), want);
+    let before = entries(dir.path()).len();
+    let store = Store::open(config).await.unwrap();
+    for f in &forgotten {
+        assert!(dir.path().join(f).exists(), "{f} kept");
+    }
+    assert!(
+        entries(dir.path())[before..]
+            .iter()
+            .all(|e| e.op != Op::Abandon),
+        "not recorded as abandoned"
+    );
+    assert_eq!(unlisted(&verify(dir.path()).await), want);
+    drop(store);
+}
+
 #[tokio::test]
 async fn a_store_older_than_the_chain_is_adopted_once() {
     let dir = tempfile::tempdir().unwrap();

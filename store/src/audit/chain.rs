@@ -255,15 +255,24 @@ pub(crate) enum Origin {
 
 impl Expected {
     /// True if this file, absent from `manifest`, may be what a crash left between sealing it and making it
-    /// live: a flush's whose rows the WAL still holds (`wal_max_seq`: the highest record on disk, when
-    /// known), or a compaction's whose inputs are all still listed. Anything else sealed and unlisted was
-    /// taken out of the manifest.
-    pub fn may_be_unfinished(&self, manifest: &Manifest, wal_max_seq: Option<u64>) -> bool {
+    /// live: a flush's whose rows the WAL still holds, or a compaction's whose inputs are all still listed.
+    /// Anything else sealed and unlisted was taken out of the manifest.
+    ///
+    /// `wal_records` is the lowest and highest record sequence on disk. A flush's rows are still in the WAL
+    /// only if every record after the manifest's `wal_seq` up to the flush's is there: a WAL that starts
+    /// later was retired past them, which happens only after a manifest listed the flush, so a manifest
+    /// that no longer does was rolled back or edited, and deleting the file would lose its rows.
+    pub fn may_be_unfinished(&self, manifest: &Manifest, wal_records: Option<(u64, u64)>) -> bool {
         match &self.origin {
             Origin::Flush { wal_seq: None } => true,
             Origin::Flush {
                 wal_seq: Some(covered),
-            } => *covered > manifest.wal_seq && wal_max_seq.is_none_or(|max| max >= *covered),
+            } => {
+                *covered > manifest.wal_seq
+                    && wal_records.is_some_and(|(lowest, highest)| {
+                        lowest <= manifest.wal_seq + 1 && highest >= *covered
+                    })
+            }
             Origin::Compaction { inputs } => inputs.iter().all(|p| manifest.contains(p)),
             Origin::State => true,
             Origin::Other => false,

@@ -248,11 +248,10 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
     // WAL and deletes those records only after it swapped the manifest, so a flush in flight shows as
     // sealed, not yet listed, with its records still seen, which `may_be_unfinished` allows.
     let wal_dir = data_dir.join("wal");
-    let wal_highest = tokio::task::spawn_blocking(move || crate::wal::highest_seq(&wal_dir))
+    let wal_records = tokio::task::spawn_blocking(move || crate::wal::seq_range(&wal_dir))
         .await
         .map_err(|e| StoreError::Audit(format!("WAL scan task: {e}")))??;
     let manifest = crate::manifest::load(objects).await?;
-    let wal_max_seq = Some(wal_highest.unwrap_or(0).max(manifest.wal_seq));
 
     let mut files = Vec::new();
     for (path, actual) in &stored {
@@ -275,7 +274,7 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
             let actual = hash_object(objects.store.as_ref(), path).await?;
             report.files_checked += usize::from(actual.is_some());
             compare(&mut files, path, expected, actual);
-        } else if !manifest.contains(path) && !expected.may_be_unfinished(&manifest, wal_max_seq) {
+        } else if !manifest.contains(path) && !expected.may_be_unfinished(&manifest, wal_records) {
             files.push(Finding::Unlisted {
                 path: path.clone(),
                 sealed_seq: expected.seq,
