@@ -245,6 +245,11 @@ impl DriftTrack {
         swap
     }
 
+    /// Samples kept (for tests and diagnostics).
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
     pub fn push(
         &mut self,
         time_us: i64,

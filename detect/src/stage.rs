@@ -1196,7 +1196,11 @@ fn stateful_row(
                 map.insert(id.to_string(), DriftTrack::default());
             }
             let track = map.get_mut(id).expect("inserted above");
-            track.push(t, cat, out, lat, DRIFT_CAP);
+            // Samples are pruned by time only when drift is evaluated: with the detector off they would
+            // pile up to DRIFT_CAP for every model and endpoint.
+            if rt.on("model_drift") {
+                track.push(t, cat, out, lat, DRIFT_CAP);
+            }
             if k == 0 {
                 if let Some(rm) = get(c.response_model, i) {
                     if track.observe_response_model(rm, th.swap_min_events) && rt.on("model_drift")
@@ -1657,6 +1661,24 @@ mod tests {
                 d.alerts
             );
         }
+    }
+
+    /// With model_drift off nothing prunes drift samples, so none are kept.
+    #[test]
+    fn drift_samples_are_not_kept_while_model_drift_is_off() {
+        let count = |on: bool| {
+            let mut cfg = config();
+            cfg.enabled.insert("model_drift".into(), on);
+            let stage = DetectionStage::new(cfg);
+            let rows: Vec<EventRow> = (0..50)
+                .map(|k| inference(T0 + k * SEC, &format!("d{k}"), "alice", "gpt-4o"))
+                .collect();
+            stage.process(&batch(&rows));
+            let st = stage.state.lock();
+            st.drift[0].get("gpt-4o").map_or(0, |t| t.sample_count())
+        };
+        assert_eq!(count(true), 50);
+        assert_eq!(count(false), 0);
     }
 
     /// A lasting rise (10 to 100 requests a minute, for good) alerts once, not every minute, and the baseline
