@@ -165,7 +165,7 @@ pub fn decode_metrics(
         Encoding::Protobuf => Ok(wire::metrics::MetricsRequest::decode(message)?.points()),
         Encoding::Json => {
             json_within_budget(&message)?;
-            let request: ExportMetricsServiceRequest = serde_json::from_slice(&message)?;
+            let request: ExportMetricsServiceRequest = parse_json(&message)?;
             Ok(metric_points(&request))
         }
     }
@@ -210,8 +210,24 @@ where
     W: Message + Default,
 {
     json_within_budget(message)?;
-    let owned: Json = serde_json::from_slice(message)?;
+    let owned: Json = parse_json(message)?;
     Ok(wire::convert(&owned)?)
+}
+
+/// Parses OTLP/JSON into `opentelemetry_proto`'s types; a body they refuse is tried once more with enum
+/// names and empty lists in the protobuf JSON mapping's other forms ([`json_mapping`]).
+fn parse_json<Json: serde::de::DeserializeOwned>(message: &[u8]) -> Result<Json, DecodeError> {
+    let refused = match serde_json::from_slice(message) {
+        Ok(parsed) => return Ok(parsed),
+        Err(e) => e,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return Err(refused.into());
+    };
+    if !crate::json_mapping::normalise(&mut value) {
+        return Err(refused.into());
+    }
+    serde_json::from_value(value).map_err(|_| refused.into())
 }
 
 /// What one JSON object or array is counted as: about what the largest parsed message takes (a span some
@@ -594,6 +610,37 @@ mod tests {
                 .and_then(|v| v.value.clone()),
             Some(wire::any_value::Value::IntValue(42))
         );
+    }
+
+    /// Enum names and `{}` for an empty list are valid protobuf JSON; the batch is read, not refused.
+    #[test]
+    fn otlp_json_with_enum_names_and_empty_lists() {
+        let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10",
+            "spanId":"0102030405060708","name":"execute_tool search","kind":"SPAN_KIND_INTERNAL",
+            "startTimeUnixNano":"1700000000000000000","status":{"code":"STATUS_CODE_ERROR"},
+            "attributes":[{"key":"gen_ai.tool.call.arguments","value":{"kvlistValue":{}}},
+                          {"key":"tags","value":{"arrayValue":{}}}]}]}]}]}"#;
+        let req = decode_traces(
+            Bytes::from_static(json),
+            Encoding::Json,
+            Compression::None,
+            &Limits::default(),
+        )
+        .expect("protobuf JSON mapping forms are accepted");
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(&span.name[..], "execute_tool search");
+        assert_eq!(span.status.as_ref().map(|s| s.code), Some(2));
+        assert_eq!(span.attributes.len(), 2);
+        // Still refused, with the typed parse's message: an unknown enum name.
+        let bad = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_BOGUS"}]}]}]}"#;
+        let err = decode_traces(
+            Bytes::from_static(bad),
+            Encoding::Json,
+            Compression::None,
+            &Limits::default(),
+        )
+        .expect_err("an unknown enum name");
+        assert!(err.to_string().contains("malformed OTLP/JSON"), "{err}");
     }
 
     #[test]
