@@ -44,12 +44,33 @@ impl Store {
         let _guard = self.maintenance.lock().await;
         // Recorded before the rewrite in place; if the rewrite does not happen, `open` restores the previous
         // record when it finds the previous content.
+        let previous = self.audit.state().live.get(&file.path).map(|e| FileRecord {
+            path: file.path.clone(),
+            sha256: e.sha256.clone(),
+            size: e.size,
+            rows: e.rows,
+        });
         let draft = Draft {
             files: vec![FileRecord::of(&file, sha256)],
             ..Draft::new(Op::State, Some(table))
         };
         self.audit.append_async(vec![draft]).await?;
-        self.objects.put_durable(&file.path, bytes).await?;
+        if let Err(e) = self.objects.put_durable(&file.path, bytes).await {
+            // The file was most likely not replaced: record the previous content again, so that a second
+            // failed write (an outage lasting two persists) does not leave the chain two records ahead,
+            // past what `open` can restore. If the put did land after all, `open` finds this rewrite's
+            // content as the previous record and restores it.
+            if let Some(previous) = previous {
+                let restore = Draft {
+                    files: vec![previous],
+                    ..Draft::new(Op::State, Some(table))
+                };
+                if let Err(a) = self.audit.append_async(vec![restore]).await {
+                    tracing::warn!(error = %a, "recording the unchanged state file in the audit chain failed");
+                }
+            }
+            return Err(e);
+        }
         let mut next = self.shared.state.lock().manifest.clone();
         *next.files_mut(table) = vec![file];
         manifest::save(&self.objects, &next).await?;
