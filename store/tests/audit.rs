@@ -793,6 +793,84 @@ async fn a_rolled_back_manifest_does_not_delete_the_flushes_it_forgot() {
     drop(store);
 }
 
+/// The state file cannot be replaced twice in a row (an outage over two persists): the chain must still
+/// describe the file on disk, before a restart and after (it used to report it CHANGED until the next
+/// successful write, since `open` restores only one record back).
+#[tokio::test]
+async fn failed_state_writes_leave_the_chain_describing_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    let state = dir.path().join("baselines/state.parquet");
+    let aside = dir.path().join("state.parquet.aside");
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::create_dir(&state).unwrap(); // a put cannot rename its file over a directory
+    for k in 0..2 {
+        let batch = events(10 + k * 10..14 + k * 10, T14);
+        assert!(store.put_state(Table::Baselines, batch).await.is_err());
+    }
+    std::fs::remove_dir(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    drop(store);
+    let _store = Store::open(config(dir.path())).await.unwrap();
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+}
+
+/// Compaction inputs put back into `_manifest.json` beside their output (while they wait out their grace
+/// period on disk): queries would count their rows twice. No crash lists both, so `open` does not adopt
+/// them as crash leftovers and `verify` names each.
+#[tokio::test]
+async fn compaction_inputs_listed_again_beside_their_output_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        compaction_grace: Duration::from_secs(3600),
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg.clone()).await.unwrap();
+    for k in 0..2 {
+        store
+            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, T14))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let path = dir.path().join("_manifest.json");
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() };
+    let inputs = read()["tables"]["events"].as_array().unwrap().clone();
+    assert_eq!(store.compact().await.unwrap(), 2);
+    drop(store);
+    let mut m = read();
+    m["tables"]["events"]
+        .as_array_mut()
+        .unwrap()
+        .extend(inputs.iter().cloned());
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let relisted = |report: &audit::VerifyReport| {
+        report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::Relisted { .. }))
+            .count()
+    };
+    let report = verify(dir.path()).await;
+    assert_eq!(relisted(&report), 2, "{report}");
+    assert!(report.to_string().contains("RELISTED"), "{report}");
+    let before = entries(dir.path()).len();
+    let store = Store::open(cfg).await.unwrap();
+    assert!(
+        entries(dir.path())[before..]
+            .iter()
+            .all(|e| e.op != Op::Adopt || e.files.is_empty()),
+        "not adopted"
+    );
+    assert_eq!(relisted(&verify(dir.path()).await), 2);
+    drop(store);
+}
+
 #[tokio::test]
 async fn a_store_older_than_the_chain_is_adopted_once() {
     let dir = tempfile::tempdir().unwrap();

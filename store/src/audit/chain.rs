@@ -291,6 +291,8 @@ pub(crate) struct ChainState {
     /// For files rewritten in place (state tables): the content before the latest rewrite, which a crash
     /// between recording the rewrite and making it can leave on disk.
     pub previous: BTreeMap<String, Expected>,
+    /// Retired compaction inputs: the files that replaced them.
+    pub replaced_by: BTreeMap<String, Vec<String>>,
 }
 
 impl ChainState {
@@ -298,6 +300,10 @@ impl ChainState {
         for path in &e.removed {
             if let Some(x) = self.live.remove(path) {
                 self.retired.insert(path.clone(), x);
+                if e.op == Op::Compact {
+                    let outputs = e.files.iter().map(|f| f.path.clone()).collect();
+                    self.replaced_by.insert(path.clone(), outputs);
+                }
             }
         }
         for f in &e.files {
@@ -317,12 +323,24 @@ impl ChainState {
                 origin,
             };
             self.retired.remove(&f.path);
+            self.replaced_by.remove(&f.path);
             if let Some(old) = self.live.insert(f.path.clone(), x) {
                 if e.op == Op::State {
                     self.previous.insert(f.path.clone(), old);
                 }
             }
         }
+    }
+
+    /// The retired compaction input `path`'s replacement, if `manifest` lists both: no crash does that (a
+    /// crash before the manifest swap leaves the inputs listed and not the output), so the input was put
+    /// back by hand and its rows are counted twice.
+    pub fn relisted_with(&self, path: &str, manifest: &Manifest) -> Option<String> {
+        self.replaced_by
+            .get(path)?
+            .iter()
+            .find(|out| manifest.contains(out))
+            .cloned()
     }
 
     pub fn replay<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> ChainState {

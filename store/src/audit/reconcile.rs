@@ -71,6 +71,9 @@ pub(crate) async fn reconcile(
                         });
                     }
                 }
+                (None, Some(_)) if state.relisted_with(&f.path, manifest).is_some() => {
+                    tracing::error!(path = %f.path, "the manifest lists a compaction input beside the file that replaced it; not adopted, verify reports it");
+                }
                 (None, Some(retired)) => adopt.files.push(FileRecord {
                     path: f.path.clone(),
                     sha256: retired.sha256.clone(),

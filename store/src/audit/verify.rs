@@ -40,6 +40,9 @@ pub enum Finding {
     /// A sealed file, present and unchanged, that `_manifest.json` no longer lists although no flush or
     /// compaction in progress explains it: queries do not see its rows.
     Unlisted { path: String, sealed_seq: u64 },
+    /// A compaction input that `_manifest.json` lists again beside the file that replaced it: queries
+    /// count its rows twice.
+    Relisted { path: String, replaced_by: String },
     /// The chain itself was edited, cut, reordered or torn at this entry.
     ChainBroken { seq: u64, reason: String },
 }
@@ -54,6 +57,7 @@ impl fmt::Display for Finding {
             Finding::Missing { path, sealed_seq } => write!(f, "MISSING {path}: sealed in entry {sealed_seq}"),
             Finding::Unexpected { path } => write!(f, "UNEXPECTED {path}: never sealed in the audit chain"),
             Finding::Unlisted { path, sealed_seq } => write!(f, "UNLISTED {path}: sealed in entry {sealed_seq}, but _manifest.json no longer lists it (queries do not see it)"),
+            Finding::Relisted { path, replaced_by } => write!(f, "RELISTED {path}: compacted into {replaced_by}, yet _manifest.json lists both (queries count its rows twice)"),
             Finding::ChainBroken { seq, reason } => write!(f, "CHAIN BROKEN at entry {seq}: {reason}"),
         }
     }
@@ -263,6 +267,19 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
             None => files.push(Finding::Unexpected { path: path.clone() }),
         }
     }
+    for table in crate::Table::ALL {
+        for f in manifest.files(table) {
+            if state.live.contains_key(&f.path) {
+                continue;
+            }
+            if let Some(replaced_by) = state.relisted_with(&f.path, &manifest) {
+                files.push(Finding::Relisted {
+                    path: f.path.clone(),
+                    replaced_by,
+                });
+            }
+        }
+    }
     let wal_paths: BTreeSet<&str> = wal.values().map(String::as_str).collect();
     for (path, expected) in &state.live {
         if path.starts_with("wal/") {
@@ -306,7 +323,8 @@ fn finding_path(f: &Finding) -> &str {
         Finding::Changed { path, .. }
         | Finding::Missing { path, .. }
         | Finding::Unexpected { path }
-        | Finding::Unlisted { path, .. } => path,
+        | Finding::Unlisted { path, .. }
+        | Finding::Relisted { path, .. } => path,
         Finding::ChainBroken { .. } => "",
     }
 }
