@@ -1249,7 +1249,7 @@ fn on_window_closed(
         if d > m.threshold && cw.warm && rt.on("behavior_anomaly") {
             let s = &cw.summary;
             let end = cw.start_us + baseline::window_us(&rt.cfg.thresholds);
-            if std::mem::replace(anomaly_end, Some(end)) == Some(cw.start_us) {
+            if anomaly_end.replace(end) == Some(cw.start_us) {
                 return;
             }
             alerts.push(
