@@ -123,23 +123,45 @@ fn outside_reloaded(config: &Config) -> String {
     toml::to_string(&c).unwrap_or_default()
 }
 
-/// Reloads on every SIGHUP until the process ends.
-pub fn on_sighup(reloader: Arc<Reloader>) {
+/// SIGHUP, listened for from the first moment of `serve`. Without a handler a SIGHUP terminates the process,
+/// and one sent while the WAL replays (systemd's `ExecReload`, a configuration-management run) must not.
+/// A SIGHUP that arrives before the server is ready is held and applied once it is.
+pub struct Sighup {
     #[cfg(unix)]
-    tokio::spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            // It reads the file and may wait for another reload's lock: not on an async worker.
-            let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Sighup {
+    /// Installs the handler now (inside the runtime).
+    pub fn listen() -> Sighup {
+        #[cfg(unix)]
+        {
+            let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+                })
+                .ok();
+            Sighup { signal }
         }
-    });
+        #[cfg(not(unix))]
+        Sighup {}
+    }
+}
+
+/// Reloads on every SIGHUP (including any held since [`Sighup::listen`]) until the process ends.
+pub fn on_sighup(reloader: Arc<Reloader>, hup: Sighup) {
+    #[cfg(unix)]
+    if let Some(mut signal) = hup.signal {
+        tokio::spawn(async move {
+            while signal.recv().await.is_some() {
+                // It reads the file and may wait for another reload's lock: not on an async worker.
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, hup);
 }
 
 #[cfg(test)]

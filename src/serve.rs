@@ -148,6 +148,8 @@ pub async fn start(config: Config) -> Result<Running> {
 
 /// [`start`], with a way to re-read the configuration for `POST /-/reload` and SIGHUP.
 pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<Running> {
+    // Before anything slow (the WAL replay): a SIGHUP must not kill a server that is still starting.
+    let sighup = source.is_some().then(reload::Sighup::listen);
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
             "creating data directory {}",
@@ -159,6 +161,9 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     // Exported as 0 from the start, so `increase()` sees the first refusals.
     LazyLock::force(&crate::metrics::OVERLOAD_REFUSALS);
 
+    tracing::info!(data_dir = %config.store.data_dir.display(), "opening the store");
+    // For the end-to-end test of signals during start-up (`FAILPOINTS=store_open=sleep(3000)`).
+    fail::fail_point!("store_open");
     let store = Store::open(config.store.clone())
         .await
         .context("opening the store")?;
@@ -320,8 +325,8 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
         grpc = %bound.grpc, http = %bound.http, admin = %bound.admin, pg = ?bound.pg,
         data_dir = %config.server.data_dir.display(), auth = auth.is_enabled(), tls = tls.is_some(), "vigil is ready"
     );
-    if let Some(reloader) = reloader {
-        reload::on_sighup(reloader);
+    if let (Some(reloader), Some(sighup)) = (reloader, sighup) {
+        reload::on_sighup(reloader, sighup);
     }
     admin::set_ready(true);
     Ok(Running {

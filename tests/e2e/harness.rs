@@ -67,6 +67,8 @@ pub struct StartOptions<'a> {
     pub unprovisioned: bool,
     /// Serve TLS with this certificate (`--tls-cert/--tls-key`); the helpers then trust it and use https.
     pub tls: Option<CertFiles>,
+    /// Return once the process is started, before it is ready ([`Vigil::wait_ready`] waits).
+    pub unready: bool,
 }
 
 /// A server certificate and key issued by a throwaway CA, as PEM files.
@@ -257,7 +259,10 @@ impl Vigil {
         if !options.unprovisioned {
             v.token = v.create_token_offline("e2e-admin", "admin");
         }
-        v.spawn().await;
+        v.spawn_process();
+        if !options.unready {
+            v.wait_ready().await;
+        }
         v
     }
 
@@ -375,6 +380,11 @@ impl Vigil {
     }
 
     pub async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -407,10 +417,10 @@ impl Vigil {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn vigil"));
-        self.wait_ready().await;
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits for `/readyz`; panics with the log if the process exits first.
+    pub async fn wait_ready(&mut self) {
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = self.admin_url("/readyz");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::Vigil;
+use crate::harness::{StartOptions, Vigil};
 use crate::sample_rows;
 
 const MINUTE_US: i64 = 60_000_000;
@@ -234,4 +234,46 @@ async fn inventory_reloads_without_a_restart_and_state_survives_one() {
         1,
         "the restart does not re-alert known models"
     );
+}
+
+/// A SIGHUP while the server is still starting (held here before the store opens, where a long WAL replay
+/// would be) does not kill it; the reload is applied once the server is ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_during_start_up_is_applied_once_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, config_text(&[("gpt-4o", "platform-team")])).unwrap();
+    let mut v = Vigil::start_opts(StartOptions {
+        args: &["--config", config.to_str().unwrap()],
+        envs: &[("FAILPOINTS", "store_open=sleep(3000)")],
+        unready: true,
+        ..Default::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !v.log().contains("opening the store") {
+        assert!(
+            Instant::now() < deadline,
+            "never reached the store; log:\n{}",
+            v.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = v.child.as_ref().expect("running").id();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    v.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reloads(&v.metrics().await, "success") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held SIGHUP was not applied; log:\n{}",
+            v.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    v.stop();
 }
