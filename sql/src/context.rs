@@ -207,7 +207,24 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
             let data = c.to_data();
             data.get_slice_memory_size()
                 .unwrap_or_else(|_| c.get_array_memory_size())
+                + view_payload_bytes(&data)
         })
+        .sum()
+}
+
+/// The string bytes of a `Utf8View`/`BinaryView` slice, which arrow's slice size leaves out (it counts the
+/// 16-byte views, not the buffers they point into): without them `SELECT prompt_text FROM events` of
+/// 20 KB prompts passed the byte limit at 16 bytes a row. Values of up to 12 bytes live in the view itself.
+fn view_payload_bytes(data: &arrow::array::ArrayData) -> usize {
+    use arrow::datatypes::DataType;
+    if !matches!(data.data_type(), DataType::Utf8View | DataType::BinaryView) {
+        return 0;
+    }
+    let views = &data.buffer::<u128>(0)[..data.len()];
+    views
+        .iter()
+        .map(|v| *v as u32 as usize)
+        .filter(|&len| len > 12)
         .sum()
 }
 
@@ -216,6 +233,27 @@ mod tests {
     use super::*;
     use crate::test_support::{self, TestSource};
     use arrow::array::Int64Array;
+
+    /// `events` is read with Utf8View text columns: their string bytes count against the result limit.
+    #[test]
+    fn view_strings_count_their_bytes_not_only_their_views() {
+        use arrow::array::{ArrayRef, StringViewArray};
+        let long = "x".repeat(20_000);
+        let array: ArrayRef = Arc::new(StringViewArray::from_iter_values((0..100).map(|k| {
+            if k % 2 == 0 {
+                long.as_str()
+            } else {
+                "short"
+            }
+        })));
+        let batch = RecordBatch::try_from_iter([("prompt_text", array)]).unwrap();
+        let bytes = batch_bytes(&batch);
+        assert!(bytes >= 50 * 20_000, "{bytes}");
+        // A slice counts its own rows only.
+        let slice = batch.slice(0, 2);
+        let bytes = batch_bytes(&slice);
+        assert!((20_000..100_000).contains(&bytes), "{bytes}");
+    }
 
     fn count(batches: &[RecordBatch]) -> i64 {
         let col = batches[0]
