@@ -143,6 +143,8 @@ pub struct Loaded {
 pub struct Outbox {
     db: Database,
     path: PathBuf,
+    /// Tests only: every write fails, as on a full disk.
+    refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -165,6 +167,14 @@ impl Outbox {
         }
     }
 
+    /// Makes every later write fail (or succeed again), as a full disk would: for tests of what a failed
+    /// outbox write does to deliveries.
+    #[doc(hidden)]
+    pub fn refuse_writes(&self, on: bool) {
+        self.refuse_writes
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens (creating if needed) the outbox and loads its state.
     pub fn open(path: &Path) -> Result<(Outbox, Loaded), OutboxError> {
         let err = |e: redb::Error| OutboxError::Redb {
@@ -178,6 +188,7 @@ impl Outbox {
         let outbox = Outbox {
             db,
             path: path.to_path_buf(),
+            refuse_writes: Default::default(),
         };
         // Create every table so readers never meet a missing one.
         outbox.write(|_| Ok(()))?;
@@ -226,6 +237,14 @@ impl Outbox {
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<R, OutboxError>,
     ) -> Result<R, OutboxError> {
+        if self
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(self.redb(redb::Error::Io(std::io::Error::other(
+                "writes refused (test hook)",
+            ))));
+        }
         let txn = self.db.begin_write().map_err(|e| self.redb(e))?;
         let r = {
             // Opening the tables creates them on first use.

@@ -86,6 +86,8 @@ struct State {
 /// How far back `reconcile` looks, and how long submitted alert ids are remembered for it.
 pub const RECONCILE_WINDOW_MS: i64 = 24 * 3_600_000;
 const PRUNE_EVERY_MS: i64 = 10 * 60_000;
+/// How long a delivery waits after its outcome could not be recorded (the outbox could not be written).
+const OUTBOX_FAILURE_PAUSE_MS: i64 = 5_000;
 
 impl State {
     fn put(&mut self, d: DeliveryRecord) {
@@ -626,7 +628,19 @@ impl Responder {
         };
         if let Err(e) = self.apply(seq, outcome) {
             tracing::error!(error = %e, seq, "recording a delivery outcome failed; the delivery will be retried");
+            // The record is unchanged and due already: without a pause it would be sent again at once, and
+            // again after every answer, for as long as the outbox cannot be written (a full disk).
+            let mut st = self.lock();
+            if let Some(d) = st.deliveries.get_mut(&seq) {
+                d.next_attempt_at_ms = Some(now_ms() + OUTBOX_FAILURE_PAUSE_MS);
+            }
         }
+    }
+
+    /// Tests only: makes every outbox write fail (or succeed again), as a full disk would.
+    #[doc(hidden)]
+    pub fn refuse_outbox_writes(&self, on: bool) {
+        self.outbox.refuse_writes(on);
     }
 
     /// Records an attempt's outcome durably and moves the delivery on.

@@ -301,6 +301,56 @@ fn status_classification_disable_dead_letter_and_replay() {
     receiver.stop();
 }
 
+/// The outbox cannot be written (a full disk) while the receiver answers 200: the outcome is not recorded,
+/// so the delivery stays due, and it must not be sent again in a tight loop meanwhile. Once the outbox
+/// can be written again, it is delivered and recorded.
+#[test]
+fn a_failed_outbox_write_does_not_resend_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/hook", 503);
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Json,
+    )]);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    responder
+        .submit(&[alert("full", "shadow_ai", Severity::High, 0)])
+        .unwrap();
+    let hits = || {
+        shared
+            .0
+            .lock()
+            .unwrap()
+            .hits
+            .get("/hook")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(5), || hits() >= 1));
+    // Queued and refused at least once; from now on the disk is full and the receiver accepts.
+    responder.refuse_outbox_writes(true);
+    shared.set_status("/hook", 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = hits();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        hits() <= before + 1,
+        "sent again and again: {} more in 1.5 s",
+        hits() - before
+    );
+    responder.refuse_outbox_writes(false);
+    assert!(wait_until(Duration::from_secs(15), || responder
+        .deliveries()
+        .iter()
+        .all(|d| d.status == DeliveryStatus::Delivered)));
+    run.crash();
+    receiver.stop();
+}
+
 /// Two deliveries in flight to one receiver: the first is answered 410 Gone, the second 503 later. The
 /// second waits with the others for a replay instead of calling the gone receiver again.
 #[test]
