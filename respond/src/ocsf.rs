@@ -35,16 +35,17 @@ pub fn rfc3339_us(us: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// OCSF analytic `type_id`: statistical detectors score against baselines, the rest are rules.
+/// OCSF analytic `type_id`: behaviour models first (`behavior_anomaly` is also an "anomaly"), then the
+/// statistical detectors that score against baselines; the rest are rules.
 fn analytic_type(detector: &str) -> (u8, &'static str) {
     let d = detector.to_ascii_lowercase();
-    if ["drift", "anomal", "baseline", "spike", "rate", "volume"]
+    if d.contains("behavio") {
+        (2, "Behavioral")
+    } else if ["drift", "anomal", "baseline", "spike", "rate", "volume"]
         .iter()
         .any(|k| d.contains(k))
     {
         (3, "Statistical")
-    } else if d.contains("behavio") {
-        (2, "Behavioral")
     } else {
         (1, "Rule")
     }
@@ -220,6 +221,14 @@ mod tests {
         assert_eq!(d["attacks"][0]["technique"]["uid"], "AML.T0051");
         assert_eq!(d["resources"][0]["uid"], "u1");
         assert_eq!(d["count"], 2);
+    }
+
+    #[test]
+    fn analytic_types_by_detector() {
+        assert_eq!(analytic_type("behavior_anomaly").0, 2);
+        assert_eq!(analytic_type("rate_spike").0, 3);
+        assert_eq!(analytic_type("model_drift").0, 3);
+        assert_eq!(analytic_type("shadow_ai").0, 1);
     }
 
     #[test]
