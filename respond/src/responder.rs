@@ -1017,8 +1017,15 @@ impl Responder {
                 let d = st.deliveries.get(&r.delivery_seq);
                 ResponseView {
                     record: r.clone(),
-                    // Only delivered records are pruned from the history.
-                    status: d.map(|d| d.status).unwrap_or(DeliveryStatus::Delivered),
+                    // A pruned delivery record: accepted actions have their time recorded here; one
+                    // without it was pruned as a dead letter, and must not read as taken.
+                    status: d
+                        .map(|d| d.status)
+                        .unwrap_or(if r.responded_at_ms.is_some() {
+                            DeliveryStatus::Delivered
+                        } else {
+                            DeliveryStatus::DeadLetter
+                        }),
                     completed_at_ms: r
                         .responded_at_ms
                         .or_else(|| d.and_then(|d| d.delivered_at_ms)),

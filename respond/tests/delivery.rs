@@ -737,6 +737,54 @@ fn playbook_runs_once_and_is_recorded() {
     assert_eq!(rows, vec![expected]);
 }
 
+/// A playbook action the receiver refused stays refused once its dead letter is pruned from the history:
+/// it used to read as delivered, a containment that never ran reported as taken.
+#[test]
+fn a_refused_action_is_not_reported_taken_after_its_record_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/actions/revoke", 400);
+    shared.set_status("/soc", 400);
+    let receiver = Receiver::start(&shared, 0);
+    let mut config = fast_config(vec![destination("soc", receiver.url("/soc"), Format::Json)]);
+    config.delivery.dead_letter_limit = 1;
+    config.playbooks.push(PlaybookConfig {
+        name: "revoke".into(),
+        detectors: vec!["tool_abuse".into()],
+        min_severity: Severity::High,
+        action: "revoke_agent_token".into(),
+        url: receiver.url("/actions/revoke"),
+        auth: None,
+        secret: Some(Secret::new(SECRET)),
+    });
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    responder
+        .submit(&[alert("x", "tool_abuse", Severity::Critical, 0)])
+        .unwrap();
+    let playbook_record = || {
+        responder
+            .deliveries()
+            .into_iter()
+            .find(|d| d.playbook.is_some())
+    };
+    assert!(wait_until(Duration::from_secs(5), || playbook_record()
+        .is_some_and(|d| d.status == DeliveryStatus::DeadLetter)));
+    // Newer dead letters push the playbook's out of the history (limit 1).
+    for k in 1..4 {
+        responder
+            .submit(&[alert(&format!("y{k}"), "other", Severity::High, k)])
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || playbook_record().is_none()));
+    let responses = responder.responses();
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].status, DeliveryStatus::DeadLetter);
+    assert_eq!(responses[0].completed_at_ms, None);
+    run.crash();
+    receiver.stop();
+}
+
 /// (alert_id, playbook, action, status, responded_at µs) per row of an `alert_response_schema()` batch.
 fn response_rows(
     batch: &arrow::array::RecordBatch,
