@@ -134,6 +134,8 @@ struct Cols<'a> {
     /// Unmapped attributes as JSON: content from producers the normaliser does not know lands here.
     attributes: Option<&'a StringArray>,
     is_inference: BooleanArray,
+    /// Content of an operation its span records (message events): not a request of its own.
+    is_content: BooleanArray,
     is_tool: BooleanArray,
     is_policy: BooleanArray,
     is_deny: BooleanArray,
@@ -192,6 +194,7 @@ impl<'a> Cols<'a> {
             response: s(col::RESPONSE_TEXT)?,
             attributes: s(col::ATTRIBUTES).ok(),
             is_inference: is(col::KIND, "inference")?,
+            is_content: is(col::OPERATION, vigil_ingest::schema::CONTENT_OPERATION)?,
             is_tool: is(col::KIND, "tool")?,
             is_policy: is(col::KIND, "policy")?,
             is_deny: is(col::DECISION, "deny")?,
@@ -923,6 +926,7 @@ fn stateful_row(
         flag(&c.is_policy, i),
         flag(&c.is_deny, i),
     );
+    let content = flag(&c.is_content, i);
 
     // Inventory and shadow AI (once per entity).
     let shadow_on = rt.on("shadow_ai");
@@ -1073,7 +1077,7 @@ fn stateful_row(
             b.acc.first_event_id = Some(c.event_id.value(i).to_string());
         }
         let acc = &mut b.acc;
-        if !policy {
+        if !policy && !content {
             acc.requests += 1;
             acc.input_tokens += tokens(c.input_tokens, i);
             acc.output_tokens += tokens(c.output_tokens, i);
@@ -1167,8 +1171,8 @@ fn stateful_row(
         }
     }
 
-    // Drift samples and silent model swaps.
-    if inference {
+    // Drift samples and silent model swaps (from the call itself, not its message events).
+    if inference && !content {
         let cat = st.categories.id(get(c.finish, i)
             .and_then(|f| f.split(',').next())
             .unwrap_or("none"));
@@ -1661,6 +1665,34 @@ mod tests {
                 d.alerts
             );
         }
+    }
+
+    /// Message events of a call (operation `content`) are not requests: a call with three messages is one
+    /// request, its tokens counted once, and no drift sample of their own.
+    #[test]
+    fn message_events_do_not_count_as_requests() {
+        let stage = DetectionStage::new(config());
+        let mut rows = Vec::new();
+        for k in 0..10 {
+            rows.push(inference(
+                T0 + k * SEC,
+                &format!("call{k}"),
+                "alice",
+                "gpt-4o",
+            ));
+            for m in 0..3 {
+                rows.push(EventRow {
+                    operation: Some(vigil_ingest::schema::CONTENT_OPERATION.into()),
+                    ..inference(T0 + k * SEC, &format!("msg{k}-{m}"), "alice", "gpt-4o")
+                });
+            }
+        }
+        stage.process(&batch(&rows));
+        let st = stage.state.lock();
+        let acc = &st.baselines[Entity::User as usize]["alice"].acc;
+        assert_eq!(acc.requests, 10);
+        assert_eq!(acc.input_tokens, 10.0 * 500.0);
+        assert_eq!(st.drift[0]["gpt-4o"].sample_count(), 10);
     }
 
     /// With model_drift off nothing prunes drift samples, so none are kept.

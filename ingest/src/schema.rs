@@ -48,6 +48,11 @@ pub mod col {
     pub const ATTRIBUTES: &str = "attributes";
 }
 
+/// The `operation` of a record that carries part of an operation's content (an old-style message event,
+/// or a `gen_ai.client.inference.operation.details` event of a span) rather than the operation itself:
+/// the span is the request, so baselines do not count these as requests, tokens or latency again.
+pub const CONTENT_OPERATION: &str = "content";
+
 /// What an event is. Stored as its lowercase name in the `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {

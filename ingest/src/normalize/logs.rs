@@ -9,6 +9,9 @@
 //! - `gen_ai.model.version_change` and `gen_ai.endpoint.*` -> endpoint;
 //! - anything else is classified by its attributes like a span (see `classify`), or skipped.
 //!
+//! Message events, and a details event inside a span, are stored with `operation` = `content`
+//! ([`CONTENT_OPERATION`]): they carry content of a call their span records, and are not requests of their own.
+//!
 //! `vigil.event.kind` on the record always decides the kind. A log record has no identity of its own, so
 //! its `event_id` is a hash of its content; the event name is kept in `attributes` as `event.name`.
 
@@ -24,7 +27,7 @@ use super::classify::{classify, explicit, is_endpoint_name, Classified};
 use super::row::{attribute_latency_ms, fill_common, fill_status, messages, record_hash};
 use super::spans::nanos_to_micros;
 use super::{NormalizeContext, Row};
-use crate::schema::{EventBatchBuilder, EventKind};
+use crate::schema::{EventBatchBuilder, EventKind, CONTENT_OPERATION};
 
 /// What an event name says about where its content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +97,9 @@ pub(crate) fn normalize(
                 };
                 fill_common(&mut row, &mut look, class);
                 fill_record(&mut row, record, event_name, &mut look, now_us);
+                if is_content_of_an_operation(shape, event_name, record) {
+                    row.operation = Some(Cow::Borrowed(CONTENT_OPERATION));
+                }
                 if let Some(body) = &record.body {
                     fill_from_body(&mut row, shape, body);
                 }
@@ -117,6 +123,14 @@ pub(crate) fn normalize(
         }
     }
     (skipped, false)
+}
+
+/// Message events are parts of one call (a request with three messages and a choice is four records), and
+/// a details event with a span context repeats its span's attributes: counted as requests, they would
+/// multiply a user's request rate, dilute error rates and add the span's tokens twice.
+fn is_content_of_an_operation(shape: Shape, event_name: &str, record: &LogRecord) -> bool {
+    shape != Shape::Attributes
+        || (event_name == "gen_ai.client.inference.operation.details" && !record.span_id.is_empty())
 }
 
 fn fill_record<'a>(
@@ -334,6 +348,19 @@ mod tests {
         );
         assert_eq!(g(col::RESPONSE_TEXT).as_deref(), Some("30 days."));
         assert_eq!(g(col::STATUS).as_deref(), Some("ok"));
+        assert_eq!(
+            g(col::OPERATION).as_deref(),
+            Some("content"),
+            "inside a span it is content of the span's call, not a second call"
+        );
+        let mut alone = r.clone();
+        alone.span_id = Bytes::new();
+        let (b_alone, _) = run(vec![alone]);
+        assert_eq!(
+            get(&b_alone, col::OPERATION, 0).as_deref(),
+            Some("chat"),
+            "without a span it is the only record of the call"
+        );
         let a = attrs_json(&b, 0);
         assert_eq!(a["event.name"], "gen_ai.client.inference.operation.details");
         assert_eq!(
@@ -393,6 +420,7 @@ mod tests {
         for row in 0..4 {
             assert_eq!(get(&b, col::KIND, row).as_deref(), Some("inference"));
             assert_eq!(get(&b, col::PROVIDER, row).as_deref(), Some("openai"));
+            assert_eq!(get(&b, col::OPERATION, row).as_deref(), Some("content"));
             assert_eq!(
                 get(&b, col::SPAN_ID, row).as_deref(),
                 Some("cdcdcdcdcdcdcdcd")
