@@ -6,7 +6,7 @@ use crate::wire::Span;
 use crate::wire::TracesRequest;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-use super::attrs::{hex_id, Attrs, Lookup, ResourceJson};
+use super::attrs::{hex_id, text, Attrs, Lookup, ResourceJson};
 use super::classify::classify;
 use super::row::{attribute_latency_ms, fill_common, fill_status, messages, record_hash};
 use super::{NormalizeContext, Row};
@@ -92,16 +92,22 @@ fn fill_span<'a>(row: &mut Row<'a>, span: &'a Span, look: &mut Lookup<'a, '_>, n
         None => (false, ""),
     };
     fill_status(row, failed, if failed { message } else { "" });
-    if row.prompt_text.is_none() || row.response_text.is_none() {
+    if !span.events.is_empty() {
         fill_from_span_events(row, span);
     }
 }
 
 /// Older OpenLLMetry/semconv put content in span events `gen_ai.content.prompt` (attribute `gen_ai.prompt`)
 /// and `gen_ai.content.completion` (`gen_ai.completion`); newer ones may attach the
-/// `gen_ai.client.inference.operation.details` event to the span instead of emitting a log.
+/// `gen_ai.client.inference.operation.details` event to the span instead of emitting a log. A guardrail
+/// may attach its `gen_ai.guardrail.security.finding` to the span it judged: its verdict and policy fill
+/// the row's decision columns when the span's attributes have none.
 fn fill_from_span_events(row: &mut Row<'_>, span: &Span) {
     for event in &span.events {
+        if &*event.name == "gen_ai.guardrail.security.finding" {
+            fill_from_guardrail_event(row, event);
+            continue;
+        }
         let (prompt_key, response_key) = match &*event.name {
             "gen_ai.content.prompt" => ("gen_ai.prompt", ""),
             "gen_ai.content.completion" => ("", "gen_ai.completion"),
@@ -124,6 +130,30 @@ fn fill_from_span_events(row: &mut Row<'_>, span: &Span) {
             if slot.is_none() {
                 *slot = messages(value).map(Cow::Owned);
             }
+        }
+    }
+}
+
+fn fill_from_guardrail_event(row: &mut Row<'_>, event: &crate::wire::span::Event) {
+    for kv in &event.attributes {
+        let Some(value) = kv.value.as_ref().and_then(text) else {
+            continue;
+        };
+        let slot = match &*kv.key {
+            "gen_ai.guardrail.verdict.type" | "gen_ai.guardrail.decision" => &mut row.decision,
+            "gen_ai.guardrail.verdict.reason" => &mut row.decision_reason,
+            "gen_ai.guardrail.security.policy.id" | "gen_ai.guardrail.policy.id" => {
+                &mut row.policy_id
+            }
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(Cow::Owned(value.into_owned()));
+        }
+    }
+    if let Some(d) = row.decision.as_mut() {
+        if d.bytes().any(|b| b.is_ascii_uppercase()) {
+            d.to_mut().make_ascii_lowercase();
         }
     }
 }
@@ -511,6 +541,33 @@ mod tests {
         );
         assert_eq!(a["gen_ai.guardrail.security.risk.score"], 0.93);
         assert!(a.get("gen_ai.guardrail.verdict.type").is_none());
+    }
+
+    /// A gateway's chat span with the guardrail's finding attached as a span event: the verdict is on the
+    /// event only, and must reach the decision columns (policy_deny_burst and deny rates count them).
+    #[test]
+    fn guardrail_finding_span_event_fills_the_decision() {
+        let mut s1 = span(
+            "chat gpt-4o",
+            vec![
+                kv("gen_ai.operation.name", s("chat")),
+                kv("gen_ai.request.model", s("gpt-4o")),
+            ],
+        );
+        s1.events = vec![span::Event {
+            name: "gen_ai.guardrail.security.finding".into(),
+            attributes: vec![
+                kv("gen_ai.guardrail.verdict.type", s("Deny")),
+                kv("gen_ai.guardrail.verdict.reason", s("secret in prompt")),
+                kv("gen_ai.guardrail.security.policy.id", s("dlp-3")),
+            ],
+        }];
+        let (b, _) = run(svc(), vec![s1]);
+        let g = |c| get(&b, c, 0);
+        assert_eq!(g(col::KIND).as_deref(), Some("inference"));
+        assert_eq!(g(col::DECISION).as_deref(), Some("deny"));
+        assert_eq!(g(col::DECISION_REASON).as_deref(), Some("secret in prompt"));
+        assert_eq!(g(col::POLICY_ID).as_deref(), Some("dlp-3"));
     }
 
     #[test]
