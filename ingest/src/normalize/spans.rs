@@ -570,6 +570,21 @@ mod tests {
         assert_eq!(g(col::POLICY_ID).as_deref(), Some("dlp-3"));
     }
 
+    /// Past 16 own attributes the shadowing check takes a set instead of a scan; the result is the same:
+    /// an own key hides the resource's, and unknown resource keys stay.
+    #[test]
+    fn many_attributes_keep_own_keys_over_the_resource() {
+        let mut own = vec![kv("gen_ai.operation.name", s("chat")), kv("team", s("own"))];
+        own.extend((0..40).map(|k| kv(&format!("x.{k}"), s("v"))));
+        let mut res = svc();
+        res.extend([kv("team", s("resource")), kv("region", s("eu"))]);
+        let (b, _) = run(res, vec![span("chat gpt-4o", own)]);
+        let a = attrs_json(&b, 0);
+        assert_eq!(a["team"], "own");
+        assert_eq!(a["region"], "eu");
+        assert_eq!(a["x.39"], "v");
+    }
+
     #[test]
     fn agent_invoke_span() {
         let s1 = span(
