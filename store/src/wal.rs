@@ -1065,8 +1065,6 @@ mod tests {
         assert_eq!(r.max_seq, 12);
     }
 
-    /// A roll that cannot create the next segment leaves the active one unsealed: appends go on into it,
-    /// and a seal taken before them would not match it (the next start would set it aside, records lost).
     /// A size-triggered roll that cannot create the next segment does not stop ingestion: appends go on
     /// into the active segment, and the roll happens once the cause is gone.
     #[tokio::test]
@@ -1105,6 +1103,8 @@ mod tests {
         wal.close();
     }
 
+    /// A roll that cannot create the next segment leaves the active one unsealed: appends go on into it,
+    /// and a seal taken before them would not match it (the next start would set it aside, records lost).
     #[tokio::test]
     async fn a_failed_roll_seals_nothing_and_the_segment_seals_whole_later() {
         let dir = tempfile::tempdir().unwrap();
