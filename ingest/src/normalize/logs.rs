@@ -9,7 +9,7 @@
 //! - `gen_ai.model.version_change` and `gen_ai.endpoint.*` -> endpoint;
 //! - anything else is classified by its attributes like a span (see `classify`), or skipped.
 //!
-//! Message events, and a details event inside a span, are stored with `operation` = `content`
+//! Message events and details events inside a sampled span are stored with `operation` = `content`
 //! ([`CONTENT_OPERATION`]): they carry content of a call their span records, and are not requests of their own.
 //!
 //! `vigil.event.kind` on the record always decides the kind. A log record has no identity of its own, so
@@ -126,11 +126,14 @@ pub(crate) fn normalize(
 }
 
 /// Message events are parts of one call (a request with three messages and a choice is four records), and
-/// a details event with a span context repeats its span's attributes: counted as requests, they would
-/// multiply a user's request rate, dilute error rates and add the span's tokens twice.
+/// a details event inside a span repeats its span's attributes: counted as requests, they would multiply a
+/// user's request rate, dilute error rates and add the span's tokens twice. Only inside a *sampled* span
+/// (trace flags bit 0), though: an unsampled span is never exported, and its events are then the only
+/// record of the call.
 fn is_content_of_an_operation(shape: Shape, event_name: &str, record: &LogRecord) -> bool {
-    shape != Shape::Attributes
-        || (event_name == "gen_ai.client.inference.operation.details" && !record.span_id.is_empty())
+    let in_exported_span = !record.span_id.is_empty() && record.flags & 1 == 1;
+    in_exported_span
+        && (shape != Shape::Attributes || event_name == "gen_ai.client.inference.operation.details")
 }
 
 fn fill_record<'a>(
@@ -232,6 +235,7 @@ mod tests {
             event_name: event_name.into(),
             attributes,
             body,
+            flags: 1,
         }
     }
 
@@ -355,12 +359,16 @@ mod tests {
         );
         let mut alone = r.clone();
         alone.span_id = Bytes::new();
-        let (b_alone, _) = run(vec![alone]);
-        assert_eq!(
-            get(&b_alone, col::OPERATION, 0).as_deref(),
-            Some("chat"),
-            "without a span it is the only record of the call"
-        );
+        let mut unsampled = r.clone();
+        unsampled.flags = 0;
+        let (b_alone, _) = run(vec![alone, unsampled]);
+        for row in 0..2 {
+            assert_eq!(
+                get(&b_alone, col::OPERATION, row).as_deref(),
+                Some("chat"),
+                "without an exported span it is the only record of the call"
+            );
+        }
         let a = attrs_json(&b, 0);
         assert_eq!(a["event.name"], "gen_ai.client.inference.operation.details");
         assert_eq!(

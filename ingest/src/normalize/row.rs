@@ -11,7 +11,7 @@ use super::attrs::{float, Direction, Lookup, Slot};
 use super::classify::Classified;
 use super::content::{append_messages, join_indexed, tool_payload};
 use super::Row;
-use crate::schema::EventKind;
+use crate::schema::{EventKind, CONTENT_OPERATION};
 
 /// Fills identity, model, usage, tool and guardrail columns from attributes (own first, resource second).
 pub(crate) fn fill_common<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, class: Classified) {
@@ -34,8 +34,11 @@ pub(crate) fn fill_common<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, clas
         .text(&[RequestModel, LlmModelName])
         .or_else(|| row.response_model.clone());
     row.endpoint = endpoint(look);
+    // `content` marks records the normaliser found to be part of another's call (see `logs.rs`); a sender
+    // naming its own operation so would hide its calls from the request baselines.
     row.operation = look
         .text(&[OperationName])
+        .filter(|op| op != CONTENT_OPERATION)
         .or_else(|| class.operation.map(Cow::Borrowed));
     row.input_tokens = look.int(&[InputTokens, PromptTokens, LlmPromptTokens]);
     row.output_tokens = look.int(&[OutputTokens, CompletionTokens, LlmCompletionTokens]);

@@ -585,6 +585,21 @@ mod tests {
         assert_eq!(a["x.39"], "v");
     }
 
+    /// `content` is the normaliser's mark for message events; a span claiming it still counts as a call.
+    #[test]
+    fn a_span_cannot_claim_the_content_operation() {
+        let s1 = span(
+            "chat gpt-4o",
+            vec![
+                kv("gen_ai.operation.name", s("content")),
+                kv("gen_ai.request.model", s("gpt-4o")),
+            ],
+        );
+        let (b, _) = run(svc(), vec![s1]);
+        assert_eq!(get(&b, col::KIND, 0).as_deref(), Some("inference"));
+        assert_ne!(get(&b, col::OPERATION, 0).as_deref(), Some("content"));
+    }
+
     #[test]
     fn agent_invoke_span() {
         let s1 = span(

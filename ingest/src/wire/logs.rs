@@ -41,6 +41,8 @@ pub struct LogRecord {
     pub trace_id: Bytes,
     pub span_id: Bytes,
     pub event_name: ByteString,
+    /// W3C trace flags of the record's span context; bit 0 = sampled (the span itself is exported).
+    pub flags: u32,
 }
 
 impl Default for LogRecord {
@@ -55,6 +57,7 @@ impl Default for LogRecord {
             trace_id: Bytes::new(),
             span_id: Bytes::new(),
             event_name: ByteString::new(),
+            flags: 0,
         }
     }
 }
@@ -66,6 +69,9 @@ impl Message for LogRecord {
             encoding::message::encode(5, body, buf);
         }
         encoding::message::encode_repeated(6, &self.attributes, buf);
+        if self.flags != 0 {
+            encoding::fixed32::encode(8, &self.flags, buf);
+        }
         field::encode_bytes(9, &self.trace_id, buf);
         field::encode_bytes(10, &self.span_id, buf);
         field::encode_fixed64(11, self.observed_time_unix_nano, buf);
@@ -91,6 +97,8 @@ impl Message for LogRecord {
             .map_err(field::at("LogRecord", "body")),
             6 => common::merge_attribute(wire_type, &mut self.attributes, buf, ctx)
                 .map_err(field::at("LogRecord", "attributes")),
+            8 => encoding::fixed32::merge(wire_type, &mut self.flags, buf, ctx)
+                .map_err(field::at("LogRecord", "flags")),
             9 => encoding::bytes::merge(wire_type, &mut self.trace_id, buf, ctx)
                 .map_err(field::at("LogRecord", "trace_id")),
             10 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx)
@@ -110,6 +118,11 @@ impl Message for LogRecord {
                 .as_ref()
                 .map_or(0, |b| encoding::message::encoded_len(5, b))
             + encoding::message::encoded_len_repeated(6, &self.attributes)
+            + if self.flags != 0 {
+                encoding::fixed32::encoded_len(8, &self.flags)
+            } else {
+                0
+            }
             + field::bytes_len(9, &self.trace_id)
             + field::bytes_len(10, &self.span_id)
             + field::fixed64_len(11, self.observed_time_unix_nano)
