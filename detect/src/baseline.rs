@@ -142,21 +142,25 @@ pub struct EntityBaseline {
     pub token_alarm: f64,
     pub rate_fired: bool,
     pub token_fired: bool,
-    /// The open window continues a rate (token) spike from the window just before it: crossing the alarm
-    /// again is the same episode and raises no new alert.
-    pub rate_episode: bool,
-    pub token_episode: bool,
-    /// End of the last closed window that crossed the rate (token) alarm.
-    rate_spike_end: Option<i64>,
-    token_spike_end: Option<i64>,
+    /// The level the rate (token) spike episode under way has reached: 0 outside one. A spike that runs
+    /// on into the next window is the same episode and alerts again only once it grows past
+    /// `spike_min_ratio` times this (so "just over the alarm, then a thousand times more" is seen).
+    pub rate_peak: f64,
+    pub token_peak: f64,
+    /// A rate (token) alert was raised in the open window: one per window at most.
+    pub rate_alerted: bool,
+    pub token_alerted: bool,
+    /// End and peak of the last closed window that crossed the rate (token) alarm.
+    rate_spike: Option<(i64, f64)>,
+    token_spike: Option<(i64, f64)>,
     /// Consecutive windows that crossed an alarm, and their feature values (start, values). A spike that
     /// lasts `warmup_windows` is a new level, not a spike: those windows become the baseline, so the alarm
     /// follows the entity instead of firing every window for ever.
     spike_streak: u64,
     spike_values: Vec<(i64, [f64; 9])>,
-    /// End of the last closed window the behaviour model found unusual: the window right after it, if
-    /// unusual too, is the same episode and raises no new alert.
-    pub anomaly_end: Option<i64>,
+    /// End and distance of the last closed window the behaviour model found unusual: the window right
+    /// after it, if unusual too, is the same episode and alerts again only if it is much farther out.
+    pub anomaly: Option<(i64, f64)>,
     /// Recent denial times for the burst detector.
     pub denies: VecDeque<i64>,
     pub burst_firing: bool,
@@ -193,9 +197,12 @@ impl EntityBaseline {
         let end = start + window_us(th);
         let warm = self.is_warm(th);
         let spiked = self.rate_fired || self.token_fired;
-        let continues = [self.rate_spike_end, self.token_spike_end].contains(&Some(start));
-        self.rate_spike_end = self.rate_fired.then_some(end);
-        self.token_spike_end = self.token_fired.then_some(end);
+        let continues = [self.rate_spike, self.token_spike]
+            .iter()
+            .any(|s| s.is_some_and(|(e, _)| e == start));
+        let (rate, tokens) = (acc.requests as f64, acc.input_tokens + acc.output_tokens);
+        self.rate_spike = self.rate_fired.then(|| (end, self.rate_peak.max(rate)));
+        self.token_spike = self.token_fired.then(|| (end, self.token_peak.max(tokens)));
         let values = acc.values();
         if !spiked {
             self.spike_streak = 0;
@@ -214,6 +221,7 @@ impl EntityBaseline {
             self.spike_streak += 1;
             self.spike_values.push((start, values));
             if self.spike_streak >= th.warmup_windows.max(1) {
+                self.spike_streak = 0;
                 let shifted = std::mem::take(&mut self.spike_values);
                 for (fi, f) in self.features.iter_mut().enumerate() {
                     f.rebase(
@@ -256,8 +264,14 @@ impl EntityBaseline {
         self.window_start = Some(start);
         self.rate_fired = false;
         self.token_fired = false;
-        self.rate_episode = self.rate_spike_end == Some(start);
-        self.token_episode = self.token_spike_end == Some(start);
+        self.rate_alerted = false;
+        self.token_alerted = false;
+        let carried = |spike: Option<(i64, f64)>| match spike {
+            Some((end, peak)) if end == start => peak,
+            _ => 0.0,
+        };
+        self.rate_peak = carried(self.rate_spike);
+        self.token_peak = carried(self.token_spike);
         if !self.is_warm(th) {
             self.rate_alarm = f64::INFINITY;
             self.token_alarm = f64::INFINITY;

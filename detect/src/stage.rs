@@ -498,7 +498,7 @@ impl DetectionStage {
                         e,
                         &id,
                         cw,
-                        &mut b.anomaly_end,
+                        &mut b.anomaly,
                         &mut alerts,
                     );
                 }
@@ -1103,25 +1103,42 @@ fn stateful_row(
         }
         let requests = acc.requests as f64;
         let tokens = acc.input_tokens + acc.output_tokens;
-        // Once per episode: a spike that runs on into the next window is the same spike.
-        if !b.rate_fired && requests >= b.rate_alarm && rt.on("rate_spike") {
+        // Once per episode (a spike that runs on into the next window is the same spike), and again in a
+        // later window that grows past spike_min_ratio times the level the episode reached; at most once a
+        // window.
+        let growth = th.spike_min_ratio.max(1.0);
+        if requests >= b.rate_alarm && rt.on("rate_spike") {
             b.rate_fired = true;
-            if !b.rate_episode {
+            if !b.rate_alerted && requests > b.rate_peak && requests >= b.rate_peak * growth {
+                b.rate_alerted = true;
+                let grew = b.rate_peak > 0.0;
                 let z = b.z(baseline::RATE_FEATURE, requests);
                 let median = b.features[baseline::RATE_FEATURE].median;
+                let grew = if grew {
+                    " The spike under way grew again."
+                } else {
+                    ""
+                };
                 alerts.push(row_alert(c, i, "rate_spike", e.as_str(), id, "request_rate", z,
                     format!("Request rate spike on {} {id}", e.as_str()),
-                    format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).")));
+                    format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).{grew}")));
             }
         }
-        if !b.token_fired && tokens >= b.token_alarm && rt.on("token_spike") {
+        if tokens >= b.token_alarm && rt.on("token_spike") {
             b.token_fired = true;
-            if !b.token_episode {
+            if !b.token_alerted && tokens > b.token_peak && tokens >= b.token_peak * growth {
+                b.token_alerted = true;
+                let grew = b.token_peak > 0.0;
                 let z = b.z(baseline::TOKEN_FEATURE, tokens);
                 let median = b.features[baseline::TOKEN_FEATURE].median;
+                let grew = if grew {
+                    " The spike under way grew again."
+                } else {
+                    ""
+                };
                 alerts.push(row_alert(c, i, "token_spike", e.as_str(), id, "total_tokens", z,
                     format!("Token consumption spike on {} {id}", e.as_str()),
-                    format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).")));
+                    format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).{grew}")));
             }
         }
         if deny && matches!(e, Entity::User | Entity::Agent) && rt.on("policy_deny_burst") {
@@ -1165,7 +1182,7 @@ fn stateful_row(
                 e,
                 id,
                 cw,
-                &mut b.anomaly_end,
+                &mut b.anomaly,
                 alerts,
             );
         }
@@ -1225,8 +1242,9 @@ fn stateful_row(
 }
 
 /// Scores a closed user/agent window with the behaviour model, or keeps it for training. Unusual windows
-/// in a row are one episode (`anomaly_end`) and alert once: an entity whose normal is unlike everyone
-/// else's would otherwise page every window.
+/// in a row are one episode (`anomaly`) and alert once, and again only when a window lies twice as far
+/// out as the episode's farthest: an entity whose normal is unlike everyone else's would otherwise page
+/// every window.
 #[allow(clippy::too_many_arguments)]
 fn on_window_closed(
     rt: &Runtime,
@@ -1236,7 +1254,7 @@ fn on_window_closed(
     e: Entity,
     id: &str,
     cw: ClosedWindow,
-    anomaly_end: &mut Option<i64>,
+    anomaly: &mut Option<(i64, f64)>,
     alerts: &mut Vec<Alert>,
 ) {
     let k = match e {
@@ -1253,7 +1271,12 @@ fn on_window_closed(
         if d > m.threshold && cw.warm && rt.on("behavior_anomaly") {
             let s = &cw.summary;
             let end = cw.start_us + baseline::window_us(&rt.cfg.thresholds);
-            if anomaly_end.replace(end) == Some(cw.start_us) {
+            let peak = match *anomaly {
+                Some((prev_end, peak)) if prev_end == cw.start_us => peak,
+                _ => 0.0,
+            };
+            *anomaly = Some((end, peak.max(d)));
+            if peak > 0.0 && d < 2.0 * peak {
                 return;
             }
             alerts.push(
@@ -1776,18 +1799,20 @@ mod tests {
         };
         let train: Vec<[f64; DIMS]> = (0..600).map(|k| normal(k).vector()).collect();
         let model = BehaviorModel::fit(&train, 3, 0.999, 2.0).expect("fit");
+        // Slow and failing: unusual, though not extreme.
         let outage = WindowSummary {
             requests: 10.0,
             input_tokens: 5000.0,
-            latency_mean: 20.0,
-            errors: 10.0,
+            output_tokens: 2000.0,
+            latency_mean: 300.0,
+            errors: 2.0,
             ..Default::default()
         };
         assert!(model.distance(&outage.vector()) > model.threshold);
         let rt = Runtime::new(config());
         let models = [Some(Arc::new(model)), None];
         let (mut training, mut new_since_fit) = (Default::default(), [0; 2]);
-        let mut anomaly_end = None;
+        let mut anomaly = None;
         let w = baseline::window_us(&rt.cfg.thresholds);
         let mut alerts_for = |window: i64, summary: &WindowSummary| {
             let mut alerts = Vec::new();
@@ -1806,11 +1831,26 @@ mod tests {
                 Entity::User,
                 "batch-job",
                 cw,
-                &mut anomaly_end,
+                &mut anomaly,
                 &mut alerts,
             );
             alerts.len()
         };
+        // Far worse than the outage, in a window continuing its episode: alerts again.
+        let worse = WindowSummary {
+            requests: 5000.0,
+            input_tokens: 5_000_000.0,
+            output_tokens: 0.0,
+            latency_mean: 1.0,
+            errors: 5000.0,
+            distinct_tools: 200.0,
+            ..Default::default()
+        };
+        let m = models[0].as_ref().expect("fitted");
+        assert!(
+            m.distance(&worse.vector()) >= 2.0 * m.distance(&outage.vector()),
+            "the test needs a much farther window"
+        );
         let windows = [
             (0, &outage),
             (1, &outage),
@@ -1818,9 +1858,43 @@ mod tests {
             (3, &normal(0)),
             (4, &outage),
             (9, &outage),
+            (10, &worse),
+            (11, &worse),
         ];
         let raised: Vec<usize> = windows.iter().map(|(k, s)| alerts_for(*k, s)).collect();
-        assert_eq!(raised, [1, 0, 0, 0, 1, 1]);
+        assert_eq!(raised, [1, 0, 0, 0, 1, 1, 1, 0]);
+    }
+
+    /// Just over the alarm, then a thousand times more: the growth is a new alert of the same episode.
+    #[test]
+    fn a_spike_that_keeps_growing_alerts_again() {
+        let stage = DetectionStage::new(config());
+        steady(&stage, "finn", 30, 10);
+        let minute = |m: i64, per_minute: i64| -> usize {
+            let rows: Vec<EventRow> = (0..per_minute)
+                .map(|k| {
+                    inference(
+                        T0 + m * 60 * SEC + k * (60 * SEC / per_minute),
+                        &format!("finn-{m}-{k}"),
+                        "finn",
+                        "gpt-4o",
+                    )
+                })
+                .collect();
+            stage
+                .process(&batch(&rows))
+                .alerts
+                .iter()
+                .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
+                .count()
+        };
+        assert_eq!(minute(30, 70), 1, "just over the alarm of 60");
+        assert_eq!(
+            minute(31, 2000),
+            1,
+            "grew past three times the episode's level"
+        );
+        assert_eq!(minute(32, 2000), 0, "the same level again");
     }
 
     #[test]
