@@ -46,7 +46,8 @@ pub struct TlsConfig {
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
     /// PEM certificate revocation lists for `client_ca_file`: a revoked client certificate is refused at
-    /// the handshake. Re-read on change, so revoking a leaked certificate needs no restart.
+    /// the handshake (certificates of a CA without a CRL here are not checked). Re-read on change, so
+    /// revoking a leaked certificate needs no restart.
     #[serde(default)]
     pub client_crl_file: Option<PathBuf>,
     /// How often a handshake may look at the files for a renewed certificate.
@@ -384,7 +385,13 @@ fn client_verifier(
                 path: crl_file.to_path_buf(),
                 source,
             })?;
-        builder = builder.with_crls(crls);
+        // The CRLs say which certificates are revoked; a certificate whose issuer has no CRL in the file
+        // (an intermediate, the other CA of a rotation bundle) is not refused for that. Only the client's
+        // own certificate is looked up.
+        builder = builder
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
     }
     builder.build().map_err(|source| TlsError::ClientCa {
         path: ca_file.to_path_buf(),

@@ -266,8 +266,11 @@ struct ClientCa {
 }
 
 impl ClientCa {
-    fn new() -> Self {
+    fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().expect("ca key");
         let pem = params.self_signed(&key).expect("ca cert").pem();
@@ -328,7 +331,7 @@ fn mtls_client(addr: SocketAddr, server_pem: &str, identity_pem: &str) -> reqwes
 /// CRL keeps the previous trust rather than locking every client out.
 #[tokio::test]
 async fn client_ca_rotation_and_revocation_apply_without_restart() {
-    let (old_ca, new_ca) = (ClientCa::new(), ClientCa::new());
+    let (old_ca, new_ca) = (ClientCa::new("clients 2025"), ClientCa::new("clients 2026"));
     let (server_cert, server_key) = self_signed();
     let files = cert_files(&server_cert, &server_key);
     let ca_file = files.cert.with_file_name("clients-ca.crt");
@@ -372,6 +375,14 @@ async fn client_ca_rotation_and_revocation_apply_without_restart() {
         "revoked client certificate refused"
     );
 
+    // During a rotation the bundle holds both CAs and the CRL covers the new one only: the old CA's
+    // clients are not refused for having no CRL.
+    replace_file(&ca_file, &format!("{}{}", old_ca.pem, new_ca.pem));
+    assert!(
+        accepted(old_ca.identity(12)).await,
+        "a CA without a CRL still trusted"
+    );
+    assert!(!accepted(new_ca.identity(22)).await, "still revoked");
     // A CRL file that does not parse is an error, counted; the previous trust stays in force.
     let errors_before = reloads("error");
     replace_file(
