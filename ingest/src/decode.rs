@@ -227,6 +227,12 @@ fn parse_json<Json: serde::de::DeserializeOwned>(message: &[u8]) -> Result<Json,
     if !(text.contains("expected i32") || text.contains("missing field `values`")) {
         return Err(refused.into());
     }
+    // A `Value` object costs some 600 bytes, more than twice what the budget counts per container.
+    if json_containers(message).saturating_mul(4 * JSON_CONTAINER_BYTES)
+        > wire::budget::limit(message.len())
+    {
+        return Err(refused.into());
+    }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(message) else {
         return Err(refused.into());
     };
