@@ -215,17 +215,20 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
 /// The string bytes of a `Utf8View`/`BinaryView` slice, which arrow's slice size leaves out (it counts the
 /// 16-byte views, not the buffers they point into): without them `SELECT prompt_text FROM events` of
 /// 20 KB prompts passed the byte limit at 16 bytes a row. Values of up to 12 bytes live in the view itself.
+/// Nested columns (`array_agg(prompt_text)`, structs) are walked for their view children too.
 fn view_payload_bytes(data: &arrow::array::ArrayData) -> usize {
     use arrow::datatypes::DataType;
+    let children: usize = data.child_data().iter().map(view_payload_bytes).sum();
     if !matches!(data.data_type(), DataType::Utf8View | DataType::BinaryView) {
-        return 0;
+        return children;
     }
     let views = &data.buffer::<u128>(0)[..data.len()];
-    views
-        .iter()
-        .map(|v| *v as u32 as usize)
-        .filter(|&len| len > 12)
-        .sum()
+    children
+        + views
+            .iter()
+            .map(|v| *v as u32 as usize)
+            .filter(|&len| len > 12)
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -249,6 +252,18 @@ mod tests {
         let batch = RecordBatch::try_from_iter([("prompt_text", array)]).unwrap();
         let bytes = batch_bytes(&batch);
         assert!(bytes >= 50 * 20_000, "{bytes}");
+        // Inside a list (array_agg) too.
+        let list = arrow::array::ListArray::new(
+            Arc::new(arrow::datatypes::Field::new_list_field(
+                arrow::datatypes::DataType::Utf8View,
+                false,
+            )),
+            arrow::buffer::OffsetBuffer::from_lengths([100]),
+            batch.column(0).clone(),
+            None,
+        );
+        let nested = RecordBatch::try_from_iter([("prompts", Arc::new(list) as ArrayRef)]).unwrap();
+        assert!(batch_bytes(&nested) >= 50 * 20_000);
         // A slice counts its own rows only.
         let slice = batch.slice(0, 2);
         let bytes = batch_bytes(&slice);
