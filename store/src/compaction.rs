@@ -46,8 +46,10 @@ pub(crate) fn plan(files: &[StoredFile], target_bytes: u64) -> Vec<Vec<StoredFil
 }
 
 impl Store {
-    /// Merges every group it can. A group that fails (a tampered input, a storage error) is logged and the
-    /// pass goes on, so one bad file does not stop compaction everywhere; the first error is returned.
+    /// Merges every group it can. A group whose inputs cannot be merged (a tampered or unreadable file) is
+    /// logged and the pass goes on, so one bad file does not stop compaction everywhere; the first such
+    /// error is returned. A failure to write the output, the chain or the manifest ends the pass: it would
+    /// fail the same way for every group, each leaving an abandoned file and chain entries behind.
     pub(crate) async fn compact_pass(&self) -> Result<usize, StoreError> {
         let mut replaced = 0;
         let mut first_error = None;
@@ -57,10 +59,11 @@ impl Store {
                 let first = group.first().map(|f| f.path.clone()).unwrap_or_default();
                 match self.merge(table, group).await {
                     Ok(n) => replaced += n,
-                    Err(e) => {
+                    Err(MergeError::Inputs(e)) => {
                         tracing::error!(table = table.name(), group = %first, error = %e, "compacting a group failed; the other groups go on");
                         first_error.get_or_insert(e);
                     }
+                    Err(MergeError::Commit(e)) => return Err(e),
                 }
             }
         }
@@ -71,13 +74,31 @@ impl Store {
     }
 
     /// Merges one group; returns how many files it replaced (0 if the group changed under it).
-    async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, StoreError> {
-        let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else {
+    async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, MergeError> {
+        let Some((encoded, sealed_inputs)) = self
+            .encode_group(table, &group)
+            .await
+            .map_err(MergeError::Inputs)?
+        else {
             return Ok(0);
+        };
+        self.commit_group(table, group, encoded, sealed_inputs)
+            .await
+            .map_err(MergeError::Commit)
+    }
+
+    /// Reads, checks and re-encodes a group's inputs (`None`: nothing to merge).
+    async fn encode_group(
+        &self,
+        table: Table,
+        group: &[StoredFile],
+    ) -> Result<Option<(EncodedFile, Vec<FileRecord>)>, StoreError> {
+        let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else {
+            return Ok(None);
         };
         let mut inputs = Vec::with_capacity(group.len());
         let mut sealed_inputs = Vec::with_capacity(group.len());
-        for f in &group {
+        for f in group {
             let sealed = self.audit.sealed_sha256(&f.path);
             if let Some(sha256) = &sealed {
                 sealed_inputs.push(FileRecord::of(f, sha256.clone()));
@@ -124,6 +145,17 @@ impl Store {
                 encoded.rows
             )));
         }
+        Ok(Some((encoded, sealed_inputs)))
+    }
+
+    /// Writes the merged file and makes it live in place of the group: output, chain entry, manifest.
+    async fn commit_group(
+        &self,
+        table: Table,
+        group: Vec<StoredFile>,
+        encoded: EncodedFile,
+        sealed_inputs: Vec<FileRecord>,
+    ) -> Result<usize, StoreError> {
         let encoded_sha256 = encoded.sha256.clone();
         let out = StoredFile {
             path: encoded.path.clone(),
@@ -185,6 +217,12 @@ impl Store {
         self.schedule_delete(group.into_iter().map(|f| f.path));
         Ok(n)
     }
+}
+
+/// Why a group was not merged: its inputs (the pass goes on) or the store (the pass stops).
+enum MergeError {
+    Inputs(StoreError),
+    Commit(StoreError),
 }
 
 #[cfg(test)]

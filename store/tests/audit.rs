@@ -495,7 +495,14 @@ async fn a_failed_manifest_save_leaves_the_chain_able_to_compact_and_retain() {
     let blocker = dir.path().join("_manifest.json.tmp");
     std::fs::create_dir(&blocker).unwrap();
     assert!(store.apply_retention(now).await.is_err());
+    let compacts = |dir: &Path| entries(dir).iter().filter(|e| e.op == Op::Compact).count();
+    let before = compacts(dir.path());
     assert!(store.compact().await.is_err());
+    assert_eq!(
+        compacts(dir.path()),
+        before + 1,
+        "the pass stopped at the first group the manifest could not take (two groups were due)"
+    );
     assert_eq!(
         event_files(&store).len(),
         5,
