@@ -617,9 +617,10 @@ impl Responder {
                 error: "body missing from the outbox".into(),
             },
             Err(e) => {
-                tracing::warn!(error = %e, seq, "reading a queued body failed; will retry");
+                tracing::warn!(error = %e, seq, "reading a queued body failed; will retry in 5 s");
                 let mut st = self.lock();
                 st.in_flight.remove(&seq);
+                pause(&mut st, seq);
                 if let Some(b) = st.breakers.get_mut(&record.destination) {
                     b.on_abandon(Instant::now());
                 }
@@ -628,12 +629,6 @@ impl Responder {
         };
         if let Err(e) = self.apply(seq, outcome) {
             tracing::error!(error = %e, seq, "recording a delivery outcome failed; the delivery will be retried");
-            // The record is unchanged and due already: without a pause it would be sent again at once, and
-            // again after every answer, for as long as the outbox cannot be written (a full disk).
-            let mut st = self.lock();
-            if let Some(d) = st.deliveries.get_mut(&seq) {
-                d.next_attempt_at_ms = Some(now_ms() + OUTBOX_FAILURE_PAUSE_MS);
-            }
         }
     }
 
@@ -763,7 +758,7 @@ impl Responder {
             }
             _ => None,
         };
-        self.outbox.write(|b| {
+        let written = self.outbox.write(|b| {
             b.put_delivery(&d)?;
             if let Some(r) = &responded {
                 b.put_response(r)?;
@@ -778,7 +773,14 @@ impl Responder {
                 b.put_destination(&dest, s)?;
             }
             prune.write(b)
-        })?;
+        });
+        if let Err(e) = written {
+            // The record is unchanged and due already: without a pause (set under this lock, before
+            // `take_due` can see it out of flight) it would be sent again at once, and after every answer,
+            // for as long as the outbox cannot be written (a full disk).
+            pause(&mut st, seq);
+            return Err(e.into());
+        }
         metrics()
             .deliveries
             .with_label_values(&[dest.as_str(), label])
@@ -1050,6 +1052,13 @@ impl Responder {
     /// crate to show as columns of `alerts`.
     pub fn alert_responses_batch(&self) -> arrow::array::RecordBatch {
         crate::table::alert_responses_to_batch(&self.responses())
+    }
+}
+
+/// Holds a delivery back for [`OUTBOX_FAILURE_PAUSE_MS`] after the outbox failed it.
+fn pause(st: &mut State, seq: u64) {
+    if let Some(d) = st.deliveries.get_mut(&seq) {
+        d.next_attempt_at_ms = Some(now_ms() + OUTBOX_FAILURE_PAUSE_MS);
     }
 }
 
