@@ -1736,6 +1736,26 @@ mod tests {
         assert_eq!(count(false), 0);
     }
 
+    /// Sends `per_minute` requests of `user` spread over minute `m`; returns the user rate_spike alerts.
+    fn rate_spikes_in_minute(stage: &DetectionStage, user: &str, m: i64, per_minute: i64) -> usize {
+        let rows: Vec<EventRow> = (0..per_minute)
+            .map(|k| {
+                inference(
+                    T0 + m * 60 * SEC + k * (60 * SEC / per_minute),
+                    &format!("{user}-{m}-{k}"),
+                    user,
+                    "gpt-4o",
+                )
+            })
+            .collect();
+        stage
+            .process(&batch(&rows))
+            .alerts
+            .iter()
+            .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
+            .count()
+    }
+
     /// A lasting rise (10 to 100 requests a minute, for good) alerts once, not every minute, and the baseline
     /// moves to the new level; a spike after a normal window is a new episode and alerts again.
     #[test]
@@ -1744,24 +1764,7 @@ mod tests {
         steady(&stage, "erin", 30, 10);
         let spikes = |from: i64, minutes: i64, per_minute: i64| -> usize {
             (from..from + minutes)
-                .map(|m| {
-                    let rows: Vec<EventRow> = (0..per_minute)
-                        .map(|k| {
-                            inference(
-                                T0 + m * 60 * SEC + k * (60 * SEC / per_minute),
-                                &format!("erin-{m}-{k}"),
-                                "erin",
-                                "gpt-4o",
-                            )
-                        })
-                        .collect();
-                    stage
-                        .process(&batch(&rows))
-                        .alerts
-                        .iter()
-                        .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
-                        .count()
-                })
+                .map(|m| rate_spikes_in_minute(&stage, "erin", m, per_minute))
                 .sum()
         };
         assert_eq!(spikes(30, 15, 100), 1, "one episode, one alert");
@@ -1870,24 +1873,7 @@ mod tests {
     fn a_spike_that_keeps_growing_alerts_again() {
         let stage = DetectionStage::new(config());
         steady(&stage, "finn", 30, 10);
-        let minute = |m: i64, per_minute: i64| -> usize {
-            let rows: Vec<EventRow> = (0..per_minute)
-                .map(|k| {
-                    inference(
-                        T0 + m * 60 * SEC + k * (60 * SEC / per_minute),
-                        &format!("finn-{m}-{k}"),
-                        "finn",
-                        "gpt-4o",
-                    )
-                })
-                .collect();
-            stage
-                .process(&batch(&rows))
-                .alerts
-                .iter()
-                .filter(|a| a.detector == "rate_spike" && a.entity_type == "user")
-                .count()
-        };
+        let minute = |m: i64, per_minute: i64| rate_spikes_in_minute(&stage, "finn", m, per_minute);
         assert_eq!(minute(30, 70), 1, "just over the alarm of 60");
         assert_eq!(
             minute(31, 2000),

@@ -98,12 +98,7 @@ async fn inventory_reloads_without_a_restart_and_state_survives_one() {
         ]),
     )
     .unwrap();
-    let pid = v.child.as_ref().expect("running").id();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    v.sighup();
     until(
         &v,
         inventory,
@@ -259,12 +254,7 @@ async fn a_sighup_during_start_up_is_applied_once_ready() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = v.child.as_ref().expect("running").id();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    v.sighup();
     v.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while reloads(&v.metrics().await, "success") == 0 {
