@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use tokio::sync::{broadcast, Semaphore};
+use tracing::Instrument;
 use vigil_detect::{alerts_to_batch, Alert, Detection, DetectionStage};
 use vigil_ingest::{Admission, EventSink, SinkError};
 use vigil_respond::Responder;
@@ -20,6 +21,8 @@ use crate::config::PipelineConfig;
 use crate::metrics::{self, Stage};
 
 pub struct Pipeline {
+    /// Itself, for the task each batch runs in (see `accept_admitted`).
+    me: std::sync::Weak<Pipeline>,
     detection: Arc<DetectionStage>,
     store: Arc<Store>,
     responder: Arc<Responder>,
@@ -40,7 +43,8 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Arc<Self> {
         let (alerts, _) = broadcast::channel(1024);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             admission: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             detection,
             store,
@@ -183,12 +187,30 @@ impl EventSink for Pipeline {
     }
 
     /// One span per batch (the request's), with detection as a child on its blocking thread.
+    ///
+    /// The batch runs in a task of its own, to its end even if the request that brought it goes away (a
+    /// client's timeout, a closed connection): detection marks once-per-entity alerts as raised and the
+    /// store finishes an append it has started, so the alerts must reach delivery too, or the retry finds
+    /// the events stored and raises nothing. The admission goes with the task, so the slot stays taken
+    /// while the work runs.
     #[tracing::instrument(level = "debug", name = "pipeline.accept", skip_all, fields(events = batch.num_rows() as i64, alerts))]
     async fn accept_admitted(
         &self,
         batch: RecordBatch,
         admission: Admission,
     ) -> Result<(), SinkError> {
+        let Some(this) = self.me.upgrade() else {
+            return Err(SinkError::Unavailable("the pipeline is stopping".into()));
+        };
+        let span = tracing::Span::current();
+        tokio::spawn(async move { this.run_batch(batch, admission).await }.instrument(span))
+            .await
+            .map_err(|e| SinkError::Internal(format!("pipeline task failed: {e}")))?
+    }
+}
+
+impl Pipeline {
+    async fn run_batch(&self, batch: RecordBatch, admission: Admission) -> Result<(), SinkError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -249,6 +271,54 @@ mod tests {
     use vigil_store::StoreConfig;
 
     use super::*;
+
+    /// The client gives up on its request (a timeout, a closed connection) while the events are being
+    /// written: the write completes, so the alert it detected must still reach delivery.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_given_up_still_delivers_its_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = DetectConfig::default();
+        cfg.inventory.models = vec![Asset {
+            id: "gpt-4o".into(),
+            ..Default::default()
+        }];
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().join("data"),
+            ..StoreConfig::default()
+        })
+        .await
+        .unwrap();
+        let responder =
+            Responder::open(Default::default(), dir.path().join("outbox.redb")).unwrap();
+        let pipeline = Pipeline::new(
+            DetectionStage::new(cfg),
+            store,
+            responder,
+            PipelineConfig::default(),
+        );
+        let mut alerts = pipeline.subscribe_alerts();
+        let mut events = EventBatchBuilder::default();
+        events.push(&EventRow {
+            time_us: chrono::Utc::now().timestamp_micros(),
+            event_id: "e1".into(),
+            kind: Some(EventKind::Inference),
+            user_id: Some("alice".into()),
+            model: Some("deepseek-chat".into()),
+            ..Default::default()
+        });
+        // Polled once, then dropped: the request's future goes away while the append waits for its fsync.
+        let given_up =
+            tokio::time::timeout(std::time::Duration::ZERO, pipeline.accept(events.finish())).await;
+        assert!(
+            given_up.is_err(),
+            "the request was still running when dropped"
+        );
+        let alert = tokio::time::timeout(std::time::Duration::from_secs(5), alerts.recv())
+            .await
+            .expect("the alert reaches delivery")
+            .expect("an alert");
+        assert_eq!(alert.entity_id, "deepseek-chat");
+    }
 
     /// A request refused because its write failed is retried by its client: the retry must raise the
     /// once-per-entity alert the failed attempt detected and could not store.
