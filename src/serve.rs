@@ -295,14 +295,13 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
     }
 
     if config.kafka.enabled() {
-        let (kafka, sink, stop) = (
-            config.kafka.clone(),
-            sink.clone(),
-            stopped(shutdown_rx.clone()),
-        );
+        let kafka = &config.kafka;
+        let started = vigil_ingest::kafka::start(kafka.clone(), sink.clone())
+            .context("starting the Kafka consumer")?;
         tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, "consuming from Kafka");
+        let stop = stopped(shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = vigil_ingest::kafka::run(kafka, sink, stop).await {
+            if let Err(e) = started.run(stop).await {
                 tracing::error!(error = %e, "Kafka consumer stopped");
             }
         }));
@@ -514,6 +513,32 @@ pub async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Kafka consumer that cannot start (here a misspelt librdkafka property) fails the start, instead
+    /// of a background task while the server reports ready with Kafka ingestion off.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kafka_consumer_that_cannot_start_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.store.data_dir = dir.path().to_path_buf();
+        config.auth.enabled = false;
+        let any = "127.0.0.1:0".parse().unwrap();
+        (config.otlp.grpc_addr, config.otlp.http_addr) = (any, any);
+        config.server.admin_addr = any;
+        config.sql.pg_addr = None;
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config
+            .kafka
+            .properties
+            .insert("session.timeout.msec".into(), "6000".into());
+        let err = match start(config).await {
+            Ok(_) => panic!("started with a broken Kafka configuration"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("Kafka"), "{err}");
+        assert!(err.contains("session.timeout.msec"), "{err}");
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_state_save_still_flushes_the_store_on_stop() {

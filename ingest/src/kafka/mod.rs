@@ -294,8 +294,9 @@ pub enum KafkaError {
 }
 
 /// Consumes the configured topics into `sink` until `shutdown` resolves, then finishes the batch in hand,
-/// commits and returns. A consumer that stops on an error is started again (see `kafka::supervise`). With Kafka disabled (empty `brokers`) it just waits for `shutdown`, so the binary
-/// can treat every component alike.
+/// commits and returns. A consumer that stops on an error is started again (see `kafka::supervise`). With
+/// Kafka disabled (empty `brokers`) it just waits for `shutdown`, so the binary can treat every component
+/// alike.
 pub async fn run(
     config: KafkaConfig,
     sink: Arc<dyn EventSink>,
@@ -305,22 +306,52 @@ pub async fn run(
         shutdown.await;
         return Ok(());
     }
+    start(config, sink)?.run(shutdown).await
+}
+
+/// Validates the configuration and creates the first consumer now, so that one that cannot start at all
+/// (a typo in a librdkafka property, a bad topic pattern) fails the server's start instead of a
+/// background task while the server reports ready.
+pub fn start(config: KafkaConfig, sink: Arc<dyn EventSink>) -> Result<Started, KafkaError> {
     config.validate()?;
-    // Started once here, so that a consumer that cannot start at all is the caller's error at once.
-    let mut first = Some(consumer::Consumer::start(config.clone(), sink.clone())?);
-    let shutdown = Box::pin(shutdown).shared();
-    supervise::supervise(shutdown, supervise::BACKOFF_START, move |stop| {
-        let ready = first.take();
-        let (config, sink) = (config.clone(), sink.clone());
-        async move {
-            let consumer = match ready {
-                Some(consumer) => consumer,
-                None => consumer::Consumer::start(config, sink)?,
-            };
-            consumer.run(stop).await
-        }
+    let first = consumer::Consumer::start(config.clone(), sink.clone())?;
+    Ok(Started {
+        config,
+        sink,
+        first,
     })
-    .await
+}
+
+/// A Kafka consumer that started; [`Started::run`] consumes until shutdown.
+pub struct Started {
+    config: KafkaConfig,
+    sink: Arc<dyn EventSink>,
+    first: consumer::Consumer,
+}
+
+impl Started {
+    /// Consumes until `shutdown` resolves, starting the consumer again after an error.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), KafkaError> {
+        let Started {
+            config,
+            sink,
+            first,
+        } = self;
+        let mut first = Some(first);
+        let shutdown = Box::pin(shutdown).shared();
+        supervise::supervise(shutdown, supervise::BACKOFF_START, move |stop| {
+            let ready = first.take();
+            let (config, sink) = (config.clone(), sink.clone());
+            async move {
+                let consumer = match ready {
+                    Some(consumer) => consumer,
+                    None => consumer::Consumer::start(config, sink)?,
+                };
+                consumer.run(stop).await
+            }
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
