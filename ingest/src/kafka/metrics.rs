@@ -20,17 +20,19 @@ pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("vigil_kafka_lag registers once")
 });
 
-/// Messages consumed, by outcome: `ok` (stored, possibly with zero events) or `dlq` (dead-lettered).
+/// Messages consumed, by outcome: `ok` (stored, possibly with zero events) or `dlq` (dead-lettered). Counted
+/// when the offset is handed to librdkafka for the next commit, not when the commit lands.
 pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "vigil_kafka_messages_total",
-        "Kafka messages consumed and committed, by outcome",
+        "Kafka messages consumed and their offsets stored for commit, by outcome",
         &["topic", "outcome"]
     )
     .expect("vigil_kafka_messages_total registers once")
 });
 
-/// Events the sink made durable, by source topic.
+/// Events the sink accepted as durable, by source topic; a replayed message counts again (the store drops
+/// the repeated events).
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "vigil_kafka_events_total",
@@ -40,11 +42,12 @@ pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("vigil_kafka_events_total registers once")
 });
 
-/// Messages sent to the dead-letter topic, by source topic.
+/// Undecodable or refused messages dead-lettered, by source topic: sent to the dead-letter topic, or, with
+/// none configured, skipped (and logged).
 pub static DLQ: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "vigil_kafka_dlq_total",
-        "Undecodable Kafka messages sent to the dead-letter topic, by source topic",
+        "Kafka messages dead-lettered (sent to the dead-letter topic, or skipped and logged when none is configured), by source topic",
         &["topic"]
     )
     .expect("vigil_kafka_dlq_total registers once")
