@@ -47,6 +47,8 @@ impl Signal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     Malformed,
+    /// The body did not arrive within `request_timeout` (a stalled or very slow sender).
+    Timeout,
     TooLarge,
     UnsupportedMediaType,
     Overloaded,
@@ -58,6 +60,7 @@ impl Rejection {
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Malformed => "malformed",
+            Rejection::Timeout => "timeout",
             Rejection::TooLarge => "too_large",
             Rejection::UnsupportedMediaType => "unsupported_media_type",
             Rejection::Overloaded => "overloaded",

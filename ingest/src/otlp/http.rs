@@ -264,7 +264,7 @@ async fn export(state: Arc<HttpState>, signal: Signal, req: Request) -> Response
             let refusal = Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
                 tonic::Code::DeadlineExceeded,
-                Rejection::Malformed,
+                Rejection::Timeout,
                 format!(
                     "the request body did not arrive within {:?}",
                     state.cfg.request_timeout

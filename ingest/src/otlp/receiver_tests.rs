@@ -943,6 +943,10 @@ async fn http_a_body_that_stalls_is_408_and_gives_its_budget_back() {
         .expect("read");
     let status_line = String::from_utf8_lossy(&response[..n]).to_string();
     assert!(status_line.starts_with("HTTP/1.1 408"), "{status_line}");
+    let timeouts = crate::metrics::REJECTED
+        .with_label_values(&["http", "timeout"])
+        .get();
+    assert!(timeouts >= 1, "counted as a timeout, not as malformed");
     // 90 KB fits only if the stalled 100 KB no longer counts (the budget is one 100 KB body plus 64 KiB).
     let response = post(
         server.addr,
