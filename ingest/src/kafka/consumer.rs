@@ -225,6 +225,9 @@ pub(super) struct Consumer {
     last_commit: Instant,
     /// Offsets stored since the last commit.
     uncommitted: bool,
+    /// librdkafka reported the consumer unusable (e.g. fenced by a newer member with the same
+    /// `group.instance.id`): `run` returns after the batch in hand, so `supervise` starts a new one.
+    fatal: Option<String>,
 }
 
 impl Consumer {
@@ -293,6 +296,7 @@ impl Consumer {
             commit_interval: config.commit_interval,
             last_commit: Instant::now(),
             uncommitted: false,
+            fatal: None,
         })
     }
 
@@ -315,6 +319,12 @@ impl Consumer {
                         return Err(KafkaError::Internal(reason));
                     }
                 }
+            }
+            if let Some(reason) = self.fatal.take() {
+                if self.uncommitted {
+                    self.commit().await;
+                }
+                return Err(KafkaError::Internal(reason));
             }
             if self.uncommitted && self.last_commit.elapsed() >= self.commit_interval {
                 self.commit().await;
@@ -371,6 +381,11 @@ impl Consumer {
             };
             match received {
                 Err(_elapsed) => return batch,
+                Ok(Err(err @ RdError::MessageConsumptionFatal(_))) => {
+                    tracing::error!("kafka consumer can no longer consume: {err}");
+                    self.fatal = Some(format!("kafka consumer can no longer consume: {err}"));
+                    return batch;
+                }
                 Ok(Err(err)) => tracing::warn!("kafka consumer error: {err}"),
                 Ok(Ok(message)) => {
                     let Some(route) = self.topics.iter().position(|t| t.matches(message.topic()))
