@@ -272,16 +272,36 @@ mod tests {
 
     use super::*;
 
-    /// The client gives up on its request (a timeout, a closed connection) while the events are being
-    /// written: the write completes, so the alert it detected must still reach delivery.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_request_given_up_still_delivers_its_alerts() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A registry with gpt-4o only, so that another model is shadow AI.
+    fn gpt4o_registered() -> DetectConfig {
         let mut cfg = DetectConfig::default();
         cfg.inventory.models = vec![Asset {
             id: "gpt-4o".into(),
             ..Default::default()
         }];
+        cfg
+    }
+
+    /// One call of an unregistered model: a shadow_ai alert.
+    fn unregistered_model_call() -> RecordBatch {
+        let mut events = EventBatchBuilder::default();
+        events.push(&EventRow {
+            time_us: chrono::Utc::now().timestamp_micros(),
+            event_id: "e1".into(),
+            kind: Some(EventKind::Inference),
+            user_id: Some("alice".into()),
+            model: Some("deepseek-chat".into()),
+            ..Default::default()
+        });
+        events.finish()
+    }
+
+    /// The client gives up on its request (a timeout, a closed connection) while the events are being
+    /// written: the write completes, so the alert it detected must still reach delivery.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_given_up_still_delivers_its_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = gpt4o_registered();
         let store = Store::open(StoreConfig {
             data_dir: dir.path().join("data"),
             ..StoreConfig::default()
@@ -297,18 +317,12 @@ mod tests {
             PipelineConfig::default(),
         );
         let mut alerts = pipeline.subscribe_alerts();
-        let mut events = EventBatchBuilder::default();
-        events.push(&EventRow {
-            time_us: chrono::Utc::now().timestamp_micros(),
-            event_id: "e1".into(),
-            kind: Some(EventKind::Inference),
-            user_id: Some("alice".into()),
-            model: Some("deepseek-chat".into()),
-            ..Default::default()
-        });
         // Polled once, then dropped: the request's future goes away while the append waits for its fsync.
-        let given_up =
-            tokio::time::timeout(std::time::Duration::ZERO, pipeline.accept(events.finish())).await;
+        let given_up = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            pipeline.accept(unregistered_model_call()),
+        )
+        .await;
         assert!(
             given_up.is_err(),
             "the request was still running when dropped"
@@ -325,11 +339,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn an_alert_whose_write_failed_is_raised_by_the_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = DetectConfig::default();
-        cfg.inventory.models = vec![Asset {
-            id: "gpt-4o".into(),
-            ..Default::default()
-        }];
+        let cfg = gpt4o_registered();
         let detection = DetectionStage::new(cfg);
         let store = |name: &str| {
             Store::open(StoreConfig {
@@ -339,16 +349,7 @@ mod tests {
         };
         let responder =
             Responder::open(Default::default(), dir.path().join("outbox.redb")).unwrap();
-        let mut events = EventBatchBuilder::default();
-        events.push(&EventRow {
-            time_us: chrono::Utc::now().timestamp_micros(),
-            event_id: "e1".into(),
-            kind: Some(EventKind::Inference),
-            user_id: Some("alice".into()),
-            model: Some("deepseek-chat".into()),
-            ..Default::default()
-        });
-        let batch = events.finish();
+        let batch = unregistered_model_call();
 
         let closed = store("closed").await.unwrap();
         closed.shutdown().await.unwrap();

@@ -514,19 +514,25 @@ pub async fn wait_for_signal() {
 mod tests {
     use super::*;
 
-    /// A Kafka consumer that cannot start (here a misspelt librdkafka property) fails the start, instead
-    /// of a background task while the server reports ready with Kafka ingestion off.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_kafka_consumer_that_cannot_start_fails_the_start() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A server on `dir`, without authentication, on free loopback ports and no PostgreSQL listener.
+    fn local_config(dir: &std::path::Path) -> Config {
         let mut config = Config::default();
-        config.server.data_dir = dir.path().to_path_buf();
-        config.store.data_dir = dir.path().to_path_buf();
+        config.server.data_dir = dir.to_path_buf();
+        config.store.data_dir = dir.to_path_buf();
         config.auth.enabled = false;
         let any = "127.0.0.1:0".parse().unwrap();
         (config.otlp.grpc_addr, config.otlp.http_addr) = (any, any);
         config.server.admin_addr = any;
         config.sql.pg_addr = None;
+        config
+    }
+
+    /// A Kafka consumer that cannot start (here a misspelt librdkafka property) fails the start, instead
+    /// of a background task while the server reports ready with Kafka ingestion off.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_kafka_consumer_that_cannot_start_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = local_config(dir.path());
         config.kafka.brokers = "127.0.0.1:1".into();
         config
             .kafka
@@ -543,14 +549,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_state_save_still_flushes_the_store_on_stop() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.server.data_dir = dir.path().to_path_buf();
-        config.store.data_dir = dir.path().to_path_buf();
-        config.auth.enabled = false;
-        let any = "127.0.0.1:0".parse().unwrap();
-        (config.otlp.grpc_addr, config.otlp.http_addr) = (any, any);
-        config.server.admin_addr = any;
-        config.sql.pg_addr = None;
+        let mut config = local_config(dir.path());
         config.store.flush_age = Duration::from_secs(3600);
         let running = start(config).await.unwrap();
         let mut sender = crate::demo::send::OtlpSender::connect(
