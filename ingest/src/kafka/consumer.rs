@@ -499,42 +499,68 @@ impl Consumer {
         }
     }
 
-    /// Delivers one batch: dead letters first, then one sink call, retried until it succeeds; then stores
-    /// the batch's offsets.
+    /// Delivers one batch, in parts when its events outgrow `batch_max_bytes` once normalised (see
+    /// [`decode_part`]): each part's dead letters first, then one sink call, retried until it succeeds;
+    /// then the part's offsets are stored.
     async fn process<F: Future<Output = ()>>(
         &mut self,
         batch: Vec<Pending>,
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
-        let topics = self.topics.clone();
-        let limits = self.limits;
-        let ctx = NormalizeContext {
-            source: self.source.clone(),
-            ..NormalizeContext::default()
-        };
-        // Admitted before decoding, as the OTLP receivers admit a request before its body is decoded: the
-        // sink's `decode` stage then measures this batch's decoding too (admitted after, it read ~0 for every
-        // Kafka batch and pulled the stage's quantiles down). A refusal is not final here: the batch is
-        // decoded anyway (its poison messages go to the DLQ) and `deliver` retries with backoff and pausing.
-        let admission = self.sink.admit().await.ok();
-        // Decoding and normalising a batch is milliseconds of CPU: keep it off the I/O threads.
-        let decoded = tokio::task::spawn_blocking(move || {
-            let decoded: Vec<Decoded> = batch
-                .iter()
-                .map(|m| contained(|| decode_message(m, &topics[m.route], &limits, &ctx)))
-                .collect();
-            (batch, decoded)
-        })
-        .await;
-        let (batch, mut decoded) = match decoded {
-            Ok(result) => result,
-            Err(err) => {
-                // The task failed although each message's decoding is contained: nothing stored, the batch
-                // is read again after the restart.
-                return Flow::Fatal(format!("kafka batch normalisation failed: {err}"));
+        let mut rest = batch;
+        while !rest.is_empty() {
+            // Admitted before decoding, as the OTLP receivers admit a request before its body is decoded:
+            // the sink's `decode` stage then measures this part's decoding too (admitted after, it read ~0
+            // for every Kafka batch and pulled the stage's quantiles down). A refusal is not final here: the
+            // part is decoded anyway (its poison messages go to the DLQ) and `deliver` retries with backoff
+            // and pausing.
+            let admission = self.sink.admit().await.ok();
+            let topics = self.topics.clone();
+            let limits = self.limits;
+            let ctx = NormalizeContext {
+                source: self.source.clone(),
+                ..NormalizeContext::default()
+            };
+            let budget = self.batch_max_bytes;
+            // Decoding and normalising is milliseconds of CPU: keep it off the I/O threads.
+            let decoded = tokio::task::spawn_blocking(move || {
+                decode_part(rest, budget, |m| {
+                    decode_message(m, &topics[m.route], &limits, &ctx)
+                })
+            })
+            .await;
+            let (part, decoded, remaining) = match decoded {
+                Ok(result) => result,
+                Err(err) => {
+                    // The task failed although each message's decoding is contained: nothing stored, the
+                    // batch is read again after the restart.
+                    return Flow::Fatal(format!("kafka batch normalisation failed: {err}"));
+                }
+            };
+            if !remaining.is_empty() {
+                kmetrics::BATCH_SPLITS.inc();
+                tracing::debug!(
+                    delivered = part.len(),
+                    remaining = remaining.len(),
+                    "kafka batch outgrew batch_max_bytes once normalised; delivering it in parts"
+                );
             }
-        };
+            match self.process_part(part, decoded, admission, shutdown).await {
+                Flow::Continue => rest = remaining,
+                stop => return stop,
+            }
+        }
+        Flow::Continue
+    }
 
+    /// Delivers one decoded part of a batch and stores its offsets.
+    async fn process_part<F: Future<Output = ()>>(
+        &mut self,
+        batch: Vec<Pending>,
+        mut decoded: Vec<Decoded>,
+        admission: Option<Admission>,
+        shutdown: &mut Shutdown<F>,
+    ) -> Flow {
         let letters: Vec<DeadLetter> = batch
             .iter()
             .zip(&decoded)
@@ -864,6 +890,34 @@ fn contained(decode: impl FnOnce() -> Decoded) -> Decoded {
             .unwrap_or_else(|| "no message".to_owned());
         Decoded::Poison(format!("decoding panicked (a bug in Vigil): {what}"))
     })
+}
+
+/// Decodes the messages of `batch` in order until the events decoded so far hold `budget` bytes of memory,
+/// and returns the messages decoded, what they turned into, and the messages left for the next part.
+///
+/// `collect` bounds a batch by its payload bytes, but a message's events can be far larger than the message
+/// (resource attributes are copied into each event): without this, anyone who can write to a topic could make
+/// one batch, and its combined copy, too large for memory, and the same batch would be read again after the
+/// crash. A part always takes at least one message, which is itself bounded by the per-message output limit.
+fn decode_part(
+    mut batch: Vec<Pending>,
+    budget: usize,
+    decode: impl Fn(&Pending) -> Decoded,
+) -> (Vec<Pending>, Vec<Decoded>, Vec<Pending>) {
+    let mut decoded = Vec::new();
+    let mut held = 0usize;
+    for m in &batch {
+        if held >= budget {
+            break;
+        }
+        let d = contained(|| decode(m));
+        if let Decoded::Events(n) = &d {
+            held = held.saturating_add(n.batch.get_array_memory_size());
+        }
+        decoded.push(d);
+    }
+    let remaining = batch.split_off(decoded.len());
+    (batch, decoded, remaining)
 }
 
 /// Decodes and normalises one message; any error makes it a poison message.

@@ -84,6 +84,17 @@ pub static RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("vigil_kafka_consumer_restarts_total registers once")
 });
 
+/// Batches delivered in more than one part because their events outgrew `kafka.batch_max_bytes` once
+/// normalised (see `consumer::decode_part`). Often non-zero means messages that expand a lot: resource
+/// attributes copied into each of many events.
+pub static BATCH_SPLITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "vigil_kafka_batch_splits_total",
+        "Kafka batches delivered in parts because their normalised events outgrew kafka.batch_max_bytes"
+    )
+    .expect("vigil_kafka_batch_splits_total registers once")
+});
+
 /// 1 while the partition is paused because the sink refused a batch (backpressure), absent otherwise. While
 /// paused nothing more is fetched and librdkafka drops what it had prefetched, so a stuck sink costs no
 /// memory. `vigil_kafka_lag` is not refreshed meanwhile (librdkafka's statistics are served by the

@@ -94,7 +94,8 @@ pub struct KafkaConfig {
     /// Most messages normalised together into one sink call.
     pub batch_max_messages: usize,
     /// Most payload bytes in one batch (it closes at the message that reaches it): with
-    /// `batch_max_messages` alone, 500 messages of 4 MiB would be 2 GiB held at once.
+    /// `batch_max_messages` alone, 500 messages of 4 MiB would be 2 GiB held at once. The events a batch
+    /// normalises to are held to the same bound: past it, the batch is delivered in parts.
     pub batch_max_bytes: usize,
     /// Longest a batch waits for more messages after its first one: the latency paid for larger writes.
     #[serde(with = "humantime_serde")]

@@ -130,6 +130,14 @@ fn column(batches: &[RecordBatch], name: &str) -> Vec<String> {
 
 /// One Collector message: a trace export with `spans` GenAI spans, its trace id encoding `message`.
 fn otlp_message(message: usize, spans: usize) -> Vec<u8> {
+    otlp_request(message, spans).encode_to_vec()
+}
+
+/// The export [`otlp_message`] encodes.
+fn otlp_request(
+    message: usize,
+    spans: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
     let rows: Vec<EventRow> = (0..spans)
         .map(|s| EventRow {
             time_us: 1_700_000_000_000_000 + (message * 100 + s) as i64,
@@ -145,7 +153,7 @@ fn otlp_message(message: usize, spans: usize) -> Vec<u8> {
             ..Default::default()
         })
         .collect();
-    crate::synth::traces_request(&rows).encode_to_vec()
+    crate::synth::traces_request(&rows)
 }
 
 /// The event ids normalisation gives a message's events, computed independently of the consumer.
@@ -766,6 +774,75 @@ async fn a_batch_closes_at_its_byte_budget() {
     assert!(
         (1..=3).contains(&most),
         "a batch carried {most} single-span messages past a budget of two and a bit"
+    );
+}
+
+/// A message whose resource carries a large attribute normalises to many times its size (the attribute is
+/// copied into each of its events). A batch of such messages is delivered in parts that each hold about
+/// `batch_max_bytes` of events, not in one call holding them all, and still every event arrives once and
+/// every offset is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_events_outgrow_its_byte_budget_is_delivered_in_parts() {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("expanding_spans", 1, 1).unwrap();
+    let producer = producer(&brokers);
+    const MESSAGES: usize = 12;
+    const SPANS: usize = 20;
+    let mut expected = BTreeSet::new();
+    let mut payload_bytes = 0;
+    for m in 0..MESSAGES {
+        let mut req = otlp_request(m, SPANS);
+        let notes = format!("{m} {}", "deployment notes ".repeat(1200));
+        for rs in &mut req.resource_spans {
+            rs.resource
+                .get_or_insert_with(Default::default)
+                .attributes
+                .push(KeyValue {
+                    key: "deployment.notes".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(notes.clone())),
+                    }),
+                    ..Default::default()
+                });
+        }
+        let payload = req.encode_to_vec();
+        payload_bytes += payload.len();
+        expected.extend(expected_ids(&payload));
+        produce(&producer, "expanding_spans", 0, &payload).await;
+    }
+    let budget = 1024 * 1024;
+    assert!(
+        payload_bytes < budget,
+        "the payloads ({payload_bytes} bytes) fit one batch, so only their events can split it"
+    );
+    let mut cfg = config_on(&brokers, "expanding", "expanding_spans");
+    cfg.batch_max_messages = 100;
+    cfg.batch_max_wait = Duration::from_secs(1);
+    cfg.batch_max_bytes = budget;
+    let splits_before = metrics::BATCH_SPLITS.get();
+    let sink = Arc::new(TestSink::default());
+    let running = start(cfg, sink.clone());
+    wait_until("every event", WAIT, || {
+        sink.unique_ids().len() >= expected.len()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(sink.unique_ids(), expected);
+    assert_eq!(sink.event_ids().len(), expected.len(), "no event twice");
+    let most = sink.max_rows.load(Ordering::SeqCst);
+    assert!(
+        most <= 4 * SPANS,
+        "one sink call carried {most} events of ~20 KiB each past a budget of 1 MiB"
+    );
+    assert!(
+        metrics::BATCH_SPLITS.get() > splits_before,
+        "the split is counted"
+    );
+    assert_eq!(
+        committed(&brokers, "expanding", "expanding_spans", 1),
+        vec![Offset::Offset(MESSAGES as i64)]
     );
 }
 
