@@ -1,6 +1,7 @@
 //! Spans -> events: one event per AI span; the span's ids are the event's identity.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use crate::wire::Span;
 use crate::wire::TracesRequest;
@@ -10,7 +11,7 @@ use super::attrs::{hex_id, text, Attrs, Lookup, ResourceJson};
 use super::classify::classify;
 use super::row::{attribute_latency_ms, fill_common, fill_status, messages, record_hash};
 use super::{NormalizeContext, Row};
-use crate::schema::EventBatchBuilder;
+use crate::schema::{EventBatchBuilder, EventKind};
 
 /// Pushes one row per AI span into `out`; returns how many spans were skipped, and whether it stopped at
 /// `ctx.max_output_bytes`.
@@ -21,6 +22,7 @@ pub(crate) fn normalize(
     out: &mut EventBatchBuilder,
 ) -> (usize, bool) {
     let mut skipped = 0;
+    let mut ancestry: Option<Ancestry<'_>> = None;
     for rs in &req.resource_spans {
         let res = rs
             .resource
@@ -42,6 +44,14 @@ pub(crate) fn normalize(
                 };
                 fill_common(&mut row, &mut look, class);
                 fill_span(&mut row, span, &mut look, now_us);
+                if row.agent_id.is_none()
+                    && row.kind == Some(EventKind::Tool)
+                    && !span.parent_span_id.is_empty()
+                {
+                    row.agent_id = ancestry
+                        .get_or_insert_with(|| Ancestry::of(req))
+                        .agent_above(span);
+                }
                 let res_json = res_json.get_or_insert_with(|| ResourceJson::new(&res));
                 let extra: &[(&str, &str)] = if scope_name.is_empty() {
                     &[]
@@ -57,6 +67,71 @@ pub(crate) fn normalize(
         }
     }
     (skipped, false)
+}
+
+/// Who a span's ancestors in the same export are, for tool calls that do not name their agent.
+///
+/// The GenAI conventions put the agent (`gen_ai.agent.id`/`.name`) on the `invoke_agent` span and not on the
+/// `execute_tool` spans it runs, which are its children (or grandchildren, under a framework's own span).
+/// Without this, a tool call of standard telemetry has no agent and `tool_overreach` cannot judge it. An
+/// agent's run usually ends within one export of the batch span processor (or the Collector's batch), so
+/// its spans are looked up in the request only: a child exported before its parent keeps no agent. Built
+/// once per request, and only when a tool span needs it.
+struct Ancestry<'a> {
+    /// Span id -> (trace id, parent span id, the span's own agent attribute).
+    spans: HashMap<&'a [u8], (&'a [u8], &'a [u8], Option<Cow<'a, str>>)>,
+}
+
+/// How far up a parent chain is followed: real agent trees are a few levels deep, and a hostile export
+/// could make the chain a cycle.
+const MAX_ANCESTRY_DEPTH: usize = 32;
+
+impl<'a> Ancestry<'a> {
+    fn of(req: &'a TracesRequest) -> Self {
+        let spans = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .filter(|span| !span.span_id.is_empty())
+            .map(|span| {
+                (
+                    &*span.span_id,
+                    (&*span.trace_id, &*span.parent_span_id, own_agent(span)),
+                )
+            })
+            .collect();
+        Ancestry { spans }
+    }
+
+    /// The agent of the nearest ancestor of `span` that names one, in the same trace.
+    fn agent_above(&self, span: &Span) -> Option<Cow<'a, str>> {
+        let mut parent: &[u8] = &span.parent_span_id;
+        for _ in 0..MAX_ANCESTRY_DEPTH {
+            let (trace, grandparent, agent) = self.spans.get(parent)?;
+            if *trace != &*span.trace_id {
+                return None;
+            }
+            if agent.is_some() {
+                return agent.clone();
+            }
+            parent = grandparent;
+        }
+        None
+    }
+}
+
+/// A span's own agent attribute, in the order `fill_common` prefers them.
+fn own_agent(span: &Span) -> Option<Cow<'_, str>> {
+    ["gen_ai.agent.id", "gen_ai.agent.name", "agent.name"]
+        .iter()
+        .find_map(|key| {
+            span.attributes
+                .iter()
+                .find(|kv| &*kv.key == *key)
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(text)
+        })
 }
 
 /// The columns only a span has: ids, timing, status, and content carried in span events.
@@ -621,6 +696,91 @@ mod tests {
         assert_eq!(g(col::OPERATION).as_deref(), Some("invoke_agent"));
         assert_eq!(g(col::PROVIDER).as_deref(), Some("aws.bedrock"));
         assert_eq!(attrs_json(&b, 0)["gen_ai.agent.name"], "travel-planner");
+    }
+
+    /// A span of `TRACE` with its own id and parent.
+    fn child(name: &str, id: u8, parent: u8, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            span_id: Bytes::from(vec![0xab, 0, 0, 0, 0, 0, 0, id]),
+            parent_span_id: if parent == 0 {
+                Bytes::new()
+            } else {
+                Bytes::from(vec![0xab, 0, 0, 0, 0, 0, 0, parent])
+            },
+            ..span(name, attributes)
+        }
+    }
+
+    fn tool(name: &str) -> Vec<KeyValue> {
+        vec![
+            kv("gen_ai.operation.name", s("execute_tool")),
+            kv("gen_ai.tool.name", s(name)),
+        ]
+    }
+
+    /// Standard agent telemetry names the agent on `invoke_agent` only; its tool calls, children or
+    /// grandchildren (under a framework span), get that agent from the export's parent chain. A tool span
+    /// that names its own agent keeps it; a parent in another trace, a missing parent or a cycle gives none.
+    #[test]
+    fn execute_tool_spans_take_their_agent_from_the_invoke_agent_span_above_them() {
+        let agent = child(
+            "invoke_agent travel-planner",
+            1,
+            0,
+            vec![
+                kv("gen_ai.operation.name", s("invoke_agent")),
+                kv("gen_ai.agent.name", s("travel-planner")),
+            ],
+        );
+        let framework = child(
+            "AgentExecutor step",
+            2,
+            1,
+            vec![kv("framework.step", s("plan"))],
+        );
+        let grandchild = child("execute_tool book_flight", 3, 2, tool("book_flight"));
+        let direct = child("execute_tool get_weather", 4, 1, tool("get_weather"));
+        let mut own = tool("send_email");
+        own.push(kv("gen_ai.agent.id", s("mailer")));
+        let named = child("execute_tool send_email", 5, 1, own);
+        let other_trace = Span {
+            trace_id: Bytes::from_static(&[7; 16]),
+            ..child("execute_tool delete_files", 6, 1, tool("delete_files"))
+        };
+        let orphan = child("execute_tool lookup", 7, 99, tool("lookup"));
+        let looped_a = child("execute_tool a", 8, 9, tool("a"));
+        let looped_b = child("chain b", 9, 8, vec![]);
+        let (b, _) = run(
+            svc(),
+            vec![
+                grandchild,
+                direct,
+                named,
+                other_trace,
+                orphan,
+                looped_a,
+                looped_b,
+                framework,
+                agent,
+            ],
+        );
+        let agents: Vec<(Option<String>, Option<String>)> = (0..b.num_rows())
+            .map(|i| (get(&b, col::TOOL_NAME, i), get(&b, col::AGENT_ID, i)))
+            .collect();
+        let agent_of = |tool: &str| {
+            agents
+                .iter()
+                .find(|(t, _)| t.as_deref() == Some(tool))
+                .unwrap_or_else(|| panic!("a row for {tool}: {agents:?}"))
+                .1
+                .clone()
+        };
+        assert_eq!(agent_of("book_flight").as_deref(), Some("travel-planner"));
+        assert_eq!(agent_of("get_weather").as_deref(), Some("travel-planner"));
+        assert_eq!(agent_of("send_email").as_deref(), Some("mailer"));
+        assert_eq!(agent_of("delete_files"), None);
+        assert_eq!(agent_of("lookup"), None);
+        assert_eq!(agent_of("a"), None);
     }
 
     #[test]

@@ -139,7 +139,6 @@ fn without_unread_fields(mut req: ExportTraceServiceRequest) -> ExportTraceServi
                 scope.version.clear();
             }
             for span in &mut ss.spans {
-                span.parent_span_id.clear();
                 span.kind = 0;
                 for event in &mut span.events {
                     event.time_unix_nano = 0;

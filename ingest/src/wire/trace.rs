@@ -36,6 +36,8 @@ pub struct ScopeSpans {
 pub struct Span {
     pub trace_id: Bytes,
     pub span_id: Bytes,
+    /// Links an `execute_tool` span, which carries no agent attributes, to the `invoke_agent` span above it.
+    pub parent_span_id: Bytes,
     pub name: ByteString,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
@@ -51,6 +53,7 @@ impl Default for Span {
         Span {
             trace_id: Bytes::new(),
             span_id: Bytes::new(),
+            parent_span_id: Bytes::new(),
             name: ByteString::new(),
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
@@ -65,6 +68,7 @@ impl Message for Span {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         field::encode_bytes(1, &self.trace_id, buf);
         field::encode_bytes(2, &self.span_id, buf);
+        field::encode_bytes(4, &self.parent_span_id, buf);
         field::encode_str(5, &self.name, buf);
         field::encode_fixed64(7, self.start_time_unix_nano, buf);
         field::encode_fixed64(8, self.end_time_unix_nano, buf);
@@ -87,6 +91,8 @@ impl Message for Span {
                 .map_err(field::at("Span", "trace_id")),
             2 => encoding::bytes::merge(wire_type, &mut self.span_id, buf, ctx)
                 .map_err(field::at("Span", "span_id")),
+            4 => encoding::bytes::merge(wire_type, &mut self.parent_span_id, buf, ctx)
+                .map_err(field::at("Span", "parent_span_id")),
             5 => field::merge_str(wire_type, &mut self.name, buf, ctx)
                 .map_err(field::at("Span", "name")),
             7 => encoding::fixed64::merge(wire_type, &mut self.start_time_unix_nano, buf, ctx)
@@ -111,6 +117,7 @@ impl Message for Span {
     fn encoded_len(&self) -> usize {
         field::bytes_len(1, &self.trace_id)
             + field::bytes_len(2, &self.span_id)
+            + field::bytes_len(4, &self.parent_span_id)
             + field::str_len(5, &self.name)
             + field::fixed64_len(7, self.start_time_unix_nano)
             + field::fixed64_len(8, self.end_time_unix_nano)
