@@ -78,8 +78,15 @@ pub(crate) fn normalize(
 /// its spans are looked up in the request only: a child exported before its parent keeps no agent. Built
 /// once per request, and only when a tool span needs it.
 struct Ancestry<'a> {
-    /// Span id -> (trace id, parent span id, the span's own agent attribute).
-    spans: HashMap<&'a [u8], (&'a [u8], &'a [u8], Option<Cow<'a, str>>)>,
+    spans: HashMap<&'a [u8], Ancestor<'a>>,
+}
+
+/// One span of the export, by its span id.
+struct Ancestor<'a> {
+    trace_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    /// The span's own agent attribute.
+    agent: Option<Cow<'a, str>>,
 }
 
 /// How far up a parent chain is followed: real agent trees are a few levels deep, and a hostile export
@@ -95,10 +102,12 @@ impl<'a> Ancestry<'a> {
             .flat_map(|ss| &ss.spans)
             .filter(|span| !span.span_id.is_empty())
             .map(|span| {
-                (
-                    &*span.span_id,
-                    (&*span.trace_id, &*span.parent_span_id, own_agent(span)),
-                )
+                let ancestor = Ancestor {
+                    trace_id: &span.trace_id,
+                    parent_span_id: &span.parent_span_id,
+                    agent: own_agent(span),
+                };
+                (&*span.span_id, ancestor)
             })
             .collect();
         Ancestry { spans }
@@ -108,14 +117,14 @@ impl<'a> Ancestry<'a> {
     fn agent_above(&self, span: &Span) -> Option<Cow<'a, str>> {
         let mut parent: &[u8] = &span.parent_span_id;
         for _ in 0..MAX_ANCESTRY_DEPTH {
-            let (trace, grandparent, agent) = self.spans.get(parent)?;
-            if *trace != &*span.trace_id {
+            let ancestor = self.spans.get(parent)?;
+            if ancestor.trace_id != &*span.trace_id {
                 return None;
             }
-            if agent.is_some() {
-                return agent.clone();
+            if ancestor.agent.is_some() {
+                return ancestor.agent.clone();
             }
-            parent = grandparent;
+            parent = ancestor.parent_span_id;
         }
         None
     }
