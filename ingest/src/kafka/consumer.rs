@@ -195,6 +195,18 @@ impl<F: Future<Output = ()>> Shutdown<F> {
             self.fired = true;
         }
     }
+
+    /// Whether shutdown has fired, without waiting for it.
+    async fn has_fired(&mut self) -> bool {
+        if !self.fired {
+            tokio::select! {
+                biased;
+                _ = self.future.as_mut() => self.fired = true,
+                _ = std::future::ready(()) => {}
+            }
+        }
+        self.fired
+    }
 }
 
 /// Whether to keep consuming after a batch.
@@ -508,7 +520,19 @@ impl Consumer {
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
         let mut rest = batch;
+        let mut parts = 0u32;
         while !rest.is_empty() {
+            if parts > 0 {
+                // Later parts: a shutdown need not wait for them (their offsets are not stored, so they are
+                // read again), and a long batch commits what it has delivered as it goes.
+                if shutdown.has_fired().await {
+                    return Flow::Stop;
+                }
+                if self.uncommitted && self.last_commit.elapsed() >= self.commit_interval {
+                    self.commit().await;
+                }
+            }
+            parts += 1;
             // Admitted before decoding, as the OTLP receivers admit a request before its body is decoded:
             // the sink's `decode` stage then measures this part's decoding too (admitted after, it read ~0
             // for every Kafka batch and pulled the stage's quantiles down). A refusal is not final here: the
@@ -537,7 +561,7 @@ impl Consumer {
                     return Flow::Fatal(format!("kafka batch normalisation failed: {err}"));
                 }
             };
-            if !remaining.is_empty() {
+            if !remaining.is_empty() && parts == 1 {
                 kmetrics::BATCH_SPLITS.inc();
                 tracing::debug!(
                     delivered = part.len(),
@@ -898,7 +922,8 @@ fn contained(decode: impl FnOnce() -> Decoded) -> Decoded {
 /// `collect` bounds a batch by its payload bytes, but a message's events can be far larger than the message
 /// (resource attributes are copied into each event): without this, anyone who can write to a topic could make
 /// one batch, and its combined copy, too large for memory, and the same batch would be read again after the
-/// crash. A part always takes at least one message, which is itself bounded by the per-message output limit.
+/// crash. A part always takes at least one message, which is itself bounded by the per-message output limit,
+/// so a part holds less than `budget` plus one message's events (and, while delivered, their combined copy).
 fn decode_part(
     mut batch: Vec<Pending>,
     budget: usize,

@@ -779,8 +779,8 @@ async fn a_batch_closes_at_its_byte_budget() {
 
 /// A message whose resource carries a large attribute normalises to many times its size (the attribute is
 /// copied into each of its events). A batch of such messages is delivered in parts that each hold about
-/// `batch_max_bytes` of events, not in one call holding them all, and still every event arrives once and
-/// every offset is committed.
+/// `batch_max_bytes` of events, not in one call holding them all; each part is committed before the next
+/// is delivered, and across a crash every event arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_events_outgrow_its_byte_budget_is_delivered_in_parts() {
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -822,23 +822,52 @@ async fn a_batch_whose_events_outgrow_its_byte_budget_is_delivered_in_parts() {
     cfg.batch_max_wait = Duration::from_secs(1);
     cfg.batch_max_bytes = budget;
     let splits_before = metrics::BATCH_SPLITS.get();
-    let sink = Arc::new(TestSink::default());
-    let running = start(cfg, sink.clone());
-    wait_until("every event", WAIT, || {
-        sink.unique_ids().len() >= expected.len()
+
+    // First life: the first part becomes durable and is committed; the second hangs in the sink and the
+    // process dies.
+    let first = Arc::new(TestSink {
+        hang_after: Some(1),
+        ..TestSink::default()
+    });
+    let running = start(cfg.clone(), first.clone());
+    wait_until("the second part in flight", WAIT, || {
+        first.calls.load(Ordering::SeqCst) >= 2
     })
     .await;
-    running.stop().await;
-    assert_eq!(sink.unique_ids(), expected);
-    assert_eq!(sink.event_ids().len(), expected.len(), "no event twice");
-    let most = sink.max_rows.load(Ordering::SeqCst);
+    running.task.abort();
+    let _ = running.task.await;
+    let delivered = first.event_ids().len();
     assert!(
-        most <= 4 * SPANS,
-        "one sink call carried {most} events of ~20 KiB each past a budget of 1 MiB"
+        (1..=4 * SPANS).contains(&delivered),
+        "the first part carried {delivered} events of ~20 KiB each against a budget of 1 MiB"
     );
+    assert_eq!(delivered % SPANS, 0, "parts are whole messages");
     assert!(
         metrics::BATCH_SPLITS.get() > splits_before,
         "the split is counted"
+    );
+    assert_eq!(
+        committed(&brokers, "expanding", "expanding_spans", 1),
+        vec![Offset::Offset((delivered / SPANS) as i64)],
+        "the first part's offsets are stored before the second is delivered"
+    );
+
+    // Second life: the rest, from the committed offset, in parts of the same bound.
+    let second = Arc::new(TestSink::default());
+    let running = start(cfg, second.clone());
+    wait_until("every event", WAIT, || {
+        first.unique_ids().len() + second.unique_ids().len() >= expected.len()
+    })
+    .await;
+    running.stop().await;
+    let (a, b) = (first.unique_ids(), second.unique_ids());
+    assert!(a.is_disjoint(&b), "a committed part is not read again");
+    assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(second.event_ids().len(), b.len(), "no event twice");
+    let most = second.max_rows.load(Ordering::SeqCst);
+    assert!(
+        most <= 4 * SPANS,
+        "one sink call carried {most} events of ~20 KiB each past a budget of 1 MiB"
     );
     assert_eq!(
         committed(&brokers, "expanding", "expanding_spans", 1),
