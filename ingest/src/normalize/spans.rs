@@ -45,7 +45,7 @@ pub(crate) fn normalize(
                 fill_common(&mut row, &mut look, class);
                 fill_span(&mut row, span, &mut look, now_us);
                 if row.agent_id.is_none()
-                    && row.kind == Some(EventKind::Tool)
+                    && (row.kind == Some(EventKind::Tool) || row.data_source.is_some())
                     && !span.parent_span_id.is_empty()
                 {
                     row.agent_id = ancestry
@@ -69,24 +69,18 @@ pub(crate) fn normalize(
     (skipped, false)
 }
 
-/// Who a span's ancestors in the same export are, for tool calls that do not name their agent.
+/// Who a span's ancestors in the same export are, for tool calls and retrievals that do not name their
+/// agent.
 ///
 /// The GenAI conventions put the agent (`gen_ai.agent.id`/`.name`) on the `invoke_agent` span and not on the
-/// `execute_tool` spans it runs, which are its children (or grandchildren, under a framework's own span).
-/// Without this, a tool call of standard telemetry has no agent and `tool_overreach` cannot judge it. An
-/// agent's run usually ends within one export of the batch span processor (or the Collector's batch), so
-/// its spans are looked up in the request only: a child exported before its parent keeps no agent. Built
-/// once per request, and only when a tool span needs it.
+/// `execute_tool` (or retrieval) spans it runs, which are its children, or grandchildren under a framework's
+/// own span. Without this, a tool call of standard telemetry has no agent and `tool_overreach` cannot judge
+/// it. Spans are looked up in the request only: an agent's run that ends within one export of the batch
+/// span processor (5 s by default) or of the Collector's batch is covered; in a longer run, the calls
+/// exported before the agent's own span keep no agent. Built once per request, and only when a row needs it.
 struct Ancestry<'a> {
-    spans: HashMap<&'a [u8], Ancestor<'a>>,
-}
-
-/// One span of the export, by its span id.
-struct Ancestor<'a> {
-    trace_id: &'a [u8],
-    parent_span_id: &'a [u8],
-    /// The span's own agent attribute.
-    agent: Option<Cow<'a, str>>,
+    /// By (trace id, span id).
+    spans: HashMap<(&'a [u8], &'a [u8]), &'a Span>,
 }
 
 /// How far up a parent chain is followed: real agent trees are a few levels deep, and a hostile export
@@ -101,30 +95,23 @@ impl<'a> Ancestry<'a> {
             .flat_map(|rs| &rs.scope_spans)
             .flat_map(|ss| &ss.spans)
             .filter(|span| !span.span_id.is_empty())
-            .map(|span| {
-                let ancestor = Ancestor {
-                    trace_id: &span.trace_id,
-                    parent_span_id: &span.parent_span_id,
-                    agent: own_agent(span),
-                };
-                (&*span.span_id, ancestor)
-            })
+            .map(|span| ((&*span.trace_id, &*span.span_id), span))
             .collect();
         Ancestry { spans }
     }
 
-    /// The agent of the nearest ancestor of `span` that names one, in the same trace.
+    /// The agent of the nearest agent span above `span`. An agent span that names no agent ends the walk
+    /// with none: the calls under it are not its parent agent's, and must not be judged by that agent's
+    /// allowlist.
     fn agent_above(&self, span: &Span) -> Option<Cow<'a, str>> {
         let mut parent: &[u8] = &span.parent_span_id;
         for _ in 0..MAX_ANCESTRY_DEPTH {
-            let ancestor = self.spans.get(parent)?;
-            if ancestor.trace_id != &*span.trace_id {
-                return None;
+            let ancestor = *self.spans.get(&(&*span.trace_id, parent))?;
+            match own_agent(ancestor) {
+                Some(agent) => return Some(agent),
+                None if is_agent_span(ancestor) => return None,
+                None => parent = &ancestor.parent_span_id,
             }
-            if ancestor.agent.is_some() {
-                return ancestor.agent.clone();
-            }
-            parent = ancestor.parent_span_id;
         }
         None
     }
@@ -134,13 +121,23 @@ impl<'a> Ancestry<'a> {
 fn own_agent(span: &Span) -> Option<Cow<'_, str>> {
     ["gen_ai.agent.id", "gen_ai.agent.name", "agent.name"]
         .iter()
-        .find_map(|key| {
-            span.attributes
-                .iter()
-                .find(|kv| &*kv.key == *key)
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(text)
-        })
+        .find_map(|key| attribute(span, key).and_then(text))
+}
+
+/// An agent's own span by the GenAI operation name or OpenInference's span kind.
+fn is_agent_span(span: &Span) -> bool {
+    let value = |key| attribute(span, key).and_then(text);
+    matches!(
+        value("gen_ai.operation.name").as_deref(),
+        Some("invoke_agent" | "create_agent")
+    ) || value("openinference.span.kind").as_deref() == Some("AGENT")
+}
+
+fn attribute<'s>(span: &'s Span, key: &str) -> Option<&'s crate::wire::AnyValue> {
+    span.attributes
+        .iter()
+        .find(|kv| &*kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
 }
 
 /// The columns only a span has: ids, timing, status, and content carried in span events.
@@ -727,9 +724,10 @@ mod tests {
         ]
     }
 
-    /// Standard agent telemetry names the agent on `invoke_agent` only; its tool calls, children or
-    /// grandchildren (under a framework span), get that agent from the export's parent chain. A tool span
-    /// that names its own agent keeps it; a parent in another trace, a missing parent or a cycle gives none.
+    /// Standard agent telemetry names the agent on `invoke_agent` only; its tool calls and retrievals,
+    /// children or grandchildren (under a framework span), get that agent from the export's parent chain. A
+    /// tool span that names its own agent keeps it; a parent in another trace, a missing parent, a cycle or
+    /// an agent span without a name above it gives none.
     #[test]
     fn execute_tool_spans_take_their_agent_from_the_invoke_agent_span_above_them() {
         let agent = child(
@@ -759,6 +757,29 @@ mod tests {
         let orphan = child("execute_tool lookup", 7, 99, tool("lookup"));
         let looped_a = child("execute_tool a", 8, 9, tool("a"));
         let looped_b = child("chain b", 9, 8, vec![]);
+        // A sub-agent that names no agent: its calls are not the outer agent's.
+        let inner = child(
+            "invoke_agent",
+            10,
+            1,
+            vec![kv("gen_ai.operation.name", s("invoke_agent"))],
+        );
+        let under_inner = child("execute_tool run_sql", 11, 10, tool("run_sql"));
+        // Another trace's span with the id of the framework span must not hide it.
+        let twin = Span {
+            trace_id: Bytes::from_static(&[7; 16]),
+            ..child("chain twin", 2, 0, vec![])
+        };
+        let retrieval = child(
+            "retrieval hr-records",
+            12,
+            2,
+            vec![
+                kv("gen_ai.operation.name", s("retrieval")),
+                kv("gen_ai.data_source.id", s("hr-records")),
+                kv("gen_ai.tool.name", s("retrieve")),
+            ],
+        );
         let (b, _) = run(
             svc(),
             vec![
@@ -769,7 +790,11 @@ mod tests {
                 orphan,
                 looped_a,
                 looped_b,
+                under_inner,
+                inner,
+                retrieval,
                 framework,
+                twin,
                 agent,
             ],
         );
@@ -790,6 +815,8 @@ mod tests {
         assert_eq!(agent_of("delete_files"), None);
         assert_eq!(agent_of("lookup"), None);
         assert_eq!(agent_of("a"), None);
+        assert_eq!(agent_of("run_sql"), None);
+        assert_eq!(agent_of("retrieve").as_deref(), Some("travel-planner"));
     }
 
     #[test]
