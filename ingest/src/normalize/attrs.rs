@@ -363,6 +363,17 @@ impl<'a, 'r> Lookup<'a, 'r> {
         resource: &ResourceJson<'a>,
         extra: &[(&str, &str)],
     ) -> Option<String> {
+        self.attributes_json_with(resource, extra, &[])
+    }
+
+    /// [`Lookup::attributes_json`] plus `carried`: attributes of a span event that belong to the span (a
+    /// guardrail finding's risk category and score), kept where the record's own keys do not hide them.
+    pub fn attributes_json_with(
+        &self,
+        resource: &ResourceJson<'a>,
+        extra: &[(&str, &str)],
+        carried: &[&KeyValue],
+    ) -> Option<String> {
         // A record's own key shadows the same key from the resource. Looking each one up by a scan of the
         // record's attributes is quadratic: a body of 50,000 attributes on each side took seconds per record.
         let own_keys: Option<std::collections::HashSet<&str>> =
@@ -387,6 +398,15 @@ impl<'a, 'r> Lookup<'a, 'r> {
             }
             out.key(&kv.key);
             write_json(&mut out.buf, value);
+        }
+        for kv in carried {
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
+            if !own_has(&kv.key) && !self.res.has_key(&kv.key) {
+                out.key(&kv.key);
+                write_json(&mut out.buf, value);
+            }
         }
         for (key, rendered) in &resource.unknown {
             if !own_has(key) {

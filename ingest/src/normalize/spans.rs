@@ -58,7 +58,14 @@ pub(crate) fn normalize(
                 } else {
                     &[("otel.scope.name", scope_name)]
                 };
-                row.attributes = look.attributes_json(res_json, extra).map(Cow::Owned);
+                let carried = if span.events.is_empty() {
+                    Vec::new()
+                } else {
+                    guardrail_details(span)
+                };
+                row.attributes = look
+                    .attributes_json_with(res_json, extra, &carried)
+                    .map(Cow::Owned);
                 out.push(&row);
                 if out.value_bytes() > ctx.max_output_bytes {
                     return (skipped, true);
@@ -237,6 +244,31 @@ fn fill_from_guardrail_event(row: &mut Row<'_>, event: &crate::wire::span::Event
             d.to_mut().make_ascii_lowercase();
         }
     }
+}
+
+/// What a guardrail finding attached as a span event says beyond its verdict and policy (which fill
+/// columns): the risk category and score, the rule and the action, kept in `attributes` as a finding sent
+/// as a log record keeps them. Each key once, from the first finding that has it.
+fn guardrail_details(span: &Span) -> Vec<&crate::wire::KeyValue> {
+    const DETAILS: [&str; 4] = [
+        "gen_ai.guardrail.security.risk.category",
+        "gen_ai.guardrail.security.risk.score",
+        "gen_ai.guardrail.security.policy.rule.id",
+        "gen_ai.guardrail.action.type",
+    ];
+    let mut found: [Option<&crate::wire::KeyValue>; 4] = [None; 4];
+    for event in span
+        .events
+        .iter()
+        .filter(|e| &*e.name == "gen_ai.guardrail.security.finding")
+    {
+        for kv in &event.attributes {
+            if let Some(i) = DETAILS.iter().position(|k| *k == &*kv.key) {
+                found[i].get_or_insert(kv);
+            }
+        }
+    }
+    found.into_iter().flatten().collect()
 }
 
 pub(crate) fn nanos_to_micros(nanos: u64) -> i64 {
@@ -641,6 +673,12 @@ mod tests {
                 kv("gen_ai.guardrail.verdict.type", s("Deny")),
                 kv("gen_ai.guardrail.verdict.reason", s("secret in prompt")),
                 kv("gen_ai.guardrail.security.policy.id", s("dlp-3")),
+                kv(
+                    "gen_ai.guardrail.security.risk.category",
+                    s("sensitive_info_disclosure"),
+                ),
+                kv("gen_ai.guardrail.security.risk.score", d(0.93)),
+                kv("gen_ai.guardrail.security.risk.category", s("second")),
             ],
         }];
         let (b, _) = run(svc(), vec![s1]);
@@ -649,6 +687,12 @@ mod tests {
         assert_eq!(g(col::DECISION).as_deref(), Some("deny"));
         assert_eq!(g(col::DECISION_REASON).as_deref(), Some("secret in prompt"));
         assert_eq!(g(col::POLICY_ID).as_deref(), Some("dlp-3"));
+        let a = attrs_json(&b, 0);
+        assert_eq!(
+            a["gen_ai.guardrail.security.risk.category"],
+            "sensitive_info_disclosure"
+        );
+        assert_eq!(a["gen_ai.guardrail.security.risk.score"], 0.93);
     }
 
     /// Past 16 own attributes the shadowing check takes a set instead of a scan; the result is the same:
