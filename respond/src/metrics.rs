@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 
 pub struct Metrics {
-    /// Finished deliveries by outcome (`delivered`, `dead_letter`, `disabled`) and retries (`retry`).
+    /// Finished deliveries by outcome (`delivered`, `dead_letter`, `disabled`, `superseded`) and retries
+    /// (`retry`).
     pub deliveries: IntCounterVec,
     pub attempts: IntCounterVec,
     pub pending: IntGaugeVec,

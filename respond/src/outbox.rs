@@ -47,6 +47,10 @@ pub enum DeliveryStatus {
     DeadLetter,
     /// The destination answered 410 Gone (or was disabled before this was sent).
     Disabled,
+    /// An Update never sent because a newer Update of the same finding to the same destination was queued
+    /// before it could be: the newer one carries the finding's whole state, so a destination that is down
+    /// holds one Update per finding, not one per revision.
+    Superseded,
 }
 
 impl DeliveryStatus {
@@ -57,6 +61,7 @@ impl DeliveryStatus {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::DeadLetter => "dead_letter",
             DeliveryStatus::Disabled => "disabled",
+            DeliveryStatus::Superseded => "superseded",
         }
     }
     /// Still to be attempted by the delivery loop.

@@ -517,7 +517,8 @@ impl Responder {
                 updated.push(g);
             }
         }
-        let prune = self.prunable(&st, 0, failed_count(&queued));
+        let superseded = superseded_by(&st, &queued);
+        let prune = self.prunable(&st, superseded.len(), failed_count(&queued));
         self.outbox.write(|b| {
             for g in &updated {
                 b.put_group(g)?;
@@ -525,12 +526,23 @@ impl Responder {
             for fp in &closed {
                 b.remove_group(fp)?;
             }
+            for d in &superseded {
+                b.put_delivery(d)?;
+                b.remove_body(d.seq)?;
+            }
             put_queued(b, &queued)?;
             prune.write(b)?;
             b.set_next_seq(seq)
         })?;
         st.next_seq = seq;
         self.pruned(&mut st, prune);
+        for d in superseded {
+            metrics()
+                .deliveries
+                .with_label_values(&[d.destination.as_str(), "superseded"])
+                .inc();
+            st.put(d);
+        }
         for g in updated {
             st.groups.insert(g.fingerprint.clone(), g);
         }
@@ -813,7 +825,12 @@ impl Responder {
         } else {
             st.deliveries
                 .values()
-                .filter(|d| d.status == DeliveryStatus::Delivered)
+                .filter(|d| {
+                    matches!(
+                        d.status,
+                        DeliveryStatus::Delivered | DeliveryStatus::Superseded
+                    )
+                })
                 .take(excess)
                 .map(|d| d.seq)
                 .collect()
@@ -1060,6 +1077,39 @@ fn pause(st: &mut State, seq: u64) {
     if let Some(d) = st.deliveries.get_mut(&seq) {
         d.next_attempt_at_ms = Some(now_ms() + OUTBOX_FAILURE_PAUSE_MS);
     }
+}
+
+/// The queued Updates that `queued` replaces: for each (finding, destination) it queues an Update for,
+/// the older Updates still waiting (not in flight: an attempt under way is let finish). Creates, Closes
+/// and playbook actions are never replaced, so a receiver still gets a finding's Create before any Update,
+/// and each revision it does get is complete.
+fn superseded_by(st: &State, queued: &[(DeliveryRecord, Vec<u8>)]) -> Vec<DeliveryRecord> {
+    let newer: HashMap<(&str, &str), u32> = queued
+        .iter()
+        .map(|(d, _)| d)
+        .filter(|d| d.activity == Activity::Update && d.playbook.is_none() && d.status.is_active())
+        .map(|d| ((d.finding_id.as_str(), d.destination.as_str()), d.revision))
+        .collect();
+    if newer.is_empty() {
+        return Vec::new();
+    }
+    st.active
+        .iter()
+        .filter(|seq| !st.in_flight.contains(seq))
+        .filter_map(|seq| st.deliveries.get(seq))
+        .filter(|d| d.activity == Activity::Update && d.playbook.is_none())
+        .filter_map(|d| {
+            let revision = newer.get(&(d.finding_id.as_str(), d.destination.as_str()))?;
+            Some(DeliveryRecord {
+                status: DeliveryStatus::Superseded,
+                next_attempt_at_ms: None,
+                last_error: Some(format!(
+                    "superseded by revision {revision}, queued before this one could be sent"
+                )),
+                ..d.clone()
+            })
+        })
+        .collect()
 }
 
 fn is_failed(status: DeliveryStatus) -> bool {

@@ -651,6 +651,87 @@ fn burst_becomes_one_finding_with_bounded_updates() {
     );
 }
 
+/// While a destination is down a finding keeps growing, and each revision queues an Update. An Update
+/// still waiting when a newer one is queued is superseded (never sent): the destination holds the Create and
+/// one Update per finding, not one per revision, and once it is back it gets the Create and the finding's
+/// latest state.
+#[test]
+fn a_destination_that_is_down_holds_one_update_per_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/", 503);
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
+    let group_interval = config.grouping.group_interval;
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let mut submitted = 0;
+    for round in 0..12 {
+        let batch: Vec<_> = (0..5)
+            .map(|i| alert("grows", "prompt_injection", Severity::High, round * 5 + i))
+            .collect();
+        responder.submit(&batch).unwrap();
+        submitted += batch.len();
+        std::thread::sleep(group_interval + Duration::from_millis(50));
+    }
+    let deliveries = responder.deliveries();
+    let with = |status: DeliveryStatus| deliveries.iter().filter(|d| d.status == status).count();
+    let waiting = deliveries.iter().filter(|d| d.status.is_active()).count();
+    assert!(
+        waiting <= 3,
+        "{waiting} deliveries wait for one finding: {:?}",
+        deliveries
+            .iter()
+            .map(|d| (d.revision, d.activity, d.status))
+            .collect::<Vec<_>>()
+    );
+    let superseded = with(DeliveryStatus::Superseded);
+    assert!(
+        superseded >= 5,
+        "{superseded} of {} Updates superseded",
+        deliveries.len() - 1
+    );
+    assert!(deliveries
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Superseded)
+        .all(|d| d.activity == Activity::Update));
+
+    shared.set_status("/", 200);
+    assert!(wait_until(Duration::from_secs(10), || responder
+        .deliveries()
+        .iter()
+        .all(|d| !d.status.is_active())));
+    run.crash();
+    receiver.stop();
+    let seen = shared.seen();
+    let count = |t: &str| seen.iter().filter(|s| s.body["type"] == t).count();
+    assert_eq!(count("finding.created"), 1);
+    assert!(
+        count("finding.updated") <= 2,
+        "{} updates sent",
+        count("finding.updated")
+    );
+    let last = seen.last().expect("something was delivered");
+    assert_eq!(
+        last.body["data"]["count"], submitted,
+        "the latest state arrives"
+    );
+    let superseded_ids: BTreeSet<String> = responder
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.status == DeliveryStatus::Superseded)
+        .map(|d| d.webhook_id)
+        .collect();
+    assert!(
+        seen.iter().all(|s| !superseded_ids.contains(&s.webhook_id)),
+        "a superseded Update is never sent"
+    );
+}
+
 /// Playbooks fire once per finding, signed, and are recorded as responses.
 #[test]
 fn playbook_runs_once_and_is_recorded() {
