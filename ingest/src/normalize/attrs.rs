@@ -403,13 +403,15 @@ impl<'a, 'r> Lookup<'a, 'r> {
             let Some(value) = kv.value.as_ref() else {
                 continue;
             };
-            if !own_has(&kv.key) && !self.res.has_key(&kv.key) {
+            if !own_has(&kv.key) {
                 out.key(&kv.key);
                 write_json(&mut out.buf, value);
             }
         }
+        // What the record's own events carried is the record's, and hides the resource's too.
+        let carried_has = |key: &str| carried.iter().any(|kv| &*kv.key == key);
         for (key, rendered) in &resource.unknown {
-            if !own_has(key) {
+            if !own_has(key) && !carried_has(key) {
                 out.key(key);
                 out.buf.push_str(rendered);
             }
@@ -421,7 +423,7 @@ impl<'a, 'r> Lookup<'a, 'r> {
             let Some(value) = kv.value.as_ref() else {
                 continue;
             };
-            if self.res_consumed(slot) || own_has(&kv.key) {
+            if self.res_consumed(slot) || own_has(&kv.key) || carried_has(&kv.key) {
                 continue;
             }
             out.key(&kv.key);

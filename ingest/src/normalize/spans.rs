@@ -87,7 +87,17 @@ pub(crate) fn normalize(
 /// exported before the agent's own span keep no agent. Built once per request, and only when a row needs it.
 struct Ancestry<'a> {
     /// By (trace id, span id).
-    spans: HashMap<(&'a [u8], &'a [u8]), &'a Span>,
+    spans: HashMap<(&'a [u8], &'a [u8]), Ancestor<'a>>,
+}
+
+/// What the walk needs of one span, read once when the map is built: a walk over a long chain of spans
+/// with many attributes must not read them again for every tool span under it.
+struct Ancestor<'a> {
+    parent_span_id: &'a [u8],
+    /// The span's own agent attribute, in the order `fill_common` prefers them.
+    agent: Option<Cow<'a, str>>,
+    /// An agent's own span, by the GenAI operation name or OpenInference's span kind.
+    is_agent: bool,
 }
 
 /// How far up a parent chain is followed: real agent trees are a few levels deep, and a hostile export
@@ -102,7 +112,7 @@ impl<'a> Ancestry<'a> {
             .flat_map(|rs| &rs.scope_spans)
             .flat_map(|ss| &ss.spans)
             .filter(|span| !span.span_id.is_empty())
-            .map(|span| ((&*span.trace_id, &*span.span_id), span))
+            .map(|span| ((&*span.trace_id, &*span.span_id), Ancestor::of(span)))
             .collect();
         Ancestry { spans }
     }
@@ -113,38 +123,50 @@ impl<'a> Ancestry<'a> {
     fn agent_above(&self, span: &Span) -> Option<Cow<'a, str>> {
         let mut parent: &[u8] = &span.parent_span_id;
         for _ in 0..MAX_ANCESTRY_DEPTH {
-            let ancestor = *self.spans.get(&(&*span.trace_id, parent))?;
-            match own_agent(ancestor) {
-                Some(agent) => return Some(agent),
-                None if is_agent_span(ancestor) => return None,
-                None => parent = &ancestor.parent_span_id,
+            let ancestor = self.spans.get(&(&*span.trace_id, parent))?;
+            if ancestor.agent.is_some() {
+                return ancestor.agent.clone();
             }
+            if ancestor.is_agent {
+                return None;
+            }
+            parent = ancestor.parent_span_id;
         }
         None
     }
 }
 
-/// A span's own agent attribute, in the order `fill_common` prefers them.
-fn own_agent(span: &Span) -> Option<Cow<'_, str>> {
-    ["gen_ai.agent.id", "gen_ai.agent.name", "agent.name"]
-        .iter()
-        .find_map(|key| attribute(span, key).and_then(text))
-}
-
-/// An agent's own span by the GenAI operation name or OpenInference's span kind.
-fn is_agent_span(span: &Span) -> bool {
-    let value = |key| attribute(span, key).and_then(text);
-    matches!(
-        value("gen_ai.operation.name").as_deref(),
-        Some("invoke_agent" | "create_agent")
-    ) || value("openinference.span.kind").as_deref() == Some("AGENT")
-}
-
-fn attribute<'s>(span: &'s Span, key: &str) -> Option<&'s crate::wire::AnyValue> {
-    span.attributes
-        .iter()
-        .find(|kv| &*kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
+impl<'a> Ancestor<'a> {
+    /// One pass over the span's attributes.
+    fn of(span: &'a Span) -> Self {
+        // By preference: gen_ai.agent.id, gen_ai.agent.name, agent.name.
+        let mut agents: [Option<Cow<'a, str>>; 3] = [None, None, None];
+        let mut is_agent = false;
+        for kv in &span.attributes {
+            let slot = match &*kv.key {
+                "gen_ai.agent.id" => 0,
+                "gen_ai.agent.name" => 1,
+                "agent.name" => 2,
+                "gen_ai.operation.name" | "openinference.span.kind" => {
+                    let value = kv.value.as_ref().and_then(text);
+                    is_agent |= matches!(
+                        value.as_deref(),
+                        Some("invoke_agent" | "create_agent" | "AGENT")
+                    );
+                    continue;
+                }
+                _ => continue,
+            };
+            if agents[slot].is_none() {
+                agents[slot] = kv.value.as_ref().and_then(text);
+            }
+        }
+        Ancestor {
+            parent_span_id: &span.parent_span_id,
+            agent: agents.into_iter().flatten().next(),
+            is_agent,
+        }
+    }
 }
 
 /// The columns only a span has: ids, timing, status, and content carried in span events.
@@ -248,7 +270,8 @@ fn fill_from_guardrail_event(row: &mut Row<'_>, event: &crate::wire::span::Event
 
 /// What a guardrail finding attached as a span event says beyond its verdict and policy (which fill
 /// columns): the risk category and score, the rule and the action, kept in `attributes` as a finding sent
-/// as a log record keeps them. Each key once, from the first finding that has it.
+/// as a log record keeps them. Taken from the finding that gave the verdict (the first with one, else the
+/// first), so a row never pairs one finding's verdict with another's score; each key once.
 fn guardrail_details(span: &Span) -> Vec<&crate::wire::KeyValue> {
     const DETAILS: [&str; 4] = [
         "gen_ai.guardrail.security.risk.category",
@@ -256,16 +279,29 @@ fn guardrail_details(span: &Span) -> Vec<&crate::wire::KeyValue> {
         "gen_ai.guardrail.security.policy.rule.id",
         "gen_ai.guardrail.action.type",
     ];
-    let mut found: [Option<&crate::wire::KeyValue>; 4] = [None; 4];
-    for event in span
+    let mut findings = span
         .events
         .iter()
-        .filter(|e| &*e.name == "gen_ai.guardrail.security.finding")
-    {
-        for kv in &event.attributes {
-            if let Some(i) = DETAILS.iter().position(|k| *k == &*kv.key) {
-                found[i].get_or_insert(kv);
-            }
+        .filter(|e| &*e.name == "gen_ai.guardrail.security.finding");
+    let has_verdict = |e: &&crate::wire::span::Event| {
+        e.attributes.iter().any(|kv| {
+            matches!(
+                &*kv.key,
+                "gen_ai.guardrail.verdict.type" | "gen_ai.guardrail.decision"
+            )
+        })
+    };
+    let Some(finding) = findings
+        .clone()
+        .find(has_verdict)
+        .or_else(|| findings.next())
+    else {
+        return Vec::new();
+    };
+    let mut found: [Option<&crate::wire::KeyValue>; 4] = [None; 4];
+    for kv in &finding.attributes {
+        if let Some(i) = DETAILS.iter().position(|k| *k == &*kv.key) {
+            found[i].get_or_insert(kv);
         }
     }
     found.into_iter().flatten().collect()
@@ -667,21 +703,31 @@ mod tests {
                 kv("gen_ai.request.model", s("gpt-4o")),
             ],
         );
-        s1.events = vec![span::Event {
-            name: "gen_ai.guardrail.security.finding".into(),
-            attributes: vec![
-                kv("gen_ai.guardrail.verdict.type", s("Deny")),
-                kv("gen_ai.guardrail.verdict.reason", s("secret in prompt")),
-                kv("gen_ai.guardrail.security.policy.id", s("dlp-3")),
-                kv(
-                    "gen_ai.guardrail.security.risk.category",
-                    s("sensitive_info_disclosure"),
-                ),
-                kv("gen_ai.guardrail.security.risk.score", d(0.93)),
-                kv("gen_ai.guardrail.security.risk.category", s("second")),
-            ],
-        }];
-        let (b, _) = run(svc(), vec![s1]);
+        s1.events = vec![
+            // A finding without a verdict: its score must not pair with the other's verdict.
+            span::Event {
+                name: "gen_ai.guardrail.security.finding".into(),
+                attributes: vec![kv("gen_ai.guardrail.security.risk.score", d(0.1))],
+            },
+            span::Event {
+                name: "gen_ai.guardrail.security.finding".into(),
+                attributes: vec![
+                    kv("gen_ai.guardrail.verdict.type", s("Deny")),
+                    kv("gen_ai.guardrail.verdict.reason", s("secret in prompt")),
+                    kv("gen_ai.guardrail.security.policy.id", s("dlp-3")),
+                    kv(
+                        "gen_ai.guardrail.security.risk.category",
+                        s("sensitive_info_disclosure"),
+                    ),
+                    kv("gen_ai.guardrail.security.risk.score", d(0.93)),
+                    kv("gen_ai.guardrail.security.risk.category", s("second")),
+                    kv("gen_ai.guardrail.action.type", s("block")),
+                ],
+            },
+        ];
+        let mut res = svc();
+        res.push(kv("gen_ai.guardrail.action.type", s("from-resource")));
+        let (b, _) = run(res, vec![s1]);
         let g = |c| get(&b, c, 0);
         assert_eq!(g(col::KIND).as_deref(), Some("inference"));
         assert_eq!(g(col::DECISION).as_deref(), Some("deny"));
@@ -693,6 +739,10 @@ mod tests {
             "sensitive_info_disclosure"
         );
         assert_eq!(a["gen_ai.guardrail.security.risk.score"], 0.93);
+        assert_eq!(
+            a["gen_ai.guardrail.action.type"], "block",
+            "the span's event over its resource"
+        );
     }
 
     /// Past 16 own attributes the shadowing check takes a set instead of a scan; the result is the same:
