@@ -715,6 +715,13 @@ impl Responder {
                 );
                 d.last_error = Some(error);
                 match delay {
+                    // It was in flight when a newer Update of its finding was queued: that one goes
+                    // instead.
+                    Some(_) if newer_waiting_update(&st, &d).is_some() => {
+                        let revision = newer_waiting_update(&st, &d).unwrap_or(d.revision);
+                        d = superseded(&d, revision);
+                        label = "superseded";
+                    }
                     Some(delay) => {
                         d.status = DeliveryStatus::Retrying;
                         d.next_attempt_at_ms = Some(now + ms(delay));
@@ -757,7 +764,10 @@ impl Responder {
         }
         let prune = self.prunable(
             &st,
-            usize::from(d.status == DeliveryStatus::Delivered),
+            usize::from(matches!(
+                d.status,
+                DeliveryStatus::Delivered | DeliveryStatus::Superseded
+            )),
             usize::from(is_failed(d.status)) + others_disabled.len(),
         );
         // A playbook action accepted: the response is taken now (its delivery record may be pruned later).
@@ -775,7 +785,10 @@ impl Responder {
             if let Some(r) = &responded {
                 b.put_response(r)?;
             }
-            if d.status == DeliveryStatus::Delivered {
+            if matches!(
+                d.status,
+                DeliveryStatus::Delivered | DeliveryStatus::Superseded
+            ) {
                 b.remove_body(seq)?;
             }
             for o in &others_disabled {
@@ -823,16 +836,17 @@ impl Responder {
         let delivered = if excess == 0 {
             Vec::new()
         } else {
-            st.deliveries
-                .values()
-                .filter(|d| {
-                    matches!(
-                        d.status,
-                        DeliveryStatus::Delivered | DeliveryStatus::Superseded
-                    )
-                })
+            // Superseded records first: they were never delivered, and the delivered history is what
+            // `alert_deliveries` is read for.
+            let of = |status| {
+                st.deliveries
+                    .values()
+                    .filter(move |d| d.status == status)
+                    .map(|d| d.seq)
+            };
+            of(DeliveryStatus::Superseded)
+                .chain(of(DeliveryStatus::Delivered))
                 .take(excess)
-                .map(|d| d.seq)
                 .collect()
         };
         let excess = (st.failed.len() + failed).saturating_sub(limits.dead_letter_limit);
@@ -949,6 +963,40 @@ impl Responder {
                 ..d.clone()
             })
             .collect();
+        // An Update replayed after a later revision of its finding reached (or is on its way to) the same
+        // destination would take the receiver back to an older state: it is superseded instead.
+        let mut latest: HashMap<(&str, &str), u32> = HashMap::new();
+        for d in st
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Delivered || d.status.is_active())
+            .chain(&picked)
+        {
+            if d.playbook.is_none() && d.activity != Activity::Create {
+                let at = latest
+                    .entry((d.finding_id.as_str(), d.destination.as_str()))
+                    .or_default();
+                *at = (*at).max(d.revision);
+            }
+        }
+        let (picked, replaced): (Vec<DeliveryRecord>, Vec<DeliveryRecord>) =
+            picked.iter().cloned().partition(|d| {
+                d.activity != Activity::Update
+                    || d.playbook.is_some()
+                    || latest
+                        .get(&(d.finding_id.as_str(), d.destination.as_str()))
+                        .is_none_or(|&r| r <= d.revision)
+            });
+        let replaced: Vec<DeliveryRecord> = replaced
+            .iter()
+            .map(|d| {
+                let revision = latest
+                    .get(&(d.finding_id.as_str(), d.destination.as_str()))
+                    .copied()
+                    .unwrap_or(d.revision);
+                superseded(d, revision)
+            })
+            .collect();
         let enable: BTreeSet<String> = picked
             .iter()
             .map(|d| d.destination.clone())
@@ -963,6 +1011,10 @@ impl Responder {
             for d in &picked {
                 b.put_delivery(d)?;
             }
+            for d in &replaced {
+                b.put_delivery(d)?;
+                b.remove_body(d.seq)?;
+            }
             for n in &enable {
                 b.put_destination(n, &enabled)?;
             }
@@ -972,7 +1024,7 @@ impl Responder {
             st.destinations.insert(n, enabled.clone());
         }
         let n = picked.len();
-        for d in picked {
+        for d in picked.into_iter().chain(replaced) {
             st.put(d);
         }
         self.update_pending_metrics(&st);
@@ -1079,15 +1131,15 @@ fn pause(st: &mut State, seq: u64) {
     }
 }
 
-/// The queued Updates that `queued` replaces: for each (finding, destination) it queues an Update for,
-/// the older Updates still waiting (not in flight: an attempt under way is let finish). Creates, Closes
-/// and playbook actions are never replaced, so a receiver still gets a finding's Create before any Update,
-/// and each revision it does get is complete.
+/// The Updates that `queued` replaces: for each (finding, destination) it queues an Update for, the older
+/// Updates still waiting (not in flight: an attempt under way is let finish) or held for a replay because
+/// the destination was disabled. Creates, Closes and playbook actions are never replaced, so a receiver
+/// still gets a finding's Create before any Update, and each revision it does get is complete.
 fn superseded_by(st: &State, queued: &[(DeliveryRecord, Vec<u8>)]) -> Vec<DeliveryRecord> {
     let newer: HashMap<(&str, &str), u32> = queued
         .iter()
         .map(|(d, _)| d)
-        .filter(|d| d.activity == Activity::Update && d.playbook.is_none() && d.status.is_active())
+        .filter(|d| is_replaceable(d))
         .map(|d| ((d.finding_id.as_str(), d.destination.as_str()), d.revision))
         .collect();
     if newer.is_empty() {
@@ -1095,21 +1147,55 @@ fn superseded_by(st: &State, queued: &[(DeliveryRecord, Vec<u8>)]) -> Vec<Delive
     }
     st.active
         .iter()
+        .chain(&st.failed)
         .filter(|seq| !st.in_flight.contains(seq))
         .filter_map(|seq| st.deliveries.get(seq))
-        .filter(|d| d.activity == Activity::Update && d.playbook.is_none())
+        .filter(|d| is_replaceable(d))
         .filter_map(|d| {
             let revision = newer.get(&(d.finding_id.as_str(), d.destination.as_str()))?;
-            Some(DeliveryRecord {
-                status: DeliveryStatus::Superseded,
-                next_attempt_at_ms: None,
-                last_error: Some(format!(
-                    "superseded by revision {revision}, queued before this one could be sent"
-                )),
-                ..d.clone()
-            })
+            Some(superseded(d, *revision))
         })
         .collect()
+}
+
+/// An Update of a finding (not a playbook action) that is waiting to be sent, or held for a replay.
+fn is_replaceable(d: &DeliveryRecord) -> bool {
+    d.activity == Activity::Update
+        && d.playbook.is_none()
+        && (d.status.is_active() || d.status == DeliveryStatus::Disabled)
+}
+
+/// `d` marked as replaced by `revision`; the last answer it got, if any, stays in its error.
+fn superseded(d: &DeliveryRecord, revision: u32) -> DeliveryRecord {
+    let mut error = format!("superseded by revision {revision} before it was delivered");
+    if let Some(last) = &d.last_error {
+        error.push_str(&format!("; last error: {last}"));
+    }
+    DeliveryRecord {
+        status: DeliveryStatus::Superseded,
+        next_attempt_at_ms: None,
+        last_error: Some(error),
+        ..d.clone()
+    }
+}
+
+/// The revision of an Update waiting to be sent after `d` to the same destination, which makes a retry of
+/// `d` (an Update that was in flight when it was queued) pointless.
+fn newer_waiting_update(st: &State, d: &DeliveryRecord) -> Option<u32> {
+    if d.activity != Activity::Update || d.playbook.is_some() {
+        return None;
+    }
+    st.active
+        .range(d.seq + 1..)
+        .filter_map(|seq| st.deliveries.get(seq))
+        .filter(|e| {
+            e.activity == Activity::Update
+                && e.playbook.is_none()
+                && e.finding_id == d.finding_id
+                && e.destination == d.destination
+        })
+        .map(|e| e.revision)
+        .max()
 }
 
 fn is_failed(status: DeliveryStatus) -> bool {

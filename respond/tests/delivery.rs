@@ -732,6 +732,133 @@ fn a_destination_that_is_down_holds_one_update_per_finding() {
     );
 }
 
+/// The other ways an Update becomes stale: one in flight when a newer one is queued is superseded when its
+/// attempt fails (not retried ahead of the newer); with the destination disabled (410), the Updates held for
+/// a replay supersede each other, so a replay sends only the latest; and a replay does not send a dead
+/// letter older than a revision already delivered.
+#[test]
+fn in_flight_disabled_and_replayed_updates_are_superseded_by_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.0.lock().unwrap().script.insert(
+        "/hook".into(),
+        [
+            (200, Duration::ZERO),
+            (503, Duration::from_millis(800)),
+            (410, Duration::ZERO),
+        ]
+        .into(),
+    );
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
+    let pause = config.grouping.group_interval + Duration::from_millis(50);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let mut submitted = 0;
+    let mut grow = |round: usize| {
+        let batch: Vec<_> = (0..3)
+            .map(|i| alert("stale", "prompt_injection", Severity::High, round * 3 + i))
+            .collect();
+        responder.submit(&batch).unwrap();
+        submitted += batch.len();
+    };
+    let revision = |rev: u32| {
+        responder
+            .deliveries()
+            .into_iter()
+            .find(|d| d.revision == rev)
+    };
+    grow(0);
+    assert!(wait_until(Duration::from_secs(5), || !shared
+        .seen()
+        .is_empty()));
+    std::thread::sleep(pause);
+    grow(1); // revision 2: in flight for 800 ms, then 503
+    assert!(wait_until(Duration::from_secs(5), || revision(2).is_some()));
+    std::thread::sleep(pause);
+    grow(2); // revision 3, queued while 2 is in flight
+    assert!(wait_until(Duration::from_secs(5), || revision(2)
+        .is_some_and(|d| d.status == DeliveryStatus::Superseded)));
+    let second = revision(2).unwrap();
+    assert!(
+        second
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("503")),
+        "the last answer stays in the error: {:?}",
+        second.last_error
+    );
+    // Revision 3 is answered 410: the destination is disabled, and later revisions are held for a replay.
+    assert!(wait_until(Duration::from_secs(5), || revision(3)
+        .is_some_and(|d| d.status == DeliveryStatus::Disabled)));
+    std::thread::sleep(pause);
+    grow(3); // revision 4, held
+    assert!(wait_until(Duration::from_secs(5), || revision(4).is_some()));
+    std::thread::sleep(pause);
+    grow(4); // revision 5, held; supersedes 4
+    assert!(wait_until(Duration::from_secs(5), || revision(5).is_some()));
+    for rev in [3, 4] {
+        assert_eq!(
+            revision(rev).unwrap().status,
+            DeliveryStatus::Superseded,
+            "revision {rev}"
+        );
+    }
+    assert_eq!(revision(5).unwrap().status, DeliveryStatus::Disabled);
+    assert_eq!(
+        responder.replay(&Replay::All).unwrap(),
+        1,
+        "only the latest"
+    );
+    assert!(wait_until(Duration::from_secs(10), || revision(5)
+        .is_some_and(|d| d.status == DeliveryStatus::Delivered)));
+
+    // A dead letter older than a delivered revision is not sent back by a replay.
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .script
+        .insert("/hook".into(), [(400, Duration::ZERO)].into());
+    std::thread::sleep(pause);
+    grow(5); // revision 6: dead-lettered by its 400
+    assert!(wait_until(Duration::from_secs(5), || revision(6)
+        .is_some_and(|d| d.status == DeliveryStatus::DeadLetter)));
+    std::thread::sleep(pause);
+    grow(6); // revision 7: delivered
+    assert!(wait_until(Duration::from_secs(5), || revision(7)
+        .is_some_and(|d| d.status == DeliveryStatus::Delivered)));
+    assert_eq!(responder.replay(&Replay::All).unwrap(), 0);
+    assert_eq!(revision(6).unwrap().status, DeliveryStatus::Superseded);
+    std::thread::sleep(Duration::from_millis(200));
+    run.crash();
+    receiver.stop();
+    let seen = shared.seen();
+    let types: Vec<(&str, u64)> = seen
+        .iter()
+        .map(|s| {
+            (
+                s.body["type"].as_str().unwrap_or(""),
+                s.body["data"]["unmapped"]["revision"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("finding.created", 1),
+            ("finding.updated", 5),
+            ("finding.updated", 7)
+        ],
+        "the receiver gets the Create and then the latest state only, in order"
+    );
+    assert_eq!(seen[2].body["data"]["count"], submitted);
+}
+
 /// Playbooks fire once per finding, signed, and are recorded as responses.
 #[test]
 fn playbook_runs_once_and_is_recorded() {
