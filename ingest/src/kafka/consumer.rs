@@ -593,8 +593,14 @@ impl Consumer {
                 Decoded::Events(_) => None,
             })
             .collect();
-        if !letters.is_empty() && self.dead_letter(&letters, shutdown).await == Flow::Stop {
-            return Flow::Stop;
+        let mut admission = admission;
+        if !letters.is_empty() {
+            // Dead letters are retried for as long as the dead-letter topic refuses them: give the pipeline
+            // slot back meanwhile (OTLP requests need it), and let `deliver` admit the events again.
+            admission = None;
+            if self.dead_letter(&letters, shutdown).await == Flow::Stop {
+                return Flow::Stop;
+            }
         }
 
         let events: Vec<&RecordBatch> = decoded

@@ -42,10 +42,28 @@ struct TestSink {
     admitted_before: Mutex<Vec<Duration>>,
     /// A batch with an event of this user is refused with an internal error, as a detector panic is.
     internal_for_user: Option<String>,
+    /// Admissions handed out and not yet dropped: pipeline slots the consumer holds.
+    admissions: Arc<AtomicUsize>,
+}
+
+/// Gives its slot back to `TestSink::admissions` when the admission holding it is dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
 impl EventSink for TestSink {
+    async fn admit(&self) -> Result<crate::sink::Admission, SinkError> {
+        self.admissions.fetch_add(1, Ordering::SeqCst);
+        Ok(crate::sink::Admission::holding(Slot(
+            self.admissions.clone(),
+        )))
+    }
+
     async fn accept_admitted(
         &self,
         batch: RecordBatch,
@@ -873,6 +891,56 @@ async fn a_batch_whose_events_outgrow_its_byte_budget_is_delivered_in_parts() {
         committed(&brokers, "expanding", "expanding_spans", 1),
         vec![Offset::Offset(MESSAGES as i64)]
     );
+}
+
+/// While the dead-letter topic refuses a poison message's copy, the consumer retries it without holding a
+/// pipeline slot (OTLP requests need them); once the topic takes it, the batch's events are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_retries_do_not_hold_a_pipeline_slot() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("held_spans", 1, 1).unwrap();
+    mock.create_topic("held_dlq", 1, 1).unwrap();
+    mock.topic_error(
+        "held_dlq",
+        rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    )
+    .unwrap();
+    let producer = producer(&brokers);
+    produce(&producer, "held_spans", 0, b"\x0a\xff\xff not protobuf").await;
+    let good = otlp_message(1, 2);
+    produce(&producer, "held_spans", 0, &good).await;
+    let mut cfg = config_on(&brokers, "held", "held_spans");
+    cfg.dlq_topic = "held_dlq".into();
+    let sink = Arc::new(TestSink::default());
+    let running = start(cfg, sink.clone());
+    // Join, read the batch, fail the dead letter a few times (backoff 0.1, 0.2, 0.4 s, ...).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        sink.event_ids().is_empty(),
+        "the batch waits for its dead letter"
+    );
+    assert_eq!(
+        sink.admissions.load(Ordering::SeqCst),
+        0,
+        "no pipeline slot held while the dead letter is retried"
+    );
+    mock.topic_error(
+        "held_dlq",
+        rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+    )
+    .unwrap();
+    wait_until("the good message's events", WAIT, || {
+        sink.unique_ids().len() >= 2
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(
+        sink.unique_ids(),
+        expected_ids(&good).into_iter().collect::<BTreeSet<_>>()
+    );
+    let letter = first_message(&brokers, "held_dlq");
+    assert_eq!(header(&letter, dlq::HEADER_OFFSET), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
