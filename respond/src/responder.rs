@@ -276,9 +276,11 @@ impl Responder {
     }
 
     /// Folds detections into their findings and runs matching playbooks; durable (fsynced) on return.
-    /// Notifications themselves are queued by the delivery loop when grouping says they are due.
+    /// Notifications themselves are queued by the delivery loop when grouping says they are due. An alert
+    /// submitted before (a `reconcile` pass that ran between the pipeline's store and this call) is not
+    /// folded in again.
     pub fn submit(&self, alerts: &[Alert]) -> Result<(), RespondError> {
-        self.submit_inner(alerts, false).map(|_| ())
+        self.submit_inner(alerts).map(|_| ())
     }
 
     /// Submits the alerts the outbox has never seen, and returns how many that was.
@@ -288,24 +290,23 @@ impl Responder {
     /// the server hands the recent stored alerts to this method, which submits exactly the missing ones,
     /// checked under the same lock as `submit`, so running it alongside live traffic cannot double one.
     pub fn reconcile(&self, alerts: &[Alert]) -> Result<usize, RespondError> {
-        self.submit_inner(alerts, true)
+        self.submit_inner(alerts)
     }
 
-    fn submit_inner(
-        &self,
-        alerts: &[Alert],
-        only_unsubmitted: bool,
-    ) -> Result<usize, RespondError> {
+    /// Folds in the alerts of `alerts` never submitted before; returns how many that was.
+    fn submit_inner(&self, alerts: &[Alert]) -> Result<usize, RespondError> {
         if alerts.is_empty() {
             return Ok(0);
         }
         let now = now_ms();
         let mut st = self.lock();
         let filtered: Vec<Alert>;
-        let alerts = if only_unsubmitted {
-            let missing = self
-                .outbox
-                .unsubmitted(alerts.iter().map(|a| a.alert_id.as_str()))?;
+        let missing = self
+            .outbox
+            .unsubmitted(alerts.iter().map(|a| a.alert_id.as_str()))?;
+        let alerts = if missing.len() == alerts.len() {
+            alerts
+        } else {
             filtered = alerts
                 .iter()
                 .filter(|a| missing.contains(a.alert_id.as_str()))
@@ -315,8 +316,6 @@ impl Responder {
                 return Ok(0);
             }
             &filtered[..]
-        } else {
-            alerts
         };
         let prune = now - st.pruned_at_ms >= PRUNE_EVERY_MS;
         if prune {

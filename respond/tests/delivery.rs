@@ -1187,6 +1187,9 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
         0,
         "a second pass finds nothing missing"
     );
+    // A reconcile pass can run between the pipeline's store and its submit of the same alert: the live
+    // submit then finds it submitted already.
+    responder.submit(&stored[8..]).unwrap();
     drop(responder);
     let responder = Responder::open(config, &outbox).unwrap();
     assert_eq!(
