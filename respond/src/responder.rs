@@ -75,6 +75,8 @@ struct State {
     active: BTreeSet<u64>,
     /// Dead letters and deliveries to a disabled destination, oldest first: what replay can send.
     failed: BTreeSet<u64>,
+    /// Superseded Updates, oldest first: the first history pruned.
+    superseded: BTreeSet<u64>,
     destinations: HashMap<String, DestinationState>,
     responses: BTreeMap<u64, ResponseRecord>,
     next_seq: u64,
@@ -101,12 +103,18 @@ impl State {
         } else {
             self.failed.remove(&d.seq);
         }
+        if d.status == DeliveryStatus::Superseded {
+            self.superseded.insert(d.seq);
+        } else {
+            self.superseded.remove(&d.seq);
+        }
         self.deliveries.insert(d.seq, d);
     }
     fn remove(&mut self, seq: u64) {
         self.deliveries.remove(&seq);
         self.active.remove(&seq);
         self.failed.remove(&seq);
+        self.superseded.remove(&seq);
     }
     fn disabled(&self, name: &str) -> bool {
         self.destinations.get(name).is_some_and(|s| s.disabled)
@@ -517,7 +525,7 @@ impl Responder {
             }
         }
         let superseded = superseded_by(&st, &queued);
-        let prune = self.prunable(&st, superseded.len(), failed_count(&queued));
+        let prune = self.prunable_besides(&st, &superseded, failed_count(&queued));
         self.outbox.write(|b| {
             for g in &updated {
                 b.put_group(g)?;
@@ -713,12 +721,12 @@ impl Responder {
                     &mut rand::rng(),
                 );
                 d.last_error = Some(error);
+                let newer = delay.and_then(|_| newer_waiting_update(&st, &d));
                 match delay {
                     // It was in flight when a newer Update of its finding was queued: that one goes
                     // instead.
-                    Some(_) if newer_waiting_update(&st, &d).is_some() => {
-                        let revision = newer_waiting_update(&st, &d).unwrap_or(d.revision);
-                        d = superseded(&d, revision);
+                    Some(_) if newer.is_some() => {
+                        d = superseded(&d, newer.unwrap_or(d.revision));
                         label = "superseded";
                     }
                     Some(delay) => {
@@ -837,20 +845,39 @@ impl Responder {
         } else {
             // Superseded records first: they were never delivered, and the delivered history is what
             // `alert_deliveries` is read for.
-            let of = |status| {
-                st.deliveries
-                    .values()
-                    .filter(move |d| d.status == status)
-                    .map(|d| d.seq)
-            };
-            of(DeliveryStatus::Superseded)
-                .chain(of(DeliveryStatus::Delivered))
+            st.superseded
+                .iter()
+                .copied()
+                .chain(
+                    st.deliveries
+                        .values()
+                        .filter(|d| d.status == DeliveryStatus::Delivered)
+                        .map(|d| d.seq),
+                )
                 .take(excess)
                 .collect()
         };
         let excess = (st.failed.len() + failed).saturating_sub(limits.dead_letter_limit);
         let failed = st.failed.iter().take(excess).copied().collect();
         Prune { delivered, failed }
+    }
+
+    /// [`Responder::prunable`] for a change that also moves `superseded` (active or held records) into the
+    /// history: those held for a replay leave the failed records, and none of them is picked for pruning.
+    fn prunable_besides(&self, st: &State, superseded: &[DeliveryRecord], failed: usize) -> Prune {
+        let mut prune = self.prunable(st, superseded.len(), 0);
+        let moving: HashSet<u64> = superseded.iter().map(|d| d.seq).collect();
+        let leaving = st.failed.iter().filter(|s| moving.contains(s)).count();
+        let excess = (st.failed.len() - leaving + failed)
+            .saturating_sub(self.config.delivery.dead_letter_limit);
+        prune.failed = st
+            .failed
+            .iter()
+            .filter(|s| !moving.contains(s))
+            .take(excess)
+            .copied()
+            .collect();
+        prune
     }
 
     /// Drops what [`Responder::prunable`] picked from memory once the outbox no longer has it.
@@ -962,45 +989,72 @@ impl Responder {
                 ..d.clone()
             })
             .collect();
-        // An Update replayed after a later revision of its finding reached (or is on its way to) the same
-        // destination would take the receiver back to an older state: it is superseded instead.
-        let mut latest: HashMap<(&str, &str), u32> = HashMap::new();
-        for d in st
-            .deliveries
-            .values()
-            .filter(|d| d.status == DeliveryStatus::Delivered || d.status.is_active())
-            .chain(&picked)
-        {
-            if d.playbook.is_none() && d.activity != Activity::Create {
-                let at = latest
-                    .entry((d.finding_id.as_str(), d.destination.as_str()))
-                    .or_default();
-                *at = (*at).max(d.revision);
-            }
-        }
-        let (picked, replaced): (Vec<DeliveryRecord>, Vec<DeliveryRecord>) =
-            picked.iter().cloned().partition(|d| {
-                d.activity != Activity::Update
-                    || d.playbook.is_some()
-                    || latest
-                        .get(&(d.finding_id.as_str(), d.destination.as_str()))
-                        .is_none_or(|&r| r <= d.revision)
-            });
-        let replaced: Vec<DeliveryRecord> = replaced
-            .iter()
-            .map(|d| {
-                let revision = latest
-                    .get(&(d.finding_id.as_str(), d.destination.as_str()))
-                    .copied()
-                    .unwrap_or(d.revision);
-                superseded(d, revision)
-            })
-            .collect();
         let enable: BTreeSet<String> = picked
             .iter()
             .map(|d| d.destination.clone())
             .filter(|n| st.disabled(n))
             .collect();
+        // A replayed revision must not take the receiver back to an older state. Per (finding,
+        // destination): the latest revision delivered, and the latest that is (or is about to be) waiting.
+        let key = |d: &DeliveryRecord| (d.finding_id.clone(), d.destination.clone());
+        let mut delivered: HashMap<(String, String), (u32, Activity)> = HashMap::new();
+        let mut waiting: HashMap<(String, String), u32> = HashMap::new();
+        for d in st.deliveries.values().chain(&picked) {
+            if d.playbook.is_some() {
+                continue;
+            }
+            if d.status == DeliveryStatus::Delivered {
+                let at = delivered.entry(key(d)).or_insert((0, d.activity));
+                if d.revision >= at.0 {
+                    *at = (d.revision, d.activity);
+                }
+            } else if d.status.is_active() {
+                let at = waiting.entry(key(d)).or_default();
+                *at = (*at).max(d.revision);
+            }
+        }
+        let mut refresh: BTreeSet<String> = BTreeSet::new();
+        let mut kept = Vec::new();
+        let mut replaced = Vec::new();
+        for d in picked {
+            if d.playbook.is_some() || d.activity == Activity::Close {
+                kept.push(d);
+                continue;
+            }
+            let k = key(&d);
+            let sent = delivered.get(&k).copied();
+            let newer_waiting = waiting.get(&k).copied().unwrap_or(0);
+            let newest = sent.map_or(0, |(r, _)| r).max(newer_waiting);
+            match d.activity {
+                // An Update older than one delivered or waiting: the newer carries everything.
+                Activity::Update if newest > d.revision => replaced.push(superseded(&d, newest)),
+                // The receiver heard the finding close: a Create now would open it again.
+                Activity::Create if sent.is_some_and(|(_, a)| a == Activity::Close) => {
+                    replaced.push(superseded(&d, newest))
+                }
+                // The receiver has a later state than this Create: a fresh Update of the finding follows
+                // it, unless a newer revision is already on its way.
+                Activity::Create
+                    if sent.is_some_and(|(r, _)| r > d.revision) && newer_waiting <= d.revision =>
+                {
+                    refresh.insert(d.fingerprint.clone());
+                    kept.push(d);
+                }
+                _ => kept.push(d),
+            }
+        }
+        let picked = kept;
+        let refreshed: Vec<GroupState> = refresh
+            .iter()
+            .filter_map(|fp| st.groups.get(fp))
+            .map(|g| {
+                let mut g = g.clone();
+                // Grouping sees the finding as changed since its last notification and queues an Update.
+                g.notified_count = 0;
+                g
+            })
+            .collect();
+        let prune = self.prunable(&st, replaced.len(), 0);
         let enabled = DestinationState {
             disabled: false,
             reason: None,
@@ -1014,15 +1068,28 @@ impl Responder {
                 b.put_delivery(d)?;
                 b.remove_body(d.seq)?;
             }
+            for g in &refreshed {
+                b.put_group(g)?;
+            }
             for n in &enable {
                 b.put_destination(n, &enabled)?;
             }
-            Ok(())
+            prune.write(b)
         })?;
         for n in enable {
             st.destinations.insert(n, enabled.clone());
         }
+        for g in refreshed {
+            st.groups.insert(g.fingerprint.clone(), g);
+        }
+        self.pruned(&mut st, prune);
         let n = picked.len();
+        for d in &replaced {
+            metrics()
+                .deliveries
+                .with_label_values(&[d.destination.as_str(), "superseded"])
+                .inc();
+        }
         for d in picked.into_iter().chain(replaced) {
             st.put(d);
         }

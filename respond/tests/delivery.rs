@@ -859,6 +859,67 @@ fn in_flight_disabled_and_replayed_updates_are_superseded_by_newer_ones() {
     assert_eq!(seen[2].body["data"]["count"], submitted);
 }
 
+/// A Create that was dead-lettered while a later Update of its finding got through: replayed, it would take
+/// the receiver back to the finding's first state, so a fresh Update of the latest state follows it.
+#[test]
+fn a_replayed_create_is_followed_by_the_latest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared
+        .0
+        .lock()
+        .unwrap()
+        .script
+        .insert("/hook".into(), [(400, Duration::ZERO)].into());
+    let receiver = Receiver::start(&shared, 0);
+    let config = fast_config(vec![destination(
+        "soc",
+        receiver.url("/hook"),
+        Format::Ocsf,
+    )]);
+    let pause = config.grouping.group_interval + Duration::from_millis(50);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let alerts: Vec<_> = (0..4)
+        .map(|i| alert("late", "prompt_injection", Severity::High, i))
+        .collect();
+    responder.submit(&alerts[..2]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || responder
+        .deliveries()
+        .iter()
+        .any(|d| d.status == DeliveryStatus::DeadLetter)));
+    std::thread::sleep(pause);
+    responder.submit(&alerts[2..]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !shared
+        .seen()
+        .is_empty()));
+    assert_eq!(responder.replay(&Replay::All).unwrap(), 1);
+    assert!(wait_until(Duration::from_secs(5), || shared.seen().len() >= 3));
+    std::thread::sleep(Duration::from_millis(200));
+    run.crash();
+    receiver.stop();
+    let seen = shared.seen();
+    let order: Vec<(&str, u64, u64)> = seen
+        .iter()
+        .map(|s| {
+            (
+                s.body["type"].as_str().unwrap_or(""),
+                s.body["data"]["unmapped"]["revision"].as_u64().unwrap_or(0),
+                s.body["data"]["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("finding.updated", 2, 4),
+            ("finding.created", 1, 2),
+            ("finding.updated", 3, 4)
+        ],
+        "the receiver ends on the latest state"
+    );
+}
+
 /// Playbooks fire once per finding, signed, and are recorded as responses.
 #[test]
 fn playbook_runs_once_and_is_recorded() {

@@ -594,13 +594,10 @@ impl Consumer {
             })
             .collect();
         let mut admission = admission;
-        if !letters.is_empty() {
-            // Dead letters are retried for as long as the dead-letter topic refuses them: give the pipeline
-            // slot back meanwhile (OTLP requests need it), and let `deliver` admit the events again.
-            admission = None;
-            if self.dead_letter(&letters, shutdown).await == Flow::Stop {
-                return Flow::Stop;
-            }
+        if !letters.is_empty()
+            && self.dead_letter(&letters, &mut admission, shutdown).await == Flow::Stop
+        {
+            return Flow::Stop;
         }
 
         let events: Vec<&RecordBatch> = decoded
@@ -670,9 +667,14 @@ impl Consumer {
 
     /// Produces every dead letter and waits for all acknowledgements, retrying until the broker takes them:
     /// committing past a poison message whose copy was lost would lose it.
+    ///
+    /// Dead letters are retried for as long as the dead-letter topic refuses them: before the first wait,
+    /// the batch's `admission` (if any) is given back, as OTLP requests need the pipeline slot, and
+    /// `deliver` admits the events again.
     async fn dead_letter<F: Future<Output = ()>>(
         &self,
         letters: &[DeadLetter],
+        admission: &mut Option<Admission>,
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
         for letter in letters {
@@ -702,6 +704,7 @@ impl Consumer {
             }
             remaining = failed;
             if !remaining.is_empty() {
+                admission.take();
                 kmetrics::RETRIES.with_label_values(&["dlq"]).inc();
                 if self.sleep_or_shutdown(backoff, shutdown).await == Flow::Stop {
                     return Flow::Stop;
@@ -737,7 +740,11 @@ impl Consumer {
                 }
                 Delivery::Refused(err) => {
                     let error = format!("the pipeline cannot process this message: {err}");
-                    if self.dead_letter(&[m.dead_letter(&error)], shutdown).await == Flow::Stop {
+                    if self
+                        .dead_letter(&[m.dead_letter(&error)], &mut None, shutdown)
+                        .await
+                        == Flow::Stop
+                    {
                         return Flow::Stop;
                     }
                     *d = Decoded::Poison(error);

@@ -44,6 +44,8 @@ struct TestSink {
     internal_for_user: Option<String>,
     /// Admissions handed out and not yet dropped: pipeline slots the consumer holds.
     admissions: Arc<AtomicUsize>,
+    /// Admissions handed out in all.
+    admitted: AtomicUsize,
 }
 
 /// Gives its slot back to `TestSink::admissions` when the admission holding it is dropped.
@@ -58,6 +60,7 @@ impl Drop for Slot {
 #[async_trait::async_trait]
 impl EventSink for TestSink {
     async fn admit(&self) -> Result<crate::sink::Admission, SinkError> {
+        self.admitted.fetch_add(1, Ordering::SeqCst);
         self.admissions.fetch_add(1, Ordering::SeqCst);
         Ok(crate::sink::Admission::holding(Slot(
             self.admissions.clone(),
@@ -914,8 +917,15 @@ async fn dead_letter_retries_do_not_hold_a_pipeline_slot() {
     cfg.dlq_topic = "held_dlq".into();
     let sink = Arc::new(TestSink::default());
     let running = start(cfg, sink.clone());
-    // Join, read the batch, fail the dead letter a few times (backoff 0.1, 0.2, 0.4 s, ...).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    wait_until("the batch admitted", WAIT, || {
+        sink.admitted.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // The dead letter fails at once (the topic's metadata answers not authorised) and is retried after
+    // 0.1, 0.2, 0.4 s...: two retries counted after the admission means the first wait has begun.
+    let retries = || metrics::RETRIES.with_label_values(&["dlq"]).get();
+    let before = retries();
+    wait_until("dead-letter retries", WAIT, || retries() >= before + 2).await;
     assert!(
         sink.event_ids().is_empty(),
         "the batch waits for its dead letter"
