@@ -309,12 +309,7 @@ fn a_failed_outbox_write_does_not_resend_in_a_loop() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Shared::default();
     shared.set_status("/hook", 503);
-    let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Json,
-    )]);
+    let (receiver, config) = soc_receiver(&shared, Format::Json);
     let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
     responder
@@ -591,12 +586,7 @@ fn dead_letters_are_bounded_apart_from_the_delivered_history() {
 fn burst_becomes_one_finding_with_bounded_updates() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Shared::default();
-    let receiver = Receiver::start(&shared, 0);
-    let mut config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Ocsf,
-    )]);
+    let (receiver, mut config) = soc_receiver(&shared, Format::Ocsf);
     // Long enough that a slow submit on a loaded machine (debug build, parallel tests) is not a quiet period
     // that closes the finding mid-burst.
     config.grouping.resolve_after = Duration::from_secs(2);
@@ -660,12 +650,7 @@ fn a_destination_that_is_down_holds_one_update_per_finding() {
     let dir = tempfile::tempdir().unwrap();
     let shared = Shared::default();
     shared.set_status("/", 503);
-    let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Ocsf,
-    )]);
+    let (receiver, config) = soc_receiver(&shared, Format::Ocsf);
     let group_interval = config.grouping.group_interval;
     let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
@@ -749,12 +734,7 @@ fn in_flight_disabled_and_replayed_updates_are_superseded_by_newer_ones() {
         ]
         .into(),
     );
-    let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Ocsf,
-    )]);
+    let (receiver, config) = soc_receiver(&shared, Format::Ocsf);
     let pause = config.grouping.group_interval + Duration::from_millis(50);
     let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
@@ -871,12 +851,7 @@ fn a_replayed_create_is_followed_by_the_latest_state() {
         .unwrap()
         .script
         .insert("/hook".into(), [(400, Duration::ZERO)].into());
-    let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Ocsf,
-    )]);
+    let (receiver, config) = soc_receiver(&shared, Format::Ocsf);
     let pause = config.grouping.group_interval + Duration::from_millis(50);
     let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
     let run = Running::start(&responder);
@@ -1226,12 +1201,7 @@ fn reconcile_submits_exactly_the_alerts_the_outbox_never_saw() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = dir.path().join("outbox.redb");
     let shared = Shared::default();
-    let receiver = Receiver::start(&shared, 0);
-    let config = fast_config(vec![destination(
-        "soc",
-        receiver.url("/hook"),
-        Format::Ocsf,
-    )]);
+    let (receiver, config) = soc_receiver(&shared, Format::Ocsf);
     let stored: Vec<_> = (0..10)
         .map(|i| alert(&format!("fp{i}"), "shadow_ai", Severity::High, i))
         .collect();

@@ -219,6 +219,14 @@ pub fn destination(name: &str, url: String, format: Format) -> DestinationConfig
     }
 }
 
+/// A receiver answering as `shared` says, and the fast config of one destination `soc` posting to its
+/// `/hook` in `format`.
+pub fn soc_receiver(shared: &Shared, format: Format) -> (Receiver, RespondConfig) {
+    let receiver = Receiver::start(shared, 0);
+    let config = fast_config(vec![destination("soc", receiver.url("/hook"), format)]);
+    (receiver, config)
+}
+
 /// Millisecond-scale grouping and retries so the whole machinery runs in a test.
 pub fn fast_config(destinations: Vec<DestinationConfig>) -> RespondConfig {
     let ms = Duration::from_millis;
