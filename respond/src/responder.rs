@@ -1033,9 +1033,9 @@ impl Responder {
                     replaced.push(superseded(&d, newest))
                 }
                 // The receiver has a later state than this Create: a fresh Update of the finding follows
-                // it, unless a newer revision is already on its way.
+                // it, unless a revision newer than the one delivered is already on its way.
                 Activity::Create
-                    if sent.is_some_and(|(r, _)| r > d.revision) && newer_waiting <= d.revision =>
+                    if sent.is_some_and(|(r, _)| r > d.revision && newer_waiting <= r) =>
                 {
                     refresh.insert(d.fingerprint.clone());
                     kept.push(d);

@@ -582,7 +582,7 @@ impl Consumer {
         &mut self,
         batch: Vec<Pending>,
         mut decoded: Vec<Decoded>,
-        admission: Option<Admission>,
+        mut admission: Option<Admission>,
         shutdown: &mut Shutdown<F>,
     ) -> Flow {
         let letters: Vec<DeadLetter> = batch
@@ -593,7 +593,6 @@ impl Consumer {
                 Decoded::Events(_) => None,
             })
             .collect();
-        let mut admission = admission;
         if !letters.is_empty()
             && self.dead_letter(&letters, &mut admission, shutdown).await == Flow::Stop
         {
