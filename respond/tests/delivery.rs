@@ -839,6 +839,49 @@ fn in_flight_disabled_and_replayed_updates_are_superseded_by_newer_ones() {
     assert_eq!(seen[2].body["data"]["count"], submitted);
 }
 
+/// Superseding a held Update moves it out of the dead letters: at `dead_letter_limit` the newer one takes
+/// its place, and no other dead letter (here the finding's Create) is dropped to make room.
+#[test]
+fn superseding_a_held_update_drops_no_dead_letter_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::default();
+    shared.set_status("/", 410);
+    let (receiver, mut config) = soc_receiver(&shared, Format::Ocsf);
+    config.delivery.dead_letter_limit = 2;
+    let pause = config.grouping.group_interval + Duration::from_millis(50);
+    let responder = Responder::open(config, dir.path().join("o.redb")).unwrap();
+    let run = Running::start(&responder);
+    let revision = |rev: u32| {
+        responder
+            .deliveries()
+            .into_iter()
+            .find(|d| d.revision == rev)
+    };
+    for round in 0..3 {
+        let batch: Vec<_> = (0..2)
+            .map(|i| alert("held", "prompt_injection", Severity::High, round * 2 + i))
+            .collect();
+        responder.submit(&batch).unwrap();
+        let rev = round as u32 + 1;
+        assert!(wait_until(Duration::from_secs(5), || revision(rev)
+            .is_some_and(|d| d.status == DeliveryStatus::Disabled)));
+        std::thread::sleep(pause);
+    }
+    run.crash();
+    receiver.stop();
+    let held: Vec<(u32, Activity)> = responder
+        .dead_letters()
+        .iter()
+        .map(|d| (d.revision, d.activity))
+        .collect();
+    assert_eq!(
+        held,
+        vec![(1, Activity::Create), (3, Activity::Update)],
+        "the Create is kept; revision 2 is superseded, not counted"
+    );
+    assert_eq!(revision(2).unwrap().status, DeliveryStatus::Superseded);
+}
+
 /// A Create that was dead-lettered while a later Update of its finding got through: replayed, it would take
 /// the receiver back to the finding's first state, so a fresh Update of the latest state follows it.
 #[test]
