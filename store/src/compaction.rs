@@ -1,4 +1,5 @@
 //! Compaction: many small files per hour partition (one per flush) become one, so queries open fewer files.
+//! A busy hour's files are spliced (their column chunks copied, see `splice`); a quiet hour's are re-encoded.
 //! The merged file is written first, then the manifest swaps inputs for output atomically; the inputs are
 //! deleted only after `compaction_grace`, because a query may hold a snapshot that still lists them.
 
@@ -9,6 +10,7 @@ use crate::manifest;
 use crate::metrics::metrics;
 use crate::parquet_writer::{self, EncodedFile};
 use crate::partition::{dir_of, hour_of_path, new_file_path};
+use crate::splice;
 use crate::{Store, StoreError, StoredFile, Table};
 
 /// Groups of files to merge: per partition, files smaller than half the target, in time order, packed
@@ -75,24 +77,25 @@ impl Store {
 
     /// Merges one group; returns how many files it replaced (0 if the group changed under it).
     async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, MergeError> {
-        let Some((encoded, sealed_inputs)) = self
+        let Some((encoded, method, sealed_inputs)) = self
             .encode_group(table, &group)
             .await
             .map_err(MergeError::Inputs)?
         else {
             return Ok(0);
         };
-        self.commit_group(table, group, encoded, sealed_inputs)
+        self.commit_group(table, group, encoded, sealed_inputs, method)
             .await
             .map_err(MergeError::Commit)
     }
 
-    /// Reads, checks and re-encodes a group's inputs (`None`: nothing to merge).
+    /// Reads and checks a group's inputs, then splices their column chunks into one file or, when they
+    /// cannot be spliced, re-encodes their rows (`None`: nothing to merge).
     async fn encode_group(
         &self,
         table: Table,
         group: &[StoredFile],
-    ) -> Result<Option<(EncodedFile, Vec<FileRecord>)>, StoreError> {
+    ) -> Result<Option<(EncodedFile, Method, Vec<FileRecord>)>, StoreError> {
         let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else {
             return Ok(None);
         };
@@ -106,8 +109,10 @@ impl Store {
             inputs.push((f.path.clone(), sealed, self.objects.get(&f.path).await?));
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
-        let encoded = tokio::task::spawn_blocking(move || -> Result<EncodedFile, StoreError> {
-            let mut all = Vec::new();
+        let min_time_us = group.iter().map(|f| f.min_time_us).min().unwrap_or(0);
+        let max_time_us = group.iter().map(|f| f.max_time_us).max().unwrap_or(0);
+        let (encoded, method) = tokio::task::spawn_blocking(move || -> Result<(EncodedFile, Method), StoreError> {
+            let mut checked = Vec::with_capacity(inputs.len());
             for (path, sealed, bytes) in inputs {
                 // The output is sealed afresh and the inputs retired: merging a file changed since it was
                 // sealed would launder the change into a file the chain vouches for.
@@ -120,7 +125,23 @@ impl Store {
                         sealed.as_deref().unwrap_or("never")
                     )));
                 }
-                all.extend(parquet_writer::decode(bytes, None)?);
+                checked.push(splice::Input::read(bytes)?);
+            }
+            if splice::can_splice(&checked) {
+                let bytes = splice::splice(&checked)?;
+                let file = EncodedFile {
+                    path: new_file_path(table, hour),
+                    sha256: parquet_writer::sha256_hex(&bytes),
+                    bytes,
+                    rows: checked.iter().map(splice::Input::rows).sum(),
+                    min_time_us,
+                    max_time_us,
+                };
+                return Ok((file, Method::Splice));
+            }
+            let mut all = Vec::new();
+            for input in checked {
+                all.extend(parquet_writer::decode(input.into_bytes(), None)?);
             }
             let mut files = parquet_writer::encode_partitioned(
                 table,
@@ -130,7 +151,7 @@ impl Store {
             match (files.pop(), files.is_empty()) {
                 (Some(mut f), true) => {
                     f.path = new_file_path(table, hour);
-                    Ok(f)
+                    Ok((f, Method::Encode))
                 }
                 _ => Err(StoreError::Manifest(
                     "compaction input spans more than one hour partition".into(),
@@ -145,7 +166,7 @@ impl Store {
                 encoded.rows
             )));
         }
-        Ok(Some((encoded, sealed_inputs)))
+        Ok(Some((encoded, method, sealed_inputs)))
     }
 
     /// Writes the merged file and makes it live in place of the group: output, chain entry, manifest.
@@ -155,6 +176,7 @@ impl Store {
         group: Vec<StoredFile>,
         encoded: EncodedFile,
         sealed_inputs: Vec<FileRecord>,
+        method: Method,
     ) -> Result<usize, StoreError> {
         let encoded_sha256 = encoded.sha256.clone();
         let out = StoredFile {
@@ -213,9 +235,28 @@ impl Store {
         }
         drop(_guard);
         let n = group.len();
-        metrics().compaction_files_merged.inc_by(n as u64);
+        metrics()
+            .compaction_files_merged
+            .with_label_values(&[method.as_str()])
+            .inc_by(n as u64);
         self.schedule_delete(group.into_iter().map(|f| f.path));
         Ok(n)
+    }
+}
+
+/// How a group was merged (see `splice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Splice,
+    Encode,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Splice => "splice",
+            Method::Encode => "encode",
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod open;
 mod parquet_writer;
 mod partition;
 mod retention;
+mod splice;
 mod state_table;
 mod wal;
 mod writer_claim;

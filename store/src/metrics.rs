@@ -20,7 +20,7 @@ pub(crate) struct Metrics {
     pub bytes: IntGaugeVec,
     pub buffered_rows: IntGaugeVec,
     pub duplicates: IntCounterVec,
-    pub compaction_files_merged: IntCounter,
+    pub compaction_files_merged: IntCounterVec,
     pub compaction_refused_tampered: IntCounter,
     pub retention_partitions_deleted: IntCounterVec,
     pub audit_entries: IntCounter,
@@ -100,9 +100,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                     &["table"],
                     r
                 )?,
-                compaction_files_merged: register_int_counter_with_registry!(
+                compaction_files_merged: register_int_counter_vec_with_registry!(
                     "vigil_compaction_files_merged_total",
-                    "Parquet files replaced by compaction",
+                    "Parquet files replaced by compaction, by how: their column chunks spliced as they were \
+                     (`splice`) or their rows decoded and encoded again (`encode`)",
+                    &["method"],
                     r
                 )?,
                 compaction_refused_tampered: register_int_counter_with_registry!(

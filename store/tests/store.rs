@@ -429,6 +429,74 @@ async fn compaction_merges_small_files_while_readers_see_constant_counts() {
     assert_exactly(visible_ids(&store, Table::Events).await, 550);
 }
 
+/// A busy hour's flushes hold row groups of tens of thousands of rows: compaction splices them into one
+/// file as they are (their rows are not decoded and encoded again), and the file reads back whole, in time
+/// order, sealed in the chain. A quiet hour's small flushes are re-encoded into one row group.
+#[tokio::test]
+async fn busy_hours_are_compacted_by_splicing_and_quiet_ones_by_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let store = Store::open(cfg.clone()).await.unwrap();
+    let busy = 20_000;
+    for k in 0..3 {
+        store
+            .append(vec![(Table::Events, events(k * busy..(k + 1) * busy, T14))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    for k in 0..3 {
+        store
+            .append(vec![(
+                Table::Events,
+                events(100_000 + k * 10..100_000 + k * 10 + 10, T14 + HOUR_US),
+            )])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    assert_eq!(store.compact().await.unwrap(), 6);
+    assert_exactly(visible_ids(&store, Table::Events).await, 3 * busy + 30);
+
+    let (_, os) = store.object_store();
+    let mut groups = Vec::new();
+    for f in store.snapshot(Table::Events).files {
+        let bytes: Bytes = os
+            .get(&ObjectPath::from(f.path.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        groups.push((f.min_time_us, reader.metadata().num_row_groups(), f.rows));
+        let times: Vec<i64> = reader
+            .build()
+            .unwrap()
+            .flat_map(|b| {
+                b.unwrap()
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert!(times.is_sorted());
+        assert_eq!(
+            (times[0], times[times.len() - 1]),
+            (f.min_time_us, f.max_time_us)
+        );
+    }
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![(T14, 3, 3 * busy as u64), (T14 + HOUR_US + 100_000, 1, 30)],
+        "the busy hour keeps its three flushes' row groups, the quiet one is packed into one"
+    );
+    let report = vigil_store::audit::verify(&cfg).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
 #[tokio::test]
 async fn retention_removes_old_partitions_from_disk_and_snapshots() {
     let dir = tempfile::tempdir().unwrap();
