@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
@@ -106,42 +108,93 @@ impl Store {
             if let Some(sha256) = &sealed {
                 sealed_inputs.push(FileRecord::of(f, sha256.clone()));
             }
-            inputs.push((f.path.clone(), sealed, self.objects.get(&f.path).await?));
+            inputs.push((f.path.clone(), sealed));
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
-        let min_time_us = group.iter().map(|f| f.min_time_us).min().unwrap_or(0);
-        let max_time_us = group.iter().map(|f| f.max_time_us).max().unwrap_or(0);
-        let (encoded, method) = tokio::task::spawn_blocking(move || -> Result<(EncodedFile, Method), StoreError> {
-            let mut checked = Vec::with_capacity(inputs.len());
-            for (path, sealed, bytes) in inputs {
-                // The output is sealed afresh and the inputs retired: merging a file changed since it was
-                // sealed would launder the change into a file the chain vouches for.
-                let found = parquet_writer::sha256_hex(&bytes);
-                if sealed.as_deref() != Some(found.as_str()) {
-                    metrics().compaction_refused_tampered.inc();
-                    return Err(StoreError::Audit(format!(
-                        "compaction refused: {path} is not the file the audit chain sealed (SHA-256 {found}, \
-                         sealed {}); run `vigil verify`",
-                        sealed.as_deref().unwrap_or("never")
-                    )));
-                }
-                checked.push(splice::Input::read(bytes)?);
-            }
-            if splice::can_splice(&checked) {
-                let bytes = splice::splice(&checked)?;
-                let file = EncodedFile {
+        let spliced = if splice::worth_splicing(expected_rows, group.len()) {
+            let bytes: u64 = group.iter().map(|f| f.size).sum();
+            self.splice_group(&inputs, bytes as usize).await?
+        } else {
+            None
+        };
+        let (encoded, method) = match spliced {
+            Some((bytes, rows)) => (
+                EncodedFile {
                     path: new_file_path(table, hour),
                     sha256: parquet_writer::sha256_hex(&bytes),
                     bytes,
-                    rows: checked.iter().map(splice::Input::rows).sum(),
-                    min_time_us,
-                    max_time_us,
+                    rows,
+                    min_time_us: group.iter().map(|f| f.min_time_us).min().unwrap_or(0),
+                    max_time_us: group.iter().map(|f| f.max_time_us).max().unwrap_or(0),
+                },
+                Method::Splice,
+            ),
+            None => (
+                self.reencode_group(table, hour, inputs).await?,
+                Method::Encode,
+            ),
+        };
+        if encoded.rows != expected_rows {
+            return Err(StoreError::Manifest(format!(
+                "compaction read {} rows where the manifest lists {expected_rows}",
+                encoded.rows
+            )));
+        }
+        Ok(Some((encoded, method, sealed_inputs)))
+    }
+
+    /// Splices the inputs one at a time, each read, checked and appended before the next is read. `None`
+    /// when an input's schema differs from the first's: the group is re-encoded instead.
+    async fn splice_group(
+        &self,
+        inputs: &[(String, Option<String>)],
+        capacity: usize,
+    ) -> Result<Option<(Bytes, u64)>, StoreError> {
+        let mut splicer: Option<splice::Splicer> = None;
+        for (path, sealed) in inputs {
+            let bytes = self.objects.get(path).await?;
+            let (path, sealed) = (path.clone(), sealed.clone());
+            let (next, appended) = blocking(move || {
+                check_sealed(&path, sealed.as_deref(), &bytes)?;
+                let input = splice::Input::read(bytes)?;
+                let mut splicer = match splicer {
+                    Some(s) => s,
+                    None => splice::Splicer::new(&input, capacity)?,
                 };
-                return Ok((file, Method::Splice));
+                let appended = splicer.push(&input)?;
+                Ok((splicer, appended))
+            })
+            .await?;
+            if !appended {
+                return Ok(None);
             }
+            splicer = Some(next);
+        }
+        let Some(splicer) = splicer else {
+            return Ok(None);
+        };
+        let rows = splicer.rows();
+        let bytes = blocking(move || splicer.finish()).await?;
+        Ok(Some((bytes, rows)))
+    }
+
+    /// Decodes every input and encodes their rows again, sorted by time, as one file.
+    async fn reencode_group(
+        &self,
+        table: Table,
+        hour: i64,
+        inputs: Vec<(String, Option<String>)>,
+    ) -> Result<EncodedFile, StoreError> {
+        let mut fetched = Vec::with_capacity(inputs.len());
+        for (path, sealed) in inputs {
+            let bytes = self.objects.get(&path).await?;
+            fetched.push((path, sealed, bytes));
+        }
+        blocking(move || {
             let mut all = Vec::new();
-            for input in checked {
-                all.extend(parquet_writer::decode(input.into_bytes(), None)?);
+            for (path, sealed, bytes) in fetched {
+                check_sealed(&path, sealed.as_deref(), &bytes)?;
+                all.extend(parquet_writer::decode(bytes, None)?);
             }
             let mut files = parquet_writer::encode_partitioned(
                 table,
@@ -151,7 +204,7 @@ impl Store {
             match (files.pop(), files.is_empty()) {
                 (Some(mut f), true) => {
                     f.path = new_file_path(table, hour);
-                    Ok((f, Method::Encode))
+                    Ok(f)
                 }
                 _ => Err(StoreError::Manifest(
                     "compaction input spans more than one hour partition".into(),
@@ -159,14 +212,6 @@ impl Store {
             }
         })
         .await
-        .map_err(|e| StoreError::Manifest(format!("compaction task: {e}")))??;
-        if encoded.rows != expected_rows {
-            return Err(StoreError::Manifest(format!(
-                "compaction read {} rows where the manifest lists {expected_rows}",
-                encoded.rows
-            )));
-        }
-        Ok(Some((encoded, method, sealed_inputs)))
     }
 
     /// Writes the merged file and makes it live in place of the group: output, chain entry, manifest.
@@ -242,6 +287,30 @@ impl Store {
         self.schedule_delete(group.into_iter().map(|f| f.path));
         Ok(n)
     }
+}
+
+/// The output is sealed afresh and the inputs retired: merging a file changed since it was sealed would
+/// launder the change into a file the chain vouches for.
+fn check_sealed(path: &str, sealed: Option<&str>, bytes: &[u8]) -> Result<(), StoreError> {
+    let found = parquet_writer::sha256_hex(bytes);
+    if sealed == Some(found.as_str()) {
+        return Ok(());
+    }
+    metrics().compaction_refused_tampered.inc();
+    Err(StoreError::Audit(format!(
+        "compaction refused: {path} is not the file the audit chain sealed (SHA-256 {found}, sealed {}); \
+         run `vigil verify`",
+        sealed.unwrap_or("never")
+    )))
+}
+
+/// Runs CPU work (hashing, splicing, encoding) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Manifest(format!("compaction task: {e}")))?
 }
 
 /// How a group was merged (see `splice`).

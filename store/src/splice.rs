@@ -6,7 +6,8 @@
 //! compaction would have taken a third of the cores. Splicing costs the copy and the hashes. It keeps the
 //! flush's row groups, so it is only used when they are big enough that a query does not care
 //! ([`MIN_MEAN_ROWS`]); files of a quiet hour (small row groups, little data) are re-encoded, which is cheap
-//! there and makes one well-packed file.
+//! there and makes one well-packed file. Inputs are read and appended one at a time, so a compaction holds
+//! its output and one input, not the whole group (re-encoding held every input decoded).
 
 use std::sync::Arc;
 
@@ -36,58 +37,65 @@ impl Input {
         Ok(Input { bytes, meta })
     }
 
-    pub(crate) fn into_bytes(self) -> Bytes {
-        self.bytes
-    }
-
     pub(crate) fn rows(&self) -> u64 {
         self.meta.file_metadata().num_rows().max(0) as u64
     }
 }
 
-/// Whether `inputs` can be spliced: one schema and one set of key-value metadata (the Arrow schema that
-/// carries the time zone), and row groups big enough on average.
-pub(crate) fn can_splice(inputs: &[Input]) -> bool {
-    let Some(first) = inputs.first() else {
-        return false;
-    };
-    let same = inputs.iter().all(|i| {
-        i.meta.file_metadata().schema_descr() == first.meta.file_metadata().schema_descr()
-            && i.meta.file_metadata().key_value_metadata()
-                == first.meta.file_metadata().key_value_metadata()
-    });
-    let groups: u64 = inputs.iter().map(|i| i.meta.num_row_groups() as u64).sum();
-    let rows: u64 = inputs.iter().map(Input::rows).sum();
-    same && groups > 0 && rows / groups >= MIN_MEAN_ROWS
+/// Whether a group of `files` holding `rows` is busy enough to splice, judged from the manifest before
+/// any file is read: a flush writes row groups of up to 128k rows, so a file's row groups are small only
+/// when the file is.
+pub(crate) fn worth_splicing(rows: u64, files: usize) -> bool {
+    files > 0 && rows / files as u64 >= MIN_MEAN_ROWS
 }
 
-/// Writes every row group of `inputs`, in order, into one file. The caller orders the inputs by time; each
-/// row group keeps the sort order it was written with.
-pub(crate) fn splice(inputs: &[Input]) -> Result<Bytes, StoreError> {
-    let Some(first) = inputs.first() else {
-        return Err(StoreError::Manifest("no files to splice".into()));
-    };
-    let file_meta = first.meta.file_metadata();
-    let sorting = first
-        .meta
-        .row_groups()
-        .first()
-        .and_then(|rg| rg.sorting_columns().cloned());
-    let props = WriterProperties::builder()
-        .set_key_value_metadata(file_meta.key_value_metadata().cloned())
-        .set_sorting_columns(sorting)
-        .build();
-    let mut out = Vec::with_capacity(inputs.iter().map(|i| i.bytes.len()).sum());
-    let mut w = SerializedFileWriter::new(
-        &mut out,
-        file_meta.schema_descr().root_schema_ptr(),
-        Arc::new(props),
-    )?;
-    for input in inputs {
+/// Builds the spliced file one input at a time, so a compaction holds its output and one input rather
+/// than every input of the group.
+pub(crate) struct Splicer {
+    writer: SerializedFileWriter<Vec<u8>>,
+    first: ParquetMetaData,
+    rows: u64,
+}
+
+impl Splicer {
+    /// A file with `first`'s schema, key-value metadata (the Arrow schema, which carries the time zone) and
+    /// sort order.
+    pub(crate) fn new(first: &Input, capacity: usize) -> Result<Self, StoreError> {
+        let file_meta = first.meta.file_metadata();
+        let sorting = first
+            .meta
+            .row_groups()
+            .first()
+            .and_then(|rg| rg.sorting_columns().cloned());
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(file_meta.key_value_metadata().cloned())
+            .set_sorting_columns(sorting)
+            .build();
+        let writer = SerializedFileWriter::new(
+            Vec::with_capacity(capacity),
+            file_meta.schema_descr().root_schema_ptr(),
+            Arc::new(props),
+        )?;
+        Ok(Splicer {
+            writer,
+            first: first.meta.clone(),
+            rows: 0,
+        })
+    }
+
+    /// Appends every row group of `input`, in order, with its statistics and page indexes. Returns false,
+    /// appending nothing, when `input`'s schema or key-value metadata differ from the first input's (files
+    /// written before and after an upgrade): the group must be re-encoded.
+    pub(crate) fn push(&mut self, input: &Input) -> Result<bool, StoreError> {
+        let (a, b) = (input.meta.file_metadata(), self.first.file_metadata());
+        if a.schema_descr() != b.schema_descr() || a.key_value_metadata() != b.key_value_metadata()
+        {
+            return Ok(false);
+        }
         let column_indexes = input.meta.column_index();
         let offset_indexes = input.meta.offset_index();
         for (g, rg) in input.meta.row_groups().iter().enumerate() {
-            let mut group = w.next_row_group()?;
+            let mut group = self.writer.next_row_group()?;
             for (c, column) in rg.columns().iter().enumerate() {
                 group.append_column(
                     &input.bytes,
@@ -109,9 +117,18 @@ pub(crate) fn splice(inputs: &[Input]) -> Result<Bytes, StoreError> {
             }
             group.close()?;
         }
+        self.rows += input.rows();
+        Ok(true)
     }
-    w.close()?;
-    Ok(Bytes::from(out))
+
+    /// Rows appended so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub(crate) fn finish(self) -> Result<Bytes, StoreError> {
+        Ok(Bytes::from(self.writer.into_inner()?))
+    }
 }
 
 #[cfg(test)]
@@ -148,12 +165,22 @@ mod tests {
         Input::read(files.remove(0).bytes).unwrap()
     }
 
+    fn spliced(inputs: &[Input]) -> Option<Bytes> {
+        let mut splicer = Splicer::new(&inputs[0], 0).unwrap();
+        for input in inputs {
+            if !splicer.push(input).unwrap() {
+                return None;
+            }
+        }
+        assert_eq!(splicer.rows(), inputs.iter().map(Input::rows).sum::<u64>());
+        Some(splicer.finish().unwrap())
+    }
+
     #[test]
     fn spliced_files_read_back_as_their_rows_in_order_with_their_indexes() {
         let rows = MIN_MEAN_ROWS as i64 + 100;
         let inputs = [flushed(0, rows, false), flushed(rows, rows, false)];
-        assert!(can_splice(&inputs));
-        let out = splice(&inputs).unwrap();
+        let out = spliced(&inputs).unwrap();
 
         let back = decode(out.clone(), None).unwrap();
         // The Arrow schema travels with the chunks: the time zone is still UTC.
@@ -205,21 +232,13 @@ mod tests {
     }
 
     #[test]
-    fn small_row_groups_and_differing_schemas_are_re_encoded() {
-        let small = MIN_MEAN_ROWS as i64 / 2;
-        assert!(!can_splice(&[
-            flushed(0, small, false),
-            flushed(small, small, false)
-        ]));
-        let rows = MIN_MEAN_ROWS as i64;
-        assert!(!can_splice(&[
-            flushed(0, rows, false),
-            flushed(rows, rows, true)
-        ]));
-        assert!(can_splice(&[
-            flushed(0, rows, true),
-            flushed(rows, rows, true)
-        ]));
-        assert!(!can_splice(&[]));
+    fn quiet_groups_and_differing_schemas_are_not_spliced() {
+        let rows = MIN_MEAN_ROWS;
+        assert!(worth_splicing(2 * rows, 2));
+        assert!(!worth_splicing(2 * rows - 1, 2));
+        assert!(!worth_splicing(0, 0));
+        let rows = rows as i64;
+        assert!(spliced(&[flushed(0, rows, false), flushed(rows, rows, true)]).is_none());
+        assert!(spliced(&[flushed(0, rows, true), flushed(rows, rows, true)]).is_some());
     }
 }

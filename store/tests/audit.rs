@@ -526,6 +526,16 @@ async fn a_failed_manifest_save_leaves_the_chain_able_to_compact_and_retain() {
 /// the change), leave both in place and the chain as it was, so `verify` still names them.
 #[tokio::test]
 async fn compaction_refuses_inputs_changed_since_they_were_sealed() {
+    refuses_changed_inputs(10).await;
+}
+
+/// The same with a busy hour's files, which compaction splices instead of re-encoding.
+#[tokio::test]
+async fn compaction_refuses_changed_inputs_it_would_splice() {
+    refuses_changed_inputs(16 * 1024).await;
+}
+
+async fn refuses_changed_inputs(rows_per_file: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     let hour = |files: Vec<String>, h: &str| -> Vec<String> {
@@ -535,7 +545,10 @@ async fn compaction_refuses_inputs_changed_since_they_were_sealed() {
     for k in 0..4 {
         let t = T14 + (k / 2) as i64 * HOUR_US;
         store
-            .append(vec![(Table::Events, events(k * 10..k * 10 + 10, t))])
+            .append(vec![(
+                Table::Events,
+                events(k * rows_per_file..(k + 1) * rows_per_file, t),
+            )])
             .await
             .unwrap();
         store.flush().await.unwrap();
