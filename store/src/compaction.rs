@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use crate::audit::{Draft, FileRecord, Op};
 use crate::manifest;
 use crate::metrics::metrics;
+use crate::object_files::Upload;
 use crate::parquet_writer::{self, EncodedFile};
 use crate::partition::{dir_of, hour_of_path, new_file_path};
 use crate::splice;
@@ -79,31 +80,12 @@ impl Store {
 
     /// Merges one group; returns how many files it replaced (0 if the group changed under it).
     async fn merge(&self, table: Table, group: Vec<StoredFile>) -> Result<usize, MergeError> {
-        let Some((encoded, method, sealed_inputs)) = self
-            .encode_group(table, &group)
-            .await
-            .map_err(MergeError::Inputs)?
-        else {
-            return Ok(0);
-        };
-        self.commit_group(table, group, encoded, sealed_inputs, method)
-            .await
-            .map_err(MergeError::Commit)
-    }
-
-    /// Reads and checks a group's inputs, then splices their column chunks into one file or, when they
-    /// cannot be spliced, re-encodes their rows (`None`: nothing to merge).
-    async fn encode_group(
-        &self,
-        table: Table,
-        group: &[StoredFile],
-    ) -> Result<Option<(EncodedFile, Method, Vec<FileRecord>)>, StoreError> {
         let Some(hour) = group.first().and_then(|f| hour_of_path(&f.path)) else {
-            return Ok(None);
+            return Ok(0);
         };
         let mut inputs = Vec::with_capacity(group.len());
         let mut sealed_inputs = Vec::with_capacity(group.len());
-        for f in group {
+        for f in &group {
             let sealed = self.audit.sealed_sha256(&f.path);
             if let Some(sha256) = &sealed {
                 sealed_inputs.push(FileRecord::of(f, sha256.clone()));
@@ -111,78 +93,132 @@ impl Store {
             inputs.push((f.path.clone(), sealed));
         }
         let expected_rows: u64 = group.iter().map(|f| f.rows).sum();
+        let path = new_file_path(table, hour);
         let spliced = if splice::worth_splicing(expected_rows, group.len()) {
-            let bytes: u64 = group.iter().map(|f| f.size).sum();
-            self.splice_group(&inputs, bytes as usize).await?
+            self.splice_group(&path, &inputs).await?
         } else {
             None
         };
-        let (encoded, method) = match spliced {
-            Some((bytes, rows)) => (
-                EncodedFile {
-                    path: new_file_path(table, hour),
-                    sha256: parquet_writer::sha256_hex(&bytes),
-                    bytes,
-                    rows,
-                    min_time_us: group.iter().map(|f| f.min_time_us).min().unwrap_or(0),
-                    max_time_us: group.iter().map(|f| f.max_time_us).max().unwrap_or(0),
-                },
-                Method::Splice,
-            ),
-            None => (
-                self.reencode_group(table, hour, inputs).await?,
-                Method::Encode,
-            ),
+        let (written, method) = match spliced {
+            Some(written) => (written, Method::Splice),
+            None => {
+                let f = self
+                    .reencode_group(table, inputs)
+                    .await
+                    .map_err(MergeError::Inputs)?;
+                let size = self
+                    .objects
+                    .put_durable(&path, f.bytes)
+                    .await
+                    .map_err(MergeError::Commit)?;
+                (
+                    Written {
+                        size,
+                        sha256: f.sha256,
+                        rows: f.rows,
+                    },
+                    Method::Encode,
+                )
+            }
         };
-        if encoded.rows != expected_rows {
-            return Err(StoreError::Manifest(format!(
+        let out = StoredFile {
+            path,
+            size: written.size,
+            rows: written.rows,
+            min_time_us: group.iter().map(|f| f.min_time_us).min().unwrap_or(0),
+            max_time_us: group.iter().map(|f| f.max_time_us).max().unwrap_or(0),
+        };
+        if out.rows != expected_rows {
+            let _ = self.objects.delete(&out.path).await;
+            return Err(MergeError::Inputs(StoreError::Manifest(format!(
                 "compaction read {} rows where the manifest lists {expected_rows}",
-                encoded.rows
-            )));
+                out.rows
+            ))));
         }
-        Ok(Some((encoded, method, sealed_inputs)))
+        self.commit_group(table, group, out, written.sha256, sealed_inputs, method)
+            .await
+            .map_err(MergeError::Commit)
     }
 
-    /// Splices the inputs one at a time, each read, checked and appended before the next is read. `None`
-    /// when an input's schema differs from the first's: the group is re-encoded instead.
+    /// Splices the inputs into `path` one at a time: each is read, checked against the chain, appended, and
+    /// what it added uploaded before the next is read. `None` (nothing written) when an input's schema
+    /// differs from the first's: the group is re-encoded instead.
     async fn splice_group(
         &self,
+        path: &str,
         inputs: &[(String, Option<String>)],
-        capacity: usize,
-    ) -> Result<Option<(Bytes, u64)>, StoreError> {
-        let mut splicer: Option<splice::Splicer> = None;
+    ) -> Result<Option<Written>, MergeError> {
+        let mut upload = self
+            .objects
+            .upload(path)
+            .await
+            .map_err(MergeError::Commit)?;
+        match self.splice_into(&mut upload, inputs).await {
+            Ok(Some((sha256, rows))) => {
+                let size = upload.finish().await.map_err(MergeError::Commit)?;
+                Ok(Some(Written { size, sha256, rows }))
+            }
+            Ok(None) => {
+                upload.abort().await;
+                Ok(None)
+            }
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn splice_into(
+        &self,
+        upload: &mut Upload,
+        inputs: &[(String, Option<String>)],
+    ) -> Result<Option<(String, u64)>, MergeError> {
+        let mut state: Option<(splice::Splicer, Sha256)> = None;
         for (path, sealed) in inputs {
-            let bytes = self.objects.get(path).await?;
+            let bytes = self.objects.get(path).await.map_err(MergeError::Inputs)?;
             let (path, sealed) = (path.clone(), sealed.clone());
-            let (next, appended) = blocking(move || {
+            let (next, taken) = blocking(move || {
                 check_sealed(&path, sealed.as_deref(), &bytes)?;
                 let input = splice::Input::read(bytes)?;
-                let mut splicer = match splicer {
+                let (mut splicer, mut sha) = match state {
                     Some(s) => s,
-                    None => splice::Splicer::new(&input, capacity)?,
+                    None => (splice::Splicer::new(&input)?, Sha256::new()),
                 };
-                let appended = splicer.push(&input)?;
-                Ok((splicer, appended))
+                if !splicer.push(&input)? {
+                    return Ok((None, Vec::new()));
+                }
+                let taken = splicer.take_written()?;
+                sha.update(&taken);
+                Ok((Some((splicer, sha)), taken))
             })
-            .await?;
-            if !appended {
+            .await
+            .map_err(MergeError::Inputs)?;
+            let Some(next) = next else {
                 return Ok(None);
-            }
-            splicer = Some(next);
+            };
+            state = Some(next);
+            upload.write(taken).await.map_err(MergeError::Commit)?;
         }
-        let Some(splicer) = splicer else {
+        let Some((splicer, mut sha)) = state else {
             return Ok(None);
         };
         let rows = splicer.rows();
-        let bytes = blocking(move || splicer.finish()).await?;
-        Ok(Some((bytes, rows)))
+        let (tail, sha256) = blocking(move || {
+            let tail = splicer.finish()?;
+            sha.update(&tail);
+            Ok((tail, hex::encode(sha.finalize())))
+        })
+        .await
+        .map_err(MergeError::Commit)?;
+        upload.write(tail).await.map_err(MergeError::Commit)?;
+        Ok(Some((sha256, rows)))
     }
 
     /// Decodes every input and encodes their rows again, sorted by time, as one file.
     async fn reencode_group(
         &self,
         table: Table,
-        hour: i64,
         inputs: Vec<(String, Option<String>)>,
     ) -> Result<EncodedFile, StoreError> {
         let mut fetched = Vec::with_capacity(inputs.len());
@@ -202,10 +238,7 @@ impl Store {
                 parquet_writer::Effort::Compaction,
             )?;
             match (files.pop(), files.is_empty()) {
-                (Some(mut f), true) => {
-                    f.path = new_file_path(table, hour);
-                    Ok(f)
-                }
+                (Some(f), true) => Ok(f),
                 _ => Err(StoreError::Manifest(
                     "compaction input spans more than one hour partition".into(),
                 )),
@@ -214,30 +247,16 @@ impl Store {
         .await
     }
 
-    /// Writes the merged file and makes it live in place of the group: output, chain entry, manifest.
+    /// Makes the written merged file live in place of the group: chain entry, then manifest.
     async fn commit_group(
         &self,
         table: Table,
         group: Vec<StoredFile>,
-        encoded: EncodedFile,
+        out: StoredFile,
+        sha256: String,
         sealed_inputs: Vec<FileRecord>,
         method: Method,
     ) -> Result<usize, StoreError> {
-        let encoded_sha256 = encoded.sha256.clone();
-        let out = StoredFile {
-            path: encoded.path.clone(),
-            size: 0,
-            rows: encoded.rows,
-            min_time_us: encoded.min_time_us,
-            max_time_us: encoded.max_time_us,
-        };
-        let size = self
-            .objects
-            .put_durable(&encoded.path, encoded.bytes)
-            .await?;
-        let out = StoredFile { size, ..out };
-        let sha256 = encoded_sha256;
-
         let _guard = self.maintenance.lock().await;
         let mut next = self.shared.state.lock().manifest.clone();
         let live = next.files_mut(table);
@@ -287,6 +306,13 @@ impl Store {
         self.schedule_delete(group.into_iter().map(|f| f.path));
         Ok(n)
     }
+}
+
+/// The merged file, durable under its path but not yet live.
+struct Written {
+    size: u64,
+    sha256: String,
+    rows: u64,
 }
 
 /// The output is sealed afresh and the inputs retired: merging a file changed since it was sealed would

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use crate::StoreError;
 
@@ -56,6 +56,18 @@ impl ObjectFiles {
                 .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))??;
         }
         Ok(size)
+    }
+
+    /// Starts writing an object in parts (a multipart upload on S3; a staging file renamed into place on a
+    /// local disk), for a file bigger than the writer should hold in memory at once.
+    pub async fn upload(&self, path: &str) -> Result<Upload, StoreError> {
+        let parts = self.store.put_multipart(&ObjectPath::from(path)).await?;
+        Ok(Upload {
+            parts: WriteMultipart::new_with_chunk_size(parts, UPLOAD_PART_BYTES),
+            path: path.to_string(),
+            size: 0,
+            local_root: self.local_root.clone(),
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Bytes, StoreError> {
@@ -112,6 +124,48 @@ impl ObjectFiles {
             }
         }
         removed
+    }
+}
+
+/// S3 wants parts of at least 5 MiB; 8 MiB keeps the number of parts of a 256 MiB file small.
+const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// An object being written in parts; durable (as `put_durable` makes it) once `finish` returns. Dropped or
+/// aborted unfinished, it never appears under its path: a local staging file left by a crash is removed at
+/// the next open.
+pub(crate) struct Upload {
+    parts: WriteMultipart,
+    path: String,
+    size: u64,
+    local_root: Option<PathBuf>,
+}
+
+impl Upload {
+    /// Queues `bytes`; waits while two parts are still being sent, so memory stays at a few parts.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.parts.wait_for_capacity(2).await?;
+        self.size += bytes.len() as u64;
+        self.parts.put(Bytes::from(bytes));
+        Ok(())
+    }
+
+    /// Completes the object and makes it durable; returns its size.
+    pub async fn finish(self) -> Result<u64, StoreError> {
+        self.parts.finish().await?;
+        if let Some(root) = self.local_root {
+            let rel = self.path;
+            tokio::task::spawn_blocking(move || sync_local(&root, &rel))
+                .await
+                .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))??;
+        }
+        Ok(self.size)
+    }
+
+    /// Gives up the object (best effort: parts already sent are cleaned up where the store can).
+    pub async fn abort(self) {
+        if let Err(e) = self.parts.abort().await {
+            tracing::warn!(path = %self.path, error = %e, "aborting an upload failed");
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! compaction would have taken a third of the cores. Splicing costs the copy and the hashes. It keeps the
 //! flush's row groups, so it is only used when they are big enough that a query does not care
 //! ([`MIN_MEAN_ROWS`]); files of a quiet hour (small row groups, little data) are re-encoded, which is cheap
-//! there and makes one well-packed file. Inputs are read and appended one at a time, so a compaction holds
-//! its output and one input, not the whole group (re-encoding held every input decoded).
+//! there and makes one well-packed file. Inputs are read, appended and uploaded one at a time, so a
+//! compaction holds one input and a few upload parts, not the group and its output (re-encoding holds every
+//! input decoded).
 
 use std::sync::Arc;
 
@@ -49,8 +50,9 @@ pub(crate) fn worth_splicing(rows: u64, files: usize) -> bool {
     files > 0 && rows / files as u64 >= MIN_MEAN_ROWS
 }
 
-/// Builds the spliced file one input at a time, so a compaction holds its output and one input rather
-/// than every input of the group.
+/// Builds the spliced file one input at a time; the caller uploads what each input added
+/// ([`Splicer::take_written`]), so a compaction holds one input and a few upload parts rather than the group
+/// and its output.
 pub(crate) struct Splicer {
     writer: SerializedFileWriter<Vec<u8>>,
     first: ParquetMetaData,
@@ -60,7 +62,7 @@ pub(crate) struct Splicer {
 impl Splicer {
     /// A file with `first`'s schema, key-value metadata (the Arrow schema, which carries the time zone) and
     /// sort order.
-    pub(crate) fn new(first: &Input, capacity: usize) -> Result<Self, StoreError> {
+    pub(crate) fn new(first: &Input) -> Result<Self, StoreError> {
         let file_meta = first.meta.file_metadata();
         let sorting = first
             .meta
@@ -72,7 +74,7 @@ impl Splicer {
             .set_sorting_columns(sorting)
             .build();
         let writer = SerializedFileWriter::new(
-            Vec::with_capacity(capacity),
+            Vec::new(),
             file_meta.schema_descr().root_schema_ptr(),
             Arc::new(props),
         )?;
@@ -126,8 +128,18 @@ impl Splicer {
         self.rows
     }
 
-    pub(crate) fn finish(self) -> Result<Bytes, StoreError> {
-        Ok(Bytes::from(self.writer.into_inner()?))
+    /// The bytes of the file written since the last call, for the caller to upload: the file is never held
+    /// whole. Taking them out of the buffer is safe: the writer counts offsets itself.
+    pub(crate) fn take_written(&mut self) -> Result<Vec<u8>, StoreError> {
+        self.writer
+            .flush()
+            .map_err(parquet::errors::ParquetError::from)?;
+        Ok(std::mem::take(self.writer.inner_mut()))
+    }
+
+    /// Writes the footer; returns the bytes not yet taken.
+    pub(crate) fn finish(self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.writer.into_inner()?)
     }
 }
 
@@ -165,15 +177,24 @@ mod tests {
         Input::read(files.remove(0).bytes).unwrap()
     }
 
+    /// Splices as compaction does, taking the written bytes after each input.
     fn spliced(inputs: &[Input]) -> Option<Bytes> {
-        let mut splicer = Splicer::new(&inputs[0], 0).unwrap();
+        let mut splicer = Splicer::new(&inputs[0]).unwrap();
+        let mut out = Vec::new();
         for input in inputs {
             if !splicer.push(input).unwrap() {
                 return None;
             }
+            let taken = splicer.take_written().unwrap();
+            assert!(
+                !taken.is_empty(),
+                "an input's chunks are handed out as it is appended"
+            );
+            out.extend(taken);
         }
         assert_eq!(splicer.rows(), inputs.iter().map(Input::rows).sum::<u64>());
-        Some(splicer.finish().unwrap())
+        out.extend(splicer.finish().unwrap());
+        Some(Bytes::from(out))
     }
 
     #[test]

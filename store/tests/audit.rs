@@ -564,6 +564,11 @@ async fn refuses_changed_inputs(rows_per_file: usize) {
 
     let err = store.compact().await.unwrap_err().to_string();
     assert!(err.contains("not the file the audit chain sealed"), "{err}");
+    let on_disk: Vec<_> = std::fs::read_dir(a.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk.len(), 2, "no output or staging file left: {on_disk:?}");
     assert_eq!(
         hour(event_files(&store), "hour=14"),
         files,
