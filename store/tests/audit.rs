@@ -568,7 +568,11 @@ async fn refuses_changed_inputs(rows_per_file: usize) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(on_disk.len(), 2, "no output or staging file left: {on_disk:?}");
+    assert_eq!(
+        on_disk.len(),
+        2,
+        "no output or staging file left: {on_disk:?}"
+    );
     assert_eq!(
         hour(event_files(&store), "hour=14"),
         files,

@@ -434,9 +434,24 @@ async fn compaction_merges_small_files_while_readers_see_constant_counts() {
 /// order, sealed in the chain. A quiet hour's small flushes are re-encoded into one row group.
 #[tokio::test]
 async fn busy_hours_are_compacted_by_splicing_and_quiet_ones_by_encoding() {
+    splices_busy_hours(None).await;
+}
+
+/// The same through a remote object store, where the spliced file is a multipart upload.
+#[tokio::test]
+async fn busy_hours_are_spliced_into_a_remote_object_store() {
+    splices_busy_hours(Some(Arc::new(object_store::memory::InMemory::new()))).await;
+}
+
+async fn splices_busy_hours(remote: Option<Arc<dyn object_store::ObjectStore>>) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let store = Store::open(cfg.clone()).await.unwrap();
+    let store = match &remote {
+        Some(r) => Store::open_with_object_store(cfg.clone(), r.clone())
+            .await
+            .unwrap(),
+        None => Store::open(cfg.clone()).await.unwrap(),
+    };
     let busy = 20_000;
     for k in 0..3 {
         store
@@ -493,7 +508,12 @@ async fn busy_hours_are_compacted_by_splicing_and_quiet_ones_by_encoding() {
         vec![(T14, 3, 3 * busy as u64), (T14 + HOUR_US + 100_000, 1, 30)],
         "the busy hour keeps its three flushes' row groups, the quiet one is packed into one"
     );
-    let report = vigil_store::audit::verify(&cfg).await.unwrap();
+    let report = match remote {
+        Some(r) => vigil_store::audit::verify_with_object_store(&cfg, r)
+            .await
+            .unwrap(),
+        None => vigil_store::audit::verify(&cfg).await.unwrap(),
+    };
     assert!(report.is_clean(), "{report}");
 }
 
