@@ -204,13 +204,15 @@ impl Store {
             return Ok(None);
         };
         let rows = splicer.rows();
+        // Writing the footer depends on what the inputs held, not on the store: a failure here (even a
+        // panic in the writer) leaves this group and lets the pass go on.
         let (tail, sha256) = blocking(move || {
             let tail = splicer.finish()?;
             sha.update(&tail);
             Ok((tail, hex::encode(sha.finalize())))
         })
         .await
-        .map_err(MergeError::Commit)?;
+        .map_err(MergeError::Inputs)?;
         upload.write(tail).await.map_err(MergeError::Commit)?;
         Ok(Some((sha256, rows)))
     }

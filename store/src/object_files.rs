@@ -141,16 +141,26 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    /// Queues `bytes`; waits while two parts are still being sent, so memory stays at a few parts.
+    /// Queues `bytes` a part at a time, waiting before each while two parts are still being sent, so what
+    /// is in flight stays at a few parts whatever the size of `bytes`.
     pub async fn write(&mut self, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.parts.wait_for_capacity(2).await?;
         self.size += bytes.len() as u64;
-        self.parts.put(Bytes::from(bytes));
+        let mut bytes = Bytes::from(bytes);
+        while !bytes.is_empty() {
+            self.parts.wait_for_capacity(2).await?;
+            let part = bytes.split_to(bytes.len().min(UPLOAD_PART_BYTES));
+            self.parts.put(part);
+        }
         Ok(())
     }
 
-    /// Completes the object and makes it durable; returns its size.
-    pub async fn finish(self) -> Result<u64, StoreError> {
+    /// Completes the object and makes it durable; returns its size. A failed part aborts the upload (an
+    /// unfinished S3 multipart upload would otherwise keep its parts, billed, until a lifecycle rule).
+    pub async fn finish(mut self) -> Result<u64, StoreError> {
+        if let Err(e) = self.parts.wait_for_capacity(0).await {
+            let _ = self.parts.abort().await;
+            return Err(e.into());
+        }
         self.parts.finish().await?;
         if let Some(root) = self.local_root {
             let rel = self.path;

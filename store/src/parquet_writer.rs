@@ -1,7 +1,8 @@
 //! Parquet encoding: zstd (level 1 when a flush writes, level 3 when compaction re-encodes), row groups of 128k
 //! rows, statistics on, rows sorted by `time` and split into hour partitions, so query engines can prune by
 //! file (manifest min/max), by row group and by page. A flush keeps statistics on `time` and the numeric
-//! columns only; compaction writes them for the text columns too.
+//! columns only; compaction, where it re-encodes a quiet hour, writes them for the text columns too (a busy
+//! hour's files are spliced as they are: `splice`).
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::interleave_record_batch;

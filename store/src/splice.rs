@@ -5,10 +5,15 @@
 //! of what ingesting the event cost, for 5 % fewer bytes at rest: at a sustained rate the background
 //! compaction would have taken a third of the cores. Splicing costs the copy and the hashes. It keeps the
 //! flush's row groups, so it is only used when they are big enough that a query does not care
-//! ([`MIN_MEAN_ROWS`]); files of a quiet hour (small row groups, little data) are re-encoded, which is cheap
-//! there and makes one well-packed file. Inputs are read, appended and uploaded one at a time, so a
-//! compaction holds one input and a few upload parts, not the group and its output (re-encoding holds every
-//! input decoded).
+//! ([`MIN_MEAN_ROWS`] on average per file: a busy hour's short last flush stays a small row group); files of
+//! a quiet hour are re-encoded, which is cheap there and makes one well-packed file. Inputs are read,
+//! appended and uploaded one at a time, so a compaction holds one input twice (read, and copied into the
+//! output) and a few upload parts, not the group and its output (re-encoding holds every input decoded).
+//!
+//! What a spliced file keeps from its flushes: zstd level 1, no statistics on text columns, and time order
+//! within each row group (declared per row group, as Parquet does), not across row groups where flushes
+//! overlap in time (late events). No reader here relies on more: no file sort order is declared to
+//! DataFusion.
 
 use std::sync::Arc;
 
@@ -87,10 +92,13 @@ impl Splicer {
 
     /// Appends every row group of `input`, in order, with its statistics and page indexes. Returns false,
     /// appending nothing, when `input`'s schema or key-value metadata differ from the first input's (files
-    /// written before and after an upgrade): the group must be re-encoded.
+    /// written before and after an upgrade), or one has an offset index and the other not (the footer
+    /// writer needs all or none): the group must be re-encoded.
     pub(crate) fn push(&mut self, input: &Input) -> Result<bool, StoreError> {
         let (a, b) = (input.meta.file_metadata(), self.first.file_metadata());
-        if a.schema_descr() != b.schema_descr() || a.key_value_metadata() != b.key_value_metadata()
+        if a.schema_descr() != b.schema_descr()
+            || a.key_value_metadata() != b.key_value_metadata()
+            || input.meta.offset_index().is_some() != self.first.offset_index().is_some()
         {
             return Ok(false);
         }
@@ -212,23 +220,16 @@ mod tests {
         let n: Vec<i64> = back
             .iter()
             .flat_map(|b| {
-                b.column(1)
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
+                let n = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+                n.values().to_vec()
             })
             .collect();
         assert_eq!(n, (0..2 * rows).collect::<Vec<_>>());
-        let t: Vec<i64> = back
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert!(t.is_sorted());
+        let times = back.iter().flat_map(|b| {
+            let t = b.column(0).as_primitive::<TimestampMicrosecondType>();
+            t.values().to_vec()
+        });
+        assert!(times.is_sorted());
 
         let spliced = Input::read(out).unwrap();
         assert_eq!(spliced.rows(), 2 * rows as u64);
@@ -250,6 +251,30 @@ mod tests {
             "the second group's page locations are moved with its chunks"
         );
         assert!(spliced.meta.column_index().is_some(), "column index kept");
+    }
+
+    /// A file whose footer has no offset index (an older or foreign writer) beside ones that have it: the
+    /// footer writer would panic on the mix, so the group is re-encoded instead.
+    #[test]
+    fn a_file_without_an_offset_index_is_not_spliced_with_files_that_have_one() {
+        let rows = MIN_MEAN_ROWS as i64;
+        let with = flushed(0, rows, false);
+        let back = decode(with.bytes.clone(), None).unwrap();
+        let mut bytes = Vec::new();
+        let props = WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut bytes, back[0].schema(), Some(props))
+            .unwrap();
+        for b in &back {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+        let without = Input::read(Bytes::from(bytes)).unwrap();
+        assert!(without.meta.offset_index().is_none());
+        assert!(with.meta.offset_index().is_some());
+        assert!(spliced(&[flushed(0, rows, false), without]).is_none());
     }
 
     #[test]

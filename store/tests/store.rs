@@ -45,6 +45,15 @@ fn events(ids: std::ops::Range<usize>, time_us: i64) -> RecordBatch {
     b.finish()
 }
 
+/// Appends events `ids` at `time_us` and flushes them into a file of their own.
+async fn flushed(store: &Store, ids: std::ops::Range<usize>, time_us: i64) {
+    store
+        .append(vec![(Table::Events, events(ids, time_us))])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+}
+
 /// Appends `appends` batches of 10 events (ids `e0`, `e1`, ...), one WAL record each.
 async fn append_tens(store: &Store, appends: usize) {
     for k in 0..appends {
@@ -55,6 +64,17 @@ async fn append_tens(store: &Store, appends: usize) {
     }
 }
 
+/// A stored file's bytes, read through the store's object store.
+async fn file_bytes(store: &Store, path: &str) -> Bytes {
+    let (_, os) = store.object_store();
+    os.get(&ObjectPath::from(path))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// Every `event_id` a query would see: the files are really read through the object store.
 async fn visible_ids(store: &Store, table: Table) -> Vec<String> {
     let col = if table == Table::Events {
@@ -63,17 +83,9 @@ async fn visible_ids(store: &Store, table: Table) -> Vec<String> {
         "alert_id"
     };
     let snap = store.snapshot(table);
-    let (_, os) = store.object_store();
     let mut batches = snap.buffered.clone();
     for f in &snap.files {
-        let bytes: Bytes = os
-            .get(&ObjectPath::from(f.path.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file_bytes(store, &f.path).await)
             .unwrap()
             .build()
             .unwrap();
@@ -379,21 +391,10 @@ async fn compaction_merges_small_files_while_readers_see_constant_counts() {
     };
     let store = Store::open(cfg).await.unwrap();
     for k in 0..8 {
-        store
-            .append(vec![(Table::Events, events(k * 50..k * 50 + 50, T14))])
-            .await
-            .unwrap();
-        store.flush().await.unwrap();
+        flushed(&store, k * 50..k * 50 + 50, T14).await;
     }
     for k in 8..11 {
-        store
-            .append(vec![(
-                Table::Events,
-                events(k * 50..k * 50 + 50, T14 + 2 * HOUR_US),
-            )])
-            .await
-            .unwrap();
-        store.flush().await.unwrap();
+        flushed(&store, k * 50..k * 50 + 50, T14 + 2 * HOUR_US).await;
     }
     let before = store.snapshot(Table::Events).files;
     assert_eq!(before.len(), 11);
@@ -454,36 +455,19 @@ async fn splices_busy_hours(remote: Option<Arc<dyn object_store::ObjectStore>>) 
     };
     let busy = 20_000;
     for k in 0..3 {
-        store
-            .append(vec![(Table::Events, events(k * busy..(k + 1) * busy, T14))])
-            .await
-            .unwrap();
-        store.flush().await.unwrap();
+        flushed(&store, k * busy..(k + 1) * busy, T14).await;
     }
     for k in 0..3 {
-        store
-            .append(vec![(
-                Table::Events,
-                events(100_000 + k * 10..100_000 + k * 10 + 10, T14 + HOUR_US),
-            )])
-            .await
-            .unwrap();
-        store.flush().await.unwrap();
+        let first = 100_000 + k * 10;
+        flushed(&store, first..first + 10, T14 + HOUR_US).await;
     }
     assert_eq!(store.compact().await.unwrap(), 6);
     assert_exactly(visible_ids(&store, Table::Events).await, 3 * busy + 30);
 
-    let (_, os) = store.object_store();
     let mut groups = Vec::new();
     for f in store.snapshot(Table::Events).files {
-        let bytes: Bytes = os
-            .get(&ObjectPath::from(f.path.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(file_bytes(&store, &f.path).await).unwrap();
         groups.push((f.min_time_us, reader.metadata().num_row_groups(), f.rows));
         let times: Vec<i64> = reader
             .build()
@@ -515,6 +499,61 @@ async fn splices_busy_hours(remote: Option<Arc<dyn object_store::ObjectStore>>) 
         None => vigil_store::audit::verify(&cfg).await.unwrap(),
     };
     assert!(report.is_clean(), "{report}");
+}
+
+/// A spliced file of several upload parts (8 MiB each) is whole: every row reads back, in a local
+/// directory (a staging file written part by part) and in a remote store (a multipart upload).
+#[tokio::test]
+async fn a_spliced_file_of_several_upload_parts_reads_back_whole() {
+    for remote in [
+        None,
+        Some(Arc::new(object_store::memory::InMemory::new()) as Arc<dyn object_store::ObjectStore>),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = match &remote {
+            Some(r) => Store::open_with_object_store(config(dir.path()), r.clone())
+                .await
+                .unwrap(),
+            None => Store::open(config(dir.path())).await.unwrap(),
+        };
+        // Prompts of random hex: zstd cannot shrink them below half, so 60,000 rows make ~14 MiB.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let rows = 20_000;
+        for k in 0..3 {
+            let mut b = EventBatchBuilder::with_capacity(rows);
+            for i in k * rows..(k + 1) * rows {
+                let prompt: String = (0..25)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        format!("{seed:016x}")
+                    })
+                    .collect();
+                b.push(&EventRow {
+                    time_us: T14 + i as i64,
+                    event_id: format!("e{i}"),
+                    kind: Some(EventKind::Inference),
+                    prompt_text: Some(prompt),
+                    ..Default::default()
+                });
+            }
+            store
+                .append(vec![(Table::Events, b.finish())])
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        assert_eq!(store.compact().await.unwrap(), 3);
+        let files = store.snapshot(Table::Events).files;
+        assert_eq!(files.len(), 1);
+        assert!(
+            files[0].size > 8 << 20,
+            "more than one upload part: {} bytes",
+            files[0].size
+        );
+        assert_exactly(visible_ids(&store, Table::Events).await, 3 * rows);
+    }
 }
 
 #[tokio::test]
