@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use vigil_ingest::security::{
-    scopes, store_options, Scope, TokenInfo, TokenOrigin, TokenStore, TOKENS_FILE,
+    scopes, store_options, Scope, StoreOptions, TokenInfo, TokenOrigin, TokenStore, TOKENS_FILE,
 };
 
 use crate::config::Config;
@@ -45,15 +45,40 @@ fn parse_scope(s: &str) -> Result<Scope, scopes::UnknownScope> {
     s.parse()
 }
 
-/// The store a server with this config uses, whether or not authentication is enabled in it.
-fn open(config: &Config) -> Result<TokenStore> {
+/// The store a server with this config uses, whether or not authentication is enabled in it. A `token_file`
+/// that cannot be read (a mounted secret half-written, a typo in it) does not stop the command: an operator
+/// revoking a leaked token in `tokens.json` must not be held up by another file. The store is then opened
+/// without it; the second value says why, for the command to warn.
+fn open_despite_token_file(config: &Config) -> Result<(TokenStore, Option<String>)> {
     let path = config.server.data_dir.join(TOKENS_FILE);
-    TokenStore::open_with(&path, store_options(&config.auth))
-        .with_context(|| format!("opening {}", path.display()))
+    let options = store_options(&config.auth);
+    let opened = TokenStore::open_with(&path, options.clone());
+    match (opened, &options.token_file) {
+        (Ok(store), _) => Ok((store, None)),
+        (Err(e), Some(token_file)) => {
+            let without = StoreOptions {
+                token_file: None,
+                ..options.clone()
+            };
+            let store = TokenStore::open_with(&path, without)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Ok((
+                store,
+                Some(format!(
+                    "the token_file {} was not read ({e}): its tokens are left out",
+                    token_file.display()
+                )),
+            ))
+        }
+        (Err(e), None) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
 }
 
 pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
-    let store = open(config)?;
+    let (store, skipped) = open_despite_token_file(config)?;
+    if let Some(why) = &skipped {
+        eprintln!("warning: {why}");
+    }
     let mut out = std::io::stdout().lock();
     match command {
         TokenCommand::Create(args) => {
@@ -94,6 +119,11 @@ pub fn run(config: &Config, command: TokenCommand) -> Result<()> {
                      work: remove them there"
                 );
             }
+            if skipped.is_some() {
+                eprintln!(
+                    "warning: a token named {id_or_name:?} in the unread token_file would still work"
+                );
+            }
         }
     }
     Ok(())
@@ -130,6 +160,10 @@ fn table(tokens: &[TokenInfo]) -> String {
 mod tests {
     use super::*;
     use vigil_ingest::security::{ConfiguredToken, TokenHash};
+
+    fn open(config: &Config) -> Result<TokenStore> {
+        Ok(open_despite_token_file(config)?.0)
+    }
 
     #[test]
     fn create_list_revoke_on_the_data_dir_store() {
@@ -208,6 +242,45 @@ mod tests {
         assert!(
             T::try_parse_from(["t", "--name", "x"]).is_err(),
             "a token needs a scope"
+        );
+    }
+
+    /// A broken `token_file` does not stop a revocation in `tokens.json` (nor a list or a create); only a
+    /// broken `tokens.json` does.
+    #[test]
+    fn a_broken_token_file_does_not_stop_revoking_a_stored_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        let (_, leaked) = open(&config)
+            .unwrap()
+            .create("laptop", &[Scope::Ingest])
+            .unwrap();
+        let token_file = dir.path().join("mounted-tokens.toml");
+        std::fs::write(&token_file, "tokens = [ { name = \"half-written\"").unwrap();
+        config.auth.token_file = Some(token_file);
+        assert!(
+            TokenStore::open_with(
+                config.server.data_dir.join(TOKENS_FILE),
+                store_options(&config.auth)
+            )
+            .is_err(),
+            "the server refuses to start on it"
+        );
+        run(
+            &config,
+            TokenCommand::Revoke {
+                id_or_name: "laptop".into(),
+            },
+        )
+        .expect("revoked despite the token_file");
+        assert!(open(&config).unwrap().verify(&leaked).is_none());
+        assert!(run(&config, TokenCommand::List(ListArgs { json: true })).is_ok());
+
+        std::fs::write(dir.path().join(TOKENS_FILE), "{ not json").unwrap();
+        assert!(
+            run(&config, TokenCommand::List(ListArgs { json: true })).is_err(),
+            "a broken tokens.json is still an error"
         );
     }
 }
