@@ -141,8 +141,9 @@ impl Store {
     }
 
     /// Splices the inputs into `path` one at a time: each is read, checked against the chain, appended, and
-    /// what it added uploaded before the next is read. `None` (nothing written) when an input's schema
-    /// differs from the first's: the group is re-encoded instead.
+    /// what it added uploaded before the next is read. `None` (nothing written) when an input cannot join
+    /// the first (another schema or key-value metadata, or no offset index where the first has one, or the
+    /// reverse): the group is re-encoded instead.
     async fn splice_group(
         &self,
         path: &str,
