@@ -42,6 +42,16 @@ fn sync_local(root: &Path, rel: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// [`sync_local`] off the async threads, when the store is a local directory (S3 is durable once it answers).
+async fn sync_if_local(local_root: Option<PathBuf>, rel: String) -> Result<(), StoreError> {
+    let Some(root) = local_root else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || sync_local(&root, &rel))
+        .await
+        .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))?
+}
+
 impl ObjectFiles {
     /// Writes an object atomically (staged + rename locally, a single PUT on S3) and durably.
     pub async fn put_durable(&self, path: &str, bytes: Bytes) -> Result<u64, StoreError> {
@@ -49,12 +59,7 @@ impl ObjectFiles {
         self.store
             .put(&ObjectPath::from(path), PutPayload::from_bytes(bytes))
             .await?;
-        if let Some(root) = &self.local_root {
-            let (root, rel) = (root.clone(), path.to_string());
-            tokio::task::spawn_blocking(move || sync_local(&root, &rel))
-                .await
-                .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))??;
-        }
+        sync_if_local(self.local_root.clone(), path.to_string()).await?;
         Ok(size)
     }
 
@@ -162,12 +167,7 @@ impl Upload {
             return Err(e.into());
         }
         self.parts.finish().await?;
-        if let Some(root) = self.local_root {
-            let rel = self.path;
-            tokio::task::spawn_blocking(move || sync_local(&root, &rel))
-                .await
-                .map_err(|e| StoreError::Manifest(format!("fsync task: {e}")))??;
-        }
+        sync_if_local(self.local_root, self.path).await?;
         Ok(self.size)
     }
 
