@@ -917,7 +917,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     compaction_line(
         &store,
         events as f64 / elapsed,
-        cpu / elapsed,
+        cpu * 1e6 / events.max(1) as f64,
         work.json_bytes_per_event,
     )
     .await?;
@@ -934,15 +934,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     Ok(())
 }
 
-/// Compaction rewrites every flushed file once more (zstd at a higher level, statistics on every column), in
-/// the background, every `maintenance_interval`: a 12 s run never reaches it, but a user running at the
+/// Compaction merges every flushed file once more (spliced in a busy hour, re-encoded in a quiet one), in the
+/// background, every `maintenance_interval`: a 12 s run never reaches it, but a user running at the
 /// sustained rate pays it on the same cores. So the run ends with one pass over what it stored, and prints
 /// what it cost per event, the size at rest after it, and the rate the run's cores would carry if they paid
-/// for it too.
+/// for it too. `run_us` is the run's CPU per event.
 async fn compaction_line(
     store: &vigil_store::Store,
     rate: f64,
-    cores_busy: f64,
+    run_us: f64,
     json_bytes_per_event: f64,
 ) -> Result<()> {
     let files_before = store.snapshot(vigil_store::Table::Events).files.len();
@@ -958,8 +958,6 @@ async fn compaction_line(
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     let per_event_us = cpu * 1e6 / rows.max(1) as f64;
-    // The run spent cores_busy / rate core-seconds per event; compaction adds per_event_us on top.
-    let run_us = cores_busy * 1e6 / rate.max(1.0);
     let bytes_per_event = bytes as f64 / rows.max(1) as f64;
     println!(
         "compaction:           {files_before} files -> {} in {wall:.1} s, {per_event_us:.1} µs/event of CPU; at rest \
