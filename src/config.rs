@@ -294,6 +294,12 @@ mod tests {
         assert_eq!(parsed.otlp.grpc_addr, Config::default().otlp.grpc_addr);
         assert_eq!(parsed.auth, AuthConfig::default());
         assert_eq!(parsed.tls, None);
+        let store = vigil_store::StoreConfig::default();
+        assert_eq!(
+            (parsed.store.flush_rows, parsed.store.flush_bytes),
+            (store.flush_rows, store.flush_bytes),
+            "the write buffer's documented size"
+        );
         assert_eq!(
             parsed.telemetry.otlp_endpoint, None,
             "no export unless configured"

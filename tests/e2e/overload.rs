@@ -82,7 +82,7 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vigil.toml");
     // What bounds memory is configuration: at most `max_in_flight` requests admitted, and admitted rows
-    // buffered up to `flush_bytes` before they go to Parquet. With the default 128 MiB buffer the growth
+    // buffered up to `flush_bytes` before they go to Parquet. With the default 64 MiB buffer the growth
     // depended on how fast this machine happened to be; 32 MiB makes the bound below about Vigil, not it.
     std::fs::write(
         &config,
