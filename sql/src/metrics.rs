@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Queries finished, by interface (`cli`, `http`, `pg`) and outcome (`ok`, `refused`, `invalid`, `timeout`,
 /// `memory_limit`, `too_many_rows`, `error`).
@@ -24,6 +24,15 @@ pub static REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
             "SQL statements refused by the read-only guard",
         ),
         &["interface"],
+    ))
+});
+
+/// pg queries dropped at their statement timeout while their rows went unread (a client that stopped
+/// reading, or a portal left suspended): each is also counted as a `timeout` in `vigil_sql_queries_total`.
+pub static PG_RESULTS_RELEASED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new(
+        "vigil_sql_pg_results_released_total",
+        "pg queries released at their statement timeout with their results unread",
     ))
 });
 

@@ -28,7 +28,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::pgwire;
 use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::DfSessionService;
-use futures::{Sink, StreamExt};
+use futures::Sink;
 use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     DefaultServerParameterProvider, LoginInfo, StartupHandler,
@@ -580,6 +580,11 @@ fn stream_error_outcome(e: &PgWireError) -> &'static str {
 
 /// Ends the row stream with a timeout error once `deadline` passes, so the timeout covers rows produced
 /// while they are sent, not only planning; records the query's outcome when the stream ends.
+///
+/// At the deadline the query itself (its DataFusion stream, the memory it reserved, its tasks) is dropped
+/// by a timer, whether or not the stream is being polled: pgwire polls it only between writes, so a client
+/// that stops reading its results (or leaves a portal suspended) would otherwise hold the query's resources
+/// for as long as it keeps the connection open.
 fn with_deadline(
     mut response: QueryResponse,
     deadline: tokio::time::Instant,
@@ -587,30 +592,113 @@ fn with_deadline(
     started: Instant,
 ) -> QueryResponse {
     let rows = std::mem::replace(&mut response.data_rows, Box::pin(futures::stream::empty()));
-    let outcome = StreamOutcome {
-        started,
-        recorded: false,
+    let running = Arc::new(std::sync::Mutex::new(Running {
+        rows: Some(rows),
+        outcome: StreamOutcome {
+            started,
+            recorded: false,
+        },
+    }));
+    let release = {
+        let running = Arc::downgrade(&running);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            if let Some(running) = running.upgrade() {
+                let rows = lock(&running).end("timeout");
+                if rows.is_some() {
+                    metrics::PG_RESULTS_RELEASED.inc();
+                    tracing::info!(?timeout, "pg query released at its statement timeout, its results unread");
+                }
+                // Dropped outside the lock: ending a DataFusion stream joins its tasks' handles.
+                drop(rows);
+            }
+        })
+        .abort_handle()
     };
-    let limited = futures::stream::unfold(Some((rows, outcome)), move |state| async move {
-        let (mut rows, mut outcome) = state?;
-        match tokio::time::timeout_at(deadline, rows.next()).await {
-            Ok(Some(Ok(row))) => Some((Ok(row), Some((rows, outcome)))),
-            Ok(Some(Err(e))) => {
-                outcome.finish(stream_error_outcome(&e));
-                Some((Err(e), None))
-            }
-            Ok(None) => {
-                outcome.finish("ok");
-                None
-            }
-            Err(_) => {
-                outcome.finish("timeout");
-                Some((Err(to_pg_error(&QueryError::Timeout(timeout))), None))
-            }
-        }
+    response.data_rows = Box::pin(Bounded {
+        running,
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        timeout,
+        release,
+        done: false,
     });
-    response.data_rows = Box::pin(limited);
     response
+}
+
+/// The state a statement's row stream shares with the timer that ends it.
+struct Running {
+    /// `None` once the rows ended, failed or were released at the deadline.
+    rows: Option<pgwire::api::results::SendableRowStream>,
+    outcome: StreamOutcome,
+}
+
+impl Running {
+    /// Records `outcome` (once) and hands back the rows to drop, if they were still running.
+    fn end(&mut self, outcome: &'static str) -> Option<pgwire::api::results::SendableRowStream> {
+        self.outcome.finish(outcome);
+        self.rows.take()
+    }
+}
+
+fn lock(running: &std::sync::Mutex<Running>) -> std::sync::MutexGuard<'_, Running> {
+    running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A statement's rows, ended by its deadline (see [`with_deadline`]).
+struct Bounded {
+    running: Arc<std::sync::Mutex<Running>>,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    release: tokio::task::AbortHandle,
+    done: bool,
+}
+
+impl futures::Stream for Bounded {
+    type Item = PgWireResult<pgwire::messages::data::DataRow>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let mut running = lock(&this.running);
+        let polled = match running.rows.as_mut() {
+            Some(rows) => rows.as_mut().poll_next(cx),
+            // The timer released the rows: the deadline has passed.
+            None => Poll::Pending,
+        };
+        let (item, ended) = match polled {
+            Poll::Ready(Some(Ok(row))) => return Poll::Ready(Some(Ok(row))),
+            Poll::Ready(Some(Err(e))) => {
+                let ended = running.end(stream_error_outcome(&e));
+                (Some(Err(e)), ended)
+            }
+            Poll::Ready(None) => (None, running.end("ok")),
+            Poll::Pending => {
+                if running.rows.is_some() && this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let ended = running.end("timeout");
+                let e = to_pg_error(&QueryError::Timeout(this.timeout));
+                (Some(Err(e)), ended)
+            }
+        };
+        drop(running);
+        drop(ended);
+        this.done = true;
+        this.release.abort();
+        Poll::Ready(item)
+    }
+}
+
+impl Drop for Bounded {
+    fn drop(&mut self) {
+        self.release.abort();
+    }
 }
 
 impl GuardedService {
@@ -846,6 +934,7 @@ mod tests {
     use super::*;
     use crate::context::session_context;
     use crate::test_support::TestSource;
+    use futures::StreamExt;
     use std::net::SocketAddr;
     use std::process::Output;
 
@@ -855,6 +944,70 @@ mod tests {
         addr: SocketAddr,
         _dir: tempfile::TempDir,
         _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    /// A client that stops reading its rows does not keep its query: at the statement timeout the rows'
+    /// stream (the DataFusion query behind it) is dropped although nothing polls it, and the next read
+    /// says why.
+    #[tokio::test]
+    async fn unread_rows_are_released_at_the_statement_timeout() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct SetOnDrop(Arc<AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let query = SetOnDrop(dropped.clone());
+        let rows = futures::stream::repeat_with(move || {
+            let _query = &query;
+            Ok(pgwire::messages::data::DataRow::default())
+        });
+        let timeout = Duration::from_millis(300);
+        let released = metrics::PG_RESULTS_RELEASED.get();
+        let mut response = with_deadline(
+            QueryResponse::new(Arc::new(Vec::new()), rows),
+            tokio::time::Instant::now() + timeout,
+            timeout,
+            Instant::now(),
+        );
+        assert!(matches!(response.data_rows.next().await, Some(Ok(_))));
+        // The client reads no more, as pgwire's writer blocked on a full socket polls no more.
+        tokio::time::sleep(timeout * 3).await;
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the query outlived its statement timeout"
+        );
+        assert!(metrics::PG_RESULTS_RELEASED.get() > released);
+        match response.data_rows.next().await {
+            Some(Err(e)) => assert!(e.to_string().contains("statement timeout"), "{e}"),
+            other => panic!("expected the timeout, got {other:?}"),
+        }
+        assert!(response.data_rows.next().await.is_none());
+    }
+
+    /// Rows read to their end before the deadline come whole, and the timer does not fire afterwards.
+    #[tokio::test]
+    async fn rows_read_in_time_end_normally() {
+        let rows = futures::stream::iter(
+            (0..3).map(|_| Ok(pgwire::messages::data::DataRow::default())),
+        );
+        let timeout = Duration::from_millis(200);
+        let mut response = with_deadline(
+            QueryResponse::new(Arc::new(Vec::new()), rows),
+            tokio::time::Instant::now() + timeout,
+            timeout,
+            Instant::now(),
+        );
+        let mut n = 0;
+        while let Some(row) = response.data_rows.next().await {
+            row.expect("no error before the deadline");
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        tokio::time::sleep(timeout * 2).await;
+        assert!(response.data_rows.next().await.is_none());
     }
 
     async fn start(limits: QueryLimits) -> Running {
