@@ -598,19 +598,39 @@ fn with_deadline(
             started,
             recorded: false,
         },
+        waiting: false,
     }));
     let release = {
         let running = Arc::downgrade(&running);
         tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
-            if let Some(running) = running.upgrade() {
-                let rows = lock(&running).end("timeout");
-                if rows.is_some() {
-                    metrics::PG_RESULTS_RELEASED.inc();
-                    tracing::info!(?timeout, "pg query released at its statement timeout, its results unread");
+            loop {
+                let Some(running) = running.upgrade() else {
+                    return;
+                };
+                // A poll in progress may be computing rows inline; rather than block this worker thread
+                // on it, look again shortly (if it returns Pending, it ends the stream itself).
+                let ended = match running.try_lock() {
+                    Ok(mut r) => Some((!r.waiting, r.end("timeout"))),
+                    Err(std::sync::TryLockError::Poisoned(p)) => {
+                        let mut r = p.into_inner();
+                        Some((!r.waiting, r.end("timeout")))
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                };
+                drop(running);
+                match ended {
+                    Some((unread, rows)) => {
+                        if unread && rows.is_some() {
+                            metrics::PG_RESULTS_RELEASED.inc();
+                            tracing::info!(?timeout, "pg query released at its statement timeout, its results unread");
+                        }
+                        // Dropped outside the lock: ending a DataFusion stream joins its tasks' handles.
+                        drop(rows);
+                        return;
+                    }
+                    None => tokio::time::sleep(RELEASE_RETRY).await,
                 }
-                // Dropped outside the lock: ending a DataFusion stream joins its tasks' handles.
-                drop(rows);
             }
         })
         .abort_handle()
@@ -630,7 +650,13 @@ struct Running {
     /// `None` once the rows ended, failed or were released at the deadline.
     rows: Option<pgwire::api::results::SendableRowStream>,
     outcome: StreamOutcome,
+    /// The client asked for the next row and waits for the query: a timeout then is a slow query, not
+    /// results left unread.
+    waiting: bool,
 }
+
+/// How soon the deadline's timer looks again when a poll of the rows is in progress.
+const RELEASE_RETRY: Duration = Duration::from_millis(50);
 
 impl Running {
     /// Records `outcome` (once) and hands back the rows to drop, if they were still running.
@@ -671,6 +697,7 @@ impl futures::Stream for Bounded {
             // The timer released the rows: the deadline has passed.
             None => Poll::Pending,
         };
+        running.waiting = polled.is_pending();
         let (item, ended) = match polled {
             Poll::Ready(Some(Ok(row))) => return Poll::Ready(Some(Ok(row))),
             Poll::Ready(Some(Err(e))) => {
