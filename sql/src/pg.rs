@@ -611,13 +611,11 @@ fn with_deadline(
                 // A poll in progress may be computing rows inline; rather than block this worker thread
                 // on it, look again shortly (if it returns Pending, it ends the stream itself).
                 let ended = match running.try_lock() {
-                    Ok(mut r) => Some((!r.waiting, r.end("timeout"))),
-                    Err(std::sync::TryLockError::Poisoned(p)) => {
-                        let mut r = p.into_inner();
-                        Some((!r.waiting, r.end("timeout")))
-                    }
+                    Ok(r) => Some(r),
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
                     Err(std::sync::TryLockError::WouldBlock) => None,
-                };
+                }
+                .map(|mut r| (!r.waiting, r.end("timeout")));
                 drop(running);
                 match ended {
                     Some((unread, rows)) => {
