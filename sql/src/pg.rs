@@ -621,7 +621,10 @@ fn with_deadline(
                     Some((unread, rows)) => {
                         if unread && rows.is_some() {
                             metrics::PG_RESULTS_RELEASED.inc();
-                            tracing::info!(?timeout, "pg query released at its statement timeout, its results unread");
+                            tracing::info!(
+                                ?timeout,
+                                "pg query released at its statement timeout, its results unread"
+                            );
                         }
                         // Dropped outside the lock: ending a DataFusion stream joins its tasks' handles.
                         drop(rows);
@@ -665,7 +668,9 @@ impl Running {
 }
 
 fn lock(running: &std::sync::Mutex<Running>) -> std::sync::MutexGuard<'_, Running> {
-    running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    running
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A statement's rows, ended by its deadline (see [`with_deadline`]).
@@ -1015,9 +1020,8 @@ mod tests {
     /// Rows read to their end before the deadline come whole, and the timer does not fire afterwards.
     #[tokio::test]
     async fn rows_read_in_time_end_normally() {
-        let rows = futures::stream::iter(
-            (0..3).map(|_| Ok(pgwire::messages::data::DataRow::default())),
-        );
+        let rows =
+            futures::stream::iter((0..3).map(|_| Ok(pgwire::messages::data::DataRow::default())));
         let timeout = Duration::from_millis(200);
         let mut response = with_deadline(
             QueryResponse::new(Arc::new(Vec::new()), rows),
