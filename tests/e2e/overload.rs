@@ -82,8 +82,9 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vigil.toml");
     // What bounds memory is configuration: at most `max_in_flight` requests admitted, and admitted rows
-    // buffered up to `flush_bytes` before they go to Parquet. With the default 64 MiB buffer the growth
-    // depended on how fast this machine happened to be; 32 MiB makes the bound below about Vigil, not it.
+    // buffered up to `flush_bytes` before they go to Parquet. With the default buffer (128 MiB when this was
+    // written, 64 MiB now) the growth depended on how fast this machine happened to be; 32 MiB makes the
+    // bound below about Vigil, not it.
     std::fs::write(
         &config,
         "[pipeline]\nmax_in_flight = 2\nadmission_wait = \"100ms\"\nretry_after = \"2s\"\n\n[store]\nflush_bytes = 33554432\n",
