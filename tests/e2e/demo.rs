@@ -61,6 +61,14 @@ async fn the_demo_shows_every_detector_firing_and_leaves_queryable_parquet() {
             "no {detector} alert printed; printed {alerted:?}:\n{stdout}"
         );
     }
+    // The poisoned search result, read back by the agent's next model call as a `tool` message: indirect,
+    // and the agent's, though it arrived inside an ordinary chat prompt.
+    assert!(
+        stdout.lines().any(|l| l.contains("prompt_injection")
+            && l.contains("agent=support-agent")
+            && l.contains("Indirect prompt injection in a tool result sent to")),
+        "no indirect injection alert for the tool result in a prompt:\n{stdout}"
+    );
     assert_eq!(
         stdout.matches("cargo run -q -- sql \"SELECT").count(),
         3,

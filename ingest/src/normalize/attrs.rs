@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::schema::PROMPT_TOOL_RESULTS;
 use crate::wire::any_value::Value;
 use crate::wire::{AnyValue, KeyValue};
 
@@ -70,6 +71,8 @@ pub(crate) enum Slot {
     OutputMessages,
     Prompt,
     Completion,
+    /// Vigil's own record of which parts of the prompt tools returned: never taken from a sender.
+    PromptToolResults,
     /// Not a key: the number of slots.
     Count,
 }
@@ -80,6 +83,10 @@ const _: () = assert!(SLOT_COUNT <= 128, "the used-slot bitset is a u128");
 /// Slots that feed a column but stay in `attributes` too, because they carry a fact the column does not
 /// (the agent's name when `agent_id` is its id, or a name used only as a fallback id).
 const KEEP_IN_ATTRIBUTES: u128 = (1 << Slot::AgentName as u8) | (1 << Slot::OiAgentName as u8);
+
+/// Keys Vigil writes itself: a sender's copy is dropped, so that it cannot make a prompt's injection look as
+/// if a tool had returned it.
+const NEVER_KEPT: u128 = 1 << Slot::PromptToolResults as u8;
 
 pub(crate) fn slot_of(key: &str) -> Option<Slot> {
     use Slot::*;
@@ -143,6 +150,7 @@ pub(crate) fn slot_of(key: &str) -> Option<Slot> {
         "gen_ai.output.messages" => OutputMessages,
         "gen_ai.prompt" => Prompt,
         "gen_ai.completion" => Completion,
+        PROMPT_TOOL_RESULTS => PromptToolResults,
         _ => return None,
     })
 }
@@ -198,6 +206,8 @@ pub(crate) struct Attrs<'a> {
     slots: [Option<&'a AnyValue>; SLOT_COUNT],
     /// Flattened message contents `(direction, index, content)`; empty (no allocation) for most spans.
     pub indexed: Vec<(Direction, u32, &'a AnyValue)>,
+    /// The flattened messages whose role is `tool`.
+    pub tool_messages: Vec<(Direction, u32)>,
     /// Some key starts with `gen_ai.guardrail.`.
     pub has_guardrail: bool,
     /// Some key starts with `gen_ai.endpoint.`.
@@ -214,6 +224,7 @@ impl<'a> Attrs<'a> {
             kvs,
             slots: [None; SLOT_COUNT],
             indexed: Vec::new(),
+            tool_messages: Vec::new(),
             has_guardrail: false,
             has_endpoint: false,
         };
@@ -228,6 +239,8 @@ impl<'a> Attrs<'a> {
             } else if let Some(ix) = indexed_of(key) {
                 if ix.is_content {
                     this.indexed.push((ix.direction, ix.index, value));
+                } else if text(value).is_some_and(|role| super::content::is_tool_role(&role)) {
+                    this.tool_messages.push((ix.direction, ix.index));
                 }
             }
             if key.starts_with("gen_ai.") {
@@ -278,6 +291,8 @@ pub(crate) struct Lookup<'a, 'r> {
     /// Flattened message contents of these directions went into a column.
     pub indexed_input_used: bool,
     pub indexed_output_used: bool,
+    /// The parts of the row's `prompt_text` that tools returned, written as [`PROMPT_TOOL_RESULTS`].
+    pub prompt_tool_ranges: super::content::ToolRanges,
 }
 
 impl<'a, 'r> Lookup<'a, 'r> {
@@ -289,6 +304,7 @@ impl<'a, 'r> Lookup<'a, 'r> {
             res_used: 0,
             indexed_input_used: false,
             indexed_output_used: false,
+            prompt_tool_ranges: Vec::new(),
         }
     }
 
@@ -340,7 +356,8 @@ impl<'a, 'r> Lookup<'a, 'r> {
     fn own_consumed(&self, key: &str) -> bool {
         if let Some(slot) = slot_of(key) {
             let bit = 1u128 << slot as u8;
-            return self.own_used & bit != 0 && KEEP_IN_ATTRIBUTES & bit == 0;
+            return NEVER_KEPT & bit != 0
+                || self.own_used & bit != 0 && KEEP_IN_ATTRIBUTES & bit == 0;
         }
         match indexed_of(key) {
             Some(ix) => match ix.direction {
@@ -353,7 +370,7 @@ impl<'a, 'r> Lookup<'a, 'r> {
 
     fn res_consumed(&self, slot: Slot) -> bool {
         let bit = 1u128 << slot as u8;
-        self.res_used & bit != 0 && KEEP_IN_ATTRIBUTES & bit == 0
+        NEVER_KEPT & bit != 0 || self.res_used & bit != 0 && KEEP_IN_ATTRIBUTES & bit == 0
     }
 
     /// The `attributes` column: every own and resource attribute that did not go into a column, as one
@@ -383,6 +400,17 @@ impl<'a, 'r> Lookup<'a, 'r> {
             None => self.own.has_key(key),
         };
         let mut out = JsonObject::default();
+        if !self.prompt_tool_ranges.is_empty() {
+            out.key(PROMPT_TOOL_RESULTS);
+            let mut ranges = String::new();
+            for r in &self.prompt_tool_ranges {
+                if !ranges.is_empty() {
+                    ranges.push(',');
+                }
+                let _ = write!(ranges, "{}-{}", r.start, r.end);
+            }
+            push_json_str(&mut out.buf, &ranges);
+        }
         for &(k, v) in extra {
             if !own_has(k) {
                 out.key(k);

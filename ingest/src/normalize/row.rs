@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::attrs::{float, Direction, Lookup, Slot};
 use super::classify::Classified;
-use super::content::{append_messages, join_indexed, tool_payload};
+use super::content::{append_messages, append_messages_marking, join_indexed, tool_payload};
 use super::Row;
 use crate::schema::{EventKind, CONTENT_OPERATION};
 
@@ -106,32 +106,44 @@ fn fill_content<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, kind: EventKin
         return;
     }
     let mut prompt = String::new();
+    let mut tool = Vec::new();
     for slot in [SystemInstructions, InputMessages] {
         if let Some(v) = look.own_value(&[slot]) {
-            append_messages(&mut prompt, v);
+            append_messages_marking(&mut prompt, v, &mut tool);
         }
     }
     if prompt.is_empty() {
-        if let Some(text) = join_indexed(&look.own.indexed, Direction::Input) {
+        let own = look.own;
+        if let Some(text) = join_indexed(
+            &own.indexed,
+            Direction::Input,
+            &own.tool_messages,
+            &mut tool,
+        ) {
             prompt = text;
             look.indexed_input_used = true;
         }
     }
     let mut prompt = non_empty(prompt).map(Cow::Owned);
     if prompt.is_none() {
-        prompt = look.own_value(&[Prompt]).and_then(messages).map(Cow::Owned);
+        prompt = look
+            .own_value(&[Prompt])
+            .and_then(|v| messages_marking(v, &mut tool))
+            .map(Cow::Owned);
     }
     if prompt.is_none() {
         prompt = look.own_value(&[InputValue]).and_then(tool_payload);
     }
     row.prompt_text = prompt;
+    look.prompt_tool_ranges = tool;
 
     let mut response = look
         .own_value(&[OutputMessages])
         .and_then(messages)
         .map(Cow::Owned);
     if response.is_none() {
-        response = join_indexed(&look.own.indexed, Direction::Output).map(Cow::Owned);
+        response = join_indexed(&look.own.indexed, Direction::Output, &[], &mut Vec::new())
+            .map(Cow::Owned);
         look.indexed_output_used = response.is_some();
     }
     if response.is_none() {
@@ -149,6 +161,16 @@ fn fill_content<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, kind: EventKin
 pub(crate) fn messages(v: &AnyValue) -> Option<String> {
     let mut out = String::new();
     append_messages(&mut out, v);
+    non_empty(out)
+}
+
+/// [`messages`] of a prompt, marking in `tool` what tools returned.
+pub(crate) fn messages_marking(
+    v: &AnyValue,
+    tool: &mut super::content::ToolRanges,
+) -> Option<String> {
+    let mut out = String::new();
+    append_messages_marking(&mut out, v, tool);
     non_empty(out)
 }
 
