@@ -53,7 +53,7 @@ pub mod col {
 /// the span is the request, so baselines do not count these as requests, tokens or latency again.
 pub const CONTENT_OPERATION: &str = "content";
 
-/// Where in `prompt_text` tools' results are, as byte ranges `start-end` (end exclusive) joined by commas,
+/// Where in `prompt_text` tools' results are, as byte ranges `start..end` (end exclusive) joined by commas,
 /// in the `attributes` JSON: detection reads it to tell an injection planted in a tool's data (indirect)
 /// from one the caller wrote, and it answers "how much of what our models read came from tools" in SQL.
 /// Offsets are into the prompt as received, before any masking of sensitive data.

@@ -214,6 +214,9 @@ fn record(
     };
     // What is left is not a column: keep it rather than drop what the producer thought worth sending.
     attributes.extend(fields);
+    // Where tools' results sit in a prompt is for ingest to say: a producer's claim could turn its own
+    // injection into an agent's.
+    attributes.remove(crate::schema::PROMPT_TOOL_RESULTS);
     row.attributes = Some(serde_json::to_string(&attributes).map_err(RecordError::Json)?);
     if row.event_id.is_empty() {
         row.event_id = derived_id;

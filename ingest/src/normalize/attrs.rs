@@ -156,7 +156,7 @@ pub(crate) fn slot_of(key: &str) -> Option<Slot> {
 }
 
 /// Which way an indexed message attribute goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Direction {
     Input,
     Output,
@@ -206,7 +206,7 @@ pub(crate) struct Attrs<'a> {
     slots: [Option<&'a AnyValue>; SLOT_COUNT],
     /// Flattened message contents `(direction, index, content)`; empty (no allocation) for most spans.
     pub indexed: Vec<(Direction, u32, &'a AnyValue)>,
-    /// The flattened messages whose role is `tool`.
+    /// The flattened messages whose role is `tool`, sorted.
     pub tool_messages: Vec<(Direction, u32)>,
     /// Some key starts with `gen_ai.guardrail.`.
     pub has_guardrail: bool,
@@ -249,6 +249,8 @@ impl<'a> Attrs<'a> {
             }
         }
         this.indexed.sort_by_key(|&(_, index, _)| index);
+        // Looked up once per indexed message: sorted, so a hostile span's many roles cost a log each.
+        this.tool_messages.sort_unstable();
         this
     }
 
@@ -407,7 +409,7 @@ impl<'a, 'r> Lookup<'a, 'r> {
                 if !ranges.is_empty() {
                     ranges.push(',');
                 }
-                let _ = write!(ranges, "{}-{}", r.start, r.end);
+                let _ = write!(ranges, "{}..{}", r.start, r.end);
             }
             push_json_str(&mut out.buf, &ranges);
         }

@@ -419,7 +419,7 @@ mod tests {
         );
         assert_eq!(
             attrs_json(&b, 0)[crate::schema::PROMPT_TOOL_RESULTS],
-            "0-35"
+            "0..35"
         );
         assert!(attrs_json(&b, 1)
             .get(crate::schema::PROMPT_TOOL_RESULTS)

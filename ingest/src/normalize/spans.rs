@@ -46,8 +46,11 @@ pub(crate) fn normalize(
                 };
                 fill_common(&mut row, &mut look, class);
                 fill_span(&mut row, span, &mut look, now_us);
+                // A model call fed tools' results is an agent's turn: under its `invoke_agent` span.
                 if row.agent_id.is_none()
-                    && (row.kind == Some(EventKind::Tool) || row.data_source.is_some())
+                    && (row.kind == Some(EventKind::Tool)
+                        || row.data_source.is_some()
+                        || !look.prompt_tool_ranges.is_empty())
                     && !span.parent_span_id.is_empty()
                 {
                     row.agent_id = ancestry
@@ -568,7 +571,7 @@ mod tests {
         ranges
             .split(',')
             .map(|r| {
-                let (start, end) = r.split_once('-').expect("start-end");
+                let (start, end) = r.split_once("..").expect("start..end");
                 prompt[start.parse::<usize>().unwrap()..end.parse::<usize>().unwrap()].to_string()
             })
             .collect()
@@ -592,7 +595,7 @@ mod tests {
                     ),
                 ),
                 // A sender's own claim that the user's words came from a tool.
-                kv(PROMPT_TOOL_RESULTS, s("0-18")),
+                kv(PROMPT_TOOL_RESULTS, s("0..18")),
             ],
         );
         let openllmetry = span(
@@ -618,11 +621,11 @@ mod tests {
                     "gen_ai.input.messages",
                     s(r#"[{"role":"user","content":"hello"}]"#),
                 ),
-                kv(PROMPT_TOOL_RESULTS, s("0-5")),
+                kv(PROMPT_TOOL_RESULTS, s("0..5")),
             ],
         );
         let (b, _) = run(
-            vec![kv(PROMPT_TOOL_RESULTS, s("0-3"))],
+            vec![kv(PROMPT_TOOL_RESULTS, s("0..3"))],
             vec![new_style, openllmetry, no_tool],
         );
         assert_eq!(b.num_rows(), 3);
@@ -906,6 +909,43 @@ mod tests {
     /// children or grandchildren (under a framework span), get that agent from the export's parent chain. A
     /// tool span that names its own agent keeps it; a parent in another trace, a missing parent, a cycle or
     /// an agent span without a name above it gives none.
+    #[test]
+    fn a_model_call_fed_tool_results_takes_its_agent_from_the_span_above_it() {
+        let agent = child(
+            "invoke_agent researcher",
+            1,
+            0,
+            vec![
+                kv("gen_ai.operation.name", s("invoke_agent")),
+                kv("gen_ai.agent.id", s("researcher")),
+            ],
+        );
+        let chat = |id: u8, messages: &str| {
+            child(
+                "chat gpt-4o",
+                id,
+                1,
+                vec![
+                    kv("gen_ai.operation.name", s("chat")),
+                    kv("gen_ai.request.model", s("gpt-4o")),
+                    kv("gen_ai.input.messages", s(messages)),
+                ],
+            )
+        };
+        let fed = chat(
+            2,
+            r#"[{"role":"user","content":"find it"},{"role":"tool","content":"found"}]"#,
+        );
+        let first_turn = chat(3, r#"[{"role":"user","content":"find it"}]"#);
+        let (b, _) = run(vec![], vec![fed, first_turn, agent]);
+        assert_eq!(get(&b, col::AGENT_ID, 0).as_deref(), Some("researcher"));
+        assert_eq!(
+            get(&b, col::AGENT_ID, 1),
+            None,
+            "a model call without tools' results keeps no agent, as before"
+        );
+    }
+
     #[test]
     fn execute_tool_spans_take_their_agent_from_the_invoke_agent_span_above_them() {
         let agent = child(
