@@ -686,6 +686,7 @@ impl Consumer {
             return Flow::Continue;
         };
         let mut backoff = BACKOFF_START;
+        let mut paused = Paused::default();
         let mut remaining: Vec<&DeadLetter> = letters.iter().collect();
         while !remaining.is_empty() {
             let results = futures::future::join_all(remaining.iter().map(|l| dlq.send(l))).await;
@@ -705,12 +706,15 @@ impl Consumer {
             if !remaining.is_empty() {
                 admission.take();
                 kmetrics::RETRIES.with_label_values(&["dlq"]).inc();
+                paused.pause(&self.consumer);
                 if self.sleep_or_shutdown(backoff, shutdown).await == Flow::Stop {
+                    paused.resume(&self.consumer);
                     return Flow::Stop;
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        paused.resume(&self.consumer);
         Flow::Continue
     }
 
@@ -767,7 +771,7 @@ impl Consumer {
         shutdown: &mut Shutdown<F>,
     ) -> Delivery {
         let mut backoff = BACKOFF_START;
-        let mut paused: Option<TopicPartitionList> = None;
+        let mut paused = Paused::default();
         let mut internal = 0;
         let delivery = loop {
             let delivered = match admission.take() {
@@ -800,32 +804,13 @@ impl Consumer {
             if shutdown.fired {
                 break Delivery::Stop;
             }
-            if paused.is_none() {
-                match self.consumer.assignment() {
-                    Ok(assignment) => {
-                        match self.consumer.pause(&assignment) {
-                            Ok(()) => set_paused(&assignment, true),
-                            Err(err) => tracing::warn!("cannot pause kafka partitions: {err}"),
-                        }
-                        paused = Some(assignment);
-                    }
-                    Err(err) => {
-                        tracing::warn!("cannot read the kafka assignment to pause it: {err}")
-                    }
-                }
-            }
+            paused.pause(&self.consumer);
             if self.sleep_or_shutdown(wait, shutdown).await == Flow::Stop {
                 break Delivery::Stop;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
-        if let Some(assignment) = paused {
-            match self.consumer.resume(&assignment) {
-                Ok(()) => set_paused(&assignment, false),
-                // The gauge stays at 1: the partitions really are still paused.
-                Err(err) => tracing::warn!("cannot resume kafka partitions: {err}"),
-            }
-        }
+        paused.resume(&self.consumer);
         delivery
     }
 
@@ -876,6 +861,41 @@ impl Consumer {
         self.last_commit = Instant::now();
         // A failed commit is retried at the next interval; the offsets stay stored.
         self.uncommitted = !committed;
+    }
+}
+
+/// The assigned partitions, paused while a batch or its dead letters wait to be retried: nothing is fetched
+/// that could not be delivered anyway, and `vigil_kafka_paused` shows the wait.
+#[derive(Default)]
+struct Paused(Option<TopicPartitionList>);
+
+impl Paused {
+    /// Pauses the whole assignment, once.
+    fn pause(&mut self, consumer: &StreamConsumer<Context>) {
+        if self.0.is_some() {
+            return;
+        }
+        match consumer.assignment() {
+            Ok(assignment) => {
+                match consumer.pause(&assignment) {
+                    Ok(()) => set_paused(&assignment, true),
+                    Err(err) => tracing::warn!("cannot pause kafka partitions: {err}"),
+                }
+                self.0 = Some(assignment);
+            }
+            Err(err) => tracing::warn!("cannot read the kafka assignment to pause it: {err}"),
+        }
+    }
+
+    /// Resumes what `pause` paused, if anything.
+    fn resume(&mut self, consumer: &StreamConsumer<Context>) {
+        if let Some(assignment) = self.0.take() {
+            match consumer.resume(&assignment) {
+                Ok(()) => set_paused(&assignment, false),
+                // The gauge stays at 1: the partitions really are still paused.
+                Err(err) => tracing::warn!("cannot resume kafka partitions: {err}"),
+            }
+        }
     }
 }
 

@@ -42,9 +42,9 @@
 //! and never rebalance it again; see `rejoin.rs`.
 //!
 //! # Backpressure
-//! When the sink answers `Overloaded` or `Unavailable` the consumer pauses every assigned partition (no more
-//! prefetching), retries the same batch with exponential backoff (or the sink's `retry_after`) and resumes
-//! after it succeeds. It never reads ahead while a batch is refused, so memory stays bounded by one batch
+//! When the sink answers `Overloaded` or `Unavailable`, or the dead-letter topic refuses a poison message's
+//! copy, the consumer pauses every assigned partition (no more prefetching), retries with exponential
+//! backoff (or the sink's `retry_after`) and resumes after it succeeds. It never reads ahead while a batch is refused, so memory stays bounded by one batch
 //! plus librdkafka's prefetch queue (`queued.max.messages.kbytes`); pausing also drops what librdkafka had
 //! prefetched for those partitions, and on resume it fetches again from the position after the last message
 //! read. `vigil_kafka_paused{topic,partition}` is 1 while a partition is paused. A sink that is merely slow

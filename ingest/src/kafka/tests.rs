@@ -935,6 +935,12 @@ async fn dead_letter_retries_do_not_hold_a_pipeline_slot() {
         0,
         "no pipeline slot held while the dead letter is retried"
     );
+    let paused = || gathered_gauge("vigil_kafka_paused", "held_spans", 0);
+    assert_eq!(
+        paused(),
+        Some(1.0),
+        "nothing is fetched while the dead letter waits"
+    );
     mock.topic_error(
         "held_dlq",
         rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
@@ -944,6 +950,7 @@ async fn dead_letter_retries_do_not_hold_a_pipeline_slot() {
         sink.unique_ids().len() >= 2
     })
     .await;
+    assert_eq!(paused(), None, "resumed once the dead letter was taken");
     running.stop().await;
     assert_eq!(
         sink.unique_ids(),
