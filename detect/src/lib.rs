@@ -4,6 +4,7 @@
 //! The API in this file is the contract the binary and the store use; see `docs/architecture.md`.
 
 pub mod alert;
+mod awaiting;
 pub mod baseline;
 pub mod behavior;
 pub mod clock;

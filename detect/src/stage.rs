@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use vigil_ingest::schema::col;
 
 use crate::alert::{Alert, Severity};
+use crate::awaiting::{Awaiting, Call};
 use crate::baseline::{self, ClosedWindow, Entity, EntityBaseline};
 use crate::behavior::{BehaviorModel, DIMS};
 use crate::clock::EventClock;
@@ -62,6 +63,8 @@ struct State {
     new_since_fit: [usize; 2],
     clock: EventClock,
     shadow_budget: AlertBudget,
+    /// Tool calls whose agent span has not arrived yet (not part of the saved state: a restart forgets them).
+    awaiting: Awaiting,
 }
 
 /// A detector's alerts of their own per event-time window; past the budget they are counted, and the
@@ -130,6 +133,8 @@ struct Cols<'a> {
     finish: &'a StringArray,
     tool: &'a StringArray,
     data_source: &'a StringArray,
+    trace: &'a StringArray,
+    span: &'a StringArray,
     prompt: &'a StringArray,
     response: &'a StringArray,
     /// Unmapped attributes as JSON: content from producers the normaliser does not know lands here.
@@ -138,6 +143,7 @@ struct Cols<'a> {
     /// Content of an operation its span records (message events): not a request of its own.
     is_content: BooleanArray,
     is_tool: BooleanArray,
+    is_agent: BooleanArray,
     is_policy: BooleanArray,
     is_deny: BooleanArray,
     is_error: BooleanArray,
@@ -191,12 +197,15 @@ impl<'a> Cols<'a> {
             finish: s(col::FINISH_REASONS)?,
             tool: s(col::TOOL_NAME)?,
             data_source: s(col::DATA_SOURCE)?,
+            trace: s(col::TRACE_ID)?,
+            span: s(col::SPAN_ID)?,
             prompt: s(col::PROMPT_TEXT)?,
             response: s(col::RESPONSE_TEXT)?,
             attributes: s(col::ATTRIBUTES).ok(),
             is_inference: is(col::KIND, "inference")?,
             is_content: is(col::OPERATION, vigil_ingest::schema::CONTENT_OPERATION)?,
             is_tool: is(col::KIND, "tool")?,
+            is_agent: is(col::KIND, "agent")?,
             is_policy: is(col::KIND, "policy")?,
             is_deny: is(col::DECISION, "deny")?,
             is_error: is(col::STATUS, "error")?,
@@ -964,6 +973,60 @@ fn drift_alert(now_us: i64, etype: &str, id: &str, m: &crate::drift::DriftMeasur
     .build()
 }
 
+/// The span id a call's chain of parents left its export at, as ingest recorded it (`vigil.ancestor_span_id`);
+/// the attributes are parsed only for a call that carries the key.
+fn ancestor_span(c: &Cols, i: usize) -> Option<String> {
+    let attributes = c.attributes.and_then(|a| get(a, i))?;
+    if !attributes.contains(vigil_ingest::schema::ANCESTOR_SPAN_ID) {
+        return None;
+    }
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attributes).ok()?;
+    json.get(vigil_ingest::schema::ANCESTOR_SPAN_ID)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// `tool_overreach` for one call of agent `a`: a tool or a data source outside its allowlist.
+fn overreach(inv: &CompiledInventory, a: &str, call: &Call, alerts: &mut Vec<Alert>) {
+    let mut alert = |label: String, title: String, description: String| {
+        alerts.push(
+            AlertDraft {
+                detector: "tool_overreach",
+                time_us: call.time_us,
+                entity_type: "agent",
+                entity_id: a,
+                label: &label,
+                score: 1.0,
+                title,
+                description,
+                evidence_event_ids: vec![call.event_id.clone()],
+                evidence: String::new(),
+                severity: None,
+                atlas: None,
+            }
+            .build(),
+        )
+    };
+    if let Some(tl) = &call.tool {
+        if inv.agent_may_use_tool(a, tl) == Some(false) {
+            alert(
+                format!("tool:{tl}"),
+                format!("Agent {a} called {tl}, outside its allowlist"),
+                format!("Tool {tl} is not in the allowlist of agent {a}."),
+            );
+        }
+    }
+    if let Some(d) = &call.data_source {
+        if inv.agent_may_use_data_source(a, d) == Some(false) {
+            alert(
+                format!("data_source:{d}"),
+                format!("Agent {a} read {d}, outside its allowlist"),
+                format!("Data source {d} is not in the allowlist of agent {a}."),
+            );
+        }
+    }
+}
+
 /// Builds one alert for the stateful detectors, where the evidence is the row itself.
 #[allow(clippy::too_many_arguments)]
 fn row_alert(
@@ -1107,37 +1170,28 @@ fn stateful_row(
     }
 
     // Agent allowlists.
-    if let Some(a) = agent.filter(|_| rt.on("tool_overreach")) {
-        if let Some(tl) = tool.filter(|_| is_tool) {
-            if inv.agent_may_use_tool(a, tl) == Some(false) {
-                let label = format!("tool:{tl}");
-                alerts.push(row_alert(
-                    c,
-                    i,
-                    "tool_overreach",
-                    "agent",
-                    a,
-                    &label,
-                    1.0,
-                    format!("Agent {a} called {tl}, outside its allowlist"),
-                    format!("Tool {tl} is not in the allowlist of agent {a}."),
-                ));
+    if rt.on("tool_overreach") {
+        let call = Call {
+            event_id: c.event_id.value(i).to_string(),
+            time_us: c.time.value(i),
+            tool: tool.filter(|_| is_tool).map(str::to_owned),
+            data_source: ds.map(str::to_owned),
+        };
+        match agent {
+            Some(a) => overreach(inv, a, &call, alerts),
+            None if call.tool.is_some() || call.data_source.is_some() => {
+                if let (Some(trace), Some(ancestor)) = (get(c.trace, i), ancestor_span(c, i)) {
+                    st.awaiting.hold(trace, &ancestor, call, t);
+                }
             }
+            None => {}
         }
-        if let Some(d) = ds {
-            if inv.agent_may_use_data_source(a, d) == Some(false) {
-                let label = format!("data_source:{d}");
-                alerts.push(row_alert(
-                    c,
-                    i,
-                    "tool_overreach",
-                    "agent",
-                    a,
-                    &label,
-                    1.0,
-                    format!("Agent {a} read {d}, outside its allowlist"),
-                    format!("Data source {d} is not in the allowlist of agent {a}."),
-                ));
+        // An agent span claims the calls that arrived before it.
+        if let (true, Some(a), Some(trace), Some(span)) =
+            (flag(&c.is_agent, i), agent, get(c.trace, i), get(c.span, i))
+        {
+            for call in st.awaiting.under(trace, span) {
+                overreach(inv, a, call, alerts);
             }
         }
     }
@@ -1771,6 +1825,60 @@ mod tests {
         );
         // The distinguishing label enters the fingerprint.
         assert_ne!(alerts[0].fingerprint, alerts[1].fingerprint);
+    }
+
+    #[test]
+    fn a_call_exported_before_its_agent_span_is_judged_when_the_span_arrives() {
+        let stage = DetectionStage::new(config());
+        let ancestor = |id: &str| {
+            Some(serde_json::json!({ vigil_ingest::schema::ANCESTOR_SPAN_ID: id }).to_string())
+        };
+        let call = |id: &str, trace: &str, name: &str, ds: &str| EventRow {
+            time_us: T0,
+            event_id: id.into(),
+            kind: Some(EventKind::Tool),
+            trace_id: Some(trace.into()),
+            tool_name: Some(name.into()),
+            data_source: Some(ds.into()),
+            attributes: ancestor("a1"),
+            ..Default::default()
+        };
+        let first = stage.process(&batch(&[
+            call("early-bad", "t1", "shell", "wiki"),
+            call("early-ok", "t1", "search", "wiki"),
+            call("other-trace", "t2", "shell", "wiki"),
+        ]));
+        assert!(
+            detectors(&first.alerts).is_empty(),
+            "nobody to judge yet: {:?}",
+            first.alerts
+        );
+        let agent_span = EventRow {
+            time_us: T0 + 6_000_000,
+            event_id: "agent-run".into(),
+            kind: Some(EventKind::Agent),
+            agent_id: Some("bot".into()),
+            trace_id: Some("t1".into()),
+            span_id: Some("a1".into()),
+            ..Default::default()
+        };
+        let claimed = stage.process(&batch(std::slice::from_ref(&agent_span)));
+        let got: Vec<(&str, &str, &str)> = claimed
+            .alerts
+            .iter()
+            .map(|a| {
+                (
+                    a.detector.as_str(),
+                    a.entity_id.as_str(),
+                    a.evidence_event_ids[0].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("tool_overreach", "bot", "early-bad")]);
+        assert_eq!(claimed.alerts[0].time_us, T0, "when the call was made");
+        // A batch detected again (its store failed) finds the calls again.
+        let again = stage.process(&batch(&[agent_span]));
+        assert_eq!(again.alerts.len(), 1);
     }
 
     #[test]

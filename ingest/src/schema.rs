@@ -59,6 +59,13 @@ pub const CONTENT_OPERATION: &str = "content";
 /// Offsets are into the prompt as received, before any masking of sensitive data.
 pub const PROMPT_TOOL_RESULTS: &str = "vigil.prompt.tool_results";
 
+/// For a tool call or retrieval that names no agent and whose agent span was not in its export: the span id
+/// (hex) where its chain of parents left the export, in the `attributes` JSON. OpenTelemetry exports a span
+/// when it ends, so an agent run longer than one export interval sends its tool calls before its own
+/// `invoke_agent` span; detection holds such calls and judges them by the agent's allowlist when that span
+/// arrives.
+pub const ANCESTOR_SPAN_ID: &str = "vigil.ancestor_span_id";
+
 /// What an event is. Stored as its lowercase name in the `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {

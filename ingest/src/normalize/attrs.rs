@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::schema::PROMPT_TOOL_RESULTS;
+use crate::schema::{ANCESTOR_SPAN_ID, PROMPT_TOOL_RESULTS};
 use crate::wire::any_value::Value;
 use crate::wire::{AnyValue, KeyValue};
 
@@ -73,6 +73,8 @@ pub(crate) enum Slot {
     Completion,
     /// Vigil's own record of which parts of the prompt tools returned: never taken from a sender.
     PromptToolResults,
+    /// Vigil's own link from a tool call to the span its agent is expected under: never taken from a sender.
+    AncestorSpanId,
     /// Not a key: the number of slots.
     Count,
 }
@@ -86,7 +88,7 @@ const KEEP_IN_ATTRIBUTES: u128 = (1 << Slot::AgentName as u8) | (1 << Slot::OiAg
 
 /// Keys Vigil writes itself: a sender's copy is dropped, so that it cannot make a prompt's injection look as
 /// if a tool had returned it.
-const NEVER_KEPT: u128 = 1 << Slot::PromptToolResults as u8;
+const NEVER_KEPT: u128 = (1 << Slot::PromptToolResults as u8) | (1 << Slot::AncestorSpanId as u8);
 
 pub(crate) fn slot_of(key: &str) -> Option<Slot> {
     use Slot::*;
@@ -151,6 +153,7 @@ pub(crate) fn slot_of(key: &str) -> Option<Slot> {
         "gen_ai.prompt" => Prompt,
         "gen_ai.completion" => Completion,
         PROMPT_TOOL_RESULTS => PromptToolResults,
+        ANCESTOR_SPAN_ID => AncestorSpanId,
         _ => return None,
     })
 }
@@ -295,6 +298,8 @@ pub(crate) struct Lookup<'a, 'r> {
     pub indexed_output_used: bool,
     /// The parts of the row's `prompt_text` that tools returned, written as [`PROMPT_TOOL_RESULTS`].
     pub prompt_tool_ranges: super::content::ToolRanges,
+    /// Written as [`ANCESTOR_SPAN_ID`].
+    pub ancestor_span_id: Option<String>,
 }
 
 impl<'a, 'r> Lookup<'a, 'r> {
@@ -307,6 +312,7 @@ impl<'a, 'r> Lookup<'a, 'r> {
             indexed_input_used: false,
             indexed_output_used: false,
             prompt_tool_ranges: Vec::new(),
+            ancestor_span_id: None,
         }
     }
 
@@ -412,6 +418,10 @@ impl<'a, 'r> Lookup<'a, 'r> {
                 let _ = write!(ranges, "{}..{}", r.start, r.end);
             }
             push_json_str(&mut out.buf, &ranges);
+        }
+        if let Some(id) = &self.ancestor_span_id {
+            out.key(ANCESTOR_SPAN_ID);
+            push_json_str(&mut out.buf, id);
         }
         for &(k, v) in extra {
             if !own_has(k) {

@@ -53,9 +53,20 @@ pub(crate) fn normalize(
                         || !look.prompt_tool_ranges.is_empty())
                     && !span.parent_span_id.is_empty()
                 {
-                    row.agent_id = ancestry
+                    match ancestry
                         .get_or_insert_with(|| Ancestry::of(req))
-                        .agent_above(span);
+                        .agent_above(span)
+                    {
+                        Above::Agent(agent) => row.agent_id = agent,
+                        // The agent's span has not been exported yet (spans are exported as they end, and
+                        // an agent ends after its calls): detection judges the call when it arrives.
+                        Above::Outside(ancestor)
+                            if row.kind == Some(EventKind::Tool) || row.data_source.is_some() =>
+                        {
+                            look.ancestor_span_id = hex_id(ancestor);
+                        }
+                        Above::Outside(_) => {}
+                    }
                 }
                 let res_json = res_json.get_or_insert_with(|| ResourceJson::new(&res));
                 let extra: &[(&str, &str)] = if scope_name.is_empty() {
@@ -79,6 +90,15 @@ pub(crate) fn normalize(
         }
     }
     (skipped, false)
+}
+
+/// What is above a span in its export.
+enum Above<'a> {
+    /// The nearest agent span, or `None` when the walk found no agent (an agent span naming none, a cycle,
+    /// a chain too deep).
+    Agent(Option<Cow<'a, str>>),
+    /// The chain leaves the export at this span id before reaching an agent span.
+    Outside(&'a [u8]),
 }
 
 /// Who a span's ancestors in the same export are, for tool calls and retrievals that do not name their
@@ -125,19 +145,24 @@ impl<'a> Ancestry<'a> {
     /// The agent of the nearest agent span above `span`. An agent span that names no agent ends the walk
     /// with none: the calls under it are not its parent agent's, and must not be judged by that agent's
     /// allowlist.
-    fn agent_above(&self, span: &Span) -> Option<Cow<'a, str>> {
-        let mut parent: &[u8] = &span.parent_span_id;
+    fn agent_above(&self, span: &'a Span) -> Above<'a> {
+        let mut parent: &'a [u8] = &span.parent_span_id;
         for _ in 0..MAX_ANCESTRY_DEPTH {
-            let ancestor = self.spans.get(&(&*span.trace_id, parent))?;
+            if parent.is_empty() {
+                return Above::Agent(None);
+            }
+            let Some(ancestor) = self.spans.get(&(&*span.trace_id, parent)) else {
+                return Above::Outside(parent);
+            };
             if ancestor.agent.is_some() {
-                return ancestor.agent.clone();
+                return Above::Agent(ancestor.agent.clone());
             }
             if ancestor.is_agent {
-                return None;
+                return Above::Agent(None);
             }
             parent = ancestor.parent_span_id;
         }
-        None
+        Above::Agent(None)
     }
 }
 
@@ -327,7 +352,7 @@ mod tests {
     use super::super::attrs::test_values::*;
     use super::*;
     use crate::normalize::{traces, NormalizeContext};
-    use crate::schema::{col, PROMPT_TOOL_RESULTS};
+    use crate::schema::{col, ANCESTOR_SPAN_ID, PROMPT_TOOL_RESULTS};
 
     const TRACE: [u8; 16] = [
         0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
@@ -1035,6 +1060,39 @@ mod tests {
         assert_eq!(agent_of("a"), None);
         assert_eq!(agent_of("run_sql"), None);
         assert_eq!(agent_of("retrieve").as_deref(), Some("travel-planner"));
+        // Calls whose chain leaves the export say where, for their agent's span to claim them later.
+        let ancestor_of = |tool: &str| {
+            let i = (0..b.num_rows())
+                .find(|&i| get(&b, col::TOOL_NAME, i).as_deref() == Some(tool))
+                .expect("row");
+            attrs_json(&b, i)
+                .get(ANCESTOR_SPAN_ID)
+                .and_then(|v| v.as_str().map(str::to_owned))
+        };
+        assert_eq!(ancestor_of("lookup").as_deref(), Some("ab00000000000063"));
+        assert_eq!(
+            ancestor_of("delete_files").as_deref(),
+            Some("ab00000000000001")
+        );
+        for judged_or_unjudgeable in ["book_flight", "send_email", "a", "run_sql"] {
+            assert_eq!(ancestor_of(judged_or_unjudgeable), None);
+        }
+    }
+
+    #[test]
+    fn a_call_whose_agent_is_in_a_later_export_names_where_its_chain_left() {
+        let framework = child("AgentExecutor step", 2, 1, vec![]);
+        let mut attrs = tool("book_flight");
+        attrs.push(kv(ANCESTOR_SPAN_ID, s("ab000000000000ff")));
+        let call = child("execute_tool book_flight", 3, 2, attrs);
+        let (b, _) = run(vec![], vec![call, framework]);
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(get(&b, col::AGENT_ID, 0), None);
+        assert_eq!(
+            attrs_json(&b, 0)[ANCESTOR_SPAN_ID],
+            "ab00000000000001",
+            "the framework span's parent, not the sender's claim"
+        );
     }
 
     #[test]
