@@ -15,6 +15,8 @@ pub struct Metrics {
     pub evicted: IntCounterVec,
     /// Alerts folded into a summary because their detector's budget for the window was spent.
     pub suppressed: IntCounterVec,
+    /// Tool calls dropped while waiting for their agent's span (`awaiting`), never judged.
+    pub unjudged: IntCounter,
 }
 
 /// Registered once per process (several stages in one test process share them).
@@ -65,6 +67,11 @@ pub fn metrics() -> &'static Metrics {
             &["detector"],
         )
         .expect("valid metric");
+        let unjudged = IntCounter::new(
+            "vigil_detect_calls_unjudged_total",
+            "Tool calls without an agent dropped, past the age or count limit, before their agent's span arrived",
+        )
+        .expect("valid metric");
         let r = prometheus::default_registry();
         for c in [
             Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
@@ -73,6 +80,7 @@ pub fn metrics() -> &'static Metrics {
             Box::new(untracked.clone()),
             Box::new(evicted.clone()),
             Box::new(suppressed.clone()),
+            Box::new(unjudged.clone()),
         ] {
             if let Err(e) = r.register(c) {
                 tracing::warn!(error = %e, "detection metric not registered");
@@ -85,6 +93,7 @@ pub fn metrics() -> &'static Metrics {
             untracked,
             evicted,
             suppressed,
+            unjudged,
         }
     })
 }

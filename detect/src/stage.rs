@@ -428,6 +428,12 @@ impl DetectionStage {
     /// failure was marked as reported (and persisted so) without any alert on record.
     pub fn rearm(&self, alerts: &[Alert]) {
         let mut st = self.state.lock();
+        // A lost judgement of calls that waited for their agent: the retry's agent span claims them again.
+        for a in alerts.iter().filter(|a| a.detector == "tool_overreach") {
+            for id in &a.evidence_event_ids {
+                st.awaiting.unclaim(id);
+            }
+        }
         for a in alerts.iter().filter(|a| a.detector == "shadow_ai") {
             let seen =
                 Tracked::parse(&a.entity_type).and_then(|t| st.seen.get_mut(t, &a.entity_id));
@@ -986,20 +992,31 @@ fn ancestor_span(c: &Cols, i: usize) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Trace and span ids longer than this (OTLP's are 32 and 16 hex digits) are not kept waiting.
+const MAX_ID_LEN: usize = 64;
+
 /// `tool_overreach` for one call of agent `a`: a tool or a data source outside its allowlist.
-fn overreach(inv: &CompiledInventory, a: &str, call: &Call, alerts: &mut Vec<Alert>) {
+fn overreach(
+    inv: &CompiledInventory,
+    a: &str,
+    tool: Option<&str>,
+    data_source: Option<&str>,
+    event_id: &str,
+    time_us: i64,
+    alerts: &mut Vec<Alert>,
+) {
     let mut alert = |label: String, title: String, description: String| {
         alerts.push(
             AlertDraft {
                 detector: "tool_overreach",
-                time_us: call.time_us,
+                time_us,
                 entity_type: "agent",
                 entity_id: a,
                 label: &label,
                 score: 1.0,
                 title,
                 description,
-                evidence_event_ids: vec![call.event_id.clone()],
+                evidence_event_ids: vec![event_id.to_owned()],
                 evidence: String::new(),
                 severity: None,
                 atlas: None,
@@ -1007,7 +1024,7 @@ fn overreach(inv: &CompiledInventory, a: &str, call: &Call, alerts: &mut Vec<Ale
             .build(),
         )
     };
-    if let Some(tl) = &call.tool {
+    if let Some(tl) = tool {
         if inv.agent_may_use_tool(a, tl) == Some(false) {
             alert(
                 format!("tool:{tl}"),
@@ -1016,7 +1033,7 @@ fn overreach(inv: &CompiledInventory, a: &str, call: &Call, alerts: &mut Vec<Ale
             );
         }
     }
-    if let Some(d) = &call.data_source {
+    if let Some(d) = data_source {
         if inv.agent_may_use_data_source(a, d) == Some(false) {
             alert(
                 format!("data_source:{d}"),
@@ -1170,29 +1187,41 @@ fn stateful_row(
     }
 
     // Agent allowlists.
-    if rt.on("tool_overreach") {
-        let call = Call {
-            event_id: c.event_id.value(i).to_string(),
-            time_us: c.time.value(i),
-            tool: tool.filter(|_| is_tool).map(str::to_owned),
-            data_source: ds.map(str::to_owned),
-        };
-        match agent {
-            Some(a) => overreach(inv, a, &call, alerts),
-            None if call.tool.is_some() || call.data_source.is_some() => {
-                if let (Some(trace), Some(ancestor)) = (get(c.trace, i), ancestor_span(c, i)) {
-                    st.awaiting.hold(trace, &ancestor, call, t);
+    let (tool, event_id, time_us) = (
+        tool.filter(|_| is_tool),
+        c.event_id.value(i),
+        c.time.value(i),
+    );
+    if let Some(a) = agent.filter(|_| rt.on("tool_overreach")) {
+        overreach(inv, a, tool, ds, event_id, time_us, alerts);
+    }
+    // Calls exported before their agent's span, and the agent spans that claim them.
+    let waits = agent.is_none() && (tool.is_some() || ds.is_some());
+    if (waits || agent.is_some() && flag(&c.is_agent, i)) && rt.on("tool_overreach") {
+        let trace = get(c.trace, i).filter(|id| id.len() <= MAX_ID_LEN);
+        match (trace, agent) {
+            (Some(trace), None) => {
+                if let Some(ancestor) = ancestor_span(c, i).filter(|id| id.len() <= MAX_ID_LEN) {
+                    let call = Call {
+                        event_id: event_id.to_owned(),
+                        time_us,
+                        tool: tool.map(str::to_owned),
+                        data_source: ds.map(str::to_owned),
+                    };
+                    if let Some(a) = st.awaiting.hold(trace, &ancestor, call, t) {
+                        overreach(inv, &a, tool, ds, event_id, time_us, alerts);
+                    }
                 }
             }
-            None => {}
-        }
-        // An agent span claims the calls that arrived before it.
-        if let (true, Some(a), Some(trace), Some(span)) =
-            (flag(&c.is_agent, i), agent, get(c.trace, i), get(c.span, i))
-        {
-            for call in st.awaiting.under(trace, span) {
-                overreach(inv, a, call, alerts);
+            (Some(trace), Some(a)) => {
+                if let Some(span) = get(c.span, i).filter(|id| id.len() <= MAX_ID_LEN) {
+                    for call in st.awaiting.claim(trace, span, a, t) {
+                        let (tool, ds) = (call.tool.as_deref(), call.data_source.as_deref());
+                        overreach(inv, a, tool, ds, &call.event_id, call.time_us, alerts);
+                    }
+                }
             }
+            (None, _) => {}
         }
     }
 
@@ -1876,9 +1905,22 @@ mod tests {
             .collect();
         assert_eq!(got, [("tool_overreach", "bot", "early-bad")]);
         assert_eq!(claimed.alerts[0].time_us, T0, "when the call was made");
-        // A batch detected again (its store failed) finds the calls again.
-        let again = stage.process(&batch(&[agent_span]));
-        assert_eq!(again.alerts.len(), 1);
+        // A copy of the span raises nothing more, unless the claim's alerts were lost with its batch.
+        let copy = stage.process(&batch(std::slice::from_ref(&agent_span)));
+        assert!(copy.alerts.is_empty(), "{:?}", copy.alerts);
+        stage.rearm(&claimed.alerts);
+        let retry = stage.process(&batch(&[agent_span]));
+        assert_eq!(retry.alerts.len(), 1);
+        // A call that arrives after its agent's span is judged at once.
+        let late = stage.process(&batch(&[call("late-bad", "t1", "shell", "payroll")]));
+        let got: Vec<&str> = late.alerts.iter().map(|a| a.title.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "Agent bot called shell, outside its allowlist",
+                "Agent bot read payroll, outside its allowlist"
+            ]
+        );
     }
 
     #[test]
