@@ -86,3 +86,61 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
         "DuckDB over the Parquet directory counts what SQL counted"
     );
 }
+
+/// The SDK exports each span as it ends, so an agent's tool calls arrive before its `invoke_agent` span and
+/// without naming it; the call outside the agent's allowlist still raises `tool_overreach` for the agent
+/// once its span arrives, and the call inside raises nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_calls_exported_before_its_span_are_judged_by_its_allowlist() {
+    if !python_has(&["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[detect.inventory.agents]]
+id = "support-agent"
+tools = ["search_kb"]
+"#,
+    )
+    .unwrap();
+    let v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
+    let out = Command::new("python3")
+        .arg(checkout_file("tests/otel_sdk_agent.py"))
+        .arg(format!("http://{}", v.grpc))
+        .env("VIGIL_TOKEN", &v.token)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "3 exports",
+        "one export per span, the agent's last"
+    );
+    let calls = v
+        .query("SELECT tool_name, agent_id FROM events WHERE kind = 'tool' ORDER BY tool_name")
+        .await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c["agent_id"].is_null()),
+        "the calls came before their agent: {calls:?}"
+    );
+    let alerts = v
+        .query(
+            "SELECT detector, entity_type, entity_id, title FROM alerts \
+             WHERE detector = 'tool_overreach'",
+        )
+        .await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["entity_id"], "support-agent");
+    assert_eq!(
+        alerts[0]["title"],
+        "Agent support-agent called export_all_customers, outside its allowlist"
+    );
+}
