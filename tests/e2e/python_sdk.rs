@@ -92,7 +92,10 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
 /// once its span arrives, and the call inside raises nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agents_calls_exported_before_its_span_are_judged_by_its_allowlist() {
-    if !python_has(&["opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.grpc"]) {
+    if !python_has(&[
+        "opentelemetry.sdk",
+        "opentelemetry.exporter.otlp.proto.grpc",
+    ]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
