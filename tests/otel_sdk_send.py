@@ -18,16 +18,19 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 
 
 class Checked:
-    """Wraps an exporter so that a failed export fails the script instead of being logged and dropped."""
+    """Wraps an exporter so that a failed export fails the script instead of being logged and dropped; counts
+    the exports."""
 
     def __init__(self, inner):
         self.inner = inner
+        self.exports = 0
 
     def export(self, spans):
         result = self.inner.export(spans)
         if result != SpanExportResult.SUCCESS:
             print(f"export failed: {result}", file=sys.stderr)
             sys.exit(2)
+        self.exports += 1
         return result
 
     def shutdown(self):

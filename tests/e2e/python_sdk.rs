@@ -27,6 +27,22 @@ pub(crate) fn python_has(modules: &[&str]) -> bool {
     ok
 }
 
+/// Runs one of the SDK scripts in `tests/` with the server's ingest token; a failed export fails the test.
+fn send_with_sdk(v: &Vigil, script: &str, args: &[String]) -> std::process::Output {
+    let out = Command::new("python3")
+        .arg(checkout_file(script))
+        .args(args)
+        .env("VIGIL_TOKEN", &v.token)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "SDK script {script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
     if !python_has(&[
@@ -37,19 +53,14 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
         return;
     }
     let mut v = Vigil::start().await;
-    let script = checkout_file("tests/otel_sdk_send.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}", v.grpc))
-        .arg(format!("http://{}/v1/traces", v.http))
-        .arg("25")
-        .env("VIGIL_TOKEN", &v.token)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "SDK script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    send_with_sdk(
+        &v,
+        "tests/otel_sdk_send.py",
+        &[
+            format!("http://{}", v.grpc),
+            format!("http://{}/v1/traces", v.http),
+            "25".into(),
+        ],
     );
 
     assert_eq!(
@@ -110,16 +121,10 @@ tools = ["search_kb"]
     )
     .unwrap();
     let v = Vigil::start_with(&["--config", config.to_str().unwrap()], &[]).await;
-    let out = Command::new("python3")
-        .arg(checkout_file("tests/otel_sdk_agent.py"))
-        .arg(format!("http://{}", v.grpc))
-        .env("VIGIL_TOKEN", &v.token)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "SDK script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = send_with_sdk(
+        &v,
+        "tests/otel_sdk_agent.py",
+        &[format!("http://{}", v.grpc)],
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
