@@ -741,17 +741,7 @@ enum Channel {
 /// (ranges that do not fit the text are left out). Read only for a prompt that scored as an injection, so
 /// the JSON is parsed rarely.
 fn tool_ranges(c: &Cols, i: usize, text: &str) -> Vec<Range<usize>> {
-    let Some(attributes) = c.attributes.and_then(|a| get(a, i)) else {
-        return Vec::new();
-    };
-    let Ok(json) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(attributes)
-    else {
-        return Vec::new();
-    };
-    let Some(ranges) = json
-        .get(vigil_ingest::schema::PROMPT_TOOL_RESULTS)
-        .and_then(|v| v.as_str())
-    else {
+    let Some(ranges) = vigil_attribute(c, i, vigil_ingest::schema::PROMPT_TOOL_RESULTS) else {
         return Vec::new();
     };
     let mut out: Vec<Range<usize>> = ranges
@@ -979,17 +969,18 @@ fn drift_alert(now_us: i64, etype: &str, id: &str, m: &crate::drift::DriftMeasur
     .build()
 }
 
-/// The span id a call's chain of parents left its export at, as ingest recorded it (`vigil.ancestor_span_id`);
-/// the attributes are parsed only for a call that carries the key.
-fn ancestor_span(c: &Cols, i: usize) -> Option<String> {
+/// A text attribute that ingest wrote for detection into row `i`'s `attributes` JSON (a sender's own copy
+/// is dropped there); the JSON is parsed only when it names the key.
+fn vigil_attribute(c: &Cols, i: usize, key: &str) -> Option<String> {
     let attributes = c.attributes.and_then(|a| get(a, i))?;
-    if !attributes.contains(vigil_ingest::schema::ANCESTOR_SPAN_ID) {
+    if !attributes.contains(key) {
         return None;
     }
     let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attributes).ok()?;
-    json.get(vigil_ingest::schema::ANCESTOR_SPAN_ID)?
-        .as_str()
-        .map(str::to_owned)
+    match json.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// Trace and span ids longer than this (OTLP's are 32 and 16 hex digits) are not kept waiting.
@@ -1201,7 +1192,10 @@ fn stateful_row(
         let trace = get(c.trace, i).filter(|id| id.len() <= MAX_ID_LEN);
         match (trace, agent) {
             (Some(trace), None) => {
-                if let Some(ancestor) = ancestor_span(c, i).filter(|id| id.len() <= MAX_ID_LEN) {
+                if let Some(ancestor) =
+                    vigil_attribute(c, i, vigil_ingest::schema::ANCESTOR_SPAN_ID)
+                        .filter(|id| id.len() <= MAX_ID_LEN)
+                {
                     let call = Call {
                         event_id: event_id.to_owned(),
                         time_us,
