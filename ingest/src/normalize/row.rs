@@ -9,7 +9,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::attrs::{float, Direction, Lookup, Slot};
 use super::classify::Classified;
-use super::content::{append_messages, append_messages_marking, join_indexed, tool_payload};
+use super::content::{append_messages_marking, join_indexed, tool_payload};
 use super::Row;
 use crate::schema::{EventKind, CONTENT_OPERATION};
 
@@ -159,9 +159,7 @@ fn fill_content<'a>(row: &mut Row<'a>, look: &mut Lookup<'a, '_>, kind: EventKin
 }
 
 pub(crate) fn messages(v: &AnyValue) -> Option<String> {
-    let mut out = String::new();
-    append_messages(&mut out, v);
-    non_empty(out)
+    messages_marking(v, &mut Vec::new())
 }
 
 /// [`messages`] of a prompt, marking in `tool` what tools returned.
