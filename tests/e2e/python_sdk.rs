@@ -27,20 +27,29 @@ pub(crate) fn python_has(modules: &[&str]) -> bool {
     ok
 }
 
-/// Runs one of the SDK scripts in `tests/` with the server's ingest token; a failed export fails the test.
-fn send_with_sdk(v: &Vigil, script: &str, args: &[String]) -> std::process::Output {
+/// Runs one of the Python scripts in `tests/`; its failure (a failed export, a failed query) fails the test.
+fn run_python<A: AsRef<std::ffi::OsStr>>(
+    script: &str,
+    args: &[A],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
     let out = Command::new("python3")
         .arg(checkout_file(script))
         .args(args)
-        .env("VIGIL_TOKEN", &v.token)
+        .envs(envs.iter().copied())
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "SDK script {script} failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs one of the SDK scripts with the server's ingest token.
+fn send_with_sdk(v: &Vigil, script: &str, args: &[String]) -> std::process::Output {
+    run_python(script, args, &[("VIGIL_TOKEN", &v.token)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,16 +87,7 @@ async fn otel_python_sdk_spans_land_and_duckdb_counts_the_same_rows() {
 
     // A clean stop flushes everything to Parquet; DuckDB then reads the same rows from the directory alone.
     v.stop();
-    let duck = Command::new("python3")
-        .arg(checkout_file("tests/duckdb_count.py"))
-        .arg(v.data_dir())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        duck.status.success(),
-        "duckdb failed: {}",
-        String::from_utf8_lossy(&duck.stderr)
-    );
+    let duck = run_python("tests/duckdb_count.py", &[v.data_dir()], &[]);
     let counted: i64 = String::from_utf8_lossy(&duck.stdout)
         .trim()
         .parse()
