@@ -87,7 +87,7 @@ const _: () = assert!(SLOT_COUNT <= 128, "the used-slot bitset is a u128");
 const KEEP_IN_ATTRIBUTES: u128 = (1 << Slot::AgentName as u8) | (1 << Slot::OiAgentName as u8);
 
 /// Keys Vigil writes itself: a sender's copy is dropped, so that it cannot make a prompt's injection look as
-/// if a tool had returned it.
+/// if a tool had returned it, nor put its tool call under another agent's allowlist.
 const NEVER_KEPT: u128 = (1 << Slot::PromptToolResults as u8) | (1 << Slot::AncestorSpanId as u8);
 
 pub(crate) fn slot_of(key: &str) -> Option<Slot> {
