@@ -278,10 +278,10 @@ impl DetectionStage {
             }
         };
         let mut alerts = Vec::new();
-        let (prompt, response) = self.scan_content(&rt, &cols, &mut alerts);
+        let (prompt, response, moved) = self.scan_content(&rt, &cols, &mut alerts);
         let attributes = match (rt.cfg.content_capture, cols.attributes) {
             (ContentCapture::Full, _) | (_, None) => None,
-            (_, Some(a)) => mask_attributes(a),
+            (_, Some(a)) => mask_attributes(a, moved),
         };
         let models = self.behavior.read().clone();
         {
@@ -325,17 +325,19 @@ impl DetectionStage {
         (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
     }
 
-    /// Sensitive data, prompt injection and tool-argument injection; returns the stored text columns.
+    /// Sensitive data, prompt injection and tool-argument injection; returns the stored text columns, and
+    /// the tools' ranges of each masked prompt that has them, moved to index the masked text.
     fn scan_content(
         &self,
         rt: &Runtime,
         c: &Cols,
         alerts: &mut Vec<Alert>,
-    ) -> (ArrayRef, ArrayRef) {
+    ) -> (ArrayRef, ArrayRef, Vec<(usize, String)>) {
         let capture = rt.cfg.content_capture;
         let th = &rt.cfg.thresholds;
         let n = c.time.len();
         let mut masked: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
+        let mut moved = Vec::new();
         for i in 0..n {
             let inference = flag(&c.is_inference, i);
             let tool = flag(&c.is_tool, i);
@@ -380,6 +382,11 @@ impl DetectionStage {
                     }
                 }
                 if capture == ContentCapture::Redacted && !findings.is_empty() {
+                    if side == 0 {
+                        if let Some(r) = moved_tool_ranges(c, i, text, &findings) {
+                            moved.push((i, r));
+                        }
+                    }
                     masked[side].push((i, content::redact(text, &findings)));
                 }
             }
@@ -392,7 +399,7 @@ impl DetectionStage {
                 _ => with_replaced(arr, masked),
             }
         };
-        (out(c.prompt, mp), out(c.response, mr))
+        (out(c.prompt, mp), out(c.response, mr), moved)
     }
 
     pub fn reload(&self, config: DetectConfig) {
@@ -643,26 +650,56 @@ fn replace_text(
     RecordBatch::try_new(schema, columns).expect("masked columns have the batch's type and length")
 }
 
-/// PII and secrets masked inside the attributes JSON, the same way as in the text columns; `None` when
-/// nothing was found (the common case costs one scan and no copy). A value that would no longer be valid
-/// JSON after masking is replaced whole: losing an attribute is better than storing the secret.
-fn mask_attributes(a: &StringArray) -> Option<ArrayRef> {
+/// PII and secrets masked inside the attributes JSON, the same way as in the text columns, and the tools'
+/// ranges of a masked prompt (`moved`, ascending rows) replaced by ones that index it as stored; `None` when
+/// nothing changed (the common case costs one scan and no copy). A value that would no longer be valid JSON
+/// after masking is replaced whole: losing an attribute is better than storing the secret.
+fn mask_attributes(a: &StringArray, moved: Vec<(usize, String)>) -> Option<ArrayRef> {
     let mut masked: Vec<(usize, String)> = Vec::new();
+    let mut moved = moved.into_iter().peekable();
     for i in 0..a.len() {
         let Some(text) = get(a, i) else { continue };
+        let ranges = moved.next_if(|(r, _)| *r == i).map(|(_, r)| r);
         let findings = content::scan_sensitive(text);
-        if findings.is_empty() {
+        if findings.is_empty() && ranges.is_none() {
             continue;
         }
         let redacted = content::redact(text, &findings);
-        let redacted = if serde_json::from_str::<serde_json::Value>(&redacted).is_ok() {
-            redacted
-        } else {
-            r#"{"vigil.redacted":"attributes held sensitive data that could not be masked in place"}"#.to_string()
+        let json = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&redacted);
+        let redacted = match (json, ranges) {
+            (Ok(mut json), Some(ranges)) => {
+                json.insert(
+                    vigil_ingest::schema::PROMPT_TOOL_RESULTS.to_string(),
+                    serde_json::Value::String(ranges),
+                );
+                serde_json::Value::Object(json).to_string()
+            }
+            (Ok(_), None) => redacted,
+            (Err(_), _) if findings.is_empty() => continue,
+            (Err(_), _) => {
+                r#"{"vigil.redacted":"attributes held sensitive data that could not be masked in place"}"#.to_string()
+            }
         };
         masked.push((i, redacted));
     }
     (!masked.is_empty()).then(|| with_replaced(a, masked))
+}
+
+/// The tools' ranges of prompt `text` (row `i`) as they fall in its masked text, when it has any.
+fn moved_tool_ranges(c: &Cols, i: usize, text: &str, findings: &[Finding]) -> Option<String> {
+    let ranges = tool_ranges(c, i, text);
+    if ranges.is_empty() {
+        return None;
+    }
+    let moved: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            let start = content::redacted_offset(text, findings, r.start, false);
+            let end = content::redacted_offset(text, findings, r.end, true);
+            format!("{start}..{end}")
+        })
+        .collect();
+    Some(moved.join(","))
 }
 
 /// `arr` with the values at the given rows (ascending) replaced.
@@ -1665,6 +1702,43 @@ mod tests {
             );
             assert_eq!(direct.atlas.as_deref(), Some("AML.T0051.000"));
         }
+    }
+
+    #[test]
+    fn stored_tool_ranges_index_the_masked_prompt() {
+        let user_part = "My card is 4111 1111 1111 1111, what did the tool find?";
+        let tool_part = "Order 77 shipped; contact bob@corp.com for returns.";
+        let prompt = format!("{user_part}\n{tool_part}");
+        let ranges = format!("{}..{}", user_part.len() + 1, prompt.len());
+        let row = EventRow {
+            prompt_text: Some(prompt),
+            attributes: Some(
+                serde_json::json!({ vigil_ingest::schema::PROMPT_TOOL_RESULTS: ranges, "temperature": 0.2 })
+                    .to_string(),
+            ),
+            ..inference(T0, "e1", "alice", "gpt-4o")
+        };
+        let d = DetectionStage::new(config()).process(&batch(&[row]));
+        let text = |c: &str| {
+            d.events
+                .column_by_name(c)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0)
+                .to_string()
+        };
+        let stored = text(col::PROMPT_TEXT);
+        let attrs: serde_json::Value = serde_json::from_str(&text(col::ATTRIBUTES)).unwrap();
+        let r = attrs[vigil_ingest::schema::PROMPT_TOOL_RESULTS]
+            .as_str()
+            .unwrap();
+        let (a, b) = r.split_once("..").unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(
+            &stored[a..b],
+            "Order 77 shipped; contact [REDACTED:email] for returns."
+        );
+        assert_eq!(attrs["temperature"], 0.2);
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub const CONTENT_OPERATION: &str = "content";
 /// Where in `prompt_text` tools' results are, as byte ranges `start..end` (end exclusive) joined by commas,
 /// in the `attributes` JSON: detection reads it to tell an injection planted in a tool's data (indirect)
 /// from one the caller wrote, and it answers "how much of what our models read came from tools" in SQL.
-/// Offsets are into the prompt as received, before any masking of sensitive data.
+/// Ingest writes offsets into the prompt as received; where detection masks sensitive data in the prompt
+/// (`content_capture = "redacted"`), it moves them so that the stored ranges index the stored text.
 pub const PROMPT_TOOL_RESULTS: &str = "vigil.prompt.tool_results";
 
 /// For a tool call or retrieval that names no agent and whose agent span was not in its export: the span id

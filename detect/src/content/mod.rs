@@ -12,5 +12,7 @@ mod corpus;
 
 pub use injection::{contains_canary, scan_injection, scan_injection_with, InjectionFinding};
 pub use prefilter::Hints;
-pub use sensitive::{redact, scan_sensitive, scan_sensitive_with, Finding, FindingKind};
+pub use sensitive::{
+    redact, redacted_offset, scan_sensitive, scan_sensitive_with, Finding, FindingKind,
+};
 pub use tool_args::{scan_tool_arguments, ArgFinding};

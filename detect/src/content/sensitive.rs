@@ -123,15 +123,7 @@ pub fn scan_sensitive_with(text: &str, hints: &Hints) -> Vec<Finding> {
 pub fn redact(text: &str, findings: &[Finding]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
-    for f in findings {
-        if f.start < pos
-            || f.end < f.start
-            || f.end > text.len()
-            || !text.is_char_boundary(f.start)
-            || !text.is_char_boundary(f.end)
-        {
-            continue;
-        }
+    for f in masked(text, findings) {
         out.push_str(&text[pos..f.start]);
         out.push_str("[REDACTED:");
         out.push_str(f.kind.as_str());
@@ -140,6 +132,42 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
     }
     out.push_str(&text[pos..]);
     out
+}
+
+/// Where byte `offset` of `text` lands in `redact(text, findings)`, so that offsets recorded against the
+/// text as received (ingest's ranges of tools' results) still point at the same words in the text as
+/// stored. An offset inside a masked span moves to the mask's start, or to its end when `end` is set (a
+/// range's end), so a range keeps covering whatever replaced its bytes.
+pub fn redacted_offset(text: &str, findings: &[Finding], offset: usize, end: bool) -> usize {
+    let mut shift: isize = 0;
+    for f in masked(text, findings) {
+        if offset <= f.start {
+            break;
+        }
+        let mask = "[REDACTED:]".len() + f.kind.as_str().len();
+        if offset < f.end {
+            let at = f.start as isize + shift;
+            return at as usize + if end { mask } else { 0 };
+        }
+        shift += mask as isize - (f.end - f.start) as isize;
+    }
+    (offset as isize + shift) as usize
+}
+
+/// The findings `redact` masks: in order, not overlapping, on character boundaries.
+fn masked<'a>(text: &'a str, findings: &'a [Finding]) -> impl Iterator<Item = &'a Finding> + 'a {
+    let mut pos = 0;
+    findings.iter().filter(move |f| {
+        let ok = f.start >= pos
+            && f.start <= f.end
+            && f.end <= text.len()
+            && text.is_char_boundary(f.start)
+            && text.is_char_boundary(f.end);
+        if ok {
+            pos = f.end;
+        }
+        ok
+    })
 }
 
 pub(super) const T_PRIVATE_KEY: u32 = 1;
@@ -845,6 +873,28 @@ mod tests {
             kinds(text),
             vec![FindingKind::AwsAccessKey, FindingKind::Email]
         );
+    }
+
+    #[test]
+    fn offsets_move_with_the_masks_before_them() {
+        let text = "mail bob@corp.com then the tool said: call 4111111111111111 now";
+        let findings = scan_sensitive(text);
+        let masked = redact(text, &findings);
+        let tool = text.find("the tool").unwrap()..text.len();
+        let at = |o, end| redacted_offset(text, &findings, o, end);
+        // A range after a mask keeps its words; one that holds a mask covers the mask.
+        assert_eq!(
+            &masked[at(tool.start, false)..at(tool.end, true)],
+            "the tool said: call [REDACTED:credit_card] now"
+        );
+        // Offsets before any mask do not move; ones inside a mask go to its edges.
+        assert_eq!(at(3, false), 3);
+        let card = text.find("4111").unwrap();
+        assert_eq!(
+            &masked[at(card + 2, false)..at(card + 3, true)],
+            "[REDACTED:credit_card]"
+        );
+        assert_eq!(at(text.len(), true), masked.len());
     }
 
     #[test]
