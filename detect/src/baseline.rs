@@ -127,6 +127,58 @@ pub struct ClosedWindow {
     pub first_event_id: Option<String>,
 }
 
+/// A count's spike in the open window (requests, tokens): when it alarms, and the episode it belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct Spike {
+    /// The count at which the open window is a spike (infinite before warm-up).
+    pub alarm: f64,
+    /// The open window crossed `alarm`.
+    pub fired: bool,
+    /// The level the spike episode under way has reached: 0 outside one. A spike that runs on into the
+    /// next window is the same episode and alerts again only once it grows past `spike_min_ratio` times
+    /// this (so "just over the alarm, then a thousand times more" is seen).
+    pub peak: f64,
+    /// An alert was raised in the open window: one per window at most.
+    pub alerted: bool,
+    /// End and peak of the last closed window that crossed the alarm.
+    last: Option<(i64, f64)>,
+}
+
+impl Spike {
+    /// The open window's count is now `value`: `Some(grew)` when that is an alert, `grew` telling a spike
+    /// already under way that grew again from a new one.
+    pub fn observe(&mut self, value: f64, growth: f64) -> Option<bool> {
+        if value < self.alarm {
+            return None;
+        }
+        self.fired = true;
+        if self.alerted || value <= self.peak || value < self.peak * growth {
+            return None;
+        }
+        self.alerted = true;
+        Some(self.peak > 0.0)
+    }
+
+    /// Whether the window starting at `start` follows one that spiked.
+    fn continues(&self, start: i64) -> bool {
+        self.last.is_some_and(|(end, _)| end == start)
+    }
+
+    fn close(&mut self, end: i64, value: f64) {
+        self.last = self.fired.then(|| (end, self.peak.max(value)));
+    }
+
+    /// A new window from `start`: the episode's peak carries over only from the window just before.
+    fn open(&mut self, start: i64) {
+        self.fired = false;
+        self.alerted = false;
+        self.peak = match self.last {
+            Some((end, peak)) if end == start => peak,
+            _ => 0.0,
+        };
+    }
+}
+
 /// One entity's baseline and its open window.
 #[derive(Debug, Clone, Default)]
 pub struct EntityBaseline {
@@ -137,22 +189,9 @@ pub struct EntityBaseline {
     /// Latest event time seen (0 after a restore), for dropping the least recently seen past the cap.
     pub last_seen_us: i64,
     pub acc: WindowAcc,
-    /// Counts at which the open window is a spike (infinite before warm-up).
-    pub rate_alarm: f64,
-    pub token_alarm: f64,
-    pub rate_fired: bool,
-    pub token_fired: bool,
-    /// The level the rate (token) spike episode under way has reached: 0 outside one. A spike that runs
-    /// on into the next window is the same episode and alerts again only once it grows past
-    /// `spike_min_ratio` times this (so "just over the alarm, then a thousand times more" is seen).
-    pub rate_peak: f64,
-    pub token_peak: f64,
-    /// A rate (token) alert was raised in the open window: one per window at most.
-    pub rate_alerted: bool,
-    pub token_alerted: bool,
-    /// End and peak of the last closed window that crossed the rate (token) alarm.
-    rate_spike: Option<(i64, f64)>,
-    token_spike: Option<(i64, f64)>,
+    /// The request-rate and token spikes of the open window.
+    pub rate: Spike,
+    pub tokens: Spike,
     /// Consecutive windows that crossed an alarm, and their feature values (start, values). A spike that
     /// lasts `warmup_windows` is a new level, not a spike: those windows become the baseline, so the alarm
     /// follows the entity instead of firing every window for ever.
@@ -196,13 +235,10 @@ impl EntityBaseline {
         let acc = std::mem::take(&mut self.acc);
         let end = start + window_us(th);
         let warm = self.is_warm(th);
-        let spiked = self.rate_fired || self.token_fired;
-        let continues = [self.rate_spike, self.token_spike]
-            .iter()
-            .any(|s| s.is_some_and(|(e, _)| e == start));
-        let (rate, tokens) = (acc.requests as f64, acc.input_tokens + acc.output_tokens);
-        self.rate_spike = self.rate_fired.then(|| (end, self.rate_peak.max(rate)));
-        self.token_spike = self.token_fired.then(|| (end, self.token_peak.max(tokens)));
+        let spiked = self.rate.fired || self.tokens.fired;
+        let continues = self.rate.continues(start) || self.tokens.continues(start);
+        self.rate.close(end, acc.requests as f64);
+        self.tokens.close(end, acc.input_tokens + acc.output_tokens);
         let values = acc.values();
         if !spiked {
             self.spike_streak = 0;
@@ -262,36 +298,37 @@ impl EntityBaseline {
 
     fn open(&mut self, start: i64, th: &Thresholds) {
         self.window_start = Some(start);
-        self.rate_fired = false;
-        self.token_fired = false;
-        self.rate_alerted = false;
-        self.token_alerted = false;
-        let carried = |spike: Option<(i64, f64)>| match spike {
-            Some((end, peak)) if end == start => peak,
-            _ => 0.0,
-        };
-        self.rate_peak = carried(self.rate_spike);
-        self.token_peak = carried(self.token_spike);
+        self.rate.open(start);
+        self.tokens.open(start);
         if !self.is_warm(th) {
-            self.rate_alarm = f64::INFINITY;
-            self.token_alarm = f64::INFINITY;
+            self.rate.alarm = f64::INFINITY;
+            self.tokens.alarm = f64::INFINITY;
             return;
         }
         let seasonal = self.seasonal_rate.expected(hour_of_week(start), 2);
-        self.rate_alarm = alarm(
+        self.rate.alarm = alarm(
             &self.features[RATE],
             seasonal,
             MAD_FLOOR[RATE],
             th.rate_min_excess,
             th,
         );
-        self.token_alarm = alarm(
+        self.tokens.alarm = alarm(
             &self.features[TOKENS],
             None,
             MAD_FLOOR[TOKENS],
             th.token_min_excess,
             th,
         );
+    }
+
+    /// The spike of feature [`RATE_FEATURE`] or [`TOKEN_FEATURE`].
+    pub fn spike_mut(&mut self, feature: usize) -> &mut Spike {
+        if feature == TOKENS {
+            &mut self.tokens
+        } else {
+            &mut self.rate
+        }
     }
 
     /// Robust z of the open window's value of a feature against the baseline.
@@ -505,14 +542,38 @@ mod tests {
         let th = th();
         let mut b = EntityBaseline::default();
         feed(&mut b, 5, 10, &th);
-        assert!(b.rate_alarm.is_infinite(), "warm-up not done");
+        assert!(b.rate.alarm.is_infinite(), "warm-up not done");
         let mut b = EntityBaseline::default();
         feed(&mut b, 20, 10, &th);
         assert!(b.is_warm(&th));
         assert_eq!(b.features[RATE].median, 10.0);
         // max(center*3 = 30, center+50 = 60, z-level) = 60
-        assert_eq!(b.rate_alarm, 60.0);
-        assert!(b.token_alarm >= 5000.0 + 50_000.0);
+        assert_eq!(b.rate.alarm, 60.0);
+        assert!(b.tokens.alarm >= 5000.0 + 50_000.0);
+    }
+
+    #[test]
+    fn a_spike_alerts_once_a_window_and_again_only_when_its_episode_grows() {
+        let mut s = Spike {
+            alarm: 10.0,
+            ..Default::default()
+        };
+        assert_eq!(s.observe(9.0, 2.0), None);
+        assert!(!s.fired);
+        assert_eq!(s.observe(12.0, 2.0), Some(false), "a new spike");
+        assert_eq!(s.observe(50.0, 2.0), None, "one alert a window");
+        s.close(60, 50.0);
+        // The next window continues the episode: it alerts only past twice the peak it reached.
+        s.open(60);
+        assert!(s.continues(60));
+        assert_eq!(s.observe(90.0, 2.0), None);
+        assert!(s.fired);
+        assert_eq!(s.observe(101.0, 2.0), Some(true), "the spike grew again");
+        s.close(120, 101.0);
+        // After a window without a spike, the episode is over.
+        s.open(180);
+        assert!(!s.continues(180));
+        assert_eq!(s.observe(12.0, 2.0), Some(false));
     }
 
     #[test]
@@ -522,7 +583,7 @@ mod tests {
         feed(&mut b, 20, 10, &th);
         let before = b.features[RATE].clone();
         b.acc.requests = 500;
-        b.rate_fired = true;
+        b.rate.fired = true;
         let closed = b.close(&th).unwrap();
         assert!(closed.spiked && closed.warm);
         assert_eq!(b.features[RATE], before);

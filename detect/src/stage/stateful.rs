@@ -403,39 +403,56 @@ pub(super) fn stateful_row(
         // later window that grows past spike_min_ratio times the level the episode reached; at most once a
         // window.
         let growth = th.spike_min_ratio.max(1.0);
-        if requests >= b.rate_alarm && rt.on("rate_spike") {
-            b.rate_fired = true;
-            if !b.rate_alerted && requests > b.rate_peak && requests >= b.rate_peak * growth {
-                b.rate_alerted = true;
-                let grew = b.rate_peak > 0.0;
-                let z = b.z(baseline::RATE_FEATURE, requests);
-                let median = b.features[baseline::RATE_FEATURE].median;
-                let grew = if grew {
-                    " The spike under way grew again."
-                } else {
-                    ""
-                };
-                alerts.push(row_alert(c, i, "rate_spike", e.as_str(), id, "request_rate", z,
+        let spikes = [
+            (
+                baseline::RATE_FEATURE,
+                requests,
+                "rate_spike",
+                "request_rate",
+            ),
+            (
+                baseline::TOKEN_FEATURE,
+                tokens,
+                "token_spike",
+                "total_tokens",
+            ),
+        ];
+        for (feature, value, detector, label) in spikes {
+            if !rt.on(detector) {
+                continue;
+            }
+            let Some(grew) = b.spike_mut(feature).observe(value, growth) else {
+                continue;
+            };
+            let z = b.z(feature, value);
+            let median = b.features[feature].median;
+            let grew = if grew {
+                " The spike under way grew again."
+            } else {
+                ""
+            };
+            let (title, description) = if feature == baseline::RATE_FEATURE {
+                (
                     format!("Request rate spike on {} {id}", e.as_str()),
-                    format!("{requests} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).{grew}")));
-            }
-        }
-        if tokens >= b.token_alarm && rt.on("token_spike") {
-            b.token_fired = true;
-            if !b.token_alerted && tokens > b.token_peak && tokens >= b.token_peak * growth {
-                b.token_alerted = true;
-                let grew = b.token_peak > 0.0;
-                let z = b.z(baseline::TOKEN_FEATURE, tokens);
-                let median = b.features[baseline::TOKEN_FEATURE].median;
-                let grew = if grew {
-                    " The spike under way grew again."
-                } else {
-                    ""
-                };
-                alerts.push(row_alert(c, i, "token_spike", e.as_str(), id, "total_tokens", z,
+                    format!("{value} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).{grew}"),
+                )
+            } else {
+                (
                     format!("Token consumption spike on {} {id}", e.as_str()),
-                    format!("{tokens} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).{grew}")));
-            }
+                    format!("{value} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).{grew}"),
+                )
+            };
+            alerts.push(row_alert(
+                c,
+                i,
+                detector,
+                e.as_str(),
+                id,
+                label,
+                z,
+                title,
+                description,
+            ));
         }
         if deny && matches!(e, Entity::User | Entity::Agent) && rt.on("policy_deny_burst") {
             let win = th.deny_burst_window.as_micros() as i64;

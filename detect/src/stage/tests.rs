@@ -629,7 +629,7 @@ fn a_lasting_rise_alerts_once_and_becomes_the_baseline() {
     let stats = |stage: &DetectionStage| {
         let st = stage.state.lock();
         let b = &st.baselines[Entity::User as usize]["erin"];
-        (b.features[baseline::RATE_FEATURE].median, b.rate_alarm)
+        (b.features[baseline::RATE_FEATURE].median, b.rate.alarm)
     };
     let (median, alarm) = stats(&stage);
     assert!(
