@@ -11,6 +11,7 @@ pub mod guard;
 pub mod http_api;
 pub mod metrics;
 pub mod pg;
+mod search_path;
 pub mod source;
 pub mod tables;
 

@@ -774,7 +774,8 @@ impl SimpleQueryHandler for GuardedService {
     {
         self.sessions.require(client)?;
         let started = Instant::now();
-        let statements = match parse_and_guard(&self.sql_parser, query) {
+        let query = crate::search_path::answer_search_path(query);
+        let statements = match parse_and_guard(&self.sql_parser, &query) {
             Ok(s) => s,
             Err(e) => {
                 record(Err(&e), started);
@@ -921,6 +922,7 @@ impl QueryParser for GuardedParser {
     {
         self.sessions.require(client)?;
         let started = Instant::now();
+        let sql = &*crate::search_path::answer_search_path(sql);
         let checked = async {
             let statements = parse_and_guard(&self.sql_parser, sql)?;
             if statements.len() > 1 {
@@ -1184,6 +1186,79 @@ mod tests {
                 "{table} missing from:\n{text}"
             );
         }
+    }
+
+    /// The tables of Grafana's query builder: the data source asks which tables there are, and a table's
+    /// columns, with these queries (Grafana's PostgreSQL data source, tables on the search path unqualified).
+    #[tokio::test]
+    async fn grafana_query_builder_lists_tables_and_columns() {
+        const ON_SEARCH_PATH: &str = r#"quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              )"#;
+        let tables = format!(
+            r#"SELECT
+        CASE WHEN {ON_SEARCH_PATH}
+          THEN quote_ident(table_name)
+          ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+        END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                                 'pg_catalog',
+                                 '_timescaledb_cache',
+                                 '_timescaledb_catalog',
+                                 '_timescaledb_internal',
+                                 '_timescaledb_config',
+                                 'timescaledb_information',
+                                 'timescaledb_experimental')
+        ORDER BY CASE WHEN {ON_SEARCH_PATH} THEN 0 ELSE 1 END, 1"#
+        );
+        let columns = format!(
+            r#"SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE
+          CASE WHEN array_length(parse_ident('alerts'),1) = 2
+            THEN quote_ident(table_schema) = (parse_ident('alerts'))[1]
+              AND quote_ident(table_name) = (parse_ident('alerts'))[2]
+            ELSE quote_ident(table_name) = 'alerts'
+              AND {ON_SEARCH_PATH}
+          END"#
+        );
+        // The query builder of Grafana 10 and later: only the tables on the search path.
+        let builder_tables = format!(
+            r#"select quote_ident(table_name) as "table" from information_schema.tables
+    where quote_ident(table_schema) not in ('information_schema',
+                             'pg_catalog',
+                             '_timescaledb_cache',
+                             '_timescaledb_catalog',
+                             '_timescaledb_internal',
+                             '_timescaledb_config',
+                             'timescaledb_information',
+                             'timescaledb_experimental')
+      and {ON_SEARCH_PATH}"#
+        );
+        let server = start(QueryLimits::default()).await;
+        for query in [&tables, &builder_tables] {
+            let out = psql(server.addr, "s3cret", &["-c", query]).await;
+            assert!(out.status.success(), "{}", stderr(&out));
+            let listed: Vec<String> = stdout(&out).lines().map(|l| l.trim().to_string()).collect();
+            for table in ["events", "alerts", "baselines", "inventory"] {
+                assert!(
+                    listed.iter().any(|l| l == table),
+                    "{table} missing from {listed:?}"
+                );
+            }
+        }
+        let out = psql(server.addr, "s3cret", &["-c", &columns]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.lines().any(|l| l.starts_with("detector|")), "{text}");
     }
 
     #[tokio::test]

@@ -1,0 +1,125 @@
+//! Grafana's PostgreSQL data source lists tables, and a table's columns, only in the schemas on the
+//! session's `search_path`, read by a subquery over `current_setting('search_path')`. DataFusion has no
+//! `current_setting`, and datafusion-postgres answers that subquery with `''` (no schema at all), so
+//! Grafana's table dropdown stayed empty. Vigil's tables all live in one schema, `public`, which is also
+//! PostgreSQL's default search path: the subquery is answered with it, before any other parsing.
+
+use std::borrow::Cow;
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+/// The subquery as Grafana sends it (whitespace aside).
+const SEARCH_PATH_SUBQUERY: &str = r#"SELECT
+    CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+  FROM
+    generate_series(
+      array_lower(string_to_array(current_setting('search_path'),','),1),
+      array_upper(string_to_array(current_setting('search_path'),','),1)
+    ) as i,
+    string_to_array(current_setting('search_path'),',') s"#;
+
+/// The schema every Vigil table is in.
+const SCHEMA: &str = "public";
+
+/// `sql` with each search-path subquery replaced by `'public'`; borrowed when there is none.
+pub(crate) fn answer_search_path(sql: &str) -> Cow<'_, str> {
+    if !sql.contains("current_setting") {
+        return Cow::Borrowed(sql);
+    }
+    let Some(pattern) = significant(SEARCH_PATH_SUBQUERY) else {
+        return Cow::Borrowed(sql);
+    };
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return Cow::Borrowed(sql);
+    };
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut replaced = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        if let Some(end) = match_at(&tokens, i, &pattern) {
+            out.push(Token::SingleQuotedString(SCHEMA.to_owned()));
+            replaced = true;
+            i = end;
+        } else {
+            out.push(tokens[i].clone());
+            i += 1;
+        }
+    }
+    if !replaced {
+        return Cow::Borrowed(sql);
+    }
+    Cow::Owned(out.iter().map(ToString::to_string).collect())
+}
+
+/// The tokens of `sql` that are not whitespace.
+fn significant(sql: &str) -> Option<Vec<Token>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    Some(
+        tokens
+            .into_iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect(),
+    )
+}
+
+/// Where the match of `pattern` starting at `tokens[start]` ends (whitespace between tokens skipped).
+fn match_at(tokens: &[Token], start: usize, pattern: &[Token]) -> Option<usize> {
+    let mut at = start;
+    for (k, want) in pattern.iter().enumerate() {
+        if k > 0 {
+            while matches!(tokens.get(at), Some(Token::Whitespace(_))) {
+                at += 1;
+            }
+        }
+        if !same(tokens.get(at)?, want) {
+            return None;
+        }
+        at += 1;
+    }
+    Some(at)
+}
+
+/// Keywords and identifiers compare without regard to case, as SQL reads them.
+fn same(a: &Token, b: &Token) -> bool {
+    match (a, b) {
+        (Token::Word(a), Token::Word(b)) => {
+            a.quote_style == b.quote_style
+                && if a.quote_style.is_some() {
+                    a.value == b.value
+                } else {
+                    a.value.eq_ignore_ascii_case(&b.value)
+                }
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grafanas_subquery_becomes_the_one_schema_and_the_rest_is_kept() {
+        let sql = format!(
+            "select quote_ident(table_name) as \"table\" from information_schema.tables\n  where quote_ident(table_schema) not in ('pg_catalog')\n  and quote_ident(table_schema) IN (\n {} \n )",
+            SEARCH_PATH_SUBQUERY.replace("SELECT", "select").replace('\n', "\n      ")
+        );
+        let out = answer_search_path(&sql);
+        assert_eq!(
+            out,
+            "select quote_ident(table_name) as \"table\" from information_schema.tables\n  where quote_ident(table_schema) not in ('pg_catalog')\n  and quote_ident(table_schema) IN (\n 'public' \n )"
+        );
+    }
+
+    #[test]
+    fn other_sql_is_left_alone() {
+        for sql in [
+            "SELECT count(*) FROM events",
+            "SELECT current_setting('search_path')",
+            "SELECT 'current_setting' AS x",
+        ] {
+            assert!(matches!(answer_search_path(sql), Cow::Borrowed(_)), "{sql}");
+        }
+    }
+}
