@@ -272,6 +272,17 @@ impl Config {
                 anyhow::bail!("{name} must be longer than 0s");
             }
         }
+        // A query reads the files of the snapshot it started with, and compaction and retention delete the
+        // files they replace `compaction_grace` after those leave the manifest: a query allowed to run
+        // longer could find its files gone half-way.
+        if self.store.compaction_grace < self.sql.statement_timeout {
+            anyhow::bail!(
+                "store.compaction_grace ({}) must be at least sql.statement_timeout ({}): a query may read \
+                 files for that long after compaction or retention replaced them",
+                humantime::format_duration(self.store.compaction_grace),
+                humantime::format_duration(self.sql.statement_timeout)
+            );
+        }
         Ok(())
     }
 
@@ -285,6 +296,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_timeout_longer_than_the_compaction_grace_is_refused() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok(), "the defaults hold together");
+        config.sql.statement_timeout = Duration::from_secs(600);
+        let e = config
+            .validate()
+            .expect_err("a 10 min query against a 2 min grace");
+        assert!(
+            e.to_string().contains(
+                "store.compaction_grace (2m) must be at least sql.statement_timeout (10m)"
+            ),
+            "{e}"
+        );
+        config.store.compaction_grace = Duration::from_secs(600);
+        assert!(config.validate().is_ok());
+    }
 
     #[test]
     fn example_config_parses_and_matches_the_defaults_it_documents() {
