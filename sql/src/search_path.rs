@@ -5,6 +5,7 @@
 //! PostgreSQL's default search path: the subquery is answered with it, before any other parsing.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -19,6 +20,9 @@ const SEARCH_PATH_SUBQUERY: &str = r#"SELECT
     ) as i,
     string_to_array(current_setting('search_path'),',') s"#;
 
+/// The subquery's tokens without whitespace, tokenized once.
+static PATTERN: LazyLock<Option<Vec<Token>>> = LazyLock::new(|| significant(SEARCH_PATH_SUBQUERY));
+
 /// The schema every Vigil table is in.
 const SCHEMA: &str = "public";
 
@@ -27,7 +31,7 @@ pub(crate) fn answer_search_path(sql: &str) -> Cow<'_, str> {
     if !sql.contains("current_setting") {
         return Cow::Borrowed(sql);
     }
-    let Some(pattern) = significant(SEARCH_PATH_SUBQUERY) else {
+    let Some(pattern) = PATTERN.as_deref() else {
         return Cow::Borrowed(sql);
     };
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
@@ -37,7 +41,7 @@ pub(crate) fn answer_search_path(sql: &str) -> Cow<'_, str> {
     let mut replaced = false;
     let mut i = 0;
     while i < tokens.len() {
-        if let Some(end) = match_at(&tokens, i, &pattern) {
+        if let Some(end) = match_at(&tokens, i, pattern) {
             out.push(Token::SingleQuotedString(SCHEMA.to_owned()));
             replaced = true;
             i = end;

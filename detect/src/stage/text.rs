@@ -130,8 +130,8 @@ pub(super) fn mask_attributes(a: &StringArray, moved: Vec<(usize, String)>) -> O
     let mut masked: Vec<(usize, String)> = Vec::new();
     let mut moved = moved.into_iter().peekable();
     for i in 0..a.len() {
-        let Some(text) = get(a, i) else { continue };
         let ranges = moved.next_if(|(r, _)| *r == i).map(|(_, r)| r);
+        let Some(text) = get(a, i) else { continue };
         let findings = content::scan_sensitive(text);
         if findings.is_empty() && ranges.is_none() {
             continue;
