@@ -1202,6 +1202,10 @@ mod tests {
                 ) as i,
                 string_to_array(current_setting('search_path'),',') s
               )"#;
+        // The schemas Grafana never lists (PostgreSQL's own and TimescaleDB's).
+        const NOT_USERS: &str = "('information_schema', 'pg_catalog', '_timescaledb_cache', \
+            '_timescaledb_catalog', '_timescaledb_internal', '_timescaledb_config', \
+            'timescaledb_information', 'timescaledb_experimental')";
         let tables = format!(
             r#"SELECT
         CASE WHEN {ON_SEARCH_PATH}
@@ -1209,14 +1213,7 @@ mod tests {
           ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
         END AS "table"
         FROM information_schema.tables
-        WHERE quote_ident(table_schema) NOT IN ('information_schema',
-                                 'pg_catalog',
-                                 '_timescaledb_cache',
-                                 '_timescaledb_catalog',
-                                 '_timescaledb_internal',
-                                 '_timescaledb_config',
-                                 'timescaledb_information',
-                                 'timescaledb_experimental')
+        WHERE quote_ident(table_schema) NOT IN {NOT_USERS}
         ORDER BY CASE WHEN {ON_SEARCH_PATH} THEN 0 ELSE 1 END, 1"#
         );
         let columns = format!(
@@ -1233,14 +1230,7 @@ mod tests {
         // The query builder of Grafana 10 and later: only the tables on the search path.
         let builder_tables = format!(
             r#"select quote_ident(table_name) as "table" from information_schema.tables
-    where quote_ident(table_schema) not in ('information_schema',
-                             'pg_catalog',
-                             '_timescaledb_cache',
-                             '_timescaledb_catalog',
-                             '_timescaledb_internal',
-                             '_timescaledb_config',
-                             'timescaledb_information',
-                             'timescaledb_experimental')
+    where quote_ident(table_schema) not in {NOT_USERS}
       and {ON_SEARCH_PATH}"#
         );
         let server = start(QueryLimits::default()).await;
