@@ -324,6 +324,10 @@ impl EntityBaseline {
 
     /// The spike of feature [`RATE_FEATURE`] or [`TOKEN_FEATURE`].
     pub fn spike_mut(&mut self, feature: usize) -> &mut Spike {
+        debug_assert!(
+            feature == RATE || feature == TOKENS,
+            "no spike for feature {feature}"
+        );
         if feature == TOKENS {
             &mut self.tokens
         } else {

@@ -403,21 +403,28 @@ pub(super) fn stateful_row(
         // later window that grows past spike_min_ratio times the level the episode reached; at most once a
         // window.
         let growth = th.spike_min_ratio.max(1.0);
+        // (feature, count, detector, label, what spiked, its unit, decimals of the median)
         let spikes = [
             (
                 baseline::RATE_FEATURE,
                 requests,
                 "rate_spike",
                 "request_rate",
+                "Request rate",
+                "requests",
+                1,
             ),
             (
                 baseline::TOKEN_FEATURE,
                 tokens,
                 "token_spike",
                 "total_tokens",
+                "Token consumption",
+                "tokens",
+                0,
             ),
         ];
-        for (feature, value, detector, label) in spikes {
+        for (feature, value, detector, label, what, unit, decimals) in spikes {
             if !rt.on(detector) {
                 continue;
             }
@@ -431,17 +438,8 @@ pub(super) fn stateful_row(
             } else {
                 ""
             };
-            let (title, description) = if feature == baseline::RATE_FEATURE {
-                (
-                    format!("Request rate spike on {} {id}", e.as_str()),
-                    format!("{value} requests in the current window against a baseline median of {median:.1} (robust z {z:.1}).{grew}"),
-                )
-            } else {
-                (
-                    format!("Token consumption spike on {} {id}", e.as_str()),
-                    format!("{value} tokens in the current window against a baseline median of {median:.0} (robust z {z:.1}).{grew}"),
-                )
-            };
+            let title = format!("{what} spike on {} {id}", e.as_str());
+            let description = format!("{value} {unit} in the current window against a baseline median of {median:.decimals$} (robust z {z:.1}).{grew}");
             alerts.push(row_alert(
                 c,
                 i,

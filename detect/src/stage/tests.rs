@@ -786,6 +786,17 @@ fn rate_spike_waits_for_warm_up_and_survives_a_restart() {
         .collect();
     assert_eq!(spikes.len(), 1, "{alerts:?}");
     assert!(spikes[0].score > 3.5);
+    assert_eq!(spikes[0].title, "Request rate spike on user dave");
+    let d = &spikes[0].description;
+    let median = d
+        .split_once(" requests in the current window against a baseline median of ")
+        .and_then(|(_, rest)| rest.split_once(" (robust z "))
+        .map(|(m, _)| m)
+        .unwrap_or_else(|| panic!("{d}"));
+    assert!(
+        median.split_once('.').is_some_and(|(_, f)| f.len() == 1),
+        "the median with one decimal: {d}"
+    );
 }
 
 #[test]
