@@ -799,6 +799,46 @@ fn rate_spike_waits_for_warm_up_and_survives_a_restart() {
     );
 }
 
+/// The same number of requests, each fifty times the usual tokens: a token spike and no rate spike, worded
+/// with the window's token total and a whole-number median (7,000: ten requests of 700 tokens a minute).
+#[test]
+fn token_spike_names_the_tokens_of_the_window() {
+    let stage = DetectionStage::new(config());
+    steady(&stage, "gina", 30, 10);
+    let heavy: Vec<EventRow> = (0..10)
+        .map(|k| EventRow {
+            input_tokens: Some(25_000),
+            output_tokens: Some(10_000),
+            ..inference(
+                T0 + 30 * 60 * SEC + k * 6 * SEC,
+                &format!("h{k}"),
+                "gina",
+                "gpt-4o",
+            )
+        })
+        .collect();
+    let alerts = stage.process(&batch(&heavy)).alerts;
+    let users: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.entity_type == "user" && a.detector.ends_with("_spike"))
+        .collect();
+    assert!(!detectors(&alerts).contains(&"rate_spike"), "{alerts:?}");
+    assert_eq!(users.len(), 1, "{alerts:?}");
+    let spike = users[0];
+    assert_eq!(spike.detector, "token_spike");
+    assert_eq!(spike.title, "Token consumption spike on user gina");
+    // It fires at the row that crosses the threshold, so the window's total so far is a multiple of one
+    // heavy request's 35,000.
+    let d = &spike.description;
+    let (total, rest) = d
+        .split_once(" tokens in the current window against a baseline median of ")
+        .unwrap_or_else(|| panic!("{d}"));
+    let total: u64 = total.parse().unwrap_or_else(|_| panic!("{d}"));
+    assert!(total >= 35_000 && total % 35_000 == 0, "{d}");
+    assert!(rest.starts_with("7000 (robust z "), "{d}");
+    assert!(spike.score > 3.5);
+}
+
 #[test]
 fn content_capture_none_nulls_text_and_full_keeps_it() {
     let rows = vec![inference(T0, "e1", "alice", "gpt-4o")];
