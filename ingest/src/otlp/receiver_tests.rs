@@ -25,7 +25,7 @@ use crate::decode::Limits;
 use crate::metrics::{BYTES, EVENTS, REJECTED, REQUESTS, SKIPPED};
 use crate::normalize::NormalizeContext;
 use crate::schema::col;
-use crate::security::{Authenticator, Scope, StoreOptions, TokenStore, AUTH_FAILURES};
+use crate::security::{Authenticator, AUTH_FAILURES};
 
 /// A running receiver; dropping it shuts the server down.
 struct Running {
@@ -1038,17 +1038,7 @@ async fn end_to_end_rows_arrive_from_both_transports() {
 /// A token store with an `ingest` token for "collector-eu" and a `query` token, as (authenticator, ingest,
 /// query); the dir must outlive the store.
 fn authenticator(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
-    let options = StoreOptions {
-        recheck_interval: Duration::ZERO,
-        ..StoreOptions::default()
-    };
-    let store =
-        TokenStore::open_with(dir.path().join("tokens.json"), options).expect("open token store");
-    let (_, ingest) = store
-        .create("collector-eu", &[Scope::Ingest])
-        .expect("create");
-    let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
-    (Arc::new(Authenticator::new(store)), ingest, query)
+    crate::security::test_authenticator(dir, "collector-eu")
 }
 
 fn sources(sink: &VecSink) -> Vec<String> {

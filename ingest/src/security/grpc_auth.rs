@@ -65,8 +65,6 @@ pub fn status(failure: &AuthFailure) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
         TraceService, TraceServiceServer,
@@ -78,7 +76,7 @@ mod tests {
     use tonic::{Code, Response};
 
     use super::*;
-    use crate::security::{Principal, StoreOptions, TokenStore, AUTH_FAILURES};
+    use crate::security::{Principal, AUTH_FAILURES};
 
     /// Echoes the caller's source in `partial_success.error_message`, so the test sees what the service saw.
     struct EchoSource;
@@ -116,17 +114,7 @@ mod tests {
     #[tokio::test]
     async fn no_wrong_out_of_scope_and_valid_tokens_over_real_grpc() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = TokenStore::open_with(
-            dir.path().join("tokens.json"),
-            StoreOptions {
-                recheck_interval: Duration::ZERO,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("open store");
-        let (_, ingest) = store.create("sdk-app", &[Scope::Ingest]).expect("create");
-        let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
-        let auth = Arc::new(Authenticator::new(store));
+        let (auth, ingest, query) = crate::security::test_authenticator(&dir, "sdk-app");
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

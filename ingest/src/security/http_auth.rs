@@ -156,13 +156,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use axum::routing::get;
     use axum::Router;
 
     use super::*;
-    use crate::security::{StoreOptions, TokenStore, AUTH_FAILURES};
+    use crate::security::AUTH_FAILURES;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -173,17 +171,7 @@ mod tests {
 
     async fn serve() -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = TokenStore::open_with(
-            dir.path().join("tokens.json"),
-            StoreOptions {
-                recheck_interval: Duration::ZERO,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("open store");
-        let (_, ingest) = store.create("collector", &[Scope::Ingest]).expect("create");
-        let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
-        let auth = Arc::new(Authenticator::new(store));
+        let (auth, ingest, query) = crate::security::test_authenticator(&dir, "collector");
         let app = Router::new()
             .route(
                 "/v1/traces",

@@ -10,6 +10,7 @@
 //! record it in each event's `source` column, which is what makes "share of telemetry from verified
 //! sources" a query.
 
+mod file_version;
 pub mod grpc_auth;
 pub mod http_auth;
 pub mod scopes;
@@ -262,22 +263,32 @@ pub fn bearer_token(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// A token store in `dir` that re-reads its file on every check (so a test sees a revoke at once), with an
+/// `ingest` token named `ingest_source` and a `query` token named "grafana": (authenticator, ingest token,
+/// query token). The dir must outlive the store.
+#[cfg(test)]
+pub(crate) fn test_authenticator(
+    dir: &tempfile::TempDir,
+    ingest_source: &str,
+) -> (Arc<Authenticator>, String, String) {
+    let options = StoreOptions {
+        recheck_interval: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let store = TokenStore::open_with(dir.path().join(TOKENS_FILE), options).expect("open store");
+    let (_, ingest) = store
+        .create(ingest_source, &[Scope::Ingest])
+        .expect("create");
+    let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
+    (Arc::new(Authenticator::new(store)), ingest, query)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn authenticator(dir: &tempfile::TempDir) -> (Authenticator, String, String) {
-        let store = TokenStore::open_with(
-            dir.path().join(TOKENS_FILE),
-            StoreOptions {
-                recheck_interval: Duration::ZERO,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("open store");
-        let (_, ingest) = store.create("collector", &[Scope::Ingest]).expect("create");
-        let (_, query) = store.create("grafana", &[Scope::Query]).expect("create");
-        (Authenticator::new(store), ingest, query)
+    fn authenticator(dir: &tempfile::TempDir) -> (Arc<Authenticator>, String, String) {
+        test_authenticator(dir, "collector")
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use prometheus::{register_int_counter_vec, IntCounterVec};
@@ -30,6 +30,8 @@ use rustls::{
 };
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
+
+use super::file_version::{fingerprint, Fingerprint};
 
 /// ALPN for HTTP listeners: h2 first, because gRPC clients insist on negotiating it.
 pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -165,26 +167,6 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
 /// A TLS acceptor without ALPN, for the PostgreSQL listener (pgwire takes a `tokio_rustls::TlsAcceptor`).
 pub fn acceptor_without_alpn(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     server_config(config, &[]).map(TlsAcceptor::from)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Fingerprint {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
 }
 
 /// Files watched for a change, looked at no more often than `interval`.

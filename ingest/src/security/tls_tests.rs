@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use super::tls::{self, ReloadingCert, TlsConfig, TlsError, CERT_RELOADS};
 use super::tls_listener::{TlsConnectInfo, TlsListener, HANDSHAKE_FAILURES};
-use super::{grpc_auth, Authenticator, Principal, Scope, StoreOptions, TokenStore};
+use super::{grpc_auth, Principal, Scope};
 
 /// A self-signed certificate for `localhost` as (cert PEM, key PEM), key in PKCS#8.
 fn self_signed() -> (String, String) {
@@ -505,16 +505,7 @@ async fn grpc_over_tls_with_tokens() {
     let (cert, key) = self_signed();
     let files = cert_files(&cert, &key);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = TokenStore::open_with(
-        dir.path().join("tokens.json"),
-        StoreOptions {
-            recheck_interval: Duration::ZERO,
-            ..StoreOptions::default()
-        },
-    )
-    .expect("store");
-    let (_, token) = store.create("sdk", &[Scope::Ingest]).expect("create");
-    let auth = Arc::new(Authenticator::new(store));
+    let (auth, token, _) = super::test_authenticator(&dir, "sdk");
 
     let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
     let listener = TlsListener::bind(

@@ -22,7 +22,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::file_version::{fingerprint, Fingerprint};
 use super::scopes::Scope;
 use super::Principal;
 
@@ -168,28 +169,6 @@ impl Default for TokenFile {
 struct ExternalTokenFile {
     #[serde(default)]
     tokens: Vec<ConfiguredToken>,
-}
-
-/// Identifies one version of a file cheaply, so a poll can tell whether it must be re-read. The inode catches
-/// a rename-replace that kept size and (coarse) mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Fingerprint {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
 }
 
 /// How to open a [`TokenStore`] beyond the path of `tokens.json`.
