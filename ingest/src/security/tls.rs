@@ -8,7 +8,8 @@
 //!
 //! Client certificates (mTLS) are checked by [`ReloadingClientVerifier`] the same way: the client CA bundle and
 //! the optional CRL file are re-read when they change, so rotating the CA or revoking a leaked client
-//! certificate takes effect on the next handshake, without a restart.
+//! certificate takes effect on the next handshake, without a restart. Listeners that verify clients offer no
+//! session resumption, which would skip the check.
 //!
 //! The crypto provider is `ring`, passed explicitly (no process-wide default), because aws-lc-rs needs cmake.
 
@@ -156,6 +157,13 @@ pub fn server_config(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerCon
     };
     let mut server = builder.with_cert_resolver(resolver);
     server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if config.client_ca_file.is_some() {
+        // A resumed handshake carries the client certificate of the session it resumes and skips the
+        // verifier, and each resumption hands out fresh tickets: a client keeping its session would outlive
+        // a revocation or a CA rotation indefinitely. Verified clients do a full handshake every time.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(server))
 }
 

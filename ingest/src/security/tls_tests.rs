@@ -394,6 +394,50 @@ async fn client_ca_rotation_and_revocation_apply_without_restart() {
     assert!(reloads("error") > errors_before);
 }
 
+/// A client that keeps its TLS sessions (as rustls, Java and Go clients do) is refused once its certificate is
+/// revoked: a resumed handshake skips the certificate check, so the server must not offer resumption to
+/// clients it verifies.
+#[tokio::test]
+async fn a_revoked_client_cannot_come_back_by_resuming_its_session() {
+    let ca = ClientCa::new("clients");
+    let (server_cert, server_key) = self_signed();
+    let files = cert_files(&server_cert, &server_key);
+    let ca_file = files.cert.with_file_name("clients-ca.crt");
+    let crl_file = files.cert.with_file_name("clients.crl");
+    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    std::fs::write(&crl_file, ca.crl(&[])).expect("write crl");
+    let config = TlsConfig {
+        client_ca_file: Some(ca_file),
+        client_crl_file: Some(crl_file.clone()),
+        ..config(&files)
+    };
+    let addr = serve_https(&config, "tls_test_resumption").await;
+    // One client, no pooled connections: every request is a new handshake, offered the client's cached
+    // session when the server gave it one.
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(server_cert.as_bytes()).expect("pem"))
+        .identity(reqwest::Identity::from_pem(ca.identity(31).as_bytes()).expect("identity"))
+        .resolve("localhost", addr)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for _ in 0..2 {
+        assert_eq!(
+            get_text(&client, addr)
+                .await
+                .expect("trusted before revocation"),
+            "hello, client certs: 1"
+        );
+    }
+    replace_file(&crl_file, &ca.crl(&[31]));
+    assert!(
+        get_text(&client, addr).await.is_err(),
+        "revoked, yet let in on its cached session"
+    );
+}
+
 #[test]
 fn loads_sec1_ec_and_pkcs1_rsa_keys_and_refuses_mismatched_or_missing_files() {
     // Looked up at run time: `env!` would name whichever checkout first built a shared target dir.
