@@ -69,6 +69,10 @@ fn main() -> Result<()> {
     allocator::keep_freed_memory();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Query planning recurses once per level of an expression (the guard lets 256 through), and a debug
+        // build's frames are large: 8 MiB instead of 2 keeps a stack overflow, which aborts the process, out
+        // of reach. Only the pages a thread touches are committed.
+        .thread_stack_size(8 << 20)
         .build()
         .context("starting the async runtime")?
         .block_on(run(Cli::parse()))

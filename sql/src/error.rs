@@ -15,6 +15,14 @@ pub enum QueryError {
     /// The SQL does not parse or does not plan (unknown table or column, type error, unsupported syntax).
     #[error("invalid SQL: {0}")]
     Invalid(String),
+    /// The SQL nests expressions deeper than [`crate::guard::MAX_EXPRESSION_DEPTH`]: refused before any parser
+    /// builds its tree, because the parser, DataFusion's planner and the trees' destructors recurse once per
+    /// level and a deep enough chain (`1+1+1...`) overflows the thread's stack, which aborts the process.
+    #[error(
+        "the SQL nests expressions up to {depth} levels deep, more than the {limit} allowed; use IN (...) \
+         for long lists of alternatives or split the query"
+    )]
+    TooComplex { depth: usize, limit: usize },
     /// Planning plus execution took longer than the statement timeout.
     #[error("query cancelled: it ran longer than the statement timeout of {0:?}")]
     Timeout(Duration),
@@ -45,6 +53,7 @@ impl QueryError {
         match self {
             QueryError::Refused(_) => "refused",
             QueryError::Invalid(_) => "invalid",
+            QueryError::TooComplex { .. } => "too_complex",
             QueryError::Timeout(_) => "timeout",
             QueryError::ResourcesExhausted(_) => "memory_limit",
             QueryError::TooManyRows(_) => "too_many_rows",

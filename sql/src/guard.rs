@@ -15,7 +15,9 @@ use datafusion::sql::sqlparser::ast::{
     visit_relations, Expr, ObjectName, Query, Select, Set, SetExpr, Statement, TableFactor, Visit,
     Visitor,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::QueryError;
 
@@ -80,12 +82,122 @@ const ALLOWED_TABLE_FUNCTIONS: &[&str] = &["range", "generate_series", "unnest"]
 /// statement. Returns how many statements there are. A parse error is [`QueryError::Invalid`]; a refused
 /// statement anywhere in a multi-statement string refuses the whole string.
 pub fn check_sql(sql: &str, policy: GuardPolicy) -> Result<usize, QueryError> {
+    check_nesting(sql, &GenericDialect {})?;
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
         .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
     for statement in &statements {
         check_df_statement(statement, policy)?;
     }
     Ok(statements.len())
+}
+
+/// How deep SQL may nest its expressions. sqlparser limits the depth of parentheses and subqueries (50), not
+/// of operator chains: `1+1+...+1` parses in a loop into a tree as deep as the chain, and DataFusion's planner
+/// (naming the column), its physical expressions and every tree's destructor recurse once per level. At
+/// 300 levels that overflowed a 2 MiB thread stack in a debug build, and a stack overflow aborts the whole
+/// process: ingest, detection and every listener with it. Dashboards' queries stay far below: a
+/// long list of alternatives is an `IN (...)` list, which does not nest.
+pub const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// Keywords that join or wrap an expression inside the parser's operator loop, so each one may add a level.
+const OPERATOR_KEYWORDS: &[Keyword] = &[
+    Keyword::AND,
+    Keyword::OR,
+    Keyword::XOR,
+    Keyword::NOT,
+    Keyword::IS,
+    Keyword::IN,
+    Keyword::LIKE,
+    Keyword::ILIKE,
+    Keyword::SIMILAR,
+    Keyword::REGEXP,
+    Keyword::RLIKE,
+    Keyword::BETWEEN,
+    Keyword::AT,
+    Keyword::COLLATE,
+    Keyword::OVERLAPS,
+    Keyword::DIV,
+    Keyword::OPERATOR,
+];
+
+/// Refuses `sql` when its expressions may nest deeper than [`MAX_EXPRESSION_DEPTH`], judged from its tokens
+/// (tokenizing does not recurse), before any parser builds a tree that would take the process down.
+///
+/// The estimate is an upper bound of the parse tree's depth: within each pair of parentheses it counts the
+/// operators since the last comma (each can wrap what came before it once more), and adds those of every
+/// enclosing pair and one per pair. SQL that does not tokenize does not parse either, and is
+/// [`QueryError::Invalid`] here already.
+pub fn check_nesting(sql: &str, dialect: &dyn Dialect) -> Result<(), QueryError> {
+    let tokens = Tokenizer::new(dialect, sql)
+        .tokenize()
+        .map_err(|e| QueryError::Invalid(e.to_string()))?;
+    // Operators counted at each open parenthesis level, innermost last, and their sum plus the levels.
+    let mut levels: Vec<usize> = vec![0];
+    let mut depth = 0;
+    let mut deepest = 0;
+    for token in &tokens {
+        let top = levels.len() - 1;
+        match token {
+            Token::LParen => levels.push(0),
+            Token::RParen if top > 0 => depth -= levels.pop().unwrap_or(0),
+            Token::Comma => depth -= std::mem::take(&mut levels[top]),
+            Token::SemiColon => {
+                levels = vec![0];
+                depth = 0;
+            }
+            Token::Word(w) if OPERATOR_KEYWORDS.contains(&w.keyword) => {
+                levels[top] += 1;
+                depth += 1;
+            }
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::Placeholder(_)
+            | Token::Whitespace(_)
+            | Token::Period
+            | Token::RParen
+            | Token::EOF => {}
+            t if is_literal(t) => {}
+            _ => {
+                levels[top] += 1;
+                depth += 1;
+            }
+        }
+        deepest = deepest.max(depth + levels.len());
+    }
+    if deepest > MAX_EXPRESSION_DEPTH {
+        return Err(QueryError::TooComplex {
+            depth: deepest,
+            limit: MAX_EXPRESSION_DEPTH,
+        });
+    }
+    Ok(())
+}
+
+/// String literals of every quoting style: values, which never nest.
+fn is_literal(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+    )
 }
 
 /// Checks one statement as DataFusion's parser produced it (with its `CREATE EXTERNAL TABLE`, `COPY` and
@@ -408,6 +520,59 @@ mod tests {
             check_sql("SET datestyle = 'ISO'", GuardPolicy::STATELESS),
             Err(QueryError::Refused(_))
         ));
+    }
+
+    /// A chain of operators deep enough to overflow a stack (it aborted the test binary before the check) is
+    /// refused before parsing; dashboards' kind of SQL, long `IN` lists and many shallow expressions pass.
+    #[test]
+    fn deeply_nested_expressions_are_refused_before_parsing() {
+        use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+        for sql in [
+            format!("SELECT 1{}", "+1".repeat(300_000)),
+            format!(
+                "SELECT * FROM events WHERE a = 1{}",
+                " OR a = 1".repeat(300)
+            ),
+            format!("SELECT x{}", "::int".repeat(MAX_EXPRESSION_DEPTH)),
+            // Twenty parentheses, each holding a chain of fifteen: 320 levels.
+            format!(
+                "SELECT {}1{}",
+                format!("1{} + (", " + 1".repeat(14)).repeat(20),
+                ")".repeat(20)
+            ),
+        ] {
+            for dialect in [&GenericDialect {} as &dyn Dialect, &PostgreSqlDialect {}] {
+                match check_nesting(&sql, dialect) {
+                    Err(QueryError::TooComplex { depth, limit }) => {
+                        assert!(depth > limit && limit == MAX_EXPRESSION_DEPTH)
+                    }
+                    other => panic!("{}...: {other:?}", &sql[..60]),
+                }
+            }
+            assert!(matches!(
+                check_sql(&sql, GuardPolicy::STATELESS),
+                Err(QueryError::TooComplex { .. })
+            ));
+        }
+        let ok = [
+            format!("SELECT 1{}", "+1".repeat(MAX_EXPRESSION_DEPTH - 2)),
+            format!(
+                "SELECT * FROM events WHERE user_id IN ({})",
+                vec!["'u'"; 10_000].join(", ")
+            ),
+            format!(
+                "SELECT {} FROM events",
+                vec!["sum(input_tokens + output_tokens) * 2 AS t"; 500].join(", ")
+            ),
+            "SELECT date_bin(INTERVAL '1 minute', time) AS time, count(*) FROM events \
+             WHERE time >= now() - INTERVAL '1 hour' AND kind = 'inference' AND NOT (status = 'ok') \
+             GROUP BY 1 ORDER BY 1; SELECT 1"
+                .to_owned(),
+        ];
+        for sql in ok {
+            check_nesting(&sql, &GenericDialect {}).unwrap_or_else(|e| panic!("{e}"));
+            check_sql(&sql, GuardPolicy::STATELESS).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     #[test]

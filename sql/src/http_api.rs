@@ -461,6 +461,11 @@ mod tests {
                 "table function read_csv is not allowed",
             ),
             ("SELECT nope FROM events", "invalid SQL"),
+            // 600 KB, under the body limit: a chain this deep overflowed the stack and aborted the process.
+            (
+                &format!("SELECT 1{}", "+1".repeat(300_000)),
+                "nests expressions",
+            ),
         ] {
             let resp = client
                 .post(&url)

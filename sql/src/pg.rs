@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::auth::AuthManager;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
@@ -482,6 +483,7 @@ fn parse_and_guard(
     parser: &PostgresCompatibilityParser,
     sql: &str,
 ) -> Result<Vec<Statement>, QueryError> {
+    guard::check_nesting(sql, &PostgreSqlDialect {})?;
     let statements = match parser.parse(sql) {
         Ok(statements) => statements,
         Err(e) => {
@@ -501,6 +503,7 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
     let code = match e {
         QueryError::Refused(_) => "42501",
         QueryError::Invalid(_) => "42601",
+        QueryError::TooComplex { .. } => "54001",
         QueryError::Timeout(_) => "57014",
         QueryError::ResourcesExhausted(_) => "53200",
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => "54000",
@@ -1298,12 +1301,28 @@ mod tests {
                 "SELECT * FROM read_csv('/etc/passwd')".to_string(),
                 "read_csv is not allowed",
             ),
+            // Deep enough to overflow a stack while parsing, planning or dropping it: the process would abort
+            // (100 KB: an argument may be 128 KB).
+            (
+                format!("SELECT 1{}", "+1".repeat(50_000)),
+                "54001: the SQL nests expressions",
+            ),
         ] {
-            let out = psql(server.addr, "s3cret", &["-c", &sql]).await;
+            let out = psql(
+                server.addr,
+                "s3cret",
+                &["-v", "VERBOSITY=verbose", "-c", &sql],
+            )
+            .await;
             assert!(!out.status.success(), "{sql} succeeded: {}", stdout(&out));
             assert!(stderr(&out).contains(needle), "{sql}: {}", stderr(&out));
         }
         assert!(!target.exists());
+        let deep = format!("SELECT 1{}", "*1".repeat(100_000));
+        let err = extended_query(server.addr, &deep, &[])
+            .await
+            .expect_err("a deep chain over the extended protocol");
+        assert!(err.contains("nests expressions"), "{err}");
         // The session still works and the tables are intact.
         assert_still_serving(server.addr).await;
     }

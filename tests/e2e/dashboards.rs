@@ -82,3 +82,22 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
         panels.len()
     );
 }
+
+/// The deepest expression the SQL guard lets through is answered by the real binary (its threads' stacks
+/// hold a debug build's planner at that depth), one level more is refused with SQLSTATE 54001, and the
+/// server keeps answering: a stack overflow would have aborted the whole process.
+pub async fn the_deepest_allowed_expression_is_answered(v: &Vigil) {
+    let limit = vigil_sql::guard::MAX_EXPRESSION_DEPTH;
+    // One level for the statement, one per operator.
+    let deepest = format!("SELECT 1{} AS n", "+1".repeat(limit - 1));
+    let rows = v.query(&deepest).await;
+    assert_eq!(rows[0]["n"], limit as i64, "{rows:?}");
+    let deeper = format!("SELECT 1{} AS n", "+1".repeat(limit));
+    let out = psql(v, "127.0.0.1", &v.token, &[], &deeper).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("nests expressions"),
+        "{stderr}"
+    );
+    assert!(v.count("SELECT count(*) FROM events").await > 0);
+}

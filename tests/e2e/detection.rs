@@ -86,4 +86,5 @@ async fn every_injected_incident_raises_its_detectors_alert_for_the_right_entity
     // The inventory and baselines tables are persisted every `state_interval`.
     tokio::time::sleep(Duration::from_secs(2)).await;
     crate::dashboards::every_panel_finds_rows_over_pg(&v).await;
+    crate::dashboards::the_deepest_allowed_expression_is_answered(&v).await;
 }
