@@ -834,7 +834,7 @@ fn token_spike_names_the_tokens_of_the_window() {
         .split_once(" tokens in the current window against a baseline median of ")
         .unwrap_or_else(|| panic!("{d}"));
     let total: u64 = total.parse().unwrap_or_else(|_| panic!("{d}"));
-    assert!(total >= 35_000 && total % 35_000 == 0, "{d}");
+    assert!(total >= 35_000 && total.is_multiple_of(35_000), "{d}");
     assert!(rest.starts_with("7000 (robust z "), "{d}");
     assert!(spike.score > 3.5);
 }
