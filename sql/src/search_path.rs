@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 /// The subquery as Grafana sends it (whitespace aside).
 const SEARCH_PATH_SUBQUERY: &str = r#"SELECT
@@ -26,7 +26,9 @@ static PATTERN: LazyLock<Option<Vec<Token>>> = LazyLock::new(|| significant(SEAR
 /// The schema every Vigil table is in.
 const SCHEMA: &str = "public";
 
-/// `sql` with each search-path subquery replaced by `'public'`; borrowed when there is none.
+/// `sql` with each search-path subquery replaced by `'public'`; borrowed when there is none. The rest of the
+/// text is kept byte for byte (spliced by the tokens' positions, not printed back from tokens, which would
+/// undo the doubling of quotes inside literals).
 pub(crate) fn answer_search_path(sql: &str) -> Cow<'_, str> {
     if !sql.contains("current_setting") {
         return Cow::Borrowed(sql);
@@ -34,26 +36,51 @@ pub(crate) fn answer_search_path(sql: &str) -> Cow<'_, str> {
     let Some(pattern) = PATTERN.as_deref() else {
         return Cow::Borrowed(sql);
     };
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+    let Ok(located) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
         return Cow::Borrowed(sql);
     };
-    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
-    let mut replaced = false;
+    let tokens: Vec<Token> = located.iter().map(|t| t.token.clone()).collect();
+    let lines = line_starts(sql);
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0;
     let mut i = 0;
     while i < tokens.len() {
-        if let Some(end) = match_at(&tokens, i, pattern) {
-            out.push(Token::SingleQuotedString(SCHEMA.to_owned()));
-            replaced = true;
-            i = end;
-        } else {
-            out.push(tokens[i].clone());
+        let Some(end) = match_at(&tokens, i, pattern) else {
             i += 1;
-        }
+            continue;
+        };
+        let from = byte_offset(sql, &lines, located[i].span.start);
+        let to = byte_offset(sql, &lines, located[end - 1].span.end);
+        out.push_str(&sql[copied..from]);
+        out.push('\'');
+        out.push_str(SCHEMA);
+        out.push('\'');
+        copied = to;
+        i = end;
     }
-    if !replaced {
+    if copied == 0 {
         return Cow::Borrowed(sql);
     }
-    Cow::Owned(out.iter().map(ToString::to_string).collect())
+    out.push_str(&sql[copied..]);
+    Cow::Owned(out)
+}
+
+/// Where each line of `sql` starts, in bytes: the tokenizer's locations are lines and characters.
+fn line_starts(sql: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// The byte offset of a tokenizer location (1-based line, 1-based column in characters).
+fn byte_offset(sql: &str, lines: &[usize], at: Location) -> usize {
+    let Some(&start) = (at.line as usize).checked_sub(1).and_then(|l| lines.get(l)) else {
+        return sql.len();
+    };
+    sql[start..]
+        .char_indices()
+        .nth((at.column as usize).saturating_sub(1))
+        .map_or(sql.len(), |(b, _)| start + b)
 }
 
 /// The tokens of `sql` that are not whitespace.
@@ -114,6 +141,24 @@ mod tests {
             out,
             "select quote_ident(table_name) as \"table\" from information_schema.tables\n  where quote_ident(table_schema) not in ('pg_catalog')\n  and quote_ident(table_schema) IN (\n 'public' \n )"
         );
+    }
+
+    /// The text around the subquery is kept as sent: quotes doubled inside literals and quoted identifiers,
+    /// comments, case and other characters.
+    #[test]
+    fn the_rest_of_the_query_is_kept_byte_for_byte() {
+        let before = "SELECT 'it''s', \"a\"\"b\", 'é' -- note\nFROM t WHERE table_name = 'x'' OR table_name <> ''' AND s IN (";
+        let after = ") AND c = 'o''k'";
+        for subquery in [
+            SEARCH_PATH_SUBQUERY.to_owned(),
+            SEARCH_PATH_SUBQUERY.replace('\n', " "),
+        ] {
+            let sql = format!("{before}{subquery}{after} OR d IN ({subquery})");
+            assert_eq!(
+                answer_search_path(&sql),
+                format!("{before}'public'{after} OR d IN ('public')")
+            );
+        }
     }
 
     #[test]
