@@ -234,6 +234,7 @@ fn view_payload_bytes(data: &arrow::array::ArrayData) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DataErrorKind;
     use crate::test_support::{self, TestSource};
     use arrow::array::Int64Array;
 
@@ -288,6 +289,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count(&batches), 10 + 20 + 30 + 7);
+    }
+
+    /// A value the query cannot handle is the client's error, whether found while planning (constant folding)
+    /// or while running; a failing function argument DataFusion reports as plain execution stays a server
+    /// error, as it cannot be told apart from a failing read.
+    #[tokio::test]
+    async fn bad_values_are_the_clients_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_context(
+            Arc::new(TestSource::with_hours(dir.path(), &[(0, 4)], 1)),
+            QueryLimits::default(),
+        )
+        .unwrap();
+        for (sql, want) in [
+            ("SELECT 1/0", DataErrorKind::DivisionByZero),
+            (
+                "SELECT input_tokens / (input_tokens - input_tokens) FROM events",
+                DataErrorKind::DivisionByZero,
+            ),
+            ("SELECT CAST('abc' AS INT)", DataErrorKind::InvalidText),
+            (
+                "SELECT CAST(kind AS INT) FROM events",
+                DataErrorKind::InvalidText,
+            ),
+            ("SELECT to_timestamp('nope')", DataErrorKind::InvalidText),
+        ] {
+            match run_query(&ctx, sql, &QueryLimits::default()).await {
+                Err(e @ QueryError::Data { kind, .. }) => {
+                    assert_eq!(kind, want, "{sql}");
+                    assert!(e.is_client_error());
+                    assert_eq!(e.outcome(), "data");
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 
 use crate::guard::Refusal;
@@ -37,9 +38,27 @@ pub enum QueryError {
         "the result holds more than {0} bytes; add a LIMIT or select fewer or shorter columns"
     )]
     TooManyBytes(usize),
+    /// The query is valid but its values are not: a division by zero, a cast or parse of text that is no
+    /// number or time, an overflow, a function argument out of its range. The client's to fix, like
+    /// [`QueryError::Invalid`], and told apart so that pg clients get the usual SQLSTATE (class 22).
+    #[error("the query failed on a value: {message}")]
+    Data {
+        kind: DataErrorKind,
+        message: String,
+    },
     /// Anything else DataFusion reported while running the query (I/O, corrupt file, internal error).
     #[error("query failed: {0}")]
     Execution(DataFusionError),
+}
+
+/// What was wrong with a value ([`QueryError::Data`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataErrorKind {
+    DivisionByZero,
+    /// Text that does not cast or parse to the type asked for.
+    InvalidText,
+    Overflow,
+    InvalidArgument,
 }
 
 impl QueryError {
@@ -54,6 +73,7 @@ impl QueryError {
             QueryError::Refused(_) => "refused",
             QueryError::Invalid(_) => "invalid",
             QueryError::TooComplex { .. } => "too_complex",
+            QueryError::Data { .. } => "data",
             QueryError::Timeout(_) => "timeout",
             QueryError::ResourcesExhausted(_) => "memory_limit",
             QueryError::TooManyRows(_) => "too_many_rows",
@@ -73,8 +93,26 @@ impl From<DataFusionError> for QueryError {
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_)
             | DataFusionError::Configuration(_) => QueryError::Invalid(e.strip_backtrace()),
+            DataFusionError::ArrowError(arrow, _) => match data_error_kind(arrow) {
+                Some(kind) => QueryError::Data {
+                    kind,
+                    message: arrow.to_string(),
+                },
+                None => QueryError::Execution(e),
+            },
             _ => QueryError::Execution(e),
         }
+    }
+}
+
+/// The Arrow errors a query's own values cause (kernels report them as they meet the value, while running).
+fn data_error_kind(e: &ArrowError) -> Option<DataErrorKind> {
+    match e {
+        ArrowError::DivideByZero => Some(DataErrorKind::DivisionByZero),
+        ArrowError::CastError(_) | ArrowError::ParseError(_) => Some(DataErrorKind::InvalidText),
+        ArrowError::ArithmeticOverflow(_) => Some(DataErrorKind::Overflow),
+        ArrowError::InvalidArgumentError(_) => Some(DataErrorKind::InvalidArgument),
+        _ => None,
     }
 }
 

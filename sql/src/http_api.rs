@@ -461,6 +461,7 @@ mod tests {
                 "table function read_csv is not allowed",
             ),
             ("SELECT nope FROM events", "invalid SQL"),
+            ("SELECT 1/0", "the query failed on a value: Divide by zero"),
             // 600 KB, under the body limit: a chain this deep overflowed the stack and aborted the process.
             (
                 &format!("SELECT 1{}", "+1".repeat(300_000)),

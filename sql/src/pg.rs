@@ -52,7 +52,7 @@ use tokio::sync::Semaphore;
 use vigil_ingest::security::{record_failure, AuthFailure, Authenticator, Scope, TokenHash};
 
 use crate::context::{read_only_options, Interface, QueryLimits};
-use crate::error::QueryError;
+use crate::error::{DataErrorKind, QueryError};
 use crate::guard::{self, GuardPolicy};
 use crate::metrics;
 
@@ -504,6 +504,12 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
         QueryError::Refused(_) => "42501",
         QueryError::Invalid(_) => "42601",
         QueryError::TooComplex { .. } => "54001",
+        QueryError::Data { kind, .. } => match kind {
+            DataErrorKind::DivisionByZero => "22012",
+            DataErrorKind::InvalidText => "22P02",
+            DataErrorKind::Overflow => "22003",
+            DataErrorKind::InvalidArgument => "22023",
+        },
         QueryError::Timeout(_) => "57014",
         QueryError::ResourcesExhausted(_) => "53200",
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => "54000",
@@ -568,16 +574,20 @@ impl Drop for StreamOutcome {
     }
 }
 
-/// The metrics outcome of an error met while rows were produced.
-fn stream_error_outcome(e: &PgWireError) -> &'static str {
+/// An error met while rows were produced, classified as one before them would be (a division by zero is
+/// SQLSTATE 22012, not pgwire's catch-all XX000), with its metrics outcome.
+fn stream_error(e: PgWireError) -> (PgWireError, &'static str) {
     match e {
-        PgWireError::ApiError(source) => source
-            .downcast_ref::<datafusion::error::DataFusionError>()
-            .map_or("error", |df| match df.find_root() {
-                datafusion::error::DataFusionError::ResourcesExhausted(_) => "memory_limit",
-                _ => "error",
-            }),
-        _ => "error",
+        PgWireError::ApiError(source) => {
+            match source.downcast::<datafusion::error::DataFusionError>() {
+                Ok(df) => {
+                    let e = QueryError::from(*df);
+                    (to_pg_error(&e), e.outcome())
+                }
+                Err(other) => (PgWireError::ApiError(other), "error"),
+            }
+        }
+        other => (other, "error"),
     }
 }
 
@@ -707,7 +717,8 @@ impl futures::Stream for Bounded {
         let (item, ended) = match polled {
             Poll::Ready(Some(Ok(row))) => return Poll::Ready(Some(Ok(row))),
             Poll::Ready(Some(Err(e))) => {
-                let ended = running.end(stream_error_outcome(&e));
+                let (e, outcome) = stream_error(e);
+                let ended = running.end(outcome);
                 (Some(Err(e)), ended)
             }
             Poll::Ready(None) => (None, running.end("ok")),
@@ -1307,6 +1318,8 @@ mod tests {
                 format!("SELECT 1{}", "+1".repeat(50_000)),
                 "54001: the SQL nests expressions",
             ),
+            // Not hostile, but the client's mistake: the SQLSTATE a PostgreSQL server would send.
+            ("SELECT 1/0".to_string(), "22012:"),
         ] {
             let out = psql(
                 server.addr,
