@@ -127,16 +127,12 @@ async fn serve_http(
     name: &'static str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use vigil_ingest::http_server::serve;
     match tls {
-        Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor, name)?, router)
-                .with_graceful_shutdown(stop)
-                .await
-        }
+        Some(acceptor) => serve(TlsListener::new(listener, acceptor, name)?, router, stop).await,
         None => {
-            axum::serve(listener.tap_io(security::tls_listener::no_delay), router)
-                .with_graceful_shutdown(stop)
-                .await
+            let listener = listener.tap_io(security::tls_listener::no_delay);
+            serve(listener, router, stop).await
         }
     }
 }

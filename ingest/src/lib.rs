@@ -5,6 +5,7 @@
 //! and acknowledge the client only when the sink says the events are durable.
 
 pub mod decode;
+pub mod http_server;
 mod json_mapping;
 pub mod kafka;
 pub mod metrics;

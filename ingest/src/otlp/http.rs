@@ -98,9 +98,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener.tap_io(no_delay), router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http_server::serve(listener.tap_io(no_delay), router, shutdown).await
 }
 
 /// A refused request: its status, the `google.rpc.Status` code in the body, and the metric reason.
