@@ -75,6 +75,11 @@ pub(crate) async fn serve_with(
 ) -> Result<(), ServeError> {
     let server = tonic::transport::Server::builder()
         .timeout(cfg.request_timeout)
+        // An exporter keeps a few requests in flight per connection; unbounded, one connection could open
+        // thousands of streams, each holding a message until its end.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(crate::http_server::HTTP2_KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(crate::http_server::HTTP2_KEEP_ALIVE_TIMEOUT))
         .add_routes(routes(exporter, cfg, security.auth));
     match security.tls {
         Some(acceptor) => {
@@ -149,6 +154,9 @@ impl OtlpService for MetricsService {
     const SIGNAL: Signal = Signal::Metrics;
 }
 
+/// Concurrent requests one gRPC connection may have open (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The server of one [`OtlpService`], in place of the generated `*ServiceServer` (see the module docs).
 struct ExportServer<S> {
     receiver: Arc<GrpcReceiver>,
@@ -201,12 +209,19 @@ where
                 return Ok(unimplemented());
             }
             let max = receiver.cfg.limits.max_decompressed_bytes;
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
+            // Held until the message is decoded (the decoding task takes a clone): its bytes live that long.
+            let charge = receiver.bodies.charge();
+            let compressed = request
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|e| e != "identity");
+            let codec = ChargingCodec {
+                inflated: compressed.then(|| charge.clone()),
+            };
+            let mut grpc = tonic::server::Grpc::new(codec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            // Held until the message is decoded (the decoding task takes a clone): its bytes live that long.
-            let charge = receiver.bodies.charge();
             let mut request = request.map(|body| charge.count(body, Framing::Grpc, max + 5));
             request.extensions_mut().insert(charge.clone());
             let export = Export::<S> {
@@ -265,20 +280,7 @@ impl<S: OtlpService> UnaryService<Bytes> for Export<S> {
         Box::pin(async move {
             let sender = request.extensions().get::<Principal>().cloned();
             let charge = request.extensions().get::<Charge>().cloned();
-            let compressed = request
-                .metadata()
-                .get("grpc-encoding")
-                .is_some_and(|e| e != "identity");
             let message = request.into_inner();
-            // tonic inflated a compressed message into a buffer of its own: room for that too. (Refused
-            // here, the request is answered RESOURCE_EXHAUSTED by the server, which sees the overflow.)
-            if let Some(charge) = charge.as_ref().filter(|_| compressed) {
-                if !charge.take(message.len()) {
-                    return Err(Status::resource_exhausted(
-                        "no room for the inflated message",
-                    ));
-                }
-            }
             receiver.export(S::SIGNAL, message, sender, charge).await?;
             Ok(tonic::Response::new(EMPTY_RESPONSE))
         })
@@ -316,6 +318,47 @@ impl Encoder for RawCodec {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.put(item);
         Ok(())
+    }
+}
+
+/// The server's codec: [`RawCodec`], and for a compressed message, room in the body budget for the buffer
+/// tonic inflated it into, taken the moment tonic hands it over. tonic inflates a message as soon as its bytes
+/// are in but calls the service only once the stream ends; charged there, a sender that leaves its stream
+/// open held the inflated buffer (up to `max_decompressed_bytes` per stream) uncounted. Refused here, the
+/// request is answered RESOURCE_EXHAUSTED by the server, which sees the charge overflowed.
+#[derive(Clone)]
+struct ChargingCodec {
+    inflated: Option<Charge>,
+}
+
+impl Codec for ChargingCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = ChargingCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> ChargingCodec {
+        self.clone()
+    }
+}
+
+impl Decoder for ChargingCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        if let Some(charge) = &self.inflated {
+            if !charge.take(src.remaining()) {
+                return Err(Status::resource_exhausted(
+                    "no room for the inflated message",
+                ));
+            }
+        }
+        RawCodec.decode(src)
     }
 }
 

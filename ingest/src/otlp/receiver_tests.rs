@@ -912,6 +912,67 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
     assert_eq!(sink.rows(), 2);
 }
 
+/// A compressed message is charged its inflated size as soon as tonic inflates it, not when the request's
+/// stream ends: a sender that inflates a small message and leaves the stream open held the inflated buffer
+/// without it counting, and a thousand such streams on one connection held gigabytes.
+#[tokio::test]
+async fn grpc_an_inflated_message_is_charged_before_its_stream_ends() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, small_body_budget(), true).await;
+    let client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    // The first request holds most of the budget while it waits for admission.
+    sink.hold();
+    let mut first_client = client.clone();
+    let first = tokio::spawn(async move { first_client.export(big_request(90_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first request waits for admission"
+    );
+
+    // A raw HTTP/2 stream: one gzip message (a few hundred bytes on the wire), and no end of stream.
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = ::http::Request::post(format!(
+        "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("grpc-encoding", "gzip")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (response, mut stream) = h2.send_request(request, false).expect("send headers");
+    let compressed = gzip(&big_request(90_000).encode_to_vec());
+    let mut frame = vec![1u8];
+    frame.extend((compressed.len() as u32).to_be_bytes());
+    frame.extend(&compressed);
+    stream
+        .send_data(frame.into(), false)
+        .expect("send the message");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("refused while the stream is still open")
+        .expect("a response");
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("8"),
+        "RESOURCE_EXHAUSTED: {:?}",
+        response.headers()
+    );
+
+    sink.release();
+    first.await.expect("first task").expect("first request");
+}
+
 /// A sender that stops halfway through its body is answered 408 once `request_timeout` has passed, and the
 /// share of the body budget it held is free again.
 #[tokio::test]
