@@ -24,7 +24,6 @@ use axum::routing::get;
 use axum::{Form, Json, Router};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::context::{run_query_as, Interface, QueryLimits, QueryOutput};
 use crate::error::QueryError;
@@ -68,10 +67,11 @@ struct Column {
     data_type: String,
 }
 
+/// The JSON answer without its rows, which are written after it straight into the body (see
+/// [`encode_json`]).
 #[derive(Serialize)]
-struct JsonAnswer {
+struct JsonHead {
     columns: Vec<Column>,
-    rows: Box<RawValue>,
     row_count: usize,
     elapsed_ms: f64,
 }
@@ -127,23 +127,69 @@ async fn query(state: &ApiState, headers: &HeaderMap, request: QueryRequest) -> 
         Err(e) => return query_error_response(&e),
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let cap = answer_cap(&state.limits);
+    let mut body = Capped::new(cap);
     let encoded = match format {
-        Format::Json => encode_json(&output, elapsed_ms).map(|body| ("application/json", body)),
-        Format::Csv => encode_csv(&output).map(|body| ("text/csv; charset=utf-8", body)),
-        Format::Arrow => encode_arrow(&output).map(|body| (ARROW_STREAM, body)),
+        Format::Json => encode_json(&output, elapsed_ms, &mut body).map(|()| "application/json"),
+        Format::Csv => encode_csv(&output, &mut body).map(|()| "text/csv; charset=utf-8"),
+        Format::Arrow => encode_arrow(&output, &mut body).map(|()| ARROW_STREAM),
     };
     match encoded {
-        Ok((content_type, body)) => {
-            let mut response = (StatusCode::OK, body).into_response();
+        Ok(content_type) => {
+            let mut response = (StatusCode::OK, body.out).into_response();
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             response
         }
+        Err(_) if body.over => query_error_response(&QueryError::TooManyBytes(cap)),
         Err(e) => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("encoding the answer failed: {e}"),
         ),
+    }
+}
+
+/// The most an encoded answer may hold: twice the limit on its Arrow batches, for text that is longer than
+/// the values it prints (JSON names every column in every row).
+fn answer_cap(limits: &QueryLimits) -> usize {
+    limits.max_result_bytes.saturating_mul(2)
+}
+
+/// The response body, refused past `cap` bytes. `max_result_bytes` bounds the answer's Arrow batches, but
+/// not its text: a control character becomes six bytes of JSON (`\u0001`), and the body is outside the
+/// query memory pool, so a crafted query turned 60 MB of batches into most of a gigabyte.
+struct Capped {
+    out: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Self {
+        Capped {
+            out: Vec::new(),
+            cap,
+            over: false,
+        }
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len().saturating_add(buf.len()) > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other(format!(
+                "the answer is over {} bytes",
+                self.cap
+            )));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -216,26 +262,12 @@ fn with_utc_timestamps(output: &QueryOutput) -> Result<(SchemaRef, Vec<RecordBat
     Ok((schema, batches))
 }
 
-fn encode_json(output: &QueryOutput, elapsed_ms: f64) -> Result<Vec<u8>, ArrowError> {
+/// `{"columns": [...], "row_count": n, "elapsed_ms": t, "rows": [...]}`, the rows written by Arrow's JSON
+/// writer straight into the body (no second copy of them).
+fn encode_json(output: &QueryOutput, elapsed_ms: f64, body: &mut Capped) -> Result<(), ArrowError> {
+    use std::io::Write;
     let (schema, batches) = with_utc_timestamps(output)?;
-    let mut rows = Vec::new();
-    {
-        let mut writer = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut rows);
-        for batch in &batches {
-            writer.write(batch)?;
-        }
-        writer.finish()?;
-    }
-    if rows.is_empty() {
-        rows.extend_from_slice(b"[]");
-    }
-    let rows = RawValue::from_string(
-        String::from_utf8(rows).map_err(|e| ArrowError::JsonError(e.to_string()))?,
-    )
-    .map_err(|e| ArrowError::JsonError(e.to_string()))?;
-    let answer = JsonAnswer {
+    let head = JsonHead {
         columns: schema
             .fields()
             .iter()
@@ -244,40 +276,51 @@ fn encode_json(output: &QueryOutput, elapsed_ms: f64) -> Result<Vec<u8>, ArrowEr
                 data_type: f.data_type().to_string(),
             })
             .collect(),
-        rows,
         row_count: output.row_count(),
         elapsed_ms,
     };
-    serde_json::to_vec(&answer).map_err(|e| ArrowError::JsonError(e.to_string()))
-}
-
-fn encode_csv(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
-    let (schema, batches) = with_utc_timestamps(output)?;
-    let mut body = Vec::new();
+    let head = serde_json::to_vec(&head).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    // The head's closing brace makes way for the rows.
+    body.write_all(&head[..head.len() - 1])?;
+    body.write_all(br#","rows":"#)?;
+    let before = body.out.len();
     {
-        let mut writer = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut body);
-        if batches.is_empty() {
-            writer.write(&RecordBatch::new_empty(schema))?;
-        }
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut *body);
         for batch in &batches {
-            writer.write(batch)?;
-        }
-    }
-    Ok(body)
-}
-
-fn encode_arrow(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
-    let mut body = Vec::new();
-    {
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut body, &output.schema)?;
-        for batch in &output.batches {
             writer.write(batch)?;
         }
         writer.finish()?;
     }
-    Ok(body)
+    if body.out.len() == before {
+        body.write_all(b"[]")?;
+    }
+    body.write_all(b"}")?;
+    Ok(())
+}
+
+fn encode_csv(output: &QueryOutput, body: &mut Capped) -> Result<(), ArrowError> {
+    let (schema, batches) = with_utc_timestamps(output)?;
+    let mut writer = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(body);
+    if batches.is_empty() {
+        writer.write(&RecordBatch::new_empty(schema))?;
+    }
+    for batch in &batches {
+        writer.write(batch)?;
+    }
+    Ok(())
+}
+
+fn encode_arrow(output: &QueryOutput, body: &mut Capped) -> Result<(), ArrowError> {
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(body, &output.schema)?;
+    for batch in &output.batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -287,8 +330,11 @@ mod tests {
     use crate::test_support::TestSource;
 
     async fn serve(dir: &std::path::Path) -> String {
+        serve_with(dir, QueryLimits::default()).await
+    }
+
+    async fn serve_with(dir: &std::path::Path, limits: QueryLimits) -> String {
         let source = TestSource::with_hours(dir, &[(0, 4), (1, 5)], 3);
-        let limits = QueryLimits::default();
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
         let app = router(ApiState { ctx, limits });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -443,6 +489,43 @@ mod tests {
         assert_eq!(body["row_count"], 0);
         assert_eq!(body["rows"], serde_json::json!([]));
         assert_eq!(body["columns"][0]["name"], "event_id");
+    }
+
+    /// An answer whose text is many times its Arrow size (a control character is six bytes of JSON) is
+    /// refused at the byte limit instead of being built in full.
+    #[tokio::test]
+    async fn answers_are_capped_as_text_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = QueryLimits {
+            max_result_bytes: 2 << 20,
+            ..QueryLimits::default()
+        };
+        let url = serve_with(dir.path(), limits).await;
+        let client = reqwest::Client::new();
+        // 1.2 MB of Arrow, 7.2 MB of JSON or CSV-quoted text.
+        let sql = "SELECT repeat(chr(1), 600) AS s FROM range(2000)";
+        let resp = client
+            .post(&url)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("more than 4194304 bytes"), "{error}");
+        // The same rows in a readable size are answered, in the shape clients parse.
+        let resp = client
+            .post(&url)
+            .json(&serde_json::json!({ "sql": "SELECT repeat('a', 600) AS s FROM range(2000)" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["row_count"], 2000);
+        assert_eq!(body["rows"].as_array().unwrap().len(), 2000);
+        assert_eq!(body["columns"][0]["name"], "s");
     }
 
     #[tokio::test]
