@@ -860,11 +860,15 @@ async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_aft
     assert_eq!(sink.rows(), 2);
 }
 
-#[tokio::test]
-async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_info() {
-    let sink = VecSink::new();
-    let server = start_grpc(&sink, small_body_budget(), true).await;
-    let before = counter(&REJECTED, &["grpc", "overloaded"]);
+/// A gRPC client, and its first request of 90 KB (most of [`small_body_budget`]) held waiting for admission
+/// until `sink.release()`.
+async fn hold_most_of_the_budget(
+    sink: &Arc<VecSink>,
+    server: &Running,
+) -> (
+    TraceServiceClient<tonic::transport::Channel>,
+    tokio::task::JoinHandle<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>,
+) {
     let client = TraceServiceClient::connect(format!("http://{}", server.addr))
         .await
         .expect("connect");
@@ -876,6 +880,15 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
         !first.is_finished(),
         "the first request waits for admission"
     );
+    (client, first)
+}
+
+#[tokio::test]
+async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_info() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, small_body_budget(), true).await;
+    let before = counter(&REJECTED, &["grpc", "overloaded"]);
+    let (client, first) = hold_most_of_the_budget(&sink, &server).await;
 
     let status = tokio::time::timeout(
         Duration::from_secs(5),
@@ -919,18 +932,7 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
 async fn grpc_an_inflated_message_is_charged_before_its_stream_ends() {
     let sink = VecSink::new();
     let server = start_grpc(&sink, small_body_budget(), true).await;
-    let client = TraceServiceClient::connect(format!("http://{}", server.addr))
-        .await
-        .expect("connect");
-    // The first request holds most of the budget while it waits for admission.
-    sink.hold();
-    let mut first_client = client.clone();
-    let first = tokio::spawn(async move { first_client.export(big_request(90_000)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !first.is_finished(),
-        "the first request waits for admission"
-    );
+    let (_client, first) = hold_most_of_the_budget(&sink, &server).await;
 
     // A raw HTTP/2 stream: one gzip message (a few hundred bytes on the wire), and no end of stream.
     let tcp = tokio::net::TcpStream::connect(server.addr)
