@@ -24,8 +24,9 @@ use tower::ServiceExt;
 /// How long a client may take to send a request's headers (hyper counts from the first byte of the request).
 /// SDKs and collectors send them in one write; ten seconds is slack for a slow link.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an idle HTTP/2 connection is pinged, and how long the answer may take before it is closed.
+/// How often an idle HTTP/2 connection is pinged.
 pub const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// How long a ping's answer may take before the connection is closed.
 pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for the open connections' requests.

@@ -343,6 +343,22 @@ mod tests {
         format!("http://{addr}/api/v1/query")
     }
 
+    /// POSTs `{"sql": sql}` and returns the status and the JSON body.
+    async fn post_sql(
+        client: &reqwest::Client,
+        url: &str,
+        sql: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let resp = client
+            .post(url)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap())
+    }
+
     #[tokio::test]
     async fn json_answer_has_columns_rows_and_rfc3339_times() {
         let dir = tempfile::tempdir().unwrap();
@@ -504,25 +520,14 @@ mod tests {
         let client = reqwest::Client::new();
         // 1.2 MB of Arrow, 7.2 MB of JSON or CSV-quoted text.
         let sql = "SELECT repeat(chr(1), 600) AS s FROM range(2000)";
-        let resp = client
-            .post(&url)
-            .json(&serde_json::json!({ "sql": sql }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400);
-        let body: serde_json::Value = resp.json().await.unwrap();
+        let (status, body) = post_sql(&client, &url, sql).await;
+        assert_eq!(status, 400);
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("more than 4194304 bytes"), "{error}");
         // The same rows in a readable size are answered, in the shape clients parse.
-        let resp = client
-            .post(&url)
-            .json(&serde_json::json!({ "sql": "SELECT repeat('a', 600) AS s FROM range(2000)" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let body: serde_json::Value = resp.json().await.unwrap();
+        let readable = "SELECT repeat('a', 600) AS s FROM range(2000)";
+        let (status, body) = post_sql(&client, &url, readable).await;
+        assert_eq!(status, 200);
         assert_eq!(body["row_count"], 2000);
         assert_eq!(body["rows"].as_array().unwrap().len(), 2000);
         assert_eq!(body["columns"][0]["name"], "s");
@@ -551,14 +556,8 @@ mod tests {
                 "nests expressions",
             ),
         ] {
-            let resp = client
-                .post(&url)
-                .json(&serde_json::json!({ "sql": sql }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 400, "{sql}");
-            let body: serde_json::Value = resp.json().await.unwrap();
+            let (status, body) = post_sql(&client, &url, sql).await;
+            assert_eq!(status, 400, "{sql}");
             let error = body["error"].as_str().unwrap();
             assert!(error.contains(needle), "{sql}: {error}");
         }
