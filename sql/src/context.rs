@@ -292,8 +292,7 @@ mod tests {
     }
 
     /// A value the query cannot handle is the client's error, whether found while planning (constant folding)
-    /// or while running; a failing function argument DataFusion reports as plain execution stays a server
-    /// error, as it cannot be told apart from a failing read.
+    /// or while running.
     #[tokio::test]
     async fn bad_values_are_the_clients_errors() {
         let dir = tempfile::tempdir().unwrap();

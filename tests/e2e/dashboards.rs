@@ -84,8 +84,8 @@ pub async fn every_panel_finds_rows_over_pg(v: &Vigil) {
 }
 
 /// The deepest expression the SQL guard lets through is answered by the real binary (its threads' stacks
-/// hold a debug build's planner at that depth), one level more is refused with SQLSTATE 54001, and the
-/// server keeps answering: a stack overflow would have aborted the whole process.
+/// hold a debug build's planner at that depth), one level more is refused over pg, and the server keeps
+/// answering: a stack overflow would have aborted the whole process.
 pub async fn the_deepest_allowed_expression_is_answered(v: &Vigil) {
     let limit = vigil_sql::guard::MAX_EXPRESSION_DEPTH;
     // One level for the statement, one per operator.
