@@ -98,10 +98,21 @@ impl Default for Limits {
     }
 }
 
-/// Why a body could not be turned into an OTLP request. Every variant is the sender's fault and is not worth
-/// retrying unchanged.
+/// Why a body could not be turned into an OTLP request. Every variant but [`DecodeError::NoRoom`] is the
+/// sender's fault and is not worth retrying unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The receiver's room for bodies and their decoded messages ran out while this one was decoded
+    /// ([`wire::budget::with_room`]): too many at once, not too large. Retry later.
+    #[error(
+        "the receiver holds as many request bodies and decoded messages as it may (max_buffered_body_bytes); retry later"
+    )]
+    NoRoom,
+    /// This request alone would take more than the receiver's room to decode.
+    #[error(
+        "the request needs more memory to decode than the receiver has room for (max_buffered_body_bytes); send fewer per request"
+    )]
+    ExceedsRoom,
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("cannot decompress the {compression:?} body: {source}")]
@@ -195,11 +206,22 @@ fn within_budget<W>(
     decode: impl FnOnce(Bytes) -> Result<W, prost::DecodeError>,
 ) -> Result<W, DecodeError> {
     let len = message.len();
-    wire::budget::within(len, || decode(message))
-        .ok_or(DecodeError::Expands {
+    match wire::budget::within(len, || decode(message)) {
+        Ok(decoded) => decoded.map_err(DecodeError::from),
+        Err(wire::budget::Exhausted::Message) => Err(DecodeError::Expands {
             limit: wire::budget::limit(len),
-        })?
-        .map_err(DecodeError::from)
+        }),
+        Err(wire::budget::Exhausted::Room(no_room)) => Err(no_room.into()),
+    }
+}
+
+impl From<wire::budget::NoRoom> for DecodeError {
+    fn from(no_room: wire::budget::NoRoom) -> Self {
+        match no_room {
+            wire::budget::NoRoom::Busy => DecodeError::NoRoom,
+            wire::budget::NoRoom::Exceeded => DecodeError::ExceedsRoom,
+        }
+    }
 }
 
 /// OTLP/JSON goes through `opentelemetry_proto`'s serde types (hex ids, int64 as strings) and is re-read as
@@ -253,11 +275,16 @@ const JSON_CONTAINER_BYTES: usize = 256;
 /// serde has no allocation hook, so the bound is counted before parsing, from the objects and arrays
 /// outside strings (braces inside a prompt cost nothing). The bound is on the body's total, so dense spots
 /// among ordinary telemetry pass.
+///
+/// The same count takes the parse's share of the receiver's room ([`wire::budget::reserve`]), with three
+/// times the text on top: the parsed strings, the protobuf they are re-encoded to, and its decoded messages.
 fn json_within_budget(message: &[u8]) -> Result<(), DecodeError> {
     let limit = wire::budget::limit(message.len());
-    if json_containers(message).saturating_mul(JSON_CONTAINER_BYTES) > limit {
+    let parsed = json_containers(message).saturating_mul(JSON_CONTAINER_BYTES);
+    if parsed > limit {
         return Err(DecodeError::Expands { limit });
     }
+    wire::budget::reserve(parsed.saturating_add(message.len().saturating_mul(3)))?;
     Ok(())
 }
 
@@ -334,17 +361,41 @@ fn read_capped(
 ) -> Result<Vec<u8>, DecodeError> {
     let limit = limits.max_decompressed_bytes;
     let mut out = Vec::new();
-    reader
-        .take(limit as u64 + 1)
+    Reserving(reader.take(limit as u64 + 1))
         .read_to_end(&mut out)
-        .map_err(|source| DecodeError::Decompress {
-            compression,
-            source,
+        .map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<Unreserved>())
+            {
+                Some(Unreserved(no_room)) => DecodeError::from(*no_room),
+                None => DecodeError::Decompress {
+                    compression,
+                    source,
+                },
+            }
         })?;
     if out.len() > limit {
         return Err(DecodeError::TooLarge { limit });
     }
     Ok(out)
+}
+
+/// A reader whose bytes take their room as they are inflated ([`wire::budget::reserve`]): many bodies
+/// inflating at once must not hold more than the receiver's room between them.
+struct Reserving<R>(R);
+
+/// The error [`Reserving`] reads with when the room ran out.
+#[derive(Debug, thiserror::Error)]
+#[error("no room for the inflated body")]
+struct Unreserved(wire::budget::NoRoom);
+
+impl<R: Read> Read for Reserving<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        wire::budget::reserve(n).map_err(|e| std::io::Error::other(Unreserved(e)))?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The bytes of request bodies a receiver holds at once.
+//! The bytes of request bodies a receiver holds at once, and of what they inflate and decode into.
 //!
 //! A request is admitted (and refused with 429 under overload) only after its body has been read, so that
 //! the client is not cut off mid-send. Without a bound on the reading itself, a thousand clients sending
@@ -8,6 +8,10 @@
 //! decoded, until its bytes are gone. A body that does not fit is still read to its end (up to the size
 //! cap), so the client gets its answer, but its bytes are dropped as they arrive; the request is then
 //! refused as overloaded, with a Retry-After.
+//!
+//! Decoding then draws on the same room ([`crate::wire::budget::with_room`]): an HTTP body as it inflates,
+//! and every request's messages as they are decoded, which may take up to 32 times the message's size. Each
+//! request's limit alone would let 64 admitted decodes hold gigabytes between them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +22,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::wire::budget::NoRoom;
 
 /// How long a client refused for want of body room is told to wait: bodies in flight are answered within
 /// a request's time, well under this.
@@ -48,6 +54,7 @@ impl BodyBudget {
     pub fn charge(&self) -> Charge {
         Charge {
             room: self.room.clone(),
+            total: self.bytes,
             state: Arc::new(Mutex::new(Held::default())),
         }
     }
@@ -59,6 +66,8 @@ impl BodyBudget {
 #[derive(Clone)]
 pub(crate) struct Charge {
     room: Arc<Semaphore>,
+    /// The budget's size: a request holding that much could never be given more.
+    total: usize,
     state: Arc<Mutex<Held>>,
 }
 
@@ -97,21 +106,44 @@ impl Charge {
         }
     }
 
-    /// Takes room for `n` more bytes; false (and the charge overflowed) if there is none.
+    /// Takes room for `n` more bytes of body; false (and the charge overflowed) if there is none.
     pub fn take(&self, n: usize) -> bool {
         let mut held = self.state.lock();
         if held.overflowed {
             return false;
         }
-        let taken = u32::try_from(n)
-            .ok()
-            .and_then(|n| self.room.clone().try_acquire_many_owned(n).ok());
-        match (taken, held.permit.as_mut()) {
-            (Some(more), Some(permit)) => permit.merge(more),
-            (Some(more), None) => held.permit = Some(more),
-            (None, _) => held.overflowed = true,
+        if !self.acquire(&mut held, n) {
+            held.overflowed = true;
         }
         !held.overflowed
+    }
+
+    /// Takes room for `n` more bytes of what the body decodes into. The body itself is whole, so the charge
+    /// does not overflow when there is none: the decode fails instead, and says whether waiting would help.
+    pub fn take_room(&self, n: usize) -> Result<(), NoRoom> {
+        let mut held = self.state.lock();
+        let holds = held.permit.as_ref().map_or(0, |p| p.num_permits());
+        if holds.saturating_add(n) > self.total {
+            return Err(NoRoom::Exceeded);
+        }
+        match !held.overflowed && self.acquire(&mut held, n) {
+            true => Ok(()),
+            false => Err(NoRoom::Busy),
+        }
+    }
+
+    fn acquire(&self, held: &mut Held, n: usize) -> bool {
+        let Some(more) = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.room.clone().try_acquire_many_owned(n).ok())
+        else {
+            return false;
+        };
+        match held.permit.as_mut() {
+            Some(permit) => permit.merge(more),
+            None => held.permit = Some(more),
+        }
+        true
     }
 
     fn saw(&self, n: usize) {

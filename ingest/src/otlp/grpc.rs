@@ -429,8 +429,14 @@ impl GrpcReceiver {
             ExportError::Decode(
                 DecodeError::TooLarge { .. }
                 | DecodeError::Expands { .. }
-                | DecodeError::EventsTooLarge { .. },
+                | DecodeError::EventsTooLarge { .. }
+                | DecodeError::ExceedsRoom,
             ) => status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>),
+            ExportError::Decode(DecodeError::NoRoom) => status::grpc_status(
+                Code::ResourceExhausted,
+                &message,
+                Some(body_budget::RETRY_AFTER),
+            ),
             ExportError::Decode(_) => {
                 status::grpc_status(Code::InvalidArgument, &message, None::<Duration>)
             }

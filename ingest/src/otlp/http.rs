@@ -130,12 +130,22 @@ impl Refusal {
         match err {
             DecodeError::TooLarge { .. }
             | DecodeError::Expands { .. }
-            | DecodeError::EventsTooLarge { .. } => Refusal::new(
+            | DecodeError::EventsTooLarge { .. }
+            | DecodeError::ExceedsRoom => Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 tonic::Code::InvalidArgument,
                 Rejection::TooLarge,
                 err.to_string(),
             ),
+            DecodeError::NoRoom => Refusal {
+                retry_after: Some(body_budget::RETRY_AFTER),
+                ..Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    tonic::Code::ResourceExhausted,
+                    Rejection::Overloaded,
+                    err.to_string(),
+                )
+            },
             DecodeError::Decompress { .. } | DecodeError::Protobuf(_) | DecodeError::Json(_) => {
                 Refusal::new(
                     StatusCode::BAD_REQUEST,

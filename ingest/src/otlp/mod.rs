@@ -44,10 +44,11 @@ pub struct ReceiverConfig {
     /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
     /// their own delay).
     pub unavailable_retry_after_secs: u64,
-    /// Bytes of request bodies each receiver holds at once, from their first byte until they are decoded
-    /// (never less than one request at the `limits`). Past it, a body is read but not kept, and the request
-    /// is refused as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After): this bounds memory when many
-    /// clients send at once, before admission can refuse them.
+    /// Bytes of request bodies each receiver holds at once, and of what they inflate and decode into, from
+    /// their first byte until their events are normalised (never less than one body at the `limits`). Past
+    /// it, a body is read but not kept, or its decoding stops, and the request is refused as overloaded
+    /// (429 / RESOURCE_EXHAUSTED, Retry-After); a request that alone would decode into more is refused as
+    /// too large. This bounds memory when many clients send at once, before and after admission.
     pub max_buffered_body_bytes: usize,
     /// How long a request may take to arrive whole (HTTP: its body; gRPC: the whole call). A sender that
     /// stalls halfway would otherwise hold its share of `max_buffered_body_bytes` for as long as it likes,
@@ -217,8 +218,10 @@ impl ExportError {
             ExportError::Decode(
                 DecodeError::TooLarge { .. }
                 | DecodeError::Expands { .. }
-                | DecodeError::EventsTooLarge { .. },
+                | DecodeError::EventsTooLarge { .. }
+                | DecodeError::ExceedsRoom,
             ) => Rejection::TooLarge,
+            ExportError::Decode(DecodeError::NoRoom) => Rejection::Overloaded,
             ExportError::Decode(_) => Rejection::Malformed,
             ExportError::Sink(err) => rejection_of(err),
         }
@@ -385,7 +388,15 @@ impl Exporter {
             // Until the decoded request, whose strings are slices of the body, is normalised.
             let _hold = hold;
             let normalized = (|| -> Result<Normalized, DecodeError> {
-                let request = decode_span.in_scope(|| input.decode())?;
+                // Inflating and decoding draw on the room the body was counted in, and hold what they
+                // took as long as the body (`_hold`): the receiver's decodes together stay within it.
+                let request = decode_span.in_scope(|| match &_hold {
+                    Some(charge) => {
+                        let charge = charge.clone();
+                        wire::budget::with_room(move |n| charge.take_room(n), || input.decode())
+                    }
+                    None => input.decode(),
+                })?;
                 let span = span.entered();
                 let normalized = match request {
                     ExportRequest::Traces(req) => (normalizers.traces)(&req, &ctx),

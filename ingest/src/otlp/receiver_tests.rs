@@ -925,6 +925,133 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
     assert_eq!(sink.rows(), 2);
 }
 
+/// `spans` empty spans: two bytes each on the wire, a decoded `Span` each in memory (the densest
+/// protobuf there is, within the per-message decode budget up to about 4,000 in one request).
+fn empty_spans(spans: usize) -> ExportTraceServiceRequest {
+    let mut req = traces_request(1);
+    req.resource_spans[0].scope_spans[0].spans = vec![Default::default(); spans];
+    req
+}
+
+/// Empty spans that decode into about 100 KB: alone they fit [`small_body_budget`]'s room (two chunks of
+/// 64 KiB), but not beside a request holding 90 KB of it.
+fn spans_of_100_kb() -> ExportTraceServiceRequest {
+    empty_spans(100_000 / std::mem::size_of::<crate::wire::Span>())
+}
+
+/// Decoding draws on the room the bodies are counted in: without it, 64 admitted requests of 16 MiB,
+/// each within its own decode budget of 32 times its size, could hold 32 GiB between them. A decode that
+/// finds the room held by others is refused as overloaded (to be retried); one that would need more than
+/// the whole room is refused as too large (not to be).
+#[tokio::test]
+async fn http_decodes_take_their_room_from_the_body_budget() {
+    let sink = VecSink::new();
+    let server = start_http(&sink, small_body_budget(), true).await;
+    let before = counter(&REJECTED, &["http", "overloaded"]);
+    sink.hold();
+    let first = tokio::spawn(post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        big_request(90_000).encode_to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first request waits for admission"
+    );
+    // Admission is not held from here on: the second request is decoded while the first still waits.
+    sink.release_for_next();
+    let spans = spans_of_100_kb();
+    let post_spans = || {
+        post(
+            server.addr,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            spans.encode_to_vec(),
+        )
+    };
+    let refused = post_spans().await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (code, message, _) =
+        status::decode_http_body(&refused.bytes().await.expect("body")).expect("a Status body");
+    assert_eq!(code, Code::ResourceExhausted as i32);
+    assert!(message.contains("retry later"), "{message}");
+    assert!(counter(&REJECTED, &["http", "overloaded"]) - before >= 1);
+    // Small on the wire, but inflating it takes room too.
+    let inflating = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("gzip"),
+        gzip(&big_request(90_000).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(inflating.status(), 429);
+
+    sink.release();
+    assert_eq!(first.await.expect("first request").status(), 200);
+    assert_eq!(
+        post_spans().await.status(),
+        200,
+        "room once the first is gone"
+    );
+    let too_many = post(
+        server.addr,
+        "/v1/traces",
+        "application/x-protobuf",
+        None,
+        empty_spans(3_000).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(too_many.status(), 413, "more than the whole room");
+    assert!(too_many
+        .text()
+        .await
+        .expect("body")
+        .contains("send fewer per request"));
+    assert_eq!(
+        sink.rows(),
+        1 + spans.resource_spans[0].scope_spans[0].spans.len()
+    );
+}
+
+#[tokio::test]
+async fn grpc_decodes_take_their_room_from_the_body_budget() {
+    let sink = VecSink::new();
+    let server = start_grpc(&sink, small_body_budget(), true).await;
+    let (client, first) = hold_most_of_the_budget(&sink, &server).await;
+    sink.release_for_next();
+
+    let status = client
+        .clone()
+        .export(spans_of_100_kb())
+        .await
+        .expect_err("no room to decode beside the first request");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let (_, _, retry) =
+        status::decode_http_body(status.details()).expect("RetryInfo in the details");
+    assert_eq!(retry, Some(Duration::from_secs(1)));
+
+    sink.release();
+    first.await.expect("first task").expect("first request");
+    client
+        .clone()
+        .export(spans_of_100_kb())
+        .await
+        .expect("room once the first is gone");
+    let status = client
+        .clone()
+        .export(empty_spans(3_000))
+        .await
+        .expect_err("more than the whole room");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.details().is_empty(), "not to be retried: {status:?}");
+}
+
 /// A compressed message is charged its inflated size as soon as tonic inflates it, not when the request's
 /// stream ends: a sender that inflates a small message and leaves the stream open held the inflated buffer
 /// without it counting, and a thousand such streams on one connection held gigabytes.
