@@ -264,10 +264,11 @@ pub async fn start_with(config: Config, source: Option<ConfigSource>) -> Result<
             .context("joining playbook responses into alerts")?;
     }
     {
-        let state = vigil_sql::http_api::ApiState {
-            ctx: ctx.clone(),
-            limits: limits.clone(),
-        };
+        let state = vigil_sql::http_api::ApiState::new(
+            ctx.clone(),
+            limits.clone(),
+            config.sql.max_concurrent_http_queries,
+        );
         let router = admin::router(state, auth.clone(), reloader.clone());
         let (stop, tls) = (stopped(shutdown_rx.clone()), http_tls.clone());
         tasks.push(tokio::spawn(async move {

@@ -48,6 +48,13 @@ pub enum QueryError {
         kind: DataErrorKind,
         message: String,
     },
+    /// As many collected answers are being built and sent as the interface allows at once: each may hold
+    /// up to `max_result_bytes` of batches and twice that of text, outside the query memory pool. Not the
+    /// query's fault; sent again shortly, it runs.
+    #[error(
+        "{0} queries are being answered already, the most this interface takes at once; retry shortly"
+    )]
+    Busy(usize),
     /// Anything else DataFusion reported while running the query (I/O, corrupt file, internal error).
     #[error("query failed: {0}")]
     Execution(DataFusionError),
@@ -66,7 +73,7 @@ pub enum DataErrorKind {
 impl QueryError {
     /// Whether the client caused the error (and should fix its query) rather than the server.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, QueryError::Execution(_))
+        !matches!(self, QueryError::Execution(_) | QueryError::Busy(_))
     }
 
     /// A short label for metrics.
@@ -80,6 +87,7 @@ impl QueryError {
             QueryError::ResourcesExhausted(_) => "memory_limit",
             QueryError::TooManyRows(_) => "too_many_rows",
             QueryError::TooManyBytes(_) => "too_many_bytes",
+            QueryError::Busy(_) => "busy",
             QueryError::Execution(_) => "error",
         }
     }

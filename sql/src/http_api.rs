@@ -9,7 +9,7 @@
 //! timed out), 500 otherwise. Same guard and limits as the pg server; authentication is the binary's layer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
@@ -17,16 +17,19 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Query, Request, State};
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
+use bytes::Bytes;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::{run_query_as, Interface, QueryLimits, QueryOutput};
 use crate::error::QueryError;
+use crate::metrics;
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
@@ -35,6 +38,27 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub struct ApiState {
     pub ctx: Arc<SessionContext>,
     pub limits: QueryLimits,
+    /// One slot per answer being collected, encoded or sent: each holds up to `max_result_bytes` of batches
+    /// and twice that of text outside the query memory pool, so their number bounds that memory.
+    answers: Arc<Semaphore>,
+    max_answers: usize,
+}
+
+/// How long a query waits for a slot before it is refused as busy: a burst of a playbook's queries queues,
+/// a flood does not pile up.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+
+impl ApiState {
+    /// `max_concurrent` answers at once (at least one); the rest wait up to five seconds, then get 429.
+    pub fn new(ctx: Arc<SessionContext>, limits: QueryLimits, max_concurrent: usize) -> Self {
+        let max_answers = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        ApiState {
+            ctx,
+            limits,
+            answers: Arc::new(Semaphore::new(max_answers)),
+            max_answers,
+        }
+    }
 }
 
 /// The query API's routes, to be merged into the binary's HTTP server (behind its authentication).
@@ -120,6 +144,13 @@ async fn query(state: &ApiState, headers: &HeaderMap, request: QueryRequest) -> 
     let format = request
         .format
         .unwrap_or_else(|| format_from_accept(headers));
+    let wait = SLOT_WAIT.min(state.limits.timeout);
+    let Ok(Ok(slot)) = tokio::time::timeout(wait, state.answers.clone().acquire_owned()).await
+    else {
+        let busy = QueryError::Busy(state.max_answers);
+        metrics::record(Interface::Http.as_str(), busy.outcome(), wait.as_secs_f64());
+        return query_error_response(&busy);
+    };
     let started = Instant::now();
     let output = match run_query_as(&state.ctx, &request.sql, &state.limits, Interface::Http).await
     {
@@ -136,7 +167,11 @@ async fn query(state: &ApiState, headers: &HeaderMap, request: QueryRequest) -> 
     };
     match encoded {
         Ok(content_type) => {
-            let mut response = (StatusCode::OK, body.out).into_response();
+            let body = Bytes::from_owner(Answer {
+                bytes: body.out,
+                _slot: slot,
+            });
+            let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -207,7 +242,27 @@ fn format_from_accept(headers: &HeaderMap) -> Format {
     }
 }
 
+/// An answer's bytes with its slot: the slot is free once the server has sent them and let go, so a client
+/// that reads slowly keeps its share.
+struct Answer {
+    bytes: Vec<u8>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Answer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 fn query_error_response(e: &QueryError) -> Response {
+    if let QueryError::Busy(_) = e {
+        let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let status = if e.is_client_error() {
         StatusCode::BAD_REQUEST
     } else {
@@ -334,9 +389,14 @@ mod tests {
     }
 
     async fn serve_with(dir: &std::path::Path, limits: QueryLimits) -> String {
+        serve_answering(dir, limits, 8).await
+    }
+
+    /// The query API with `answers` slots.
+    async fn serve_answering(dir: &std::path::Path, limits: QueryLimits, answers: usize) -> String {
         let source = TestSource::with_hours(dir, &[(0, 4), (1, 5)], 3);
         let ctx = Arc::new(session_context(Arc::new(source), limits.clone()).unwrap());
-        let app = router(ApiState { ctx, limits });
+        let app = router(ApiState::new(ctx, limits, answers));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -571,5 +631,65 @@ mod tests {
         assert_eq!(resp.status(), 400);
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains("sql"), "{body}");
+    }
+
+    /// Answers hold their slot until the server has sent them: a client that does not read its 30 MB
+    /// answer keeps the only slot, so the next query waits, then gets 429 with Retry-After; once the answer
+    /// is read, queries run again. Without the cap, clients that stop reading could hold any number of
+    /// answers of up to three times `max_result_bytes` each.
+    #[tokio::test]
+    async fn answers_past_the_cap_wait_then_get_429_until_a_slot_is_free() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let url = serve_answering(dir.path(), QueryLimits::default(), 1).await;
+        let big = reqwest::Url::parse_with_params(
+            &url,
+            &[
+                ("sql", "SELECT repeat('x', 1000) AS pad FROM range(30000)"),
+                ("format", "csv"),
+            ],
+        )
+        .unwrap();
+        let mut reader = tokio::net::TcpStream::connect(big.socket_addrs(|| None).unwrap()[0])
+            .await
+            .unwrap();
+        let request = format!(
+            "GET {}?{} HTTP/1.1\r\nhost: vigil\r\nconnection: close\r\n\r\n",
+            big.path(),
+            big.query().unwrap()
+        );
+        reader.write_all(request.as_bytes()).await.unwrap();
+        // Read the head only: the rest of the answer fills the socket buffers and waits.
+        let mut head = vec![0u8; 1024];
+        let n = reader.read(&mut head).await.unwrap();
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&head[..n])
+        );
+
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let busy = client
+            .post(&url)
+            .json(&serde_json::json!({ "sql": "SELECT 1 AS one" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        assert!(started.elapsed() >= SLOT_WAIT, "it waited for a slot first");
+        let error = busy.json::<serde_json::Value>().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("retry shortly"),
+            "{error}"
+        );
+
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).await.unwrap();
+        assert!(n + rest.len() > 30_000_000, "the whole answer arrives");
+        let (status, answer) = post_sql(&client, &url, "SELECT 1 AS one").await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["rows"][0]["one"], 1);
     }
 }

@@ -5,8 +5,9 @@ use std::sync::LazyLock;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 /// Queries finished, by interface (`cli`, `http`, `pg`) and outcome (`ok`, `refused`, `invalid`,
-/// `too_complex`, `data`, `timeout`, `memory_limit`, `too_many_rows`, `too_many_bytes`, `error`): all but
-/// `error` are the client's to fix (`QueryError::outcome`).
+/// `too_complex`, `data`, `timeout`, `memory_limit`, `too_many_rows`, `too_many_bytes`, `busy`, `error`): all
+/// but `busy` (too many at once, refused before running) and `error` are the client's to fix
+/// (`QueryError::outcome`).
 pub static QUERIES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(IntCounterVec::new(
         Opts::new(

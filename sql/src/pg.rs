@@ -513,6 +513,7 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
         QueryError::Timeout(_) => "57014",
         QueryError::ResourcesExhausted(_) => "53200",
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => "54000",
+        QueryError::Busy(_) => "53000",
         QueryError::Execution(_) => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(
