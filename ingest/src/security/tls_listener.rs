@@ -3,8 +3,11 @@
 //!
 //! Handshakes run in their own tasks with a timeout, and only finished ones reach the server: a client that
 //! opens a socket and never speaks, or one that does not trust our certificate, costs one task for a few
-//! seconds and never blocks or stops the accept loop.
+//! seconds and never blocks or stops the accept loop. Past [`MAX_PENDING_HANDSHAKES`], the oldest pending
+//! handshake is dropped to make room for the newest, so sockets that never speak cannot make new clients
+//! wait.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,19 +19,23 @@ use prometheus::{register_int_counter_vec, IntCounterVec};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; beyond that, new TCP connections wait in the kernel backlog.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Handshakes in flight at once; past it, the oldest is dropped for each new connection. A real handshake
+/// takes a round trip or two, so the oldest pending one is almost always a socket that never spoke; had new
+/// connections waited for a free slot instead, 1,024 idle sockets (no credentials needed) would have kept
+/// every new client out for up to the handshake timeout, again and again.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Finished handshakes waiting for the server to pick them up.
 const READY_QUEUE: usize = 64;
 
-/// Failed TLS handshakes by listener and reason (`error`, `timeout`).
+/// Failed TLS handshakes by listener and reason (`error`, `timeout`, `evicted`: dropped as the oldest pending
+/// one when [`MAX_PENDING_HANDSHAKES`] were).
 pub static HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "vigil_tls_handshake_failures_total",
@@ -98,11 +105,8 @@ async fn accept_loop(
     ready: mpsc::Sender<TlsIo>,
     listener: &'static str,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let mut pending = Pending::default();
     loop {
-        let Ok(permit) = pending.clone().acquire_owned().await else {
-            return;
-        };
         let (mut stream, remote_addr) = match tcp.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -113,10 +117,15 @@ async fn accept_loop(
             }
         };
         no_delay(&mut stream);
+        if pending.make_room() {
+            HANDSHAKE_FAILURES
+                .with_label_values(&[listener, "evicted"])
+                .inc();
+            tracing::debug!(listener, "dropped the oldest pending TLS handshake");
+        }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        pending.tasks.push_back(tokio::spawn(async move {
             let local_addr = stream.local_addr().ok();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
@@ -146,7 +155,31 @@ async fn accept_loop(
                     tracing::debug!(listener, %remote_addr, "TLS handshake timed out");
                 }
             }
-        });
+        }));
+    }
+}
+
+/// The handshake tasks of one listener, oldest first; finished ones are forgotten lazily.
+#[derive(Default)]
+struct Pending {
+    tasks: VecDeque<JoinHandle<()>>,
+}
+
+impl Pending {
+    /// Makes room for one more handshake: true if the oldest still running had to be dropped for it.
+    fn make_room(&mut self) -> bool {
+        while self.tasks.front().is_some_and(JoinHandle::is_finished) {
+            self.tasks.pop_front();
+        }
+        if self.tasks.len() < MAX_PENDING_HANDSHAKES {
+            return false;
+        }
+        self.tasks.retain(|task| !task.is_finished());
+        if self.tasks.len() < MAX_PENDING_HANDSHAKES {
+            return false;
+        }
+        // Aborting drops the task's socket: the client sees its connection closed.
+        self.tasks.pop_front().inspect(JoinHandle::abort).is_some()
     }
 }
 

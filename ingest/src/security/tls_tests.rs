@@ -28,7 +28,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use super::tls::{self, ReloadingCert, TlsConfig, TlsError, CERT_RELOADS};
-use super::tls_listener::{TlsConnectInfo, TlsListener, HANDSHAKE_FAILURES};
+use super::tls_listener::{
+    TlsConnectInfo, TlsListener, HANDSHAKE_FAILURES, MAX_PENDING_HANDSHAKES,
+};
 use super::{grpc_auth, Principal, Scope};
 
 /// A self-signed certificate for `localhost` as (cert PEM, key PEM), key in PKCS#8.
@@ -172,6 +174,52 @@ async fn trusting_client_succeeds_untrusting_one_fails_and_server_keeps_serving(
             .await
             .expect("still serving"),
         "hello, client certs: 0"
+    );
+}
+
+/// A new client is served at once while as many sockets as there may be pending handshakes sit idle: the
+/// oldest idle one is dropped for it. Had the accept loop waited for a free slot, the client would have
+/// waited for the handshake timeout (10 s).
+#[tokio::test]
+async fn idle_sockets_cannot_keep_new_clients_waiting() {
+    use tokio::io::AsyncReadExt;
+    let (cert, key) = self_signed();
+    let files = cert_files(&cert, &key);
+    let addr = serve_https(&config(&files), "tls_test_idle").await;
+    let evicted = || {
+        HANDSHAKE_FAILURES
+            .with_label_values(&["tls_test_idle", "evicted"])
+            .get()
+    };
+    let mut idle = Vec::with_capacity(MAX_PENDING_HANDSHAKES);
+    for _ in 0..MAX_PENDING_HANDSHAKES {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Time for the accept loop to take them all from the backlog: then every slot is held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    let quick = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).expect("pem"))
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    assert_eq!(
+        get_text(&quick, addr)
+            .await
+            .expect("served beside idle sockets"),
+        "hello, client certs: 0"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(evicted() >= 1, "the oldest pending handshake was dropped");
+    // The oldest idle socket was the one dropped: the server closed it.
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle[0].read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the oldest socket is closed: {closed:?}"
     );
 }
 
