@@ -83,7 +83,9 @@ pub fn session_context(
     let config = SessionConfig::new()
         .with_batch_size(limits.batch_size.max(1))
         .with_information_schema(true);
+    let pool = runtime.memory_pool.clone();
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    crate::bounded_functions::register(&ctx, &pool)?;
     let (url, store) = source.object_store();
     ctx.register_object_store(&url, store);
     register_store_tables(&ctx, &source)?;

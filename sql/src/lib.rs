@@ -5,6 +5,7 @@
 //! [`context::session_context`] (tables, memory limit) and the same guard and statement timeout, so a query
 //! refused or cut off on one interface is refused or cut off on all of them.
 
+mod bounded_functions;
 pub mod context;
 pub mod error;
 pub mod guard;

@@ -1,0 +1,524 @@
+//! Scalar functions whose output size is one of their arguments. `repeat('x', 2000000000)` is a few bytes of
+//! SQL and a 2 GB string, built outside the query memory pool: DataFusion accounts for what its operators
+//! hold (sorts, joins, aggregations), not for the values functions return. A few such calls side by side, or
+//! `repeat(prompt_text, 1000000)` over a batch of prompts, ran the process out of memory, taking ingest and
+//! detection with it.
+//!
+//! So these functions are registered again, wrapped: before a call runs, the most its arguments allow it
+//! to build is reserved from the query memory pool, and a call that would need more than is free fails as
+//! the query's memory limit does (HTTP 400, SQLSTATE 53200). The reservation ends when the call returns: it
+//! bounds what one call builds at once, not what the batches carrying its output hold afterwards.
+//!
+//! Covered: `repeat`, `lpad`, `rpad`, `replace`, `array_repeat`, `array_resize`, and the list forms of
+//! `range` and `generate_series` (the table functions of those names stream their rows and are bounded by
+//! the answer's row limit). Not covered: `regexp_replace` with group references in the replacement, whose
+//! bound would refuse ordinary queries.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalUnit, TimeUnit};
+use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::config::ConfigOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::preimage::PreimageResult;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
+};
+use datafusion::prelude::SessionContext;
+
+/// How a function's arguments bound the bytes it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Bound {
+    /// `repeat(text, n)`: the text `n` times.
+    Repeat,
+    /// `lpad`/`rpad(text, n[, fill])`: `n` characters of up to four bytes.
+    Pad,
+    /// `replace(text, from, to)`: every occurrence of `from` (between every character if empty) as `to`.
+    Replace,
+    /// `array_repeat(value, n)`: the value `n` times.
+    ArrayRepeat,
+    /// `array_resize(list, n[, fill])`: `n` elements.
+    ArrayResize,
+    /// `range`/`generate_series([start,] stop[, step])`: one 8-byte element per step.
+    Range,
+}
+
+const FUNCTIONS: &[(&str, Bound)] = &[
+    ("repeat", Bound::Repeat),
+    ("lpad", Bound::Pad),
+    ("rpad", Bound::Pad),
+    ("replace", Bound::Replace),
+    ("array_repeat", Bound::ArrayRepeat),
+    ("array_resize", Bound::ArrayResize),
+    ("range", Bound::Range),
+    ("generate_series", Bound::Range),
+];
+
+/// Registers the bounded versions over the context's own, drawing on `pool` (the context's memory pool).
+pub(crate) fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) -> Result<()> {
+    for &(name, bound) in FUNCTIONS {
+        let inner = ctx.udf(name)?;
+        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+            inner,
+            bound,
+            pool: pool.clone(),
+        }));
+    }
+    Ok(())
+}
+
+/// A function whose calls reserve their output's bound from the memory pool first.
+#[derive(Debug)]
+struct Bounded {
+    inner: Arc<ScalarUDF>,
+    bound: Bound,
+    pool: Arc<dyn MemoryPool>,
+}
+
+impl PartialEq for Bounded {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner == other.inner && self.bound == other.bound
+    }
+}
+
+impl Eq for Bounded {}
+
+impl Hash for Bounded {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.hash(state);
+        self.bound.hash(state);
+    }
+}
+
+impl Bounded {
+    fn inner(&self) -> &dyn ScalarUDFImpl {
+        self.inner.inner().as_ref()
+    }
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let bytes = output_bound(self.bound, &args.args, args.number_rows)?;
+        // The consumer's name is what the pool's error names: "Failed to allocate additional 1907.3 MB for
+        // repeat() ...".
+        let reservation = MemoryConsumer::new(format!("{}()", self.name())).register(&self.pool);
+        reservation.try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))?;
+        self.inner().invoke_with_args(args)
+    }
+
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner().aliases()
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner().schema_name(args)
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner().signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner().return_type(arg_types)
+    }
+
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        let updated = self.inner().with_updated_config(config)?;
+        Some(ScalarUDF::new_from_impl(Bounded {
+            inner: Arc::new(updated),
+            bound: self.bound,
+            pool: self.pool.clone(),
+        }))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner().return_field_from_args(args)
+    }
+
+    fn is_nullable(&self, args: &[Expr], schema: &dyn ExprSchema) -> bool {
+        #[allow(deprecated)]
+        self.inner().is_nullable(args, schema)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner().is_strict()
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        self.inner().simplify(args, info)
+    }
+
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> Result<PreimageResult> {
+        self.inner().preimage(args, lit_expr, info)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner().short_circuits()
+    }
+
+    fn conditional_arguments<'a>(
+        &self,
+        args: &'a [Expr],
+    ) -> Option<(Vec<&'a Expr>, Vec<&'a Expr>)> {
+        self.inner().conditional_arguments(args)
+    }
+
+    fn evaluate_bounds(&self, input: &[&Interval]) -> Result<Interval> {
+        self.inner().evaluate_bounds(input)
+    }
+
+    fn propagate_constraints(
+        &self,
+        interval: &Interval,
+        inputs: &[&Interval],
+    ) -> Result<Option<Vec<Interval>>> {
+        self.inner().propagate_constraints(interval, inputs)
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner().output_ordering(inputs)
+    }
+
+    fn preserves_lex_ordering(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner().preserves_lex_ordering(inputs)
+    }
+
+    fn strictly_order_preserving(&self, inputs: &[ExprProperties]) -> Result<bool> {
+        self.inner().strictly_order_preserving(inputs)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner().coerce_types(arg_types)
+    }
+
+    fn struct_field_mapping(
+        &self,
+        literal_args: &[Option<ScalarValue>],
+    ) -> Option<StructFieldMapping> {
+        self.inner().struct_field_mapping(literal_args)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner().documentation()
+    }
+
+    fn placement(&self, args: &[ExpressionPlacement]) -> ExpressionPlacement {
+        self.inner().placement(args)
+    }
+}
+
+/// The most bytes a call with `args` over `rows` rows can build.
+fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u128> {
+    // All-scalar arguments make one scalar value, whatever the batch's size.
+    let rows = if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
+        rows
+    } else {
+        1
+    };
+    let arg = |i: usize| args.get(i);
+    let per_row: Vec<PerRow> = match bound {
+        Bound::Repeat => vec![bytes(arg(0))?, counts(arg(1))?],
+        Bound::Pad => vec![counts(arg(1))?],
+        Bound::Replace => vec![bytes(arg(0))?, bytes(arg(1))?, bytes(arg(2))?],
+        Bound::ArrayRepeat | Bound::ArrayResize => {
+            let element = match bound {
+                Bound::ArrayRepeat => arg(0),
+                _ => arg(2),
+            };
+            vec![bytes(element)?, counts(arg(1))?]
+        }
+        Bound::Range => vec![range_lengths(args, rows)?],
+    };
+    let mut total: u128 = 0;
+    for row in 0..rows {
+        let v = |i: usize| u128::from(per_row[i].at(row));
+        let bytes = match bound {
+            Bound::Repeat => v(0) * v(1),
+            Bound::Pad => v(0) * 4,
+            // Between every character when `from` is empty, else at most once per `from`'s length.
+            Bound::Replace => v(0) + (v(0) / v(1).max(1) + 1) * v(2),
+            // Each element at least as large as a list offset and a null bit.
+            Bound::ArrayRepeat | Bound::ArrayResize => v(0).max(16) * v(1),
+            Bound::Range => v(0) * 8,
+        };
+        total = total.saturating_add(bytes);
+    }
+    Ok(total)
+}
+
+/// An argument's value for each row; a scalar (or a missing argument) is the same in every row.
+enum PerRow {
+    Same(u64),
+    Each(Vec<u64>),
+}
+
+impl PerRow {
+    fn at(&self, row: usize) -> u64 {
+        match self {
+            PerRow::Same(v) => *v,
+            PerRow::Each(values) => values.get(row).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Byte lengths of text and binary values; the in-memory size of any other value.
+fn bytes(arg: Option<&ColumnarValue>) -> Result<PerRow> {
+    let array = match arg {
+        None => return Ok(PerRow::Same(0)),
+        Some(ColumnarValue::Scalar(scalar)) => {
+            return Ok(PerRow::Same(match scalar {
+                ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                    s.as_ref().map_or(0, |s| s.len() as u64)
+                }
+                other => other.size() as u64,
+            }))
+        }
+        Some(ColumnarValue::Array(array)) => array,
+    };
+    let lengths = match array.data_type() {
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView => arrow::compute::kernels::length::length(array)?,
+        _ => {
+            let each = array.get_array_memory_size() / array.len().max(1);
+            return Ok(PerRow::Same(each as u64));
+        }
+    };
+    Ok(PerRow::Each(non_negative(&lengths)?))
+}
+
+/// Counts (repetitions, lengths): negative and null ones are none.
+fn counts(arg: Option<&ColumnarValue>) -> Result<PerRow> {
+    match arg {
+        None => Ok(PerRow::Same(0)),
+        Some(ColumnarValue::Scalar(scalar)) => {
+            let value = scalar.cast_to(&DataType::Int64)?;
+            Ok(PerRow::Same(match value {
+                ScalarValue::Int64(Some(n)) => n.max(0) as u64,
+                _ => 0,
+            }))
+        }
+        Some(ColumnarValue::Array(array)) => Ok(PerRow::Each(non_negative(array)?)),
+    }
+}
+
+fn non_negative(array: &ArrayRef) -> Result<Vec<u64>> {
+    let ints = cast(array, &DataType::Int64)?;
+    let ints = ints.as_primitive::<Int64Type>();
+    Ok((0..ints.len())
+        .map(|i| match ints.is_valid(i) {
+            true => ints.value(i).max(0) as u64,
+            false => 0,
+        })
+        .collect())
+}
+
+/// Elements of each row's range: `(stop - start) / step`. Dates and times count in nanoseconds, a month as
+/// 28 days, so the count is never under the real one.
+fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<PerRow> {
+    let (start, stop, step) = match args {
+        [stop] => (None, stop, None),
+        [start, stop] => (Some(start), stop, None),
+        [start, stop, step, ..] => (Some(start), stop, Some(step)),
+        [] => return Ok(PerRow::Same(0)),
+    };
+    let instants = |arg: Option<&ColumnarValue>| -> Result<Option<ArrayRef>> {
+        let Some(arg) = arg else { return Ok(None) };
+        let array = arg.to_array(rows.max(1))?;
+        let as_i64 = match array.data_type() {
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => cast(
+                &cast(&array, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+                &DataType::Int64,
+            )?,
+            _ => cast(&array, &DataType::Int64)?,
+        };
+        Ok(Some(as_i64))
+    };
+    let steps = |arg: Option<&ColumnarValue>| -> Result<Option<Vec<i128>>> {
+        let Some(arg) = arg else { return Ok(None) };
+        let array = arg.to_array(rows.max(1))?;
+        let nanos: Vec<i128> = match array.data_type() {
+            DataType::Interval(IntervalUnit::MonthDayNano) => {
+                let intervals = array.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+                intervals
+                    .iter()
+                    .map(|v| {
+                        v.map_or(0, |v| {
+                            i128::from(v.months) * 28 * 86_400_000_000_000
+                                + i128::from(v.days) * 86_400_000_000_000
+                                + i128::from(v.nanoseconds)
+                        })
+                    })
+                    .collect()
+            }
+            DataType::Interval(IntervalUnit::DayTime) => {
+                let intervals = array.as_primitive::<arrow::datatypes::IntervalDayTimeType>();
+                intervals
+                    .iter()
+                    .map(|v| {
+                        v.map_or(0, |v| {
+                            i128::from(v.days) * 86_400_000_000_000
+                                + i128::from(v.milliseconds) * 1_000_000
+                        })
+                    })
+                    .collect()
+            }
+            DataType::Interval(IntervalUnit::YearMonth) => {
+                let intervals = array.as_primitive::<arrow::datatypes::IntervalYearMonthType>();
+                intervals
+                    .iter()
+                    .map(|v| v.map_or(0, |m| i128::from(m) * 28 * 86_400_000_000_000))
+                    .collect()
+            }
+            _ => {
+                let ints = cast(&array, &DataType::Int64)?;
+                let ints = ints.as_primitive::<Int64Type>();
+                ints.iter().map(|v| i128::from(v.unwrap_or(0))).collect()
+            }
+        };
+        Ok(Some(nanos))
+    };
+    let (start, stop, step) = (instants(start)?, instants(Some(stop))?, steps(step)?);
+    let Some(stop) = stop else {
+        return Err(DataFusionError::Internal("range without a stop".into()));
+    };
+    let stop = stop.as_primitive::<Int64Type>();
+    let lengths = (0..stop.len())
+        .map(|row| {
+            let at = |a: &Option<ArrayRef>, default: i128| {
+                a.as_ref().map_or(default, |a| {
+                    let a = a.as_primitive::<Int64Type>();
+                    if a.is_valid(row) {
+                        i128::from(a.value(row))
+                    } else {
+                        0
+                    }
+                })
+            };
+            let from = at(&start, 0);
+            let to = if stop.is_valid(row) {
+                i128::from(stop.value(row))
+            } else {
+                from
+            };
+            let by = step
+                .as_ref()
+                .map_or(1, |s| s.get(row).copied().unwrap_or(0));
+            // A step of zero or the wrong way is refused by the function itself.
+            if by == 0 || (to - from).signum() * by.signum() < 0 {
+                return 0;
+            }
+            u64::try_from((to - from) / by + 1).unwrap_or(u64::MAX)
+        })
+        .collect();
+    Ok(PerRow::Each(lengths))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{run_query, session_context, QueryLimits};
+    use crate::error::QueryError;
+    use crate::test_support::TestSource;
+
+    async fn context(dir: &std::path::Path, memory: usize) -> (SessionContext, QueryLimits) {
+        let limits = QueryLimits {
+            memory_limit_bytes: memory,
+            ..QueryLimits::default()
+        };
+        let source = TestSource::with_hours(dir, &[(0, 4)], 3);
+        let ctx = session_context(Arc::new(source), limits.clone()).expect("context");
+        (ctx, limits)
+    }
+
+    /// Each of these would build about 2 GB (or 16 GB) before the fix: refused as the memory limit.
+    #[tokio::test]
+    async fn calls_that_would_build_more_than_the_pool_holds_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, limits) = context(dir.path(), 64 << 20).await;
+        for sql in [
+            "SELECT repeat('x', 2000000000)",
+            "SELECT length(repeat(kind, 100000000)) FROM events",
+            "SELECT lpad('x', 2000000000)",
+            "SELECT rpad(kind, 2000000000, 'ab') FROM events",
+            "SELECT replace(repeat('a', 1000), 'a', repeat('b', 1000000))",
+            "SELECT cardinality(array_repeat(1, 2000000000))",
+            "SELECT cardinality(array_resize([1], 2000000000, 0))",
+            "SELECT cardinality(range(2000000000))",
+            "SELECT cardinality(generate_series(1, 2000000000, 1))",
+            "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second'))",
+        ] {
+            match run_query(&ctx, sql, &limits).await {
+                Err(QueryError::ResourcesExhausted(message)) => {
+                    assert!(message.contains("Failed to allocate"), "{sql}: {message}")
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+    }
+
+    /// Ordinary calls are untouched, and give DataFusion's answers.
+    #[tokio::test]
+    async fn ordinary_calls_answer_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, limits) = context(dir.path(), 64 << 20).await;
+        let batches = run_query(
+            &ctx,
+            "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, rpad('a', 2) AS p, \
+             replace('a-b-c', '-', '+') AS s, cardinality(array_repeat('x', 4)) AS ar, \
+             cardinality(range(5)) AS n, cardinality(generate_series(DATE '2026-01-01', \
+             DATE '2026-03-01', INTERVAL '1 month')) AS months, max(length(repeat(kind, 2))) AS k \
+             FROM events",
+            &limits,
+        )
+        .await
+        .expect("ordinary calls run");
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        for expected in ["ababab", "007", "a ", "a+b+c", "| 4 ", "| 5 ", "| 3 "] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn bounds_follow_the_arguments_row_by_row() {
+        let text: ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+            Some("abc"),
+            None,
+            Some("abcdef"),
+        ]));
+        let times: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![2, 1000, -5]));
+        let args = [ColumnarValue::Array(text), ColumnarValue::Array(times)];
+        // 3 * 2 + 0 * 1000 + 6 * 0.
+        assert_eq!(output_bound(Bound::Repeat, &args, 3).unwrap(), 6);
+        let scalar = [
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(1))),
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(10))),
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(3))),
+        ];
+        // 1, 4, 7, 10: four elements, once however many rows the batch has.
+        assert_eq!(output_bound(Bound::Range, &scalar, 8192).unwrap(), 4 * 8);
+    }
+}
