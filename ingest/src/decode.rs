@@ -105,12 +105,12 @@ pub enum DecodeError {
     /// The receiver's room for bodies and their decoded messages ran out while this one was decoded
     /// ([`wire::budget::with_room`]): too many at once, not too large. Retry later.
     #[error(
-        "the receiver holds as many request bodies and decoded messages as it may (max_buffered_body_bytes); retry later"
+        "the receiver holds as many decoded requests as it may (otlp.max_decoding_bytes); retry later"
     )]
     NoRoom,
     /// This request alone would take more than the receiver's room to decode.
     #[error(
-        "the request needs more memory to decode than the receiver has room for (max_buffered_body_bytes); send fewer per request"
+        "the request needs more memory to decode than the receiver has room for (otlp.max_decoding_bytes); send fewer per request"
     )]
     ExceedsRoom,
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -173,7 +173,12 @@ pub fn decode_metrics(
 ) -> Result<usize, DecodeError> {
     let message = inflate(body, compression, limits)?;
     match encoding {
-        Encoding::Protobuf => Ok(wire::metrics::MetricsRequest::decode(message)?.points()),
+        Encoding::Protobuf => {
+            // Its messages do not charge as they are created (they are derived, and hold nothing but
+            // vectors), so the most they can take is reserved up front.
+            wire::budget::reserve(message.len().saturating_mul(wire::budget::PER_ENCODED_BYTE))?;
+            Ok(wire::metrics::MetricsRequest::decode(message)?.points())
+        }
         Encoding::Json => {
             json_within_budget(&message)?;
             let request: ExportMetricsServiceRequest = parse_json(&message)?;
@@ -205,7 +210,15 @@ fn within_budget<W>(
     message: Bytes,
     decode: impl FnOnce(Bytes) -> Result<W, prost::DecodeError>,
 ) -> Result<W, DecodeError> {
-    let len = message.len();
+    within_budget_of(message.len(), message, decode)
+}
+
+/// [`within_budget`] for a message re-encoded from a body of `len` bytes, held to that body's budget.
+fn within_budget_of<W>(
+    len: usize,
+    message: Bytes,
+    decode: impl FnOnce(Bytes) -> Result<W, prost::DecodeError>,
+) -> Result<W, DecodeError> {
     match wire::budget::within(len, || decode(message)) {
         Ok(decoded) => decoded.map_err(DecodeError::from),
         Err(wire::budget::Exhausted::Message) => Err(DecodeError::Expands {
@@ -233,7 +246,10 @@ where
 {
     json_within_budget(message)?;
     let owned: Json = parse_json(message)?;
-    Ok(wire::convert(&owned)?)
+    let encoded = Bytes::from(owned.encode_to_vec());
+    drop(owned);
+    // The zero-copy messages charge the receiver's room as they are decoded, within the JSON's budget.
+    within_budget_of(message.len(), encoded, W::decode)
 }
 
 /// Parses OTLP/JSON into `opentelemetry_proto`'s types; a body they refuse is tried once more with enum
@@ -250,11 +266,11 @@ fn parse_json<Json: serde::de::DeserializeOwned>(message: &[u8]) -> Result<Json,
         return Err(refused.into());
     }
     // A `Value` object costs some 600 bytes, more than twice what the budget counts per container.
-    if json_containers(message).saturating_mul(4 * JSON_CONTAINER_BYTES)
-        > wire::budget::limit(message.len())
-    {
+    let tree = json_containers(message).saturating_mul(4 * JSON_CONTAINER_BYTES);
+    if tree > wire::budget::limit(message.len()) {
         return Err(refused.into());
     }
+    wire::budget::reserve(tree)?;
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(message) else {
         return Err(refused.into());
     };
@@ -276,15 +292,16 @@ const JSON_CONTAINER_BYTES: usize = 256;
 /// outside strings (braces inside a prompt cost nothing). The bound is on the body's total, so dense spots
 /// among ordinary telemetry pass.
 ///
-/// The same count takes the parse's share of the receiver's room ([`wire::budget::reserve`]), with three
-/// times the text on top: the parsed strings, the protobuf they are re-encoded to, and its decoded messages.
+/// The same count takes the parse's share of the receiver's room ([`wire::budget::reserve`]), with twice
+/// the text on top: the parsed strings and the protobuf they are re-encoded to (whose decoded messages
+/// charge the room as they are made).
 fn json_within_budget(message: &[u8]) -> Result<(), DecodeError> {
     let limit = wire::budget::limit(message.len());
     let parsed = json_containers(message).saturating_mul(JSON_CONTAINER_BYTES);
     if parsed > limit {
         return Err(DecodeError::Expands { limit });
     }
-    wire::budget::reserve(parsed.saturating_add(message.len().saturating_mul(3)))?;
+    wire::budget::reserve(parsed.saturating_add(message.len().saturating_mul(2)))?;
     Ok(())
 }
 
@@ -340,16 +357,25 @@ fn inflate(body: Bytes, compression: Compression, limits: &Limits) -> Result<Byt
             limits,
         )?,
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|source| {
-                DecodeError::Decompress {
-                    compression,
-                    source,
-                }
-            })?;
+            let decompress = |source| DecodeError::Decompress {
+                compression,
+                source,
+            };
+            let mut decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(decompress)?;
+            // A frame may ask for a window of up to 128 MiB, allocated before any byte comes out and
+            // outside the room: inflating a message needs none larger than the largest message allowed.
+            decoder
+                .window_log_max(window_log(limits.max_decompressed_bytes))
+                .map_err(decompress)?;
             read_capped(decoder, compression, limits)?
         }
     };
     Ok(Bytes::from(inflated))
+}
+
+/// The zstd window (a power of two) that covers `bytes`, within zstd's bounds.
+fn window_log(bytes: usize) -> u32 {
+    (usize::BITS - bytes.saturating_sub(1).leading_zeros()).clamp(10, 30)
 }
 
 /// Inflates at most `max_decompressed_bytes + 1` bytes: one byte past the cap proves the body is too large
@@ -393,7 +419,9 @@ struct Unreserved(wire::budget::NoRoom);
 impl<R: Read> Read for Reserving<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.0.read(buf)?;
-        wire::budget::reserve(n).map_err(|e| std::io::Error::other(Unreserved(e)))?;
+        // Twice: the buffer grows by doubling, and the inflated body keeps its spare capacity.
+        wire::budget::reserve(n.saturating_mul(2))
+            .map_err(|e| std::io::Error::other(Unreserved(e)))?;
         Ok(n)
     }
 }
@@ -848,5 +876,91 @@ mod tests {
             Some(Compression::Gzip)
         );
         assert_eq!(Compression::from_content_encoding(Some("br")), None);
+    }
+
+    /// Runs `decode` with a room of `bytes`: what it returned, and what it took of the room.
+    fn with_room_of<T>(bytes: usize, decode: impl FnOnce() -> T) -> (T, usize) {
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let counter = taken.clone();
+        let take = move |n: usize| {
+            let after = counter.get() + n;
+            if after > bytes {
+                return Err(wire::budget::NoRoom::Busy);
+            }
+            counter.set(after);
+            Ok(())
+        };
+        let out = wire::budget::with_room(take, decode);
+        (out, taken.get())
+    }
+
+    /// Every way a body becomes memory draws on the receiver's room: protobuf traces and logs as their
+    /// messages are made, metrics up front, JSON by its objects and text (and the messages it is re-read
+    /// as), and inflating by its output.
+    #[test]
+    fn every_decode_path_takes_its_memory_from_the_room() {
+        let limits = Limits::default();
+        let traces = sample_traces();
+        let mut many = traces.clone();
+        many.resource_spans = vec![traces.resource_spans[0].clone(); 2_000];
+        let proto = many.encode_to_vec();
+        let json = serde_json::to_vec(&many).expect("json");
+        let metrics = [0x0a, 0x00].repeat(50_000);
+        type Decode<'a> = Box<dyn Fn() -> Result<(), DecodeError> + 'a>;
+        let paths: [(&str, Decode); 4] = [
+            (
+                "protobuf",
+                Box::new(|| {
+                    decode_traces(
+                        proto.clone().into(),
+                        Encoding::Protobuf,
+                        Compression::None,
+                        &limits,
+                    )
+                    .map(drop)
+                }),
+            ),
+            (
+                "json",
+                Box::new(|| {
+                    decode_traces(
+                        json.clone().into(),
+                        Encoding::Json,
+                        Compression::None,
+                        &limits,
+                    )
+                    .map(drop)
+                }),
+            ),
+            (
+                "metrics",
+                Box::new(|| {
+                    decode_metrics(
+                        metrics.clone().into(),
+                        Encoding::Protobuf,
+                        Compression::None,
+                        &limits,
+                    )
+                    .map(drop)
+                }),
+            ),
+            (
+                "gzip",
+                Box::new(|| {
+                    let body = gzip(&vec![0u8; 1 << 20]);
+                    inflate(body.into(), Compression::Gzip, &limits).map(drop)
+                }),
+            ),
+        ];
+        for (name, decode) in paths {
+            let (fits, taken) = with_room_of(usize::MAX, &decode);
+            fits.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(taken > 64 * 1024, "{name} took {taken} bytes of the room");
+            let (refused, _) = with_room_of(taken / 2, &decode);
+            assert!(
+                matches!(refused, Err(DecodeError::NoRoom)),
+                "{name} in half the room: {refused:?}"
+            );
+        }
     }
 }

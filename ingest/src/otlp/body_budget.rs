@@ -1,4 +1,5 @@
-//! The bytes of request bodies a receiver holds at once, and of what they inflate and decode into.
+//! The bytes of request bodies a receiver holds at once, and (a room of the same kind) of what they inflate
+//! and decode into.
 //!
 //! A request is admitted (and refused with 429 under overload) only after its body has been read, so that
 //! the client is not cut off mid-send. Without a bound on the reading itself, a thousand clients sending
@@ -9,9 +10,9 @@
 //! cap), so the client gets its answer, but its bytes are dropped as they arrive; the request is then
 //! refused as overloaded, with a Retry-After.
 //!
-//! Decoding then draws on the same room ([`crate::wire::budget::with_room`]): an HTTP body as it inflates,
-//! and every request's messages as they are decoded, which may take up to 32 times the message's size. Each
-//! request's limit alone would let 64 admitted decodes hold gigabytes between them.
+//! The same kind of room bounds what admitted requests inflate and decode into (`max_decoding_bytes`,
+//! drawn on through [`crate::wire::budget::with_room`]): up to 32 times a message's size each, which alone
+//! would let 64 admitted decodes hold gigabytes between them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -118,8 +119,8 @@ impl Charge {
         !held.overflowed
     }
 
-    /// Takes room for `n` more bytes of what the body decodes into. The body itself is whole, so the charge
-    /// does not overflow when there is none: the decode fails instead, and says whether waiting would help.
+    /// Takes room for `n` more bytes of what a body decodes into. The charge does not overflow when there is
+    /// none: the decode fails instead, and says whether waiting would help.
     pub fn take_room(&self, n: usize) -> Result<(), NoRoom> {
         let mut held = self.state.lock();
         let holds = held.permit.as_ref().map_or(0, |p| p.num_permits());

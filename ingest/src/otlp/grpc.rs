@@ -73,6 +73,7 @@ pub(crate) async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let exporter = exporter.with_decoding_room(&cfg);
     let server = tonic::transport::Server::builder()
         .timeout(cfg.request_timeout)
         // An exporter keeps a few requests in flight per connection; unbounded, one connection could open

@@ -70,7 +70,7 @@ pub(crate) fn router_with(exporter: Exporter, cfg: ReceiverConfig) -> Router {
     let body_limit = cfg.limits.max_body_bytes;
     let bodies = cfg.body_budget();
     let state = Arc::new(HttpState {
-        exporter,
+        exporter: exporter.with_decoding_room(&cfg),
         cfg,
         bodies,
     });

@@ -44,12 +44,17 @@ pub struct ReceiverConfig {
     /// How long a client is told to wait when the sink is unavailable (the sink's own overload errors carry
     /// their own delay).
     pub unavailable_retry_after_secs: u64,
-    /// Bytes of request bodies each receiver holds at once, and of what they inflate and decode into, from
-    /// their first byte until their events are normalised (never less than one body at the `limits`). Past
-    /// it, a body is read but not kept, or its decoding stops, and the request is refused as overloaded
-    /// (429 / RESOURCE_EXHAUSTED, Retry-After); a request that alone would decode into more is refused as
-    /// too large. This bounds memory when many clients send at once, before and after admission.
+    /// Bytes of request bodies each receiver holds at once, from their first byte until they are decoded
+    /// (never less than one request at the `limits`). Past it, a body is read but not kept, and the request
+    /// is refused as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After): this bounds memory when many
+    /// clients send at once, before admission can refuse them.
     pub max_buffered_body_bytes: usize,
+    /// Bytes each receiver's admitted requests may hold at once in what their bodies inflate and decode
+    /// into, until their events are normalised (never less than twice `max_decompressed_bytes`). Each
+    /// request is held to 32 times its size on its own; this bounds their sum. Past it the request is refused
+    /// as overloaded (429 / RESOURCE_EXHAUSTED, Retry-After), or as too large (413) if it alone would need
+    /// more. Real GenAI telemetry decodes into about twice its size.
+    pub max_decoding_bytes: usize,
     /// How long a request may take to arrive whole (HTTP: its body; gRPC: the whole call). A sender that
     /// stalls halfway would otherwise hold its share of `max_buffered_body_bytes` for as long as it likes,
     /// and a few such senders shut everyone else out.
@@ -66,6 +71,7 @@ impl Default for ReceiverConfig {
             source_name: None,
             unavailable_retry_after_secs: 5,
             max_buffered_body_bytes: 128 * 1024 * 1024,
+            max_decoding_bytes: 256 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -87,6 +93,16 @@ impl ReceiverConfig {
             .max(self.limits.max_decompressed_bytes);
         // Room for one request at the limits, with its gRPC prefix, whatever the setting.
         body_budget::BodyBudget::new(self.max_buffered_body_bytes.max(largest + 64 * 1024))
+    }
+
+    fn decoding_budget(&self) -> body_budget::BodyBudget {
+        // Room to inflate one request at the limits (and its buffer's spare capacity), whatever the setting.
+        let least = self
+            .limits
+            .max_decompressed_bytes
+            .saturating_mul(2)
+            .saturating_add(wire::budget::CHUNK);
+        body_budget::BodyBudget::new(self.max_decoding_bytes.max(least))
     }
 
     fn unavailable_retry_after(&self) -> Duration {
@@ -260,6 +276,9 @@ pub struct Exporter {
     sink: Arc<dyn EventSink>,
     ctx: NormalizeContext,
     normalizers: Normalizers,
+    /// What the bodies it is handed may inflate and decode into, together (`max_decoding_bytes`); none
+    /// for decoded requests only.
+    decoding: Option<body_budget::BodyBudget>,
 }
 
 impl Exporter {
@@ -268,7 +287,14 @@ impl Exporter {
             sink,
             ctx,
             normalizers: Normalizers::default(),
+            decoding: None,
         }
+    }
+
+    /// The receivers' exporters decode within `cfg`'s `max_decoding_bytes`.
+    pub(crate) fn with_decoding_room(mut self, cfg: &ReceiverConfig) -> Self {
+        self.decoding = Some(cfg.decoding_budget());
+        self
     }
 
     #[cfg(test)]
@@ -368,6 +394,12 @@ impl Exporter {
             Input::Decoded(_) => None,
         };
         let admission = self.sink.admit().await?;
+        // This request's share of the decoding room: taken as it inflates and decodes, given back when the
+        // blocking task below ends (its events normalised, the decoded messages gone).
+        let decoding = match (&input, &self.decoding) {
+            (Input::Encoded(_), Some(room)) => Some(room.charge()),
+            _ => None,
+        };
         let normalizers = self.normalizers;
         let decode_span = match &input {
             Input::Encoded(e) => tracing::debug_span!(
@@ -388,9 +420,7 @@ impl Exporter {
             // Until the decoded request, whose strings are slices of the body, is normalised.
             let _hold = hold;
             let normalized = (|| -> Result<Normalized, DecodeError> {
-                // Inflating and decoding draw on the room the body was counted in, and hold what they
-                // took as long as the body (`_hold`): the receiver's decodes together stay within it.
-                let request = decode_span.in_scope(|| match &_hold {
+                let request = decode_span.in_scope(|| match &decoding {
                     Some(charge) => {
                         let charge = charge.clone();
                         wire::budget::with_room(move |n| charge.take_room(n), || input.decode())

@@ -49,12 +49,16 @@ fn exporter(sink: &Arc<VecSink>, fake: bool) -> Exporter {
 }
 
 async fn start_http(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
+    start_http_with(exporter(sink, fake), cfg).await
+}
+
+async fn start_http_with(exporter: Exporter, cfg: ReceiverConfig) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let router = http::router_with(exporter(sink, fake), cfg);
+    let router = http::router_with(exporter, cfg);
     tokio::spawn(http::serve(listener, router, async move {
         let _ = rx.await;
     }));
@@ -65,6 +69,10 @@ async fn start_http(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Run
 }
 
 async fn start_grpc(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Running {
+    start_grpc_with(exporter(sink, fake), cfg).await
+}
+
+async fn start_grpc_with(exporter: Exporter, cfg: ReceiverConfig) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -72,7 +80,7 @@ async fn start_grpc(sink: &Arc<VecSink>, cfg: ReceiverConfig, fake: bool) -> Run
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(grpc::serve_with(
         listener,
-        exporter(sink, fake),
+        exporter,
         cfg,
         Security::open(),
         async move {
@@ -933,98 +941,126 @@ fn empty_spans(spans: usize) -> ExportTraceServiceRequest {
     req
 }
 
-/// Empty spans that decode into about 100 KB: alone they fit [`small_body_budget`]'s room (two chunks of
-/// 64 KiB), but not beside a request holding 90 KB of it.
+/// Empty spans that decode into about 100 KB.
 fn spans_of_100_kb() -> ExportTraceServiceRequest {
     empty_spans(100_000 / std::mem::size_of::<crate::wire::Span>())
 }
 
-/// Decoding draws on the room the bodies are counted in: without it, 64 admitted requests of 16 MiB,
-/// each within its own decode budget of 32 times its size, could hold 32 GiB between them. A decode that
-/// finds the room held by others is refused as overloaded (to be retried); one that would need more than
-/// the whole room is refused as too large (not to be).
+/// Held by a test while requests named [`HOLD`] are normalised: they wait there, holding the room their
+/// decode took.
+static NORMALISING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+const HOLD: &str = "hold-in-normalisation";
+
+/// The fake normalisers, except that a request whose first span is named [`HOLD`] waits for
+/// [`NORMALISING`] first.
+fn holding_normalizers() -> super::Normalizers {
+    fn traces(
+        req: &crate::wire::TracesRequest,
+        ctx: &NormalizeContext,
+    ) -> crate::normalize::Normalized {
+        let first = req
+            .resource_spans
+            .first()
+            .and_then(|r| r.scope_spans.first());
+        if first
+            .and_then(|s| s.spans.first())
+            .is_some_and(|s| &*s.name == HOLD)
+        {
+            drop(NORMALISING.blocking_read());
+        }
+        (fake_normalizers().traces)(req, ctx)
+    }
+    super::Normalizers {
+        traces,
+        ..fake_normalizers()
+    }
+}
+
+/// Receivers whose decoding room is the least there is: twice the 100,000-byte message limit and a chunk,
+/// 265,536 bytes.
+fn small_decoding_room() -> ReceiverConfig {
+    ReceiverConfig {
+        max_decoding_bytes: 0,
+        ..small_body_budget()
+    }
+}
+
+/// About 200 KB of decoded spans that wait in normalisation while the test holds [`NORMALISING`].
+fn held_spans() -> ExportTraceServiceRequest {
+    let mut req = empty_spans(200_000 / std::mem::size_of::<crate::wire::Span>());
+    req.resource_spans[0].scope_spans[0].spans[0].name = HOLD.into();
+    req
+}
+
+/// The decodes of admitted requests share one room: without it, 64 admitted requests of 16 MiB, each
+/// within its own decode budget of 32 times its size, could hold 32 GiB between them. A decode that finds
+/// the room held by others is refused as overloaded (to be retried); one that would need more than the
+/// whole room is refused as too large (not to be).
 #[tokio::test]
-async fn http_decodes_take_their_room_from_the_body_budget() {
+async fn http_decodes_share_the_decoding_room() {
     let sink = VecSink::new();
-    let server = start_http(&sink, small_body_budget(), true).await;
+    let exporter = exporter(&sink, true).with_normalizers(holding_normalizers());
+    let server = start_http_with(exporter, small_decoding_room()).await;
     let before = counter(&REJECTED, &["http", "overloaded"]);
-    sink.hold();
-    let first = tokio::spawn(post(
-        server.addr,
-        "/v1/traces",
-        "application/x-protobuf",
-        None,
-        big_request(90_000).encode_to_vec(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !first.is_finished(),
-        "the first request waits for admission"
-    );
-    // Admission is not held from here on: the second request is decoded while the first still waits.
-    sink.release_for_next();
-    let spans = spans_of_100_kb();
-    let post_spans = || {
+    let post_body = |body: Vec<u8>, encoding: Option<&'static str>| {
         post(
             server.addr,
             "/v1/traces",
             "application/x-protobuf",
-            None,
-            spans.encode_to_vec(),
+            encoding,
+            body,
         )
     };
-    let refused = post_spans().await;
+    let normalising = NORMALISING.write().await;
+    let first = tokio::spawn(post_body(held_spans().encode_to_vec(), None));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first request waits in normalisation"
+    );
+
+    let spans = spans_of_100_kb();
+    let refused = post_body(spans.encode_to_vec(), None).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "1");
     let (code, message, _) =
         status::decode_http_body(&refused.bytes().await.expect("body")).expect("a Status body");
     assert_eq!(code, Code::ResourceExhausted as i32);
-    assert!(message.contains("retry later"), "{message}");
-    assert!(counter(&REJECTED, &["http", "overloaded"]) - before >= 1);
+    assert!(message.contains("max_decoding_bytes"), "{message}");
+    assert!(counter(&REJECTED, &["http", "overloaded"]) > before);
     // Small on the wire, but inflating it takes room too.
-    let inflating = post(
-        server.addr,
-        "/v1/traces",
-        "application/x-protobuf",
-        Some("gzip"),
-        gzip(&big_request(90_000).encode_to_vec()),
-    )
-    .await;
+    let inflating = post_body(gzip(&big_request(90_000).encode_to_vec()), Some("gzip")).await;
     assert_eq!(inflating.status(), 429);
 
-    sink.release();
+    drop(normalising);
     assert_eq!(first.await.expect("first request").status(), 200);
-    assert_eq!(
-        post_spans().await.status(),
-        200,
-        "room once the first is gone"
-    );
-    let too_many = post(
-        server.addr,
-        "/v1/traces",
-        "application/x-protobuf",
-        None,
-        empty_spans(3_000).encode_to_vec(),
-    )
-    .await;
+    let again = post_body(spans.encode_to_vec(), None).await;
+    assert_eq!(again.status(), 200, "room once the first is gone");
+    let too_many = post_body(empty_spans(3_000).encode_to_vec(), None).await;
     assert_eq!(too_many.status(), 413, "more than the whole room");
     assert!(too_many
         .text()
         .await
         .expect("body")
         .contains("send fewer per request"));
-    assert_eq!(
-        sink.rows(),
-        1 + spans.resource_spans[0].scope_spans[0].spans.len()
-    );
 }
 
 #[tokio::test]
-async fn grpc_decodes_take_their_room_from_the_body_budget() {
+async fn grpc_decodes_share_the_decoding_room() {
     let sink = VecSink::new();
-    let server = start_grpc(&sink, small_body_budget(), true).await;
-    let (client, first) = hold_most_of_the_budget(&sink, &server).await;
-    sink.release_for_next();
+    let exporter = exporter(&sink, true).with_normalizers(holding_normalizers());
+    let server = start_grpc_with(exporter, small_decoding_room()).await;
+    let client = TraceServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    let normalising = NORMALISING.write().await;
+    let mut first_client = client.clone();
+    let first = tokio::spawn(async move { first_client.export(held_spans()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first request waits in normalisation"
+    );
 
     let status = client
         .clone()
@@ -1032,11 +1068,15 @@ async fn grpc_decodes_take_their_room_from_the_body_budget() {
         .await
         .expect_err("no room to decode beside the first request");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max_decoding_bytes"),
+        "{status:?}"
+    );
     let (_, _, retry) =
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
     assert_eq!(retry, Some(Duration::from_secs(1)));
 
-    sink.release();
+    drop(normalising);
     first.await.expect("first task").expect("first request");
     client
         .clone()
@@ -1049,6 +1089,7 @@ async fn grpc_decodes_take_their_room_from_the_body_budget() {
         .await
         .expect_err("more than the whole room");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("send fewer"), "{status:?}");
     assert!(status.details().is_empty(), "not to be retried: {status:?}");
 }
 

@@ -36,15 +36,8 @@ pub enum SinkMode {
 pub struct VecSink {
     batches: Mutex<Vec<RecordBatch>>,
     mode: Mutex<SinkMode>,
-    /// Where requests wait for admission: while held, the current gate (true while closed); gates left
-    /// closed for the requests already waiting at them.
-    gates: Mutex<Gates>,
-}
-
-#[derive(Default)]
-struct Gates {
-    current: Option<tokio::sync::watch::Sender<bool>>,
-    left_closed: Vec<tokio::sync::watch::Sender<bool>>,
+    /// True while requests wait for admission.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl VecSink {
@@ -52,37 +45,18 @@ impl VecSink {
         Arc::new(VecSink {
             batches: Mutex::new(Vec::new()),
             mode: Mutex::new(SinkMode::Accept),
-            gates: Mutex::new(Gates::default()),
+            held: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// Requests that ask for admission from now on wait there (holding their bodies) until
     /// [`VecSink::release`].
     pub fn hold(&self) {
-        let mut gates = self.gates.lock().expect("gates lock");
-        gates
-            .current
-            .get_or_insert_with(|| tokio::sync::watch::Sender::new(true));
-    }
-
-    /// Admits requests that ask from now on, while those waiting already go on waiting until
-    /// [`VecSink::release`].
-    pub fn release_for_next(&self) {
-        let mut gates = self.gates.lock().expect("gates lock");
-        if let Some(gate) = gates.current.take() {
-            gates.left_closed.push(gate);
-        }
+        self.held.send_replace(true);
     }
 
     pub fn release(&self) {
-        let mut gates = self.gates.lock().expect("gates lock");
-        let Gates {
-            current,
-            left_closed,
-        } = std::mem::take(&mut *gates);
-        for gate in left_closed.into_iter().chain(current) {
-            gate.send_replace(false);
-        }
+        self.held.send_replace(false);
     }
 
     pub fn set_mode(&self, mode: SinkMode) {
@@ -106,11 +80,7 @@ impl VecSink {
 #[async_trait::async_trait]
 impl EventSink for VecSink {
     async fn admit(&self) -> Result<crate::sink::Admission, SinkError> {
-        let gate = (self.gates.lock().expect("gates lock").current.as_ref())
-            .map(tokio::sync::watch::Sender::subscribe);
-        if let Some(mut gate) = gate {
-            let _ = gate.wait_for(|closed| !*closed).await;
-        }
+        let _ = self.held.subscribe().wait_for(|held| !*held).await;
         match *self.mode.lock().expect("mode lock") {
             SinkMode::Full => Err(SinkError::Overloaded {
                 retry_after: Duration::from_secs(3),

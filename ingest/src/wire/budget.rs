@@ -72,18 +72,27 @@ pub(crate) fn charge(bytes: usize) {
         Some(rest) => spare.set(rest),
         None => {
             let need = bytes - spare.get();
-            let chunk = need.max(CHUNK);
-            if let Err(no_room) = take_room(chunk) {
-                resume_unwind(Box::new(Exhausted::Room(no_room)));
+            let taken =
+                ROOM.with_borrow(|room| room.as_ref().map_or(Ok(need), |r| r.take_up_to(need)));
+            match taken {
+                Ok(taken) => spare.set(spare.get() + taken - bytes),
+                Err(no_room) => resume_unwind(Box::new(Exhausted::Room(no_room))),
             }
-            spare.set(spare.get() + chunk - bytes);
         }
     })
 }
 
-/// Takes `bytes` more of the installed room, if there is one.
-fn take_room(bytes: usize) -> Result<(), NoRoom> {
-    ROOM.with_borrow(|room| room.as_ref().map_or(Ok(()), |room| (room.take)(bytes)))
+impl Room {
+    /// Takes a chunk of the room for `need` bytes, or just `need` if a chunk is more than is left: what was
+    /// taken.
+    fn take_up_to(&self, need: usize) -> Result<usize, NoRoom> {
+        let chunk = need.max(CHUNK);
+        match (self.take)(chunk) {
+            Ok(()) => Ok(chunk),
+            Err(_) if chunk > need => (self.take)(need).map(|()| need),
+            Err(no_room) => Err(no_room),
+        }
+    }
 }
 
 /// Takes `bytes` of the installed room for memory about to be held outside [`within`] (an inflated body, a
@@ -96,9 +105,8 @@ pub(crate) fn reserve(bytes: usize) -> Result<(), NoRoom> {
             return Ok(());
         }
         let need = bytes - room.spare;
-        let chunk = need.max(CHUNK);
-        (room.take)(chunk)?;
-        room.spare = room.spare + chunk - bytes;
+        let taken = room.take_up_to(need)?;
+        room.spare = room.spare + taken - bytes;
         Ok(())
     })
 }
