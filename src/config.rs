@@ -120,7 +120,7 @@ pub struct SqlConfig {
     /// Memory the running queries together may hold (one pool, so also what a single query may use) before
     /// a query fails with a clear error: a bound for the server rather than a quota per client.
     pub query_memory_bytes: usize,
-    /// Answers the HTTP query API builds and sends at once; more wait up to five seconds, then get 429 with
+    /// Answers the HTTP query API builds and sends at once; more wait up to `statement_timeout`, then get 429 with
     /// Retry-After. Each may hold `max_result_bytes` (64 MiB) of rows and twice that of text outside the
     /// query memory pool, so this bounds that memory. (pg streams its answers; `max_connections` bounds it.)
     pub max_concurrent_http_queries: usize,

@@ -9,7 +9,7 @@
 //! timed out), 500 otherwise. Same guard and limits as the pg server; authentication is the binary's layer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
@@ -44,12 +44,9 @@ pub struct ApiState {
     max_answers: usize,
 }
 
-/// How long a query waits for a slot before it is refused as busy: a burst of a playbook's queries queues,
-/// a flood does not pile up.
-const SLOT_WAIT: Duration = Duration::from_secs(5);
-
 impl ApiState {
-    /// `max_concurrent` answers at once (at least one); the rest wait up to five seconds, then get 429.
+    /// `max_concurrent` answers at once (at least one); the rest wait up to the statement timeout (a burst of
+    /// a playbook's queries queues), then get 429.
     pub fn new(ctx: Arc<SessionContext>, limits: QueryLimits, max_concurrent: usize) -> Self {
         let max_answers = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         ApiState {
@@ -144,11 +141,11 @@ async fn query(state: &ApiState, headers: &HeaderMap, request: QueryRequest) -> 
     let format = request
         .format
         .unwrap_or_else(|| format_from_accept(headers));
-    let wait = SLOT_WAIT.min(state.limits.timeout);
+    let wait = state.limits.timeout;
     let Ok(Ok(slot)) = tokio::time::timeout(wait, state.answers.clone().acquire_owned()).await
     else {
         let busy = QueryError::Busy(state.max_answers);
-        metrics::record(Interface::Http.as_str(), busy.outcome(), wait.as_secs_f64());
+        metrics::record_unrun(Interface::Http.as_str(), busy.outcome());
         return query_error_response(&busy);
     };
     let started = Instant::now();
@@ -641,7 +638,11 @@ mod tests {
     async fn answers_past_the_cap_wait_then_get_429_until_a_slot_is_free() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
-        let url = serve_answering(dir.path(), QueryLimits::default(), 1).await;
+        let limits = QueryLimits {
+            timeout: std::time::Duration::from_secs(2),
+            ..QueryLimits::default()
+        };
+        let url = serve_answering(dir.path(), limits.clone(), 1).await;
         let big = reqwest::Url::parse_with_params(
             &url,
             &[
@@ -678,7 +679,10 @@ mod tests {
             .unwrap();
         assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(busy.headers()[RETRY_AFTER], "1");
-        assert!(started.elapsed() >= SLOT_WAIT, "it waited for a slot first");
+        assert!(
+            started.elapsed() >= limits.timeout,
+            "it waited for a slot first, as long as a query may run"
+        );
         let error = busy.json::<serde_json::Value>().await.unwrap();
         assert!(
             error["error"].as_str().unwrap().contains("retry shortly"),

@@ -60,6 +60,11 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(metric: prometheus
     metric
 }
 
+/// Counts a query refused before it ran (too many at once): its wait is no query's latency.
+pub fn record_unrun(interface: &str, outcome: &str) {
+    QUERIES_TOTAL.with_label_values(&[interface, outcome]).inc();
+}
+
 /// Records one finished query.
 pub fn record(interface: &str, outcome: &str, seconds: f64) {
     QUERIES_TOTAL.with_label_values(&[interface, outcome]).inc();
