@@ -3,14 +3,15 @@
 //!
 //! Handshakes run in their own tasks with a timeout, and only finished ones reach the server: a client that
 //! opens a socket and never speaks, or one that does not trust our certificate, costs one task for a few
-//! seconds and never blocks or stops the accept loop. Past [`MAX_PENDING_HANDSHAKES`], the oldest pending
-//! handshake is dropped to make room for the newest, so sockets that never speak cannot make new clients
-//! wait.
+//! seconds and never blocks or stops the accept loop. Past [`MAX_PENDING_HANDSHAKES`], a pending handshake is
+//! dropped to make room for the newest (the oldest socket that has sent nothing, if there is one), so
+//! sockets that never speak cannot make new clients wait.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,10 +27,10 @@ use tokio_rustls::TlsAcceptor;
 
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; past it, the oldest is dropped for each new connection. A real handshake
-/// takes a round trip or two, so the oldest pending one is almost always a socket that never spoke; had new
-/// connections waited for a free slot instead, 1,024 idle sockets (no credentials needed) would have kept
-/// every new client out for up to the handshake timeout, again and again.
+/// Handshakes in flight at once; past it, one is dropped for each new connection: the oldest socket that
+/// has sent nothing, else the oldest handshake under way. A real client speaks at once, so idle sockets go
+/// first; had new connections waited for a free slot instead, 1,024 idle sockets (no credentials needed)
+/// would have kept every new client out for up to the handshake timeout, again and again.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Finished handshakes waiting for the server to pick them up.
 const READY_QUEUE: usize = 64;
@@ -60,9 +61,20 @@ impl TlsListener {
         acceptor: TlsAcceptor,
         listener: &'static str,
     ) -> io::Result<Self> {
+        Self::with_max_pending(tcp, acceptor, listener, MAX_PENDING_HANDSHAKES)
+    }
+
+    /// [`TlsListener::new`] with another bound on pending handshakes (tests use a small one).
+    pub(crate) fn with_max_pending(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        listener: &'static str,
+        max_pending: usize,
+    ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx, listener));
+        let pending = Pending::new(max_pending);
+        let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx, listener, pending));
         Ok(TlsListener {
             ready,
             local_addr,
@@ -104,8 +116,8 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<TlsIo>,
     listener: &'static str,
+    mut pending: Pending,
 ) {
-    let mut pending = Pending::default();
     loop {
         let (mut stream, remote_addr) = match tcp.accept().await {
             Ok(accepted) => accepted,
@@ -121,14 +133,27 @@ async fn accept_loop(
             HANDSHAKE_FAILURES
                 .with_label_values(&[listener, "evicted"])
                 .inc();
-            tracing::debug!(listener, "dropped the oldest pending TLS handshake");
+            tracing::debug!(
+                listener,
+                "dropped a pending TLS handshake for a new connection"
+            );
         }
         let acceptor = acceptor.clone();
         let ready = ready.clone();
-        pending.tasks.push_back(tokio::spawn(async move {
+        let stage = Arc::new(AtomicU8::new(SILENT));
+        let at = stage.clone();
+        let task = tokio::spawn(async move {
             let local_addr = stream.local_addr().ok();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = async {
+                // Whether the client has said anything decides which pending handshake goes first.
+                // (`readable` is no proof: a fresh socket may report it with nothing to read.)
+                let _ = stream.peek(&mut [0u8; 1]).await;
+                at.store(SPOKE, Ordering::Relaxed);
+                acceptor.accept(stream).await
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => {
+                    at.store(DONE, Ordering::Relaxed);
                     let peer_certificates = tls
                         .get_ref()
                         .1
@@ -155,31 +180,59 @@ async fn accept_loop(
                     tracing::debug!(listener, %remote_addr, "TLS handshake timed out");
                 }
             }
-        }));
+        });
+        pending.tasks.push_back((task, stage));
     }
 }
 
-/// The handshake tasks of one listener, oldest first; finished ones are forgotten lazily.
-#[derive(Default)]
+/// Where a pending handshake is: its socket has sent nothing, its handshake is under way, or it is done and
+/// waits for the server to take the connection.
+const SILENT: u8 = 0;
+const SPOKE: u8 = 1;
+const DONE: u8 = 2;
+
+/// The handshake tasks of one listener with their stages, oldest first; finished ones are forgotten lazily.
 struct Pending {
-    tasks: VecDeque<JoinHandle<()>>,
+    tasks: VecDeque<(JoinHandle<()>, Arc<AtomicU8>)>,
+    max: usize,
 }
 
 impl Pending {
-    /// Makes room for one more handshake: true if the oldest still running had to be dropped for it.
+    fn new(max: usize) -> Self {
+        Pending {
+            tasks: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Makes room for one more handshake: true if a pending one had to be dropped for it, the oldest
+    /// silent one if any, else the oldest under way, and a finished one (its connection not yet taken by
+    /// the server) only if nothing else is pending.
     fn make_room(&mut self) -> bool {
-        while self.tasks.front().is_some_and(JoinHandle::is_finished) {
+        while self
+            .tasks
+            .front()
+            .is_some_and(|(task, _)| task.is_finished())
+        {
             self.tasks.pop_front();
         }
-        if self.tasks.len() < MAX_PENDING_HANDSHAKES {
+        if self.tasks.len() < self.max {
             return false;
         }
-        self.tasks.retain(|task| !task.is_finished());
-        if self.tasks.len() < MAX_PENDING_HANDSHAKES {
+        self.tasks.retain(|(task, _)| !task.is_finished());
+        if self.tasks.len() < self.max {
             return false;
         }
+        let stage = |at: usize| self.tasks[at].1.load(Ordering::Relaxed);
+        let victim = [SILENT, SPOKE, DONE]
+            .into_iter()
+            .find_map(|wanted| (0..self.tasks.len()).find(|&at| stage(at) == wanted))
+            .unwrap_or(0);
         // Aborting drops the task's socket: the client sees its connection closed.
-        self.tasks.pop_front().inspect(JoinHandle::abort).is_some()
+        self.tasks
+            .remove(victim)
+            .inspect(|(task, _)| task.abort())
+            .is_some()
     }
 }
 

@@ -28,9 +28,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use super::tls::{self, ReloadingCert, TlsConfig, TlsError, CERT_RELOADS};
-use super::tls_listener::{
-    TlsConnectInfo, TlsListener, HANDSHAKE_FAILURES, MAX_PENDING_HANDSHAKES,
-};
+use super::tls_listener::{TlsConnectInfo, TlsListener, HANDSHAKE_FAILURES};
 use super::{grpc_auth, Principal, Scope};
 
 /// A self-signed certificate for `localhost` as (cert PEM, key PEM), key in PKCS#8.
@@ -82,6 +80,11 @@ async fn serve_https(config: &TlsConfig, listener_name: &'static str) -> SocketA
     )
     .await
     .expect("bind");
+    serve_on(listener)
+}
+
+/// Serves a page naming the client's certificates on `listener`.
+fn serve_on(listener: TlsListener) -> SocketAddr {
     let addr = listener.local_addr();
     let app = Router::new().route(
         "/",
@@ -177,50 +180,57 @@ async fn trusting_client_succeeds_untrusting_one_fails_and_server_keeps_serving(
     );
 }
 
-/// A new client is served at once while as many sockets as there may be pending handshakes sit idle: the
-/// oldest idle one is dropped for it. Had the accept loop waited for a free slot, the client would have
-/// waited for the handshake timeout (10 s).
+/// A new client is served at once while every pending-handshake slot is held (here 8): a silent socket is
+/// dropped for it, the oldest one, and not the older socket whose handshake is under way. Had the accept
+/// loop waited for a free slot, the client would have waited for the handshake timeout (10 s).
 #[tokio::test]
 async fn idle_sockets_cannot_keep_new_clients_waiting() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX: usize = 8;
     let (cert, key) = self_signed();
     let files = cert_files(&cert, &key);
-    let addr = serve_https(&config(&files), "tls_test_idle").await;
+    let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener =
+        TlsListener::with_max_pending(tcp, acceptor, "tls_test_idle", MAX).expect("listener");
+    let addr = serve_on(listener);
     let evicted = || {
         HANDSHAKE_FAILURES
             .with_label_values(&["tls_test_idle", "evicted"])
             .get()
     };
-    let mut idle = Vec::with_capacity(MAX_PENDING_HANDSHAKES);
-    for _ in 0..MAX_PENDING_HANDSHAKES {
-        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    // The oldest: a client that has begun its handshake (a record header) and stalls.
+    let mut speaking = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    speaking
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x80])
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = Vec::new();
+    for _ in 1..MAX {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     }
-    // Time for the accept loop to take them all from the backlog: then every slot is held.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = std::time::Instant::now();
-    let quick = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).expect("pem"))
-        .resolve("localhost", addr)
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client");
     assert_eq!(
-        get_text(&quick, addr)
+        get_text(&client(addr, &cert), addr)
             .await
-            .expect("served beside idle sockets"),
+            .expect("served beside the held slots"),
         "hello, client certs: 0"
     );
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(evicted() >= 1, "the oldest pending handshake was dropped");
-    // The oldest idle socket was the one dropped: the server closed it.
+    assert!(evicted() >= 1, "a pending handshake was dropped");
     let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(2), idle[0].read(&mut byte)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut byte)).await;
     assert!(
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "the oldest socket is closed: {closed:?}"
+        "the oldest silent socket is closed: {closed:?}"
     );
+    let open = tokio::time::timeout(Duration::from_millis(300), speaking.read(&mut byte)).await;
+    assert!(open.is_err(), "the handshake under way is kept: {open:?}");
 }
 
 #[tokio::test]
