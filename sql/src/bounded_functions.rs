@@ -11,8 +11,11 @@
 //!
 //! Covered: `repeat`, `lpad`, `rpad`, `replace`, `array_repeat`, `array_resize`, and the list forms of
 //! `range` and `generate_series` (the table functions of those names stream their rows and are bounded by
-//! the answer's row limit). Not covered: `regexp_replace` with group references in the replacement, whose
-//! bound would refuse ordinary queries.
+//! the answer's row limit); a range step whose parts point different ways is refused, since DataFusion may
+//! step by it for ever. Not covered: `regexp_replace` with group references in the replacement, whose bound
+//! would refuse ordinary queries, and what operators make of a large value once it exists: `kind ||
+//! repeat('x', 100000000)` passes `repeat` (100 MB, once, when the plan is simplified) and then `||` copies
+//! it into every row of a batch. DataFusion accounts for no expression's output; closing that needs it to.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -227,23 +230,18 @@ impl ScalarUDFImpl for Bounded {
 
 /// The most bytes a call with `args` over `rows` rows can build.
 fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u128> {
-    // All-scalar arguments make one scalar value, whatever the batch's size.
-    let rows = if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
-        rows
-    } else {
-        1
-    };
+    // Every row, even when all arguments are scalars: some functions then still build one value per row.
     let arg = |i: usize| args.get(i);
     let per_row: Vec<PerRow> = match bound {
         Bound::Repeat => vec![bytes(arg(0))?, counts(arg(1))?],
-        Bound::Pad => vec![counts(arg(1))?],
+        Bound::Pad => vec![counts(arg(1))?, bytes(arg(2))?],
         Bound::Replace => vec![bytes(arg(0))?, bytes(arg(1))?, bytes(arg(2))?],
         Bound::ArrayRepeat | Bound::ArrayResize => {
             let element = match bound {
                 Bound::ArrayRepeat => arg(0),
                 _ => arg(2),
             };
-            vec![bytes(element)?, counts(arg(1))?]
+            vec![bytes(element)?, counts(arg(1))?, list_lengths(element)?]
         }
         Bound::Range => vec![range_lengths(args, rows)?],
     };
@@ -251,12 +249,15 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
     for row in 0..rows {
         let v = |i: usize| u128::from(per_row[i].at(row));
         let bytes = match bound {
-            Bound::Repeat => v(0) * v(1),
-            Bound::Pad => v(0) * 4,
+            // The result, and a scratch copy as large.
+            Bound::Repeat => 2 * v(0) * v(1),
+            // Characters of up to four bytes, and the fill as characters.
+            Bound::Pad => 4 * (v(0) + v(1)),
             // Between every character when `from` is empty, else at most once per `from`'s length.
             Bound::Replace => v(0) + (v(0) / v(1).max(1) + 1) * v(2),
-            // Each element at least as large as a list offset and a null bit.
-            Bound::ArrayRepeat | Bound::ArrayResize => v(0).max(16) * v(1),
+            // Each element at least as large as a list offset and a null bit; a list element also takes
+            // an index and a value per item of it.
+            Bound::ArrayRepeat | Bound::ArrayResize => (v(0).max(16) + 16 * v(2)) * v(1),
             Bound::Range => v(0) * 8,
         };
         total = total.saturating_add(bytes);
@@ -334,8 +335,139 @@ fn non_negative(array: &ArrayRef) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// Elements of each row's range: `(stop - start) / step`. Dates and times count in nanoseconds, a month as
-/// 28 days, so the count is never under the real one.
+/// Items in each row's list value (0 for anything else).
+fn list_lengths(arg: Option<&ColumnarValue>) -> Result<PerRow> {
+    let Some(arg) = arg else {
+        return Ok(PerRow::Same(0));
+    };
+    let array = arg.to_array(1)?;
+    let lengths: Vec<u64> = match array.data_type() {
+        DataType::List(_) => {
+            let lists = array.as_list::<i32>();
+            (0..lists.len())
+                .map(|i| lists.value_length(i).max(0) as u64)
+                .collect()
+        }
+        DataType::LargeList(_) => {
+            let lists = array.as_list::<i64>();
+            (0..lists.len())
+                .map(|i| lists.value_length(i).max(0) as u64)
+                .collect()
+        }
+        DataType::FixedSizeList(_, n) => vec![(*n).max(0) as u64; array.len()],
+        _ => return Ok(PerRow::Same(0)),
+    };
+    Ok(match arg {
+        ColumnarValue::Scalar(_) => PerRow::Same(lengths.first().copied().unwrap_or(0)),
+        ColumnarValue::Array(_) => PerRow::Each(lengths),
+    })
+}
+
+/// A range argument as numbers of one scale per row: integers as they are, dates and times in nanoseconds
+/// (from their own unit, so dates outside what a nanosecond timestamp holds keep their value); `None` for a
+/// null.
+fn range_points(arg: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
+    let array = arg.to_array(rows.max(1))?;
+    const DAY: i128 = 86_400_000_000_000;
+    let scaled = |array: &ArrayRef, to: &DataType, factor: i128| -> Result<Vec<Option<i128>>> {
+        let ints = cast(&cast(array, to)?, &DataType::Int64)?;
+        Ok(ints
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| v.map(|v| i128::from(v) * factor))
+            .collect())
+    };
+    let points = match array.data_type() {
+        DataType::Date32 => scaled(&array, &DataType::Int32, DAY)?,
+        DataType::Date64 => scaled(&array, &DataType::Int64, 1_000_000)?,
+        DataType::Timestamp(unit, _) => {
+            let factor = match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
+            };
+            scaled(&array, &DataType::Int64, factor)?
+        }
+        _ => scaled(&array, &DataType::Int64, 1)?,
+    };
+    // A value the casts lost would make the range look empty.
+    if points
+        .iter()
+        .zip(0..array.len())
+        .any(|(p, i)| p.is_none() && array.is_valid(i))
+    {
+        return Err(DataFusionError::Plan(format!(
+            "range bound of type {} out of range",
+            array.data_type()
+        )));
+    }
+    Ok(points)
+}
+
+/// Each row's step in the scale of [`range_points`]: an interval in nanoseconds, a month counted as 28
+/// days (so the count is never under the real one). An interval whose parts point different ways (`1 month
+/// -28 days`) is refused: DataFusion steps by months and days in turn, and such a step may never reach the
+/// end (February 1 + 1 month - 28 days is February 1 again), looping where no timeout can stop it.
+fn range_steps(arg: &ColumnarValue, rows: usize) -> Result<Vec<i128>> {
+    const DAY: i128 = 86_400_000_000_000;
+    let array = arg.to_array(rows.max(1))?;
+    let parts: Vec<[i128; 3]> = match array.data_type() {
+        DataType::Interval(IntervalUnit::MonthDayNano) => array
+            .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
+            .iter()
+            .map(|v| {
+                v.map_or([0; 3], |v| {
+                    [
+                        i128::from(v.months) * 28 * DAY,
+                        i128::from(v.days) * DAY,
+                        i128::from(v.nanoseconds),
+                    ]
+                })
+            })
+            .collect(),
+        DataType::Interval(IntervalUnit::DayTime) => array
+            .as_primitive::<arrow::datatypes::IntervalDayTimeType>()
+            .iter()
+            .map(|v| {
+                v.map_or([0; 3], |v| {
+                    [
+                        0,
+                        i128::from(v.days) * DAY,
+                        i128::from(v.milliseconds) * 1_000_000,
+                    ]
+                })
+            })
+            .collect(),
+        DataType::Interval(IntervalUnit::YearMonth) => array
+            .as_primitive::<arrow::datatypes::IntervalYearMonthType>()
+            .iter()
+            .map(|v| [v.map_or(0, |m| i128::from(m) * 28 * DAY), 0, 0])
+            .collect(),
+        _ => {
+            let ints = cast(&array, &DataType::Int64)?;
+            return Ok(ints
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| i128::from(v.unwrap_or(0)))
+                .collect());
+        }
+    };
+    parts
+        .into_iter()
+        .map(|p| {
+            if p.iter().any(|&x| x > 0) && p.iter().any(|&x| x < 0) {
+                return Err(DataFusionError::Plan(
+                    "a range step whose months, days and time point different ways is not supported"
+                        .into(),
+                ));
+            }
+            Ok(p.iter().sum())
+        })
+        .collect()
+}
+
+/// Elements of each row's range: `(stop - start) / step + 1`.
 fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<PerRow> {
     let (start, stop, step) = match args {
         [stop] => (None, stop, None),
@@ -343,84 +475,16 @@ fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<PerRow> {
         [start, stop, step, ..] => (Some(start), stop, Some(step)),
         [] => return Ok(PerRow::Same(0)),
     };
-    let instants = |arg: Option<&ColumnarValue>| -> Result<Option<ArrayRef>> {
-        let Some(arg) = arg else { return Ok(None) };
-        let array = arg.to_array(rows.max(1))?;
-        let as_i64 = match array.data_type() {
-            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => cast(
-                &cast(&array, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
-                &DataType::Int64,
-            )?,
-            _ => cast(&array, &DataType::Int64)?,
-        };
-        Ok(Some(as_i64))
-    };
-    let steps = |arg: Option<&ColumnarValue>| -> Result<Option<Vec<i128>>> {
-        let Some(arg) = arg else { return Ok(None) };
-        let array = arg.to_array(rows.max(1))?;
-        let nanos: Vec<i128> = match array.data_type() {
-            DataType::Interval(IntervalUnit::MonthDayNano) => {
-                let intervals = array.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
-                intervals
-                    .iter()
-                    .map(|v| {
-                        v.map_or(0, |v| {
-                            i128::from(v.months) * 28 * 86_400_000_000_000
-                                + i128::from(v.days) * 86_400_000_000_000
-                                + i128::from(v.nanoseconds)
-                        })
-                    })
-                    .collect()
-            }
-            DataType::Interval(IntervalUnit::DayTime) => {
-                let intervals = array.as_primitive::<arrow::datatypes::IntervalDayTimeType>();
-                intervals
-                    .iter()
-                    .map(|v| {
-                        v.map_or(0, |v| {
-                            i128::from(v.days) * 86_400_000_000_000
-                                + i128::from(v.milliseconds) * 1_000_000
-                        })
-                    })
-                    .collect()
-            }
-            DataType::Interval(IntervalUnit::YearMonth) => {
-                let intervals = array.as_primitive::<arrow::datatypes::IntervalYearMonthType>();
-                intervals
-                    .iter()
-                    .map(|v| v.map_or(0, |m| i128::from(m) * 28 * 86_400_000_000_000))
-                    .collect()
-            }
-            _ => {
-                let ints = cast(&array, &DataType::Int64)?;
-                let ints = ints.as_primitive::<Int64Type>();
-                ints.iter().map(|v| i128::from(v.unwrap_or(0))).collect()
-            }
-        };
-        Ok(Some(nanos))
-    };
-    let (start, stop, step) = (instants(start)?, instants(Some(stop))?, steps(step)?);
-    let Some(stop) = stop else {
-        return Err(DataFusionError::Internal("range without a stop".into()));
-    };
-    let stop = stop.as_primitive::<Int64Type>();
+    let stop = range_points(stop, rows)?;
+    let start = start.map(|s| range_points(s, rows)).transpose()?;
+    let step = step.map(|s| range_steps(s, rows)).transpose()?;
     let lengths = (0..stop.len())
         .map(|row| {
-            let at = |a: &Option<ArrayRef>, default: i128| {
-                a.as_ref().map_or(default, |a| {
-                    let a = a.as_primitive::<Int64Type>();
-                    if a.is_valid(row) {
-                        i128::from(a.value(row))
-                    } else {
-                        0
-                    }
-                })
-            };
-            let from = at(&start, 0);
-            let to = if stop.is_valid(row) {
-                i128::from(stop.value(row))
-            } else {
-                from
+            let from = start
+                .as_ref()
+                .map_or(Some(0), |s| s.get(row).copied().flatten());
+            let (Some(from), Some(to)) = (from, stop.get(row).copied().flatten()) else {
+                return 0;
             };
             let by = step
                 .as_ref()
@@ -468,6 +532,12 @@ mod tests {
             "SELECT cardinality(range(2000000000))",
             "SELECT cardinality(generate_series(1, 2000000000, 1))",
             "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second'))",
+            // Dates past what a nanosecond timestamp holds still count.
+            "SELECT cardinality(generate_series(DATE '0001-01-01', DATE '9999-12-31', INTERVAL '1 second'))",
+            // The fill is copied as characters of four bytes.
+            "SELECT lpad('é', 1, repeat('a', 20000000))",
+            // Repeating a list takes an index and a value per item.
+            "SELECT cardinality(array_repeat(array_repeat(true, 1000000), 1000))",
         ] {
             match run_query(&ctx, sql, &limits).await {
                 Err(QueryError::ResourcesExhausted(message)) => {
@@ -475,6 +545,22 @@ mod tests {
                 }
                 other => panic!("{sql}: {other:?}"),
             }
+        }
+    }
+
+    /// A step whose parts point different ways could make DataFusion loop for ever (1 month - 28 days from
+    /// February 1 is February 1): refused as the query's fault.
+    #[tokio::test]
+    async fn a_range_step_of_mixed_signs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, limits) = context(dir.path(), 64 << 20).await;
+        let sql = "SELECT cardinality(generate_series(DATE '2025-02-01', DATE '2000-01-01', \
+                   INTERVAL '1 month -28 days'))";
+        match run_query(&ctx, sql, &limits).await {
+            Err(QueryError::Invalid(message)) => {
+                assert!(message.contains("different ways"), "{message}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -511,14 +597,14 @@ mod tests {
         ]));
         let times: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![2, 1000, -5]));
         let args = [ColumnarValue::Array(text), ColumnarValue::Array(times)];
-        // 3 * 2 + 0 * 1000 + 6 * 0.
-        assert_eq!(output_bound(Bound::Repeat, &args, 3).unwrap(), 6);
+        // (3 * 2 + 0 * 1000 + 6 * 0), and as much scratch.
+        assert_eq!(output_bound(Bound::Repeat, &args, 3).unwrap(), 12);
         let scalar = [
             ColumnarValue::Scalar(ScalarValue::Int64(Some(1))),
             ColumnarValue::Scalar(ScalarValue::Int64(Some(10))),
             ColumnarValue::Scalar(ScalarValue::Int64(Some(3))),
         ];
-        // 1, 4, 7, 10: four elements, once however many rows the batch has.
-        assert_eq!(output_bound(Bound::Range, &scalar, 8192).unwrap(), 4 * 8);
+        // 1, 4, 7, 10: four elements.
+        assert_eq!(output_bound(Bound::Range, &scalar, 1).unwrap(), 4 * 8);
     }
 }
