@@ -276,8 +276,8 @@ pub struct Exporter {
     sink: Arc<dyn EventSink>,
     ctx: NormalizeContext,
     normalizers: Normalizers,
-    /// What the bodies it is handed may inflate and decode into, together (`max_decoding_bytes`); none
-    /// for decoded requests only.
+    /// What the bodies it is handed may inflate and decode into, together (`max_decoding_bytes`); none on
+    /// an exporter that is only handed decoded requests.
     decoding: Option<body_budget::BodyBudget>,
 }
 
