@@ -78,6 +78,8 @@ struct Held {
     overflowed: bool,
     /// Bytes received, kept or not.
     seen: usize,
+    /// A gRPC message declared a length past the cap: too large whatever the budget holds.
+    oversized: bool,
 }
 
 impl Charge {
@@ -89,6 +91,12 @@ impl Charge {
     /// Bytes of body received, kept or dropped.
     pub fn seen(&self) -> usize {
         self.state.lock().seen
+    }
+
+    /// True if a gRPC message declared more than the message cap: to be refused as too large, not as
+    /// overloaded, even when its bytes were dropped for want of room.
+    pub fn oversized(&self) -> bool {
+        self.state.lock().oversized
     }
 
     /// `body`, counted against this charge as it is read: every byte as it arrives (`Framing::Bytes`), or
@@ -203,6 +211,9 @@ impl<B> Counted<B> {
                     self.prefix[4],
                 ]) as usize;
                 // A length over the message cap is refused by tonic as soon as it reads it.
+                if len.saturating_add(5) > self.drain {
+                    self.charge.state.lock().oversized = true;
+                }
                 due = due.saturating_add(5 + len.min(self.drain));
                 self.message_left = len;
                 self.prefix_len = 0;

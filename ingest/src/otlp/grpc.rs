@@ -230,6 +230,20 @@ where
                 service: PhantomData,
             };
             let response = grpc.unary(export, request).await;
+            if charge.overflowed() && charge.oversized() {
+                // Its bytes were dropped for want of room, but it is over the cap anyway: retrying
+                // would not help.
+                let message = format!("the message exceeds the limit of {max} bytes");
+                metrics::record_rejection(
+                    Transport::Grpc,
+                    S::SIGNAL,
+                    Rejection::TooLarge,
+                    &message,
+                );
+                let status =
+                    status::grpc_status(Code::ResourceExhausted, &message, None::<Duration>);
+                return Ok(status.into_http());
+            }
             if charge.overflowed() {
                 // tonic saw the message cut short (its bytes were dropped); the client is told why.
                 let message = format!(

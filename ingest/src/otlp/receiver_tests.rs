@@ -910,6 +910,14 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
     assert_eq!(retry, Some(Duration::from_secs(1)));
     assert!(counter(&REJECTED, &["grpc", "overloaded"]) - before >= 1);
+    // Over the message cap as well: too large, whatever the budget holds, so not to be retried.
+    let status = client
+        .clone()
+        .export(big_request(150_000))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.details().is_empty(), "not to be retried: {status:?}");
     // Small on the wire, but tonic inflates it into a buffer of its own: that needs room too.
     let status = tokio::time::timeout(
         Duration::from_secs(5),

@@ -37,9 +37,15 @@ struct Room {
 }
 
 thread_local! {
-    /// What the message being decoded may still charge.
+    /// What may be charged before [`refill`] has to look: the lesser of the message's budget and the room
+    /// in hand, as the last refill left them. The one cell the hot path of [`charge`] touches.
     static LEFT: Cell<usize> = const { Cell::new(usize::MAX) };
-    /// Inside [`within`], the room taken and not yet charged (unlimited without a room); outside, unlimited.
+    /// `LEFT` as the last refill set it: the difference is what was charged since.
+    static GRANTED: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The message's budget, as of the last refill.
+    static MESSAGE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Inside [`within`], the room taken and not yet charged as of the last refill (unlimited without a
+    /// room); outside, unlimited.
     static SPARE: Cell<usize> = const { Cell::new(usize::MAX) };
     static ROOM: RefCell<Option<Room>> = const { RefCell::new(None) };
 }
@@ -62,24 +68,47 @@ pub(crate) enum NoRoom {
     Exceeded,
 }
 
-/// Takes `bytes` from the budget of the decoding under way on this thread.
+/// Takes `bytes` from the budget of the decoding under way on this thread. Called for every span,
+/// attribute and value, so it touches one thread-local cell and leaves the rest to [`refill`].
+#[inline]
 pub(crate) fn charge(bytes: usize) {
     LEFT.with(|left| match left.get().checked_sub(bytes) {
         Some(rest) => left.set(rest),
-        None => resume_unwind(Box::new(Exhausted::Message)),
-    });
-    SPARE.with(|spare| match spare.get().checked_sub(bytes) {
-        Some(rest) => spare.set(rest),
-        None => {
-            let need = bytes - spare.get();
-            let taken =
-                ROOM.with_borrow(|room| room.as_ref().map_or(Ok(need), |r| r.take_up_to(need)));
-            match taken {
-                Ok(taken) => spare.set(spare.get() + taken - bytes),
-                Err(no_room) => resume_unwind(Box::new(Exhausted::Room(no_room))),
+        None => refill(bytes),
+    })
+}
+
+/// `charge` past what [`LEFT`] allowed: settles what was charged since the last refill against the
+/// message's budget and the room in hand, takes more room if that is what ran out, and grants anew; or
+/// unwinds to [`within`] if the message or the room has no more.
+#[cold]
+#[inline(never)]
+fn refill(bytes: usize) {
+    let used = GRANTED.get() - LEFT.get();
+    let message = MESSAGE.get() - used;
+    let mut spare = SPARE.get() - used;
+    let settle = |message: usize, spare: usize, grant: usize| {
+        MESSAGE.set(message);
+        SPARE.set(spare);
+        GRANTED.set(grant);
+        LEFT.set(grant);
+    };
+    let Some(message) = message.checked_sub(bytes) else {
+        settle(0, spare, 0);
+        resume_unwind(Box::new(Exhausted::Message));
+    };
+    if spare < bytes {
+        let need = bytes - spare;
+        match ROOM.with_borrow(|room| room.as_ref().map_or(Ok(need), |r| r.take_up_to(need))) {
+            Ok(taken) => spare += taken,
+            Err(no_room) => {
+                settle(message, spare, 0);
+                resume_unwind(Box::new(Exhausted::Room(no_room)));
             }
         }
-    })
+    }
+    let spare = spare - bytes;
+    settle(message, spare, message.min(spare));
 }
 
 impl Room {
@@ -142,10 +171,20 @@ pub fn limit(encoded_bytes: usize) -> usize {
 /// decoded is dropped if either ran out.
 pub(crate) fn within<T>(encoded_bytes: usize, decode: impl FnOnce() -> T) -> Result<T, Exhausted> {
     let spare = ROOM.with_borrow(|room| room.as_ref().map_or(usize::MAX, |room| room.spare));
-    let outer = (LEFT.replace(limit(encoded_bytes)), SPARE.replace(spare));
+    let message = limit(encoded_bytes);
+    let grant = message.min(spare);
+    let outer = (
+        LEFT.replace(grant),
+        GRANTED.replace(grant),
+        MESSAGE.replace(message),
+        SPARE.replace(spare),
+    );
     let result = catch_unwind(AssertUnwindSafe(decode));
-    let spare = SPARE.replace(outer.1);
+    let spare = SPARE.get() - (GRANTED.get() - LEFT.get());
     LEFT.set(outer.0);
+    GRANTED.set(outer.1);
+    MESSAGE.set(outer.2);
+    SPARE.set(outer.3);
     ROOM.with_borrow_mut(|room| {
         if let Some(room) = room {
             room.spare = spare;
