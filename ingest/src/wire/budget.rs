@@ -70,7 +70,6 @@ pub(crate) enum NoRoom {
 
 /// Takes `bytes` from the budget of the decoding under way on this thread. Called for every span,
 /// attribute and value, so it touches one thread-local cell and leaves the rest to [`refill`].
-#[inline]
 pub(crate) fn charge(bytes: usize) {
     LEFT.with(|left| match left.get().checked_sub(bytes) {
         Some(rest) => left.set(rest),
