@@ -298,4 +298,33 @@ mod tests {
         });
         assert_eq!(taken.get(), 0);
     }
+
+    /// The message's own budget (32 bytes per encoded byte, plus 1 MiB) holds whether or not a room is
+    /// installed, and whichever of the two runs out first.
+    #[test]
+    fn a_message_over_its_own_budget_is_refused_with_or_without_a_room() {
+        // 300,000 empty spans: 600 KB on the wire, some 70 MB as spans, over 32 x 600 KB + 1 MiB.
+        let body = empty_spans(300_000);
+        let over = || within(body.len(), || TracesRequest::decode(body.clone())).map(drop);
+        assert_eq!(over(), Err(Exhausted::Message));
+        let (taken, take) = room(usize::MAX);
+        assert_eq!(with_room(take, over), Err(Exhausted::Message));
+        assert!(taken.get() <= limit(body.len()) + CHUNK, "{}", taken.get());
+        // Within its budget, a message decodes with a room as without.
+        let fits = empty_spans(1_000);
+        let (_, take) = room(usize::MAX);
+        let decoded = with_room(take, || {
+            within(fits.len(), || TracesRequest::decode(fits.clone()))
+        });
+        assert_eq!(
+            decoded
+                .expect("within budget")
+                .expect("decodes")
+                .resource_spans[0]
+                .scope_spans[0]
+                .spans
+                .len(),
+            1_000
+        );
+    }
 }
