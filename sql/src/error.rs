@@ -55,6 +55,11 @@ pub enum QueryError {
         "{0} queries are being answered already, the most this interface takes at once; retry shortly"
     )]
     Busy(usize),
+    /// An error the pg protocol layer (datafusion-postgres) reported with its own SQLSTATE (`25P01` in an
+    /// aborted transaction, cursor errors, its own timeout): kept as it chose it, so clients see the usual
+    /// code rather than a syntax error.
+    #[error("{message}")]
+    Reported { code: String, message: String },
     /// Anything else DataFusion reported while running the query (I/O, corrupt file, internal error).
     #[error("query failed: {0}")]
     Execution(DataFusionError),
@@ -73,7 +78,14 @@ pub enum DataErrorKind {
 impl QueryError {
     /// Whether the client caused the error (and should fix its query) rather than the server.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, QueryError::Execution(_) | QueryError::Busy(_))
+        match self {
+            QueryError::Execution(_) | QueryError::Busy(_) => false,
+            // Class XX (internal), 58 (system) and 53 (resources) are the server's.
+            QueryError::Reported { code, .. } => {
+                !(code.starts_with("XX") || code.starts_with("58") || code.starts_with("53"))
+            }
+            _ => true,
+        }
     }
 
     /// A short label for metrics.
@@ -88,6 +100,9 @@ impl QueryError {
             QueryError::TooManyRows(_) => "too_many_rows",
             QueryError::TooManyBytes(_) => "too_many_bytes",
             QueryError::Busy(_) => "busy",
+            QueryError::Reported { code, .. } if code == "57014" => "timeout",
+            QueryError::Reported { .. } if self.is_client_error() => "invalid",
+            QueryError::Reported { .. } => "error",
             QueryError::Execution(_) => "error",
         }
     }

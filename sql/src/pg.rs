@@ -514,6 +514,7 @@ fn to_pg_error(e: &QueryError) -> PgWireError {
         QueryError::ResourcesExhausted(_) => "53200",
         QueryError::TooManyRows(_) | QueryError::TooManyBytes(_) => "54000",
         QueryError::Busy(_) => "53000",
+        QueryError::Reported { code, .. } => code.as_str(),
         QueryError::Execution(_) => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -531,6 +532,10 @@ fn inner_error(e: PgWireError) -> QueryError {
                 Ok(df) => QueryError::from(*df),
                 Err(other) => QueryError::Invalid(other.to_string()),
             }
+        }
+        PgWireError::UserError(info) => {
+            let ErrorInfo { code, message, .. } = *info;
+            QueryError::Reported { code, message }
         }
         other => QueryError::Invalid(other.to_string()),
     }
@@ -980,6 +985,32 @@ impl QueryParser for GuardedParser {
 mod tests {
     use super::*;
     use crate::context::session_context;
+
+    /// A SQLSTATE the protocol layer chose reaches the client as it chose it; it had become 42601 (a
+    /// syntax error) on its way through.
+    #[test]
+    fn sqlstates_the_protocol_layer_chose_are_kept() {
+        for (code, outcome) in [
+            ("25P01", "invalid"),
+            ("57014", "timeout"),
+            ("XX000", "error"),
+        ] {
+            let inner = PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_owned(),
+                code.to_owned(),
+                "from the protocol layer".to_owned(),
+            )));
+            let e = inner_error(inner);
+            assert_eq!(e.outcome(), outcome, "{code}");
+            match to_pg_error(&e) {
+                PgWireError::UserError(info) => {
+                    assert_eq!(info.code, code);
+                    assert_eq!(info.message, "from the protocol layer");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
     use crate::test_support::TestSource;
     use futures::StreamExt;
     use std::net::SocketAddr;
