@@ -102,8 +102,8 @@ impl Default for Limits {
 /// sender's fault and is not worth retrying unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The receiver's room for bodies and their decoded messages ran out while this one was decoded
-    /// ([`wire::budget::with_room`]): too many at once, not too large. Retry later.
+    /// The receiver's decoding room ran out while this one was decoded ([`wire::budget::with_room`]): too
+    /// many at once, not too large. Retry later.
     #[error(
         "the receiver holds as many decoded requests as it may (otlp.max_decoding_bytes); retry later"
     )]
@@ -880,16 +880,7 @@ mod tests {
 
     /// Runs `decode` with a room of `bytes`: what it returned, and what it took of the room.
     fn with_room_of<T>(bytes: usize, decode: impl FnOnce() -> T) -> (T, usize) {
-        let taken = std::rc::Rc::new(std::cell::Cell::new(0usize));
-        let counter = taken.clone();
-        let take = move |n: usize| {
-            let after = counter.get() + n;
-            if after > bytes {
-                return Err(wire::budget::NoRoom::Busy);
-            }
-            counter.set(after);
-            Ok(())
-        };
+        let (taken, take) = wire::budget::test_room(bytes);
         let out = wire::budget::with_room(take, decode);
         (out, taken.get())
     }

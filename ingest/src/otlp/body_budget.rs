@@ -135,7 +135,7 @@ impl Charge {
         if holds.saturating_add(n) > self.total {
             return Err(NoRoom::Exceeded);
         }
-        match !held.overflowed && self.acquire(&mut held, n) {
+        match self.acquire(&mut held, n) {
             true => Ok(()),
             false => Err(NoRoom::Busy),
         }

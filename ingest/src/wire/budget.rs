@@ -6,7 +6,7 @@
 //! a repeated field), and a request that overdraws it is refused as too large.
 //!
 //! That bounds one request; a receiver decoding many at once also bounds their sum. Its decodes run with
-//! the receiver's room ([`with_room`], the same room its request bodies are counted in), from which
+//! the receiver's decoding room ([`with_room`], `otlp.max_decoding_bytes`), from which
 //! decoding takes [`CHUNK`] bytes at a time as it charges, and inflating and JSON parsing take what they
 //! will hold before they run ([`reserve`]). Running out of room is not the sender's fault: the request is
 //! refused as overloaded, to be sent again later.
@@ -198,11 +198,29 @@ pub(crate) fn within<T>(encoded_bytes: usize, decode: impl FnOnce() -> T) -> Res
     }
 }
 
+/// A room of `bytes` for tests, and what has been taken of it.
+#[cfg(test)]
+pub(crate) fn test_room(
+    bytes: usize,
+) -> (
+    std::rc::Rc<Cell<usize>>,
+    impl Fn(usize) -> Result<(), NoRoom>,
+) {
+    let taken = std::rc::Rc::new(Cell::new(0usize));
+    let counter = taken.clone();
+    let take = move |n: usize| {
+        let after = counter.get().saturating_add(n);
+        if after > bytes {
+            return Err(NoRoom::Busy);
+        }
+        counter.set(after);
+        Ok(())
+    };
+    (taken, take)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-    use std::rc::Rc;
-
     use bytes::Bytes;
     use prost::Message;
 
@@ -223,26 +241,11 @@ mod tests {
         Bytes::from(request.encode_to_vec())
     }
 
-    /// A room of `bytes`, and what has been taken of it.
-    fn room(bytes: usize) -> (Rc<Cell<usize>>, impl Fn(usize) -> Result<(), NoRoom>) {
-        let taken = Rc::new(Cell::new(0usize));
-        let counter = taken.clone();
-        let take = move |n: usize| {
-            let after = counter.get().saturating_add(n);
-            if after > bytes {
-                return Err(NoRoom::Busy);
-            }
-            counter.set(after);
-            Ok(())
-        };
-        (taken, take)
-    }
-
     #[test]
     fn decoding_takes_the_room_in_chunks_as_it_charges() {
         let body = empty_spans(2_000);
         let charged = 2_000 * std::mem::size_of::<Span>();
-        let (taken, take) = room(usize::MAX);
+        let (taken, take) = test_room(usize::MAX);
         let decoded = with_room(take, || within(body.len(), || TracesRequest::decode(body)));
         let spans = decoded.expect("within budget").expect("decodes");
         assert_eq!(spans.resource_spans[0].scope_spans[0].spans.len(), 2_000);
@@ -257,7 +260,7 @@ mod tests {
     #[test]
     fn a_decode_past_the_room_stops_and_what_it_took_stays_taken() {
         let body = empty_spans(2_000);
-        let (taken, take) = room(3 * CHUNK);
+        let (taken, take) = test_room(3 * CHUNK);
         let decoded = with_room(take, || within(body.len(), || TracesRequest::decode(body)));
         assert_eq!(decoded, Err(Exhausted::Room(NoRoom::Busy)));
         // The caller gives it back with the request's other bytes.
@@ -269,7 +272,7 @@ mod tests {
 
     #[test]
     fn reserving_draws_on_what_decoding_left_over() {
-        let (taken, take) = room(2 * CHUNK);
+        let (taken, take) = test_room(2 * CHUNK);
         with_room(take, || {
             assert_eq!(reserve(10), Ok(()));
             assert_eq!(
@@ -290,7 +293,7 @@ mod tests {
 
     #[test]
     fn messages_built_outside_a_decode_take_no_room() {
-        let (taken, take) = room(0);
+        let (taken, take) = test_room(0);
         with_room(take, || {
             let request = empty_spans(100);
             let decoded = TracesRequest::decode(request).expect("decodes");
@@ -307,12 +310,12 @@ mod tests {
         let body = empty_spans(300_000);
         let over = || within(body.len(), || TracesRequest::decode(body.clone())).map(drop);
         assert_eq!(over(), Err(Exhausted::Message));
-        let (taken, take) = room(usize::MAX);
+        let (taken, take) = test_room(usize::MAX);
         assert_eq!(with_room(take, over), Err(Exhausted::Message));
         assert!(taken.get() <= limit(body.len()) + CHUNK, "{}", taken.get());
         // Within its budget, a message decodes with a room as without.
         let fits = empty_spans(1_000);
-        let (_, take) = room(usize::MAX);
+        let (_, take) = test_room(usize::MAX);
         let decoded = with_room(take, || {
             within(fits.len(), || TracesRequest::decode(fits.clone()))
         });
