@@ -43,7 +43,7 @@ use datafusion::prelude::SessionContext;
 enum Bound {
     /// `repeat(text, n)`: the text `n` times.
     Repeat,
-    /// `lpad`/`rpad(text, n[, fill])`: `n` characters of up to four bytes.
+    /// `lpad`/`rpad(text, n[, fill])`: `n` characters of up to four bytes, and the fill as characters.
     Pad,
     /// `replace(text, from, to)`: every occurrence of `from` (between every character if empty) as `to`.
     Replace,
