@@ -16,6 +16,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
+use crate::constant_limit::LimitConstants;
 use crate::error::QueryError;
 use crate::guard::{self, GuardPolicy};
 use crate::metrics;
@@ -69,7 +70,8 @@ impl Interface {
 }
 
 /// A context with the store tables registered, the store's object store registered under its URL, the
-/// memory limit set and spilling disabled.
+/// memory limit set, spilling disabled, and the values functions and constants build bounded
+/// (`bounded_functions`, `constant_limit`).
 pub fn session_context(
     source: Arc<dyn SnapshotSource>,
     limits: QueryLimits,
@@ -86,6 +88,10 @@ pub fn session_context(
     let pool = runtime.memory_pool.clone();
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::bounded_functions::register(&ctx, &pool)?;
+    ctx.add_optimizer_rule(Arc::new(LimitConstants::for_limits(
+        limits.memory_limit_bytes,
+        limits.batch_size,
+    )));
     let (url, store) = source.object_store();
     ctx.register_object_store(&url, store);
     register_store_tables(&ctx, &source)?;
@@ -448,10 +454,9 @@ mod tests {
             max_result_bytes: 1 << 20,
             ..limits.clone()
         };
-        // 20 rows of 100 KB: few rows, but 2 MB.
-        let err = run_query(&ctx, "SELECT repeat('x', 100000) FROM range(20)", &small)
-            .await
-            .unwrap_err();
+        // 20 rows of 200-300 KB: few rows, but 5 MB.
+        let sql = "SELECT repeat(CAST(value AS VARCHAR) || 'x', 100000) FROM range(20)";
+        let err = run_query(&ctx, sql, &small).await.unwrap_err();
         assert!(matches!(err, QueryError::TooManyBytes(_)), "{err}");
         assert!(err.to_string().contains("1048576"), "{err}");
         let ok = run_query(&ctx, "SELECT value FROM range(100)", &limits)

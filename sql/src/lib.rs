@@ -6,6 +6,7 @@
 //! refused or cut off on one interface is refused or cut off on all of them.
 
 mod bounded_functions;
+mod constant_limit;
 pub mod context;
 pub mod error;
 pub mod guard;
