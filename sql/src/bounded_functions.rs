@@ -9,6 +9,10 @@
 //! the query's memory limit does (HTTP 400, SQLSTATE 53200). The reservation ends when the call returns: it
 //! bounds what one call builds at once, not what the batches carrying its output hold afterwards.
 //!
+//! The time functions (`date_bin`, `date_trunc`, `date_part`, `to_char`, `make_date`, `to_timestamp`,
+//! `to_date`) are wrapped the same way with no bound, for their errors: DataFusion reports their bad
+//! arguments as plain execution errors, which read as the server's fault.
+//!
 //! Covered: `repeat`, `lpad`, `rpad`, `replace`, `array_repeat`, `array_resize`, and the list forms of
 //! `range` and `generate_series` (the table functions of those names stream their rows and are bounded by
 //! the answer's row limit); a range step whose parts point different ways is refused, since DataFusion may
@@ -56,15 +60,24 @@ enum Bound {
     Range,
 }
 
-const FUNCTIONS: &[(&str, Bound)] = &[
-    ("repeat", Bound::Repeat),
-    ("lpad", Bound::Pad),
-    ("rpad", Bound::Pad),
-    ("replace", Bound::Replace),
-    ("array_repeat", Bound::ArrayRepeat),
-    ("array_resize", Bound::ArrayResize),
-    ("range", Bound::Range),
-    ("generate_series", Bound::Range),
+const FUNCTIONS: &[(&str, Option<Bound>)] = &[
+    ("repeat", Some(Bound::Repeat)),
+    ("lpad", Some(Bound::Pad)),
+    ("rpad", Some(Bound::Pad)),
+    ("replace", Some(Bound::Replace)),
+    ("array_repeat", Some(Bound::ArrayRepeat)),
+    ("array_resize", Some(Bound::ArrayResize)),
+    ("range", Some(Bound::Range)),
+    ("generate_series", Some(Bound::Range)),
+    // Wrapped only for their errors: every one they report as a plain execution error is about an
+    // argument (`date_bin` with a zero stride, `date_trunc('fortnight', ..)`, a month of 13).
+    ("date_bin", None),
+    ("date_trunc", None),
+    ("date_part", None),
+    ("to_char", None),
+    ("make_date", None),
+    ("to_timestamp", None),
+    ("to_date", None),
 ];
 
 /// Registers the bounded versions over the context's own, drawing on `pool` (the context's memory pool).
@@ -80,11 +93,12 @@ pub(crate) fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) -> Resu
     Ok(())
 }
 
-/// A function whose calls reserve their output's bound from the memory pool first.
+/// A function whose calls reserve their output's bound from the memory pool first (if it has one), and
+/// whose errors about its arguments are reported as the query's.
 #[derive(Debug)]
 struct Bounded {
     inner: Arc<ScalarUDF>,
-    bound: Bound,
+    bound: Option<Bound>,
     pool: Arc<dyn MemoryPool>,
 }
 
@@ -111,12 +125,19 @@ impl Bounded {
 
 impl ScalarUDFImpl for Bounded {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bytes = output_bound(self.bound, &args.args, args.number_rows)?;
-        // The consumer's name is what the pool's error names: "Failed to allocate additional 1907.3 MB for
-        // repeat() ...".
-        let reservation = MemoryConsumer::new(format!("{}()", self.name())).register(&self.pool);
-        reservation.try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))?;
-        self.inner().invoke_with_args(args)
+        let _reservation = match self.bound {
+            Some(bound) => {
+                let bytes = output_bound(bound, &args.args, args.number_rows)?;
+                // The consumer's name is what the pool's error names: "Failed to allocate additional
+                // 1907.3 MB for repeat() ...".
+                let reservation =
+                    MemoryConsumer::new(format!("{}()", self.name())).register(&self.pool);
+                reservation.try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))?;
+                Some(reservation)
+            }
+            None => None,
+        };
+        self.inner().invoke_with_args(args).map_err(argument_error)
     }
 
     fn name(&self) -> &str {
@@ -149,7 +170,13 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        self.inner().return_field_from_args(args)
+        // While planning, a bad argument is a query that does not plan (`date_part` of a column).
+        self.inner()
+            .return_field_from_args(args)
+            .map_err(|e| match e {
+                DataFusionError::Execution(message) => DataFusionError::Plan(message),
+                other => other,
+            })
     }
 
     fn is_nullable(&self, args: &[Expr], schema: &dyn ExprSchema) -> bool {
@@ -226,6 +253,20 @@ impl ScalarUDFImpl for Bounded {
 
     fn placement(&self, args: &[ExpressionPlacement]) -> ExpressionPlacement {
         self.inner().placement(args)
+    }
+}
+
+/// DataFusion's functions report a bad argument (`date_bin` with a zero stride) as a plain execution
+/// error, which reads as the server's fault (HTTP 500, SQLSTATE XX000) and is counted as one. From these
+/// functions it is always the argument's, so it becomes Arrow's invalid-argument error: the client's
+/// (HTTP 400, SQLSTATE 22023).
+fn argument_error(e: DataFusionError) -> DataFusionError {
+    match e {
+        DataFusionError::Execution(message) => DataFusionError::ArrowError(
+            Box::new(arrow::error::ArrowError::InvalidArgumentError(message)),
+            None,
+        ),
+        other => other,
     }
 }
 
@@ -561,6 +602,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Bad arguments are the query's fault, whether met while simplifying the plan or while rows run.
+    #[tokio::test]
+    async fn bad_arguments_of_time_functions_are_the_clients_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, limits) = context(dir.path(), 64 << 20).await;
+        for sql in [
+            "SELECT date_bin(INTERVAL '0 minutes', time) FROM events",
+            "SELECT date_bin(INTERVAL '0 minutes', TIMESTAMP '2026-01-01 00:00:00')",
+            "SELECT date_trunc(CASE WHEN kind = 'llm' THEN 'fortnight' ELSE 'day' END, time) FROM events",
+            "SELECT date_part(kind || 'x', time) FROM events",
+            "SELECT make_date(2026, 13, 1)",
+        ] {
+            match run_query(&ctx, sql, &limits).await {
+                Err(e @ QueryError::Data { .. }) => assert!(e.is_client_error(), "{sql}: {e}"),
+                Err(QueryError::Invalid(_)) => {}
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+        // The ordinary forms still run.
+        run_query(
+            &ctx,
+            "SELECT date_bin(INTERVAL '5 minutes', time), date_trunc('hour', time), \
+             date_part('hour', time), make_date(2026, 12, 7) FROM events",
+            &limits,
+        )
+        .await
+        .expect("ordinary time functions run");
     }
 
     /// Ordinary calls are untouched, and give DataFusion's answers.

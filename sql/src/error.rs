@@ -41,8 +41,9 @@ pub enum QueryError {
     /// The query is valid but its values are not: a division by zero, a cast or parse of text that is no
     /// number or time, an overflow, a function argument out of its range. The client's to fix, like
     /// [`QueryError::Invalid`], and told apart so that pg clients get the usual SQLSTATE (class 22). Only
-    /// Arrow's value errors are; a function that reports a bad argument as a plain execution error (`date_bin`
-    /// with a zero stride) stays [`QueryError::Execution`], which a failing read is too.
+    /// Arrow's value errors are: the time functions' bad arguments (`date_bin` with a zero stride), which
+    /// DataFusion reports as plain execution errors, are turned into Arrow's by `bounded_functions`; any
+    /// other plain execution error stays [`QueryError::Execution`], as a failing read does.
     #[error("the query failed on a value: {message}")]
     Data {
         kind: DataErrorKind,
