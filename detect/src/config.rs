@@ -124,6 +124,11 @@ pub struct Thresholds {
     pub deny_burst_window: Duration,
     /// Prompt-injection score (0..1) at or above which an alert is raised.
     pub injection_min_score: f32,
+    /// How long (event time) a conversation's last scanned prompt is remembered, so that the history a
+    /// chat sends again with each call does not raise its findings again (up to `max_entities`
+    /// conversations).
+    #[serde(with = "humantime_serde")]
+    pub conversation_memory: Duration,
     /// Sensitive-data findings below this confidence are still redacted but do not alert.
     pub sensitive_min_confidence: f32,
     /// Drift: reference window (before the current one) and current window.
@@ -173,6 +178,7 @@ impl Default for Thresholds {
             deny_burst_count: 5,
             deny_burst_window: Duration::from_secs(60),
             injection_min_score: 0.5,
+            conversation_memory: Duration::from_secs(24 * 3600),
             sensitive_min_confidence: 0.5,
             drift_reference: Duration::from_secs(3600),
             drift_current: Duration::from_secs(900),

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub evicted: IntCounterVec,
     /// Alerts folded into a summary because their detector's budget for the window was spent.
     pub suppressed: IntCounterVec,
+    pub repeated: IntCounterVec,
     /// Tool calls dropped while waiting for their agent's span (`awaiting`), never judged.
     pub unjudged: IntCounter,
 }
@@ -67,6 +68,14 @@ pub fn metrics() -> &'static Metrics {
             &["detector"],
         )
         .expect("valid metric");
+        let repeated = IntCounterVec::new(
+            Opts::new(
+                "vigil_detect_findings_repeated_total",
+                "Findings not alerted again: in the part of a conversation's prompt that an earlier call sent and had scanned",
+            ),
+            &["detector"],
+        )
+        .expect("valid metric");
         let unjudged = IntCounter::new(
             "vigil_detect_calls_unjudged_total",
             "Tool calls without an agent dropped, past the age or count limit, before their agent's span arrived",
@@ -80,6 +89,7 @@ pub fn metrics() -> &'static Metrics {
             Box::new(untracked.clone()),
             Box::new(evicted.clone()),
             Box::new(suppressed.clone()),
+            Box::new(repeated.clone()),
             Box::new(unjudged.clone()),
         ] {
             if let Err(e) = r.register(c) {
@@ -93,6 +103,7 @@ pub fn metrics() -> &'static Metrics {
             untracked,
             evicted,
             suppressed,
+            repeated,
             unjudged,
         }
     })

@@ -24,6 +24,7 @@ use crate::metrics::metrics;
 use crate::Detection;
 
 mod columns;
+mod history;
 mod stateful;
 #[cfg(test)]
 mod tests;
@@ -112,6 +113,9 @@ impl AlertBudget {
 pub struct DetectionStage {
     runtime: RwLock<Arc<Runtime>>,
     state: Mutex<State>,
+    /// Conversations' last scanned prompts; a lock of its own, taken briefly per prompt while content
+    /// scanning runs outside the state lock.
+    history: Mutex<history::History>,
     /// User, agent.
     behavior: RwLock<[Option<Arc<BehaviorModel>>; 2]>,
     latency_us: Mutex<Histogram<u64>>,
@@ -123,6 +127,7 @@ impl DetectionStage {
         Arc::new(Self {
             runtime: RwLock::new(Arc::new(Runtime::new(config))),
             state: Mutex::new(State::default()),
+            history: Mutex::new(history::History::default()),
             behavior: RwLock::new([None, None]),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -144,7 +149,7 @@ impl DetectionStage {
             }
         };
         let mut alerts = Vec::new();
-        let (prompt, response, moved) = text::scan(&rt, &cols, &mut alerts);
+        let (prompt, response, moved) = text::scan(&rt, &cols, &self.history, &mut alerts);
         let attributes = match (rt.cfg.content_capture, cols.attributes) {
             (ContentCapture::Full, _) | (_, None) => None,
             (_, Some(a)) => mask_attributes(a, moved),
@@ -338,6 +343,12 @@ impl DetectionStage {
             for (tracked, dropped) in st.seen.evict(th.max_entities, &rt.inv) {
                 count_evicted(tracked.as_str(), dropped);
             }
+            let memory_us = i64::try_from(th.conversation_memory.as_micros()).unwrap_or(i64::MAX);
+            let dropped = self
+                .history
+                .lock()
+                .evict(now_us, memory_us, th.max_entities);
+            count_evicted("conversation", dropped);
             if rt.on("model_drift") {
                 let lim = DriftLimits {
                     reference_us: th.drift_reference.as_micros() as i64,

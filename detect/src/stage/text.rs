@@ -8,7 +8,10 @@ use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, StringArray, St
 use arrow::datatypes::DataType;
 use vigil_ingest::schema::col;
 
+use parking_lot::Mutex;
+
 use super::columns::{actor, flag, get, vigil_attribute, Cols};
+use super::history::{self, History, Scanned};
 use super::Runtime;
 use crate::alert::{Alert, Severity};
 use crate::config::ContentCapture;
@@ -20,6 +23,7 @@ use crate::findings::{snippet, AlertDraft};
 pub(super) fn scan(
     rt: &Runtime,
     c: &Cols,
+    history: &Mutex<History>,
     alerts: &mut Vec<Alert>,
 ) -> (ArrayRef, ArrayRef, Vec<(usize, String)>) {
     let capture = rt.cfg.content_capture;
@@ -41,29 +45,54 @@ pub(super) fn scan(
             } else {
                 content::Hints::sensitive_only(text)
             };
+            // A prompt's conversation, and what of it an earlier call already sent and had scanned.
+            let conversation = (inference && side == 0)
+                .then(|| conversation_of(c, i))
+                .flatten();
+            let scanned = conversation
+                .and_then(|(key, event)| history.lock().scanned_prefix(key, event, text));
             let findings = content::scan_sensitive_with(text, &hints);
             if inference && rt.on("sensitive_data") {
-                let strong: Vec<&Finding> = findings
+                let covered = scanned.map_or(0, |p| p.len);
+                let (strong, repeated): (Vec<&Finding>, Vec<&Finding>) = findings
                     .iter()
                     .filter(|f| f.confidence >= th.sensitive_min_confidence)
-                    .collect();
+                    .partition(|f| f.end > covered);
                 if let Some(first) = strong.first() {
                     alerts.push(sensitive_alert(c, i, side, text, &findings, &strong, first));
+                } else if !repeated.is_empty() {
+                    count_repeated("sensitive_data");
                 }
             }
+            let mut scored = false;
             if injection {
                 if let Some(inj) = content::scan_injection_with(text, &hints)
                     .filter(|f| f.score >= th.injection_min_score)
                 {
-                    let tools = if indirect {
-                        Vec::new()
+                    scored = true;
+                    if scanned.is_some_and(|p| p.injection && !scores_after(text, p.len, th)) {
+                        count_repeated("prompt_injection");
                     } else {
-                        tool_ranges(c, i, text)
-                    };
-                    for (channel, f) in injection_channels(indirect, text, &tools, inj, th) {
-                        alerts.push(injection_alert(c, i, channel, text, &findings, &f));
+                        let tools = if indirect {
+                            Vec::new()
+                        } else {
+                            tool_ranges(c, i, text)
+                        };
+                        for (channel, f) in injection_channels(indirect, text, &tools, inj, th) {
+                            alerts.push(injection_alert(c, i, channel, text, &findings, &f));
+                        }
                     }
                 }
+            }
+            if let Some((key, event)) = conversation {
+                let time = if c.time.is_valid(i) {
+                    c.time.value(i)
+                } else {
+                    0
+                };
+                history
+                    .lock()
+                    .record(key, event, time, Scanned::of(text, scored));
             }
             if tool && side == 0 && rt.on("tool_overreach") {
                 if let Some(arg) = content::scan_tool_arguments(text) {
@@ -89,6 +118,30 @@ pub(super) fn scan(
         }
     };
     (out(c.prompt, mp), out(c.response, mr), moved)
+}
+
+/// Row `i`'s conversation (else trace) and event, as `History` keys them.
+fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
+    let key = history::key(
+        get(c.service, i).unwrap_or(""),
+        get(c.conversation, i),
+        get(c.trace, i),
+    )?;
+    Some((key, history::event_hash(get(c.event_id, i).unwrap_or(""))))
+}
+
+/// Whether the text after the first `len` bytes (what an earlier call sent) scores as an injection alone.
+fn scores_after(text: &str, len: usize, th: &crate::config::Thresholds) -> bool {
+    text.get(len..)
+        .and_then(content::scan_injection)
+        .is_some_and(|f| f.score >= th.injection_min_score)
+}
+
+fn count_repeated(detector: &str) {
+    crate::metrics::metrics()
+        .repeated
+        .with_label_values(&[detector])
+        .inc();
 }
 
 pub(super) fn kinds_label(findings: &[&Finding]) -> String {
