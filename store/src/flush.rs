@@ -109,11 +109,12 @@ impl Store {
         Ok(())
     }
 
-    /// Records files sealed but not made live after a failed manifest save; logged if even that fails
-    /// (the chain then refuses every later append, and `verify` shows the state).
+    /// Records files sealed but not made live after a failed manifest save (or taken back after one).
+    /// If even that append fails, the record is owed and goes ahead of the chain's next append, which
+    /// precedes every later manifest save.
     pub(crate) async fn record_abandoned(&self, drafts: Vec<Draft>) {
-        if let Err(e) = self.audit.append_async(drafts).await {
-            tracing::error!(error = %e, "recording files a failed manifest save left out");
+        if let Err(e) = self.audit.append_or_owe_async(drafts).await {
+            tracing::error!(error = %e, "recording files a failed manifest save left out; owed to the next append");
         }
     }
 

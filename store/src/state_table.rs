@@ -65,8 +65,8 @@ impl Store {
                     files: vec![previous],
                     ..Draft::new(Op::State, Some(table))
                 };
-                if let Err(a) = self.audit.append_async(vec![restore]).await {
-                    tracing::warn!(error = %a, "recording the unchanged state file in the audit chain failed");
+                if let Err(a) = self.audit.append_or_owe_async(vec![restore]).await {
+                    tracing::warn!(error = %a, "recording the unchanged state file in the audit chain failed; owed to the next append");
                 }
             }
             return Err(e);

@@ -1106,3 +1106,83 @@ async fn remote_object_store_files_are_verified_there() {
         "{report}"
     );
 }
+
+/// A retention pass whose manifest save reported a failure that had in fact landed (a rename whose
+/// directory fsync failed; an S3 PUT whose answer was lost), then a crash: the manifest no longer lists the
+/// expired file that the chain took back. Retention had let it go, so it is a leftover, not a removal:
+/// `verify` stays clean and `open` deletes it.
+#[tokio::test]
+async fn an_expired_file_taken_back_after_a_save_that_landed_is_a_leftover() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let now = T14 + 40 * 24 * HOUR_US;
+    store
+        .append(vec![(Table::Events, events(0..10, now - HOUR_US))])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    store
+        .append(vec![(Table::Events, events(100..110, T14))])
+        .await
+        .unwrap(); // 40 days old
+    store.flush().await.unwrap();
+    let files = event_files(&store);
+    let old = files
+        .iter()
+        .find(|p| p.contains("date=2026-11-22/"))
+        .cloned()
+        .unwrap();
+    let blocker = dir.path().join("_manifest.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(store.apply_retention(now).await.is_err());
+    drop(store);
+    std::fs::remove_dir(&blocker).unwrap();
+    // What the save that landed wrote.
+    let path = dir.path().join("_manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["tables"]["events"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != old.as_str());
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(!dir.path().join(&old).exists(), "deleted as a leftover");
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    drop(store);
+}
+
+/// A state table's file taken out of `_manifest.json` after its second write: only a first write can be
+/// cut short before the manifest lists the file, so this is a removal. `verify` names it and `open`
+/// keeps it (it used to delete it and record it as abandoned, and `verify` stayed clean).
+#[tokio::test]
+async fn a_state_file_taken_out_of_the_manifest_after_its_first_write_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = populated(dir.path()).await;
+    store
+        .put_state(Table::Baselines, events(0..6, T14))
+        .await
+        .unwrap();
+    drop(store);
+    let path = dir.path().join("_manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["tables"]["baselines"].as_array_mut().unwrap().clear();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let state = "baselines/state.parquet";
+    let named = |report: &audit::VerifyReport| {
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Unlisted { path, .. } if path == state))
+    };
+    let report = verify(dir.path()).await;
+    assert!(named(&report), "{report}");
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(dir.path().join(state).exists(), "the evidence is kept");
+    let report = verify(dir.path()).await;
+    assert!(named(&report), "{report}");
+    drop(store);
+}

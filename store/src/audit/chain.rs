@@ -6,7 +6,7 @@
 //! reordering any entry breaks every link after it; only an edit that also rewrites every later entry goes
 //! unnoticed, which is what the signed head (see `sign`) is for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -247,9 +247,17 @@ pub(crate) enum Origin {
     Compaction {
         inputs: Vec<String>,
     },
-    /// A state table's snapshot, rewritten in place; its first write can be cut short before the manifest
-    /// lists it.
-    State,
+    /// A state table's snapshot, rewritten in place. Only its first write (`first`) can be cut short before
+    /// the manifest lists it: later ones rewrite a path the manifest already lists.
+    State {
+        first: bool,
+    },
+    /// Taken back after compaction retired it (its manifest save failed): these files replaced it.
+    Replaced {
+        outputs: Vec<String>,
+    },
+    /// Taken back after retention retired it (its manifest save failed).
+    Expired,
     Other,
 }
 
@@ -274,7 +282,14 @@ impl Expected {
                     })
             }
             Origin::Compaction { inputs } => inputs.iter().all(|p| manifest.contains(p)),
-            Origin::State => true,
+            Origin::State { first } => *first,
+            // The failed save may have landed after all (a rename whose directory fsync failed, an S3 PUT
+            // whose answer was lost): then the manifest lists the outputs, and the rows live on there...
+            Origin::Replaced { outputs } => {
+                !outputs.is_empty() && outputs.iter().all(|p| manifest.contains(p))
+            }
+            // ...or, for retention, the file had been let go already.
+            Origin::Expired => true,
             Origin::Other => false,
         }
     }
@@ -293,6 +308,8 @@ pub(crate) struct ChainState {
     pub previous: BTreeMap<String, Expected>,
     /// Retired compaction inputs: the files that replaced them.
     pub replaced_by: BTreeMap<String, Vec<String>>,
+    /// Retired by retention.
+    pub expired: BTreeSet<String>,
 }
 
 impl ChainState {
@@ -304,6 +321,9 @@ impl ChainState {
                     let outputs = e.files.iter().map(|f| f.path.clone()).collect();
                     self.replaced_by.insert(path.clone(), outputs);
                 }
+                if e.op == Op::Retain {
+                    self.expired.insert(path.clone());
+                }
             }
         }
         for f in &e.files {
@@ -312,7 +332,17 @@ impl ChainState {
                 Op::Compact => Origin::Compaction {
                     inputs: e.removed.clone(),
                 },
-                Op::State => Origin::State,
+                Op::State => Origin::State {
+                    first: !self.live.contains_key(&f.path) && !self.retired.contains_key(&f.path),
+                },
+                // Taken back: why it had been retired still tells a leftover from a removal.
+                Op::Adopt => match self.replaced_by.get(&f.path) {
+                    Some(outputs) => Origin::Replaced {
+                        outputs: outputs.clone(),
+                    },
+                    None if self.expired.contains(&f.path) => Origin::Expired,
+                    None => Origin::Other,
+                },
                 _ => Origin::Other,
             };
             let x = Expected {
@@ -324,6 +354,7 @@ impl ChainState {
             };
             self.retired.remove(&f.path);
             self.replaced_by.remove(&f.path);
+            self.expired.remove(&f.path);
             if let Some(old) = self.live.insert(f.path.clone(), x) {
                 if e.op == Op::State {
                     self.previous.insert(f.path.clone(), old);
@@ -400,6 +431,50 @@ mod tests {
         let found = adopted_at_start(&begun_later).expect("adopted at the start");
         assert_eq!(found.files, 3);
         assert_eq!(found.time, begun_later[0].time);
+    }
+
+    fn listing(paths: &[&str]) -> Manifest {
+        let mut m = Manifest::default();
+        for p in paths {
+            m.files_mut(crate::Table::Events).push(crate::StoredFile {
+                path: p.to_string(),
+                size: 1,
+                rows: 1,
+                min_time_us: 0,
+                max_time_us: 0,
+            });
+        }
+        m
+    }
+
+    /// A compaction input taken back after the compaction's save failed: if the manifest lists the output
+    /// (the save landed after all), the input is a leftover; if not, a manifest without the input was edited.
+    #[test]
+    fn a_taken_back_input_is_a_leftover_only_beside_its_output() {
+        let g = GENESIS_PREV_HASH;
+        let state = ChainState::replay(&[
+            entry(1, g, Op::Seal, &[("a", "1"), ("b", "2")], &[]),
+            entry(2, g, Op::Compact, &[("c", "3")], &["a", "b"]),
+            entry(3, g, Op::Abandon, &[], &["c"]),
+            entry(4, g, Op::Adopt, &[("a", "1"), ("b", "2")], &[]),
+        ]);
+        let a = &state.live["a"];
+        assert_eq!(
+            a.origin,
+            Origin::Replaced {
+                outputs: vec!["c".into()]
+            }
+        );
+        assert!(a.may_be_unfinished(&listing(&["c"]), None));
+        assert!(!a.may_be_unfinished(&listing(&["b"]), None));
+        // A state file: only its first write.
+        let state = ChainState::replay(&[
+            entry(1, g, Op::State, &[("s", "1")], &[]),
+            entry(2, g, Op::State, &[("s", "2")], &[]),
+            entry(3, g, Op::State, &[("t", "3")], &[]),
+        ]);
+        assert!(!state.live["s"].may_be_unfinished(&listing(&[]), None));
+        assert!(state.live["t"].may_be_unfinished(&listing(&[]), None));
     }
 
     fn chain() -> Vec<Entry> {

@@ -55,6 +55,12 @@ struct Inner {
     state: ChainState,
     /// Set when a failed append could not be cut back off the file: appending more would bury a torn line.
     failed: Option<String>,
+    /// Records of what a failed change left behind (`abandon`, `adopt`) whose own append failed: written
+    /// ahead of the next append, so no later change made live gets ahead of them in the chain.
+    owed: Vec<Draft>,
+    /// Tests: fail the next write as a full disk would.
+    #[cfg(test)]
+    fail_next_write: bool,
 }
 
 pub(crate) struct AuditLog {
@@ -117,14 +123,30 @@ impl AuditLog {
                 prev_hash,
                 state,
                 failed: None,
+                owed: Vec::new(),
+                #[cfg(test)]
+                fail_next_write: false,
             }),
         })
     }
 
     /// Numbers, links, appends and fsyncs the drafts (one write, one fsync), then applies them to the
-    /// in-memory state. On failure nothing is applied and the file is cut back to where it was.
+    /// in-memory state. On failure nothing is applied and the file is cut back to where it was. Drafts
+    /// owed by an earlier [`AuditLog::append_or_owe`] go first.
     pub fn append(&self, drafts: Vec<Draft>) -> Result<(), StoreError> {
-        let drafts: Vec<Draft> = drafts
+        self.append_inner(drafts, false)
+    }
+
+    /// [`AuditLog::append`] for the record of what a failed change left behind: if it cannot be written
+    /// now, it is owed, and written ahead of the next append. Without that, a transient failure (a full
+    /// disk) lost the `abandon` of a flush whose manifest save failed; once a later flush had covered its
+    /// WAL records, `open` and `verify` took the leftover for a file taken out of the manifest.
+    pub fn append_or_owe(&self, drafts: Vec<Draft>) -> Result<(), StoreError> {
+        self.append_inner(drafts, true)
+    }
+
+    fn append_inner(&self, drafts: Vec<Draft>, owe: bool) -> Result<(), StoreError> {
+        let mut drafts: Vec<Draft> = drafts
             .into_iter()
             .filter(|d| !d.files.is_empty() || !d.removed.is_empty())
             .collect();
@@ -132,6 +154,25 @@ impl AuditLog {
             return Ok(());
         }
         let mut inner = self.inner.lock();
+        let owed_before = inner.owed.len();
+        if !inner.owed.is_empty() {
+            let mut all = std::mem::take(&mut inner.owed);
+            all.append(&mut drafts);
+            drafts = all;
+        }
+        let result = Self::write_locked(&mut inner, drafts.clone());
+        match &result {
+            Ok(()) => {}
+            Err(_) if owe => inner.owed = drafts,
+            Err(_) => {
+                drafts.truncate(owed_before);
+                inner.owed = drafts;
+            }
+        }
+        result
+    }
+
+    fn write_locked(inner: &mut Inner, drafts: Vec<Draft>) -> Result<(), StoreError> {
         if let Some(msg) = &inner.failed {
             return Err(StoreError::Audit(msg.clone()));
         }
@@ -159,6 +200,10 @@ impl AuditLog {
             prev = e.hash.clone();
             entries.push(e);
         }
+        #[cfg(test)]
+        if std::mem::take(&mut inner.fail_next_write) {
+            return Err(audit_err(&inner.path, "append to", "no space left (test)"));
+        }
         let written = inner
             .file
             .write_all(&buf)
@@ -183,6 +228,17 @@ impl AuditLog {
         m.audit_entries.inc_by(entries.len() as u64);
         m.audit_seq.set(seq as i64 - 1);
         Ok(())
+    }
+
+    /// [`AuditLog::append_or_owe`] on a blocking thread, for async callers.
+    pub async fn append_or_owe_async(
+        self: &std::sync::Arc<Self>,
+        drafts: Vec<Draft>,
+    ) -> Result<(), StoreError> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.append_or_owe(drafts))
+            .await
+            .map_err(|e| StoreError::Audit(format!("audit append task: {e}")))?
     }
 
     /// [`AuditLog::append`] on a blocking thread, for async callers.
@@ -271,5 +327,32 @@ mod tests {
         );
         assert!(!log.is_live("a") && log.is_live("b"));
         assert_eq!(log.state().retired["a"].seq, 1);
+    }
+
+    /// A transient failure of the `abandon` append no longer loses it: it is written ahead of the next
+    /// append, in order, and applied then.
+    #[test]
+    fn an_owed_record_is_written_ahead_of_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append(vec![draft(Op::Seal, "a", &[])]).unwrap();
+        log.inner.lock().fail_next_write = true;
+        assert!(log
+            .append_or_owe(vec![draft(Op::Abandon, "", &["a"])])
+            .is_err());
+        assert!(log.is_live("a"), "not applied before it is written");
+        // A plain append that fails keeps what was owed, and owes nothing of its own.
+        log.inner.lock().fail_next_write = true;
+        assert!(log.append(vec![draft(Op::Seal, "c", &[])]).is_err());
+        log.append(vec![draft(Op::Seal, "b", &[])]).unwrap();
+        assert!(!log.is_live("a") && log.is_live("b") && !log.is_live("c"));
+        let bytes = std::fs::read(chain_path(dir.path())).unwrap();
+        let p = chain::parse(&bytes);
+        assert!(p.breaks.is_empty(), "{:?}", p.breaks);
+        let ops: Vec<(u64, Op)> = p.entries.iter().map(|e| (e.seq, e.op)).collect();
+        assert_eq!(ops, [(1, Op::Seal), (2, Op::Abandon), (3, Op::Seal)]);
+        log.append(vec![draft(Op::Seal, "d", &[])]).unwrap();
+        let p = chain::parse(&std::fs::read(chain_path(dir.path())).unwrap());
+        assert_eq!(p.entries.len(), 4, "owed once, not twice");
     }
 }
