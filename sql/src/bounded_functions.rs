@@ -13,11 +13,12 @@
 //! `to_date`) are wrapped the same way with no bound, for their errors: DataFusion reports their bad
 //! arguments as plain execution errors, which read as the server's fault.
 //!
-//! Covered: `repeat`, `lpad`, `rpad`, `replace`, `array_repeat`, `array_resize`, and the list forms of
+//! Covered: `repeat`, `lpad`, `rpad`, `replace`, `array_repeat`, `array_resize`, the list forms of
 //! `range` and `generate_series` (the table functions of those names stream their rows and are bounded by
 //! the answer's row limit); a range step whose parts point different ways is refused, since DataFusion may
-//! step by it for ever. Not covered: `regexp_replace` with group references in the replacement, whose bound
-//! would refuse ordinary queries, and what operators make of a large value once it exists: `kind ||
+//! step by it for ever; `regexp_replace`, whose group references each copy at most the text once over all
+//! matches (they do not overlap), so its bound is linear in the text. Not covered: what operators make of
+//! a large value once it exists: `kind ||
 //! repeat('x', 100000000)` passes `repeat` (100 MB, once, when the plan is simplified) and then `||` copies
 //! it into every row of a batch. DataFusion accounts for no expression's output; `constant_limit` refuses
 //! such a plan by the size of its constant.
@@ -58,6 +59,9 @@ enum Bound {
     ArrayResize,
     /// `range`/`generate_series([start,] stop[, step])`: one 8-byte element per step.
     Range,
+    /// `regexp_replace(text, pattern, replacement[, flags])`: each match as the replacement, whose group
+    /// references each copy a part of the match.
+    RegexpReplace,
 }
 
 const FUNCTIONS: &[(&str, Option<Bound>)] = &[
@@ -69,6 +73,7 @@ const FUNCTIONS: &[(&str, Option<Bound>)] = &[
     ("array_resize", Some(Bound::ArrayResize)),
     ("range", Some(Bound::Range)),
     ("generate_series", Some(Bound::Range)),
+    ("regexp_replace", Some(Bound::RegexpReplace)),
     // Wrapped only for their errors: every one they report as a plain execution error is about an
     // argument (`date_bin` with a zero stride, `date_trunc('fortnight', ..)`, a month of 13).
     ("date_bin", None),
@@ -286,6 +291,12 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
             vec![bytes(element)?, counts(arg(1))?, list_lengths(element)?]
         }
         Bound::Range => vec![range_lengths(args, rows)?],
+        Bound::RegexpReplace => vec![
+            bytes(arg(0))?,
+            bytes(arg(2))?,
+            group_references(arg(2))?,
+            PerRow::Same(u64::from(replaces_all(arg(3)))),
+        ],
     };
     let mut total: u128 = 0;
     for row in 0..rows {
@@ -301,6 +312,15 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
             // an index and a value per item of it.
             Bound::ArrayRepeat | Bound::ArrayResize => (v(0).max(16) + 16 * v(2)) * v(1),
             Bound::Range => v(0) * 8,
+            // The text kept, the replacement's own bytes once per match (one, or up to one per position
+            // with `g`), and each group reference at most the matched text: matches do not overlap, so
+            // one reference copies at most the whole text over all of them. Linear in the text, so
+            // ordinary calls (`'\s+'` to `' '`) reserve a few times their input; `'\0'` repeated a
+            // thousand times reserves a thousand times it.
+            Bound::RegexpReplace => {
+                let matches = if v(3) == 1 { v(0) + 1 } else { 1 };
+                v(0) + v(2) * v(0) + matches * v(1)
+            }
         };
         total = total.saturating_add(bytes);
     }
@@ -349,6 +369,56 @@ fn bytes(arg: Option<&ColumnarValue>) -> Result<PerRow> {
         }
     };
     Ok(PerRow::Each(non_negative(&lengths)?))
+}
+
+/// Group references a replacement may hold: each starts with `$` (`$1`, `${name}`) or `\` (`\1`, which
+/// DataFusion turns into `${1}`), so counting those never counts too few.
+fn group_references(arg: Option<&ColumnarValue>) -> Result<PerRow> {
+    let count = |s: &str| s.bytes().filter(|b| matches!(b, b'$' | b'\\')).count() as u64;
+    match arg {
+        None => Ok(PerRow::Same(0)),
+        Some(ColumnarValue::Scalar(scalar)) => Ok(PerRow::Same(match scalar {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                s.as_deref().map_or(0, count)
+            }
+            _ => 0,
+        })),
+        Some(ColumnarValue::Array(array)) => {
+            let text = cast(array, &DataType::Utf8)?;
+            let text = text.as_string::<i32>();
+            Ok(PerRow::Each(
+                (0..text.len())
+                    .map(|i| {
+                        if text.is_null(i) {
+                            0
+                        } else {
+                            count(text.value(i))
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Whether the flags (of any row) ask for every match to be replaced (`g`).
+fn replaces_all(arg: Option<&ColumnarValue>) -> bool {
+    match arg {
+        None => false,
+        Some(ColumnarValue::Scalar(scalar)) => match scalar {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                s.as_deref().is_some_and(|f| f.contains('g'))
+            }
+            _ => true,
+        },
+        Some(ColumnarValue::Array(array)) => match cast(array, &DataType::Utf8) {
+            Ok(text) => text
+                .as_string::<i32>()
+                .iter()
+                .any(|f| f.is_some_and(|f| f.contains('g'))),
+            Err(_) => true,
+        },
+    }
 }
 
 /// Counts (repetitions, lengths): negative and null ones are none.
@@ -573,6 +643,9 @@ mod tests {
             "SELECT cardinality(array_resize([1], 2000000000, 0))",
             "SELECT cardinality(range(2000000000))",
             "SELECT cardinality(generate_series(1, 2000000000, 1))",
+            // A thousand copies of every prompt: one reference per copy.
+            "SELECT max(length(regexp_replace(repeat(kind, 5000), '^(.*)$', repeat('\\1', 1000)))) FROM events",
+            "SELECT max(length(regexp_replace(repeat(kind, 1000), '.', repeat('$0', 2000), 'g'))) FROM events",
             "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second'))",
             // Dates past what a nanosecond timestamp holds still count.
             "SELECT cardinality(generate_series(DATE '0001-01-01', DATE '9999-12-31', INTERVAL '1 second'))",
@@ -643,7 +716,9 @@ mod tests {
             "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, rpad('a', 2) AS p, \
              replace('a-b-c', '-', '+') AS s, cardinality(array_repeat('x', 4)) AS ar, \
              cardinality(range(5)) AS n, cardinality(generate_series(DATE '2026-01-01', \
-             DATE '2026-03-01', INTERVAL '1 month')) AS months, max(length(repeat(kind, 2))) AS k \
+             DATE '2026-03-01', INTERVAL '1 month')) AS months, max(length(repeat(kind, 2))) AS k, \
+             max(regexp_replace(prompt_text, '\\s+', ' ', 'g')) AS squeezed, \
+             regexp_replace('foobarbaz', 'b(..)', 'X\\1Y', 'g') AS groups \
              FROM events",
             &limits,
         )
@@ -652,7 +727,16 @@ mod tests {
         let text = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
-        for expected in ["ababab", "007", "a ", "a+b+c", "| 4 ", "| 5 ", "| 3 "] {
+        for expected in [
+            "ababab",
+            "007",
+            "a ",
+            "a+b+c",
+            "| 4 ",
+            "| 5 ",
+            "| 3 ",
+            "fooXarYXazY",
+        ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
         }
     }
@@ -675,6 +759,13 @@ mod tests {
         ];
         // 1, 4, 7, 10: four elements.
         assert_eq!(output_bound(Bound::Range, &scalar, 1).unwrap(), 4 * 8);
+        let text = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())));
+        // 100 bytes, one match replaced by 4 bytes holding one reference: 100 + 100 + 4.
+        let once = [text(&"a".repeat(100)), text("(a+)"), text("<\\1>")];
+        assert_eq!(output_bound(Bound::RegexpReplace, &once, 1).unwrap(), 204);
+        // Every match (up to 101) as 1 byte, no reference: 100 + 101.
+        let all = [text(&"a".repeat(100)), text("\\s+"), text(" "), text("g")];
+        assert_eq!(output_bound(Bound::RegexpReplace, &all, 1).unwrap(), 201);
         // The fill is counted as characters of four bytes (a constant that large is refused before any
         // call by `constant_limit`, so only the bound shows it).
         let pad = [
