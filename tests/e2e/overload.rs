@@ -167,10 +167,10 @@ async fn twice_the_sustainable_rate_is_throttled_with_retry_after_in_bounded_mem
             Outcome::Acked => acked += 1,
             Outcome::Refused { retry_after } => {
                 refused += 1;
-                assert_eq!(
-                    retry_after.as_deref(),
-                    Some("2"),
-                    "every 429 says when to come back"
+                // `pipeline.retry_after`, spread up to twice it so refused clients do not return together.
+                assert!(
+                    matches!(retry_after.as_deref(), Some("2" | "3" | "4")),
+                    "every 429 says when to come back: {retry_after:?}"
                 );
             }
             Outcome::Other(e) => panic!("neither acknowledged nor throttled: {e}"),

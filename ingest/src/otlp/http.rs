@@ -189,16 +189,17 @@ impl Refusal {
 
     /// The response in the request's encoding; `None` (unknown content type) gets plain text.
     fn into_response(self, encoding: Option<Encoding>) -> Response {
+        let retry_after = self.retry_after.map(status::spread);
         let mut response = match encoding {
             Some(encoding) => (
                 self.status,
                 [(header::CONTENT_TYPE, encoding.content_type())],
-                status::http_body(encoding, self.code, &self.message, self.retry_after),
+                status::http_body(encoding, self.code, &self.message, retry_after),
             )
                 .into_response(),
             None => (self.status, self.message).into_response(),
         };
-        if let Some(delay) = self.retry_after {
+        if let Some(delay) = retry_after {
             // Retry-After is whole seconds; round up so a client never comes back early.
             let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
             response

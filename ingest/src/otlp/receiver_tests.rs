@@ -515,17 +515,17 @@ async fn http_sink_refusals_are_retryable_with_retry_after() {
     )
     .await;
     assert_eq!(response.status(), 429);
-    assert_eq!(response.headers()["retry-after"], "7");
+    assert_retry_after(&response, 7);
     let (code, _, retry) =
         status::decode_http_body(&response.bytes().await.expect("body")).expect("a Status");
     assert_eq!(code, Code::ResourceExhausted as i32);
-    assert_eq!(retry, Some(Duration::from_secs(7)));
+    assert_spread(retry, 7);
 
     sink.set_mode(SinkMode::Unavailable);
     let json = serde_json::to_vec(&traces_request(1)).expect("json");
     let response = post(server.addr, "/v1/traces", "application/json", None, json).await;
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "11");
+    assert_retry_after(&response, 11);
 
     sink.set_mode(SinkMode::Accept);
     post_good_protobuf(server.addr).await;
@@ -654,7 +654,7 @@ async fn refusal_at_admission_comes_before_decoding() {
         .expect_err("refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let (_, _, retry) = status::decode_http_body(status.details()).expect("RetryInfo");
-    assert_eq!(retry, Some(Duration::from_secs(3)));
+    assert_spread(retry, 3);
 
     let response = post(
         http_server.addr,
@@ -665,7 +665,7 @@ async fn refusal_at_admission_comes_before_decoding() {
     )
     .await;
     assert_eq!(response.status(), 429);
-    assert_eq!(response.headers()["retry-after"], "3");
+    assert_retry_after(&response, 3);
     assert!(overloaded("grpc") > grpc_before);
     assert!(overloaded("http") > http_before);
 
@@ -778,7 +778,7 @@ async fn grpc_sink_refusals_map_to_retryable_codes_with_retry_info() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     let (_, _, retry) =
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
-    assert_eq!(retry, Some(Duration::from_secs(7)));
+    assert_spread(retry, 7);
 
     sink.set_mode(SinkMode::Unavailable);
     let status = client
@@ -840,7 +840,7 @@ async fn http_bodies_past_the_buffer_budget_are_read_then_refused_with_retry_aft
     .await
     .expect("the second request is answered while the first waits");
     assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_retry_after(&refused, 1);
     let (code, message, _) =
         status::decode_http_body(&refused.bytes().await.expect("body")).expect("a Status body");
     assert_eq!(code, Code::ResourceExhausted as i32);
@@ -908,7 +908,7 @@ async fn grpc_messages_past_the_buffer_budget_are_resource_exhausted_with_retry_
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let (_, _, retry) =
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
-    assert_eq!(retry, Some(Duration::from_secs(1)));
+    assert_spread(retry, 1);
     assert!(counter(&REJECTED, &["grpc", "overloaded"]) - before >= 1);
     // Over the message cap as well: too large, whatever the budget holds, so not to be retried.
     let status = client
@@ -1030,7 +1030,7 @@ async fn http_decodes_share_the_decoding_room() {
     let spans = spans_of_100_kb();
     let refused = post_body(spans.encode_to_vec(), None).await;
     assert_eq!(refused.status(), 429);
-    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_retry_after(&refused, 1);
     let (code, message, _) =
         status::decode_http_body(&refused.bytes().await.expect("body")).expect("a Status body");
     assert_eq!(code, Code::ResourceExhausted as i32);
@@ -1082,7 +1082,7 @@ async fn grpc_decodes_share_the_decoding_room() {
     );
     let (_, _, retry) =
         status::decode_http_body(status.details()).expect("RetryInfo in the details");
-    assert_eq!(retry, Some(Duration::from_secs(1)));
+    assert_spread(retry, 1);
 
     drop(normalising);
     first.await.expect("first task").expect("first request");
@@ -1511,4 +1511,26 @@ async fn accepted_connections_have_nagle_off() {
     crate::security::tls_listener::no_delay(&mut accepted);
     assert!(accepted.nodelay().unwrap());
     drop(client);
+}
+
+/// A `Retry-After` header of whole seconds between `base` and twice it (see `status::spread`).
+fn assert_retry_after(response: &reqwest::Response, base: u64) {
+    let secs: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!(
+        (base..=2 * base.max(1)).contains(&secs),
+        "Retry-After {secs}, base {base}"
+    );
+}
+
+/// A RetryInfo delay of whole seconds between `base` and twice it.
+fn assert_spread(retry: Option<Duration>, base: u64) {
+    let retry = retry.expect("a retry delay");
+    assert!(
+        retry.subsec_nanos() == 0 && (base..=2 * base.max(1)).contains(&retry.as_secs()),
+        "retry delay {retry:?}, base {base}"
+    );
 }

@@ -67,11 +67,21 @@ fn rpc_status(code: tonic::Code, message: &str, retry_after: Option<Duration>) -
 }
 
 /// A gRPC status whose details carry `RetryInfo` when the client should come back later.
+/// What a refused client is told to wait: `delay` and a random whole number of seconds up to `delay` (at
+/// least up to one), so that the clients refused in one overloaded second do not all come back in the same
+/// second. Whole seconds, as HTTP's `Retry-After` carries them.
+pub(crate) fn spread(delay: Duration) -> Duration {
+    let extra = delay.as_secs().max(1);
+    delay + Duration::from_secs(rand::random_range(0..=extra))
+}
+
+/// A gRPC status; a `retry_after` is [`spread`] and sent as `google.rpc.RetryInfo`.
 pub(crate) fn grpc_status(
     code: tonic::Code,
     message: &str,
     retry_after: Option<Duration>,
 ) -> tonic::Status {
+    let retry_after = retry_after.map(spread);
     match retry_after {
         Some(_) => {
             let details = rpc_status(code, message, retry_after).encode_to_vec();
@@ -168,9 +178,25 @@ mod tests {
         );
         let (code, _, retry) = decode_http_body(status.details()).expect("details decode");
         assert_eq!(code, tonic::Code::ResourceExhausted as i32);
-        assert_eq!(retry, Some(Duration::from_secs(2)));
+        assert!(
+            retry.is_some_and(|r| (2..=4).contains(&r.as_secs()) && r.subsec_nanos() == 0),
+            "{retry:?}"
+        );
         assert!(grpc_status(tonic::Code::Internal, "x", None)
             .details()
             .is_empty());
+    }
+
+    /// Spread over whole seconds from the delay to twice it, and over all of them.
+    #[test]
+    fn retry_delays_are_spread() {
+        let seen: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| spread(Duration::from_secs(3)).as_secs())
+            .collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [3, 4, 5, 6]);
+        let one: std::collections::BTreeSet<u64> = (0..100)
+            .map(|_| spread(Duration::from_secs(1)).as_secs())
+            .collect();
+        assert_eq!(one.into_iter().collect::<Vec<_>>(), [1, 2]);
     }
 }
