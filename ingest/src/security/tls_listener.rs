@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -32,6 +32,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// first; had new connections waited for a free slot instead, 1,024 idle sockets (no credentials needed)
 /// would have kept every new client out for up to the handshake timeout, again and again.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Handshakes in flight from one source (an IPv4 address, an IPv6 /64) at once; past it, a new connection
+/// from that source drops one of the source's own, by the same order. One address opening sockets as fast
+/// as it can then churns its own slots and cannot push out other clients' handshakes; a corporate NAT's
+/// clients need far fewer at once, since a real handshake takes milliseconds.
+pub const MAX_PENDING_PER_SOURCE: usize = 128;
 /// Finished handshakes waiting for the server to pick them up.
 const READY_QUEUE: usize = 64;
 
@@ -61,19 +66,27 @@ impl TlsListener {
         acceptor: TlsAcceptor,
         listener: &'static str,
     ) -> io::Result<Self> {
-        Self::with_max_pending(tcp, acceptor, listener, MAX_PENDING_HANDSHAKES)
+        Self::with_max_pending(
+            tcp,
+            acceptor,
+            listener,
+            MAX_PENDING_HANDSHAKES,
+            MAX_PENDING_PER_SOURCE,
+        )
     }
 
-    /// [`TlsListener::new`] with another bound on pending handshakes (tests use a small one).
+    /// [`TlsListener::new`] with other bounds on pending handshakes, in all and per source (tests use
+    /// small ones).
     pub(crate) fn with_max_pending(
         tcp: TcpListener,
         acceptor: TlsAcceptor,
         listener: &'static str,
         max_pending: usize,
+        max_per_source: usize,
     ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let pending = Pending::new(max_pending);
+        let pending = Pending::new(max_pending, max_per_source);
         let accept_task = tokio::spawn(accept_loop(tcp, acceptor, tx, listener, pending));
         Ok(TlsListener {
             ready,
@@ -129,7 +142,8 @@ async fn accept_loop(
             }
         };
         no_delay(&mut stream);
-        if pending.make_room() {
+        let source = source_of(remote_addr.ip());
+        if pending.make_room(source) {
             HANDSHAKE_FAILURES
                 .with_label_values(&[listener, "evicted"])
                 .inc();
@@ -181,7 +195,23 @@ async fn accept_loop(
                 }
             }
         });
-        pending.tasks.push_back((task, stage));
+        pending.tasks.push_back(Handshake {
+            task,
+            stage,
+            source,
+        });
+    }
+}
+
+/// The source a connection counts against: an IPv4 address (also mapped into IPv6), or an IPv6 /64, the
+/// smallest network one host is usually given.
+fn source_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(u32::from(v4)),
+            None => (u128::from(v6) >> 64) | (1 << 127),
+        },
     }
 }
 
@@ -191,47 +221,59 @@ const SILENT: u8 = 0;
 const SPOKE: u8 = 1;
 const DONE: u8 = 2;
 
+struct Handshake {
+    task: JoinHandle<()>,
+    stage: Arc<AtomicU8>,
+    source: u128,
+}
+
 /// The handshake tasks of one listener with their stages, oldest first; finished ones are forgotten lazily.
 struct Pending {
-    tasks: VecDeque<(JoinHandle<()>, Arc<AtomicU8>)>,
+    tasks: VecDeque<Handshake>,
     max: usize,
+    max_per_source: usize,
 }
 
 impl Pending {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, max_per_source: usize) -> Self {
         Pending {
             tasks: VecDeque::new(),
             max: max.max(1),
+            max_per_source: max_per_source.max(1),
         }
     }
 
-    /// Makes room for one more handshake: true if a pending one had to be dropped for it, the oldest
+    /// Makes room for one more handshake from `source`: true if a pending one had to be dropped for it.
+    /// The source's own if it holds `max_per_source`, else anyone's once `max` are pending; the oldest
     /// silent one if any, else the oldest under way, and a finished one (its connection not yet taken by
     /// the server) only if nothing else is pending.
-    fn make_room(&mut self) -> bool {
-        while self
-            .tasks
-            .front()
-            .is_some_and(|(task, _)| task.is_finished())
-        {
+    fn make_room(&mut self, source: u128) -> bool {
+        while self.tasks.front().is_some_and(|h| h.task.is_finished()) {
             self.tasks.pop_front();
         }
-        if self.tasks.len() < self.max {
+        let own = self.tasks.iter().filter(|h| h.source == source).count();
+        if self.tasks.len() < self.max && own < self.max_per_source {
             return false;
         }
-        self.tasks.retain(|(task, _)| !task.is_finished());
-        if self.tasks.len() < self.max {
+        self.tasks.retain(|h| !h.task.is_finished());
+        let own = self.tasks.iter().filter(|h| h.source == source).count();
+        // Past the source's own bound, only its own handshakes may go.
+        let spared = |h: &Handshake| own >= self.max_per_source && h.source != source;
+        if self.tasks.len() < self.max && own < self.max_per_source {
             return false;
         }
-        let stage = |at: usize| self.tasks[at].1.load(Ordering::Relaxed);
         let victim = [SILENT, SPOKE, DONE]
             .into_iter()
-            .find_map(|wanted| (0..self.tasks.len()).find(|&at| stage(at) == wanted))
+            .find_map(|wanted| {
+                self.tasks
+                    .iter()
+                    .position(|h| !spared(h) && h.stage.load(Ordering::Relaxed) == wanted)
+            })
             .unwrap_or(0);
         // Aborting drops the task's socket: the client sees its connection closed.
         self.tasks
             .remove(victim)
-            .inspect(|(task, _)| task.abort())
+            .inspect(|h| h.task.abort())
             .is_some()
     }
 }

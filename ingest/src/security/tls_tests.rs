@@ -194,7 +194,7 @@ async fn idle_sockets_cannot_keep_new_clients_waiting() {
         .await
         .expect("bind");
     let listener =
-        TlsListener::with_max_pending(tcp, acceptor, "tls_test_idle", MAX).expect("listener");
+        TlsListener::with_max_pending(tcp, acceptor, "tls_test_idle", MAX, MAX).expect("listener");
     let addr = serve_on(listener);
     let evicted = || {
         HANDSHAKE_FAILURES
@@ -231,6 +231,58 @@ async fn idle_sockets_cannot_keep_new_clients_waiting() {
     );
     let open = tokio::time::timeout(Duration::from_millis(300), speaking.read(&mut byte)).await;
     assert!(open.is_err(), "the handshake under way is kept: {open:?}");
+}
+
+/// One address opening sockets as fast as it can churns its own pending handshakes only: another client's
+/// socket, older than all of them and silent too, is kept (here 8 slots, 4 per address).
+#[tokio::test]
+async fn one_address_cannot_push_out_other_clients_pending_handshakes() {
+    use tokio::io::AsyncReadExt;
+    let (cert, key) = self_signed();
+    let files = cert_files(&cert, &key);
+    let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener =
+        TlsListener::with_max_pending(tcp, acceptor, "tls_test_source", 8, 4).expect("listener");
+    let addr = serve_on(listener);
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{ip}:0").parse().expect("addr"))
+            .expect("bind loopback alias");
+        socket.connect(addr)
+    };
+    let mut other = from("127.0.0.2").await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut flood = Vec::new();
+    for _ in 0..12 {
+        flood.push(from("127.0.0.1").await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut byte = [0u8; 1];
+    let open = tokio::time::timeout(Duration::from_millis(300), other.read(&mut byte)).await;
+    assert!(
+        open.is_err(),
+        "the other address's socket is kept: {open:?}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), flood[0].read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the flood's oldest socket is closed: {closed:?}"
+    );
+    assert!(
+        HANDSHAKE_FAILURES
+            .with_label_values(&["tls_test_source", "evicted"])
+            .get()
+            >= 8
+    );
+    // And a client from the flooding address is still served, at once.
+    assert_eq!(
+        get_text(&client(addr, &cert), addr).await.expect("served"),
+        "hello, client certs: 0"
+    );
 }
 
 #[tokio::test]
