@@ -78,8 +78,9 @@ fn unlisted_files(
     manifest: &Manifest,
     wal_records: Option<(u64, u64)>,
 ) -> BTreeSet<String> {
-    let unlisted: BTreeSet<String> = audit
-        .state()
+    let state = audit.state();
+    let wal_records = state.wal_evidence(manifest, wal_records);
+    let unlisted: BTreeSet<String> = state
         .live
         .iter()
         .filter(|(path, sealed)| {
@@ -344,4 +345,60 @@ pub(crate) async fn open(
         background: AtomicBool::new(false),
         _dir_lock: dir_lock,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Draft, FileRecord, Op};
+    use crate::StoredFile;
+
+    fn seal(log: &AuditLog, path: &str, wal_seq: u64) {
+        let draft = Draft {
+            files: vec![FileRecord {
+                path: path.into(),
+                sha256: "ab".into(),
+                size: 1,
+                rows: 1,
+            }],
+            wal_seq: Some(wal_seq),
+            ..Draft::new(Op::Seal, Some(Table::Events))
+        };
+        log.append(vec![draft]).unwrap();
+    }
+
+    /// Flushes up to WAL positions 10 and 20; the WAL holds records 15 to 30 (a segment that also held
+    /// records of the second flush). A manifest at 10 that does not list the second flush's file is a flush
+    /// cut short by a crash, its rows still in the WAL. A manifest set by hand to 14, a position no flush
+    /// recorded, would make the file look the same while records 11 to 14 exist only in it.
+    #[test]
+    fn a_manifest_position_no_flush_recorded_explains_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        seal(&log, "events/a.parquet", 10);
+        seal(&log, "events/b.parquet", 20);
+        let mut manifest = Manifest::default();
+        manifest.files_mut(Table::Events).push(StoredFile {
+            path: "events/a.parquet".into(),
+            size: 1,
+            rows: 1,
+            min_time_us: 0,
+            max_time_us: 0,
+        });
+        let wal = Some((11, 30));
+        manifest.wal_seq = 10;
+        assert!(
+            unlisted_files(&log, &manifest, wal).is_empty(),
+            "a crash explains it"
+        );
+        manifest.wal_seq = 14;
+        let wal = Some((15, 30));
+        assert_eq!(
+            unlisted_files(&log, &manifest, wal)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["events/b.parquet"],
+            "no crash leaves a manifest at 14"
+        );
+    }
 }

@@ -310,10 +310,15 @@ pub(crate) struct ChainState {
     pub replaced_by: BTreeMap<String, Vec<String>>,
     /// Retired by retention.
     pub expired: BTreeSet<String>,
+    /// The WAL positions flushes sealed files up to: the only values a manifest's `wal_seq` takes.
+    pub flush_marks: BTreeSet<u64>,
 }
 
 impl ChainState {
     pub fn apply(&mut self, e: &Entry) {
+        if let (Op::Seal, Some(mark)) = (e.op, e.wal_seq) {
+            self.flush_marks.insert(mark);
+        }
         for path in &e.removed {
             if let Some(x) = self.live.remove(path) {
                 self.retired.insert(path.clone(), x);
@@ -361,6 +366,24 @@ impl ChainState {
                 }
             }
         }
+    }
+
+    /// The WAL records on disk (lowest, highest) as evidence for [`Expected::may_be_unfinished`]: none if
+    /// the manifest's `wal_seq` is no position a flush recorded. Only a flush sets it, to the position
+    /// its seal names, so another value was written by hand, chosen to make a file look like a flush
+    /// that never finished (a `wal_seq` just below the WAL's first record would let `open` delete a
+    /// flushed file whose earliest rows exist nowhere else). Before the chain's first seal with a position
+    /// (a store older than the chain), any lower value is taken as it is.
+    pub fn wal_evidence(
+        &self,
+        manifest: &Manifest,
+        wal_records: Option<(u64, u64)>,
+    ) -> Option<(u64, u64)> {
+        let w = manifest.wal_seq;
+        let known = w == 0
+            || self.flush_marks.contains(&w)
+            || self.flush_marks.first().is_none_or(|first| w < *first);
+        wal_records.filter(|_| known)
     }
 
     /// The retired compaction input `path`'s replacement, if `manifest` lists both: no crash does that (a

@@ -291,7 +291,9 @@ async fn run(data_dir: &Path, objects: &ObjectFiles) -> Result<VerifyReport, Sto
             let actual = hash_object(objects.store.as_ref(), path).await?;
             report.files_checked += usize::from(actual.is_some());
             compare(&mut files, path, expected, actual);
-        } else if !manifest.contains(path) && !expected.may_be_unfinished(&manifest, wal_records) {
+        } else if !manifest.contains(path)
+            && !expected.may_be_unfinished(&manifest, state.wal_evidence(&manifest, wal_records))
+        {
             files.push(Finding::Unlisted {
                 path: path.clone(),
                 sealed_seq: expected.seq,
