@@ -9,8 +9,9 @@
 //! scores on its own. Only text byte-identical to text already scanned is ever spared; anything else
 //! (history trimmed, a system prompt that changed) is judged whole, as before.
 //!
-//! Not persisted: after a restart each live conversation alerts once more. Bounded by
-//! `max_entities` conversations and `conversation_memory` of event time, evicted on the tick.
+//! Not persisted: after a restart each live conversation alerts once more. Bounded by `max_entities`
+//! conversations (the least recently seen forgotten first, as they come) and `conversation_memory` of event
+//! time (evicted on the tick).
 
 use foldhash::HashMap;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
@@ -47,10 +48,14 @@ struct Entry {
     last_us: i64,
 }
 
-/// Conversations' last scanned prompts, keyed by a hash of the service and conversation (or trace) id.
+/// Conversations' last scanned prompts, keyed by a hash of the service and conversation (or trace) id, in
+/// two generations: new keys go into `current`, and when it holds half the bound it becomes `previous`
+/// (the one before is dropped). Memory stays under the bound between ticks, whatever the rate of new
+/// conversations (every request's trace is one), at no cost per lookup beyond a second probe.
 #[derive(Default)]
 pub(super) struct History {
-    map: HashMap<u128, Entry>,
+    current: HashMap<u128, Entry>,
+    previous: HashMap<u128, Entry>,
 }
 
 /// Which conversation a row's prompt belongs to; `None` without a conversation or trace id.
@@ -75,7 +80,7 @@ impl History {
     /// The part of `text` an earlier call of the conversation already sent and had scanned. A retry of
     /// the event that recorded the latest prompt is judged against the one before, as the first try was.
     pub(super) fn scanned_prefix(&self, key: u128, event: u64, text: &str) -> Option<Scanned> {
-        let entry = self.map.get(&key)?;
+        let entry = self.current.get(&key).or_else(|| self.previous.get(&key))?;
         let baseline = if entry.event == event {
             entry.previous?
         } else {
@@ -84,57 +89,49 @@ impl History {
         baseline.prefixes(text).then_some(baseline)
     }
 
-    pub(super) fn record(&mut self, key: u128, event: u64, time_us: i64, scanned: Scanned) {
-        match self.map.get_mut(&key) {
-            Some(entry) => {
-                if entry.event != event {
-                    entry.previous = Some(entry.current);
-                    entry.event = event;
-                }
-                entry.current = scanned;
-                entry.last_us = entry.last_us.max(time_us);
-            }
-            None => {
-                self.map.insert(
-                    key,
-                    Entry {
-                        current: scanned,
-                        previous: None,
-                        event,
-                        last_us: time_us,
-                    },
-                );
-            }
+    /// Records what was scanned; `max` bounds the conversations remembered (both generations together).
+    pub(super) fn record(
+        &mut self,
+        key: u128,
+        event: u64,
+        time_us: i64,
+        scanned: Scanned,
+        max: usize,
+    ) {
+        let mut entry = match self.current.remove(&key) {
+            Some(entry) => entry,
+            None => match self.previous.remove(&key) {
+                Some(entry) => entry,
+                None => Entry {
+                    current: scanned,
+                    previous: None,
+                    event,
+                    last_us: time_us,
+                },
+            },
+        };
+        if entry.event != event {
+            entry.previous = Some(entry.current);
+            entry.event = event;
         }
+        entry.current = scanned;
+        entry.last_us = entry.last_us.max(time_us);
+        if self.current.len() >= (max / 2).max(1) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, entry);
     }
 
-    /// Drops conversations idle for `memory_us` of event time, then the least recently seen past `max`;
-    /// returns how many were dropped past `max` (the idle ones are routine).
-    pub(super) fn evict(&mut self, now_us: i64, memory_us: i64, max: usize) -> usize {
+    /// Drops conversations idle for `memory_us` of event time.
+    pub(super) fn evict_idle(&mut self, now_us: i64, memory_us: i64) {
         let oldest_kept = now_us.saturating_sub(memory_us);
-        self.map.retain(|_, e| e.last_us >= oldest_kept);
-        let before = self.map.len();
-        if self.map.len() > max {
-            let mut times: Vec<i64> = self.map.values().map(|e| e.last_us).collect();
-            let cut = times.len() - max;
-            let (_, nth, _) = times.select_nth_unstable(cut - 1);
-            let nth = *nth;
-            let mut to_drop = cut;
-            self.map.retain(|_, e| {
-                if to_drop > 0 && e.last_us <= nth {
-                    to_drop -= 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        before - self.map.len()
+        self.current.retain(|_, e| e.last_us >= oldest_kept);
+        self.previous.retain(|_, e| e.last_us >= oldest_kept);
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.current.len() + self.previous.len()
     }
 }
 
@@ -146,7 +143,13 @@ mod tests {
     fn a_prompt_that_extends_the_last_one_has_it_as_scanned_prefix() {
         let mut h = History::default();
         let k = key("chat", Some("c1"), None).unwrap();
-        h.record(k, event_hash("e1"), 10, Scanned::of("sys\nhello", true));
+        h.record(
+            k,
+            event_hash("e1"),
+            10,
+            Scanned::of("sys\nhello", true),
+            100,
+        );
         let p = h
             .scanned_prefix(k, event_hash("e2"), "sys\nhello\nanswer\nmore")
             .expect("prefix");
@@ -169,14 +172,14 @@ mod tests {
     fn a_retried_event_is_judged_against_what_came_before_it() {
         let mut h = History::default();
         let k = key("chat", Some("c1"), None).unwrap();
-        h.record(k, event_hash("e1"), 10, Scanned::of("a", false));
-        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true));
+        h.record(k, event_hash("e1"), 10, Scanned::of("a", false), 100);
+        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true), 100);
         // e2 again (its alerts were lost with a refused request): against e1's prompt, as the first time.
         assert_eq!(
             h.scanned_prefix(k, event_hash("e2"), "a\nb").unwrap().len,
             1
         );
-        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true));
+        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true), 100);
         assert_eq!(
             h.scanned_prefix(k, event_hash("e2"), "a\nb").unwrap().len,
             1
@@ -190,20 +193,20 @@ mod tests {
     }
 
     #[test]
-    fn eviction_drops_idle_then_least_recently_seen() {
+    fn memory_stays_bounded_and_recent_conversations_are_kept() {
         let mut h = History::default();
-        for i in 0..10 {
-            let k = key("s", Some(&format!("c{i}")), None).unwrap();
-            h.record(k, event_hash("e"), i * 100, Scanned::of("x", false));
+        let k = |i: usize| key("s", Some(&format!("c{i}")), None).unwrap();
+        for i in 0..1000 {
+            h.record(k(i), event_hash("e"), i as i64, Scanned::of("x", false), 10);
+            // Seen again: moved to the current generation, so it outlives the rotation.
+            h.record(k(0), event_hash("f"), i as i64, Scanned::of("x", false), 10);
+            assert!(h.len() <= 10, "{}", h.len());
         }
-        // Idle before 200: c0 and c1.
-        assert_eq!(h.evict(1000, 800, 100), 0);
-        assert_eq!(h.len(), 8);
-        assert_eq!(h.evict(1000, 800, 5), 3);
-        assert_eq!(h.len(), 5);
-        let newest = key("s", Some("c9"), None).unwrap();
-        assert!(h.scanned_prefix(newest, event_hash("f"), "x").is_some());
-        let dropped = key("s", Some("c4"), None).unwrap();
-        assert!(h.scanned_prefix(dropped, event_hash("f"), "x").is_none());
+        assert!(h.scanned_prefix(k(0), event_hash("g"), "x").is_some());
+        assert!(h.scanned_prefix(k(999), event_hash("g"), "x").is_some());
+        assert!(h.scanned_prefix(k(500), event_hash("g"), "x").is_none());
+        // Idle ones go on the tick.
+        h.evict_idle(10_000, 1_000);
+        assert_eq!(h.len(), 0);
     }
 }

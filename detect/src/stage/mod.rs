@@ -344,11 +344,7 @@ impl DetectionStage {
                 count_evicted(tracked.as_str(), dropped);
             }
             let memory_us = i64::try_from(th.conversation_memory.as_micros()).unwrap_or(i64::MAX);
-            let dropped = self
-                .history
-                .lock()
-                .evict(now_us, memory_us, th.max_entities);
-            count_evicted("conversation", dropped);
+            self.history.lock().evict_idle(now_us, memory_us);
             if rt.on("model_drift") {
                 let lim = DriftLimits {
                     reference_us: th.drift_reference.as_micros() as i64,

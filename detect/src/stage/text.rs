@@ -90,9 +90,10 @@ pub(super) fn scan(
                 } else {
                     0
                 };
+                let scanned = Scanned::of(text, scored);
                 history
                     .lock()
-                    .record(key, event, time, Scanned::of(text, scored));
+                    .record(key, event, time, scanned, th.max_entities);
             }
             if tool && side == 0 && rt.on("tool_overreach") {
                 if let Some(arg) = content::scan_tool_arguments(text) {
