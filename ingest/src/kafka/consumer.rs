@@ -577,7 +577,14 @@ impl Consumer {
         Flow::Continue
     }
 
-    /// Delivers one decoded part of a batch and stores its offsets.
+    /// Delivers one decoded part of a batch, then its dead letters, and stores its offsets; commits them at
+    /// once if it sent dead letters.
+    ///
+    /// The events go first: while the pipeline refuses them (a store outage), a shutdown or crash leaves
+    /// the part to be read again, and had its dead letters gone out before, they would go out again on the
+    /// next read. Committing right after a part with dead letters leaves only the moment between their
+    /// acknowledgement and that commit for a crash to repeat them. Readers of the dead-letter topic can
+    /// still see a message twice (at least once); its `vigil.dlq.*` headers name it.
     async fn process_part<F: Future<Output = ()>>(
         &mut self,
         batch: Vec<Pending>,
@@ -593,11 +600,6 @@ impl Consumer {
                 Decoded::Events(_) => None,
             })
             .collect();
-        if !letters.is_empty()
-            && self.dead_letter(&letters, &mut admission, shutdown).await == Flow::Stop
-        {
-            return Flow::Stop;
-        }
 
         let events: Vec<&RecordBatch> = decoded
             .iter()
@@ -618,7 +620,7 @@ impl Consumer {
             // instead, and the partition's growing lag tells the operator.
             let internal_limit = if self.dlq.is_some() { 1 } else { u32::MAX };
             match self
-                .deliver(combined, admission, internal_limit, shutdown)
+                .deliver(combined, admission.take(), internal_limit, shutdown)
                 .await
             {
                 Delivery::Stop => return Flow::Stop,
@@ -640,7 +642,15 @@ impl Consumer {
             }
         }
 
+        if !letters.is_empty()
+            && self.dead_letter(&letters, &mut admission, shutdown).await == Flow::Stop
+        {
+            return Flow::Stop;
+        }
         self.store_offsets(&batch);
+        if !letters.is_empty() {
+            self.commit().await;
+        }
         for (m, d) in batch.iter().zip(&decoded) {
             let signal = topic_signal(&self.topics[m.route]);
             imetrics::record_bytes(Transport::Kafka, m.payload.len());
