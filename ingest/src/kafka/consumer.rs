@@ -541,9 +541,11 @@ impl Consumer {
             let admission = self.sink.admit().await.ok();
             let topics = self.topics.clone();
             let limits = self.limits;
+            // A message's events may hold four times what it may inflate to, as an OTLP request's may:
+            // this bounds a part made of one message.
             let ctx = NormalizeContext {
                 source: self.source.clone(),
-                ..NormalizeContext::default()
+                max_output_bytes: self.limits.max_decompressed_bytes.saturating_mul(4),
             };
             let budget = self.batch_max_bytes;
             // Decoding and normalising is milliseconds of CPU: keep it off the I/O threads.
@@ -958,14 +960,16 @@ fn contained(decode: impl FnOnce() -> Decoded) -> Decoded {
     })
 }
 
-/// Decodes the messages of `batch` in order until the events decoded so far hold `budget` bytes of memory,
+/// Decodes the messages of `batch` in order while the events decoded so far fit in `budget` bytes of memory,
 /// and returns the messages decoded, what they turned into, and the messages left for the next part.
 ///
 /// `collect` bounds a batch by its payload bytes, but a message's events can be far larger than the message
 /// (resource attributes are copied into each event): without this, anyone who can write to a topic could make
 /// one batch, and its combined copy, too large for memory, and the same batch would be read again after the
-/// crash. A part always takes at least one message, which is itself bounded by the per-message output limit,
-/// so a part holds less than `budget` plus one message's events (and, while delivered, their combined copy).
+/// crash. The message whose events would not fit is dropped and decoded again as the next part's first (a
+/// split costs one message's decoding twice); a part always takes at least one message, which is itself
+/// bounded by the per-message output limit. So a part holds at most `budget`, or one message's events when
+/// that alone is larger (and, while delivered, their combined copy).
 fn decode_part(
     mut batch: Vec<Pending>,
     budget: usize,
@@ -974,13 +978,15 @@ fn decode_part(
     let mut decoded = Vec::new();
     let mut held = 0usize;
     for m in &batch {
-        if held >= budget {
+        let d = contained(|| decode(m));
+        let size = match &d {
+            Decoded::Events(n) => n.batch.get_array_memory_size(),
+            Decoded::Poison(_) => 0,
+        };
+        if !decoded.is_empty() && held.saturating_add(size) > budget {
             break;
         }
-        let d = contained(|| decode(m));
-        if let Decoded::Events(n) = &d {
-            held = held.saturating_add(n.batch.get_array_memory_size());
-        }
+        held = held.saturating_add(size);
         decoded.push(d);
     }
     let remaining = batch.split_off(decoded.len());
@@ -1082,6 +1088,58 @@ fn count_kinds(batch: &RecordBatch) -> Vec<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(offset: i64) -> Pending {
+        Pending {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Bytes::new(),
+            route: 0,
+        }
+    }
+
+    /// Parts stop before the message whose events would not fit, unless it is the first.
+    #[test]
+    fn a_part_holds_at_most_its_budget_or_one_message() {
+        let mut b = EventBatchBuilder::with_capacity(100);
+        for i in 0..100 {
+            b.push(&crate::schema::EventRow {
+                event_id: format!("e{i}"),
+                ..Default::default()
+            });
+        }
+        let one = b.finish();
+        let size = one.get_array_memory_size();
+        let events = |_: &Pending| {
+            Decoded::Events(Normalized {
+                batch: one.clone(),
+                skipped: 0,
+                oversized: false,
+            })
+        };
+        let batch = || (0..6).map(pending).collect::<Vec<_>>();
+        let (part, decoded, rest) = decode_part(batch(), size * 5 / 2, events);
+        assert_eq!((part.len(), decoded.len(), rest.len()), (2, 2, 4));
+        assert_eq!(rest[0].offset, 2, "the message that did not fit comes next");
+        let (part, _, rest) = decode_part(batch(), size / 2, events);
+        assert_eq!(
+            (part.len(), rest.len()),
+            (1, 5),
+            "one message, however large"
+        );
+        // Poison messages hold nothing.
+        let mixed = |m: &Pending| {
+            if m.offset % 2 == 1 {
+                Decoded::Poison("bad".into())
+            } else {
+                events(m)
+            }
+        };
+        let (part, _, _) = decode_part(batch(), size * 2, mixed);
+        assert_eq!(part.len(), 4);
+    }
 
     #[test]
     fn a_panic_while_decoding_makes_a_poison_message() {

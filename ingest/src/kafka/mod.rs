@@ -89,13 +89,15 @@ pub struct KafkaConfig {
     pub topics: Vec<TopicConfig>,
     /// Where undecodable messages go. Empty: they are logged, counted and skipped instead.
     pub dlq_topic: String,
-    /// Largest message decoded; larger ones are dead-lettered. The Collector's default limit is 1 MB.
+    /// Largest message decoded; larger ones are dead-lettered, as are messages whose events would hold
+    /// more than four times it. The Collector's default limit is 1 MB.
     pub max_message_bytes: usize,
     /// Most messages normalised together into one sink call.
     pub batch_max_messages: usize,
     /// Most payload bytes in one batch (it closes at the message that reaches it): with
     /// `batch_max_messages` alone, 500 messages of 4 MiB would be 2 GiB held at once. The events a batch
-    /// normalises to are held to the same bound: past it, the batch is delivered in parts.
+    /// normalises to are held to the same bound: past it, the batch is delivered in parts (a part of one
+    /// message may hold more, up to four times `max_message_bytes`).
     pub batch_max_bytes: usize,
     /// Longest a batch waits for more messages after its first one: the latency paid for larger writes.
     #[serde(with = "humantime_serde")]
