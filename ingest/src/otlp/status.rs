@@ -66,16 +66,16 @@ fn rpc_status(code: tonic::Code, message: &str, retry_after: Option<Duration>) -
     }
 }
 
-/// A gRPC status whose details carry `RetryInfo` when the client should come back later.
 /// What a refused client is told to wait: `delay` and a random whole number of seconds up to `delay` (at
 /// least up to one), so that the clients refused in one overloaded second do not all come back in the same
 /// second. Whole seconds, as HTTP's `Retry-After` carries them.
 pub(crate) fn spread(delay: Duration) -> Duration {
     let extra = delay.as_secs().max(1);
-    delay + Duration::from_secs(rand::random_range(0..=extra))
+    delay.saturating_add(Duration::from_secs(rand::random_range(0..=extra)))
 }
 
-/// A gRPC status; a `retry_after` is [`spread`] and sent as `google.rpc.RetryInfo`.
+/// A gRPC status whose details carry `RetryInfo` (the `retry_after`, [`spread`]) when the client should
+/// come back later.
 pub(crate) fn grpc_status(
     code: tonic::Code,
     message: &str,

@@ -32,10 +32,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// first; had new connections waited for a free slot instead, 1,024 idle sockets (no credentials needed)
 /// would have kept every new client out for up to the handshake timeout, again and again.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
-/// Handshakes in flight from one source (an IPv4 address, an IPv6 /64) at once; past it, a new connection
-/// from that source drops one of the source's own, by the same order. One address opening sockets as fast
-/// as it can then churns its own slots and cannot push out other clients' handshakes; a corporate NAT's
-/// clients need far fewer at once, since a real handshake takes milliseconds.
+/// Silent sockets (nothing sent yet) from one source (an IPv4 address, an IPv6 /64) at once; past it, a new
+/// connection from that source drops the source's oldest silent one. One address opening sockets as fast as
+/// it can then churns its own slots and cannot push out other clients' handshakes. Only silent sockets
+/// count: clients behind one NAT or a load balancer that hides their addresses speak at once, so a storm
+/// of their reconnections is not mistaken for one client's flood.
 pub const MAX_PENDING_PER_SOURCE: usize = 128;
 /// Finished handshakes waiting for the server to pick them up.
 const READY_QUEUE: usize = 64;
@@ -244,24 +245,30 @@ impl Pending {
     }
 
     /// Makes room for one more handshake from `source`: true if a pending one had to be dropped for it.
-    /// The source's own if it holds `max_per_source`, else anyone's once `max` are pending; the oldest
+    /// The source's oldest silent one if it holds `max_per_source` silent ones, else anyone's once `max`
+    /// are pending; the oldest
     /// silent one if any, else the oldest under way, and a finished one (its connection not yet taken by
     /// the server) only if nothing else is pending.
     fn make_room(&mut self, source: u128) -> bool {
         while self.tasks.front().is_some_and(|h| h.task.is_finished()) {
             self.tasks.pop_front();
         }
-        let own = self.tasks.iter().filter(|h| h.source == source).count();
-        if self.tasks.len() < self.max && own < self.max_per_source {
+        let silent_from = |tasks: &VecDeque<Handshake>| {
+            tasks
+                .iter()
+                .filter(|h| h.source == source && h.stage.load(Ordering::Relaxed) == SILENT)
+                .count()
+        };
+        if self.tasks.len() < self.max && silent_from(&self.tasks) < self.max_per_source {
             return false;
         }
         self.tasks.retain(|h| !h.task.is_finished());
-        let own = self.tasks.iter().filter(|h| h.source == source).count();
-        // Past the source's own bound, only its own handshakes may go.
-        let spared = |h: &Handshake| own >= self.max_per_source && h.source != source;
+        let own = silent_from(&self.tasks);
         if self.tasks.len() < self.max && own < self.max_per_source {
             return false;
         }
+        // Past the source's own bound, only its own silent sockets may go.
+        let spared = |h: &Handshake| own >= self.max_per_source && h.source != source;
         let victim = [SILENT, SPOKE, DONE]
             .into_iter()
             .find_map(|wanted| {
@@ -411,5 +418,47 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 pub fn no_delay(tcp: &mut tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(source: u128, stage: u8) -> Handshake {
+        Handshake {
+            task: tokio::spawn(std::future::pending::<()>()),
+            stage: Arc::new(AtomicU8::new(stage)),
+            source,
+        }
+    }
+
+    /// Only a source's silent sockets count toward its own bound; speaking ones (clients behind one NAT)
+    /// wait for the overall one.
+    #[tokio::test]
+    async fn a_sources_bound_counts_its_silent_sockets_only() {
+        let mut pending = Pending::new(8, 2);
+        for _ in 0..4 {
+            pending.tasks.push_back(handshake(1, SPOKE));
+        }
+        pending.tasks.push_back(handshake(2, SILENT));
+        assert!(!pending.make_room(1), "speaking sockets do not count");
+        pending.tasks.push_back(handshake(1, SILENT));
+        pending.tasks.push_back(handshake(1, SILENT));
+        assert!(pending.make_room(1), "two silent ones from source 1");
+        assert_eq!(pending.tasks.len(), 6);
+        let silent_of_1 = pending
+            .tasks
+            .iter()
+            .filter(|h| h.source == 1 && h.stage.load(Ordering::Relaxed) == SILENT)
+            .count();
+        assert_eq!(silent_of_1, 1, "its own oldest silent one went");
+        assert!(
+            pending.tasks.iter().any(|h| h.source == 2),
+            "the other source's silent socket stays"
+        );
+        for h in &pending.tasks {
+            h.task.abort();
+        }
     }
 }
