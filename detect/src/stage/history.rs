@@ -3,39 +3,51 @@
 //! Chat applications and agent loops send the whole conversation with every call (`gen_ai.input.messages`).
 //! One injected or sensitive message early on was found again in every later call and raised one alert per
 //! turn, for the same old message. Per conversation (`conversation_id`, else the trace), this remembers the
-//! length and hash of the prompt text last scanned and whether it scored as an injection. A later prompt
-//! that starts with exactly that text has that prefix "already scanned": sensitive findings inside it are
-//! not alerted again, and an injection is alerted again only if the prefix did not score, or the new part
-//! scores on its own. Only text byte-identical to text already scanned is ever spared; anything else
-//! (history trimmed, a system prompt that changed) is judged whole, as before.
+//! length and a keyed hash of the prompt text last scanned, and its injection score. A later prompt that
+//! starts with exactly that text has that prefix "already scanned": sensitive findings inside it are not
+//! alerted again, and an injection is alerted again only if the prefix did not score, the new part scores
+//! on its own, or the whole scores higher than the prefix did (a stronger or an added signal). Only text
+//! byte-identical to text already scanned is ever spared; anything else (history trimmed, a system prompt
+//! that changed) is judged whole, as before. The hash is keyed with a secret drawn at start, so a sender
+//! cannot craft a prompt that passes for another one.
 //!
 //! Not persisted: after a restart each live conversation alerts once more. Bounded by `max_entities`
 //! conversations (the least recently seen forgotten first, as they come) and `conversation_memory` of event
-//! time (evicted on the tick).
+//! time (evicted on the tick). A batch the store refused is taken back (`undo`), so that a next turn is not
+//! judged against a scan whose alerts were never kept.
+
+use std::sync::LazyLock;
 
 use foldhash::HashMap;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed, Xxh3};
 
-/// A prompt as scanned: its length, the hash of its bytes, and whether it scored as an injection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The hashes' key, drawn once per process.
+static SEED: LazyLock<u64> = LazyLock::new(rand::random);
+
+fn text_hash(bytes: &[u8]) -> u128 {
+    xxh3_128_with_seed(bytes, *SEED)
+}
+
+/// A prompt as scanned: its length, the hash of its bytes, and its injection score (0 when nothing fired).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Scanned {
     pub(super) len: usize,
-    hash: u64,
-    pub(super) injection: bool,
+    hash: u128,
+    pub(super) injection_score: f32,
 }
 
 impl Scanned {
-    pub(super) fn of(text: &str, injection: bool) -> Self {
+    pub(super) fn of(text: &str, injection_score: f32) -> Self {
         Self {
             len: text.len(),
-            hash: xxh3_64(text.as_bytes()),
-            injection,
+            hash: text_hash(text.as_bytes()),
+            injection_score,
         }
     }
 
     /// Whether `text` starts with this prompt, byte for byte.
     fn prefixes(&self, text: &str) -> bool {
-        text.is_char_boundary(self.len) && xxh3_64(&text.as_bytes()[..self.len]) == self.hash
+        text.is_char_boundary(self.len) && text_hash(&text.as_bytes()[..self.len]) == self.hash
     }
 }
 
@@ -65,7 +77,7 @@ pub(super) fn key(service: &str, conversation: Option<&str>, trace: Option<&str>
         (_, Some(t)) if !t.is_empty() => (b't', t),
         _ => return None,
     };
-    let mut h = Xxh3Default::new();
+    let mut h = Xxh3::with_seed(*SEED);
     h.update(service.as_bytes());
     h.update(&[0, tag]);
     h.update(id.as_bytes());
@@ -73,7 +85,7 @@ pub(super) fn key(service: &str, conversation: Option<&str>, trace: Option<&str>
 }
 
 pub(super) fn event_hash(event_id: &str) -> u64 {
-    xxh3_64(event_id.as_bytes())
+    xxh3_64_with_seed(event_id.as_bytes(), *SEED)
 }
 
 impl History {
@@ -122,6 +134,29 @@ impl History {
         self.current.insert(key, entry);
     }
 
+    /// Takes back what `event` recorded (its batch was refused, and its alerts with it): the conversation
+    /// is judged against what came before, by the event's retry or by the next turn.
+    pub(super) fn undo(&mut self, key: u128, event: u64) {
+        for map in [&mut self.current, &mut self.previous] {
+            let Some(entry) = map.get_mut(&key) else {
+                continue;
+            };
+            if entry.event != event {
+                return;
+            }
+            match entry.previous.take() {
+                Some(before) => {
+                    entry.current = before;
+                    entry.event = 0;
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+            return;
+        }
+    }
+
     /// Drops conversations idle for `memory_us` of event time.
     pub(super) fn evict_idle(&mut self, now_us: i64, memory_us: i64) {
         let oldest_kept = now_us.saturating_sub(memory_us);
@@ -143,17 +178,11 @@ mod tests {
     fn a_prompt_that_extends_the_last_one_has_it_as_scanned_prefix() {
         let mut h = History::default();
         let k = key("chat", Some("c1"), None).unwrap();
-        h.record(
-            k,
-            event_hash("e1"),
-            10,
-            Scanned::of("sys\nhello", true),
-            100,
-        );
+        h.record(k, event_hash("e1"), 10, Scanned::of("sys\nhello", 0.9), 100);
         let p = h
             .scanned_prefix(k, event_hash("e2"), "sys\nhello\nanswer\nmore")
             .expect("prefix");
-        assert_eq!((p.len, p.injection), (9, true));
+        assert_eq!((p.len, p.injection_score), (9, 0.9));
         // Not byte for byte the same start: judged whole.
         assert!(h
             .scanned_prefix(k, event_hash("e2"), "sys\nHello\nanswer")
@@ -172,14 +201,14 @@ mod tests {
     fn a_retried_event_is_judged_against_what_came_before_it() {
         let mut h = History::default();
         let k = key("chat", Some("c1"), None).unwrap();
-        h.record(k, event_hash("e1"), 10, Scanned::of("a", false), 100);
-        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true), 100);
+        h.record(k, event_hash("e1"), 10, Scanned::of("a", 0.0), 100);
+        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", 0.9), 100);
         // e2 again (its alerts were lost with a refused request): against e1's prompt, as the first time.
         assert_eq!(
             h.scanned_prefix(k, event_hash("e2"), "a\nb").unwrap().len,
             1
         );
-        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", true), 100);
+        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", 0.9), 100);
         assert_eq!(
             h.scanned_prefix(k, event_hash("e2"), "a\nb").unwrap().len,
             1
@@ -193,13 +222,36 @@ mod tests {
     }
 
     #[test]
+    fn an_undone_scan_leaves_what_came_before() {
+        let mut h = History::default();
+        let k = key("chat", Some("c1"), None).unwrap();
+        h.record(k, event_hash("e1"), 10, Scanned::of("a", 0.0), 100);
+        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", 0.9), 100);
+        // Another event's undo changes nothing.
+        h.undo(k, event_hash("e1"));
+        assert_eq!(
+            h.scanned_prefix(k, event_hash("e3"), "a\nb\nc")
+                .unwrap()
+                .len,
+            3
+        );
+        h.undo(k, event_hash("e2"));
+        let p = h.scanned_prefix(k, event_hash("e3"), "a\nb\nc").unwrap();
+        assert_eq!((p.len, p.injection_score), (1, 0.0));
+        let other = key("chat", Some("c2"), None).unwrap();
+        h.record(other, event_hash("f1"), 10, Scanned::of("a", 0.0), 100);
+        h.undo(other, event_hash("f1"));
+        assert_eq!(h.len(), 1, "a first scan undone is forgotten");
+    }
+
+    #[test]
     fn memory_stays_bounded_and_recent_conversations_are_kept() {
         let mut h = History::default();
         let k = |i: usize| key("s", Some(&format!("c{i}")), None).unwrap();
         for i in 0..1000 {
-            h.record(k(i), event_hash("e"), i as i64, Scanned::of("x", false), 10);
+            h.record(k(i), event_hash("e"), i as i64, Scanned::of("x", 0.0), 10);
             // Seen again: moved to the current generation, so it outlives the rotation.
-            h.record(k(0), event_hash("f"), i as i64, Scanned::of("x", false), 10);
+            h.record(k(0), event_hash("f"), i as i64, Scanned::of("x", 0.0), 10);
             assert!(h.len() <= 10, "{}", h.len());
         }
         assert!(h.scanned_prefix(k(0), event_hash("g"), "x").is_some());

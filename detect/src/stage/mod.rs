@@ -244,6 +244,19 @@ impl DetectionStage {
         }
     }
 
+    /// Takes back the conversations' scans that `batch`'s events recorded: the batch was refused (its
+    /// alerts lost with it), and its retry, or a next turn if no retry comes, must be judged against what
+    /// was scanned before, or the findings in it would never be alerted.
+    pub fn forget_scans(&self, batch: &RecordBatch) {
+        let Ok(cols) = Cols::new(batch) else { return };
+        let mut history = self.history.lock();
+        for i in 0..batch.num_rows() {
+            if let Some((key, event)) = text::conversation_of(&cols, i) {
+                history.undo(key, event);
+            }
+        }
+    }
+
     /// After detection failed part-way through `batch` (a detector panicked): the rows before the failure
     /// may have marked unregistered assets as reported, and their alerts are lost with the panic. Every
     /// unregistered asset the batch names is re-armed, so the batch's retry (or, for Kafka, its messages

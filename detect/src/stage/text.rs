@@ -64,23 +64,49 @@ pub(super) fn scan(
                     count_repeated("sensitive_data");
                 }
             }
-            let mut scored = false;
+            let mut score = 0.0;
             if injection {
                 if let Some(inj) = content::scan_injection_with(text, &hints)
                     .filter(|f| f.score >= th.injection_min_score)
                 {
-                    scored = true;
-                    if scanned.is_some_and(|p| p.injection && !scores_after(text, p.len, th)) {
-                        count_repeated("prompt_injection");
-                    } else {
-                        let tools = if indirect {
+                    score = inj.score;
+                    let tools = || {
+                        if indirect {
                             Vec::new()
                         } else {
                             tool_ranges(c, i, text)
-                        };
-                        for (channel, f) in injection_channels(indirect, text, &tools, inj, th) {
-                            alerts.push(injection_alert(c, i, channel, text, &findings, &f));
                         }
+                    };
+                    match scanned.filter(|p| p.injection_score >= th.injection_min_score) {
+                        None => {
+                            for (channel, f) in
+                                injection_channels(indirect, text, &tools(), inj, th)
+                            {
+                                alerts.push(injection_alert(c, i, channel, text, &findings, &f));
+                            }
+                        }
+                        // The history scored already: what the new part says on its own, with its
+                        // own evidence, else the whole if it scores higher than the history did (a
+                        // stronger or an added signal).
+                        Some(p) => match fresh_part(text, p.len, th) {
+                            Some((fresh_text, fresh)) => {
+                                for (channel, f) in
+                                    injection_channels(indirect, &fresh_text, &tools(), fresh, th)
+                                {
+                                    alerts
+                                        .push(injection_alert(c, i, channel, text, &findings, &f));
+                                }
+                            }
+                            None if inj.score > p.injection_score + 1e-4 => {
+                                for (channel, f) in
+                                    injection_channels(indirect, text, &tools(), inj, th)
+                                {
+                                    alerts
+                                        .push(injection_alert(c, i, channel, text, &findings, &f));
+                                }
+                            }
+                            None => count_repeated("prompt_injection"),
+                        },
                     }
                 }
             }
@@ -90,7 +116,7 @@ pub(super) fn scan(
                 } else {
                     0
                 };
-                let scanned = Scanned::of(text, scored);
+                let scanned = Scanned::of(text, score);
                 history
                     .lock()
                     .record(key, event, time, scanned, th.max_entities);
@@ -122,7 +148,7 @@ pub(super) fn scan(
 }
 
 /// Row `i`'s conversation (else trace) and event, as `History` keys them.
-fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
+pub(super) fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
     let key = history::key(
         get(c.service, i).unwrap_or(""),
         get(c.conversation, i),
@@ -131,11 +157,16 @@ fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
     Some((key, history::event_hash(get(c.event_id, i).unwrap_or(""))))
 }
 
-/// Whether the text after the first `len` bytes (what an earlier call sent) scores as an injection alone.
-fn scores_after(text: &str, len: usize, th: &crate::config::Thresholds) -> bool {
-    text.get(len..)
-        .and_then(content::scan_injection)
-        .is_some_and(|f| f.score >= th.injection_min_score)
+/// The text after the first `len` bytes (what an earlier call sent), the rest blanked so offsets still
+/// point into `text`, and its injection finding if it scores alone.
+fn fresh_part(
+    text: &str,
+    len: usize,
+    th: &crate::config::Thresholds,
+) -> Option<(String, content::InjectionFinding)> {
+    let (fresh, _) = split_by_origin(text, &[0..len]);
+    let found = content::scan_injection(&fresh).filter(|f| f.score >= th.injection_min_score)?;
+    Some((fresh, found))
 }
 
 fn count_repeated(detector: &str) {
