@@ -164,7 +164,7 @@ fn fresh_part(
     len: usize,
     th: &crate::config::Thresholds,
 ) -> Option<(String, content::InjectionFinding)> {
-    let (fresh, _) = split_by_origin(text, &[0..len]);
+    let (fresh, _) = split_by_origin(text, std::slice::from_ref(&(0..len)));
     let found = content::scan_injection(&fresh).filter(|f| f.score >= th.injection_min_score)?;
     Some((fresh, found))
 }
