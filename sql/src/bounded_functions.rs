@@ -9,6 +9,11 @@
 //! the query's memory limit does (HTTP 400, SQLSTATE 53200). The reservation ends when the call returns: it
 //! bounds what one call builds at once, not what the batches carrying its output hold afterwards.
 //!
+//! What one call builds is bounded by the reservation, but not what becomes of a value afterwards: a 100 MB
+//! `repeat` of one row, joined to a batch or spread by a window, is copied into all of its rows. So a text
+//! value from `repeat`, the pads or the replaces may hold at most as much as a constant may
+//! (`constant_limit`), or twice the text it was made from if that is more (a mask keeps about the size).
+//!
 //! The time functions (`date_bin`, `date_trunc`, `date_part`, `to_char`, `make_date`, `to_timestamp`,
 //! `to_date`) are wrapped the same way with no bound, for their errors: DataFusion reports their bad
 //! arguments as plain execution errors, which read as the server's fault.
@@ -86,13 +91,20 @@ const FUNCTIONS: &[(&str, Option<Bound>)] = &[
 ];
 
 /// Registers the bounded versions over the context's own, drawing on `pool` (the context's memory pool).
-pub(crate) fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) -> Result<()> {
+/// `max_value_bytes` is the most one text value built by `repeat`, the pads or the replaces may hold,
+/// unless it is at most twice the text it was made from (see [`Bounded::check_values`]).
+pub(crate) fn register(
+    ctx: &SessionContext,
+    pool: &Arc<dyn MemoryPool>,
+    max_value_bytes: usize,
+) -> Result<()> {
     for &(name, bound) in FUNCTIONS {
         let inner = ctx.udf(name)?;
         ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
             inner,
             bound,
             pool: pool.clone(),
+            max_value_bytes,
         }));
     }
     Ok(())
@@ -105,6 +117,7 @@ struct Bounded {
     inner: Arc<ScalarUDF>,
     bound: Option<Bound>,
     pool: Arc<dyn MemoryPool>,
+    max_value_bytes: usize,
 }
 
 impl PartialEq for Bounded {
@@ -126,6 +139,41 @@ impl Bounded {
     fn inner(&self) -> &dyn ScalarUDFImpl {
         self.inner.inner().as_ref()
     }
+
+    /// Refuses a text value larger than `max_value_bytes` and than twice the text it was made from. The
+    /// reservation bounds what one call builds, but not what happens to a value after: one row's 100 MB
+    /// `repeat` joined to a batch (`CROSS JOIN (SELECT repeat(..) ...)`, or spread by a window) is copied
+    /// into every one of its 8,192 rows, outside any pool. Values that large are no dashboard's, and a
+    /// replace that masks text keeps about the text's size.
+    fn check_values(&self, made_from: &PerRow, out: &ColumnarValue) -> Result<()> {
+        let too_large = |row: usize, len: u64| {
+            let allowed = (self.max_value_bytes as u64).max(made_from.at(row).saturating_mul(2));
+            (len > allowed).then_some((len, allowed))
+        };
+        let found = match out {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(Some(v))
+                | ScalarValue::LargeUtf8(Some(v))
+                | ScalarValue::Utf8View(Some(v)),
+            ) => too_large(0, v.len() as u64),
+            ColumnarValue::Scalar(_) => None,
+            ColumnarValue::Array(array) => match bytes(Some(out))? {
+                PerRow::Each(lengths) if !array.data_type().is_nested() => lengths
+                    .iter()
+                    .enumerate()
+                    .find_map(|(row, &len)| too_large(row, len)),
+                _ => None,
+            },
+        };
+        match found {
+            None => Ok(()),
+            Some((len, allowed)) => Err(DataFusionError::ResourcesExhausted(format!(
+                "{}() built a value of {len} bytes, more than the {allowed} one value may hold here: a \
+                 join or a window could copy it into every row",
+                self.name()
+            ))),
+        }
+    }
 }
 
 impl ScalarUDFImpl for Bounded {
@@ -142,7 +190,20 @@ impl ScalarUDFImpl for Bounded {
             }
             None => None,
         };
-        self.inner().invoke_with_args(args).map_err(argument_error)
+        let made_from = match self.bound {
+            Some(Bound::Repeat | Bound::Pad | Bound::Replace | Bound::RegexpReplace) => {
+                Some(bytes(args.args.first())?)
+            }
+            _ => None,
+        };
+        let out = self
+            .inner()
+            .invoke_with_args(args)
+            .map_err(argument_error)?;
+        if let Some(made_from) = made_from {
+            self.check_values(&made_from, &out)?;
+        }
+        Ok(out)
     }
 
     fn name(&self) -> &str {
@@ -171,6 +232,7 @@ impl ScalarUDFImpl for Bounded {
             inner: Arc::new(updated),
             bound: self.bound,
             pool: self.pool.clone(),
+            max_value_bytes: self.max_value_bytes,
         }))
     }
 
@@ -296,6 +358,7 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
             bytes(arg(2))?,
             group_references(arg(2))?,
             PerRow::Same(u64::from(replaces_all(arg(3)))),
+            PerRow::Same(shortest_match(arg(1))),
         ],
     };
     let mut total: u128 = 0;
@@ -318,7 +381,13 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
             // ordinary calls (`'\s+'` to `' '`) reserve a few times their input; `'\0'` repeated a
             // thousand times reserves a thousand times it.
             Bound::RegexpReplace => {
-                let matches = if v(3) == 1 { v(0) + 1 } else { 1 };
+                // Matches do not overlap: no more than the text holds of the shortest one, and one more
+                // where a match may be empty.
+                let matches = match (v(3), v(4)) {
+                    (1, 0) => v(0) + 1,
+                    (1, shortest) => v(0) / shortest + 1,
+                    _ => 1,
+                };
                 v(0) + v(2) * v(0) + matches * v(1)
             }
         };
@@ -399,6 +468,23 @@ fn group_references(arg: Option<&ColumnarValue>) -> Result<PerRow> {
             ))
         }
     }
+}
+
+/// The fewest bytes a match of a constant pattern takes (0 if it may be empty, or the pattern is not a
+/// constant or does not parse).
+fn shortest_match(arg: Option<&ColumnarValue>) -> u64 {
+    let pattern = match arg {
+        Some(ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(p))
+            | ScalarValue::LargeUtf8(Some(p))
+            | ScalarValue::Utf8View(Some(p)),
+        )) => p,
+        _ => return 0,
+    };
+    regex_syntax::parse(pattern)
+        .ok()
+        .and_then(|hir| hir.properties().minimum_len())
+        .map_or(0, |n| n as u64)
 }
 
 /// Whether the flags (of any row) ask for every match to be replaced (`g`).
@@ -638,13 +724,13 @@ mod tests {
             "SELECT length(repeat(kind, 100000000)) FROM events",
             "SELECT lpad('x', 2000000000)",
             "SELECT rpad(kind, 2000000000, 'ab') FROM events",
-            "SELECT replace(repeat(kind, 4000), '', repeat('b', 4000)) FROM events",
+            "SELECT replace(repeat(kind, 1000), '', repeat('b', 10000)) FROM events",
             "SELECT cardinality(array_repeat(1, 2000000000))",
             "SELECT cardinality(array_resize([1], 2000000000, 0))",
             "SELECT cardinality(range(2000000000))",
             "SELECT cardinality(generate_series(1, 2000000000, 1))",
             // A thousand copies of every prompt: one reference per copy.
-            "SELECT max(length(regexp_replace(repeat(kind, 5000), '^(.*)$', repeat('\\1', 1000)))) FROM events",
+            "SELECT max(length(regexp_replace(repeat(kind, 1000), '^(.*)$', repeat('\\1', 4000)))) FROM events",
             "SELECT max(length(regexp_replace(repeat(kind, 1000), '.', repeat('$0', 2000), 'g'))) FROM events",
             "SELECT cardinality(range(TIMESTAMP '1970-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second'))",
             // Dates past what a nanosecond timestamp holds still count.
@@ -675,6 +761,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A large value built at run time, from one row, would be copied into every row of a batch by a join:
+    /// refused as it is built. Values made from long text, at most twice its size, pass.
+    #[tokio::test]
+    async fn values_larger_than_a_row_may_hold_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, limits) = context(dir.path(), 1 << 30).await;
+        for sql in [
+            "SELECT max(length(e.kind || b.big)) FROM events e CROSS JOIN \
+             (SELECT repeat('x', CAST(value AS INT)) AS big FROM range(1000000, 1000001)) b",
+            "SELECT max(length(lpad(kind, 100000 + CAST(random() AS INT)))) FROM events",
+            "SELECT max(length(replace(kind || kind || kind, substr(kind, 1, 1), repeat('y', 10000)))) \
+             FROM events",
+        ] {
+            match run_query(&ctx, sql, &limits).await {
+                Err(QueryError::ResourcesExhausted(message)) => {
+                    assert!(message.contains("built a value of"), "{sql}: {message}")
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+        let batches = run_query(
+            &ctx,
+            "WITH t AS (SELECT string_agg(e.kind, ' ') AS long FROM events e CROSS JOIN range(3000)) \
+             SELECT length(regexp_replace(long, 'e', 'E', 'g')) AS masked, \
+             length(repeat(long, 2)) AS doubled FROM t",
+            &limits,
+        )
+        .await
+        .expect("values made from long text run");
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(!text.contains("| 0 "), "{text}");
     }
 
     /// Bad arguments are the query's fault, whether met while simplifying the plan or while rows run.
@@ -763,6 +884,17 @@ mod tests {
         // 100 bytes, one match replaced by 4 bytes holding one reference: 100 + 100 + 4.
         let once = [text(&"a".repeat(100)), text("(a+)"), text("<\\1>")];
         assert_eq!(output_bound(Bound::RegexpReplace, &once, 1).unwrap(), 204);
+        // A card number's sixteen digits at most once per sixteen bytes: 160 + (10 + 1) * 6.
+        let cards = [
+            text(&"1".repeat(160)),
+            text("\\d{16}"),
+            text("<card>"),
+            text("g"),
+        ];
+        assert_eq!(
+            output_bound(Bound::RegexpReplace, &cards, 1).unwrap(),
+            160 + 11 * 6
+        );
         // Every match (up to 101) as 1 byte, no reference: 100 + 101.
         let all = [text(&"a".repeat(100)), text("\\s+"), text(" "), text("g")];
         assert_eq!(output_bound(Bound::RegexpReplace, &all, 1).unwrap(), 201);

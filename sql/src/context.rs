@@ -87,11 +87,10 @@ pub fn session_context(
         .with_information_schema(true);
     let pool = runtime.memory_pool.clone();
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    crate::bounded_functions::register(&ctx, &pool)?;
-    ctx.add_optimizer_rule(Arc::new(LimitConstants::for_limits(
-        limits.memory_limit_bytes,
-        limits.batch_size,
-    )));
+    // One bound for constants and for the values functions build: either could be copied into every row.
+    let constants = LimitConstants::for_limits(limits.memory_limit_bytes, limits.batch_size);
+    crate::bounded_functions::register(&ctx, &pool, constants.max_bytes())?;
+    ctx.add_optimizer_rule(Arc::new(constants));
     let (url, store) = source.object_store();
     ctx.register_object_store(&url, store);
     register_store_tables(&ctx, &source)?;
@@ -454,8 +453,8 @@ mod tests {
             max_result_bytes: 1 << 20,
             ..limits.clone()
         };
-        // 20 rows of 200-300 KB: few rows, but 5 MB.
-        let sql = "SELECT repeat(CAST(value AS VARCHAR) || 'x', 100000) FROM range(20)";
+        // 100 rows of 16 KB: few rows, but 1.6 MB.
+        let sql = "SELECT repeat('x', 16000) FROM range(100)";
         let err = run_query(&ctx, sql, &small).await.unwrap_err();
         assert!(matches!(err, QueryError::TooManyBytes(_)), "{err}");
         assert!(err.to_string().contains("1048576"), "{err}");
