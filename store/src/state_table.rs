@@ -55,30 +55,50 @@ impl Store {
             ..Draft::new(Op::State, Some(table))
         };
         self.audit.append_async(vec![draft]).await?;
+        let path = file.path.clone();
         if let Err(e) = self.objects.put_durable(&file.path, bytes).await {
             // The file was most likely not replaced: record the previous content again, so that a second
             // failed write (an outage lasting two persists) does not leave the chain two records ahead,
             // past what `open` can restore. If the put did land after all, `open` finds this rewrite's
             // content as the previous record and restores it.
-            if let Some(previous) = previous {
-                let restore = Draft {
-                    files: vec![previous],
-                    ..Draft::new(Op::State, Some(table))
-                };
-                if let Err(a) = self.audit.append_or_owe_async(vec![restore]).await {
-                    tracing::warn!(error = %a, "recording the unchanged state file in the audit chain failed; owed to the next append");
+            match previous {
+                Some(previous) => {
+                    let restore = Draft {
+                        files: vec![previous],
+                        ..Draft::new(Op::State, Some(table))
+                    };
+                    if let Err(a) = self.audit.append_or_owe_async(vec![restore]).await {
+                        tracing::warn!(error = %a, "recording the unchanged state file in the audit chain failed; owed to the next append");
+                    }
                 }
+                None => self.abandon_first_state(&path).await,
             }
             return Err(e);
         }
         let mut next = self.shared.state.lock().manifest.clone();
+        let listed = next.contains(&path);
         *next.files_mut(table) = vec![file];
-        manifest::save(&self.objects, &next).await?;
+        if let Err(e) = manifest::save(&self.objects, &next).await {
+            if !listed {
+                self.abandon_first_state(&path).await;
+            }
+            return Err(e);
+        }
         let mut st = self.shared.state.lock();
         st.manifest = next;
         st.state_schemas.insert(table, schema);
         Store::update_gauges(&st);
         Ok(())
+    }
+
+    /// A state file's first write that did not become live: recorded as abandoned, so that the next write
+    /// counts as the first again. A later write can no longer be cut short before the manifest lists the
+    /// file, so a state file sealed twice and missing from the manifest is reported; without this record,
+    /// an outage during the very first write would have made the next one look like a removal.
+    async fn abandon_first_state(&self, path: &str) {
+        let mut abandon = Draft::new(Op::Abandon, None);
+        abandon.removed = vec![path.to_string()];
+        self.record_abandoned(vec![abandon]).await;
     }
 
     pub(crate) async fn load_state(

@@ -1186,3 +1186,37 @@ async fn a_state_file_taken_out_of_the_manifest_after_its_first_write_is_named()
     assert!(named(&report), "{report}");
     drop(store);
 }
+
+/// A state table's first write fails (the file cannot be put), and the next write's process dies between
+/// sealing the file and listing it: still a first write's leftover, not a removal. The failed write is
+/// recorded as abandoned, so the next one counts as the first again.
+#[tokio::test]
+async fn a_state_file_whose_first_write_failed_is_a_leftover_after_the_next_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    let state = dir.path().join("baselines/state.parquet");
+    std::fs::create_dir_all(&state).unwrap(); // a put cannot rename its file over a directory
+    assert!(store
+        .put_state(Table::Baselines, events(0..4, T14))
+        .await
+        .is_err());
+    drop(store);
+    std::fs::remove_dir(&state).unwrap();
+    // The next write, cut short after its seal: the file is there, the manifest does not list it.
+    std::fs::write(&state, b"PAR1 not listed yet").unwrap();
+    let bytes = std::fs::read(&state).unwrap();
+    let record = FileRecord {
+        path: "baselines/state.parquet".into(),
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        size: bytes.len() as u64,
+        rows: 4,
+    };
+    append_entry(dir.path(), Op::State, "baselines", vec![record], vec![]);
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert!(!state.exists(), "deleted as a leftover");
+    let report = verify(dir.path()).await;
+    assert!(report.is_clean(), "{report}");
+    drop(store);
+}

@@ -337,8 +337,10 @@ impl ChainState {
                 Op::Compact => Origin::Compaction {
                     inputs: e.removed.clone(),
                 },
+                // Not live: never written, or its first write abandoned (by the store after a failed
+                // write, or by `open` after a crash).
                 Op::State => Origin::State {
-                    first: !self.live.contains_key(&f.path) && !self.retired.contains_key(&f.path),
+                    first: !self.live.contains_key(&f.path),
                 },
                 // Taken back: why it had been retired still tells a leftover from a removal.
                 Op::Adopt => match self.replaced_by.get(&f.path) {
