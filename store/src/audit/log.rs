@@ -63,6 +63,32 @@ struct Inner {
     fail_next_write: bool,
 }
 
+impl Inner {
+    /// What the chain says, owed records included: they go ahead of the next append, so what the store
+    /// decides now (a state file's previous content, the hashes retention takes files back with, the
+    /// files compaction may merge) must already see them.
+    fn view(&self) -> std::borrow::Cow<'_, ChainState> {
+        if self.owed.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.state);
+        }
+        let mut state = self.state.clone();
+        for d in &self.owed {
+            state.apply(&Entry {
+                seq: self.next_seq,
+                time: String::new(),
+                op: d.op,
+                table: d.table.map(|t| t.name().to_string()),
+                files: d.files.clone(),
+                removed: d.removed.clone(),
+                wal_seq: d.wal_seq,
+                prev_hash: String::new(),
+                hash: String::new(),
+            });
+        }
+        std::borrow::Cow::Owned(state)
+    }
+}
+
 pub(crate) struct AuditLog {
     inner: Mutex<Inner>,
 }
@@ -254,19 +280,19 @@ impl AuditLog {
 
     /// A copy of what the chain says exists now.
     pub fn state(&self) -> ChainState {
-        self.inner.lock().state.clone()
+        self.inner.lock().view().into_owned()
     }
 
     /// Whether a path is sealed and not removed.
     pub fn is_live(&self, path: &str) -> bool {
-        self.inner.lock().state.live.contains_key(path)
+        self.inner.lock().view().live.contains_key(path)
     }
 
     /// The SHA-256 a live file was sealed with, if the chain has it live.
     pub fn sealed_sha256(&self, path: &str) -> Option<String> {
         self.inner
             .lock()
-            .state
+            .view()
             .live
             .get(path)
             .map(|x| x.sha256.clone())
@@ -340,7 +366,8 @@ mod tests {
         assert!(log
             .append_or_owe(vec![draft(Op::Abandon, "", &["a"])])
             .is_err());
-        assert!(log.is_live("a"), "not applied before it is written");
+        assert!(!log.is_live("a"), "what the store decides sees it already");
+        assert!(log.state().retired.contains_key("a"));
         // A plain append that fails keeps what was owed, and owes nothing of its own.
         log.inner.lock().fail_next_write = true;
         assert!(log.append(vec![draft(Op::Seal, "c", &[])]).is_err());
