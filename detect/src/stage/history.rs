@@ -11,6 +11,8 @@
 //! that changed) is judged whole, as before. The hash is keyed with a secret drawn at start, so a sender
 //! cannot craft a prompt that passes for another one.
 //!
+//! Only prompts with findings are remembered: a clean history, judged whole, finds nothing either.
+//!
 //! Not persisted: after a restart each live conversation alerts once more. Bounded by `max_entities`
 //! conversations (the least recently seen forgotten first, as they come) and `conversation_memory` of event
 //! time (evicted on the tick). A batch the store refused is taken back (`undo`), so that a next turn is not

@@ -45,13 +45,24 @@ pub(super) fn scan(
             } else {
                 content::Hints::sensitive_only(text)
             };
-            // A prompt's conversation, and what of it an earlier call already sent and had scanned.
-            let conversation = (inference && side == 0)
+            let findings = content::scan_sensitive_with(text, &hints);
+            let strong_found = findings
+                .iter()
+                .any(|f| f.confidence >= th.sensitive_min_confidence);
+            let injected = if injection {
+                content::scan_injection_with(text, &hints)
+                    .filter(|f| f.score >= th.injection_min_score)
+            } else {
+                None
+            };
+            // A prompt's conversation, and what of it an earlier call already sent and had scanned. Only
+            // prompts with findings are remembered: judged whole, a clean history adds nothing, so the
+            // memory holds the conversations that had something to find, and clean prompts cost nothing.
+            let conversation = (inference && side == 0 && (strong_found || injected.is_some()))
                 .then(|| conversation_of(c, i))
                 .flatten();
             let scanned = conversation
                 .and_then(|(key, event)| history.lock().scanned_prefix(key, event, text));
-            let findings = content::scan_sensitive_with(text, &hints);
             if inference && rt.on("sensitive_data") {
                 let covered = scanned.map_or(0, |p| p.len);
                 let (strong, repeated): (Vec<&Finding>, Vec<&Finding>) = findings
@@ -66,9 +77,7 @@ pub(super) fn scan(
             }
             let mut score = 0.0;
             if injection {
-                if let Some(inj) = content::scan_injection_with(text, &hints)
-                    .filter(|f| f.score >= th.injection_min_score)
-                {
+                if let Some(inj) = injected {
                     score = inj.score;
                     let tools = || {
                         if indirect {
