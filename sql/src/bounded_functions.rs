@@ -11,8 +11,8 @@
 //!
 //! What one call builds is bounded by the reservation, but not what becomes of a value afterwards: a 100 MB
 //! `repeat` of one row, joined to a batch or spread by a window, is copied into all of its rows. So a text
-//! value from `repeat`, the pads or the replaces may hold at most as much as a constant may
-//! (`constant_limit`), or twice the text it was made from if that is more (a mask keeps about the size).
+//! value from `repeat` or the pads may hold at most as much as a constant may (`constant_limit`), and one
+//! from the replaces at most that much more than the text it was made from (a mask keeps about the size).
 //!
 //! The time functions (`date_bin`, `date_trunc`, `date_part`, `to_char`, `make_date`, `to_timestamp`,
 //! `to_date`) are wrapped the same way with no bound, for their errors: DataFusion reports their bad
@@ -140,14 +140,22 @@ impl Bounded {
         self.inner.inner().as_ref()
     }
 
-    /// Refuses a text value larger than `max_value_bytes` and than twice the text it was made from. The
-    /// reservation bounds what one call builds, but not what happens to a value after: one row's 100 MB
-    /// `repeat` joined to a batch (`CROSS JOIN (SELECT repeat(..) ...)`, or spread by a window) is copied
-    /// into every one of its 8,192 rows, outside any pool. Values that large are no dashboard's, and a
-    /// replace that masks text keeps about the text's size.
+    /// Refuses a text value larger than `max_value_bytes` (from a replace: than its text and that much
+    /// more). The reservation bounds what one call builds, but not what happens to a value after: one
+    /// row's 100 MB `repeat` joined to a batch (`CROSS JOIN (SELECT repeat(..) ...)`, or spread by a
+    /// window) is copied into every one of its 8,192 rows, outside any pool. Values that large are no
+    /// dashboard's, and a replace that masks text keeps about the text's size.
     fn check_values(&self, made_from: &PerRow, out: &ColumnarValue) -> Result<()> {
+        let cap = self.max_value_bytes as u64;
+        // A replace may keep its text and add up to the cap: chained replaces then grow by the cap per
+        // call, not twofold (`replace(replace(.., 'x', 'xx'), 'x', 'xx')`...).
+        let grows_text = matches!(self.bound, Some(Bound::Replace | Bound::RegexpReplace));
         let too_large = |row: usize, len: u64| {
-            let allowed = (self.max_value_bytes as u64).max(made_from.at(row).saturating_mul(2));
+            let allowed = if grows_text {
+                made_from.at(row).saturating_add(cap)
+            } else {
+                cap
+            };
             (len > allowed).then_some((len, allowed))
         };
         let found = match out {
@@ -358,7 +366,7 @@ fn output_bound(bound: Bound, args: &[ColumnarValue], rows: usize) -> Result<u12
             bytes(arg(2))?,
             group_references(arg(2))?,
             PerRow::Same(u64::from(replaces_all(arg(3)))),
-            PerRow::Same(shortest_match(arg(1))),
+            PerRow::Same(shortest_match(arg(1), arg(3))),
         ],
     };
     let mut total: u128 = 0;
@@ -470,18 +478,38 @@ fn group_references(arg: Option<&ColumnarValue>) -> Result<PerRow> {
     }
 }
 
-/// The fewest bytes a match of a constant pattern takes (0 if it may be empty, or the pattern is not a
-/// constant or does not parse).
-fn shortest_match(arg: Option<&ColumnarValue>) -> u64 {
-    let pattern = match arg {
+/// The fewest bytes a match of a constant pattern takes, as DataFusion compiles it: the flags (all but
+/// `g`) go in front as an inline group, `(?ix)pattern`, and `x` or `i` change what a pattern matches. 0 if a
+/// match may be empty, or the pattern or flags are not constants, or the flags hold anything but the
+/// letters of inline flags (text spliced into the group could change the pattern itself).
+fn shortest_match(pattern: Option<&ColumnarValue>, flags: Option<&ColumnarValue>) -> u64 {
+    let text = |arg: Option<&ColumnarValue>| match arg {
         Some(ColumnarValue::Scalar(
-            ScalarValue::Utf8(Some(p))
-            | ScalarValue::LargeUtf8(Some(p))
-            | ScalarValue::Utf8View(Some(p)),
-        )) => p,
-        _ => return 0,
+            ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v),
+        )) => Some(v.clone()),
+        None => Some(None),
+        Some(_) => None,
     };
-    regex_syntax::parse(pattern)
+    let (Some(Some(pattern)), Some(flags)) = (text(pattern), text(flags)) else {
+        return 0;
+    };
+    let inline: String = flags
+        .unwrap_or_default()
+        .chars()
+        .filter(|&c| c != 'g')
+        .collect();
+    if !inline
+        .chars()
+        .all(|c| matches!(c, 'i' | 'm' | 's' | 'U' | 'x' | 'R'))
+    {
+        return 0;
+    }
+    let compiled = if inline.is_empty() {
+        pattern
+    } else {
+        format!("(?{inline}){pattern}")
+    };
+    regex_syntax::parse(&compiled)
         .ok()
         .and_then(|hir| hir.properties().minimum_len())
         .map_or(0, |n| n as u64)
@@ -773,6 +801,10 @@ mod tests {
             "SELECT max(length(e.kind || b.big)) FROM events e CROSS JOIN \
              (SELECT repeat('x', CAST(value AS INT)) AS big FROM range(1000000, 1000001)) b",
             "SELECT max(length(lpad(kind, 100000 + CAST(random() AS INT)))) FROM events",
+            // Each call within the pool, each doubling the one before.
+            "SELECT max(length(repeat(repeat(repeat(kind, 1000), 2), 2))) FROM events",
+            "SELECT max(length(replace(replace(replace(repeat(kind, 1000), kind, kind || kind), kind, \
+             kind || kind), kind, kind || kind))) FROM events",
             "SELECT max(length(replace(kind || kind || kind, substr(kind, 1, 1), repeat('y', 10000)))) \
              FROM events",
         ] {
@@ -787,7 +819,7 @@ mod tests {
             &ctx,
             "WITH t AS (SELECT string_agg(e.kind, ' ') AS long FROM events e CROSS JOIN range(3000)) \
              SELECT length(regexp_replace(long, 'e', 'E', 'g')) AS masked, \
-             length(repeat(long, 2)) AS doubled FROM t",
+             length(replace(long, ' ', '_')) AS joined FROM t",
             &limits,
         )
         .await
@@ -894,6 +926,29 @@ mod tests {
         assert_eq!(
             output_bound(Bound::RegexpReplace, &cards, 1).unwrap(),
             160 + 11 * 6
+        );
+        // Flags go in front of the pattern as DataFusion compiles it: with `x` the spaces match nothing,
+        // and flags that are not inline flags' letters give no shortest match.
+        let spaced = format!("a{}", " ".repeat(99));
+        let flagged = |flags: &str| {
+            [
+                text(&"a".repeat(100)),
+                text(&spaced),
+                text("<>"),
+                text(flags),
+            ]
+        };
+        assert_eq!(
+            output_bound(Bound::RegexpReplace, &flagged("g"), 1).unwrap(),
+            100 + 2 * 2
+        );
+        assert_eq!(
+            output_bound(Bound::RegexpReplace, &flagged("gx"), 1).unwrap(),
+            100 + 101 * 2
+        );
+        assert_eq!(
+            output_bound(Bound::RegexpReplace, &flagged("gi)|(?i"), 1).unwrap(),
+            100 + 101 * 2
         );
         // Every match (up to 101) as 1 byte, no reference: 100 + 101.
         let all = [text(&"a".repeat(100)), text("\\s+"), text(" "), text("g")];
