@@ -155,7 +155,7 @@ fn detect_contained(
         );
         // The rows before the panic may have marked assets as reported whose alerts the panic lost.
         detection.rearm_batch(batch);
-        detection.forget_scans(batch);
+        detection.forget_batch_scans(batch);
         SinkError::Internal("detection failed on this batch".into())
     })
 }
@@ -242,7 +242,6 @@ impl Pipeline {
         let detected_at = Instant::now();
         metrics::record(Stage::Detect, detected_at - received);
         tracing::Span::current().record("alerts", detected.alerts.len() as i64);
-        let events = detected.events.clone();
         let mut writes = vec![(Table::Events, detected.events)];
         if !detected.alerts.is_empty() {
             writes.push((Table::Alerts, alerts_to_batch(&detected.alerts)));
@@ -250,7 +249,7 @@ impl Pipeline {
         if let Err(e) = self.store.append(writes).await {
             // Refused, so the client retries: its once-per-entity alerts must be raised again then.
             self.detection.rearm(&detected.alerts);
-            self.detection.forget_scans(&events);
+            self.detection.forget_scans(&detected.scans);
             return Err(SinkError::Unavailable(format!("store: {e}")));
         }
         metrics::record(Stage::Store, detected_at.elapsed());

@@ -27,7 +27,7 @@ pub use alert::{
 pub use config::DetectConfig;
 /// The detection stage. Shared by all receivers (`Arc<DetectionStage>`); `process` takes `&self` and is
 /// safe to call concurrently.
-pub use stage::DetectionStage;
+pub use stage::{ConversationScans, DetectionStage};
 
 /// The `baselines` table: one row per (entity, feature).
 pub fn baseline_schema() -> SchemaRef {
@@ -46,4 +46,6 @@ pub struct Detection {
     pub events: RecordBatch,
     /// Alerts raised by this batch (possibly none).
     pub alerts: Vec<Alert>,
+    /// What the batch recorded of its conversations, for `DetectionStage::forget_scans` if it is refused.
+    pub scans: ConversationScans,
 }

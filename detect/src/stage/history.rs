@@ -53,6 +53,7 @@ impl Scanned {
     }
 }
 
+#[derive(Debug, Clone)]
 struct Entry {
     current: Scanned,
     /// What `current` replaced: the baseline of a retry of the event that recorded `current`.
@@ -60,6 +61,14 @@ struct Entry {
     /// Hash of the event id that recorded `current`.
     event: u64,
     last_us: i64,
+}
+
+/// One conversation's memory before a batch recorded `recorded` in it.
+#[derive(Debug, Clone)]
+pub struct Undo {
+    key: u128,
+    before: Option<Entry>,
+    recorded: u64,
 }
 
 /// Conversations' last scanned prompts, keyed by a hash of the service and conversation (or trace) id, in
@@ -104,6 +113,7 @@ impl History {
     }
 
     /// Records what was scanned; `max` bounds the conversations remembered (both generations together).
+    /// Returns what the conversation's memory was before, for [`History::restore`].
     pub(super) fn record(
         &mut self,
         key: u128,
@@ -111,19 +121,22 @@ impl History {
         time_us: i64,
         scanned: Scanned,
         max: usize,
-    ) {
-        let mut entry = match self.current.remove(&key) {
-            Some(entry) => entry,
-            None => match self.previous.remove(&key) {
-                Some(entry) => entry,
-                None => Entry {
-                    current: scanned,
-                    previous: None,
-                    event,
-                    last_us: time_us,
-                },
-            },
+    ) -> Undo {
+        let before = self
+            .current
+            .remove(&key)
+            .or_else(|| self.previous.remove(&key));
+        let undo = Undo {
+            key,
+            before: before.clone(),
+            recorded: event,
         };
+        let mut entry = before.unwrap_or(Entry {
+            current: scanned,
+            previous: None,
+            event,
+            last_us: time_us,
+        });
         if entry.event != event {
             entry.previous = Some(entry.current);
             entry.event = event;
@@ -134,6 +147,38 @@ impl History {
             self.previous = std::mem::take(&mut self.current);
         }
         self.current.insert(key, entry);
+        undo
+    }
+
+    /// Puts a batch's conversations back as they were before it (its store append was refused, and its
+    /// alerts with it): its retry, or a next turn if none comes, is judged against what came before. A
+    /// conversation that a later batch has recorded since is left as it is. `undo` is in the order the
+    /// batch recorded it; the first record of each conversation holds what it was before the batch.
+    pub(super) fn restore(&mut self, undo: &[Undo]) {
+        let mut seen: Vec<u128> = Vec::new();
+        for u in undo {
+            if seen.contains(&u.key) {
+                continue;
+            }
+            seen.push(u.key);
+            let last = undo
+                .iter()
+                .rev()
+                .find(|v| v.key == u.key)
+                .map_or(u.recorded, |v| v.recorded);
+            let now = self
+                .current
+                .get(&u.key)
+                .or_else(|| self.previous.get(&u.key));
+            if now.is_none_or(|e| e.event != last) {
+                continue;
+            }
+            self.current.remove(&u.key);
+            self.previous.remove(&u.key);
+            if let Some(before) = &u.before {
+                self.current.insert(u.key, before.clone());
+            }
+        }
     }
 
     /// Takes back what `event` recorded (its batch was refused, and its alerts with it): the conversation

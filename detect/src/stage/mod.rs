@@ -109,6 +109,11 @@ impl AlertBudget {
     }
 }
 
+/// What a batch recorded in the conversations' memory, to take back if the batch is refused
+/// ([`DetectionStage::forget_scans`]).
+#[derive(Debug, Default)]
+pub struct ConversationScans(Vec<history::Undo>);
+
 /// See the crate docs and `lib.rs` for the contract.
 pub struct DetectionStage {
     runtime: RwLock<Arc<Runtime>>,
@@ -145,11 +150,14 @@ impl DetectionStage {
                 return Detection {
                     events: batch.clone(),
                     alerts: Vec::new(),
+                    scans: ConversationScans::default(),
                 };
             }
         };
         let mut alerts = Vec::new();
-        let (prompt, response, moved) = text::scan(&rt, &cols, &self.history, &mut alerts);
+        let mut recorded = Vec::new();
+        let (prompt, response, moved) =
+            text::scan(&rt, &cols, &self.history, &mut alerts, &mut recorded);
         let attributes = match (rt.cfg.content_capture, cols.attributes) {
             (ContentCapture::Full, _) | (_, None) => None,
             (_, Some(a)) => mask_attributes(a, moved),
@@ -170,7 +178,11 @@ impl DetectionStage {
         }
         let events = replace_text(batch, prompt, response, attributes);
         self.finish(batch.num_rows(), started, &alerts);
-        Detection { events, alerts }
+        Detection {
+            events,
+            alerts,
+            scans: ConversationScans(recorded),
+        }
     }
 
     fn finish(&self, rows: usize, started: Instant, alerts: &[Alert]) {
@@ -244,13 +256,20 @@ impl DetectionStage {
         }
     }
 
-    /// Takes back the conversations' scans that `batch`'s events recorded: the batch was refused (its
-    /// alerts lost with it), and its retry, or a next turn if no retry comes, must be judged against what
-    /// was scanned before, or the findings in it would never be alerted.
-    pub fn forget_scans(&self, batch: &RecordBatch) {
+    /// Takes back what a batch recorded of its conversations: the batch was refused (its alerts lost
+    /// with it), and its retry, or a next turn if no retry comes, must be judged against what was scanned
+    /// before it, or the findings in it would never be alerted.
+    pub fn forget_scans(&self, scans: &ConversationScans) {
+        self.history.lock().restore(&scans.0);
+    }
+
+    /// [`DetectionStage::forget_scans`] for a batch whose detection failed part-way (a detector
+    /// panicked), so that nothing of what it recorded came back: each row's record is taken back, the
+    /// last first. A conversation with several turns in the batch keeps the turn before the last.
+    pub fn forget_batch_scans(&self, batch: &RecordBatch) {
         let Ok(cols) = Cols::new(batch) else { return };
         let mut history = self.history.lock();
-        for i in 0..batch.num_rows() {
+        for i in (0..batch.num_rows()).rev() {
             if let Some((key, event)) = text::conversation_of(&cols, i) {
                 history.undo(key, event);
             }

@@ -1084,7 +1084,7 @@ fn a_refused_turn_is_not_remembered_as_scanned() {
     let second = "Hello there.\nHi.\nMy card is 4111 1111 1111 1111.";
     let refused = stage.process(&batch(&[turn("r2", second)]));
     assert_eq!(detectors(&refused.alerts), ["sensitive_data"]);
-    stage.forget_scans(&refused.events);
+    stage.forget_scans(&refused.scans);
     let third = stage.process(&batch(&[turn("r3", &format!("{second}\nThanks."))]));
     assert_eq!(detectors(&third.alerts), ["sensitive_data"]);
 }
@@ -1122,4 +1122,33 @@ fn a_stronger_injection_in_a_scored_conversation_is_alerted() {
     assert!(whole.score > before.score, "{whole:?} / {before:?}");
     let alerts = stage.process(&batch(&[turn("s3", &third)])).alerts;
     assert_eq!(detectors(&alerts), ["prompt_injection"]);
+}
+
+/// One refused batch holding two turns of a conversation (an agent's trace in one export): both are taken
+/// back, so a next turn alerts the batch's finding again (taking back only the last turn left the
+/// conversation at the batch's first turn).
+#[test]
+fn a_refused_batch_of_several_turns_is_taken_back_whole() {
+    let turn = |id: &str, prompt: &str| EventRow {
+        conversation_id: Some("c11".into()),
+        prompt_text: Some(prompt.into()),
+        ..inference(T0, id, "alice", "gpt-4o")
+    };
+    let stage = DetectionStage::new(config());
+    let first = "My card is 4111 1111 1111 1111.";
+    stage.process(&batch(&[turn("m1", first)]));
+    let second = format!("{first}\nOK.\nAnd this one 5555 5555 5555 4444.");
+    let third = format!("{second}\nDone.\nThanks.");
+    let rows = [turn("m2", &second), turn("m3", &third)];
+    let refused = stage.process(&batch(&rows));
+    assert_eq!(detectors(&refused.alerts), ["sensitive_data"]);
+    stage.forget_scans(&refused.scans);
+    // No retry comes; the next turn is judged against the turn before the batch.
+    let fourth = format!("{third}\nAnything else?");
+    let next = stage.process(&batch(&[turn("m4", &fourth)]));
+    assert_eq!(
+        detectors(&next.alerts),
+        ["sensitive_data"],
+        "the second turn's card, again"
+    );
 }

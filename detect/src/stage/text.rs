@@ -11,7 +11,7 @@ use vigil_ingest::schema::col;
 use parking_lot::Mutex;
 
 use super::columns::{actor, flag, get, vigil_attribute, Cols};
-use super::history::{self, History, Scanned};
+use super::history::{self, History, Scanned, Undo};
 use super::Runtime;
 use crate::alert::{Alert, Severity};
 use crate::config::ContentCapture;
@@ -25,6 +25,7 @@ pub(super) fn scan(
     c: &Cols,
     history: &Mutex<History>,
     alerts: &mut Vec<Alert>,
+    recorded: &mut Vec<Undo>,
 ) -> (ArrayRef, ArrayRef, Vec<(usize, String)>) {
     let capture = rt.cfg.content_capture;
     let th = &rt.cfg.thresholds;
@@ -126,9 +127,11 @@ pub(super) fn scan(
                     0
                 };
                 let scanned = Scanned::of(text, score);
-                history
-                    .lock()
-                    .record(key, event, time, scanned, th.max_entities);
+                recorded.push(
+                    history
+                        .lock()
+                        .record(key, event, time, scanned, th.max_entities),
+                );
             }
             if tool && side == 0 && rt.on("tool_overreach") {
                 if let Some(arg) = content::scan_tool_arguments(text) {
