@@ -512,8 +512,8 @@ impl Consumer {
     }
 
     /// Delivers one batch, in parts when its events outgrow `batch_max_bytes` once normalised (see
-    /// [`decode_part`]): each part's dead letters first, then one sink call, retried until it succeeds;
-    /// then the part's offsets are stored.
+    /// [`decode_part`]): each part's events in one sink call, retried until it succeeds, then its dead
+    /// letters; then the part's offsets are stored (see [`Consumer::process_part`]).
     async fn process<F: Future<Output = ()>>(
         &mut self,
         batch: Vec<Pending>,
@@ -610,6 +610,8 @@ impl Consumer {
                 _ => None,
             })
             .collect();
+        // Messages the pipeline could not process on their own, dead-lettered while isolating them.
+        let mut isolated = false;
         if !events.is_empty() {
             let combined = match arrow::compute::concat_batches(&event_schema(), events) {
                 Ok(combined) => combined,
@@ -640,6 +642,7 @@ impl Consumer {
                     if self.isolate(&batch, &mut decoded, shutdown).await == Flow::Stop {
                         return Flow::Stop;
                     }
+                    isolated = true;
                 }
             }
         }
@@ -650,7 +653,7 @@ impl Consumer {
             return Flow::Stop;
         }
         self.store_offsets(&batch);
-        if !letters.is_empty() {
+        if !letters.is_empty() || isolated {
             self.commit().await;
         }
         for (m, d) in batch.iter().zip(&decoded) {

@@ -359,10 +359,12 @@ impl ChainState {
                 seq: e.seq,
                 origin,
             };
-            self.retired.remove(&f.path);
+            let retired = self.retired.remove(&f.path);
             self.replaced_by.remove(&f.path);
             self.expired.remove(&f.path);
-            if let Some(old) = self.live.insert(f.path.clone(), x) {
+            // A state file's content before this rewrite: the live one, or the one its abandoned write
+            // left (that write's manifest save may have landed after all, and `open` restores it).
+            if let Some(old) = self.live.insert(f.path.clone(), x).or(retired) {
                 if e.op == Op::State {
                     self.previous.insert(f.path.clone(), old);
                 }
@@ -500,6 +502,15 @@ mod tests {
         ]);
         assert!(!state.live["s"].may_be_unfinished(&listing(&[]), None));
         assert!(state.live["t"].may_be_unfinished(&listing(&[]), None));
+        // A first write abandoned after its save failed (which may have landed): the next write is a
+        // first write again, and keeps the abandoned content as the one before it.
+        let state = ChainState::replay(&[
+            entry(1, g, Op::State, &[("s", "1")], &[]),
+            entry(2, g, Op::Abandon, &[], &["s"]),
+            entry(3, g, Op::State, &[("s", "2")], &[]),
+        ]);
+        assert!(state.live["s"].may_be_unfinished(&listing(&[]), None));
+        assert_eq!(state.previous["s"].sha256, "1");
     }
 
     fn chain() -> Vec<Entry> {

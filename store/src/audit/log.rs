@@ -285,17 +285,23 @@ impl AuditLog {
 
     /// Whether a path is sealed and not removed.
     pub fn is_live(&self, path: &str) -> bool {
-        self.inner.lock().view().live.contains_key(path)
+        self.sealed_sha256(path).is_some()
     }
 
-    /// The SHA-256 a live file was sealed with, if the chain has it live.
+    /// The SHA-256 a live file was sealed with, if the chain has it live. Asked once per file by
+    /// retention and compaction, so owed records are looked through (the latest first) rather than
+    /// applied to a copy of the whole state.
     pub fn sealed_sha256(&self, path: &str) -> Option<String> {
-        self.inner
-            .lock()
-            .view()
-            .live
-            .get(path)
-            .map(|x| x.sha256.clone())
+        let inner = self.inner.lock();
+        for d in inner.owed.iter().rev() {
+            if let Some(f) = d.files.iter().find(|f| f.path == path) {
+                return Some(f.sha256.clone());
+            }
+            if d.removed.iter().any(|r| r == path) {
+                return None;
+            }
+        }
+        inner.state.live.get(path).map(|x| x.sha256.clone())
     }
 
     pub fn is_empty(&self) -> bool {
