@@ -39,7 +39,10 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::FunctionRegistry;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult};
 use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
@@ -108,6 +111,28 @@ pub(crate) fn register(
         }));
     }
     Ok(())
+}
+
+/// `EXTRACT(field FROM t)` is planned by DataFusion straight to its own `date_part`, not through the
+/// registry, so the wrapped one (whose bad arguments are the client's errors) is planned first.
+pub(crate) fn plan_extract_wrapped(ctx: SessionContext) -> Result<SessionContext> {
+    #[derive(Debug)]
+    struct Extract(Arc<ScalarUDF>);
+    impl ExprPlanner for Extract {
+        fn plan_extract(&self, args: Vec<Expr>) -> Result<PlannerResult<Vec<Expr>>> {
+            Ok(PlannerResult::Planned(Expr::ScalarFunction(
+                ScalarFunction::new_udf(self.0.clone(), args),
+            )))
+        }
+    }
+    let date_part = ctx.udf("date_part")?;
+    let state = ctx.state();
+    let mut planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(Extract(date_part))];
+    planners.extend(state.expr_planners().iter().cloned());
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_expr_planners(planners)
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// A function whose calls reserve their output's bound from the memory pool first (if it has one), and
@@ -840,6 +865,7 @@ mod tests {
             "SELECT date_bin(INTERVAL '0 minutes', TIMESTAMP '2026-01-01 00:00:00')",
             "SELECT date_trunc(CASE WHEN kind = 'llm' THEN 'fortnight' ELSE 'day' END, time) FROM events",
             "SELECT date_part(kind || 'x', time) FROM events",
+            "SELECT EXTRACT(fortnight FROM time) FROM events",
             "SELECT make_date(2026, 13, 1)",
         ] {
             match run_query(&ctx, sql, &limits).await {
@@ -852,7 +878,7 @@ mod tests {
         run_query(
             &ctx,
             "SELECT date_bin(INTERVAL '5 minutes', time), date_trunc('hour', time), \
-             date_part('hour', time), make_date(2026, 12, 7) FROM events",
+             date_part('hour', time), make_date(2026, 12, 7), EXTRACT(epoch FROM time) FROM events",
             &limits,
         )
         .await

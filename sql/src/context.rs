@@ -90,6 +90,7 @@ pub fn session_context(
     // One bound for constants and for the values functions build: either could be copied into every row.
     let constants = LimitConstants::for_limits(limits.memory_limit_bytes, limits.batch_size);
     crate::bounded_functions::register(&ctx, &pool, constants.max_bytes())?;
+    let ctx = crate::bounded_functions::plan_extract_wrapped(ctx)?;
     ctx.add_optimizer_rule(Arc::new(constants));
     let (url, store) = source.object_store();
     ctx.register_object_store(&url, store);
