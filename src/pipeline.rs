@@ -12,7 +12,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use tokio::sync::{broadcast, Semaphore};
 use tracing::Instrument;
-use vigil_detect::{alerts_to_batch, Alert, Detection, DetectionStage};
+use vigil_detect::{alerts_to_batch, Alert, ConversationScans, Detection, DetectionStage};
 use vigil_ingest::{Admission, EventSink, SinkError};
 use vigil_respond::Responder;
 use vigil_store::{Store, Table};
@@ -141,21 +141,27 @@ fn detect_contained(
     span: &tracing::Span,
     batch: &RecordBatch,
 ) -> Result<Detection, SinkError> {
+    let mut scans = ConversationScans::default();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         span.in_scope(|| {
             // For the end-to-end test of this containment (`FAILPOINTS=detection=panic`).
             fail::fail_point!("detection");
-            detection.process(batch)
+            detection.process_recording(batch, &mut scans)
         })
     }))
+    .map(|mut detected| {
+        detected.scans = std::mem::take(&mut scans);
+        detected
+    })
     .map_err(|_| {
         tracing::error!(
             events = batch.num_rows(),
             "detection panicked; the request is refused"
         );
-        // The rows before the panic may have marked assets as reported whose alerts the panic lost.
+        // The rows before the panic may have marked assets as reported, and conversations as scanned,
+        // whose alerts the panic lost.
         detection.rearm_batch(batch);
-        detection.forget_batch_scans(batch);
+        detection.forget_scans(&scans);
         SinkError::Internal("detection failed on this batch".into())
     })
 }

@@ -15,7 +15,7 @@
 //!
 //! Not persisted: after a restart each live conversation alerts once more. Bounded by `max_entities`
 //! conversations (the least recently seen forgotten first, as they come) and `conversation_memory` of event
-//! time (evicted on the tick). A batch the store refused is taken back (`undo`), so that a next turn is not
+//! time (evicted on the tick). A batch the store refused is taken back (`restore`), so that a next turn is not
 //! judged against a scan whose alerts were never kept.
 
 use std::sync::LazyLock;
@@ -181,29 +181,6 @@ impl History {
         }
     }
 
-    /// Takes back what `event` recorded (its batch was refused, and its alerts with it): the conversation
-    /// is judged against what came before, by the event's retry or by the next turn.
-    pub(super) fn undo(&mut self, key: u128, event: u64) {
-        for map in [&mut self.current, &mut self.previous] {
-            let Some(entry) = map.get_mut(&key) else {
-                continue;
-            };
-            if entry.event != event {
-                return;
-            }
-            match entry.previous.take() {
-                Some(before) => {
-                    entry.current = before;
-                    entry.event = 0;
-                }
-                None => {
-                    map.remove(&key);
-                }
-            }
-            return;
-        }
-    }
-
     /// Drops conversations idle for `memory_us` of event time.
     pub(super) fn evict_idle(&mut self, now_us: i64, memory_us: i64) {
         let oldest_kept = now_us.saturating_sub(memory_us);
@@ -269,26 +246,32 @@ mod tests {
     }
 
     #[test]
-    fn an_undone_scan_leaves_what_came_before() {
+    fn a_restored_batch_leaves_what_came_before_it() {
         let mut h = History::default();
         let k = key("chat", Some("c1"), None).unwrap();
         h.record(k, event_hash("e1"), 10, Scanned::of("a", 0.0), 100);
-        h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", 0.9), 100);
-        // Another event's undo changes nothing.
-        h.undo(k, event_hash("e1"));
+        // One batch of two turns.
+        let undo = [
+            h.record(k, event_hash("e2"), 20, Scanned::of("a\nb", 0.9), 100),
+            h.record(k, event_hash("e3"), 30, Scanned::of("a\nb\nc", 0.9), 100),
+        ];
+        h.restore(&undo);
+        let p = h.scanned_prefix(k, event_hash("e4"), "a\nb\nc\nd").unwrap();
+        assert_eq!((p.len, p.injection_score), (1, 0.0), "as after e1");
+        // A conversation first seen in the batch is forgotten; one recorded since by a later batch stays.
+        let other = key("chat", Some("c2"), None).unwrap();
+        let undo = [h.record(other, event_hash("f1"), 10, Scanned::of("x", 0.0), 100)];
+        h.restore(&undo);
+        assert!(h.scanned_prefix(other, event_hash("f2"), "x\ny").is_none());
+        let undo = [h.record(other, event_hash("f1"), 10, Scanned::of("x", 0.0), 100)];
+        h.record(other, event_hash("f2"), 20, Scanned::of("x\ny", 0.0), 100);
+        h.restore(&undo);
         assert_eq!(
-            h.scanned_prefix(k, event_hash("e3"), "a\nb\nc")
+            h.scanned_prefix(other, event_hash("f3"), "x\ny\nz")
                 .unwrap()
                 .len,
             3
         );
-        h.undo(k, event_hash("e2"));
-        let p = h.scanned_prefix(k, event_hash("e3"), "a\nb\nc").unwrap();
-        assert_eq!((p.len, p.injection_score), (1, 0.0));
-        let other = key("chat", Some("c2"), None).unwrap();
-        h.record(other, event_hash("f1"), 10, Scanned::of("a", 0.0), 100);
-        h.undo(other, event_hash("f1"));
-        assert_eq!(h.len(), 1, "a first scan undone is forgotten");
     }
 
     #[test]

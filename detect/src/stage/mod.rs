@@ -141,6 +141,20 @@ impl DetectionStage {
     }
 
     pub fn process(&self, batch: &RecordBatch) -> Detection {
+        let mut scans = ConversationScans::default();
+        let mut detection = self.process_recording(batch, &mut scans);
+        detection.scans = scans;
+        detection
+    }
+
+    /// [`DetectionStage::process`], recording in `scans` what the batch records of its conversations as
+    /// it goes (the returned `scans` is empty): if a detector panics part-way, the caller still holds
+    /// what was recorded, for [`DetectionStage::forget_scans`].
+    pub fn process_recording(
+        &self,
+        batch: &RecordBatch,
+        scans: &mut ConversationScans,
+    ) -> Detection {
         let started = Instant::now();
         let rt = self.runtime.read().clone();
         let cols = match Cols::new(batch) {
@@ -155,9 +169,8 @@ impl DetectionStage {
             }
         };
         let mut alerts = Vec::new();
-        let mut recorded = Vec::new();
         let (prompt, response, moved) =
-            text::scan(&rt, &cols, &self.history, &mut alerts, &mut recorded);
+            text::scan(&rt, &cols, &self.history, &mut alerts, &mut scans.0);
         let attributes = match (rt.cfg.content_capture, cols.attributes) {
             (ContentCapture::Full, _) | (_, None) => None,
             (_, Some(a)) => mask_attributes(a, moved),
@@ -181,7 +194,7 @@ impl DetectionStage {
         Detection {
             events,
             alerts,
-            scans: ConversationScans(recorded),
+            scans: ConversationScans::default(),
         }
     }
 
@@ -261,19 +274,6 @@ impl DetectionStage {
     /// before it, or the findings in it would never be alerted.
     pub fn forget_scans(&self, scans: &ConversationScans) {
         self.history.lock().restore(&scans.0);
-    }
-
-    /// [`DetectionStage::forget_scans`] for a batch whose detection failed part-way (a detector
-    /// panicked), so that nothing of what it recorded came back: each row's record is taken back, the
-    /// last first. A conversation with several turns in the batch keeps the turn before the last.
-    pub fn forget_batch_scans(&self, batch: &RecordBatch) {
-        let Ok(cols) = Cols::new(batch) else { return };
-        let mut history = self.history.lock();
-        for i in (0..batch.num_rows()).rev() {
-            if let Some((key, event)) = text::conversation_of(&cols, i) {
-                history.undo(key, event);
-            }
-        }
     }
 
     /// After detection failed part-way through `batch` (a detector panicked): the rows before the failure

@@ -160,7 +160,7 @@ pub(super) fn scan(
 }
 
 /// Row `i`'s conversation (else trace) and event, as `History` keys them.
-pub(super) fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
+fn conversation_of(c: &Cols, i: usize) -> Option<(u128, u64)> {
     let key = history::key(
         get(c.service, i).unwrap_or(""),
         get(c.conversation, i),
