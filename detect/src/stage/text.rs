@@ -80,43 +80,32 @@ pub(super) fn scan(
             if injection {
                 if let Some(inj) = injected {
                     score = inj.score;
-                    let tools = || {
-                        if indirect {
+                    // Once the history scored: what the new part says on its own, with its own
+                    // evidence, else the whole if it scores higher than the history did (a stronger or
+                    // an added signal). `None` as the text: judged on the whole prompt.
+                    let raise =
+                        match scanned.filter(|p| p.injection_score >= th.injection_min_score) {
+                            None => Some((None, inj)),
+                            Some(p) => match fresh_part(text, p.len, th) {
+                                Some((fresh_text, fresh)) => Some((Some(fresh_text), fresh)),
+                                None if inj.score > p.injection_score + 1e-4 => Some((None, inj)),
+                                None => {
+                                    count_repeated("prompt_injection");
+                                    None
+                                }
+                            },
+                        };
+                    if let Some((judged, found)) = raise {
+                        let tools = if indirect {
                             Vec::new()
                         } else {
                             tool_ranges(c, i, text)
+                        };
+                        let judged = judged.as_deref().unwrap_or(text);
+                        for (channel, f) in injection_channels(indirect, judged, &tools, found, th)
+                        {
+                            alerts.push(injection_alert(c, i, channel, text, &findings, &f));
                         }
-                    };
-                    match scanned.filter(|p| p.injection_score >= th.injection_min_score) {
-                        None => {
-                            for (channel, f) in
-                                injection_channels(indirect, text, &tools(), inj, th)
-                            {
-                                alerts.push(injection_alert(c, i, channel, text, &findings, &f));
-                            }
-                        }
-                        // The history scored already: what the new part says on its own, with its
-                        // own evidence, else the whole if it scores higher than the history did (a
-                        // stronger or an added signal).
-                        Some(p) => match fresh_part(text, p.len, th) {
-                            Some((fresh_text, fresh)) => {
-                                for (channel, f) in
-                                    injection_channels(indirect, &fresh_text, &tools(), fresh, th)
-                                {
-                                    alerts
-                                        .push(injection_alert(c, i, channel, text, &findings, &f));
-                                }
-                            }
-                            None if inj.score > p.injection_score + 1e-4 => {
-                                for (channel, f) in
-                                    injection_channels(indirect, text, &tools(), inj, th)
-                                {
-                                    alerts
-                                        .push(injection_alert(c, i, channel, text, &findings, &f));
-                                }
-                            }
-                            None => count_repeated("prompt_injection"),
-                        },
                     }
                 }
             }
