@@ -22,11 +22,10 @@
 //! `range` and `generate_series` (the table functions of those names stream their rows and are bounded by
 //! the answer's row limit); a range step whose parts point different ways is refused, since DataFusion may
 //! step by it for ever; `regexp_replace`, whose group references each copy at most the text once over all
-//! matches (they do not overlap), so its bound is linear in the text. Not covered: what operators make of
-//! a large value once it exists: `kind ||
-//! repeat('x', 100000000)` passes `repeat` (100 MB, once, when the plan is simplified) and then `||` copies
-//! it into every row of a batch. DataFusion accounts for no expression's output; `constant_limit` refuses
-//! such a plan by the size of its constant.
+//! matches (they do not overlap), so its bound is linear in the text. A constant folded from these
+//! (`kind || repeat('x', 100000000)`) is bounded by `constant_limit`. Not covered: list values (a one-row
+//! `array_repeat` joined to a batch), and large text built by operators and aggregates (`||` over `||`,
+//! `string_agg`): DataFusion accounts for no expression's output.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -94,8 +93,8 @@ const FUNCTIONS: &[(&str, Option<Bound>)] = &[
 ];
 
 /// Registers the bounded versions over the context's own, drawing on `pool` (the context's memory pool).
-/// `max_value_bytes` is the most one text value built by `repeat`, the pads or the replaces may hold,
-/// unless it is at most twice the text it was made from (see [`Bounded::check_values`]).
+/// `max_value_bytes` is the most one text value built by `repeat` or the pads may hold, and what one built
+/// by the replaces may hold beyond its text (see [`Bounded::check_values`]).
 pub(crate) fn register(
     ctx: &SessionContext,
     pool: &Arc<dyn MemoryPool>,
