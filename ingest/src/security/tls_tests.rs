@@ -180,13 +180,13 @@ async fn trusting_client_succeeds_untrusting_one_fails_and_server_keeps_serving(
     );
 }
 
-/// A new client is served at once while every pending-handshake slot is held (here 8): a silent socket is
-/// dropped for it, the oldest one, and not the older socket whose handshake is under way. Had the accept
-/// loop waited for a free slot, the client would have waited for the handshake timeout (10 s).
-#[tokio::test]
-async fn idle_sockets_cannot_keep_new_clients_waiting() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const MAX: usize = 8;
+/// A page served behind small bounds on pending handshakes (in all, per source); returns its address and
+/// the certificate a client must trust.
+async fn serve_with_pending(
+    name: &'static str,
+    max: usize,
+    per_source: usize,
+) -> (SocketAddr, String) {
     let (cert, key) = self_signed();
     let files = cert_files(&cert, &key);
     let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
@@ -194,8 +194,18 @@ async fn idle_sockets_cannot_keep_new_clients_waiting() {
         .await
         .expect("bind");
     let listener =
-        TlsListener::with_max_pending(tcp, acceptor, "tls_test_idle", MAX, MAX).expect("listener");
-    let addr = serve_on(listener);
+        TlsListener::with_max_pending(tcp, acceptor, name, max, per_source).expect("listener");
+    (serve_on(listener), cert)
+}
+
+/// A new client is served at once while every pending-handshake slot is held (here 8): a silent socket is
+/// dropped for it, the oldest one, and not the older socket whose handshake is under way. Had the accept
+/// loop waited for a free slot, the client would have waited for the handshake timeout (10 s).
+#[tokio::test]
+async fn idle_sockets_cannot_keep_new_clients_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX: usize = 8;
+    let (addr, cert) = serve_with_pending("tls_test_idle", MAX, MAX).await;
     let evicted = || {
         HANDSHAKE_FAILURES
             .with_label_values(&["tls_test_idle", "evicted"])
@@ -238,15 +248,7 @@ async fn idle_sockets_cannot_keep_new_clients_waiting() {
 #[tokio::test]
 async fn one_address_cannot_push_out_other_clients_pending_handshakes() {
     use tokio::io::AsyncReadExt;
-    let (cert, key) = self_signed();
-    let files = cert_files(&cert, &key);
-    let acceptor = tls::acceptor(&config(&files)).expect("acceptor");
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let listener =
-        TlsListener::with_max_pending(tcp, acceptor, "tls_test_source", 8, 4).expect("listener");
-    let addr = serve_on(listener);
+    let (addr, cert) = serve_with_pending("tls_test_source", 8, 4).await;
     let from = |ip: &str| {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket

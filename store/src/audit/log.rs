@@ -158,17 +158,9 @@ impl AuditLog {
 
     /// Numbers, links, appends and fsyncs the drafts (one write, one fsync), then applies them to the
     /// in-memory state. On failure nothing is applied and the file is cut back to where it was. Drafts
-    /// owed by an earlier [`AuditLog::append_or_owe`] go first.
+    /// owed by an earlier [`AuditLog::append_or_owe_async`] go first.
     pub fn append(&self, drafts: Vec<Draft>) -> Result<(), StoreError> {
         self.append_inner(drafts, false)
-    }
-
-    /// [`AuditLog::append`] for the record of what a failed change left behind: if it cannot be written
-    /// now, it is owed, and written ahead of the next append. Without that, a transient failure (a full
-    /// disk) lost the `abandon` of a flush whose manifest save failed; once a later flush had covered its
-    /// WAL records, `open` and `verify` took the leftover for a file taken out of the manifest.
-    pub fn append_or_owe(&self, drafts: Vec<Draft>) -> Result<(), StoreError> {
-        self.append_inner(drafts, true)
     }
 
     fn append_inner(&self, drafts: Vec<Draft>, owe: bool) -> Result<(), StoreError> {
@@ -256,15 +248,15 @@ impl AuditLog {
         Ok(())
     }
 
-    /// [`AuditLog::append_or_owe`] on a blocking thread, for async callers.
+    /// [`AuditLog::append_async`] for the record of what a failed change left behind: if it cannot be
+    /// written now, it is owed, and written ahead of the next append. Without that, a transient failure (a
+    /// full disk) lost the `abandon` of a flush whose manifest save failed; once a later flush had covered
+    /// its WAL records, `open` and `verify` took the leftover for a file taken out of the manifest.
     pub async fn append_or_owe_async(
         self: &std::sync::Arc<Self>,
         drafts: Vec<Draft>,
     ) -> Result<(), StoreError> {
-        let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append_or_owe(drafts))
-            .await
-            .map_err(|e| StoreError::Audit(format!("audit append task: {e}")))?
+        self.append_blocking(drafts, true).await
     }
 
     /// [`AuditLog::append`] on a blocking thread, for async callers.
@@ -272,8 +264,16 @@ impl AuditLog {
         self: &std::sync::Arc<Self>,
         drafts: Vec<Draft>,
     ) -> Result<(), StoreError> {
+        self.append_blocking(drafts, false).await
+    }
+
+    async fn append_blocking(
+        self: &std::sync::Arc<Self>,
+        drafts: Vec<Draft>,
+        owe: bool,
+    ) -> Result<(), StoreError> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append(drafts))
+        tokio::task::spawn_blocking(move || log.append_inner(drafts, owe))
             .await
             .map_err(|e| StoreError::Audit(format!("audit append task: {e}")))?
     }
@@ -370,7 +370,7 @@ mod tests {
         log.append(vec![draft(Op::Seal, "a", &[])]).unwrap();
         log.inner.lock().fail_next_write = true;
         assert!(log
-            .append_or_owe(vec![draft(Op::Abandon, "", &["a"])])
+            .append_inner(vec![draft(Op::Abandon, "", &["a"])], true)
             .is_err());
         assert!(!log.is_live("a"), "what the store decides sees it already");
         assert!(log.state().retired.contains_key("a"));
